@@ -1,0 +1,24 @@
+"""tdlens: a workbench for off-policy TD learning with an unfixed behaviour policy.
+
+Importing tdlens registers the Gymnasium environment ``tdlens/TorusGobletGhost-v0``
+(SPEC section 1), so ``import tdlens; gymnasium.make("tdlens/TorusGobletGhost-v0")`` works.
+"""
+
+__version__ = "0.1.0"
+
+ENV_ID = "tdlens/TorusGobletGhost-v0"
+
+
+def _register_env() -> None:
+    """Register the env by entry-point string (the env module itself loads on make)."""
+    import gymnasium
+
+    if ENV_ID not in gymnasium.registry:
+        gymnasium.register(
+            id=ENV_ID,
+            entry_point="tdlens.torus.gym_env:TorusGobletGhostEnv",
+            max_episode_steps=200,  # gym_env.MAX_EPISODE_STEPS
+        )
+
+
+_register_env()

@@ -1,0 +1,293 @@
+"""Random feature maps over (observation, action) and the linear teacher (SPEC section 2).
+
+Shapes: ``o [..., 18]`` observation vectors, ``a [..., 2]`` actions, ``N`` actor and ``D``
+critic features, ``D' = D - 4``. Knows nothing about the torus beyond the observation
+layout (event flags at o[14:17]).
+
+- Actor: ``psi = tanh(W_psi o + b_psi)``, rescaled to norm ``c_psi`` when longer.
+- Critic: with ``x = [o; a; 1]``, ``phi[:D'] = sqrt(2/D') cos(W_phi x + b_phi)``,
+  ``phi[D':D'+3]`` = caught, picked-positive, picked-negative flags, ``phi[D'+3] = ||a||^2``.
+- Teacher: ``r(s, a) = w_R . phi(s, a) / sqrt(D)``.
+- Expected next features ``bar_phi(s') = E_{a' ~ N(m, sigma^2 I)} phi(s', a')``: Monte Carlo
+  over given draws, or in closed form ``E cos(c + w_a . a') = cos(c + w_a . m)
+  exp(-sigma^2 ||w_a||^2 / 2)`` and ``E ||a'||^2 = ||m||^2 + 2 sigma^2``.
+
+The critic part is evaluated in row blocks that stay in cache, as ``cos(C + a W_act)`` with
+``C = W_obs o + bias`` computed once per state, optionally on several threads (NumPy
+releases the GIL inside ufuncs). ``dtype`` float32 is the validated fast path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from tdlens.config import RunConfig
+from tdlens.seeding import stream
+
+OBS_DIM = 18
+ACTION_DIM = 2
+NUM_EXTRA = 4
+_FLAGS = slice(14, 17)
+_BLOCK_ROWS = 128
+
+
+@dataclass(frozen=True)
+class FeatureMaps:
+    """Frozen random feature maps and teacher of one run."""
+
+    W_psi: np.ndarray  # [N, 18] float64
+    b_psi: np.ndarray  # [N]
+    c_psi: float
+    W_obs: np.ndarray  # [18, D'] columns of W_phi acting on o, in `dtype`
+    W_act: np.ndarray  # [2, D'] columns of W_phi acting on a, in `dtype`
+    bias: np.ndarray  # [D'] = W_phi[:, 20] + b_phi, in `dtype`
+    w_R: np.ndarray  # [D] teacher, float64
+    threads: int = 1
+
+    @property
+    def W_psi_t(self) -> np.ndarray:
+        """``W_psi^T [18, N]`` in the features dtype (cached, contiguous)."""
+        return self._cache("W_psi_t", lambda: np.ascontiguousarray(self.W_psi.T, self.dtype))
+
+    @property
+    def b_psi_d(self) -> np.ndarray:
+        return self._cache("b_psi_d", lambda: self.b_psi.astype(self.dtype))
+
+    def _cache(self, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+        store = self.__dict__.setdefault("_derived", {})
+        if key not in store:
+            store[key] = make()
+        return store[key]
+
+    @property
+    def N(self) -> int:
+        return self.W_psi.shape[0]
+
+    @property
+    def D(self) -> int:
+        return self.W_obs.shape[1] + NUM_EXTRA
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.W_obs.dtype
+
+    @property
+    def base_scale(self) -> float:
+        """sqrt(2 / D'), the scale of the random Fourier part."""
+        return math.sqrt(2.0 / (self.D - NUM_EXTRA))
+
+
+def make_feature_maps(cfg: RunConfig) -> FeatureMaps:
+    """Draw the actor and critic feature maps and the teacher from the run seed's streams."""
+    env = cfg.env
+    N, D = env.actor_feature_dim, env.feature_dim
+    D_base = D - NUM_EXTRA
+    rng_psi = stream(cfg.seed, "actor_features")
+    W_psi = rng_psi.normal(0.0, 1.0 / math.sqrt(OBS_DIM), size=(N, OBS_DIM))
+    b_psi = rng_psi.normal(0.0, 0.1, size=N)
+    rng_phi = stream(cfg.seed, "critic_features")
+    W_phi = rng_phi.normal(0.0, env.feature_sigma, size=(D_base, OBS_DIM + ACTION_DIM + 1))
+    b_phi = rng_phi.uniform(0.0, 2.0 * math.pi, size=D_base)
+    rng_teacher = stream(cfg.seed, "teacher")
+    w_R = np.concatenate(
+        [
+            rng_teacher.normal(0.0, env.teacher_base_scale, size=D_base),
+            [-1.0, 1.0, -1.0, -env.lambda_action_penalty],
+        ]
+    )
+    dtype = np.dtype(cfg.precision)
+    threads = cfg.threads or os.cpu_count() or 1
+    return FeatureMaps(
+        W_psi=W_psi,
+        b_psi=b_psi,
+        c_psi=env.c_psi,
+        W_obs=np.ascontiguousarray(W_phi[:, :OBS_DIM].T, dtype=dtype),
+        W_act=np.ascontiguousarray(W_phi[:, OBS_DIM : OBS_DIM + ACTION_DIM].T, dtype=dtype),
+        bias=(W_phi[:, -1] + b_phi).astype(dtype),
+        w_R=w_R,
+        threads=threads,
+    )
+
+
+def actor_features(maps: FeatureMaps, o: np.ndarray) -> np.ndarray:
+    """``psi [..., N] = tanh(W_psi o + b_psi)``, rescaled so that ||psi|| <= c_psi.
+
+    Computed in the features dtype (float32 is validated against float64, SPEC 14).
+    """
+    psi = o.astype(maps.dtype) @ maps.W_psi_t
+    psi += maps.b_psi_d
+    np.tanh(psi, out=psi)
+    norm = np.sqrt(np.einsum("...i,...i->...", psi, psi))[..., None]
+    return psi * np.minimum(1.0, maps.c_psi / np.maximum(norm, 1e-30)).astype(psi.dtype)
+
+
+def reward(maps: FeatureMaps, phi: np.ndarray) -> np.ndarray:
+    """Teacher reward ``r = w_R . phi / sqrt(D)`` for ``phi [..., D]`` (float64)."""
+    return (phi @ maps.w_R.astype(phi.dtype)).astype(np.float64) / math.sqrt(maps.D)
+
+
+def critic_features(maps: FeatureMaps, o: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """``phi(s, a) [..., D]`` straight from the definition (reference path, any shape)."""
+    o = np.asarray(o, dtype=np.float64)
+    a = np.asarray(a, dtype=np.float64)
+    f64 = np.float64
+    arg = o @ maps.W_obs.astype(f64) + a @ maps.W_act.astype(f64) + maps.bias.astype(f64)
+    out = np.empty((*o.shape[:-1], maps.D), dtype=maps.dtype)
+    out[..., : maps.D - NUM_EXTRA] = maps.base_scale * np.cos(arg)
+    out[..., maps.D - NUM_EXTRA : maps.D - 1] = o[..., _FLAGS]
+    out[..., maps.D - 1] = np.sum(a**2, axis=-1)
+    return out
+
+
+def expected_critic_features_exact(
+    maps: FeatureMaps, o: np.ndarray, mean: np.ndarray, sigma: float
+) -> np.ndarray:
+    """Closed-form ``E_{a ~ N(mean, sigma^2 I)} phi(s, a)`` (reference path, any shape)."""
+    out = critic_features(maps, o, mean).astype(np.float64)
+    damp = np.exp(-0.5 * sigma**2 * np.sum(maps.W_act.astype(np.float64) ** 2, axis=0))
+    out[..., : maps.D - NUM_EXTRA] *= damp
+    out[..., maps.D - 1] += 2.0 * sigma**2
+    return out.astype(maps.dtype)
+
+
+@dataclass(frozen=True)
+class NextActions:
+    """How bar_phi(s') is estimated: MC draws ``[S, K, 2]`` (K may be 0) or exact."""
+
+    draws: np.ndarray | None = None
+    mean: np.ndarray | None = None
+    sigma: float = 0.0
+
+    @property
+    def exact(self) -> bool:
+        return self.draws is None
+
+
+class Workspace:
+    """Reusable arrays for the hot path.
+
+    Fresh large arrays cost a page fault per 4 KiB on first touch (about 4 ms for the
+    26 MB feature matrices of one iteration); a workspace hands out the same buffers again.
+    Arrays from ``array(key, ...)`` stay valid until the next request of the same key.
+    """
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+        self._scratch: queue.SimpleQueue[dict[str, np.ndarray]] = queue.SimpleQueue()
+
+    def array(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A buffer of `shape` and `dtype` (uninitialised) reused across calls."""
+        arr = self._arrays.get(key)
+        if arr is None or arr.shape != shape or arr.dtype != dtype:
+            arr = self._arrays[key] = np.empty(shape, dtype=dtype)
+        return arr
+
+    @contextmanager
+    def scratch(self) -> Iterator[dict[str, np.ndarray]]:
+        """A per-thread scratch dict (one per concurrent user, returned after use)."""
+        try:
+            item = self._scratch.get_nowait()
+        except queue.Empty:
+            item = {}
+        try:
+            yield item
+        finally:
+            self._scratch.put(item)
+
+
+def _buffer(scratch: dict[str, np.ndarray], key: str, rows: int, cols: int, dtype) -> np.ndarray:
+    arr = scratch.get(key)
+    if arr is None or arr.shape[0] < rows or arr.shape[1] != cols or arr.dtype != dtype:
+        arr = scratch[key] = np.empty((max(rows, _BLOCK_ROWS + 1), cols), dtype=dtype)
+    return arr[:rows]
+
+
+def chain_features(
+    maps: FeatureMaps,
+    o_chain: np.ndarray,
+    a: np.ndarray,
+    next_actions: NextActions,
+    phi_out: np.ndarray,
+    bar_phi_out: np.ndarray,
+    scratch: dict[str, np.ndarray] | None = None,
+) -> None:
+    """TD features along one chain of states s_0..s_S (fused, blocked, in place).
+
+    ``o_chain [S+1, 18]``, ``a [S, 2]`` the executed actions. Writes
+    ``phi_out[t] = phi(s_t, a_t)`` and ``bar_phi_out[t] = bar_phi(s_{t+1})`` for t < S,
+    computing ``C = W_obs o + bias`` once per state and reusing it for both. Works in
+    row blocks whose temporaries (from `scratch`) stay in cache.
+    """
+    scratch = {} if scratch is None else scratch
+    S = a.shape[0]
+    D, D_base, dtype = maps.D, maps.D - NUM_EXTRA, maps.dtype
+    o32 = o_chain.astype(dtype)
+    scale = dtype.type(maps.base_scale)
+    if next_actions.exact:
+        w_sq = np.sum(maps.W_act.astype(np.float64) ** 2, axis=0)
+        bar_scale = (maps.base_scale * np.exp(-0.5 * next_actions.sigma**2 * w_sq)).astype(dtype)
+    else:
+        K = next_actions.draws.shape[1]
+        bar_scale = dtype.type(maps.base_scale / max(K, 1))
+    for start in range(0, S, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, S)
+        rows = stop - start
+        C = _buffer(scratch, "C", rows + 1, D_base, dtype)
+        np.matmul(o32[start : stop + 1], maps.W_obs, out=C)
+        C += maps.bias
+        C_next = C[1:]
+        arg = _buffer(scratch, "arg", rows, D_base, dtype)
+        _cos_plus_action(C[:-1], a[start:stop], maps.W_act, arg)
+        np.multiply(arg, scale, out=phi_out[start:stop, :D_base])
+        if next_actions.exact:
+            m = next_actions.mean[start:stop]
+            _cos_plus_action(C_next, m, maps.W_act, arg)
+            acc = arg
+            sq = np.sum(m**2, axis=-1) + 2.0 * next_actions.sigma**2
+        elif K == 0:
+            acc = np.cos(C_next, out=arg)
+            sq = np.zeros(rows)
+        else:
+            draws = next_actions.draws[start:stop]
+            acc = _buffer(scratch, "acc", rows, D_base, dtype)
+            _cos_plus_action(C_next, draws[:, 0], maps.W_act, acc)
+            for k in range(1, K):
+                _cos_plus_action(C_next, draws[:, k], maps.W_act, arg)
+                acc += arg
+            sq = np.mean(np.sum(draws**2, axis=-1), axis=1)
+        np.multiply(acc, bar_scale, out=bar_phi_out[start:stop, :D_base])
+        phi_out[start:stop, D_base : D - 1] = o_chain[start:stop, _FLAGS]
+        phi_out[start:stop, D - 1] = np.sum(a[start:stop] ** 2, axis=-1)
+        bar_phi_out[start:stop, D_base : D - 1] = o_chain[start + 1 : stop + 1, _FLAGS]
+        bar_phi_out[start:stop, D - 1] = sq
+
+
+def _cos_plus_action(C: np.ndarray, a: np.ndarray, W_act: np.ndarray, out: np.ndarray) -> None:
+    """``out = cos(C + a W_act)`` for ``C [R, D']``, ``a [R, 2]``, ``W_act [2, D']``."""
+    np.matmul(a.astype(out.dtype), W_act, out=out)
+    out += C
+    np.cos(out, out=out)
+
+
+def run_parallel(fn: Callable[[int], None], items: Sequence[int], threads: int) -> None:
+    """Call ``fn(i)`` for every item, on up to `threads` threads (in order when 1).
+
+    BLAS is held to one thread meanwhile: our threads already use every core, and
+    OpenBLAS threads inside them would only contend.
+    """
+    if threads <= 1 or len(items) <= 1:
+        for i in items:
+            fn(i)
+        return
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+        for result in pool.map(fn, items):
+            del result

@@ -1,0 +1,200 @@
+"""One outer iteration of the unfixed off-policy actor-critic (SPEC sections 4 and 5).
+
+Given frozen ``theta_mu, theta_pi [N, 2]`` and ``w [D]``:
+1. roll out B fresh chains of T steps under mu (chain b of iteration n uses stream
+   ``rollout/n/b``);
+2. ``delta_t = r_t + gamma Q_w(bar_phi_{t+1}) - Q_w(phi_t)``, ``Q_w(x) = w . x / sqrt(D)``;
+3. ``G_w = sum rho_t delta_t phi_t``, ``G_theta = sum rho_t delta_t g_t`` over all B T steps,
+   ``g_t = psi_t (u_t - m_pi(s_t))^T / (sigma_pi^2 sqrt(N))``;
+4. ``w += alpha_w s G_w``, ``theta_pi += alpha_pi s G_theta``,
+   ``theta_mu = (1 - beta) theta_mu + beta theta_pi`` (new theta_pi), both thetas projected
+   on the ball of radius theta_radius; ``s = 1/(B T)`` or ``1/(sqrt(B) T)``.
+No file I/O, no printing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from tdlens.config import RunConfig
+from tdlens.features import FeatureMaps, Workspace
+from tdlens.rollout import TDBatch, draw_noise, roll_out, td_batch
+from tdlens.seeding import stream
+
+
+@dataclass(frozen=True)
+class Params:
+    """The learned parameters: ``theta_mu, theta_pi [N, 2]``, ``w [D]`` (float64)."""
+
+    theta_mu: np.ndarray
+    theta_pi: np.ndarray
+    w: np.ndarray
+
+    def is_finite(self) -> bool:
+        return bool(
+            np.all(np.isfinite(self.w))
+            and np.all(np.isfinite(self.theta_pi))
+            and np.all(np.isfinite(self.theta_mu))
+        )
+
+
+def project(theta: np.ndarray, radius: float) -> np.ndarray:
+    """Project onto the L2 (Frobenius) ball of `radius`; identity when radius <= 0."""
+    if radius <= 0:
+        return theta
+    norm = float(np.sqrt(np.sum(theta**2)))
+    return theta * (radius / norm) if norm > radius else theta
+
+
+def init_params(cfg: RunConfig, maps: FeatureMaps) -> Params:
+    """``theta_pi ~ N(0, theta_init_scale^2)``, ``theta_mu = theta_pi + N(0, offset^2)``
+    (an exact copy when the offset scale is 0), ``w ~ N(0, w_init_scale^2)``.
+
+    Each draw has its own stream, so no initial value depends on another's scale.
+    """
+    shape = (maps.N, 2)
+    theta_pi = stream(cfg.seed, "init_theta_pi").normal(0.0, 1.0, shape) * cfg.theta_init_scale
+    offset = stream(cfg.seed, "init_theta_mu_offset").normal(0.0, 1.0, shape)
+    theta_mu = theta_pi.copy()
+    if cfg.theta_mu_offset_scale > 0:
+        theta_mu = theta_mu + cfg.theta_mu_offset_scale * offset
+    w = stream(cfg.seed, "init_w").normal(0.0, 1.0, maps.D) * cfg.w_init_scale
+    return Params(
+        theta_mu=project(theta_mu, cfg.theta_radius),
+        theta_pi=project(theta_pi, cfg.theta_radius),
+        w=w,
+    )
+
+
+def collect(
+    cfg: RunConfig,
+    maps: FeatureMaps,
+    theta_mu: np.ndarray,
+    theta_pi: np.ndarray,
+    rngs: list[np.random.Generator],
+    T: int,
+    workspace: Workspace | None = None,
+) -> TDBatch:
+    """Roll out ``len(rngs)`` chains of T steps under mu and build their TD batch."""
+    B = len(rngs)
+    noise = draw_noise(rngs, T, cfg)
+    sigma_b = np.full(B, cfg.sigma_mu)
+    paths = roll_out(cfg, maps, theta_mu, sigma_b, noise)
+    return td_batch(cfg, maps, paths, noise, theta_pi, sigma_b, workspace=workspace)
+
+
+def td_errors(batch: TDBatch, w: np.ndarray, gamma: float) -> np.ndarray:
+    """``delta [B, T] = r + gamma w.bar_phi/sqrt(D) - w.phi/sqrt(D)`` (float64)."""
+    D = w.shape[0]
+    w_f = (w / math.sqrt(D)).astype(batch.phi.dtype)
+    q = (batch.phi @ w_f).astype(np.float64)
+    q_next = (batch.bar_phi @ w_f).astype(np.float64)
+    return batch.r + gamma * q_next - q
+
+
+@dataclass(frozen=True)
+class IterationResult:
+    """New parameters, the SPEC 5 metrics of the iteration, and its TD errors."""
+
+    params: Params
+    metrics: dict[str, float]
+    delta: np.ndarray  # [B, T] TD errors (the q_kernel probe's cache)
+    batch: TDBatch
+
+
+def gradients(batch: TDBatch, delta: np.ndarray, sigma_pi: float) -> tuple[np.ndarray, np.ndarray]:
+    """``G_w [D] = sum rho delta phi`` and ``G_theta [N, 2] = sum rho delta g`` (SPEC 4.3)."""
+    rd = batch.rho * delta
+    D, N = batch.phi.shape[-1], batch.psi.shape[-1]
+    G_w = (rd.reshape(-1).astype(batch.phi.dtype) @ batch.phi.reshape(-1, D)).astype(np.float64)
+    weighted = (rd[..., None] * (batch.u - batch.m_pi)).reshape(-1, 2)
+    G_theta = batch.psi.reshape(-1, N).T @ weighted / (sigma_pi**2 * math.sqrt(N))
+    return G_w, G_theta
+
+
+def update(cfg: RunConfig, params: Params, G_w: np.ndarray, G_theta: np.ndarray) -> Params:
+    """Apply SPEC 4 step 4: critic and actor steps, mu tracking, projection."""
+    s = cfg.step_scale
+    w = params.w + cfg.alpha_w * s * G_w
+    theta_pi = params.theta_pi + cfg.alpha_pi * s * G_theta
+    theta_mu = (1.0 - cfg.beta) * params.theta_mu + cfg.beta * theta_pi
+    return Params(
+        theta_mu=project(theta_mu, cfg.theta_radius),
+        theta_pi=project(theta_pi, cfg.theta_radius),
+        w=w,
+    )
+
+
+def outer_iteration(
+    cfg: RunConfig,
+    maps: FeatureMaps,
+    params: Params,
+    n: int,
+    workspace: Workspace | None = None,
+) -> IterationResult:
+    """Run outer iteration `n` (0-based) from `params`; see the module docstring.
+
+    With a `workspace`, the returned batch's feature arrays are reused by the next call.
+    """
+    start = time.perf_counter()
+    rngs = [stream(cfg.seed, "rollout", n, b) for b in range(cfg.trajectories)]
+    batch = collect(cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon, workspace)
+    delta = td_errors(batch, params.w, cfg.gamma)
+    G_w, G_theta = gradients(batch, delta, cfg.sigma_pi)
+    new = update(cfg, params, G_w, G_theta)
+    metrics = iteration_metrics(cfg, maps, params, new, batch, delta)
+    metrics["iter"] = n
+    metrics["iter_time_s"] = time.perf_counter() - start
+    return IterationResult(params=new, metrics=metrics, delta=delta, batch=batch)
+
+
+def _pct(x: np.ndarray, q: float) -> float:
+    return float(np.percentile(x, q))
+
+
+def iteration_metrics(
+    cfg: RunConfig,
+    maps: FeatureMaps,
+    old: Params,
+    new: Params,
+    batch: TDBatch,
+    delta: np.ndarray,
+) -> dict[str, float]:
+    """SPEC 5 columns. Parameter metrics are of the parameters after the update; batch
+    metrics of the rollout that produced it; rho of the ratio the update used."""
+    D, N = maps.D, maps.N
+    rho = batch.rho.reshape(-1)
+    rho2 = rho**2
+    abs_delta = np.abs(delta).reshape(-1)
+    a = batch.a_sampled.reshape(-1, 2)
+    excess = np.sqrt(np.sum((a - np.clip(a, -cfg.env.v_max, cfg.env.v_max)) ** 2, axis=1))
+    return {
+        "td_loss": float(np.mean(delta**2)),
+        "critic_teacher_error": float(np.sum((new.w - maps.w_R) ** 2) / D),
+        "tracking_gap": float(np.sum((new.theta_pi - new.theta_mu) ** 2) / N),
+        "w_norm": float(np.linalg.norm(new.w)),
+        "mean_rho": float(rho.mean()),
+        "mean_rho2": float(rho2.mean()),
+        "min_rho": float(rho.min()),
+        "max_rho": float(rho.max()),
+        "p95_rho": _pct(rho, 95),
+        "p99_rho": _pct(rho, 99),
+        "p95_rho2": _pct(rho2, 95),
+        "p99_rho2": _pct(rho2, 99),
+        "max_rho2": float(rho2.max()),
+        "delta_mean": float(delta.mean()),
+        "delta_std": float(delta.std()),
+        "delta_p95": _pct(abs_delta, 95),
+        "delta_p99": _pct(abs_delta, 99),
+        "delta_max": float(abs_delta.max()),
+        "clip_fraction": float(np.mean(excess > 0)),
+        "clip_excess_mean": float(excess.mean()),
+        "clip_excess_p95": _pct(excess, 95),
+        "clip_excess_max": float(excess.max()),
+        "delta_theta_pi_norm": float(np.linalg.norm(new.theta_pi - old.theta_pi)),
+        "delta_w_norm": float(np.linalg.norm(new.w - old.w)),
+    }

@@ -1,0 +1,250 @@
+"""Rollouts under a frozen behaviour policy and their TD features (SPEC sections 3 and 4).
+
+Shapes: ``B`` trajectories (chains), ``T`` steps, ``N`` actor and ``D`` critic features,
+``K`` = K_mc next-action draws. Only the environment and the behaviour policy are
+sequential in t; everything else (target-policy means, ratios, features, rewards) is
+computed afterwards in large batches.
+
+Every chain ``b`` draws all of its noise up front from its own Generator, in a fixed
+order: reset uniforms, action normals ``[T, 2]``, environment normals ``[T, 4]``,
+environment uniforms ``[T, U]``, next-action normals ``[T, K, 2]``. So a chain's path
+depends only on its own stream and policy: chain ``b`` of a batched rollout equals the
+same chain rolled out alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tdlens.config import RunConfig
+from tdlens.features import (
+    FeatureMaps,
+    NextActions,
+    Workspace,
+    actor_features,
+    chain_features,
+    reward,
+)
+from tdlens.features import run_parallel as _run_parallel
+from tdlens.policy import importance_ratio, policy_mean, squash
+from tdlens.torus.dynamics import (
+    NORMAL_WIDTH,
+    clip_action,
+    observe,
+    reset_from_uniforms,
+    reset_width,
+    step,
+    uniform_width,
+)
+
+
+@dataclass(frozen=True)
+class ChainNoise:
+    """Pre-drawn noise of B chains: leading axes ``[T, B]`` (reset: ``[B, R]``)."""
+
+    reset: np.ndarray  # [B, reset_width]
+    z_act: np.ndarray  # [T, B, 2]
+    z_env: np.ndarray  # [T, B, 4]
+    u_env: np.ndarray  # [T, B, U]
+    z_next: np.ndarray  # [T, B, K, 2]
+
+    def take(self, chains: slice | list[int]) -> ChainNoise:
+        """The noise of a subset of chains."""
+        return ChainNoise(
+            reset=self.reset[chains],
+            z_act=self.z_act[:, chains],
+            z_env=self.z_env[:, chains],
+            u_env=self.u_env[:, chains],
+            z_next=self.z_next[:, chains],
+        )
+
+
+def draw_noise(rngs: list[np.random.Generator], T: int, cfg: RunConfig) -> ChainNoise:
+    """Draw every chain's noise from its own generator (one generator per chain)."""
+    K, G = cfg.K_mc, cfg.env.num_goblets
+    parts = []
+    for rng in rngs:
+        parts.append(
+            (
+                rng.random(reset_width(G)),
+                rng.standard_normal((T, 2)),
+                rng.standard_normal((T, NORMAL_WIDTH)),
+                rng.random((T, uniform_width(G))),
+                rng.standard_normal((T, K, 2)),
+            )
+        )
+    reset, z_act, z_env, u_env, z_next = zip(*parts, strict=True)
+    return ChainNoise(
+        reset=np.stack(reset),
+        z_act=np.stack(z_act, axis=1),
+        z_env=np.stack(z_env, axis=1),
+        u_env=np.stack(u_env, axis=1),
+        z_next=np.stack(z_next, axis=1),
+    )
+
+
+@dataclass(frozen=True)
+class Paths:
+    """States and actions of B chains, time-major: ``o [T+1, B, 18]``, ``u [T, B, 2]``."""
+
+    o: np.ndarray  # observations of s_0..s_T
+    psi: np.ndarray  # [T+1, B, N] actor features
+    m_b: np.ndarray  # [T, B, 2] behaviour mean
+    u: np.ndarray  # [T, B, 2] Gaussian draw (the action as sampled, pre-squash)
+    a: np.ndarray  # [T, B, 2] executed action (squashed, then clipped if clip_action)
+    a_sampled: np.ndarray  # [T, B, 2] the action before the environment clips it
+
+    def take(self, chains: slice | list[int]) -> Paths:
+        """The paths of a subset of chains."""
+        return Paths(
+            o=self.o[:, chains],
+            psi=self.psi[:, chains],
+            m_b=self.m_b[:, chains],
+            u=self.u[:, chains],
+            a=self.a[:, chains],
+            a_sampled=self.a_sampled[:, chains],
+        )
+
+
+def roll_out(
+    cfg: RunConfig,
+    maps: FeatureMaps,
+    theta_b: np.ndarray,
+    sigma_b: np.ndarray,
+    noise: ChainNoise,
+) -> Paths:
+    """Simulate B chains for T steps under per-chain Gaussian policies.
+
+    ``theta_b`` (``[N, 2]`` shared by all chains, or ``[B, N, 2]``) and ``sigma_b [B]`` are
+    the behaviour parameters. ``u_t = m(s_t) + sigma z_t``; ``a_t = v_max tanh(u_t)`` with
+    squashing, else ``u_t``; the environment clips it when env.clip_action.
+    """
+    env = cfg.env
+    T, B = noise.z_act.shape[:2]
+    N = maps.N
+    o = np.empty((T + 1, B, 18))
+    psi = np.empty((T + 1, B, N))
+    m_b = np.empty((T, B, 2))
+    u = np.empty((T, B, 2))
+    state = reset_from_uniforms(noise.reset, env)
+    scale = 1.0 / math.sqrt(N)
+    sigma_col = sigma_b[:, None]
+    shared = theta_b.ndim == 2
+    for t in range(T):
+        o[t] = observe(state, env)
+        psi[t] = actor_features(maps, o[t])
+        m_b[t] = (
+            policy_mean(theta_b, psi[t])
+            if shared
+            else np.einsum("bn,bnk->bk", psi[t], theta_b) * scale
+        )
+        u[t] = m_b[t] + sigma_col * noise.z_act[t]
+        a_t = squash(u[t], env.v_max) if cfg.squash_action else u[t]
+        state = step(state, a_t, noise.z_env[t], noise.u_env[t], env)
+    o[T] = observe(state, env)
+    psi[T] = actor_features(maps, o[T])
+    a_sampled = squash(u, env.v_max) if cfg.squash_action else u
+    return Paths(o=o, psi=psi, m_b=m_b, u=u, a=clip_action(a_sampled, env), a_sampled=a_sampled)
+
+
+@dataclass(frozen=True)
+class TDBatch:
+    """Everything TD needs about B chains of T steps, batch-major ``[B, T, ...]``."""
+
+    phi: np.ndarray  # [B, T, D] phi(s_t, a_t), features dtype
+    bar_phi: np.ndarray  # [B, T, D] bar_phi(s_{t+1}) under pi
+    r: np.ndarray  # [B, T] teacher reward
+    rho: np.ndarray  # [B, T] ratio used by the update (clipped)
+    rho_raw: np.ndarray  # [B, T] unclipped ratio
+    psi: np.ndarray  # [B, T, N] actor features of s_t
+    u: np.ndarray  # [B, T, 2] the Gaussian draw
+    m_b: np.ndarray  # [B, T, 2] behaviour mean
+    m_pi: np.ndarray  # [B, T, 2] target mean
+    a_sampled: np.ndarray  # [B, T, 2] action before the environment clip
+    o: np.ndarray  # [B, T+1, 18]
+
+    @property
+    def num_samples(self) -> int:
+        return self.r.size
+
+
+def td_batch(
+    cfg: RunConfig,
+    maps: FeatureMaps,
+    paths: Paths,
+    noise: ChainNoise,
+    theta_pi: np.ndarray,
+    sigma_b: np.ndarray,
+    with_features: bool = True,
+    workspace: Workspace | None = None,
+) -> TDBatch:
+    """Ratios and TD features of rolled-out chains (batched; SPEC 3 and 4 step 1).
+
+    ``rho_t = min(exp(log pi(u_t|s_t) - log b(u_t|s_t)), rho_clip)`` on the action as
+    sampled; ``bar_phi_{t+1}`` from the K_mc draws ``u' = m_pi(s_{t+1}) + sigma_pi z``
+    (squashed/clipped like a real action) or in closed form when ``bar_phi: exact``.
+    """
+    env = cfg.env
+    T, B = paths.u.shape[:2]
+    bm = lambda x: np.ascontiguousarray(np.swapaxes(x, 0, 1))  # noqa: E731
+    psi = bm(paths.psi)
+    o = bm(paths.o)
+    m_pi_all = policy_mean(theta_pi, psi)  # [B, T+1, 2]
+    u, m_b = bm(paths.u), bm(paths.m_b)
+    m_pi = m_pi_all[:, :T]
+    rho, rho_raw = _ratios(u, m_pi, cfg.sigma_pi, m_b, sigma_b, cfg.effective_rho_clip)
+    a_exec = bm(paths.a)
+    ws = Workspace() if workspace is None else workspace
+    D = maps.D if with_features else 0
+    phi = ws.array("phi", (B, T, D), maps.dtype)
+    bar_phi = ws.array("bar_phi", (B, T, D), maps.dtype)
+    if with_features:
+        m_next = m_pi_all[:, 1:]
+        if cfg.bar_phi == "exact":
+            nexts = [NextActions(mean=m_next[b], sigma=cfg.sigma_pi) for b in range(B)]
+        else:
+            u_next = m_next[:, :, None, :] + cfg.sigma_pi * bm(noise.z_next)
+            a_next = squash(u_next, env.v_max) if cfg.squash_action else u_next
+            a_next = clip_action(a_next, env)
+            nexts = [NextActions(draws=a_next[b]) for b in range(B)]
+
+        def one(b: int) -> None:
+            with ws.scratch() as scratch:
+                chain_features(maps, o[b], a_exec[b], nexts[b], phi[b], bar_phi[b], scratch)
+
+        _run_parallel(one, range(B), maps.threads)
+    r = reward(maps, phi) if with_features else np.empty((B, T))
+    return TDBatch(
+        phi=phi,
+        bar_phi=bar_phi,
+        r=r,
+        rho=rho,
+        rho_raw=rho_raw,
+        psi=psi[:, :T],
+        u=u,
+        m_b=m_b,
+        m_pi=m_pi,
+        a_sampled=bm(paths.a_sampled),
+        o=o,
+    )
+
+
+def _ratios(
+    u: np.ndarray,
+    m_pi: np.ndarray,
+    sigma_pi: float,
+    m_b: np.ndarray,
+    sigma_b: np.ndarray,
+    rho_clip: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Importance ratios with a per-chain behaviour sigma ``sigma_b [B]``."""
+    if np.all(sigma_b == sigma_b[0]):
+        return importance_ratio(u, m_pi, sigma_pi, m_b, float(sigma_b[0]), rho_clip)
+    rows = [
+        importance_ratio(u[b], m_pi[b], sigma_pi, m_b[b], float(sigma_b[b]), rho_clip)
+        for b in range(u.shape[0])
+    ]
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])

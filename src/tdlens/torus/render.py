@@ -1,0 +1,198 @@
+"""Draw Torus Goblet & Ghost states and episodes with matplotlib (SPEC section 1).
+
+No global pyplot state: every picture is a :class:`matplotlib.figure.Figure` drawn on its
+own Agg canvas, so rendering is safe in worker processes and threads.
+
+A picture shows the torus square ``[0, L]^2``, the adventurer (blue dot), the ghost (purple
+dot, dashed circle of radius eps_catch), the goblets as discs of radius eps_pick coloured by
+type (+1 green, -1 red), the last executed action as an arrow from the adventurer (an
+action of norm v_max is drawn ``ARROW_FRACTION * L`` long), and the events of the
+transition that led to the state as text.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle, FancyArrowPatch, Rectangle
+from PIL import Image
+
+from tdlens.config import EnvConfig, RunConfig
+from tdlens.features import actor_features, make_feature_maps
+from tdlens.learner import init_params
+from tdlens.policy import policy_mean, squash
+from tdlens.seeding import stream
+from tdlens.torus.dynamics import (
+    NORMAL_WIDTH,
+    TorusState,
+    clip_action,
+    observe,
+    reset_from_uniforms,
+    reset_width,
+    step,
+    uniform_width,
+)
+
+ARROW_FRACTION = 0.15
+DEFAULT_SIZE_PX = 256
+_DPI = 100
+_GOBLET_COLOURS = {1.0: "tab:green", -1.0: "tab:red"}
+
+
+def event_text(state: TorusState, index: int = 0) -> str:
+    """The events of the transition that led to ``state`` (row `index`), e.g. ``caught``."""
+    events = []
+    if state.caught[index]:
+        events.append("caught")
+    if state.picked[index]:
+        events.append(f"picked {int(state.picked_type[index]):+d}")
+    if state.restart[index]:
+        events.append("restart")
+    return ", ".join(events) if events else "no event"
+
+
+def _add_wrapped_circle(
+    ax: Axes, centre: np.ndarray, radius: float, L: float, **style: Any
+) -> None:
+    """A circle on the torus: every periodic copy that overlaps the square [0, L]^2."""
+    for dx in (-L, 0.0, L):
+        for dy in (-L, 0.0, L):
+            cx, cy = centre[0] + dx, centre[1] + dy
+            if -radius < cx < L + radius and -radius < cy < L + radius:
+                ax.add_patch(Circle((cx, cy), radius, **style))
+
+
+def draw_state(
+    ax: Axes,
+    state: TorusState,
+    env: EnvConfig,
+    action: np.ndarray | None = None,
+    index: int = 0,
+    title: str | None = None,
+) -> None:
+    """Draw environment `index` of the batch ``state`` on `ax`.
+
+    ``action [2]`` (optional) is the last executed action, drawn as an arrow from the
+    adventurer; `title` (optional) is prefixed to the event text.
+    """
+    L = env.torus_size
+    ax.set_xlim(0.0, L)
+    ax.set_ylim(0.0, L)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.add_patch(Rectangle((0.0, 0.0), L, L, facecolor="whitesmoke", edgecolor="black"))
+    for pos, kind in zip(state.goblets[index], state.types[index], strict=True):
+        colour = _GOBLET_COLOURS.get(float(kind), "tab:gray")
+        _add_wrapped_circle(ax, pos, max(env.eps_pick, 0.01 * L), L, color=colour, alpha=0.8)
+    x_g = state.x_g[index]
+    _add_wrapped_circle(ax, x_g, env.eps_catch, L, fill=False, ls="--", color="tab:purple")
+    ax.plot(*x_g, "o", color="tab:purple", ms=9)
+    x_a = state.x_a[index]
+    ax.plot(*x_a, "o", color="tab:blue", ms=9)
+    if action is not None:
+        arrow = np.asarray(action, dtype=np.float64).reshape(2) * (ARROW_FRACTION * L / env.v_max)
+        if np.all(np.isfinite(arrow)) and np.hypot(*arrow) > 0:
+            ax.add_patch(
+                FancyArrowPatch(
+                    tuple(x_a),
+                    tuple(x_a + arrow),
+                    arrowstyle="->",
+                    mutation_scale=12,
+                    color="tab:blue",
+                    lw=2,
+                )
+            )
+    text = event_text(state, index)
+    ax.set_title(f"{title}: {text}" if title else text, fontsize=9)
+
+
+def render_rgb(
+    state: TorusState,
+    env: EnvConfig,
+    action: np.ndarray | None = None,
+    size_px: int = DEFAULT_SIZE_PX,
+    index: int = 0,
+    title: str | None = None,
+) -> np.ndarray:
+    """The picture of :func:`draw_state` as an ``[size_px, size_px, 3]`` uint8 RGB array."""
+    if size_px < 32:
+        raise ValueError(f"size_px: must be at least 32 pixels, got {size_px}")
+    fig = Figure(figsize=(size_px / _DPI, size_px / _DPI), dpi=_DPI)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.04, 0.02, 0.92, 0.88))
+    draw_state(ax, state, env, action=action, index=index, title=title)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def episode_frames(cfg: RunConfig, steps: int) -> list[np.ndarray]:
+    """Roll out one environment for `steps` steps under mu and render every step.
+
+    Noise comes from stream ``render``, drawn up front in the rollout's order: reset
+    uniforms, action normals ``[T, 2]``, environment normals ``[T, 4]``, environment
+    uniforms ``[T, U]``. ``u_t = m_mu(s_t) + sigma_mu z_t``, ``a_t = v_max tanh(u_t)`` when
+    squash_action, clipped by the environment when clip_action (SPEC 1, 3). Frame ``t``
+    shows ``s_{t+1}`` with the executed ``a_t`` and the events of that transition, as
+    ``env.render()`` after a step does.
+    """
+    if steps < 1:
+        raise ValueError(f"steps: must be >= 1, got {steps}")
+    env = cfg.env
+    maps = make_feature_maps(cfg)
+    theta_mu = init_params(cfg, maps).theta_mu
+    rng = stream(cfg.seed, "render")
+    u_reset = rng.random((1, reset_width(env.num_goblets)))
+    z_act = rng.standard_normal((steps, 1, 2))
+    z_env = rng.standard_normal((steps, 1, NORMAL_WIDTH))
+    u_env = rng.random((steps, 1, uniform_width(env.num_goblets)))
+    state = reset_from_uniforms(u_reset, env)
+    frames = []
+    for t in range(steps):
+        psi_t = actor_features(maps, observe(state, env)).astype(np.float64)
+        u_t = policy_mean(theta_mu, psi_t) + cfg.sigma_mu * z_act[t]
+        a_t = clip_action(squash(u_t, env.v_max) if cfg.squash_action else u_t, env)
+        state = step(state, a_t, z_env[t], u_env[t], env)
+        frames.append(render_rgb(state, env, action=a_t[0], title=f"t={t + 1}"))
+    return frames
+
+
+def render_episode_gif(cfg: RunConfig, steps: int, out_path: str | Path, fps: int = 10) -> Path:
+    """Write an animated GIF of `steps` frames (see :func:`episode_frames`) to `out_path`.
+
+    Written atomically: a temporary file in the same directory, then ``os.replace``.
+    Every frame carries its step number, so no two consecutive frames are identical
+    (Pillow would merge them).
+    """
+    if steps < 1:
+        raise ValueError(f"steps: must be >= 1, got {steps}")
+    if fps < 1:
+        raise ValueError(f"fps: must be >= 1, got {fps}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(frame) for frame in episode_frames(cfg, steps)]
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            images[0].save(
+                fh,
+                format="GIF",
+                save_all=True,
+                append_images=images[1:],
+                duration=max(1, math.floor(1000 / fps)),
+                loop=0,
+            )
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out_path

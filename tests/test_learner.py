@@ -1,0 +1,222 @@
+"""One outer iteration (SPEC sections 4 and 5)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from helpers import small_config
+from tdlens.features import make_feature_maps
+from tdlens.learner import (
+    Params,
+    collect,
+    gradients,
+    init_params,
+    outer_iteration,
+    project,
+    td_errors,
+)
+from tdlens.policy import score
+from tdlens.seeding import stream
+
+
+def _run(cfg, iters):
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    history = [params]
+    metrics = []
+    for n in range(iters):
+        res = outer_iteration(cfg, maps, params, n)
+        params = res.params
+        history.append(params)
+        metrics.append(res.metrics)
+    return maps, history, metrics
+
+
+def test_same_seed_gives_bit_identical_runs_and_seed_matters():
+    cfg = small_config("theta_mu_offset_scale=0.2")
+    _, h1, m1 = _run(cfg, 3)
+    _, h2, m2 = _run(cfg, 3)
+    for a, b in zip(h1, h2, strict=True):
+        np.testing.assert_array_equal(a.w, b.w)
+        np.testing.assert_array_equal(a.theta_mu, b.theta_mu)
+    for a, b in zip(m1, m2, strict=True):
+        assert {k: v for k, v in a.items() if k != "iter_time_s"} == {
+            k: v for k, v in b.items() if k != "iter_time_s"
+        }
+    _, h3, _ = _run(small_config("theta_mu_offset_scale=0.2", "seed=1"), 1)
+    assert not np.array_equal(h1[0].w, h3[0].w)
+    assert not np.array_equal(h1[0].theta_pi, h3[0].theta_pi)
+    assert not np.array_equal(h1[0].theta_mu - h1[0].theta_pi, h3[0].theta_mu - h3[0].theta_pi)
+
+
+def test_init_streams_do_not_depend_on_other_scales():
+    maps = make_feature_maps(small_config())
+    a = init_params(small_config("theta_mu_offset_scale=0.0"), maps)
+    b = init_params(small_config("theta_mu_offset_scale=0.5"), maps)
+    np.testing.assert_array_equal(a.w, b.w)
+    np.testing.assert_array_equal(a.theta_pi, b.theta_pi)
+    np.testing.assert_array_equal(a.theta_mu, a.theta_pi)  # exact copy at offset 0
+
+
+def test_gamma_zero_makes_every_td_target_its_reward():
+    cfg = small_config("gamma=0")
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    rngs = [stream(cfg.seed, "rollout", 0, b) for b in range(cfg.trajectories)]
+    batch = collect(cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon)
+    delta = td_errors(batch, params.w, cfg.gamma)
+    q = (batch.phi @ (params.w / math.sqrt(maps.D)).astype(batch.phi.dtype)).astype(np.float64)
+    target = delta + q
+    np.testing.assert_allclose(target, batch.r, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(delta, batch.r - q)
+
+
+def test_gradients_match_brute_force_twin():
+    cfg = small_config(
+        "precision=float64", "theta_mu_offset_scale=0.3", "trajectories=2", "horizon=7"
+    )
+    maps = make_feature_maps(cfg)
+    p = init_params(cfg, maps)
+    rngs = [stream(cfg.seed, "rollout", 0, b) for b in range(cfg.trajectories)]
+    batch = collect(cfg, maps, p.theta_mu, p.theta_pi, rngs, cfg.horizon)
+    delta = td_errors(batch, p.w, cfg.gamma)
+    G_w, G_theta = gradients(batch, delta, cfg.sigma_pi)
+    ref_w = np.zeros(maps.D)
+    ref_theta = np.zeros((maps.N, 2))
+    for b in range(cfg.trajectories):
+        for t in range(cfg.horizon):
+            phi, bar = batch.phi[b, t], batch.bar_phi[b, t]
+            d = (
+                batch.r[b, t]
+                + cfg.gamma * p.w @ bar / math.sqrt(maps.D)
+                - p.w @ phi / math.sqrt(maps.D)
+            )
+            assert np.isclose(d, delta[b, t], rtol=1e-10, atol=1e-14)
+            ref_w += batch.rho[b, t] * d * phi
+            g = score(batch.psi[b, t], batch.u[b, t], batch.m_pi[b, t], cfg.sigma_pi)
+            ref_theta += batch.rho[b, t] * d * g
+    np.testing.assert_allclose(G_w, ref_w, rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(G_theta, ref_theta, rtol=1e-9, atol=1e-14)
+
+
+def test_alpha_pi_zero_keeps_theta_pi_bit_identical_and_gap_decays_exactly():
+    beta = 0.2
+    cfg = small_config("alpha_pi=0", f"beta={beta}", "theta_mu_offset_scale=0.3", "theta_radius=0")
+    _, hist, metrics = _run(cfg, 5)
+    for p in hist[1:]:
+        np.testing.assert_array_equal(p.theta_pi, hist[0].theta_pi)
+    gap0 = np.sum((hist[0].theta_pi - hist[0].theta_mu) ** 2) / 16
+    for n, m in enumerate(metrics):
+        # after iteration n the gap is (1 - beta)^(2(n+1)) times its start (float rounding only)
+        assert math.isclose(m["tracking_gap"], (1 - beta) ** (2 * (n + 1)) * gap0, rel_tol=1e-12)
+
+
+def test_projection_keeps_theta_in_the_ball():
+    theta = np.full((4, 2), 3.0)
+    proj = project(theta, 2.0)
+    assert math.isclose(np.linalg.norm(proj), 2.0)
+    np.testing.assert_array_equal(project(theta, 0.0), theta)
+    np.testing.assert_array_equal(project(0.1 * theta, 2.0), 0.1 * theta)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_critic_teacher_error_at_initialisation(seed):
+    """E ||w - w_R||^2 / D = w_init^2 (D'/D... all D) + base^2 D'/D + (3 + lambda^2)/D;
+    0.01397 at the seed settings (D = 2048). Tolerance: 5 standard deviations of the sum."""
+    cfg = small_config("env.feature_dim=2048", f"seed={seed}", "outer_iters=1")
+    maps = make_feature_maps(cfg)
+    p = init_params(cfg, maps)
+    D, lam, wi, bs = 2048, 0.1, 0.1, 0.05
+    expected = wi**2 + bs**2 * (D - 4) / D + (3 + lam**2) / D
+    assert abs(expected - 0.01397) < 1e-5  # 0.0139648: the issue's figure, rounded
+    var_entry = 2 * (wi**2 + bs**2) ** 2  # var of (w - w_R)_i^2 for the random part
+    sd = math.sqrt((D - 4) * var_entry) / D
+    cte = float(np.sum((p.w - maps.w_R) ** 2) / D)
+    assert abs(cte - expected) < 5 * sd
+
+
+def test_metrics_are_the_defined_statistics():
+    cfg = small_config("theta_mu_offset_scale=0.2", "env.clip_action=true")
+    maps = make_feature_maps(cfg)
+    p = init_params(cfg, maps)
+    res = outer_iteration(cfg, maps, p, 0)
+    m, b, d = res.metrics, res.batch, res.delta
+    assert m["td_loss"] == pytest.approx(np.mean(d**2), rel=1e-12)
+    assert m["mean_rho2"] == pytest.approx(np.mean(b.rho**2), rel=1e-12)
+    assert m["w_norm"] == pytest.approx(np.linalg.norm(res.params.w))
+    assert m["critic_teacher_error"] == pytest.approx(
+        np.sum((res.params.w - maps.w_R) ** 2) / maps.D
+    )
+    assert m["tracking_gap"] == pytest.approx(
+        np.sum((res.params.theta_pi - res.params.theta_mu) ** 2) / maps.N
+    )
+    excess = np.abs(b.a_sampled) > cfg.env.v_max
+    assert m["clip_fraction"] == pytest.approx(np.mean(excess.any(axis=-1)))
+    # the update used s = 1/(B T) and alpha_w
+    G_w, _ = gradients(b, d, cfg.sigma_pi)
+    np.testing.assert_allclose(
+        res.params.w - p.w,
+        cfg.alpha_w / (cfg.trajectories * cfg.horizon) * G_w,
+        rtol=1e-9,
+        atol=1e-16,
+    )
+
+
+def test_step_normalisations():
+    assert small_config().step_scale == 1 / (4 * 30)
+    assert small_config("step_normalization=sqrt_batch").step_scale == 1 / (2 * 30)
+    seed = small_config("env.feature_dim=2048", "trajectories=16", "horizon=200", "alpha_w=0.08")
+    assert seed.train_step_scale == pytest.approx(2.5e-05)
+
+
+def test_batched_chain_equals_chain_alone():
+    cfg = small_config("theta_mu_offset_scale=0.2", "threads=2")
+    maps = make_feature_maps(cfg)
+    p = init_params(cfg, maps)
+    many = collect(
+        cfg, maps, p.theta_mu, p.theta_pi, [stream(0, "rollout", 0, b) for b in range(4)], 30
+    )
+    one = collect(cfg, maps, p.theta_mu, p.theta_pi, [stream(0, "rollout", 0, 2)], 30)
+    for key in ("phi", "bar_phi", "r", "rho", "u", "o"):
+        np.testing.assert_array_equal(getattr(many, key)[2], getattr(one, key)[0])
+
+
+def test_float32_learning_curves_agree_with_float64():
+    """The float32 fast path (SPEC 14): learning-curve metrics within 1e-4 relative."""
+    common = [
+        "env.feature_dim=512",
+        "env.actor_feature_dim=64",
+        "trajectories=4",
+        "horizon=50",
+        "theta_mu_offset_scale=0.2",
+        "alpha_w=2.0",
+        "alpha_pi=0.5",
+    ]
+    _, h32, m32 = _run(small_config(*common, "precision=float32"), 4)
+    _, h64, m64 = _run(small_config(*common, "precision=float64"), 4)
+    keys = [
+        "td_loss",
+        "critic_teacher_error",
+        "tracking_gap",
+        "w_norm",
+        "mean_rho",
+        "mean_rho2",
+        "max_rho",
+        "delta_mean",
+        "delta_std",
+        "delta_max",
+        "delta_w_norm",
+        "delta_theta_pi_norm",
+    ]
+    for a, b in zip(m32, m64, strict=True):
+        for k in keys:
+            assert a[k] == pytest.approx(b[k], rel=1e-4), k
+    np.testing.assert_allclose(h32[-1].w, h64[-1].w, rtol=1e-4, atol=1e-7)
+
+
+def test_params_finite_check():
+    p = Params(np.zeros((2, 2)), np.zeros((2, 2)), np.array([0.0, np.nan]))
+    assert not p.is_finite()
