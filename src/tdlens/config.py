@@ -10,6 +10,7 @@ did-you-mean suggestion for unknown keys) and what is allowed.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import math
 import re
@@ -192,6 +193,16 @@ class RunConfig(_Frozen):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        """Short hash of everything that changes the numbers (not name, threads, cadences)."""
+        data = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+EXECUTION_KEYS = frozenset({"name", "threads", "checkpoint_every", "report_every"})
+"""Keys that change how a run executes but never its numbers."""
 
 
 # --------------------------------------------------------------------------- loading

@@ -25,6 +25,36 @@ from tdlens.features import FeatureMaps, Workspace
 from tdlens.rollout import TDBatch, draw_noise, roll_out, td_batch
 from tdlens.seeding import stream
 
+METRIC_COLUMNS: tuple[str, ...] = (
+    "iter",
+    "td_loss",
+    "critic_teacher_error",
+    "tracking_gap",
+    "w_norm",
+    "mean_rho",
+    "mean_rho2",
+    "min_rho",
+    "max_rho",
+    "p95_rho",
+    "p99_rho",
+    "p95_rho2",
+    "p99_rho2",
+    "max_rho2",
+    "delta_mean",
+    "delta_std",
+    "delta_p95",
+    "delta_p99",
+    "delta_max",
+    "clip_fraction",
+    "clip_excess_mean",
+    "clip_excess_p95",
+    "clip_excess_max",
+    "delta_theta_pi_norm",
+    "delta_w_norm",
+    "iter_time_s",
+)
+"""The per-iteration columns of learning_curves.csv that the learner produces (SPEC 5)."""
+
 
 @dataclass(frozen=True)
 class Params:

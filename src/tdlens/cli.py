@@ -1,0 +1,243 @@
+"""The `tdlens` command line (SPEC section 12); the only module that prints or parses argv.
+
+Exit codes: 0 success, 1 a check failed (a sanity check; health FAIL only with
+--strict; a run that raised), 2 bad input, 130/143 a run stopped by SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from tdlens.config import ConfigError, RunConfig, load_config
+
+app = typer.Typer(
+    name="tdlens",
+    help="A workbench for off-policy TD learning with an unfixed behaviour policy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DEFAULT_CONFIG = "seed_plateau"
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key: --set env.p_mix=0.01 (repeatable)."),
+]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one clear error line and exit (2 = bad input)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def shipped_configs() -> Path:
+    """The folder of configs shipped with the package (also ./configs in the repo)."""
+    return Path(str(resources.files("tdlens") / "configs"))
+
+
+def resolve_config_path(arg: str | None) -> Path:
+    """A config file: the path given, else a shipped config by name (seed_plateau...)."""
+    name = arg or DEFAULT_CONFIG
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+    shipped = shipped_configs() / f"{stem}.yaml"
+    if shipped.is_file() and (len(path.parts) == 1 or path.parts[-2] == "configs"):
+        return shipped
+    names = ", ".join(sorted(p.stem for p in shipped_configs().glob("*.yaml")))
+    fail(f"config file '{name}' does not exist (shipped configs: {names})")
+
+
+def load_cli_config(arg: str | None, overrides: list[str] | None, name: str | None) -> RunConfig:
+    extra = [f"name={name}"] if name else []
+    try:
+        return load_config(resolve_config_path(arg), [*(overrides or []), *extra])
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def run(
+    config: Annotated[
+        str | None,
+        typer.Argument(
+            help="Config YAML or shipped name (default: seed_plateau); with --resume "
+            "a run directory."
+        ),
+    ] = None,
+    overrides: SetOption = None,
+    output_dir: Annotated[Path, typer.Option(help="Parent folder of new runs.")] = Path(
+        "outputs/runs"
+    ),
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Exact run directory (default: <output-dir>/<time>_<name>).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (sets the config's name).")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --run-dir (or CONFIG) from its checkpoint.")
+    ] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 when the report's health is FAIL.")] = False,
+) -> None:
+    """Run the actor-critic with probes and write a run report (SPEC 7, 8)."""
+    from tdlens.runs.files import RunFileError
+    from tdlens.runs.lock import RunLockedError
+    from tdlens.runs.runner import RunDirError, Runner, default_run_dir
+
+    if resume:
+        target = run_dir or (Path(config) if config and Path(config).is_dir() else None)
+        if target is None:
+            fail("--resume needs the run directory: tdlens run RUN_DIR --resume")
+        if overrides:
+            fail("--resume continues a run with its own config.json; --set is not allowed")
+        cfg = None
+    else:
+        cfg = load_cli_config(config, overrides, name)
+        target = run_dir or default_run_dir(output_dir, cfg.name)
+    try:
+        runner = Runner(cfg, target, resume=resume, on_progress=None)
+    except (RunDirError, ConfigError, RunFileError) as exc:
+        fail(str(exc))
+    cfg = runner.cfg
+    if not cfg.sigma_condition_ok:
+        err.print(
+            f"[yellow]warning:[/] sigma_pi^2 = {cfg.sigma_pi**2:.4g} >= 2 sigma_mu^2 = "
+            f"{2 * cfg.sigma_mu**2:.4g}: E_mu[rho^2] is infinite; the report will FAIL "
+            "sigma_condition",
+            highlight=False,
+        )
+    out.print(f"run directory: {runner.run_dir}", highlight=False)
+    try:
+        result = _run_with_progress(runner)
+    except (RunLockedError, RunFileError) as exc:
+        fail(str(exc))
+    _print_outcome(result.run_dir, result.status, result.reason)
+    code = result.exit_code
+    if code == 0 and strict and _health(result.run_dir) == "FAIL":
+        code = 1
+    raise typer.Exit(code)
+
+
+def _run_with_progress(runner):
+    from tdlens.runs.runner import Progress as RunProgress
+
+    cfg = runner.cfg
+    if not out.is_terminal:
+
+        def plain(p: RunProgress) -> None:
+            probe = f" probes({p.probe_reason}) {p.probe_seconds:.2f}s" if p.probe_reason else ""
+            print(
+                f"iter {p.n + 1}/{p.outer_iters} td_loss={p.metrics['td_loss']:.4g} "
+                f"w_norm={p.metrics['w_norm']:.6g}{probe}",
+                flush=True,
+            )
+
+        runner.on_progress = plain
+        return runner.run()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    with Progress(*columns, console=out, transient=False) as bar:
+        task = bar.add_task(cfg.name, total=cfg.outer_iters, info="starting")
+        last_probe = {"text": "no probe yet"}
+
+        def live(p: RunProgress) -> None:
+            if p.probe_reason:
+                last_probe["text"] = f"probe@{p.n} ({p.probe_reason}, {p.probe_seconds:.1f}s)"
+            info = (
+                f"td_loss {p.metrics['td_loss']:.3g}  w_norm {p.metrics['w_norm']:.5g}  "
+                f"{last_probe['text']}"
+            )
+            bar.update(task, completed=p.n + 1, info=info)
+
+        runner.on_progress = live
+        return runner.run()
+
+
+def _health(run_dir: Path) -> str | None:
+    import json
+
+    path = Path(run_dir) / "run_report.json"
+    try:
+        return json.loads(path.read_text())["health"]["status"]
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _print_outcome(run_dir: Path, status: str, reason: str | None) -> None:
+    health = _health(run_dir)
+    out.print(f"status: {status}" + (f" ({reason})" if reason else ""), highlight=False)
+    if health is not None:
+        out.print(f"health: {health}", highlight=False)
+    report = Path(run_dir) / "run_report.md"
+    if report.exists():
+        out.print(f"report: {report}", highlight=False)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    strict: Annotated[bool, typer.Option(help="Exit 1 when health is FAIL.")] = False,
+) -> None:
+    """(Re)generate run_report.md/.json/.html from a run directory's files alone."""
+    from tdlens.report import write_report
+    from tdlens.runs.files import RunFileError
+
+    if not (run_dir / "config.json").is_file():
+        fail(f"'{run_dir}' is not a run directory (no config.json)")
+    try:
+        paths = write_report(run_dir)
+    except (RunFileError, ConfigError) as exc:
+        fail(str(exc))
+    for p in paths:
+        out.print(f"wrote {p}", highlight=False)
+    health = _health(run_dir)
+    out.print(f"health: {health}", highlight=False)
+    raise typer.Exit(1 if strict and health == "FAIL" else 0)
+
+
+@app.command()
+def render(
+    config: Annotated[str | None, typer.Argument(help="Config YAML or shipped name.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Number of steps to record.")] = 100,
+    out_file: Annotated[Path, typer.Option("--out", help="Output GIF path.")] = Path("episode.gif"),
+    overrides: SetOption = None,
+) -> None:
+    """Record one episode under the config's behaviour policy as an animated GIF."""
+    from tdlens.torus.render import render_episode_gif
+
+    cfg = load_cli_config(config, overrides, None)
+    if out_file.suffix.lower() != ".gif":
+        fail(f"--out '{out_file}': expected a .gif file name")
+    path = render_episode_gif(cfg, steps, out_file)
+    out.print(f"wrote {path} ({steps} frames)", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""The run directory: atomic files, tables, checkpoints, lock, signals, resume (SPEC 7, 15)."""

@@ -1,0 +1,105 @@
+"""The command line (SPEC 12): exit codes, bad input, end-to-end runs."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from typer.testing import CliRunner
+
+from tdlens.cli import app
+
+runner = CliRunner()
+TINY = ["--set", "env.feature_dim=32", "--set", "env.actor_feature_dim=8", "--set", "outer_iters=2"]
+
+
+def test_help_lists_the_commands():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("run", "report", "render"):
+        assert cmd in res.output
+
+
+def test_bad_override_exits_2_naming_the_key_and_writes_nothing(tmp_path):
+    res = runner.invoke(app, ["run", "sanity", "--set", "gama=0.5", "--output-dir", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "gama" in res.output and "did you mean 'gamma'" in res.output
+    assert list(tmp_path.iterdir()) == []
+    res = runner.invoke(
+        app, ["run", "sanity", "--set", "sigma_mu=-1", "--output-dir", str(tmp_path)]
+    )
+    assert res.exit_code == 2 and "sigma_mu" in res.output
+    res = runner.invoke(app, ["run", "no_such_config.yaml", "--output-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "no_such_config.yaml" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_run_directory_is_refused(tmp_path):
+    d = tmp_path / "run"
+    args = ["run", "sanity", *TINY, "--set", "probes.enabled=false", "--run-dir", str(d)]
+    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "already exists" in res.output
+    res = runner.invoke(app, ["run", str(d), "--resume", "--set", "gamma=0.1"])
+    assert res.exit_code == 2
+
+
+def test_sigma_condition_warning(tmp_path):
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "sanity",
+            *TINY,
+            "--set",
+            "probes.enabled=false",
+            "--set",
+            "sigma_pi=0.5",
+            "--set",
+            "sigma_mu=0.3",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert res.exit_code == 0 and "sigma_condition" in res.output
+
+
+def test_render_writes_a_gif(tmp_path):
+    out = tmp_path / "ep.gif"
+    res = runner.invoke(app, ["render", "sanity", "--steps", "5", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    with Image.open(out) as im:
+        assert im.n_frames == 5
+    res = runner.invoke(app, ["render", "sanity", "--steps", "5", "--out", str(tmp_path / "x.png")])
+    assert res.exit_code == 2
+
+
+_counter = itertools.count()
+
+
+@given(st.text(max_size=25))
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_random_overrides_never_produce_a_traceback(tmp_path, text):
+    d = tmp_path / f"r{next(_counter)}"
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "sanity",
+            *TINY,
+            "--set",
+            "probes.enabled=false",
+            "--set",
+            text,
+            "--run-dir",
+            str(d),
+        ],
+    )
+    assert res.exit_code in (0, 2), res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    if res.exit_code == 2:
+        assert "error:" in res.output and not d.exists()

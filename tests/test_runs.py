@@ -1,0 +1,231 @@
+"""Run lifecycle: run directory, checkpoints, resume, signals, faults (SPEC 7, 15)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tdlens.config import load_config
+from tdlens.runs import runner as runner_mod
+from tdlens.runs.checkpoint import latest_checkpoint, load_checkpoint
+from tdlens.runs.files import RunFileError, TableWriter, read_csv_rows, truncate_table
+from tdlens.runs.lock import RunLock, RunLockedError
+from tdlens.runs.runner import CURVE_COLUMNS, RunDirError, Runner
+
+FAST = ["probes.enabled=false", "env.feature_dim=32", "env.actor_feature_dim=8"]
+
+
+def _cfg(*extra: str):
+    return load_config("configs/sanity.yaml", [*FAST, *extra])
+
+
+def _curves(run_dir: Path) -> list[list[str]]:
+    """learning_curves.csv as text cells, without the wall-time column."""
+    with open(run_dir / "learning_curves.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    drop = rows[0].index("iter_time_s")
+    return [[c for i, c in enumerate(r) if i != drop] for r in rows]
+
+
+def test_fresh_run_writes_the_run_directory(tmp_path):
+    cfg = _cfg("outer_iters=5", "checkpoint_every=2")
+    res = Runner(cfg, tmp_path / "run").run()
+    assert res.status == "complete" and res.exit_code == 0 and res.next_iter == 5
+    d = tmp_path / "run"
+    assert json.loads((d / "config.json").read_text()) == cfg.to_dict()
+    rows = read_csv_rows(d / "learning_curves.csv")
+    assert [r["iter"] for r in rows] == [0, 1, 2, 3, 4]
+    assert list(rows[0]) == list(CURVE_COLUMNS)
+    assert rows[0]["fixed_point_gap"] is None  # no probe ran: empty, not NaN
+    status = json.loads((d / "status.json").read_text())
+    assert status["status"] == "complete" and status["next_iter"] == 5
+    names = sorted(p.name for p in (d / "checkpoints").iterdir())
+    assert names == ["ckpt_000002.npz", "ckpt_000004.npz", "ckpt_000005.npz"]
+    assert "complete" in (d / "stdout.log").read_text()
+
+
+def test_refuses_an_existing_run_directory(tmp_path):
+    d = tmp_path / "run"
+    Runner(_cfg("outer_iters=1"), d).run()
+    with pytest.raises(RunDirError, match="already exists"):
+        Runner(_cfg("outer_iters=1"), d)
+    with pytest.raises(RunDirError, match="not a run directory"):
+        Runner(None, tmp_path / "nothing", resume=True)
+
+
+def _stop_at(runner: Runner, n_stop: int) -> None:
+    def hook(p):
+        if p.n == n_stop:
+            runner._stop_signal = signal.SIGTERM
+
+    runner.on_progress = hook
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    cfg = _cfg("outer_iters=9", "checkpoint_every=4", "theta_mu_offset_scale=0.3")
+    Runner(cfg, tmp_path / "full").run()
+    r = Runner(cfg, tmp_path / "cut")
+    _stop_at(r, 5)
+    res = r.run()
+    assert res.status == "incomplete" and res.exit_code == 143
+    assert "SIGTERM" in res.reason and "6 of 9" in res.reason
+    status = json.loads((tmp_path / "cut" / "status.json").read_text())
+    assert status["status"] == "incomplete" and "SIGTERM" in status["reason"]
+    # the interruption checkpointed at next_iter 6; resume continues from there
+    assert load_checkpoint(latest_checkpoint(tmp_path / "cut")).next_iter == 6
+    res2 = Runner(None, tmp_path / "cut", resume=True).run()
+    assert res2.status == "complete"
+    assert _curves(tmp_path / "cut") == _curves(tmp_path / "full")
+
+
+def test_resume_truncates_rows_after_the_checkpoint(tmp_path):
+    cfg = _cfg("outer_iters=7", "checkpoint_every=3")
+    Runner(cfg, tmp_path / "full").run()
+    d = tmp_path / "cut"
+    r = Runner(cfg, d)
+    _stop_at(r, 4)
+    r.run()
+    # pretend the process died after writing rows past its last checkpoint (kill -9)
+    (d / "checkpoints" / "ckpt_000005.npz").unlink()
+    assert len(read_csv_rows(d / "learning_curves.csv")) == 5
+    Runner(None, d, resume=True).run()
+    assert _curves(d) == _curves(tmp_path / "full")
+
+
+def test_diverged_run_keeps_finite_rows(tmp_path):
+    cfg = _cfg("outer_iters=50", "alpha_w=1e200", "alpha_pi=0", "gamma=0.99")
+    res = Runner(cfg, tmp_path / "div").run()
+    assert res.status == "diverged" and "non-finite" in res.reason
+    rows = read_csv_rows(tmp_path / "div" / "learning_curves.csv")
+    assert len(rows) == res.next_iter < 50
+    assert all(np.isfinite(r["w_norm"]) for r in rows)
+
+
+def test_exception_marks_the_run_failed_with_traceback(tmp_path, monkeypatch):
+    real = runner_mod.outer_iteration
+
+    def boom(cfg, maps, params, n, ws=None):
+        if n == 2:
+            raise FloatingPointError("injected")
+        return real(cfg, maps, params, n, ws)
+
+    monkeypatch.setattr(runner_mod, "outer_iteration", boom)
+    res = Runner(_cfg("outer_iters=5"), tmp_path / "f").run()
+    assert res.status == "failed" and res.exit_code == 1 and "injected" in res.reason
+    status = json.loads((tmp_path / "f" / "status.json").read_text())
+    assert "FloatingPointError: injected" in status["traceback"]
+    assert len(read_csv_rows(tmp_path / "f" / "learning_curves.csv")) == 2
+
+
+def test_lock_refuses_a_second_process(tmp_path):
+    tmp_path.joinpath("run").mkdir()
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(RunLockedError, match="in use"):
+            RunLock(tmp_path / "run").acquire()
+    RunLock(tmp_path / "run").acquire()  # released: free again
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_overwrites_nothing(tmp_path):
+    d = tmp_path / "run"
+    r = Runner(_cfg("outer_iters=6", "checkpoint_every=2"), d)
+    _stop_at(r, 2)
+    r.run()
+    latest = latest_checkpoint(d)
+    latest.write_bytes(b"not a zip file")
+    before = (d / "learning_curves.csv").read_bytes()
+    with pytest.raises(RunFileError, match="corrupt"):
+        Runner(None, d, resume=True).run()
+    assert (d / "learning_curves.csv").read_bytes() == before
+
+
+def test_corrupt_csv_is_a_clear_error(tmp_path):
+    path = tmp_path / "t.csv"
+    TableWriter(path, ["iter", "x"]).append({"iter": 0, "x": 1.5})
+    with open(path, "a") as fh:
+        fh.write("1,2,3\n")
+    with pytest.raises(RunFileError, match="line 3"):
+        read_csv_rows(path)
+    with pytest.raises(RunFileError, match="header"):
+        TableWriter(path, ["iter", "y"])
+
+
+def test_truncate_table_drops_rows_and_torn_lines(tmp_path):
+    path = tmp_path / "p.csv"
+    w = TableWriter(path, ["iter", "x"], jsonl=True)
+    for i in range(5):
+        w.append({"iter": i, "x": float(i) / 3})
+    with open(path, "a") as fh:
+        fh.write("5,0.1")  # a torn row from a crash (no newline, still 2 cells)
+    truncate_table(path, 3)
+    assert [r["iter"] for r in read_csv_rows(path)] == [0, 1, 2]
+    lines = path.with_suffix(".jsonl").read_text().splitlines()
+    assert [json.loads(x)["iter"] for x in lines] == [0, 1, 2]
+    assert read_csv_rows(path)[1]["x"] == 1 / 3  # repr floats round-trip exactly
+
+
+def _spawn(run_dir: Path, *extra: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tdlens.cli",
+        "run",
+        "sanity",
+        "--run-dir",
+        str(run_dir),
+        *[a for s in [*FAST, *extra] for a in ("--set", s)],
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    path = run_dir / "learning_curves.csv"
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) > n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("run did not reach the expected row count")
+
+
+SLOW = ["outer_iters=400", "checkpoint_every=7", "env.feature_dim=256", "horizon=100"]
+
+
+def test_kill_9_then_resume_is_bit_identical(tmp_path):
+    Runner(_cfg(*SLOW), tmp_path / "full").run()
+    d = tmp_path / "killed"
+    proc = _spawn(d, *SLOW)
+    _wait_rows(d, 20, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((d / "status.json").read_text())["status"] == "running"
+    done = subprocess.run(
+        [sys.executable, "-m", "tdlens.cli", "run", str(d), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _curves(d) == _curves(tmp_path / "full")
+
+
+def test_sigint_stops_cleanly_with_exit_130(tmp_path):
+    d = tmp_path / "int"
+    proc = _spawn(d, *SLOW)
+    _wait_rows(d, 5, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    status = json.loads((d / "status.json").read_text())
+    assert status["status"] == "incomplete" and "SIGINT" in status["reason"]
+    ckpt = load_checkpoint(latest_checkpoint(d))
+    assert ckpt.next_iter == len(read_csv_rows(d / "learning_curves.csv"))
