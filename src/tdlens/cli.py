@@ -235,6 +235,37 @@ def render(
     out.print(f"wrote {path} ({steps} frames)", highlight=False)
 
 
+@app.command()
+def sanity(
+    base: Annotated[
+        str | None, typer.Option(help="Base config YAML or shipped name (default: sanity).")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("outputs/sanity"),
+    only: Annotated[
+        list[str] | None, typer.Option(help="Run only this check (repeatable).")
+    ] = None,
+    overrides: SetOption = None,
+) -> None:
+    """Run the behavioural sanity suite and the base-check matrix C0..C7 (SPEC 10).
+
+    Exits 1 when any check fails.
+    """
+    from tdlens.suites import CHECKS, run_suite
+
+    cfg = load_cli_config(base or "sanity", overrides, None)
+    unknown = [n for n in only or [] if n not in CHECKS]
+    if unknown:
+        fail(f"--only: unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}")
+
+    def show(res) -> None:
+        verdict = "[green]PASS[/]" if res.passed else "[bold red]FAIL[/]"
+        out.print(f"{verdict} {res.name} ({res.seconds:.1f}s): {res.observed}", highlight=False)
+
+    suite = run_suite(cfg, out_dir, only=only, on_check=show)
+    out.print(f"summary: {suite.out_dir / 'SUMMARY.md'}", highlight=False)
+    raise typer.Exit(0 if suite.passed else 1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

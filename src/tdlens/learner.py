@@ -117,13 +117,19 @@ def collect(
     return td_batch(cfg, maps, paths, noise, theta_pi, sigma_b, workspace=workspace)
 
 
-def td_errors(batch: TDBatch, w: np.ndarray, gamma: float) -> np.ndarray:
-    """``delta [B, T] = r + gamma w.bar_phi/sqrt(D) - w.phi/sqrt(D)`` (float64)."""
+def critic_values(batch: TDBatch, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Q_w(phi_t), Q_w(bar_phi_{t+1}))`` as ``[B, T]`` float64, ``Q_w(x) = w.x/sqrt(D)``."""
     D = w.shape[0]
     w_f = (w / math.sqrt(D)).astype(batch.phi.dtype)
-    q = (batch.phi @ w_f).astype(np.float64)
-    q_next = (batch.bar_phi @ w_f).astype(np.float64)
-    return batch.r + gamma * q_next - q
+    q_t = (batch.phi @ w_f).astype(np.float64)
+    q_tp1 = (batch.bar_phi @ w_f).astype(np.float64)
+    return q_t, q_tp1
+
+
+def td_errors(batch: TDBatch, w: np.ndarray, gamma: float) -> np.ndarray:
+    """``delta [B, T] = r + gamma Q_w(bar_phi_{t+1}) - Q_w(phi_t)`` (float64)."""
+    q_t, q_tp1 = critic_values(batch, w)
+    return batch.r + gamma * q_tp1 - q_t
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,8 @@ class IterationResult:
     metrics: dict[str, float]
     delta: np.ndarray  # [B, T] TD errors (the q_kernel probe's cache)
     batch: TDBatch
+    q_t: np.ndarray  # [B, T] Q_w(phi_t) with the critic before the update
+    q_tp1: np.ndarray  # [B, T] Q_w(bar_phi_{t+1})
 
 
 def gradients(batch: TDBatch, delta: np.ndarray, sigma_pi: float) -> tuple[np.ndarray, np.ndarray]:
@@ -173,13 +181,14 @@ def outer_iteration(
     start = time.perf_counter()
     rngs = [stream(cfg.seed, "rollout", n, b) for b in range(cfg.trajectories)]
     batch = collect(cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon, workspace)
-    delta = td_errors(batch, params.w, cfg.gamma)
+    q_t, q_tp1 = critic_values(batch, params.w)
+    delta = batch.r + cfg.gamma * q_tp1 - q_t
     G_w, G_theta = gradients(batch, delta, cfg.sigma_pi)
     new = update(cfg, params, G_w, G_theta)
     metrics = iteration_metrics(cfg, maps, params, new, batch, delta)
     metrics["iter"] = n
     metrics["iter_time_s"] = time.perf_counter() - start
-    return IterationResult(params=new, metrics=metrics, delta=delta, batch=batch)
+    return IterationResult(new, metrics, delta, batch, q_t, q_tp1)
 
 
 def _pct(x: np.ndarray, q: float) -> float:

@@ -8,6 +8,9 @@ iterations, and finally writes the report. SIGINT/SIGTERM finish the current ite
 checkpoint, mark the run ``incomplete`` with the reason, write the report and return
 exit code 130/143. An exception marks it ``failed`` with the traceback.
 
+``on_iteration(n, result)`` sees every iteration's full result (the sanity suite observes
+every ratio and TD target through it).
+
 Resume truncates every table to the rows of the latest checkpoint and continues; because
 all random draws are keyed by (seed, stream, iteration, chain) the result is
 bit-identical to an uninterrupted run (every column but iter_time_s).
@@ -120,10 +123,12 @@ class Runner:
         resume: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
         handle_signals: bool = True,
+        on_iteration: Callable[[int, IterationResult], None] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.on_progress = on_progress
+        self.on_iteration = on_iteration
         self.handle_signals = handle_signals
         self._stop_signal: int | None = None
         self._status: dict[str, Any] = {}
@@ -271,6 +276,8 @@ class Runner:
                     math.isfinite(result.metrics[k]) for k in DIVERGENCE_COLUMNS
                 ):
                     return self._finish_diverged(params, n, history, probes, result)
+                if self.on_iteration is not None:
+                    self.on_iteration(n, result)
                 params = result.params
                 history.append(result.metrics["td_loss"])
                 row: dict[str, Any] = dict(result.metrics)

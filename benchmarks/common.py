@@ -1,0 +1,69 @@
+"""Shared helpers for the benchmark scripts: machine info, timing, peak memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+SEED_SETTINGS = [
+    "env.feature_dim=2048",
+    "env.actor_feature_dim=512",
+    "trajectories=16",
+    "horizon=200",
+    "K_mc=4",
+]
+
+
+def machine_info() -> str:
+    """One paragraph naming the machine, Python, NumPy and its BLAS."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = ", ".join(
+            f"{i['internal_api']} {i.get('version', '')} ({i['num_threads']} threads)"
+            for i in threadpool_info()
+        )
+    except ImportError:  # pragma: no cover
+        blas = "unknown"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"machine: {cpu}, {os.cpu_count()} cores; python {sys.version.split()[0]}; "
+        f"numpy {np.__version__}; BLAS {blas}"
+    )
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (MiB), from getrusage."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_it(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of `repeats` calls after `warmup` uncounted ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summary(label: str, times: list[float]) -> str:
+    """'label: median X s (min A, max B, n=N)'."""
+    return (
+        f"{label}: median {statistics.median(times):.4f} s "
+        f"(min {min(times):.4f}, max {max(times):.4f}, n={len(times)})"
+    )

@@ -1,0 +1,116 @@
+"""Sanity checks pass on the real learner and catch deliberately broken twins (SPEC 10)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tdlens import learner, rollout
+from tdlens.config import load_config
+from tdlens.suites import run_suite
+
+BASE = ["probes.enabled=false", "env.feature_dim=64", "env.actor_feature_dim=16"]
+
+
+def _check(tmp_path, name, *extra):
+    base = load_config("configs/sanity.yaml", [*BASE, *extra])
+    res = run_suite(base, tmp_path, only=[name])
+    assert (res.out_dir / "SUMMARY.md").exists() and (res.out_dir / "summary.json").exists()
+    return res.checks[0]
+
+
+NON_PROBE_CHECKS = [
+    "fixed_pi",
+    "batch_scaling",
+    "C0_on_policy_critic",
+    "C1_on_policy_actor",
+    "C2_fixed_behaviour",
+    "C3_tracking_beta_0.1",
+    "C4_tracking_beta_0.5",
+    "C5_gamma_0",
+    "C6_batch_B1",
+    "C7_batch_B4",
+]
+
+
+@pytest.mark.parametrize("name", NON_PROBE_CHECKS)
+def test_check_passes_on_the_real_learner(tmp_path, name):
+    check = _check(tmp_path, name)
+    assert check.passed, check.observed
+
+
+@pytest.fixture
+def wrong_behaviour_sigma(monkeypatch):
+    """Twin: ratios computed with a behaviour sigma 5% off."""
+    real = rollout._ratios
+
+    def broken(u, m_pi, sigma_pi, m_b, sigma_b, clip):
+        return real(u, m_pi, sigma_pi, m_b, sigma_b * 1.05, clip)
+
+    monkeypatch.setattr(rollout, "_ratios", broken)
+
+
+@pytest.mark.parametrize(
+    "name", ["C0_on_policy_critic", "C1_on_policy_actor", "C2_fixed_behaviour"]
+)
+def test_ratio_checks_catch_a_wrong_ratio(tmp_path, wrong_behaviour_sigma, name):
+    assert not _check(tmp_path, name).passed
+
+
+def test_c2_catches_ratios_on_clipped_actions(tmp_path, monkeypatch):
+    """Twin: the seed system's bug, rho evaluated on the clipped action."""
+    real = rollout._ratios
+
+    def on_clipped(u, m_pi, sigma_pi, m_b, sigma_b, clip):
+        return real(np.clip(u, -0.4, 0.4), m_pi, sigma_pi, m_b, sigma_b, clip)
+
+    monkeypatch.setattr(rollout, "_ratios", on_clipped)
+    assert not _check(tmp_path, "C2_fixed_behaviour").passed
+
+
+@pytest.mark.parametrize("name", ["C5_gamma_0"])
+def test_target_check_catches_a_learner_that_bootstraps_anyway(tmp_path, monkeypatch, name):
+    real = learner.outer_iteration
+
+    def bootstraps(cfg, maps, params, n, ws=None):
+        return real(cfg.model_copy(update={"gamma": 0.5}), maps, params, n, ws)
+
+    from tdlens.runs import runner
+
+    monkeypatch.setattr(runner, "outer_iteration", bootstraps)
+    assert not _check(tmp_path, name).passed
+
+
+@pytest.mark.parametrize("name", ["fixed_pi", "C3_tracking_beta_0.1", "C4_tracking_beta_0.5"])
+def test_tracking_checks_catch_a_wrong_sign(tmp_path, monkeypatch, name):
+    def wrong_sign(cfg, params, G_w, G_theta):
+        s = cfg.step_scale
+        theta_pi = params.theta_pi + cfg.alpha_pi * s * G_theta
+        theta_mu = (1.0 + cfg.beta) * params.theta_mu - cfg.beta * theta_pi
+        return learner.Params(theta_mu, theta_pi, params.w + cfg.alpha_w * s * G_w)
+
+    monkeypatch.setattr(learner, "update", wrong_sign)
+    assert not _check(tmp_path, name).passed
+
+
+def test_fixed_pi_catches_an_actor_that_moves(tmp_path, monkeypatch):
+    real = learner.update
+
+    def leaks(cfg, params, G_w, G_theta):
+        return real(cfg.model_copy(update={"alpha_pi": 1e-3}), params, G_w, G_theta)
+
+    monkeypatch.setattr(learner, "update", leaks)
+    assert not _check(tmp_path, "fixed_pi").passed
+
+
+@pytest.mark.parametrize("name", ["batch_scaling", "C7_batch_B4"])
+def test_batch_checks_catch_a_step_that_ignores_b(tmp_path, monkeypatch, name):
+    """Twin: the update sums over trajectories instead of averaging (s = 1/T)."""
+    real = learner.update
+
+    def sums(cfg, params, G_w, G_theta):
+        scaled = cfg.model_copy(update={"alpha_w": cfg.alpha_w * cfg.trajectories})
+        return real(scaled, params, G_w, G_theta)
+
+    monkeypatch.setattr(learner, "update", sums)
+    assert not _check(tmp_path, name).passed
