@@ -126,8 +126,9 @@ def actor_features(maps: FeatureMaps, o: np.ndarray) -> np.ndarray:
     psi = o.astype(maps.dtype) @ maps.W_psi_t
     psi += maps.b_psi_d
     np.tanh(psi, out=psi)
-    norm = np.sqrt(np.einsum("...i,...i->...", psi, psi))[..., None]
-    return psi * np.minimum(1.0, maps.c_psi / np.maximum(norm, 1e-30)).astype(psi.dtype)
+    norm = np.sqrt(np.vecdot(psi, psi))[..., None]
+    psi *= (maps.c_psi / np.maximum(norm, maps.c_psi)).astype(psi.dtype)
+    return psi
 
 
 def reward(maps: FeatureMaps, phi: np.ndarray) -> np.ndarray:

@@ -18,11 +18,10 @@ LOG_2PI = math.log(2.0 * math.pi)
 def policy_mean(theta: np.ndarray, psi: np.ndarray) -> np.ndarray:
     """``m [..., 2] = psi theta / sqrt(N)``.
 
-    Evaluated as a stack of one-row products so that a row's value does not depend on how many
+    Evaluated as per-row dot products (no BLAS) so that a row's value does not depend on how many
     rows are evaluated together (a chain rolled out alone equals the same chain in a batch).
     """
-    rows = psi[..., None, :].astype(theta.dtype, copy=False) @ theta
-    return rows[..., 0, :] / math.sqrt(theta.shape[0])
+    return np.vecdot(psi[..., None, :], theta.T) / math.sqrt(theta.shape[0])
 
 
 def squash(u: np.ndarray, v_max: float) -> np.ndarray:

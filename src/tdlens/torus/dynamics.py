@@ -149,15 +149,16 @@ def step(
 
     restart = u[:, _RESTART_COIN] < env.p_mix
     if restart.any():
-        fresh = reset_from_uniforms(u[:, _RESET : _RESET + reset_width(K)], env)
-        keep = ~restart
-        x_a = np.where(restart[:, None], fresh.x_a, x_a)
-        x_g = np.where(restart[:, None], fresh.x_g, x_g)
-        goblets = np.where(restart[:, None, None], fresh.goblets, goblets)
-        types = np.where(restart[:, None], fresh.types, types)
-        caught = caught & keep
-        picked = picked & keep
-        picked_type = np.where(keep, picked_type, 0.0)
+        fresh = reset_from_uniforms(u[restart, _RESET : _RESET + reset_width(K)], env)
+        x_a[restart] = fresh.x_a
+        x_g[restart] = fresh.x_g
+        goblets = goblets.copy() if goblets is state.goblets else goblets
+        types = types.copy() if types is state.types else types
+        goblets[restart] = fresh.goblets
+        types[restart] = fresh.types
+        caught[restart] = False
+        picked[restart] = False
+        picked_type[restart] = 0.0
     return TorusState(x_a, x_g, goblets, types, caught, picked, picked_type, restart)
 
 
@@ -170,25 +171,30 @@ def observe(state: TorusState, env: EnvConfig) -> np.ndarray:
     The nearest goblet is the lowest index among equally near ones.
     """
     L = env.torus_size
-    n = state.n
-    d_gob = delta(state.x_a[:, None, :], state.goblets, L)
-    nearest = np.argmin(np.einsum("nkj,nkj->nk", d_gob, d_gob), axis=1)
+    n, K = state.n, state.types.shape[1]
+    # shortest deltas from the adventurer to the ghost (row 0) and each goblet (rows 1..K)
+    others = np.concatenate([state.x_g[:, None, :], state.goblets], axis=1)
+    d = others - state.x_a[:, None, :]
+    d += 0.5 * L
+    np.mod(d, L, out=d)
+    d -= 0.5 * L
+    d *= 1.0 / L
+    nearest = np.argmin(np.vecdot(d[:, 1:], d[:, 1:]), axis=1)
     rows = np.arange(n)
     out = np.empty((n, OBS_DIM))
-    angle = np.empty((n, 2, 2))
-    np.multiply(state.x_a, 2.0 * np.pi / L, out=angle[:, 0])
-    np.multiply(state.x_g, 2.0 * np.pi / L, out=angle[:, 1])
+    angle = np.concatenate([state.x_a, state.x_g], axis=1).reshape(n, 2, 2)
+    angle *= 2.0 * np.pi / L
     trig = out[:, 0:8].reshape(n, 2, 2, 2)  # [n, agent, sin/cos, axis]
     np.sin(angle, out=trig[:, :, 0])
     np.cos(angle, out=trig[:, :, 1])
-    out[:, 8:10] = delta(state.x_a, state.x_g, L)
-    out[:, 10:12] = d_gob[rows, nearest]
-    out[:, 8:12] /= L
+    out[:, 8:10] = d[:, 0]
+    out[:, 10:12] = d[rows, nearest + 1]
     out[:, 12] = state.types[rows, nearest]
-    out[:, 13] = state.types.mean(axis=1)
+    np.add.reduce(state.types, axis=1, out=out[:, 13])
+    out[:, 13] *= 1.0 / K
     out[:, 14] = state.caught
-    out[:, 15] = state.picked & (state.picked_type > 0)
-    out[:, 16] = state.picked & (state.picked_type < 0)
+    np.greater(state.picked_type, 0.0, out=out[:, 15])
+    np.less(state.picked_type, 0.0, out=out[:, 16])
     out[:, 17] = state.restart
     return out
 
