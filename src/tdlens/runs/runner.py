@@ -384,9 +384,10 @@ class Runner:
             )
             if not np.all(np.isfinite(arr))
         ] or [k for k in DIVERGENCE_COLUMNS if not math.isfinite(result.metrics[k])]
+        kept = f"rows up to iteration {n - 1} kept" if n > 0 else "no finite row to keep"
         reason = (
             f"non-finite {', '.join(bad)} at iteration {n} "
-            f"(td_loss={result.metrics['td_loss']:.4g}); rows up to iteration {n - 1} kept"
+            f"(td_loss={result.metrics['td_loss']:.4g}); {kept}"
         )
         return self._finish("diverged", reason, 0, params, n, history, probes)
 

@@ -1,0 +1,268 @@
+"""Shared pieces of the probes (SPEC 6): streams, batched probe rollouts, rho summary.
+
+A probe batch is ONE continuing chain of ``batch_size`` steps under the frozen mu (SPEC 6);
+shapes below are ``[T, B, ...]`` for paths (time-major, as in :mod:`tdlens.rollout`) and
+``[B, T, ...]`` for TD batches.
+
+Streams. Chain ``c`` of probe stream ``name`` draws from ``stream(seed, name, key0, c)``
+with ``key0 = 0`` under common random numbers (the default: a probe's draws depend on the
+run seed, the probe and the chain only) and ``key0 = n + 1`` without (fresh draws at every
+iteration ``n``). Auxiliary draws of a probe (power-iteration and ARPACK start vectors,
+Monte Carlo actions, MMD subsamples and permutations) use chain indices from
+``AUX_CHAIN`` upwards, so they never collide with a chain's environment noise.
+
+Rollouts. The rollout is sequential in t and costs about the same for 1 or 13 chains, so
+every chain a probe round needs is rolled out in ONE :func:`tdlens.rollout.roll_out` call
+with per-chain policies; each chain's noise is drawn for its own length and zero-padded to
+the longest chain (a chain's path up to its length depends only on its own noise prefix,
+so padding never changes it). Features are built later per chain group with
+:meth:`RolledChains.td_batch`, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from tdlens.config import RunConfig
+from tdlens.features import FeatureMaps, Workspace
+from tdlens.learner import Params
+from tdlens.rollout import ChainNoise, Paths, TDBatch, draw_noise, roll_out, td_batch
+from tdlens.seeding import stream
+
+AUX_CHAIN = 1_000_000
+"""First chain index used for a probe's auxiliary (non-environment) draws."""
+
+RHO_COLUMNS = (
+    "rho_mean",
+    "rho2_mean",
+    "rho_min",
+    "rho_max",
+    "rho_p95",
+    "rho_p99",
+    "rho_clip",
+    "rho_clip_active",
+    "rho_clipped_fraction",
+)
+
+
+def stream_key(cfg: RunConfig, n: int) -> int:
+    """``key0`` of iteration `n`: 0 with common random numbers, else ``n + 1``."""
+    return 0 if cfg.probes.common_random_numbers else n + 1
+
+
+def probe_rng(cfg: RunConfig, name: str, n: int, chain: int) -> np.random.Generator:
+    """Generator of chain `chain` of probe stream `name` at iteration `n`."""
+    return stream(cfg.seed, name, stream_key(cfg, n), chain)
+
+
+def aux_rng(cfg: RunConfig, name: str, n: int, purpose: int) -> np.random.Generator:
+    """Generator for auxiliary draw `purpose` (0, 1, ...) of probe stream `name`."""
+    return probe_rng(cfg, name, n, AUX_CHAIN + purpose)
+
+
+def rho_summary(rho_t: np.ndarray, rho_raw_t: np.ndarray, rho_clip: float | None) -> dict:
+    """The SPEC 6 rho columns of a probe batch, over all of its steps.
+
+    ``rho_t`` is the ratio the update uses (clipped), ``rho_raw_t`` the unclipped one, both
+    of any shape. rho_clip is NaN when no clip is configured; rho_clip_active is 1 when a
+    clip is configured (as the seed reports it); rho_clipped_fraction is the fraction of
+    steps whose raw ratio exceeds the clip.
+    """
+    rho = np.asarray(rho_t, dtype=np.float64).reshape(-1)
+    raw = np.asarray(rho_raw_t, dtype=np.float64).reshape(-1)
+    p95, p99 = np.percentile(rho, [95.0, 99.0])
+    active = rho_clip is not None
+    return {
+        "rho_mean": float(rho.mean()),
+        "rho2_mean": float(np.mean(rho**2)),
+        "rho_min": float(rho.min()),
+        "rho_max": float(rho.max()),
+        "rho_p95": float(p95),
+        "rho_p99": float(p99),
+        "rho_clip": float(rho_clip) if active else float("nan"),
+        "rho_clip_active": float(active),
+        "rho_clipped_fraction": float(np.mean(raw > rho_clip)) if active else 0.0,
+    }
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """One probe chain: stream name, chain index, length and the policy it follows."""
+
+    stream: str
+    chain: int
+    T: int
+    policy: Literal["mu", "pi"] = "mu"
+
+
+@dataclass(frozen=True)
+class RolledChains:
+    """Paths and noise of several probe chains rolled out together (padded to T_max)."""
+
+    specs: tuple[ChainSpec, ...]
+    paths: Paths  # [T_max(+1), B, ...]
+    noise: ChainNoise
+    sigma_b: np.ndarray  # [B] behaviour sigma per chain
+
+    def index(self, spec: ChainSpec) -> int:
+        return self.specs.index(spec)
+
+    def chain_paths(self, spec: ChainSpec) -> Paths:
+        """Paths of one chain truncated to its length, ``[T(+1), 1, ...]``."""
+        i = self.index(spec)
+        return truncate_paths(self.paths.take(slice(i, i + 1)), spec.T)
+
+    def td_batch(
+        self,
+        cfg: RunConfig,
+        maps: FeatureMaps,
+        specs: Sequence[ChainSpec],
+        theta_pi: np.ndarray,
+        with_features: bool = True,
+        workspace: Workspace | None = None,
+    ) -> TDBatch:
+        """TD batch ``[len(specs), T, ...]`` of chains that share one length T."""
+        lengths = {s.T for s in specs}
+        if len(lengths) != 1:
+            raise ValueError(f"chains of one TD batch must share T, got {sorted(lengths)}")
+        T = lengths.pop()
+        idx = [self.index(s) for s in specs]
+        contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
+        chains = slice(idx[0], idx[0] + len(idx)) if contiguous else idx
+        paths = truncate_paths(self.paths.take(chains), T)
+        noise = truncate_noise(self.noise.take(chains), T)
+        return td_batch(
+            cfg, maps, paths, noise, theta_pi, self.sigma_b[chains], with_features, workspace
+        )
+
+
+def truncate_paths(paths: Paths, T: int) -> Paths:
+    """The first T steps (T + 1 states) of time-major paths."""
+    return Paths(
+        o=paths.o[: T + 1],
+        psi=paths.psi[: T + 1],
+        m_b=paths.m_b[:T],
+        u=paths.u[:T],
+        a=paths.a[:T],
+        a_sampled=paths.a_sampled[:T],
+    )
+
+
+def truncate_noise(noise: ChainNoise, T: int) -> ChainNoise:
+    """The first T steps of time-major chain noise."""
+    return ChainNoise(
+        reset=noise.reset,
+        z_act=noise.z_act[:T],
+        z_env=noise.z_env[:T],
+        u_env=noise.u_env[:T],
+        z_next=noise.z_next[:T],
+    )
+
+
+def _pad_noise(noise: ChainNoise, T: int) -> ChainNoise:
+    """Zero-pad time-major noise to T steps (padded steps are never used)."""
+    extra = T - noise.z_act.shape[0]
+    if extra == 0:
+        return noise
+
+    def pad(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([x, np.zeros((extra, *x.shape[1:]), dtype=x.dtype)], axis=0)
+
+    return ChainNoise(
+        reset=noise.reset,
+        z_act=pad(noise.z_act),
+        z_env=pad(noise.z_env),
+        u_env=pad(noise.u_env),
+        z_next=pad(noise.z_next),
+    )
+
+
+def _concat_noise(parts: Sequence[ChainNoise]) -> ChainNoise:
+    return ChainNoise(
+        reset=np.concatenate([p.reset for p in parts], axis=0),
+        z_act=np.concatenate([p.z_act for p in parts], axis=1),
+        z_env=np.concatenate([p.z_env for p in parts], axis=1),
+        u_env=np.concatenate([p.u_env for p in parts], axis=1),
+        z_next=np.concatenate([p.z_next for p in parts], axis=1),
+    )
+
+
+def roll_chains(
+    cfg: RunConfig, maps: FeatureMaps, params: Params, specs: Sequence[ChainSpec], n: int
+) -> RolledChains:
+    """Roll out every chain of `specs` in one call, each under its own policy.
+
+    Chain noise comes from :func:`probe_rng` of its stream and index, drawn for its own
+    length T (so it does not depend on which other chains share the call).
+    """
+    specs = tuple(specs)
+    if len(set(specs)) != len(specs):
+        raise ValueError("duplicate chain specs")
+    T_max = max(s.T for s in specs)
+    noise = _concat_noise(
+        [
+            _pad_noise(draw_noise([probe_rng(cfg, s.stream, n, s.chain)], s.T, cfg), T_max)
+            for s in specs
+        ]
+    )
+    on_pi = np.array([s.policy == "pi" for s in specs])
+    sigma_b = np.where(on_pi, cfg.sigma_pi, cfg.sigma_mu).astype(np.float64)
+    if on_pi.any():
+        theta_b = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
+    else:
+        theta_b = params.theta_mu
+    paths = roll_out(cfg, maps, theta_b, sigma_b, noise)
+    return RolledChains(specs=specs, paths=paths, noise=noise, sigma_b=sigma_b)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """The chains of one probe round (None / empty for disabled probes).
+
+    When fixed point and stability are both enabled with equal batch sizes, stability
+    batch 0 IS the fixed-point chain (``shared``); otherwise it is probe_stability chain 0.
+    """
+
+    fixed: ChainSpec | None
+    stability: tuple[ChainSpec, ...]
+    distribution: tuple[ChainSpec, ...]
+    audit: ChainSpec | None
+
+    @property
+    def shared(self) -> bool:
+        return self.fixed is not None and bool(self.stability) and self.stability[0] == self.fixed
+
+    def specs(self) -> list[ChainSpec]:
+        """Every distinct chain of the round, in roll-out order."""
+        chains = [self.fixed, *self.stability, *self.distribution, self.audit]
+        return list(dict.fromkeys(c for c in chains if c is not None))
+
+
+def plan_chains(cfg: RunConfig) -> RoundPlan:
+    """Which chains a round needs: fixed point (1), stability (k_mc), distribution (mu, pi,
+    mu for rho), rho audit (1)."""
+    probes = cfg.probes
+    fixed = None
+    if probes.fixed_point.enabled:
+        fixed = ChainSpec("probe_fixed_point", 0, probes.fixed_point.batch_size)
+    stability: list[ChainSpec] = []
+    if probes.stability.enabled:
+        T = probes.stability.batch_size
+        shared = fixed is not None and fixed.T == T
+        stability = [fixed if shared else ChainSpec("probe_stability", 0, T)]
+        stability += [ChainSpec("probe_stability", k, T) for k in range(1, probes.stability.k_mc)]
+    distribution: tuple[ChainSpec, ...] = ()
+    if probes.distribution.enabled:
+        T = probes.distribution.num_samples
+        distribution = tuple(
+            ChainSpec("probe_distribution", c, T, policy)
+            for c, policy in enumerate(("mu", "pi", "mu"))
+        )
+    audit = None
+    if probes.rho_audit.enabled:
+        audit = ChainSpec("probe_rho_audit", 0, probes.rho_audit.batch_size)
+    return RoundPlan(fixed, tuple(stability), distribution, audit)

@@ -1,0 +1,292 @@
+"""Fixed point and stability probes over their probe batches (SPEC 6.1, 6.2).
+
+The two probes share their most expensive pieces. Their chains (the fixed-point batch and
+the k_mc stability batches, the fixed-point batch doubling as stability batch 0 when the
+batch sizes agree, see :class:`tdlens.probes.common.RoundPlan`) get their features in
+groups of ``maps.threads`` chains, one group alive at a time (``phi, bar_phi [g, T, D]``
+in a reused workspace). Per chain:
+
+- the fixed-point batch: ``A, b`` and their halves (float64), the spectrum of A with its
+  spectral noise, the ridge solve and the half-batch solves (noise floor);
+- stability batch 0: the spectrum (shared with the fixed point when it is the same
+  batch) and the power iteration on the explicit A;
+- stability batches 1..k_mc-1: the power iteration applied matrix-free, the chains of a
+  group in parallel threads with single-threaded BLAS each.
+
+Random start vectors come from the probes' auxiliary streams (purpose 0: ARPACK start
+vector of the spectrum; purpose 1 + k: power iteration of stability batch k; fixed point
+purpose 0: Hutchinson probes), so a round is a pure function of (config, maps, params, n)
+and the previous w#.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from tdlens.config import RunConfig
+from tdlens.features import FeatureMaps, Workspace
+from tdlens.learner import Params
+from tdlens.probes import fixed_point as fp
+from tdlens.probes import spectrum as sp
+from tdlens.probes import stability as st
+from tdlens.probes.common import ChainSpec, RolledChains, RoundPlan, aux_rng, rho_summary
+from tdlens.rollout import TDBatch
+
+
+@dataclass
+class CriticOutput:
+    """Rows, arrays and timings of the two probes, and the new w# (None if not run)."""
+
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    w_sharp: np.ndarray | None = None
+
+    def add_time(self, key: str, seconds: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + seconds
+
+
+def feature_groups(chains: list[ChainSpec], size: int) -> list[list[ChainSpec]]:
+    """Consecutive groups of at most `size` chains that share one length T."""
+    groups: list[list[ChainSpec]] = []
+    for spec in chains:
+        if groups and len(groups[-1]) < size and groups[-1][0].T == spec.T:
+            groups[-1].append(spec)
+        else:
+            groups.append([spec])
+    return groups
+
+
+def spectrum_of(
+    cfg: RunConfig, moments: fp.TDMoments, n: int, workspace: Workspace
+) -> tuple[sp.Spectrum, np.ndarray]:
+    """Eigenvalues of A with the spectral noise of its halves (SPEC 6.2), and the float32
+    copy of A (a workspace buffer) used for the Krylov and power-iteration products."""
+    D = moments.A.shape[0]
+    v0 = aux_rng(cfg, "probe_stability", n, 0).standard_normal(D)
+    A32 = workspace.array("critic.A32", (D, D), np.dtype(np.float32))
+    noise = sp.spectral_noise(*moments.A_halves, v0=v0, out=A32)
+    np.copyto(A32, moments.A, casting="same_kind")
+    return sp.eigenvalues(moments.A, noise, v0, A32=A32), A32
+
+
+def power_proxy(cfg: RunConfig, apply, n: int, k: int, D: int) -> float:
+    """stability_proxy of batch k: power iteration on ``J = I - eta A``."""
+    v0 = aux_rng(cfg, "probe_stability", n, 1 + k).standard_normal(D)
+    iters = cfg.probes.stability.power_iters
+    return st.power_iteration_radius(apply, st.expected_step(cfg), v0, iters)
+
+
+def fixed_point_probe(
+    cfg: RunConfig,
+    moments: fp.TDMoments,
+    spectrum: sp.Spectrum,
+    phi_t: np.ndarray,
+    w: np.ndarray,
+    w_sharp_prev: np.ndarray | None,
+    n: int,
+    timings: CriticOutput,
+    workspace: Workspace,
+) -> tuple[dict[str, float], np.ndarray]:
+    """fixed_point_probe columns (SPEC 6.1, without iter and rho) and the new w#.
+
+    The noise floor ``||w#_1 - w#_2||`` always comes from direct ridge solves of the two
+    half-batch systems with the full batch's lam (float32 LU, refined in float64 to the
+    same tolerance), also when the solver is `iterate`.
+    """
+    conf = cfg.probes.fixed_point
+    start = time.perf_counter()
+    lam = fp.ridge_lambda(conf.ridge, spectrum.max_abs)
+    tol = min(conf.tol, fp.DIRECT_TOL)
+    halves = [
+        fp.solve_direct(A_k, b_k, w, lam, tol, np.float32, workspace, condition=False).w_sharp
+        for A_k, b_k in zip(moments.A_halves, moments.b_halves, strict=True)
+    ]
+    timings.add_time("fixed_point.noise_floor", time.perf_counter() - start)
+    start = time.perf_counter()
+    if conf.solver == "iterate":
+        solve = fp.solve_iterate(moments.A, moments.b, w, cfg.alpha_w, conf.max_iters, conf.tol)
+        tol, modes, exact = conf.tol, 0.0, True
+    else:
+        solve = fp.solve_direct(moments.A, moments.b, w, lam, tol, workspace=workspace)
+        exact = spectrum.dense
+        if exact:
+            modes = float(np.sum(np.abs(spectrum.eigvals) < lam))
+        else:
+            modes = fp.frozen_modes_soft(solve.lu, lam, aux_rng(cfg, "probe_fixed_point", n, 0))
+    row = fp.fixed_point_row(
+        solve,
+        w,
+        w_sharp_prev,
+        fp.value_gap(phi_t, w, solve.w_sharp),
+        float(np.linalg.norm(halves[0] - halves[1])),
+        conf.ridge if conf.solver == "direct" else 0.0,
+        modes,
+        exact,
+        conf.batch_size,
+        tol,
+    )
+    row["eig_max_abs"] = spectrum.max_abs
+    timings.add_time("fixed_point.solve", time.perf_counter() - start)
+    return row, solve.w_sharp
+
+
+def critic_probes(
+    cfg: RunConfig,
+    maps: FeatureMaps,
+    rolled: RolledChains,
+    plan: RoundPlan,
+    params: Params,
+    n: int,
+    w_sharp_prev: np.ndarray | None,
+    workspace: Workspace,
+) -> CriticOutput:
+    """Run the enabled fixed-point and stability probes of one round (module docstring)."""
+    out = CriticOutput()
+    chains = list(dict.fromkeys(c for c in (plan.fixed, *plan.stability) if c is not None))
+    parts = _StabilityParts()
+    for group in feature_groups(chains, max(1, maps.threads)):
+        start = time.perf_counter()
+        batch = rolled.td_batch(cfg, maps, group, params.theta_pi, workspace=workspace)
+        share = (time.perf_counter() - start) / len(group)
+        explicit = [j for j, spec in enumerate(group) if _explicit(spec, plan)]
+        for j in explicit:
+            name = "fixed_point" if group[j] == plan.fixed else "stability"
+            out.add_time(f"{name}.features", share)
+            _explicit_chain(
+                out, cfg, batch, j, group[j], plan, params, n, w_sharp_prev, workspace, parts, share
+            )
+        free = [j for j in range(len(group)) if j not in explicit]
+        if free:
+            start = time.perf_counter()
+            _matrix_free_chains(
+                cfg,
+                batch,
+                free,
+                [plan.stability.index(group[j]) for j in free],
+                n,
+                parts,
+                maps.threads,
+            )
+            elapsed = time.perf_counter() - start
+            out.add_time("stability.features", share * len(free))
+            out.add_time("stability.power", elapsed)
+            out.add_time("stability", elapsed + share * len(free))
+    if plan.stability:
+        start = time.perf_counter()
+        out.rows["stability_probe"] = stability_row(cfg, parts.proxies, parts.spectrum, parts.rho)
+        out.arrays[f"stability_eigs_{n:04d}.npy"] = parts.spectrum.eigvals
+        out.add_time("stability", time.perf_counter() - start)
+    return out
+
+
+@dataclass
+class _StabilityParts:
+    """What the stability row collects across chains: proxies and rho by batch index k."""
+
+    proxies: dict[int, float] = field(default_factory=dict)
+    rho: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    spectrum: sp.Spectrum | None = None
+
+
+def _explicit(spec: ChainSpec, plan: RoundPlan) -> bool:
+    """Chains whose A is formed explicitly: the fixed-point batch and stability batch 0."""
+    return spec == plan.fixed or (bool(plan.stability) and spec == plan.stability[0])
+
+
+def _explicit_chain(
+    out: CriticOutput,
+    cfg: RunConfig,
+    batch: TDBatch,
+    j: int,
+    spec: ChainSpec,
+    plan: RoundPlan,
+    params: Params,
+    n: int,
+    w_sharp_prev: np.ndarray | None,
+    workspace: Workspace,
+    parts: _StabilityParts,
+    share: float,
+) -> None:
+    """Moments, spectrum, fixed point (when it is the fixed-point batch) and the power
+    iteration on the explicit A (when it is stability batch 0) of chain j of `batch`."""
+    start = time.perf_counter()
+    name = "fixed_point" if spec == plan.fixed else "stability"
+    phi_t, rho_t = batch.phi[j], batch.rho[j]
+    psi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
+    moments = fp.td_moments(phi_t, psi_t, rho_t, batch.r[j], workspace=workspace)
+    out.add_time(f"{name}.moments", time.perf_counter() - start)
+    t_spec = time.perf_counter()
+    spectrum, A32 = spectrum_of(cfg, moments, n, workspace)
+    out.add_time(f"{name}.spectrum", time.perf_counter() - t_spec)
+    if spec == plan.fixed:
+        row, out.w_sharp = fixed_point_probe(
+            cfg, moments, spectrum, phi_t, params.w, w_sharp_prev, n, out, workspace
+        )
+        row.update(rho_summary(rho_t, batch.rho_raw[j], cfg.effective_rho_clip))
+        out.rows["fixed_point_probe"] = row
+    power_time = 0.0
+    if plan.stability and spec == plan.stability[0]:
+        t_power = time.perf_counter()
+        parts.spectrum = spectrum
+        parts.proxies[0] = power_proxy(cfg, st.dense_apply(A32), n, 0, phi_t.shape[1])
+        parts.rho[0] = (rho_t.copy(), batch.rho_raw[j].copy())
+        power_time = time.perf_counter() - t_power
+        out.add_time("stability.power", power_time)
+        out.add_time("stability", power_time)
+    out.add_time(name, time.perf_counter() - start + share - power_time)
+
+
+def _matrix_free_chains(
+    cfg: RunConfig,
+    batch: TDBatch,
+    rows: list[int],
+    ks: list[int],
+    n: int,
+    parts: _StabilityParts,
+    threads: int,
+) -> None:
+    """Power iterations of stability batches ``ks`` (chains ``rows`` of `batch`), one chain
+    per thread with single-threaded BLAS: two independent memory-bound matvec streams are
+    as fast as one two-threaded stream on an idle machine and do not collapse, as
+    two-threaded BLAS does, when another process holds a core."""
+
+    def one(i: int) -> None:
+        j, k = rows[i], ks[i]
+        phi_t, rho_t = batch.phi[j], batch.rho[j]
+        psi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
+        apply = partial(st.apply_A, phi_t, psi_t, rho_t)
+        parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t.shape[1])
+        parts.rho[k] = (rho_t.copy(), batch.rho_raw[j].copy())
+
+    with threadpool_limits(1, user_api="blas"):
+        if threads <= 1 or len(rows) <= 1:
+            for i in range(len(rows)):
+                one(i)
+        else:
+            with ThreadPoolExecutor(max_workers=min(threads, len(rows))) as pool:
+                list(pool.map(one, range(len(rows))))
+
+
+def stability_row(
+    cfg: RunConfig,
+    proxies: dict[int, float],
+    spectrum: sp.Spectrum,
+    stab_rho: dict[int, tuple[np.ndarray, np.ndarray]],
+) -> dict[str, float]:
+    """stability_probe columns (SPEC 6.2, without iter): proxies, spectrum, rho of all
+    k_mc batches pooled."""
+    eta = st.expected_step(cfg)
+    row = st.proxy_row([proxies[k] for k in sorted(proxies)], cfg)
+    row.update(sp.spectrum_row(spectrum, eta))
+    row["critical_alpha_w"] = st.critical_alpha_w(row["critical_step"], cfg)
+    rho = np.concatenate([stab_rho[k][0] for k in sorted(stab_rho)])
+    rho_raw = np.concatenate([stab_rho[k][1] for k in sorted(stab_rho)])
+    row.update(rho_summary(rho, rho_raw, cfg.effective_rho_clip))
+    return row

@@ -1,0 +1,187 @@
+"""How far apart are mu and pi? (SPEC 6.3)
+
+Two chains of num_samples states, one under mu and one under pi; their observation
+vectors ``X [m, 18]`` and ``Y [n, 18]``; the policy means at the pooled states
+``m_pi, m_mu [S, 2]`` (S = m + n).
+
+- RBF kernel ``k(x, y) = exp(-||x - y||^2 / (2 sigma^2))`` with the median heuristic
+  ``sigma = sqrt(median_{i<j} ||z_i - z_j||^2 / 2)`` over <= mmd_bandwidth_samples pooled
+  points drawn without replacement.
+- ``mmd2 = mean k(X, X) + mean k(Y, Y) - 2 mean k(X, Y)`` (biased V-statistic) and
+  ``mmd2_unbiased`` (diagonal terms removed). Kernel sums are formed in row blocks from
+  ``||x||^2 + ||y||^2 - 2 x.y`` as one product of augmented matrices (memory O(block n),
+  never an m x n x 18 broadcast).
+- mmd_pvalue: permutation test of the biased statistic on a pooled subsample of at most
+  PERM_MAX_POINTS points (half from each chain; all points when they fit), so that the
+  kernel matrix is formed once and every permutation is one column of ``K @ a``:
+  ``p = (1 + #{perm stat >= observed}) / (1 + permutations)``.
+- dist_action_kl: mean over pooled states of ``KL(N(m_pi, sigma_pi^2 I) || N(m_mu, sigma_mu^2 I))``.
+- dist_action_tv: ``TV = E_pi[max(0, 1 - mu/pi)]`` per state, estimated with action_samples
+  draws ``a ~ pi`` per state (log-ratio clipped to +-50), then averaged over states;
+  unbiased for the clipped-ratio TV. dist_action_tv_se is its Monte Carlo standard error
+  given the states.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tdlens.policy import gaussian_kl, gaussian_log_prob
+
+PERM_MAX_POINTS = 2048
+LOG_RATIO_CLIP = 50.0
+
+
+def squared_distances(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """``||x_i - y_j||^2 [m, n]`` via ``||x||^2 + ||y||^2 - 2 x.y``, clipped at 0 (float64)."""
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    d2 = X @ Y.T
+    d2 *= -2.0
+    d2 += np.einsum("ij,ij->i", X, X)[:, None]
+    d2 += np.einsum("ij,ij->i", Y, Y)[None, :]
+    return np.maximum(d2, 0.0, out=d2)
+
+
+def median_bandwidth(Z: np.ndarray, rng: np.random.Generator, max_samples: int) -> float:
+    """``sqrt(median_{i<j} ||z_i - z_j||^2 / 2)`` over <= max_samples rows of ``Z [S, 18]``
+    drawn without replacement (1 when that median is 0, e.g. identical points)."""
+    if Z.shape[0] > max_samples:
+        Z = Z[np.sort(rng.choice(Z.shape[0], size=max_samples, replace=False))]
+    d2 = squared_distances(Z, Z)[np.triu_indices(Z.shape[0], k=1)]
+    sigma = float(np.sqrt(np.median(d2) / 2.0)) if d2.size else 0.0
+    return sigma if sigma > 0 else 1.0
+
+
+def _augmented(X: np.ndarray, Y: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """``L [m, 20]``, ``R^T [20, n]`` with ``L R^T = -||x - y||^2 / (2 sigma^2)``.
+
+    ``L = c [2 x, -||x||^2, -1]``, ``R = [y, 1, ||y||^2]``, ``c = 1 / (2 sigma^2)``: one
+    matrix product gives the kernel exponent without ``m x n`` temporaries.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    Y = np.asarray(Y, dtype=np.float64)
+    c = 1.0 / (2.0 * sigma**2)
+    x2 = np.einsum("ij,ij->i", X, X)[:, None]
+    y2 = np.einsum("ij,ij->i", Y, Y)[:, None]
+    L = np.concatenate([2.0 * c * X, -c * x2, np.full_like(x2, -c)], axis=1)
+    R_t = np.ascontiguousarray(np.concatenate([Y, np.ones_like(y2), y2], axis=1).T)
+    return L, R_t
+
+
+def _exp_nonpositive(out: np.ndarray) -> np.ndarray:
+    """``exp(min(out, 0))`` in place (rounding can make ``-||x - x||^2`` slightly positive)."""
+    np.minimum(out, 0.0, out=out)
+    return np.exp(out, out=out)
+
+
+def rbf_kernel(X: np.ndarray, Y: np.ndarray, sigma: float) -> np.ndarray:
+    """``k(x_i, y_j) [m, n] = exp(-||x_i - y_j||^2 / (2 sigma^2))``."""
+    L, R_t = _augmented(X, Y, sigma)
+    return _exp_nonpositive(L @ R_t)
+
+
+def rbf_kernel_sum(X: np.ndarray, Y: np.ndarray, sigma: float, block: int = 256) -> float:
+    """``sum_{i,j} k(x_i, y_j)`` over row blocks of X (memory O(block n))."""
+    L, R_t = _augmented(X, Y, sigma)
+    buffer = np.empty((min(block, len(L)), R_t.shape[1]))
+    total = 0.0
+    for start in range(0, len(L), block):
+        rows = L[start : start + block]
+        out = buffer[: len(rows)]
+        np.matmul(rows, R_t, out=out)
+        total += float(_exp_nonpositive(out).sum())
+    return total
+
+
+def rbf_kernel_sum_sym(X: np.ndarray, sigma: float, block: int = 256) -> float:
+    """``sum_{i,j} k(x_i, x_j)`` from the upper block triangle: each row block against itself
+    and the columns after it, off-diagonal blocks counted twice (half the kernel work)."""
+    L, R_t = _augmented(X, X, sigma)
+    buffer = np.empty((min(block, len(L)), R_t.shape[1]))
+    total = 0.0
+    for start in range(0, len(L), block):
+        stop = min(start + block, len(L))
+        out = buffer[: stop - start, : R_t.shape[1] - start]
+        np.matmul(L[start:stop], R_t[:, start:], out=out)
+        _exp_nonpositive(out)
+        total += float(out[:, : stop - start].sum()) + 2.0 * float(out[:, stop - start :].sum())
+    return total
+
+
+def mmd2(X: np.ndarray, Y: np.ndarray, sigma: float) -> tuple[float, float]:
+    """``(mmd2 biased V-statistic, mmd2_unbiased)`` between ``X [m, 18]`` and ``Y [n, 18]``.
+
+    Unbiased: ``sum_{i!=j} k(x_i,x_j)/(m(m-1)) + sum_{i!=j} k(y_i,y_j)/(n(n-1))
+    - 2 sum_{ij} k(x_i,y_j)/(mn)``, using ``k(x, x) = 1``.
+    """
+    m, n = len(X), len(Y)
+    s_xx, s_yy = rbf_kernel_sum_sym(X, sigma), rbf_kernel_sum_sym(Y, sigma)
+    s_xy = rbf_kernel_sum(X, Y, sigma)
+    biased = s_xx / m**2 + s_yy / n**2 - 2.0 * s_xy / (m * n)
+    unbiased = (s_xx - m) / (m * (m - 1)) + (s_yy - n) / (n * (n - 1)) - 2.0 * s_xy / (m * n)
+    return float(biased), float(unbiased)
+
+
+def mmd_permutation_pvalue(
+    X: np.ndarray,
+    Y: np.ndarray,
+    sigma: float,
+    permutations: int,
+    rng: np.random.Generator,
+    max_points: int = PERM_MAX_POINTS,
+) -> tuple[float, int]:
+    """``(p-value, points used)`` of the biased MMD^2 by label permutation (module docstring).
+
+    With ``a_i = 1/m'`` on X points and ``-1/n'`` on Y points, ``mmd2 = a^T K a``; each
+    permutation permutes a. NaN when permutations is 0.
+    """
+    if permutations <= 0:
+        return float("nan"), 0
+    if len(X) + len(Y) > max_points:
+        m = min(max_points // 2, len(X))
+        n = min(max_points - m, len(Y))
+        X = X[np.sort(rng.choice(len(X), size=m, replace=False))]
+        Y = Y[np.sort(rng.choice(len(Y), size=n, replace=False))]
+    m, n = len(X), len(Y)
+    Z = np.concatenate([X, Y])
+    K = rbf_kernel(Z, Z, sigma)
+    a = np.concatenate([np.full(m, 1.0 / m), np.full(n, -1.0 / n)])
+    labels = np.stack([a] + [rng.permutation(a) for _ in range(permutations)], axis=1)
+    stats = np.einsum("ij,ij->j", labels, K @ labels)
+    exceed = np.sum(stats[1:] >= stats[0] - 1e-12 * abs(stats[0]))
+    return float((1 + exceed) / (1 + permutations)), m + n
+
+
+def action_kl(m_pi: np.ndarray, sigma_pi: float, m_mu: np.ndarray, sigma_mu: float) -> float:
+    """Mean over states of ``KL(N(m_pi, sigma_pi^2 I) || N(m_mu, sigma_mu^2 I))``, ``m [S, 2]``."""
+    return float(np.mean(gaussian_kl(m_pi, sigma_pi, m_mu, sigma_mu)))
+
+
+def action_tv(
+    m_pi: np.ndarray,
+    sigma_pi: float,
+    m_mu: np.ndarray,
+    sigma_mu: float,
+    draws: int,
+    rng: np.random.Generator,
+) -> tuple[float, float]:
+    """``(TV, standard error)``: mean over states of ``E_pi[max(0, 1 - mu(a)/pi(a))]``.
+
+    ``a = m_pi + sigma_pi z``, ``z [S, K, 2]`` standard normal; the log-ratio
+    ``log mu(a) - log pi(a)`` is clipped to +-50. The standard error is
+    ``sqrt(sum_s var_k f_sk / K) / S`` (Monte Carlo error given the S states).
+    """
+    S = m_pi.shape[0]
+    a = m_pi[:, None, :] + sigma_pi * rng.standard_normal((S, draws, m_pi.shape[-1]))
+    log_ratio = gaussian_log_prob(a, m_mu[:, None, :], sigma_mu) - gaussian_log_prob(
+        a, m_pi[:, None, :], sigma_pi
+    )
+    f = np.maximum(0.0, 1.0 - np.exp(np.clip(log_ratio, -LOG_RATIO_CLIP, LOG_RATIO_CLIP)))
+    var_k = f.var(axis=1, ddof=1) if draws > 1 else np.zeros(S)
+    return float(f.mean()), float(np.sqrt(np.sum(var_k / draws)) / S)
+
+
+def mean_l2(X: np.ndarray, Y: np.ndarray) -> float:
+    """``||mean(X) - mean(Y)||`` of the observation vectors."""
+    return float(np.linalg.norm(X.mean(axis=0) - Y.mean(axis=0)))

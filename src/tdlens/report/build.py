@@ -1,0 +1,387 @@
+"""Assemble the report data from a run directory (SPEC 8): :func:`build_report`.
+
+The :class:`Report` holds everything the three renderers show, computed once from the
+files by pure functions (stats, checks, rules); rendering never recomputes anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tdlens.report.checks import (
+    check_complete,
+    check_monotone_time,
+    check_no_nan_inf,
+    check_probe_missing_values,
+    check_rho_sane,
+    check_sigma_condition,
+)
+from tdlens.report.load import RunData, Table, load_run
+from tdlens.report.probe_checks import (
+    SCALE_RATIO_TOL,
+    check_critic_frozen,
+    check_fixed_point_converged,
+    check_loss_convention,
+    check_rho_audit,
+    check_scale_consistency,
+)
+from tdlens.report.rules import next_steps
+from tdlens.report.sanity_checks import (
+    check_fixed_pi_expected,
+    check_no_bootstrap_expected,
+    check_on_policy_expected,
+)
+from tdlens.report.stats import Stats, summarize
+from tdlens.report.theory import theory_overlay
+from tdlens.report.verdicts import FAIL, PASS, Check, NextStep, overall_status
+
+CORE_METRICS: tuple[str, ...] = (
+    "td_loss",
+    "w_norm",
+    "mean_rho2",
+    "tracking_gap",
+    "critic_teacher_error",
+)
+"""Rows of the Core Metrics table, in the seed's order."""
+SAMPLE_COLUMNS: tuple[str, ...] = (
+    "iter",
+    "td_loss",
+    "critic_teacher_error",
+    "tracking_gap",
+    "mean_rho2",
+    "w_norm",
+    "fixed_point_gap",
+    "stability_proxy",
+    "dist_mmd2",
+)
+"""Columns of the Samples (Head) / (Tail) tables, in the seed's order."""
+SAMPLE_ROWS = 8
+KEY_HPARAMS: tuple[str, ...] = (
+    "outer_iters",
+    "horizon",
+    "gamma",
+    "alpha_w",
+    "alpha_pi",
+    "beta",
+    "sigma_mu",
+    "sigma_pi",
+    "p_mix",
+    "trajectories",
+    "feature_dim",
+    "actor_feature_dim",
+    "theta_mu_offset_scale",
+    "rho_clip",
+    "step_normalization",
+    "bar_phi",
+)
+"""key_hparams: the seed's nine keys first, then ours."""
+_RHO = (
+    "rho_mean",
+    "rho2_mean",
+    "rho_min",
+    "rho_max",
+    "rho_p95",
+    "rho_p99",
+    "rho_clip",
+    "rho_clip_active",
+)
+EXPECTED_PROBE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "distribution_probe": (
+        *_RHO,
+        "iter",
+        "action_samples",
+        "dist_action_kl",
+        "dist_action_tv",
+        "mean_l2",
+        "mmd2",
+        "mmd2_unbiased",
+        "mmd_pvalue",
+        "mmd_sigma",
+        "num_samples",
+    ),
+    "fixed_point_probe": (
+        *_RHO,
+        "iter",
+        "batch_size",
+        "converged",
+        "lam",
+        "modes_below_lam",
+        "noise_floor",
+        "num_iters",
+        "residual",
+        "ridge",
+        "tol",
+        "value_gap",
+        "w_gap",
+        "w_sharp_drift",
+        "w_sharp_drift_defined",
+    ),
+    "q_kernel_probe": (
+        "iter",
+        "cache_batch_size",
+        "cache_horizon",
+        "cache_valid_t",
+        "td_loss",
+        "td_loss_cache",
+        "td_loss_from_Q",
+        "td_loss_from_Q_abs_diff",
+        "td_loss_from_Q_cache_rel_diff",
+        "td_loss_from_Q_rel_diff",
+    ),
+    "rho_audit": (
+        "iter",
+        "passed",
+        "rho_mean_emp",
+        "rho_mean_theory",
+        "rho_mean_z",
+        "rho2_mean_emp",
+        "rho2_mean_theory",
+        "rho2_mean_z",
+    ),
+    "stability_probe": (
+        *_RHO,
+        "iter",
+        "batch_size",
+        "critical_step",
+        "eig_max_abs",
+        "eig_max_real",
+        "eig_min_real",
+        "fastest_timescale",
+        "growth_timescale",
+        "power_iters",
+        "slowest_timescale",
+        "spectral_noise",
+        "stability_probe_step_scale",
+        "stability_proxy",
+        "stability_proxy_mean",
+        "stability_proxy_std",
+    ),
+}
+"""Columns each probe table must have (the seed's plus SPEC 6's); absent ones show as
+``missing`` rows instead of disappearing."""
+CHECKS = (
+    check_no_nan_inf,
+    check_probe_missing_values,
+    check_monotone_time,
+    check_rho_sane,
+    check_sigma_condition,
+    check_on_policy_expected,
+    check_no_bootstrap_expected,
+    check_fixed_pi_expected,
+    check_complete,
+    check_scale_consistency,
+    check_loss_convention,
+    check_fixed_point_converged,
+    check_rho_audit,
+    check_critic_frozen,
+)
+"""Health checks in report order (SPEC 8's list)."""
+STATUS_KEYS = (
+    "status",
+    "reason",
+    "next_iter",
+    "outer_iters",
+    "exit_code",
+    "started_at",
+    "resumed_at",
+    "updated_at",
+    "host",
+    "pid",
+    "config_hash",
+    "report_error",
+)
+
+
+@dataclass(frozen=True)
+class ProbeSection:
+    """One probe's table: stats per numeric column (None = expected but missing)."""
+
+    name: str
+    rows: int
+    stats: dict[str, Stats | None]
+    text_columns: dict[str, str | None] = field(default_factory=dict)
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything in run_report.md/.json/.html (see the renderers)."""
+
+    run_info: dict[str, Any]
+    health_status: str
+    health_reasons: list[str]
+    checks: list[Check]
+    scale: dict[str, Any]
+    core: dict[str, Stats]
+    probes: list[ProbeSection]
+    samples_head: list[list[Any]]
+    samples_tail: list[list[Any]]
+    next_steps: list[NextStep]
+    status: dict[str, Any]
+    dynamics: dict[str, Any]
+    timings: dict[str, dict[str, float]]
+    theory: dict[str, Any]
+    problems: list[str]
+    data: RunData = field(repr=False, compare=False)
+
+    @property
+    def health_line(self) -> str:
+        """``FAIL (reason; reason)`` or ``PASS``."""
+        reasons = "; ".join(self.health_reasons)
+        return f"{self.health_status} ({reasons})" if reasons else self.health_status
+
+
+def run_info(data: RunData) -> dict[str, Any]:
+    """run_dir, timestamp (the run's start, from status.json), seed, key_hparams, name."""
+    cfg = data.cfg
+    hparams: dict[str, Any] = {}
+    if cfg is not None:
+        flat = {**cfg.to_dict(), **cfg.env.model_dump(mode="json")}
+        flat["rho_clip"] = cfg.effective_rho_clip
+        hparams = {k: flat[k] for k in KEY_HPARAMS if k in flat}
+    return {
+        "run_dir": str(data.run_dir),
+        "timestamp": data.status.get("started_at"),
+        "seed": cfg.seed if cfg else None,
+        "key_hparams": hparams,
+        "name": cfg.name if cfg else None,
+        "config_hash": data.status.get("config_hash") or (cfg.config_hash() if cfg else None),
+    }
+
+
+def scale_checks(data: RunData) -> dict[str, Any]:
+    """train_step_scale (config), stability_probe_step_scale (last stability row), ratio."""
+    train = data.cfg.train_step_scale if data.cfg else None
+    probe = data.probe("stability_probe").last("stability_probe_step_scale")
+    ratio = probe / train if probe is not None and train else None
+    verdict = None
+    if ratio is not None:
+        verdict = PASS if abs(ratio - 1.0) <= SCALE_RATIO_TOL else FAIL
+    return {
+        "train_step_scale": train,
+        "stability_probe_step_scale": probe,
+        "stability_probe_step_scale_ratio": ratio,
+        "verdict": verdict,
+    }
+
+
+def probe_section(name: str, table: Table | None) -> ProbeSection:
+    """Stats of every numeric column (sorted by name, as the seed), expected columns that
+    are absent as None; text columns by their last value."""
+    if table is None or not len(table):
+        why = "no rows" if table is not None else f"probes/{name}.csv not found"
+        return ProbeSection(name, 0, {}, note=f"{why}: the probe did not run")
+    numeric = table.numeric_columns()
+    t = table.iters()
+    stats: dict[str, Stats | None] = {c: summarize(table.values(c), t) for c in numeric}
+    for col in EXPECTED_PROBE_COLUMNS.get(name, ()):
+        if col not in table.columns:
+            stats[col] = None
+    texts = {c: table.texts(c)[-1] for c in table.columns if c not in numeric}
+    return ProbeSection(name, len(table), dict(sorted(stats.items())), texts)
+
+
+def samples(curves: Table, head: bool) -> list[list[Any]]:
+    """The first or last SAMPLE_ROWS rows of SAMPLE_COLUMNS (None where empty)."""
+    rows = curves.rows[:SAMPLE_ROWS] if head else curves.rows[-SAMPLE_ROWS:]
+    out = []
+    for row in rows:
+        cells = [row.get(c) for c in SAMPLE_COLUMNS]
+        out.append([c if isinstance(c, float) else None for c in cells])
+    return out
+
+
+def critic_dynamics(data: RunData) -> dict[str, Any]:
+    """The last stability and fixed-point probes' view of the critic (SPEC 6.1, 6.2)."""
+    stab, fp = data.probe("stability_probe"), data.probe("fixed_point_probe")
+    out: dict[str, Any] = {}
+    if len(stab):
+        out["probe_iter"] = stab.last("iter")
+        for key in (
+            "eta",
+            "eig_max_real",
+            "eig_min_real",
+            "eig_max_abs",
+            "spectral_noise",
+            "critical_step",
+            "critical_alpha_w",
+            "fastest_timescale",
+            "slowest_timescale",
+            "growth_timescale",
+            "modes_above_noise",
+        ):
+            out[key] = stab.last(key)
+    if len(fp):
+        for key in (
+            "w_gap",
+            "value_gap",
+            "noise_floor",
+            "w_sharp_drift",
+            "lam",
+            "modes_below_lam",
+            "condition_est",
+            "residual",
+        ):
+            out[f"fixed_point_{key}" if not key.startswith("w_") else key] = fp.last(key)
+    rel = data.curves.values("delta_w_norm") / data.curves.values("w_norm")
+    rel = rel[np.isfinite(rel)]
+    if len(rel):
+        out["median_rel_step"] = float(np.median(rel))
+    if data.cfg is not None:
+        out["run_iters"] = data.cfg.outer_iters
+    return out
+
+
+def timings(data: RunData) -> dict[str, dict[str, float]]:
+    """Seconds per probe (probes/rounds.csv ``*_s``) and per training iteration."""
+    out: dict[str, dict[str, float]] = {}
+    series = {c[:-2]: data.rounds.values(c) for c in data.rounds.columns if c.endswith("_s")}
+    series["training_iteration"] = data.curves.values("iter_time_s")
+    for name, x in series.items():
+        x = x[np.isfinite(x)]
+        if len(x):
+            out[name] = {
+                "count": float(len(x)),
+                "mean": float(x.mean()),
+                "max": float(x.max()),
+                "total": float(x.sum()),
+            }
+    return out
+
+
+def status_block(data: RunData) -> dict[str, Any]:
+    """status.json's fields in a fixed order, traceback last."""
+    out = {k: data.status.get(k) for k in STATUS_KEYS if k in data.status}
+    if data.status.get("traceback"):
+        out["traceback"] = data.status["traceback"]
+    return out
+
+
+def build_report(run_dir: str | Path) -> Report:
+    """Read ``run_dir`` and compute every section of the run report."""
+    data = load_run(run_dir)
+    checks = [check(data) for check in CHECKS]
+    status, reasons = overall_status(checks)
+    t = data.curves.iters()
+    return Report(
+        run_info=run_info(data),
+        health_status=status,
+        health_reasons=reasons,
+        checks=checks,
+        scale=scale_checks(data),
+        core={m: summarize(data.curves.values(m), t) for m in CORE_METRICS},
+        probes=[probe_section(n, data.probes.get(n)) for n in data.probe_names()],
+        samples_head=samples(data.curves, head=True),
+        samples_tail=samples(data.curves, head=False),
+        next_steps=next_steps(data, checks),
+        status=status_block(data),
+        dynamics=critic_dynamics(data),
+        timings=timings(data),
+        theory=theory_overlay(data),
+        problems=list(data.problems),
+        data=data,
+    )

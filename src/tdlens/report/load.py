@@ -1,0 +1,218 @@
+"""Read a run directory into plain tables (SPEC 7). Never imports the learner or probes.
+
+A broken or partial run still loads: a missing or corrupt file becomes an empty table
+plus a line in ``RunData.problems`` naming the file, so the report can say what is wrong
+instead of crashing. Files read: config.json, status.json, learning_curves.csv,
+probes/<name>.csv, probes/rounds.csv and the probe arrays probes/<prefix>_<iter>.np[yz].
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tdlens.config import ConfigError, RunConfig, config_from_json
+from tdlens.runs.files import RunFileError, read_csv_rows, read_json
+
+PROBE_NAMES: tuple[str, ...] = (
+    "distribution_probe",
+    "fixed_point_probe",
+    "q_kernel_probe",
+    "rho_audit",
+    "stability_probe",
+)
+"""The probe tables of SPEC 6, in the seed report's (alphabetical) order."""
+
+CURVES_FILE = "learning_curves.csv"
+ROUNDS_TABLE = "rounds"
+
+Cell = float | str | None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A CSV table: its header and its rows (cells parsed: float, str, or None = empty)."""
+
+    columns: tuple[str, ...] = ()
+    rows: tuple[dict[str, Cell], ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def has(self, column: str) -> bool:
+        return column in self.columns
+
+    def values(self, column: str) -> np.ndarray:
+        """Column as float64; NaN for empty or text cells and for a missing column."""
+        out = np.full(len(self.rows), np.nan)
+        for i, row in enumerate(self.rows):
+            cell = row.get(column)
+            if isinstance(cell, float):
+                out[i] = cell
+        return out
+
+    def texts(self, column: str) -> list[str | None]:
+        """Column as strings (numbers rendered back), None for empty cells."""
+        out: list[str | None] = []
+        for row in self.rows:
+            cell = row.get(column)
+            out.append(None if cell is None else (cell if isinstance(cell, str) else repr(cell)))
+        return out
+
+    def numeric_columns(self) -> list[str]:
+        """Columns with no text cell (empty cells allowed), in header order."""
+        return [c for c in self.columns if not any(isinstance(r.get(c), str) for r in self.rows)]
+
+    def iters(self) -> np.ndarray:
+        """The ``iter`` column, or the row index when the table has none."""
+        return self.values("iter") if self.has("iter") else np.arange(len(self), dtype=float)
+
+    def last(self, column: str) -> float | None:
+        """The value of ``column`` in the last row (None when empty or missing)."""
+        if not self.rows:
+            return None
+        cell = self.rows[-1].get(column)
+        return cell if isinstance(cell, float) else None
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything the report reads from one run directory."""
+
+    run_dir: Path
+    cfg: RunConfig | None
+    status: dict[str, Any]
+    curves: Table
+    probes: dict[str, Table]
+    rounds: Table
+    problems: tuple[str, ...] = field(default=())
+
+    def probe(self, name: str) -> Table:
+        """The table of probe ``name`` (empty when the file does not exist)."""
+        return self.probes.get(name, Table())
+
+    def probe_names(self) -> list[str]:
+        """The SPEC 6 probes plus any other table found in probes/, sorted by name."""
+        return sorted(set(PROBE_NAMES) | set(self.probes))
+
+
+def _cell(text: str) -> Cell:
+    """A CSV cell as written by the runner: '' -> None, numbers (nan, inf too) -> float."""
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _read_lenient(path: Path, problems: list[str]) -> Table | None:
+    """Rows with as many cells as the header; others (a row torn by a crash) are skipped
+    and named in ``problems``."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            lines = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        problems.append(f"'{path}' cannot be read ({exc})")
+        return None
+    if not lines or not lines[0]:
+        problems.append(f"'{path}' has no header")
+        return None
+    header, rows = lines[0], []
+    for lineno, cells in enumerate(lines[1:], start=2):
+        if len(cells) == len(header):
+            rows.append({h: _cell(c) for h, c in zip(header, cells, strict=True)})
+        else:
+            problems.append(
+                f"'{path}' line {lineno}: {len(cells)} cells, header has "
+                f"{len(header)} (row skipped)"
+            )
+    return Table(tuple(header), tuple(rows))
+
+
+def _read_table(path: Path, problems: list[str], required: bool) -> Table | None:
+    """A CSV table via tdlens.runs.files.read_csv_rows; a corrupt one leniently."""
+    if not path.exists():
+        if required:
+            problems.append(f"{path.name} is missing")
+        return None
+    try:
+        rows = read_csv_rows(path)
+    except RunFileError:
+        return _read_lenient(path, problems)
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    return Table(tuple(header), tuple(rows))
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Load config, status, learning curves and probe tables of ``run_dir``."""
+    run_dir = Path(run_dir)
+    problems: list[str] = []
+    cfg: RunConfig | None = None
+    try:
+        cfg = config_from_json(run_dir / "config.json")
+    except ConfigError as exc:
+        problems.append(f"config.json: {exc}")
+    status: dict[str, Any] = {}
+    try:
+        loaded = read_json(run_dir / "status.json")
+        status = loaded if isinstance(loaded, dict) else {}
+    except RunFileError as exc:
+        problems.append(str(exc))
+    curves = _read_table(run_dir / CURVES_FILE, problems, required=True) or Table()
+    probes: dict[str, Table] = {}
+    rounds = Table()
+    probe_dir = run_dir / "probes"
+    if probe_dir.is_dir():
+        for path in sorted(probe_dir.glob("*.csv")):
+            table = _read_table(path, problems, required=False)
+            if table is None:
+                continue
+            if path.stem == ROUNDS_TABLE:
+                rounds = table
+            else:
+                probes[path.stem] = table
+    return RunData(run_dir, cfg, status, curves, probes, rounds, tuple(problems))
+
+
+def array_files(run_dir: Path, prefix: str) -> dict[int, Path]:
+    """``probes/<prefix>_<iter>.npy|npz`` files by iteration (``q_kernel`` does not match
+    ``q_kernel_lag_0004.npy``: the part after the prefix must be all digits)."""
+    pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)\.np[yz]$")
+    found: dict[int, Path] = {}
+    probe_dir = Path(run_dir) / "probes"
+    if probe_dir.is_dir():
+        for path in probe_dir.iterdir():
+            match = pattern.match(path.name)
+            if match:
+                found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def load_array(path: Path) -> Any:
+    """An .npy array or a dict of .npz arrays (never pickles); None when unreadable."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return {k: np.asarray(data[k]) for k in data.files}
+        return np.asarray(np.load(path, allow_pickle=False))
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def latest_array(run_dir: Path, prefix: str, at_or_before: int | None = None) -> tuple[int, Any]:
+    """The latest readable ``<prefix>_<iter>`` array (optionally at or before an iteration);
+    ``(-1, None)`` when there is none."""
+    for it, path in reversed(list(array_files(run_dir, prefix).items())):
+        if at_or_before is not None and it > at_or_before:
+            continue
+        arr = load_array(path)
+        if arr is not None:
+            return it, arr
+    return -1, None

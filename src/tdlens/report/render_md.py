@@ -1,0 +1,205 @@
+"""run_report.md (SPEC 8): the seed report's sections, in its order and format, then ours.
+
+Seed sections: Run Info, Health, Scale Checks, Core Metrics, Probe Metrics (one table per
+probe), Samples (Head), Samples (Tail), Next Steps. Ours after them: Critic Dynamics,
+Rho Audit, Theory Overlay, Timings, Status, Files. Numbers via :func:`tdlens.report.fmt.fmt`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tdlens.report.build import SAMPLE_COLUMNS, Report
+from tdlens.report.fmt import fmt, fmt_count, fmt_param, fmt_ratio
+from tdlens.report.stats import STAT_COLUMNS, Stats
+
+MISSING_CELL = "missing"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A pipe table: header, ``| --- |`` separator, rows."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def stats_rows(stats: dict[str, Stats | None]) -> list[list[str]]:
+    """One row per metric: name then the five stats (``missing`` for an absent column)."""
+    rows = []
+    for name, s in stats.items():
+        if s is None:
+            rows.append([name, *([MISSING_CELL] * len(STAT_COLUMNS))])
+        else:
+            rows.append([name, *(fmt(v) for v in s.as_dict().values())])
+    return rows
+
+
+def key_hparams(hparams: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={fmt_param(v)}" for k, v in hparams.items()) or "unavailable"
+
+
+def section_run_info(r: Report) -> list[str]:
+    info = r.run_info
+    return [
+        "## Run Info",
+        f"- run_dir: {info['run_dir']}",
+        f"- timestamp: {info['timestamp'] or 'unknown'}",
+        f"- seed: {fmt(info['seed'])}",
+        f"- key_hparams: {key_hparams(info['key_hparams'])}",
+        f"- name: {info['name'] or 'unknown'}",
+        f"- config_hash: {info['config_hash']}",
+    ]
+
+
+def section_health(r: Report) -> list[str]:
+    lines = ["## Health", f"- status: {r.health_line}"]
+    lines += [f"- {c.name}: {c.verdict} ({c.detail})" for c in r.checks]
+    return lines
+
+
+def section_scale(r: Report) -> list[str]:
+    s = r.scale
+    probe = s["stability_probe_step_scale"]
+    ratio = f"{fmt_ratio(s['stability_probe_step_scale_ratio'])} (expect ~1.0)"
+    if s["verdict"] == "FAIL":
+        ratio += " FAIL: the stability probe and the trainer use different step scales"
+    return [
+        "## Scale Checks",
+        f"- train_step_scale: {fmt(s['train_step_scale'])}",
+        "- stability_probe_step_scale: "
+        + (fmt(probe) if probe is not None else "missing (no stability probe ran)"),
+        f"- stability_probe_step_scale_ratio: {ratio}",
+    ]
+
+
+def section_core(r: Report) -> list[str]:
+    return ["## Core Metrics", *md_table(["metric", *STAT_COLUMNS], stats_rows(r.core))]
+
+
+def section_probes(r: Report) -> list[str]:
+    lines = ["## Probe Metrics"]
+    for i, p in enumerate(r.probes):
+        if i:
+            lines.append("")
+        lines.append(f"### {p.name}")
+        if p.note:
+            lines.append(f"- {p.note}")
+            continue
+        lines += md_table(["metric", *STAT_COLUMNS], stats_rows(p.stats))
+        if p.text_columns:
+            lines.append(
+                "- text columns (last): "
+                + ", ".join(f"{k}={v if v is not None else '-'}" for k, v in p.text_columns.items())
+            )
+    return lines
+
+
+def section_samples(title: str, rows: list[list[Any]]) -> list[str]:
+    lines = [f"## {title}", *md_table(SAMPLE_COLUMNS, [[fmt(c) for c in row] for row in rows])]
+    return lines if rows else [*lines, "- no rows"]
+
+
+def section_next_steps(r: Report) -> list[str]:
+    return ["## Next Steps", *(f"- {step.message}" for step in r.next_steps)]
+
+
+DYNAMICS_NOTES = {
+    "eta": "expected critic step alpha_w s B T",
+    "critical_step": "largest stable eta",
+    "critical_alpha_w": "alpha_w at the critical step",
+}
+
+
+def section_dynamics(r: Report) -> list[str]:
+    d = r.dynamics
+    if not d:
+        return ["## Critic Dynamics", "- no stability or fixed-point probe ran"]
+    run = d.get("run_iters")
+    lines = ["## Critic Dynamics"]
+    for key, value in d.items():
+        note = DYNAMICS_NOTES.get(key)
+        if key.endswith("_timescale") and value is not None:
+            note = f"iterations, ~{fmt_count(value)}; run: {fmt(run)}"
+        lines.append(f"- {key}: {fmt(value)}" + (f" ({note})" if note else ""))
+    return lines
+
+
+def section_rho_audit(r: Report) -> list[str]:
+    check = next((c for c in r.checks if c.name == "rho_audit"), None)
+    audit = r.data.probe("rho_audit")
+    lines = ["## Rho Audit", f"- verdict: {check.verdict} ({check.detail})" if check else "-"]
+    pairs = (
+        ("rho_mean_emp", "rho_mean_theory", "rho_mean_z", "E_mu[rho]"),
+        ("rho2_mean_emp", "rho2_mean_theory", "rho2_mean_z", "E_mu[rho^2]"),
+        ("clipped_mean_emp", "clipped_mean_theory", "clipped_mean_z", "E_mu[min(rho, c)]"),
+        ("rho_max_emp", "rho_sup_theory", None, "max rho vs sup"),
+    )
+    if len(audit):
+        for emp, theory, z, label in pairs:
+            if audit.has(emp):
+                zs = f", z = {fmt(audit.last(z))}" if z and audit.has(z) else ""
+                lines.append(
+                    f"- {label}: empirical {fmt(audit.last(emp))}, theory "
+                    f"{fmt(audit.last(theory))}{zs} (iter {fmt(audit.last('iter'))})"
+                )
+    return lines
+
+
+def section_theory(r: Report) -> list[str]:
+    t = r.theory
+    lines = [
+        "## Theory Overlay",
+        f"- value_gap measured at {len(t['value_gap'])} probes",
+        f"- prediction: {t['source']}",
+    ]
+    if not t["source"].startswith("probes/"):
+        lines.append(
+            "- the exact expected-dynamics prediction needs "
+            "probes/expected_dynamics_<iter>.npz (arrays iters, value_gap_pred)"
+        )
+    return lines
+
+
+def section_timings(r: Report) -> list[str]:
+    rows = [
+        [name, fmt(v["count"]), fmt(v["mean"]), fmt(v["max"]), fmt(v["total"])]
+        for name, v in r.timings.items()
+    ]
+    return ["## Timings", *md_table(["what", "count", "mean_s", "max_s", "total_s"], rows)]
+
+
+def section_status(r: Report) -> list[str]:
+    lines = ["## Status"]
+    for key, value in r.status.items():
+        if key != "traceback":
+            lines.append(f"- {key}: {value if value is not None else '-'}")
+    if "traceback" in r.status:
+        lines += ["- traceback:", "```", str(r.status["traceback"]).rstrip("\n"), "```"]
+    return lines
+
+
+def section_files(r: Report) -> list[str]:
+    return ["## Files", *(f"- {p}" for p in r.problems)] if r.problems else []
+
+
+def render_md(r: Report) -> str:
+    """The whole run_report.md text (sections separated by blank lines)."""
+    sections = [
+        ["# Run Report"],
+        section_run_info(r),
+        section_health(r),
+        section_scale(r),
+        section_core(r),
+        section_probes(r),
+        section_samples("Samples (Head)", r.samples_head),
+        section_samples("Samples (Tail)", r.samples_tail),
+        section_next_steps(r),
+        section_dynamics(r),
+        section_rho_audit(r),
+        section_theory(r),
+        section_timings(r),
+        section_status(r),
+        section_files(r),
+    ]
+    return "\n\n".join("\n".join(s) for s in sections if s) + "\n"

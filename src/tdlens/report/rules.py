@@ -1,0 +1,413 @@
+"""Next-step rules (SPEC 8): each fires on the run's own numbers, names the values that
+fired it and proposes a concrete change with numbers. Thresholds are the constants below.
+
+A rule is a pure function ``(RunData, checks) -> NextStep | None``; :func:`next_steps`
+runs them in order and, only when none fires, says "no major rule-based issues detected".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from tdlens.report.fmt import fmt, fmt_count
+from tdlens.report.load import RunData
+from tdlens.report.probe_checks import relative_steps
+from tdlens.report.stats import ls_slope
+from tdlens.report.verdicts import FAIL, PASS, WARN, Check, NextStep
+
+RHO2_ESS_LIMIT = 2.0
+"""rho_variance: fires when mean_rho2 exceeds this (effective sample size 1/E[rho^2]
+below half the batch) or sigma_condition fails."""
+EXPLODE_FACTOR = 10.0
+"""exploding: last value > this x the mean of the first EXPLODE_HEAD values, and rising."""
+EXPLODE_HEAD = 5
+FLAT_REL_RANGE = 1e-3
+"""metrics_flat: (max - min) / |mean| of w_norm and critic_teacher_error below this..."""
+FLAT_MIN_ROWS = 10
+"""...over at least this many iterations."""
+RELAX_EFOLDS = 3.0
+"""critic_frozen: the proposed alpha_w lets the fastest mode relax this many times per run."""
+SAFE_FRACTION = 0.5
+"""critic_frozen / exploding: propose at most this fraction of the critical alpha_w."""
+CRITIC_FROZEN_HINT = 10.0
+"""critic_frozen without a stability probe: propose this factor on alpha_w."""
+NO_ISSUES = (
+    "no major rule-based issues detected; consider longer runs or new probes if results "
+    "are inconclusive."
+)
+
+Rule = Callable[[RunData, dict[str, Check]], NextStep | None]
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    return x[np.isfinite(x)]
+
+
+def _eta_per_alpha(data: RunData) -> float | None:
+    """``eta / alpha_w = s B T`` (1 for step_normalization mean), SPEC 6.2."""
+    cfg = data.cfg
+    if cfg is None:
+        return None
+    return cfg.step_scale * cfg.trajectories * cfg.horizon
+
+
+def _critical_alpha(data: RunData) -> float | None:
+    """The alpha_w whose eta equals the last stability probe's critical_step (its
+    critical_alpha_w column, else ``critical_step / (s B T)``)."""
+    stab = data.probe("stability_probe")
+    recorded = stab.last("critical_alpha_w")
+    if recorded is not None and math.isfinite(recorded):
+        return recorded
+    crit = stab.last("critical_step")
+    per = _eta_per_alpha(data)
+    if crit is None or per is None or not math.isfinite(crit) or per <= 0:
+        return None
+    return crit / per
+
+
+def rule_run_status(data: RunData, checks: dict[str, Check]) -> NextStep | None:
+    """An incomplete, diverged or failed run: resume, lower the step, or fix the error."""
+    check = checks.get("complete")
+    if check is None or check.verdict == PASS:
+        return None
+    status, reason = data.status.get("status"), data.status.get("reason")
+    values = {"status": status, "reason": reason, "next_iter": data.status.get("next_iter")}
+    if status == "diverged" and data.cfg is not None:
+        crit = _critical_alpha(data)
+        bound = f" (critical alpha_w from the last stability probe: {fmt(crit)})" if crit else ""
+        msg = (
+            f"run diverged ({reason}): lower alpha_w from {fmt(data.cfg.alpha_w)} to "
+            f"{fmt(data.cfg.alpha_w / 4)}{bound}, or clip rho and raise beta."
+        )
+    elif status == "failed":
+        msg = f"run failed ({reason}): fix the exception (traceback under Status), then resume."
+    else:
+        msg = (
+            f"run stopped early ({check.reason or check.detail}): continue it with "
+            f"`tdlens run --resume {data.run_dir}`."
+        )
+    return NextStep("run_status", msg, values)
+
+
+def rule_convention_scale(data: RunData, checks: dict[str, Check]) -> NextStep | None:
+    """Loss-convention or step-scale mismatches between the probes and the trainer."""
+    bad = [
+        checks[n]
+        for n in ("scale_consistency", "loss_convention")
+        if n in checks and checks[n].verdict == FAIL
+    ]
+    if not bad:
+        return None
+    fixes = {
+        "scale_consistency": "the stability probe must use eta = alpha_w s B T, the "
+        "trainer's step (stability_probe_step_scale = train_step_scale)",
+        "loss_convention": "td_loss_from_Q must be mean_t Q_hat(t, t) = mean delta^2 "
+        "with no 1/2, like td_loss",
+    }
+    msg = "; ".join(f"{c.name} FAIL ({c.reason or c.detail}): {fixes[c.name]}" for c in bad)
+    return NextStep("convention_scale_mismatch", msg + ".", {c.name: c.observed for c in bad})
+
+
+def rule_rho_variance(data: RunData, checks: dict[str, Check]) -> NextStep | None:
+    """Importance-ratio variance too large: infinite (sigma condition) or ESS < 1/2."""
+    cfg = data.cfg
+    rho2 = _finite(data.curves.values("mean_rho2"))
+    peak = float(rho2.max()) if len(rho2) else None
+    sigma_fail = (
+        checks.get("sigma_condition") is not None and checks["sigma_condition"].verdict == FAIL
+    )
+    if cfg is None or not (sigma_fail or (peak is not None and peak > RHO2_ESS_LIMIT)):
+        return None
+    p99 = data.curves.values("p99_rho")
+    p99_last = float(_finite(p99)[-1]) if len(_finite(p99)) else None
+    values = {
+        "max_mean_rho2": peak,
+        "p99_rho": p99_last,
+        "sigma_mu": cfg.sigma_mu,
+        "sigma_pi": cfg.sigma_pi,
+        "beta": cfg.beta,
+        "rho_clip": cfg.effective_rho_clip,
+    }
+    actions = []
+    if cfg.sigma_pi > cfg.sigma_mu:
+        actions.append(
+            f"raise sigma_mu from {fmt(cfg.sigma_mu)} to {fmt(cfg.sigma_pi)} "
+            "(sigma_mu >= sigma_pi keeps E_mu[rho^2] finite and near 1)"
+        )
+    if p99_last is not None and (
+        cfg.effective_rho_clip is None or cfg.effective_rho_clip > p99_last
+    ):
+        actions.append(f"clip rho at {fmt(max(p99_last, 1.0))} (its p99)")
+    actions.append(
+        f"raise beta from {fmt(cfg.beta)} to {fmt(min(1.0, max(2 * cfg.beta, 0.1)))} "
+        "so mu tracks pi closer"
+    )
+    causes = []
+    if sigma_fail:
+        causes.append("sigma_pi^2 >= 2 sigma_mu^2: E_mu[rho^2] is infinite")
+    if peak is not None and peak > RHO2_ESS_LIMIT:
+        causes.append(
+            f"max mean_rho2 = {fmt(peak)} > {fmt(RHO2_ESS_LIMIT)} (effective sample "
+            f"size below {fmt(100 / peak)}% of the batch)"
+        )
+    cause = "; ".join(causes)
+    return NextStep(
+        "rho_variance", f"rho variance too large ({cause}): {'; or '.join(actions)}.", values
+    )
+
+
+def rule_exploding(data: RunData, checks: dict[str, Check]) -> NextStep | None:
+    """td_loss or w_norm exploding: last > EXPLODE_FACTOR x mean of the first
+    EXPLODE_HEAD values and the last-k slope is positive."""
+    fired = {}
+    for col in ("td_loss", "w_norm"):
+        it, x = data.curves.iters(), data.curves.values(col)
+        ok = np.isfinite(x)
+        x, it = x[ok], it[ok]
+        if len(x) <= EXPLODE_HEAD:
+            continue
+        head = float(np.mean(x[:EXPLODE_HEAD]))
+        tail_x, tail_t = x[-EXPLODE_HEAD:], it[-EXPLODE_HEAD:]
+        slope = ls_slope(tail_t, tail_x) or 0.0
+        if x[-1] > EXPLODE_FACTOR * head and slope > 0:
+            fired[col] = {"last": float(x[-1]), "mean_first_5": head, "slope_last_k": slope}
+    if not fired:
+        return None
+    what = "; ".join(
+        f"{c} last {fmt(v['last'])} > {fmt(EXPLODE_FACTOR)} x first-5 mean "
+        f"{fmt(v['mean_first_5'])}, slope {fmt(v['slope_last_k'])}"
+        for c, v in fired.items()
+    )
+    action = ""
+    if data.cfg is not None:
+        crit = _critical_alpha(data)
+        target = data.cfg.alpha_w / EXPLODE_FACTOR
+        if crit is not None:
+            target = min(target, SAFE_FRACTION * crit)
+        action = f": lower alpha_w from {fmt(data.cfg.alpha_w)} to {fmt(target)}"
+        if crit is not None:
+            action += f" (critical alpha_w from critical_step: {fmt(crit)})"
+    return NextStep("exploding", f"exploding ({what}){action}.", fired)
+
+
+def rule_growing_mode(data: RunData, checks: dict[str, Check]) -> NextStep | None:
+    """A growing mode of the expected TD dynamics: eig_min_real < -spectral_noise and
+    growth_timescale shorter than the run."""
+    stab, cfg = data.probe("stability_probe"), data.cfg
+    eig_min, noise = stab.last("eig_min_real"), stab.last("spectral_noise") or 0.0
+    growth = stab.last("growth_timescale")
+    run_iters = cfg.outer_iters if cfg else len(data.curves)
+    if eig_min is None or growth is None or not (eig_min < -noise and growth < run_iters):
+        return None
+    values = {
+        "eig_min_real": eig_min,
+        "spectral_noise": noise,
+        "growth_timescale": growth,
+        "run_iters": run_iters,
+    }
+    actions = "lower gamma, raise beta, raise p_mix, clip rho"
+    if cfg is not None:
+        clip = cfg.effective_rho_clip
+        actions = (
+            f"lower gamma from {fmt(cfg.gamma)} to {fmt(max(0.0, 1 - 2 * (1 - cfg.gamma)))}, "
+            f"raise beta from {fmt(cfg.beta)} to {fmt(min(1.0, max(2 * cfg.beta, 0.1)))}, "
+            f"raise p_mix from {fmt(cfg.env.p_mix)} to "
+            f"{fmt(min(1.0, max(2 * cfg.env.p_mix, 0.05)))}, "
+            + (
+                "clip rho at 10 (now unclipped)"
+                if clip is None
+                else f"clip rho tighter than {fmt(clip)}"
+            )
+        )
+    return NextStep(
+        "growing_mode",
+        f"growing mode: eig_min_real = {fmt(eig_min)} < "
+        f"-spectral_noise = {fmt(-noise)}, growth_timescale = {fmt(growth)} iterations "
+        f"< run length {run_iters}: {actions}.",
+        values,
+    )
+
+
+def rule_critic_frozen(data: RunData, checks: dict[str, Check]) -> NextStep | None:
+    """The critic does not move: give fastest_timescale = 1/(eta max Re eig A) and the
+    alpha_w that would relax the fastest mode RELAX_EFOLDS times within the run, bounded
+    by the critical step (largest stable eta) of the last stability probe."""
+    check = checks.get("critic_frozen")
+    if check is None or check.verdict != WARN:
+        return None
+    rel = relative_steps(data)
+    stab, cfg = data.probe("stability_probe"), data.cfg
+    fastest, eig_max = stab.last("fastest_timescale"), stab.last("eig_max_real")
+    run_iters = cfg.outer_iters if cfg else len(data.curves)
+    values = {
+        "max_rel_step": float(rel.max()),
+        "fastest_timescale": fastest,
+        "eig_max_real": eig_max,
+        "critical_step": stab.last("critical_step"),
+        "run_iters": run_iters,
+    }
+    head = f"critic frozen: delta_w_norm / w_norm <= {fmt(rel.max())} per iteration"
+    if cfg is None or fastest is None or not math.isfinite(fastest) or fastest <= 0:
+        factor = CRITIC_FROZEN_HINT
+        alpha = fmt(cfg.alpha_w * factor) if cfg else "a larger alpha_w"
+        return NextStep(
+            "critic_frozen",
+            f"{head}; no usable fastest_timescale (enable "
+            f"probes.stability): try alpha_w = {alpha} (x{fmt(factor)}) and check "
+            "the stability probe's critical_step.",
+            values,
+        )
+    rate = 1.0 / fastest
+    eta = rate / eig_max if eig_max else math.nan
+    needed = cfg.alpha_w * fastest * RELAX_EFOLDS / run_iters
+    crit = _critical_alpha(data)
+    values.update({"eta_x_eig_max_real": rate, "alpha_w_needed": needed, "alpha_w_critical": crit})
+    msg = (
+        f"{head}; eta x max Re eig(A) = {fmt(eta)} x {fmt(eig_max)} = {fmt(rate)} per "
+        f"iteration: the fastest critic mode needs fastest_timescale ~{fmt_count(fastest)} "
+        f"iterations (run: {run_iters}). alpha_w = {fmt(needed)} (now {fmt(cfg.alpha_w)}) "
+        f"would relax it {fmt(RELAX_EFOLDS)} times within the run"
+    )
+    if crit is not None and needed > SAFE_FRACTION * crit:
+        safe = SAFE_FRACTION * crit
+        slow = fastest * cfg.alpha_w / safe
+        msg += (
+            f", but alpha_w up to {fmt(crit)} keeps it stable (critical_step = "
+            f"{fmt(stab.last('critical_step'))}): use alpha_w = {fmt(safe)} (half the "
+            f"critical step; fastest mode ~{fmt_count(slow)} iterations) and outer_iters >= "
+            f"{fmt_count(RELAX_EFOLDS * slow)}"
+        )
+    elif crit is not None:
+        msg += (
+            f"; alpha_w up to {fmt(crit)} keeps it stable (critical_step). The critical step "
+            "bounds the expected update only: its sampling noise grows with alpha_w, so raise "
+            f"it stepwise (alpha_w = {fmt(min(needed, cfg.alpha_w * CRITIC_FROZEN_HINT))} next)"
+        )
+    return NextStep("critic_frozen", msg + ".", values)
+
+
+def rule_metrics_flat(data: RunData, checks: dict[str, Check]) -> NextStep | None:
+    """w_norm and critic_teacher_error move less than FLAT_REL_RANGE over the run."""
+    if len(data.curves) < FLAT_MIN_ROWS:
+        return None
+    spans = {}
+    for col in ("w_norm", "critic_teacher_error"):
+        x = _finite(data.curves.values(col))
+        if len(x) < FLAT_MIN_ROWS or x.mean() == 0:
+            return None
+        spans[col] = float((x.max() - x.min()) / abs(x.mean()))
+    if not all(s < FLAT_REL_RANGE for s in spans.values()):
+        return None
+    n = len(data.curves)
+    what = ", ".join(f"{c} relative range {fmt(s)}" for c, s in spans.items())
+    return NextStep(
+        "metrics_flat",
+        f"metrics flat over {n} iterations ({what} < "
+        f"{fmt(FLAT_REL_RANGE)}): the critic's outputs did not change; lengthen the "
+        f"run beyond fastest_timescale or raise alpha_w (see critic frozen).",
+        spans,
+    )
+
+
+def rule_fixed_point_drift(data: RunData, checks: dict[str, Check]) -> NextStep | None:
+    """The fixed point moves faster than the critic: at the last probe with a defined
+    drift, w_sharp_drift per iteration exceeds the mean delta_w_norm since the previous
+    probe, and the drift exceeds the fixed point's sampling noise_floor."""
+    fp = data.probe("fixed_point_probe")
+    if len(fp) < 2 or not all(fp.has(c) for c in ("w_sharp_drift", "noise_floor")):
+        return None
+    it, drift = fp.iters(), fp.values("w_sharp_drift")
+    defined = fp.values("w_sharp_drift_defined") if fp.has("w_sharp_drift_defined") else None
+    idx = [i for i in range(1, len(fp)) if defined is None or defined[i] == 1]
+    if not idx:
+        return None
+    i = idx[-1]
+    gap = it[i] - it[i - 1]
+    noise = fp.values("noise_floor")[i]
+    curve_it = data.curves.iters()
+    window = (curve_it > it[i - 1]) & (curve_it <= it[i])
+    dw = _finite(data.curves.values("delta_w_norm")[window])
+    if gap <= 0 or not len(dw) or not (drift[i] > noise):
+        return None
+    drift_rate, critic_rate = drift[i] / gap, float(dw.mean())
+    if not drift_rate > critic_rate:
+        return None
+    values = {
+        "w_sharp_drift": float(drift[i]),
+        "iterations": float(gap),
+        "noise_floor": float(noise),
+        "drift_per_iter": float(drift_rate),
+        "delta_w_norm_mean": critic_rate,
+    }
+    action = "slow the target policy"
+    if data.cfg is not None:
+        ratio = critic_rate / drift_rate
+        if data.cfg.alpha_pi > 0:
+            action = (
+                f"lower alpha_pi from {fmt(data.cfg.alpha_pi)} to "
+                f"{fmt(data.cfg.alpha_pi * ratio / 2)} so the fixed point moves at most half "
+                "as fast as the critic, or raise alpha_w (bounded by critical_step)"
+            )
+        else:
+            action = (
+                f"lower beta from {fmt(data.cfg.beta)} to {fmt(data.cfg.beta * ratio / 2)}, "
+                "or raise alpha_w (bounded by critical_step)"
+            )
+    return NextStep(
+        "fixed_point_drift",
+        f"fixed point drifting faster than the critic tracks it: "
+        f"w_sharp_drift = {fmt(drift[i])} over {fmt(gap)} iterations "
+        f"({fmt(drift_rate)} per iteration, noise_floor {fmt(noise)}) vs the critic's "
+        f"delta_w_norm {fmt(critic_rate)} per iteration: {action}.",
+        values,
+    )
+
+
+def rule_other_checks(data: RunData, checks: dict[str, Check]) -> NextStep | None:
+    """Any other FAIL or WARN check, so that a failing run never reads "no issues"."""
+    covered = {
+        "complete",
+        "scale_consistency",
+        "loss_convention",
+        "critic_frozen",
+        "sigma_condition",
+    }
+    bad = [c for c in checks.values() if c.verdict != PASS and c.name not in covered]
+    if not bad:
+        return None
+    hints = {
+        "fixed_point_converged": "use probes.fixed_point.solver=direct or raise max_iters",
+        "rho_audit": "rho disagrees with its closed form: compute it on the sampled "
+        "(pre-clip) actions and check sigma_mu/sigma_pi",
+        "no_nan_inf": "lower alpha_w or clip rho",
+        "probe_missing_values": "a probe wrote NaN where it ran: see the probe's table",
+    }
+    msg = "; ".join(
+        f"{c.name} {c.verdict} ({c.reason or c.detail})"
+        + (f": {hints[c.name]}" if c.name in hints else "")
+        for c in bad
+    )
+    return NextStep("health_checks", msg + ".", {c.name: c.verdict for c in bad})
+
+
+RULES: tuple[Rule, ...] = (
+    rule_run_status,
+    rule_convention_scale,
+    rule_rho_variance,
+    rule_exploding,
+    rule_growing_mode,
+    rule_critic_frozen,
+    rule_metrics_flat,
+    rule_fixed_point_drift,
+    rule_other_checks,
+)
+
+
+def next_steps(data: RunData, checks: list[Check]) -> list[NextStep]:
+    """Every rule that fires, in :data:`RULES` order; the "no issues" line when none does."""
+    by_name = {c.name: c for c in checks}
+    fired = [step for rule in RULES if (step := rule(data, by_name)) is not None]
+    return fired or [NextStep("none", NO_ISSUES)]

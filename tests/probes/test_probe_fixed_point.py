@@ -1,0 +1,138 @@
+"""Fixed-point probe (SPEC 6.1): moments, direct/iterative solvers, reductions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from probe_testlib import tiny_config
+
+from tdlens.features import make_feature_maps
+from tdlens.learner import init_params
+from tdlens.probes import fixed_point as fp
+from tdlens.probes.common import ChainSpec, roll_chains
+
+
+def random_batch(n: int = 300, D: int = 24, seed: int = 0):
+    """A synthetic probe batch: float32 features, positive ratios, rewards."""
+    rng = np.random.default_rng(seed)
+    phi_t = rng.normal(size=(n, D)).astype(np.float32)
+    bar_phi_tp1 = (0.5 * phi_t + 0.5 * rng.normal(size=(n, D))).astype(np.float32)
+    rho_t = rng.uniform(0.5, 1.5, n)
+    r_t = rng.normal(size=n)
+    return phi_t, bar_phi_tp1, rho_t, r_t
+
+
+def brute_force_moments(phi_t, bar_phi_tp1, rho_t, r_t, gamma):
+    """float64 einsum twin: A = mean rho phi (phi - gamma bar_phi)^T / sqrt(D),
+    b = mean rho r phi."""
+    phi = phi_t.astype(np.float64)
+    psi = phi - gamma * bar_phi_tp1.astype(np.float64)
+    D = phi.shape[1]
+    A = np.einsum("t,ti,tj->ij", rho_t, phi, psi) / (len(rho_t) * math.sqrt(D))
+    b = np.einsum("t,ti->i", rho_t * r_t, phi) / len(rho_t)
+    return A, b
+
+
+def test_moments_match_float64_brute_force():
+    phi_t, bar_phi_tp1, rho_t, r_t = random_batch()
+    A_ref, b_ref = brute_force_moments(phi_t, bar_phi_tp1, rho_t, r_t, 0.9)
+    psi_ref = phi_t - np.float32(0.9) * bar_phi_tp1
+    psi_t = fp.td_difference_(phi_t, bar_phi_tp1.copy(), 0.9)
+    np.testing.assert_array_equal(psi_t, psi_ref)
+    exact = fp.td_moments(phi_t, psi_t, rho_t, r_t, block=64, product_dtype=np.float64)
+    # float32 psi rounding is the only difference from the float64 twin
+    np.testing.assert_allclose(exact.A, A_ref, rtol=1e-5, atol=1e-6 * np.abs(A_ref).max())
+    np.testing.assert_allclose(exact.b, b_ref, rtol=1e-12)
+    fast = fp.td_moments(phi_t, psi_t, rho_t, r_t, block=64)
+    np.testing.assert_allclose(fast.A, exact.A, rtol=0, atol=1e-6 * np.abs(exact.A).max())
+    h = len(rho_t) // 2
+    A_1, b_1 = brute_force_moments(phi_t[:h], bar_phi_tp1[:h], rho_t[:h], r_t[:h], 0.9)
+    np.testing.assert_allclose(exact.A_halves[0], A_1, rtol=1e-5, atol=1e-6 * np.abs(A_1).max())
+    np.testing.assert_allclose(exact.b_halves[0], b_1, rtol=1e-12)
+    np.testing.assert_allclose(exact.A, (exact.A_halves[0] + exact.A_halves[1]) / 2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("lu_dtype", [np.float64, np.float32])
+def test_direct_solution_satisfies_its_equation(lu_dtype):
+    phi_t, bar_phi_tp1, rho_t, r_t = random_batch(seed=1)
+    A, b = brute_force_moments(phi_t, bar_phi_tp1, rho_t, r_t, 0.95)
+    w = np.random.default_rng(2).normal(size=A.shape[0])
+    lam = 1e-3 * np.max(np.abs(np.linalg.eigvals(A)))
+    solve = fp.solve_direct(A, b, w, lam, lu_dtype=lu_dtype)
+    lhs = (A + lam * np.eye(len(b))) @ solve.w_sharp
+    rel = np.linalg.norm(lhs - (b + lam * w)) / np.linalg.norm(b + lam * w)
+    assert rel <= 1e-8 and solve.residual <= 1e-8 and solve.converged
+    assert solve.condition == pytest.approx(np.linalg.cond(A + lam * np.eye(len(b)), 1), rel=0.5)
+
+
+def test_gamma_zero_is_ridge_regression_on_real_features():
+    """gamma = 0: w# = (Sigma + lam I)^-1 (E[rho r phi] + lam w), Sigma = E[rho phi phi^T]/sqrt(D),
+    computed by numpy from the raw probe batch (brute-force twin)."""
+    cfg = tiny_config("gamma=0", "sigma_mu=0.4")
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    spec = ChainSpec("probe_fixed_point", 0, 256)
+    batch = roll_chains(cfg, maps, params, [spec], 0).td_batch(cfg, maps, [spec], params.theta_pi)
+    phi = batch.phi[0].astype(np.float64)
+    rho, r = batch.rho[0], batch.r[0]
+    D = maps.D
+    Sigma = (phi.T * rho) @ phi / (len(rho) * math.sqrt(D))
+    lam = 1e-3 * np.max(np.abs(np.linalg.eigvals(Sigma)))
+    ref = np.linalg.solve(Sigma + lam * np.eye(D), (phi.T @ (rho * r)) / len(rho) + lam * params.w)
+    psi = fp.td_difference_(batch.phi[0], batch.bar_phi[0], 0.0)
+    moments = fp.td_moments(batch.phi[0], psi, rho, r)
+    solve = fp.solve_direct(moments.A, moments.b, params.w, lam)
+    np.testing.assert_allclose(solve.w_sharp, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert solve.residual <= 1e-8
+
+
+def test_ridge_zero_is_the_exact_solve():
+    phi_t, bar_phi_tp1, rho_t, r_t = random_batch(n=400, D=16, seed=3)
+    A, b = brute_force_moments(phi_t, bar_phi_tp1, rho_t, r_t, 0.5)
+    solve = fp.solve_direct(A, b, np.zeros(16), fp.ridge_lambda(0.0, 1.0))
+    np.testing.assert_allclose(A @ solve.w_sharp, b, rtol=1e-10, atol=1e-12)
+
+
+def test_iterate_solver_reports_convergence_honestly():
+    rng = np.random.default_rng(4)
+    Q = np.linalg.qr(rng.normal(size=(8, 8)))[0]
+    A = Q @ np.diag(np.linspace(0.5, 1.5, 8)) @ Q.T
+    b = rng.normal(size=8)
+    w0 = rng.normal(size=8)
+    done = fp.solve_iterate(A, b, w0, 0.5, 10_000, 1e-12)
+    assert done.converged and done.num_iters < 10_000
+    np.testing.assert_allclose(done.w_sharp, np.linalg.solve(A, b), rtol=1e-9)
+    capped = fp.solve_iterate(A, b, w0, 0.5, 5, 1e-12)
+    assert capped.num_iters == 5 and not capped.converged
+
+
+def test_soft_mode_count_is_exact_for_diagonal_and_close_otherwise():
+    """Re tr(lam (A + lam I)^-1) = sum_i Re lam/(l_i + lam); Rademacher probes are exact
+    for a diagonal matrix (z^T diag(d) z = sum d)."""
+    eig = np.concatenate([np.full(30, 1e-6), np.linspace(0.1, 1.0, 20)])
+    lam = 1e-3
+    solve = fp.solve_direct(np.diag(eig), np.ones(50), np.zeros(50), lam)
+    exact = float(np.sum(lam / (eig + lam)))
+    assert fp.frozen_modes_soft(solve.lu, lam, np.random.default_rng(0)) == pytest.approx(exact)
+    rng = np.random.default_rng(5)
+    V = np.eye(50) + 0.05 * rng.normal(size=(50, 50))
+    A = V @ np.diag(eig) @ np.linalg.inv(V)
+    solve = fp.solve_direct(A, np.ones(50), np.zeros(50), lam)
+    estimate = fp.frozen_modes_soft(solve.lu, lam, rng)
+    assert estimate == pytest.approx(np.sum((lam / (np.linalg.eigvals(A) + lam)).real), abs=3.0)
+
+
+def test_value_gap_and_row():
+    phi_t, *_ = random_batch(n=50, D=8, seed=6)
+    w, w_sharp = np.ones(8), np.zeros(8)
+    q = phi_t.astype(np.float64) @ (w - w_sharp) / math.sqrt(8)
+    assert fp.value_gap(phi_t, w, w_sharp) == pytest.approx(math.sqrt(np.mean(q**2)), rel=1e-6)
+    solve = fp.FixedPointSolve(w_sharp, 0.1, 1e-12, 1, True, 10.0)
+    first = fp.fixed_point_row(solve, w, None, 0.5, 0.2, 1e-3, 3, True, 50, 1e-8)
+    assert first["w_sharp_drift"] == 0.0 and first["w_sharp_drift_defined"] == 0.0
+    assert first["w_gap"] == pytest.approx(math.sqrt(8))
+    later = fp.fixed_point_row(solve, w, np.full(8, 0.5), 0.5, 0.2, 1e-3, 3, True, 50, 1e-8)
+    assert later["w_sharp_drift"] == pytest.approx(math.sqrt(2))
+    assert later["w_sharp_drift_defined"] == 1.0

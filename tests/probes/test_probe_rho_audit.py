@@ -1,0 +1,91 @@
+"""Rho audit (SPEC 6.5): passes on correct ratios, fails on the seed's kinds of wrong ones."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from probe_testlib import snapshot, tiny_config
+
+from tdlens.policy import importance_ratio
+from tdlens.probes import rho_audit as ra
+
+
+def chain_means(n: int, seed: int, offset: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Slowly varying (autocorrelated) behaviour means and target means offset from them."""
+    rng = np.random.default_rng(seed)
+    m_mu = 0.2 * np.cumsum(rng.normal(size=(n, 2)), axis=0) / math.sqrt(n)
+    return m_mu + offset * np.array([1.0, -0.5]), m_mu
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_audit_passes_on_correct_ratios(seed):
+    m_pi, m_mu = chain_means(4096, seed)
+    u = m_mu + 0.35 * np.random.default_rng(100 + seed).standard_normal(m_mu.shape)
+    _, rho_raw = importance_ratio(u, m_pi, 0.30, m_mu, 0.35, None)
+    row = ra.audit_rho(rho_raw, m_pi, m_mu, 0.30, 0.35, 1.2, 5.0)
+    assert row["passed"] == 1.0 and row["reliable"] == 1.0
+    assert row["max_abs_z"] < 5.0
+    assert row["rho_mean_theory"] == 1.0
+
+
+def test_audit_fails_on_wrong_sigma():
+    m_pi, m_mu = chain_means(4096, 0)
+    u = m_mu + 0.35 * np.random.default_rng(1).standard_normal(m_mu.shape)
+    _, wrong = importance_ratio(u, m_pi, 0.30, m_mu, 0.30, None)  # mu's sigma taken as 0.30
+    row = ra.audit_rho(wrong, m_pi, m_mu, 0.30, 0.35, None, 5.0)
+    assert row["passed"] == 0.0 and row["max_abs_z"] > 5.0
+
+
+def test_audit_fails_on_ratios_of_clipped_actions():
+    """The seed's bug: rho computed on the action after the environment clipped it."""
+    m_pi, m_mu = chain_means(4096, 2, offset=0.0)
+    u = m_mu + 0.35 * np.random.default_rng(3).standard_normal(m_mu.shape)
+    _, wrong = importance_ratio(np.clip(u, -0.25, 0.25), m_pi, 0.30, m_mu, 0.35, None)
+    row = ra.audit_rho(wrong, m_pi, m_mu, 0.30, 0.35, 10.0, 5.0)
+    assert row["passed"] == 0.0 and row["max_abs_z"] > 5.0
+
+
+@pytest.mark.parametrize(
+    ("sigma_pi", "sigma_mu", "c", "offset"),
+    [(0.30, 0.35, 1.1, 0.1), (0.35, 0.35, 1.5, 0.2), (0.40, 0.35, 2.0, 0.05), (0.4, 0.3, 3.0, 0.3)],
+)
+def test_clipped_mean_closed_form_against_monte_carlo(sigma_pi, sigma_mu, c, offset):
+    """E_mu[min(rho, c)] (noncentral chi-square / normal-tail closed form) vs 400k draws."""
+    n = 400_000
+    m_mu = np.zeros((n, 2))
+    m_pi = np.full((n, 2), offset)
+    u = sigma_mu * np.random.default_rng(4).standard_normal((n, 2))
+    _, rho = importance_ratio(u, m_pi, sigma_pi, m_mu, sigma_mu, None)
+    clipped = np.minimum(rho, c)
+    theory = ra.clipped_rho_mean(c, m_pi[:1], sigma_pi, m_mu[:1], sigma_mu)[0]
+    assert abs(clipped.mean() - theory) < 5 * clipped.std() / math.sqrt(n)
+
+
+def test_clipped_mean_limits_and_supremum():
+    m = np.zeros((3, 2))
+    np.testing.assert_allclose(ra.clipped_rho_mean(10.0, m, 0.30, m, 0.35), 1.0)
+    assert ra.clipped_rho_mean(1.0, m[:1], 0.3, m[:1], 0.3)[0] == pytest.approx(1.0)
+    assert ra.rho_supremum(m, 0.30, m, 0.35) == pytest.approx((0.35 / 0.30) ** 2)
+    assert ra.rho_supremum(m, 0.40, m, 0.35) == math.inf
+    assert ra.rho_supremum(m, 0.3, m, 0.3) == 1.0
+
+
+def test_infinite_variance_is_flagged_unreliable():
+    m = np.zeros((2000, 2))
+    u = 0.2 * np.random.default_rng(5).standard_normal(m.shape)
+    _, rho = importance_ratio(u, m, 0.35, m, 0.2, None)
+    row = ra.audit_rho(rho, m, m, 0.35, 0.2, None, 5.0)
+    assert row["reliable"] == 0.0 and row["rho2_z_reliable"] == 0.0 and row["rho_z_reliable"] == 0.0
+    assert math.isinf(row["rho2_mean_theory"])
+    mid = ra.audit_rho(rho, m, m, 0.25, 0.2, None, 5.0)  # 1.33 < ratio^2 = 1.56 < 2
+    assert mid["rho_z_reliable"] == 1.0 and mid["rho2_z_reliable"] == 0.0
+
+
+def test_audit_of_a_trainer_batch_passes():
+    cfg = tiny_config("horizon=256")
+    _, result = snapshot(cfg)
+    row = ra.audit_td_batch(result.batch, cfg)
+    assert row["passed"] == 1.0
+    assert row["n"] == cfg.trajectories * cfg.horizon

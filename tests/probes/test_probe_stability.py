@@ -1,0 +1,164 @@
+"""Stability probe (SPEC 6.2): step scale vs the trainer, power iteration, spectrum."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from probe_testlib import tiny_config
+
+from tdlens.features import make_feature_maps
+from tdlens.learner import collect, gradients, init_params, td_errors, update
+from tdlens.probes import fixed_point as fp
+from tdlens.probes import spectrum as sp
+from tdlens.probes import stability as st
+from tdlens.seeding import stream
+
+
+@pytest.mark.parametrize("normalization", ["mean", "sqrt_batch"])
+def test_eta_and_step_scale_equal_the_trainers(normalization):
+    """The trainer's critic step on its own batch is exactly eta (b - A w) with A, b of that
+    batch (all B T samples), and alpha_w s = train_step_scale."""
+    cfg = tiny_config(f"step_normalization={normalization}", "precision=float64")
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    rngs = [stream(cfg.seed, "rollout", 0, b) for b in range(cfg.trajectories)]
+    batch = collect(cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon)
+    delta = td_errors(batch, params.w, cfg.gamma)
+    G_w, G_theta = gradients(batch, delta, cfg.sigma_pi)
+    new = update(cfg, params, G_w, G_theta)
+    D = maps.D
+    phi_t = batch.phi.reshape(-1, D)
+    psi_t = phi_t - cfg.gamma * batch.bar_phi.reshape(-1, D)
+    moments = fp.td_moments(phi_t, psi_t, batch.rho.reshape(-1), batch.r.reshape(-1))
+    expected = st.expected_step(cfg) * (moments.b - moments.A @ params.w)
+    np.testing.assert_allclose(new.w - params.w, expected, rtol=1e-9, atol=1e-15)
+    assert st.probe_step_scale(cfg) == cfg.train_step_scale
+    moved = G_w != 0  # features never excited in the batch (event flags) have G_w = 0
+    ratio = (new.w - params.w)[moved] / G_w[moved]
+    np.testing.assert_allclose(ratio, cfg.train_step_scale, rtol=1e-9)
+    assert st.trainer_terms(cfg) == cfg.trajectories * cfg.horizon
+
+
+def test_matrix_free_apply_equals_explicit_A():
+    rng = np.random.default_rng(0)
+    phi_t = rng.normal(size=(200, 12)).astype(np.float32)
+    psi_t = (phi_t - 0.9 * rng.normal(size=(200, 12))).astype(np.float32)
+    rho_t = rng.uniform(0.5, 1.5, 200)
+    r_t = rng.normal(size=200)
+    A = fp.td_moments(phi_t, psi_t, rho_t, r_t, product_dtype=np.float64).A
+    v = rng.normal(size=12)
+    np.testing.assert_allclose(st.apply_A(phi_t, psi_t, rho_t, v), A @ v, rtol=1e-5, atol=1e-6)
+
+
+def test_power_iteration_finds_the_spectral_radius():
+    """J = I - eta A with eigenvalues of A in {3, 1, 0.5}, eta = 0.5: radius |1 - 1.5| = 0.5
+    vs 0.5, 0.75 -> the dominant |1 - eta l| is 0.75 (l = 0.5)."""
+    rng = np.random.default_rng(1)
+    V = np.eye(3) + 0.1 * rng.normal(size=(3, 3))
+    A = V @ np.diag([3.0, 1.0, 0.5]) @ np.linalg.inv(V)
+    radius = st.power_iteration_radius(lambda v: A @ v, 0.5, rng.normal(size=3), 200)
+    assert radius == pytest.approx(0.75, rel=1e-6)
+
+
+def test_critical_step_hand_values():
+    assert sp.critical_step(np.array([2.0 + 0j])) == pytest.approx(1.0)
+    assert sp.critical_step(np.array([1 + 1j, 1 - 1j, 4.0])) == pytest.approx(0.5)
+    assert sp.critical_step(np.array([-1.0 + 0j])) == math.inf
+
+
+def test_spectral_noise_is_half_the_operator_norm():
+    rng = np.random.default_rng(2)
+    A_1, A_2 = rng.normal(size=(80, 80)), rng.normal(size=(80, 80))
+    ref = np.linalg.norm(A_1 - A_2, 2) / 2
+    assert sp.spectral_noise(A_1, A_2, rng.normal(size=80)) == pytest.approx(ref, rel=1e-5)
+
+
+def synthetic_A(D: int = 300, seed: int = 3) -> np.ndarray:
+    """Known spectrum: 6 large positive, 3 beyond-noise negative, 2 complex pairs, and
+    a bulk near 0; a well-conditioned (non-normal) eigenbasis."""
+    rng = np.random.default_rng(seed)
+    bulk = rng.uniform(-1e-4, 1e-4, D - 13)
+    real = np.concatenate([np.linspace(0.2, 1.0, 6), [-0.05, -0.02, -0.01], bulk])
+    blocks = [np.diag(real)]
+    for re, im in ((0.3, 0.2), (0.004, 0.3)):
+        blocks.append(np.array([[re, im], [-im, re]]))
+    Lam = np.zeros((D, D))
+    start = 0
+    for blk in blocks:
+        k = blk.shape[0]
+        Lam[start : start + k, start : start + k] = blk
+        start += k
+    V = np.eye(D) + 0.2 * rng.normal(size=(D, D)) / math.sqrt(D)
+    return V @ Lam @ np.linalg.inv(V)
+
+
+@pytest.mark.parametrize("noise", [1e-3, 3e-3])
+def test_krylov_spectrum_matches_dense_float64(noise):
+    """Forcing the Krylov path (dense_max=0) reproduces every dense-spectrum number that is
+    resolved above the noise, on a matrix with a known spectrum."""
+    A = synthetic_A()
+    v0 = np.random.default_rng(0).normal(size=A.shape[0])
+    dense = sp.spectrum_row(sp.eigenvalues(A, noise, v0), 0.1)
+    krylov_spec = sp.eigenvalues(A, noise, v0, dense_max=0)
+    krylov = sp.spectrum_row(krylov_spec, 0.1)
+    assert dense["spectrum_dense"] == 1.0 and krylov["spectrum_dense"] == 0.0
+    assert krylov["spectrum_complete_above_noise"] == 1.0
+    keys = (
+        "eig_min_real",
+        "eig_max_real",
+        "eig_max_abs",
+        "critical_step",
+        "fastest_timescale",
+        "slowest_timescale",
+        "growth_timescale",
+        "modes_above_noise",
+    )
+    for key in keys:
+        assert krylov[key] == pytest.approx(dense[key], rel=1e-5), key
+    assert dense["eig_min_real"] == pytest.approx(-0.05, rel=1e-9)
+    assert dense["critical_step"] == pytest.approx(2 * 0.004 / (0.004**2 + 0.3**2), rel=1e-9)
+    assert dense["growth_timescale"] == pytest.approx(1 / (0.1 * 0.05), rel=1e-9)
+
+
+def test_incomplete_krylov_spectrum_adds_shift_invert_sets():
+    """Noise below the bulk: the largest-modulus set cannot contain every eigenvalue above
+    the noise, so LR and shift-invert sets around +-noise are added; the extremes still
+    match the dense spectrum and the min-Re bound brackets the dense minimum."""
+    A = synthetic_A()
+    v0 = np.random.default_rng(0).normal(size=A.shape[0])
+    noise = 1e-5
+    dense = sp.spectrum_row(sp.eigenvalues(A, noise, v0), 0.1)
+    spec = sp.eigenvalues(A, noise, v0, dense_max=0)
+    krylov = sp.spectrum_row(spec, 0.1)
+    assert krylov["spectrum_complete_above_noise"] == 0.0
+    assert spec.count > spec.lm_count
+    for key in ("eig_max_real", "eig_max_abs", "critical_step", "eig_min_real"):
+        assert krylov[key] == pytest.approx(dense[key], rel=1e-5), key
+    assert krylov["eig_min_real_bound"] <= dense["eig_min_real"]
+    assert krylov["modes_above_noise"] <= dense["modes_above_noise"]
+
+
+def test_krylov_spectrum_matches_dense_on_real_td_matrix():
+    """A realistic A (D = 256 critic features, 2048 samples) through both paths."""
+    cfg = tiny_config("env.feature_dim=256")
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    batch = collect(
+        cfg, maps, params.theta_mu, params.theta_pi, [stream(0, "probe_stability", 0, 0)], 2048
+    )
+    psi_t = fp.td_difference_(batch.phi[0], batch.bar_phi[0], cfg.gamma)
+    moments = fp.td_moments(batch.phi[0], psi_t, batch.rho[0], batch.r[0])
+    v0 = np.random.default_rng(1).normal(size=maps.D)
+    noise = sp.spectral_noise(*moments.A_halves, v0=v0)
+    dense = sp.spectrum_row(sp.eigenvalues(moments.A, noise, v0), 0.08)
+    krylov = sp.spectrum_row(sp.eigenvalues(moments.A, noise, v0, dense_max=0), 0.08)
+    for key in ("eig_max_real", "eig_max_abs", "critical_step", "fastest_timescale"):
+        assert krylov[key] == pytest.approx(dense[key], rel=1e-5), key
+    if krylov["spectrum_complete_above_noise"]:
+        for key in ("slowest_timescale", "growth_timescale", "modes_above_noise"):
+            assert krylov[key] == pytest.approx(dense[key], rel=1e-5), key
+    assert dense["growth_timescale"] == math.inf or dense["eig_min_real"] < -noise
+    assert krylov["eig_min_real_bound"] <= dense["eig_min_real"] <= krylov["eig_min_real"]
+    assert dense["eig_min_real_bound"] == dense["eig_min_real"]

@@ -1,0 +1,100 @@
+"""Next-step rules (SPEC 8) fire on the right synthetic data and name the values."""
+
+from __future__ import annotations
+
+import math
+
+from test_report_fixtures import N_ITERS, frozen_run, healthy_run
+
+from tdlens.report import build_report
+from tdlens.report.rules import NO_ISSUES
+
+
+def steps(run, tmp_path) -> dict[str, str]:
+    report = build_report(run.write(tmp_path / "run"))
+    return {s.rule: s.message for s in report.next_steps}
+
+
+def test_no_rule_fires_on_a_healthy_run(tmp_path):
+    assert steps(healthy_run(), tmp_path) == {"none": NO_ISSUES}
+
+
+def test_frozen_critic_fires_and_names_fastest_timescale(tmp_path):
+    """SPEC 6.2 numbers: eta = 0.08, max Re eig(A) = 7.4e-4: ~17,000 iterations."""
+    fired = steps(frozen_run(), tmp_path)
+    assert "none" not in fired and NO_ISSUES not in fired.values()
+    msg = fired["critic_frozen"]
+    assert "fastest_timescale ~17,000 iterations" in msg
+    assert "eta x max Re eig(A) = 0.08 x 0.00074 = 5.92e-05 per iteration" in msg
+    assert "alpha_w up to 1.2 keeps it stable" in msg and "use alpha_w = 0.6" in msg
+    assert "metrics_flat" in fired and "w_norm relative range 0" in fired["metrics_flat"]
+
+
+def test_frozen_critic_within_the_critical_step(tmp_path):
+    run = healthy_run()
+    run.set_probe("stability_probe", "fastest_timescale", 100.0)
+    msg = steps(run, tmp_path)["critic_frozen"]
+    alpha_needed = 0.08 * 100.0 * 3 / N_ITERS
+    assert f"alpha_w = {alpha_needed:.4g} (now 0.08)" in msg and "keeps it stable" in msg
+
+
+def test_rho_variance_rule(tmp_path):
+    run = healthy_run("sigma_mu=0.2", "sigma_pi=0.3")
+    run.set_curve("mean_rho2", 5.0)
+    msg = steps(run, tmp_path)["rho_variance"]
+    assert "max mean_rho2 = 5 > 2" in msg and "raise sigma_mu from 0.2 to 0.3" in msg
+
+
+def test_exploding_rule(tmp_path):
+    run = healthy_run()
+    run.set_curve("td_loss", lambda i: 1e-3 * 1.5**i)
+    msg = steps(run, tmp_path)["exploding"]
+    assert "td_loss last" in msg and "lower alpha_w from 0.08 to" in msg
+
+
+def test_growing_mode_rule(tmp_path):
+    run = healthy_run()
+    run.set_probe("stability_probe", "eig_min_real", -1.0)
+    run.set_probe("stability_probe", "growth_timescale", 12.5)
+    msg = steps(run, tmp_path)["growing_mode"]
+    assert "eig_min_real = -1 < -spectral_noise = -0.01" in msg
+    assert "lower gamma from 0.99 to 0.98" in msg and "raise p_mix" in msg and "clip rho" in msg
+
+
+def test_growing_mode_within_noise_does_not_fire(tmp_path):
+    run = healthy_run()
+    run.set_probe("stability_probe", "eig_min_real", -0.005)  # inside spectral_noise 0.01
+    run.set_probe("stability_probe", "growth_timescale", math.inf)
+    assert "growing_mode" not in steps(run, tmp_path)
+
+
+def test_fixed_point_drift_rule(tmp_path):
+    run = healthy_run()
+    run.set_probe("fixed_point_probe", "w_sharp_drift", lambda k: 0.0 if k == 0 else 1.0)
+    msg = steps(run, tmp_path)["fixed_point_drift"]
+    assert "w_sharp_drift = 1 over 5 iterations (0.2 per iteration, noise_floor 0.01)" in msg
+    assert "delta_w_norm 0.02" in msg and "lower alpha_pi from" in msg
+
+
+def test_convention_rule(tmp_path):
+    run = healthy_run()
+    run.set_probe("q_kernel_probe", "td_loss_from_Q_cache_rel_diff", 0.5)
+    msg = steps(run, tmp_path)["convention_scale_mismatch"]
+    assert "loss_convention FAIL" in msg and "no 1/2" in msg
+
+
+def test_incomplete_run_rule(tmp_path):
+    run = healthy_run()
+    del run.curves[10:]
+    run.status.update(
+        status="incomplete", reason="interrupted by SIGTERM after 10 of 20 iterations", next_iter=10
+    )
+    msg = steps(run, tmp_path)["run_status"]
+    assert "interrupted by SIGTERM after 10 of 20" in msg and "--resume" in msg
+
+
+def test_other_failing_check_never_reads_no_issues(tmp_path):
+    run = healthy_run()
+    run.set_probe("rho_audit", "passed", 0.0)
+    fired = steps(run, tmp_path)
+    assert "none" not in fired and "rho_audit FAIL" in fired["health_checks"]
