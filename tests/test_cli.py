@@ -103,3 +103,14 @@ def test_random_overrides_never_produce_a_traceback(tmp_path, text):
     assert res.exception is None or isinstance(res.exception, SystemExit)
     if res.exit_code == 2:
         assert "error:" in res.output and not d.exists()
+
+
+def test_audit_rho_on_a_finished_run(tmp_path):
+    d = tmp_path / "run"
+    args = ["run", "sanity", *TINY, "--set", "probes.enabled=false", "--run-dir", str(d)]
+    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, ["audit", "rho", str(d)])
+    assert res.exit_code == 0, res.output
+    assert "E_mu[rho^2]" in res.output and "verdict: PASS" in res.output
+    res = runner.invoke(app, ["audit", "rho", str(tmp_path)])
+    assert res.exit_code == 2

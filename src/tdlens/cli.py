@@ -266,6 +266,80 @@ def sanity(
     raise typer.Exit(0 if suite.passed else 1)
 
 
+audit_app = typer.Typer(help="Audits of a finished run.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("rho")
+def audit_rho(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+) -> None:
+    """Importance ratios at the run's last checkpoint vs their closed forms (SPEC 6.5).
+
+    Exits 1 when the audit fails.
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tdlens.runs.audit import audit_run_rho
+    from tdlens.runs.files import RunFileError
+
+    if not (run_dir / "config.json").is_file():
+        fail(f"'{run_dir}' is not a run directory (no config.json)")
+    try:
+        n, row = audit_run_rho(run_dir)
+    except (RunFileError, ConfigError) as exc:
+        fail(str(exc))
+    table = Table(title=f"rho audit of {run_dir} at iteration {n}")
+    table.add_column("quantity")
+    table.add_column("empirical", justify="right")
+    table.add_column("theory", justify="right")
+    table.add_column("z", justify="right")
+    for label, key in (
+        ("E_mu[rho]", "rho_mean"),
+        ("E_mu[rho^2]", "rho2_mean"),
+        ("E_mu[min(rho, c)]", "clipped_mean"),
+    ):
+        table.add_row(
+            escape(label),
+            f"{row.get(key + '_emp', float('nan')):.4g}",
+            f"{row.get(key + '_theory', float('nan')):.4g}",
+            f"{row.get(key + '_z', float('nan')):.3g}",
+        )
+    table.add_row(
+        "max rho",
+        f"{row.get('rho_max_emp', float('nan')):.4g}",
+        f"<= {row.get('rho_sup_theory', float('nan')):.4g}",
+        "",
+    )
+    out.print(table)
+    passed = bool(row.get("passed", 0))
+    reliable = bool(row.get("reliable", 1))
+    verdict = "PASS" if passed else "FAIL"
+    note = "" if reliable else " (some z-scores unreliable: infinite variance)"
+    out.print(
+        f"verdict: {verdict}: max |z| = {row.get('max_abs_z', float('nan')):.3g} vs "
+        f"{cfg_threshold(run_dir)}{note}, n = {int(row.get('n', 0))}",
+        highlight=False,
+    )
+    raise typer.Exit(0 if passed else 1)
+
+
+def cfg_threshold(run_dir: Path) -> float:
+    from tdlens.config import config_from_json
+
+    return config_from_json(run_dir / "config.json").probes.rho_audit.z_threshold
+
+
+def _register_sweep_commands() -> None:
+    from tdlens.sweeps.commands import register
+
+    register(app)
+
+
+_register_sweep_commands()
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,139 @@
+"""Sweep throughput at the Step-C settings (SPEC 14 target: 1000 runs x 200 iterations,
+probes every 10, in <= 8.5 h on 2 cores), and Ray scaling from 1 to 2 workers.
+
+Usage: python benchmarks/bench_sweep.py [--runs 4] [--jobs 2] [--iters 20] [--ray-iters 10]
+                                        [--no-ray]
+
+Runs `--runs` points of the Step-C grid (plateau config: D=2048, N=512, B=16, T=200, every
+probe every 10 iterations) on the local backend with `--jobs` workers, capped at `--iters`
+iterations, and extrapolates to the full 200 iterations from the runs' own files:
+
+    t_run(200) = t_fixed + 200 t_iter + 20 t_probe
+
+with t_iter the mean iter_time_s, t_probe the mean probe round (probes/rounds.csv total_s),
+both measured while the workers run side by side, and t_fixed the rest of a run's wall time
+(process start, feature maps, report). Runs per hour on J workers = J * 3600 / t_run(200).
+Then 2 runs of `--ray-iters` iterations on Ray with 1 and with 2 workers (a local Ray
+started per measurement, start-up excluded from the timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_info
+
+from tdlens.runs.files import read_csv_rows
+from tdlens.sweeps.plan import run_dir
+from tdlens.sweeps.spec import load_spec, shipped_configs
+from tdlens.sweeps.sweep import execute_sweep, prepare_sweep
+
+FULL_ITERS = 200
+PROBE_EVERY = 10
+
+
+def bench_spec(folder: Path, runs: int, iters: int) -> Path:
+    """A spec with the first `runs` alpha_w x beta points of Step-C, capped at `iters`."""
+    stepc = load_spec(shipped_configs() / "sweeps" / "stepC.yaml")
+    axes = {a.key: list(a.values) for a in stepc.axes}
+    n_alpha = max(1, runs // 2)
+    spec = {
+        "name": f"bench{iters}",
+        "base": "plateau",
+        "grid": {
+            "alpha_w": axes["alpha_w"][:: max(1, 10 // n_alpha)][:n_alpha],
+            "beta": axes["beta"][::9][: max(1, runs // n_alpha)],
+        },
+        "overrides": {"outer_iters": iters, "theta_mu_offset_scale": 0.25},
+    }
+    path = folder / f"bench{iters}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_timings(sweep_dir: Path, run_ids: list[str]) -> tuple[list[float], list[float]]:
+    """Per-iteration and per-probe-round seconds over every run of a sweep."""
+    iters, probes = [], []
+    for rid in run_ids:
+        rd = run_dir(sweep_dir, rid)
+        iters += [float(r["iter_time_s"]) for r in read_csv_rows(rd / "learning_curves.csv")]
+        probes += [float(r["total_s"]) for r in read_csv_rows(rd / "probes" / "rounds.csv")]
+    return iters, probes
+
+
+def local_throughput(folder: Path, runs: int, jobs: int, iters: int) -> None:
+    prepared = prepare_sweep(bench_spec(folder, runs, iters), folder / "out")
+    t0 = time.perf_counter()
+    res = execute_sweep(prepared, backend="local", jobs=jobs, catalog=folder / "c.sqlite")
+    wall = time.perf_counter() - t0
+    ids = [r.run_id for r in prepared.runs]
+    assert res.counts == {"complete": len(ids)}, res.counts
+    per_run = [o.seconds for o in res.outcomes.values()]
+    t_iter_all, t_probe_all = run_timings(res.sweep_dir, ids)
+    t_iter, t_probe = statistics.mean(t_iter_all), statistics.mean(t_probe_all)
+    rounds = len(t_probe_all) / len(ids)
+    t_fixed = statistics.mean(per_run) - iters * t_iter - rounds * t_probe
+    t_full = t_fixed + FULL_ITERS * t_iter + FULL_ITERS / PROBE_EVERY * t_probe
+    rate = jobs * 3600.0 / t_full
+    print(f"local backend, {len(ids)} runs x {iters} iterations, --jobs {jobs}:")
+    print(f"  wall {wall:.1f} s ({len(ids) * 3600 / wall:.0f} runs/h at {iters} iterations)")
+    print(
+        f"  per run: {statistics.mean(per_run):.1f} s; iteration {t_iter:.3f} s "
+        f"(median {statistics.median(t_iter_all):.3f}); probe round {t_probe:.2f} s; "
+        f"fixed {t_fixed:.1f} s"
+    )
+    print(
+        f"  extrapolated to {FULL_ITERS} iterations ({FULL_ITERS // PROBE_EVERY} probe rounds): "
+        f"{t_full:.0f} s per run -> {rate:.0f} runs/h on {jobs} workers; "
+        f"Step-C (1000 runs): {1000 / rate:.1f} h (target <= 8.5 h)"
+    )
+
+
+def ray_scaling(folder: Path, iters: int) -> None:
+    import ray
+
+    walls = {}
+    for jobs in (1, 2):
+        prepared = prepare_sweep(bench_spec(folder, 2, iters), folder / f"ray{jobs}")
+        ray.init(num_cpus=jobs, include_dashboard=False, logging_level="ERROR",
+                 log_to_driver=False, object_store_memory=256 * 2**20)  # fmt: skip
+        try:
+            t0 = time.perf_counter()
+            res = execute_sweep(prepared, backend="ray", jobs=jobs, catalog=folder / "c.sqlite")
+            walls[jobs] = time.perf_counter() - t0
+        finally:
+            ray.shutdown()
+        assert res.counts == {"complete": 2}, res.counts
+    print(f"ray backend, 2 runs x {iters} iterations:")
+    print(
+        f"  1 worker {walls[1]:.1f} s, 2 workers {walls[2]:.1f} s: "
+        f"speed-up {walls[1] / walls[2]:.2f}x (ideal 2x on 2 cores)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--ray-iters", type=int, default=10)
+    parser.add_argument("--no-ray", action="store_true")
+    args = parser.parse_args()
+    print(machine_info())
+    print("settings: plateau config (D=2048, N=512, B=16, T=200), all probes every 10")
+    with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
+        local_throughput(Path(tmp), args.runs, args.jobs, args.iters)
+        if not args.no_ray:
+            ray_scaling(Path(tmp), args.ray_iters)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Sweeps over run configs: specs, backends (local pool, Ray), catalog, summaries (SPEC 11).
+
+Modules: :mod:`~tdlens.sweeps.spec` (spec YAML -> plan of resolved runs),
+:mod:`~tdlens.sweeps.plan` (sweep directory, plan.json), :mod:`~tdlens.sweeps.backends`
+(local process pool and Ray), :mod:`~tdlens.sweeps.sweep` (the driver),
+:mod:`~tdlens.sweeps.records` / :mod:`~tdlens.sweeps.regimes` (a run directory as a row
+with its regime label), :mod:`~tdlens.sweeps.stats` (IQM, stratified bootstrap),
+:mod:`~tdlens.sweeps.summary`, :mod:`~tdlens.sweeps.catalog` (SQLite),
+:mod:`~tdlens.sweeps.compare` and :mod:`~tdlens.sweeps.commands` (the CLI commands).
+"""
+
+from tdlens.sweeps.spec import (
+    PlannedRun,
+    SweepSpec,
+    SweepSpecError,
+    load_spec,
+    logspace_values,
+    make_plan,
+    parse_spec,
+)
+
+__all__ = [
+    "PlannedRun",
+    "SweepSpec",
+    "SweepSpecError",
+    "load_spec",
+    "logspace_values",
+    "make_plan",
+    "parse_spec",
+]

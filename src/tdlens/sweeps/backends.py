@@ -1,0 +1,282 @@
+"""Execution backends of a sweep: a local process pool and Ray (SPEC section 11).
+
+Both run :func:`execute_task` once per run, with the config's ``threads = 1``, BLAS held
+to one thread (``threadpoolctl``) and ``handle_signals=False``, so a run's learning curves
+are bit-identical whatever the backend and the number of workers.
+
+- ``local``: ``concurrent.futures.ProcessPoolExecutor`` (spawn context, ``jobs`` workers)
+  writing straight into the sweep's run directories. A worker that dies (kill -9, out of
+  memory) breaks the pool: the runs it and its siblings were running are marked
+  ``incomplete`` (their checkpoints stay, ``--resume`` continues them), the runs not yet
+  started go to a fresh pool.
+- ``ray``: :mod:`tdlens.sweeps.ray_backend` (optional dependency, ``pip install -e
+  ".[ray]"``); workers may share no filesystem with the driver.
+
+A run that raises never stops the sweep: :func:`execute_task` catches everything and
+returns a ``failed`` outcome with the traceback (also written to the run's status.json).
+Ctrl-C in the driver: local workers ignore SIGINT and watch a stop event instead, so the
+running runs stop after their current iteration with a checkpoint (``incomplete``) and
+queued runs never start; Ray tasks are cancelled (a KeyboardInterrupt inside the run, with
+the same effect) and their files collected.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tdlens.runs.files import atomic_write_json, read_json
+
+TaskFn = Callable[["RunTask"], "RunOutcome"]
+OutcomeFn = Callable[["RunOutcome"], None]
+NOT_STARTED = "not started"
+SKIP_FILES = frozenset({".lock"})
+"""Files never shipped between Ray workers and the driver."""
+
+
+class BackendError(RuntimeError):
+    """The backend cannot be used (Ray missing, cluster unreachable, bad --jobs)."""
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """What a worker needs to run (or resume) one run.
+
+    ``config`` is the resolved config dict (with ``threads = 1``); ``files`` are the run
+    directory's files (relative path -> bytes) shipped to a Ray worker for a resume.
+    """
+
+    run_id: str
+    run_dir: str
+    config: dict[str, Any]
+    resume: bool = False
+    files: dict[str, bytes] | None = None
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended, as seen by the worker (or the driver when the worker died)."""
+
+    run_id: str
+    status: str
+    reason: str | None = None
+    exit_code: int | None = None
+    next_iter: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    files: dict[str, bytes] | None = field(default=None, repr=False)
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _status_of(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = read_json(run_dir / "status.json")
+    except Exception:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def mark_status(run_dir: Path, status: str, reason: str, **extra: Any) -> None:
+    """Record `status` in run_dir/status.json unless the run already ended otherwise."""
+    run_dir = Path(run_dir)
+    old = _status_of(run_dir)
+    if old.get("status") not in (None, "running"):
+        return
+    atomic_write_json(run_dir / "status.json", {**old, "status": status, "reason": reason, **extra})
+
+
+class _Worker:
+    """Process-wide state of a local pool worker: the driver's stop event (None elsewhere)."""
+
+    stop: Any = None
+
+
+def _init_worker(stop: Any) -> None:
+    """Pool initializer: keep the driver's stop event; Ctrl-C is the driver's to handle."""
+    _Worker.stop = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_requested() -> bool:
+    return _Worker.stop is not None and _Worker.stop.is_set()
+
+
+def _check_stop(progress: Any) -> None:
+    """Runner progress hook: stop after this iteration when the driver asks (-> incomplete)."""
+    if _stop_requested():
+        raise KeyboardInterrupt
+
+
+def execute_task(task: RunTask) -> RunOutcome:
+    """Run (or resume) one run with one thread; never raises (a failure is an outcome).
+
+    In a local pool worker, a stop requested by the driver (Ctrl-C) ends the run after its
+    current iteration with a checkpoint (status incomplete), and a run not yet started is
+    returned as ``not started``.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from tdlens.config import parse_config
+    from tdlens.runs.runner import Runner
+
+    t0 = time.perf_counter()
+    run_dir = Path(task.run_dir)
+    if _stop_requested():
+        return RunOutcome(task.run_id, NOT_STARTED, "the sweep was interrupted first")
+    try:
+        with threadpool_limits(limits=1):
+            cfg = None if task.resume else parse_config(task.config)
+            runner = Runner(cfg, run_dir, resume=task.resume, handle_signals=False)
+            if _Worker.stop is not None:
+                runner.on_progress = _check_stop
+            result = runner.run()
+        return RunOutcome(
+            task.run_id,
+            result.status,
+            result.reason,
+            result.exit_code,
+            result.next_iter,
+            time.perf_counter() - t0,
+        )
+    except Exception as exc:  # a run must never stop the sweep
+        return failed_outcome(task, exc, time.perf_counter() - t0)
+
+
+def failed_outcome(task: RunTask, exc: BaseException, seconds: float = 0.0) -> RunOutcome:
+    """A ``failed`` outcome with the traceback, also written to the run's status.json."""
+    from tdlens.runs.lock import RunLockedError
+
+    tb = "".join(traceback.format_exception(exc))
+    reason = f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, RunLockedError):  # a locked run belongs to a live process
+        try:
+            mark_status(Path(task.run_dir), "failed", reason, traceback=tb)
+        except OSError:
+            pass
+    return RunOutcome(task.run_id, "failed", reason, 1, 0, seconds, error=tb)
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def status_fingerprint(run_dir: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of status.json, or None; a change means a worker touched the run."""
+    try:
+        st = (Path(run_dir) / "status.json").stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def died_outcome(task: RunTask, why: str) -> RunOutcome:
+    """The outcome of a run whose worker died: status.json says incomplete (resumable)."""
+    run_dir = Path(task.run_dir)
+    if (run_dir / "config.json").is_file():
+        mark_status(run_dir, "incomplete", why)
+    status = _status_of(run_dir)
+    return RunOutcome(
+        task.run_id,
+        status.get("status", "incomplete"),
+        status.get("reason", why),
+        status.get("exit_code"),
+        int(status.get("next_iter") or 0),
+    )
+
+
+def run_local(tasks: Iterable[RunTask], jobs: int, on_outcome: OutcomeFn, fn: TaskFn) -> None:
+    """Run every task on a spawn process pool of `jobs` workers (see the module docstring).
+
+    When the pool breaks, the runs a worker had started are recorded incomplete and the
+    unstarted ones go to a new pool; a round in which nothing finished fails the rest.
+    Ctrl-C cancels the queued runs; the running ones checkpoint and stop (incomplete).
+    """
+    if jobs < 1:
+        raise BackendError(f"--jobs: expected >= 1, got {jobs}")
+    pending = list(tasks)
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    why = "worker process died during the run; continue with --resume"
+    while pending:
+        before = {t.run_id: status_fingerprint(Path(t.run_dir)) for t in pending}
+        broken, finished = _pool_round(pending, jobs, ctx, stop, on_outcome, fn)
+        pending = []
+        for task in broken:
+            if status_fingerprint(Path(task.run_dir)) != before[task.run_id]:
+                on_outcome(died_outcome(task, why))
+                finished += 1
+            else:
+                pending.append(task)
+        if pending and not finished:  # nothing could run: do not loop forever
+            for task in pending:
+                on_outcome(RunOutcome(task.run_id, "failed", "the worker pool broke at start", 1))
+            return
+
+
+def _pool_round(
+    tasks: list[RunTask], jobs: int, ctx: Any, stop: Any, on_outcome: OutcomeFn, fn: TaskFn
+) -> tuple[list[RunTask], int]:
+    """One process pool over `tasks`: (tasks lost to a broken pool, outcomes delivered).
+
+    On Ctrl-C the stop event is set: running runs end after their iteration (incomplete,
+    checkpointed), queued ones come back ``not started``; their outcomes are recorded
+    before the KeyboardInterrupt goes on. A second Ctrl-C stops waiting.
+    """
+    broken: list[RunTask] = []
+    finished = 0
+    pool = ProcessPoolExecutor(
+        min(jobs, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(stop,)
+    )
+    futures: dict[Future[RunOutcome], RunTask] = {pool.submit(fn, t): t for t in tasks}
+    not_done = set(futures)
+    interrupted = False
+    try:
+        while not_done:
+            try:
+                done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                stop.set()
+                continue
+            for fut in done:
+                task = futures[fut]
+                try:
+                    outcome = fut.result()
+                except BrokenProcessPool:
+                    broken.append(task)
+                    continue
+                except Exception as exc:  # raised outside execute_task, or unpicklable
+                    outcome = failed_outcome(task, exc)
+                if outcome.status != NOT_STARTED:
+                    on_outcome(outcome)
+                finished += 1
+    finally:
+        pool.shutdown(wait=not interrupted, cancel_futures=True)
+    if interrupted:
+        raise KeyboardInterrupt
+    return broken, finished
+
+
+def clear_unstarted(run_dir: Path) -> None:
+    """Remove a run folder that holds no config.json (a run that never really started)."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and not (run_dir / "config.json").exists():
+        shutil.rmtree(run_dir)
+
+
+def default_jobs() -> int:
+    """The number of cores (the default --jobs)."""
+    return max(1, os.cpu_count() or 1)

@@ -1,0 +1,292 @@
+"""Command-line commands of sweeps, catalog and comparisons (SPEC sections 11 and 12).
+
+``register(app)`` adds to the tdlens typer app: ``sweep``, ``summarize``, ``runs list``,
+``runs show`` and ``compare``. Bad input (spec, backend, --where, unknown run) prints one
+line naming the problem and exits 2 with nothing written; a sweep in which any run failed
+or was left incomplete exits 1; an interrupted sweep exits 130.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tdlens.config import ConfigError
+from tdlens.runs.files import RunFileError
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+CatalogOption = Annotated[
+    Path | None,
+    typer.Option(help="Catalog database (default: $TDLENS_CATALOG or outputs/catalog.sqlite)."),
+]
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def _fmt(value: Any) -> str:
+    from tdlens.sweeps.html import fmt
+
+    return fmt(value)
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def sweep(
+    spec: Annotated[
+        str, typer.Argument(help="Sweep spec YAML (with --resume also a sweep directory).")
+    ],
+    backend: Annotated[str, typer.Option(help="Where runs execute: local or ray.")] = "local",
+    jobs: Annotated[
+        int | None, typer.Option(help="Parallel workers (default: the number of cores).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address to join (default: a local Ray).")
+    ] = None,
+    output_dir: Annotated[
+        Path,
+        typer.Option(help="Parent folder of new sweeps (with --resume: or the sweep itself)."),
+    ] = Path("outputs/sweeps"),
+    catalog: CatalogOption = None,
+    resume: Annotated[
+        bool, typer.Option(help="Skip finished runs, resume incomplete ones from checkpoints.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and write nothing.")] = False,
+    metric: Annotated[
+        str | None, typer.Option(help="Heatmap metric of the summary (default value_gap/td_loss).")
+    ] = None,
+) -> None:
+    """Run a grid of configs on a process pool or Ray and summarize it (SPEC 11).
+
+    In a spec, {logspace: [a, b, n]} means n values geometrically spaced from a to b (not
+    10**a to 10**b).
+    """
+    from tdlens.sweeps.backends import BackendError, default_jobs
+    from tdlens.sweeps.catalog import catalog_path
+    from tdlens.sweeps.ray_backend import import_ray
+    from tdlens.sweeps.records import FINAL_METRICS
+    from tdlens.sweeps.sweep import BACKENDS, execute_sweep, prepare_sweep
+
+    if backend not in BACKENDS:
+        _fail(f"--backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    n_jobs = jobs if jobs is not None else default_jobs()
+    if n_jobs < 1:
+        _fail(f"--jobs: expected >= 1, got {n_jobs}")
+    if address and backend != "ray":
+        _fail("--address is for --backend ray")
+    if metric is not None and metric not in FINAL_METRICS:
+        _fail(f"--metric '{metric}': choose one of {', '.join(FINAL_METRICS)}")
+    try:
+        prepared = prepare_sweep(spec, output_dir, resume=resume)
+    except (ConfigError, RunFileError) as exc:
+        _fail(str(exc))
+    if dry_run:
+        _print_plan(prepared)
+        raise typer.Exit(0)
+    if backend == "ray":
+        try:
+            import_ray()
+        except BackendError as exc:
+            _fail(str(exc))
+    out.print(
+        f"sweep directory: {prepared.sweep_dir} ({len(prepared.runs)} runs, {backend}, "
+        f"{n_jobs} job(s))",
+        highlight=False,
+    )
+    try:
+        result = execute_sweep(
+            prepared,
+            backend=backend,
+            jobs=n_jobs,
+            address=address,
+            catalog=catalog_path(catalog),
+            on_outcome=_print_outcome,
+            metric=metric,
+        )
+    except BackendError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("interrupted: continue with --resume", highlight=False)
+        raise typer.Exit(130) from None
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(result.counts.items()))
+    out.print(
+        f"done: {len(result.outcomes)} run(s) executed ({counts or 'none'}), "
+        f"{result.skipped} skipped as finished",
+        highlight=False,
+    )
+    for path in result.summary_paths:
+        out.print(f"wrote {path}", highlight=False)
+    if result.summary_error:
+        err.print(f"[yellow]summary failed:[/] {result.summary_error}", highlight=False)
+    if result.catalog_error:
+        err.print(f"[yellow]catalog not updated:[/] {result.catalog_error}", highlight=False)
+    bad = sum(o.status in ("failed", "incomplete", "running") for o in result.outcomes.values())
+    if bad:
+        err.print(f"{bad} run(s) failed or incomplete; see sweep.json", highlight=False)
+    raise typer.Exit(1 if bad else 0)
+
+
+def _print_outcome(outcome: Any, done: int, total: int) -> None:
+    reason = f" ({outcome.reason})" if outcome.reason and outcome.status != "complete" else ""
+    out.print(
+        f"[{done}/{total}] {outcome.run_id}: {outcome.status}{reason} {outcome.seconds:.1f}s",
+        highlight=False,
+        markup=False,
+    )
+
+
+def _print_plan(prepared: Any) -> None:
+    plan = prepared.plan
+    out.print(f"plan of sweep '{plan['name']}': {len(plan['runs'])} runs", highlight=False)
+    out.print("   #  run_id  config_hash  overrides", highlight=False)
+    for entry in plan["runs"]:
+        overrides = ", ".join(f"{k}={_fmt(v)}" for k, v in entry["overrides"].items())
+        out.print(
+            f"{entry['index']:>4}  {entry['run_id']}  {entry['config_hash']}  {overrides}",
+            highlight=False,
+            markup=False,
+        )
+    axes = "; ".join(f"{a['key']}: {len(a['values'])} values" for a in plan["axes"])
+    out.print(f"axes: {axes}", highlight=False)
+    out.print(f"base: {plan['base_file']}", highlight=False)
+    verb = "would resume" if prepared.resume else "would write"
+    out.print(f"{verb}: {prepared.sweep_dir} (dry run: nothing written)", highlight=False)
+
+
+# --------------------------------------------------------------------------- summarize
+
+
+def summarize(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory (holds plan.json).")],
+    metric: Annotated[
+        str | None, typer.Option(help="Heatmap metric (default: value_gap, else td_loss).")
+    ] = None,
+    catalog: CatalogOption = None,
+) -> None:
+    """Write summary.csv/.json/.md/.html of a sweep and index its runs in the catalog."""
+    from tdlens.sweeps import catalog as cat
+    from tdlens.sweeps.plan import is_sweep_dir
+    from tdlens.sweeps.summary import SummaryError
+    from tdlens.sweeps.summary import summarize as make_summary
+
+    if not is_sweep_dir(sweep_dir):
+        _fail(f"'{sweep_dir}' is not a sweep directory (no plan.json)")
+    try:
+        summary = make_summary(sweep_dir, metric)
+    except (SummaryError, RunFileError, ConfigError) as exc:
+        _fail(str(exc))
+    try:
+        path = cat.catalog_path(catalog)
+        cat.index_runs(path, summary.records, summary.name, sweep_dir)
+        cat.index_sweep(path, sweep_dir, name=summary.name, n_runs=len(summary.records))
+    except cat.CatalogError as exc:
+        err.print(f"[yellow]catalog not updated:[/] {exc}", highlight=False)
+    for p in summary.paths:
+        out.print(f"wrote {p}", highlight=False)
+    regimes: dict[str, int] = {}
+    for r in summary.records:
+        regimes[r.regime] = regimes.get(r.regime, 0) + 1
+    out.print(
+        "regimes: " + ", ".join(f"{k}={v}" for k, v in sorted(regimes.items())), highlight=False
+    )
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def runs_list(
+    where: Annotated[
+        str | None,
+        typer.Option(help="SQL condition on the runs table, e.g. \"health = 'FAIL'\"."),
+    ] = None,
+    sweep: Annotated[str | None, typer.Option(help="Only runs of this sweep name.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to show (0: all).")] = 100,
+    catalog: CatalogOption = None,
+) -> None:
+    """List cataloged runs (read-only query; columns: see `tdlens runs show`)."""
+    from tdlens.sweeps import catalog as cat
+
+    try:
+        rows = cat.query_runs(cat.catalog_path(catalog), where, sweep)
+    except cat.CatalogError as exc:
+        _fail(str(exc))
+    shown = rows if limit <= 0 else rows[:limit]
+    table = Table(title=f"{len(rows)} run(s)")
+    for col in cat.LIST_COLUMNS:
+        table.add_column(col, overflow="fold")
+    for row in shown:
+        table.add_row(*[_fmt(row.get(c)) for c in cat.LIST_COLUMNS])
+    out.print(table)
+    if len(shown) < len(rows):
+        out.print(f"({len(rows) - len(shown)} more; --limit 0 shows all)", highlight=False)
+
+
+def runs_show(
+    run: Annotated[str, typer.Argument(help="Run id, id prefix or run directory path.")],
+    catalog: CatalogOption = None,
+) -> None:
+    """Show everything the catalog holds about a run."""
+    from tdlens.sweeps import catalog as cat
+
+    try:
+        rows = cat.find_runs(cat.catalog_path(catalog), run)
+    except cat.CatalogError as exc:
+        _fail(str(exc))
+    if not rows:
+        _fail(f"no run '{run}' in the catalog")
+    for row in rows:
+        table = Table(title=row["id"], show_header=False)
+        table.add_column("key")
+        table.add_column("value", overflow="fold")
+        for key, value in row.items():
+            if key in ("params", "metrics") and value:
+                value = json.dumps(json.loads(value), indent=1)
+            table.add_row(key, _fmt(value))
+        out.print(table)
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def compare(
+    targets: Annotated[
+        list[str], typer.Argument(help="Run directories, sweep directories, run ids or sweeps.")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="Output HTML file.")] = Path(
+        "compare.html"
+    ),
+    catalog: CatalogOption = None,
+) -> None:
+    """Side-by-side final metrics/health and overlaid curves in one self-contained HTML."""
+    from tdlens.sweeps.catalog import CatalogError
+    from tdlens.sweeps.compare import CompareError
+    from tdlens.sweeps.compare import compare as make_compare
+
+    if out_file.suffix.lower() not in (".html", ".htm"):
+        _fail(f"--out '{out_file}': expected an .html file name")
+    try:
+        path = make_compare(targets, out_file, catalog)
+    except (CompareError, CatalogError, RunFileError) as exc:
+        _fail(str(exc))
+    out.print(f"wrote {path}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add sweep, summarize, runs (list, show) and compare to the tdlens app."""
+    app.command("sweep")(sweep)
+    app.command("summarize")(summarize)
+    runs_app = typer.Typer(help="Query the run catalog (SQLite).", no_args_is_help=True)
+    runs_app.command("list")(runs_list)
+    runs_app.command("show")(runs_show)
+    app.add_typer(runs_app, name="runs")
+    app.command("compare")(compare)

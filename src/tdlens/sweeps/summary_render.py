@@ -1,0 +1,193 @@
+"""Rendering of a sweep summary: CSV, Markdown and self-contained HTML (SPEC 11).
+
+Tables as in :mod:`tdlens.sweeps.summary`; heatmaps (inline PNG) of the chosen metric over
+every pair of swept axes with more than one value: each cell is the mean over the configs
+at that (x, y) of the config's seed-mean, i.e. averaged over the axes not shown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tdlens.sweeps import html as H
+from tdlens.sweeps.regimes import REGIME_DOC, thresholds
+from tdlens.sweeps.spec import SEED_AXIS
+
+if TYPE_CHECKING:
+    from tdlens.sweeps.summary import ConfigRow, SweepSummary
+
+AGG_METRICS: tuple[str, ...] = (
+    "td_loss",
+    "value_gap",
+    "w_norm",
+    "critic_teacher_error",
+    "tracking_gap",
+    "mean_rho2",
+)
+"""Metrics aggregated over seeds in the per-config rows."""
+
+
+def heatmap_grid(
+    groups: Sequence[ConfigRow], x_key: str, y_key: str, metric: str
+) -> tuple[list[Any], list[Any], np.ndarray]:
+    """``z[iy, ix]`` = mean over configs at (x, y) of the config's seed-mean of `metric`."""
+    xs = list(dict.fromkeys(json.dumps(g.params[x_key]) for g in groups))
+    ys = list(dict.fromkeys(json.dumps(g.params[y_key]) for g in groups))
+    cells: dict[tuple[int, int], list[float]] = {}
+    for g in groups:
+        vals = np.array([r.metrics.get(metric, math.nan) for r in g.records])
+        vals = vals[np.isfinite(vals)]
+        if vals.size:
+            ix, iy = xs.index(json.dumps(g.params[x_key])), ys.index(json.dumps(g.params[y_key]))
+            cells.setdefault((iy, ix), []).append(float(vals.mean()))
+    z = np.full((len(ys), len(xs)), np.nan)
+    for (iy, ix), v in cells.items():
+        z[iy, ix] = float(np.mean(v))
+    return [json.loads(x) for x in xs], [json.loads(y) for y in ys], z
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, bool):
+        return str(int(value))
+    return str(value)
+
+
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows as CSV (header = union of keys in first-seen order; NaN/None -> empty)."""
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_cell(row.get(k)) for k in header])
+    return buf.getvalue()
+
+
+def _md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)\n"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [H.fmt(row.get(c)).replace("|", "\\|") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _run_columns(grid_keys: Sequence[str], has_seed: bool) -> list[str]:
+    keys = [*grid_keys, *([SEED_AXIS] if has_seed else [])]
+    return [
+        "run_id",
+        *keys,
+        "status",
+        "health",
+        "regime",
+        "iters",
+        "td_loss",
+        "value_gap",
+        "w_norm",
+        "fastest_timescale",
+        "growth_timescale",
+    ]
+
+
+def _config_columns(grid_keys: Sequence[str], metric: str) -> list[str]:
+    cols = [*grid_keys, "runs", "regime", "regimes"]
+    if metric in AGG_METRICS:
+        cols += [f"{metric}_{s}" for s in ("mean", "iqm", "ci_low", "ci_high")]
+    return cols
+
+
+def markdown(s: SweepSummary, grid_keys: Sequence[str], has_seed: bool) -> str:
+    """summary.md: counts, regime definitions, config and run tables, boundary."""
+    status = Counter(r.status for r in s.records)
+    regimes = Counter(r.regime for r in s.records)
+    parts = [
+        f"# Sweep summary: {s.name}\n",
+        f"- sweep directory: `{s.sweep_dir}`",
+        f"- runs: {len(s.records)}; status: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(status.items(), key=lambda kv: str(kv[0]))),
+        "- regimes: " + ", ".join(f"{k}={v}" for k, v in sorted(regimes.items())),
+        "- axes: " + "; ".join(f"{a['key']} ({len(a['values'])} values)" for a in s.axes),
+        f"- heatmap metric: {s.metric}\n",
+        "## Regime labels\n",
+        REGIME_DOC + "\n",
+        "Thresholds: " + ", ".join(f"{k} = {v:g}" for k, v in thresholds().items()) + "\n",
+        "## Configs (seeds aggregated: mean, IQM, 95% stratified-bootstrap CI of the IQM)\n",
+        _md_table(s.configs, _config_columns(grid_keys, s.metric)),
+    ]
+    if s.boundary:
+        cols = list(s.boundary[0])
+        parts += [
+            "## Stability boundary (largest alpha_w without a diverged run)\n",
+            _md_table(s.boundary, cols),
+        ]
+    if s.marginals:
+        parts += [
+            f"## Marginals of {s.metric} (IQM, 95% CI stratified by config)\n",
+            _md_table(s.marginals, ["axis", "value", "runs", "iqm", "ci_low", "ci_high"]),
+        ]
+    parts += [
+        "## Runs\n",
+        _md_table([r.flat() for r in s.records], _run_columns(grid_keys, has_seed)),
+    ]
+    return "\n".join(parts)
+
+
+def html_page(
+    s: SweepSummary, grid_keys: Sequence[str], groups: Sequence[ConfigRow], has_seed: bool
+) -> str:
+    """summary.html: the markdown's content plus inline heatmaps."""
+    status = Counter(r.status for r in s.records)
+    regimes = Counter(r.regime for r in s.records)
+    body = [
+        f"<p>sweep directory: <code>{H.esc(s.sweep_dir)}</code><br>runs: {len(s.records)}; "
+        + H.esc(", ".join(f"{k}={v}" for k, v in sorted(status.items(), key=lambda kv: str(kv[0]))))
+        + "<br>regimes: "
+        + H.esc(", ".join(f"{k}={v}" for k, v in sorted(regimes.items())))
+        + "</p>",
+        "<h2>Regime labels</h2>",
+        f"<p class='doc'>{H.esc(REGIME_DOC)}<br>Thresholds: "
+        + H.esc(", ".join(f"{k} = {v:g}" for k, v in thresholds().items()))
+        + "</p>",
+    ]
+    plot_keys = [k for k in grid_keys if len({json.dumps(g.params[k]) for g in groups}) > 1]
+    if len(plot_keys) >= 2:
+        body.append(f"<h2>Heatmaps of final {H.esc(s.metric)}</h2><div>")
+        for x_key, y_key in itertools.combinations(plot_keys, 2):
+            xs, ys, z = heatmap_grid(groups, x_key, y_key, s.metric)
+            fig = H.heatmap_figure(z, xs, ys, x_key, y_key, s.metric)
+            body.append(H.png_img(fig, f"{s.metric} over {x_key} x {y_key}"))
+        body.append("</div>")
+    if s.boundary:
+        cols = list(s.boundary[0])
+        body += [
+            "<h2>Stability boundary</h2>",
+            H.table(cols, [[r.get(c) for c in cols] for r in s.boundary]),
+        ]
+    cols = _config_columns(grid_keys, s.metric)
+    body += [
+        "<h2>Configs (seeds aggregated: mean, IQM, 95% stratified-bootstrap CI of the IQM)</h2>",
+        H.table(cols, [[c.get(k) for k in cols] for c in s.configs]),
+    ]
+    if s.marginals:
+        cols = ["axis", "value", "runs", "iqm", "ci_low", "ci_high"]
+        body += [
+            f"<h2>Marginals of {H.esc(s.metric)}</h2>",
+            H.table(cols, [[m.get(c) for c in cols] for m in s.marginals]),
+        ]
+    cols = _run_columns(grid_keys, has_seed)
+    body += ["<h2>Runs</h2>", H.table(cols, [[r.flat().get(c) for c in cols] for r in s.records])]
+    return H.page(f"Sweep summary: {s.name}", "\n".join(body))

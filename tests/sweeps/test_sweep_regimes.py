@@ -1,0 +1,205 @@
+"""Regime labels on synthetic runs, and the seed's NaN-placeholder regression (SPEC 11)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import small_config
+from tdlens.runs.files import TableWriter, atomic_write_json
+from tdlens.runs.runner import CURVE_COLUMNS
+from tdlens.sweeps.records import load_record
+from tdlens.sweeps.regimes import (
+    FROZEN_REL_STEP,
+    W_GROWTH_FACTOR,
+    RunSeries,
+    label_regime,
+    value_noise_floor,
+)
+
+ITERS = 40
+PROBE_ITERS = [9.0, 19.0, 29.0, 39.0]
+
+
+def _curves(w_norm=None, rel_step=1e-2, td_loss=None) -> dict:
+    w = np.ones(ITERS) if w_norm is None else np.asarray(w_norm, float)
+    td = np.linspace(1.0, 0.5, ITERS) if td_loss is None else np.asarray(td_loss, float)
+    return {
+        "iter": [float(i) for i in range(ITERS)],
+        "td_loss": [float(x) for x in td],
+        "w_norm": [float(x) for x in w],
+        "delta_w_norm": [float(x) for x in rel_step * w],
+        # sparse summary column: empty (None) where no probe ran
+        "fixed_point_drift": [0.0 if i in PROBE_ITERS else None for i in range(ITERS)],
+    }
+
+
+def _fixed_point(gaps, floor=0.01) -> dict:
+    # noise_floor is parameter-space; value/w ratio 1/10 puts F at `floor` in value space
+    return {
+        "iter": PROBE_ITERS[: len(gaps)],
+        "value_gap": [float(g) for g in gaps],
+        "w_gap": [10.0 * g for g in gaps],
+        "noise_floor": [10.0 * floor] * len(gaps),
+        "w_sharp_drift": [math.nan, *[0.1] * (len(gaps) - 1)],  # NaN at the first probe
+    }
+
+
+def _stability(fastest=5.0, growth=math.inf, eta=0.1, critical=1.0) -> dict:
+    n = len(PROBE_ITERS)
+    return {
+        "iter": PROBE_ITERS,
+        "fastest_timescale": [fastest] * n,
+        "growth_timescale": [growth] * n,
+        "eta": [eta] * n,
+        "critical_step": [critical] * n,
+        "rho_clip": [math.nan] * n,
+    }
+
+
+def _series(status="complete", curves=None, fixed=None, stab=None) -> RunSeries:
+    return RunSeries(
+        status,
+        ITERS,
+        curves if curves is not None else _curves(),
+        fixed if fixed is not None else _fixed_point([1.0, 0.6, 0.3, 0.1]),
+        stab if stab is not None else _stability(),
+    )
+
+
+def test_learning_value_gap_falls_far_beyond_its_noise_floor():
+    r = label_regime(_series())
+    assert r.label == "learning", r.reason
+    assert "noise floor 0.01" in r.reason
+
+
+def test_learning_when_value_gap_reached_the_floor():
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.005, 0.004, 0.004])))
+    assert r.label == "learning", r.reason
+
+
+def test_plateau_value_gap_stops_falling_above_the_floor():
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.9, 0.9, 0.9])))
+    assert r.label == "plateau", r.reason
+    # a fall within the noise floor is no learning either
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.99, 0.985, 0.98])))
+    assert r.label == "plateau", r.reason
+
+
+def test_frozen_by_relative_step_or_by_timescale():
+    r = label_regime(_series(curves=_curves(rel_step=FROZEN_REL_STEP / 100)))
+    assert r.label == "frozen" and "delta_w_norm/w_norm" in r.reason
+    r = label_regime(_series(stab=_stability(fastest=17_000.0)))
+    assert r.label == "frozen" and "fastest_timescale 1.7e+04" in r.reason
+
+
+def test_diverged_by_status_non_finite_growth_or_overshoot():
+    assert label_regime(_series(status="diverged")).label == "diverged"
+    td = np.linspace(1, 0.5, ITERS).tolist()
+    td[-1] = math.inf
+    assert label_regime(_series(curves=_curves(td_loss=td))).label == "diverged"
+    growing = np.geomspace(1.0, 3 * W_GROWTH_FACTOR, ITERS)
+    r = label_regime(_series(curves=_curves(w_norm=growing), stab=_stability(growth=10.0)))
+    assert r.label == "diverged" and "growth_timescale 10" in r.reason
+    r = label_regime(_series(curves=_curves(w_norm=growing), stab=_stability(eta=2.0)))
+    assert r.label == "diverged" and "overshoot" in r.reason
+
+
+def test_a_growing_mode_without_growing_w_is_not_divergence():
+    # growth_timescale shorter than the run, but ||w|| steady: the mode is not excited
+    r = label_regime(_series(stab=_stability(growth=10.0)))
+    assert r.label == "learning", r.reason
+    # ||w|| growing while every mode is stable: learning towards a larger fixed point
+    growing = np.geomspace(1.0, 3 * W_GROWTH_FACTOR, ITERS)
+    assert label_regime(_series(curves=_curves(w_norm=growing))).label == "learning"
+
+
+def test_empty_probe_cells_and_nan_placeholders_are_not_instability():
+    # the seed labelled every probed run "instability" from NaN placeholders (SPEC 11)
+    s = _series()
+    assert any(c is None for c in s.curves["fixed_point_drift"])
+    assert math.isnan(s.fixed_point["w_sharp_drift"][0])
+    assert label_regime(s).label != "diverged"
+
+
+def test_value_noise_floor_column_is_preferred():
+    fixed = _fixed_point([1.0, 0.9, 0.8, 0.7])
+    assert value_noise_floor(fixed) == pytest.approx(0.01)
+    assert label_regime(_series(fixed=fixed)).label == "learning"
+    fixed["value_noise_floor"] = [0.2] * 4  # the probe's own value-space floor wins
+    assert value_noise_floor(fixed) == pytest.approx(0.2)
+    assert label_regime(_series(fixed=fixed)).label == "plateau"
+
+
+def test_td_loss_fallback_without_probe_rounds():
+    rng = np.random.default_rng(0)
+    falling = np.linspace(1.0, 0.2, ITERS) + 0.01 * rng.normal(size=ITERS)
+    flat = 0.5 + 0.01 * rng.normal(size=ITERS)
+    r = label_regime(RunSeries("complete", ITERS, _curves(td_loss=falling)))
+    assert r.label == "learning" and "no value_gap" in r.reason
+    assert label_regime(RunSeries("complete", ITERS, _curves(td_loss=flat))).label == "plateau"
+
+
+def test_too_few_rows_is_not_available():
+    curves = {k: v[:1] for k, v in _curves().items()}
+    assert label_regime(RunSeries("failed", ITERS, curves)).label == "n/a"
+
+
+# --------------------------------------------------------------------------- from files
+
+
+def write_run(run_dir: Path, status: str = "complete", gaps=(1.0, 0.6, 0.3, 0.1)) -> Path:
+    """A synthetic run directory as the Runner writes it (empty sparse cells)."""
+    cfg = small_config(f"outer_iters={ITERS}")
+    run_dir.mkdir(parents=True)
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
+    atomic_write_json(
+        run_dir / "status.json",
+        {"status": status, "reason": None, "config_hash": cfg.config_hash(), "next_iter": ITERS},
+    )
+    curves = TableWriter(run_dir / "learning_curves.csv", CURVE_COLUMNS)
+    c = _curves()
+    for i in range(ITERS):
+        row = {k: c[k][i] for k in ("iter", "td_loss", "w_norm", "delta_w_norm")}
+        row["iter_time_s"] = 0.01
+        if i in PROBE_ITERS:  # probe summary columns only on probed rows
+            row.update(
+                fixed_point_drift=math.nan if i == PROBE_ITERS[0] else 0.1,
+                fixed_point_drift_defined=float(i != PROBE_ITERS[0]),
+                probe_reason="every",
+            )
+        curves.append(row)
+    fixed = _fixed_point(list(gaps))
+    table = TableWriter(run_dir / "probes" / "fixed_point_probe.csv", list(fixed))
+    for i in range(len(gaps)):
+        table.append({k: v[i] for k, v in fixed.items()})
+    stab = _stability()
+    table = TableWriter(run_dir / "probes" / "stability_probe.csv", list(stab))
+    for i in range(len(PROBE_ITERS)):
+        table.append({k: v[i] for k, v in stab.items()})
+    (run_dir / "run_report.json").write_text(json.dumps({"health": {"status": "PASS"}}))
+    return run_dir
+
+
+def test_record_from_files_with_sparse_columns(tmp_path):
+    rec = load_record(write_run(tmp_path / "run"), {"alpha_w": 0.1})
+    assert rec.regime == "learning", rec.regime_reason
+    assert rec.status == "complete" and rec.health == "PASS" and rec.iters == ITERS
+    assert rec.metrics["value_gap"] == pytest.approx(0.1)
+    assert rec.metrics["td_loss"] == pytest.approx(0.5)
+    assert rec.seconds == pytest.approx(0.01 * ITERS)
+    assert rec.flat()["alpha_w"] == 0.1 and not rec.problems
+
+
+def test_record_of_a_broken_run_never_raises(tmp_path):
+    run = write_run(tmp_path / "run", status="failed")
+    (run / "learning_curves.csv").write_text("iter,td_loss\n0,1,2\n")  # corrupt
+    (run / "run_report.json").write_text("{not json")
+    rec = load_record(run)
+    assert rec.status == "failed" and rec.iters == 0 and rec.regime == "n/a"
+    assert len(rec.problems) == 2
+    assert load_record(tmp_path / "missing").status == "not started"

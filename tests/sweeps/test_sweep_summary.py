@@ -1,0 +1,114 @@
+"""Sweep summaries: seed aggregates, stability boundary, files (SPEC 11)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_sweep_regimes import write_run
+
+from tdlens.runs.files import atomic_write_json
+from tdlens.sweeps.records import RunRecord
+from tdlens.sweeps.stats import iqm
+from tdlens.sweeps.summary import (
+    config_row,
+    group_configs,
+    majority_regime,
+    stability_boundary,
+    summarize,
+)
+
+
+def _rec(alpha: float, beta: float, seed: int = 0, regime: str = "plateau", gap=0.5):
+    return RunRecord(
+        run_id=f"a{alpha}_b{beta}_s{seed}",
+        path=Path("/nonexistent"),
+        params={"alpha_w": alpha, "beta": beta, "seed": seed},
+        status="complete",
+        metrics={"value_gap": gap, "td_loss": 1.0},
+        regime=regime,
+    )
+
+
+def test_config_row_aggregates_seeds():
+    gaps = [4.0, 1.0, 3.0, 2.0]
+    recs = [_rec(0.1, 0.2, s, "learning" if s else "plateau", g) for s, g in enumerate(gaps)]
+    (group,) = group_configs(recs, ["alpha_w", "beta"])
+    row = config_row(group, 0)
+    assert row["runs"] == 4 and row["regime"] == "learning"
+    assert row["regimes"] == "learning:3 plateau:1"
+    assert row["value_gap_mean"] == pytest.approx(2.5)
+    assert row["value_gap_iqm"] == pytest.approx(2.5)  # (2 + 3) / 2, by hand
+    assert 1.0 <= row["value_gap_ci_low"] <= 2.5 <= row["value_gap_ci_high"] <= 4.0
+    again = config_row(group, 0)  # the bootstrap is seeded
+    assert (again["value_gap_ci_low"], again["value_gap_ci_high"]) == (
+        row["value_gap_ci_low"],
+        row["value_gap_ci_high"],
+    )
+
+
+def test_majority_regime_ties_go_to_the_most_severe():
+    assert majority_regime(["learning", "diverged"]) == "diverged"
+    assert majority_regime(["learning", "plateau"]) == "plateau"
+    assert majority_regime(["learning", "learning", "frozen"]) == "learning"
+    assert majority_regime([]) == "n/a"
+
+
+def test_stability_boundary_per_slice():
+    diverged = {(0.4, 0.1), (0.2, 0.5), (0.4, 0.5), (0.1, 0.9)}
+    recs = []
+    for alpha in (0.1, 0.2, 0.4):
+        for beta in (0.1, 0.5, 0.9):
+            for seed in (0, 1):  # one diverged seed makes the config diverged
+                bad = (alpha, beta) in diverged and seed == 1
+                recs.append(_rec(alpha, beta, seed, "diverged" if bad else "plateau"))
+    groups = group_configs(recs, ["alpha_w", "beta"])
+    rows = {r["beta"]: r for r in stability_boundary(groups, ["alpha_w", "beta"])}
+    assert rows[0.1]["largest_stable_alpha_w"] == 0.2
+    assert rows[0.1]["smallest_diverged_alpha_w"] == 0.4 and rows[0.1]["monotone"]
+    assert rows[0.5]["largest_stable_alpha_w"] == 0.1
+    assert rows[0.9]["largest_stable_alpha_w"] == 0.4 and not rows[0.9]["monotone"]
+    assert stability_boundary(groups, ["beta"]) == []
+
+
+def test_summarize_a_sweep_with_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    entries = []
+    for i, (alpha, seed) in enumerate([(0.1, 0), (0.1, 1), (0.2, 0), (0.2, 1)]):
+        rid = f"alpha_w{alpha}_seed{seed}-{i:012d}"
+        entries.append(
+            {
+                "run_id": rid,
+                "index": i,
+                "overrides": {"alpha_w": alpha, "seed": seed},
+                "config_hash": f"{i:012d}",
+            }
+        )
+        if i < 3:  # the last run never started
+            write_run(sweep / "runs" / rid, gaps=(1.0, 0.6, 0.3, 0.1 * (i + 1)))
+    axes = [{"key": "alpha_w", "values": [0.1, 0.2]}, {"key": "seed", "values": [0, 1]}]
+    atomic_write_json(
+        sweep / "plan.json", {"name": "syn", "runs": entries, "axes": axes, "base_config": {}}
+    )
+    s = summarize(sweep)
+    assert s.metric == "value_gap" and len(s.records) == 4 and len(s.configs) == 2
+    assert [r.status for r in s.records] == ["complete"] * 3 + ["not started"]
+    first = s.configs[0]
+    assert first["runs"] == 2 and first["value_gap_mean"] == pytest.approx(0.15)
+    assert first["value_gap_iqm"] == pytest.approx(iqm(np.array([0.1, 0.2])))
+    assert s.configs[1]["value_gap_mean"] == pytest.approx(0.3)  # the missing run is skipped
+    with open(sweep / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["seed"] for r in rows] == ["0", "1", "0", "1"] and rows[3]["value_gap"] == ""
+    with open(sweep / "summary_configs.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 2
+    data = json.loads((sweep / "summary.json").read_text())
+    assert data["thresholds"]["FROZEN_REL_STEP"] == 1e-6 and data["stability_boundary"]
+    assert data["runs"][3]["regime"] == "n/a" and math.isnan(s.records[3].seconds)
+    assert "Regime labels" in (sweep / "summary.md").read_text()
+    html = (sweep / "summary.html").read_text()
+    assert "<script" not in html and "http" not in html.split("base64")[0]
