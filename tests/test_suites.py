@@ -114,3 +114,77 @@ def test_batch_checks_catch_a_step_that_ignores_b(tmp_path, monkeypatch, name):
 
     monkeypatch.setattr(learner, "update", sums)
     assert not _check(tmp_path, name).passed
+
+
+PROBED = ["env.feature_dim=64", "env.actor_feature_dim=16"]
+
+
+def _probed_check(tmp_path, name, *extra):
+    base = load_config("configs/sanity.yaml", [*PROBED, *extra])
+    return run_suite(base, tmp_path, only=[name]).checks[0]
+
+
+@pytest.mark.parametrize("name", ["on_policy", "no_bootstrap"])
+def test_probe_backed_checks_pass_and_catch_their_twins(tmp_path, monkeypatch, name):
+    check = _probed_check(tmp_path / "real", name)
+    assert check.passed, check.observed
+    if name == "on_policy":
+        real = rollout._ratios
+        monkeypatch.setattr(
+            rollout, "_ratios", lambda u, mp, sp, mb, sb, c: real(u, mp, sp, mb, sb * 1.05, c)
+        )
+    else:
+        from tdlens.runs import runner
+
+        real_it = learner.outer_iteration
+        monkeypatch.setattr(
+            runner,
+            "outer_iteration",
+            lambda cfg, maps, p, n, ws=None: real_it(
+                cfg.model_copy(update={"gamma": 0.5}), maps, p, n, ws
+            ),
+        )
+    assert not _probed_check(tmp_path / "twin", name).passed
+
+
+def test_full_triad_catches_the_seed_loss_convention(tmp_path, monkeypatch):
+    """Twin: the seed's 1/2 in td_loss_from_Q makes the loss_convention health check FAIL."""
+    from dataclasses import replace
+
+    from tdlens.probes import q_kernel as qk
+
+    real = qk.q_kernel
+    monkeypatch.setattr(
+        qk, "q_kernel", lambda cache: replace(real(cache), Q_hat=real(cache).Q_hat / 2)
+    )
+    assert not _probed_check(tmp_path, "full_triad_short").passed
+
+
+def test_learning_catches_a_critic_that_learns_too_slowly(tmp_path, monkeypatch):
+    """Twin: the critic applies a quarter of its step; the value gap lags the prediction."""
+    real = learner.update
+    monkeypatch.setattr(
+        learner,
+        "update",
+        lambda cfg, p, G_w, G_t: real(
+            cfg.model_copy(update={"alpha_w": cfg.alpha_w / 4}), p, G_w, G_t
+        ),
+    )
+    assert not _probed_check(tmp_path, "learning").passed
+
+
+def test_whole_suite_end_to_end(tmp_path):
+    """`tdlens sanity` with every check passes and writes its summary files (SPEC 10)."""
+    from typer.testing import CliRunner
+
+    from tdlens.cli import app
+
+    res = CliRunner().invoke(app, ["sanity", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    (out,) = list(tmp_path.iterdir())
+    for name in ("SUMMARY.md", "SUMMARY.html", "summary.json"):
+        assert (out / name).is_file()
+    summary = (out / "SUMMARY.md").read_text()
+    from tdlens.suites import CHECKS
+
+    assert summary.count("| PASS |") == len(CHECKS) == 14 and "FAIL" not in summary

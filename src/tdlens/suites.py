@@ -204,9 +204,28 @@ def check_fixed_pi(ctx: SuiteContext) -> CheckResult:
     return _tracking_check(ctx, "fixed_pi", beta=ctx.base.beta if ctx.base.beta > 0 else 0.2)
 
 
+def _critical_alpha_w(ctx: SuiteContext, name: str, *overrides: str) -> float:
+    """The largest stable alpha_w from a one-iteration pilot run's stability probe."""
+    pilot, _ = ctx.run(
+        f"{name}_pilot",
+        *overrides,
+        "outer_iters=1",
+        "probes.distribution.enabled=false",
+        "probes.rho_audit.enabled=false",
+    )
+    rows = _probe_rows(pilot, "stability_probe")
+    value = rows[-1].get("critical_alpha_w") if rows else None
+    if value is None or not math.isfinite(value):
+        raise RuntimeError(f"{name}: the pilot run's stability probe gave no critical step")
+    return float(value)
+
+
 def check_full_triad_short(ctx: SuiteContext) -> CheckResult:
-    """The base config with actor, critic and tracking all on: health PASS."""
-    run_dir, _ = ctx.run("full_triad_short")
+    """The base config with actor, critic and tracking all on, alpha_w at a fifth of the
+    critical step (so that the critic learns within the short run instead of being
+    frozen): generic health PASS."""
+    alpha_w = 0.2 * _critical_alpha_w(ctx, "full_triad_short")
+    run_dir, _ = ctx.run("full_triad_short", f"alpha_w={alpha_w:.6g}")
     report = read_json(run_dir / "run_report.json")
     health = report.get("health", {})
     status = health.get("status")
@@ -402,11 +421,70 @@ def check_c7(ctx: SuiteContext) -> CheckResult:
     return _step_identity(ctx, "C7_batch_B4", 4)[0]
 
 
+LEARNING = (
+    "alpha_pi=0",
+    "beta=1",
+    "theta_mu_offset_scale=0",
+    "gamma=0.9",
+    "trajectories=8",
+    "horizon=100",
+    "env.feature_dim=64",
+    "w_init_scale=1.0",
+    "probes.fixed_point.batch_size=4096",
+    "probes.stability.batch_size=4096",
+    "probes.distribution.enabled=false",
+)
+"""Learning check: critic only, on-policy, gamma 0.9, D=64 and a large probe batch so the
+fixed point is sharp (value_noise_floor well below the initial value_gap)."""
+
+
+def check_learning(ctx: SuiteContext, iters: int = 16) -> CheckResult:
+    """Critic only, on-policy, alpha_w at half the critical step of a pilot's stability
+    probe. The measured value_gap must fall (to below half its start, by more than twice
+    the fixed point's value_noise_floor) and follow the expected-dynamics prediction
+    ``w <- w + eta (b - A w)`` from the first probe's A and b: at every later probe,
+    |measured - predicted| <= value_noise_floor (STATISTICAL: the RMS value difference of
+    two half-batch fixed points, i.e. twice the sampling scale of the prediction's own
+    fixed point)."""
+    sigma = f"sigma_mu={ctx.base.sigma_pi}"
+    alpha_w = 0.5 * _critical_alpha_w(ctx, "learning", *LEARNING, sigma)
+    run_dir, _ = ctx.run(
+        "learning",
+        *LEARNING,
+        sigma,
+        f"alpha_w={alpha_w:.6g}",
+        f"outer_iters={iters}",
+        "probes.every=2",
+    )
+    rows = _probe_rows(run_dir, "fixed_point_probe")
+    gaps = {int(r["iter"]): r["value_gap"] for r in rows}
+    floor = max(r["value_noise_floor"] for r in rows)
+    first = min(gaps)
+    pred_path = run_dir / "probes" / f"expected_dynamics_{first:04d}.npz"
+    with np.load(pred_path, allow_pickle=False) as data:
+        pred = dict(zip(data["iters"].tolist(), data["value_gap_pred"].tolist(), strict=True))
+    devs = {k: abs(v - pred[k]) for k, v in gaps.items() if k in pred}
+    start, end = gaps[first], gaps[max(gaps)]
+    falls = end < 0.5 * start and start - end > 2 * floor
+    follows = bool(devs) and max(devs.values()) <= floor
+    return CheckResult(
+        "learning",
+        falls and follows,
+        f"alpha_w {alpha_w:.4g}: value_gap {start:.4g} -> {end:.4g}; max |measured - predicted| "
+        f"{max(devs.values(), default=math.nan):.3g} over {len(devs)} probes; "
+        f"value_noise_floor {floor:.3g}",
+        "value_gap falls below half its start and follows the expected dynamics",
+        "STATISTICAL: value_noise_floor of the fixed point",
+        [run_dir],
+    )
+
+
 CHECKS: dict[str, Callable[[SuiteContext], CheckResult]] = {
     "on_policy": check_on_policy,
     "no_bootstrap": check_no_bootstrap,
     "fixed_pi": check_fixed_pi,
     "full_triad_short": check_full_triad_short,
+    "learning": check_learning,
     "batch_scaling": check_batch_scaling,
     "C0_on_policy_critic": check_c0,
     "C1_on_policy_actor": check_c1,

@@ -52,7 +52,13 @@ def test_round_rows_summary_and_arrays(tiny):
         "q_kernel_lag_0004.npy",
         "rho_hist_0004.npy",
         "stability_eigs_0004.npy",
+        "expected_dynamics_0004.npz",
     }
+    pred = out.arrays["expected_dynamics_0004.npz"]
+    steps = cfg.outer_iters - 1 - 4
+    assert pred["iters"].tolist() == list(range(5, 5 + steps))
+    assert pred["value_gap_pred"].shape == (steps,) and np.all(pred["value_gap_pred"] >= 0)
+    assert out.rows["fixed_point_probe"]["value_noise_floor"] > 0
     assert out.arrays["q_kernel_0004.npy"].shape == (20, 20)
     assert out.arrays["rho_hist_0004.npy"].shape == (cfg.probes.rho_audit.batch_size,)
     assert out.timings["total"] >= out.timings["rollout"] > 0
@@ -102,7 +108,13 @@ def test_resumed_manager_gives_identical_rows(tiny):
         assert out.rows == reference[n].rows
         assert out.summary == reference[n].summary
         for key, array in out.arrays.items():
-            np.testing.assert_array_equal(array, reference[n].arrays[key])
+            ref = reference[n].arrays[key]
+            if isinstance(array, dict):  # an .npz: several named arrays
+                assert array.keys() == ref.keys()
+                for name in array:
+                    np.testing.assert_array_equal(array[name], ref[name])
+            else:
+                np.testing.assert_array_equal(array, ref)
     assert resumed.state_dict()["schedule_rounds"] == 4
     assert reference[3].summary["fixed_point_drift_defined"] == 1.0
 

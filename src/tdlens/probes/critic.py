@@ -38,6 +38,9 @@ from tdlens.probes import stability as st
 from tdlens.probes.common import ChainSpec, RolledChains, RoundPlan, aux_rng, rho_summary
 from tdlens.rollout import TDBatch
 
+MAX_PREDICTION_STEPS = 200
+"""Iterations ahead the expected-dynamics prediction of a fixed-point round reaches."""
+
 
 @dataclass
 class CriticOutput:
@@ -133,7 +136,19 @@ def fixed_point_probe(
         tol,
     )
     row["eig_max_abs"] = spectrum.max_abs
+    row["value_noise_floor"] = fp.value_gap(phi_t, halves[0], halves[1])
     timings.add_time("fixed_point.solve", time.perf_counter() - start)
+    steps = min(cfg.outer_iters - 1 - n, MAX_PREDICTION_STEPS)
+    if steps > 0:
+        start = time.perf_counter()
+        pred = fp.expected_dynamics(
+            moments.A, moments.b, w, solve.w_sharp, phi_t, st.expected_step(cfg), steps
+        )
+        timings.arrays[f"expected_dynamics_{n:04d}.npz"] = {
+            "iters": n + np.arange(1, steps + 1),
+            "value_gap_pred": pred,
+        }
+        timings.add_time("fixed_point.prediction", time.perf_counter() - start)
     return row, solve.w_sharp
 
 

@@ -118,7 +118,10 @@ def plot_rho(data: RunData) -> tuple[str | None, str]:
         rho = rho[np.isfinite(rho)].ravel()
         fig = Figure(figsize=(7, 3))
         ax = fig.add_subplot(1, 1, 1)
-        ax.hist(rho, bins=60, color="tab:blue", alpha=0.8)
+        lo, hi = (float(rho.min()), float(rho.max())) if rho.size else (1.0, 1.0)
+        if hi - lo <= 1e-9 * max(1.0, abs(hi)):  # on-policy: every ratio is exactly 1
+            lo, hi = lo - 0.5, hi + 0.5
+        ax.hist(rho, bins=60, range=(lo, hi), color="tab:blue", alpha=0.8)
         ax.axvline(1.0, color="k", ls="--", lw=1, label="rho = 1")
         ax.axvline(float(rho.mean()), color="tab:red", lw=1, label=f"mean {rho.mean():.4g}")
         ax.set_xlabel("rho (unclipped)")

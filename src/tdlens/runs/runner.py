@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import math
 import os
 import signal
@@ -44,6 +45,7 @@ from tdlens.runs.files import (
     atomic_write_bytes,
     atomic_write_json,
     read_json,
+    to_jsonable,
     truncate_table,
 )
 from tdlens.runs.lock import RunLock
@@ -66,6 +68,18 @@ PROBE_SUMMARY_COLUMNS: tuple[str, ...] = (
 """Probe summary columns of learning_curves.csv, empty where no probe ran (SPEC 5)."""
 
 CURVE_COLUMNS: tuple[str, ...] = (*METRIC_COLUMNS, *PROBE_SUMMARY_COLUMNS)
+ROUND_COLUMNS: tuple[str, ...] = (
+    "iter",
+    "reason",
+    "rollout_s",
+    "fixed_point_s",
+    "stability_s",
+    "distribution_s",
+    "q_kernel_s",
+    "rho_audit_s",
+    "total_s",
+)
+"""probes/rounds.csv: seconds per probe of each round (rounds.jsonl has the breakdowns)."""
 DIVERGENCE_COLUMNS = ("td_loss", "w_norm", "critic_teacher_error", "tracking_gap")
 """A run diverges when its parameters or any of these metrics are not finite."""
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -347,7 +361,9 @@ class Runner:
         for fname, arr in rnd.arrays.items():
             _save_array(folder / fname, arr)
         timing = {"iter": n, "reason": reason, **{f"{k}_s": v for k, v in rnd.timings.items()}}
-        TableWriter(folder / "rounds.csv", list(timing), jsonl=True).append(timing)
+        row = {k: timing.get(k) for k in ROUND_COLUMNS}
+        TableWriter(folder / "rounds.csv", ROUND_COLUMNS).append(row)
+        _append_jsonl(folder / "rounds.jsonl", timing)
 
     # ------------------------------------------------------------------ endings
 
@@ -417,6 +433,11 @@ class Runner:
             self._log(f"report failed: {type(exc).__name__}: {exc}")
             self._write_status(report_error=f"{type(exc).__name__}: {exc}")
             return []
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
 
 
 def _save_array(path: Path, arr: Any) -> None:
