@@ -30,7 +30,7 @@ def verdict(run, tmp_path, name):
 
 def test_healthy_run_passes_every_check(tmp_path):
     checks = checks_of(healthy_run(), tmp_path)
-    assert len(checks) == 14
+    assert len(checks) == 15  # SPEC 8's 14 and step_stable
     assert {n: c.verdict for n, c in checks.items()} == {n: PASS for n in checks}
     assert overall_status(list(checks.values())) == (PASS, [])
 
@@ -245,3 +245,16 @@ def test_critic_frozen_warns_on_a_frozen_critic(tmp_path):
     run.set_probe("stability_probe", "fastest_timescale", 500.0)
     c = verdict(run, tmp_path / "c", "critic_frozen")
     assert c.verdict == WARN and "fastest_timescale = 500 iterations > run length 20" in c.detail
+
+
+def test_step_stable_passes_below_and_fails_above_the_critical_step(tmp_path):
+    run = healthy_run()
+    c = verdict(run, tmp_path / "a", "step_stable")
+    assert c.verdict == PASS
+    run.set_probe("stability_probe", "critical_step", 0.01)  # eta = 0.08 > 0.01
+    c = verdict(run, tmp_path / "b", "step_stable")
+    assert c.verdict == FAIL and "> critical_step" in c.detail
+    run = healthy_run()
+    run.set_probe("stability_probe", "growth_timescale", 3.0)  # grows within 20 iterations
+    c = verdict(run, tmp_path / "c", "step_stable")
+    assert c.verdict == FAIL and "growing mode" in c.detail

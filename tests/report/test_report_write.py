@@ -36,7 +36,7 @@ def test_json_carries_the_same_content(tmp_path):
     data = json.loads((run_dir / "run_report.json").read_text())  # strict JSON: no NaN
     md = (run_dir / "run_report.md").read_text()
     assert f"- status: {data['health']['line']}" in md
-    assert data["health"]["status"] == "PASS" and len(data["health"]["checks"]) == 14
+    assert data["health"]["status"] == "PASS" and len(data["health"]["checks"]) == 15
     assert all("observed" in c for c in data["health"]["checks"])
     growth = data["probe_metrics"]["stability_probe"]["metrics"]["growth_timescale"]
     assert growth["last"] is None and growth["mean_last_k"] is None  # inf -> null

@@ -28,6 +28,7 @@ from tdlens.report.probe_checks import (
     check_loss_convention,
     check_rho_audit,
     check_scale_consistency,
+    check_step_stable,
 )
 from tdlens.report.rules import next_steps
 from tdlens.report.sanity_checks import (
@@ -178,8 +179,9 @@ CHECKS = (
     check_fixed_point_converged,
     check_rho_audit,
     check_critic_frozen,
+    check_step_stable,
 )
-"""Health checks in report order (SPEC 8's list)."""
+"""Health checks in report order (SPEC 8's list, then step_stable)."""
 STATUS_KEYS = (
     "status",
     "reason",

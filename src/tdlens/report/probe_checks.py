@@ -320,3 +320,49 @@ def check_critic_frozen(data: RunData) -> Check:
         f"{fmt(rel.max())} >= {fmt(CRITIC_FROZEN_REL_STEP)}{extra}",
         observed,
     )
+
+
+def check_step_stable(data: RunData) -> Check:
+    """FAIL when the expected critic update ``w += eta (b - A w)`` is unstable at the run's
+    own step (SPEC 6.2): ``eta > critical_step`` (a mode with Re l > 0 has
+    ``|1 - eta l| > 1``: it oscillates with growing amplitude), or a growing mode
+    (``eig_min_real`` below minus the spectral noise) whose growth_timescale is shorter
+    than the run. Uses every stability row; PASS "not applicable" without them."""
+    stab = data.probe("stability_probe")
+    if not len(stab) or not stab.has("critical_step") or not stab.has("eta"):
+        return Check("step_stable", PASS, "not applicable: no stability probe rows")
+    run_iters = data.cfg.outer_iters if data.cfg else len(data.curves)
+    eta, critical = stab.values("eta"), stab.values("critical_step")
+    growth = stab.values("growth_timescale") if stab.has("growth_timescale") else None
+    over = np.isfinite(critical) & (eta > critical)
+    observed = {
+        "eta": float(eta[-1]),
+        "critical_step": float(critical[-1]),
+        "rows_over_critical": int(over.sum()),
+        "growth_timescale": float(growth[-1]) if growth is not None else None,
+        "run_iters": run_iters,
+    }
+    problems = []
+    if over.any():
+        where = ", ".join(iters_where(stab, over)[:5])
+        problems.append(
+            f"eta = {fmt(float(eta[over][-1]))} > critical_step = "
+            f"{fmt(float(critical[over][-1]))} at iter {where}: the fastest critic modes "
+            "grow by |1 - eta l| > 1 per iteration"
+        )
+    if growth is not None:
+        fast = np.isfinite(growth) & (growth < run_iters)
+        if fast.any():
+            problems.append(
+                f"growing mode beyond spectral noise with growth_timescale = "
+                f"{fmt(float(growth[fast][-1]))} < run length {run_iters}"
+            )
+    if problems:
+        return Check("step_stable", FAIL, "; ".join(problems), observed, problems[0])
+    return Check(
+        "step_stable",
+        PASS,
+        f"eta = {fmt(float(eta[-1]))} <= critical_step = {fmt(float(critical[-1]))} on all "
+        f"{len(stab)} probes, no mode grows within the run",
+        observed,
+    )
