@@ -114,3 +114,34 @@ def test_audit_rho_on_a_finished_run(tmp_path):
     assert "E_mu[rho^2]" in res.output and "verdict: PASS" in res.output
     res = runner.invoke(app, ["audit", "rho", str(tmp_path)])
     assert res.exit_code == 2
+
+
+def test_end_to_end_run_on_the_sanity_config(tmp_path):
+    """`tdlens run sanity` with every probe: exit 0, every run file, a report, --strict."""
+    d = tmp_path / "e2e"
+    res = runner.invoke(app, ["run", "sanity", "--run-dir", str(d), "--strict"])
+    assert res.exit_code == 0, res.output
+    # the sanity config's critic is frozen on 5 iterations: WARN, which --strict allows
+    assert f"report: {d / 'run_report.md'}" in res.output and "health: WARN" in res.output
+    assert "critic_frozen: WARN" in (d / "run_report.md").read_text()
+    for name in (
+        "config.json",
+        "learning_curves.csv",
+        "status.json",
+        "stdout.log",
+        "run_report.md",
+        "run_report.json",
+        "run_report.html",
+    ):
+        assert (d / name).is_file(), name
+    for probe in (
+        "fixed_point_probe",
+        "stability_probe",
+        "distribution_probe",
+        "q_kernel_probe",
+        "rho_audit",
+    ):
+        assert (d / "probes" / f"{probe}.csv").is_file(), probe
+    assert any((d / "checkpoints").iterdir())
+    res = runner.invoke(app, ["report", str(d)])
+    assert res.exit_code == 0 and "health: WARN" in res.output
