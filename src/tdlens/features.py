@@ -31,6 +31,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from tdlens.config import RunConfig
+from tdlens.kernels import rescale_rows
 from tdlens.seeding import stream
 
 OBS_DIM = 18
@@ -129,6 +130,19 @@ def actor_features(maps: FeatureMaps, o: np.ndarray) -> np.ndarray:
     norm = np.sqrt(np.vecdot(psi, psi))[..., None]
     psi *= (maps.c_psi / np.maximum(norm, maps.c_psi)).astype(psi.dtype)
     return psi
+
+
+def actor_features_into(maps: FeatureMaps, o: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """:func:`actor_features` of ``o [B, 18]`` written into ``out [B, N]`` (features dtype).
+
+    The same operations in the same order (so the same bits); the norm cap runs in one
+    compiled call instead of five NumPy calls (the rollout calls this once per step).
+    """
+    np.matmul(o.astype(maps.dtype), maps.W_psi_t, out=out)
+    out += maps.b_psi_d
+    np.tanh(out, out=out)
+    rescale_rows(out, np.vecdot(out, out), maps.dtype.type(maps.c_psi))
+    return out
 
 
 def reward(maps: FeatureMaps, phi: np.ndarray) -> np.ndarray:

@@ -150,7 +150,8 @@ def gradients(batch: TDBatch, delta: np.ndarray, sigma_pi: float) -> tuple[np.nd
     D, N = batch.phi.shape[-1], batch.psi.shape[-1]
     G_w = (rd.reshape(-1).astype(batch.phi.dtype) @ batch.phi.reshape(-1, D)).astype(np.float64)
     weighted = (rd[..., None] * (batch.u - batch.m_pi)).reshape(-1, 2)
-    G_theta = batch.psi.reshape(-1, N).T @ weighted / (sigma_pi**2 * math.sqrt(N))
+    psi_t = batch.psi.reshape(-1, N).astype(np.float64)
+    G_theta = psi_t.T @ weighted / (sigma_pi**2 * math.sqrt(N))
     return G_w, G_theta
 
 

@@ -16,12 +16,13 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 def policy_mean(theta: np.ndarray, psi: np.ndarray) -> np.ndarray:
-    """``m [..., 2] = psi theta / sqrt(N)``.
+    """``m [..., 2] = psi theta / sqrt(N)`` for ``theta [N, 2]`` or one per row ``[..., N, 2]``.
 
-    Evaluated as per-row dot products (no BLAS) so that a row's value does not depend on how many
-    rows are evaluated together (a chain rolled out alone equals the same chain in a batch).
+    Evaluated as per-row dot products (no matrix product) so that a row's value does not
+    depend on how many rows are evaluated together, nor on whether the other rows share its
+    theta (a chain rolled out alone equals the same chain in a batch).
     """
-    return np.vecdot(psi[..., None, :], theta.T) / math.sqrt(theta.shape[0])
+    return np.vecdot(psi[..., None, :], np.swapaxes(theta, -1, -2)) / math.sqrt(theta.shape[-2])
 
 
 def squash(u: np.ndarray, v_max: float) -> np.ndarray:

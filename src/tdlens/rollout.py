@@ -24,19 +24,19 @@ from tdlens.features import (
     FeatureMaps,
     NextActions,
     Workspace,
-    actor_features,
+    actor_features_into,
     chain_features,
     reward,
 )
 from tdlens.features import run_parallel as _run_parallel
 from tdlens.policy import importance_ratio, policy_mean, squash
+from tdlens.kernels import gaussian_actions
+from tdlens.torus import fast
 from tdlens.torus.dynamics import (
     NORMAL_WIDTH,
     clip_action,
-    observe,
     reset_from_uniforms,
     reset_width,
-    step,
     uniform_width,
 )
 
@@ -91,7 +91,7 @@ class Paths:
     """States and actions of B chains, time-major: ``o [T+1, B, 18]``, ``u [T, B, 2]``."""
 
     o: np.ndarray  # observations of s_0..s_T
-    psi: np.ndarray  # [T+1, B, N] actor features
+    psi: np.ndarray  # [T+1, B, N] actor features (features dtype)
     m_b: np.ndarray  # [T, B, 2] behaviour mean
     u: np.ndarray  # [T, B, 2] Gaussian draw (the action as sampled, pre-squash)
     a: np.ndarray  # [T, B, 2] executed action (squashed, then clipped if clip_action)
@@ -119,33 +119,34 @@ def roll_out(
     """Simulate B chains for T steps under per-chain Gaussian policies.
 
     ``theta_b`` (``[N, 2]`` shared by all chains, or ``[B, N, 2]``) and ``sigma_b [B]`` are
-    the behaviour parameters. ``u_t = m(s_t) + sigma z_t``; ``a_t = v_max tanh(u_t)`` with
+    the behaviour parameters; a chain's path is the same whichever policies the other chains
+    follow. ``u_t = m(s_t) + sigma z_t``; ``a_t = v_max tanh(u_t)`` with
     squashing, else ``u_t``; the environment clips it when env.clip_action.
+
+    The environment step and observation run in one compiled call per step on a packed
+    state (:mod:`tdlens.torus.fast`, bit-identical to :mod:`tdlens.torus.dynamics`); the
+    actor features and policy means stay in NumPy/BLAS. ``psi`` is kept in the features
+    dtype (the dtype :func:`tdlens.features.actor_features` computes it in).
     """
     env = cfg.env
     T, B = noise.z_act.shape[:2]
     N = maps.N
     o = np.empty((T + 1, B, 18))
-    psi = np.empty((T + 1, B, N))
+    psi = np.empty((T + 1, B, N), dtype=maps.dtype)
     m_b = np.empty((T, B, 2))
     u = np.empty((T, B, 2))
-    state = reset_from_uniforms(noise.reset, env)
-    scale = 1.0 / math.sqrt(N)
-    sigma_col = sigma_b[:, None]
-    shared = theta_b.ndim == 2
+    z_act, z_env, u_env = (np.ascontiguousarray(x) for x in (noise.z_act, noise.z_env, noise.u_env))
+    S = fast.pack(reset_from_uniforms(noise.reset, env))
+    p = fast.env_params(env)
+    sigma = np.ascontiguousarray(sigma_b, dtype=np.float64)
+    fast.observe_packed(S, p, o[0])
     for t in range(T):
-        o[t] = observe(state, env)
-        psi[t] = actor_features(maps, o[t])
-        m_b[t] = (
-            policy_mean(theta_b, psi[t])
-            if shared
-            else np.einsum("bn,bnk->bk", psi[t], theta_b) * scale
-        )
-        u[t] = m_b[t] + sigma_col * noise.z_act[t]
+        psi_t = actor_features_into(maps, o[t], psi[t])
+        m_b[t] = policy_mean(theta_b, psi_t)
+        gaussian_actions(m_b[t], sigma, z_act[t], u[t])
         a_t = squash(u[t], env.v_max) if cfg.squash_action else u[t]
-        state = step(state, a_t, noise.z_env[t], noise.u_env[t], env)
-    o[T] = observe(state, env)
-    psi[T] = actor_features(maps, o[T])
+        fast.step_observe_packed(S, a_t, z_env[t], u_env[t], p, o[t + 1])
+    actor_features_into(maps, o[T], psi[T])
     a_sampled = squash(u, env.v_max) if cfg.squash_action else u
     return Paths(o=o, psi=psi, m_b=m_b, u=u, a=clip_action(a_sampled, env), a_sampled=a_sampled)
 

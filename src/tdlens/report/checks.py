@@ -16,28 +16,14 @@ import numpy as np
 from tdlens.report.fmt import fmt
 from tdlens.report.load import RunData, Table
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
+from tdlens.runs.files import PROBE_SUMMARY_COLUMNS
 
 RHO2_SANE_MAX = 100.0
 """rho_sane: largest acceptable mean_rho2 of an iteration (SPEC 8 default)."""
 MAX_LISTED = 8
 """How many offending cells a check lists by name."""
 
-PROBE_SUMMARY_COLUMNS: tuple[str, ...] = (
-    "probe_reason",
-    "fixed_point_gap",
-    "fixed_point_value_gap",
-    "fixed_point_drift",
-    "fixed_point_drift_defined",
-    "stability_proxy",
-    "dist_mmd2",
-    "dist_mean_l2",
-    "dist_action_kl",
-    "dist_action_tv",
-    "td_loss_from_Q",
-    "td_loss_from_Q_abs_diff",
-    "td_loss_from_Q_rel_diff",
-)
-"""learning_curves.csv columns filled only where a probe ran (tdlens.runs.runner)."""
+
 SUMMARY_SOURCE: dict[str, str] = {
     "fixed_point_": "fixed_point_probe",
     "stability_": "stability_probe",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from tdlens.config import ConfigError, RunConfig, config_from_json
-from tdlens.runs.files import RunFileError, read_csv_rows, read_json
+from tdlens.runs.files import RunFileError, parse_cell, read_csv_rows, read_json
 
 PROBE_NAMES: tuple[str, ...] = (
     "distribution_probe",
@@ -101,16 +101,6 @@ class RunData:
         return sorted(set(PROBE_NAMES) | set(self.probes))
 
 
-def _cell(text: str) -> Cell:
-    """A CSV cell as written by the runner: '' -> None, numbers (nan, inf too) -> float."""
-    if text == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 def _read_lenient(path: Path, problems: list[str]) -> Table | None:
     """Rows with as many cells as the header; others (a row torn by a crash) are skipped
     and named in ``problems``."""
@@ -126,7 +116,7 @@ def _read_lenient(path: Path, problems: list[str]) -> Table | None:
     header, rows = lines[0], []
     for lineno, cells in enumerate(lines[1:], start=2):
         if len(cells) == len(header):
-            rows.append({h: _cell(c) for h, c in zip(header, cells, strict=True)})
+            rows.append({h: parse_cell(c) for h, c in zip(header, cells, strict=True)})
         else:
             problems.append(
                 f"'{path}' line {lineno}: {len(cells)} cells, header has "

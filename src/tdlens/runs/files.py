@@ -9,6 +9,7 @@ run first cuts them back to the rows of its checkpoint, again by an atomic rewri
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import math
@@ -17,6 +18,34 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+PROBE_SUMMARY_COLUMNS: tuple[str, ...] = (
+    "probe_reason",
+    "fixed_point_gap",
+    "fixed_point_value_gap",
+    "fixed_point_drift",
+    "fixed_point_drift_defined",
+    "stability_proxy",
+    "dist_mmd2",
+    "dist_mean_l2",
+    "dist_action_kl",
+    "dist_action_tv",
+    "td_loss_from_Q",
+    "td_loss_from_Q_abs_diff",
+    "td_loss_from_Q_rel_diff",
+)
+"""learning_curves.csv columns filled only where a probe ran, empty elsewhere (SPEC 5)."""
+
+
+def timestamped_dir(parent: str | Path, name: str) -> Path:
+    """``<parent>/<YYYYmmdd_HHMMSS>_<name>``, suffixed ``_2``, ``_3``... when taken."""
+    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+    base = Path(parent) / f"{stamp}_{name}"
+    path, k = base, 2
+    while path.exists():
+        path = base.with_name(f"{base.name}_{k}")
+        k += 1
+    return path
 
 
 class RunFileError(RuntimeError):

@@ -40,32 +40,17 @@ from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import METRIC_COLUMNS, IterationResult, Params, init_params, outer_iteration
 from tdlens.runs.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from tdlens.runs.files import (
+    PROBE_SUMMARY_COLUMNS,
     RunFileError,
     TableWriter,
     atomic_write_bytes,
     atomic_write_json,
     read_json,
+    timestamped_dir,
     to_jsonable,
     truncate_table,
 )
 from tdlens.runs.lock import RunLock
-
-PROBE_SUMMARY_COLUMNS: tuple[str, ...] = (
-    "probe_reason",
-    "fixed_point_gap",
-    "fixed_point_value_gap",
-    "fixed_point_drift",
-    "fixed_point_drift_defined",
-    "stability_proxy",
-    "dist_mmd2",
-    "dist_mean_l2",
-    "dist_action_kl",
-    "dist_action_tv",
-    "td_loss_from_Q",
-    "td_loss_from_Q_abs_diff",
-    "td_loss_from_Q_rel_diff",
-)
-"""Probe summary columns of learning_curves.csv, empty where no probe ran (SPEC 5)."""
 
 CURVE_COLUMNS: tuple[str, ...] = (*METRIC_COLUMNS, *PROBE_SUMMARY_COLUMNS)
 ROUND_COLUMNS: tuple[str, ...] = (
@@ -113,14 +98,8 @@ class RunResult:
 
 
 def default_run_dir(output_dir: Path, name: str) -> Path:
-    """``<output_dir>/<YYYYmmdd_HHMMSS>_<name>``, suffixed ``_2``, ``_3``... when taken."""
-    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    base = Path(output_dir) / f"{stamp}_{name}"
-    path, k = base, 2
-    while path.exists():
-        path = base.with_name(f"{base.name}_{k}")
-        k += 1
-    return path
+    """``<output_dir>/<YYYYmmdd_HHMMSS>_<name>`` (suffixed when taken)."""
+    return timestamped_dir(output_dir, name)
 
 
 def _now() -> str:

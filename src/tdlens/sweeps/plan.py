@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tdlens.config import ConfigError
-from tdlens.runs.files import RunFileError, atomic_write_json, read_json
+from tdlens.runs.files import RunFileError, atomic_write_json, read_json, timestamped_dir
 from tdlens.sweeps.spec import PlannedRun, SweepSpec, SweepSpecError, resolve_run
 
 PLAN_FILE = "plan.json"
@@ -50,14 +50,8 @@ def plan_dict(spec: SweepSpec, runs: list[PlannedRun], base: dict[str, Any]) -> 
 
 
 def new_sweep_dir(output_dir: Path, name: str) -> Path:
-    """``<output_dir>/<YYYYmmdd_HHMMSS>_<name>``, suffixed ``_2``, ``_3``... when taken."""
-    stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    base = Path(output_dir) / f"{stamp}_{name}"
-    path, k = base, 2
-    while path.exists():
-        path = base.with_name(f"{base.name}_{k}")
-        k += 1
-    return path
+    """``<output_dir>/<YYYYmmdd_HHMMSS>_<name>`` (suffixed when taken)."""
+    return timestamped_dir(output_dir, name)
 
 
 def is_sweep_dir(path: Path) -> bool:
