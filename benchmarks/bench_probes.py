@@ -11,15 +11,14 @@ time and of each probe's share, and the peak RSS of the process.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
-import scipy
+sys.path.insert(0, str(Path(__file__).parent))
+from common import load_average, machine_info, peak_rss_mib
 
 from tdlens.config import load_config
 from tdlens.features import Workspace, make_feature_maps
@@ -60,30 +59,6 @@ SEED_PLATEAU = [
 
 
 TOP_LEVEL = ("rollout", "fixed_point", "stability", "distribution", "q_kernel", "rho_audit")
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def machine_info() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return (
-        f"{platform.platform()}; {cpu}; {os.cpu_count()} cores; Python "
-        f"{sys.version.split()[0]}; NumPy {np.__version__}; SciPy {scipy.__version__}"
-    )
-
-
-def load_average() -> str:
-    """1/5/15-minute load averages: other processes on a 2-core machine inflate timings."""
-    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def cpu_seconds() -> float:

@@ -22,7 +22,15 @@ SEED_SETTINGS = [
 
 
 def machine_info() -> str:
-    """One paragraph naming the machine, Python, NumPy and its BLAS."""
+    """One paragraph naming the machine, Python, NumPy, SciPy, numba and the BLAS."""
+    import scipy
+
+    try:
+        import numba
+
+        numba_version = numba.__version__
+    except ImportError:  # pragma: no cover
+        numba_version = "absent"
     try:
         from threadpoolctl import threadpool_info
 
@@ -39,9 +47,42 @@ def machine_info() -> str:
     except (OSError, StopIteration):
         pass
     return (
-        f"machine: {cpu}, {os.cpu_count()} cores; python {sys.version.split()[0]}; "
-        f"numpy {np.__version__}; BLAS {blas}"
+        f"machine: {cpu}, {os.cpu_count()} cores, {platform.platform()}; "
+        f"python {sys.version.split()[0]}; numpy {np.__version__}; scipy {scipy.__version__}; "
+        f"numba {numba_version}; BLAS {blas}; {load_average()}"
     )
+
+
+def load_average() -> str:
+    """1/5/15-minute load averages: other processes on a 2-core machine inflate timings."""
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def children_peak_rss_mib() -> float:
+    """Largest peak RSS among the finished child processes waited for so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def spread(values: list[float], unit: str = "s", digits: int = 3) -> str:
+    """'median X (min A, max B, n=N)'."""
+    return (
+        f"median {statistics.median(values):.{digits}f} {unit} (min {min(values):.{digits}f}, "
+        f"max {max(values):.{digits}f}, n={len(values)})"
+    )
+
+
+def run_command(args: list[str], env: dict[str, str] | None = None) -> float:
+    """Run a command to completion (output discarded); its wall seconds. Raises on failure."""
+    import subprocess
+
+    start = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    return time.perf_counter() - start
+
+
+def tdlens_command() -> list[str]:
+    """The installed ``tdlens`` entry point run by this interpreter."""
+    return [sys.executable, "-m", "tdlens.cli"]
 
 
 def peak_rss_mib() -> float:

@@ -28,17 +28,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from tdlens.config import RunConfig
-from tdlens.kernels import rescale_rows
+from tdlens.kernels import action_arguments, mean_rows, rescale_rows, scale_rows
 from tdlens.seeding import stream
+from tdlens.threads import limit_threads
 
 OBS_DIM = 18
 ACTION_DIM = 2
 NUM_EXTRA = 4
 _FLAGS = slice(14, 17)
 _BLOCK_ROWS = 128
+_CACHE_BYTES = 1 << 20
+"""Target size of a feature block's cosine-argument buffer (about one L2 cache)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class FeatureMaps:
     @property
     def b_psi_d(self) -> np.ndarray:
         return self._cache("b_psi_d", lambda: self.b_psi.astype(self.dtype))
+
+    def constant(self, key: str, value: float) -> np.ndarray:
+        """``[D']`` vector filled with `value` in the features dtype (cached)."""
+        return self._cache(key, lambda: np.full(self.D - NUM_EXTRA, value, dtype=self.dtype))
 
     def _cache(self, key: str, make: Callable[[], np.ndarray]) -> np.ndarray:
         store = self.__dict__.setdefault("_derived", {})
@@ -132,16 +138,20 @@ def actor_features(maps: FeatureMaps, o: np.ndarray) -> np.ndarray:
     return psi
 
 
-def actor_features_into(maps: FeatureMaps, o: np.ndarray, out: np.ndarray) -> np.ndarray:
+def actor_features_into(
+    maps: FeatureMaps, o: np.ndarray, out: np.ndarray, cap_norm: bool = True
+) -> np.ndarray:
     """:func:`actor_features` of ``o [B, 18]`` written into ``out [B, N]`` (features dtype).
 
     The same operations in the same order (so the same bits); the norm cap runs in one
-    compiled call instead of five NumPy calls (the rollout calls this once per step).
+    compiled call instead of five NumPy calls. ``cap_norm=False`` stops before the cap
+    (the rollout fuses it with the policy step, :func:`tdlens.kernels.gaussian_policy_step`).
     """
     np.matmul(o.astype(maps.dtype), maps.W_psi_t, out=out)
     out += maps.b_psi_d
     np.tanh(out, out=out)
-    rescale_rows(out, np.vecdot(out, out), maps.dtype.type(maps.c_psi))
+    if cap_norm:
+        rescale_rows(out, np.vecdot(out, out), maps.dtype.type(maps.c_psi))
     return out
 
 
@@ -239,70 +249,63 @@ def chain_features(
 
     ``o_chain [S+1, 18]``, ``a [S, 2]`` the executed actions. Writes
     ``phi_out[t] = phi(s_t, a_t)`` and ``bar_phi_out[t] = bar_phi(s_{t+1})`` for t < S,
-    computing ``C = W_obs o + bias`` once per state and reusing it for both. Works in
-    row blocks whose temporaries (from `scratch`) stay in cache.
+    computing ``C = W_obs o`` once per state and reusing it for all J + 1 actions of a row
+    (a_t on s_t; the J next-action draws, or the mean when exact, on s_{t+1}). Per row
+    block: compiled kernels write the cosine arguments ``a W_act + (C + bias)`` of all
+    actions into one cache-sized buffer ``[J + 1, rows, D']``, NumPy takes their cosines
+    in one call, and a kernel scales them (phi) and sums the draws in order (bar_phi).
+    The values are those of ``cos(C + bias + a W_act)`` evaluated step by step with NumPy.
     """
     scratch = {} if scratch is None else scratch
     S = a.shape[0]
     D, D_base, dtype = maps.D, maps.D - NUM_EXTRA, maps.dtype
     o32 = o_chain.astype(dtype)
-    scale = dtype.type(maps.base_scale)
+    scale = maps.constant("phi_scale", maps.base_scale)
     if next_actions.exact:
+        draws = next_actions.mean[:, None, :]
         w_sq = np.sum(maps.W_act.astype(np.float64) ** 2, axis=0)
         bar_scale = (maps.base_scale * np.exp(-0.5 * next_actions.sigma**2 * w_sq)).astype(dtype)
+        sq = np.sum(next_actions.mean**2, axis=-1) + 2.0 * next_actions.sigma**2
     else:
         K = next_actions.draws.shape[1]
-        bar_scale = dtype.type(maps.base_scale / max(K, 1))
+        draws = next_actions.draws if K > 0 else np.zeros((S, 1, 2))
+        bar_scale = maps.constant(f"bar_scale_{K}", maps.base_scale / max(K, 1))
+        sq = np.mean(np.sum(draws**2, axis=-1), axis=1) if K > 0 else np.zeros(S)
+    a32, draws32 = a.astype(dtype)[:, None, :], draws.astype(dtype)
+    J = draws32.shape[1]
+    sub = max(1, _CACHE_BYTES // ((J + 1) * D_base * dtype.itemsize))
     for start in range(0, S, _BLOCK_ROWS):
         stop = min(start + _BLOCK_ROWS, S)
-        rows = stop - start
-        C = _buffer(scratch, "C", rows + 1, D_base, dtype)
+        C = _buffer(scratch, "C", stop - start + 1, D_base, dtype)
         np.matmul(o32[start : stop + 1], maps.W_obs, out=C)
-        C += maps.bias
-        C_next = C[1:]
-        arg = _buffer(scratch, "arg", rows, D_base, dtype)
-        _cos_plus_action(C[:-1], a[start:stop], maps.W_act, arg)
-        np.multiply(arg, scale, out=phi_out[start:stop, :D_base])
-        if next_actions.exact:
-            m = next_actions.mean[start:stop]
-            _cos_plus_action(C_next, m, maps.W_act, arg)
-            acc = arg
-            sq = np.sum(m**2, axis=-1) + 2.0 * next_actions.sigma**2
-        elif K == 0:
-            acc = np.cos(C_next, out=arg)
-            sq = np.zeros(rows)
-        else:
-            draws = next_actions.draws[start:stop]
-            acc = _buffer(scratch, "acc", rows, D_base, dtype)
-            _cos_plus_action(C_next, draws[:, 0], maps.W_act, acc)
-            for k in range(1, K):
-                _cos_plus_action(C_next, draws[:, k], maps.W_act, arg)
-                acc += arg
-            sq = np.mean(np.sum(draws**2, axis=-1), axis=1)
-        np.multiply(acc, bar_scale, out=bar_phi_out[start:stop, :D_base])
-        phi_out[start:stop, D_base : D - 1] = o_chain[start:stop, _FLAGS]
-        phi_out[start:stop, D - 1] = np.sum(a[start:stop] ** 2, axis=-1)
-        bar_phi_out[start:stop, D_base : D - 1] = o_chain[start + 1 : stop + 1, _FLAGS]
-        bar_phi_out[start:stop, D - 1] = sq
-
-
-def _cos_plus_action(C: np.ndarray, a: np.ndarray, W_act: np.ndarray, out: np.ndarray) -> None:
-    """``out = cos(C + a W_act)`` for ``C [R, D']``, ``a [R, 2]``, ``W_act [2, D']``."""
-    np.matmul(a.astype(out.dtype), W_act, out=out)
-    out += C
-    np.cos(out, out=out)
+        for lo in range(start, stop, sub):
+            hi = min(lo + sub, stop)
+            rows, C_lo = hi - lo, C[lo - start : hi - start + 1]
+            args = _buffer(scratch, "args", (J + 1) * rows, D_base, dtype)
+            args = args.reshape(J + 1, rows, D_base)
+            action_arguments(C_lo, maps.bias, maps.W_act, a32[lo:hi], 0, args[:1])
+            action_arguments(C_lo, maps.bias, maps.W_act, draws32[lo:hi], 1, args[1:])
+            np.cos(args, out=args)
+            scale_rows(args[0], scale, phi_out[lo:hi])
+            mean_rows(args[1:], bar_scale, bar_phi_out[lo:hi])
+    phi_out[:, D_base : D - 1] = o_chain[:S, _FLAGS]
+    phi_out[:, D - 1] = np.sum(a**2, axis=-1)
+    bar_phi_out[:, D_base : D - 1] = o_chain[1 : S + 1, _FLAGS]
+    bar_phi_out[:, D - 1] = sq
 
 
 def run_parallel(fn: Callable[[int], None], items: Sequence[int], threads: int) -> None:
     """Call ``fn(i)`` for every item, on up to `threads` threads (in order when 1).
 
-    BLAS is held to one thread meanwhile: our threads already use every core, and
-    OpenBLAS threads inside them would only contend.
+    BLAS is held to one thread meanwhile, on either path: our threads already use every
+    core (OpenBLAS threads inside them would only contend), and the small products of a
+    feature block gain nothing from a second BLAS thread.
     """
-    if threads <= 1 or len(items) <= 1:
-        for i in items:
-            fn(i)
-        return
-    with threadpool_limits(1), ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
-        for result in pool.map(fn, items):
-            del result
+    with limit_threads(1):
+        if threads <= 1 or len(items) <= 1:
+            for i in items:
+                fn(i)
+            return
+        with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+            for result in pool.map(fn, items):
+                del result

@@ -11,6 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.extending import intrinsic
+
+
+@intrinsic
+def _fma(typingctx, x, y, z):
+    """``x * y + z`` with one rounding (LLVM ``fma``), in the type of x."""
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return x(x, y, z), codegen
 
 
 @njit(cache=True)
@@ -28,9 +39,132 @@ def rescale_rows(psi: np.ndarray, sq_norm: np.ndarray, cap: np.floating) -> None
             psi[i, j] *= scale
 
 
+@njit(cache=True, inline="always")
+def _strided_dots(x: np.ndarray, theta: np.ndarray) -> tuple[float, float]:
+    """``(x . theta[:, 0], x . theta[:, 1])`` in float64, each summed exactly as NumPy's
+    ``vecdot`` does for a strided operand (OpenBLAS ddot, non-unit stride: two partial
+    sums of pairs of products over blocks of four, the remainder fused into the first).
+    Both columns in one loop (four independent sums: the loop is latency-bound)."""
+    n = x.shape[0]
+    a1, a2, b1, b2 = 0.0, 0.0, 0.0, 0.0
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        x0, x1 = np.float64(x[i]), np.float64(x[i + 1])
+        x2, x3 = np.float64(x[i + 2]), np.float64(x[i + 3])
+        a1 += theta[i, 0] * x0 + theta[i + 2, 0] * x2
+        a2 += theta[i + 1, 0] * x1 + theta[i + 3, 0] * x3
+        b1 += theta[i, 1] * x0 + theta[i + 2, 1] * x2
+        b2 += theta[i + 1, 1] * x1 + theta[i + 3, 1] * x3
+    for i in range(n4, n):
+        a1 = _fma(theta[i, 0], np.float64(x[i]), a1)
+        b1 = _fma(theta[i, 1], np.float64(x[i]), b1)
+    return a1 + a2, b1 + b2
+
+
+@njit(cache=True, nogil=True)
+def policy_means(psi: np.ndarray, theta: np.ndarray, m: np.ndarray) -> None:
+    """``m [R, 2] = psi theta / sqrt(N)`` per row of ``psi [R, N]``, with ``theta [1, N, 2]``
+    shared or ``[R, N, 2]`` per row (:func:`tdlens.policy.policy_mean`)."""
+    R, N = psi.shape
+    root_n = np.sqrt(np.float64(N))
+    for i in range(R):
+        dot0, dot1 = _strided_dots(psi[i], theta[i if theta.shape[0] > 1 else 0])
+        m[i, 0], m[i, 1] = dot0 / root_n, dot1 / root_n
+
+
 @njit(cache=True)
-def gaussian_actions(m: np.ndarray, sigma: np.ndarray, z: np.ndarray, u: np.ndarray) -> None:
-    """``u [B, 2] = m + sigma[:, None] * z`` (in place; the Gaussian draw of the action)."""
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            u[i, j] = m[i, j] + sigma[i] * z[i, j]
+def policy_means_each(psi: np.ndarray, thetas: np.ndarray, m: np.ndarray) -> None:
+    """``m [B, E, 2]``: :func:`policy_means` of ``psi [B, N]`` under each of ``thetas
+    [E, N, 2]`` (the per-state means a rollout records for the probes)."""
+    B, N = psi.shape
+    root_n = np.sqrt(np.float64(N))
+    for i in range(B):
+        for e in range(thetas.shape[0]):
+            dot0, dot1 = _strided_dots(psi[i], thetas[e])
+            m[i, e, 0], m[i, e, 1] = dot0 / root_n, dot1 / root_n
+
+
+@njit(cache=True)
+def gaussian_policy_step(
+    psi: np.ndarray,
+    sq_norm: np.ndarray,
+    cap: np.floating,
+    theta: np.ndarray,
+    sigma: np.ndarray,
+    z: np.ndarray,
+    m: np.ndarray,
+    u: np.ndarray,
+) -> None:
+    """One rollout step of the behaviour policies, in place, for ``B`` rows:
+
+    1. ``psi *= cap / max(sqrt(sq_norm), cap)`` (the norm cap of ``actor_features``);
+    2. ``m = policy_mean(theta, psi)``, with ``theta [N, 2]`` shared (passed as
+       ``[1, N, 2]``) or one per row ``[B, N, 2]``;
+    3. ``u = m + sigma[:, None] * z`` (the Gaussian draw).
+    """
+    B, N = psi.shape
+    root_n = np.sqrt(np.float64(N))
+    for i in range(B):
+        norm = np.sqrt(sq_norm[i])
+        scale = cap / (norm if not norm <= cap else cap)
+        row = psi[i]
+        for j in range(N):
+            row[j] *= scale
+        dot0, dot1 = _strided_dots(row, theta[i if theta.shape[0] > 1 else 0])
+        m[i, 0], m[i, 1] = dot0 / root_n, dot1 / root_n
+        u[i, 0] = m[i, 0] + sigma[i] * z[i, 0]
+        u[i, 1] = m[i, 1] + sigma[i] * z[i, 1]
+
+
+@njit(cache=True, nogil=True)
+def action_arguments(
+    C: np.ndarray,
+    bias: np.ndarray,
+    W_act: np.ndarray,
+    actions: np.ndarray,
+    shift: int,
+    out: np.ndarray,
+) -> None:
+    """``out[k, i] = actions[i, k] W_act + (C[i + shift] + bias)`` for ``C [R + shift, D']``,
+    ``actions [R, J, 2]``, ``out [J, R, D']`` (k < J), all in the features dtype.
+
+    The same roundings as ``np.matmul(a, W_act) + (C + bias)`` with OpenBLAS's two-term
+    product ``fma(a_1, W_1, a_0 W_0)`` (tests/test_features.py checks the bits against
+    NumPy): the cosine arguments of phi (shift 0) and of the next-state draws (shift 1).
+    """
+    J, R, D = out.shape
+    W0, W1 = W_act[0], W_act[1]
+    for k in range(J):
+        for i in range(R):
+            a0, a1 = actions[i, k, 0], actions[i, k, 1]
+            c = C[i + shift]
+            o = out[k, i]
+            for j in range(D):
+                o[j] = _fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j])
+
+
+@njit(cache=True, nogil=True)
+def scale_rows(cos_arg: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """``out[i, :D'] = cos_arg[i] * scale`` for ``cos_arg [R, D']``, ``scale [D']``."""
+    R, D = cos_arg.shape
+    for i in range(R):
+        for j in range(D):
+            out[i, j] = cos_arg[i, j] * scale[j]
+
+
+@njit(cache=True, nogil=True)
+def mean_rows(cos_args: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """``out[i, :D'] = (((c_0 + c_1) + c_2) + ...) * scale`` over ``cos_args [K, R, D']``,
+    ``scale [D']``: the Monte Carlo sum of :func:`tdlens.features.chain_features`, summed
+    in the features dtype in draw order."""
+    K, R, D = cos_args.shape
+    for i in range(R):
+        o = out[i]
+        for j in range(D):
+            o[j] = cos_args[0, i, j]
+        for k in range(1, K):
+            c = cos_args[k, i]
+            for j in range(D):
+                o[j] += c[j]
+        for j in range(D):
+            o[j] *= scale[j]

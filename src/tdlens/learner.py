@@ -24,6 +24,7 @@ from tdlens.config import RunConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.rollout import TDBatch, draw_noise, roll_out, td_batch
 from tdlens.seeding import stream
+from tdlens.threads import limit_threads
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "iter",
@@ -181,10 +182,11 @@ def outer_iteration(
     """
     start = time.perf_counter()
     rngs = [stream(cfg.seed, "rollout", n, b) for b in range(cfg.trajectories)]
-    batch = collect(cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon, workspace)
-    q_t, q_tp1 = critic_values(batch, params.w)
-    delta = batch.r + cfg.gamma * q_tp1 - q_t
-    G_w, G_theta = gradients(batch, delta, cfg.sigma_pi)
+    with limit_threads(1, "blas"):
+        batch = collect(cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon, workspace)
+        q_t, q_tp1 = critic_values(batch, params.w)
+        delta = batch.r + cfg.gamma * q_tp1 - q_t
+        G_w, G_theta = gradients(batch, delta, cfg.sigma_pi)
     new = update(cfg, params, G_w, G_theta)
     metrics = iteration_metrics(cfg, maps, params, new, batch, delta)
     metrics["iter"] = n

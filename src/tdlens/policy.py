@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from tdlens.kernels import policy_means
+
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -20,9 +22,22 @@ def policy_mean(theta: np.ndarray, psi: np.ndarray) -> np.ndarray:
 
     Evaluated as per-row dot products (no matrix product) so that a row's value does not
     depend on how many rows are evaluated together, nor on whether the other rows share its
-    theta (a chain rolled out alone equals the same chain in a batch).
+    theta (a chain rolled out alone equals the same chain in a batch). A compiled kernel
+    (:func:`tdlens.kernels.policy_means`) sums each dot product in the order of NumPy's
+    ``vecdot(psi, theta.T)``; other shapes and dtypes take ``vecdot`` itself.
     """
-    return np.vecdot(psi[..., None, :], np.swapaxes(theta, -1, -2)) / math.sqrt(theta.shape[-2])
+    N = theta.shape[-2]
+    per_row = theta.ndim > 2
+    if psi.dtype in _KERNEL_DTYPES and (not per_row or theta.shape[:-2] == psi.shape[:-1]):
+        m = np.empty((*psi.shape[:-1], 2))
+        rows = np.ascontiguousarray(psi).reshape(-1, N)
+        th = np.ascontiguousarray(theta, dtype=np.float64).reshape(-1, N, 2)
+        policy_means(rows, th, m.reshape(-1, 2))
+        return m
+    return np.vecdot(psi[..., None, :], np.swapaxes(theta, -1, -2)) / math.sqrt(N)
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def squash(u: np.ndarray, v_max: float) -> np.ndarray:

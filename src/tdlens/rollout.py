@@ -14,7 +14,6 @@ same chain rolled out alone.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +28,8 @@ from tdlens.features import (
     reward,
 )
 from tdlens.features import run_parallel as _run_parallel
+from tdlens.kernels import gaussian_policy_step, policy_means_each
 from tdlens.policy import importance_ratio, policy_mean, squash
-from tdlens.kernels import gaussian_actions
 from tdlens.torus import fast
 from tdlens.torus.dynamics import (
     NORMAL_WIDTH,
@@ -91,22 +90,37 @@ class Paths:
     """States and actions of B chains, time-major: ``o [T+1, B, 18]``, ``u [T, B, 2]``."""
 
     o: np.ndarray  # observations of s_0..s_T
-    psi: np.ndarray  # [T+1, B, N] actor features (features dtype)
+    psi: np.ndarray | None  # [T+1, B, N] actor features (features dtype); None if not kept
     m_b: np.ndarray  # [T, B, 2] behaviour mean
     u: np.ndarray  # [T, B, 2] Gaussian draw (the action as sampled, pre-squash)
     a: np.ndarray  # [T, B, 2] executed action (squashed, then clipped if clip_action)
     a_sampled: np.ndarray  # [T, B, 2] the action before the environment clips it
+    theta_eval: np.ndarray | None = None  # [E, N, 2] policies whose means were recorded
+    m_eval: np.ndarray | None = None  # [T+1, B, E, 2] their means at s_0..s_T
 
     def take(self, chains: slice | list[int]) -> Paths:
         """The paths of a subset of chains."""
         return Paths(
             o=self.o[:, chains],
-            psi=self.psi[:, chains],
+            psi=None if self.psi is None else self.psi[:, chains],
             m_b=self.m_b[:, chains],
             u=self.u[:, chains],
             a=self.a[:, chains],
             a_sampled=self.a_sampled[:, chains],
+            theta_eval=self.theta_eval,
+            m_eval=None if self.m_eval is None else self.m_eval[:, chains],
         )
+
+    def mean_under(self, theta: np.ndarray) -> np.ndarray:
+        """``m [T+1, B, 2] = policy_mean(theta, psi)`` at every state: the recorded means
+        when `theta` is one of ``theta_eval`` (the same numbers), else from psi."""
+        if self.theta_eval is not None:
+            for e, theta_e in enumerate(self.theta_eval):
+                if np.array_equal(theta_e, theta):
+                    return self.m_eval[:, :, e]
+        if self.psi is None:
+            raise ValueError("paths keep neither psi nor the means of this theta")
+        return policy_mean(theta, self.psi)
 
 
 def roll_out(
@@ -115,6 +129,8 @@ def roll_out(
     theta_b: np.ndarray,
     sigma_b: np.ndarray,
     noise: ChainNoise,
+    theta_eval: np.ndarray | None = None,
+    keep_psi: bool = True,
 ) -> Paths:
     """Simulate B chains for T steps under per-chain Gaussian policies.
 
@@ -125,30 +141,51 @@ def roll_out(
 
     The environment step and observation run in one compiled call per step on a packed
     state (:mod:`tdlens.torus.fast`, bit-identical to :mod:`tdlens.torus.dynamics`); the
-    actor features and policy means stay in NumPy/BLAS. ``psi`` is kept in the features
-    dtype (the dtype :func:`tdlens.features.actor_features` computes it in).
+    actor features stay in NumPy/BLAS. ``psi`` is kept in the features dtype (the dtype
+    :func:`tdlens.features.actor_features` computes it in), or not at all when
+    ``keep_psi`` is false. The means of the policies ``theta_eval [E, N, 2]`` at every
+    state are recorded as ``m_eval`` (see :meth:`Paths.mean_under`): what the probes need
+    of psi, in 2E numbers per state instead of N.
     """
     env = cfg.env
     T, B = noise.z_act.shape[:2]
     N = maps.N
     o = np.empty((T + 1, B, 18))
-    psi = np.empty((T + 1, B, N), dtype=maps.dtype)
+    psi = np.empty((T + 1 if keep_psi else 1, B, N), dtype=maps.dtype)
     m_b = np.empty((T, B, 2))
     u = np.empty((T, B, 2))
+    evals = None if theta_eval is None else np.ascontiguousarray(theta_eval, dtype=np.float64)
+    m_eval = None if evals is None else np.empty((T + 1, B, len(evals), 2))
     z_act, z_env, u_env = (np.ascontiguousarray(x) for x in (noise.z_act, noise.z_env, noise.u_env))
     S = fast.pack(reset_from_uniforms(noise.reset, env))
     p = fast.env_params(env)
     sigma = np.ascontiguousarray(sigma_b, dtype=np.float64)
+    theta = np.ascontiguousarray(theta_b.reshape(-1, N, 2), dtype=np.float64)
+    cap = maps.dtype.type(maps.c_psi)
     fast.observe_packed(S, p, o[0])
     for t in range(T):
-        psi_t = actor_features_into(maps, o[t], psi[t])
-        m_b[t] = policy_mean(theta_b, psi_t)
-        gaussian_actions(m_b[t], sigma, z_act[t], u[t])
+        psi_t = actor_features_into(maps, o[t], psi[t if keep_psi else 0], cap_norm=False)
+        gaussian_policy_step(
+            psi_t, np.vecdot(psi_t, psi_t), cap, theta, sigma, z_act[t], m_b[t], u[t]
+        )
+        if evals is not None:
+            policy_means_each(psi_t, evals, m_eval[t])
         a_t = squash(u[t], env.v_max) if cfg.squash_action else u[t]
         fast.step_observe_packed(S, a_t, z_env[t], u_env[t], p, o[t + 1])
-    actor_features_into(maps, o[T], psi[T])
+    psi_T = actor_features_into(maps, o[T], psi[T if keep_psi else 0])
+    if evals is not None:
+        policy_means_each(psi_T, evals, m_eval[T])
     a_sampled = squash(u, env.v_max) if cfg.squash_action else u
-    return Paths(o=o, psi=psi, m_b=m_b, u=u, a=clip_action(a_sampled, env), a_sampled=a_sampled)
+    return Paths(
+        o=o,
+        psi=psi if keep_psi else None,
+        m_b=m_b,
+        u=u,
+        a=clip_action(a_sampled, env),
+        a_sampled=a_sampled,
+        theta_eval=evals,
+        m_eval=m_eval,
+    )
 
 
 @dataclass(frozen=True)
@@ -160,7 +197,7 @@ class TDBatch:
     r: np.ndarray  # [B, T] teacher reward
     rho: np.ndarray  # [B, T] ratio used by the update (clipped)
     rho_raw: np.ndarray  # [B, T] unclipped ratio
-    psi: np.ndarray  # [B, T, N] actor features of s_t
+    psi: np.ndarray  # [B, T, N] actor features of s_t ([B, T, 0] when the paths kept none)
     u: np.ndarray  # [B, T, 2] the Gaussian draw
     m_b: np.ndarray  # [B, T, 2] behaviour mean
     m_pi: np.ndarray  # [B, T, 2] target mean
@@ -191,9 +228,9 @@ def td_batch(
     env = cfg.env
     T, B = paths.u.shape[:2]
     bm = lambda x: np.ascontiguousarray(np.swapaxes(x, 0, 1))  # noqa: E731
-    psi = bm(paths.psi)
+    psi = None if paths.psi is None else bm(paths.psi)
     o = bm(paths.o)
-    m_pi_all = policy_mean(theta_pi, psi)  # [B, T+1, 2]
+    m_pi_all = bm(paths.mean_under(theta_pi))  # [B, T+1, 2]
     u, m_b = bm(paths.u), bm(paths.m_b)
     m_pi = m_pi_all[:, :T]
     rho, rho_raw = _ratios(u, m_pi, cfg.sigma_pi, m_b, sigma_b, cfg.effective_rho_clip)
@@ -224,7 +261,7 @@ def td_batch(
         r=r,
         rho=rho,
         rho_raw=rho_raw,
-        psi=psi[:, :T],
+        psi=np.empty((B, T, 0), maps.dtype) if psi is None else psi[:, :T],
         u=u,
         m_b=m_b,
         m_pi=m_pi,

@@ -15,7 +15,9 @@ Rollouts. The rollout is sequential in t and costs about the same for 1 or 13 ch
 every chain a probe round needs is rolled out in ONE :func:`tdlens.rollout.roll_out` call
 with per-chain policies; each chain's noise is drawn for its own length and zero-padded to
 the longest chain (a chain's path up to its length depends only on its own noise prefix,
-so padding never changes it). Features are built later per chain group with
+so padding never changes it). The rollout records the means of mu and pi at every state
+instead of keeping the actor features (what the probes use of psi: 4 numbers per state
+instead of N). Features are built later per chain group with
 :meth:`RolledChains.td_batch`, so memory stays bounded.
 """
 
@@ -144,11 +146,13 @@ def truncate_paths(paths: Paths, T: int) -> Paths:
     """The first T steps (T + 1 states) of time-major paths."""
     return Paths(
         o=paths.o[: T + 1],
-        psi=paths.psi[: T + 1],
+        psi=None if paths.psi is None else paths.psi[: T + 1],
         m_b=paths.m_b[:T],
         u=paths.u[:T],
         a=paths.a[:T],
         a_sampled=paths.a_sampled[:T],
+        theta_eval=paths.theta_eval,
+        m_eval=None if paths.m_eval is None else paths.m_eval[: T + 1],
     )
 
 
@@ -215,7 +219,8 @@ def roll_chains(
         theta_b = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
     else:
         theta_b = params.theta_mu
-    paths = roll_out(cfg, maps, theta_b, sigma_b, noise)
+    theta_eval = np.stack([params.theta_mu, params.theta_pi])
+    paths = roll_out(cfg, maps, theta_b, sigma_b, noise, theta_eval=theta_eval, keep_psi=False)
     return RolledChains(specs=specs, paths=paths, noise=noise, sigma_b=sigma_b)
 
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from tdlens.config import RunConfig
 from tdlens.features import FeatureMaps, Workspace
@@ -37,6 +36,7 @@ from tdlens.probes import spectrum as sp
 from tdlens.probes import stability as st
 from tdlens.probes.common import ChainSpec, RolledChains, RoundPlan, aux_rng, rho_summary
 from tdlens.rollout import TDBatch
+from tdlens.threads import limit_threads
 
 MAX_PREDICTION_STEPS = 200
 """Iterations ahead the expected-dynamics prediction of a fixed-point round reaches."""
@@ -280,7 +280,7 @@ def _matrix_free_chains(
         parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t.shape[1])
         parts.rho[k] = (rho_t.copy(), batch.rho_raw[j].copy())
 
-    with threadpool_limits(1, user_api="blas"):
+    with limit_threads(1, "blas"):
         if threads <= 1 or len(rows) <= 1:
             for i in range(len(rows)):
                 one(i)

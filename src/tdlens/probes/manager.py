@@ -27,7 +27,6 @@ import numpy as np
 from tdlens.config import RunConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
-from tdlens.policy import policy_mean
 from tdlens.probes import distribution as dist
 from tdlens.probes import q_kernel as qk
 from tdlens.probes import rho_audit as ra
@@ -143,13 +142,12 @@ class ProbeManager:
         cfg, conf = self.cfg, self.cfg.probes.distribution
         mu_spec, pi_spec, rho_spec = plan.distribution
         T = conf.num_samples
-        states = []
-        for spec in (mu_spec, pi_spec):
-            paths = rolled.chain_paths(spec)
-            states.append((paths.o[:T, 0], paths.psi[:T, 0]))
-        (X, psi_x), (Y, psi_y) = states
-        psi = np.concatenate([psi_x, psi_y])
-        m_pi, m_mu = policy_mean(params.theta_pi, psi), policy_mean(params.theta_mu, psi)
+        paths = [rolled.chain_paths(spec) for spec in (mu_spec, pi_spec)]
+        X, Y = (p.o[:T, 0] for p in paths)
+        m_pi, m_mu = (
+            np.concatenate([p.mean_under(theta)[:T, 0] for p in paths])
+            for theta in (params.theta_pi, params.theta_mu)
+        )
         sigma = dist.median_bandwidth(
             np.concatenate([X, Y]),
             aux_rng(cfg, "probe_distribution", n, 0),

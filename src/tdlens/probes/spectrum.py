@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse.linalg as ssla
-from threadpoolctl import threadpool_limits
+
+from tdlens.threads import limit_threads
 
 DENSE_MAX = 768
 KRYLOV_K = 32
@@ -92,7 +93,7 @@ def spectral_noise(
         return float(np.linalg.norm(A_1 - A_2, 2)) / 2.0
     E32 = np.empty(A_1.shape, np.float32) if out is None else out
     np.subtract(A_1, A_2, out=E32, casting="same_kind")
-    with threadpool_limits(1, user_api="blas"):
+    with limit_threads(1, "blas"):
         s = ssla.svds(float32_operator(E32), k=1, v0=v0, tol=1e-6, return_singular_vectors=False)
     return float(s[0]) / 2.0
 
@@ -104,7 +105,7 @@ def _eigs(A, k: int, v0: np.ndarray, **kwargs) -> np.ndarray:
     threads and collapse when another process holds a core.
     """
     k = min(k, A.shape[0] - 2)
-    with threadpool_limits(1, user_api="blas"):
+    with limit_threads(1, "blas"):
         try:
             return ssla.eigs(A, k=k, v0=v0, tol=KRYLOV_TOL, return_eigenvectors=False, **kwargs)
         except ssla.ArpackNoConvergence as err:

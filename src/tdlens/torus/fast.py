@@ -91,8 +91,21 @@ def unpack(S: np.ndarray, num_goblets: int) -> TorusState:
 
 @njit(cache=True, inline="always")
 def _mod(x: float, L: float) -> float:
-    """NumPy's ``np.mod`` for floats, which is Python's float ``%``: the exact ``fmod``
-    remainder moved to the sign of L (+0 for a zero remainder)."""
+    """NumPy's ``np.mod`` for floats (Python's float ``%``): the exact ``fmod`` remainder
+    moved to the sign of L, +0 for a zero remainder.
+
+    Fast paths for ``-L <= x < 2L`` (L > 0), where that remainder is exactly ``x``,
+    ``x - L`` (exact, Sterbenz) or ``x`` moved by ``+L`` (one rounding, as NumPy's).
+    """
+    if L > 0.0:
+        if 0.0 < x < L:
+            return x
+        if L <= x < 2.0 * L:
+            return x - L
+        if -L <= x < 0.0:
+            return x + L
+        if x == 0.0:
+            return 0.0
     return x % L
 
 

@@ -1,0 +1,94 @@
+"""Time and peak memory of one probe round vs batch size and feature dimension.
+
+Usage: python benchmarks/bench_scaling.py [--rounds 2] [--batches 1024,2048,4096,8192]
+                                          [--dims 512,1024,2048,3072]
+
+Each point runs in its own child process (so its peak RSS is its own) at the
+seed_plateau settings with one thread (``threads=1``, BLAS held to one thread): one
+training iteration for a realistic snapshot, then `rounds` probe rounds. The batch size
+sets every probe batch (fixed point, stability, distribution, rho audit); the feature
+dimension sets D (the actor keeps N = 512). Prints one row per point: median round time,
+the A accumulation (fixed_point.moments) and the MMD/distribution probe with their time
+per sample, and the child's peak RSS. A accumulation is O(n D^2) and the MMD kernel sums
+O(n^2) in time but O(block n) in memory; the other memory is O(D^2 + n D).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_probes import SEED_PLATEAU
+from common import machine_info, peak_rss_mib
+
+BATCH_KEYS = (
+    "probes.fixed_point.batch_size",
+    "probes.stability.batch_size",
+    "probes.distribution.num_samples",
+    "probes.rho_audit.batch_size",
+)
+
+
+def point(batch: int, dim: int, rounds: int) -> dict[str, float]:
+    """One measurement, in this process (the child)."""
+    from tdlens.config import load_config
+    from tdlens.features import Workspace, make_feature_maps
+    from tdlens.learner import init_params, outer_iteration
+    from tdlens.probes import ProbeManager
+
+    overrides = [*SEED_PLATEAU, "threads=1", f"env.feature_dim={dim}"]
+    overrides += [f"{key}={batch}" for key in BATCH_KEYS]
+    cfg = load_config(None, overrides)
+    maps = make_feature_maps(cfg)
+    result = outer_iteration(cfg, maps, init_params(cfg, maps), 0, Workspace())
+    manager = ProbeManager(cfg, maps)
+    timings: dict[str, list[float]] = {}
+    for n in range(rounds):
+        out = manager.run(n, result.params, result.delta, result.metrics["td_loss"], "every")
+        for key, value in out.timings.items():
+            timings.setdefault(key, []).append(value)
+    row = {key: statistics.median(values) for key, values in timings.items()}
+    row["peak_rss_mib"] = peak_rss_mib()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batches", default="1024,2048,4096,8192")
+    parser.add_argument("--dims", default="512,1024,2048,3072")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        batch, dim = (int(x) for x in args.child.split(","))
+        print(json.dumps(point(batch, dim, args.rounds)))
+        return
+    print(machine_info())
+    print("settings: seed_plateau, threads=1, BLAS 1 thread; batch = every probe batch size")
+    grid = [(int(b), 2048) for b in args.batches.split(",")]
+    grid += [(4096, int(d)) for d in args.dims.split(",") if int(d) != 2048]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    print(
+        f"{'batch':>6} {'D':>5} {'round s':>8} {'A accum s':>10} {'us/sample':>10} "
+        f"{'distribution s':>15} {'us/sample':>10} {'peak MiB':>9}"
+    )
+    for batch, dim in grid:
+        cmd = [sys.executable, __file__, "--child", f"{batch},{dim}", "--rounds", str(args.rounds)]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        moments, dist = row.get("fixed_point.moments", 0.0), row.get("distribution", 0.0)
+        print(
+            f"{batch:>6} {dim:>5} {row['total']:>8.2f} {moments:>10.3f} "
+            f"{moments / batch * 1e6:>10.1f} {dist:>15.3f} {dist / batch * 1e6:>10.1f} "
+            f"{row['peak_rss_mib']:>9.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
