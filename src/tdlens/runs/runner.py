@@ -117,8 +117,10 @@ class Runner:
         on_progress: Callable[[Progress], None] | None = None,
         handle_signals: bool = True,
         on_iteration: Callable[[int, IterationResult], None] | None = None,
+        report_html: bool = True,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.report_html = report_html
         self.resume = resume
         self.on_progress = on_progress
         self.on_iteration = on_iteration
@@ -407,7 +409,7 @@ class Runner:
         try:
             from tdlens.report import write_report
 
-            return write_report(self.run_dir)
+            return write_report(self.run_dir, html=self.report_html)
         except Exception as exc:  # the run's own files must survive a report bug
             self._log(f"report failed: {type(exc).__name__}: {exc}")
             self._write_status(report_error=f"{type(exc).__name__}: {exc}")

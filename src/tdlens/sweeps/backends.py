@@ -138,7 +138,11 @@ def execute_task(task: RunTask) -> RunOutcome:
     try:
         with threadpool_limits(limits=1):
             cfg = None if task.resume else parse_config(task.config)
-            runner = Runner(cfg, run_dir, resume=task.resume, handle_signals=False)
+            # no per-run HTML in sweeps (its plots cost ~1 s a run; summary.html shows the
+            # sweep, and `tdlens report RUN_DIR` writes a run's HTML when it is wanted)
+            runner = Runner(
+                cfg, run_dir, resume=task.resume, handle_signals=False, report_html=False
+            )
             if _Worker.stop is not None:
                 runner.on_progress = _check_stop
             result = runner.run()
