@@ -145,3 +145,5 @@ def test_end_to_end_run_on_the_sanity_config(tmp_path):
     assert any((d / "checkpoints").iterdir())
     res = runner.invoke(app, ["report", str(d)])
     assert res.exit_code == 0 and "health: WARN" in res.output
+    res = runner.invoke(app, ["runs", "list", "--where", "health = 'WARN'"])
+    assert res.exit_code == 0 and "e2e" in res.output

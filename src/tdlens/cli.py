@@ -95,6 +95,12 @@ def run(
         bool, typer.Option(help="Continue the run in --run-dir (or CONFIG) from its checkpoint.")
     ] = False,
     strict: Annotated[bool, typer.Option(help="Exit 1 when the report's health is FAIL.")] = False,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="Catalog to index the run in (default: $TDLENS_CATALOG or outputs/catalog.sqlite)."
+        ),
+    ] = None,
 ) -> None:
     """Run the actor-critic with probes and write a run report (SPEC 7, 8)."""
     from tdlens.runs.files import RunFileError
@@ -129,6 +135,7 @@ def run(
     except (RunLockedError, RunFileError) as exc:
         fail(str(exc))
     _print_outcome(result.run_dir, result.status, result.reason)
+    _index_in_catalog(catalog, result.run_dir)
     code = result.exit_code
     if code == 0 and strict and _health(result.run_dir) == "FAIL":
         code = 1
@@ -174,6 +181,22 @@ def _run_with_progress(runner):
 
         runner.on_progress = live
         return runner.run()
+
+
+def _index_in_catalog(catalog: Path | None, run_dir: Path) -> None:
+    """Index a finished run in the SQLite catalog (SPEC 11); a catalog error only warns."""
+    import sqlite3
+
+    from tdlens.sweeps.catalog import catalog_path, index_run_dir
+
+    path = catalog_path(catalog)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        index_run_dir(path, run_dir)
+    except (OSError, sqlite3.Error) as exc:
+        err.print(f"[yellow]warning:[/] run not indexed in catalog '{path}': {exc}")
+        return
+    out.print(f"catalog: {path}", highlight=False)
 
 
 def _health(run_dir: Path) -> str | None:
