@@ -279,16 +279,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     out = json.loads(json.dumps(data))
     for text in overrides:
         path, value = parse_override(text)
-        node = out
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {'.'.join(path)}: '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
+        set_dotted(out, path, value, what="--set ")
     return out
+
+
+def set_dotted(data: dict[str, Any], path: list[str], value: Any, what: str = "") -> None:
+    """``data[a][b] = value`` for ``path = [a, b]``, creating sections (in place)."""
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}{'.'.join(path)}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -33,22 +33,13 @@ from tdlens.config import RunConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
 from tdlens.rollout import ChainNoise, Paths, TDBatch, draw_noise, roll_out, td_batch
+from tdlens.schema import SPEC_RHO_COLUMNS
 from tdlens.seeding import stream
 
 AUX_CHAIN = 1_000_000
 """First chain index used for a probe's auxiliary (non-environment) draws."""
 
-RHO_COLUMNS = (
-    "rho_mean",
-    "rho2_mean",
-    "rho_min",
-    "rho_max",
-    "rho_p95",
-    "rho_p99",
-    "rho_clip",
-    "rho_clip_active",
-    "rho_clipped_fraction",
-)
+RHO_COLUMNS = (*SPEC_RHO_COLUMNS, "rho_clipped_fraction")
 
 
 def stream_key(cfg: RunConfig, n: int) -> int:

@@ -39,6 +39,7 @@ from tdlens.report.sanity_checks import (
 from tdlens.report.stats import Stats, summarize
 from tdlens.report.theory import theory_overlay
 from tdlens.report.verdicts import FAIL, PASS, Check, NextStep, overall_status
+from tdlens.schema import SPEC_RHO_COLUMNS
 
 CORE_METRICS: tuple[str, ...] = (
     "td_loss",
@@ -80,16 +81,7 @@ KEY_HPARAMS: tuple[str, ...] = (
     "bar_phi",
 )
 """key_hparams: the seed's nine keys first, then ours."""
-_RHO = (
-    "rho_mean",
-    "rho2_mean",
-    "rho_min",
-    "rho_max",
-    "rho_p95",
-    "rho_p99",
-    "rho_clip",
-    "rho_clip_active",
-)
+_RHO = SPEC_RHO_COLUMNS
 EXPECTED_PROBE_COLUMNS: dict[str, tuple[str, ...]] = {
     "distribution_probe": (
         *_RHO,

@@ -16,7 +16,7 @@ import numpy as np
 from tdlens.report.fmt import fmt
 from tdlens.report.load import RunData, Table
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
-from tdlens.runs.files import PROBE_SUMMARY_COLUMNS
+from tdlens.schema import PROBE_SUMMARY_COLUMNS
 
 RHO2_SANE_MAX = 100.0
 """rho_sane: largest acceptable mean_rho2 of an iteration (SPEC 8 default)."""

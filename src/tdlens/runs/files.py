@@ -19,23 +19,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-PROBE_SUMMARY_COLUMNS: tuple[str, ...] = (
-    "probe_reason",
-    "fixed_point_gap",
-    "fixed_point_value_gap",
-    "fixed_point_drift",
-    "fixed_point_drift_defined",
-    "stability_proxy",
-    "dist_mmd2",
-    "dist_mean_l2",
-    "dist_action_kl",
-    "dist_action_tv",
-    "td_loss_from_Q",
-    "td_loss_from_Q_abs_diff",
-    "td_loss_from_Q_rel_diff",
-)
-"""learning_curves.csv columns filled only where a probe ran, empty elsewhere (SPEC 5)."""
-
 
 def timestamped_dir(parent: str | Path, name: str) -> Path:
     """``<parent>/<YYYYmmdd_HHMMSS>_<name>``, suffixed ``_2``, ``_3``... when taken."""

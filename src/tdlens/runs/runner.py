@@ -40,7 +40,6 @@ from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import METRIC_COLUMNS, IterationResult, Params, init_params, outer_iteration
 from tdlens.runs.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from tdlens.runs.files import (
-    PROBE_SUMMARY_COLUMNS,
     RunFileError,
     TableWriter,
     atomic_write_bytes,
@@ -51,6 +50,7 @@ from tdlens.runs.files import (
     truncate_table,
 )
 from tdlens.runs.lock import RunLock
+from tdlens.schema import PROBE_SUMMARY_COLUMNS
 
 CURVE_COLUMNS: tuple[str, ...] = (*METRIC_COLUMNS, *PROBE_SUMMARY_COLUMNS)
 ROUND_COLUMNS: tuple[str, ...] = (

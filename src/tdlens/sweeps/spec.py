@@ -44,7 +44,14 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from tdlens.config import EXECUTION_KEYS, ConfigError, RunConfig, parse_config, read_yaml
+from tdlens.config import (
+    EXECUTION_KEYS,
+    ConfigError,
+    RunConfig,
+    parse_config,
+    read_yaml,
+)
+from tdlens.config import set_dotted as set_config_path
 
 SPEC_KEYS: tuple[str, ...] = ("name", "base", "grid", "seeds", "overrides")
 """The keys a sweep spec may have."""
@@ -133,16 +140,10 @@ def check_config_key(key: str, where: str) -> None:
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     """``data[a][b] = value`` for ``key = 'a.b'``, creating sections as needed (in place)."""
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise SweepSpecError(f"'{key}': '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value
+    try:
+        set_config_path(data, key.split("."), value)
+    except ConfigError as exc:
+        raise SweepSpecError(f"'{key}': {str(exc).split(': ', 1)[1]}") from None
 
 
 # --------------------------------------------------------------------------- grid values
