@@ -62,6 +62,73 @@ def test_power_iteration_finds_the_spectral_radius():
     assert radius == pytest.approx(0.75, rel=1e-6)
 
 
+def _td_batch(seed: int, n: int = 400, D: int = 24):
+    """A float32 TD batch with the layout of the probes (rho >= 0)."""
+    rng = np.random.default_rng(seed)
+    phi_t = (rng.normal(size=(n, D)) / math.sqrt(D)).astype(np.float32)
+    psi_t = (phi_t - 0.9 * rng.normal(size=(n, D)) / math.sqrt(D)).astype(np.float32)
+    rho_t = rng.lognormal(0.0, 0.3, n)
+    A = fp.td_moments(phi_t, psi_t, rho_t, np.zeros(n), product_dtype=np.float64).A
+    return phi_t, psi_t, rho_t, A
+
+
+def test_norm_bound_bounds_the_operator_norm():
+    for seed in range(5):
+        phi_t, psi_t, rho_t, A = _td_batch(seed)
+        bound = st.norm_bound_A(phi_t, psi_t, rho_t)
+        assert np.linalg.norm(A, 2) <= bound
+        # not vacuous: within the factor the triangle inequality can lose on random rows
+        assert bound < 50 * np.linalg.norm(A, 2)
+
+
+@pytest.mark.parametrize("eta", [1e-3, 0.3, 3.0])
+def test_power_series_equals_the_loop(eta):
+    """The series (used when iters eta ||A|| < 1/2) gives the loop's number to float64
+    rounding with fewer products; past that bound the loop runs (same number, exactly)."""
+    phi_t, psi_t, rho_t, A = _td_batch(1)
+    bound = st.norm_bound_A(phi_t, psi_t, rho_t)
+    calls = []
+
+    def apply(v):
+        calls.append(1)
+        return A @ v
+
+    v0 = np.random.default_rng(2).normal(size=A.shape[0])
+    loop = st.power_iteration_radius(apply, eta, v0, 20)
+    loop_calls = len(calls)
+    calls.clear()
+    series = st.power_iteration_radius(apply, eta, v0, 20, norm_bound=bound)
+    assert loop_calls == 20
+    if 20 * eta * bound < 0.5:
+        assert series == pytest.approx(loop, rel=1e-14, abs=0)
+        assert len(calls) < 20
+    else:
+        assert series == loop and len(calls) == 20
+    # the float64 brute force: ||J^20 v|| / ||J^19 v||
+    J = np.eye(A.shape[0]) - eta * A
+    u19 = np.linalg.matrix_power(J, 19) @ (v0 / np.linalg.norm(v0))
+    assert series == pytest.approx(np.linalg.norm(J @ u19) / np.linalg.norm(u19), rel=1e-12)
+
+
+def test_power_series_at_seed_like_scale_needs_few_products():
+    """eta ||A|| ~ 1e-4 (the seed settings): a handful of products replace 20."""
+    phi_t, psi_t, rho_t, A = _td_batch(3)
+    eta = 1e-4 / np.linalg.norm(A, 2)
+    calls = []
+
+    def apply(v):
+        calls.append(1)
+        return st.apply_A(phi_t, psi_t, rho_t, v)
+
+    v0 = np.random.default_rng(4).normal(size=A.shape[0])
+    bound = st.norm_bound_A(phi_t, psi_t, rho_t)
+    series = st.power_iteration_radius(apply, eta, v0, 20, norm_bound=bound)
+    assert len(calls) <= 7
+    loop = st.power_iteration_radius(apply, eta, v0, 20)
+    # float32 products (relative error ~1e-6) enter scaled by eta ||A|| ~ 1e-4
+    assert series == pytest.approx(loop, rel=1e-9, abs=0)
+
+
 def test_critical_step_hand_values():
     assert sp.critical_step(np.array([2.0 + 0j])) == pytest.approx(1.0)
     assert sp.critical_step(np.array([1 + 1j, 1 - 1j, 4.0])) == pytest.approx(0.5)

@@ -79,11 +79,15 @@ def spectrum_of(
     return sp.eigenvalues(moments.A, noise, v0, A32=A32), A32
 
 
-def power_proxy(cfg: RunConfig, apply, n: int, k: int, D: int) -> float:
-    """stability_proxy of batch k: power iteration on ``J = I - eta A``."""
-    v0 = aux_rng(cfg, "probe_stability", n, 1 + k).standard_normal(D)
+def power_proxy(
+    cfg: RunConfig, apply, n: int, k: int, phi_t: np.ndarray, psi_t: np.ndarray, rho_t: np.ndarray
+) -> float:
+    """stability_proxy of batch k: power iteration on ``J = I - eta A`` (summed as a series
+    when eta ||A|| is small, :func:`tdlens.probes.stability.power_iteration_radius`)."""
+    v0 = aux_rng(cfg, "probe_stability", n, 1 + k).standard_normal(phi_t.shape[1])
     iters = cfg.probes.stability.power_iters
-    return st.power_iteration_radius(apply, st.expected_step(cfg), v0, iters)
+    bound = st.norm_bound_A(phi_t, psi_t, rho_t)
+    return st.power_iteration_radius(apply, st.expected_step(cfg), v0, iters, bound)
 
 
 def fixed_point_probe(
@@ -250,7 +254,7 @@ def _explicit_chain(
     if plan.stability and spec == plan.stability[0]:
         t_power = time.perf_counter()
         parts.spectrum = spectrum
-        parts.proxies[0] = power_proxy(cfg, st.dense_apply(A32), n, 0, phi_t.shape[1])
+        parts.proxies[0] = power_proxy(cfg, st.dense_apply(A32), n, 0, phi_t, psi_t, rho_t)
         parts.rho[0] = (rho_t.copy(), batch.rho_raw[j].copy())
         power_time = time.perf_counter() - t_power
         out.add_time("stability.power", power_time)
@@ -277,7 +281,7 @@ def _matrix_free_chains(
         phi_t, rho_t = batch.phi[j], batch.rho[j]
         psi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
         apply = partial(st.apply_A, phi_t, psi_t, rho_t)
-        parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t.shape[1])
+        parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t, psi_t, rho_t)
         parts.rho[k] = (rho_t.copy(), batch.rho_raw[j].copy())
 
     with limit_threads(1, "blas"):
