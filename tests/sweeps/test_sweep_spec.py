@@ -217,3 +217,12 @@ def test_cli_rejects_bad_backend_and_jobs(tmp_path):
     assert CliRunner().invoke(_app(), [*base, "--jobs", "0"]).exit_code == 2
     assert CliRunner().invoke(_app(), [*base, "--metric", "nope"]).exit_code == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_progress_text_gives_elapsed_and_eta():
+    from tdlens.sweeps.commands import progress_text
+
+    # 10 of 1000 runs in 5 min: the other 990 at 30 s each
+    assert progress_text(300.0, 10, 1000) == "elapsed 5m00s, ETA 8h15m"
+    assert progress_text(42.4, 1, 2) == "elapsed 42s, ETA 42s"
+    assert progress_text(3725.0, 4, 4) == "elapsed 1h02m"

@@ -9,6 +9,7 @@ or was left incomplete exits 1; an interrupted sweep exits 130.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -110,7 +111,7 @@ def sweep(
             jobs=n_jobs,
             address=address,
             catalog=catalog_path(catalog),
-            on_outcome=_print_outcome,
+            on_outcome=_outcome_printer(time.monotonic()),
             metric=metric,
         )
     except BackendError as exc:
@@ -136,13 +137,40 @@ def sweep(
     raise typer.Exit(1 if bad else 0)
 
 
-def _print_outcome(outcome: Any, done: int, total: int) -> None:
-    reason = f" ({outcome.reason})" if outcome.reason and outcome.status != "complete" else ""
-    out.print(
-        f"[{done}/{total}] {outcome.run_id}: {outcome.status}{reason} {outcome.seconds:.1f}s",
-        highlight=False,
-        markup=False,
-    )
+def _outcome_printer(start: float):
+    """One progress line per finished run, with the elapsed time and an ETA."""
+
+    def print_outcome(outcome: Any, done: int, total: int) -> None:
+        reason = f" ({outcome.reason})" if outcome.reason and outcome.status != "complete" else ""
+        out.print(
+            f"[{done}/{total}] {outcome.run_id}: {outcome.status}{reason} "
+            f"{outcome.seconds:.1f}s; {progress_text(time.monotonic() - start, done, total)}",
+            highlight=False,
+            markup=False,
+        )
+
+    return print_outcome
+
+
+def progress_text(elapsed: float, done: int, total: int) -> str:
+    """``elapsed 1h02m, ETA 3h10m``: the remaining runs at the mean wall time per finished
+    run so far (``elapsed (total - done) / done``; parallel workers are in that mean)."""
+    text = f"elapsed {_duration(elapsed)}"
+    if 0 < done < total:
+        text += f", ETA {_duration(elapsed * (total - done) / done)}"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``7m05s``, ``3h10m``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _print_plan(prepared: Any) -> None:
