@@ -1,7 +1,7 @@
 """Time and peak memory of one probe round vs batch size and feature dimension.
 
 Usage: python benchmarks/bench_scaling.py [--rounds 2] [--batches 1024,2048,4096,8192]
-                                          [--dims 512,1024,2048,3072]
+                                          [--dims 512,1024,2048,3072] [--plot PNG]
 
 Each point runs in its own child process (so its peak RSS is its own) at the
 seed_plateau settings with one thread (``threads=1``, BLAS held to one thread): one
@@ -10,7 +10,9 @@ sets every probe batch (fixed point, stability, distribution, rho audit); the fe
 dimension sets D (the actor keeps N = 512). Prints one row per point: median round time,
 the A accumulation (fixed_point.moments) and the MMD/distribution probe with their time
 per sample, and the child's peak RSS. A accumulation is O(n D^2) and the MMD kernel sums
-O(n^2) in time but O(block n) in memory; the other memory is O(D^2 + n D).
+O(n^2) in time but O(block n) in memory; the other memory is O(D^2 + n D). With --plot
+it also draws round time and peak RSS against batch size (D = 2048) and against D
+(batch 4096) into one PNG (BENCHMARKS.md shows benchmarks/scaling.png).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batches", default="1024,2048,4096,8192")
     parser.add_argument("--dims", default="512,1024,2048,3072")
+    parser.add_argument("--plot", type=Path, default=None, help="write the figure to this PNG")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -78,16 +81,56 @@ def main() -> None:
         f"{'batch':>6} {'D':>5} {'round s':>8} {'A accum s':>10} {'us/sample':>10} "
         f"{'distribution s':>15} {'us/sample':>10} {'peak MiB':>9}"
     )
+    rows = {}
     for batch, dim in grid:
         cmd = [sys.executable, __file__, "--child", f"{batch},{dim}", "--rounds", str(args.rounds)]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-        row = json.loads(done.stdout.strip().splitlines()[-1])
+        row = rows[batch, dim] = json.loads(done.stdout.strip().splitlines()[-1])
         moments, dist = row.get("fixed_point.moments", 0.0), row.get("distribution", 0.0)
         print(
             f"{batch:>6} {dim:>5} {row['total']:>8.2f} {moments:>10.3f} "
             f"{moments / batch * 1e6:>10.1f} {dist:>15.3f} {dist / batch * 1e6:>10.1f} "
             f"{row['peak_rss_mib']:>9.0f}"
         )
+    if args.plot is not None:
+        plot(rows, args.plot)
+        print(f"figure: {args.plot}")
+
+
+def plot(rows: dict[tuple[int, int], dict[str, float]], path: Path) -> None:
+    """Round time (total and its A accumulation) and peak RSS against batch size at
+    D = 2048 (left) and against D at batch 4096 (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    for ax, (label, pick, x_of) in zip(
+        axes,
+        (
+            ("probe batch size (D = 2048)", lambda b, d: d == 2048, lambda b, d: b),
+            ("feature dimension D (batch 4096)", lambda b, d: b == 4096, lambda b, d: d),
+        ),
+        strict=True,
+    ):
+        keys = sorted((k for k in rows if pick(*k)), key=lambda k: x_of(*k))
+        x = [x_of(*k) for k in keys]
+        ax.plot(x, [rows[k]["total"] for k in keys], "o-", label="probe round (s)")
+        moments = [rows[k].get("fixed_point.moments", 0.0) for k in keys]
+        ax.plot(x, moments, "s--", label="A accumulation (s)")
+        ax.set_xlabel(label)
+        ax.set_ylabel("seconds (1 thread)")
+        ax.set_ylim(bottom=0)
+        twin = ax.twinx()
+        twin.plot(x, [rows[k]["peak_rss_mib"] for k in keys], "^:", color="C3", label="peak RSS")
+        twin.set_ylabel("peak RSS (MiB)", color="C3")
+        twin.set_ylim(bottom=0)
+        lines = ax.get_lines() + twin.get_lines()
+        ax.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize=8)
+    fig.suptitle("Probe round: time and peak memory vs batch size and feature dimension")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
