@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,16 +44,18 @@ PROBE_EVERY = 10
 
 
 def bench_spec(folder: Path, runs: int, iters: int) -> Path:
-    """A spec with the first `runs` alpha_w x beta points of Step-C, capped at `iters`."""
+    """A spec of `runs` Step-C points capped at `iters`: alpha_w evenly over its axis from
+    0.02 to 0.24 (both ends included), beta at both ends, theta_mu_offset_scale 0.25."""
     stepc = load_spec(shipped_configs() / "sweeps" / "stepC.yaml")
     axes = {a.key: list(a.values) for a in stepc.axes}
     n_alpha = max(1, runs // 2)
+    picks = sorted({round(x) for x in np.linspace(0, len(axes["alpha_w"]) - 1, n_alpha)})
     spec = {
         "name": f"bench{iters}",
         "base": "plateau",
         "grid": {
-            "alpha_w": axes["alpha_w"][:: max(1, 10 // n_alpha)][:n_alpha],
-            "beta": axes["beta"][::9][: max(1, runs // n_alpha)],
+            "alpha_w": [axes["alpha_w"][i] for i in picks],
+            "beta": [axes["beta"][0], axes["beta"][-1]][: max(1, runs // n_alpha)],
         },
         "overrides": {"outer_iters": iters, "theta_mu_offset_scale": 0.25},
     }

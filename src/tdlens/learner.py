@@ -150,8 +150,10 @@ def gradients(batch: TDBatch, delta: np.ndarray, sigma_pi: float) -> tuple[np.nd
     rd = batch.rho * delta
     D, N = batch.phi.shape[-1], batch.psi.shape[-1]
     G_w = (rd.reshape(-1).astype(batch.phi.dtype) @ batch.phi.reshape(-1, D)).astype(np.float64)
-    weighted = (rd[..., None] * (batch.u - batch.m_pi)).reshape(-1, 2)
-    psi_t = batch.psi.reshape(-1, N).astype(np.float64)
+    # summed over (t, b) in time-major order: batch.psi is usually a [B, T, N] view of
+    # the rollout's [T + 1, B, N] array, whose first T rows reshape without a copy
+    weighted = np.swapaxes(rd[..., None] * (batch.u - batch.m_pi), 0, 1).reshape(-1, 2)
+    psi_t = np.swapaxes(batch.psi, 0, 1).reshape(-1, N).astype(np.float64)
     G_theta = psi_t.T @ weighted / (sigma_pi**2 * math.sqrt(N))
     return G_w, G_theta
 

@@ -228,7 +228,8 @@ def td_batch(
     env = cfg.env
     T, B = paths.u.shape[:2]
     bm = lambda x: np.ascontiguousarray(np.swapaxes(x, 0, 1))  # noqa: E731
-    psi = None if paths.psi is None else bm(paths.psi)
+    # a view (no copy): the actor gradient sums psi in its time-major layout
+    psi = None if paths.psi is None else np.swapaxes(paths.psi, 0, 1)
     o = bm(paths.o)
     m_pi_all = bm(paths.mean_under(theta_pi))  # [B, T+1, 2]
     u, m_b = bm(paths.u), bm(paths.m_b)
