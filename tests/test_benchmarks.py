@@ -1,0 +1,98 @@
+"""The benchmark scripts still run (BENCHMARKS.md quotes their commands).
+
+Each script runs once as a user would, with the smallest settings it accepts, and must
+exit 0 and print its headline figure. This checks that the scripts keep up with the
+code, not their timings (figures come from the scripts themselves, never from tests).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = [
+    "env.feature_dim=64",
+    "env.actor_feature_dim=16",
+    "trajectories=2",
+    "horizon=16",
+    "outer_iters=3",
+    "probes.every=1",
+    "probes.fixed_point.batch_size=128",
+    "probes.stability.batch_size=128",
+    "probes.stability.k_mc=2",
+    "probes.distribution.num_samples=64",
+    "probes.distribution.permutations=10",
+    "probes.q_kernel.cache_batch_size=2",
+    "probes.q_kernel.max_horizon=8",
+    "probes.rho_audit.batch_size=128",
+]
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def run_script(name: str, *args: str, cwd: Path) -> str:
+    """Run benchmarks/<name> and return its stdout (fails the test on a non-zero exit)."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "headline"),
+    [
+        ("bench_iteration.py", ["--repeats", "2", *_sets(TINY)], "outer iteration: median"),
+        ("bench_probes.py", ["--rounds", "1", *_sets(TINY)], "probe round (1 rounds): median"),
+        ("bench_bar_phi.py", ["--repeats", "2", *_sets(TINY)], "mean (y_mc - y_exact)^2"),
+        ("bench_seed_run.py", ["--repeats", "1", *_sets(TINY)], "seed run end to end: median"),
+    ],
+)
+def test_benchmark_script_runs(name, args, headline, tmp_path):
+    out = run_script(name, *args, cwd=tmp_path)
+    assert out.startswith("machine: ")
+    assert headline in out, out[-2000:]
+
+
+def test_bench_report_runs_on_a_given_run(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "tdlens.cli", "run", "sanity", "--run-dir", str(run_dir)]
+    done = subprocess.run(
+        [*command, *_sets(TINY)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = run_script("bench_report.py", "--repeats", "1", "--run-dir", str(run_dir), cwd=tmp_path)
+    assert "report: " in out
+
+
+def test_bench_scaling_plots_its_figure(tmp_path):
+    png = tmp_path / "scaling.png"
+    out = run_script(
+        "bench_scaling.py",
+        *("--rounds", "1", "--batches", "128", "--dims", "128", "--plot", str(png)),
+        cwd=tmp_path,
+    )
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["128"], ["4096"])]
+    assert [(r[0], r[1]) for r in rows] == [("128", "2048"), ("4096", "128")]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_sweep_extrapolates_short_runs(tmp_path):
+    out = run_script(
+        "bench_sweep.py", "--runs", "2", "--jobs", "2", "--iters", "2", "--no-ray", cwd=tmp_path
+    )
+    assert "local backend, 2 runs x 2 iterations, --jobs 2:" in out
+    assert "extrapolated to 200 iterations (20 probe rounds)" in out
