@@ -110,6 +110,20 @@ def test_power_series_equals_the_loop(eta):
     assert series == pytest.approx(np.linalg.norm(J @ u19) / np.linalg.norm(u19), rel=1e-12)
 
 
+def test_power_series_propagates_non_finite_products():
+    """A NaN in the features (a diverged run) gives NaN on both paths, never a number."""
+    v0 = np.ones(4)
+
+    def nan_apply(v):
+        return np.full_like(v, np.nan)
+
+    assert math.isnan(st.power_iteration_radius(nan_apply, 1e-3, v0, 20))
+    assert math.isnan(st.power_iteration_radius(nan_apply, 1e-3, v0, 20, norm_bound=1.0))
+    # A = 0: J = I exactly, radius 1 after one term
+    zero = st.power_iteration_radius(np.zeros_like, 1e-3, v0, 20, norm_bound=1.0)
+    assert zero == 1.0
+
+
 def test_power_series_at_seed_like_scale_needs_few_products():
     """eta ||A|| ~ 1e-4 (the seed settings): a handful of products replace 20."""
     phi_t, psi_t, rho_t, A = _td_batch(3)

@@ -126,9 +126,9 @@ def _series_radius(
             break
         q = -eta * q_norm * apply(q / q_norm)
         q_norm = float(np.linalg.norm(q))
-        if not np.isfinite(q_norm) or q_norm == 0.0:
-            if not np.isfinite(q_norm):
-                return math.nan
+        if not np.isfinite(q_norm):
+            return math.nan
+        if q_norm == 0.0:  # A v = 0: every later term vanishes too
             break
         coef_last *= (iters - m) / (m + 1)
         coef_prev *= (iters - 1 - m) / (m + 1)
