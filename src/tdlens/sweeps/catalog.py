@@ -275,6 +275,7 @@ def _read_only(path: str | Path) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise CatalogError(f"catalog '{path}': {exc}") from None
     conn.set_authorizer(_authorize)
+    conn.row_factory = sqlite3.Row  # rows convert to dicts keyed by column name
     return conn
 
 
@@ -299,8 +300,7 @@ def query_runs(
     conn = _read_only(path)
     try:
         cur = conn.execute(sql, args)
-        keys = [d[0] for d in cur.description]
-        return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]
+        return [dict(row) for row in cur.fetchall()]
     except (sqlite3.Error, sqlite3.Warning) as exc:
         what = f"--where {where!r}: " if where is not None else ""
         raise CatalogError(f"{what}{exc}") from None
@@ -325,8 +325,7 @@ def find_runs(path: str | Path, key: str) -> list[dict[str, Any]]:
                 (escaped + "%",),
             )
             rows = cur.fetchall()
-        keys = [d[0] for d in cur.description]
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [dict(row) for row in rows]
     except sqlite3.Error as exc:
         raise CatalogError(f"catalog '{path}': {exc}") from None
     finally:
@@ -341,8 +340,7 @@ def find_sweeps(path: str | Path, key: str) -> list[dict[str, Any]]:
             "SELECT * FROM sweeps WHERE name = ? OR path = ? ORDER BY created_at DESC",
             (key, str(Path(key).resolve())),
         )
-        keys = [d[0] for d in cur.description]
-        return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]
+        return [dict(row) for row in cur.fetchall()]
     except sqlite3.Error as exc:
         raise CatalogError(f"catalog '{path}': {exc}") from None
     finally:
