@@ -29,6 +29,7 @@ from tdlens.config import EnvConfig, RunConfig
 from tdlens.features import actor_features, make_feature_maps
 from tdlens.learner import init_params
 from tdlens.policy import policy_mean, squash
+from tdlens.runs.files import file_mode
 from tdlens.seeding import stream
 from tdlens.torus.dynamics import (
     NORMAL_WIDTH,
@@ -183,6 +184,7 @@ def render_episode_gif(cfg: RunConfig, steps: int, out_path: str | Path, fps: in
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), file_mode())
             images[0].save(
                 fh,
                 format="GIF",
