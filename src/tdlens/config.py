@@ -152,6 +152,7 @@ class RunConfig(_Frozen):
     )
     threads: int = Field(0, ge=0, description="feature threads (0: all cores)")
     checkpoint_every: int = Field(10, ge=1)
+    checkpoint_keep: int = Field(3, ge=1, description="checkpoints kept (the newest)")
     report_every: int = Field(0, ge=0, description="rewrite the report every n iters (0: end)")
     env: EnvConfig = EnvConfig()
     probes: ProbesConfig = ProbesConfig()
@@ -201,7 +202,9 @@ class RunConfig(_Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-EXECUTION_KEYS = frozenset({"name", "threads", "checkpoint_every", "report_every"})
+EXECUTION_KEYS = frozenset(
+    {"name", "threads", "checkpoint_every", "checkpoint_keep", "report_every"}
+)
 """Keys that change how a run executes but never its numbers."""
 
 
