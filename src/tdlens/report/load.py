@@ -18,6 +18,7 @@ import numpy as np
 
 from tdlens.config import ConfigError, RunConfig, config_from_json
 from tdlens.runs.files import RunFileError, parse_cell, read_csv_rows, read_json
+from tdlens.runs.status import observed_status
 
 PROBE_NAMES: tuple[str, ...] = (
     "distribution_probe",
@@ -152,7 +153,7 @@ def load_run(run_dir: str | Path) -> RunData:
     status: dict[str, Any] = {}
     try:
         loaded = read_json(run_dir / "status.json")
-        status = loaded if isinstance(loaded, dict) else {}
+        status = observed_status(run_dir, loaded) if isinstance(loaded, dict) else {}
     except RunFileError as exc:
         problems.append(str(exc))
     curves = _read_table(run_dir / CURVES_FILE, problems, required=True) or Table()

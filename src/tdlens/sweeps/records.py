@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tdlens.runs.files import RunFileError, read_csv_rows, read_json
+from tdlens.runs.status import observed_status
 from tdlens.sweeps.regimes import Regime, RunSeries, label_regime
 
 CURVE_METRICS: tuple[str, ...] = (
@@ -147,7 +148,7 @@ def load_record(run_dir: str | Path, params: dict[str, Any] | None = None) -> Ru
     run_dir = Path(run_dir)
     problems: list[str] = []
     config = _json(run_dir / "config.json", problems)
-    status = _json(run_dir / "status.json", problems)
+    status = observed_status(run_dir, _json(run_dir / "status.json", problems))
     report = _json(run_dir / "run_report.json", problems)
     curves = _rows(run_dir / "learning_curves.csv", problems)
     fixed = _rows(run_dir / "probes" / "fixed_point_probe.csv", problems)
