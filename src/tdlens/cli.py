@@ -1,18 +1,23 @@
 """The `tdlens` command line (SPEC section 12); the only module that prints or parses argv.
 
 Exit codes: 0 success, 1 a check failed (a sanity check; health FAIL only with
---strict; a run that raised), 2 bad input, 130/143 a run stopped by SIGINT/SIGTERM.
+--strict; a run that failed), 2 bad input, 130/143/129 a run stopped by
+SIGINT/SIGTERM/SIGHUP. Expected failures print one line; an unexpected error prints one
+line too and the traceback only with ``tdlens --debug`` (or ``TDLENS_DEBUG=1``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,6 +38,18 @@ app = typer.Typer(
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+_debug = {"on": os.environ.get("TDLENS_DEBUG", "") not in ("", "0")}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")
+    ] = False,
+) -> None:
+    """A workbench for off-policy TD learning with an unfixed behaviour policy."""
+    _debug["on"] = _debug["on"] or debug
+
 
 DEFAULT_CONFIG = "seed_plateau"
 SetOption = Annotated[
@@ -101,14 +118,19 @@ def run(
             help="Catalog to index the run in (default: $TDLENS_CATALOG or outputs/catalog.sqlite)."
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="Start even when the estimated memory or disk exceeds what is free."),
+    ] = False,
 ) -> None:
     """Run the actor-critic with probes and write a run report (SPEC 7, 8)."""
+    from tdlens.runs.budget import ResourceError
     from tdlens.runs.files import RunFileError
     from tdlens.runs.lock import RunLockedError
-    from tdlens.runs.runner import RunDirError, Runner, default_run_dir
+    from tdlens.runs.runner import RunDirError, RunFinishedError, Runner, default_run_dir
 
     if resume:
-        target = run_dir or (Path(config) if config and Path(config).is_dir() else None)
+        target = run_dir or (Path(config) if config else None)
         if target is None:
             fail("--resume needs the run directory: tdlens run RUN_DIR --resume")
         if overrides:
@@ -116,10 +138,21 @@ def run(
         cfg = None
     else:
         cfg = load_cli_config(config, overrides, name)
+        if output_dir.exists() and not output_dir.is_dir():
+            fail(f"--output-dir '{output_dir}' is a file; it must be a folder (or not exist yet)")
         target = run_dir or default_run_dir(output_dir, cfg.name)
     try:
-        runner = Runner(cfg, target, resume=resume, on_progress=None)
-    except (RunDirError, ConfigError, RunFileError) as exc:
+        runner = Runner(
+            cfg,
+            target,
+            resume=resume,
+            force=force,
+            on_start=lambda d: _index_in_catalog(catalog, d, quiet=True),
+        )
+    except RunFinishedError as exc:
+        out.print(str(exc), highlight=False)
+        raise typer.Exit(0) from None
+    except (RunDirError, ConfigError, RunFileError, ResourceError) as exc:
         fail(str(exc))
     cfg = runner.cfg
     if not cfg.sigma_condition_ok:
@@ -132,9 +165,19 @@ def run(
     out.print(f"run directory: {runner.run_dir}", highlight=False)
     try:
         result = _run_with_progress(runner)
-    except (RunLockedError, RunFileError) as exc:
+    except (RunLockedError, RunFileError, RunDirError, ResourceError) as exc:
         fail(str(exc))
+    if result.resumed_from:
+        out.print(f"resumed from {result.resumed_from}", highlight=False)
     _print_outcome(result.run_dir, result.status, result.reason)
+    for what in result.unwritten:
+        err.print(f"[yellow]warning:[/] could not write {what}", highlight=False)
+    if any(w.startswith("status.json") for w in result.unwritten):
+        err.print(
+            "status.json still says 'running'; `tdlens runs list` and `tdlens report` show "
+            "the run as crashed, and `--resume` continues it",
+            highlight=False,
+        )
     _index_in_catalog(catalog, result.run_dir)
     code = result.exit_code
     if code == 0 and strict and _health(result.run_dir) == "FAIL":
@@ -183,20 +226,21 @@ def _run_with_progress(runner):
         return runner.run()
 
 
-def _index_in_catalog(catalog: Path | None, run_dir: Path) -> None:
-    """Index a finished run in the SQLite catalog (SPEC 11); a catalog error only warns."""
+def _index_in_catalog(catalog: Path | None, run_dir: Path, quiet: bool = False) -> None:
+    """Index a run in the SQLite catalog (SPEC 11) at its start and end; errors only warn."""
     import sqlite3
 
-    from tdlens.sweeps.catalog import catalog_path, index_run_dir
+    from tdlens.sweeps.catalog import CatalogError, catalog_path, index_run_dir
 
     path = catalog_path(catalog)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         index_run_dir(path, run_dir)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, CatalogError) as exc:
         err.print(f"[yellow]warning:[/] run not indexed in catalog '{path}': {exc}")
         return
-    out.print(f"catalog: {path}", highlight=False)
+    if not quiet:
+        out.print(f"catalog: {path}", highlight=False)
 
 
 def _health(run_dir: Path) -> str | None:
@@ -363,9 +407,25 @@ def _register_sweep_commands() -> None:
 _register_sweep_commands()
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main(argv: list[str] | None = None) -> int:
+    """The console entry point: the app, with unexpected errors as one line (module doc).
+
+    Usage errors and every command's exit code leave through ``SystemExit`` as usual.
+    """
+    try:
+        app(args=argv)
+    except Exception as exc:
+        if _debug["on"]:
+            traceback.print_exc()
+        else:
+            what = " ".join(f"{type(exc).__name__}: {exc}".split())
+            err.print(
+                f"[bold red]error:[/] {escape(what)} (run `tdlens --debug ...` for the traceback)",
+                highlight=False,
+            )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(main())
