@@ -176,6 +176,17 @@ def test_full_disk_during_a_probe_round_resumes_with_the_probe_tables(tmp_path, 
         assert _table(d / path) == _table(full / path), name
 
 
+def test_cli_exits_1_and_says_what_a_full_disk_kept_it_from_writing(tmp_path, monkeypatch):
+    fault = DiskFull(r"^run_report\.md$", 1, persistent=True)
+    monkeypatch.setattr(files, "_write", fault)
+    d = tmp_path / "r"
+    result = runner.invoke(app, ["run", "sanity", "--run-dir", str(d), *_sets(FAST)])
+    assert result.exit_code == 1
+    assert "status: complete" in result.output
+    assert "could not write run report" in result.output and "No space left" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_a_fresh_run_that_cannot_write_its_config_leaves_nothing(tmp_path, monkeypatch):
     fault = DiskFull(r"^config\.json$", 1, persistent=True)
     monkeypatch.setattr(files, "_write", fault)

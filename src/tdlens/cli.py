@@ -1,9 +1,10 @@
 """The `tdlens` command line (SPEC section 12); the only module that prints or parses argv.
 
 Exit codes: 0 success, 1 a check failed (a sanity check; health FAIL only with
---strict; a run that failed), 2 bad input, 130/143/129 a run stopped by
-SIGINT/SIGTERM/SIGHUP. Expected failures print one line; an unexpected error prints one
-line too and the traceback only with ``tdlens --debug`` (or ``TDLENS_DEBUG=1``).
+--strict; a run that failed, or whose report or status could not be written), 2 bad
+input, 130/143/129 a run stopped by SIGINT/SIGTERM/SIGHUP. Expected failures print one
+line; an unexpected error prints one line too and the traceback only with
+``tdlens --debug`` (or ``TDLENS_DEBUG=1``).
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def run(
         )
     _index_in_catalog(catalog, result.run_dir)
     code = result.exit_code
-    if code == 0 and strict and _health(result.run_dir) == "FAIL":
+    if code == 0 and (result.unwritten or (strict and _health(result.run_dir) == "FAIL")):
         code = 1
     raise typer.Exit(code)
 
