@@ -1,7 +1,10 @@
 """tdlens: a workbench for off-policy TD learning with an unfixed behaviour policy.
 
-Importing tdlens registers the Gymnasium environment ``tdlens/TorusGobletGhost-v0``
-(SPEC section 1), so ``import tdlens; gymnasium.make("tdlens/TorusGobletGhost-v0")`` works.
+The Python API (:mod:`tdlens.api`) is re-exported here: ``tdlens.run``, ``tdlens.open_run``,
+``tdlens.open_sweep``, ``tdlens.open_catalog`` and the ``Run`` they return.
+
+Importing tdlens registers the Gymnasium environment ``tdlens/TorusGobletGhost-v0``,
+so ``import tdlens; gymnasium.make("tdlens/TorusGobletGhost-v0")`` works.
 """
 
 __version__ = "0.1.0"
@@ -22,3 +25,19 @@ def _register_env() -> None:
 
 
 _register_env()
+
+from tdlens.api import Run, load_run_config, open_catalog, open_run, open_sweep, run  # noqa: E402
+from tdlens.config import ConfigError, RunConfig  # noqa: E402
+
+__all__ = [
+    "ENV_ID",
+    "ConfigError",
+    "Run",
+    "RunConfig",
+    "__version__",
+    "load_run_config",
+    "open_catalog",
+    "open_run",
+    "open_sweep",
+    "run",
+]

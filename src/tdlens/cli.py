@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -28,7 +27,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tdlens.config import ConfigError, RunConfig, load_config
+from tdlens.config import ConfigError, RunConfig
 
 app = typer.Typer(
     name="tdlens",
@@ -67,27 +66,27 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def shipped_configs() -> Path:
     """The folder of configs shipped with the package (also ./configs in the repo)."""
-    return Path(str(resources.files("tdlens") / "configs"))
+    from tdlens.api import shipped_configs as shipped
+
+    return shipped()
 
 
 def resolve_config_path(arg: str | None) -> Path:
     """A config file: the path given, else a shipped config by name (seed_plateau...)."""
-    name = arg or DEFAULT_CONFIG
-    path = Path(name)
-    if path.is_file():
-        return path
-    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
-    shipped = shipped_configs() / f"{stem}.yaml"
-    if shipped.is_file() and (len(path.parts) == 1 or path.parts[-2] == "configs"):
-        return shipped
-    names = ", ".join(sorted(p.stem for p in shipped_configs().glob("*.yaml")))
-    fail(f"config file '{name}' does not exist (shipped configs: {names})")
+    from tdlens.api import config_path
+
+    try:
+        return config_path(arg)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def load_cli_config(arg: str | None, overrides: list[str] | None, name: str | None) -> RunConfig:
-    extra = [f"name={name}"] if name else []
+    """The config of a command (tdlens.api.load_run_config); bad input exits 2."""
+    from tdlens.api import load_run_config
+
     try:
-        return load_config(resolve_config_path(arg), [*(overrides or []), *extra])
+        return load_run_config(arg or DEFAULT_CONFIG, overrides or [], name)
     except ConfigError as exc:
         fail(str(exc))
 
@@ -125,10 +124,11 @@ def run(
     ] = False,
 ) -> None:
     """Run the actor-critic with probes and write a run report (SPEC 7, 8)."""
+    from tdlens.api import create_runner
     from tdlens.runs.budget import ResourceError
     from tdlens.runs.files import RunFileError
     from tdlens.runs.lock import RunLockedError
-    from tdlens.runs.runner import RunDirError, RunFinishedError, Runner, default_run_dir
+    from tdlens.runs.runner import RunDirError, RunFinishedError
 
     if resume:
         target = run_dir or (Path(config) if config else None)
@@ -139,16 +139,16 @@ def run(
         cfg = None
     else:
         cfg = load_cli_config(config, overrides, name)
-        if output_dir.exists() and not output_dir.is_dir():
-            fail(f"--output-dir '{output_dir}' is a file; it must be a folder (or not exist yet)")
-        target = run_dir or default_run_dir(output_dir, cfg.name)
+        target = run_dir
     try:
-        runner = Runner(
+        runner = create_runner(
             cfg,
             target,
+            output_dir=output_dir,
             resume=resume,
             force=force,
-            on_start=lambda d: _index_in_catalog(catalog, d, quiet=True),
+            catalog=catalog,
+            on_catalog_error=_catalog_warning,
         )
     except RunFinishedError as exc:
         out.print(str(exc), highlight=False)
@@ -187,21 +187,13 @@ def run(
 
 
 def _run_with_progress(runner):
+    """tdlens.api.execute with a live progress bar (plain lines when not a terminal)."""
+    from tdlens.api import execute, plain_progress
     from tdlens.runs.runner import Progress as RunProgress
 
     cfg = runner.cfg
     if not out.is_terminal:
-
-        def plain(p: RunProgress) -> None:
-            probe = f" probes({p.probe_reason}) {p.probe_seconds:.2f}s" if p.probe_reason else ""
-            print(
-                f"iter {p.n + 1}/{p.outer_iters} td_loss={p.metrics['td_loss']:.4g} "
-                f"w_norm={p.metrics['w_norm']:.6g}{probe}",
-                flush=True,
-            )
-
-        runner.on_progress = plain
-        return runner.run()
+        return execute(runner, plain_progress)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -223,24 +215,21 @@ def _run_with_progress(runner):
             )
             bar.update(task, completed=p.n + 1, info=info)
 
-        runner.on_progress = live
-        return runner.run()
+        return execute(runner, live)
+
+
+def _catalog_warning(path: Path, error: str) -> None:
+    err.print(f"[yellow]warning:[/] run not indexed in catalog '{path}': {error}")
 
 
 def _index_in_catalog(catalog: Path | None, run_dir: Path, quiet: bool = False) -> None:
-    """Index a run in the SQLite catalog (SPEC 11) at its start and end; errors only warn."""
-    import sqlite3
+    """Index a run in the SQLite catalog (tdlens.api.index_in_catalog); errors only warn."""
+    from tdlens.api import index_in_catalog
 
-    from tdlens.sweeps.catalog import CatalogError, catalog_path, index_run_dir
-
-    path = catalog_path(catalog)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        index_run_dir(path, run_dir)
-    except (OSError, sqlite3.Error, CatalogError) as exc:
-        err.print(f"[yellow]warning:[/] run not indexed in catalog '{path}': {exc}")
-        return
-    if not quiet:
+    path, error = index_in_catalog(catalog, run_dir)
+    if error is not None:
+        _catalog_warning(path, error)
+    elif not quiet:
         out.print(f"catalog: {path}", highlight=False)
 
 
