@@ -123,7 +123,7 @@ def run(
         typer.Option(help="Start even when the estimated memory or disk exceeds what is free."),
     ] = False,
 ) -> None:
-    """Run the actor-critic with probes and write a run report (SPEC 7, 8)."""
+    """Run the actor-critic with probes and write a run report."""
     from tdlens.api import create_runner
     from tdlens.runs.budget import ResourceError
     from tdlens.runs.files import RunFileError
@@ -303,7 +303,7 @@ def sanity(
     ] = None,
     overrides: SetOption = None,
 ) -> None:
-    """Run the behavioural sanity suite and the base-check matrix C0..C7 (SPEC 10).
+    """Run the behavioural sanity suite and the base-check matrix C0..C7.
 
     Exits 1 when any check fails.
     """
@@ -331,7 +331,7 @@ app.add_typer(audit_app, name="audit")
 def audit_rho(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
 ) -> None:
-    """Importance ratios at the run's last checkpoint vs their closed forms (SPEC 6.5).
+    """Importance ratios at the run's last checkpoint vs their closed forms.
 
     Exits 1 when the audit fails.
     """

@@ -45,8 +45,32 @@ def _fmt(value: Any) -> str:
 
 def sweep(
     spec: Annotated[
-        str, typer.Argument(help="Sweep spec YAML (with --resume also a sweep directory).")
-    ],
+        str | None,
+        typer.Argument(
+            help="Sweep spec YAML (with --resume also a sweep directory); or use --base/--grid."
+        ),
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(help="Inline sweep: the base config (YAML or shipped name), no spec file."),
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Inline sweep axis: KEY=V1,V2,... or KEY=linspace(a,b,n) or "
+            "KEY=logspace(a,b,n) (repeatable; first = slowest)."
+        ),
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Inline sweep: run every point with seeds 0..N-1.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Inline sweep: override a base config key (repeatable)."),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Inline sweep: its name (default: <base>_sweep).")
+    ] = None,
     backend: Annotated[str, typer.Option(help="Where runs execute: local or ray.")] = "local",
     jobs: Annotated[
         int | None, typer.Option(help="Parallel workers (default: the number of cores).")
@@ -67,10 +91,13 @@ def sweep(
         str | None, typer.Option(help="Heatmap metric of the summary (default value_gap/td_loss).")
     ] = None,
 ) -> None:
-    """Run a grid of configs on a process pool or Ray and summarize it (SPEC 11).
+    """Run a grid of configs on a process pool or Ray and summarize it.
 
-    In a spec, {logspace: [a, b, n]} means n values geometrically spaced from a to b (not
-    10**a to 10**b).
+    The grid comes from a spec YAML or from the command line: --base sanity --grid
+    alpha_w=0.08,0.8,8 --grid "beta=linspace(0.01,0.2,5)" --seeds 3 builds the same spec
+    (kept in the sweep directory as spec.yaml). {logspace: [a, b, n]} in a spec, like
+    logspace(a,b,n) here, means n values geometrically spaced from a to b (not 10**a to
+    10**b).
     """
     from tdlens.sweeps.backends import BackendError, default_jobs
     from tdlens.sweeps.catalog import catalog_path
@@ -88,7 +115,9 @@ def sweep(
     if metric is not None and metric not in FINAL_METRICS:
         _fail(f"--metric '{metric}': choose one of {', '.join(FINAL_METRICS)}")
     try:
-        prepared = prepare_sweep(spec, output_dir, resume=resume)
+        prepared = prepare_sweep(
+            _spec_source(spec, base, grid, seeds, overrides, name), output_dir, resume=resume
+        )
     except (ConfigError, RunFileError) as exc:
         _fail(str(exc))
     if dry_run:
@@ -135,6 +164,33 @@ def sweep(
     if bad:
         err.print(f"{bad} run(s) failed or incomplete; see sweep.json", highlight=False)
     raise typer.Exit(1 if bad else 0)
+
+
+def _spec_source(
+    spec: str | None,
+    base: str | None,
+    grid: list[str] | None,
+    seeds: int | None,
+    overrides: list[str] | None,
+    name: str | None,
+) -> Any:
+    """The spec file argument, or the SweepSpec of the inline options (exit 2 on misuse)."""
+    from tdlens.sweeps.inline import inline_spec
+
+    inline = {"--grid": grid, "--seeds": seeds, "--set": overrides, "--name": name}
+    given = [option for option, value in inline.items() if value]
+    if spec is not None:
+        if base is not None or given:
+            used = ", ".join(["--base"] * (base is not None) + given)
+            _fail(f"give a spec file or an inline sweep (--base, --grid), not both ({used})")
+        return spec
+    if base is None:
+        if given:
+            _fail(f"{given[0]} is for an inline sweep: add --base CONFIG")
+        _fail("give a sweep spec YAML, or --base CONFIG --grid KEY=VALUES for an inline sweep")
+    if not grid:
+        _fail("--grid: give at least one axis, e.g. --grid alpha_w=0.08,0.8,8")
+    return inline_spec(base, grid, seeds, overrides or [], name)
 
 
 def _outcome_printer(start: float):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdlens.runs.files import atomic_write_json, read_json
+from tdlens.runs.files import atomic_write_json, atomic_write_text, read_json
 from tdlens.sweeps import catalog as cat
 from tdlens.sweeps.backends import (
     RunOutcome,
@@ -47,7 +47,14 @@ from tdlens.sweeps.plan import (
 )
 from tdlens.sweeps.ray_backend import run_ray
 from tdlens.sweeps.records import load_record
-from tdlens.sweeps.spec import PlannedRun, SweepSpecError, base_data, load_spec, make_plan
+from tdlens.sweeps.spec import (
+    PlannedRun,
+    SweepSpec,
+    SweepSpecError,
+    base_data,
+    load_spec,
+    make_plan,
+)
 
 FINAL_STATUSES = frozenset({"complete", "diverged"})
 """Run statuses that --resume skips."""
@@ -62,6 +69,8 @@ class PreparedSweep:
     plan: dict[str, Any]
     runs: list[PlannedRun]
     resume: bool
+    spec_text: str | None = None
+    """An inline sweep's spec as YAML, written to the sweep directory as spec.yaml."""
 
 
 @dataclass
@@ -79,19 +88,37 @@ class SweepResult:
         return dict(Counter(o.status for o in self.outcomes.values()))
 
 
-def prepare_sweep(spec_arg: str | Path, output_dir: Path, resume: bool = False) -> PreparedSweep:
+def prepare_sweep(
+    spec_arg: str | Path | SweepSpec, output_dir: Path, resume: bool = False
+) -> PreparedSweep:
     """Parse the spec (or read the sweep directory) into a plan; writes nothing.
 
     With ``resume``, `spec_arg` may be the sweep directory itself; for a spec file the sweep
     directory is `output_dir` when it holds a plan, else its latest ``*_<name>`` sweep.
+    A SweepSpec without a file (an inline sweep) is written into the sweep as spec.yaml.
     """
+    if isinstance(spec_arg, SweepSpec):
+        return _prepare_inline(spec_arg, output_dir, resume)
     spec_arg = Path(spec_arg)
     if resume and spec_arg.is_dir():
         if not is_sweep_dir(spec_arg):
             raise SweepSpecError(f"--resume: '{spec_arg}' is not a sweep directory (no plan.json)")
         plan = read_plan(spec_arg)
         return PreparedSweep(spec_arg, plan, runs_from_plan(plan), resume=True)
-    spec = load_spec(spec_arg)
+    return _prepare_spec(load_spec(spec_arg), output_dir, resume)
+
+
+def _prepare_inline(spec: SweepSpec, output_dir: Path, resume: bool) -> PreparedSweep:
+    from tdlens.sweeps.inline import SPEC_FILE, spec_yaml
+
+    prepared = _prepare_spec(spec, output_dir, resume)
+    if not prepared.resume and spec.source is None:
+        prepared.plan["spec_file"] = str(prepared.sweep_dir / SPEC_FILE)
+        prepared.spec_text = spec_yaml(spec)
+    return prepared
+
+
+def _prepare_spec(spec: SweepSpec, output_dir: Path, resume: bool) -> PreparedSweep:
     runs = make_plan(spec)
     plan = plan_dict(spec, runs, base_data(spec))
     if not resume:
@@ -208,6 +235,8 @@ def execute_sweep(
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if not prepared.resume:
         write_plan(sweep_dir, prepared.plan)
+        if prepared.spec_text is not None:
+            atomic_write_text(Path(str(prepared.plan["spec_file"])), prepared.spec_text)
     tasks, skipped = make_tasks(prepared)
     result = SweepResult(sweep_dir, len(prepared.runs), len(skipped))
     info = {
