@@ -394,7 +394,14 @@ def _register_sweep_commands() -> None:
     register(app)
 
 
+def _register_export_commands() -> None:
+    from tdlens.export.commands import register
+
+    register(app)
+
+
 _register_sweep_commands()
+_register_export_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

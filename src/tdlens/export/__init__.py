@@ -1,0 +1,127 @@
+"""Export runs and sweeps to TensorBoard event files and to an MLflow tracking store.
+
+Both exporters read a run through :class:`tdlens.api.Run` and export the same things:
+
+- every numeric column of ``learning_curves.csv`` as ``curves/<column>`` and of each probe
+  table as ``<probe>/<column>`` (e.g. ``fixed_point_probe/value_gap``), one point per
+  row at the row's ``iter``; empty cells are not exported (text columns neither);
+- the run's status, health and regime label;
+- the report (TensorBoard: as text, with the report's plots as images; MLflow: its files
+  as artifacts).
+
+Exporting the same run again replaces what the earlier export wrote: a TensorBoard run
+folder is ``<out>/<run id>`` (``<out>/<sweep>/<run id>`` for a sweep's runs) and is
+rewritten; an MLflow run is found by its ``tdlens_run_id`` tag and left alone when the run
+did not change since (its files hash to the ``tdlens_fingerprint`` tag), else replaced.
+The libraries are optional extras: ``pip install "tdlens[tensorboard]"`` or
+``"tdlens[mlflow]"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from tdlens.api import Run, open_run
+
+RUN_FILES: tuple[str, ...] = (
+    "config.json",
+    "status.json",
+    "learning_curves.csv",
+    "run_report.md",
+    "run_report.json",
+    "run_report.html",
+)
+"""The files of a run whose content decides whether an export is up to date."""
+ARTIFACTS: tuple[str, ...] = (
+    "run_report.md",
+    "run_report.json",
+    "run_report.html",
+    "config.json",
+    "status.json",
+)
+"""The run files an MLflow export attaches as artifacts (those that exist)."""
+
+
+class ExportError(ValueError):
+    """Bad input to an exporter (not a run, bad URI, library missing); names the problem."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One run to export, with the sweep it belongs to (None for a stand-alone run)."""
+
+    run: Run
+    sweep: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        """The run directory's name (the catalog's run id)."""
+        return self.run.path.name
+
+
+def targets(path: str | Path) -> list[Target]:
+    """The runs of a run directory (one) or of a sweep directory (each run started)."""
+    from tdlens.sweeps.plan import read_plan
+    from tdlens.sweeps.plan import run_dir as sweep_run_dir
+
+    path = Path(path)
+    if (path / "plan.json").is_file():
+        plan = read_plan(path)
+        name = str(plan.get("name") or path.name)
+        found = [sweep_run_dir(path, entry["run_id"]) for entry in plan["runs"]]
+        return [Target(open_run(d), name) for d in found if (d / "config.json").is_file()]
+    if (path / "config.json").is_file():
+        return [Target(open_run(path))]
+    raise ExportError(f"'{path}' is neither a run directory (config.json) nor a sweep (plan.json)")
+
+
+def scalar_series(run: Run) -> dict[str, list[tuple[int, float]]]:
+    """Every exported series of a run: ``tag -> [(iter, value), ...]`` (module docstring).
+
+    Read from the report's tables, so an empty cell (None) is told from a NaN the run wrote.
+    """
+    data = run.data
+    tables = {"curves": data.curves, **dict(sorted(data.probes.items()))}
+    series: dict[str, list[tuple[int, float]]] = {}
+    for table_name, table in tables.items():
+        steps = table.iters()
+        for column in table.numeric_columns():
+            if column == "iter":
+                continue
+            points = []
+            for step, row in zip(steps, table.rows, strict=True):
+                cell = row.get(column)
+                if isinstance(cell, float) and math.isfinite(step):
+                    points.append((int(step), cell))
+            if points:
+                series[f"{table_name}/{column}"] = points
+    return series
+
+
+def fingerprint(run: Run) -> str:
+    """A hash of the run's files (RUN_FILES and the probe tables): changes when they do."""
+    digest = hashlib.sha256()
+    probe_dir = run.path / "probes"
+    tables = sorted(probe_dir.glob("*.csv")) if probe_dir.is_dir() else []
+    for path in [*(run.path / name for name in RUN_FILES), *tables]:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def tags(target: Target) -> dict[str, str]:
+    """Status, health, regime and identity of a run, as strings (empty when unknown)."""
+    health = target.run.report.get("health") or {}
+    out = {
+        "tdlens_run_id": target.run_id,
+        "tdlens_path": str(target.run.path.resolve()),
+        "status": str(target.run.status or ""),
+        "health": str(health.get("status") or ""),
+        "regime": str(target.run.record.regime or ""),
+    }
+    if target.sweep:
+        out["tdlens_sweep"] = target.sweep
+    return out

@@ -1,0 +1,94 @@
+"""``tdlens export tensorboard|mlflow RUN_OR_SWEEP``: bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+export_app = typer.Typer(
+    help="Export runs and sweeps to TensorBoard or MLflow (optional extras).",
+    no_args_is_help=True,
+)
+Target = Annotated[Path, typer.Argument(help="A run directory or a sweep directory.")]
+
+
+def _fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(2)
+
+
+@export_app.command("tensorboard")
+def tensorboard(
+    target: Target,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Log folder: one subfolder per run, replaced on export.")
+    ] = Path("outputs/tensorboard"),
+) -> None:
+    """Write TensorBoard event files: every curve and probe column, the report, its plots.
+
+    View them with: tensorboard --logdir OUT
+    """
+    from tdlens.config import ConfigError
+    from tdlens.export import ExportError
+    from tdlens.export.tensorboard_export import export_tensorboard
+    from tdlens.runs.files import RunFileError
+
+    def show(t, logdir: Path, counts: dict[str, int]) -> None:
+        note = "" if counts["images"] else " (no plots: the run has no run_report.html)"
+        out.print(
+            f"{t.run_id}: {counts['series']} series, {counts['images']} plots -> {logdir}{note}",
+            highlight=False,
+        )
+
+    try:
+        written = export_tensorboard(target, out_dir, on_run=show)
+    except (ExportError, RunFileError, ConfigError) as exc:
+        _fail(str(exc))
+    out.print(
+        f"exported {len(written)} run(s); view: tensorboard --logdir {out_dir}", highlight=False
+    )
+
+
+@export_app.command("mlflow")
+def mlflow(
+    target: Target,
+    tracking_uri: Annotated[
+        str, typer.Option(help="A local SQLite store: sqlite:///PATH (created when missing).")
+    ] = "sqlite:///outputs/mlflow.db",
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment (created when missing).")
+    ] = "tdlens",
+) -> None:
+    """Log params, metrics by iteration, status/health/regime tags and the report files.
+
+    A run exported again replaces its earlier MLflow run (or is left alone when unchanged).
+    """
+    from tdlens.config import ConfigError
+    from tdlens.export import ExportError
+    from tdlens.export.mlflow_export import export_mlflow
+    from tdlens.runs.files import RunFileError
+
+    def show(t, rid: str, written: bool) -> None:
+        what = "logged" if written else "up to date"
+        out.print(f"{t.run_id}: {what} as MLflow run {rid}", highlight=False)
+
+    try:
+        ids = export_mlflow(target, tracking_uri, experiment, on_run=show)
+    except (ExportError, RunFileError, ConfigError) as exc:
+        _fail(str(exc))
+    out.print(
+        f"exported {len(ids)} run(s) to experiment '{experiment}'; view: mlflow ui "
+        f"--backend-store-uri {tracking_uri}",
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``export`` command group to the tdlens app."""
+    app.add_typer(export_app, name="export")

@@ -1,0 +1,145 @@
+"""TensorBoard export: event files that TensorBoard's own reader loads (see tdlens.export).
+
+Written with the ``tensorboard`` package's own event-file writer and summary protos, so no
+TensorFlow or PyTorch is needed. Scalars are stored as float64 tensors (TensorBoard's
+scalar plugin reads them), so every value reads back exactly, not rounded to float32.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shutil
+import struct
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tdlens.export import ExportError, Target, scalar_series, tags, targets
+
+_IMG = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def _tensorboard() -> Any:
+    try:
+        from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+        from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+        from tensorboard.plugins.scalar import metadata as scalar_metadata
+        from tensorboard.plugins.text.summary_v2 import text_pb
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:
+        raise ExportError(
+            "TensorBoard export needs the tensorboard package: pip install 'tdlens[tensorboard]'"
+        ) from None
+    return (
+        event_pb2,
+        summary_pb2,
+        tensor_pb2,
+        types_pb2,
+        TensorShapeProto,
+        scalar_metadata,
+        text_pb,
+        EventFileWriter,
+    )
+
+
+def report_images(run_dir: Path) -> list[tuple[str, bytes]]:
+    """The PNG plots embedded in run_report.html as (caption, PNG bytes), in page order."""
+    path = run_dir / "run_report.html"
+    if not path.is_file():
+        return []
+    found = _IMG.findall(path.read_text(encoding="utf-8", errors="replace"))
+    return [(html.unescape(alt), base64.b64decode(data)) for alt, data in found]
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    width, height = struct.unpack(">II", png[16:24])
+    return width, height
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:80] or "plot"
+
+
+def run_logdir(out: Path, target: Target) -> Path:
+    """``<out>/<run id>``, or ``<out>/<sweep>/<run id>`` for a sweep's run."""
+    return out / target.sweep / target.run_id if target.sweep else out / target.run_id
+
+
+def write_run(target: Target, logdir: Path) -> dict[str, int]:
+    """Replace `logdir` with the event file of one run; returns what was written."""
+    (event_pb2, summary_pb2, tensor_pb2, types_pb2, shape, scalar_md, text_pb, writer_cls) = (
+        _tensorboard()
+    )
+    if logdir.exists():
+        shutil.rmtree(logdir)
+    logdir.mkdir(parents=True)
+    run = target.run
+    series = scalar_series(run)
+    metadata = scalar_md.create_summary_metadata(display_name="", description="")
+    by_step: dict[int, list[Any]] = defaultdict(list)
+    for tag, points in series.items():
+        for step, value in points:
+            tensor = tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_DOUBLE, tensor_shape=shape(), double_val=[value]
+            )
+            by_step[step].append(
+                summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)
+            )
+    writer = writer_cls(str(logdir))
+    now = time.time()
+    try:
+        for step in sorted(by_step):
+            summary = summary_pb2.Summary(value=by_step[step])
+            writer.add_event(event_pb2.Event(wall_time=now, step=step, summary=summary))
+        texts = {
+            "report": _report_text(run.path),
+            "config": "```json\n" + json.dumps(run.config.to_dict(), indent=1) + "\n```",
+            "tags": "\n".join(f"- {k}: {v}" for k, v in tags(target).items()),
+        }
+        for tag, text in texts.items():
+            writer.add_event(event_pb2.Event(wall_time=now, step=0, summary=text_pb(tag, text)))
+        images = report_images(run.path)
+        for k, (caption, png) in enumerate(images):
+            width, height = _png_size(png)
+            image = summary_pb2.Summary.Image(
+                height=height, width=width, colorspace=4, encoded_image_string=png
+            )
+            value = summary_pb2.Summary.Value(tag=f"plots/{k:02d}_{_slug(caption)}", image=image)
+            summary = summary_pb2.Summary(value=[value])
+            writer.add_event(event_pb2.Event(wall_time=now, step=0, summary=summary))
+        writer.flush()
+    finally:
+        writer.close()
+    return {"series": len(series), "images": len(images)}
+
+
+def _report_text(run_dir: Path) -> str:
+    path = run_dir / "run_report.md"
+    return path.read_text(encoding="utf-8") if path.is_file() else "(no run_report.md)"
+
+
+def export_tensorboard(
+    path: str | Path,
+    out: str | Path,
+    on_run: Callable[[Target, Path, dict[str, int]], None] | None = None,
+) -> list[Path]:
+    """Write one TensorBoard run folder per run of `path` (a run or sweep directory) under
+    `out`, replacing earlier exports of the same runs; returns the folders written."""
+    _tensorboard()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out '{out}' is a file; it must be a folder (or not exist yet)")
+    written = []
+    for target in targets(path):
+        logdir = run_logdir(out, target)
+        counts = write_run(target, logdir)
+        if on_run is not None:
+            on_run(target, logdir, counts)
+        written.append(logdir)
+    return written

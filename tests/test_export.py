@@ -1,0 +1,177 @@
+"""TensorBoard and MLflow export: every value reads back with each tool's own reader."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.util import tensor_util
+from typer.testing import CliRunner
+
+import tdlens
+from tdlens.cli import app
+from tdlens.config import config_from_json
+from tdlens.export import ARTIFACTS, scalar_series
+from tdlens.export.tensorboard_export import report_images
+
+cli = CliRunner()
+TINY = {
+    "outer_iters": 4,
+    "env.feature_dim": 64,
+    "env.actor_feature_dim": 16,
+    "trajectories": 4,
+    "horizon": 30,
+    "probes.every": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tdlens.Run:
+    d = tmp_path_factory.mktemp("export") / "run"
+    return tdlens.run("sanity", TINY, run_dir=d, progress=False)
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export_sweep")
+    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    args = ["sweep", "--base", "sanity", "--grid", "alpha_w=0.1,1.0", *sets, "--name", "ex"]
+    res = cli.invoke(app, [*args, "--jobs", "2", "--output-dir", str(out)])
+    assert res.exit_code == 0, res.output
+    (sweep_dir,) = out.iterdir()
+    return sweep_dir
+
+
+def _expected_frames(run: tdlens.Run) -> dict[str, list[float]]:
+    """The numeric columns of the run's tables read with pandas, independently of export."""
+    expected = {}
+    for table, frame in {"curves": run.curves, **run.probes}.items():
+        for column in frame.select_dtypes("number").columns:
+            values = frame[column].dropna()
+            if column != "iter" and len(values):
+                expected[f"{table}/{column}"] = values.tolist()
+    return expected
+
+
+def _accumulator(logdir) -> ea.EventAccumulator:
+    acc = ea.EventAccumulator(str(logdir), size_guidance={ea.TENSORS: 0, ea.IMAGES: 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_event_files_round_trip_every_value(run, tmp_path):
+    out = tmp_path / "tb"
+    for _ in range(2):  # the second export replaces the first
+        res = cli.invoke(app, ["export", "tensorboard", str(run.path), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+    logdir = out / run.path.name
+    assert len(list(logdir.iterdir())) == 1  # one event file, not two
+    acc = _accumulator(logdir)
+    series = scalar_series(run)
+    expected = _expected_frames(run)
+    assert set(series) == set(expected) and len(series) > 100
+    assert "stability_probe/growth_timescale" in series  # inf values included
+    for tag, points in series.items():
+        events = acc.Tensors(tag)
+        assert [e.step for e in events] == [step for step, _ in points], tag
+        read = [tensor_util.make_ndarray(e.tensor_proto).item() for e in events]
+        assert read == [value for _, value in points], tag  # float64: exact
+        assert read == expected[tag], tag
+    assert acc.Tensors("curves/td_loss")[-1].step == 3
+    report = tensor_util.make_ndarray(acc.Tensors("report")[0].tensor_proto).item()
+    assert report.decode() == (run.path / "run_report.md").read_text()
+    text = tensor_util.make_ndarray(acc.Tensors("tags")[0].tensor_proto).item().decode()
+    assert f"health: {run.verdict['health']}" in text and f"regime: {run.verdict['regime']}" in text
+    pngs = report_images(run.path)
+    image_tags = sorted(acc.Tags()["images"])
+    assert len(pngs) == len(image_tags) >= 4
+    for tag, (_, png) in zip(image_tags, pngs, strict=True):
+        assert acc.Images(tag)[0].encoded_image_string == png
+
+
+def _mlflow_value(value: float) -> float:
+    """MLflow's SQL store keeps +-inf as +-max double."""
+    return float(np.clip(value, -sys.float_info.max, sys.float_info.max))
+
+
+def test_mlflow_round_trips_params_metrics_tags_and_artifacts(run, tmp_path):
+    run = tdlens.open_run(shutil.copytree(run.path, tmp_path / "run"))  # changed below
+    uri = f"sqlite:///{tmp_path / 'ml' / 'mlflow.db'}"
+    args = ["export", "mlflow", str(run.path), "--tracking-uri", uri, "--experiment", "t"]
+    res = cli.invoke(app, args)
+    assert res.exit_code == 0 and "logged as MLflow run" in res.output, res.output
+    res = cli.invoke(app, args)
+    assert res.exit_code == 0 and "up to date" in res.output, res.output
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("t")
+    (logged,) = client.search_runs([exp.experiment_id])
+    rid = logged.info.run_id
+    config = json.loads((run.path / "config.json").read_text())
+    assert logged.data.params["alpha_w"] == str(config["alpha_w"])
+    assert logged.data.params["env.feature_dim"] == "64"
+    assert logged.data.params["probes.every"] == "2"
+    assert len(logged.data.params) > 50
+    for key, want in (
+        ("status", run.status),
+        ("health", run.verdict["health"]),
+        ("regime", run.verdict["regime"]),
+        ("tdlens_run_id", run.path.name),
+    ):
+        assert logged.data.tags[key] == want, key
+    assert logged.info.status == "FINISHED"
+    series = scalar_series(run)
+    assert set(logged.data.metrics) == set(series)
+    for key, points in series.items():
+        history = sorted(client.get_metric_history(rid, key), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in history] == [
+            (step, _mlflow_value(value)) for step, value in points
+        ], key
+    names = sorted(a.path for a in client.list_artifacts(rid))
+    assert names == sorted(n for n in ARTIFACTS if (run.path / n).is_file())
+    local = client.download_artifacts(rid, "run_report.json", str(tmp_path / "dl"))
+    assert json.loads(open(local).read()) == run.report
+    # a changed run replaces its MLflow run: still one active run, with the new report
+    with open(run.path / "run_report.md", "a") as fh:
+        fh.write("\nedited\n")
+    res = cli.invoke(app, args)
+    assert res.exit_code == 0 and "logged as MLflow run" in res.output
+    (again,) = client.search_runs([exp.experiment_id])
+    assert again.info.run_id != rid and again.data.tags["tdlens_run_id"] == run.path.name
+
+
+def test_a_sweep_exports_each_of_its_runs(sweep, tmp_path):
+    frame = tdlens.open_sweep(sweep)
+    res = cli.invoke(app, ["export", "tensorboard", str(sweep), "--out", str(tmp_path / "tb")])
+    assert res.exit_code == 0, res.output
+    assert "no plots" in res.output  # sweep runs write no HTML report
+    assert sorted(p.name for p in (tmp_path / "tb" / "ex").iterdir()) == sorted(frame["run_id"])
+    uri = f"sqlite:///{tmp_path / 'ml.db'}"
+    res = cli.invoke(app, ["export", "mlflow", str(sweep), "--tracking-uri", uri])
+    assert res.exit_code == 0, res.output
+    client = MlflowClient(tracking_uri=uri)
+    logged = client.search_runs([client.get_experiment_by_name("tdlens").experiment_id])
+    by_id = {r.data.tags["tdlens_run_id"]: r for r in logged}
+    assert sorted(by_id) == sorted(frame["run_id"])
+    for row in frame.itertuples():
+        tags = by_id[row.run_id].data.tags
+        assert (tags["tdlens_sweep"], tags["regime"], tags["status"]) == (
+            "ex",
+            row.regime,
+            row.status,
+        )
+        cfg = config_from_json(tdlens.open_run(row.path).path / "config.json")
+        assert by_id[row.run_id].data.params["alpha_w"] == str(cfg.alpha_w) == str(row.alpha_w)
+
+
+def test_bad_export_input_exits_2_and_writes_nothing(tmp_path, run):
+    res = cli.invoke(app, ["export", "tensorboard", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "neither a run directory" in res.output
+    for uri in ("http://localhost:5000", "sqlite:///"):
+        res = cli.invoke(app, ["export", "mlflow", str(run.path), "--tracking-uri", uri])
+        assert res.exit_code == 2 and "expected sqlite:///PATH" in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
