@@ -95,9 +95,8 @@ def sweep(
 
     The grid comes from a spec YAML or from the command line: --base sanity --grid
     alpha_w=0.08,0.8,8 --grid "beta=linspace(0.01,0.2,5)" --seeds 3 builds the same spec
-    (kept in the sweep directory as spec.yaml). {logspace: [a, b, n]} in a spec, like
-    logspace(a,b,n) here, means n values geometrically spaced from a to b (not 10**a to
-    10**b).
+    (kept in the sweep directory as spec.yaml). logspace(a,b,n), here or as a spec's
+    logspace entry, means n values geometrically spaced from a to b (not 10**a to 10**b).
     """
     from tdlens.sweeps.backends import BackendError, default_jobs
     from tdlens.sweeps.catalog import catalog_path
