@@ -66,7 +66,8 @@ def test_cli_reference_shows_every_command_and_option():
 
 
 def test_nothing_a_user_reads_points_outside_the_project():
-    pages = [ROOT / "README.md", *DOCS.rglob("*.md")]
+    configs = ROOT / "src" / "tdlens" / "configs"
+    pages = [ROOT / "README.md", *DOCS.rglob("*.md"), *configs.rglob("*.yaml")]
     texts = {str(p.relative_to(ROOT)): p.read_text() for p in pages}
     texts["tdlens --help (every command)"] = render_cli_reference()
     for name, text in texts.items():
