@@ -175,3 +175,14 @@ def test_bad_export_input_exits_2_and_writes_nothing(tmp_path, run):
         res = cli.invoke(app, ["export", "mlflow", str(run.path), "--tracking-uri", uri])
         assert res.exit_code == 2 and "expected sqlite:///PATH" in res.output, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_run_id_with_both_quotes_is_still_found_again(run, tmp_path):
+    odd = shutil.copytree(run.path, tmp_path / 'it\'s "odd"')
+    uri = f"sqlite:///{tmp_path / 'ml.db'}"
+    for expected in ("logged", "up to date"):
+        res = cli.invoke(app, ["export", "mlflow", str(odd), "--tracking-uri", uri])
+        assert res.exit_code == 0 and expected in res.output, res.output
+    client = MlflowClient(tracking_uri=uri)
+    (logged,) = client.search_runs([client.get_experiment_by_name("tdlens").experiment_id])
+    assert logged.data.tags["tdlens_run_id"] == odd.name

@@ -99,9 +99,7 @@ def export_run(mlflow_client: Any, exp_id: str, target: Target) -> tuple[str, bo
 
     run = target.run
     print_ = fingerprint(run)
-    old = mlflow_client.search_runs(
-        [exp_id], filter_string=f"tags.tdlens_run_id = '{target.run_id}'"
-    )
+    old = _tagged_runs(mlflow_client, exp_id, target.run_id)
     for previous in old:
         if previous.data.tags.get("tdlens_fingerprint") == print_ and len(old) == 1:
             return previous.info.run_id, False
@@ -129,6 +127,21 @@ def export_run(mlflow_client: Any, exp_id: str, target: Target) -> tuple[str, bo
     if status is not None:
         mlflow_client.set_terminated(rid, status=status)
     return rid, True
+
+
+def _tagged_runs(mlflow_client: Any, exp_id: str, run_id: str) -> list[Any]:
+    """The active MLflow runs tagged ``tdlens_run_id = run_id`` (any characters in it)."""
+    for quote in ("'", '"'):
+        if quote not in run_id:
+            where = f"tags.tdlens_run_id = {quote}{run_id}{quote}"
+            return list(mlflow_client.search_runs([exp_id], filter_string=where))
+    found, token = [], None
+    while True:  # both quotes in the id: filter here, page by page
+        page = mlflow_client.search_runs([exp_id], page_token=token)
+        found += [r for r in page if r.data.tags.get("tdlens_run_id") == run_id]
+        token = page.token
+        if not token:
+            return found
 
 
 def _note(run_dir: Path) -> str:
