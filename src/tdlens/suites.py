@@ -27,7 +27,8 @@ import numpy as np
 from tdlens.config import RunConfig, apply_overrides, parse_config
 from tdlens.features import make_feature_maps
 from tdlens.learner import IterationResult, gradients, init_params
-from tdlens.runs.files import atomic_write_json, atomic_write_text, read_csv_rows, read_json
+from tdlens.report import write_report
+from tdlens.rundir.files import atomic_write_json, atomic_write_text, read_csv_rows, read_json
 from tdlens.runs.runner import Runner
 
 ROUNDING_RTOL = 1e-12
@@ -88,7 +89,9 @@ class SuiteContext:
         cfg = self.config(f"name={name}", *overrides)
         observed = Observed()
         run_dir = self.out_dir / name
-        Runner(cfg, run_dir, handle_signals=False, on_iteration=observed).run()
+        Runner(
+            cfg, run_dir, handle_signals=False, on_iteration=observed, write_report=write_report
+        ).run()
         return run_dir, observed
 
 

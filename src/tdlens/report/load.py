@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from tdlens.config import ConfigError, RunConfig, config_from_json
-from tdlens.runs.files import RunFileError, parse_cell, read_csv_rows, read_json
-from tdlens.runs.status import observed_status
+from tdlens.rundir.files import RunFileError, parse_cell, read_csv_rows, read_json
+from tdlens.rundir.status import observed_status
 
 PROBE_NAMES: tuple[str, ...] = (
     "distribution_probe",
@@ -127,7 +127,7 @@ def _read_lenient(path: Path, problems: list[str]) -> Table | None:
 
 
 def _read_table(path: Path, problems: list[str], required: bool) -> Table | None:
-    """A CSV table via tdlens.runs.files.read_csv_rows; a corrupt one leniently."""
+    """A CSV table via tdlens.rundir.files.read_csv_rows; a corrupt one leniently."""
     if not path.exists():
         if required:
             problems.append(f"{path.name} is missing")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tdlens.runs.files import RunFileError, atomic_write_text, read_csv_rows, read_json
+from tdlens.rundir.files import RunFileError, atomic_write_text, read_csv_rows, read_json
 from tdlens.sweeps import catalog as cat
 from tdlens.sweeps import html as H
 from tdlens.sweeps.plan import is_sweep_dir, read_plan, run_dir

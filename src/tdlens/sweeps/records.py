@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdlens.runs.files import RunFileError, read_csv_rows, read_json
-from tdlens.runs.status import observed_status
+from tdlens.rundir.files import RunFileError, read_csv_rows, read_json
+from tdlens.rundir.status import observed_status
 from tdlens.sweeps.regimes import Regime, RunSeries, label_regime
 
 CURVE_METRICS: tuple[str, ...] = (
@@ -181,3 +181,27 @@ def load_record(run_dir: str | Path, params: dict[str, Any] | None = None) -> Ru
         regime_reason=regime.reason,
         problems=problems,
     )
+
+
+@dataclass
+class ConfigRow:
+    """The runs of one config (same swept values but the seed)."""
+
+    key: tuple[Any, ...]
+    params: dict[str, Any]
+    records: list[RunRecord]
+
+
+@dataclass
+class SweepSummary:
+    """A sweep's summary tables (:mod:`tdlens.sweeps.summary`) and the files written."""
+
+    sweep_dir: Path
+    name: str
+    axes: list[dict[str, Any]]
+    metric: str
+    records: list[RunRecord]
+    configs: list[dict[str, Any]]
+    marginals: list[dict[str, Any]]
+    boundary: list[dict[str, Any]]
+    paths: list[Path]
