@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import tdlens
 from tdlens.cli import app
 from tdlens.config import ConfigError
-from tdlens.runs.files import RunFileError
+from tdlens.rundir.files import RunFileError
 
 # The seed run's config made tiny (D=64, N=16, B=4, T=30, 6 iterations, probes every 2).
 TINY = {
@@ -123,3 +123,20 @@ def test_overrides_as_mapping_or_strings_give_the_same_config():
     as_set = tdlens.load_run_config("sanity", ["env.p_mix=0.01", "alpha_w=0.5"], name="x")
     assert as_map == as_set and as_map.env.p_mix == 0.01 and as_map.name == "x"
     assert tdlens.load_run_config(as_map, {"alpha_w": 1.0}).alpha_w == 1.0
+
+
+def test_the_api_is_reexported_from_tdlens_and_imported_on_first_use():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tdlens\n"
+        "assert 'tdlens.api' not in sys.modules and 'pandas' not in sys.modules\n"
+        "import tdlens.api\n"
+        "assert tdlens.run is tdlens.api.run and tdlens.Run is tdlens.api.Run\n"
+        "assert {'run', 'open_run', 'open_sweep', 'open_catalog'} <= set(dir(tdlens))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = tdlens.nope

@@ -19,7 +19,7 @@ import json, resource, sys
 from tdlens.config import load_config
 from tdlens.runs.runner import Runner
 cfg = load_config(sys.argv[1], ["outer_iters=1", "threads=2"])
-Runner(cfg, sys.argv[2], report_html=False, handle_signals=False).run()
+Runner(cfg, sys.argv[2], handle_signals=False).run()
 print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
 """
 

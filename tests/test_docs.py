@@ -3,6 +3,7 @@ and nothing a user reads points at a file outside the project."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -11,9 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from tdlens.cli import app
-from tdlens.cli_reference import command_paths, render_cli_reference
 
 ROOT = Path(__file__).resolve().parents[1]
+HOOK = ROOT / "docs_hooks" / "cli_reference.py"
+_spec = importlib.util.spec_from_file_location("cli_reference", HOOK)
+cli_reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli_reference)  # the MkDocs hook that renders the CLI reference
 DOCS = ROOT / "docs"
 TUTORIALS = sorted((DOCS / "tutorials").glob("*.md"))
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -55,8 +59,8 @@ def test_tutorial_runs_as_written(page, tmp_path, monkeypatch):
 
 
 def test_cli_reference_shows_every_command_and_option():
-    reference = render_cli_reference()
-    paths = command_paths()
+    reference = cli_reference.render_cli_reference()
+    paths = cli_reference.command_paths()
     assert ["export", "mlflow"] in paths and ["runs", "list"] in paths and ["sweep"] in paths
     for path in paths:
         assert f"## `{' '.join(['tdlens', *path])}`" in reference
@@ -69,7 +73,7 @@ def test_nothing_a_user_reads_points_outside_the_project():
     configs = ROOT / "src" / "tdlens" / "configs"
     pages = [ROOT / "README.md", *DOCS.rglob("*.md"), *configs.rglob("*.yaml")]
     texts = {str(p.relative_to(ROOT)): p.read_text() for p in pages}
-    texts["tdlens --help (every command)"] = render_cli_reference()
+    texts["tdlens --help (every command)"] = cli_reference.render_cli_reference()
     for name, text in texts.items():
         assert "shared/" not in text, name
         # docstrings cite "SPEC n"; only the model page, which has those sections, says so

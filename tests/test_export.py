@@ -72,7 +72,7 @@ def test_tensorboard_event_files_round_trip_every_value(run, tmp_path):
     logdir = out / run.path.name
     assert len(list(logdir.iterdir())) == 1  # one event file, not two
     acc = _accumulator(logdir)
-    series = scalar_series(run)
+    series = scalar_series(run.data)
     expected = _expected_frames(run)
     assert set(series) == set(expected) and len(series) > 100
     assert "stability_probe/growth_timescale" in series  # inf values included
@@ -124,7 +124,7 @@ def test_mlflow_round_trips_params_metrics_tags_and_artifacts(run, tmp_path):
     ):
         assert logged.data.tags[key] == want, key
     assert logged.info.status == "FINISHED"
-    series = scalar_series(run)
+    series = scalar_series(run.data)
     assert set(logged.data.metrics) == set(series)
     for key, points in series.items():
         history = sorted(client.get_metric_history(rid, key), key=lambda m: m.step)

@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,12 @@ from typer.testing import CliRunner
 from tdlens import cli
 from tdlens.cli import app
 from tdlens.config import load_config
-from tdlens.runs import files
+from tdlens.report import write_report
+from tdlens.rundir import files
+from tdlens.rundir.files import RunFileError
+from tdlens.rundir.status import observed_status
 from tdlens.runs.checkpoint import list_checkpoints, load_checkpoint
-from tdlens.runs.files import RunFileError
 from tdlens.runs.runner import Runner
-from tdlens.runs.status import observed_status
 
 FAST = ["probes.enabled=false", "env.feature_dim=32", "env.actor_feature_dim=8"]
 PROBED = [
@@ -148,7 +150,7 @@ def test_full_disk_inside_the_report_keeps_the_run_and_report_rewrites_it(
     d = tmp_path / "run"
     fault = DiskFull(r"^run_report\.md$", 1, persistent=True)
     monkeypatch.setattr(files, "_write", fault)
-    res = Runner(_cfg(), d, report_html=False).run()
+    res = Runner(_cfg(), d, write_report=partial(write_report, html=False)).run()
     monkeypatch.setattr(files, "_write", fault.real)
     assert res.status == "complete"
     assert any(w.startswith("run report") and "No space" in w for w in res.unwritten)
@@ -162,14 +164,14 @@ def test_full_disk_inside_the_report_keeps_the_run_and_report_rewrites_it(
 def test_full_disk_during_a_probe_round_resumes_with_the_probe_tables(tmp_path, monkeypatch):
     cfg = load_config("configs/sanity.yaml", [*PROBED, "outer_iters=8", "checkpoint_every=2"])
     full = tmp_path / "full"
-    Runner(cfg, full, report_html=False).run()
+    Runner(cfg, full).run()
     d = tmp_path / "run"
     fault = DiskFull(r"^stability_probe\.csv$", 3, persistent=False)  # round 2 (iteration 5)
     monkeypatch.setattr(files, "_write", fault)
-    res = Runner(cfg, d, report_html=False).run()
+    res = Runner(cfg, d).run()
     monkeypatch.setattr(files, "_write", fault.real)
     assert res.status == "failed" and "stability_probe.csv" in res.reason
-    assert Runner(None, d, resume=True, report_html=False).run().status == "complete"
+    assert Runner(None, d, resume=True).run().status == "complete"
     assert _curves(d) == _curves(full)
     for name in ("fixed_point_probe", "stability_probe", "distribution_probe", "rho_audit"):
         path = Path("probes") / f"{name}.csv"
@@ -235,21 +237,21 @@ def test_all_checkpoints_corrupt_resumes_from_the_start(tmp_path, full_run):
 def test_a_file_where_the_probes_directory_belongs(tmp_path):
     cfg = load_config("configs/sanity.yaml", [*PROBED, "outer_iters=5"])
     d = tmp_path / "run"
-    r = Runner(cfg, d, report_html=False)
+    r = Runner(cfg, d)
     d.mkdir()
     (d / "probes").write_text("not a folder")
     res = r.run()
     assert res.status == "failed" and "probes" in res.reason
     (d / "probes").unlink()
-    assert Runner(None, d, resume=True, report_html=False).run().status == "complete"
+    assert Runner(None, d, resume=True).run().status == "complete"
 
 
 def test_files_respect_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        Runner(_cfg("outer_iters=2"), tmp_path / "a").run()
+        Runner(_cfg("outer_iters=2"), tmp_path / "a", write_report=write_report).run()
         os.umask(0o077)
-        Runner(_cfg("outer_iters=2"), tmp_path / "b").run()
+        Runner(_cfg("outer_iters=2"), tmp_path / "b", write_report=write_report).run()
     finally:
         os.umask(old)
     for name in ("config.json", "status.json", "learning_curves.csv", "run_report.md"):

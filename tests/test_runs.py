@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from tdlens.config import load_config
+from tdlens.rundir.files import RunFileError, TableWriter, read_csv_rows, truncate_table
+from tdlens.rundir.lock import RunLock, RunLockedError
 from tdlens.runs import runner as runner_mod
 from tdlens.runs.checkpoint import latest_checkpoint, load_checkpoint
-from tdlens.runs.files import RunFileError, TableWriter, read_csv_rows, truncate_table
-from tdlens.runs.lock import RunLock, RunLockedError
 from tdlens.runs.runner import CURVE_COLUMNS, RunDirError, Runner
 
 FAST = ["probes.enabled=false", "env.feature_dim=32", "env.actor_feature_dim=8"]

@@ -7,6 +7,9 @@ Importing tdlens registers the Gymnasium environment ``tdlens/TorusGobletGhost-v
 so ``import tdlens; gymnasium.make("tdlens/TorusGobletGhost-v0")`` works.
 """
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
 ENV_ID = "tdlens/TorusGobletGhost-v0"
@@ -26,18 +29,25 @@ def _register_env() -> None:
 
 _register_env()
 
-from tdlens.api import Run, load_run_config, open_catalog, open_run, open_sweep, run  # noqa: E402
-from tdlens.config import ConfigError, RunConfig  # noqa: E402
+_API: tuple[str, ...] = ("Run", "load_run_config", "open_catalog", "open_run", "open_sweep", "run")
+"""The Python API, re-exported from :mod:`tdlens.api`."""
 
-__all__ = [
-    "ENV_ID",
-    "ConfigError",
-    "Run",
-    "RunConfig",
-    "__version__",
-    "load_run_config",
-    "open_catalog",
-    "open_run",
-    "open_sweep",
-    "run",
-]
+__all__ = ["ENV_ID", "ConfigError", "RunConfig", "__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    """``tdlens.run`` and the rest of the API (PEP 562), imported on first use.
+
+    tdlens.api stands on every other layer (runs, report, sweeps); importing it lazily keeps
+    ``import tdlens`` light and keeps the package root below the layers that import it.
+    """
+    if name in _API or name in ("ConfigError", "RunConfig"):
+        module = importlib.import_module("tdlens.api" if name in _API else "tdlens.config")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tdlens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -14,8 +14,9 @@ Everything here is re-exported from :mod:`tdlens`::
 
 `tdlens run` on the command line goes through the same functions (:func:`load_run_config`,
 :func:`create_runner`, :func:`execute`), so both make the same run from the same config.
-The readers are the report's and the catalog's own (``tdlens.report.load``,
-``tdlens.sweeps.records``): a run reads the same here as in its report.
+Runs are read through the one read model of a run directory (``tdlens.rundir.read``) and
+the catalog's records (``tdlens.sweeps.records``): a run reads the same here as in its
+report, its sweep summary and the catalog.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ from tdlens.config import (
     read_yaml,
     set_dotted,
 )
-from tdlens.runs.files import RunFileError, read_json
+from tdlens.rundir.files import RunFileError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tdlens.report.load import RunData, Table
+    from tdlens.rundir.read import RunData, Table
     from tdlens.runs.runner import Progress, Runner, RunResult
     from tdlens.sweeps.records import RunRecord
 
@@ -149,6 +150,7 @@ def create_runner(
     passed to `on_catalog_error` (path, message). Raises ConfigError, RunDirError,
     RunFinishedError, RunFileError or ResourceError with a one-line message.
     """
+    from tdlens.report import write_report
     from tdlens.runs.runner import RunDirError, Runner, default_run_dir
 
     if resume:
@@ -170,7 +172,9 @@ def create_runner(
         if error is not None and on_catalog_error is not None:
             on_catalog_error(where, error)
 
-    return Runner(cfg, target, resume=resume, force=force, on_start=on_start)
+    return Runner(
+        cfg, target, resume=resume, force=force, on_start=on_start, write_report=write_report
+    )
 
 
 def plain_progress(p: Progress) -> None:
@@ -268,23 +272,23 @@ class Run:
 
     def reload(self) -> Run:
         """Forget what was read (for a run that is still being written); returns self."""
-        for key in ("data", "record", "report"):
+        for key in ("data", "record"):
             self.__dict__.pop(key, None)
         return self
 
     @cached_property
     def data(self) -> RunData:
-        """Everything the report reads (``tdlens.report.load.RunData``)."""
-        from tdlens.report.load import load_run
+        """Everything the report reads (``tdlens.rundir.read.RunData``)."""
+        from tdlens.rundir.read import load_run
 
         return load_run(self.path)
 
     @cached_property
     def record(self) -> RunRecord:
         """The run as the catalog sees it: final metrics, regime label, timings."""
-        from tdlens.sweeps.records import load_record
+        from tdlens.sweeps.records import record_from
 
-        return load_record(self.path)
+        return record_from(self.data)
 
     @property
     def config(self) -> RunConfig:
@@ -327,7 +331,7 @@ class Run:
         """The saved probe arrays (kernels, spectra, predictions): name -> iterations."""
         import re
 
-        from tdlens.report.load import array_files
+        from tdlens.rundir.read import array_files
 
         names: set[str] = set()
         probe_dir = self.path / "probes"
@@ -341,7 +345,7 @@ class Run:
     def array(self, name: str, iteration: int | None = None) -> Any:
         """A saved probe array: the latest ``probes/<name>_<iter>.npy`` (or ``.npz``, as a
         dict of arrays), or the one at `iteration`. Raises KeyError listing what exists."""
-        from tdlens.report.load import array_files, latest_array, load_array
+        from tdlens.rundir.read import array_files, latest_array, load_array
 
         files = array_files(self.path, name)
         if iteration is None:
@@ -356,14 +360,10 @@ class Run:
         at = "" if iteration is None else f" at iteration {iteration}"
         raise KeyError(f"no readable array '{name}'{at} in '{self.path}' (saved: {known})")
 
-    @cached_property
+    @property
     def report(self) -> dict[str, Any]:
         """run_report.json as a dict (empty when the run has no report yet)."""
-        path = self.path / "run_report.json"
-        if not path.exists():
-            return {}
-        data = read_json(path)
-        return data if isinstance(data, dict) else {}
+        return self.data.report
 
     @property
     def verdict(self) -> dict[str, Any]:
@@ -427,7 +427,7 @@ def open_catalog(path: str | Path | None = None, where: str | None = None) -> pd
     values, status (a dead ``running`` run as ``crashed``), health, regime and final
     metrics. `path` defaults to ``$TDLENS_CATALOG`` or ``outputs/catalog.sqlite``;
     `where` is an SQL condition as in ``tdlens runs list --where``."""
-    from tdlens.runs.status import observed_status
+    from tdlens.rundir.status import observed_status
     from tdlens.sweeps.catalog import catalog_path, query_runs
 
     rows = []

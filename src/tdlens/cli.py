@@ -1,4 +1,7 @@
-"""The `tdlens` command line (SPEC section 12); the only module that prints or parses argv.
+"""The `tdlens` command line (SPEC section 12): the one module that registers commands.
+
+Command bodies live here, in :mod:`tdlens.sweeps.commands` and in
+:mod:`tdlens.export.commands`; only these print.
 
 Exit codes: 0 success, 1 a check failed (a sanity check; health FAIL only with
 --strict; a run that failed, or whose report or status could not be written), 2 bad
@@ -125,9 +128,9 @@ def run(
 ) -> None:
     """Run the actor-critic with probes and write a run report."""
     from tdlens.api import create_runner
+    from tdlens.rundir.files import RunFileError
+    from tdlens.rundir.lock import RunLockedError
     from tdlens.runs.budget import ResourceError
-    from tdlens.runs.files import RunFileError
-    from tdlens.runs.lock import RunLockedError
     from tdlens.runs.runner import RunDirError, RunFinishedError
 
     if resume:
@@ -260,7 +263,7 @@ def report(
 ) -> None:
     """(Re)generate run_report.md/.json/.html from a run directory's files alone."""
     from tdlens.report import write_report
-    from tdlens.runs.files import RunFileError
+    from tdlens.rundir.files import RunFileError
 
     if not (run_dir / "config.json").is_file():
         fail(f"'{run_dir}' is not a run directory (no config.json)")
@@ -283,7 +286,7 @@ def render(
     overrides: SetOption = None,
 ) -> None:
     """Record one episode under the config's behaviour policy as an animated GIF."""
-    from tdlens.torus.render import render_episode_gif
+    from tdlens.render import render_episode_gif
 
     cfg = load_cli_config(config, overrides, None)
     if out_file.suffix.lower() != ".gif":
@@ -338,8 +341,8 @@ def audit_rho(
     from rich.markup import escape
     from rich.table import Table
 
+    from tdlens.rundir.files import RunFileError
     from tdlens.runs.audit import audit_run_rho
-    from tdlens.runs.files import RunFileError
 
     if not (run_dir / "config.json").is_file():
         fail(f"'{run_dir}' is not a run directory (no config.json)")
@@ -389,15 +392,27 @@ def cfg_threshold(run_dir: Path) -> float:
 
 
 def _register_sweep_commands() -> None:
-    from tdlens.sweeps.commands import register
+    """The sweep, catalog and compare commands (their bodies live in tdlens.sweeps.commands)."""
+    from tdlens.sweeps import commands as sc
 
-    register(app)
+    app.command("sweep")(sc.sweep)
+    app.command("summarize")(sc.summarize)
+    runs_app = typer.Typer(help="Query the run catalog (SQLite).", no_args_is_help=True)
+    runs_app.command("list")(sc.runs_list)
+    runs_app.command("show")(sc.runs_show)
+    runs_app.command("reindex")(sc.runs_reindex)
+    app.add_typer(runs_app, name="runs")
+    app.command("compare")(sc.compare)
 
 
 def _register_export_commands() -> None:
-    from tdlens.export.commands import register
+    """tdlens export tensorboard|mlflow (their bodies live in tdlens.export.commands)."""
+    from tdlens.export import commands as ec
 
-    register(app)
+    export_app = typer.Typer(help=ec.HELP, no_args_is_help=True)
+    export_app.command("tensorboard")(ec.tensorboard)
+    export_app.command("mlflow")(ec.mlflow)
+    app.add_typer(export_app, name="export")
 
 
 _register_sweep_commands()

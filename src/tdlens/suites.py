@@ -27,7 +27,9 @@ import numpy as np
 from tdlens.config import RunConfig, apply_overrides, parse_config
 from tdlens.features import make_feature_maps
 from tdlens.learner import IterationResult, gradients, init_params
-from tdlens.runs.files import atomic_write_json, atomic_write_text, read_csv_rows, read_json
+from tdlens.report import write_report
+from tdlens.rundir.files import atomic_write_json, atomic_write_text
+from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner
 
 ROUNDING_RTOL = 1e-12
@@ -88,17 +90,18 @@ class SuiteContext:
         cfg = self.config(f"name={name}", *overrides)
         observed = Observed()
         run_dir = self.out_dir / name
-        Runner(cfg, run_dir, handle_signals=False, on_iteration=observed).run()
+        Runner(
+            cfg, run_dir, handle_signals=False, on_iteration=observed, write_report=write_report
+        ).run()
         return run_dir, observed
 
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
-    return read_csv_rows(run_dir / "learning_curves.csv")
+    return list(load_run(run_dir).curves.rows)
 
 
 def _probe_rows(run_dir: Path, probe: str) -> list[dict[str, Any]]:
-    path = run_dir / "probes" / f"{probe}.csv"
-    return read_csv_rows(path) if path.exists() else []
+    return list(load_run(run_dir).probe(probe).rows)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -226,8 +229,7 @@ def check_full_triad_short(ctx: SuiteContext) -> CheckResult:
     frozen): generic health PASS."""
     alpha_w = 0.2 * _critical_alpha_w(ctx, "full_triad_short")
     run_dir, _ = ctx.run("full_triad_short", f"alpha_w={alpha_w:.6g}")
-    report = read_json(run_dir / "run_report.json")
-    health = report.get("health", {})
+    health = load_run(run_dir).report.get("health", {})
     status = health.get("status")
     return CheckResult(
         "full_triad_short",

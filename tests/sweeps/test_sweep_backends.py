@@ -28,7 +28,6 @@ from tdlens.config import parse_config
 from tdlens.runs.runner import Runner
 from tdlens.sweeps import catalog as cat
 from tdlens.sweeps.backends import BackendError, RunTask, execute_task
-from tdlens.sweeps.commands import register
 from tdlens.sweeps.plan import read_plan, run_dir
 from tdlens.sweeps.ray_backend import import_ray
 from tdlens.sweeps.spec import shipped_configs
@@ -70,8 +69,8 @@ def _tables(run: Path) -> dict[str, list[list[str]]]:
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
+    from tdlens.cli import app
+
     return app
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import small_config
-from tdlens.runs.files import TableWriter, atomic_write_json
+from tdlens.rundir.files import TableWriter, atomic_write_json
 from tdlens.runs.runner import CURVE_COLUMNS
 from tdlens.sweeps.records import load_record
 from tdlens.sweeps.regimes import (

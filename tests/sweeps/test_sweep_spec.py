@@ -13,7 +13,6 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from tdlens.sweeps.commands import register
 from tdlens.sweeps.plan import plan_dict, runs_from_plan
 from tdlens.sweeps.spec import (
     SweepSpecError,
@@ -175,8 +174,8 @@ def test_bad_specs_name_the_key(tmp_path, spec, message):
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
+    from tdlens.cli import app
+
     return app
 
 

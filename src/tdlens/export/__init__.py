@@ -1,6 +1,7 @@
 """Export runs and sweeps to TensorBoard event files and to an MLflow tracking store.
 
-Both exporters read a run through :class:`tdlens.api.Run` and export the same things:
+Both exporters read a run through the run directory's read model
+(``tdlens.rundir.read.load_run``, as ``tdlens.open_run`` does) and export the same things:
 
 - every numeric column of ``learning_curves.csv`` as ``curves/<column>`` and of each probe
   table as ``<probe>/<column>`` (e.g. ``fixed_point_probe/value_gap``), one point per
@@ -24,7 +25,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tdlens.api import Run, open_run
+from tdlens.rundir.read import RunData, load_run
+from tdlens.sweeps.records import RunRecord, record_from
 
 RUN_FILES: tuple[str, ...] = (
     "config.json",
@@ -51,15 +53,27 @@ class ExportError(ValueError):
 
 @dataclass(frozen=True)
 class Target:
-    """One run to export, with the sweep it belongs to (None for a stand-alone run)."""
+    """One run to export: its files as read, its catalog record, and its sweep's name
+    (None for a stand-alone run)."""
 
-    run: Run
+    data: RunData
+    record: RunRecord
     sweep: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """The run directory."""
+        return self.data.run_dir
 
     @property
     def run_id(self) -> str:
         """The run directory's name (the catalog's run id)."""
-        return self.run.path.name
+        return self.data.run_dir.name
+
+
+def _target(run_dir: Path, sweep: str | None = None) -> Target:
+    data = load_run(run_dir)
+    return Target(data, record_from(data), sweep)
 
 
 def targets(path: str | Path) -> list[Target]:
@@ -72,18 +86,17 @@ def targets(path: str | Path) -> list[Target]:
         plan = read_plan(path)
         name = str(plan.get("name") or path.name)
         found = [sweep_run_dir(path, entry["run_id"]) for entry in plan["runs"]]
-        return [Target(open_run(d), name) for d in found if (d / "config.json").is_file()]
+        return [_target(d, name) for d in found if (d / "config.json").is_file()]
     if (path / "config.json").is_file():
-        return [Target(open_run(path))]
+        return [_target(path)]
     raise ExportError(f"'{path}' is neither a run directory (config.json) nor a sweep (plan.json)")
 
 
-def scalar_series(run: Run) -> dict[str, list[tuple[int, float]]]:
+def scalar_series(data: RunData) -> dict[str, list[tuple[int, float]]]:
     """Every exported series of a run: ``tag -> [(iter, value), ...]`` (module docstring).
 
-    Read from the report's tables, so an empty cell (None) is told from a NaN the run wrote.
+    Read from the run's tables, so an empty cell (None) is told from a NaN the run wrote.
     """
-    data = run.data
     tables = {"curves": data.curves, **dict(sorted(data.probes.items()))}
     series: dict[str, list[tuple[int, float]]] = {}
     for table_name, table in tables.items():
@@ -101,12 +114,12 @@ def scalar_series(run: Run) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def fingerprint(run: Run) -> str:
+def fingerprint(run_dir: Path) -> str:
     """A hash of the run's files (RUN_FILES and the probe tables): changes when they do."""
     digest = hashlib.sha256()
-    probe_dir = run.path / "probes"
+    probe_dir = run_dir / "probes"
     tables = sorted(probe_dir.glob("*.csv")) if probe_dir.is_dir() else []
-    for path in [*(run.path / name for name in RUN_FILES), *tables]:
+    for path in [*(run_dir / name for name in RUN_FILES), *tables]:
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
@@ -114,13 +127,13 @@ def fingerprint(run: Run) -> str:
 
 def tags(target: Target) -> dict[str, str]:
     """Status, health, regime and identity of a run, as strings (empty when unknown)."""
-    health = target.run.report.get("health") or {}
+    health = target.data.report.get("health") or {}
     out = {
         "tdlens_run_id": target.run_id,
-        "tdlens_path": str(target.run.path.resolve()),
-        "status": str(target.run.status or ""),
+        "tdlens_path": str(target.path.resolve()),
+        "status": str(target.data.status.get("status") or ""),
         "health": str(health.get("status") or ""),
-        "regime": str(target.run.record.regime or ""),
+        "regime": str(target.record.regime or ""),
     }
     if target.sweep:
         out["tdlens_sweep"] = target.sweep

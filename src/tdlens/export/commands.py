@@ -1,4 +1,8 @@
-"""``tdlens export tensorboard|mlflow RUN_OR_SWEEP``: bad input exits 2 with one line."""
+"""The command functions of ``tdlens export tensorboard|mlflow RUN_OR_SWEEP``.
+
+:mod:`tdlens.cli` registers them. Bad input (not a run or sweep, a tracking URI that is
+not a local SQLite file, a missing extra) prints one line and exits 2.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,7 @@ from rich.console import Console
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-export_app = typer.Typer(
-    help="Export runs and sweeps to TensorBoard or MLflow (optional extras).",
-    no_args_is_help=True,
-)
+HELP = "Export runs and sweeps to TensorBoard or MLflow (optional extras)."
 Target = Annotated[Path, typer.Argument(help="A run directory or a sweep directory.")]
 
 
@@ -23,7 +24,6 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-@export_app.command("tensorboard")
 def tensorboard(
     target: Target,
     out_dir: Annotated[
@@ -37,7 +37,7 @@ def tensorboard(
     from tdlens.config import ConfigError
     from tdlens.export import ExportError
     from tdlens.export.tensorboard_export import export_tensorboard
-    from tdlens.runs.files import RunFileError
+    from tdlens.rundir.files import RunFileError
 
     def show(t, logdir: Path, counts: dict[str, int]) -> None:
         note = "" if counts["images"] else " (no plots: the run has no run_report.html)"
@@ -55,7 +55,6 @@ def tensorboard(
     )
 
 
-@export_app.command("mlflow")
 def mlflow(
     target: Target,
     tracking_uri: Annotated[
@@ -72,7 +71,7 @@ def mlflow(
     from tdlens.config import ConfigError
     from tdlens.export import ExportError
     from tdlens.export.mlflow_export import export_mlflow
-    from tdlens.runs.files import RunFileError
+    from tdlens.rundir.files import RunFileError
 
     def show(t, rid: str, written: bool) -> None:
         what = "logged" if written else "up to date"
@@ -87,8 +86,3 @@ def mlflow(
         f"--backend-store-uri {tracking_uri}",
         highlight=False,
     )
-
-
-def register(app: typer.Typer) -> None:
-    """Add the ``export`` command group to the tdlens app."""
-    app.add_typer(export_app, name="export")

@@ -97,8 +97,7 @@ def export_run(mlflow_client: Any, exp_id: str, target: Target) -> tuple[str, bo
     """Log one run; returns (MLflow run id, whether it was written: False = up to date)."""
     from mlflow.entities import Metric, Param, RunTag
 
-    run = target.run
-    print_ = fingerprint(run)
+    print_ = fingerprint(target.path)
     old = _tagged_runs(mlflow_client, exp_id, target.run_id)
     for previous in old:
         if previous.data.tags.get("tdlens_fingerprint") == print_ and len(old) == 1:
@@ -108,22 +107,22 @@ def export_run(mlflow_client: Any, exp_id: str, target: Target) -> tuple[str, bo
     all_tags = {**tags(target), "tdlens_fingerprint": print_}
     created = mlflow_client.create_run(exp_id, tags=all_tags, run_name=target.run_id)
     rid = created.info.run_id
-    params = [Param(k, str(v)) for k, v in sorted(_flat(run.config.to_dict()).items())]
+    params = [Param(k, str(v)) for k, v in sorted(_flat(target.data.config_data).items())]
     for i in range(0, len(params), 100):
         mlflow_client.log_batch(rid, params=params[i : i + 100])
     stamp = int(time.time() * 1000)
     metrics = [
         Metric(tag, value, stamp, step)
-        for tag, points in scalar_series(run).items()
+        for tag, points in scalar_series(target.data).items()
         for step, value in points
     ]
     for i in range(0, len(metrics), BATCH):
         mlflow_client.log_batch(rid, metrics=metrics[i : i + BATCH])
-    mlflow_client.log_batch(rid, tags=[RunTag("mlflow.note.content", _note(run.path))])
+    mlflow_client.log_batch(rid, tags=[RunTag("mlflow.note.content", _note(target.path))])
     for name in ARTIFACTS:
-        if (run.path / name).is_file():
-            mlflow_client.log_artifact(rid, str(run.path / name))
-    status = RUN_STATUS.get(str(run.status))
+        if (target.path / name).is_file():
+            mlflow_client.log_artifact(rid, str(target.path / name))
+    status = RUN_STATUS.get(str(target.data.status.get("status")))
     if status is not None:
         mlflow_client.set_terminated(rid, status=status)
     return rid, True

@@ -79,8 +79,7 @@ def write_run(target: Target, logdir: Path) -> dict[str, int]:
     if logdir.exists():
         shutil.rmtree(logdir)
     logdir.mkdir(parents=True)
-    run = target.run
-    series = scalar_series(run)
+    series = scalar_series(target.data)
     metadata = scalar_md.create_summary_metadata(display_name="", description="")
     by_step: dict[int, list[Any]] = defaultdict(list)
     for tag, points in series.items():
@@ -98,13 +97,13 @@ def write_run(target: Target, logdir: Path) -> dict[str, int]:
             summary = summary_pb2.Summary(value=by_step[step])
             writer.add_event(event_pb2.Event(wall_time=now, step=step, summary=summary))
         texts = {
-            "report": _report_text(run.path),
-            "config": "```json\n" + json.dumps(run.config.to_dict(), indent=1) + "\n```",
+            "report": _report_text(target.path),
+            "config": "```json\n" + json.dumps(target.data.config_data, indent=1) + "\n```",
             "tags": "\n".join(f"- {k}: {v}" for k, v in tags(target).items()),
         }
         for tag, text in texts.items():
             writer.add_event(event_pb2.Event(wall_time=now, step=0, summary=text_pb(tag, text)))
-        images = report_images(run.path)
+        images = report_images(target.path)
         for k, (caption, png) in enumerate(images):
             width, height = _png_size(png)
             image = summary_pb2.Summary.Image(

@@ -20,7 +20,6 @@ from tdlens.report.checks import (
     check_rho_sane,
     check_sigma_condition,
 )
-from tdlens.report.load import RunData, Table, load_run
 from tdlens.report.probe_checks import (
     SCALE_RATIO_TOL,
     check_critic_frozen,
@@ -39,6 +38,7 @@ from tdlens.report.sanity_checks import (
 from tdlens.report.stats import Stats, summarize
 from tdlens.report.theory import theory_overlay
 from tdlens.report.verdicts import FAIL, PASS, Check, NextStep, overall_status
+from tdlens.rundir.read import RunData, Table, load_run
 from tdlens.schema import SPEC_RHO_COLUMNS
 
 CORE_METRICS: tuple[str, ...] = (

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tdlens.report.load import RunData, Table, latest_array
+from tdlens.rundir.read import RunData, Table, latest_array
 
 DPI = 80
 TICKS = 4

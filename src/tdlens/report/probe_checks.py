@@ -12,9 +12,9 @@ import numpy as np
 
 from tdlens.report.checks import iters_where
 from tdlens.report.fmt import fmt
-from tdlens.report.load import RunData, Table, array_files, load_array
 from tdlens.report.stats import nan_max, nan_mean
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
+from tdlens.rundir.read import RunData, Table, array_files, load_array
 
 SCALE_RATIO_TOL = 1e-9
 """scale_consistency: |stability_probe_step_scale / train_step_scale - 1| allowed."""

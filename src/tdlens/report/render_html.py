@@ -14,9 +14,9 @@ from typing import Any
 from tdlens.report import plots
 from tdlens.report.build import SAMPLE_COLUMNS, Report
 from tdlens.report.fmt import fmt, fmt_count, fmt_ratio
-from tdlens.report.load import Table
 from tdlens.report.render_md import DYNAMICS_NOTES, MISSING_CELL, key_hparams
 from tdlens.report.stats import STAT_COLUMNS, Stats
+from tdlens.rundir.read import Table
 
 CORE_PLOT_COLUMNS = (
     "td_loss",

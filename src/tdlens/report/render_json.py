@@ -8,7 +8,7 @@ from typing import Any
 
 from tdlens.report.build import SAMPLE_COLUMNS, Report
 from tdlens.report.stats import K_LAST, Stats
-from tdlens.runs.files import to_jsonable
+from tdlens.rundir.files import to_jsonable
 
 SCHEMA = "tdlens.run_report/1"
 

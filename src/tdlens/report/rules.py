@@ -13,10 +13,10 @@ from collections.abc import Callable
 import numpy as np
 
 from tdlens.report.fmt import fmt, fmt_count
-from tdlens.report.load import RunData
 from tdlens.report.probe_checks import relative_steps
 from tdlens.report.stats import ls_slope
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check, NextStep
+from tdlens.rundir.read import RunData
 
 RHO2_ESS_LIMIT = 2.0
 """rho_variance: fires when mean_rho2 exceeds this (effective sample size 1/E[rho^2]

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tdlens.learner import Params
-from tdlens.runs.files import RunFileError, atomic_write_bytes
+from tdlens.rundir.files import RunFileError, atomic_write_bytes
 
 _NAME = re.compile(r"^ckpt_(\d{6})\.npz$")
 _PROBE_PREFIX = "probe__"

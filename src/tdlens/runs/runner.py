@@ -17,6 +17,10 @@ status leaves no directory behind.
 The loop commits an iteration (``LoopState``) only once its row is written, so the
 checkpoint of a failure is always the state after a whole iteration and its probe round.
 
+Hooks: ``write_report(run_dir)`` writes the report at the end (and every ``report_every``
+iterations; the caller passes :func:`tdlens.report.write_report`, so the runner does not
+depend on the report); ``on_start(run_dir)`` runs once the status says ``running`` (the
+CLI indexes the run in the catalog then); ``on_progress(Progress)`` after each iteration;
 ``on_iteration(n, result)`` sees every iteration's full result (the sanity suite observes
 every ratio and TD target through it).
 
@@ -49,14 +53,7 @@ import numpy as np
 from tdlens.config import RunConfig, config_from_json
 from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import METRIC_COLUMNS, IterationResult, Params, init_params, outer_iteration
-from tdlens.runs.budget import check_resources
-from tdlens.runs.checkpoint import (
-    Checkpoint,
-    newest_valid_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
-from tdlens.runs.files import (
+from tdlens.rundir.files import (
     RunFileError,
     TableWriter,
     append_text,
@@ -67,7 +64,14 @@ from tdlens.runs.files import (
     to_jsonable,
     truncate_table,
 )
-from tdlens.runs.lock import RunLock
+from tdlens.rundir.lock import RunLock
+from tdlens.runs.budget import check_resources
+from tdlens.runs.checkpoint import (
+    Checkpoint,
+    newest_valid_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from tdlens.schema import PROBE_SUMMARY_COLUMNS
 
 CURVE_COLUMNS: tuple[str, ...] = (*METRIC_COLUMNS, *PROBE_SUMMARY_COLUMNS)
@@ -167,12 +171,12 @@ class Runner:
         on_progress: Callable[[Progress], None] | None = None,
         handle_signals: bool = True,
         on_iteration: Callable[[int, IterationResult], None] | None = None,
-        report_html: bool = True,
+        write_report: Callable[[Path], list[Path]] | None = None,
         force: bool = False,
         on_start: Callable[[Path], None] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.report_html = report_html
+        self.write_report = write_report
         self.resume = resume
         self.force = force
         self.on_progress = on_progress
@@ -538,10 +542,10 @@ class Runner:
         return self._finish("failed", reason, 1, traceback=tb)
 
     def _report(self) -> list[Path] | None:
+        if self.write_report is None:
+            return []
         try:
-            from tdlens.report import write_report
-
-            return write_report(self.run_dir, html=self.report_html)
+            return self.write_report(self.run_dir)
         except Exception as exc:  # the run's own files must survive a report bug
             why = " ".join(f"{type(exc).__name__}: {exc}".split())
             self._unwritten.append(f"run report ({why})")

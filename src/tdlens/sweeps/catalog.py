@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tdlens.runs.files import to_jsonable
+from tdlens.rundir.files import to_jsonable
 from tdlens.sweeps.records import FINAL_METRICS, RunRecord
 
 DEFAULT_CATALOG = Path("outputs/catalog.sqlite")
@@ -386,7 +386,7 @@ def reindex(path: str | Path, roots: list[Path]) -> tuple[int, int]:
     The new catalog is built beside the old one and renamed over it, so a crash leaves the
     old file; rows of directories that no longer exist are gone. Returns (runs, sweeps).
     """
-    from tdlens.runs.files import read_json
+    from tdlens.rundir.files import read_json
     from tdlens.sweeps.plan import SWEEP_FILE, read_plan, run_dir
     from tdlens.sweeps.records import load_record
 

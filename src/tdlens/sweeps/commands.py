@@ -1,9 +1,10 @@
 """Command-line commands of sweeps, catalog and comparisons (SPEC sections 11 and 12).
 
-``register(app)`` adds to the tdlens typer app: ``sweep``, ``summarize``, ``runs list``,
-``runs show``, ``runs reindex`` and ``compare``. Bad input (spec, backend, --where,
-unknown run) prints one line naming the problem and exits 2 with nothing written; a sweep
-in which any run failed or was left incomplete exits 1; an interrupted sweep exits 130.
+The command functions of ``sweep``, ``summarize``, ``runs list``, ``runs show``,
+``runs reindex`` and ``compare``; :mod:`tdlens.cli` registers them. Bad input (spec,
+backend, --where, unknown run) prints one line naming the problem and exits 2 with
+nothing written; a sweep in which any run failed or was left incomplete exits 1; an
+interrupted sweep exits 130.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tdlens.config import ConfigError
-from tdlens.runs.files import RunFileError
+from tdlens.rundir.files import RunFileError
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -339,7 +340,7 @@ def runs_list(
 
 def _observed(row: dict[str, Any]) -> dict[str, Any]:
     """A catalog row whose run is marked running but whose process is gone: ``crashed``."""
-    from tdlens.runs.status import observed_status
+    from tdlens.rundir.status import observed_status
 
     return observed_status(row["path"], row) if row.get("status") == "running" else row
 
@@ -414,15 +415,3 @@ def compare(
     except (CompareError, CatalogError, RunFileError) as exc:
         _fail(str(exc))
     out.print(f"wrote {path}", highlight=False)
-
-
-def register(app: typer.Typer) -> None:
-    """Add sweep, summarize, runs (list, show) and compare to the tdlens app."""
-    app.command("sweep")(sweep)
-    app.command("summarize")(summarize)
-    runs_app = typer.Typer(help="Query the run catalog (SQLite).", no_args_is_help=True)
-    runs_app.command("list")(runs_list)
-    runs_app.command("show")(runs_show)
-    runs_app.command("reindex")(runs_reindex)
-    app.add_typer(runs_app, name="runs")
-    app.command("compare")(compare)

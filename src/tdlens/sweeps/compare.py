@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from tdlens.runs.files import RunFileError, atomic_write_text, read_csv_rows, read_json
+from tdlens.rundir.files import atomic_write_text
+from tdlens.rundir.read import load_run
 from tdlens.sweeps import catalog as cat
 from tdlens.sweeps import html as H
 from tdlens.sweeps.plan import is_sweep_dir, read_plan, run_dir
-from tdlens.sweeps.records import FINAL_METRICS, RunRecord, load_record
+from tdlens.sweeps.records import FINAL_METRICS, RunRecord, record_from
 
 CURVES: tuple[tuple[str, bool], ...] = (
     ("td_loss", True),
@@ -77,23 +78,13 @@ def _from_catalog(target: str, catalog: Path | None) -> list[Path]:
     raise CompareError(f"{hint}, a run id or a sweep name in the catalog '{path}'")
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    try:
-        return read_csv_rows(path) if path.exists() else []
-    except RunFileError:
-        return []
-
-
 def load_view(path: Path) -> RunView:
-    try:
-        config = read_json(path / "config.json")
-    except RunFileError:
-        config = {}
+    data = load_run(path)
     return RunView(
-        load_record(path),
-        config if isinstance(config, dict) else {},
-        _rows(path / "learning_curves.csv"),
-        _rows(path / "probes" / "fixed_point_probe.csv"),
+        record_from(data),
+        data.config_data,
+        list(data.curves.rows),
+        list(data.probe("fixed_point_probe").rows),
     )
 
 

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tdlens.runs.files import atomic_write_bytes, atomic_write_json
+from tdlens.rundir.files import atomic_write_bytes, atomic_write_json
 from tdlens.sweeps.backends import (
     SKIP_FILES,
     BackendError,

@@ -1,9 +1,10 @@
 """One run directory as a flat record: status, health, timings, final metrics, regime.
 
-Reads only the run's files (SPEC 7): config.json, status.json, learning_curves.csv,
-probes/fixed_point_probe.csv, probes/stability_probe.csv, probes/rounds.csv and
-run_report.json (``health.status``). A missing or corrupt file gives missing values (and a
-line in ``problems``), never an exception, so a half-written or failed run still has a row.
+Reads the run through :func:`tdlens.rundir.read.load_run` (config.json, status.json,
+learning_curves.csv, probes/fixed_point_probe.csv, probes/stability_probe.csv,
+probes/rounds.csv and run_report.json's ``health.status``). A missing or corrupt file
+gives missing values (and a line in ``problems``), never an exception, so a half-written
+or failed run still has a row.
 
 Final metrics: the last learning-curve row whose td_loss is finite (the dense columns of
 ``CURVE_METRICS``), the last fixed-point round (``FIXED_POINT_METRICS``) and the last
@@ -18,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdlens.runs.files import RunFileError, read_csv_rows, read_json
-from tdlens.runs.status import observed_status
+from tdlens.rundir.read import RunData, load_run
 from tdlens.sweeps.regimes import Regime, RunSeries, label_regime
 
 CURVE_METRICS: tuple[str, ...] = (
@@ -88,27 +88,6 @@ class RunRecord:
         return row
 
 
-def _rows(path: Path, problems: list[str]) -> Rows:
-    if not path.exists():
-        return []
-    try:
-        return read_csv_rows(path)
-    except RunFileError as exc:
-        problems.append(str(exc))
-        return []
-
-
-def _json(path: Path, problems: list[str]) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        data = read_json(path)
-    except RunFileError as exc:
-        problems.append(str(exc))
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def columns(rows: Rows) -> dict[str, list[float | str | None]]:
     """Column-major view of CSV rows (cells unchanged, None = empty)."""
     if not rows:
@@ -145,16 +124,16 @@ def _config_hash(config: dict[str, Any]) -> str | None:
 
 def load_record(run_dir: str | Path, params: dict[str, Any] | None = None) -> RunRecord:
     """Read one run directory into a RunRecord (never raises on bad files)."""
-    run_dir = Path(run_dir)
-    problems: list[str] = []
-    config = _json(run_dir / "config.json", problems)
-    status = observed_status(run_dir, _json(run_dir / "status.json", problems))
-    report = _json(run_dir / "run_report.json", problems)
-    curves = _rows(run_dir / "learning_curves.csv", problems)
-    fixed = _rows(run_dir / "probes" / "fixed_point_probe.csv", problems)
-    stab = _rows(run_dir / "probes" / "stability_probe.csv", problems)
-    rounds = _rows(run_dir / "probes" / "rounds.csv", problems)
-    health = report.get("health")
+    return record_from(load_run(run_dir), params)
+
+
+def record_from(data: RunData, params: dict[str, Any] | None = None) -> RunRecord:
+    """The RunRecord of a run directory already read by :func:`tdlens.rundir.read.load_run`."""
+    run_dir, config, status = data.run_dir, data.config_data, data.status
+    curves, rounds = list(data.curves.rows), list(data.rounds.rows)
+    fixed = list(data.probe("fixed_point_probe").rows)
+    stab = list(data.probe("stability_probe").rows)
+    health = data.report.get("health")
     outer = int(config.get("outer_iters") or status.get("outer_iters") or 0)
     regime: Regime = label_regime(
         RunSeries(status.get("status"), outer, columns(curves), columns(fixed), columns(stab))
@@ -179,5 +158,29 @@ def load_record(run_dir: str | Path, params: dict[str, Any] | None = None) -> Ru
         metrics=metrics,
         regime=regime.label,
         regime_reason=regime.reason,
-        problems=problems,
+        problems=list(data.problems),
     )
+
+
+@dataclass
+class ConfigRow:
+    """The runs of one config (same swept values but the seed)."""
+
+    key: tuple[Any, ...]
+    params: dict[str, Any]
+    records: list[RunRecord]
+
+
+@dataclass
+class SweepSummary:
+    """A sweep's summary tables (:mod:`tdlens.sweeps.summary`) and the files written."""
+
+    sweep_dir: Path
+    name: str
+    axes: list[dict[str, Any]]
+    metric: str
+    records: list[RunRecord]
+    configs: list[dict[str, Any]]
+    marginals: list[dict[str, Any]]
+    boundary: list[dict[str, Any]]
+    paths: list[Path]

@@ -14,16 +14,14 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from tdlens.sweeps import html as H
+from tdlens.sweeps.records import ConfigRow, SweepSummary
 from tdlens.sweeps.regimes import REGIME_DOC, thresholds
 from tdlens.sweeps.spec import SEED_AXIS
-
-if TYPE_CHECKING:
-    from tdlens.sweeps.summary import ConfigRow, SweepSummary
 
 AGG_METRICS: tuple[str, ...] = (
     "td_loss",

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from tdlens.runs.lock import lock_is_held
+from tdlens.rundir.lock import lock_is_held
 
 STATUSES = ("running", "complete", "incomplete", "diverged", "failed", "crashed")
 """Every status a run can show (``crashed`` only as observed, never written by a run)."""
