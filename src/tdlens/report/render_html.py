@@ -105,7 +105,8 @@ def html_health(r: Report) -> str:
     out = [
         f"<h2>Health</h2><p>status: {verdict(r.health_status)}"
         + (f" ({esc(reasons)})" if reasons else "")
-        + "</p>"
+        + "</p>",
+        f"<p>regime: <b>{esc(r.regime.label)}</b> ({esc(r.regime.reason)})</p>",
     ]
     rows = "".join(
         f"<tr><td>{esc(c.name)}</td><td>{verdict(c.verdict)}</td>"

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from tdlens.scores import REGIME_DOC, thresholds
 from tdlens.sweeps import html as H
 from tdlens.sweeps.records import ConfigRow, SweepSummary
-from tdlens.sweeps.regimes import REGIME_DOC, thresholds
 from tdlens.sweeps.spec import SEED_AXIS
 
 AGG_METRICS: tuple[str, ...] = (
