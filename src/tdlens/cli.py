@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -30,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tdlens.config import ConfigError, RunConfig, load_config
+from tdlens.config import ConfigError, RunConfig, find_config, load_config
 
 app = typer.Typer(
     name="tdlens",
@@ -67,23 +66,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def shipped_configs() -> Path:
-    """The folder of configs shipped with the package (also ./configs in the repo)."""
-    return Path(str(resources.files("tdlens") / "configs"))
-
-
 def resolve_config_path(arg: str | None) -> Path:
     """A config file: the path given, else a shipped config by name (seed_plateau...)."""
-    name = arg or DEFAULT_CONFIG
-    path = Path(name)
-    if path.is_file():
-        return path
-    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
-    shipped = shipped_configs() / f"{stem}.yaml"
-    if shipped.is_file() and (len(path.parts) == 1 or path.parts[-2] == "configs"):
-        return shipped
-    names = ", ".join(sorted(p.stem for p in shipped_configs().glob("*.yaml")))
-    fail(f"config file '{name}' does not exist (shipped configs: {names})")
+    try:
+        return find_config(arg or DEFAULT_CONFIG)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def load_cli_config(arg: str | None, overrides: list[str] | None, name: str | None) -> RunConfig:

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tdlens.rundir.read import RunData
+from tdlens.rundir.read import Cell, RunData
 
 REGIMES: tuple[str, ...] = ("diverged", "frozen", "learning", "plateau")
 NOT_AVAILABLE = "n/a"
@@ -60,8 +60,6 @@ MIN_ROWS = 2
 """Fewer learning-curve rows than this (and no divergence): label n/a."""
 DENSE_COLUMNS: tuple[str, ...] = ("td_loss", "w_norm")
 """Learning-curve columns present on every row: a non-finite value there is divergence."""
-
-Cell = float | str | None
 
 
 @dataclass(frozen=True)
