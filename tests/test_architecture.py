@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("rollout",),
     ("learner",),
     ("probes",),
+    ("scores",),
     ("render", "report"),
     ("runs",),
     ("sweeps", "suites"),

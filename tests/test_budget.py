@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tdlens.cli import shipped_configs
-from tdlens.config import load_config
+from tdlens.config import load_config, shipped_configs
 from tdlens.runs.budget import ResourceError, check_resources, estimate, human
 from tdlens.runs.runner import Runner
 

@@ -25,7 +25,6 @@ import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from tdlens.config import (
     ConfigError,
     RunConfig,
     apply_overrides,
+    find_config,
     parse_config,
     read_yaml,
     set_dotted,
@@ -60,26 +60,12 @@ OverridesLike = Mapping[str, Any] | Sequence[str] | None
 # --------------------------------------------------------------------------- configs
 
 
-def shipped_configs() -> Path:
-    """The folder of configs shipped with the package (also ``configs/`` in the repository)."""
-    return Path(str(resources.files("tdlens") / "configs"))
-
-
 def config_path(config: str | Path | None = None) -> Path:
     """A config file: the path given, else a shipped config by name (``seed_plateau``...).
 
     Raises ConfigError naming the config and the shipped names when there is none.
     """
-    name = str(config) if config is not None else DEFAULT_CONFIG
-    path = Path(name)
-    if path.is_file():
-        return path
-    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
-    shipped = shipped_configs() / f"{stem}.yaml"
-    if shipped.is_file() and (len(path.parts) == 1 or path.parts[-2] == "configs"):
-        return shipped
-    names = ", ".join(sorted(p.stem for p in shipped_configs().glob("*.yaml")))
-    raise ConfigError(f"config file '{name}' does not exist (shipped configs: {names})")
+    return find_config(str(config) if config is not None else DEFAULT_CONFIG)
 
 
 def load_run_config(

@@ -30,7 +30,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tdlens.config import ConfigError, RunConfig
+from tdlens.config import ConfigError, RunConfig, find_config
 
 app = typer.Typer(
     name="tdlens",
@@ -67,19 +67,10 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def shipped_configs() -> Path:
-    """The folder of configs shipped with the package (also ./configs in the repo)."""
-    from tdlens.api import shipped_configs as shipped
-
-    return shipped()
-
-
 def resolve_config_path(arg: str | None) -> Path:
     """A config file: the path given, else a shipped config by name (seed_plateau...)."""
-    from tdlens.api import config_path
-
     try:
-        return config_path(arg)
+        return find_config(arg or DEFAULT_CONFIG)
     except ConfigError as exc:
         fail(str(exc))
 

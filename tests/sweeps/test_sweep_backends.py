@@ -24,13 +24,12 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from tdlens.config import parse_config
+from tdlens.config import parse_config, shipped_configs
 from tdlens.runs.runner import Runner
 from tdlens.sweeps import catalog as cat
 from tdlens.sweeps.backends import BackendError, RunTask, execute_task
 from tdlens.sweeps.plan import read_plan, run_dir
 from tdlens.sweeps.ray_backend import import_ray
-from tdlens.sweeps.spec import shipped_configs
 from tdlens.sweeps.sweep import execute_sweep, prepare_sweep
 
 DEMO = shipped_configs() / "sweeps" / "demo.yaml"

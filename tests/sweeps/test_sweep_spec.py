@@ -13,6 +13,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from tdlens.config import shipped_configs
 from tdlens.sweeps.plan import plan_dict, runs_from_plan
 from tdlens.sweeps.spec import (
     SweepSpecError,
@@ -22,7 +23,6 @@ from tdlens.sweeps.spec import (
     logspace_values,
     make_plan,
     parse_spec,
-    shipped_configs,
 )
 
 SHIPPED = shipped_configs() / "sweeps"

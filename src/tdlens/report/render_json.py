@@ -25,6 +25,7 @@ def report_dict(r: Report) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "run_info": r.run_info,
+        "regime": {"label": r.regime.label, "reason": r.regime.reason},
         "health": {
             "status": r.health_status,
             "reasons": r.health_reasons,

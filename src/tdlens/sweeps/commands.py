@@ -36,7 +36,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _fmt(value: Any) -> str:
-    from tdlens.sweeps.html import fmt
+    from tdlens.report.fmt import fmt
 
     return fmt(value)
 

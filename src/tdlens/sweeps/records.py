@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tdlens.rundir.read import RunData, load_run
-from tdlens.sweeps.regimes import Regime, RunSeries, label_regime
+from tdlens.scores import Regime, label_regime, series_of
 
 CURVE_METRICS: tuple[str, ...] = (
     "td_loss",
@@ -88,13 +88,6 @@ class RunRecord:
         return row
 
 
-def columns(rows: Rows) -> dict[str, list[float | str | None]]:
-    """Column-major view of CSV rows (cells unchanged, None = empty)."""
-    if not rows:
-        return {}
-    return {key: [row.get(key) for row in rows] for key in rows[0]}
-
-
 def _number(cell: Any) -> float:
     return float(cell) if isinstance(cell, int | float) else math.nan
 
@@ -134,10 +127,9 @@ def record_from(data: RunData, params: dict[str, Any] | None = None) -> RunRecor
     fixed = list(data.probe("fixed_point_probe").rows)
     stab = list(data.probe("stability_probe").rows)
     health = data.report.get("health")
-    outer = int(config.get("outer_iters") or status.get("outer_iters") or 0)
-    regime: Regime = label_regime(
-        RunSeries(status.get("status"), outer, columns(curves), columns(fixed), columns(stab))
-    )
+    series = series_of(data)
+    outer = series.outer_iters
+    regime: Regime = label_regime(series)
     metrics = last_values(curves, CURVE_METRICS, key="td_loss")
     metrics.update(last_values(fixed, FIXED_POINT_METRICS, key="value_gap"))
     metrics.update(last_values(stab, STABILITY_METRICS))

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from tdlens.rundir.files import atomic_write_text, to_jsonable
+from tdlens.scores import NOT_AVAILABLE, REGIME_DOC, thresholds
 from tdlens.sweeps.plan import read_plan, run_dir
 from tdlens.sweeps.records import (
     FINAL_METRICS,
@@ -38,7 +39,6 @@ from tdlens.sweeps.records import (
     SweepSummary,
     load_record,
 )
-from tdlens.sweeps.regimes import NOT_AVAILABLE, REGIME_DOC, thresholds
 from tdlens.sweeps.spec import SEED_AXIS
 from tdlens.sweeps.stats import BOOTSTRAP_SEED, aggregate, bootstrap_ci, iqm, iqm_stat
 from tdlens.sweeps.summary_render import AGG_METRICS, csv_text, html_page, markdown
