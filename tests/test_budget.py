@@ -13,13 +13,17 @@ from tdlens.config import load_config, shipped_configs
 from tdlens.runs.budget import ResourceError, check_resources, estimate, human
 from tdlens.runs.runner import Runner
 
+# The child's own peak is VmHWM: ru_maxrss of a child started by fork+exec starts at the
+# parent's resident size (Linux keeps the old mm's high-water mark across exec), so a
+# large pytest process would be measured instead of the run.
 MEASURE = """
-import json, resource, sys
+import json, sys
 from tdlens.config import load_config
 from tdlens.runs.runner import Runner
 cfg = load_config(sys.argv[1], ["outer_iters=1", "threads=2"])
 Runner(cfg, sys.argv[2], handle_signals=False).run()
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps(int(hwm.split()[1]) * 1024))
 """
 
 
