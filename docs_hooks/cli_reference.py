@@ -1,4 +1,5 @@
-"""MkDocs hook: the CLI reference page is generated from the commands themselves.
+"""MkDocs hooks: the CLI reference is generated from the commands themselves, and no page
+of docs/ is left out of the nav.
 
 A page containing the line ``<!-- tdlens-cli-reference -->`` gets, in its place, the
 ``--help`` of every tdlens command and command group, exactly as a user sees it, so the
@@ -8,13 +9,14 @@ reference can never disagree with the commands. tests/test_docs.py checks it too
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import typer
 from typer.testing import CliRunner
 
 MARKER = "<!-- tdlens-cli-reference -->"
-WIDTH = 100
+WIDTH = 80
 
 
 def command_paths(app: typer.Typer | None = None) -> list[list[str]]:
@@ -69,3 +71,24 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     if MARKER not in markdown:
         return markdown
     return markdown.replace(MARKER, render_cli_reference())
+
+
+def _listed(nav: Any) -> set[str]:
+    if isinstance(nav, str):
+        return {nav}
+    if isinstance(nav, dict):
+        return set().union(*(_listed(v) for v in nav.values()))
+    if isinstance(nav, list):
+        return set().union(*(_listed(v) for v in nav))
+    return set()
+
+
+def on_config(config: Any) -> Any:
+    """Append the pages of docs/ that the nav of mkdocs.yml does not list (in name order)."""
+    nav = config.get("nav")
+    if nav:
+        docs = Path(config["docs_dir"])
+        pages = sorted(p.relative_to(docs).as_posix() for p in docs.rglob("*.md"))
+        listed = _listed(nav)
+        nav.extend(page for page in pages if page not in listed)
+    return config
