@@ -34,7 +34,15 @@ from tdlens.learner import Params
 from tdlens.probes import fixed_point as fp
 from tdlens.probes import spectrum as sp
 from tdlens.probes import stability as st
-from tdlens.probes.common import ChainSpec, RolledChains, RoundPlan, aux_rng, rho_summary
+from tdlens.probes.common import (
+    ChainSpec,
+    RolledChains,
+    RoundPlan,
+    aux_rng,
+    plan_chains,
+    rho_summary,
+)
+from tdlens.probes.registry import RoundContext
 from tdlens.rollout import TDBatch
 from tdlens.threads import limit_threads
 
@@ -309,3 +317,26 @@ def stability_row(
     rho_raw = np.concatenate([stab_rho[k][1] for k in sorted(stab_rho)])
     row.update(rho_summary(rho, rho_raw, cfg.effective_rho_clip))
     return row
+
+
+def run_round(ctx: RoundContext) -> None:
+    """The fixed-point and stability probes of one round (the registry ``run`` of both:
+    the manager calls it once). Keeps the new w# in ``ctx.state["w_sharp_prev"]``."""
+    plan = plan_chains(ctx.cfg)
+    if plan.fixed is None and not plan.stability:
+        return
+    critic = critic_probes(
+        ctx.cfg,
+        ctx.maps,
+        ctx.rolled,
+        plan,
+        ctx.params,
+        ctx.n,
+        ctx.state.get("w_sharp_prev"),
+        ctx.workspace,
+    )
+    ctx.out.rows.update(critic.rows)
+    ctx.out.arrays.update(critic.arrays)
+    ctx.out.timings.update(critic.timings)
+    if critic.w_sharp is not None:
+        ctx.state["w_sharp_prev"] = critic.w_sharp.copy()

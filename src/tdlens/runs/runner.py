@@ -53,6 +53,7 @@ import numpy as np
 from tdlens.config import RunConfig, config_from_json
 from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import METRIC_COLUMNS, IterationResult, Params, init_params, outer_iteration
+from tdlens.probes import registry
 from tdlens.rundir.files import (
     RunFileError,
     TableWriter,
@@ -72,21 +73,14 @@ from tdlens.runs.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from tdlens.schema import PROBE_SUMMARY_COLUMNS
 
-CURVE_COLUMNS: tuple[str, ...] = (*METRIC_COLUMNS, *PROBE_SUMMARY_COLUMNS)
-ROUND_COLUMNS: tuple[str, ...] = (
-    "iter",
-    "reason",
-    "rollout_s",
-    "fixed_point_s",
-    "stability_s",
-    "distribution_s",
-    "q_kernel_s",
-    "rho_audit_s",
-    "total_s",
-)
-"""probes/rounds.csv: seconds per probe of each round (rounds.jsonl has the breakdowns)."""
+
+def curve_columns() -> tuple[str, ...]:
+    """learning_curves.csv: the learner's columns, then every registered probe's summary
+    columns (empty where no probe ran)."""
+    return (*METRIC_COLUMNS, *registry.summary_columns())
+
+
 DIVERGENCE_COLUMNS = ("td_loss", "w_norm", "critic_teacher_error", "tracking_gap")
 """A run diverges when its parameters or any of these metrics are not finite."""
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
@@ -377,7 +371,7 @@ class Runner:
         probes = self._make_probes(maps, self._state.probe_state)
         if probes is not None and not self._state.probe_state:
             self._state = replace(self._state, probe_state=probes.state_dict())
-        curves = TableWriter(self.run_dir / "learning_curves.csv", CURVE_COLUMNS)
+        curves = TableWriter(self.run_dir / "learning_curves.csv", curve_columns())
         workspace = Workspace()
         while self._state.next_iter < cfg.outer_iters and self._stop_signal is None:
             state = self._state
@@ -445,7 +439,7 @@ class Runner:
             return None, 0.0
         t0 = time.perf_counter()
         rnd = probes.run(n, result.params, result.delta, result.metrics["td_loss"], reason)
-        unknown = set(rnd.summary) - set(PROBE_SUMMARY_COLUMNS)
+        unknown = set(rnd.summary) - set(registry.summary_columns())
         if unknown:
             raise RunFileError(f"probe summary has columns not in learning_curves: {unknown}")
         row.update(rnd.summary)
@@ -461,8 +455,9 @@ class Runner:
         for fname, arr in rnd.arrays.items():
             _save_array(folder / fname, arr)
         timing = {"iter": n, "reason": reason, **{f"{k}_s": v for k, v in rnd.timings.items()}}
-        row = {k: timing.get(k) for k in ROUND_COLUMNS}
-        TableWriter(folder / "rounds.csv", ROUND_COLUMNS).append(row)
+        columns = registry.round_columns()
+        row = {k: timing.get(k) for k in columns}
+        TableWriter(folder / "rounds.csv", columns).append(row)
         _append_jsonl(folder / "rounds.jsonl", timing)
 
     # ------------------------------------------------------------------ endings
