@@ -88,13 +88,13 @@ def spectrum_of(
 
 
 def power_proxy(
-    cfg: RunConfig, apply, n: int, k: int, phi_t: np.ndarray, psi_t: np.ndarray, rho_t: np.ndarray
+    cfg: RunConfig, apply, n: int, k: int, phi_t: np.ndarray, dphi_t: np.ndarray, rho_t: np.ndarray
 ) -> float:
     """stability_proxy of batch k: power iteration on ``J = I - eta A`` (summed as a series
     when eta ||A|| is small, :func:`tdlens.probes.stability.power_iteration_radius`)."""
     v0 = aux_rng(cfg, "probe_stability", n, 1 + k).standard_normal(phi_t.shape[1])
     iters = cfg.probes.stability.power_iters
-    bound = st.norm_bound_A(phi_t, psi_t, rho_t)
+    bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
     return st.power_iteration_radius(apply, st.expected_step(cfg), v0, iters, bound)
 
 
@@ -246,8 +246,8 @@ def _explicit_chain(
     start = time.perf_counter()
     name = "fixed_point" if spec == plan.fixed else "stability"
     phi_t, rho_t = batch.phi[j], batch.rho[j]
-    psi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
-    moments = fp.td_moments(phi_t, psi_t, rho_t, batch.r[j], workspace=workspace)
+    dphi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
+    moments = fp.td_moments(phi_t, dphi_t, rho_t, batch.r[j], workspace=workspace)
     out.add_time(f"{name}.moments", time.perf_counter() - start)
     t_spec = time.perf_counter()
     spectrum, A32 = spectrum_of(cfg, moments, n, workspace)
@@ -262,7 +262,7 @@ def _explicit_chain(
     if plan.stability and spec == plan.stability[0]:
         t_power = time.perf_counter()
         parts.spectrum = spectrum
-        parts.proxies[0] = power_proxy(cfg, st.dense_apply(A32), n, 0, phi_t, psi_t, rho_t)
+        parts.proxies[0] = power_proxy(cfg, st.dense_apply(A32), n, 0, phi_t, dphi_t, rho_t)
         parts.rho[0] = (rho_t.copy(), batch.rho_raw[j].copy())
         power_time = time.perf_counter() - t_power
         out.add_time("stability.power", power_time)
@@ -287,9 +287,9 @@ def _matrix_free_chains(
     def one(i: int) -> None:
         j, k = rows[i], ks[i]
         phi_t, rho_t = batch.phi[j], batch.rho[j]
-        psi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
-        apply = partial(st.apply_A, phi_t, psi_t, rho_t)
-        parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t, psi_t, rho_t)
+        dphi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
+        apply = partial(st.apply_A, phi_t, dphi_t, rho_t)
+        parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t, dphi_t, rho_t)
         parts.rho[k] = (rho_t.copy(), batch.rho_raw[j].copy())
 
     with limit_threads(1, "blas"):
