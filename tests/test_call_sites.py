@@ -8,7 +8,8 @@ Each test catches a hand-made mutant that the pure-function tests let through:
 3. a resume that drops the probe manager's state (tests/test_faults.py compares the probe
    tables, w_sharp_drift included, of a resumed run with probes on; the toy probe's
    state test in tests/probes/test_probe_registry.py does the same for any probe);
-4. the distribution probe passing sigma_pi where sigma_mu belongs in its KL.
+4. the distribution probe passing sigma_pi where sigma_mu belongs in its KL;
+5. the fixed point solving A^T w = b instead of A w = b.
 
 Every reference below is a float64 twin computed from the run's own batch, observed
 through ``Runner(on_iteration=...)``.
@@ -25,6 +26,8 @@ import pytest
 from tdlens.config import load_config
 from tdlens.features import expected_critic_features_exact, make_feature_maps
 from tdlens.learner import init_params
+from tdlens.probes.common import fixed_point_chains, roll_chains
+from tdlens.probes.manager import ProbeManager
 from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner
 
@@ -112,3 +115,38 @@ def test_distribution_probe_kl_uses_each_policys_sigma(tmp_path):
     s_mu, s_pi = cfg.sigma_mu, cfg.sigma_pi
     closed = 2 * (math.log(s_mu / s_pi) + s_pi**2 / (2 * s_mu**2) - 0.5)
     np.testing.assert_allclose(kl, closed, rtol=1e-12)
+
+
+def test_fixed_point_solves_A_not_its_transpose(tmp_path):
+    """At gamma = 0.9 (A not symmetric), the w# a probe round keeps satisfies A w# = b for
+    the A and b of its own chain rebuilt here in float64 (ridge 0): a solve with A^T, which
+    the no_bootstrap sanity check cannot see (A is symmetric at gamma = 0), fails here."""
+    cfg = load_config(
+        "configs/sanity.yaml",
+        [
+            "env.feature_dim=32",
+            "env.actor_feature_dim=8",
+            "gamma=0.9",
+            "probes.fixed_point.ridge=0",
+            "probes.fixed_point.batch_size=512",
+            "probes.stability.enabled=false",
+        ],
+    )
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    manager = ProbeManager(cfg, maps)
+    delta = np.zeros((cfg.trajectories, cfg.horizon))
+    manager.run(0, params, delta, 0.0, "last")
+    w_sharp = manager.state["w_sharp_prev"]
+    chain = fixed_point_chains(cfg)
+    rolled = roll_chains(cfg, maps, params, [chain], 0)
+    batch = rolled.td_batch(cfg, maps, [chain], params.theta_pi)
+    phi_t = batch.phi[0].astype(np.float64)
+    dphi_t = phi_t - cfg.gamma * batch.bar_phi[0].astype(np.float64)
+    rho_t, r_t = batch.rho[0], batch.r[0]
+    A = (rho_t[:, None] * phi_t).T @ dphi_t / (len(r_t) * math.sqrt(maps.D))
+    b = (rho_t * r_t) @ phi_t / len(r_t)
+    assert np.abs(A - A.T).max() > 1e-3 * np.abs(A).max()
+    rel = np.linalg.norm(A @ w_sharp - b) / np.linalg.norm(b)
+    rel_transposed = np.linalg.norm(A.T @ w_sharp - b) / np.linalg.norm(b)
+    assert rel < 1e-5 and rel_transposed > 1e-2, (rel, rel_transposed)
