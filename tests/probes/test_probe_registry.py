@@ -4,6 +4,7 @@ run, written, loaded, reported and plotted, with no change anywhere else."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -119,3 +120,18 @@ def test_registering_twice_or_a_taken_column_is_refused(toy):
     clash = ProbeSpec("other", "toy", run_toy, summary={"toy_summary": "x"})
     with pytest.raises(ValueError, match="already taken"):
         registry.register(clash)
+
+
+def test_every_registered_probe_is_in_the_glossary():
+    """docs/metrics.md has a section per probe naming every column it copies into the
+    learning curves and every series the report plots."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    for spec in registry.specs():
+        assert f"### {spec.name}" in text, spec.name
+        section = text.split(f"### {spec.name}", 1)[1].split("\n### ", 1)[0]
+        named = [*spec.summary.values(), *(c for c, _ in spec.key_series)]
+        missing = [c for c in named if not re.search(rf"(?<![\w.]){c}(?!\w)", section)]
+        assert not missing, (spec.name, missing)
+        assert spec.doc
