@@ -265,8 +265,8 @@ def _ray_init(ray: Any, jobs: int, address: str | None) -> bool:
             ray.init(address=address, **common)
             return True
         except Exception as exc:
-            error = exc
-    raise BackendError(_join_error(address, error, log.read_text(errors="replace"), token))
+            message = _join_error(address, exc, log.read_text(errors="replace"), token)
+    raise BackendError(message)
 
 
 @contextlib.contextmanager
