@@ -70,6 +70,15 @@ class LoopbackCluster:
         self.node_env: dict[str, str] = {}
         """Added to `env` for the `ray start` nodes only (e.g. RAY_AUTH_MODE=token)."""
 
+    def use_token(self, token: str = "tdlens-loopback-token-" + "0123456789" * 4) -> None:
+        """Token authentication as Ray documents it: the token in ~/.ray/auth_token (HOME
+        is this cluster's folder, for every process) and RAY_AUTH_MODE=token on the nodes;
+        drivers get no Ray setting."""
+        (self.root / ".ray").mkdir(exist_ok=True)
+        (self.root / ".ray" / "auth_token").write_text(token)
+        self.env["HOME"] = str(self.root)
+        self.node_env["RAY_AUTH_MODE"] = "token"
+
     @property
     def address(self) -> str:
         return f"{HOST}:{HEAD_PORT}"

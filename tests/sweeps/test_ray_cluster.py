@@ -53,10 +53,7 @@ def cluster(tmp_path_factory):
     c = LoopbackCluster()
     try:
         c.open()
-        (c.root / ".ray").mkdir()
-        (c.root / ".ray" / "auth_token").write_text("tdlens-test-token-" + "0123456789" * 4)
-        c.env["HOME"] = str(c.root)  # Ray's default token file: ~/.ray/auth_token
-        c.node_env["RAY_AUTH_MODE"] = "token"  # Ray's recipe: set on every node
+        c.use_token()
         c.start_head()
         c.start_worker("w1")
         yield c
@@ -154,7 +151,8 @@ def test_bad_or_unreachable_address_and_missing_token_are_exit_2(cluster, tmp_pa
     err = res.stderr
     assert "no token was found" in err and "RAY_AUTH_TOKEN_PATH" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
-    assert not (tmp_path / "c").exists() and time.monotonic() - t0 < 120
+    assert not (tmp_path / "c").exists()
+    assert time.monotonic() - t0 < 15  # one request, not Ray's ~20 s of retries
 
 
 def test_resume_after_the_driver_is_killed(cluster, slow_spec, slow_local, tmp_path):

@@ -260,6 +260,7 @@ def _ray_init(ray: Any, jobs: int, address: str | None) -> bool:
     token = enable_token_auth()
     if target is not None:
         probe(*target)
+        _check_auth(address, token)
     with _captured_stderr() as log:
         try:
             ray.init(address=address, **common)
@@ -282,23 +283,48 @@ def ray_session(jobs: int, address: str | None = None) -> Iterator[Any]:
             ray.shutdown()
 
 
-def _join_error(address: str, exc: BaseException, stderr: str, token: str | None) -> str:
-    """One message for a failed ray.init(address=...): what failed and what to set."""
+def _is_auth_error(exc: BaseException, text: str = "") -> bool:
     chain, seen = [], exc
     while seen is not None and len(chain) < 5:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    text = " ".join(str(e) for e in chain) + stderr
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    message = f"--address {address}: cannot join the Ray cluster ({first})"
-    if (
+    text += " ".join(str(e) for e in chain)
+    return (
         "InvalidAuthToken" in text
         or "Unauthenticated" in text
         or any(type(e).__name__ == "AuthenticationError" for e in chain)
-    ):
-        used = f"the token from {token} was refused" if token else "no token was found"
-        return f"{message}: {used}; {AUTH_HELP}"
-    return message
+    )
+
+
+def _check_auth(address: str, token: str | None) -> None:
+    """One request to the cluster's GCS: a refused token is an error at once (ray.init
+    would retry it for ~20 s). Anything else is left to ray.init."""
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:
+        return
+    with _captured_stderr():
+        try:
+            GcsClient(address=address)
+            return
+        except Exception as exc:
+            if not _is_auth_error(exc):
+                return
+            first = _first_line(exc)
+    raise BackendError(_auth_message(address, first, token))
+
+
+def _auth_message(address: str, first: str, token: str | None) -> str:
+    used = f"the token from {token} was refused" if token else "no token was found"
+    return f"--address {address}: cannot join the Ray cluster ({first}): {used}; {AUTH_HELP}"
+
+
+def _join_error(address: str, exc: BaseException, stderr: str, token: str | None) -> str:
+    """One message for a failed ray.init(address=...): what failed and what to set."""
+    first = _first_line(exc) or type(exc).__name__
+    if _is_auth_error(exc, stderr):
+        return _auth_message(address, first, token)
+    return f"--address {address}: cannot join the Ray cluster ({first})"
 
 
 def _ray_entry(fn: TaskFn, task: RunTask) -> RunOutcome:
