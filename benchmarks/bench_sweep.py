@@ -30,6 +30,7 @@ sweep.json (from the first task submitted to the last run written; joining exclu
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -169,7 +170,8 @@ def cluster_throughput(folder: Path, runs: int, iters: int) -> None:
             wall = state["wall_seconds"]
             print(
                 f"  {label}: sweep {wall:.1f} s -> {runs * 3600 / wall:.0f} runs/h "
-                f"(command {total:.1f} s with joining and the summary)"
+                f"(command {total:.1f} s with joining and the summary; load average "
+                f"{os.getloadavg()[0]:.2f})"
             )
         finally:
             cluster.stop()

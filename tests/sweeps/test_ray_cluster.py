@@ -181,30 +181,47 @@ def test_resume_after_the_driver_is_killed(cluster, slow_spec, slow_local, tmp_p
 
 
 def _running_tasks(cluster: LoopbackCluster, node: int) -> list[int]:
-    """Pids of node `node` (a session) executing a tdlens Ray task (ray::_ray_entry)."""
+    """Pids of node `node` (a session) executing a tdlens Ray task (ray::_ray_stream)."""
     found = []
     for pid in cluster.session(node):
         try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_ray_entry"):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_ray_stream"):
                 found.append(pid)
         except OSError:
             continue
     return found
 
 
+def _streamed_run_on(cluster: LoopbackCluster, node: int, out: Path) -> Path | None:
+    """A run the driver holds a streamed checkpoint of, still running on node `node`."""
+    for status_path in out.glob("*_slow/runs/*/status.json"):
+        try:
+            status = json.loads(status_path.read_text())
+        except (OSError, ValueError):
+            continue
+        run = status_path.parent
+        if (
+            status.get("status") == "running"
+            and status.get("pid") in _running_tasks(cluster, node)
+            and any((run / "checkpoints").glob("*"))
+        ):
+            return run
+    return None
+
+
 def test_a_lost_worker_node_is_survived(cluster, slow_spec, slow_local, tmp_path):
-    """kill -9 of the whole worker node while it runs a task: the task is retried on the
-    head and every run completes, equal to the local runs."""
+    """kill -9 of the whole worker node while it runs a task whose checkpoint the driver
+    already holds: the task is retried on the head from that checkpoint and every run
+    completes, equal to the local runs."""
     out = tmp_path / "ray"
     node = cluster.nodes["w1"]
     driver = cluster.popen(_sweep_args(slow_spec, out), "driver2.log")
     try:
         deadline = time.monotonic() + 120
-        while not _running_tasks(cluster, node.pid):
-            assert time.monotonic() < deadline, "no task ever ran on the worker node"
+        while (victim := _streamed_run_on(cluster, node.pid, out)) is None:
+            assert time.monotonic() < deadline, "no checkpoint came back from the worker node"
             assert driver.poll() is None, (cluster.root / "driver2.log").read_text()
             time.sleep(0.05)
-        time.sleep(0.3)  # mid-run
         cluster.kill_node("w1")
         code = driver.wait(timeout=300)
     finally:
@@ -212,9 +229,11 @@ def test_a_lost_worker_node_is_survived(cluster, slow_spec, slow_local, tmp_path
             os.killpg(driver.pid, signal.SIGKILL)
     log = (cluster.root / "driver2.log").read_text()
     assert code == 0, log
-    assert re.search(r"\[retry\] \S+: Ray worker or node lost \(\w+", log), log
+    retry = rf"\[retry\] {victim.name}: Ray worker or node lost \(\w+.*\(from its checkpoint\)"
+    assert re.search(retry, log), log
     sweep = _sweep_dir(out)
     state = json.loads((sweep / "sweep.json").read_text())
     assert state["counts"] == {"complete": 4}
-    assert max(r["attempts"] for r in state["runs"].values()) == 2
+    assert state["runs"][victim.name]["attempts"] == 2
+    assert json.loads((victim / "status.json").read_text())["resumed_at"]
     _same_runs(sweep, slow_local)

@@ -437,6 +437,59 @@ def test_dead_ray_worker_is_retried_then_failed_and_resumable(mini_spec, tmp_pat
     assert again.skipped == 1 and again.counts == {"complete": 1}
 
 
+def _die_after_streamed_checkpoint(task: RunTask):
+    """Worker fn (Ray): the beta=0.5 run's worker dies after iteration 2, once the snapshot
+    of its checkpoint at iteration 2 has gone back to the driver."""
+    if "beta0.5" not in task.run_id or task.resume:
+        return execute_task(task)
+    from threadpoolctl import threadpool_limits
+
+    from tdlens.sweeps.backends import progress_hook
+
+    hook = progress_hook(task)
+    assert hook is not None  # a Ray task streams snapshots
+
+    def bomb(progress) -> None:
+        hook(progress)
+        if progress.n == 2:
+            time.sleep(2.0)
+            os._exit(17)
+
+    with threadpool_limits(limits=1):
+        Runner(
+            parse_config(task.config),
+            task.run_dir,
+            on_progress=bomb,
+            handle_signals=False,
+            report_html=False,
+        ).run()
+    raise AssertionError("unreachable")
+
+
+def test_ray_run_lost_mid_run_resumes_from_its_streamed_checkpoint(mini_spec, tmp_path):
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    retried = []
+    try:
+        prepared = prepare_sweep(mini_spec, tmp_path / "out")
+        res = execute_sweep(
+            prepared,
+            backend="ray",
+            jobs=2,
+            fn=_die_after_streamed_checkpoint,
+            on_retry=lambda t, n, why: retried.append(n),
+        )
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert res.counts == {"complete": 2} and retried == [2]
+    dead = next(r for r in prepared.runs if "beta0.5" in r.run_id)
+    assert res.outcomes[dead.run_id].attempts == 2
+    status = json.loads((run_dir(res.sweep_dir, dead.run_id) / "status.json").read_text())
+    assert status["resumed_at"]  # from the checkpoint streamed back, not from the start
+    assert _tables(run_dir(res.sweep_dir, dead.run_id)) == _tables(_reference(dead, tmp_path))
+
+
 def _node_ip(task: RunTask):
     """Worker fn: the address of the Ray node running the task, as the outcome's reason."""
     import ray

@@ -105,9 +105,11 @@ def mark_status(run_dir: Path, status: str, reason: str, **extra: Any) -> None:
 
 
 class _Worker:
-    """Process-wide state of a local pool worker: the driver's stop event (None elsewhere)."""
+    """Process-wide state of a worker: the driver's stop event (a local pool worker; a Ray
+    task sets a threading.Event) and, in a Ray task, where run-directory snapshots go."""
 
     stop: Any = None
+    snapshot: Callable[[Path], None] | None = None
 
 
 def _init_worker(stop: Any) -> None:
@@ -124,6 +126,25 @@ def _check_stop(progress: Any) -> None:
     """Runner progress hook: stop after this iteration when the driver asks (-> incomplete)."""
     if _stop_requested():
         raise KeyboardInterrupt
+
+
+def progress_hook(task: RunTask) -> Callable[[Any], None] | None:
+    """The Runner progress hook of a worker (None when there is nothing to do): in a Ray
+    task, a snapshot of the run directory after each checkpoint (streamed back to the
+    driver, so a run lost with its node resumes from it); then the stop check."""
+    if _Worker.stop is None and _Worker.snapshot is None:
+        return None
+    every = int(task.config.get("checkpoint_every") or 0)
+    run_dir = Path(task.run_dir)
+
+    def hook(progress: Any) -> None:
+        done = progress.n + 1  # iterations finished; the runner checkpointed at `every`
+        last = done >= progress.outer_iters  # the final files come with the outcome
+        if _Worker.snapshot is not None and every and done % every == 0 and not last:
+            _Worker.snapshot(run_dir)
+        _check_stop(progress)
+
+    return hook
 
 
 def execute_task(task: RunTask) -> RunOutcome:
@@ -150,8 +171,7 @@ def execute_task(task: RunTask) -> RunOutcome:
             runner = Runner(
                 cfg, run_dir, resume=task.resume, handle_signals=False, report_html=False
             )
-            if _Worker.stop is not None:
-                runner.on_progress = _check_stop
+            runner.on_progress = progress_hook(task)
             result = runner.run()
         return RunOutcome(
             task.run_id,

@@ -15,12 +15,13 @@ cluster, whose nodes need tdlens installed (docs/cluster.md):
   settings.
 
 Workers may share no filesystem with the driver: each runs in a temporary folder (seeded
-with the run directory's files when resuming) and returns every file as bytes; the driver
-writes them atomically into the sweep directory (status.json last) as each run finishes
-and deletes files the run no longer has (a resume truncates). Ray's own task retries are
-off; the driver retries instead: a run whose Ray worker or node dies is submitted again
-(``retries`` times, resumed from the checkpoint the driver holds, if any) and then
-recorded ``failed`` with the reason; ``--resume`` retries it. On Ctrl-C the tasks are
+with the run directory's files when resuming). A run is a streaming-generator task: after
+each checkpoint it yields the run directory's files as bytes, and its outcome with every
+file at the end; the driver writes them atomically into the sweep directory (status.json
+last) as they come and deletes files the run no longer has (a resume truncates). Ray's
+own task retries are off; the driver retries instead: a run whose Ray worker or node dies
+is submitted again (``retries`` times, resumed from the last checkpoint that came back, if
+any) and then recorded ``failed`` with the reason; ``--resume`` retries it. On Ctrl-C the tasks are
 cancelled (a KeyboardInterrupt inside each run, which then stops with a checkpoint) and
 their files collected for up to ``RAY_STOP_TIMEOUT_S``.
 """
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import re
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -310,25 +313,63 @@ def _check_auth(address: str, token: str | None) -> None:
         except Exception as exc:
             if not _is_auth_error(exc):
                 return
-            first = _first_line(exc)
-    raise BackendError(_auth_message(address, first, token))
+    raise BackendError(_auth_message(address, token))
 
 
-def _auth_message(address: str, first: str, token: str | None) -> str:
+def _auth_message(address: str, token: str | None) -> str:
     used = f"the token from {token} was refused" if token else "no token was found"
-    return f"--address {address}: cannot join the Ray cluster ({first}): {used}; {AUTH_HELP}"
+    return (
+        f"--address {address}: the Ray cluster refused this driver (authentication token "
+        f"missing or incorrect): {used}; {AUTH_HELP}"
+    )
 
 
 def _join_error(address: str, exc: BaseException, stderr: str, token: str | None) -> str:
     """One message for a failed ray.init(address=...): what failed and what to set."""
-    first = _first_line(exc) or type(exc).__name__
     if _is_auth_error(exc, stderr):
-        return _auth_message(address, first, token)
+        return _auth_message(address, token)
+    first = _first_line(exc) or type(exc).__name__
     return f"--address {address}: cannot join the Ray cluster ({first})"
 
 
-def _ray_entry(fn: TaskFn, task: RunTask) -> RunOutcome:
-    return execute_shipped(fn, task)
+def _ray_stream(fn: TaskFn, task: RunTask) -> Iterator[Any]:
+    """The Ray task (a streaming generator): the run goes in a thread; each snapshot of
+    its directory taken after a checkpoint is yielded (a dict of files) as it is made, and
+    the RunOutcome last. ray.cancel (a KeyboardInterrupt here) asks the run to stop after
+    its iteration, with a checkpoint, and still yields its outcome."""
+    from tdlens.sweeps import backends
+
+    snapshots: queue.Queue[dict[str, bytes] | None] = queue.Queue()
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["outcome"] = execute_shipped(fn, task)
+        except BaseException as exc:  # handed to the task's thread below
+            box["error"] = exc
+        finally:
+            snapshots.put(None)
+
+    backends._Worker.stop, backends._Worker.snapshot = stop, lambda d: snapshots.put(pack_dir(d))
+    try:
+        worker = threading.Thread(target=run, name=f"tdlens-{task.run_id}", daemon=True)
+        worker.start()
+        while True:
+            try:
+                files = snapshots.get()
+            except KeyboardInterrupt:  # cancelled by the driver
+                stop.set()
+                continue
+            if files is None:
+                break
+            yield files
+        worker.join()
+    finally:
+        backends._Worker.stop, backends._Worker.snapshot = None, None
+    if "error" in box:
+        raise box["error"]
+    yield box["outcome"]
 
 
 def run_ray(
@@ -355,7 +396,7 @@ def run_ray(
     ray = import_ray(address)
     started = _ray_init(ray, jobs, address)
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(_ray_entry)
+        remote = ray.remote(num_cpus=1, max_retries=0, num_returns="streaming")(_ray_stream)
         fn_ref = ray.put(fn)
         refs: dict[Any, RunTask] = {}
         attempts = {t.run_id: 1 for t in tasks}
@@ -398,32 +439,44 @@ def _collect_ray(
     lost: Any,
     timeout: float | None = None,
 ) -> None:
-    """Record outcomes as Ray tasks finish (until `timeout` seconds, if given); a task
-    whose worker or node died goes to `lost` (None: recorded failed at once)."""
+    """Write snapshots and record outcomes as the Ray tasks stream them (until `timeout`
+    seconds, if given); a task whose worker or node died goes to `lost` (None: recorded
+    failed at once, keeping the last snapshot's checkpoint)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while refs:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=left)
         if not ready:
             return
-        task = refs.pop(ready[0])
+        gen = ready[0]
+        task = refs[gen]
         try:
-            outcome = ray.get(ready[0])
+            item = ray.get(next(gen))
+        except StopIteration:  # ended without an outcome: treat as lost
+            item = ray.exceptions.RayError("the task ended without an outcome")
         except ray.exceptions.TaskCancelledError:
+            refs.pop(gen)
             continue
         except ray.exceptions.RayTaskError as exc:  # raised by the task, not a crash
+            refs.pop(gen)
             on_outcome(failed_outcome(task, exc))
             continue
         except ray.exceptions.RayError as exc:
-            why = f"Ray worker or node lost ({type(exc).__name__}: {_first_line(exc)})"
+            item = exc
+        if isinstance(item, dict):  # a snapshot after a checkpoint: the run goes on
+            unpack_dir(Path(task.run_dir), item)
+            continue
+        refs.pop(gen)
+        if isinstance(item, BaseException):
+            why = f"Ray worker or node lost ({type(item).__name__}: {_first_line(item)})"
             if lost is None:
-                on_outcome(died_outcome(task, f"{why}; retry with --resume"))
+                on_outcome(died_outcome(task, f"{why}; retry with --resume", "incomplete"))
             else:
                 lost(task, why)
             continue
-        _receive(task, outcome)
-        outcome.attempts = attempts.get(task.run_id, 1)
-        on_outcome(outcome)
+        _receive(task, item)
+        item.attempts = attempts.get(task.run_id, 1)
+        on_outcome(item)
 
 
 def _first_line(exc: BaseException, limit: int = 160) -> str:
