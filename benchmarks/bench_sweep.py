@@ -43,9 +43,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info
 
-from tdlens.runs.files import read_csv_rows
+from tdlens.config import shipped_configs
+from tdlens.rundir.files import read_csv_rows
 from tdlens.sweeps.plan import run_dir
-from tdlens.sweeps.spec import load_spec, shipped_configs
+from tdlens.sweeps.spec import load_spec
 from tdlens.sweeps.sweep import execute_sweep, prepare_sweep
 
 FULL_ITERS = 200

@@ -22,9 +22,10 @@ from PIL import Image
 from tdlens import ENV_ID
 from tdlens.config import load_config
 from tdlens.features import critic_features, make_feature_maps
+from tdlens.render import render_episode_gif
 from tdlens.torus import dynamics
+from tdlens.torus.draw import render_rgb
 from tdlens.torus.gym_env import TorusGobletGhostEnv, register_envs
-from tdlens.torus.render import render_episode_gif, render_rgb
 
 SMALL = ["env.feature_dim=32", "env.actor_feature_dim=8"]
 

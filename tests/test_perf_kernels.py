@@ -16,7 +16,7 @@ import pytest
 from helpers import small_config
 from tdlens.config import EnvConfig
 from tdlens.features import NextActions, actor_features, chain_features, make_feature_maps
-from tdlens.kernels import action_arguments
+from tdlens.kernels import action_arguments, affine_rows
 from tdlens.learner import init_params
 from tdlens.policy import policy_mean
 from tdlens.probes.fixed_point import expected_dynamics, expected_iterates
@@ -292,3 +292,25 @@ def test_limit_threads_holds_blas_to_one_thread():
     with limit_threads(1, "blas"):
         assert blas_threads() <= {1}
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_affine_rows_follows_its_order_and_ignores_the_other_rows(dtype):
+    """The actor features' affine map: each product rounded, summed in order of k, then
+    the bias; a row alone equals the same row among 257 (no BLAS blocking to differ)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 1, (257, 18)).astype(dtype)
+    W = rng.normal(0, 0.3, (18, 33)).astype(dtype)
+    b = rng.normal(0, 0.1, 33).astype(dtype)
+    out = np.empty((257, 33), dtype)
+    affine_rows(x, W, b, out)
+    i, j = 100, 5
+    acc = x[i, 0] * W[0, j]
+    for k in range(1, 18):
+        acc = dtype(acc + dtype(x[i, k] * W[k, j]))
+    assert out[i, j] == dtype(acc + b[j])
+    exact = x.astype(np.float64) @ W.astype(np.float64) + b
+    np.testing.assert_allclose(out, exact, rtol=0, atol=40 * np.finfo(dtype).eps)
+    alone = np.empty((1, 33), dtype)
+    affine_rows(x[i : i + 1], W, b, alone)
+    np.testing.assert_array_equal(alone[0], out[i])

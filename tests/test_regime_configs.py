@@ -1,14 +1,40 @@
-"""The shipped regime configs show their regime for real (SPEC 13), by their own report."""
+"""The shipped regime configs show their regime for real (SPEC 13), by their own report,
+and the report and the catalog always agree on a run's regime (one scoring module)."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from tdlens.cli import app
 from tdlens.config import load_config
+from tdlens.report import write_report
 from tdlens.runs.runner import Runner
-from tdlens.sweeps.records import load_record
+from tdlens.sweeps.catalog import index_run_dir
+
+
+def _checks(report: dict) -> dict[str, str]:
+    return {c["name"]: c["verdict"] for c in report["health"]["checks"]}
+
+
+def assert_report_and_catalog_agree(run_dir: Path, catalog: Path) -> str:
+    """The report's regime is the catalog's, and critic_frozen warns exactly on frozen."""
+    report = json.loads((run_dir / "run_report.json").read_text())
+    index_run_dir(catalog, run_dir)
+    (regime,) = (
+        sqlite3.connect(catalog)
+        .execute("SELECT regime FROM runs WHERE path = ?", (str(run_dir.resolve()),))
+        .fetchone()
+    )
+    label = report["regime"]["label"]
+    assert label == regime, (run_dir.name, label, regime)
+    if label != "diverged":
+        assert (_checks(report)["critic_frozen"] == "WARN") == (label == "frozen"), run_dir.name
+    return label
 
 
 @pytest.mark.parametrize(
@@ -21,8 +47,20 @@ from tdlens.sweeps.records import load_record
 )
 def test_regime_config_shows_its_regime(tmp_path, name, regime, health):
     cfg = load_config(f"configs/{name}.yaml")
-    Runner(cfg, tmp_path / name, handle_signals=False).run()
+    Runner(cfg, tmp_path / name, handle_signals=False, write_report=write_report).run()
     report = json.loads((tmp_path / name / "run_report.json").read_text())
     assert report["health"]["status"] == health
-    record = load_record(tmp_path / name)
-    assert record.regime == regime, record.regime_reason
+    assert report["regime"]["label"] == regime, report["regime"]["reason"]
+    assert assert_report_and_catalog_agree(tmp_path / name, tmp_path / "c.sqlite") == regime
+
+
+def test_demo_sweep_reports_and_catalog_agree(tmp_path):
+    out = tmp_path / "sweeps"
+    result = CliRunner().invoke(
+        app, ["sweep", "configs/sweeps/demo.yaml", "--output-dir", str(out), "--jobs", "2"]
+    )
+    assert result.exit_code in (0, 1), result.output  # diverged runs are runs, not errors
+    runs = sorted((next(out.iterdir()) / "runs").iterdir())
+    assert len(runs) == 4
+    labels = {assert_report_and_catalog_agree(r, tmp_path / "c.sqlite") for r in runs}
+    assert labels == {"frozen", "diverged"}

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from tdlens.config import load_config
+from tdlens.rundir.files import RunFileError, TableWriter, read_csv_rows, truncate_table
+from tdlens.rundir.lock import RunLock, RunLockedError
 from tdlens.runs import runner as runner_mod
 from tdlens.runs.checkpoint import latest_checkpoint, load_checkpoint
-from tdlens.runs.files import RunFileError, TableWriter, read_csv_rows, truncate_table
-from tdlens.runs.lock import RunLock, RunLockedError
 from tdlens.runs.runner import CURVE_COLUMNS, RunDirError, Runner
 
 FAST = ["probes.enabled=false", "env.feature_dim=32", "env.actor_feature_dim=8"]
@@ -58,8 +58,11 @@ def test_refuses_an_existing_run_directory(tmp_path):
     Runner(_cfg("outer_iters=1"), d).run()
     with pytest.raises(RunDirError, match="already exists"):
         Runner(_cfg("outer_iters=1"), d)
-    with pytest.raises(RunDirError, match="not a run directory"):
+    with pytest.raises(RunDirError, match="does not exist"):
         Runner(None, tmp_path / "nothing", resume=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirError, match="not a run directory"):
+        Runner(None, tmp_path / "empty", resume=True)
 
 
 def _stop_at(runner: Runner, n_stop: int) -> None:
@@ -134,17 +137,24 @@ def test_lock_refuses_a_second_process(tmp_path):
     RunLock(tmp_path / "run").acquire()  # released: free again
 
 
-def test_corrupt_checkpoint_is_a_clear_error_and_overwrites_nothing(tmp_path):
+def test_corrupt_latest_checkpoint_falls_back_to_the_newest_valid_one(tmp_path):
+    cfg = _cfg("outer_iters=9", "checkpoint_every=2")
+    Runner(cfg, tmp_path / "full").run()
     d = tmp_path / "run"
-    r = Runner(_cfg("outer_iters=6", "checkpoint_every=2"), d)
-    _stop_at(r, 2)
+    r = Runner(cfg, d)
+    _stop_at(r, 6)  # checkpoints 2, 4, 6 and the interruption's 7 (3 kept: 4, 6, 7)
     r.run()
-    latest = latest_checkpoint(d)
-    latest.write_bytes(b"not a zip file")
-    before = (d / "learning_curves.csv").read_bytes()
-    with pytest.raises(RunFileError, match="corrupt"):
-        Runner(None, d, resume=True).run()
-    assert (d / "learning_curves.csv").read_bytes() == before
+    names = [p.name for p in sorted((d / "checkpoints").iterdir())]
+    assert names == ["ckpt_000004.npz", "ckpt_000006.npz", "ckpt_000007.npz"]
+    latest = d / "checkpoints" / "ckpt_000007.npz"
+    data = bytearray(latest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the arrays
+    latest.write_bytes(bytes(data))
+    res = Runner(None, d, resume=True).run()
+    assert res.status == "complete"
+    assert "ckpt_000006.npz" in res.resumed_from and "ckpt_000007.npz" in res.resumed_from
+    assert "skipped checkpoint" in (d / "stdout.log").read_text()
+    assert _curves(d) == _curves(tmp_path / "full")
 
 
 def test_corrupt_csv_is_a_clear_error(tmp_path):

@@ -1,18 +1,25 @@
-"""The `tdlens` command line (SPEC section 12); the only module that prints or parses argv.
+"""The `tdlens` command line (SPEC section 12): the one module that registers commands.
+
+Command bodies live here and in :mod:`tdlens.sweeps.commands`; only these two print.
 
 Exit codes: 0 success, 1 a check failed (a sanity check; health FAIL only with
---strict; a run that raised), 2 bad input, 130/143 a run stopped by SIGINT/SIGTERM.
+--strict; a run that failed, or whose report or status could not be written), 2 bad
+input, 130/143/129 a run stopped by SIGINT/SIGTERM/SIGHUP. Expected failures print one
+line; an unexpected error prints one line too and the traceback only with
+``tdlens --debug`` (or ``TDLENS_DEBUG=1``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from importlib import resources
+import traceback
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tdlens.config import ConfigError, RunConfig, load_config
+from tdlens.config import ConfigError, RunConfig, find_config, load_config
 
 app = typer.Typer(
     name="tdlens",
@@ -33,6 +40,18 @@ app = typer.Typer(
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+_debug = {"on": os.environ.get("TDLENS_DEBUG", "") not in ("", "0")}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")
+    ] = False,
+) -> None:
+    """A workbench for off-policy TD learning with an unfixed behaviour policy."""
+    _debug["on"] = _debug["on"] or debug
+
 
 DEFAULT_CONFIG = "seed_plateau"
 SetOption = Annotated[
@@ -47,23 +66,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def shipped_configs() -> Path:
-    """The folder of configs shipped with the package (also ./configs in the repo)."""
-    return Path(str(resources.files("tdlens") / "configs"))
-
-
 def resolve_config_path(arg: str | None) -> Path:
     """A config file: the path given, else a shipped config by name (seed_plateau...)."""
-    name = arg or DEFAULT_CONFIG
-    path = Path(name)
-    if path.is_file():
-        return path
-    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
-    shipped = shipped_configs() / f"{stem}.yaml"
-    if shipped.is_file() and (len(path.parts) == 1 or path.parts[-2] == "configs"):
-        return shipped
-    names = ", ".join(sorted(p.stem for p in shipped_configs().glob("*.yaml")))
-    fail(f"config file '{name}' does not exist (shipped configs: {names})")
+    try:
+        return find_config(arg or DEFAULT_CONFIG)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def load_cli_config(arg: str | None, overrides: list[str] | None, name: str | None) -> RunConfig:
@@ -101,14 +109,20 @@ def run(
             help="Catalog to index the run in (default: $TDLENS_CATALOG or outputs/catalog.sqlite)."
         ),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="Start even when the estimated memory or disk exceeds what is free."),
+    ] = False,
 ) -> None:
     """Run the actor-critic with probes and write a run report (SPEC 7, 8)."""
-    from tdlens.runs.files import RunFileError
-    from tdlens.runs.lock import RunLockedError
-    from tdlens.runs.runner import RunDirError, Runner, default_run_dir
+    from tdlens.report import write_report
+    from tdlens.rundir.files import RunFileError
+    from tdlens.rundir.lock import RunLockedError
+    from tdlens.runs.budget import ResourceError
+    from tdlens.runs.runner import RunDirError, RunFinishedError, Runner, default_run_dir
 
     if resume:
-        target = run_dir or (Path(config) if config and Path(config).is_dir() else None)
+        target = run_dir or (Path(config) if config else None)
         if target is None:
             fail("--resume needs the run directory: tdlens run RUN_DIR --resume")
         if overrides:
@@ -116,10 +130,22 @@ def run(
         cfg = None
     else:
         cfg = load_cli_config(config, overrides, name)
+        if output_dir.exists() and not output_dir.is_dir():
+            fail(f"--output-dir '{output_dir}' is a file; it must be a folder (or not exist yet)")
         target = run_dir or default_run_dir(output_dir, cfg.name)
     try:
-        runner = Runner(cfg, target, resume=resume, on_progress=None)
-    except (RunDirError, ConfigError, RunFileError) as exc:
+        runner = Runner(
+            cfg,
+            target,
+            resume=resume,
+            force=force,
+            on_start=lambda d: _index_in_catalog(catalog, d, quiet=True),
+            write_report=write_report,
+        )
+    except RunFinishedError as exc:
+        out.print(str(exc), highlight=False)
+        raise typer.Exit(0) from None
+    except (RunDirError, ConfigError, RunFileError, ResourceError) as exc:
         fail(str(exc))
     cfg = runner.cfg
     if not cfg.sigma_condition_ok:
@@ -132,12 +158,22 @@ def run(
     out.print(f"run directory: {runner.run_dir}", highlight=False)
     try:
         result = _run_with_progress(runner)
-    except (RunLockedError, RunFileError) as exc:
+    except (RunLockedError, RunFileError, RunDirError, ResourceError) as exc:
         fail(str(exc))
+    if result.resumed_from:
+        out.print(f"resumed from {result.resumed_from}", highlight=False)
     _print_outcome(result.run_dir, result.status, result.reason)
+    for what in result.unwritten:
+        err.print(f"[yellow]warning:[/] could not write {what}", highlight=False)
+    if any(w.startswith("status.json") for w in result.unwritten):
+        err.print(
+            "status.json still says 'running'; `tdlens runs list` and `tdlens report` show "
+            "the run as crashed, and `--resume` continues it",
+            highlight=False,
+        )
     _index_in_catalog(catalog, result.run_dir)
     code = result.exit_code
-    if code == 0 and strict and _health(result.run_dir) == "FAIL":
+    if code == 0 and (result.unwritten or (strict and _health(result.run_dir) == "FAIL")):
         code = 1
     raise typer.Exit(code)
 
@@ -183,20 +219,21 @@ def _run_with_progress(runner):
         return runner.run()
 
 
-def _index_in_catalog(catalog: Path | None, run_dir: Path) -> None:
-    """Index a finished run in the SQLite catalog (SPEC 11); a catalog error only warns."""
+def _index_in_catalog(catalog: Path | None, run_dir: Path, quiet: bool = False) -> None:
+    """Index a run in the SQLite catalog (SPEC 11) at its start and end; errors only warn."""
     import sqlite3
 
-    from tdlens.sweeps.catalog import catalog_path, index_run_dir
+    from tdlens.sweeps.catalog import CatalogError, catalog_path, index_run_dir
 
     path = catalog_path(catalog)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         index_run_dir(path, run_dir)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, CatalogError) as exc:
         err.print(f"[yellow]warning:[/] run not indexed in catalog '{path}': {exc}")
         return
-    out.print(f"catalog: {path}", highlight=False)
+    if not quiet:
+        out.print(f"catalog: {path}", highlight=False)
 
 
 def _health(run_dir: Path) -> str | None:
@@ -226,7 +263,7 @@ def report(
 ) -> None:
     """(Re)generate run_report.md/.json/.html from a run directory's files alone."""
     from tdlens.report import write_report
-    from tdlens.runs.files import RunFileError
+    from tdlens.rundir.files import RunFileError
 
     if not (run_dir / "config.json").is_file():
         fail(f"'{run_dir}' is not a run directory (no config.json)")
@@ -249,7 +286,7 @@ def render(
     overrides: SetOption = None,
 ) -> None:
     """Record one episode under the config's behaviour policy as an animated GIF."""
-    from tdlens.torus.render import render_episode_gif
+    from tdlens.render import render_episode_gif
 
     cfg = load_cli_config(config, overrides, None)
     if out_file.suffix.lower() != ".gif":
@@ -304,8 +341,8 @@ def audit_rho(
     from rich.markup import escape
     from rich.table import Table
 
+    from tdlens.rundir.files import RunFileError
     from tdlens.runs.audit import audit_run_rho
-    from tdlens.runs.files import RunFileError
 
     if not (run_dir / "config.json").is_file():
         fail(f"'{run_dir}' is not a run directory (no config.json)")
@@ -355,17 +392,41 @@ def cfg_threshold(run_dir: Path) -> float:
 
 
 def _register_sweep_commands() -> None:
-    from tdlens.sweeps.commands import register
+    """The sweep, catalog and compare commands (their bodies live in tdlens.sweeps.commands)."""
+    from tdlens.sweeps import commands as sc
 
-    register(app)
+    app.command("sweep")(sc.sweep)
+    app.command("summarize")(sc.summarize)
+    runs_app = typer.Typer(help="Query the run catalog (SQLite).", no_args_is_help=True)
+    runs_app.command("list")(sc.runs_list)
+    runs_app.command("show")(sc.runs_show)
+    runs_app.command("reindex")(sc.runs_reindex)
+    app.add_typer(runs_app, name="runs")
+    app.command("compare")(sc.compare)
 
 
 _register_sweep_commands()
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main(argv: list[str] | None = None) -> int:
+    """The console entry point: the app, with unexpected errors as one line (module doc).
+
+    Usage errors and every command's exit code leave through ``SystemExit`` as usual.
+    """
+    try:
+        app(args=argv)
+    except Exception as exc:
+        if _debug["on"]:
+            traceback.print_exc()
+        else:
+            what = " ".join(f"{type(exc).__name__}: {exc}".split())
+            err.print(
+                f"[bold red]error:[/] {escape(what)} (run `tdlens --debug ...` for the traceback)",
+                highlight=False,
+            )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    sys.exit(main())

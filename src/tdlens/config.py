@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,6 +153,7 @@ class RunConfig(_Frozen):
     )
     threads: int = Field(0, ge=0, description="feature threads (0: all cores)")
     checkpoint_every: int = Field(10, ge=1)
+    checkpoint_keep: int = Field(3, ge=1, description="checkpoints kept (the newest)")
     report_every: int = Field(0, ge=0, description="rewrite the report every n iters (0: end)")
     env: EnvConfig = EnvConfig()
     probes: ProbesConfig = ProbesConfig()
@@ -201,7 +203,9 @@ class RunConfig(_Frozen):
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-EXECUTION_KEYS = frozenset({"name", "threads", "checkpoint_every", "report_every"})
+EXECUTION_KEYS = frozenset(
+    {"name", "threads", "checkpoint_every", "checkpoint_keep", "report_every"}
+)
 """Keys that change how a run executes but never its numbers."""
 
 
@@ -294,6 +298,31 @@ def set_dotted(data: dict[str, Any], path: list[str], value: Any, what: str = ""
             raise ConfigError(f"{what}{'.'.join(path)}: '{part}' is not a section")
         node = child
     node[path[-1]] = value
+
+
+def shipped_configs() -> Path:
+    """The folder of configs shipped with the package (also ./configs in the repo)."""
+    return Path(str(resources.files("tdlens") / "configs"))
+
+
+def find_config(name: str, search: tuple[Path, ...] = ()) -> Path:
+    """A config file by path or by shipped name.
+
+    `name` as a file (relative to each folder of `search` first, then as given), else the
+    shipped config of that stem when `name` is a bare name or ``configs/<name>``
+    (``sanity``, ``sanity.yaml``, ``configs/sanity.yaml``). A ConfigError lists the
+    shipped names.
+    """
+    path = Path(name)
+    for candidate in (*(folder / name for folder in search), path):
+        if candidate.is_file():
+            return candidate
+    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
+    shipped = shipped_configs() / f"{stem}.yaml"
+    if shipped.is_file() and (len(path.parts) == 1 or path.parts[-2] == "configs"):
+        return shipped
+    names = ", ".join(sorted(p.stem for p in shipped_configs().glob("*.yaml")))
+    raise ConfigError(f"config '{name}' does not exist (shipped configs: {names})")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

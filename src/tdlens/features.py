@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tdlens.config import RunConfig
-from tdlens.kernels import action_arguments, mean_rows, rescale_rows, scale_rows
+from tdlens.kernels import action_arguments, affine_rows, mean_rows, rescale_rows, scale_rows
 from tdlens.seeding import stream
 from tdlens.threads import limit_threads
 
@@ -128,10 +128,14 @@ def make_feature_maps(cfg: RunConfig) -> FeatureMaps:
 def actor_features(maps: FeatureMaps, o: np.ndarray) -> np.ndarray:
     """``psi [..., N] = tanh(W_psi o + b_psi)``, rescaled so that ||psi|| <= c_psi.
 
-    Computed in the features dtype (float32 is validated against float64, SPEC 14).
+    Computed in the features dtype (float32 is validated against float64, SPEC 14); the
+    affine map row by row in a fixed order (:func:`tdlens.kernels.affine_rows`), so a row's
+    value never depends on the other rows or on the CPU's BLAS kernel.
     """
-    psi = o.astype(maps.dtype) @ maps.W_psi_t
-    psi += maps.b_psi_d
+    rows = np.ascontiguousarray(o, dtype=maps.dtype).reshape(-1, o.shape[-1])
+    psi = np.empty((rows.shape[0], maps.N), dtype=maps.dtype)
+    affine_rows(rows, maps.W_psi_t, maps.b_psi_d, psi)
+    psi = psi.reshape(*o.shape[:-1], maps.N)
     np.tanh(psi, out=psi)
     norm = np.sqrt(np.vecdot(psi, psi))[..., None]
     psi *= (maps.c_psi / np.maximum(norm, maps.c_psi)).astype(psi.dtype)
@@ -147,8 +151,7 @@ def actor_features_into(
     compiled call instead of five NumPy calls. ``cap_norm=False`` stops before the cap
     (the rollout fuses it with the policy step, :func:`tdlens.kernels.gaussian_policy_step`).
     """
-    np.matmul(o.astype(maps.dtype), maps.W_psi_t, out=out)
-    out += maps.b_psi_d
+    affine_rows(np.ascontiguousarray(o, dtype=maps.dtype), maps.W_psi_t, maps.b_psi_d, out)
     np.tanh(out, out=out)
     if cap_norm:
         rescale_rows(out, np.vecdot(out, out), maps.dtype.type(maps.c_psi))

@@ -1,10 +1,14 @@
 """Small compiled kernels of the rollout loop (numba, ``cache=True``).
 
 Each kernel replaces a handful of NumPy calls on ``[B, ...]`` rows whose cost is call
-overhead, with the same correctly rounded IEEE operations (``+ - * /``, ``sqrt``, ``max``)
-in the same order and dtype, so results are bit-identical to the NumPy expressions named
-in the docstrings. Dot products, matrix products and transcendental functions stay in
-NumPy/BLAS (their summation order and SIMD polynomials are not reproducible here).
+overhead, with correctly rounded IEEE operations (``+ - * /``, ``sqrt``, ``max``, ``fma``)
+in an order written down in its docstring. Sums that decide a chain's path (the actor
+features' affine map, the policy means) are computed here, row by row in that documented
+order, never by BLAS: which BLAS kernel OpenBLAS picks depends on the CPU, and its
+blocking (so its rounding) can depend on how many rows are multiplied together. A row's
+value therefore depends only on that row, whatever the batch and whatever the CPU's BLAS
+kernel, which is what makes a chain rolled out alone equal the same chain in a batch.
+Transcendental functions stay in NumPy (elementwise, so row-independent too).
 """
 
 from __future__ import annotations
@@ -24,6 +28,29 @@ def _fma(typingctx, x, y, z):
     return x(x, y, z), codegen
 
 
+@njit(cache=True, nogil=True)
+def affine_rows(x: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out[i, j] = (((x[i, 0] W[0, j] + x[i, 1] W[1, j]) + ...) + x[i, K-1] W[K-1, j]) + b[j]``
+
+    for ``x [R, K]``, ``W [K, J]``, ``b [J]``, ``out [R, J]``, all in one dtype: each product
+    rounded, then added in order of k (no fma), then the bias. The affine map
+    ``W_psi o + b_psi`` of the actor features, without BLAS (module docstring).
+    """
+    R, K = x.shape
+    for i in range(R):
+        o = out[i]
+        xi = x[i]
+        for j in range(o.shape[0]):
+            o[j] = xi[0] * W[0, j]
+        for k in range(1, K):
+            xk = xi[k]
+            Wk = W[k]
+            for j in range(o.shape[0]):
+                o[j] += xk * Wk[j]
+        for j in range(o.shape[0]):
+            o[j] += b[j]
+
+
 @njit(cache=True)
 def rescale_rows(psi: np.ndarray, sq_norm: np.ndarray, cap: np.floating) -> None:
     """``psi *= cap / maximum(sqrt(sq_norm), cap)`` per row (in place).
@@ -41,9 +68,11 @@ def rescale_rows(psi: np.ndarray, sq_norm: np.ndarray, cap: np.floating) -> None
 
 @njit(cache=True, inline="always")
 def _strided_dots(x: np.ndarray, theta: np.ndarray) -> tuple[float, float]:
-    """``(x . theta[:, 0], x . theta[:, 1])`` in float64, each summed exactly as NumPy's
-    ``vecdot`` does for a strided operand (OpenBLAS ddot, non-unit stride: two partial
-    sums of pairs of products over blocks of four, the remainder fused into the first).
+    """``(x . theta[:, 0], x . theta[:, 1])`` in float64, each summed in our fixed order: two
+    partial sums ``s1, s2`` over blocks of four, ``s1 += t_i x_i + t_{i+2} x_{i+2}`` and
+    ``s2 += t_{i+1} x_{i+1} + t_{i+3} x_{i+3}``, the remainder fused into ``s1``
+    (``fma``), then ``s1 + s2``. (It is the order OpenBLAS's SkylakeX ddot uses for a
+    strided operand, so older runs keep their bits there; it no longer depends on it.)
     Both columns in one loop (four independent sums: the loop is latency-bound)."""
     n = x.shape[0]
     a1, a2, b1, b2 = 0.0, 0.0, 0.0, 0.0

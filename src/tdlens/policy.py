@@ -23,18 +23,22 @@ def policy_mean(theta: np.ndarray, psi: np.ndarray) -> np.ndarray:
     Evaluated as per-row dot products (no matrix product) so that a row's value does not
     depend on how many rows are evaluated together, nor on whether the other rows share its
     theta (a chain rolled out alone equals the same chain in a batch). A compiled kernel
-    (:func:`tdlens.kernels.policy_means`) sums each dot product in the order of NumPy's
-    ``vecdot(psi, theta.T)``; other shapes and dtypes take ``vecdot`` itself.
+    (:func:`tdlens.kernels.policy_means`) sums each dot product in its documented order,
+    whatever the shapes (theta broadcast to the rows) and dtype (other than float32 and
+    float64: cast to float64).
     """
     N = theta.shape[-2]
-    per_row = theta.ndim > 2
-    if psi.dtype in _KERNEL_DTYPES and (not per_row or theta.shape[:-2] == psi.shape[:-1]):
-        m = np.empty((*psi.shape[:-1], 2))
-        rows = np.ascontiguousarray(psi).reshape(-1, N)
-        th = np.ascontiguousarray(theta, dtype=np.float64).reshape(-1, N, 2)
-        policy_means(rows, th, m.reshape(-1, 2))
-        return m
-    return np.vecdot(psi[..., None, :], np.swapaxes(theta, -1, -2)) / math.sqrt(N)
+    if psi.dtype not in _KERNEL_DTYPES:
+        psi = psi.astype(np.float64)
+    th = np.asarray(theta, dtype=np.float64)
+    if th.ndim > 2 and th.shape[:-2] != psi.shape[:-1]:
+        shape = np.broadcast_shapes(th.shape[:-2], psi.shape[:-1])
+        th = np.broadcast_to(th, (*shape, N, 2))
+        psi = np.broadcast_to(psi, (*shape, N))
+    m = np.empty((*psi.shape[:-1], 2))
+    rows = np.ascontiguousarray(psi).reshape(-1, N)
+    policy_means(rows, np.ascontiguousarray(th).reshape(-1, N, 2), m.reshape(-1, 2))
+    return m
 
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

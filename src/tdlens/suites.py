@@ -12,7 +12,6 @@ Each check states the source of its tolerance next to it:
 from __future__ import annotations
 
 import datetime as dt
-import html
 import itertools
 import json
 import math
@@ -27,7 +26,11 @@ import numpy as np
 from tdlens.config import RunConfig, apply_overrides, parse_config
 from tdlens.features import make_feature_maps
 from tdlens.learner import IterationResult, gradients, init_params
-from tdlens.runs.files import atomic_write_json, atomic_write_text, read_csv_rows, read_json
+from tdlens.report import write_report
+from tdlens.report.kit import Html, esc, table
+from tdlens.report.kit import page as kit_page
+from tdlens.rundir.files import atomic_write_json, atomic_write_text
+from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner
 
 ROUNDING_RTOL = 1e-12
@@ -88,17 +91,18 @@ class SuiteContext:
         cfg = self.config(f"name={name}", *overrides)
         observed = Observed()
         run_dir = self.out_dir / name
-        Runner(cfg, run_dir, handle_signals=False, on_iteration=observed).run()
+        Runner(
+            cfg, run_dir, handle_signals=False, on_iteration=observed, write_report=write_report
+        ).run()
         return run_dir, observed
 
 
 def _rows(run_dir: Path) -> list[dict[str, Any]]:
-    return read_csv_rows(run_dir / "learning_curves.csv")
+    return list(load_run(run_dir).curves.rows)
 
 
 def _probe_rows(run_dir: Path, probe: str) -> list[dict[str, Any]]:
-    path = run_dir / "probes" / f"{probe}.csv"
-    return read_csv_rows(path) if path.exists() else []
+    return list(load_run(run_dir).probe(probe).rows)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -226,8 +230,7 @@ def check_full_triad_short(ctx: SuiteContext) -> CheckResult:
     frozen): generic health PASS."""
     alpha_w = 0.2 * _critical_alpha_w(ctx, "full_triad_short")
     run_dir, _ = ctx.run("full_triad_short", f"alpha_w={alpha_w:.6g}")
-    report = read_json(run_dir / "run_report.json")
-    health = report.get("health", {})
+    health = load_run(run_dir).report.get("health", {})
     status = health.get("status")
     return CheckResult(
         "full_triad_short",
@@ -556,31 +559,19 @@ def write_summary(suite: SuiteResult) -> None:
         cells = [r["name"], r["verdict"], r["observed"], r["expected"], r["tolerance"]]
         md.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     atomic_write_text(suite.out_dir / "SUMMARY.md", "\n".join(md) + "\n")
-    body = []
+    table_rows = []
     for r in rows:
         links = " ".join(
-            f'<a href="{html.escape(str(Path(p).relative_to(suite.out_dir)))}/run_report.html">'
-            f"{html.escape(Path(p).name)}</a>"
+            f'<a href="{esc(Path(p).relative_to(suite.out_dir))}/run_report.html">'
+            f"{esc(Path(p).name)}</a>"
             for p in r["run_dirs"]
         )
-        colour = "#2e7d32" if r["verdict"] == "PASS" else "#c62828"
-        body.append(
-            "<tr>"
-            f"<td>{html.escape(r['name'])}</td>"
-            f'<td style="color:{colour};font-weight:bold">{r["verdict"]}</td>'
-            f"<td>{html.escape(r['observed'])}</td><td>{html.escape(r['expected'])}</td>"
-            f"<td>{html.escape(r['tolerance'])}</td><td>{links}</td></tr>"
+        table_rows.append(
+            (r["name"], r["verdict"], r["observed"], r["expected"], r["tolerance"], Html(links))
         )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>tdlens sanity</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}"
-        "</style></head><body>"
-        f"<h1>Sanity suite: {verdict}</h1><table><tr><th>check</th><th>verdict</th>"
-        "<th>observed</th><th>expected</th><th>tolerance</th><th>report</th></tr>"
-        + "".join(body)
-        + "</table></body></html>\n"
-    )
+    header = ("check", "verdict", "observed", "expected", "tolerance", "report")
+    body = table(header, table_rows)
+    page = kit_page(f"Sanity suite: {verdict}", body)
     atomic_write_text(suite.out_dir / "SUMMARY.html", page)
 
 

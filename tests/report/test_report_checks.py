@@ -240,11 +240,16 @@ def test_critic_frozen_warns_on_a_frozen_critic(tmp_path):
     run.set_curve("delta_w_norm", lambda i: 1e-7 * run.curves[i]["w_norm"])
     del run.probes["stability_probe"]
     c = verdict(run, tmp_path / "b", "critic_frozen")
-    assert c.verdict == WARN and "< 1e-06 on every iteration" in c.detail
+    assert c.verdict == WARN and "median delta_w_norm/w_norm 1e-07 < 1e-06" in c.detail
     run = healthy_run()  # the critic moves, but its fastest mode is slower than the run
     run.set_probe("stability_probe", "fastest_timescale", 500.0)
     c = verdict(run, tmp_path / "c", "critic_frozen")
-    assert c.verdict == WARN and "fastest_timescale = 500 iterations > run length 20" in c.detail
+    assert c.verdict == WARN and "fastest_timescale 500 > the run's 20 iterations" in c.detail
+    run = healthy_run()  # a first big step, then frozen: the median decides, as in sweeps
+    run.set_curve("delta_w_norm", lambda i: (1e-2 if i == 0 else 1e-7) * run.curves[i]["w_norm"])
+    del run.probes["stability_probe"]
+    c = verdict(run, tmp_path / "d", "critic_frozen")
+    assert c.verdict == WARN and c.observed["max_rel_step"] == pytest.approx(1e-2)
 
 
 def test_step_stable_passes_below_and_fails_above_the_critical_step(tmp_path):

@@ -3,7 +3,7 @@
 :func:`healthy_run` builds, in memory, the files a healthy 20-iteration run writes (the
 real column names of tdlens.runs.runner and tdlens.probes), chosen so that every health
 check PASSes and no next-step rule fires; each test changes one thing and writes it with
-:meth:`SynthRun.write`. Writing goes through tdlens.runs.files, as the runner does.
+:meth:`SynthRun.write`. Writing goes through tdlens.rundir.files, as the runner does.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from helpers import small_config
 from tdlens.config import RunConfig
 from tdlens.probes.manager import SUMMARY_COLUMNS
-from tdlens.runs.files import TableWriter, atomic_write_json
+from tdlens.rundir.files import TableWriter, atomic_write_json
 from tdlens.runs.runner import CURVE_COLUMNS
 
 N_ITERS = 20
@@ -338,7 +338,7 @@ def frozen_run(*overrides: str) -> SynthRun:
 
 
 def test_healthy_run_writes_a_readable_run_directory(tmp_path):
-    from tdlens.runs.files import read_csv_rows
+    from tdlens.rundir.files import read_csv_rows
 
     d = healthy_run(arrays=True).write(tmp_path / "run")
     rows = read_csv_rows(d / "learning_curves.csv")

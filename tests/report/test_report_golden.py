@@ -108,7 +108,9 @@ def assert_seed_structure(ours: str, seed: str) -> None:
 def real_run(tmp_path_factory) -> Path:
     """A real (tiny) run with every probe on, written by the runner."""
     run_dir = tmp_path_factory.mktemp("real") / "run"
-    result = Runner(small_config(*PROBES_FAST), run_dir, handle_signals=False).run()
+    result = Runner(
+        small_config(*PROBES_FAST), run_dir, handle_signals=False, write_report=write_report
+    ).run()
     assert result.status == "complete" and result.report_paths
     return run_dir
 
@@ -162,7 +164,10 @@ def test_probes_off_report_keeps_every_section(tmp_path):
     """Without probes the seed's sections and probe headings are still there."""
     run_dir = tmp_path / "run"
     Runner(
-        small_config("outer_iters=3", "probes.enabled=false"), run_dir, handle_signals=False
+        small_config("outer_iters=3", "probes.enabled=false"),
+        run_dir,
+        handle_signals=False,
+        write_report=write_report,
     ).run()
     text = (run_dir / "run_report.md").read_text()
     seed = SEED_COPY.read_text()

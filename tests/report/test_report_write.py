@@ -14,8 +14,8 @@ from test_report_fixtures import healthy_run
 
 from helpers import small_config
 from tdlens.report import REPORT_FILES, build_report, write_report
+from tdlens.rundir.files import atomic_write_text
 from tdlens.runs import runner as runner_mod
-from tdlens.runs.files import atomic_write_text
 from tdlens.runs.runner import Runner
 
 FAST = ("probes.enabled=false", "outer_iters=6")
@@ -114,7 +114,9 @@ def test_incomplete_run_after_sigint_reports_fail_with_its_reason(tmp_path):
         if progress.n == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
-    result = Runner(small_config(*FAST), tmp_path / "run", on_progress=interrupt).run()
+    result = Runner(
+        small_config(*FAST), tmp_path / "run", on_progress=interrupt, write_report=write_report
+    ).run()
     assert result.status == "incomplete" and result.exit_code == 130
     md = (tmp_path / "run" / "run_report.md").read_text()
     assert "- status: FAIL (incomplete run: interrupted by SIGINT after 3 of 6 iterations" in md
@@ -124,7 +126,10 @@ def test_incomplete_run_after_sigint_reports_fail_with_its_reason(tmp_path):
 
 def test_diverged_run_gets_a_report(tmp_path):
     result = Runner(
-        small_config(*FAST, "alpha_w=1e300"), tmp_path / "run", handle_signals=False
+        small_config(*FAST, "alpha_w=1e300"),
+        tmp_path / "run",
+        handle_signals=False,
+        write_report=write_report,
     ).run()
     assert result.status == "diverged" and result.report_paths
     md = (tmp_path / "run" / "run_report.md").read_text()
@@ -141,7 +146,9 @@ def test_failed_run_shows_its_traceback(tmp_path, monkeypatch):
         return real(cfg, maps, params, n, workspace)
 
     monkeypatch.setattr(runner_mod, "outer_iteration", explode)
-    result = Runner(small_config(*FAST), tmp_path / "run", handle_signals=False).run()
+    result = Runner(
+        small_config(*FAST), tmp_path / "run", handle_signals=False, write_report=write_report
+    ).run()
     assert result.status == "failed"
     md = (tmp_path / "run" / "run_report.md").read_text()
     assert "- status: FAIL (failed run: ValueError at iteration 2: <boom>)" in md

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,14 +25,13 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from tdlens.config import parse_config
+from tdlens.config import parse_config, shipped_configs
+from tdlens.report import write_report
 from tdlens.runs.runner import Runner
 from tdlens.sweeps import catalog as cat
 from tdlens.sweeps.backends import BackendError, RunOutcome, RunTask, execute_task
-from tdlens.sweeps.commands import register
 from tdlens.sweeps.plan import read_plan, run_dir
 from tdlens.sweeps.ray_backend import import_ray
-from tdlens.sweeps.spec import shipped_configs
 from tdlens.sweeps.sweep import execute_sweep, prepare_sweep
 
 DEMO = shipped_configs() / "sweeps" / "demo.yaml"
@@ -70,8 +70,8 @@ def _tables(run: Path) -> dict[str, list[list[str]]]:
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
+    from tdlens.cli import app
+
     return app
 
 
@@ -316,7 +316,7 @@ def _slow_task(task: RunTask):
             task.run_dir,
             resume=task.resume,
             handle_signals=False,
-            report_html=False,
+            write_report=partial(write_report, html=False),
             on_progress=lambda progress: time.sleep(0.25),
         ).run()
     return RunOutcome(task.run_id, result.status, result.reason, result.exit_code, result.next_iter)
@@ -461,7 +461,7 @@ def _die_after_streamed_checkpoint(task: RunTask):
             task.run_dir,
             on_progress=bomb,
             handle_signals=False,
-            report_html=False,
+            write_report=partial(write_report, html=False),
         ).run()
     raise AssertionError("unreachable")
 

@@ -11,7 +11,6 @@ import typer
 from typer.testing import CliRunner
 
 from tdlens.sweeps import catalog as cat
-from tdlens.sweeps.commands import register
 from tdlens.sweeps.records import RunRecord
 
 PER_WRITER = 40
@@ -114,8 +113,8 @@ def test_where_cannot_write_through_a_subquery_or_attach(catalog, tmp_path):
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
+    from tdlens.cli import app
+
     return app
 
 

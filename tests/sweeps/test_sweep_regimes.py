@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from helpers import small_config
-from tdlens.runs.files import TableWriter, atomic_write_json
+from tdlens.rundir.files import TableWriter, atomic_write_json
 from tdlens.runs.runner import CURVE_COLUMNS
-from tdlens.sweeps.records import load_record
-from tdlens.sweeps.regimes import (
+from tdlens.scores import (
     FROZEN_REL_STEP,
     W_GROWTH_FACTOR,
     RunSeries,
     label_regime,
     value_noise_floor,
 )
+from tdlens.sweeps.records import load_record
 
 ITERS = 40
 PROBE_ITERS = [9.0, 19.0, 29.0, 39.0]

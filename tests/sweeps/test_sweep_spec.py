@@ -13,7 +13,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from tdlens.sweeps.commands import register
+from tdlens.config import shipped_configs
 from tdlens.sweeps.plan import plan_dict, runs_from_plan
 from tdlens.sweeps.spec import (
     SweepSpecError,
@@ -23,7 +23,6 @@ from tdlens.sweeps.spec import (
     logspace_values,
     make_plan,
     parse_spec,
-    shipped_configs,
 )
 
 SHIPPED = shipped_configs() / "sweeps"
@@ -175,8 +174,8 @@ def test_bad_specs_name_the_key(tmp_path, spec, message):
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
+    from tdlens.cli import app
+
     return app
 
 

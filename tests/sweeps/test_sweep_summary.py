@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_sweep_regimes import write_run
 
-from tdlens.runs.files import atomic_write_json
+from tdlens.rundir.files import atomic_write_json
 from tdlens.sweeps.records import RunRecord
 from tdlens.sweeps.stats import iqm
 from tdlens.sweeps.summary import (

@@ -12,7 +12,7 @@ from tdlens.report.build import Report, build_report
 from tdlens.report.render_html import render_html
 from tdlens.report.render_json import render_json
 from tdlens.report.render_md import render_md
-from tdlens.runs.files import atomic_write_text
+from tdlens.rundir.files import atomic_write_text
 
 REPORT_FILES = ("run_report.md", "run_report.json", "run_report.html")
 

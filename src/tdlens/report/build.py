@@ -20,7 +20,6 @@ from tdlens.report.checks import (
     check_rho_sane,
     check_sigma_condition,
 )
-from tdlens.report.load import RunData, Table, load_run
 from tdlens.report.probe_checks import (
     SCALE_RATIO_TOL,
     check_critic_frozen,
@@ -39,7 +38,9 @@ from tdlens.report.sanity_checks import (
 from tdlens.report.stats import Stats, summarize
 from tdlens.report.theory import theory_overlay
 from tdlens.report.verdicts import FAIL, PASS, Check, NextStep, overall_status
+from tdlens.rundir.read import RunData, Table, load_run
 from tdlens.schema import SPEC_RHO_COLUMNS
+from tdlens.scores import Regime, label_regime, series_of
 
 CORE_METRICS: tuple[str, ...] = (
     "td_loss",
@@ -206,6 +207,7 @@ class Report:
     """Everything in run_report.md/.json/.html (see the renderers)."""
 
     run_info: dict[str, Any]
+    regime: Regime
     health_status: str
     health_reasons: list[str]
     checks: list[Check]
@@ -363,6 +365,7 @@ def build_report(run_dir: str | Path) -> Report:
     t = data.curves.iters()
     return Report(
         run_info=run_info(data),
+        regime=label_regime(series_of(data)),
         health_status=status,
         health_reasons=reasons,
         checks=checks,

@@ -14,8 +14,8 @@ import math
 import numpy as np
 
 from tdlens.report.fmt import fmt
-from tdlens.report.load import RunData, Table
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
+from tdlens.rundir.read import RunData, Table
 from tdlens.schema import PROBE_SUMMARY_COLUMNS
 
 RHO2_SANE_MAX = 100.0

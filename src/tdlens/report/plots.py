@@ -8,15 +8,13 @@ when there is nothing to draw.
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tdlens.report.load import RunData, Table, latest_array
+from tdlens.report.kit import png_data_uri
+from tdlens.rundir.read import RunData, Table, latest_array
 
 DPI = 80
 TICKS = 4
@@ -26,11 +24,8 @@ LOG_RATIO = 100.0
 
 
 def to_data_uri(fig: Figure) -> str:
-    """Render ``fig`` to PNG (no timestamp metadata, so the bytes are reproducible)."""
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    """Render ``fig`` to a PNG data URI at the report's DPI (:func:`kit.png_data_uri`)."""
+    return png_data_uri(fig, DPI)
 
 
 def _scale(ax: Any, y: np.ndarray) -> None:

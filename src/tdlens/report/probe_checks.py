@@ -12,9 +12,10 @@ import numpy as np
 
 from tdlens.report.checks import iters_where
 from tdlens.report.fmt import fmt
-from tdlens.report.load import RunData, Table, array_files, load_array
 from tdlens.report.stats import nan_max, nan_mean
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
+from tdlens.rundir.read import RunData, Table, array_files, load_array
+from tdlens.scores import FROZEN_REL_STEP, frozen_reasons, relative_steps, series_of
 
 SCALE_RATIO_TOL = 1e-9
 """scale_consistency: |stability_probe_step_scale / train_step_scale - 1| allowed."""
@@ -26,7 +27,6 @@ of the cached-subsample mean of delta^2 (see :func:`subsample_rel_se`)."""
 LOSS_CV_FALLBACK = math.sqrt(2.0)
 """Coefficient of variation of a trajectory's mean delta^2 used when no Q_hat is saved:
 the Gaussian worst case (all T errors of a trajectory perfectly correlated)."""
-CRITIC_FROZEN_REL_STEP = 1e-6
 """critic_frozen: WARN when delta_w_norm / w_norm stays below this on every iteration."""
 
 
@@ -272,52 +272,36 @@ def check_rho_audit(data: RunData) -> Check:
     return Check("rho_audit", PASS, f"passed on all {len(audit)} probes ({values})", observed)
 
 
-def relative_steps(data: RunData) -> np.ndarray:
-    """``delta_w_norm / w_norm`` per iteration (finite values only)."""
-    dw, w = data.curves.values("delta_w_norm"), data.curves.values("w_norm")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = dw / w
-    return rel[np.isfinite(rel)]
-
-
 def check_critic_frozen(data: RunData) -> Check:
-    """WARN when the critic does not move (SPEC 8, 11): ``max_n delta_w_norm / w_norm <
-    CRITIC_FROZEN_REL_STEP``, or the last stability probe's fastest_timescale (iterations
-    for the fastest mode of ``w += eta (b - A w)`` to relax by 1/e) exceeds the run."""
-    rel = relative_steps(data)
+    """WARN when the critic does not move on the run's timescale (SPEC 8, 11), by the one
+    definition the sweep's regime label uses (:func:`tdlens.scores.frozen_reasons`): the
+    median of ``delta_w_norm / w_norm`` below ``FROZEN_REL_STEP``, or the last stability
+    probe's fastest_timescale (iterations for the fastest mode of ``w += eta (b - A w)``
+    to relax by 1/e) beyond the run."""
+    series = series_of(data)
+    rel = relative_steps(series)
     if not len(rel):
         return Check("critic_frozen", PASS, "not applicable: no delta_w_norm / w_norm rows")
-    run_iters = data.cfg.outer_iters if data.cfg else len(data.curves)
     fastest = data.probe("stability_probe").last("fastest_timescale")
     observed = {
         "max_rel_step": float(rel.max()),
         "median_rel_step": float(np.median(rel)),
-        "threshold": CRITIC_FROZEN_REL_STEP,
+        "threshold": FROZEN_REL_STEP,
         "fastest_timescale": fastest,
-        "run_iters": run_iters,
+        "run_iters": series.outer_iters,
     }
-    reasons = []
-    if rel.max() < CRITIC_FROZEN_REL_STEP:
-        reasons.append(
-            f"delta_w_norm / w_norm <= {fmt(rel.max())} < "
-            f"{fmt(CRITIC_FROZEN_REL_STEP)} on every iteration"
-        )
-    if fastest is not None and not fastest <= run_iters:
-        reasons.append(f"fastest_timescale = {fmt(fastest)} iterations > run length {run_iters}")
+    reasons = frozen_reasons(series)
     if reasons:
-        return Check(
-            "critic_frozen",
-            WARN,
-            "critic frozen: " + "; ".join(reasons),
-            observed,
-            "; ".join(reasons),
-        )
-    extra = f", fastest_timescale {fmt(fastest)} <= {run_iters}" if fastest is not None else ""
+        text = "; ".join(reasons)
+        return Check("critic_frozen", WARN, "critic frozen: " + text, observed, text)
+    extra = (
+        f", fastest_timescale {fmt(fastest)} <= {series.outer_iters}" if fastest is not None else ""
+    )
     return Check(
         "critic_frozen",
         PASS,
-        f"critic moves: max delta_w_norm / w_norm = "
-        f"{fmt(rel.max())} >= {fmt(CRITIC_FROZEN_REL_STEP)}{extra}",
+        f"critic moves: median delta_w_norm / w_norm = "
+        f"{fmt(float(np.median(rel)))} >= {fmt(FROZEN_REL_STEP)}{extra}",
         observed,
     )
 

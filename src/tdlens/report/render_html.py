@@ -7,16 +7,16 @@ traceback, table names) goes through :func:`esc` (``html.escape`` with quotes).
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from typing import Any
 
 from tdlens.report import plots
 from tdlens.report.build import SAMPLE_COLUMNS, Report
 from tdlens.report.fmt import fmt, fmt_count, fmt_ratio
-from tdlens.report.load import Table
+from tdlens.report.kit import esc, page, table
 from tdlens.report.render_md import DYNAMICS_NOTES, MISSING_CELL, key_hparams
 from tdlens.report.stats import STAT_COLUMNS, Stats
+from tdlens.rundir.read import Table
 
 CORE_PLOT_COLUMNS = (
     "td_loss",
@@ -26,28 +26,6 @@ CORE_PLOT_COLUMNS = (
     "critic_teacher_error",
     "delta_w_norm",
 )
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:.5em 0;font-size:13px}
-th,td{border:1px solid #ccc;padding:2px 8px;text-align:right}
-th:first-child,td:first-child{text-align:left}
-th{background:#f0f0f0} .PASS{color:#1a7f37;font-weight:bold}
-.WARN{color:#b35900;font-weight:bold} .FAIL{color:#cf222e;font-weight:bold}
-pre{background:#f6f8fa;padding:8px;overflow-x:auto} img{max-width:100%}
-figcaption{font-size:12px;color:#555}
-"""
-
-
-def esc(x: Any) -> str:
-    """HTML-escape any value's text (quotes included)."""
-    return html.escape(str(x), quote=True)
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """An HTML table; every cell escaped."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def stats_table(stats: dict[str, Stats | None], source: Table | None = None) -> str:
@@ -105,7 +83,8 @@ def html_health(r: Report) -> str:
     out = [
         f"<h2>Health</h2><p>status: {verdict(r.health_status)}"
         + (f" ({esc(reasons)})" if reasons else "")
-        + "</p>"
+        + "</p>",
+        f"<p>regime: <b>{esc(r.regime.label)}</b> ({esc(r.regime.reason)})</p>",
     ]
     rows = "".join(
         f"<tr><td>{esc(c.name)}</td><td>{verdict(c.verdict)}</td>"
@@ -241,7 +220,4 @@ def render_html(r: Report) -> str:
             html_tail(r),
         ]
     )
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>\n"
-    )
+    return page(title, body, heading=False)

@@ -8,7 +8,7 @@ from typing import Any
 
 from tdlens.report.build import SAMPLE_COLUMNS, Report
 from tdlens.report.stats import K_LAST, Stats
-from tdlens.runs.files import to_jsonable
+from tdlens.rundir.files import to_jsonable
 
 SCHEMA = "tdlens.run_report/1"
 
@@ -25,6 +25,7 @@ def report_dict(r: Report) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "run_info": r.run_info,
+        "regime": {"label": r.regime.label, "reason": r.regime.reason},
         "health": {
             "status": r.health_status,
             "reasons": r.health_reasons,

@@ -53,7 +53,11 @@ def section_run_info(r: Report) -> list[str]:
 
 
 def section_health(r: Report) -> list[str]:
-    lines = ["## Health", f"- status: {r.health_line}"]
+    lines = [
+        "## Health",
+        f"- status: {r.health_line}",
+        f"- regime: {r.regime.label} ({r.regime.reason})",
+    ]
     lines += [f"- {c.name}: {c.verdict} ({c.detail})" for c in r.checks]
     return lines
 

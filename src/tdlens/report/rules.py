@@ -13,10 +13,10 @@ from collections.abc import Callable
 import numpy as np
 
 from tdlens.report.fmt import fmt, fmt_count
-from tdlens.report.load import RunData
-from tdlens.report.probe_checks import relative_steps
 from tdlens.report.stats import ls_slope
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check, NextStep
+from tdlens.rundir.read import RunData
+from tdlens.scores import relative_steps, series_of
 
 RHO2_ESS_LIMIT = 2.0
 """rho_variance: fires when mean_rho2 exceeds this (effective sample size 1/E[rho^2]
@@ -238,18 +238,21 @@ def rule_critic_frozen(data: RunData, checks: dict[str, Check]) -> NextStep | No
     check = checks.get("critic_frozen")
     if check is None or check.verdict != WARN:
         return None
-    rel = relative_steps(data)
+    rel = relative_steps(series_of(data))
     stab, cfg = data.probe("stability_probe"), data.cfg
     fastest, eig_max = stab.last("fastest_timescale"), stab.last("eig_max_real")
     run_iters = cfg.outer_iters if cfg else len(data.curves)
     values = {
         "max_rel_step": float(rel.max()),
+        "median_rel_step": float(np.median(rel)),
         "fastest_timescale": fastest,
         "eig_max_real": eig_max,
         "critical_step": stab.last("critical_step"),
         "run_iters": run_iters,
     }
-    head = f"critic frozen: delta_w_norm / w_norm <= {fmt(rel.max())} per iteration"
+    head = (
+        f"critic frozen: median delta_w_norm / w_norm = {fmt(float(np.median(rel)))} per iteration"
+    )
     if cfg is None or fastest is None or not math.isfinite(fastest) or fastest <= 0:
         factor = CRITIC_FROZEN_HINT
         alpha = fmt(cfg.alpha_w * factor) if cfg else "a larger alpha_w"

@@ -11,9 +11,9 @@ import numpy as np
 
 from tdlens.report.checks import iters_where
 from tdlens.report.fmt import fmt
-from tdlens.report.load import RunData, Table
 from tdlens.report.stats import nan_max, nan_min
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
+from tdlens.rundir.read import RunData, Table
 
 ON_POLICY_TOL = 1e-12
 """on_policy_expected: |mean_rho - 1|, |mean_rho2 - 1|, tracking_gap, KL, TV must be

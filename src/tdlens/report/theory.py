@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tdlens.report.load import RunData, latest_array
+from tdlens.rundir.read import RunData, latest_array
 
 EXPECTED_DYNAMICS_PREFIX = "expected_dynamics"
 

@@ -15,8 +15,8 @@ from tdlens.config import config_from_json
 from tdlens.features import make_feature_maps
 from tdlens.learner import collect
 from tdlens.probes.rho_audit import audit_td_batch
+from tdlens.rundir.files import RunFileError
 from tdlens.runs.checkpoint import latest_checkpoint, load_checkpoint
-from tdlens.runs.files import RunFileError
 from tdlens.seeding import stream
 
 AUDIT_KEY = 10**9

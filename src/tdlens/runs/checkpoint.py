@@ -5,10 +5,17 @@ the td_loss history (the plateau trigger's input), the probe manager's state and
 config hash. Random streams need no stored state: every draw is keyed by
 (seed, stream, iteration, chain), see tdlens.seeding. Files are ``.npz`` written
 atomically and loaded with ``allow_pickle=False``.
+
+Each file carries ``checksum``, the SHA-256 of every other array (name, dtype, shape and
+bytes, in name order); a checkpoint is read back and verified right after it is written,
+and only the newest ``checkpoint_keep`` are kept. :func:`newest_valid_checkpoint` skips
+corrupt ones (flipped bytes, a torn file) and says why, so a resume falls back to the
+newest checkpoint that verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -20,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from tdlens.learner import Params
-from tdlens.runs.files import RunFileError, atomic_write_bytes
+from tdlens.rundir.files import RunFileError, atomic_write_bytes
 
 _NAME = re.compile(r"^ckpt_(\d{6})\.npz$")
 _PROBE_PREFIX = "probe__"
 _PROBE_SCALARS = "probe_scalars_json"
+_CHECKSUM = "checksum"
 
 
 @dataclass(frozen=True)
@@ -59,20 +67,77 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         else:
             scalars[key] = value
     arrays[_PROBE_SCALARS] = np.array(json.dumps(scalars))
+    arrays[_CHECKSUM] = np.array(_checksum(arrays))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     path = checkpoint_path(run_dir, ckpt.next_iter)
     atomic_write_bytes(path, buf.getvalue())
+    load_checkpoint(path)  # verify what reached the disk
     return path
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over name, dtype, shape and bytes of every array but the checksum."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        if name == _CHECKSUM:
+            continue
+        arr = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint files of a run, oldest first (by next_iter)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+    return [p for _, p in found]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint with the largest next_iter, or None when there is none."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
-    return found[-1][1] if found else None
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints; return the deleted paths."""
+    old = list_checkpoints(run_dir)[:-keep] if keep > 0 else []
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
+@dataclass(frozen=True)
+class Found:
+    """The newest checkpoint that verifies, and why each newer one was skipped."""
+
+    checkpoint: Checkpoint | None
+    path: Path | None
+    skipped: tuple[str, ...]
+
+
+def newest_valid_checkpoint(run_dir: Path, config_hash: str) -> Found:
+    """Load the newest checkpoint that verifies and belongs to `config_hash`.
+
+    Corrupt or foreign checkpoints are skipped with the reason (``skipped``), newest first;
+    ``checkpoint`` is None when no checkpoint verifies (or there is none).
+    """
+    skipped = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            ckpt = load_checkpoint(path)
+        except RunFileError as exc:
+            skipped.append(str(exc))
+            continue
+        if ckpt.config_hash != config_hash:
+            skipped.append(f"checkpoint '{path}' belongs to another config")
+            continue
+        return Found(ckpt, path, tuple(skipped))
+    return Found(None, None, tuple(skipped))
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -86,6 +151,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     missing = [k for k in (*required, _PROBE_SCALARS) if k not in arrays]
     if missing:
         raise RunFileError(f"checkpoint '{path}' lacks {', '.join(missing)}")
+    if _CHECKSUM in arrays and str(arrays[_CHECKSUM]) != _checksum(arrays):
+        raise RunFileError(f"checkpoint '{path}' fails its checksum (corrupt)")
     try:
         scalars = json.loads(str(arrays[_PROBE_SCALARS]))
     except json.JSONDecodeError as exc:

@@ -1,19 +1,33 @@
 """Run lifecycle: the training loop around the learner and probes (SPEC sections 7, 15).
 
-``Runner(cfg, run_dir).run()`` creates (or, with resume, reopens) a run directory, holds
-its lock, and for n = start..outer_iters-1: runs outer iteration n, stops with status
+``Runner(cfg, run_dir).run()`` checks the memory and disk the run will need
+(:mod:`tdlens.runs.budget`), creates (or, with resume, reopens) a run directory, holds its
+lock, and for n = start..outer_iters-1: runs outer iteration n, stops with status
 ``diverged`` on non-finite parameters, runs a probe round when the schedule says so,
 appends the learning-curve row (flushed), checkpoints every ``checkpoint_every``
-iterations, and finally writes the report. SIGINT/SIGTERM finish the current iteration,
-checkpoint, mark the run ``incomplete`` with the reason, write the report and return
-exit code 130/143. An exception marks it ``failed`` with the traceback.
+iterations (keeping the newest ``checkpoint_keep``), and finally writes the report.
 
+Every exit path ends with an honest status.json: SIGINT/SIGTERM/SIGHUP finish the current
+iteration, checkpoint, mark the run ``incomplete`` with the reason and return exit code
+130/143/129; any exception (MemoryError, a full disk, a bug) marks it ``failed`` with a
+one-line reason and the traceback and returns exit code 1. What cannot be written then (a
+full disk) is listed in ``RunResult.unwritten``. A fresh run that fails before its first
+status leaves no directory behind.
+
+The loop commits an iteration (``LoopState``) only once its row is written, so the
+checkpoint of a failure is always the state after a whole iteration and its probe round.
+
+Hooks: ``write_report(run_dir)`` writes the report at the end (and every ``report_every``
+iterations; the caller passes :func:`tdlens.report.write_report`, so the runner does not
+depend on the report); ``on_start(run_dir)`` runs once the status says ``running`` (the
+CLI indexes the run in the catalog then); ``on_progress(Progress)`` after each iteration;
 ``on_iteration(n, result)`` sees every iteration's full result (the sanity suite observes
 every ratio and TD target through it).
 
-Resume truncates every table to the rows of the latest checkpoint and continues; because
-all random draws are keyed by (seed, stream, iteration, chain) the result is
-bit-identical to an uninterrupted run (every column but iter_time_s).
+Resume loads the newest checkpoint that verifies (skipping corrupt ones, and saying so),
+truncates every table to its rows and continues; because all random draws are keyed by
+(seed, stream, iteration, chain) the result is bit-identical to an uninterrupted run
+(every column but iter_time_s).
 """
 
 from __future__ import annotations
@@ -23,13 +37,14 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +53,10 @@ import numpy as np
 from tdlens.config import RunConfig, config_from_json
 from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import METRIC_COLUMNS, IterationResult, Params, init_params, outer_iteration
-from tdlens.runs.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
-from tdlens.runs.files import (
+from tdlens.rundir.files import (
     RunFileError,
     TableWriter,
+    append_text,
     atomic_write_bytes,
     atomic_write_json,
     read_json,
@@ -49,7 +64,14 @@ from tdlens.runs.files import (
     to_jsonable,
     truncate_table,
 )
-from tdlens.runs.lock import RunLock
+from tdlens.rundir.lock import RunLock
+from tdlens.runs.budget import check_resources
+from tdlens.runs.checkpoint import (
+    Checkpoint,
+    newest_valid_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from tdlens.schema import PROBE_SUMMARY_COLUMNS
 
 CURVE_COLUMNS: tuple[str, ...] = (*METRIC_COLUMNS, *PROBE_SUMMARY_COLUMNS)
@@ -67,12 +89,18 @@ ROUND_COLUMNS: tuple[str, ...] = (
 """probes/rounds.csv: seconds per probe of each round (rounds.jsonl has the breakdowns)."""
 DIVERGENCE_COLUMNS = ("td_loss", "w_norm", "critic_teacher_error", "tracking_gap")
 """A run diverges when its parameters or any of these metrics are not finite."""
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
+FINISHED = ("complete", "diverged")
+"""Statuses a resume has nothing to add to."""
 _HEARTBEAT_S = 2.0
 
 
 class RunDirError(ValueError):
     """The run directory cannot be used as asked (exists, not a run, wrong config)."""
+
+
+class RunFinishedError(RunDirError):
+    """``--resume`` of a run that already finished: nothing to do, nothing rewritten."""
 
 
 @dataclass
@@ -89,12 +117,38 @@ class Progress:
 
 @dataclass
 class RunResult:
+    """How a run ended; `unwritten` lists the files a failure could not write (full disk)."""
+
     run_dir: Path
     status: str
     reason: str | None
     exit_code: int
     next_iter: int
     report_paths: list[Path] = field(default_factory=list)
+    unwritten: list[str] = field(default_factory=list)
+    resumed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """The committed state after ``next_iter`` whole iterations (what a checkpoint holds)."""
+
+    next_iter: int
+    params: Params | None
+    td_loss_history: tuple[float, ...]
+    probe_state: dict[str, Any]
+
+
+def failure_reason(exc: BaseException, n: int) -> str:
+    """One line saying what went wrong at iteration `n` (out of memory, a full disk...)."""
+    if isinstance(exc, MemoryError):
+        text = f"out of memory at iteration {n}: {exc or 'MemoryError'}"
+    elif isinstance(exc, OSError) and exc.errno is not None:
+        where = f" writing '{exc.filename}'" if exc.filename else ""
+        text = f"{os.strerror(exc.errno)}{where} at iteration {n}"
+    else:
+        text = f"{type(exc).__name__} at iteration {n}: {exc}"
+    return " ".join(text.split())
 
 
 def default_run_dir(output_dir: Path, name: str) -> Path:
@@ -117,44 +171,64 @@ class Runner:
         on_progress: Callable[[Progress], None] | None = None,
         handle_signals: bool = True,
         on_iteration: Callable[[int, IterationResult], None] | None = None,
-        report_html: bool = True,
+        write_report: Callable[[Path], list[Path]] | None = None,
+        force: bool = False,
+        on_start: Callable[[Path], None] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.report_html = report_html
+        self.write_report = write_report
         self.resume = resume
+        self.force = force
         self.on_progress = on_progress
         self.on_iteration = on_iteration
+        self.on_start = on_start
         self.handle_signals = handle_signals
         self._stop_signal: int | None = None
         self._status: dict[str, Any] = {}
         self._last_heartbeat = 0.0
+        self._state = LoopState(0, None, (), {})
+        self._unwritten: list[str] = []
+        self._resumed_from: str | None = None
         if resume:
-            if not (self.run_dir / "config.json").is_file():
-                raise RunDirError(
-                    f"--resume: '{self.run_dir}' is not a run directory (no config.json)"
-                )
-            saved = config_from_json(self.run_dir / "config.json")
-            if cfg is not None and cfg.config_hash() != saved.config_hash():
-                raise RunDirError(
-                    f"--resume: the given config differs from '{self.run_dir}/config.json'; "
-                    "resume with the run's own config"
-                )
-            self.cfg = saved
+            self.cfg = self._open_for_resume(cfg)
         else:
             if cfg is None:
                 raise ValueError("a config is needed for a new run")
-            if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            _check_creatable(self.run_dir)
+            if self.run_dir.is_dir() and any(self.run_dir.iterdir()):
                 raise RunDirError(
                     f"run directory '{self.run_dir}' already exists; pass --resume to continue "
                     "it or choose another --output-dir/--name"
                 )
             self.cfg = cfg
+        if not force:
+            check_resources(self.cfg, self.run_dir)
+
+    def _open_for_resume(self, cfg: RunConfig | None) -> RunConfig:
+        if not self.run_dir.exists():
+            raise RunDirError(f"--resume: run directory '{self.run_dir}' does not exist")
+        if not (self.run_dir / "config.json").is_file():
+            raise RunDirError(f"--resume: '{self.run_dir}' is not a run directory (no config.json)")
+        saved = config_from_json(self.run_dir / "config.json")
+        if cfg is not None and cfg.config_hash() != saved.config_hash():
+            raise RunDirError(
+                f"--resume: the given config differs from '{self.run_dir}/config.json'; "
+                "resume with the run's own config"
+            )
+        status_path = self.run_dir / "status.json"
+        old = read_json(status_path) if status_path.is_file() else {}
+        if old.get("status") in FINISHED:
+            raise RunFinishedError(
+                f"run '{self.run_dir}' is already {old['status']} "
+                f"({old.get('next_iter')} of {old.get('outer_iters')} iterations); nothing to "
+                f"resume (`tdlens report {self.run_dir}` rewrites its report)"
+            )
+        return saved
 
     # ------------------------------------------------------------------ files
 
     def _log(self, text: str) -> None:
-        with open(self.run_dir / "stdout.log", "a", encoding="utf-8") as fh:
-            fh.write(f"[{_now()}] {text}\n")
+        append_text(self.run_dir / "stdout.log", f"[{_now()}] {text}\n")
 
     def _write_status(self, force: bool = True, **updates: Any) -> None:
         self._status.update(updates)
@@ -164,19 +238,18 @@ class Runner:
             atomic_write_json(self.run_dir / "status.json", self._status)
             self._last_heartbeat = now
 
-    def _checkpoint(
-        self, params: Params, next_iter: int, history: list[float], probes: Any
-    ) -> None:
+    def _checkpoint(self, state: LoopState) -> None:
         save_checkpoint(
             self.run_dir,
             Checkpoint(
-                params=params,
-                next_iter=next_iter,
-                td_loss_history=np.asarray(history),
-                probe_state=probes.state_dict() if probes is not None else {},
+                params=state.params,
+                next_iter=state.next_iter,
+                td_loss_history=np.asarray(state.td_loss_history, dtype=np.float64),
+                probe_state=state.probe_state,
                 config_hash=self.cfg.config_hash(),
             ),
         )
+        prune_checkpoints(self.run_dir, self.cfg.checkpoint_keep)
 
     # ------------------------------------------------------------------ signals
 
@@ -194,30 +267,48 @@ class Runner:
     # ------------------------------------------------------------------ main
 
     def run(self) -> RunResult:
-        """Run (or resume) to the end, an interruption, divergence or failure."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Run (or resume) to the end, an interruption, divergence or failure.
+
+        Raises :class:`RunDirError` before anything is written when the directory cannot be
+        made. (The constructor raises :class:`tdlens.runs.budget.ResourceError` when the
+        machine cannot take the run, unless ``force``.)
+        """
+        created = not self.run_dir.exists()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(
+                f"cannot create run directory '{self.run_dir}': {exc.strerror}"
+                + (f" ('{exc.filename}')" if exc.filename else "")
+            ) from None
         with RunLock(self.run_dir):
             previous = self._install_signals()
             try:
-                return self._run_locked()
+                return self._run_locked(created)
             finally:
                 for s, h in previous.items():
                     signal.signal(s, h)
 
-    def _prepare(self) -> tuple[int, Params | None, list[float], dict[str, Any] | None]:
+    def _prepare(self) -> LoopState:
         """Fresh run: write config.json. Resume: cut tables back to the checkpoint."""
         if not self.resume:
             atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
-            return 0, None, [], None
-        path = latest_checkpoint(self.run_dir)
-        if path is None:
-            self._cut_tables(0)
-            return 0, None, [], None
-        ckpt = load_checkpoint(path)
-        if ckpt.config_hash != self.cfg.config_hash():
-            raise RunFileError(f"checkpoint '{path}' belongs to another config")
-        self._cut_tables(ckpt.next_iter)
-        return ckpt.next_iter, ckpt.params, list(map(float, ckpt.td_loss_history)), ckpt.probe_state
+            return LoopState(0, None, (), {})
+        found = newest_valid_checkpoint(self.run_dir, self.cfg.config_hash())
+        for why in found.skipped:
+            self._log(f"skipped {why}")
+        if found.checkpoint is None:
+            state = LoopState(0, None, (), {})
+            self._resumed_from = "the start (no checkpoint)"
+        else:
+            ckpt = found.checkpoint
+            history = tuple(map(float, ckpt.td_loss_history))
+            state = LoopState(ckpt.next_iter, ckpt.params, history, ckpt.probe_state)
+            self._resumed_from = f"'{found.path.name}' (iteration {ckpt.next_iter})"
+        if found.skipped:
+            self._resumed_from += " after skipping: " + "; ".join(found.skipped)
+        self._cut_tables(state.next_iter)
+        return state
 
     def _cut_tables(self, next_iter: int) -> None:
         truncate_table(self.run_dir / "learning_curves.csv", next_iter)
@@ -229,26 +320,51 @@ class Runner:
                 if int(npy.stem.rsplit("_", 1)[1]) >= next_iter:
                     npy.unlink()
 
-    def _run_locked(self) -> RunResult:
-        cfg = self.cfg
+    def _run_locked(self, created: bool) -> RunResult:
         old_status = {}
         if self.resume and (self.run_dir / "status.json").exists():
             old_status = read_json(self.run_dir / "status.json")
-        start, params, history, probe_state = self._prepare()
-        self._status = {
-            "status": "running",
-            "reason": None,
-            "next_iter": start,
-            "outer_iters": cfg.outer_iters,
-            "started_at": old_status.get("started_at", _now()),
-            "resumed_at": _now() if self.resume else None,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "config_hash": cfg.config_hash(),
-        }
-        self._write_status()
+        try:
+            self._state = self._prepare()
+            self._status = {
+                "status": "running",
+                "reason": None,
+                "next_iter": self._state.next_iter,
+                "outer_iters": self.cfg.outer_iters,
+                "started_at": old_status.get("started_at", _now()),
+                "resumed_at": _now() if self.resume else None,
+                "resumed_from": self._resumed_from,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "config_hash": self.cfg.config_hash(),
+            }
+            self._write_status()
+        except OSError as exc:
+            if created and not self.resume:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+                raise RunDirError(
+                    f"{failure_reason(exc, 0)}; nothing was kept of '{self.run_dir}'"
+                ) from None
+            raise
+        try:
+            if self.on_start is not None:
+                self.on_start(self.run_dir)
+            self._train()
+        except KeyboardInterrupt:
+            self._stop_signal = self._stop_signal or signal.SIGINT
+        except Exception as exc:
+            return self._finish_failed(exc)
+        if self._state.next_iter < self.cfg.outer_iters:
+            return self._finish_interrupted()
+        return self._finish("complete", None, 0, checkpoint=False)
+
+    def _train(self) -> None:
+        """The loop; returns at the end or a stop signal, raises _Diverged or any failure."""
+        cfg = self.cfg
+        start = self._state.next_iter
         self._log(
             f"{'resuming' if self.resume else 'starting'} at iteration {start} of {cfg.outer_iters}"
+            + (f" from {self._resumed_from}" if self._resumed_from else "")
         )
         if not cfg.sigma_condition_ok:
             self._log(
@@ -256,48 +372,52 @@ class Runner:
                 f"{2 * cfg.sigma_mu**2:.4g}: E_mu[rho^2] is infinite (SPEC 6.3)"
             )
         maps = make_feature_maps(cfg)
-        params = init_params(cfg, maps) if params is None else params
-        probes = self._make_probes(maps, probe_state)
+        if self._state.params is None:
+            self._state = replace(self._state, params=init_params(cfg, maps))
+        probes = self._make_probes(maps, self._state.probe_state)
+        if probes is not None and not self._state.probe_state:
+            self._state = replace(self._state, probe_state=probes.state_dict())
         curves = TableWriter(self.run_dir / "learning_curves.csv", CURVE_COLUMNS)
         workspace = Workspace()
-        n = start
-        try:
-            while n < cfg.outer_iters:
-                if self._stop_signal is not None:
-                    break
-                with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled
-                    result = outer_iteration(cfg, maps, params, n, workspace)
-                if not result.params.is_finite() or not all(
-                    math.isfinite(result.metrics[k]) for k in DIVERGENCE_COLUMNS
-                ):
-                    return self._finish_diverged(params, n, history, probes, result)
-                if self.on_iteration is not None:
-                    self.on_iteration(n, result)
-                params = result.params
-                history.append(result.metrics["td_loss"])
-                row: dict[str, Any] = dict(result.metrics)
-                probe_reason, probe_s = self._maybe_probe(probes, n, history, params, result, row)
-                curves.append(row)
-                n += 1
-                if n % cfg.checkpoint_every == 0 or n == cfg.outer_iters:
-                    self._checkpoint(params, n, history, probes)
-                if cfg.report_every and n % cfg.report_every == 0 and n < cfg.outer_iters:
-                    self._report()
-                self._write_status(force=probe_reason is not None, next_iter=n)
-                self._log(
-                    f"iter {n - 1} td_loss={row['td_loss']:.4g} w_norm={row['w_norm']:.6g} "
-                    f"mean_rho2={row['mean_rho2']:.4g}"
-                    + (f" probes({probe_reason}) {probe_s:.2f}s" if probe_reason else "")
-                )
-                if self.on_progress is not None:
-                    self.on_progress(Progress(n - 1, cfg.outer_iters, row, probe_reason, probe_s))
-        except KeyboardInterrupt:
-            self._stop_signal = self._stop_signal or signal.SIGINT
-        except Exception as exc:
-            return self._finish_failed(params, n, history, probes, exc)
-        if n < cfg.outer_iters:
-            return self._finish_interrupted(params, n, history, probes)
-        return self._finish("complete", None, 0, params, n, history, probes, checkpoint=False)
+        while self._state.next_iter < cfg.outer_iters and self._stop_signal is None:
+            state = self._state
+            n = state.next_iter
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled
+                result = outer_iteration(cfg, maps, state.params, n, workspace)
+            if not result.params.is_finite() or not all(
+                math.isfinite(result.metrics[k]) for k in DIVERGENCE_COLUMNS
+            ):
+                raise _Diverged(result)
+            if self.on_iteration is not None:
+                self.on_iteration(n, result)
+            history = (*state.td_loss_history, result.metrics["td_loss"])
+            row: dict[str, Any] = dict(result.metrics)
+            probe_reason, probe_s = self._maybe_probe(probes, n, history, result, row)
+            curves.append(row)
+            self._state = LoopState(
+                n + 1,
+                result.params,
+                history,
+                probes.state_dict() if probe_reason is not None else state.probe_state,
+            )
+            self._after_iteration(row, probe_reason, probe_s)
+
+    def _after_iteration(
+        self, row: dict[str, Any], probe_reason: str | None, probe_s: float
+    ) -> None:
+        cfg, n = self.cfg, self._state.next_iter
+        if n % cfg.checkpoint_every == 0 or n == cfg.outer_iters:
+            self._checkpoint(self._state)
+        if cfg.report_every and n % cfg.report_every == 0 and n < cfg.outer_iters:
+            self._report()
+        self._write_status(force=probe_reason is not None, next_iter=n)
+        self._log(
+            f"iter {n - 1} td_loss={row['td_loss']:.4g} w_norm={row['w_norm']:.6g} "
+            f"mean_rho2={row['mean_rho2']:.4g}"
+            + (f" probes({probe_reason}) {probe_s:.2f}s" if probe_reason else "")
+        )
+        if self.on_progress is not None:
+            self.on_progress(Progress(n - 1, cfg.outer_iters, row, probe_reason, probe_s))
 
     def _make_probes(self, maps: Any, state: dict[str, Any] | None) -> Any:
         if not self.cfg.probes.enabled:
@@ -313,8 +433,7 @@ class Runner:
         self,
         probes: Any,
         n: int,
-        history: list[float],
-        params: Params,
+        history: tuple[float, ...],
         result: IterationResult,
         row: dict[str, Any],
     ) -> tuple[str | None, float]:
@@ -325,7 +444,7 @@ class Runner:
         if reason is None:
             return None, 0.0
         t0 = time.perf_counter()
-        rnd = probes.run(n, params, result.delta, result.metrics["td_loss"], reason)
+        rnd = probes.run(n, result.params, result.delta, result.metrics["td_loss"], reason)
         unknown = set(rnd.summary) - set(PROBE_SUMMARY_COLUMNS)
         if unknown:
             raise RunFileError(f"probe summary has columns not in learning_curves: {unknown}")
@@ -348,30 +467,50 @@ class Runner:
 
     # ------------------------------------------------------------------ endings
 
+    def _attempt(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run a step of a run's ending; a failure (a full disk) is noted, not raised."""
+        try:
+            return fn()
+        except Exception as exc:
+            self._unwritten.append(f"{what} ({' '.join(str(exc).split())})")
+            return None
+
     def _finish(
         self,
         status: str,
         reason: str | None,
         exit_code: int,
-        params: Params,
-        next_iter: int,
-        history: list[float],
-        probes: Any,
         checkpoint: bool = True,
         **extra: Any,
     ) -> RunResult:
-        if checkpoint and next_iter > 0:
-            self._checkpoint(params, next_iter, history, probes)
-        self._write_status(
-            status=status, reason=reason, next_iter=next_iter, exit_code=exit_code, **extra
+        state = self._state
+        if checkpoint and state.next_iter > 0 and state.params is not None:
+            self._attempt("checkpoint", lambda: self._checkpoint(state))
+        self._attempt(
+            "status.json",
+            lambda: self._write_status(
+                status=status,
+                reason=reason,
+                next_iter=state.next_iter,
+                exit_code=exit_code,
+                **extra,
+            ),
         )
-        self._log(f"{status}" + (f": {reason}" if reason else ""))
+        self._attempt("stdout.log", lambda: self._log(status + (f": {reason}" if reason else "")))
         reports = self._report()
-        return RunResult(self.run_dir, status, reason, exit_code, next_iter, reports)
+        return RunResult(
+            self.run_dir,
+            status,
+            reason,
+            exit_code,
+            state.next_iter,
+            reports or [],
+            self._unwritten,
+            self._resumed_from,
+        )
 
-    def _finish_diverged(
-        self, params: Params, n: int, history: list[float], probes: Any, result: IterationResult
-    ) -> RunResult:
+    def _finish_diverged(self, result: IterationResult) -> RunResult:
+        n = self._state.next_iter
         bad = [
             name
             for name, arr in (
@@ -386,39 +525,57 @@ class Runner:
             f"non-finite {', '.join(bad)} at iteration {n} "
             f"(td_loss={result.metrics['td_loss']:.4g}); {kept}"
         )
-        return self._finish("diverged", reason, 0, params, n, history, probes)
+        return self._finish("diverged", reason, 0)
 
-    def _finish_interrupted(
-        self, params: Params, n: int, history: list[float], probes: Any
-    ) -> RunResult:
+    def _finish_interrupted(self) -> RunResult:
         signum = self._stop_signal or signal.SIGINT
         name = signal.Signals(signum).name
+        n = self._state.next_iter
         reason = f"interrupted by {name} after {n} of {self.cfg.outer_iters} iterations"
-        return self._finish(
-            "incomplete", reason, EXIT_SIGNAL.get(signum, 130), params, n, history, probes
-        )
+        return self._finish("incomplete", reason, EXIT_SIGNAL.get(signum, 130))
 
-    def _finish_failed(
-        self, params: Params, n: int, history: list[float], probes: Any, exc: BaseException
-    ) -> RunResult:
+    def _finish_failed(self, exc: BaseException) -> RunResult:
+        if isinstance(exc, _Diverged):
+            return self._finish_diverged(exc.result)
         tb = "".join(traceback.format_exception(exc))
-        reason = f"{type(exc).__name__} at iteration {n}: {exc}"
-        return self._finish("failed", reason, 1, params, n, history, probes, traceback=tb)
+        reason = failure_reason(exc, self._state.next_iter)
+        return self._finish("failed", reason, 1, traceback=tb)
 
-    def _report(self) -> list[Path]:
+    def _report(self) -> list[Path] | None:
+        if self.write_report is None:
+            return []
         try:
-            from tdlens.report import write_report
-
-            return write_report(self.run_dir, html=self.report_html)
+            return self.write_report(self.run_dir)
         except Exception as exc:  # the run's own files must survive a report bug
-            self._log(f"report failed: {type(exc).__name__}: {exc}")
-            self._write_status(report_error=f"{type(exc).__name__}: {exc}")
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())
+            self._unwritten.append(f"run report ({why})")
+            self._attempt("stdout.log", lambda: self._log(f"report failed: {why}"))
+            self._attempt("status.json", lambda: self._write_status(report_error=why))
             return []
 
 
+def _check_creatable(run_dir: Path) -> None:
+    """Raise RunDirError unless `run_dir` is a folder or can be made (nothing is made)."""
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            break
+    if not folder.is_dir():
+        where = "is a file" if folder == run_dir else f"cannot be made: '{folder}' is a file"
+        raise RunDirError(f"run directory '{run_dir}' {where}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RunDirError(f"run directory '{run_dir}' cannot be made: no permission in '{folder}'")
+
+
+class _Diverged(Exception):
+    """Raised inside the loop when an iteration produced non-finite parameters or metrics."""
+
+    def __init__(self, result: IterationResult) -> None:
+        super().__init__("diverged")
+        self.result = result
+
+
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(to_jsonable(record), allow_nan=False) + "\n")
+    append_text(path, json.dumps(to_jsonable(record), allow_nan=False) + "\n")
 
 
 def _save_array(path: Path, arr: Any) -> None:

@@ -34,10 +34,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tdlens.runs.files import atomic_write_json, read_json
+from tdlens.rundir.files import atomic_write_json, read_json
 
 TaskFn = Callable[["RunTask"], "RunOutcome"]
 OutcomeFn = Callable[["RunOutcome"], None]
@@ -157,6 +158,7 @@ def execute_task(task: RunTask) -> RunOutcome:
     from threadpoolctl import threadpool_limits
 
     from tdlens.config import parse_config
+    from tdlens.report import write_report
     from tdlens.runs.runner import Runner
 
     t0 = time.perf_counter()
@@ -169,7 +171,11 @@ def execute_task(task: RunTask) -> RunOutcome:
             # no per-run HTML in sweeps (its plots cost ~1 s a run; summary.html shows the
             # sweep, and `tdlens report RUN_DIR` writes a run's HTML when it is wanted)
             runner = Runner(
-                cfg, run_dir, resume=task.resume, handle_signals=False, report_html=False
+                cfg,
+                run_dir,
+                resume=task.resume,
+                handle_signals=False,
+                write_report=partial(write_report, html=False),
             )
             runner.on_progress = progress_hook(task)
             result = runner.run()
@@ -187,7 +193,7 @@ def execute_task(task: RunTask) -> RunOutcome:
 
 def failed_outcome(task: RunTask, exc: BaseException, seconds: float = 0.0) -> RunOutcome:
     """A ``failed`` outcome with the traceback, also written to the run's status.json."""
-    from tdlens.runs.lock import RunLockedError
+    from tdlens.rundir.lock import RunLockedError
 
     tb = "".join(traceback.format_exception(exc))
     reason = f"{type(exc).__name__}: {exc}"

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tdlens.runs.files import to_jsonable
+from tdlens.rundir.files import to_jsonable
 from tdlens.sweeps.records import FINAL_METRICS, RunRecord
 
 DEFAULT_CATALOG = Path("outputs/catalog.sqlite")
@@ -97,6 +97,15 @@ class CatalogError(RuntimeError):
     """The catalog cannot be opened or a query is invalid; the message says why."""
 
 
+REINDEX_HINT = "rebuild it from the run directories with `tdlens runs reindex`"
+
+
+def _broken(path: str | Path, exc: sqlite3.Error) -> CatalogError:
+    """A CatalogError for a catalog SQLite cannot use, with the way out when it is corrupt."""
+    hint = f"; {REINDEX_HINT}" if _is_corrupt(exc) else ""
+    return CatalogError(f"catalog '{path}': {exc}{hint}")
+
+
 def catalog_path(arg: str | Path | None = None) -> Path:
     """``--catalog`` if given, else ``$TDLENS_CATALOG``, else outputs/catalog.sqlite."""
     if arg:
@@ -151,7 +160,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except sqlite3.Error as exc:
-        raise CatalogError(f"catalog '{path}': {exc}") from None
+        raise _broken(path, exc) from None
     return conn
 
 
@@ -224,7 +233,7 @@ def index_runs(
             for record in records:
                 _upsert(conn, "runs", RUN_COLUMNS, run_row(record, sweep, sweep_path))
     except sqlite3.Error as exc:
-        raise CatalogError(f"catalog '{path}': {exc}") from None
+        raise _broken(path, exc) from None
     finally:
         conn.close()
 
@@ -253,7 +262,7 @@ def index_sweep(path: str | Path, sweep_path: Path, **fields: Any) -> None:
                 row = {**{k: v for k, v in zip(keys, old, strict=True) if v is not None}, **row}
             _upsert(conn, "sweeps", SWEEP_COLUMNS, row)
     except sqlite3.Error as exc:
-        raise CatalogError(f"catalog '{path}': {exc}") from None
+        raise _broken(path, exc) from None
     finally:
         conn.close()
 
@@ -272,8 +281,9 @@ def _read_only(path: str | Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         conn.execute("PRAGMA query_only = ON")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as exc:
-        raise CatalogError(f"catalog '{path}': {exc}") from None
+        raise _broken(path, exc) from None
     conn.set_authorizer(_authorize)
     conn.row_factory = sqlite3.Row  # rows convert to dicts keyed by column name
     return conn
@@ -302,8 +312,9 @@ def query_runs(
         cur = conn.execute(sql, args)
         return [dict(row) for row in cur.fetchall()]
     except (sqlite3.Error, sqlite3.Warning) as exc:
-        what = f"--where {where!r}: " if where is not None else ""
-        raise CatalogError(f"{what}{exc}") from None
+        if where is None or _is_corrupt(exc):
+            raise _broken(path, exc) from None
+        raise CatalogError(f"--where {where!r}: {exc}") from None
     finally:
         conn.close()
 
@@ -327,7 +338,7 @@ def find_runs(path: str | Path, key: str) -> list[dict[str, Any]]:
             rows = cur.fetchall()
         return [dict(row) for row in rows]
     except sqlite3.Error as exc:
-        raise CatalogError(f"catalog '{path}': {exc}") from None
+        raise _broken(path, exc) from None
     finally:
         conn.close()
 
@@ -342,6 +353,79 @@ def find_sweeps(path: str | Path, key: str) -> list[dict[str, Any]]:
         )
         return [dict(row) for row in cur.fetchall()]
     except sqlite3.Error as exc:
-        raise CatalogError(f"catalog '{path}': {exc}") from None
+        raise _broken(path, exc) from None
     finally:
         conn.close()
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    text = str(exc)
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+# --------------------------------------------------------------------------- rebuild
+
+
+def _walk(root: Path) -> Iterator[tuple[str, Path]]:
+    """("sweep", dir) for every sweep directory and ("run", dir) for every run outside one."""
+    from tdlens.sweeps.plan import is_sweep_dir
+
+    if is_sweep_dir(root):
+        yield "sweep", root
+        return
+    if (root / "config.json").is_file():
+        yield "run", root
+        return
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+        yield from _walk(child)
+
+
+def reindex(path: str | Path, roots: list[Path]) -> tuple[int, int]:
+    """Rebuild the catalog at `path` from the run and sweep directories under `roots`.
+
+    The new catalog is built beside the old one and renamed over it, so a crash leaves the
+    old file; rows of directories that no longer exist are gone. Returns (runs, sweeps).
+    """
+    from tdlens.rundir.files import read_json
+    from tdlens.sweeps.plan import SWEEP_FILE, read_plan, run_dir
+    from tdlens.sweeps.records import load_record
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.reindex")
+    for stale in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        stale.unlink(missing_ok=True)
+    n_runs = n_sweeps = 0
+    for root in roots:
+        for kind, folder in _walk(Path(root)):
+            if kind == "run":
+                index_runs(tmp, [load_record(folder)])
+                n_runs += 1
+                continue
+            plan = read_plan(folder)
+            records = [
+                load_record(run_dir(folder, r["run_id"]), r.get("overrides")) for r in plan["runs"]
+            ]
+            index_runs(tmp, records, plan.get("name"), folder)
+            progress = folder / SWEEP_FILE
+            state = read_json(progress) if progress.is_file() else {}
+            index_sweep(
+                tmp,
+                folder,
+                name=plan.get("name"),
+                created_at=plan.get("created_at"),
+                n_runs=len(plan["runs"]),
+                axes=plan.get("axes"),
+                spec=plan.get("spec"),
+                **{k: state.get(k) for k in ("backend", "jobs", "finished_at", "counts")},
+            )
+            n_runs += len(records)
+            n_sweeps += 1
+    conn = connect(tmp)  # an empty catalog when nothing was found
+    try:
+        conn.execute("PRAGMA journal_mode=DELETE")  # fold the WAL into the file
+    finally:
+        conn.close()
+    for side in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        side.unlink(missing_ok=True)
+    os.replace(tmp, path)
+    return n_runs, n_sweeps

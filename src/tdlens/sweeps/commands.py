@@ -1,9 +1,10 @@
 """Command-line commands of sweeps, catalog and comparisons (SPEC sections 11 and 12).
 
-``register(app)`` adds to the tdlens typer app: ``sweep``, ``summarize``, ``runs list``,
-``runs show`` and ``compare``. Bad input (spec, backend, --where, unknown run) prints one
-line naming the problem and exits 2 with nothing written; a sweep in which any run failed
-or was left incomplete exits 1; an interrupted sweep exits 130.
+The command functions of ``sweep``, ``summarize``, ``runs list``, ``runs show``,
+``runs reindex`` and ``compare``; :mod:`tdlens.cli` registers them. Bad input (spec,
+backend, --where, unknown run) prints one line naming the problem and exits 2 with
+nothing written; a sweep in which any run failed or was left incomplete exits 1; an
+interrupted sweep exits 130.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tdlens.config import ConfigError
-from tdlens.runs.files import RunFileError
+from tdlens.rundir.files import RunFileError
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -36,7 +37,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _fmt(value: Any) -> str:
-    from tdlens.sweeps.html import fmt
+    from tdlens.report.fmt import fmt
 
     return fmt(value)
 
@@ -291,15 +292,38 @@ def runs_list(
     sweep: Annotated[str | None, typer.Option(help="Only runs of this sweep name.")] = None,
     limit: Annotated[int, typer.Option(help="Rows to show (0: all).")] = 100,
     catalog: CatalogOption = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="table (for reading), csv or json (the list columns and path)."
+        ),
+    ] = "table",
 ) -> None:
-    """List cataloged runs (read-only query; columns: see `tdlens runs show`)."""
+    """List cataloged runs (read-only query; columns: see `tdlens runs show`).
+
+    A run marked running whose process is gone shows as ``crashed``.
+    """
+    import csv
+    import sys
+
     from tdlens.sweeps import catalog as cat
 
+    if fmt not in ("table", "csv", "json"):
+        _fail(f"--format '{fmt}': expected table, csv or json")
     try:
         rows = cat.query_runs(cat.catalog_path(catalog), where, sweep)
     except cat.CatalogError as exc:
         _fail(str(exc))
-    shown = rows if limit <= 0 else rows[:limit]
+    shown = [_observed(row) for row in (rows if limit <= 0 else rows[:limit])]
+    columns = [*cat.LIST_COLUMNS, "path"]
+    if fmt == "json":
+        print(json.dumps([{c: row.get(c) for c in columns} for row in shown], indent=1))
+        return
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([row.get(c) for c in columns] for row in shown)
+        return
     table = Table(title=f"{len(rows)} run(s)")
     for col in cat.LIST_COLUMNS:
         table.add_column(col, overflow="fold")
@@ -308,6 +332,35 @@ def runs_list(
     out.print(table)
     if len(shown) < len(rows):
         out.print(f"({len(rows) - len(shown)} more; --limit 0 shows all)", highlight=False)
+
+
+def _observed(row: dict[str, Any]) -> dict[str, Any]:
+    """A catalog row whose run is marked running but whose process is gone: ``crashed``."""
+    from tdlens.rundir.status import observed_status
+
+    return observed_status(row["path"], row) if row.get("status") == "running" else row
+
+
+def runs_reindex(
+    roots: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Folders to search for run and sweep directories (default: outputs)."),
+    ] = None,
+    catalog: CatalogOption = None,
+) -> None:
+    """Rebuild the catalog from the run and sweep directories on disk (e.g. when corrupt)."""
+    from tdlens.sweeps import catalog as cat
+
+    roots = roots or [Path("outputs")]
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        _fail(f"no such folder: {', '.join(missing)}")
+    path = cat.catalog_path(catalog)
+    try:
+        n_runs, n_sweeps = cat.reindex(path, roots)
+    except (cat.CatalogError, RunFileError, OSError) as exc:
+        _fail(f"reindex into '{path}' failed: {exc}")
+    out.print(f"catalog {path}: {n_runs} run(s), {n_sweeps} sweep(s)", highlight=False)
 
 
 def runs_show(
@@ -323,7 +376,7 @@ def runs_show(
         _fail(str(exc))
     if not rows:
         _fail(f"no run '{run}' in the catalog")
-    for row in rows:
+    for row in map(_observed, rows):
         table = Table(title=row["id"], show_header=False)
         table.add_column("key")
         table.add_column("value", overflow="fold")
@@ -358,14 +411,3 @@ def compare(
     except (CompareError, CatalogError, RunFileError) as exc:
         _fail(str(exc))
     out.print(f"wrote {path}", highlight=False)
-
-
-def register(app: typer.Typer) -> None:
-    """Add sweep, summarize, runs (list, show) and compare to the tdlens app."""
-    app.command("sweep")(sweep)
-    app.command("summarize")(summarize)
-    runs_app = typer.Typer(help="Query the run catalog (SQLite).", no_args_is_help=True)
-    runs_app.command("list")(runs_list)
-    runs_app.command("show")(runs_show)
-    app.add_typer(runs_app, name="runs")
-    app.command("compare")(compare)

@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from tdlens.runs.files import RunFileError, atomic_write_text, read_csv_rows, read_json
+from tdlens.report import kit as H
+from tdlens.report.fmt import fmt
+from tdlens.rundir.files import atomic_write_text
+from tdlens.rundir.read import load_run
 from tdlens.sweeps import catalog as cat
-from tdlens.sweeps import html as H
+from tdlens.sweeps.html import curves_figure
 from tdlens.sweeps.plan import is_sweep_dir, read_plan, run_dir
-from tdlens.sweeps.records import FINAL_METRICS, RunRecord, load_record
+from tdlens.sweeps.records import FINAL_METRICS, RunRecord, record_from
 
 CURVES: tuple[tuple[str, bool], ...] = (
     ("td_loss", True),
@@ -77,23 +80,13 @@ def _from_catalog(target: str, catalog: Path | None) -> list[Path]:
     raise CompareError(f"{hint}, a run id or a sweep name in the catalog '{path}'")
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    try:
-        return read_csv_rows(path) if path.exists() else []
-    except RunFileError:
-        return []
-
-
 def load_view(path: Path) -> RunView:
-    try:
-        config = read_json(path / "config.json")
-    except RunFileError:
-        config = {}
+    data = load_run(path)
     return RunView(
-        load_record(path),
-        config if isinstance(config, dict) else {},
-        _rows(path / "learning_curves.csv"),
-        _rows(path / "probes" / "fixed_point_probe.csv"),
+        record_from(data),
+        data.config_data,
+        list(data.curves.rows),
+        list(data.probe("fixed_point_probe").rows),
     )
 
 
@@ -146,7 +139,7 @@ def compare_html(views: Sequence[RunView]) -> str:
         rows.append([f, *[v.record.flat().get(f) for v in views]])
     for m in FINAL_METRICS:
         rows.append([m, *[v.record.metrics.get(m) for v in views]])
-    body = ["<h2>Final metrics and health</h2>", H.table(["", *labels], rows, classes=True)]
+    body = ["<h2>Final metrics and health</h2>", H.table(["", *labels], rows)]
     diff = differing_keys([v.config for v in views])
     if diff:
         flat = [flatten(v.config) for v in views]
@@ -160,22 +153,20 @@ def compare_html(views: Sequence[RunView]) -> str:
         series = [s for s in series if s[1].size]
         if series:
             positive = all(np.all(s[2] > 0) for s in series)
-            fig = H.curves_figure(series, column, log=log and positive)
+            fig = curves_figure(series, column, log=log and positive)
             body.append(H.png_img(fig, column))
     series = [
         (lab, *_series(v.value_gap, "value_gap")) for lab, v in zip(labels, views, strict=True)
     ]
     series = [s for s in series if s[1].size]
     if series:
-        body.append(
-            H.png_img(H.curves_figure(series, "value_gap (fixed-point probe)"), "value_gap")
-        )
+        body.append(H.png_img(curves_figure(series, "value_gap (fixed-point probe)"), "value_gap"))
     body.append("</div>")
     return H.page(f"Comparison of {len(views)} run(s)", "\n".join(body))
 
 
 def _text(value: Any) -> str:
-    return H.fmt(value) if isinstance(value, float) else str(value)
+    return fmt(value) if isinstance(value, float) else str(value)
 
 
 def compare(targets: Sequence[str], out: Path, catalog: Path | None = None) -> Path:

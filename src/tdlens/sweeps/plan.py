@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tdlens.config import ConfigError
-from tdlens.runs.files import RunFileError, atomic_write_json, read_json, timestamped_dir
+from tdlens.rundir.files import RunFileError, atomic_write_json, read_json, timestamped_dir
 from tdlens.sweeps.spec import PlannedRun, SweepSpec, SweepSpecError, resolve_run
 
 PLAN_FILE = "plan.json"

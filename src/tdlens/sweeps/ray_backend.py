@@ -41,7 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tdlens.runs.files import atomic_write_bytes
+from tdlens.rundir.files import atomic_write_bytes
 from tdlens.sweeps.backends import (
     DEFAULT_RETRIES,
     SKIP_FILES,

@@ -1,9 +1,10 @@
 """One run directory as a flat record: status, health, timings, final metrics, regime.
 
-Reads only the run's files (SPEC 7): config.json, status.json, learning_curves.csv,
-probes/fixed_point_probe.csv, probes/stability_probe.csv, probes/rounds.csv and
-run_report.json (``health.status``). A missing or corrupt file gives missing values (and a
-line in ``problems``), never an exception, so a half-written or failed run still has a row.
+Reads the run through :func:`tdlens.rundir.read.load_run` (config.json, status.json,
+learning_curves.csv, probes/fixed_point_probe.csv, probes/stability_probe.csv,
+probes/rounds.csv and run_report.json's ``health.status``). A missing or corrupt file
+gives missing values (and a line in ``problems``), never an exception, so a half-written
+or failed run still has a row.
 
 Final metrics: the last learning-curve row whose td_loss is finite (the dense columns of
 ``CURVE_METRICS``), the last fixed-point round (``FIXED_POINT_METRICS``) and the last
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdlens.runs.files import RunFileError, read_csv_rows, read_json
-from tdlens.sweeps.regimes import Regime, RunSeries, label_regime
+from tdlens.rundir.read import RunData, load_run
+from tdlens.scores import Regime, label_regime, series_of
 
 CURVE_METRICS: tuple[str, ...] = (
     "td_loss",
@@ -87,34 +88,6 @@ class RunRecord:
         return row
 
 
-def _rows(path: Path, problems: list[str]) -> Rows:
-    if not path.exists():
-        return []
-    try:
-        return read_csv_rows(path)
-    except RunFileError as exc:
-        problems.append(str(exc))
-        return []
-
-
-def _json(path: Path, problems: list[str]) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        data = read_json(path)
-    except RunFileError as exc:
-        problems.append(str(exc))
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def columns(rows: Rows) -> dict[str, list[float | str | None]]:
-    """Column-major view of CSV rows (cells unchanged, None = empty)."""
-    if not rows:
-        return {}
-    return {key: [row.get(key) for row in rows] for key in rows[0]}
-
-
 def _number(cell: Any) -> float:
     return float(cell) if isinstance(cell, int | float) else math.nan
 
@@ -144,20 +117,19 @@ def _config_hash(config: dict[str, Any]) -> str | None:
 
 def load_record(run_dir: str | Path, params: dict[str, Any] | None = None) -> RunRecord:
     """Read one run directory into a RunRecord (never raises on bad files)."""
-    run_dir = Path(run_dir)
-    problems: list[str] = []
-    config = _json(run_dir / "config.json", problems)
-    status = _json(run_dir / "status.json", problems)
-    report = _json(run_dir / "run_report.json", problems)
-    curves = _rows(run_dir / "learning_curves.csv", problems)
-    fixed = _rows(run_dir / "probes" / "fixed_point_probe.csv", problems)
-    stab = _rows(run_dir / "probes" / "stability_probe.csv", problems)
-    rounds = _rows(run_dir / "probes" / "rounds.csv", problems)
-    health = report.get("health")
-    outer = int(config.get("outer_iters") or status.get("outer_iters") or 0)
-    regime: Regime = label_regime(
-        RunSeries(status.get("status"), outer, columns(curves), columns(fixed), columns(stab))
-    )
+    return record_from(load_run(run_dir), params)
+
+
+def record_from(data: RunData, params: dict[str, Any] | None = None) -> RunRecord:
+    """The RunRecord of a run directory already read by :func:`tdlens.rundir.read.load_run`."""
+    run_dir, config, status = data.run_dir, data.config_data, data.status
+    curves, rounds = list(data.curves.rows), list(data.rounds.rows)
+    fixed = list(data.probe("fixed_point_probe").rows)
+    stab = list(data.probe("stability_probe").rows)
+    health = data.report.get("health")
+    series = series_of(data)
+    outer = series.outer_iters
+    regime: Regime = label_regime(series)
     metrics = last_values(curves, CURVE_METRICS, key="td_loss")
     metrics.update(last_values(fixed, FIXED_POINT_METRICS, key="value_gap"))
     metrics.update(last_values(stab, STABILITY_METRICS))
@@ -178,5 +150,29 @@ def load_record(run_dir: str | Path, params: dict[str, Any] | None = None) -> Ru
         metrics=metrics,
         regime=regime.label,
         regime_reason=regime.reason,
-        problems=problems,
+        problems=list(data.problems),
     )
+
+
+@dataclass
+class ConfigRow:
+    """The runs of one config (same swept values but the seed)."""
+
+    key: tuple[Any, ...]
+    params: dict[str, Any]
+    records: list[RunRecord]
+
+
+@dataclass
+class SweepSummary:
+    """A sweep's summary tables (:mod:`tdlens.sweeps.summary`) and the files written."""
+
+    sweep_dir: Path
+    name: str
+    axes: list[dict[str, Any]]
+    metric: str
+    records: list[RunRecord]
+    configs: list[dict[str, Any]]
+    marginals: list[dict[str, Any]]
+    boundary: list[dict[str, Any]]
+    paths: list[Path]

@@ -37,7 +37,6 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from tdlens.config import (
     EXECUTION_KEYS,
     ConfigError,
     RunConfig,
+    find_config,
     parse_config,
     read_yaml,
 )
@@ -221,24 +221,14 @@ def axis_values(key: str, spec: Any) -> tuple[Any, ...]:
 # --------------------------------------------------------------------------- parsing
 
 
-def shipped_configs() -> Path:
-    """The folder of configs shipped with the package (also ./configs in the repo)."""
-    return Path(str(resources.files("tdlens") / "configs"))
-
-
 def resolve_base(base: Any, spec_dir: Path) -> Path:
-    """`base` as a file relative to the spec's folder, else a shipped config name."""
+    """`base` as a file relative to the spec's folder, else as given, else a shipped name."""
     if not isinstance(base, str) or not base.strip():
         raise SweepSpecError(f"base: expected a config path or shipped name, got {base!r}")
-    for candidate in (spec_dir / base, Path(base)):
-        if candidate.is_file():
-            return candidate.resolve()
-    stem = Path(base).name.removesuffix(".yaml").removesuffix(".yml")
-    shipped = shipped_configs() / f"{stem}.yaml"
-    if shipped.is_file() and len(Path(base).parts) <= 2:
-        return shipped
-    names = ", ".join(sorted(p.stem for p in shipped_configs().glob("*.yaml")))
-    raise SweepSpecError(f"base: config '{base}' does not exist (shipped configs: {names})")
+    try:
+        return find_config(base, (spec_dir,)).resolve()
+    except ConfigError as exc:
+        raise SweepSpecError(f"base: {exc}") from None
 
 
 def _parse_overrides(raw: Any) -> dict[str, Any]:

@@ -24,16 +24,21 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tdlens.runs.files import atomic_write_text, to_jsonable
+from tdlens.rundir.files import atomic_write_text, to_jsonable
+from tdlens.scores import NOT_AVAILABLE, REGIME_DOC, thresholds
 from tdlens.sweeps.plan import read_plan, run_dir
-from tdlens.sweeps.records import FINAL_METRICS, RunRecord, load_record
-from tdlens.sweeps.regimes import NOT_AVAILABLE, REGIME_DOC, thresholds
+from tdlens.sweeps.records import (
+    FINAL_METRICS,
+    ConfigRow,
+    RunRecord,
+    SweepSummary,
+    load_record,
+)
 from tdlens.sweeps.spec import SEED_AXIS
 from tdlens.sweeps.stats import BOOTSTRAP_SEED, aggregate, bootstrap_ci, iqm, iqm_stat
 from tdlens.sweeps.summary_render import AGG_METRICS, csv_text, html_page, markdown
@@ -45,28 +50,6 @@ SEVERITY = ("diverged", "frozen", "plateau", "learning", NOT_AVAILABLE)
 
 class SummaryError(ValueError):
     """A summary cannot be made as asked (unknown metric, not a sweep directory)."""
-
-
-@dataclass
-class ConfigRow:
-    """The runs of one config (same swept values but the seed)."""
-
-    key: tuple[Any, ...]
-    params: dict[str, Any]
-    records: list[RunRecord]
-
-
-@dataclass
-class SweepSummary:
-    sweep_dir: Path
-    name: str
-    axes: list[dict[str, Any]]
-    metric: str
-    records: list[RunRecord]
-    configs: list[dict[str, Any]]
-    marginals: list[dict[str, Any]]
-    boundary: list[dict[str, Any]]
-    paths: list[Path]
 
 
 # --------------------------------------------------------------------------- tables

@@ -14,16 +14,16 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from tdlens.sweeps import html as H
-from tdlens.sweeps.regimes import REGIME_DOC, thresholds
+from tdlens.report import kit as H
+from tdlens.report.fmt import fmt
+from tdlens.scores import REGIME_DOC, thresholds
+from tdlens.sweeps.html import heatmap_figure
+from tdlens.sweeps.records import ConfigRow, SweepSummary
 from tdlens.sweeps.spec import SEED_AXIS
-
-if TYPE_CHECKING:
-    from tdlens.sweeps.summary import ConfigRow, SweepSummary
 
 AGG_METRICS: tuple[str, ...] = (
     "td_loss",
@@ -81,7 +81,7 @@ def _md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
         return "(none)\n"
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [H.fmt(row.get(c)).replace("|", "\\|") for c in columns]
+        cells = [fmt(row.get(c)).replace("|", "\\|") for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -196,7 +196,7 @@ def html_page(
         body.append(f"<h2>Heatmaps of final {H.esc(s.metric)}</h2><div>")
         for x_key, y_key in itertools.combinations(plot_keys, 2):
             xs, ys, z = heatmap_grid(groups, x_key, y_key, s.metric)
-            fig = H.heatmap_figure(z, xs, ys, x_key, y_key, s.metric)
+            fig = heatmap_figure(z, xs, ys, x_key, y_key, s.metric)
             body.append(H.png_img(fig, f"{s.metric} over {x_key} x {y_key}"))
         body.append("</div>")
     if s.boundary:

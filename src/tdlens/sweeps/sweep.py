@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdlens.runs.files import atomic_write_json, read_json
+from tdlens.rundir.files import atomic_write_json, read_json
 from tdlens.sweeps import catalog as cat
 from tdlens.sweeps.backends import (
     DEFAULT_RETRIES,

@@ -153,7 +153,7 @@ class TorusGobletGhostEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             return None
         if self._state is None:
             raise RuntimeError("render: call reset() before render()")
-        from tdlens.torus.render import render_rgb
+        from tdlens.torus.draw import render_rgb
 
         return render_rgb(self._state, self.env_config, action=self._last_action)
 

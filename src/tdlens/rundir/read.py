@@ -1,9 +1,15 @@
-"""Read a run directory into plain tables (SPEC 7). Never imports the learner or probes.
+"""The one read model of a run directory (SPEC 7): config, status, tables, report, arrays.
+
+Every reader (the report, sweep records and summaries, compare, the sanity suite, the
+catalog) loads a run through :func:`load_run`, so they all see the same rows. It never
+imports the learner or probes.
 
 A broken or partial run still loads: a missing or corrupt file becomes an empty table
-plus a line in ``RunData.problems`` naming the file, so the report can say what is wrong
-instead of crashing. Files read: config.json, status.json, learning_curves.csv,
-probes/<name>.csv, probes/rounds.csv and the probe arrays probes/<prefix>_<iter>.np[yz].
+plus a line in ``RunData.problems`` naming the file (a row torn by a crash is skipped),
+so a report or a sweep summary can say what is wrong instead of crashing. Files read:
+config.json, status.json (as observed: a dead ``running`` run is ``crashed``),
+learning_curves.csv, probes/<name>.csv, probes/rounds.csv, run_report.json and, on
+demand, the probe arrays probes/<prefix>_<iter>.np[yz].
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from tdlens.config import ConfigError, RunConfig, config_from_json
-from tdlens.runs.files import RunFileError, parse_cell, read_csv_rows, read_json
+from tdlens.rundir.files import RunFileError, parse_cell, read_csv_rows, read_json
+from tdlens.rundir.status import observed_status
 
 PROBE_NAMES: tuple[str, ...] = (
     "distribution_probe",
@@ -82,7 +89,8 @@ class Table:
 
 @dataclass(frozen=True)
 class RunData:
-    """Everything the report reads from one run directory."""
+    """One run directory as read: `cfg` is the typed config (None when config.json is
+    missing or invalid), `config_data` its raw content, `report` run_report.json's."""
 
     run_dir: Path
     cfg: RunConfig | None
@@ -91,6 +99,8 @@ class RunData:
     probes: dict[str, Table]
     rounds: Table
     problems: tuple[str, ...] = field(default=())
+    config_data: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
 
     def probe(self, name: str) -> Table:
         """The table of probe ``name`` (empty when the file does not exist)."""
@@ -126,7 +136,7 @@ def _read_lenient(path: Path, problems: list[str]) -> Table | None:
 
 
 def _read_table(path: Path, problems: list[str], required: bool) -> Table | None:
-    """A CSV table via tdlens.runs.files.read_csv_rows; a corrupt one leniently."""
+    """A CSV table via tdlens.rundir.files.read_csv_rows; a corrupt one leniently."""
     if not path.exists():
         if required:
             problems.append(f"{path.name} is missing")
@@ -140,8 +150,23 @@ def _read_table(path: Path, problems: list[str], required: bool) -> Table | None
     return Table(tuple(header), tuple(rows))
 
 
+def _read_dict(path: Path, problems: list[str]) -> dict[str, Any]:
+    """A JSON object file ({} when missing; a problem when corrupt or not an object)."""
+    if not path.exists():
+        return {}
+    try:
+        data = read_json(path)
+    except RunFileError as exc:
+        problems.append(str(exc))
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"'{path}' does not hold a JSON object")
+        return {}
+    return data
+
+
 def load_run(run_dir: str | Path) -> RunData:
-    """Load config, status, learning curves and probe tables of ``run_dir``."""
+    """Load config, status, learning curves, probe tables and report of ``run_dir``."""
     run_dir = Path(run_dir)
     problems: list[str] = []
     cfg: RunConfig | None = None
@@ -149,12 +174,11 @@ def load_run(run_dir: str | Path) -> RunData:
         cfg = config_from_json(run_dir / "config.json")
     except ConfigError as exc:
         problems.append(f"config.json: {exc}")
-    status: dict[str, Any] = {}
-    try:
-        loaded = read_json(run_dir / "status.json")
-        status = loaded if isinstance(loaded, dict) else {}
-    except RunFileError as exc:
-        problems.append(str(exc))
+    config_data = _read_dict(run_dir / "config.json", [])
+    if not (run_dir / "status.json").exists():
+        problems.append(f"'{run_dir / 'status.json'}' is missing")
+    status = observed_status(run_dir, _read_dict(run_dir / "status.json", problems))
+    report = _read_dict(run_dir / "run_report.json", problems)
     curves = _read_table(run_dir / CURVES_FILE, problems, required=True) or Table()
     probes: dict[str, Table] = {}
     rounds = Table()
@@ -168,7 +192,9 @@ def load_run(run_dir: str | Path) -> RunData:
                 rounds = table
             else:
                 probes[path.stem] = table
-    return RunData(run_dir, cfg, status, curves, probes, rounds, tuple(problems))
+    return RunData(
+        run_dir, cfg, status, curves, probes, rounds, tuple(problems), config_data, report
+    )
 
 
 def array_files(run_dir: Path, prefix: str) -> dict[int, Path]:

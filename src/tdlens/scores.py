@@ -1,4 +1,10 @@
-"""Scale-free regime labels of a run: diverged, frozen, learning, plateau (SPEC section 11).
+"""Run scores: the one definition of diverged, frozen, learning and plateau (SPEC 8, 11).
+
+The report's health checks (critic_frozen) and the sweep's regime labels (and so the
+catalog's ``regime``) both call this module, so a run can never pass a check here and get
+the opposite label there. Read a run with :func:`series_of` (from the run directory's read
+model) and label it with :func:`label_regime`; :func:`frozen_reasons` is the frozen test
+alone.
 
 Each label is judged against the run's own scales, in this order (the first that holds):
 
@@ -40,6 +46,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tdlens.rundir.read import Cell, RunData
+
 REGIMES: tuple[str, ...] = ("diverged", "frozen", "learning", "plateau")
 NOT_AVAILABLE = "n/a"
 FROZEN_REL_STEP = 1e-6
@@ -52,8 +60,6 @@ MIN_ROWS = 2
 """Fewer learning-curve rows than this (and no divergence): label n/a."""
 DENSE_COLUMNS: tuple[str, ...] = ("td_loss", "w_norm")
 """Learning-curve columns present on every row: a non-finite value there is divergence."""
-
-Cell = float | str | None
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,22 @@ class RunSeries:
     curves: dict[str, Sequence[Cell]]
     fixed_point: dict[str, Sequence[Cell]] = field(default_factory=dict)
     stability: dict[str, Sequence[Cell]] = field(default_factory=dict)
+
+
+def series_of(data: RunData) -> RunSeries:
+    """The RunSeries of a run directory read by :func:`tdlens.rundir.read.load_run`."""
+    outer = int(data.config_data.get("outer_iters") or data.status.get("outer_iters") or 0)
+
+    def cells(rows: Sequence[dict[str, Cell]]) -> dict[str, list[Cell]]:
+        return {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {}
+
+    return RunSeries(
+        data.status.get("status"),
+        outer,
+        cells(data.curves.rows),
+        cells(data.probe("fixed_point_probe").rows),
+        cells(data.probe("stability_probe").rows),
+    )
 
 
 @dataclass(frozen=True)
@@ -161,20 +183,31 @@ def _diverged(s: RunSeries) -> Regime | None:
     return None
 
 
-def _frozen(s: RunSeries) -> Regime | None:
+def relative_steps(s: RunSeries) -> np.ndarray:
+    """``delta_w_norm / w_norm`` per iteration, NaN rows dropped (0/0 counts as 0)."""
     rel = relative_step(floats(s.curves.get("delta_w_norm")), floats(s.curves.get("w_norm")))
-    rel = rel[~np.isnan(rel)]
+    return rel[~np.isnan(rel)]
+
+
+def frozen_reasons(s: RunSeries) -> list[str]:
+    """Why the critic is frozen on the run's timescale ([] when it is not): the median
+    relative step ``delta_w_norm / w_norm`` below ``FROZEN_REL_STEP``, or the latest
+    ``fastest_timescale`` beyond ``outer_iters``."""
+    reasons = []
+    rel = relative_steps(s)
     if rel.size and float(np.median(rel)) < FROZEN_REL_STEP:
-        return Regime(
-            "frozen",
-            f"median delta_w_norm/w_norm {np.median(rel):.3g} < {FROZEN_REL_STEP:g} per iteration",
+        reasons.append(
+            f"median delta_w_norm/w_norm {np.median(rel):.3g} < {FROZEN_REL_STEP:g} per iteration"
         )
     fastest = latest(s.stability.get("fastest_timescale"))
     if not math.isnan(fastest) and fastest > s.outer_iters:
-        return Regime(
-            "frozen", f"fastest_timescale {fastest:.4g} > the run's {s.outer_iters} iterations"
-        )
-    return None
+        reasons.append(f"fastest_timescale {fastest:.4g} > the run's {s.outer_iters} iterations")
+    return reasons
+
+
+def _frozen(s: RunSeries) -> Regime | None:
+    reasons = frozen_reasons(s)
+    return Regime("frozen", reasons[0]) if reasons else None
 
 
 def _from_value_gap(gap: np.ndarray, floor: float) -> Regime:

@@ -1,4 +1,4 @@
-"""Draw Torus Goblet & Ghost states and episodes with matplotlib (SPEC section 1).
+"""Draw Torus Goblet & Ghost states with matplotlib (SPEC section 1).
 
 No global pyplot state: every picture is a :class:`matplotlib.figure.Figure` drawn on its
 own Agg canvas, so rendering is safe in worker processes and threads.
@@ -12,10 +12,6 @@ transition that led to the state as text.
 
 from __future__ import annotations
 
-import math
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,23 +19,9 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, Rectangle
-from PIL import Image
 
-from tdlens.config import EnvConfig, RunConfig
-from tdlens.features import actor_features, make_feature_maps
-from tdlens.learner import init_params
-from tdlens.policy import policy_mean, squash
-from tdlens.seeding import stream
-from tdlens.torus.dynamics import (
-    NORMAL_WIDTH,
-    TorusState,
-    clip_action,
-    observe,
-    reset_from_uniforms,
-    reset_width,
-    step,
-    uniform_width,
-)
+from tdlens.config import EnvConfig
+from tdlens.torus.dynamics import TorusState
 
 ARROW_FRACTION = 0.15
 DEFAULT_SIZE_PX = 256
@@ -133,66 +115,3 @@ def render_rgb(
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     return np.ascontiguousarray(rgba[..., :3])
-
-
-def episode_frames(cfg: RunConfig, steps: int) -> list[np.ndarray]:
-    """Roll out one environment for `steps` steps under mu and render every step.
-
-    Noise comes from stream ``render``, drawn up front in the rollout's order: reset
-    uniforms, action normals ``[T, 2]``, environment normals ``[T, 4]``, environment
-    uniforms ``[T, U]``. ``u_t = m_mu(s_t) + sigma_mu z_t``, ``a_t = v_max tanh(u_t)`` when
-    squash_action, clipped by the environment when clip_action (SPEC 1, 3). Frame ``t``
-    shows ``s_{t+1}`` with the executed ``a_t`` and the events of that transition, as
-    ``env.render()`` after a step does.
-    """
-    if steps < 1:
-        raise ValueError(f"steps: must be >= 1, got {steps}")
-    env = cfg.env
-    maps = make_feature_maps(cfg)
-    theta_mu = init_params(cfg, maps).theta_mu
-    rng = stream(cfg.seed, "render")
-    u_reset = rng.random((1, reset_width(env.num_goblets)))
-    z_act = rng.standard_normal((steps, 1, 2))
-    z_env = rng.standard_normal((steps, 1, NORMAL_WIDTH))
-    u_env = rng.random((steps, 1, uniform_width(env.num_goblets)))
-    state = reset_from_uniforms(u_reset, env)
-    frames = []
-    for t in range(steps):
-        psi_t = actor_features(maps, observe(state, env)).astype(np.float64)
-        u_t = policy_mean(theta_mu, psi_t) + cfg.sigma_mu * z_act[t]
-        a_t = clip_action(squash(u_t, env.v_max) if cfg.squash_action else u_t, env)
-        state = step(state, a_t, z_env[t], u_env[t], env)
-        frames.append(render_rgb(state, env, action=a_t[0], title=f"t={t + 1}"))
-    return frames
-
-
-def render_episode_gif(cfg: RunConfig, steps: int, out_path: str | Path, fps: int = 10) -> Path:
-    """Write an animated GIF of `steps` frames (see :func:`episode_frames`) to `out_path`.
-
-    Written atomically: a temporary file in the same directory, then ``os.replace``.
-    Every frame carries its step number, so no two consecutive frames are identical
-    (Pillow would merge them).
-    """
-    if steps < 1:
-        raise ValueError(f"steps: must be >= 1, got {steps}")
-    if fps < 1:
-        raise ValueError(f"fps: must be >= 1, got {fps}")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(frame) for frame in episode_frames(cfg, steps)]
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            images[0].save(
-                fh,
-                format="GIF",
-                save_all=True,
-                append_images=images[1:],
-                duration=max(1, math.floor(1000 / fps)),
-                loop=0,
-            )
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out_path

@@ -2,8 +2,15 @@
 
 Whole files are written atomically: to a temporary file in the same directory, fsynced,
 then renamed over the target, so a reader (or a crash) sees the old or the new content,
-never half of it. Tables (CSV, JSONL) are appended a row at a time and flushed; a resumed
-run first cuts them back to the rows of its checkpoint, again by an atomic rewrite.
+never half of it. New files get the mode ``0o666 & ~umask`` that ``open()`` would give
+them (0644 under umask 022), not the 0600 of the temporary file. Tables (CSV, JSONL, the
+log) are appended a row at a time and flushed; a resumed run first cuts them back to the
+rows of its checkpoint, again by an atomic rewrite.
+
+Every byte a run writes passes through :func:`_write`, which names the file in the
+``OSError`` it raises (``fh.write`` alone does not), so a full disk reads as "No space left
+on device: 'run/status.json'"; the fault-injection tests replace it to fail at the k-th
+write.
 """
 
 from __future__ import annotations
@@ -35,6 +42,35 @@ class RunFileError(RuntimeError):
     """A run file is missing, corrupt or inconsistent; the message names the file."""
 
 
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666 & ~umask``.
+
+    Read from /proc/self/status (thread-safe); elsewhere by setting and restoring the umask.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _write(fh: Any, data: bytes | str, path: Path) -> None:
+    """Write, flush and fsync `data`; an OSError names `path` (the one choke point)."""
+    try:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` atomically (temp file in the same directory, fsync, rename)."""
     path = Path(path)
@@ -42,9 +78,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), file_mode())
+            _write(fh, data, path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -129,10 +164,10 @@ class TableWriter:
         if unknown:
             raise RunFileError(f"'{self.csv_path}': unexpected columns {sorted(unknown)}")
         cells = [format_cell(row.get(c)) for c in self.columns]
-        _append(self.csv_path, _csv_line(cells))
+        append_text(self.csv_path, _csv_line(cells))
         if self.jsonl_path is not None:
             record = {c: to_jsonable(row.get(c)) for c in self.columns}
-            _append(self.jsonl_path, json.dumps(record, allow_nan=False) + "\n")
+            append_text(self.jsonl_path, json.dumps(record, allow_nan=False) + "\n")
 
 
 def _csv_line(cells: Iterable[str]) -> str:
@@ -141,11 +176,10 @@ def _csv_line(cells: Iterable[str]) -> str:
     return buf.getvalue()
 
 
-def _append(path: Path, text: str) -> None:
+def append_text(path: str | Path, text: str) -> None:
+    """Append `text` to `path` (created if missing), flushed and fsynced."""
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
+        _write(fh, text, Path(path))
 
 
 def read_csv_header(path: str | Path) -> list[str]:

@@ -1,0 +1,79 @@
+"""The memory and disk estimate against what runs of the shipped configs really use."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tdlens.config import load_config, shipped_configs
+from tdlens.runs.budget import ResourceError, check_resources, estimate, human
+from tdlens.runs.runner import Runner
+
+MEASURE = """
+import json, resource, sys
+from tdlens.config import load_config
+from tdlens.runs.runner import Runner
+cfg = load_config(sys.argv[1], ["outer_iters=1", "threads=2"])
+Runner(cfg, sys.argv[2], handle_signals=False).run()
+print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+"""
+
+
+def _shipped() -> dict[Path, object]:
+    """Shipped configs, one per distinct estimate (configs with equal sizes peak alike)."""
+    seen: dict[tuple, Path] = {}
+    for path in sorted(shipped_configs().glob("*.yaml")):
+        cfg = load_config(path, ["outer_iters=1", "threads=2"])
+        key = tuple(sorted(estimate(cfg).memory_terms.items()))
+        seen.setdefault(key, path)
+    return {path: None for path in seen.values()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", list(_shipped()), ids=lambda p: p.stem)
+def test_memory_estimate_within_2x_of_the_measured_peak(path, tmp_path):
+    """One iteration with its probe round (the round is the peak) in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    predicted = estimate(load_config(path, ["outer_iters=1", "threads=2"])).peak_bytes
+    ratio = predicted / measured
+    assert 0.5 <= ratio <= 2.0, f"{path.stem}: estimate {human(predicted)}, peak {human(measured)}"
+
+
+def test_disk_estimate_bounds_a_real_run(tmp_path):
+    cfg = load_config("configs/sanity.yaml", ["outer_iters=12", "probes.every=3"])
+    d = tmp_path / "run"
+    Runner(cfg, d).run()
+    used = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+    assert used <= estimate(cfg).disk_bytes
+
+
+def test_refusals_name_the_keys_and_the_estimate(tmp_path):
+    cfg = load_config("configs/seed_plateau.yaml")
+    est = estimate(cfg)
+    with pytest.raises(ResourceError, match=r"needs about .* MiB of memory") as info:
+        check_resources(cfg, tmp_path, memory=est.peak_bytes // 2, disk=10**12)
+    assert "env.feature_dim" in str(info.value) and "--force" in str(info.value)
+    with pytest.raises(ResourceError, match="writes about") as info:
+        check_resources(cfg, tmp_path, memory=10**12, disk=est.disk_bytes // 2)
+    assert "outer_iters" in str(info.value)
+    assert check_resources(cfg, tmp_path, memory=10**12, disk=10**12) == est
+
+
+def test_memory_grows_with_the_keys_it_names():
+    base = estimate(load_config("configs/seed_plateau.yaml"))
+    bigger = estimate(load_config("configs/seed_plateau.yaml", ["env.feature_dim=4096"]))
+    assert bigger.peak_bytes > 2 * (base.peak_bytes - base.memory_terms["base"])
+    off = estimate(load_config("configs/seed_plateau.yaml", ["probes.enabled=false"]))
+    assert set(off.memory_terms) == {"base", "training"}
+    assert base.memory_keys[0] == "env.feature_dim"

@@ -1,0 +1,414 @@
+"""Fault injection: every failure leaves an honest status, loses nothing and resumes.
+
+Each test breaks one thing (a full disk at the k-th write of some file, a corrupt
+checkpoint, a file where a directory belongs, an oversized config, a dead process) and
+checks the status, the message, the exit code, that no earlier result was lost, and that
+`--resume` (or `tdlens report`) then gives the uninterrupted run's numbers bit for bit.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tdlens import cli
+from tdlens.cli import app
+from tdlens.config import load_config
+from tdlens.report import write_report
+from tdlens.rundir import files
+from tdlens.rundir.files import RunFileError
+from tdlens.rundir.status import observed_status
+from tdlens.runs.checkpoint import list_checkpoints, load_checkpoint
+from tdlens.runs.runner import Runner
+
+FAST = ["probes.enabled=false", "env.feature_dim=32", "env.actor_feature_dim=8"]
+PROBED = [
+    "env.feature_dim=32",
+    "env.actor_feature_dim=8",
+    "probes.every=3",
+    "probes.distribution.permutations=0",
+]
+runner = CliRunner()
+
+
+def _cfg(*extra: str):
+    base = [*FAST, "outer_iters=9", "checkpoint_every=2"]
+    return load_config("configs/sanity.yaml", [*base, *extra])
+
+
+def _table(path: Path) -> list[list[str]]:
+    """A CSV as text cells, without wall-time columns (``*_s``): bit-for-bit comparable."""
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if not name.endswith("_s")]
+    return [[r[i] for i in keep] for r in rows]
+
+
+def _curves(run_dir: Path) -> list[list[str]]:
+    return _table(run_dir / "learning_curves.csv")
+
+
+def _listed(run_dir: Path) -> dict:
+    """The row of `run_dir` in `tdlens runs list --format json`."""
+    result = runner.invoke(app, ["runs", "list", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = [r for r in json.loads(result.output) if r["path"] == str(run_dir.resolve())]
+    assert len(rows) == 1
+    return rows[0]
+
+
+def _status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+class DiskFull:
+    """Replaces files._write: the `nth` write to a file whose name matches `pattern` raises
+    ENOSPC, and so does every later write when `persistent` (the disk stays full)."""
+
+    def __init__(self, pattern: str, nth: int, persistent: bool) -> None:
+        self.pattern = re.compile(pattern)
+        self.nth = nth
+        self.persistent = persistent
+        self.seen = 0
+        self.full = False
+        self.real = files._write
+
+    def __call__(self, fh, data, path: Path) -> None:
+        if self.pattern.search(Path(path).name):
+            self.seen += 1
+            if self.seen == self.nth:
+                self.full = True
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        if self.full and self.persistent:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        self.real(fh, data, path)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("full") / "run"
+    assert Runner(_cfg(), d).run().status == "complete"
+    return d
+
+
+@pytest.mark.parametrize("persistent", [False, True], ids=["transient", "disk-stays-full"])
+@pytest.mark.parametrize(
+    ("pattern", "nth"),
+    [
+        (r"^learning_curves\.csv$", 2),  # the header, then row 0: fails on row 0's append
+        (r"^learning_curves\.csv$", 6),  # mid-run, between checkpoints
+        (r"^ckpt_000004\.npz$", 1),  # inside a checkpoint
+        (r"^stdout\.log$", 4),  # the log
+    ],
+    ids=["first-row", "mid-run", "checkpoint", "log"],
+)
+def test_full_disk_fails_honestly_and_resumes_bit_identically(
+    tmp_path, monkeypatch, full_run, pattern, nth, persistent
+):
+    d = tmp_path / "run"
+    fault = DiskFull(pattern, nth, persistent)
+    monkeypatch.setattr(files, "_write", fault)
+    res = Runner(_cfg(), d).run()
+    monkeypatch.setattr(files, "_write", fault.real)
+    assert fault.seen >= nth
+    assert res.status == "failed" and res.exit_code == 1
+    assert "No space left on device" in res.reason and "\n" not in res.reason
+    assert not list(d.rglob("*.tmp")), "an atomic write left its temporary file"
+    status = _status(d)
+    if persistent:
+        # nothing could be written after the fault: the run says so, and is seen as crashed
+        assert "status.json" in " ".join(res.unwritten)
+        assert observed_status(d, status)["status"] == "crashed"
+    else:
+        assert status["status"] == "failed" and status["reason"] == res.reason
+        assert res.unwritten == []
+    # no earlier result was lost: the rows written equal the full run's first rows
+    written = _curves(d)
+    assert written == _curves(full_run)[: len(written)]
+    for path in list_checkpoints(d):
+        load_checkpoint(path)  # every checkpoint left behind verifies
+    resumed = Runner(None, d, resume=True).run()
+    assert resumed.status == "complete"
+    assert _curves(d) == _curves(full_run)
+
+
+def test_full_disk_inside_the_report_keeps_the_run_and_report_rewrites_it(
+    tmp_path, monkeypatch, full_run
+):
+    d = tmp_path / "run"
+    fault = DiskFull(r"^run_report\.md$", 1, persistent=True)
+    monkeypatch.setattr(files, "_write", fault)
+    res = Runner(_cfg(), d, write_report=partial(write_report, html=False)).run()
+    monkeypatch.setattr(files, "_write", fault.real)
+    assert res.status == "complete"
+    assert any(w.startswith("run report") and "No space" in w for w in res.unwritten)
+    assert not (d / "run_report.md").exists()
+    assert _curves(d) == _curves(full_run)
+    result = runner.invoke(app, ["report", str(d)])
+    assert result.exit_code == 0, result.output
+    assert (d / "run_report.md").is_file()
+
+
+def test_full_disk_during_a_probe_round_resumes_with_the_probe_tables(tmp_path, monkeypatch):
+    cfg = load_config("configs/sanity.yaml", [*PROBED, "outer_iters=8", "checkpoint_every=2"])
+    full = tmp_path / "full"
+    Runner(cfg, full).run()
+    d = tmp_path / "run"
+    fault = DiskFull(r"^stability_probe\.csv$", 3, persistent=False)  # round 2 (iteration 5)
+    monkeypatch.setattr(files, "_write", fault)
+    res = Runner(cfg, d).run()
+    monkeypatch.setattr(files, "_write", fault.real)
+    assert res.status == "failed" and "stability_probe.csv" in res.reason
+    assert Runner(None, d, resume=True).run().status == "complete"
+    assert _curves(d) == _curves(full)
+    for name in ("fixed_point_probe", "stability_probe", "distribution_probe", "rho_audit"):
+        path = Path("probes") / f"{name}.csv"
+        assert _table(d / path) == _table(full / path), name
+
+
+def test_cli_exits_1_and_says_what_a_full_disk_kept_it_from_writing(tmp_path, monkeypatch):
+    fault = DiskFull(r"^run_report\.md$", 1, persistent=True)
+    monkeypatch.setattr(files, "_write", fault)
+    d = tmp_path / "r"
+    result = runner.invoke(app, ["run", "sanity", "--run-dir", str(d), *_sets(FAST)])
+    assert result.exit_code == 1
+    assert "status: complete" in result.output
+    assert "could not write run report" in result.output and "No space left" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_fresh_run_that_cannot_write_its_config_leaves_nothing(tmp_path, monkeypatch):
+    fault = DiskFull(r"^config\.json$", 1, persistent=True)
+    monkeypatch.setattr(files, "_write", fault)
+    result = runner.invoke(app, ["run", "sanity", "--run-dir", str(tmp_path / "r"), *_sets(FAST)])
+    assert result.exit_code == 2
+    assert "No space left on device" in result.output and "nothing was kept" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [a for s in overrides for a in ("--set", s)]
+
+
+def test_checkpoint_with_altered_arrays_fails_its_checksum(tmp_path):
+    d = tmp_path / "run"
+    Runner(_cfg(), d).run()
+    path = list_checkpoints(d)[-1]
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["w"] = arrays["w"] + 1e-12  # a valid zip whose content changed
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(RunFileError, match="checksum"):
+        load_checkpoint(path)
+
+
+def test_checkpoints_are_kept_to_checkpoint_keep(tmp_path):
+    d = tmp_path / "run"
+    Runner(_cfg("checkpoint_keep=2"), d).run()
+    assert [p.name for p in list_checkpoints(d)] == ["ckpt_000008.npz", "ckpt_000009.npz"]
+
+
+def test_all_checkpoints_corrupt_resumes_from_the_start(tmp_path, full_run):
+    d = tmp_path / "run"
+    r = Runner(_cfg(), d)
+    r.on_progress = lambda p: setattr(r, "_stop_signal", signal.SIGTERM) if p.n == 4 else None
+    r.run()
+    for path in list_checkpoints(d):
+        path.write_bytes(b"garbage")
+    res = Runner(None, d, resume=True).run()
+    assert res.status == "complete" and res.resumed_from.startswith("the start")
+    assert _curves(d) == _curves(full_run)
+
+
+def test_a_file_where_the_probes_directory_belongs(tmp_path):
+    cfg = load_config("configs/sanity.yaml", [*PROBED, "outer_iters=5"])
+    d = tmp_path / "run"
+    r = Runner(cfg, d)
+    d.mkdir()
+    (d / "probes").write_text("not a folder")
+    res = r.run()
+    assert res.status == "failed" and "probes" in res.reason
+    (d / "probes").unlink()
+    assert Runner(None, d, resume=True).run().status == "complete"
+
+
+def test_files_respect_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        Runner(_cfg("outer_iters=2"), tmp_path / "a", write_report=write_report).run()
+        os.umask(0o077)
+        Runner(_cfg("outer_iters=2"), tmp_path / "b", write_report=write_report).run()
+    finally:
+        os.umask(old)
+    for name in ("config.json", "status.json", "learning_curves.csv", "run_report.md"):
+        assert (tmp_path / "a" / name).stat().st_mode & 0o777 == 0o644, name
+        assert (tmp_path / "b" / name).stat().st_mode & 0o777 == 0o600, name
+    ckpt = list_checkpoints(tmp_path / "a")[-1]
+    assert ckpt.stat().st_mode & 0o777 == 0o644
+
+
+def test_finished_run_has_no_lock_and_resume_rewrites_nothing(tmp_path):
+    d = tmp_path / "run"
+    Runner(_cfg("outer_iters=2"), d).run()
+    assert not (d / ".lock").exists()
+    before = {p.name: p.stat().st_mtime_ns for p in d.iterdir() if p.is_file()}
+    result = runner.invoke(app, ["run", str(d), "--resume"])
+    assert result.exit_code == 0
+    assert "already complete" in result.output and "nothing to resume" in result.output
+    assert {p.name: p.stat().st_mtime_ns for p in d.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--output-dir", "README.md"], "is a file"),
+        (["run", "outputs/runs/does_not_exist", "--resume"], "does not exist"),
+        (["run", "README.md", "--resume"], "not a run directory"),
+        (["run", "--run-dir", "README.md/sub"], "'README.md' is a file"),
+    ],
+)
+def test_bad_paths_exit_2_with_one_line(args, message):
+    result = runner.invoke(app, [*args, *_sets(FAST)] if "--resume" not in args else args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_oversized_config_is_refused_before_anything_is_written(tmp_path):
+    result = runner.invoke(
+        app, ["run", "--output-dir", str(tmp_path / "o"), "--set", "env.feature_dim=1000000000"]
+    )
+    assert result.exit_code == 2
+    assert "of memory" in result.output and "env.feature_dim" in result.output
+    assert "--force" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_forced_oversized_config_fails_with_a_status_not_a_traceback(tmp_path):
+    """10^12 features: W_phi alone is 168 TB, past any machine's address space."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tdlens.cli",
+            "run",
+            "sanity",
+            "--force",
+            "--run-dir",
+            str(tmp_path / "r"),
+            *_sets(["env.feature_dim=1000000000000", "probes.enabled=false"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "status: failed (out of memory at iteration 0" in proc.stdout
+    status = _status(tmp_path / "r")
+    assert status["status"] == "failed" and status["reason"].startswith("out of memory")
+    assert "out of memory" in (tmp_path / "r" / "run_report.md").read_text()
+
+
+def test_unexpected_errors_are_one_line_unless_debug(monkeypatch, capsys):
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected\nsecond line")
+
+    monkeypatch.setattr(cli, "load_cli_config", boom)
+    monkeypatch.setitem(cli._debug, "on", False)
+    assert cli.main(["run"]) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: injected second line" in err and "--debug" in err
+    assert "Traceback" not in err
+    assert cli.main(["--debug", "run"]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def _spawn(run_dir: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "tdlens.cli", "run", "sanity", "--run-dir", str(run_dir)]
+    cmd += _sets([*FAST, *extra])
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_rows(run_dir: Path, n: int, proc: subprocess.Popen) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    path = run_dir / "learning_curves.csv"
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) > n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("run did not reach the expected row count")
+
+
+SLOW = ["outer_iters=300", "checkpoint_every=7", "env.feature_dim=256", "horizon=100"]
+
+
+def test_killed_run_is_listed_and_reported_as_crashed_and_resumes(tmp_path):
+    d = tmp_path / "killed"
+    proc = _spawn(d, *SLOW)
+    _wait_rows(d, 10, proc)
+    assert _listed(d)["status"] == "running"  # alive: not crashed
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _status(d)["status"] == "running"
+    assert _listed(d)["status"] == "crashed"
+    assert runner.invoke(app, ["report", str(d)]).exit_code == 0
+    report = json.loads((d / "run_report.json").read_text())
+    assert report["status"]["status"] == "crashed" and "--resume" in report["status"]["reason"]
+    done = subprocess.run(
+        [sys.executable, "-m", "tdlens.cli", "run", str(d), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _status(d)["status"] == "complete"
+
+
+def test_sighup_marks_the_run_incomplete_with_exit_129(tmp_path):
+    d = tmp_path / "hup"
+    proc = _spawn(d, *SLOW)
+    _wait_rows(d, 5, proc)
+    proc.send_signal(signal.SIGHUP)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 129
+    status = _status(d)
+    assert status["status"] == "incomplete" and "SIGHUP" in status["reason"]
+
+
+def test_corrupt_catalog_points_to_reindex_which_rebuilds_it(tmp_path, monkeypatch):
+    catalog = tmp_path / "c.sqlite"
+    monkeypatch.setenv("TDLENS_CATALOG", str(catalog))
+    out = tmp_path / "outputs"
+    for name in ("a", "b"):
+        result = runner.invoke(
+            app, ["run", "sanity", "--output-dir", str(out), "--name", name, *_sets(FAST)]
+        )
+        assert result.exit_code == 0, result.output
+    catalog.write_bytes(b"this is not a database" * 100)
+    for side in (Path(f"{catalog}-wal"), Path(f"{catalog}-shm")):
+        side.unlink(missing_ok=True)
+    listed = runner.invoke(app, ["runs", "list"])
+    assert listed.exit_code == 2 and "tdlens runs reindex" in listed.output
+    assert "Traceback" not in listed.output
+    rebuilt = runner.invoke(app, ["runs", "reindex", str(out)])
+    assert rebuilt.exit_code == 0 and "2 run(s)" in rebuilt.output, rebuilt.output
+    rows = sqlite3.connect(catalog).execute("SELECT name, status FROM runs").fetchall()
+    assert sorted(rows) == [("a", "complete"), ("b", "complete")]
