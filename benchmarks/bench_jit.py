@@ -43,7 +43,7 @@ def child() -> dict[str, float]:
     from tdlens.config import load_config
     from tdlens.features import Workspace, make_feature_maps
     from tdlens.learner import init_params, outer_iteration
-    from tdlens.probes import ProbeManager
+    from tdlens.probes.manager import ProbeManager
 
     imported = time.perf_counter() - start
     cfg = load_config(None, SMALL)

@@ -23,7 +23,7 @@ from common import load_average, machine_info, peak_rss_mib
 from tdlens.config import load_config
 from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import init_params, outer_iteration
-from tdlens.probes import ProbeManager
+from tdlens.probes.manager import ProbeManager
 
 SEED_PLATEAU = [
     "outer_iters=80",

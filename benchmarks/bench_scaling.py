@@ -42,7 +42,7 @@ def point(batch: int, dim: int, rounds: int) -> dict[str, float]:
     from tdlens.config import load_config
     from tdlens.features import Workspace, make_feature_maps
     from tdlens.learner import init_params, outer_iteration
-    from tdlens.probes import ProbeManager
+    from tdlens.probes.manager import ProbeManager
 
     overrides = [*SEED_PLATEAU, "threads=1", f"env.feature_dim={dim}"]
     overrides += [f"{key}={batch}" for key in BATCH_KEYS]

@@ -2,7 +2,7 @@
 probes every 10, in <= 8.5 h on 2 cores), and Ray scaling from 1 to 2 workers.
 
 Usage: python benchmarks/bench_sweep.py [--runs 4] [--jobs 2] [--iters 200] [--ray-iters 200]
-                                        [--no-ray]
+                                        [--no-ray] [--cluster] [--cluster-iters 40]
 
 Runs `--runs` points of the Step-C grid (plateau config: D=2048, N=512, B=16, T=200, every
 probe every 10 iterations) on the local backend with `--jobs` workers. By default they are
@@ -17,11 +17,20 @@ both measured while the workers run side by side, and t_fixed the rest of a run'
 (process start, feature maps, report). Runs per hour on J workers = J * 3600 / t_run(200).
 Then 2 runs of `--ray-iters` iterations on Ray with 1 and with 2 workers (a local Ray
 started per measurement, start-up excluded from the timing).
+
+`--cluster` measures a real cluster instead (and skips the rest): `--runs` runs of
+`--cluster-iters` iterations driven by `tdlens sweep --backend ray --address`, on `ray
+start` nodes of 1 CPU each, first 1 node (the head), then 2 (head + worker node), then 1
+node with 2 CPUs for comparison. The nodes run on this machine in a private network
+namespace holding only loopback (tests/sweeps/loopback_cluster.py; needs root or user
+namespaces, and util-linux). Runs per hour = runs * 3600 / the sweep's wall time in
+sweep.json (from the first task submitted to the last run written; joining excluded).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -111,25 +120,62 @@ def local_throughput(folder: Path, runs: int, jobs: int, iters: int) -> None:
 
 
 def ray_scaling(folder: Path, iters: int) -> None:
-    import ray
+    from tdlens.sweeps.ray_backend import ray_session
 
     walls = {}
     for jobs in (1, 2):
         prepared = prepare_sweep(bench_spec(folder, 2, iters), folder / f"ray{jobs}")
-        ray.init(num_cpus=jobs, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False, object_store_memory=256 * 2**20)  # fmt: skip
-        try:
+        with ray_session(jobs):  # a local Ray on loopback, started outside the timing
             t0 = time.perf_counter()
             res = execute_sweep(prepared, backend="ray", jobs=jobs, catalog=folder / "c.sqlite")
             walls[jobs] = time.perf_counter() - t0
-        finally:
-            ray.shutdown()
         assert res.counts == {"complete": 2}, res.counts
     print(f"ray backend, 2 runs x {iters} iterations:")
     print(
         f"  1 worker {walls[1]:.1f} s, 2 workers {walls[2]:.1f} s: "
         f"speed-up {walls[1] / walls[2]:.2f}x (ideal 2x on 2 cores)"
     )
+
+
+def cluster_throughput(folder: Path, runs: int, iters: int) -> None:
+    """Runs per hour of a sweep driven through --address on 1 and 2 `ray start` nodes."""
+    import json
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "sweeps"))
+    from loopback_cluster import LoopbackCluster
+
+    spec = bench_spec(folder, runs, iters)
+    tdlens = str(Path(sys.executable).with_name("tdlens"))
+    print(f"cluster (ray start nodes on loopback), {runs} runs x {iters} iterations:")
+    for label, cpus in (
+        ("1 node x 1 CPU", [1]),
+        ("2 nodes x 1 CPU", [1, 1]),
+        ("1 node x 2 CPUs", [2]),
+    ):
+        cluster = LoopbackCluster()
+        try:
+            cluster.open()
+            cluster.use_token()
+            cluster.start_head(num_cpus=cpus[0])
+            for k, n in enumerate(cpus[1:]):
+                cluster.start_worker(f"w{k + 1}", num_cpus=n)
+            out = folder / f"cluster_{len(cpus)}_{sum(cpus)}"
+            args = [tdlens, "sweep", str(spec), "--backend", "ray", "--address"]
+            args += [cluster.address, "--output-dir", str(out), "--catalog", str(folder / "c")]
+            t0 = time.perf_counter()
+            res = cluster.run(args, timeout=3600)
+            total = time.perf_counter() - t0
+            if res.returncode != 0:
+                raise SystemExit(f"{label}: tdlens sweep failed:\n{res.stdout}\n{res.stderr}")
+            state = json.loads(next(out.glob("*/sweep.json")).read_text())
+            wall = state["wall_seconds"]
+            print(
+                f"  {label}: sweep {wall:.1f} s -> {runs * 3600 / wall:.0f} runs/h "
+                f"(command {total:.1f} s with joining and the summary; load average "
+                f"{os.getloadavg()[0]:.2f})"
+            )
+        finally:
+            cluster.stop()
 
 
 def main() -> None:
@@ -139,10 +185,15 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=FULL_ITERS)
     parser.add_argument("--ray-iters", type=int, default=FULL_ITERS)
     parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--cluster", action="store_true", help="1 vs 2 ray start nodes")
+    parser.add_argument("--cluster-iters", type=int, default=40)
     args = parser.parse_args()
     print(machine_info())
     print("settings: plateau config (D=2048, N=512, B=16, T=200), all probes every 10")
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
+        if args.cluster:
+            cluster_throughput(Path(tmp), args.runs, args.cluster_iters)
+            return
         local_throughput(Path(tmp), args.runs, args.jobs, args.iters)
         if not args.no_ray:
             ray_scaling(Path(tmp), args.ray_iters)

@@ -19,7 +19,7 @@ from tdlens.rundir.files import RunFileError, TableWriter, read_csv_rows, trunca
 from tdlens.rundir.lock import RunLock, RunLockedError
 from tdlens.runs import runner as runner_mod
 from tdlens.runs.checkpoint import latest_checkpoint, load_checkpoint
-from tdlens.runs.runner import CURVE_COLUMNS, RunDirError, Runner
+from tdlens.runs.runner import RunDirError, Runner, curve_columns
 
 FAST = ["probes.enabled=false", "env.feature_dim=32", "env.actor_feature_dim=8"]
 
@@ -44,7 +44,7 @@ def test_fresh_run_writes_the_run_directory(tmp_path):
     assert json.loads((d / "config.json").read_text()) == cfg.to_dict()
     rows = read_csv_rows(d / "learning_curves.csv")
     assert [r["iter"] for r in rows] == [0, 1, 2, 3, 4]
-    assert list(rows[0]) == list(CURVE_COLUMNS)
+    assert list(rows[0]) == list(curve_columns())
     assert rows[0]["fixed_point_gap"] is None  # no probe ran: empty, not NaN
     status = json.loads((d / "status.json").read_text())
     assert status["status"] == "complete" and status["next_iter"] == 5

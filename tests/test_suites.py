@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -55,6 +57,40 @@ def wrong_behaviour_sigma(monkeypatch):
 )
 def test_ratio_checks_catch_a_wrong_ratio(tmp_path, wrong_behaviour_sigma, name):
     assert not _check(tmp_path, name).passed
+
+
+def test_c2_catches_an_inverted_ratio_by_its_supremum(tmp_path, monkeypatch):
+    """Twin: mu/pi instead of pi/mu. Its moments are infinite, so a z-test with the
+    sample's own standard error alone let it pass (E[rho] = 62,921 at z = 1.17)."""
+    real = rollout._ratios
+
+    def inverted(u, m_pi, sigma_pi, m_b, sigma_b, clip):
+        rho, raw = real(u, m_pi, sigma_pi, m_b, sigma_b, None)
+        return 1.0 / rho, 1.0 / raw
+
+    monkeypatch.setattr(rollout, "_ratios", inverted)
+    check = _check(tmp_path, "C2_fixed_behaviour")
+    over = re.search(r"(\d+) of \d+ ratios above their supremum", check.observed)
+    assert not check.passed and over is not None and int(over.group(1)) > 0
+
+
+def test_rho_supremum_per_step_is_the_brute_force_maximum():
+    from scipy.optimize import minimize
+
+    from tdlens.suites import _rho_sup_per_step
+
+    rng = np.random.default_rng(3)
+    m_pi, m_mu = rng.normal(0, 0.3, (5, 2)), rng.normal(0, 0.3, (5, 2))
+    sup = _rho_sup_per_step(m_pi, 0.2, m_mu, 0.35)
+    for i in range(5):
+
+        def neg_log_ratio(u, i=i):
+            lp = -np.sum((u - m_pi[i]) ** 2) / (2 * 0.2**2) - 2 * np.log(0.2)
+            lm = -np.sum((u - m_mu[i]) ** 2) / (2 * 0.35**2) - 2 * np.log(0.35)
+            return lm - lp
+
+        best = minimize(neg_log_ratio, m_pi[i], tol=1e-12)
+        assert np.exp(-best.fun) == pytest.approx(sup[i], rel=1e-8)
 
 
 def test_c2_catches_ratios_on_clipped_actions(tmp_path, monkeypatch):

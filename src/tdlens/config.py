@@ -110,8 +110,19 @@ class RhoAuditConfig(_Frozen):
     z_threshold: float = Field(5.0, gt=0)
 
 
+EXTRA_PROBE_SECTIONS: dict[str, type[BaseModel]] = {}
+"""Config sections of probes registered outside this module (``probes.<section>``), filled
+by :func:`tdlens.probes.registry.register`; each model needs an ``enabled`` field."""
+
+
 class ProbesConfig(_Frozen):
-    """Probe schedule and per-probe settings (SPEC 6)."""
+    """Probe schedule and per-probe settings (SPEC 6).
+
+    The section of a probe registered elsewhere (:data:`EXTRA_PROBE_SECTIONS`) is accepted
+    and validated by its own model; any other unknown key is an error.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
 
     enabled: bool = True
     every: int = Field(5, ge=0, description="probe every n iterations; 0 = only plateau/last")
@@ -122,6 +133,27 @@ class ProbesConfig(_Frozen):
     distribution: DistributionConfig = DistributionConfig()
     q_kernel: QKernelConfig = QKernelConfig()
     rho_audit: RhoAuditConfig = RhoAuditConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in [k for k in data if k not in cls.model_fields]:
+            if key not in EXTRA_PROBE_SECTIONS:
+                known = sorted([*cls.model_fields, *EXTRA_PROBE_SECTIONS])
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean 'probes.{close[0]}'?" if close else ""
+                raise ValueError(f"unknown key 'probes.{key}'{hint} (allowed: {', '.join(known)})")
+        for key, model in EXTRA_PROBE_SECTIONS.items():
+            value = data.get(key, {})
+            data[key] = value if isinstance(value, model) else model.model_validate(value)
+        return data
+
+    def section(self, name: str) -> Any:
+        """The settings of probe section `name` (built in or registered)."""
+        return getattr(self, name)
 
 
 class RunConfig(_Frozen):

@@ -145,11 +145,16 @@ class IterationResult:
     q_tp1: np.ndarray  # [B, T] Q_w(bar_phi_{t+1})
 
 
-def gradients(batch: TDBatch, delta: np.ndarray, sigma_pi: float) -> tuple[np.ndarray, np.ndarray]:
-    """``G_w [D] = sum rho delta phi`` and ``G_theta [N, 2] = sum rho delta g`` (SPEC 4.3)."""
-    rd = batch.rho * delta
-    D, N = batch.phi.shape[-1], batch.psi.shape[-1]
-    G_w = (rd.reshape(-1).astype(batch.phi.dtype) @ batch.phi.reshape(-1, D)).astype(np.float64)
+def gradients(
+    batch: TDBatch, delta_t: np.ndarray, sigma_pi: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``G_w [D] = sum_t rho_t delta_t phi_t`` and ``G_theta [N, 2] = sum_t rho_t delta_t g_t``
+    with ``g_t = psi_t (u_t - m_pi(s_t))^T / (sigma_pi^2 sqrt(N))`` (SPEC 4.3); ``psi_t`` is
+    the actor features of s_t (in the probes, ``dphi_t = phi_t - gamma bar_phi_tp1``)."""
+    phi_t, rho_t = batch.phi, batch.rho
+    rd = rho_t * delta_t
+    D, N = phi_t.shape[-1], batch.psi.shape[-1]
+    G_w = (rd.reshape(-1).astype(phi_t.dtype) @ phi_t.reshape(-1, D)).astype(np.float64)
     # summed over (t, b) in time-major order: batch.psi is usually a [B, T, N] view of
     # the rollout's [T + 1, B, N] array, whose first T rows reshape without a copy
     weighted = np.swapaxes(rd[..., None] * (batch.u - batch.m_pi), 0, 1).reshape(-1, 2)
@@ -186,14 +191,16 @@ def outer_iteration(
     rngs = [stream(cfg.seed, "rollout", n, b) for b in range(cfg.trajectories)]
     with limit_threads(1, "blas"):
         batch = collect(cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon, workspace)
+        r_t = batch.r
+        # q_t = Q_w(phi_t), q_tp1 = Q_w(bar_phi_tp1): bar_phi under pi, never the sampled a'
         q_t, q_tp1 = critic_values(batch, params.w)
-        delta = batch.r + cfg.gamma * q_tp1 - q_t
-        G_w, G_theta = gradients(batch, delta, cfg.sigma_pi)
+        delta_t = r_t + cfg.gamma * q_tp1 - q_t
+        G_w, G_theta = gradients(batch, delta_t, cfg.sigma_pi)
     new = update(cfg, params, G_w, G_theta)
-    metrics = iteration_metrics(cfg, maps, params, new, batch, delta)
+    metrics = iteration_metrics(cfg, maps, params, new, batch, delta_t)
     metrics["iter"] = n
     metrics["iter_time_s"] = time.perf_counter() - start
-    return IterationResult(new, metrics, delta, batch, q_t, q_tp1)
+    return IterationResult(new, metrics, delta_t, batch, q_t, q_tp1)
 
 
 def _pct(x: np.ndarray, q: float) -> float:

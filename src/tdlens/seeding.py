@@ -8,10 +8,15 @@ stream is a pure function of (seed, name, keys), the "state" of every stream at 
 iteration boundary is the iteration counter itself: a run resumed from a checkpoint at
 iteration n draws exactly what the uninterrupted run would have drawn.
 
-The order of ``STREAMS`` is part of the reproducibility contract: only append.
+The order of ``STREAMS`` is part of the reproducibility contract: only append. A probe
+registered outside tdlens declares its streams (:func:`register_stream`); each gets the
+spawn key ``EXTRA_KEY_BASE + crc32(name)``, a pure function of its name, so it never
+depends on the order of registration and never collides with ``STREAMS``.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 
@@ -31,11 +36,29 @@ STREAMS: tuple[str, ...] = (
 )
 
 
+EXTRA_KEY_BASE = 1 << 32
+"""Spawn keys of registered streams start here (far above the indices of STREAMS)."""
+_EXTRA: dict[str, int] = {}
+
+
+def register_stream(name: str) -> None:
+    """Allow stream `name` (a registered probe's); its key is a pure function of the name."""
+    if name not in STREAMS:
+        _EXTRA[name] = EXTRA_KEY_BASE + zlib.crc32(name.encode())
+
+
+def _stream_key(name: str) -> int:
+    if name in STREAMS:
+        return STREAMS.index(name)
+    if name in _EXTRA:
+        return _EXTRA[name]
+    known = ", ".join([*STREAMS, *_EXTRA])
+    raise KeyError(f"unknown random stream '{name}' (known: {known})")
+
+
 def seed_sequence(seed: int, name: str, *keys: int) -> np.random.SeedSequence:
     """The SeedSequence of stream `name`, keyed by `keys` (all non-negative ints)."""
-    if name not in STREAMS:
-        raise KeyError(f"unknown random stream '{name}' (known: {', '.join(STREAMS)})")
-    spawn_key = (STREAMS.index(name), *(int(k) for k in keys))
+    spawn_key = (_stream_key(name), *(int(k) for k in keys))
     if any(k < 0 for k in spawn_key):
         raise ValueError(f"stream keys must be non-negative, got {keys}")
     return np.random.SeedSequence(int(seed), spawn_key=spawn_key)

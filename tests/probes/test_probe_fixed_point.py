@@ -38,14 +38,14 @@ def brute_force_moments(phi_t, bar_phi_tp1, rho_t, r_t, gamma):
 def test_moments_match_float64_brute_force():
     phi_t, bar_phi_tp1, rho_t, r_t = random_batch()
     A_ref, b_ref = brute_force_moments(phi_t, bar_phi_tp1, rho_t, r_t, 0.9)
-    psi_ref = phi_t - np.float32(0.9) * bar_phi_tp1
-    psi_t = fp.td_difference_(phi_t, bar_phi_tp1.copy(), 0.9)
-    np.testing.assert_array_equal(psi_t, psi_ref)
-    exact = fp.td_moments(phi_t, psi_t, rho_t, r_t, block=64, product_dtype=np.float64)
+    dphi_ref = phi_t - np.float32(0.9) * bar_phi_tp1
+    dphi_t = fp.td_difference_(phi_t, bar_phi_tp1.copy(), 0.9)
+    np.testing.assert_array_equal(dphi_t, dphi_ref)
+    exact = fp.td_moments(phi_t, dphi_t, rho_t, r_t, block=64, product_dtype=np.float64)
     # float32 psi rounding is the only difference from the float64 twin
     np.testing.assert_allclose(exact.A, A_ref, rtol=1e-5, atol=1e-6 * np.abs(A_ref).max())
     np.testing.assert_allclose(exact.b, b_ref, rtol=1e-12)
-    fast = fp.td_moments(phi_t, psi_t, rho_t, r_t, block=64)
+    fast = fp.td_moments(phi_t, dphi_t, rho_t, r_t, block=64)
     np.testing.assert_allclose(fast.A, exact.A, rtol=0, atol=1e-6 * np.abs(exact.A).max())
     h = len(rho_t) // 2
     A_1, b_1 = brute_force_moments(phi_t[:h], bar_phi_tp1[:h], rho_t[:h], r_t[:h], 0.9)

@@ -11,9 +11,9 @@ from probe_testlib import snapshot, tiny_config
 
 from tdlens.features import make_feature_maps
 from tdlens.learner import init_params, outer_iteration
-from tdlens.probes import PROBE_NAMES, ProbeManager
+from tdlens.probes import registry
 from tdlens.probes.common import RHO_COLUMNS, plan_chains
-from tdlens.probes.manager import SUMMARY_COLUMNS
+from tdlens.probes.manager import ProbeManager
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,13 @@ def run_round(manager, result, n, reason="every"):
 def test_round_rows_summary_and_arrays(tiny):
     cfg, maps, result = tiny
     out = run_round(ProbeManager(cfg, maps), result, 4)
-    assert set(out.rows) == set(PROBE_NAMES)
+    assert set(out.rows) == set(registry.names())
     for name, row in out.rows.items():
         assert next(iter(row)) == "iter" and row["iter"] == 4.0, name
         assert all(isinstance(v, float) for v in row.values()), name
     for name in ("fixed_point_probe", "stability_probe", "distribution_probe", "rho_audit"):
         assert set(RHO_COLUMNS) <= set(out.rows[name]), name
-    assert set(out.summary) == set(SUMMARY_COLUMNS)
+    assert set(out.summary) == set(registry.summary_columns()[1:])
     assert out.summary["fixed_point_drift_defined"] == 0.0
     assert out.summary["fixed_point_drift"] == 0.0
     fixed = out.rows["fixed_point_probe"]
@@ -70,7 +70,7 @@ def test_common_random_numbers(tiny):
     cfg, maps, result = tiny
     manager = ProbeManager(cfg, maps)
     a, b = run_round(manager, result, 4), run_round(manager, result, 9)
-    for name in PROBE_NAMES:
+    for name in registry.names():
         assert {
             k: v for k, v in a.rows[name].items() if k not in ("iter", "w_sharp_drift_defined")
         } == {k: v for k, v in b.rows[name].items() if k not in ("iter", "w_sharp_drift_defined")}

@@ -30,8 +30,8 @@ def test_eta_and_step_scale_equal_the_trainers(normalization):
     new = update(cfg, params, G_w, G_theta)
     D = maps.D
     phi_t = batch.phi.reshape(-1, D)
-    psi_t = phi_t - cfg.gamma * batch.bar_phi.reshape(-1, D)
-    moments = fp.td_moments(phi_t, psi_t, batch.rho.reshape(-1), batch.r.reshape(-1))
+    dphi_t = phi_t - cfg.gamma * batch.bar_phi.reshape(-1, D)
+    moments = fp.td_moments(phi_t, dphi_t, batch.rho.reshape(-1), batch.r.reshape(-1))
     expected = st.expected_step(cfg) * (moments.b - moments.A @ params.w)
     np.testing.assert_allclose(new.w - params.w, expected, rtol=1e-9, atol=1e-15)
     assert st.probe_step_scale(cfg) == cfg.train_step_scale
@@ -44,12 +44,12 @@ def test_eta_and_step_scale_equal_the_trainers(normalization):
 def test_matrix_free_apply_equals_explicit_A():
     rng = np.random.default_rng(0)
     phi_t = rng.normal(size=(200, 12)).astype(np.float32)
-    psi_t = (phi_t - 0.9 * rng.normal(size=(200, 12))).astype(np.float32)
+    dphi_t = (phi_t - 0.9 * rng.normal(size=(200, 12))).astype(np.float32)
     rho_t = rng.uniform(0.5, 1.5, 200)
     r_t = rng.normal(size=200)
-    A = fp.td_moments(phi_t, psi_t, rho_t, r_t, product_dtype=np.float64).A
+    A = fp.td_moments(phi_t, dphi_t, rho_t, r_t, product_dtype=np.float64).A
     v = rng.normal(size=12)
-    np.testing.assert_allclose(st.apply_A(phi_t, psi_t, rho_t, v), A @ v, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st.apply_A(phi_t, dphi_t, rho_t, v), A @ v, rtol=1e-5, atol=1e-6)
 
 
 def test_power_iteration_finds_the_spectral_radius():
@@ -66,16 +66,16 @@ def _td_batch(seed: int, n: int = 400, D: int = 24):
     """A float32 TD batch with the layout of the probes (rho >= 0)."""
     rng = np.random.default_rng(seed)
     phi_t = (rng.normal(size=(n, D)) / math.sqrt(D)).astype(np.float32)
-    psi_t = (phi_t - 0.9 * rng.normal(size=(n, D)) / math.sqrt(D)).astype(np.float32)
+    dphi_t = (phi_t - 0.9 * rng.normal(size=(n, D)) / math.sqrt(D)).astype(np.float32)
     rho_t = rng.lognormal(0.0, 0.3, n)
-    A = fp.td_moments(phi_t, psi_t, rho_t, np.zeros(n), product_dtype=np.float64).A
-    return phi_t, psi_t, rho_t, A
+    A = fp.td_moments(phi_t, dphi_t, rho_t, np.zeros(n), product_dtype=np.float64).A
+    return phi_t, dphi_t, rho_t, A
 
 
 def test_norm_bound_bounds_the_operator_norm():
     for seed in range(5):
-        phi_t, psi_t, rho_t, A = _td_batch(seed)
-        bound = st.norm_bound_A(phi_t, psi_t, rho_t)
+        phi_t, dphi_t, rho_t, A = _td_batch(seed)
+        bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
         assert np.linalg.norm(A, 2) <= bound
         # not vacuous: within the factor the triangle inequality can lose on random rows
         assert bound < 50 * np.linalg.norm(A, 2)
@@ -85,8 +85,8 @@ def test_norm_bound_bounds_the_operator_norm():
 def test_power_series_equals_the_loop(eta):
     """The series (used when iters eta ||A|| < 1/2) gives the loop's number to float64
     rounding with fewer products; past that bound the loop runs (same number, exactly)."""
-    phi_t, psi_t, rho_t, A = _td_batch(1)
-    bound = st.norm_bound_A(phi_t, psi_t, rho_t)
+    phi_t, dphi_t, rho_t, A = _td_batch(1)
+    bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
     calls = []
 
     def apply(v):
@@ -126,16 +126,16 @@ def test_power_series_propagates_non_finite_products():
 
 def test_power_series_at_seed_like_scale_needs_few_products():
     """eta ||A|| ~ 1e-4 (the seed settings): a handful of products replace 20."""
-    phi_t, psi_t, rho_t, A = _td_batch(3)
+    phi_t, dphi_t, rho_t, A = _td_batch(3)
     eta = 1e-4 / np.linalg.norm(A, 2)
     calls = []
 
     def apply(v):
         calls.append(1)
-        return st.apply_A(phi_t, psi_t, rho_t, v)
+        return st.apply_A(phi_t, dphi_t, rho_t, v)
 
     v0 = np.random.default_rng(4).normal(size=A.shape[0])
-    bound = st.norm_bound_A(phi_t, psi_t, rho_t)
+    bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
     series = st.power_iteration_radius(apply, eta, v0, 20, norm_bound=bound)
     assert len(calls) <= 7
     loop = st.power_iteration_radius(apply, eta, v0, 20)
@@ -229,8 +229,8 @@ def test_krylov_spectrum_matches_dense_on_real_td_matrix():
     batch = collect(
         cfg, maps, params.theta_mu, params.theta_pi, [stream(0, "probe_stability", 0, 0)], 2048
     )
-    psi_t = fp.td_difference_(batch.phi[0], batch.bar_phi[0], cfg.gamma)
-    moments = fp.td_moments(batch.phi[0], psi_t, batch.rho[0], batch.r[0])
+    dphi_t = fp.td_difference_(batch.phi[0], batch.bar_phi[0], cfg.gamma)
+    moments = fp.td_moments(batch.phi[0], dphi_t, batch.rho[0], batch.r[0])
     v0 = np.random.default_rng(1).normal(size=maps.D)
     noise = sp.spectral_noise(*moments.A_halves, v0=v0)
     dense = sp.spectrum_row(sp.eigenvalues(moments.A, noise, v0), 0.08)

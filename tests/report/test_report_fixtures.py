@@ -18,9 +18,9 @@ import numpy as np
 
 from helpers import small_config
 from tdlens.config import RunConfig
-from tdlens.probes.manager import SUMMARY_COLUMNS
+from tdlens.probes import registry
 from tdlens.rundir.files import TableWriter, atomic_write_json
-from tdlens.runs.runner import CURVE_COLUMNS
+from tdlens.runs.runner import curve_columns
 
 N_ITERS = 20
 EVERY = 5
@@ -85,7 +85,7 @@ class SynthRun:
         run_dir.mkdir(parents=True)
         atomic_write_json(run_dir / "config.json", self.cfg().to_dict())
         atomic_write_json(run_dir / "status.json", self.status)
-        columns = list(self.curves[0]) if self.curves else list(CURVE_COLUMNS)
+        columns = list(self.curves[0]) if self.curves else list(curve_columns())
         writer = TableWriter(run_dir / "learning_curves.csv", columns)
         for row in self.curves:
             writer.append(row)
@@ -116,7 +116,7 @@ def base_config(*overrides: str) -> RunConfig:
 
 
 def _curve_row(cfg: RunConfig, i: int, td: float) -> dict[str, Any]:
-    row: dict[str, Any] = {c: None for c in CURVE_COLUMNS}
+    row: dict[str, Any] = {c: None for c in curve_columns()}
     row.update(
         iter=float(i),
         td_loss=td,
@@ -284,7 +284,9 @@ def healthy_run(*overrides: str, arrays: bool = False) -> SynthRun:
             for name, prow in prows.items():
                 probes.setdefault(name, []).append(prow)
             row["probe_reason"] = reason
-            row.update({c: prows[p][src] for c, (p, src) in SUMMARY_COLUMNS.items()})
+            row.update(
+                {c: prows[s.name][src] for s in registry.specs() for c, src in s.summary.items()}
+            )
             rounds.append(
                 {
                     "iter": float(i),
@@ -342,7 +344,7 @@ def test_healthy_run_writes_a_readable_run_directory(tmp_path):
 
     d = healthy_run(arrays=True).write(tmp_path / "run")
     rows = read_csv_rows(d / "learning_curves.csv")
-    assert len(rows) == N_ITERS and list(rows[0]) == list(CURVE_COLUMNS)
+    assert len(rows) == N_ITERS and list(rows[0]) == list(curve_columns())
     assert [r["probe_reason"] for r in rows].count("every") == N_ITERS // EVERY - 1
     assert rows[0]["fixed_point_gap"] is None
     assert len(read_csv_rows(d / "probes" / "fixed_point_probe.csv")) == N_ITERS // EVERY

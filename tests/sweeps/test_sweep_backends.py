@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,10 @@ import yaml
 from typer.testing import CliRunner
 
 from tdlens.config import parse_config, shipped_configs
+from tdlens.report import write_report
 from tdlens.runs.runner import Runner
 from tdlens.sweeps import catalog as cat
-from tdlens.sweeps.backends import BackendError, RunTask, execute_task
+from tdlens.sweeps.backends import BackendError, RunOutcome, RunTask, execute_task
 from tdlens.sweeps.plan import read_plan, run_dir
 from tdlens.sweeps.ray_backend import import_ray
 from tdlens.sweeps.sweep import execute_sweep, prepare_sweep
@@ -252,22 +254,43 @@ def test_a_failing_run_never_stops_the_sweep(mini_spec, tmp_path):
     assert again.skipped == 1 and again.counts == {"complete": 1}
 
 
-def test_dead_worker_leaves_run_incomplete_and_resume_is_bit_identical(mini_spec, tmp_path):
+def _reference(run, tmp_path: Path) -> Path:
+    """The run uninterrupted, in this process."""
+    ref_dir = tmp_path / f"ref_{run.run_id}"
+    task = RunTask(run.run_id, str(ref_dir), run.config.model_copy(update={"threads": 1}).to_dict())
+    assert execute_task(task).status == "complete"
+    return ref_dir
+
+
+def test_dead_worker_is_retried_from_its_checkpoint_bit_identical(mini_spec, tmp_path):
     prepared = prepare_sweep(mini_spec, tmp_path / "out")
-    res = execute_sweep(prepared, jobs=1, fn=_die_mid_run)
-    assert res.counts == {"complete": 1, "incomplete": 1}
+    retried = []
+    res = execute_sweep(
+        prepared, jobs=1, fn=_die_mid_run, on_retry=lambda t, n, why: retried.append((n, why))
+    )
+    assert res.counts == {"complete": 2}
+    dead = next(r for r in prepared.runs if "beta0.5" in r.run_id)
+    assert retried == [(2, "worker process died (exit code 17)")]
+    assert res.outcomes[dead.run_id].attempts == 2
+    state = json.loads((res.sweep_dir / "sweep.json").read_text())
+    assert state["runs"][dead.run_id]["attempts"] == 2 and state["retries"] == 2
+    status = json.loads((run_dir(res.sweep_dir, dead.run_id) / "status.json").read_text())
+    assert status["resumed_at"]  # it went on from its checkpoint, not from the start
+    assert _tables(run_dir(res.sweep_dir, dead.run_id)) == _tables(_reference(dead, tmp_path))
+
+
+def test_dead_worker_without_retries_fails_and_resume_is_bit_identical(mini_spec, tmp_path):
+    prepared = prepare_sweep(mini_spec, tmp_path / "out")
+    res = execute_sweep(prepared, jobs=1, fn=_die_mid_run, retries=0)
+    assert res.counts == {"complete": 1, "failed": 1}
     dead = next(r for r in prepared.runs if "beta0.5" in r.run_id)
     done = next(r for r in prepared.runs if "beta0.1" in r.run_id)
     dead_dir = run_dir(res.sweep_dir, dead.run_id)
     status = json.loads((dead_dir / "status.json").read_text())
-    assert status["status"] == "incomplete" and "worker process died" in status["reason"]
+    assert status["status"] == "failed"
+    assert status["reason"].startswith("worker process died (exit code 17) on 1 attempt(s)")
     assert (dead_dir / "checkpoints").is_dir()
-    # reference: the same run uninterrupted, in this process
-    ref_dir = tmp_path / "ref"
-    task = RunTask(
-        dead.run_id, str(ref_dir), dead.config.model_copy(update={"threads": 1}).to_dict()
-    )
-    assert execute_task(task).status == "complete"
+    ref_dir = _reference(dead, tmp_path)
     copy = tmp_path / "copy"
     shutil.copytree(res.sweep_dir, copy)
     done_csv = run_dir(res.sweep_dir, done.run_id) / "learning_curves.csv"
@@ -280,6 +303,67 @@ def test_dead_worker_leaves_run_incomplete_and_resume_is_bit_identical(mini_spec
         assert again.skipped == 1 and again.counts == {"complete": 1}
         assert _tables(run_dir(sweep, dead.run_id)) == _tables(ref_dir)
     assert done_csv.stat().st_mtime_ns == mtime
+
+
+def _slow_task(task: RunTask):
+    """Worker fn: execute_task's run, 0.25 s slower per iteration (time to kill it)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        cfg = None if task.resume else parse_config(task.config)
+        result = Runner(
+            cfg,
+            task.run_dir,
+            resume=task.resume,
+            handle_signals=False,
+            write_report=partial(write_report, html=False),
+            on_progress=lambda progress: time.sleep(0.25),
+        ).run()
+    return RunOutcome(task.run_id, result.status, result.reason, result.exit_code, result.next_iter)
+
+
+def _kill_worker_of(run: Path, after_rows: int, killed: list[int]) -> None:
+    """SIGKILL the process running `run` once its curves have `after_rows` rows."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        curves = run / "learning_curves.csv"
+        if curves.exists() and curves.read_text().count("\n") > after_rows:
+            pid = json.loads((run / "status.json").read_text())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.02)
+
+
+def test_killed_local_worker_fails_its_run_only_and_resume_retries_it(mini_spec, tmp_path):
+    """kill -9 of a pool worker (as the OOM killer does): its run is failed with the
+    signal, the run beside it (whose worker the broken pool terminated) is retried without
+    being charged and completes, the summary and catalog list the failure, and --resume
+    then completes the killed run bit for bit."""
+    catalog = tmp_path / "c.db"
+    prepared = prepare_sweep(mini_spec, tmp_path / "out")
+    victim = next(r for r in prepared.runs if "beta0.5" in r.run_id)
+    killed: list[int] = []
+    watcher = threading.Thread(
+        target=_kill_worker_of, args=(run_dir(prepared.sweep_dir, victim.run_id), 2, killed)
+    )
+    watcher.start()
+    res = execute_sweep(prepared, jobs=2, fn=_slow_task, retries=0, catalog=catalog)
+    watcher.join()
+    assert len(killed) == 1
+    assert res.counts == {"complete": 1, "failed": 1}
+    reason = res.outcomes[victim.run_id].reason
+    assert reason.startswith("worker process died (killed by SIGKILL (e.g. the out-of-memory")
+    rows = json.loads((res.sweep_dir / "summary.json").read_text())["runs"]
+    assert {r["run_id"]: r["status"] for r in rows}[victim.run_id] == "failed"
+    md = (res.sweep_dir / "summary.md").read_text()
+    assert "Runs that did not finish" in md and victim.run_id in md and "SIGKILL" in md
+    row = cat.find_runs(catalog, victim.run_id)[0]
+    assert row["status"] == "failed" and "SIGKILL" in row["reason"]
+    again = execute_sweep(prepare_sweep(res.sweep_dir, tmp_path, resume=True), jobs=1)
+    assert again.skipped == 1 and again.counts == {"complete": 1}
+    ref = _tables(_reference(victim, tmp_path))
+    assert _tables(run_dir(res.sweep_dir, victim.run_id)) == ref
 
 
 def test_resume_of_a_spec_that_changed_is_refused(mini_spec, tmp_path):
@@ -334,18 +418,93 @@ def test_ctrl_c_checkpoints_running_runs_and_starts_no_more(tmp_path):
     assert not run_dir(prepared.sweep_dir, prepared.runs[2].run_id).exists()
 
 
-def test_dead_ray_worker_leaves_run_incomplete_and_resumable(mini_spec, tmp_path):
+def test_dead_ray_worker_is_retried_then_failed_and_resumable(mini_spec, tmp_path):
     import ray
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers lack tests/
     try:
         prepared = prepare_sweep(mini_spec, tmp_path / "out")
-        res = execute_sweep(prepared, backend="ray", jobs=2, fn=_die_on_ray)
+        res = execute_sweep(prepared, backend="ray", jobs=2, fn=_die_on_ray, retries=1)
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    assert res.counts == {"complete": 1, "incomplete": 1}
+    assert res.counts == {"complete": 1, "failed": 1}
     dead = next(r for r in prepared.runs if "beta0.5" in r.run_id)
+    assert res.outcomes[dead.run_id].attempts == 2
     status = json.loads((run_dir(res.sweep_dir, dead.run_id) / "status.json").read_text())
-    assert status["status"] == "incomplete" and "Ray worker died" in status["reason"]
+    assert status["status"] == "failed" and "Ray worker or node lost" in status["reason"]
+    assert "on 2 attempt(s); retry with --resume" in status["reason"]
     again = execute_sweep(prepare_sweep(res.sweep_dir, tmp_path, resume=True), jobs=1)
     assert again.skipped == 1 and again.counts == {"complete": 1}
+
+
+def _die_after_streamed_checkpoint(task: RunTask):
+    """Worker fn (Ray): the beta=0.5 run's worker dies after iteration 2, once the snapshot
+    of its checkpoint at iteration 2 has gone back to the driver."""
+    if "beta0.5" not in task.run_id or task.resume:
+        return execute_task(task)
+    from threadpoolctl import threadpool_limits
+
+    from tdlens.sweeps.backends import progress_hook
+
+    hook = progress_hook(task)
+    assert hook is not None  # a Ray task streams snapshots
+
+    def bomb(progress) -> None:
+        hook(progress)
+        if progress.n == 2:
+            time.sleep(2.0)
+            os._exit(17)
+
+    with threadpool_limits(limits=1):
+        Runner(
+            parse_config(task.config),
+            task.run_dir,
+            on_progress=bomb,
+            handle_signals=False,
+            write_report=partial(write_report, html=False),
+        ).run()
+    raise AssertionError("unreachable")
+
+
+def test_ray_run_lost_mid_run_resumes_from_its_streamed_checkpoint(mini_spec, tmp_path):
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    retried = []
+    try:
+        prepared = prepare_sweep(mini_spec, tmp_path / "out")
+        res = execute_sweep(
+            prepared,
+            backend="ray",
+            jobs=2,
+            fn=_die_after_streamed_checkpoint,
+            on_retry=lambda t, n, why: retried.append(n),
+        )
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert res.counts == {"complete": 2} and retried == [2]
+    dead = next(r for r in prepared.runs if "beta0.5" in r.run_id)
+    assert res.outcomes[dead.run_id].attempts == 2
+    status = json.loads((run_dir(res.sweep_dir, dead.run_id) / "status.json").read_text())
+    assert status["resumed_at"]  # from the checkpoint streamed back, not from the start
+    assert _tables(run_dir(res.sweep_dir, dead.run_id)) == _tables(_reference(dead, tmp_path))
+
+
+def _node_ip(task: RunTask):
+    """Worker fn: the address of the Ray node running the task, as the outcome's reason."""
+    import ray
+
+    return RunOutcome(task.run_id, "complete", ray.util.get_node_ip_address())
+
+
+def test_local_ray_stays_on_loopback(mini_spec, tmp_path):
+    """The local Ray binds and advertises 127.0.0.1, never the machine's other addresses."""
+    import ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        prepared = prepare_sweep(mini_spec, tmp_path / "out")
+        res = execute_sweep(prepared, backend="ray", jobs=1, fn=_node_ip)
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert {o.reason for o in res.outcomes.values()} == {"127.0.0.1"}

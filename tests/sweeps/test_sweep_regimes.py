@@ -11,7 +11,7 @@ import pytest
 
 from helpers import small_config
 from tdlens.rundir.files import TableWriter, atomic_write_json
-from tdlens.runs.runner import CURVE_COLUMNS
+from tdlens.runs.runner import curve_columns
 from tdlens.scores import (
     FROZEN_REL_STEP,
     W_GROWTH_FACTOR,
@@ -161,7 +161,7 @@ def write_run(run_dir: Path, status: str = "complete", gaps=(1.0, 0.6, 0.3, 0.1)
         run_dir / "status.json",
         {"status": status, "reason": None, "config_hash": cfg.config_hash(), "next_iter": ITERS},
     )
-    curves = TableWriter(run_dir / "learning_curves.csv", CURVE_COLUMNS)
+    curves = TableWriter(run_dir / "learning_curves.csv", curve_columns())
     c = _curves()
     for i in range(ITERS):
         row = {k: c[k][i] for k in ("iter", "td_loss", "w_norm", "delta_w_norm")}

@@ -262,3 +262,23 @@ def plan_chains(cfg: RunConfig) -> RoundPlan:
     if probes.rho_audit.enabled:
         audit = ChainSpec("probe_rho_audit", 0, probes.rho_audit.batch_size)
     return RoundPlan(fixed, tuple(stability), distribution, audit)
+
+
+def fixed_point_chains(cfg: RunConfig) -> ChainSpec | None:
+    """The fixed-point probe's chain (registry ``chains``)."""
+    return plan_chains(cfg).fixed
+
+
+def stability_chains(cfg: RunConfig) -> tuple[ChainSpec, ...]:
+    """The stability probe's k_mc chains (the first may be the fixed-point chain)."""
+    return plan_chains(cfg).stability
+
+
+def distribution_chains(cfg: RunConfig) -> tuple[ChainSpec, ...]:
+    """The distribution probe's chains under mu, pi and mu (for its rho summary)."""
+    return plan_chains(cfg).distribution
+
+
+def audit_chains(cfg: RunConfig) -> ChainSpec | None:
+    """The rho audit's chain."""
+    return plan_chains(cfg).audit

@@ -34,7 +34,15 @@ from tdlens.learner import Params
 from tdlens.probes import fixed_point as fp
 from tdlens.probes import spectrum as sp
 from tdlens.probes import stability as st
-from tdlens.probes.common import ChainSpec, RolledChains, RoundPlan, aux_rng, rho_summary
+from tdlens.probes.common import (
+    ChainSpec,
+    RolledChains,
+    RoundPlan,
+    aux_rng,
+    plan_chains,
+    rho_summary,
+)
+from tdlens.probes.registry import RoundContext
 from tdlens.rollout import TDBatch
 from tdlens.threads import limit_threads
 
@@ -80,13 +88,13 @@ def spectrum_of(
 
 
 def power_proxy(
-    cfg: RunConfig, apply, n: int, k: int, phi_t: np.ndarray, psi_t: np.ndarray, rho_t: np.ndarray
+    cfg: RunConfig, apply, n: int, k: int, phi_t: np.ndarray, dphi_t: np.ndarray, rho_t: np.ndarray
 ) -> float:
     """stability_proxy of batch k: power iteration on ``J = I - eta A`` (summed as a series
     when eta ||A|| is small, :func:`tdlens.probes.stability.power_iteration_radius`)."""
     v0 = aux_rng(cfg, "probe_stability", n, 1 + k).standard_normal(phi_t.shape[1])
     iters = cfg.probes.stability.power_iters
-    bound = st.norm_bound_A(phi_t, psi_t, rho_t)
+    bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
     return st.power_iteration_radius(apply, st.expected_step(cfg), v0, iters, bound)
 
 
@@ -238,8 +246,8 @@ def _explicit_chain(
     start = time.perf_counter()
     name = "fixed_point" if spec == plan.fixed else "stability"
     phi_t, rho_t = batch.phi[j], batch.rho[j]
-    psi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
-    moments = fp.td_moments(phi_t, psi_t, rho_t, batch.r[j], workspace=workspace)
+    dphi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
+    moments = fp.td_moments(phi_t, dphi_t, rho_t, batch.r[j], workspace=workspace)
     out.add_time(f"{name}.moments", time.perf_counter() - start)
     t_spec = time.perf_counter()
     spectrum, A32 = spectrum_of(cfg, moments, n, workspace)
@@ -254,7 +262,7 @@ def _explicit_chain(
     if plan.stability and spec == plan.stability[0]:
         t_power = time.perf_counter()
         parts.spectrum = spectrum
-        parts.proxies[0] = power_proxy(cfg, st.dense_apply(A32), n, 0, phi_t, psi_t, rho_t)
+        parts.proxies[0] = power_proxy(cfg, st.dense_apply(A32), n, 0, phi_t, dphi_t, rho_t)
         parts.rho[0] = (rho_t.copy(), batch.rho_raw[j].copy())
         power_time = time.perf_counter() - t_power
         out.add_time("stability.power", power_time)
@@ -279,9 +287,9 @@ def _matrix_free_chains(
     def one(i: int) -> None:
         j, k = rows[i], ks[i]
         phi_t, rho_t = batch.phi[j], batch.rho[j]
-        psi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
-        apply = partial(st.apply_A, phi_t, psi_t, rho_t)
-        parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t, psi_t, rho_t)
+        dphi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
+        apply = partial(st.apply_A, phi_t, dphi_t, rho_t)
+        parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t, dphi_t, rho_t)
         parts.rho[k] = (rho_t.copy(), batch.rho_raw[j].copy())
 
     with limit_threads(1, "blas"):
@@ -309,3 +317,26 @@ def stability_row(
     rho_raw = np.concatenate([stab_rho[k][1] for k in sorted(stab_rho)])
     row.update(rho_summary(rho, rho_raw, cfg.effective_rho_clip))
     return row
+
+
+def run_round(ctx: RoundContext) -> None:
+    """The fixed-point and stability probes of one round (the registry ``run`` of both:
+    the manager calls it once). Keeps the new w# in ``ctx.state["w_sharp_prev"]``."""
+    plan = plan_chains(ctx.cfg)
+    if plan.fixed is None and not plan.stability:
+        return
+    critic = critic_probes(
+        ctx.cfg,
+        ctx.maps,
+        ctx.rolled,
+        plan,
+        ctx.params,
+        ctx.n,
+        ctx.state.get("w_sharp_prev"),
+        ctx.workspace,
+    )
+    ctx.out.rows.update(critic.rows)
+    ctx.out.arrays.update(critic.arrays)
+    ctx.out.timings.update(critic.timings)
+    if critic.w_sharp is not None:
+        ctx.state["w_sharp_prev"] = critic.w_sharp.copy()

@@ -29,6 +29,8 @@ import math
 import numpy as np
 
 from tdlens.policy import gaussian_kl
+from tdlens.probes.common import aux_rng, distribution_chains, rho_summary
+from tdlens.probes.registry import RoundContext
 
 PERM_MAX_POINTS = 2048
 KERNEL_BLOCK = 64
@@ -198,3 +200,51 @@ def action_tv(
 def mean_l2(X: np.ndarray, Y: np.ndarray) -> float:
     """``||mean(X) - mean(Y)||`` of the observation vectors."""
     return float(np.linalg.norm(X.mean(axis=0) - Y.mean(axis=0)))
+
+
+def run_round(ctx: RoundContext) -> None:
+    """The distribution probe of one round (registry ``run``): MMD between the states of
+    the mu and pi chains, the KL and TV of their action distributions at those states,
+    and the rho summary of the third chain (under mu)."""
+    cfg, conf, params, n = ctx.cfg, ctx.cfg.probes.distribution, ctx.params, ctx.n
+    mu_spec, pi_spec, rho_spec = distribution_chains(cfg)
+    T = conf.num_samples
+    paths = [ctx.rolled.chain_paths(spec) for spec in (mu_spec, pi_spec)]
+    X, Y = (p.o[:T, 0] for p in paths)
+    m_pi, m_mu = (
+        np.concatenate([p.mean_under(theta)[:T, 0] for p in paths])
+        for theta in (params.theta_pi, params.theta_mu)
+    )
+    sigma = median_bandwidth(
+        np.concatenate([X, Y]),
+        aux_rng(cfg, "probe_distribution", n, 0),
+        conf.mmd_bandwidth_samples,
+    )
+    mmd2_b, mmd2_u = mmd2(X, Y, sigma)
+    pvalue, points = mmd_permutation_pvalue(
+        X, Y, sigma, conf.permutations, aux_rng(cfg, "probe_distribution", n, 1)
+    )
+    tv, tv_se = action_tv(
+        m_pi,
+        cfg.sigma_pi,
+        m_mu,
+        cfg.sigma_mu,
+        conf.action_samples,
+        aux_rng(cfg, "probe_distribution", n, 2),
+    )
+    rho_batch = ctx.rolled.td_batch(cfg, ctx.maps, [rho_spec], params.theta_pi, False)
+    ctx.out.rows["distribution_probe"] = {
+        "mmd2": mmd2_b,
+        "mmd2_unbiased": mmd2_u,
+        "mmd_sigma": sigma,
+        "mmd_pvalue": pvalue,
+        "mmd_perm_points": float(points),
+        "permutations": float(conf.permutations),
+        "mean_l2": mean_l2(X, Y),
+        "dist_action_kl": action_kl(m_pi, cfg.sigma_pi, m_mu, cfg.sigma_mu),
+        "dist_action_tv": tv,
+        "dist_action_tv_se": tv_se,
+        "num_samples": float(T),
+        "action_samples": float(conf.action_samples),
+        **rho_summary(rho_batch.rho, rho_batch.rho_raw, cfg.effective_rho_clip),
+    }

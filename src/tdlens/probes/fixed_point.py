@@ -1,9 +1,9 @@
 """TD fixed point of the frozen pair (mu, pi) on a probe batch (SPEC 6.1).
 
 Shapes: one probe batch of ``n`` steps, ``phi_t, bar_phi_tp1 [n, D]`` (features dtype),
-``rho_t, r_t [n]``. With ``psi_t = phi_t - gamma bar_phi_tp1``:
+``rho_t, r_t [n]``. With ``dphi_t = phi_t - gamma bar_phi_tp1``:
 
-    A = (1/n) sum_t rho_t phi_t psi_t^T / sqrt(D)        [D, D]
+    A = (1/n) sum_t rho_t phi_t dphi_t^T / sqrt(D)        [D, D]
     b = (1/n) sum_t rho_t r_t phi_t                       [D]
 
 so the expected TD update is ``b - A w`` (the trainer's ``mean rho delta phi``). The
@@ -46,7 +46,7 @@ class TDMoments:
 
 
 def td_difference_(phi_t: np.ndarray, bar_phi_tp1: np.ndarray, gamma: float) -> np.ndarray:
-    """``psi_t = phi_t - gamma bar_phi_tp1`` written IN PLACE into `bar_phi_tp1` [n, D]."""
+    """``dphi_t = phi_t - gamma bar_phi_tp1`` written IN PLACE into `bar_phi_tp1` [n, D]."""
     bar_phi_tp1 *= -bar_phi_tp1.dtype.type(gamma)
     bar_phi_tp1 += phi_t
     return bar_phi_tp1
@@ -54,7 +54,7 @@ def td_difference_(phi_t: np.ndarray, bar_phi_tp1: np.ndarray, gamma: float) -> 
 
 def _block_moments(
     phi_t: np.ndarray,
-    psi_t: np.ndarray,
+    dphi_t: np.ndarray,
     rho_t: np.ndarray,
     r_t: np.ndarray,
     block: int,
@@ -62,7 +62,7 @@ def _block_moments(
     A_sum: np.ndarray,
     ws: Workspace,
 ) -> np.ndarray:
-    """``A_sum [D, D] = sum_t rho_t phi_t psi_t^T`` (in place, float64); returns
+    """``A_sum [D, D] = sum_t rho_t phi_t dphi_t^T`` (in place, float64); returns
     ``b_sum [D] = sum_t rho_t r_t phi_t``. Block products run in `dtype`."""
     n, D = phi_t.shape
     A_sum.fill(0.0)
@@ -72,10 +72,10 @@ def _block_moments(
     for start in range(0, n, block):
         rows = slice(start, start + block)
         phi_b = phi_t[rows].astype(dtype, copy=False)
-        psi_b = psi_t[rows].astype(dtype, copy=False)
+        dphi_b = dphi_t[rows].astype(dtype, copy=False)
         weighted = weighted_buf[: phi_b.shape[0]]
         np.multiply(phi_b, rho_t[rows].astype(dtype)[:, None], out=weighted)
-        np.matmul(weighted.T, psi_b, out=product)
+        np.matmul(weighted.T, dphi_b, out=product)
         A_sum += product
         b_sum += phi_b.T @ (rho_t[rows] * r_t[rows]).astype(dtype)
     return b_sum
@@ -83,7 +83,7 @@ def _block_moments(
 
 def td_moments(
     phi_t: np.ndarray,
-    psi_t: np.ndarray,
+    dphi_t: np.ndarray,
     rho_t: np.ndarray,
     r_t: np.ndarray,
     block: int = 2048,
@@ -92,7 +92,7 @@ def td_moments(
 ) -> TDMoments:
     """A and b of the batch and of its halves ``[0, n//2)``, ``[n//2, n)`` (module docstring).
 
-    ``psi_t = phi_t - gamma bar_phi_tp1`` (see :func:`td_difference_`). The full-batch
+    ``dphi_t = phi_t - gamma bar_phi_tp1`` (see :func:`td_difference_`). The full-batch
     moments are the sample-weighted mean of the halves, so the halves cost nothing extra.
     With a `workspace` the ``[D, D]`` results live in its buffers (valid until the next
     call with the same workspace): fresh 32 MB arrays cost page faults on every round.
@@ -107,7 +107,7 @@ def td_moments(
     for half, rows in enumerate((slice(0, h), slice(h, n))):
         A_k = ws.array(f"moments.A_{half + 1}", (D, D), np.dtype(np.float64))
         b_sums.append(
-            _block_moments(phi_t[rows], psi_t[rows], rho_t[rows], r_t[rows], block, dtype, A_k, ws)
+            _block_moments(phi_t[rows], dphi_t[rows], rho_t[rows], r_t[rows], block, dtype, A_k, ws)
         )
         A_halves.append(A_k)
     np.add(A_halves[0], A_halves[1], out=A)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tdlens.probes.registry import RoundContext
+
 
 @dataclass(frozen=True)
 class QKernel:
@@ -62,3 +64,13 @@ def q_kernel_row(kernel: QKernel, td_loss: float) -> dict[str, float]:
         "cache_horizon": float(kernel.cache.shape[1]),
         "cache_valid_t": float(np.sum(valid)),
     }
+
+
+def run_round(ctx: RoundContext) -> None:
+    """The q_kernel probe of one round (registry ``run``): the kernel of the iteration's
+    own TD errors ``delta``, its row, and the kernel and lag arrays."""
+    conf = ctx.cfg.probes.q_kernel
+    kernel = q_kernel(td_cache(ctx.delta, conf.cache_batch_size, conf.max_horizon))
+    ctx.out.rows["q_kernel_probe"] = q_kernel_row(kernel, ctx.td_loss)
+    ctx.out.arrays[f"q_kernel_{ctx.n:04d}.npy"] = kernel.Q_hat
+    ctx.out.arrays[f"q_kernel_lag_{ctx.n:04d}.npy"] = kernel.lag

@@ -30,6 +30,8 @@ from scipy import stats
 
 from tdlens.config import RunConfig
 from tdlens.policy import rho_moments
+from tdlens.probes.common import audit_chains, rho_summary
+from tdlens.probes.registry import RoundContext
 from tdlens.rollout import TDBatch
 
 
@@ -209,3 +211,14 @@ def audit_td_batch(batch: TDBatch, cfg: RunConfig) -> dict[str, float]:
         cfg.effective_rho_clip,
         cfg.probes.rho_audit.z_threshold,
     )
+
+
+def run_round(ctx: RoundContext) -> None:
+    """The rho audit of one round (registry ``run``): a fresh chain under mu, its ratios
+    against their closed forms, and the histogram array of the raw ratios."""
+    cfg = ctx.cfg
+    batch = ctx.rolled.td_batch(cfg, ctx.maps, [audit_chains(cfg)], ctx.params.theta_pi, False)
+    row = audit_td_batch(batch, cfg)
+    row.update(rho_summary(batch.rho, batch.rho_raw, cfg.effective_rho_clip))
+    ctx.out.rows["rho_audit"] = row
+    ctx.out.arrays[f"rho_hist_{ctx.n:04d}.npy"] = batch.rho_raw[0].copy()

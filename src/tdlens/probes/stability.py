@@ -10,7 +10,7 @@ stability_proxy (the seed's number) = spectral radius of J by power iteration, p
 ``k`` of k_mc: ``v <- J v / ||J v||`` for power_iters steps from a random unit vector,
 estimate ``||J v||`` at the last step, i.e. ``||J^P v_0|| / ||J^(P-1) v_0||`` for
 P = power_iters. ``A v`` is applied matrix-free,
-``A v = Phi^T (rho * (Psi v)) / (n sqrt(D))`` with ``Phi, Psi = Phi - gamma BarPhi [n, D]``.
+``A v = Phi^T (rho * (dPhi v)) / (n sqrt(D))`` with ``Phi, Psi = Phi - gamma BarPhi [n, D]``.
 Because ``eta |l| ~ 1e-4`` at the seed settings this is ~1 whatever A is; the spectrum
 of A (:mod:`tdlens.probes.spectrum`) says more: critical step and timescales.
 
@@ -46,13 +46,13 @@ def expected_step(cfg: RunConfig) -> float:
     return probe_step_scale(cfg) * trainer_terms(cfg)
 
 
-def apply_A(phi_t: np.ndarray, psi_t: np.ndarray, rho_t: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``A v = Phi^T (rho * (Psi v)) / (n sqrt(D))`` for ``phi_t, psi_t [n, D]``, ``v [D]``.
+def apply_A(phi_t: np.ndarray, dphi_t: np.ndarray, rho_t: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``A v = Phi^T (rho * (dPhi v)) / (n sqrt(D))`` for ``phi_t, dphi_t [n, D]``, ``v [D]``.
 
     Two passes over the batch in the features dtype; the result is float64.
     """
     n, D = phi_t.shape
-    y = psi_t @ v.astype(psi_t.dtype)
+    y = dphi_t @ v.astype(dphi_t.dtype)
     y *= rho_t.astype(y.dtype)
     return (phi_t.T @ y).astype(np.float64) / (n * math.sqrt(D))
 
@@ -67,10 +67,10 @@ SERIES_TOL = 2.0**-60
 """Bound on the neglected tail of the power series, relative to ``||v_0|| = 1``."""
 
 
-def norm_bound_A(phi_t: np.ndarray, psi_t: np.ndarray, rho_t: np.ndarray) -> float:
-    """An upper bound on ``||A||_2``: ``sum_i rho_i ||phi_i|| ||psi_i|| / (n sqrt(D))``.
+def norm_bound_A(phi_t: np.ndarray, dphi_t: np.ndarray, rho_t: np.ndarray) -> float:
+    """An upper bound on ``||A||_2``: ``sum_i rho_i ||phi_i|| ||dphi_i|| / (n sqrt(D))``.
 
-    ``A`` is the mean of the rank-one terms ``rho_i phi_i psi_i^T / sqrt(D)`` (rho >= 0),
+    ``A`` is the mean of the rank-one terms ``rho_i phi_i dphi_i^T / sqrt(D)`` (rho >= 0),
     so the triangle inequality bounds its operator norm by the mean of their norms. The
     squared row norms are dot products in the features dtype (one pass over the batch);
     the factor ``1 + 1e-3`` covers their rounding (at most ``D eps`` relative, 1.2e-4 for
@@ -78,8 +78,8 @@ def norm_bound_A(phi_t: np.ndarray, psi_t: np.ndarray, rho_t: np.ndarray) -> flo
     """
     n, D = phi_t.shape
     phi_sq = np.vecdot(phi_t, phi_t).astype(np.float64)
-    psi_sq = np.vecdot(psi_t, psi_t).astype(np.float64)
-    total = float(np.sum(np.abs(rho_t) * np.sqrt(phi_sq * psi_sq)))
+    dphi_sq = np.vecdot(dphi_t, dphi_t).astype(np.float64)
+    total = float(np.sum(np.abs(rho_t) * np.sqrt(phi_sq * dphi_sq)))
     return (1.0 + max(1e-3, 4.0 * D * np.finfo(phi_t.dtype).eps)) * total / (n * math.sqrt(D))
 
 

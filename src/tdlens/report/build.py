@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from tdlens.probes import registry
 from tdlens.report.checks import (
     check_complete,
     check_monotone_time,
@@ -357,6 +358,12 @@ def status_block(data: RunData) -> dict[str, Any]:
     return out
 
 
+def probe_names(data: RunData) -> list[str]:
+    """Every registered probe plus any other table found in probes/, sorted by name (the
+    seed report's order)."""
+    return sorted(set(registry.names()) | set(data.probes))
+
+
 def build_report(run_dir: str | Path) -> Report:
     """Read ``run_dir`` and compute every section of the run report."""
     data = load_run(run_dir)
@@ -371,7 +378,7 @@ def build_report(run_dir: str | Path) -> Report:
         checks=checks,
         scale=scale_checks(data),
         core={m: summarize(data.curves.values(m), t) for m in CORE_METRICS},
-        probes=[probe_section(n, data.probes.get(n)) for n in data.probe_names()],
+        probes=[probe_section(n, data.probes.get(n)) for n in probe_names(data)],
         samples_head=samples(data.curves, head=True),
         samples_tail=samples(data.curves, head=False),
         next_steps=next_steps(data, checks),

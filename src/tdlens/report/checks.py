@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 
+from tdlens.probes import registry
 from tdlens.report.fmt import fmt
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
 from tdlens.rundir.read import RunData, Table
-from tdlens.schema import PROBE_SUMMARY_COLUMNS
 
 RHO2_SANE_MAX = 100.0
 """rho_sane: largest acceptable mean_rho2 of an iteration (SPEC 8 default)."""
@@ -24,13 +24,6 @@ MAX_LISTED = 8
 """How many offending cells a check lists by name."""
 
 
-SUMMARY_SOURCE: dict[str, str] = {
-    "fixed_point_": "fixed_point_probe",
-    "stability_": "stability_probe",
-    "dist_": "distribution_probe",
-    "td_loss_from_Q": "q_kernel_probe",
-}
-"""Which probe table each summary column (by prefix) comes from."""
 ALLOWED_NAN: dict[str, tuple[str, float]] = {
     "fixed_point_drift": ("fixed_point_drift_defined", 0.0),
     "w_sharp_drift": ("w_sharp_drift_defined", 0.0),
@@ -57,15 +50,7 @@ def core_columns(curves: Table) -> list[str]:
     """The learner's columns of learning_curves.csv: all but the probe summary ones."""
     cut = curves.columns.index("probe_reason") if "probe_reason" in curves.columns else None
     head = curves.columns if cut is None else curves.columns[:cut]
-    return [c for c in head if c not in PROBE_SUMMARY_COLUMNS]
-
-
-def summary_source(column: str) -> str | None:
-    """The probe table a learning-curve summary column comes from."""
-    for prefix, probe in SUMMARY_SOURCE.items():
-        if column.startswith(prefix):
-            return probe
-    return None
+    return [c for c in head if c not in registry.summary_columns()]
 
 
 def iters_where(table: Table, bad: np.ndarray) -> list[str]:
@@ -123,28 +108,23 @@ def _allowed_nan(row: dict, column: str, data: RunData) -> bool:
 def _summary_expected(data: RunData, column: str, it: float) -> bool:
     """Is a learning-curve summary value expected at iteration ``it``? Yes when the source
     probe's table has a row there, or has no table although the config enables it."""
-    probe = summary_source(column)
-    if probe is None:
+    source = registry.summary_source(column)
+    if source is None:
         return True
+    probe = source[0]
     table = data.probes.get(probe)
     if table is not None:
         return bool(np.any(table.iters() == it))
     cfg = data.cfg
     if cfg is None:
         return False
-    section = {
-        "fixed_point_probe": cfg.probes.fixed_point,
-        "stability_probe": cfg.probes.stability,
-        "distribution_probe": cfg.probes.distribution,
-        "q_kernel_probe": cfg.probes.q_kernel,
-    }[probe]
-    return bool(cfg.probes.enabled and section.enabled)
+    return any(spec.name == probe for spec in registry.enabled(cfg))
 
 
 def _missing_in_curves(data: RunData) -> tuple[list[str], int, int]:
     """Unexpected empty summary cells in probed rows, allowed ones, and probed rows."""
     curves = data.curves
-    summary = [c for c in curves.columns if c in PROBE_SUMMARY_COLUMNS and c != "probe_reason"]
+    summary = [c for c in curves.columns if registry.summary_source(c) is not None]
     if curves.has("probe_reason"):
         probed = [r is not None and r != "" for r in curves.texts("probe_reason")]
     else:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from tdlens.probes import registry
 from tdlens.report.kit import png_data_uri
 from tdlens.rundir.read import RunData, Table, latest_array
 
@@ -198,24 +199,15 @@ def plot_theory(theory: dict[str, Any]) -> str | None:
     return to_data_uri(fig)
 
 
-KEY_SERIES: tuple[tuple[str, str, str | None], ...] = (
-    ("fixed_point_probe", "value_gap", None),
-    ("fixed_point_probe", "w_sharp_drift", "noise_floor"),
-    ("stability_probe", "eig_max_real", None),
-    ("stability_probe", "eig_min_real", "spectral_noise"),
-    ("distribution_probe", "mmd2", None),
-    ("distribution_probe", "dist_action_kl", None),
-    ("q_kernel_probe", "td_loss_from_Q_rel_diff", None),
-    ("rho_audit", "rho2_mean_emp", "rho2_mean_theory"),
-)
-"""(probe, column, reference column) of the key probe series figure; eig_min_real's
-reference is drawn as -spectral_noise."""
-
-
 def plot_key_probes(data: RunData) -> str | None:
-    """The probes' key series against iter, each with its reference where it has one
-    (drift vs noise_floor, eig_min_real vs -spectral_noise, rho^2 vs its closed form)."""
-    panels = [(p, c, r) for p, c, r in KEY_SERIES if data.probe(p).has(c) and len(data.probe(p))]
+    """The probes' key series against iter (each probe's registry ``key_series``), each
+    with its reference where it has one (drift vs noise_floor, eig_min_real vs
+    -spectral_noise, drawn negated, rho^2 vs its closed form)."""
+    panels = [
+        (p, c, r)
+        for p, c, r in registry.key_series()
+        if data.probe(p).has(c) and len(data.probe(p))
+    ]
     if not panels:
         return None
     nrow = -(-len(panels) // 2)

@@ -26,15 +26,6 @@ from tdlens.config import ConfigError, RunConfig, config_from_json
 from tdlens.rundir.files import RunFileError, parse_cell, read_csv_rows, read_json
 from tdlens.rundir.status import observed_status
 
-PROBE_NAMES: tuple[str, ...] = (
-    "distribution_probe",
-    "fixed_point_probe",
-    "q_kernel_probe",
-    "rho_audit",
-    "stability_probe",
-)
-"""The probe tables of SPEC 6, in the seed report's (alphabetical) order."""
-
 CURVES_FILE = "learning_curves.csv"
 ROUNDS_TABLE = "rounds"
 
@@ -105,10 +96,6 @@ class RunData:
     def probe(self, name: str) -> Table:
         """The table of probe ``name`` (empty when the file does not exist)."""
         return self.probes.get(name, Table())
-
-    def probe_names(self) -> list[str]:
-        """The SPEC 6 probes plus any other table found in probes/, sorted by name."""
-        return sorted(set(PROBE_NAMES) | set(self.probes))
 
 
 def _read_lenient(path: Path, problems: list[str]) -> Table | None:

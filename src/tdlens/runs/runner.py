@@ -32,9 +32,6 @@ truncates every table to its rows and continues; because all random draws are ke
 
 from __future__ import annotations
 
-import datetime as dt
-import io
-import json
 import math
 import os
 import shutil
@@ -51,18 +48,14 @@ from typing import Any
 import numpy as np
 
 from tdlens.config import RunConfig, config_from_json
-from tdlens.features import Workspace, make_feature_maps
+from tdlens.features import FeatureMaps, Workspace, make_feature_maps
 from tdlens.learner import METRIC_COLUMNS, IterationResult, Params, init_params, outer_iteration
+from tdlens.probes import registry
+from tdlens.probes.manager import ProbeManager
 from tdlens.rundir.files import (
     RunFileError,
-    TableWriter,
-    append_text,
-    atomic_write_bytes,
-    atomic_write_json,
     read_json,
     timestamped_dir,
-    to_jsonable,
-    truncate_table,
 )
 from tdlens.rundir.lock import RunLock
 from tdlens.runs.budget import check_resources
@@ -72,27 +65,20 @@ from tdlens.runs.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from tdlens.schema import PROBE_SUMMARY_COLUMNS
+from tdlens.runs.writer import RunFiles, now
 
-CURVE_COLUMNS: tuple[str, ...] = (*METRIC_COLUMNS, *PROBE_SUMMARY_COLUMNS)
-ROUND_COLUMNS: tuple[str, ...] = (
-    "iter",
-    "reason",
-    "rollout_s",
-    "fixed_point_s",
-    "stability_s",
-    "distribution_s",
-    "q_kernel_s",
-    "rho_audit_s",
-    "total_s",
-)
-"""probes/rounds.csv: seconds per probe of each round (rounds.jsonl has the breakdowns)."""
+
+def curve_columns() -> tuple[str, ...]:
+    """learning_curves.csv: the learner's columns, then every registered probe's summary
+    columns (empty where no probe ran)."""
+    return (*METRIC_COLUMNS, *registry.summary_columns())
+
+
 DIVERGENCE_COLUMNS = ("td_loss", "w_norm", "critic_teacher_error", "tracking_gap")
 """A run diverges when its parameters or any of these metrics are not finite."""
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 FINISHED = ("complete", "diverged")
 """Statuses a resume has nothing to add to."""
-_HEARTBEAT_S = 2.0
 
 
 class RunDirError(ValueError):
@@ -156,10 +142,6 @@ def default_run_dir(output_dir: Path, name: str) -> Path:
     return timestamped_dir(output_dir, name)
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
 class Runner:
     """Runs one config in one run directory (see the module docstring)."""
 
@@ -184,8 +166,7 @@ class Runner:
         self.on_start = on_start
         self.handle_signals = handle_signals
         self._stop_signal: int | None = None
-        self._status: dict[str, Any] = {}
-        self._last_heartbeat = 0.0
+        self.files = RunFiles(self.run_dir)
         self._state = LoopState(0, None, (), {})
         self._unwritten: list[str] = []
         self._resumed_from: str | None = None
@@ -227,17 +208,6 @@ class Runner:
 
     # ------------------------------------------------------------------ files
 
-    def _log(self, text: str) -> None:
-        append_text(self.run_dir / "stdout.log", f"[{_now()}] {text}\n")
-
-    def _write_status(self, force: bool = True, **updates: Any) -> None:
-        self._status.update(updates)
-        self._status["updated_at"] = _now()
-        now = time.monotonic()
-        if force or now - self._last_heartbeat >= _HEARTBEAT_S:
-            atomic_write_json(self.run_dir / "status.json", self._status)
-            self._last_heartbeat = now
-
     def _checkpoint(self, state: LoopState) -> None:
         save_checkpoint(
             self.run_dir,
@@ -257,7 +227,7 @@ class Runner:
         if self._stop_signal is not None:
             raise KeyboardInterrupt  # a second signal: stop now
         self._stop_signal = signum
-        self._log(f"received {signal.Signals(signum).name}: stopping after this iteration")
+        self.files.log(f"received {signal.Signals(signum).name}: stopping after this iteration")
 
     def _install_signals(self) -> dict[int, Any]:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
@@ -292,11 +262,11 @@ class Runner:
     def _prepare(self) -> LoopState:
         """Fresh run: write config.json. Resume: cut tables back to the checkpoint."""
         if not self.resume:
-            atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
+            self.files.write_config(self.cfg)
             return LoopState(0, None, (), {})
         found = newest_valid_checkpoint(self.run_dir, self.cfg.config_hash())
         for why in found.skipped:
-            self._log(f"skipped {why}")
+            self.files.log(f"skipped {why}")
         if found.checkpoint is None:
             state = LoopState(0, None, (), {})
             self._resumed_from = "the start (no checkpoint)"
@@ -307,18 +277,8 @@ class Runner:
             self._resumed_from = f"'{found.path.name}' (iteration {ckpt.next_iter})"
         if found.skipped:
             self._resumed_from += " after skipping: " + "; ".join(found.skipped)
-        self._cut_tables(state.next_iter)
+        self.files.cut_tables(state.next_iter)
         return state
-
-    def _cut_tables(self, next_iter: int) -> None:
-        truncate_table(self.run_dir / "learning_curves.csv", next_iter)
-        probes_dir = self.run_dir / "probes"
-        if probes_dir.is_dir():
-            for csv_path in probes_dir.glob("*.csv"):
-                truncate_table(csv_path, next_iter)
-            for npy in list(probes_dir.glob("*_[0-9][0-9][0-9][0-9].np[yz]")):
-                if int(npy.stem.rsplit("_", 1)[1]) >= next_iter:
-                    npy.unlink()
 
     def _run_locked(self, created: bool) -> RunResult:
         old_status = {}
@@ -326,19 +286,19 @@ class Runner:
             old_status = read_json(self.run_dir / "status.json")
         try:
             self._state = self._prepare()
-            self._status = {
+            self.files.status = {
                 "status": "running",
                 "reason": None,
                 "next_iter": self._state.next_iter,
                 "outer_iters": self.cfg.outer_iters,
-                "started_at": old_status.get("started_at", _now()),
-                "resumed_at": _now() if self.resume else None,
+                "started_at": old_status.get("started_at", now()),
+                "resumed_at": now() if self.resume else None,
                 "resumed_from": self._resumed_from,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "config_hash": self.cfg.config_hash(),
             }
-            self._write_status()
+            self.files.write_status()
         except OSError as exc:
             if created and not self.resume:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -362,12 +322,12 @@ class Runner:
         """The loop; returns at the end or a stop signal, raises _Diverged or any failure."""
         cfg = self.cfg
         start = self._state.next_iter
-        self._log(
+        self.files.log(
             f"{'resuming' if self.resume else 'starting'} at iteration {start} of {cfg.outer_iters}"
             + (f" from {self._resumed_from}" if self._resumed_from else "")
         )
         if not cfg.sigma_condition_ok:
-            self._log(
+            self.files.log(
                 f"warning: sigma_pi^2 = {cfg.sigma_pi**2:.4g} >= 2 sigma_mu^2 = "
                 f"{2 * cfg.sigma_mu**2:.4g}: E_mu[rho^2] is infinite (SPEC 6.3)"
             )
@@ -377,7 +337,7 @@ class Runner:
         probes = self._make_probes(maps, self._state.probe_state)
         if probes is not None and not self._state.probe_state:
             self._state = replace(self._state, probe_state=probes.state_dict())
-        curves = TableWriter(self.run_dir / "learning_curves.csv", CURVE_COLUMNS)
+        curves = self.files.curves(curve_columns())
         workspace = Workspace()
         while self._state.next_iter < cfg.outer_iters and self._stop_signal is None:
             state = self._state
@@ -410,8 +370,8 @@ class Runner:
             self._checkpoint(self._state)
         if cfg.report_every and n % cfg.report_every == 0 and n < cfg.outer_iters:
             self._report()
-        self._write_status(force=probe_reason is not None, next_iter=n)
-        self._log(
+        self.files.write_status(force=probe_reason is not None, next_iter=n)
+        self.files.log(
             f"iter {n - 1} td_loss={row['td_loss']:.4g} w_norm={row['w_norm']:.6g} "
             f"mean_rho2={row['mean_rho2']:.4g}"
             + (f" probes({probe_reason}) {probe_s:.2f}s" if probe_reason else "")
@@ -419,11 +379,9 @@ class Runner:
         if self.on_progress is not None:
             self.on_progress(Progress(n - 1, cfg.outer_iters, row, probe_reason, probe_s))
 
-    def _make_probes(self, maps: Any, state: dict[str, Any] | None) -> Any:
+    def _make_probes(self, maps: FeatureMaps, state: dict[str, Any] | None) -> ProbeManager | None:
         if not self.cfg.probes.enabled:
             return None
-        from tdlens.probes.manager import ProbeManager
-
         manager = ProbeManager(self.cfg, maps)
         if state:
             manager.load_state_dict(state)
@@ -431,7 +389,7 @@ class Runner:
 
     def _maybe_probe(
         self,
-        probes: Any,
+        probes: ProbeManager | None,
         n: int,
         history: tuple[float, ...],
         result: IterationResult,
@@ -445,25 +403,13 @@ class Runner:
             return None, 0.0
         t0 = time.perf_counter()
         rnd = probes.run(n, result.params, result.delta, result.metrics["td_loss"], reason)
-        unknown = set(rnd.summary) - set(PROBE_SUMMARY_COLUMNS)
+        unknown = set(rnd.summary) - set(registry.summary_columns())
         if unknown:
             raise RunFileError(f"probe summary has columns not in learning_curves: {unknown}")
         row.update(rnd.summary)
         row["probe_reason"] = reason
-        self._write_probe_round(n, reason, rnd)
+        self.files.write_probe_round(rnd)
         return reason, time.perf_counter() - t0
-
-    def _write_probe_round(self, n: int, reason: str, rnd: Any) -> None:
-        folder = self.run_dir / "probes"
-        folder.mkdir(exist_ok=True)
-        for name, prow in rnd.rows.items():
-            TableWriter(folder / f"{name}.csv", list(prow), jsonl=True).append(prow)
-        for fname, arr in rnd.arrays.items():
-            _save_array(folder / fname, arr)
-        timing = {"iter": n, "reason": reason, **{f"{k}_s": v for k, v in rnd.timings.items()}}
-        row = {k: timing.get(k) for k in ROUND_COLUMNS}
-        TableWriter(folder / "rounds.csv", ROUND_COLUMNS).append(row)
-        _append_jsonl(folder / "rounds.jsonl", timing)
 
     # ------------------------------------------------------------------ endings
 
@@ -488,7 +434,7 @@ class Runner:
             self._attempt("checkpoint", lambda: self._checkpoint(state))
         self._attempt(
             "status.json",
-            lambda: self._write_status(
+            lambda: self.files.write_status(
                 status=status,
                 reason=reason,
                 next_iter=state.next_iter,
@@ -496,7 +442,9 @@ class Runner:
                 **extra,
             ),
         )
-        self._attempt("stdout.log", lambda: self._log(status + (f": {reason}" if reason else "")))
+        self._attempt(
+            "stdout.log", lambda: self.files.log(status + (f": {reason}" if reason else ""))
+        )
         reports = self._report()
         return RunResult(
             self.run_dir,
@@ -549,8 +497,8 @@ class Runner:
         except Exception as exc:  # the run's own files must survive a report bug
             why = " ".join(f"{type(exc).__name__}: {exc}".split())
             self._unwritten.append(f"run report ({why})")
-            self._attempt("stdout.log", lambda: self._log(f"report failed: {why}"))
-            self._attempt("status.json", lambda: self._write_status(report_error=why))
+            self._attempt("stdout.log", lambda: self.files.log(f"report failed: {why}"))
+            self._attempt("status.json", lambda: self.files.write_status(report_error=why))
             return []
 
 
@@ -572,17 +520,3 @@ class _Diverged(Exception):
     def __init__(self, result: IterationResult) -> None:
         super().__init__("diverged")
         self.result = result
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    append_text(path, json.dumps(to_jsonable(record), allow_nan=False) + "\n")
-
-
-def _save_array(path: Path, arr: Any) -> None:
-    """Save an array (.npy) or a dict of arrays (.npz) atomically, without pickles."""
-    buf = io.BytesIO()
-    if path.suffix == ".npz":
-        np.savez(buf, **arr)
-    else:
-        np.save(buf, np.asarray(arr), allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())

@@ -6,9 +6,11 @@ are bit-identical whatever the backend and the number of workers.
 
 - ``local``: ``concurrent.futures.ProcessPoolExecutor`` (spawn context, ``jobs`` workers)
   writing straight into the sweep's run directories. A worker that dies (kill -9, out of
-  memory) breaks the pool: the runs it and its siblings were running are marked
-  ``incomplete`` (their checkpoints stay, ``--resume`` continues them), the runs not yet
-  started go to a fresh pool.
+  memory) breaks the pool; the runs it and its siblings were running, and the runs not yet
+  started, go to a fresh pool, where the started ones resume from their checkpoints. The
+  run whose worker died is charged an attempt (its siblings, terminated by the broken pool,
+  are not); after ``retries`` retries it is recorded ``failed`` with the reason (the exit
+  code or signal of its worker), the other runs go on, and ``--resume`` retries it.
 - ``ray``: :mod:`tdlens.sweeps.ray_backend` (optional dependency, ``pip install -e
   ".[ray]"``); workers may share no filesystem with the driver.
 
@@ -31,7 +33,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,10 @@ from tdlens.rundir.files import atomic_write_json, read_json
 
 TaskFn = Callable[["RunTask"], "RunOutcome"]
 OutcomeFn = Callable[["RunOutcome"], None]
+RetryFn = Callable[["RunTask", int, str], None]
+"""Told of each retry: the task, the attempt about to start (2, 3, ...) and why."""
+DEFAULT_RETRIES = 2
+"""How many times a run whose worker process (or node) died is retried before it fails."""
 NOT_STARTED = "not started"
 SKIP_FILES = frozenset({".lock"})
 """Files never shipped between Ray workers and the driver."""
@@ -76,6 +82,7 @@ class RunOutcome:
     seconds: float = 0.0
     error: str | None = None
     files: dict[str, bytes] | None = field(default=None, repr=False)
+    attempts: int = 1
 
 
 # --------------------------------------------------------------------------- worker side
@@ -99,9 +106,11 @@ def mark_status(run_dir: Path, status: str, reason: str, **extra: Any) -> None:
 
 
 class _Worker:
-    """Process-wide state of a local pool worker: the driver's stop event (None elsewhere)."""
+    """Process-wide state of a worker: the driver's stop event (a local pool worker; a Ray
+    task sets a threading.Event) and, in a Ray task, where run-directory snapshots go."""
 
     stop: Any = None
+    snapshot: Callable[[Path], None] | None = None
 
 
 def _init_worker(stop: Any) -> None:
@@ -118,6 +127,25 @@ def _check_stop(progress: Any) -> None:
     """Runner progress hook: stop after this iteration when the driver asks (-> incomplete)."""
     if _stop_requested():
         raise KeyboardInterrupt
+
+
+def progress_hook(task: RunTask) -> Callable[[Any], None] | None:
+    """The Runner progress hook of a worker (None when there is nothing to do): in a Ray
+    task, a snapshot of the run directory after each checkpoint (streamed back to the
+    driver, so a run lost with its node resumes from it); then the stop check."""
+    if _Worker.stop is None and _Worker.snapshot is None:
+        return None
+    every = int(task.config.get("checkpoint_every") or 0)
+    run_dir = Path(task.run_dir)
+
+    def hook(progress: Any) -> None:
+        done = progress.n + 1  # iterations finished; the runner checkpointed at `every`
+        last = done >= progress.outer_iters  # the final files come with the outcome
+        if _Worker.snapshot is not None and every and done % every == 0 and not last:
+            _Worker.snapshot(run_dir)
+        _check_stop(progress)
+
+    return hook
 
 
 def execute_task(task: RunTask) -> RunOutcome:
@@ -149,8 +177,7 @@ def execute_task(task: RunTask) -> RunOutcome:
                 handle_signals=False,
                 write_report=partial(write_report, html=False),
             )
-            if _Worker.stop is not None:
-                runner.on_progress = _check_stop
+            runner.on_progress = progress_hook(task)
             result = runner.run()
         return RunOutcome(
             task.run_id,
@@ -190,54 +217,126 @@ def status_fingerprint(run_dir: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def died_outcome(task: RunTask, why: str) -> RunOutcome:
-    """The outcome of a run whose worker died: status.json says incomplete (resumable)."""
+def died_outcome(task: RunTask, why: str, status: str = "failed") -> RunOutcome:
+    """The outcome of a run whose worker died for good: status.json says `status` with the
+    reason `why` (written by the driver: config.json too when the run never wrote one, so
+    ``--resume`` retries it from its latest checkpoint, or from the start)."""
     run_dir = Path(task.run_dir)
-    if (run_dir / "config.json").is_file():
-        mark_status(run_dir, "incomplete", why)
-    status = _status_of(run_dir)
+    if not (run_dir / "config.json").is_file():
+        atomic_write_json(run_dir / "config.json", task.config)
+        atomic_write_json(run_dir / "status.json", {"status": "running", "next_iter": 0})
+    mark_status(run_dir, status, why)
+    now = _status_of(run_dir)
     return RunOutcome(
         task.run_id,
-        status.get("status", "incomplete"),
-        status.get("reason", why),
-        status.get("exit_code"),
-        int(status.get("next_iter") or 0),
+        now.get("status", status),
+        now.get("reason", why),
+        now.get("exit_code", 1),
+        int(now.get("next_iter") or 0),
     )
 
 
-def run_local(tasks: Iterable[RunTask], jobs: int, on_outcome: OutcomeFn, fn: TaskFn) -> None:
+def exit_reason(exitcode: int | None) -> str:
+    """A worker process's end in words: ``killed by SIGKILL (...)`` or ``exit code 3``."""
+    if exitcode is None:
+        return "unknown exit status"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (e.g. the out-of-memory killer)" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {exitcode}"
+
+
+def resumable(task: RunTask) -> RunTask:
+    """`task` to run again: resumed when its run directory holds a config.json."""
+    return replace(task, resume=(Path(task.run_dir) / "config.json").is_file(), files=None)
+
+
+def run_local(
+    tasks: Iterable[RunTask],
+    jobs: int,
+    on_outcome: OutcomeFn,
+    fn: TaskFn,
+    retries: int = DEFAULT_RETRIES,
+    on_retry: RetryFn | None = None,
+) -> None:
     """Run every task on a spawn process pool of `jobs` workers (see the module docstring).
 
-    When the pool breaks, the runs a worker had started are recorded incomplete and the
-    unstarted ones go to a new pool; a round in which nothing finished fails the rest.
+    When the pool breaks, every run it held goes to a new pool (started runs resume from
+    their checkpoints); the run whose worker died is charged an attempt and, past
+    `retries` retries, recorded failed. A round in which nothing started fails the rest.
     Ctrl-C cancels the queued runs; the running ones checkpoint and stop (incomplete).
     """
     if jobs < 1:
         raise BackendError(f"--jobs: expected >= 1, got {jobs}")
+    if retries < 0:
+        raise BackendError(f"--retries: expected >= 0, got {retries}")
     pending = list(tasks)
+    attempts = {t.run_id: 1 for t in pending}
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
-    why = "worker process died during the run; continue with --resume"
     while pending:
         before = {t.run_id: status_fingerprint(Path(t.run_dir)) for t in pending}
-        broken, finished = _pool_round(pending, jobs, ctx, stop, on_outcome, fn)
+        broken, exits, finished = _pool_round(pending, jobs, ctx, stop, on_outcome, fn, attempts)
+        started = [t for t in broken if status_fingerprint(Path(t.run_dir)) != before[t.run_id]]
+        culprits = _culprits(started, exits)
         pending = []
         for task in broken:
-            if status_fingerprint(Path(task.run_dir)) != before[task.run_id]:
-                on_outcome(died_outcome(task, why))
-                finished += 1
-            else:
-                pending.append(task)
+            if task not in started:
+                pending.append(task)  # never started: it simply goes to the next pool
+                continue
+            if task.run_id in culprits:
+                why = f"worker process died ({culprits[task.run_id]})"
+                if attempts[task.run_id] > retries:
+                    outcome = died_outcome(
+                        task, f"{why} on {attempts[task.run_id]} attempt(s); retry with --resume"
+                    )
+                    outcome.attempts = attempts[task.run_id]
+                    on_outcome(outcome)
+                    finished += 1
+                    continue
+                attempts[task.run_id] += 1
+                if on_retry is not None:
+                    on_retry(task, attempts[task.run_id], why)
+            pending.append(resumable(task))
+            finished += 1  # it ran: the next round makes progress
         if pending and not finished:  # nothing could run: do not loop forever
             for task in pending:
                 on_outcome(RunOutcome(task.run_id, "failed", "the worker pool broke at start", 1))
             return
 
 
+def _culprits(started: list[RunTask], exits: dict[int, int | None]) -> dict[str, str]:
+    """The started runs whose own worker died (run id -> how), from status.json's pid and
+    the pool's exit codes; a broken pool SIGTERMs the other workers, which are not charged.
+    When no run can be blamed, every started run is."""
+    blamed = {}
+    for task in started:
+        pid = _status_of(Path(task.run_dir)).get("pid")
+        code = exits.get(pid) if isinstance(pid, int) else None
+        if pid in exits and code != -signal.SIGTERM:
+            blamed[task.run_id] = exit_reason(code)
+    if not blamed:
+        bad = [c for c in exits.values() if c not in (None, 0, -signal.SIGTERM)]
+        how = exit_reason(bad[0]) if bad else "the process pool broke"
+        blamed = {t.run_id: how for t in started}
+    return blamed
+
+
 def _pool_round(
-    tasks: list[RunTask], jobs: int, ctx: Any, stop: Any, on_outcome: OutcomeFn, fn: TaskFn
-) -> tuple[list[RunTask], int]:
-    """One process pool over `tasks`: (tasks lost to a broken pool, outcomes delivered).
+    tasks: list[RunTask],
+    jobs: int,
+    ctx: Any,
+    stop: Any,
+    on_outcome: OutcomeFn,
+    fn: TaskFn,
+    attempts: dict[str, int],
+) -> tuple[list[RunTask], dict[int, int | None], int]:
+    """One process pool over `tasks`: (tasks lost to a broken pool, the exit code of each
+    worker pid, outcomes delivered).
 
     On Ctrl-C the stop event is set: running runs end after their iteration (incomplete,
     checkpointed), queued ones come back ``not started``; their outcomes are recorded
@@ -249,6 +348,7 @@ def _pool_round(
         min(jobs, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(stop,)
     )
     futures: dict[Future[RunOutcome], RunTask] = {pool.submit(fn, t): t for t in tasks}
+    workers = dict(getattr(pool, "_processes", None) or {})  # pid -> Process, for exit codes
     not_done = set(futures)
     interrupted = False
     try:
@@ -271,13 +371,18 @@ def _pool_round(
                 except Exception as exc:  # raised outside execute_task, or unpicklable
                     outcome = failed_outcome(task, exc)
                 if outcome.status != NOT_STARTED:
+                    outcome.attempts = attempts.get(task.run_id, 1)
                     on_outcome(outcome)
                 finished += 1
     finally:
         pool.shutdown(wait=not interrupted, cancel_futures=True)
     if interrupted:
         raise KeyboardInterrupt
-    return broken, finished
+    exits = {}
+    for pid, proc in workers.items():
+        proc.join(timeout=5)
+        exits[pid] = proc.exitcode
+    return broken, exits, finished
 
 
 def clear_unstarted(run_dir: Path) -> None:

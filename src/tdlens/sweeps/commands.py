@@ -9,6 +9,7 @@ interrupted sweep exits 130.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -77,8 +78,18 @@ def sweep(
         int | None, typer.Option(help="Parallel workers (default: the number of cores).")
     ] = None,
     address: Annotated[
-        str | None, typer.Option(help="Ray cluster address to join (default: a local Ray).")
+        str | None,
+        typer.Option(
+            help="Ray cluster to join: HOST:PORT of its head, or auto (default: a local Ray)."
+        ),
     ] = None,
+    retries: Annotated[
+        int,
+        typer.Option(
+            help="Times a run whose worker process or node died is retried (from its "
+            "checkpoint) before it is recorded failed."
+        ),
+    ] = 2,
     output_dir: Annotated[
         Path,
         typer.Option(help="Parent folder of new sweeps (with --resume: or the sweep itself)."),
@@ -100,10 +111,9 @@ def sweep(
     logspace entry, means n values geometrically spaced from a to b (not 10**a to 10**b).
     """
     from tdlens.sweeps.backends import BackendError, default_jobs
-    from tdlens.sweeps.catalog import catalog_path
     from tdlens.sweeps.ray_backend import import_ray
     from tdlens.sweeps.records import FINAL_METRICS
-    from tdlens.sweeps.sweep import BACKENDS, execute_sweep, prepare_sweep
+    from tdlens.sweeps.sweep import BACKENDS, prepare_sweep
 
     if backend not in BACKENDS:
         _fail(f"--backend '{backend}': choose one of {', '.join(BACKENDS)}")
@@ -112,6 +122,8 @@ def sweep(
         _fail(f"--jobs: expected >= 1, got {n_jobs}")
     if address and backend != "ray":
         _fail("--address is for --backend ray")
+    if retries < 0:
+        _fail(f"--retries: expected >= 0, got {retries}")
     if metric is not None and metric not in FINAL_METRICS:
         _fail(f"--metric '{metric}': choose one of {', '.join(FINAL_METRICS)}")
     try:
@@ -125,7 +137,7 @@ def sweep(
         raise typer.Exit(0)
     if backend == "ray":
         try:
-            import_ray()
+            import_ray(address)
         except BackendError as exc:
             _fail(str(exc))
     out.print(
@@ -133,21 +145,49 @@ def sweep(
         f"{n_jobs} job(s))",
         highlight=False,
     )
+    session: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+    if backend == "ray":  # join or start Ray first: its errors come before anything is written
+        from tdlens.sweeps.ray_backend import ray_session
+
+        session = ray_session(n_jobs, address)
     try:
-        result = execute_sweep(
-            prepared,
-            backend=backend,
-            jobs=n_jobs,
-            address=address,
-            catalog=catalog_path(catalog),
-            on_outcome=_outcome_printer(time.monotonic()),
-            metric=metric,
-        )
+        with session:
+            result = _execute(prepared, backend, n_jobs, address, catalog, metric, retries)
     except BackendError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         err.print("interrupted: continue with --resume", highlight=False)
         raise typer.Exit(130) from None
+    _report_result(result)
+
+
+def _execute(
+    prepared: Any,
+    backend: str,
+    n_jobs: int,
+    address: str | None,
+    catalog: Path | None,
+    metric: str | None,
+    retries: int,
+) -> Any:
+    from tdlens.sweeps.catalog import catalog_path
+    from tdlens.sweeps.sweep import execute_sweep
+
+    return execute_sweep(
+        prepared,
+        backend=backend,
+        jobs=n_jobs,
+        address=address,
+        catalog=catalog_path(catalog),
+        on_outcome=_outcome_printer(time.monotonic()),
+        metric=metric,
+        retries=retries,
+        on_retry=_print_retry,
+    )
+
+
+def _report_result(result: Any) -> None:
+    """The end of `tdlens sweep`: counts, files written, warnings; exits 1 if a run failed."""
     counts = ", ".join(f"{k}={v}" for k, v in sorted(result.counts.items()))
     out.print(
         f"done: {len(result.outcomes)} run(s) executed ({counts or 'none'}), "
@@ -206,6 +246,17 @@ def _outcome_printer(start: float):
         )
 
     return print_outcome
+
+
+def _print_retry(task: Any, attempt: int, why: str) -> None:
+    """One line per retry of a run whose worker or node died."""
+    ckpt = Path(task.run_dir) / "checkpoints"
+    how = "from its checkpoint" if ckpt.is_dir() and any(ckpt.iterdir()) else "from the start"
+    out.print(
+        f"[retry] {task.run_id}: {why}; attempt {attempt} ({how})",
+        highlight=False,
+        markup=False,
+    )
 
 
 def progress_text(elapsed: float, done: int, total: int) -> str:

@@ -1,35 +1,59 @@
 """The Ray backend of a sweep (SPEC section 11): optional, imported lazily.
 
-Without an address a local Ray is started (``num_cpus=jobs``, dashboard off, a small
-object store); with ``--address`` the driver joins that cluster, whose nodes need tdlens
-installed. Workers may share no filesystem with the driver: each runs in a temporary
-folder (seeded with the run directory's files when resuming) and returns every file as
-bytes; the driver writes them atomically into the sweep directory (status.json last) and
-deletes files the run no longer has (a resume truncates). A dead Ray worker leaves the run
-``incomplete``; Ray's own retries are off (a crash that repeats would only crash again).
-On Ctrl-C the tasks are cancelled (a KeyboardInterrupt inside each run, which then stops
-with a checkpoint) and their files collected for up to ``RAY_STOP_TIMEOUT_S``.
+Without an address a local single-node Ray is started (``num_cpus=jobs``, dashboard off,
+a small object store) on the loopback interface only. With ``--address HOST:PORT`` (or
+``auto``: the cluster ``ray start`` last started on this machine) the driver joins that
+cluster, whose nodes need tdlens installed (docs/cluster.md):
+
+- the address is checked first (``HOST:PORT`` or ``auto``), then that something answers
+  there, so a wrong or unreachable address is one clear error (exit 2), never minutes of
+  Ray's retry warnings;
+- token authentication (Ray's default for new clusters): when ``RAY_AUTH_MODE`` is unset
+  and a token is found where Ray documents it (``RAY_AUTH_TOKEN``, the file
+  ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``), the driver sends it, as Ray itself
+  does for ``address="auto"``; a cluster that refuses the driver is an error naming those
+  settings.
+
+Workers may share no filesystem with the driver: each runs in a temporary folder (seeded
+with the run directory's files when resuming). A run is a streaming-generator task: after
+each checkpoint it yields the run directory's files as bytes, and its outcome with every
+file at the end; the driver writes them atomically into the sweep directory (status.json
+last) as they come and deletes files the run no longer has (a resume truncates). Ray's
+own task retries are off; the driver retries instead: a run whose Ray worker or node dies
+is submitted again (``retries`` times, resumed from the last checkpoint that came back, if
+any) and then recorded ``failed`` with the reason; ``--resume`` retries it. On Ctrl-C the tasks are
+cancelled (a KeyboardInterrupt inside each run, which then stops with a checkpoint) and
+their files collected for up to ``RAY_STOP_TIMEOUT_S``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
+import re
+import socket
 import tempfile
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tdlens.rundir.files import atomic_write_bytes, atomic_write_json
+from tdlens.rundir.files import atomic_write_bytes
 from tdlens.sweeps.backends import (
+    DEFAULT_RETRIES,
     SKIP_FILES,
     BackendError,
     OutcomeFn,
+    RetryFn,
     RunOutcome,
     RunTask,
     TaskFn,
     died_outcome,
     failed_outcome,
+    resumable,
 )
 
 
@@ -72,10 +96,28 @@ def execute_shipped(fn: TaskFn, task: RunTask) -> RunOutcome:
 
 RAY_STOP_TIMEOUT_S = 120.0
 """After Ctrl-C, how long the driver waits for cancelled Ray runs to hand back their files."""
+PROBE_TIMEOUT_S = 5.0
+"""How long the driver waits for the cluster's address to accept a connection."""
+LOOPBACK = "127.0.0.1"
+AUTH_HELP = (
+    "the cluster uses token authentication: give this machine the cluster's token "
+    "(on the head: `ray get-auth-token`) as RAY_AUTH_TOKEN, or in a file named by "
+    "RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token (see docs/cluster.md)"
+)
+_ADDRESS = re.compile(
+    r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})$"
+)
 
 
-def import_ray() -> Any:
-    """Import Ray lazily, with the install hint when it is missing."""
+def import_ray(address: str | None = None) -> Any:
+    """Import Ray lazily, with the install hint when it is missing.
+
+    With a cluster `address`, token authentication is set up first (module docstring), so
+    that Ray reads it when it loads.
+    """
+    if address:
+        parse_address(address)
+        enable_token_auth()
     try:
         import ray
     except ImportError:
@@ -86,29 +128,248 @@ def import_ray() -> Any:
     return ray
 
 
+def parse_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``HOST:PORT`` address, None for ``auto``; else BackendError."""
+    if address == "auto":
+        return None
+    m = _ADDRESS.match(address.strip())
+    port = int(m["port"]) if m else 0
+    if m is None or not 0 < port < 65536:
+        raise BackendError(
+            f"--address '{address}': expected HOST:PORT of the cluster's head node "
+            "(e.g. 10.0.0.5:6379, the port given to `ray start --head --port`) or auto"
+        )
+    return (m["v6"] or m["host"]), port
+
+
+def token_source() -> str | None:
+    """Where Ray would read an authentication token from, or None when there is none:
+    ``RAY_AUTH_TOKEN``, the file named by ``RAY_AUTH_TOKEN_PATH``, or ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if named:
+        path = Path(named).expanduser()
+        try:
+            if path.read_text().strip():
+                return f"RAY_AUTH_TOKEN_PATH={named}"
+        except OSError as exc:
+            raise BackendError(
+                f"RAY_AUTH_TOKEN_PATH={named}: cannot read the token ({exc.strerror})"
+            ) from None
+        raise BackendError(f"RAY_AUTH_TOKEN_PATH={named}: the token file is empty")
+    default = Path.home() / ".ray" / "auth_token"
+    try:
+        return str(default) if default.read_text().strip() else None
+    except OSError:
+        return None
+
+
+def enable_token_auth() -> str | None:
+    """Send the token to the cluster when ``RAY_AUTH_MODE`` is unset and a token exists
+    (what Ray does for ``address="auto"`` only); returns where the token comes from."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return token_source() if os.environ["RAY_AUTH_MODE"].lower() == "token" else None
+    source = token_source()
+    if source is None:
+        return None
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:  # Ray already loaded its config: make it read RAY_AUTH_MODE again
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except Exception:
+        pass
+    return source
+
+
+def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """BackendError unless something accepts a TCP connection at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise BackendError(
+            f"--address {host}:{port}: no Ray cluster answers there ({why}); start its "
+            f"head with `ray start --head --port={port}` or check the address "
+            "(docs/cluster.md)"
+        ) from None
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[Path]:
+    """Send this process's stderr (fd 2: Ray's C++ warnings) to a temporary file."""
+    with tempfile.TemporaryDirectory(prefix="tdlens_ray_") as tmp:
+        path = Path(tmp) / "stderr.txt"
+        saved = os.dup(2)
+        try:
+            with open(path, "wb") as fh:
+                os.dup2(fh.fileno(), 2)
+                try:
+                    yield path
+                finally:
+                    os.dup2(saved, 2)
+        finally:
+            os.close(saved)
+
+
+@contextlib.contextmanager
+def _loopback_only(ray: Any) -> Iterator[None]:
+    """Keep a local single-node Ray on 127.0.0.1.
+
+    Ray rewrites 127.0.0.1 to the machine's first non-loopback address unless its
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` switch is off (Ray's setting for single-node
+    machines); this turns it off while the local Ray starts, and for its processes.
+    """
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # another Ray layout: its default address applies
+        yield
+        return
+    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    old_env, old_flag = os.environ.get(key), getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[key] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old_env
+
+
 def _ray_init(ray: Any, jobs: int, address: str | None) -> bool:
     """Start or join Ray; True when this call started it (and must shut it down)."""
     if ray.is_initialized():
         return False
     common = {"logging_level": "ERROR", "log_to_driver": False, "configure_logging": True}
-    try:
-        if address:
+    if not address:
+        try:
+            with _loopback_only(ray):
+                ray.init(
+                    num_cpus=jobs,
+                    include_dashboard=False,
+                    object_store_memory=256 * 2**20,
+                    _node_ip_address=LOOPBACK,
+                    **common,
+                )
+        except Exception as exc:
+            raise BackendError(f"--backend ray: cannot start a local Ray: {exc}") from None
+        return True
+    target = parse_address(address)
+    token = enable_token_auth()
+    if target is not None:
+        probe(*target)
+        _check_auth(address, token)
+    with _captured_stderr() as log:
+        try:
             ray.init(address=address, **common)
-        else:
-            ray.init(
-                num_cpus=jobs,
-                include_dashboard=False,
-                object_store_memory=256 * 2**20,
-                **common,
-            )
-    except Exception as exc:
-        target = f"the Ray cluster at '{address}'" if address else "a local Ray"
-        raise BackendError(f"--backend ray: cannot start {target}: {exc}") from None
-    return True
+            return True
+        except Exception as exc:
+            message = _join_error(address, exc, log.read_text(errors="replace"), token)
+    raise BackendError(message)
 
 
-def _ray_entry(fn: TaskFn, task: RunTask) -> RunOutcome:
-    return execute_shipped(fn, task)
+@contextlib.contextmanager
+def ray_session(jobs: int, address: str | None = None) -> Iterator[Any]:
+    """Start (or join, with `address`) Ray for the block and shut it down after; the sweep's
+    :func:`run_ray` then uses this session. Errors are BackendError (exit 2 in the CLI)."""
+    ray = import_ray(address)
+    started = _ray_init(ray, jobs, address)
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _is_auth_error(exc: BaseException, text: str = "") -> bool:
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 5:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    text += " ".join(str(e) for e in chain)
+    return (
+        "InvalidAuthToken" in text
+        or "Unauthenticated" in text
+        or any(type(e).__name__ == "AuthenticationError" for e in chain)
+    )
+
+
+def _check_auth(address: str, token: str | None) -> None:
+    """One request to the cluster's GCS: a refused token is an error at once (ray.init
+    would retry it for ~20 s). Anything else is left to ray.init."""
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:
+        return
+    with _captured_stderr():
+        try:
+            GcsClient(address=address)
+            return
+        except Exception as exc:
+            if not _is_auth_error(exc):
+                return
+    raise BackendError(_auth_message(address, token))
+
+
+def _auth_message(address: str, token: str | None) -> str:
+    used = f"the token from {token} was refused" if token else "no token was found"
+    return (
+        f"--address {address}: the Ray cluster refused this driver (authentication token "
+        f"missing or incorrect): {used}; {AUTH_HELP}"
+    )
+
+
+def _join_error(address: str, exc: BaseException, stderr: str, token: str | None) -> str:
+    """One message for a failed ray.init(address=...): what failed and what to set."""
+    if _is_auth_error(exc, stderr):
+        return _auth_message(address, token)
+    first = _first_line(exc) or type(exc).__name__
+    return f"--address {address}: cannot join the Ray cluster ({first})"
+
+
+def _ray_stream(fn: TaskFn, task: RunTask) -> Iterator[Any]:
+    """The Ray task (a streaming generator): the run goes in a thread; each snapshot of
+    its directory taken after a checkpoint is yielded (a dict of files) as it is made, and
+    the RunOutcome last. ray.cancel (a KeyboardInterrupt here) asks the run to stop after
+    its iteration, with a checkpoint, and still yields its outcome."""
+    from tdlens.sweeps import backends
+
+    snapshots: queue.Queue[dict[str, bytes] | None] = queue.Queue()
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["outcome"] = execute_shipped(fn, task)
+        except BaseException as exc:  # handed to the task's thread below
+            box["error"] = exc
+        finally:
+            snapshots.put(None)
+
+    backends._Worker.stop, backends._Worker.snapshot = stop, lambda d: snapshots.put(pack_dir(d))
+    try:
+        worker = threading.Thread(target=run, name=f"tdlens-{task.run_id}", daemon=True)
+        worker.start()
+        while True:
+            try:
+                files = snapshots.get()
+            except KeyboardInterrupt:  # cancelled by the driver
+                stop.set()
+                continue
+            if files is None:
+                break
+            yield files
+        worker.join()
+    finally:
+        backends._Worker.stop, backends._Worker.snapshot = None, None
+    if "error" in box:
+        raise box["error"]
+    yield box["outcome"]
 
 
 def run_ray(
@@ -117,28 +378,53 @@ def run_ray(
     on_outcome: OutcomeFn,
     fn: TaskFn,
     address: str | None = None,
+    retries: int = DEFAULT_RETRIES,
+    on_retry: RetryFn | None = None,
 ) -> None:
-    """Run every task as a Ray task (one CPU each); files travel as bytes (module docstring)."""
+    """Run every task as a Ray task (one CPU each); files travel as bytes (module docstring).
+
+    Outcomes are recorded as runs finish; a run whose worker or node died is submitted
+    again up to `retries` times, then recorded failed.
+    """
     if jobs < 1:
         raise BackendError(f"--jobs: expected >= 1, got {jobs}")
+    if retries < 0:
+        raise BackendError(f"--retries: expected >= 0, got {retries}")
     tasks = list(tasks)
     if not tasks:
         return
-    ray = import_ray()
+    ray = import_ray(address)
     started = _ray_init(ray, jobs, address)
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(_ray_entry)
+        remote = ray.remote(num_cpus=1, max_retries=0, num_returns="streaming")(_ray_stream)
         fn_ref = ray.put(fn)
         refs: dict[Any, RunTask] = {}
-        for task in tasks:
+        attempts = {t.run_id: 1 for t in tasks}
+
+        def submit(task: RunTask) -> None:
             shipped = replace(task, files=pack_dir(Path(task.run_dir)) if task.resume else None)
             refs[remote.remote(fn_ref, shipped)] = task
+
+        def lost(task: RunTask, why: str) -> None:
+            n = attempts[task.run_id]
+            if n > retries:
+                outcome = died_outcome(task, f"{why} on {n} attempt(s); retry with --resume")
+                outcome.attempts = n
+                on_outcome(outcome)
+                return
+            attempts[task.run_id] = n + 1
+            if on_retry is not None:
+                on_retry(task, n + 1, why)
+            submit(resumable(task))
+
+        for task in tasks:
+            submit(task)
         try:
-            _collect_ray(ray, refs, on_outcome)
+            _collect_ray(ray, refs, on_outcome, attempts, lost)
         except KeyboardInterrupt:
             for ref in refs:  # KeyboardInterrupt in running tasks: they checkpoint and return
                 ray.cancel(ref, force=False)
-            _collect_ray(ray, refs, on_outcome, timeout=RAY_STOP_TIMEOUT_S)
+            _collect_ray(ray, refs, on_outcome, attempts, None, timeout=RAY_STOP_TIMEOUT_S)
             raise
     finally:
         if started:
@@ -146,38 +432,57 @@ def run_ray(
 
 
 def _collect_ray(
-    ray: Any, refs: dict[Any, RunTask], on_outcome: OutcomeFn, timeout: float | None = None
+    ray: Any,
+    refs: dict[Any, RunTask],
+    on_outcome: OutcomeFn,
+    attempts: dict[str, int],
+    lost: Any,
+    timeout: float | None = None,
 ) -> None:
-    """Record outcomes as Ray tasks finish (until `timeout` seconds, if given)."""
+    """Write snapshots and record outcomes as the Ray tasks stream them (until `timeout`
+    seconds, if given); a task whose worker or node died goes to `lost` (None: recorded
+    failed at once, keeping the last snapshot's checkpoint)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while refs:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=left)
         if not ready:
             return
-        task = refs.pop(ready[0])
+        gen = ready[0]
+        task = refs[gen]
         try:
-            outcome = ray.get(ready[0])
+            item = ray.get(next(gen))
+        except StopIteration:  # ended without an outcome: treat as lost
+            item = ray.exceptions.RayError("the task ended without an outcome")
         except ray.exceptions.TaskCancelledError:
+            refs.pop(gen)
             continue
         except ray.exceptions.RayTaskError as exc:  # raised by the task, not a crash
+            refs.pop(gen)
             on_outcome(failed_outcome(task, exc))
             continue
         except ray.exceptions.RayError as exc:
-            on_outcome(crashed_outcome(task, f"Ray worker died ({type(exc).__name__})"))
+            item = exc
+        if isinstance(item, dict):  # a snapshot after a checkpoint: the run goes on
+            unpack_dir(Path(task.run_dir), item)
             continue
-        _receive(task, outcome)
-        on_outcome(outcome)
+        refs.pop(gen)
+        if isinstance(item, BaseException):
+            why = f"Ray worker or node lost ({type(item).__name__}: {_first_line(item)})"
+            if lost is None:
+                on_outcome(died_outcome(task, f"{why}; retry with --resume", "incomplete"))
+            else:
+                lost(task, why)
+            continue
+        _receive(task, item)
+        item.attempts = attempts.get(task.run_id, 1)
+        on_outcome(item)
 
 
-def crashed_outcome(task: RunTask, why: str) -> RunOutcome:
-    """A run whose Ray worker died: its files are lost with the worker, so the driver writes
-    config.json and an ``incomplete`` status.json; --resume then runs it from the start."""
-    run_dir = Path(task.run_dir)
-    if not (run_dir / "config.json").is_file():
-        atomic_write_json(run_dir / "config.json", task.config)
-        atomic_write_json(run_dir / "status.json", {"status": "running", "next_iter": 0})
-    return died_outcome(task, f"{why}; continue with --resume")
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _receive(task: RunTask, outcome: RunOutcome) -> None:

@@ -86,6 +86,19 @@ def _md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+UNFINISHED_COLUMNS = ("run_id", "status", "reason")
+FINISHED = frozenset({"complete", "diverged"})
+
+
+def unfinished(s: SweepSummary) -> list[dict[str, Any]]:
+    """Runs that did not finish (failed, incomplete, crashed, ...): id, status, reason."""
+    return [
+        {"run_id": r.run_id, "status": r.status, "reason": r.reason}
+        for r in s.records
+        if r.status not in FINISHED
+    ]
+
+
 def _run_columns(grid_keys: Sequence[str], has_seed: bool) -> list[str]:
     keys = [*grid_keys, *([SEED_AXIS] if has_seed else [])]
     return [
@@ -122,6 +135,13 @@ def markdown(s: SweepSummary, grid_keys: Sequence[str], has_seed: bool) -> str:
         "- regimes: " + ", ".join(f"{k}={v}" for k, v in sorted(regimes.items())),
         "- axes: " + "; ".join(f"{a['key']} ({len(a['values'])} values)" for a in s.axes),
         f"- heatmap metric: {s.metric}\n",
+    ]
+    if bad := unfinished(s):
+        parts += [
+            "## Runs that did not finish (`tdlens sweep ... --resume` retries them)\n",
+            _md_table(bad, UNFINISHED_COLUMNS),
+        ]
+    parts += [
         "## Regime labels\n",
         REGIME_DOC + "\n",
         "Thresholds: " + ", ".join(f"{k} = {v:g}" for k, v in thresholds().items()) + "\n",
@@ -158,6 +178,14 @@ def html_page(
         + "<br>regimes: "
         + H.esc(", ".join(f"{k}={v}" for k, v in sorted(regimes.items())))
         + "</p>",
+    ]
+    if bad := unfinished(s):
+        body += [
+            "<h2>Runs that did not finish (<code>tdlens sweep ... --resume</code> retries "
+            "them)</h2>",
+            H.table(list(UNFINISHED_COLUMNS), [[r[c] for c in UNFINISHED_COLUMNS] for r in bad]),
+        ]
+    body += [
         "<h2>Regime labels</h2>",
         f"<p class='doc'>{H.esc(REGIME_DOC)}<br>Thresholds: "
         + H.esc(", ".join(f"{k} = {v:g}" for k, v in thresholds().items()))

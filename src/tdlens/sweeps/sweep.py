@@ -27,6 +27,8 @@ from typing import Any
 from tdlens.rundir.files import atomic_write_json, atomic_write_text, read_json
 from tdlens.sweeps import catalog as cat
 from tdlens.sweeps.backends import (
+    DEFAULT_RETRIES,
+    RetryFn,
     RunOutcome,
     RunTask,
     TaskFn,
@@ -202,6 +204,7 @@ class _Recorder:
             "status": outcome.status,
             "reason": outcome.reason,
             "seconds": outcome.seconds,
+            "attempts": outcome.attempts,
             "finished_at": _now(),
         }
         self.save()
@@ -227,8 +230,14 @@ def execute_sweep(
     on_outcome: Callable[[RunOutcome, int, int], None] | None = None,
     fn: TaskFn = execute_task,
     metric: str | None = None,
+    retries: int = DEFAULT_RETRIES,
+    on_retry: RetryFn | None = None,
 ) -> SweepResult:
-    """Run the prepared sweep (module docstring); returns the outcomes and summary paths."""
+    """Run the prepared sweep (module docstring); returns the outcomes and summary paths.
+
+    A run whose worker process (or Ray node) dies is retried up to `retries` times, from
+    its checkpoint when there is one, and then recorded failed with the reason.
+    """
     if backend not in BACKENDS:
         raise SweepSpecError(f"--backend '{backend}': choose one of {', '.join(BACKENDS)}")
     sweep_dir = prepared.sweep_dir
@@ -244,6 +253,7 @@ def execute_sweep(
         "backend": backend,
         "jobs": jobs,
         "address": address,
+        "retries": retries,
         "started_at": _now(),
         "finished_at": None,
         "total_runs": len(prepared.runs),
@@ -254,9 +264,9 @@ def execute_sweep(
     interrupted = False
     try:
         if backend == "local":
-            run_local(tasks, jobs, record, fn)
+            run_local(tasks, jobs, record, fn, retries=retries, on_retry=on_retry)
         else:
-            run_ray(tasks, jobs, record, fn, address=address)
+            run_ray(tasks, jobs, record, fn, address=address, retries=retries, on_retry=on_retry)
     except KeyboardInterrupt:
         interrupted = True
         raise

@@ -1,0 +1,235 @@
+"""The probe registry: one declarative spec per probe, from which everything else derives.
+
+A :class:`ProbeSpec` says what a probe is called (its table ``probes/<name>.csv``), which
+config section switches and tunes it (``probes.<section>``, also its key in rounds.csv:
+``<section>_s``), which random streams it draws from, which chains it needs rolled out,
+the function that runs it, which of its columns are copied into learning_curves.csv,
+which of its series the report plots, and its glossary line. The probe manager (what
+runs, in which order, on which chains), the runner (learning-curve and rounds.csv
+columns), the report (probe sections, summary-column sources, key-series figure) and
+the docs test all read this registry, so adding a probe is one module with its ``run``
+function plus one :func:`register` call (and its tests and docs/metrics.md section).
+
+Functions may be given as callables or as ``"module:function"`` strings, resolved on
+first use, so importing the registry stays cheap (the report reads it without loading
+any probe). A ``run`` function receives a :class:`RoundContext` and writes its row into
+``ctx.out.rows[name]`` (``iter`` is added by the manager), its arrays into
+``ctx.out.arrays`` and, optionally, its own timing breakdown into ``ctx.out.timings``
+(otherwise the manager times it under ``section``). Probes that share one ``run``
+function (fixed point and stability) are run once per round.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from tdlens import config as config_module
+from tdlens import seeding
+
+Fn = Callable[..., Any] | str
+
+
+@dataclass
+class RoundContext:
+    """What a probe's ``run`` sees: the frozen snapshot of iteration ``n`` and the round.
+
+    ``state`` persists across rounds (and checkpoints: numpy arrays or None per key);
+    ``rolled`` holds every chain the enabled probes declared (None when none did).
+    """
+
+    cfg: Any
+    maps: Any
+    params: Any
+    n: int
+    delta: Any
+    td_loss: float
+    rolled: Any
+    state: dict[str, Any]
+    workspace: Any
+    out: Any
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe (module docstring)."""
+
+    name: str
+    section: str
+    run: Fn
+    streams: tuple[str, ...] = ()
+    chains: Fn | None = None
+    summary: Mapping[str, str] = field(default_factory=dict)
+    key_series: tuple[tuple[str, str | None], ...] = ()
+    doc: str = ""
+    config: type[BaseModel] | None = None
+
+    def run_fn(self) -> Callable[[RoundContext], None]:
+        return _resolve(self.run)
+
+    def chain_specs(self, cfg: Any) -> tuple[Any, ...]:
+        """The chains this probe needs rolled out for `cfg` (none without ``chains``)."""
+        if self.chains is None:
+            return ()
+        found = _resolve(self.chains)(cfg)
+        if found is None:
+            return ()
+        return tuple(found) if isinstance(found, tuple | list) else (found,)
+
+
+_REGISTRY: dict[str, ProbeSpec] = {}
+_RESOLVED: dict[str, Callable[..., Any]] = {}
+
+
+def _resolve(fn: Fn) -> Callable[..., Any]:
+    if callable(fn):
+        return fn
+    if fn not in _RESOLVED:
+        module, _, name = fn.partition(":")
+        _RESOLVED[fn] = getattr(importlib.import_module(module), name)
+    return _RESOLVED[fn]
+
+
+def register(spec: ProbeSpec) -> ProbeSpec:
+    """Add `spec` (after the built-in probes, in call order); its streams and, when it
+    brings one, its config section become known to the seeding and config modules."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"probe '{spec.name}' is already registered")
+    clash = [k for s in _REGISTRY.values() for k in s.summary if k in spec.summary]
+    if clash:
+        raise ValueError(f"probe '{spec.name}': learning-curve columns {clash} already taken")
+    for stream in spec.streams:
+        seeding.register_stream(stream)
+    if spec.config is not None:
+        if "enabled" not in spec.config.model_fields:
+            raise ValueError(f"probe '{spec.name}': its config model needs an 'enabled' field")
+        config_module.EXTRA_PROBE_SECTIONS[spec.section] = spec.config
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a probe registered with :func:`register` (tests register toy probes)."""
+    spec = _REGISTRY.pop(name)
+    if spec.config is not None:
+        config_module.EXTRA_PROBE_SECTIONS.pop(spec.section, None)
+
+
+def specs() -> tuple[ProbeSpec, ...]:
+    """Every registered probe, in order (the order of tables, rounds.csv and rounds)."""
+    return tuple(_REGISTRY.values())
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def enabled(cfg: Any) -> tuple[ProbeSpec, ...]:
+    """The probes a run of `cfg` runs (``probes.enabled`` and their section's ``enabled``)."""
+    if not cfg.probes.enabled:
+        return ()
+    return tuple(s for s in _REGISTRY.values() if cfg.probes.section(s.section).enabled)
+
+
+def summary_columns() -> tuple[str, ...]:
+    """learning_curves.csv columns filled only where a probe ran: ``probe_reason`` and
+    every probe's summary columns, in registry order."""
+    return ("probe_reason", *(c for s in _REGISTRY.values() for c in s.summary))
+
+
+def summary_source(column: str) -> tuple[str, str] | None:
+    """(probe, its column) a learning-curve summary column is copied from."""
+    for spec in _REGISTRY.values():
+        if column in spec.summary:
+            return spec.name, spec.summary[column]
+    return None
+
+
+def round_columns() -> tuple[str, ...]:
+    """probes/rounds.csv: seconds of the shared rollout, of each probe, of the round."""
+    sections = dict.fromkeys(s.section for s in _REGISTRY.values())
+    return ("iter", "reason", "rollout_s", *(f"{s}_s" for s in sections), "total_s")
+
+
+def key_series() -> tuple[tuple[str, str, str | None], ...]:
+    """(probe, column, reference column) of the report's key-probe figure."""
+    return tuple((s.name, c, r) for s in _REGISTRY.values() for c, r in s.key_series)
+
+
+# --------------------------------------------------------------------------- built-ins
+
+register(
+    ProbeSpec(
+        name="fixed_point_probe",
+        section="fixed_point",
+        run="tdlens.probes.critic:run_round",
+        streams=("probe_fixed_point",),
+        chains="tdlens.probes.common:fixed_point_chains",
+        summary={
+            "fixed_point_gap": "w_gap",
+            "fixed_point_value_gap": "value_gap",
+            "fixed_point_drift": "w_sharp_drift",
+            "fixed_point_drift_defined": "w_sharp_drift_defined",
+        },
+        key_series=(("value_gap", None), ("w_sharp_drift", "noise_floor")),
+        doc="the TD fixed point w# = A^-1 b of the probe batch and the critic's distance to it",
+    )
+)
+register(
+    ProbeSpec(
+        name="stability_probe",
+        section="stability",
+        run="tdlens.probes.critic:run_round",
+        streams=("probe_stability",),
+        chains="tdlens.probes.common:stability_chains",
+        summary={"stability_proxy": "stability_proxy"},
+        key_series=(("eig_max_real", None), ("eig_min_real", "spectral_noise")),
+        doc="the spectrum of A, the critical step and the timescales of the expected update",
+    )
+)
+register(
+    ProbeSpec(
+        name="distribution_probe",
+        section="distribution",
+        run="tdlens.probes.distribution:run_round",
+        streams=("probe_distribution",),
+        chains="tdlens.probes.common:distribution_chains",
+        summary={
+            "dist_mmd2": "mmd2",
+            "dist_mean_l2": "mean_l2",
+            "dist_action_kl": "dist_action_kl",
+            "dist_action_tv": "dist_action_tv",
+        },
+        key_series=(("mmd2", None), ("dist_action_kl", None)),
+        doc="how far the state-action distribution of mu is from pi's (MMD, KL, TV)",
+    )
+)
+register(
+    ProbeSpec(
+        name="q_kernel_probe",
+        section="q_kernel",
+        run="tdlens.probes.q_kernel:run_round",
+        summary={
+            "td_loss_from_Q": "td_loss_from_Q",
+            "td_loss_from_Q_abs_diff": "td_loss_from_Q_abs_diff",
+            "td_loss_from_Q_rel_diff": "td_loss_from_Q_rel_diff",
+        },
+        key_series=(("td_loss_from_Q_rel_diff", None),),
+        doc="the TD-error kernel Q_hat of the iteration's own trajectories",
+    )
+)
+register(
+    ProbeSpec(
+        name="rho_audit",
+        section="rho_audit",
+        run="tdlens.probes.rho_audit:run_round",
+        streams=("probe_rho_audit",),
+        chains="tdlens.probes.common:audit_chains",
+        key_series=(("rho2_mean_emp", "rho2_mean_theory"),),
+        doc="importance ratios of a fresh batch against their closed-form moments",
+    )
+)
