@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 from tdlens.config import RunConfig, load_config
 
 SMALL = [
@@ -17,3 +22,28 @@ SMALL = [
 def small_config(*overrides: str) -> RunConfig:
     """A tiny but complete run config (D=64, N=16, B=4, T=30) plus overrides."""
     return load_config(None, [*SMALL, *overrides])
+
+
+def sets(overrides: list[str]) -> list[str]:
+    """``--set`` options for each override."""
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def spawn_run(run_dir: Path, overrides: list[str]) -> subprocess.Popen:
+    """``tdlens run sanity --run-dir RUN_DIR --set ...`` in a child process."""
+    cmd = [sys.executable, "-m", "tdlens.cli", "run", "sanity", "--run-dir", str(run_dir)]
+    return subprocess.Popen(
+        [*cmd, *sets(overrides)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def wait_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until learning_curves.csv has more than `n` lines (the child still alive)."""
+    deadline = time.monotonic() + timeout
+    path = run_dir / "learning_curves.csv"
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) > n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("run did not reach the expected row count")

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from helpers import sets, spawn_run, wait_rows
 from tdlens import cli
 from tdlens.cli import app
 from tdlens.config import load_config
@@ -182,7 +183,7 @@ def test_cli_exits_1_and_says_what_a_full_disk_kept_it_from_writing(tmp_path, mo
     fault = DiskFull(r"^run_report\.md$", 1, persistent=True)
     monkeypatch.setattr(files, "_write", fault)
     d = tmp_path / "r"
-    result = runner.invoke(app, ["run", "sanity", "--run-dir", str(d), *_sets(FAST)])
+    result = runner.invoke(app, ["run", "sanity", "--run-dir", str(d), *sets(FAST)])
     assert result.exit_code == 1
     assert "status: complete" in result.output
     assert "could not write run report" in result.output and "No space left" in result.output
@@ -192,14 +193,10 @@ def test_cli_exits_1_and_says_what_a_full_disk_kept_it_from_writing(tmp_path, mo
 def test_a_fresh_run_that_cannot_write_its_config_leaves_nothing(tmp_path, monkeypatch):
     fault = DiskFull(r"^config\.json$", 1, persistent=True)
     monkeypatch.setattr(files, "_write", fault)
-    result = runner.invoke(app, ["run", "sanity", "--run-dir", str(tmp_path / "r"), *_sets(FAST)])
+    result = runner.invoke(app, ["run", "sanity", "--run-dir", str(tmp_path / "r"), *sets(FAST)])
     assert result.exit_code == 2
     assert "No space left on device" in result.output and "nothing was kept" in result.output
     assert not (tmp_path / "r").exists()
-
-
-def _sets(overrides: list[str]) -> list[str]:
-    return [a for s in overrides for a in ("--set", s)]
 
 
 def test_checkpoint_with_altered_arrays_fails_its_checksum(tmp_path):
@@ -282,7 +279,7 @@ def test_finished_run_has_no_lock_and_resume_rewrites_nothing(tmp_path):
     ],
 )
 def test_bad_paths_exit_2_with_one_line(args, message):
-    result = runner.invoke(app, [*args, *_sets(FAST)] if "--resume" not in args else args)
+    result = runner.invoke(app, [*args, *sets(FAST)] if "--resume" not in args else args)
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
@@ -310,7 +307,7 @@ def test_forced_oversized_config_fails_with_a_status_not_a_traceback(tmp_path):
             "--force",
             "--run-dir",
             str(tmp_path / "r"),
-            *_sets(["env.feature_dim=1000000000000", "probes.enabled=false"]),
+            *sets(["env.feature_dim=1000000000000", "probes.enabled=false"]),
         ],
         capture_output=True,
         text=True,
@@ -338,32 +335,13 @@ def test_unexpected_errors_are_one_line_unless_debug(monkeypatch, capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
-def _spawn(run_dir: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tdlens.cli", "run", "sanity", "--run-dir", str(run_dir)]
-    cmd += _sets([*FAST, *extra])
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_rows(run_dir: Path, n: int, proc: subprocess.Popen) -> None:
-    import time
-
-    deadline = time.monotonic() + 60
-    path = run_dir / "learning_curves.csv"
-    while time.monotonic() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) > n:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
-    raise AssertionError("run did not reach the expected row count")
-
-
 SLOW = ["outer_iters=300", "checkpoint_every=7", "env.feature_dim=256", "horizon=100"]
 
 
 def test_killed_run_is_listed_and_reported_as_crashed_and_resumes(tmp_path):
     d = tmp_path / "killed"
-    proc = _spawn(d, *SLOW)
-    _wait_rows(d, 10, proc)
+    proc = spawn_run(d, [*FAST, *SLOW])
+    wait_rows(d, 10, proc)
     assert _listed(d)["status"] == "running"  # alive: not crashed
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -384,8 +362,8 @@ def test_killed_run_is_listed_and_reported_as_crashed_and_resumes(tmp_path):
 
 def test_sighup_marks_the_run_incomplete_with_exit_129(tmp_path):
     d = tmp_path / "hup"
-    proc = _spawn(d, *SLOW)
-    _wait_rows(d, 5, proc)
+    proc = spawn_run(d, [*FAST, *SLOW])
+    wait_rows(d, 5, proc)
     proc.send_signal(signal.SIGHUP)
     proc.communicate(timeout=120)
     assert proc.returncode == 129
@@ -399,7 +377,7 @@ def test_corrupt_catalog_points_to_reindex_which_rebuilds_it(tmp_path, monkeypat
     out = tmp_path / "outputs"
     for name in ("a", "b"):
         result = runner.invoke(
-            app, ["run", "sanity", "--output-dir", str(out), "--name", name, *_sets(FAST)]
+            app, ["run", "sanity", "--output-dir", str(out), "--name", name, *sets(FAST)]
         )
         assert result.exit_code == 0, result.output
     catalog.write_bytes(b"this is not a database" * 100)

@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import spawn_run, wait_rows
 from tdlens.config import load_config
 from tdlens.rundir.files import RunFileError, TableWriter, read_csv_rows, truncate_table
 from tdlens.rundir.lock import RunLock, RunLockedError
@@ -182,39 +182,14 @@ def test_truncate_table_drops_rows_and_torn_lines(tmp_path):
     assert read_csv_rows(path)[1]["x"] == 1 / 3  # repr floats round-trip exactly
 
 
-def _spawn(run_dir: Path, *extra: str) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "tdlens.cli",
-        "run",
-        "sanity",
-        "--run-dir",
-        str(run_dir),
-        *[a for s in [*FAST, *extra] for a in ("--set", s)],
-    ]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    path = run_dir / "learning_curves.csv"
-    while time.monotonic() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) > n:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.02)
-    raise AssertionError("run did not reach the expected row count")
-
-
 SLOW = ["outer_iters=400", "checkpoint_every=7", "env.feature_dim=256", "horizon=100"]
 
 
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
     Runner(_cfg(*SLOW), tmp_path / "full").run()
     d = tmp_path / "killed"
-    proc = _spawn(d, *SLOW)
-    _wait_rows(d, 20, proc)
+    proc = spawn_run(d, [*FAST, *SLOW])
+    wait_rows(d, 20, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert json.loads((d / "status.json").read_text())["status"] == "running"
@@ -230,8 +205,8 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
 
 def test_sigint_stops_cleanly_with_exit_130(tmp_path):
     d = tmp_path / "int"
-    proc = _spawn(d, *SLOW)
-    _wait_rows(d, 5, proc)
+    proc = spawn_run(d, [*FAST, *SLOW])
+    wait_rows(d, 5, proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

@@ -357,6 +357,17 @@ def find_config(name: str, search: tuple[Path, ...] = ()) -> Path:
     raise ConfigError(f"config '{name}' does not exist (shipped configs: {names})")
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys: ``{"env": {"p_mix": 0.1}} -> {"env.p_mix": 0.1}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Load a YAML mapping with safe_load; errors name the file."""
     path = Path(path)

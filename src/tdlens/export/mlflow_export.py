@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tdlens.config import flatten
 from tdlens.export import (
     ARTIFACTS,
     ExportError,
@@ -40,16 +41,6 @@ RUN_STATUS = {
     "crashed": "FAILED",
 }
 """MLflow's status for each final tdlens status (a ``running`` run stays RUNNING)."""
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def sqlite_path(tracking_uri: str) -> Path:
@@ -107,7 +98,7 @@ def export_run(mlflow_client: Any, exp_id: str, target: Target) -> tuple[str, bo
     all_tags = {**tags(target), "tdlens_fingerprint": print_}
     created = mlflow_client.create_run(exp_id, tags=all_tags, run_name=target.run_id)
     rid = created.info.run_id
-    params = [Param(k, str(v)) for k, v in sorted(_flat(target.data.config_data).items())]
+    params = [Param(k, str(v)) for k, v in sorted(flatten(target.data.config_data).items())]
     for i in range(0, len(params), 100):
         mlflow_client.log_batch(rid, params=params[i : i + 100])
     stamp = int(time.time() * 1000)

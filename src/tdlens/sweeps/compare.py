@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tdlens.config import flatten
 from tdlens.report import kit as H
 from tdlens.report.fmt import fmt
 from tdlens.rundir.files import atomic_write_text
@@ -88,17 +89,6 @@ def load_view(path: Path) -> RunView:
         list(data.curves.rows),
         list(data.probe("fixed_point_probe").rows),
     )
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config dict -> dotted keys."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
