@@ -114,3 +114,33 @@ def test_cli_bad_address_or_retries_is_exit_2_with_nothing_written(tmp_path):
         )
         assert res.exit_code == 2 and message in res.output, res.output
         assert not out.exists()
+
+
+def test_unpack_writes_tables_then_checkpoints_then_status(tmp_path, monkeypatch):
+    """A driver killed while it writes a run's files must never hold a checkpoint ahead of
+    the rows it has: a resume from that checkpoint would skip them for good (seen once in
+    CI as a resumed sweep run missing its last probe rows)."""
+    from tdlens.sweeps import ray_backend
+
+    files = {
+        "status.json": b"{}",
+        "checkpoints/ckpt_000010.npz": b"c",
+        "learning_curves.csv": b"l",
+        "probes/stability_probe.csv": b"s",
+        "run_report.json": b"r",
+        "config.json": b"k",
+    }
+    written = []
+    real = ray_backend.atomic_write_bytes
+    monkeypatch.setattr(
+        ray_backend,
+        "atomic_write_bytes",
+        lambda path, data: (
+            written.append(path.relative_to(tmp_path).as_posix()),
+            real(path, data),
+        ),
+    )
+    ray_backend.unpack_dir(tmp_path, files)
+    assert written[-1] == "status.json"
+    assert written[-2] == "checkpoints/ckpt_000010.npz"
+    assert set(written) == set(files)

@@ -70,9 +70,12 @@ def pack_dir(folder: Path) -> dict[str, bytes]:
 
 
 def unpack_dir(folder: Path, files: dict[str, bytes]) -> None:
-    """Write `files` into `folder` atomically, status.json last, and delete stale files."""
+    """Write `files` into `folder` atomically and delete stale files: the tables first,
+    then the checkpoints, status.json last. A driver killed midway then never holds a
+    checkpoint whose rows it lacks (a resume from it would skip them for good)."""
     folder = Path(folder)
-    for rel in sorted(files, key=lambda r: r == "status.json"):
+    order = sorted(files, key=lambda r: (r == "status.json", r.startswith("checkpoints/")))
+    for rel in order:
         target = (folder / rel).resolve()
         if not target.is_relative_to(folder.resolve()):
             raise ValueError(f"refusing to write outside the run directory: {rel!r}")
