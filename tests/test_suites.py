@@ -224,3 +224,15 @@ def test_whole_suite_end_to_end(tmp_path):
     from tdlens.suites import CHECKS
 
     assert summary.count("| PASS |") == len(CHECKS) == 14 and "FAIL" not in summary
+
+
+def test_console_keeps_brackets_of_the_observed_text(tmp_path):
+    """rich read `[rho]` and `[rho^2]` as markup and dropped them (`E = 1.0119`)."""
+    from typer.testing import CliRunner
+
+    from tdlens.cli import app
+
+    args = ["sanity", "--only", "C2_fixed_behaviour", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, *(a for b in BASE for a in ("--set", b))])
+    assert result.exit_code == 0, result.output
+    assert "E[rho] = " in result.output and "E[rho^2] - theory = " in result.output

@@ -310,7 +310,8 @@ def sanity(
 
     def show(res) -> None:
         verdict = "[green]PASS[/]" if res.passed else "[bold red]FAIL[/]"
-        out.print(f"{verdict} {res.name} ({res.seconds:.1f}s): {res.observed}", highlight=False)
+        text = escape(f"{res.name} ({res.seconds:.1f}s): {res.observed}")
+        out.print(f"{verdict} {text}", highlight=False)
 
     suite = run_suite(cfg, out_dir, only=only, on_check=show)
     out.print(f"summary: {suite.out_dir / 'SUMMARY.md'}", highlight=False)

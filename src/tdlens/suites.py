@@ -235,7 +235,7 @@ def check_full_triad_short(ctx: SuiteContext) -> CheckResult:
     return CheckResult(
         "full_triad_short",
         status == "PASS",
-        f"health {status}: {health.get('reasons', [])}",
+        f"health {status}" + (f": {'; '.join(health['reasons'])}" if health.get("reasons") else ""),
         "health PASS",
         "the report's health checks",
         [run_dir],
