@@ -390,3 +390,13 @@ def test_corrupt_catalog_points_to_reindex_which_rebuilds_it(tmp_path, monkeypat
     assert rebuilt.exit_code == 0 and "2 run(s)" in rebuilt.output, rebuilt.output
     rows = sqlite3.connect(catalog).execute("SELECT name, status FROM runs").fetchall()
     assert sorted(rows) == [("a", "complete"), ("b", "complete")]
+
+
+def test_audit_uses_the_newest_checkpoint_that_verifies(tmp_path):
+    d = tmp_path / "run"
+    Runner(_cfg(), d).run()
+    newest = list_checkpoints(d)[-1]
+    newest.write_bytes(b"garbage")
+    result = runner.invoke(app, ["audit", "rho", str(d)])
+    assert result.exit_code in (0, 1), result.output  # audited, whatever its verdict
+    assert "at iteration 7" in result.output  # ckpt_000008 (after iteration 7), not the 9th

@@ -16,7 +16,7 @@ from tdlens.features import make_feature_maps
 from tdlens.learner import collect
 from tdlens.probes.rho_audit import audit_td_batch
 from tdlens.rundir.files import RunFileError
-from tdlens.runs.checkpoint import latest_checkpoint, load_checkpoint
+from tdlens.runs.checkpoint import newest_valid_checkpoint
 from tdlens.seeding import stream
 
 AUDIT_KEY = 10**9
@@ -24,13 +24,15 @@ AUDIT_KEY = 10**9
 
 
 def audit_run_rho(run_dir: str | Path) -> tuple[int, dict[str, float]]:
-    """``(iteration audited, audit row)`` for the run's latest checkpoint."""
+    """``(iteration audited, audit row)`` for the run's newest checkpoint that verifies
+    (the one a resume would use)."""
     run_dir = Path(run_dir)
     cfg = config_from_json(run_dir / "config.json")
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        raise RunFileError(f"'{run_dir}' has no checkpoint to audit")
-    ckpt = load_checkpoint(path)
+    found = newest_valid_checkpoint(run_dir, cfg.config_hash())
+    if found.checkpoint is None:
+        why = f" ({'; '.join(found.skipped)})" if found.skipped else ""
+        raise RunFileError(f"'{run_dir}' has no valid checkpoint to audit{why}")
+    ckpt = found.checkpoint
     maps = make_feature_maps(cfg)
     rng = stream(cfg.seed, "probe_rho_audit", AUDIT_KEY, 0)
     batch = collect(
