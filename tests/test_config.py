@@ -21,7 +21,7 @@ def test_defaults_validate_and_shipped_configs_load():
     assert cfg.env.feature_dim == 128 and cfg.env.actor_feature_dim == 32
     seed = load_config("configs/seed_plateau.yaml")
     assert seed.train_step_scale == pytest.approx(2.5e-05)
-    assert seed.probes.fixed_point.tol == 1e-7  # YAML 1.0e-7 is a number
+    assert seed.probes.fixed_point.tol == 1e-8  # YAML 1.0e-8 is a number
     from pathlib import Path
 
     shipped = sorted(Path("configs").glob("*.yaml"))

@@ -163,11 +163,70 @@ def create_runner(
     )
 
 
+def progress_fields(p: Progress) -> str:
+    """``iter 79 (80/80 done)``: the 0-based iteration n just finished (the ``iter`` of
+    every table) and how many of the run's iterations are done (``n + 1``)."""
+    return f"iter {p.n} ({p.n + 1}/{p.outer_iters} done)"
+
+
+def eta_seconds(elapsed: float, done: int, remaining: int) -> float | None:
+    """Seconds left at the mean time of the `done` iterations that took `elapsed` seconds:
+    ``elapsed remaining / done`` (None before the first one)."""
+    return elapsed * remaining / done if done > 0 else None
+
+
+def duration_text(seconds: float) -> str:
+    """``42s``, ``7m05s``, ``3h10m``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class PlainProgress:
+    """One line per iteration on stdout, e.g.
+    ``iter 79 (80/80 done, elapsed 1m02s, ETA 0s) td_loss=2.1e-05 w_norm=4.42895``.
+
+    The ETA is :func:`eta_seconds` over the iterations this process has run (a resumed
+    run counts from where it resumed); the clock starts when the object is made.
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self._clock = clock or time.monotonic
+        self._start = self._clock()
+        self._first: int | None = None
+
+    def __call__(self, p: Progress) -> None:
+        print(self.line(p), flush=True)
+
+    def line(self, p: Progress) -> str:
+        """The line printed for `p`."""
+        if self._first is None:
+            self._first = p.n
+        elapsed = self._clock() - self._start
+        eta = eta_seconds(elapsed, p.n - self._first + 1, p.outer_iters - p.n - 1)
+        timing = f"elapsed {duration_text(elapsed)}"
+        if eta is not None and p.n + 1 < p.outer_iters:
+            timing += f", ETA {duration_text(eta)}"
+        probe = f" probes({p.probe_reason}) {p.probe_seconds:.2f}s" if p.probe_reason else ""
+        return (
+            f"iter {p.n} ({p.n + 1}/{p.outer_iters} done, {timing}) "
+            f"td_loss={p.metrics['td_loss']:.4g} w_norm={p.metrics['w_norm']:.6g}{probe}"
+        )
+
+
 def plain_progress(p: Progress) -> None:
-    """One line per iteration on stdout: ``iter 3/80 td_loss=... w_norm=...``."""
+    """One line per iteration on stdout without timing: ``iter 3 (4/80 done) td_loss=...``
+    (:class:`PlainProgress` adds the elapsed time and the ETA)."""
     probe = f" probes({p.probe_reason}) {p.probe_seconds:.2f}s" if p.probe_reason else ""
     print(
-        f"iter {p.n + 1}/{p.outer_iters} td_loss={p.metrics['td_loss']:.4g} "
+        f"{progress_fields(p)} td_loss={p.metrics['td_loss']:.4g} "
         f"w_norm={p.metrics['w_norm']:.6g}{probe}",
         flush=True,
     )
@@ -218,7 +277,7 @@ def run(
     runner = create_runner(
         cfg, run_dir, output_dir=output_dir, resume=resume, force=force, catalog=catalog
     )
-    result = execute(runner, plain_progress if progress else None)
+    result = execute(runner, PlainProgress() if progress else None)
     index_in_catalog(catalog, result.run_dir)
     return Run(result.run_dir, result)
 

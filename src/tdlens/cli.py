@@ -116,6 +116,13 @@ def run(
         bool,
         typer.Option(help="Start even when the estimated memory or disk exceeds what is free."),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the resolved config (YAML) and the memory/disk estimate; write nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Run the actor-critic with probes and write a run report."""
     from tdlens.api import create_runner
@@ -134,6 +141,8 @@ def run(
     else:
         cfg = load_cli_config(config, overrides, name)
         target = run_dir
+    if dry_run:
+        raise typer.Exit(_dry_run(cfg, target, output_dir, force))
     try:
         runner = create_runner(
             cfg,
@@ -180,36 +189,113 @@ def run(
     raise typer.Exit(code)
 
 
-def _run_with_progress(runner):
-    """tdlens.api.execute with a live progress bar (plain lines when not a terminal)."""
-    from tdlens.api import execute, plain_progress
+def _dry_run(cfg: RunConfig | None, target: Path | None, output_dir: Path, force: bool) -> int:
+    """``tdlens run --dry-run``: the resolved config as YAML on stdout (it loads back as the
+    same config), then, as YAML comments, the memory/disk estimate of
+    :mod:`tdlens.runs.budget` and where the run would go. Creates nothing. Returns the exit
+    code: 0, or 2 as a real run would (a run the budget refuses without --force; a config
+    that does not load or a directory a run could not use exit 2 at once)."""
+    import yaml
+
+    from tdlens.config import config_from_json
+    from tdlens.runs.budget import (
+        ResourceError,
+        available_memory,
+        check_resources,
+        estimate,
+        free_disk,
+        human,
+    )
+    from tdlens.runs.runner import check_creatable, default_run_dir
+
+    if cfg is None:  # --resume: the run's own config
+        assert target is not None
+        if not (target / "config.json").is_file():
+            fail(f"--resume: '{target}' is not a run directory (no config.json)")
+        try:
+            cfg = config_from_json(target / "config.json")
+        except ConfigError as exc:
+            fail(str(exc))
+        verb = "would resume"
+    else:
+        if output_dir.exists() and not output_dir.is_dir():
+            fail(f"--output-dir '{output_dir}' is a file; it must be a folder (or not exist yet)")
+        target = target or default_run_dir(output_dir, cfg.name)
+        if target.is_dir() and any(target.iterdir()):
+            fail(f"run directory '{target}' already exists; pass --resume to continue it")
+        try:
+            check_creatable(target)
+        except ValueError as exc:
+            fail(str(exc))
+        verb = "would write"
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip()
+    out.print(text, highlight=False, markup=False)
+    est = estimate(cfg)
+    memory, disk = available_memory(), free_disk(target)
+    terms = ", ".join(f"{k} {human(v)}" for k, v in est.memory_terms.items() if v)
+    lines = [
+        f"config_hash: {cfg.config_hash()}",
+        f"estimated peak memory: {human(est.peak_bytes)} ({terms})"
+        + (f" of {human(memory)} available" if memory is not None else ""),
+        f"estimated disk: {human(est.disk_bytes)}"
+        + (f" of {human(disk)} free" if disk is not None else ""),
+    ]
+    code = 0
+    try:
+        check_resources(cfg, target)
+    except ResourceError as exc:
+        verdict = "--force: would start anyway; " if force else "would be refused: "
+        lines.append(verdict + str(exc))
+        code = 0 if force else 2
+    lines.append(f"{verb}: {target} (dry run: nothing written)")
+    for line in lines:
+        out.print(f"# {line}", highlight=False, markup=False)
+    return code
+
+
+def _run_with_progress(runner, console: Console | None = None):
+    """tdlens.api.execute with a live progress bar when `console` (stdout) is a terminal,
+    else one plain line per iteration (tdlens.api.PlainProgress). Both number iterations
+    as the tables do: ``iter 79 (80/80 done)`` after the 0-based iteration 79."""
+    from tdlens.api import PlainProgress, execute
+
+    console = console or out
+    if not console.is_terminal:
+        return execute(runner, PlainProgress())
+    with Progress(*_BAR_COLUMNS, console=console, transient=False) as bar:
+        return execute(runner, _live_progress(bar, runner.cfg))
+
+
+_BAR_COLUMNS = (
+    TextColumn("[bold]{task.fields[name]}[/] {task.description}"),
+    BarColumn(),
+    MofNCompleteColumn(),
+    TextColumn("done"),
+    TimeElapsedColumn(),
+    TextColumn("ETA"),
+    TimeRemainingColumn(),
+    TextColumn("{task.fields[info]}", markup=False),
+)
+
+
+def _live_progress(bar: Progress, cfg: RunConfig):
+    """The on_progress hook that moves `bar`: ``iter n``, n + 1 of outer_iters done,
+    td_loss, w_norm and the newest probe round (its 0-based iteration, reason, seconds)."""
     from tdlens.runs.runner import Progress as RunProgress
 
-    cfg = runner.cfg
-    if not out.is_terminal:
-        return execute(runner, plain_progress)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-    )
-    with Progress(*columns, console=out, transient=False) as bar:
-        task = bar.add_task(cfg.name, total=cfg.outer_iters, info="starting")
-        last_probe = {"text": "no probe yet"}
+    task = bar.add_task("starting", total=cfg.outer_iters, name=escape(cfg.name), info="")
+    last_probe = {"text": "no probe round yet"}
 
-        def live(p: RunProgress) -> None:
-            if p.probe_reason:
-                last_probe["text"] = f"probe@{p.n} ({p.probe_reason}, {p.probe_seconds:.1f}s)"
-            info = (
-                f"td_loss {p.metrics['td_loss']:.3g}  w_norm {p.metrics['w_norm']:.5g}  "
-                f"{last_probe['text']}"
-            )
-            bar.update(task, completed=p.n + 1, info=info)
+    def live(p: RunProgress) -> None:
+        if p.probe_reason:
+            last_probe["text"] = f"probes at iter {p.n} ({p.probe_reason}, {p.probe_seconds:.1f}s)"
+        info = (
+            f"td_loss {p.metrics['td_loss']:.3g}  w_norm {p.metrics['w_norm']:.5g}  "
+            f"{last_probe['text']}"
+        )
+        bar.update(task, description=f"iter {p.n}", completed=p.n + 1, info=info)
 
-        return execute(runner, live)
+    return live
 
 
 def _catalog_warning(path: Path, error: str) -> None:
@@ -322,15 +408,34 @@ audit_app = typer.Typer(help="Audits of a finished run.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
 
+AUDIT_ROWS = (
+    ("E_mu[rho]", "rho_mean"),
+    ("E_mu[rho^2]", "rho2_mean"),
+    ("E_mu[min(rho, c)]", "clipped_mean"),
+)
+"""The rows of `tdlens audit rho`: label and rho_audit column prefix."""
+AUDIT_AGREE_Z = 1e-6
+"""|z - z_report| below which a replayed audit agrees with the report (float rounding)."""
+
+
 @audit_app.command("rho")
 def audit_rho(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Audit an independent chain instead of replaying the report's own draws.",
+        ),
+    ] = False,
 ) -> None:
-    """Importance ratios at the run's last checkpoint vs their closed forms.
+    """Importance ratios at the run's newest checkpoint vs their closed forms, beside the
+    report's own audit at that iteration.
 
-    Exits 1 when the audit fails.
+    By default the audit replays the chain the run's rho audit drew at that iteration, so
+    its numbers are the report's; --fresh draws an independent chain (a second sample:
+    its z-scores differ from the report's by sampling noise). Exits 1 when the audit fails.
     """
-    from rich.markup import escape
     from rich.table import Table
 
     from tdlens.rundir.files import RunFileError
@@ -339,48 +444,71 @@ def audit_rho(
     if not (run_dir / "config.json").is_file():
         fail(f"'{run_dir}' is not a run directory (no config.json)")
     try:
-        n, row = audit_run_rho(run_dir)
+        res = audit_run_rho(run_dir, "fresh" if fresh else "replay")
     except (RunFileError, ConfigError) as exc:
         fail(str(exc))
-    table = Table(title=f"rho audit of {run_dir} at iteration {n}")
-    table.add_column("quantity")
-    table.add_column("empirical", justify="right")
-    table.add_column("theory", justify="right")
-    table.add_column("z", justify="right")
-    for label, key in (
-        ("E_mu[rho]", "rho_mean"),
-        ("E_mu[rho^2]", "rho2_mean"),
-        ("E_mu[min(rho, c)]", "clipped_mean"),
-    ):
-        table.add_row(
+    n, row, rep = res.n, res.row, res.report_row or {}
+    nan = float("nan")
+    table = Table(title=escape(f"rho audit of {run_dir} at iteration {n} ({res.draws} draws)"))
+    for header in ("quantity", "empirical", "theory", "z"):
+        table.add_column(header, justify="left" if header == "quantity" else "right")
+    if res.report_row is not None:
+        table.add_column(escape(f"report z (iter {res.report_iter})"), justify="right")
+    for label, key in AUDIT_ROWS:
+        cells = [
             escape(label),
-            f"{row.get(key + '_emp', float('nan')):.4g}",
-            f"{row.get(key + '_theory', float('nan')):.4g}",
-            f"{row.get(key + '_z', float('nan')):.3g}",
-        )
-    table.add_row(
-        "max rho",
-        f"{row.get('rho_max_emp', float('nan')):.4g}",
-        f"<= {row.get('rho_sup_theory', float('nan')):.4g}",
-        "",
-    )
+            f"{row.get(key + '_emp', nan):.4g}",
+            f"{row.get(key + '_theory', nan):.4g}",
+            f"{row.get(key + '_z', nan):.3g}",
+        ]
+        if res.report_row is not None:
+            cells.append(f"{rep.get(key + '_z', nan):.3g}")
+        table.add_row(*cells)
+    sup = ["max rho", f"{row.get('rho_max_emp', nan):.4g}"]
+    sup += [f"<= {row.get('rho_sup_theory', nan):.4g}", ""]
+    table.add_row(*sup, *([""] if res.report_row is not None else []))
     out.print(table)
     passed = bool(row.get("passed", 0))
     reliable = bool(row.get("reliable", 1))
-    verdict = "PASS" if passed else "FAIL"
     note = "" if reliable else " (some z-scores unreliable: infinite variance)"
     out.print(
-        f"verdict: {verdict}: max |z| = {row.get('max_abs_z', float('nan')):.3g} vs "
-        f"{cfg_threshold(run_dir)}{note}, n = {int(row.get('n', 0))}",
+        f"verdict: {'PASS' if passed else 'FAIL'}: max |z| = {row.get('max_abs_z', nan):.3g} "
+        f"vs {row.get('z_threshold', nan):.3g}{note}, n = {int(row.get('n', 0))}",
         highlight=False,
+        markup=False,
     )
+    out.print(_audit_comparison(res), highlight=False, markup=False)
     raise typer.Exit(0 if passed else 1)
 
 
-def cfg_threshold(run_dir: Path) -> float:
-    from tdlens.config import config_from_json
-
-    return config_from_json(run_dir / "config.json").probes.rho_audit.z_threshold
+def _audit_comparison(res) -> str:
+    """One line saying whether the audit and the report's audit agree, and why not."""
+    if res.report_row is None:
+        return (
+            f"report: the run has no rho audit up to iteration {res.n} "
+            "(probes.rho_audit disabled or no probe round ran); nothing to compare"
+        )
+    if res.report_iter != res.n:
+        return (
+            f"report: its newest rho audit is at iteration {res.report_iter}, before the "
+            f"checkpoint's iteration {res.n}: other parameters, so other numbers"
+        )
+    gaps = [
+        abs(res.row.get(k + "_z", 0.0) - res.report_row.get(k + "_z", 0.0)) for _, k in AUDIT_ROWS
+    ]
+    gap = max((g for g in gaps if g == g), default=0.0)
+    if res.same_sample:
+        how = "agree" if gap <= AUDIT_AGREE_Z else f"DIFFER (max |z - z_report| = {gap:.3g})"
+        return (
+            f"report: same iteration, same parameters, same draws (the report's own chain "
+            f"replayed): the z-scores {how}"
+        )
+    return (
+        f"report: same iteration and parameters but an independent chain (--fresh): both "
+        f"z are N(0, 1) draws, so they differ by sampling noise (sd of the difference "
+        f"~1.4; here max |z - z_report| = {gap:.3g}); without --fresh the audit replays "
+        "the report's draws"
+    )
 
 
 def _register_sweep_commands() -> None:

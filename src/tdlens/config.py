@@ -72,7 +72,11 @@ class FixedPointConfig(_Frozen):
     solver: Literal["direct", "iterate"] = "direct"
     ridge: float = Field(1e-3, ge=0)
     max_iters: int = Field(2000, ge=1)
-    tol: float = Field(1e-7, gt=0)
+    tol: float = Field(1e-8, gt=0)
+    """The solver's stopping tolerance, used as given (the table's ``tol`` column): direct,
+    the relative residual ``||M w# - rhs|| / ||rhs||`` at which iterative refinement stops
+    (also for the two half-batch solves of the noise floor); iterate, the relative step
+    ``||step|| / ||w||``."""
 
 
 class StabilityConfig(_Frozen):

@@ -175,7 +175,7 @@ class Runner:
         else:
             if cfg is None:
                 raise ValueError("a config is needed for a new run")
-            _check_creatable(self.run_dir)
+            check_creatable(self.run_dir)
             if self.run_dir.is_dir() and any(self.run_dir.iterdir()):
                 raise RunDirError(
                     f"run directory '{self.run_dir}' already exists; pass --resume to continue "
@@ -502,7 +502,7 @@ class Runner:
             return []
 
 
-def _check_creatable(run_dir: Path) -> None:
+def check_creatable(run_dir: Path) -> None:
     """Raise RunDirError unless `run_dir` is a folder or can be made (nothing is made)."""
     for folder in (run_dir, *run_dir.parents):
         if folder.exists():

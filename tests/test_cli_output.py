@@ -1,0 +1,206 @@
+"""What the command line prints (issue 15): progress with one iteration numbering, the
+dry run, the rho audit beside the report's, the fixed-point tol actually used."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import yaml
+from rich.console import Console
+from typer.testing import CliRunner
+
+from helpers import small_config
+from tdlens import cli
+from tdlens.api import PlainProgress, create_runner, duration_text, eta_seconds
+from tdlens.cli import app
+from tdlens.config import parse_config
+from tdlens.rundir.read import load_run
+from tdlens.runs.runner import Progress
+
+runner = CliRunner()
+TINY = ["--set", "env.feature_dim=32", "--set", "env.actor_feature_dim=8", "--set", "outer_iters=2"]
+QUIET = [*TINY, "--set", "probes.enabled=false"]
+
+
+class FakeClock:
+    """A clock that returns the times it is given, in order."""
+
+    def __init__(self, *times: float) -> None:
+        self.times = list(times)
+
+    def __call__(self) -> float:
+        return self.times.pop(0)
+
+
+def _progress(n: int, total: int, reason: str | None = None) -> Progress:
+    return Progress(n, total, {"td_loss": 2.5e-5, "w_norm": 4.42895}, reason, 0.25)
+
+
+def test_plain_progress_numbers_iterations_as_the_tables_and_gives_an_eta():
+    """Hand values: started at t=100; iteration 0 done at t=110 (10 s each), 79 left:
+    ETA 790 s = 13m10s. Iteration 79 of 80 is the last: no ETA."""
+    lines = PlainProgress(FakeClock(100.0, 110.0, 900.0))
+    first = lines.line(_progress(0, 80))
+    assert first.startswith("iter 0 (1/80 done, elapsed 10s, ETA 13m10s) td_loss=2.5e-05")
+    last = lines.line(_progress(79, 80, "last"))
+    assert last.startswith("iter 79 (80/80 done, elapsed 13m20s) ")
+    assert last.endswith("w_norm=4.42895 probes(last) 0.25s") and "ETA" not in last
+
+
+def test_plain_progress_eta_of_a_resumed_run_counts_only_its_own_iterations():
+    """Resumed at iteration 40 of 80: iterations 40 and 41 took 20 s, 80 - 42 = 38 remain:
+    ETA 20 * 38 / 2 = 380 s = 6m20s."""
+    lines = PlainProgress(FakeClock(0.0, 10.0, 20.0))
+    lines.line(_progress(40, 80))
+    assert "(42/80 done, elapsed 20s, ETA 6m20s)" in lines.line(_progress(41, 80))
+    assert eta_seconds(20.0, 2, 37) == 370.0 and eta_seconds(5.0, 0, 3) is None
+    assert [duration_text(s) for s in (0.4, 59.6, 61, 3600 * 3 + 600)] == [
+        "0s",
+        "1m00s",
+        "1m01s",
+        "3h10m",
+    ]
+
+
+def test_run_not_on_a_terminal_prints_plain_zero_based_lines(tmp_path):
+    res = runner.invoke(app, ["run", "sanity", *QUIET, "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("iter ")]
+    assert [ln.split(" (")[0] for ln in lines] == ["iter 0", "iter 1"]
+    assert "(2/2 done, elapsed" in lines[1] and "ETA" in lines[0]
+    curves = load_run(tmp_path / "r").curves
+    assert list(curves.values("iter")) == [0.0, 1.0]  # the same numbering as the table
+
+
+def test_run_on_a_terminal_shows_a_live_bar(tmp_path):
+    """The bar (rich, forced to a terminal): iteration, n of N done, ETA, td_loss, w_norm
+    and the newest probe round, numbered as the tables."""
+    cfg = small_config("outer_iters=2", "probes.every=1", "probes.distribution.enabled=false")
+    r = create_runner(cfg, tmp_path / "r")
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=220, color_system=None)
+    result = cli._run_with_progress(r, console)
+    assert result.status == "complete"
+    text = buf.getvalue()
+    for part in ("iter 1", "2/2", "done", "ETA", "td_loss", "w_norm", "probes at iter 1 (last"):
+        assert part in text, part
+    assert "iter 2 " not in text and "probe@" not in text
+
+
+def test_dry_run_prints_the_resolved_config_and_estimate_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out_dir = tmp_path / "runs"
+    res = runner.invoke(
+        app, ["run", "sanity", "--dry-run", "--set", "alpha_w=0.3", "--output-dir", str(out_dir)]
+    )
+    assert res.exit_code == 0, res.output
+    assert list(tmp_path.iterdir()) == []  # no run folder, no catalog, nothing
+    printed = yaml.safe_load(res.output)  # the estimate lines are YAML comments
+    cfg = parse_config(printed)
+    assert cfg.alpha_w == 0.3 and cfg.name == "sanity"
+    assert f"# config_hash: {cfg.config_hash()}" in res.output
+    assert "# estimated peak memory: " in res.output and "# estimated disk: " in res.output
+    assert "# would write: " in res.output and "(dry run: nothing written)" in res.output
+    res = runner.invoke(app, ["run", "sanity", "--dry-run", "--set", "gama=0.5"])
+    assert res.exit_code == 2 and "gama" in res.output
+    res = runner.invoke(app, ["run", "sanity", "--dry-run", "--set", "env.feature_dim=10000000"])
+    assert res.exit_code == 2 and "would be refused" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dry_run_of_an_existing_or_resumed_run(tmp_path):
+    d = tmp_path / "r"
+    assert runner.invoke(app, ["run", "sanity", *QUIET, "--run-dir", str(d)]).exit_code == 0
+    before = sorted(p.name for p in d.rglob("*"))
+    res = runner.invoke(app, ["run", "sanity", "--dry-run", "--run-dir", str(d)])
+    assert res.exit_code == 2 and "already exists" in res.output
+    res = runner.invoke(app, ["run", str(d), "--resume", "--dry-run"])
+    assert res.exit_code == 0 and f"# would resume: {d}" in res.output
+    assert sorted(p.name for p in d.rglob("*")) == before
+
+
+@pytest.fixture(scope="module")
+def audited_run(tmp_path_factory):
+    """A 3-iteration run whose rho audit ran at iterations 1 and 2 (every 2 + last)."""
+    d = tmp_path_factory.mktemp("audit") / "r"
+    args = ["run", "sanity", "--run-dir", str(d), "--catalog", str(d.parent / "c.sqlite")]
+    args += ["--set", "outer_iters=3", "--set", "probes.every=2"]
+    args += ["--set", "env.feature_dim=32", "--set", "env.actor_feature_dim=8"]
+    for probe in ("fixed_point", "stability", "distribution", "q_kernel"):
+        args += ["--set", f"probes.{probe}.enabled=false"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return d
+
+
+def test_audit_rho_replays_the_reports_draws_and_agrees(audited_run):
+    """Same iteration, parameters and chain as the run's own last audit: every column of
+    the report's row (probes/rho_audit.csv, as the report shows it) is reproduced."""
+    from tdlens.runs.audit import audit_run_rho
+
+    res = audit_run_rho(audited_run)
+    assert res.n == 2 and res.report_iter == 2 and res.same_sample
+    for key, value in res.row.items():
+        assert res.report_row[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    report = load_run(audited_run).report["probe_metrics"]["rho_audit"]["metrics"]
+    assert report["rho_mean_z"]["last"] == pytest.approx(res.row["rho_mean_z"], abs=1e-9)
+    out = runner.invoke(app, ["audit", "rho", str(audited_run)])
+    assert out.exit_code == 0, out.output
+    assert "at iteration 2 (replay draws)" in out.output and "report z (iter 2)" in out.output
+    assert "same draws" in out.output and "the z-scores agree" in out.output
+
+
+def test_audit_rho_fresh_draws_say_why_they_differ(audited_run):
+    """An independent chain: other ratios, so other z (sampling noise), and it says so."""
+    from tdlens.runs.audit import audit_run_rho
+
+    res = audit_run_rho(audited_run, "fresh")
+    assert res.n == 2 and not res.same_sample
+    assert res.row["rho_mean_emp"] != res.report_row["rho_mean_emp"]
+    out = runner.invoke(app, ["audit", "rho", str(audited_run), "--fresh"])
+    assert out.exit_code == 0, out.output
+    assert "(fresh draws)" in out.output and "independent chain" in out.output
+    gap = abs(res.row["rho_mean_z"] - res.report_row["rho_mean_z"])
+    assert f"{gap:.3g}" in out.output or "max |z - z_report|" in out.output
+
+
+def test_audit_rho_of_a_run_without_audit_rows_says_so(tmp_path):
+    d = tmp_path / "r"
+    assert runner.invoke(app, ["run", "sanity", *QUIET, "--run-dir", str(d)]).exit_code == 0
+    res = runner.invoke(app, ["audit", "rho", str(d)])
+    assert res.exit_code == 0, res.output
+    assert "no rho audit up to iteration 1" in res.output and "report z" not in res.output
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-11])
+def test_fixed_point_tol_is_the_configs(tmp_path, tol):
+    """The direct solver refines to the config's tol and reports that tol: at 1e-3 the
+    float64 LU's first solve already meets it (num_iters 1); at 1e-11 the residual is
+    below 1e-11, beyond the former fixed 1e-8."""
+    cfg = small_config(
+        "outer_iters=1",
+        f"probes.fixed_point.tol={tol}",
+        "probes.distribution.enabled=false",
+        "probes.q_kernel.enabled=false",
+        "probes.rho_audit.enabled=false",
+    )
+    assert cfg.probes.fixed_point.solver == "direct"
+    create_runner(cfg, tmp_path / "r").run()
+    table = load_run(tmp_path / "r").probe("fixed_point_probe")
+    assert table.last("tol") == tol
+    assert table.last("residual") <= tol and table.last("converged") == 1.0
+    if tol == 1e-3:
+        assert table.last("num_iters") == 1.0
+    assert not math.isnan(table.last("value_noise_floor"))
+
+
+def test_shipped_configs_use_the_default_tol_the_solver_used_before():
+    """Every shipped config's fixed-point tol is 1e-8, the residual the direct solver
+    refined to before tol was honoured, so their probe numbers did not change."""
+    from tdlens.api import load_run_config
+    from tdlens.config import shipped_configs
+
+    for path in sorted(shipped_configs().glob("*.yaml")):
+        assert load_run_config(path.stem).probes.fixed_point.tol == 1e-8, path.name
