@@ -1,0 +1,161 @@
+"""docs/metrics.md names every column tdlens writes (issue 15).
+
+Runs every shipped config, shrunk to two iterations with small batches (the columns do
+not depend on the sizes, only on which probes run), plus a small sweep (its summary
+tables, sweep.json and the catalog), then walks every column of every table they wrote
+and looks it up in the glossary. Columns other engineers add later are found the same
+way: nothing here lists columns.
+
+A name counts as documented when it is an entry of a glossary table's first cell (split
+at commas and "and") or appears in backticks; ``<x>`` in an entry stands for any word
+(``<m>_iqm`` documents ``td_loss_iqm``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tdlens.api import load_run_config
+from tdlens.cli import app
+from tdlens.config import shipped_configs
+from tdlens.runs.runner import Runner
+
+GLOSSARY = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+SHRINK = [
+    "outer_iters=2",
+    "trajectories=2",
+    "horizon=20",
+    "env.feature_dim=32",
+    "env.actor_feature_dim=8",
+    "probes.every=1",
+    "probes.fixed_point.batch_size=64",
+    "probes.stability.batch_size=64",
+    "probes.stability.k_mc=2",
+    "probes.stability.power_iters=5",
+    "probes.distribution.num_samples=32",
+    "probes.distribution.action_samples=4",
+    "probes.distribution.permutations=10",
+    "probes.distribution.mmd_bandwidth_samples=32",
+    "probes.q_kernel.cache_batch_size=2",
+    "probes.q_kernel.max_horizon=20",
+    "probes.rho_audit.batch_size=64",
+    "checkpoint_every=1",
+]
+"""Overrides that make any shipped config a two-iteration run of a second or less."""
+NAME = re.compile(r"[A-Za-z_][\w.]*(?:<\w+>[\w.]*)*|<\w+>[\w.]*(?:<\w+>[\w.]*)*")
+
+
+def glossary_entries(text: str) -> tuple[set[str], list[re.Pattern[str]]]:
+    """The names the glossary documents: exact names and ``<x>`` templates as patterns."""
+    candidates: list[str] = re.findall(r"`([^`\n]+)`", text)
+    for line in text.splitlines():
+        if line.startswith("|") and not line.startswith("| ---"):
+            first = line.split("|")[1].replace("`", "")
+            candidates += re.split(r",|\band\b", first)
+    names, patterns = set(), []
+    for raw in candidates:
+        token = raw.strip()
+        if not NAME.fullmatch(token):
+            continue
+        if "<" in token:
+            parts = re.split(r"<\w+>", token)
+            patterns.append(re.compile(r"\w+".join(map(re.escape, parts))))
+        else:
+            names.add(token)
+    return names, patterns
+
+
+def documented(name: str, entries: tuple[set[str], list[re.Pattern[str]]]) -> bool:
+    names, patterns = entries
+    return name in names or any(p.fullmatch(name) for p in patterns)
+
+
+def test_glossary_entries_are_parsed_as_documented():
+    """The parser on a hand-made glossary: table entries, backticks and templates count;
+    a word that only appears in prose does not."""
+    text = (
+        "| column | formula |\n| --- | --- |\n| a_x, b_y and c_z | `d_w` in a formula |\n"
+        "prose mentions e_v; `<m>_iqm` per metric; `||w - w#||` is no name\n"
+    )
+    entries = glossary_entries(text)
+    assert all(documented(n, entries) for n in ("a_x", "b_y", "c_z", "d_w", "td_loss_iqm"))
+    assert not any(documented(n, entries) for n in ("e_v", "column_x", "iqm"))
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as fh:
+        return fh.readline().strip().split(",")
+
+
+def _jsonl_keys(path: Path) -> set[str]:
+    return {k for line in path.read_text().splitlines() if line for k in json.loads(line)}
+
+
+def _run_tables(run_dir: Path) -> dict[str, list[str]]:
+    """Every table of a run directory: its CSV headers, rounds.jsonl and status.json keys."""
+    tables = {"learning_curves.csv": _csv_header(run_dir / "learning_curves.csv")}
+    for path in sorted((run_dir / "probes").glob("*.csv")):
+        tables[f"probes/{path.name}"] = _csv_header(path)
+    rounds = run_dir / "probes" / "rounds.jsonl"
+    if rounds.exists():
+        tables["probes/rounds.jsonl"] = sorted(_jsonl_keys(rounds))
+    tables["status.json"] = list(json.loads((run_dir / "status.json").read_text()))
+    return tables
+
+
+@pytest.fixture(scope="module")
+def written_tables(tmp_path_factory) -> dict[str, list[str]]:
+    """{where: columns} over the shrunk shipped configs, a sweep and its catalog."""
+    root = tmp_path_factory.mktemp("glossary")
+    found: dict[str, list[str]] = {}
+    configs = sorted(p.stem for p in shipped_configs().glob("*.yaml"))
+    assert len(configs) >= 7
+    for name in configs:
+        Runner(load_run_config(name, SHRINK), root / name).run()
+        for table, columns in _run_tables(root / name).items():
+            found[f"{name}: {table}"] = columns
+    catalog = root / "catalog.sqlite"
+    args = ["sweep", "--base", "sanity", "--grid", "alpha_w=0.1,0.2", "--jobs", "1"]
+    args += ["--output-dir", str(root / "sweeps"), "--catalog", str(catalog)]
+    args += [a for o in SHRINK for a in ("--set", o)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    (sweep_dir,) = (root / "sweeps").iterdir()
+    axes = {a["key"] for a in json.loads((sweep_dir / "plan.json").read_text())["axes"]}
+    for table in ("summary.csv", "summary_configs.csv"):
+        # the swept axes' columns are config keys (docs/model.md), not metrics
+        found[f"sweep: {table}"] = [c for c in _csv_header(sweep_dir / table) if c not in axes]
+    found["sweep: sweep.json"] = list(json.loads((sweep_dir / "sweep.json").read_text()))
+    run_dirs = sorted((sweep_dir / "runs").iterdir())
+    assert len(run_dirs) == 2
+    for table, columns in _run_tables(run_dirs[0]).items():
+        found[f"sweep run: {table}"] = columns
+    with sqlite3.connect(catalog) as db:
+        for table in ("runs", "sweeps"):
+            rows = db.execute(f"PRAGMA table_info({table})").fetchall()
+            found[f"catalog: {table}"] = [r[1] for r in rows]
+    return found
+
+
+def test_every_column_written_is_in_the_glossary(written_tables):
+    entries = glossary_entries(GLOSSARY.read_text())
+    assert "learning_curves.csv" in " ".join(written_tables)
+    assert any(k.endswith("probes/rounds.csv") for k in written_tables)
+    missing = {
+        where: [c for c in columns if not documented(c, entries)]
+        for where, columns in written_tables.items()
+    }
+    missing = {where: cols for where, cols in missing.items() if cols}
+    assert not missing, f"columns not in docs/metrics.md: {missing}"
+
+
+def test_the_glossary_states_the_iteration_numbering_and_the_shared_draws():
+    text = GLOSSARY.read_text()
+    assert "0-based" in text and "iter 79 (80/80 done)" in text
+    assert "common random numbers" in text.lower() and "min = max" in text
