@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -20,6 +24,7 @@ from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Progress
 
 runner = CliRunner()
+SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = ["--set", "env.feature_dim=32", "--set", "env.actor_feature_dim=8", "--set", "outer_iters=2"]
 QUIET = [*TINY, "--set", "probes.enabled=false"]
 
@@ -124,7 +129,7 @@ def test_dry_run_of_an_existing_or_resumed_run(tmp_path):
 @pytest.fixture(scope="module")
 def audited_run(tmp_path_factory):
     """A 3-iteration run whose rho audit ran at iterations 1 and 2 (every 2 + last)."""
-    d = tmp_path_factory.mktemp("audit") / "r"
+    d = tmp_path_factory.mktemp("audit") / "alpha_w0.1_seed0-278ca7614994_a_long_run_name"
     args = ["run", "sanity", "--run-dir", str(d), "--catalog", str(d.parent / "c.sqlite")]
     args += ["--set", "outer_iters=3", "--set", "probes.every=2"]
     args += ["--set", "env.feature_dim=32", "--set", "env.actor_feature_dim=8"]
@@ -204,3 +209,40 @@ def test_shipped_configs_use_the_default_tol_the_solver_used_before():
 
     for path in sorted(shipped_configs().glob("*.yaml")):
         assert load_run_config(path.stem).probes.fixed_point.tol == 1e-8, path.name
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_runs_list_never_wraps_ids_in_a_narrow_terminal(audited_run, columns):
+    """COLUMNS < 120: the table drops its least useful columns (and says which) instead of
+    folding a 45-character id into shards; csv and json keep every column. At 60 even
+    the columns that always stay are wider: they are shown whole, never folded."""
+    env = {**os.environ, "COLUMNS": str(columns), "PYTHONPATH": str(SRC)}
+    cmd = [sys.executable, "-m", "tdlens.cli", "runs", "list"]
+    cmd += ["--catalog", str(audited_run.parent / "c.sqlite")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    run_id = audited_run.name
+    assert len(run_id) == 45
+    lines = res.stdout.splitlines()
+    assert any(run_id in line for line in lines), res.stdout
+    table = [line for line in lines if "│" in line or "┃" in line]
+    if columns >= 80:
+        assert all(len(line) <= columns for line in table)
+    else:  # id, status and regime alone need 69: wider than the terminal, still whole
+        assert "status" in table[0] and "regime" in table[0] and "health" not in table[0]
+    if columns < 100:
+        assert "hidden to fit" in res.stdout and "--format csv" in res.stdout
+    for fmt in ("csv", "json"):
+        res = runner.invoke(app, [*cmd[3:], "--format", fmt])
+        assert res.exit_code == 0 and run_id in res.output and "seconds" in res.output
+
+
+def test_fit_columns_drops_in_order_until_the_table_fits():
+    """Hand widths: id 10 + 3, a 5 + 3, seconds 7 + 3, plus 1 = 32 characters."""
+    from tdlens.sweeps.commands import fit_columns, table_width
+
+    cells = [{"id": "x" * 10, "a": "12345", "seconds": "1"}]
+    assert table_width(cells, ["id", "a", "seconds"]) == 32
+    assert fit_columns(cells, ["id", "a", "seconds"], 32) == ["id", "a", "seconds"]
+    assert fit_columns(cells, ["id", "a", "seconds"], 31) == ["id", "a"]
+    assert fit_columns(cells, ["id", "a", "seconds"], 5) == ["id", "a"]  # never id, never a

@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tdlens.config import ConfigError
@@ -379,14 +381,48 @@ def runs_list(
         writer.writerow(columns)
         writer.writerows([row.get(c) for c in columns] for row in shown)
         return
+    cells = [{c: _fmt(row.get(c)) for c in cat.LIST_COLUMNS} for row in shown]
+    fitted = fit_columns(cells, cat.LIST_COLUMNS, out.width)
     table = Table(title=f"{len(rows)} run(s)")
-    for col in cat.LIST_COLUMNS:
-        table.add_column(col, overflow="fold")
-    for row in shown:
-        table.add_row(*[_fmt(row.get(c)) for c in cat.LIST_COLUMNS])
-    out.print(table)
+    for col in fitted:
+        widest = max(len(col), *(len(r[col]) for r in cells))
+        table.add_column(escape(col), no_wrap=True, min_width=widest)
+    for row in cells:
+        table.add_row(*[escape(row[c]) for c in fitted])
+    out.print(table, crop=False)
+    hidden = [c for c in cat.LIST_COLUMNS if c not in fitted]
+    if hidden:
+        out.print(
+            f"({', '.join(hidden)} hidden to fit {out.width} columns; --format csv or json "
+            "shows every column)",
+            highlight=False,
+            markup=False,
+        )
     if len(shown) < len(rows):
         out.print(f"({len(rows) - len(shown)} more; --limit 0 shows all)", highlight=False)
+
+
+LIST_HIDE_ORDER = ("seconds", "sweep", "iters", "value_gap", "w_norm", "td_loss", "health")
+"""Columns `tdlens runs list` hides first, in this order, when the terminal is too narrow
+(id, status and regime always stay)."""
+
+
+def table_width(cells: Sequence[dict[str, str]], columns: Sequence[str]) -> int:
+    """Characters a rich box table needs to show `columns` unwrapped: per column its widest
+    cell or header plus 2 of padding and 1 of border, plus the closing border."""
+    return 1 + sum(max(len(c), *(len(r[c]) for r in cells)) + 3 for c in columns)
+
+
+def fit_columns(cells: Sequence[dict[str, str]], columns: Sequence[str], width: int) -> list[str]:
+    """`columns` minus those of LIST_HIDE_ORDER, dropped in order, until the table fits in
+    `width`; nothing is ever wrapped (an id is one piece even when it alone is wider)."""
+    kept = list(columns)
+    for name in LIST_HIDE_ORDER:
+        if table_width(cells, kept) <= width:
+            break
+        if name in kept:
+            kept.remove(name)
+    return kept
 
 
 def _observed(row: dict[str, Any]) -> dict[str, Any]:
