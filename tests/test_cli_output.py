@@ -246,3 +246,59 @@ def test_fit_columns_drops_in_order_until_the_table_fits():
     assert fit_columns(cells, ["id", "a", "seconds"], 32) == ["id", "a", "seconds"]
     assert fit_columns(cells, ["id", "a", "seconds"], 31) == ["id", "a"]
     assert fit_columns(cells, ["id", "a", "seconds"], 5) == ["id", "a"]  # never id, never a
+
+
+def test_gif_frame_has_a_legend_naming_every_mark_and_a_caption(tmp_path):
+    """The artists of a frame before it is rasterised: one legend entry per kind of mark
+    draw_state makes (in its colours), and a caption with config, step and policy."""
+    import numpy as np
+    from matplotlib.colors import to_rgb
+
+    from tdlens.render import FRAME_PX, frame_figure
+    from tdlens.torus.draw import ADVENTURER_COLOUR, GHOST_COLOUR
+    from tdlens.torus.dynamics import reset_from_uniforms, reset_width
+
+    cfg = small_config("name=giffy", "sigma_mu=0.3")
+    u = np.random.default_rng(0).random((1, reset_width(cfg.env.num_goblets)))
+    state = reset_from_uniforms(u, cfg.env)
+    fig = frame_figure(state, cfg, np.array([0.1, 0.0]), 3, 5)
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == [
+        "adventurer (agent)",
+        "action a_t",
+        "ghost",
+        f"catch radius {cfg.env.eps_catch:g}",
+        "goblet, type +1",
+        "goblet, type -1",
+    ]
+    colours = [to_rgb(h.get_color()) for h in legend.legend_handles]
+    assert colours[0] == to_rgb(ADVENTURER_COLOUR) and colours[2] == to_rgb(GHOST_COLOUR)
+    (caption,) = [t.get_text() for t in fig.texts]
+    assert caption.startswith("giffy (seed 0) | step 3/5 |")
+    assert "policy: behaviour mu at initialisation" in caption and "sigma_mu 0.3" in caption
+    assert fig.get_size_inches().tolist() == [FRAME_PX[0] / 100, FRAME_PX[1] / 100]
+
+
+def test_rendered_gif_shows_the_legend_beside_the_torus(tmp_path):
+    """Pixel check of a written GIF: right of the torus (which ends at 52% of the width),
+    where only the legend is drawn, there are adventurer-blue and ghost-purple pixels;
+    the caption's text darkens the bottom strip."""
+    import numpy as np
+    from matplotlib.colors import to_rgb
+    from PIL import Image
+
+    from tdlens.render import FRAME_PX
+
+    out = tmp_path / "ep.gif"
+    res = runner.invoke(app, ["render", "sanity", *TINY[:4], "--steps", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    with Image.open(out) as im:
+        assert im.size == FRAME_PX and im.n_frames == 2
+        rgb = np.asarray(im.convert("RGB"), dtype=float)
+    right = rgb[: int(0.8 * FRAME_PX[1]), int(0.535 * FRAME_PX[0]) :]
+    for colour in (to_rgb("tab:blue"), to_rgb("tab:purple")):
+        near = np.abs(right - 255 * np.array(colour)).max(axis=-1) < 40
+        assert near.sum() > 20, colour
+    dark = (rgb[int(0.85 * FRAME_PX[1]) :] < 80).all(axis=-1)  # caption text, bottom strip
+    assert dark.sum() > 100

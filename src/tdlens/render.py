@@ -1,7 +1,9 @@
 """An episode of the behaviour policy mu as an animated GIF (``tdlens render``).
 
-The pictures are :func:`tdlens.torus.draw.render_rgb`'s; this module adds the policy
-(features, initial parameters), so it sits above the learner.
+The pictures are :func:`tdlens.torus.draw.draw_state`'s, with a legend naming every
+mark (adventurer, action, ghost and its catch radius, goblets by type) and a caption
+(config, seed, step, the policy that acts); this module adds the policy (features,
+initial parameters), so it sits above the learner.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from PIL import Image
 
 from tdlens.config import RunConfig
@@ -20,9 +24,10 @@ from tdlens.learner import init_params
 from tdlens.policy import policy_mean, squash
 from tdlens.rundir.files import file_mode
 from tdlens.seeding import stream
-from tdlens.torus.draw import render_rgb
+from tdlens.torus.draw import draw_state, legend_handles
 from tdlens.torus.dynamics import (
     NORMAL_WIDTH,
+    TorusState,
     clip_action,
     observe,
     reset_from_uniforms,
@@ -40,7 +45,8 @@ def episode_frames(cfg: RunConfig, steps: int) -> list[np.ndarray]:
     uniforms ``[T, U]``. ``u_t = m_mu(s_t) + sigma_mu z_t``, ``a_t = v_max tanh(u_t)`` when
     squash_action, clipped by the environment when clip_action (SPEC 1, 3). Frame ``t``
     shows ``s_{t+1}`` with the executed ``a_t`` and the events of that transition, as
-    ``env.render()`` after a step does.
+    ``env.render()`` after a step does, plus the legend and caption of
+    :func:`frame_figure`; frames are ``FRAME_PX`` (width, height).
     """
     if steps < 1:
         raise ValueError(f"steps: must be >= 1, got {steps}")
@@ -59,8 +65,58 @@ def episode_frames(cfg: RunConfig, steps: int) -> list[np.ndarray]:
         u_t = policy_mean(theta_mu, psi_t) + cfg.sigma_mu * z_act[t]
         a_t = clip_action(squash(u_t, env.v_max) if cfg.squash_action else u_t, env)
         state = step(state, a_t, z_env[t], u_env[t], env)
-        frames.append(render_rgb(state, env, action=a_t[0], title=f"t={t + 1}"))
+        frames.append(frame_rgb(frame_figure(state, cfg, a_t[0], t + 1, steps)))
     return frames
+
+
+FRAME_PX = (560, 360)
+"""Width and height of a GIF frame: the torus, its legend beside it, the caption below."""
+_DPI = 100
+
+
+def caption(cfg: RunConfig, t: int, steps: int) -> str:
+    """The frame's caption: config, step t of `steps`, and the policy that acts.
+
+    ``"sanity (seed 0) | step 3/100 | policy: mu at initialisation (theta_mu of seed 0,
+    sigma_mu 0.3), untrained | p_mix 0.1, gamma 0.95"``, split over two lines.
+    """
+    squash = ", squashed" if cfg.squash_action else ""
+    return (
+        f"{cfg.name} (seed {cfg.seed}) | step {t}/{steps} | p_mix {cfg.env.p_mix:g}, "
+        f"gamma {cfg.gamma:g}\npolicy: behaviour mu at initialisation (theta_mu of seed "
+        f"{cfg.seed}, sigma_mu {cfg.sigma_mu:g}{squash}), untrained"
+    )
+
+
+def frame_figure(
+    state: TorusState, cfg: RunConfig, action: np.ndarray, t: int, steps: int
+) -> Figure:
+    """One GIF frame: the torus (:func:`tdlens.torus.draw.draw_state`, titled with the step
+    and the transition's events), a legend naming every mark
+    (:func:`tdlens.torus.draw.legend_handles`) and the :func:`caption`."""
+    width, height = FRAME_PX
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    side = 0.78 * height / width  # the torus axes: 78% of the height, square
+    ax = fig.add_axes((0.02, 0.16, side, 0.78))
+    draw_state(ax, state, cfg.env, action=action, title=f"t={t}")
+    fig.legend(
+        handles=legend_handles(cfg.env),
+        loc="center left",
+        bbox_to_anchor=(0.04 + side, 0.56),
+        fontsize=8,
+        frameon=False,
+        handlelength=1.8,
+    )
+    fig.text(0.02, 0.02, caption(cfg, t, steps), fontsize=7, va="bottom", ha="left")
+    return fig
+
+
+def frame_rgb(fig: Figure) -> np.ndarray:
+    """A figure drawn on its Agg canvas as an ``[height, width, 3]`` uint8 RGB array."""
+    canvas = fig.canvas
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
 
 
 def render_episode_gif(cfg: RunConfig, steps: int, out_path: str | Path, fps: int = 10) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, FancyArrowPatch, Rectangle
 
 from tdlens.config import EnvConfig
@@ -26,6 +27,8 @@ from tdlens.torus.dynamics import TorusState
 ARROW_FRACTION = 0.15
 DEFAULT_SIZE_PX = 256
 _DPI = 100
+ADVENTURER_COLOUR = "tab:blue"
+GHOST_COLOUR = "tab:purple"
 _GOBLET_COLOURS = {1.0: "tab:green", -1.0: "tab:red"}
 
 
@@ -76,10 +79,10 @@ def draw_state(
         colour = _GOBLET_COLOURS.get(float(kind), "tab:gray")
         _add_wrapped_circle(ax, pos, max(env.eps_pick, 0.01 * L), L, color=colour, alpha=0.8)
     x_g = state.x_g[index]
-    _add_wrapped_circle(ax, x_g, env.eps_catch, L, fill=False, ls="--", color="tab:purple")
-    ax.plot(*x_g, "o", color="tab:purple", ms=9)
+    _add_wrapped_circle(ax, x_g, env.eps_catch, L, fill=False, ls="--", color=GHOST_COLOUR)
+    ax.plot(*x_g, "o", color=GHOST_COLOUR, ms=9)
     x_a = state.x_a[index]
-    ax.plot(*x_a, "o", color="tab:blue", ms=9)
+    ax.plot(*x_a, "o", color=ADVENTURER_COLOUR, ms=9)
     if action is not None:
         arrow = np.asarray(action, dtype=np.float64).reshape(2) * (ARROW_FRACTION * L / env.v_max)
         if np.all(np.isfinite(arrow)) and np.hypot(*arrow) > 0:
@@ -89,12 +92,46 @@ def draw_state(
                     tuple(x_a + arrow),
                     arrowstyle="->",
                     mutation_scale=12,
-                    color="tab:blue",
+                    color=ADVENTURER_COLOUR,
                     lw=2,
                 )
             )
     text = event_text(state, index)
     ax.set_title(f"{title}: {text}" if title else text, fontsize=9)
+
+
+def legend_handles(env: EnvConfig) -> list[Line2D]:
+    """Proxy artists naming what :func:`draw_state` draws, in its own colours and markers:
+    the adventurer, its last action, the ghost with its catch radius, and the goblets by
+    type (for a legend beside the picture)."""
+    return [
+        Line2D(
+            [], [], ls="", marker="o", ms=8, color=ADVENTURER_COLOUR, label="adventurer (agent)"
+        ),
+        Line2D([], [], ls="-", lw=2, marker=">", ms=6, color=ADVENTURER_COLOUR, label="action a_t"),
+        Line2D([], [], ls="", marker="o", ms=8, color=GHOST_COLOUR, label="ghost"),
+        Line2D([], [], ls="--", color=GHOST_COLOUR, label=f"catch radius {env.eps_catch:g}"),
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="o",
+            ms=8,
+            color=_GOBLET_COLOURS[1.0],
+            alpha=0.8,
+            label="goblet, type +1",
+        ),
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="o",
+            ms=8,
+            color=_GOBLET_COLOURS[-1.0],
+            alpha=0.8,
+            label="goblet, type -1",
+        ),
+    ]
 
 
 def render_rgb(
