@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -302,3 +303,40 @@ def test_rendered_gif_shows_the_legend_beside_the_torus(tmp_path):
         assert near.sum() > 20, colour
     dark = (rgb[int(0.85 * FRAME_PX[1]) :] < 80).all(axis=-1)  # caption text, bottom strip
     assert dark.sum() > 100
+
+
+RAW_REPR = re.compile(r"\d\.\d{7,}|'")
+"""A float printed with more than 6 decimals, or a quoted list item."""
+
+
+def test_sanity_summary_markdown_keeps_pipes_inside_cells(tmp_path):
+    """SUMMARY.md turned `|measured - predicted|` into `/measured - predicted/`; escaped as
+    `\\|` the table keeps its 5 columns and GitHub/MkDocs show the text as written."""
+    from tdlens.suites import CheckResult, SuiteResult, markdown_cell, write_summary
+
+    assert markdown_cell("max |a - b| 0.01\nnext") == "max \\|a - b\\| 0.01 next"
+    observed = "value_gap 0.07 -> 0.01; max |measured - predicted| 0.0109 over 7 probes"
+    check = CheckResult("learning", True, observed, "|x| small", "STATISTICAL", [])
+    write_summary(SuiteResult(tmp_path, [check]))
+    lines = (tmp_path / "SUMMARY.md").read_text().splitlines()
+    row = next(line for line in lines if line.startswith("| learning"))
+    assert "max \\|measured - predicted\\| 0.0109" in row and "/measured" not in row
+    assert len(re.findall(r"(?<!\\)\|", row)) == 6  # 5 cells
+
+
+@pytest.mark.parametrize("name", ["on_policy", "no_bootstrap", "fixed_pi"])
+def test_sanity_observed_texts_have_no_raw_float_reprs(tmp_path, name):
+    """The observed column said `residuals [3.22711411371696e-16, ...]`, `KL [0.0, ...]`
+    and `gap ratios ['0.64', ...]` beside 4-digit numbers: now summaries with 4 digits."""
+    from tdlens.config import load_config
+    from tdlens.suites import run_suite
+
+    probed = ["env.feature_dim=64", "env.actor_feature_dim=16", "outer_iters=3"]
+    probed += ["probes.distribution.permutations=10", "probes.distribution.num_samples=64"]
+    check = run_suite(load_config("configs/sanity.yaml", probed), tmp_path, only=[name]).checks[0]
+    assert check.passed, check.observed
+    assert not RAW_REPR.search(check.observed), check.observed
+    assert "[0.0" not in check.observed and "health PASS: []" not in check.observed
+    if name == "no_bootstrap":
+        assert "fixed point residual at most " in check.observed
+        assert "residual <= 1e-08" in check.expected  # the config's tol, as used
