@@ -340,3 +340,23 @@ def test_sanity_observed_texts_have_no_raw_float_reprs(tmp_path, name):
     if name == "no_bootstrap":
         assert "fixed point residual at most " in check.observed
         assert "residual <= 1e-08" in check.expected  # the config's tol, as used
+
+
+def test_sweep_bar_moves_with_each_finished_run():
+    """On a terminal the sweep shows one bar: n of the runs executed done, ETA; each run's
+    own line still prints (above the bar)."""
+    from types import SimpleNamespace
+
+    from tdlens.sweeps import commands
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=160, color_system=None)
+    lines = []
+    with commands.sweep_progress_bar(console) as bar:
+        hook = commands._with_bar(bar, lambda o, done, total: lines.append((o.run_id, done)))
+        for done in (1, 2, 3):
+            hook(SimpleNamespace(run_id=f"r{done}"), done, 3)
+        (task,) = bar.tasks
+        assert (task.completed, task.total) == (3, 3)
+    assert lines == [("r1", 1), ("r2", 2), ("r3", 3)]
+    assert "3/3" in buf.getvalue() and "runs done" in buf.getvalue()

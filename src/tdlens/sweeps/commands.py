@@ -175,17 +175,62 @@ def _execute(
     from tdlens.sweeps.catalog import catalog_path
     from tdlens.sweeps.sweep import execute_sweep
 
-    return execute_sweep(
-        prepared,
-        backend=backend,
-        jobs=n_jobs,
-        address=address,
-        catalog=catalog_path(catalog),
-        on_outcome=_outcome_printer(time.monotonic()),
-        metric=metric,
-        retries=retries,
-        on_retry=_print_retry,
+    def run(on_outcome: Any) -> Any:
+        return execute_sweep(
+            prepared,
+            backend=backend,
+            jobs=n_jobs,
+            address=address,
+            catalog=catalog_path(catalog),
+            on_outcome=on_outcome,
+            metric=metric,
+            retries=retries,
+            on_retry=_print_retry,
+        )
+
+    printer = _outcome_printer(time.monotonic())
+    if not out.is_terminal:
+        return run(printer)
+    with sweep_progress_bar(out) as bar:
+        return run(_with_bar(bar, printer))
+
+
+def sweep_progress_bar(console: Console) -> Any:
+    """A live bar of the whole sweep on a terminal: runs done of the runs to execute, the
+    elapsed time and rich's ETA; the per-run lines print above it."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
     )
+
+    return Progress(
+        TextColumn("[bold]sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("runs done"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _with_bar(bar: Any, printer: Any) -> Any:
+    """An on_outcome hook that prints the run's line and moves `bar` to `done` of `total`
+    (the runs this invocation executes, not those skipped as finished; unknown until the
+    first run reports)."""
+    task = bar.add_task("sweep", total=None)
+
+    def on_outcome(outcome: Any, done: int, total: int) -> None:
+        printer(outcome, done, total)
+        bar.update(task, completed=done, total=total)
+
+    return on_outcome
 
 
 def _report_result(result: Any) -> None:
