@@ -360,3 +360,18 @@ def test_sweep_bar_moves_with_each_finished_run():
         assert (task.completed, task.total) == (3, 3)
     assert lines == [("r1", 1), ("r2", 2), ("r3", 3)]
     assert "3/3" in buf.getvalue() and "runs done" in buf.getvalue()
+
+
+def test_resumed_run_numbers_iterations_as_an_uninterrupted_one(tmp_path):
+    """Stopped after iterations 0 and 1 of 4: the resume says so and goes on at iter 2."""
+    from tdlens.runs.runner import Runner
+
+    d = tmp_path / "r"
+    r = Runner(small_config("outer_iters=4", "probes.enabled=false", "checkpoint_every=1"), d)
+    r.on_progress = lambda p: setattr(r, "_stop_signal", 15) if p.n == 1 else None
+    assert r.run().status == "incomplete"
+    res = runner.invoke(app, ["run", str(d), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert "(2 iterations done; continuing at iteration 2)" in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("iter ")]
+    assert [ln.split(", elapsed")[0] for ln in lines] == ["iter 2 (3/4 done", "iter 3 (4/4 done"]

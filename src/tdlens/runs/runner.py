@@ -274,7 +274,10 @@ class Runner:
             ckpt = found.checkpoint
             history = tuple(map(float, ckpt.td_loss_history))
             state = LoopState(ckpt.next_iter, ckpt.params, history, ckpt.probe_state)
-            self._resumed_from = f"'{found.path.name}' (iteration {ckpt.next_iter})"
+            self._resumed_from = (
+                f"'{found.path.name}' ({ckpt.next_iter} iterations done; continuing at "
+                f"iteration {ckpt.next_iter})"
+            )
         if found.skipped:
             self._resumed_from += " after skipping: " + "; ".join(found.skipped)
         self.files.cut_tables(state.next_iter)
