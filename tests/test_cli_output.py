@@ -375,3 +375,17 @@ def test_resumed_run_numbers_iterations_as_an_uninterrupted_one(tmp_path):
     assert "(2 iterations done; continuing at iteration 2)" in res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("iter ")]
     assert [ln.split(", elapsed")[0] for ln in lines] == ["iter 2 (3/4 done", "iter 3 (4/4 done"]
+
+
+def test_console_prints_brackets_as_written(tmp_path):
+    """rich markup is off for printed text: a path with `[bold]` in it, the sigma warning's
+    `E_mu[rho^2]` and a config error quoting `['direct']` keep their brackets."""
+    odd = tmp_path / "x[bold]y"
+    res = runner.invoke(app, ["report", str(odd)])
+    assert res.exit_code == 2 and f"'{odd}' is not a run directory" in res.output
+    res = runner.invoke(
+        app, ["run", "sanity", "--dry-run", "--set", "sigma_pi=0.5", "--set", "sigma_mu=0.3"]
+    )
+    assert res.exit_code == 0 and "E_mu[rho^2] is infinite" in res.output
+    res = runner.invoke(app, ["run", "sanity", "--set", "probes.fixed_point.solver=[direct]"])
+    assert res.exit_code == 2 and "(got ['direct'])" in res.output

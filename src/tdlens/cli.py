@@ -39,8 +39,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
+"""Markup is off: text is printed as written (`E_mu[rho^2]`, a path with brackets); the
+few styled prints pass ``markup=True`` and escape what they interpolate."""
 _debug = {"on": os.environ.get("TDLENS_DEBUG", "") not in ("", "0")}
 
 
@@ -63,7 +65,7 @@ SetOption = Annotated[
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear error line and exit (2 = bad input)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 
@@ -161,10 +163,7 @@ def run(
     cfg = runner.cfg
     if not cfg.sigma_condition_ok:
         err.print(
-            f"[yellow]warning:[/] sigma_pi^2 = {cfg.sigma_pi**2:.4g} >= 2 sigma_mu^2 = "
-            f"{2 * cfg.sigma_mu**2:.4g}: E_mu[rho^2] is infinite; the report will FAIL "
-            "sigma_condition",
-            highlight=False,
+            "[yellow]warning:[/] " + escape(_sigma_warning(cfg)), highlight=False, markup=True
         )
     out.print(f"run directory: {runner.run_dir}", highlight=False)
     try:
@@ -175,7 +174,9 @@ def run(
         out.print(f"resumed from {result.resumed_from}", highlight=False)
     _print_outcome(result.run_dir, result.status, result.reason)
     for what in result.unwritten:
-        err.print(f"[yellow]warning:[/] could not write {what}", highlight=False)
+        err.print(
+            f"[yellow]warning:[/] could not write {escape(what)}", highlight=False, markup=True
+        )
     if any(w.startswith("status.json") for w in result.unwritten):
         err.print(
             "status.json still says 'running'; `tdlens runs list` and `tdlens report` show "
@@ -187,6 +188,14 @@ def run(
     if code == 0 and (result.unwritten or (strict and _health(result.run_dir) == "FAIL")):
         code = 1
     raise typer.Exit(code)
+
+
+def _sigma_warning(cfg: RunConfig) -> str:
+    """Why a config with sigma_pi^2 >= 2 sigma_mu^2 will FAIL its report."""
+    return (
+        f"sigma_pi^2 = {cfg.sigma_pi**2:.4g} >= 2 sigma_mu^2 = {2 * cfg.sigma_mu**2:.4g}: "
+        "E_mu[rho^2] is infinite; the report will FAIL sigma_condition"
+    )
 
 
 def _dry_run(cfg: RunConfig | None, target: Path | None, output_dir: Path, force: bool) -> int:
@@ -240,6 +249,8 @@ def _dry_run(cfg: RunConfig | None, target: Path | None, output_dir: Path, force
         f"estimated disk: {human(est.disk_bytes)}"
         + (f" of {human(disk)} free" if disk is not None else ""),
     ]
+    if not cfg.sigma_condition_ok:
+        lines.append(f"warning: {_sigma_warning(cfg)}")
     code = 0
     try:
         check_resources(cfg, target)
@@ -299,7 +310,11 @@ def _live_progress(bar: Progress, cfg: RunConfig):
 
 
 def _catalog_warning(path: Path, error: str) -> None:
-    err.print(f"[yellow]warning:[/] run not indexed in catalog '{path}': {error}")
+    err.print(
+        "[yellow]warning:[/] " + escape(f"run not indexed in catalog '{path}': {error}"),
+        highlight=False,
+        markup=True,
+    )
 
 
 def _index_in_catalog(catalog: Path | None, run_dir: Path, quiet: bool = False) -> None:
@@ -397,7 +412,7 @@ def sanity(
     def show(res) -> None:
         verdict = "[green]PASS[/]" if res.passed else "[bold red]FAIL[/]"
         text = escape(f"{res.name} ({res.seconds:.1f}s): {res.observed}")
-        out.print(f"{verdict} {text}", highlight=False)
+        out.print(f"{verdict} {text}", highlight=False, markup=True)
 
     suite = run_suite(cfg, out_dir, only=only, on_check=show)
     out.print(f"summary: {suite.out_dir / 'SUMMARY.md'}", highlight=False)
@@ -449,14 +464,14 @@ def audit_rho(
         fail(str(exc))
     n, row, rep = res.n, res.row, res.report_row or {}
     nan = float("nan")
-    table = Table(title=escape(f"rho audit of {run_dir} at iteration {n} ({res.draws} draws)"))
+    table = Table(title=f"rho audit of {run_dir} at iteration {n} ({res.draws} draws)")
     for header in ("quantity", "empirical", "theory", "z"):
         table.add_column(header, justify="left" if header == "quantity" else "right")
     if res.report_row is not None:
-        table.add_column(escape(f"report z (iter {res.report_iter})"), justify="right")
+        table.add_column(f"report z (iter {res.report_iter})", justify="right")
     for label, key in AUDIT_ROWS:
         cells = [
-            escape(label),
+            label,
             f"{row.get(key + '_emp', nan):.4g}",
             f"{row.get(key + '_theory', nan):.4g}",
             f"{row.get(key + '_z', nan):.3g}",
@@ -554,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
             err.print(
                 f"[bold red]error:[/] {escape(what)} (run `tdlens --debug ...` for the traceback)",
                 highlight=False,
+                markup=True,
             )
         return 1
     return 0

@@ -24,8 +24,8 @@ from rich.table import Table
 from tdlens.config import ConfigError
 from tdlens.rundir.files import RunFileError
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 CatalogOption = Annotated[
     Path | None,
@@ -34,7 +34,7 @@ CatalogOption = Annotated[
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 
@@ -244,9 +244,17 @@ def _report_result(result: Any) -> None:
     for path in result.summary_paths:
         out.print(f"wrote {path}", highlight=False)
     if result.summary_error:
-        err.print(f"[yellow]summary failed:[/] {result.summary_error}", highlight=False)
+        err.print(
+            f"[yellow]summary failed:[/] {escape(str(result.summary_error))}",
+            highlight=False,
+            markup=True,
+        )
     if result.catalog_error:
-        err.print(f"[yellow]catalog not updated:[/] {result.catalog_error}", highlight=False)
+        err.print(
+            f"[yellow]catalog not updated:[/] {escape(str(result.catalog_error))}",
+            highlight=False,
+            markup=True,
+        )
     bad = sum(o.status in ("failed", "incomplete", "running") for o in result.outcomes.values())
     if bad:
         err.print(f"{bad} run(s) failed or incomplete; see sweep.json", highlight=False)
@@ -372,7 +380,9 @@ def summarize(
         cat.index_runs(path, summary.records, summary.name, sweep_dir)
         cat.index_sweep(path, sweep_dir, name=summary.name, n_runs=len(summary.records))
     except cat.CatalogError as exc:
-        err.print(f"[yellow]catalog not updated:[/] {exc}", highlight=False)
+        err.print(
+            f"[yellow]catalog not updated:[/] {escape(str(exc))}", highlight=False, markup=True
+        )
     for p in summary.paths:
         out.print(f"wrote {p}", highlight=False)
     regimes: dict[str, int] = {}
@@ -431,9 +441,9 @@ def runs_list(
     table = Table(title=f"{len(rows)} run(s)")
     for col in fitted:
         widest = max(len(col), *(len(r[col]) for r in cells))
-        table.add_column(escape(col), no_wrap=True, min_width=widest)
+        table.add_column(col, no_wrap=True, min_width=widest)
     for row in cells:
-        table.add_row(*[escape(row[c]) for c in fitted])
+        table.add_row(*[row[c] for c in fitted])
     out.print(table, crop=False)
     hidden = [c for c in cat.LIST_COLUMNS if c not in fitted]
     if hidden:
