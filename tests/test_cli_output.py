@@ -396,3 +396,18 @@ def test_console_prints_brackets_as_written(tmp_path):
     assert res.exit_code == 0 and "E_mu[rho^2] is infinite" in res.output
     res = runner.invoke(app, ["run", "sanity", "--set", "probes.fixed_point.solver=[direct]"])
     assert res.exit_code == 2 and "(got ['direct'])" in res.output
+
+
+def test_audit_rho_of_a_checkpoint_past_the_last_audit_says_so(tmp_path):
+    """Stopped after iteration 2 of 4 with audits at iterations 1 and 3 (every 2): the
+    newest checkpoint is iteration 2, the report's newest audit iteration 1."""
+    d = tmp_path / "r"
+    over = ["outer_iters=4", "probes.every=2", "checkpoint_every=1"]
+    over += [f"probes.{p}.enabled=false" for p in ("fixed_point", "stability", "distribution")]
+    r = Runner(small_config(*over, "probes.q_kernel.enabled=false"), d)
+    r.on_progress = lambda p: setattr(r, "_stop_signal", 15) if p.n == 2 else None
+    assert r.run().status == "incomplete"
+    res = runner.invoke(app, ["audit", "rho", str(d)])
+    assert res.exit_code == 0, res.output
+    assert "at iteration 2 (replay draws)" in res.output and "report z (iter 1)" in res.output
+    assert "newest rho audit is at iteration 1, before the checkpoint's iteration 2" in res.output

@@ -273,20 +273,23 @@ def _run_with_progress(runner, console: Console | None = None):
     console = console or out
     if not console.is_terminal:
         return execute(runner, PlainProgress())
-    with Progress(*_BAR_COLUMNS, console=console, transient=False) as bar:
+    with Progress(*_bar_columns(), console=console, transient=False) as bar:
         return execute(runner, _live_progress(bar, runner.cfg))
 
 
-_BAR_COLUMNS = (
-    TextColumn("[bold]{task.fields[name]}[/] {task.description}"),
-    BarColumn(),
-    MofNCompleteColumn(),
-    TextColumn("done"),
-    TimeElapsedColumn(),
-    TextColumn("ETA"),
-    TimeRemainingColumn(),
-    TextColumn("{task.fields[info]}", markup=False),
-)
+def _bar_columns() -> tuple:
+    """``seed_plateau iter 79 ━━━━ 80/80 done 0:08:16 ETA 0:00:00 td_loss ... w_norm ...
+    probes at iter 79 (last, 43.8s)`` (fresh columns per bar: they cache renders)."""
+    return (
+        TextColumn("[bold]{task.fields[name]}[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("done"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}", markup=False),
+    )
 
 
 def _live_progress(bar: Progress, cfg: RunConfig):
