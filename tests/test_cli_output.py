@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from helpers import small_config
 from tdlens import cli
-from tdlens.api import PlainProgress, create_runner, duration_text, eta_seconds
+from tdlens.api import Eta, PlainProgress, duration_text, probe_rounds_after
 from tdlens.cli import app
 from tdlens.config import parse_config
 from tdlens.rundir.read import load_run
@@ -40,14 +40,14 @@ class FakeClock:
         return self.times.pop(0)
 
 
-def _progress(n: int, total: int, reason: str | None = None) -> Progress:
-    return Progress(n, total, {"td_loss": 2.5e-5, "w_norm": 4.42895}, reason, 0.25)
+def _progress(n: int, total: int, reason: str | None = None, seconds: float = 0.25) -> Progress:
+    return Progress(n, total, {"td_loss": 2.5e-5, "w_norm": 4.42895}, reason, seconds)
 
 
 def test_plain_progress_numbers_iterations_as_the_tables_and_gives_an_eta():
-    """Hand values: started at t=100; iteration 0 done at t=110 (10 s each), 79 left:
-    ETA 790 s = 13m10s. Iteration 79 of 80 is the last: no ETA."""
-    lines = PlainProgress(FakeClock(100.0, 110.0, 900.0))
+    """Hand values, probes off: started at t=100; iteration 0 done at t=110 (10 s each),
+    79 left: ETA 790 s = 13m10s. Iteration 79 of 80 is the last: no ETA."""
+    lines = PlainProgress(None, clock=FakeClock(100.0, 110.0, 900.0))
     first = lines.line(_progress(0, 80))
     assert first.startswith("iter 0 (1/80 done, elapsed 10s, ETA 13m10s) td_loss=2.5e-05")
     last = lines.line(_progress(79, 80, "last"))
@@ -58,16 +58,36 @@ def test_plain_progress_numbers_iterations_as_the_tables_and_gives_an_eta():
 def test_plain_progress_eta_of_a_resumed_run_counts_only_its_own_iterations():
     """Resumed at iteration 40 of 80: iterations 40 and 41 took 20 s, 80 - 42 = 38 remain:
     ETA 20 * 38 / 2 = 380 s = 6m20s."""
-    lines = PlainProgress(FakeClock(0.0, 10.0, 20.0))
+    lines = PlainProgress(None, clock=FakeClock(0.0, 10.0, 20.0))
     lines.line(_progress(40, 80))
     assert "(42/80 done, elapsed 20s, ETA 6m20s)" in lines.line(_progress(41, 80))
-    assert eta_seconds(20.0, 2, 37) == 370.0 and eta_seconds(5.0, 0, 3) is None
     assert [duration_text(s) for s in (0.4, 59.6, 61, 3600 * 3 + 600)] == [
         "0s",
         "1m00s",
         "1m01s",
         "3h10m",
     ]
+
+
+def test_probe_rounds_left_follow_the_schedule():
+    """Hand counts. every 5 of 80: after iteration 3, rounds after 4, 9, ..., 79 (16; the
+    last is one of them); after 4, 15. every 3 of 10 after 0: after 2, 5, 8 and the last,
+    9 (4). every 0: only the last. Probes off or at the end: none."""
+    assert probe_rounds_after(3, 80, 5) == 16 and probe_rounds_after(4, 80, 5) == 15
+    assert probe_rounds_after(0, 10, 3) == 4 and probe_rounds_after(8, 10, 3) == 1
+    assert probe_rounds_after(3, 80, 0) == 1 and probe_rounds_after(3, 80, None) == 0
+    assert probe_rounds_after(79, 80, 5) == 0
+
+
+def test_eta_times_probe_rounds_apart_from_iterations():
+    """every 3 of 10 iterations; iterations take 2 s, the probe round after iteration 2
+    takes 20 s. Before any round: 9 x 2 = 18 s. After iteration 2 (t = 26 s, 20 of them
+    the round): 7 iterations x (6 s / 3) + 3 rounds (after 5, 8, 9) x 20 s = 74 s; the
+    mean over all time would say 7 x 26 / 3 = 61 s."""
+    eta = Eta(3, clock=FakeClock(0.0, 2.0, 4.0, 26.0))
+    assert eta.update(_progress(0, 10)) == (2.0, 18.0)
+    eta.update(_progress(1, 10))
+    assert eta.update(_progress(2, 10, "every", seconds=20.0)) == (26.0, 74.0)
 
 
 def test_run_not_on_a_terminal_prints_plain_zero_based_lines(tmp_path):
@@ -202,7 +222,7 @@ def test_fixed_point_tol_is_the_configs(tmp_path, tol):
         "probes.rho_audit.enabled=false",
     )
     assert cfg.probes.fixed_point.solver == "direct"
-    create_runner(cfg, tmp_path / "r").run()
+    Runner(cfg, tmp_path / "r").run()
     table = load_run(tmp_path / "r").probe("fixed_point_probe")
     assert table.last("tol") == tol
     assert table.last("residual") <= tol and table.last("converged") == 1.0

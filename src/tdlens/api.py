@@ -169,10 +169,58 @@ def progress_fields(p: Progress) -> str:
     return f"iter {p.n} ({p.n + 1}/{p.outer_iters} done)"
 
 
-def eta_seconds(elapsed: float, done: int, remaining: int) -> float | None:
-    """Seconds left at the mean time of the `done` iterations that took `elapsed` seconds:
-    ``elapsed remaining / done`` (None before the first one)."""
-    return elapsed * remaining / done if done > 0 else None
+def probe_rounds_after(n: int, outer_iters: int, every: int | None) -> int:
+    """Probe rounds the schedule runs after iteration n: one after each later iteration m
+    with ``(m + 1) % every == 0``, ``outer_iters // every - (n + 1) // every`` of them, plus
+    the last iteration's when it is not one of those (``every`` 0: only the last; None:
+    probes off). Plateau-triggered rounds cannot be foreseen and are not counted."""
+    if every is None or n >= outer_iters - 1:
+        return 0
+    scheduled = outer_iters // every - (n + 1) // every if every > 0 else 0
+    return scheduled + int(every == 0 or outer_iters % every != 0)
+
+
+class Eta:
+    """Elapsed time and ETA of a run from its progress reports.
+
+    After iteration n, with ``done`` iterations run by this process in ``elapsed`` seconds
+    of which ``probe_s`` went to its ``rounds`` probe rounds:
+    ``ETA = (outer_iters - n - 1) (elapsed - probe_s) / done + rounds_left probe_s / rounds``,
+    ``rounds_left`` = :func:`probe_rounds_after` (before the first round is timed, rounds
+    are not counted). Probe rounds are periodic and can take most of a run's time (the
+    seed run: 16 rounds of ~40 s, iterations of ~0.5 s), so they are estimated apart.
+    The clock starts when the object is made; a resumed run counts from where it resumed.
+    """
+
+    def __init__(
+        self, probe_every: int | None = None, clock: Callable[[], float] | None = None
+    ) -> None:
+        import time
+
+        self.probe_every = probe_every
+        self._clock = clock or time.monotonic
+        self._start = self._clock()
+        self._first: int | None = None
+        self._probe_s = 0.0
+        self._rounds = 0
+
+    def update(self, p: Progress) -> tuple[float, float | None]:
+        """``(elapsed, eta)`` in seconds after progress report `p` (eta None at the end)."""
+        if self._first is None:
+            self._first = p.n
+        if p.probe_reason:
+            self._probe_s += p.probe_seconds
+            self._rounds += 1
+        elapsed = self._clock() - self._start
+        remaining = p.outer_iters - p.n - 1
+        if remaining <= 0:
+            return elapsed, None
+        done = p.n - self._first + 1
+        eta = remaining * max(elapsed - self._probe_s, 0.0) / done
+        if self._rounds:
+            rounds_left = probe_rounds_after(p.n, p.outer_iters, self.probe_every)
+            eta += rounds_left * self._probe_s / self._rounds
+        return elapsed, eta
 
 
 def duration_text(seconds: float) -> str:
@@ -189,36 +237,35 @@ def duration_text(seconds: float) -> str:
 
 class PlainProgress:
     """One line per iteration on stdout, e.g.
-    ``iter 79 (80/80 done, elapsed 1m02s, ETA 0s) td_loss=2.1e-05 w_norm=4.42895``.
-
-    The ETA is :func:`eta_seconds` over the iterations this process has run (a resumed
-    run counts from where it resumed); the clock starts when the object is made.
+    ``iter 78 (79/80 done, elapsed 7m30s, ETA 44s) td_loss=1.91e-05 w_norm=4.42894``,
+    with the elapsed time and ETA of :class:`Eta` (``probe_every``: the config's
+    ``probes.every``, None when probes are off).
     """
 
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
-        import time
-
-        self._clock = clock or time.monotonic
-        self._start = self._clock()
-        self._first: int | None = None
+    def __init__(
+        self, probe_every: int | None = None, clock: Callable[[], float] | None = None
+    ) -> None:
+        self.eta = Eta(probe_every, clock)
 
     def __call__(self, p: Progress) -> None:
         print(self.line(p), flush=True)
 
     def line(self, p: Progress) -> str:
         """The line printed for `p`."""
-        if self._first is None:
-            self._first = p.n
-        elapsed = self._clock() - self._start
-        eta = eta_seconds(elapsed, p.n - self._first + 1, p.outer_iters - p.n - 1)
+        elapsed, eta = self.eta.update(p)
         timing = f"elapsed {duration_text(elapsed)}"
-        if eta is not None and p.n + 1 < p.outer_iters:
+        if eta is not None:
             timing += f", ETA {duration_text(eta)}"
         probe = f" probes({p.probe_reason}) {p.probe_seconds:.2f}s" if p.probe_reason else ""
         return (
             f"iter {p.n} ({p.n + 1}/{p.outer_iters} done, {timing}) "
             f"td_loss={p.metrics['td_loss']:.4g} w_norm={p.metrics['w_norm']:.6g}{probe}"
         )
+
+
+def probe_every(cfg: RunConfig) -> int | None:
+    """The probe cadence :class:`Eta` needs: ``probes.every``, None when probes are off."""
+    return cfg.probes.every if cfg.probes.enabled else None
 
 
 def plain_progress(p: Progress) -> None:
@@ -277,7 +324,7 @@ def run(
     runner = create_runner(
         cfg, run_dir, output_dir=output_dir, resume=resume, force=force, catalog=catalog
     )
-    result = execute(runner, PlainProgress() if progress else None)
+    result = execute(runner, PlainProgress(probe_every(runner.cfg)) if progress else None)
     index_in_catalog(catalog, result.run_dir)
     return Run(result.run_dir, result)
 

@@ -27,7 +27,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from tdlens.config import ConfigError, RunConfig, find_config
@@ -268,26 +267,26 @@ def _run_with_progress(runner, console: Console | None = None):
     """tdlens.api.execute with a live progress bar when `console` (stdout) is a terminal,
     else one plain line per iteration (tdlens.api.PlainProgress). Both number iterations
     as the tables do: ``iter 79 (80/80 done)`` after the 0-based iteration 79."""
-    from tdlens.api import PlainProgress, execute
+    from tdlens.api import PlainProgress, execute, probe_every
 
     console = console or out
     if not console.is_terminal:
-        return execute(runner, PlainProgress())
+        return execute(runner, PlainProgress(probe_every(runner.cfg)))
     with Progress(*_bar_columns(), console=console, transient=False) as bar:
         return execute(runner, _live_progress(bar, runner.cfg))
 
 
 def _bar_columns() -> tuple:
-    """``seed_plateau iter 79 ━━━━ 80/80 done 0:08:16 ETA 0:00:00 td_loss ... w_norm ...
-    probes at iter 79 (last, 43.8s)`` (fresh columns per bar: they cache renders)."""
+    """``seed_plateau iter 78 ━━━━ 79/80 done 0:07:30 ETA 44s td_loss ... w_norm ...
+    probes at iter 74 (every, 43.9s)`` (fresh columns per bar: they cache renders); the
+    ETA is tdlens.api.Eta's, which times probe rounds apart from iterations."""
     return (
         TextColumn("[bold]{task.fields[name]}[/] {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("done"),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TextColumn("ETA {task.fields[eta]}"),
         TextColumn("{task.fields[info]}", markup=False),
     )
 
@@ -295,10 +294,13 @@ def _bar_columns() -> tuple:
 def _live_progress(bar: Progress, cfg: RunConfig):
     """The on_progress hook that moves `bar`: ``iter n``, n + 1 of outer_iters done,
     td_loss, w_norm and the newest probe round (its 0-based iteration, reason, seconds)."""
+    from tdlens.api import Eta, duration_text, probe_every
     from tdlens.runs.runner import Progress as RunProgress
 
-    task = bar.add_task("starting", total=cfg.outer_iters, name=escape(cfg.name), info="")
+    name = escape(cfg.name)
+    task = bar.add_task("starting", total=cfg.outer_iters, name=name, info="", eta="-")
     last_probe = {"text": "no probe round yet"}
+    clock = Eta(probe_every(cfg))
 
     def live(p: RunProgress) -> None:
         if p.probe_reason:
@@ -307,7 +309,9 @@ def _live_progress(bar: Progress, cfg: RunConfig):
             f"td_loss {p.metrics['td_loss']:.3g}  w_norm {p.metrics['w_norm']:.5g}  "
             f"{last_probe['text']}"
         )
-        bar.update(task, description=f"iter {p.n}", completed=p.n + 1, info=info)
+        _, eta = clock.update(p)
+        eta_text = "0s" if eta is None else duration_text(eta)
+        bar.update(task, description=f"iter {p.n}", completed=p.n + 1, info=info, eta=eta_text)
 
     return live
 
