@@ -45,6 +45,7 @@ background:#fafafa} .card h2{margin:.1em 0 .3em} .card p{margin:.3em 0}
 .regime{font-size:22px;font-weight:bold}
 th,td{border:1px solid #ccc;padding:2px 8px;text-align:right;vertical-align:top}
 th:first-child,td:first-child,td.t{text-align:left}
+td.t{max-width:30em;overflow-wrap:break-word}
 th{background:#f0f0f0} .PASS{color:#1a7f37;font-weight:bold}
 .WARN{color:#b35900;font-weight:bold} .FAIL{color:#cf222e;font-weight:bold}
 .diverged{color:#b00}.learning{color:#070}.plateau{color:#a60}.frozen{color:#06a}

@@ -43,7 +43,7 @@ LEGEND = {"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"}
 MARGIN = {"l": 70, "r": 40, "t": 64, "b": 40}
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
-SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "pentagon", "hexagon", "star")
 
 
 def y_title(column: str) -> str:
