@@ -11,6 +11,7 @@ negligible change is drawn flat, and titled "no change beyond noise" when it is 
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -77,7 +78,10 @@ def iteration_axis(x: np.ndarray) -> dict[str, Any]:
 
 
 def line(x: np.ndarray, y: np.ndarray, name: str, i: int = 0, **extra: Any) -> dict[str, Any]:
-    """A scatter trace of the finite points (lines and markers when there are few)."""
+    """A scatter trace of the finite points (lines and markers when there are few). The
+    name is HTML-escaped: plotly reads tags in trace names (a run called ``a<i>`` would
+    turn italic) and decodes the entities."""
+    name = html.escape(name, quote=False)
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     trace = {
@@ -300,7 +304,7 @@ def plot_spectrum(data: RunData) -> tuple[dict | None, str]:
                 "fill": "toself",
                 "fillcolor": "rgba(128,128,128,0.2)",
                 "line": {"width": 0},
-                "name": "|Re| < spectral_noise",
+                "name": "|Re| &lt; spectral_noise",
             }
         )
     spec = _plain(f"spectrum of A at iteration {it}", "Re eig(A)", "Im eig(A)", traces)

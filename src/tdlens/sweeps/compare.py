@@ -12,6 +12,7 @@ marker in every figure. Every string is escaped (:mod:`tdlens.sweeps.html`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,20 @@ def compare_html(views: Sequence[RunView]) -> str:
         rows.append([f, *[v.record.flat().get(f) for v in views]])
     for m in FINAL_METRICS:
         rows.append([m, *[v.record.metrics.get(m) for v in views]])
-    body = ["<h2>Final metrics and health</h2>", H.table(["", *labels], rows)]
     diff = differing_keys([v.config for v in views])
+    regimes = Counter(str(v.record.regime) for v in views)
+    health = Counter(str(v.record.health) for v in views)
+    card = (
+        '<section class="card" id="verdict">'
+        f"<p><b>{len(views)} runs</b>: regimes "
+        + H.esc(", ".join(f"{k}={n}" for k, n in sorted(regimes.items())))
+        + "; health "
+        + H.esc(", ".join(f"{k}={n}" for k, n in sorted(health.items())))
+        + "</p><p>they differ in: "
+        + H.esc(", ".join(diff) or "nothing (same config)")
+        + "</p></section>"
+    )
+    body = [card, "<h2>Final metrics and health</h2>", H.table(["", *labels], rows)]
     if diff:
         flat = [flatten(v.config) for v in views]
         body += [

@@ -177,11 +177,14 @@ def html_page(
     status = Counter(r.status for r in s.records)
     regimes = Counter(r.regime for r in s.records)
     body = [
-        f"<p>sweep directory: <code>{H.esc(s.sweep_dir)}</code><br>runs: {len(s.records)}; "
-        + H.esc(", ".join(f"{k}={v}" for k, v in sorted(status.items(), key=lambda kv: str(kv[0]))))
-        + "<br>regimes: "
+        '<section class="card" id="verdict">'
+        f"<p><b>{len(s.records)} runs</b>: regimes "
         + H.esc(", ".join(f"{k}={v}" for k, v in sorted(regimes.items())))
-        + "</p>",
+        + "; status "
+        + H.esc(", ".join(f"{k}={v}" for k, v in sorted(status.items(), key=lambda kv: str(kv[0]))))
+        + "</p>"
+        + "".join(f"<p>{H.esc(line)}</p>" for line in boundary_lines(s))
+        + f"<p>sweep directory: <code>{H.esc(s.sweep_dir)}</code></p></section>",
     ]
     if bad := unfinished(s):
         body += [
@@ -223,6 +226,22 @@ def html_page(
     rows = [[run_link(s, r), *[r.flat().get(c) for c in cols[1:]]] for r in s.records]
     body += ["<h2>Runs</h2>", H.table(cols, rows)]
     return H.page(f"Sweep summary: {s.name}", "\n".join(body))
+
+
+def boundary_lines(s: SweepSummary) -> list[str]:
+    """One line per stability-boundary row: where alpha_w stops being stable."""
+    out = []
+    for row in s.boundary:
+        where = ", ".join(
+            f"{k}={fmt(v)}"
+            for k, v in row.items()
+            if k not in ("largest_stable_alpha_w", "smallest_diverged_alpha_w", "monotone")
+        )
+        out.append(
+            f"stable up to alpha_w = {fmt(row.get('largest_stable_alpha_w'))}, diverged from "
+            f"{fmt(row.get('smallest_diverged_alpha_w'))}" + (f" at {where}" if where else "")
+        )
+    return out
 
 
 def run_link(s: SweepSummary, r: RunRecord) -> H.Html:
