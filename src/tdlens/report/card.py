@@ -63,19 +63,23 @@ class Verdict:
     regime: str
     regime_reason: str
     health: str
-    health_reasons: list[str]
+    reasons: list[str]
     why: str
     next: str
     key_numbers: list[KeyNumber] = field(default_factory=list)
+    status: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """run_report.json's ``verdict`` (also :attr:`tdlens.api.Run.verdict`): the keys
+        regime, health, why, next first, then reasons, status and key_numbers."""
         return {
             "regime": self.regime,
-            "regime_reason": self.regime_reason,
             "health": self.health,
-            "health_reasons": self.health_reasons,
             "why": self.why,
             "next": self.next,
+            "regime_reason": self.regime_reason,
+            "reasons": self.reasons,
+            "status": self.status,
             "key_numbers": [asdict(k) for k in self.key_numbers],
         }
 
@@ -209,8 +213,9 @@ def verdict_of(
         regime=regime.label,
         regime_reason=regime.reason,
         health=health,
-        health_reasons=health_reasons,
+        reasons=health_reasons,
         why=why_sentence(regime, dynamics, data),
         next=next_sentence(steps, alpha_w),
         key_numbers=key_numbers(data, dynamics),
+        status=data.status.get("status"),
     )

@@ -65,7 +65,7 @@ def html_verdict(r: Report) -> str:
     """The verdict card."""
     v = r.verdict
     base = v.regime.split(":")[0]
-    reasons = f" ({esc('; '.join(v.health_reasons))})" if v.health_reasons else ""
+    reasons = f" ({esc('; '.join(v.reasons))})" if v.reasons else ""
     rows = "".join(
         f"<tr><td>{esc(k.name)}</td><td>{esc(fmt(k.value))}</td>"
         f"<td>{esc(f'[{fmt(k.lo)}, {fmt(k.hi)}]' if k.lo is not None else '-')}</td>"

@@ -85,7 +85,7 @@ def section_scale(r: Report) -> list[str]:
 def section_verdict(r: Report) -> list[str]:
     """The card as a block quote (no heading: the seed's sections come first)."""
     v = r.verdict
-    health = f"{v.health} ({'; '.join(v.health_reasons)})" if v.health_reasons else v.health
+    health = f"{v.health} ({'; '.join(v.reasons)})" if v.reasons else v.health
     lines = [
         f"> **Verdict: {v.regime}** ({v.regime_reason}); health {health}",
         ">",
