@@ -122,7 +122,7 @@ def section_probes(r: Report) -> list[str]:
             lines.append("")
         lines.append(f"### {p.name}")
         if p.iters:
-            lines.append(f"- rounds: {p.rows}, iterations {p.iters[0]}-{p.iters[1]}")
+            lines += [f"- rounds: {p.rows}, iterations {p.iters[0]}-{p.iters[1]}", ""]
         if p.note:
             lines.append(f"- {p.note}")
             continue
@@ -211,7 +211,7 @@ def section_theory(r: Report) -> list[str]:
         f"- prediction: {t['source']}",
     ]
     if t["value_gap"]:
-        lines += md_table(*theory_rows(t))
+        lines += ["", *md_table(*theory_rows(t))]
     return lines
 
 

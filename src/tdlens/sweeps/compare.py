@@ -133,6 +133,7 @@ def compare_html(views: Sequence[RunView]) -> str:
             rows.append([f, *[Path(str(v.record.flat().get("path"))).name for v in views]])
             continue
         rows.append([f, *[v.record.flat().get(f) for v in views]])
+    rows = [r for r in rows[:2] if r[1:] != labels] + rows[2:]  # no copies of the header
     for m in FINAL_METRICS:
         rows.append([m, *[v.record.metrics.get(m) for v in views]])
     diff = differing_keys([v.config for v in views])
