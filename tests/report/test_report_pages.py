@@ -184,7 +184,7 @@ def test_probe_intervals_come_from_lo_hi_columns(tmp_path):
     by = {k.name: k for k in v.key_numbers}
     assert (by["critical_alpha_w"].lo, by["critical_alpha_w"].hi) == (1.0, 1.5)
     assert (by["fastest_timescale"].lo, by["fastest_timescale"].hi) == (15000.0, 19000.0)
-    assert "[15,000, 19,000]" in v.why
+    assert "[15,000, 19,000]" in v.why and "alpha_w = 1.2 [1, 1.5]" in v.next
 
 
 # --------------------------------------------------------------------------- settings
@@ -207,3 +207,13 @@ def test_report_has_one_settings_table(tmp_path):
     assert md.count("### settings (constant over the run)") == 1
     assert all(p.name in {s[0] for s in r.settings} for p in r.probes if p.settings)
     assert r.settings and not re.search(r"^\| iter \| [-\d]", md, flags=re.M)  # no iter row
+
+
+def test_learning_card_quotes_the_regime_numbers(tmp_path):
+    """healthy_run learns (fixtures): the why carries label_regime's value_gap numbers, the
+    next is the no-issues line, capitalised as a sentence."""
+    r = build_report(healthy_run().write(tmp_path / "run"))
+    v = r.verdict
+    assert v.regime == "learning" and v.why.startswith("The critic is learning: value_gap ")
+    assert r.regime.reason in v.why and "||w|| moved" in v.why
+    assert v.next.startswith("No major rule-based issues detected")

@@ -156,7 +156,8 @@ def why_sentence(regime: Regime, dynamics: dict[str, Any], data: RunData) -> str
     moved = ""
     if len(w) >= 2 and w[0] != 0:
         rel = abs(w[-1] - w[0]) / abs(w[0])
-        moved = f"; ||w|| moved {100 * rel:.2g}% over the run ({w[0]:.6g} -> {w[-1]:.6g})"
+        change = f"grew x{w[-1] / w[0]:.3g}" if rel > 1 else f"moved {100 * rel:.2g}%"
+        moved = f"; ||w|| {change} over the run ({w[0]:.6g} -> {w[-1]:.6g})"
     fastest = dynamics.get("fastest_timescale")
     run = dynamics.get("run_iters")
     if base == "frozen" and fastest is not None and math.isfinite(fastest) and run:
@@ -177,15 +178,20 @@ def why_sentence(regime: Regime, dynamics: dict[str, Any], data: RunData) -> str
     return f"{phrase}: {regime.reason}{moved}."
 
 
-def next_sentence(steps: list[NextStep], alpha_w: float | None) -> str:
-    """One sentence from the first next-step rule (module docstring)."""
+def next_sentence(
+    steps: list[NextStep], alpha_w: float | None, numbers: dict[str, KeyNumber] | None = None
+) -> str:
+    """One sentence from the first next-step rule (module docstring), with the critical
+    alpha_w's interval from ``numbers`` when it has one."""
     if not steps:
         return "Nothing to change."
     step = steps[0]
     v = step.values
     if step.rule == "critic_frozen" and v.get("alpha_w_next") is not None:
         crit = v.get("alpha_w_critical")
-        stable = f", stable up to alpha_w = {fmt(crit)} by the critical step" if crit else ""
+        known = (numbers or {}).get("critical_alpha_w")
+        band = f" [{fmt(known.lo)}, {fmt(known.hi)}]" if known and known.lo is not None else ""
+        stable = f", stable up to alpha_w = {fmt(crit)}{band} by the critical step" if crit else ""
         more = v.get("outer_iters_at_alpha_w_next")
         at_next = f" and outer_iters >= ~{fmt_count(more)}" if more else ""
         return (
@@ -196,7 +202,8 @@ def next_sentence(steps: list[NextStep], alpha_w: float | None) -> str:
         )
     message = step.message
     cut = message.find(". ")
-    return message if cut < 0 else message[: cut + 1]
+    first = message if cut < 0 else message[: cut + 1]
+    return first[:1].upper() + first[1:]
 
 
 def verdict_of(
@@ -209,13 +216,14 @@ def verdict_of(
 ) -> Verdict:
     """The card of a run (module docstring)."""
     alpha_w = data.cfg.alpha_w if data.cfg is not None else None
+    numbers = key_numbers(data, dynamics)
     return Verdict(
         regime=regime.label,
         regime_reason=regime.reason,
         health=health,
         reasons=health_reasons,
         why=why_sentence(regime, dynamics, data),
-        next=next_sentence(steps, alpha_w),
-        key_numbers=key_numbers(data, dynamics),
+        next=next_sentence(steps, alpha_w, {k.name: k for k in numbers}),
+        key_numbers=numbers,
         status=data.status.get("status"),
     )
