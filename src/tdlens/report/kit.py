@@ -13,18 +13,13 @@ loader script at the end of the body (so other tools can read the figures back:
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import html
-import io
 import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from tdlens.report.fmt import fmt
 from tdlens.rundir.files import to_jsonable
@@ -107,25 +102,6 @@ def _reads_as_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def png_data_uri(fig: Figure, dpi: int = 90, tight: bool = False) -> str:
-    """``fig`` as a PNG data URI (no timestamp metadata, so the bytes are reproducible)."""
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(
-        buf,
-        format="png",
-        dpi=dpi,
-        metadata={"Software": None},
-        bbox_inches="tight" if tight else None,
-    )
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def png_img(fig: Figure, alt: str, dpi: int = 90) -> str:
-    """An ``<img>`` with the figure inlined as a PNG."""
-    return f'<img alt="{esc(alt)}" src="{png_data_uri(fig, dpi, tight=True)}">'
 
 
 @functools.cache
