@@ -46,7 +46,7 @@ th{background:#f0f0f0} .PASS{color:#1a7f37;font-weight:bold}
 .diverged{color:#b00}.learning{color:#070}.plateau{color:#a60}.frozen{color:#06a}
 pre{background:#f6f8fa;padding:8px;overflow-x:auto} img{max-width:100%}
 figcaption{font-size:13px;color:#555} p.doc{font-size:13px;color:#333}
-code{overflow-wrap:anywhere}
+code{overflow-wrap:anywhere} summary{cursor:pointer;margin:.3em 0}
 """
 FONT = {"family": "system-ui, sans-serif", "size": 13}
 """Figure font: 13 px, readable at 100% zoom."""

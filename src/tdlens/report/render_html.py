@@ -176,9 +176,13 @@ def html_probes(r: Report) -> str:
         if p.note:
             out.append(f"<p>{esc(p.note)}</p>")
             continue
-        if p.iters:
-            out.append(f"<p>{p.rows} rounds, iterations {p.iters[0]}-{p.iters[1]}</p>")
-        out.append(stats_table(p.stats, r.data.probe(p.name)))
+        span = f"{p.rows} rounds, iterations {p.iters[0]}-{p.iters[1]}; " if p.iters else ""
+        out.append(
+            f"<details><summary>{esc(span)}{len(p.stats)} metrics (last, min, max, "
+            "mean and slope of the last k, series)</summary>"
+            + stats_table(p.stats, r.data.probe(p.name))
+            + "</details>"
+        )
         if p.text_columns:
             out.append(items([(k, v if v is not None else "-") for k, v in p.text_columns.items()]))
         if p.name == "q_kernel_probe":
