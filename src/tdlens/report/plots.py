@@ -314,7 +314,7 @@ def plot_spectrum(data: RunData) -> tuple[dict | None, str]:
 def plot_theory(theory: dict[str, Any]) -> dict | None:
     """Measured value_gap (points) against whatever the overlay predicts: a band where it
     gives ``lo``/``hi`` (with ``mid``), else each of its ``curves``."""
-    if not theory.get("value_gap"):
+    if not (theory.get("value_gap") or theory.get("lo") or theory.get("curves")):
         return None
     x_pred = theory.get("iters", theory.get("pred_iters", []))
     traces: list[dict[str, Any]] = []
@@ -336,11 +336,12 @@ def plot_theory(theory: dict[str, Any]) -> dict | None:
             traces.append(line(x_pred, theory["mid"], "predicted", 0, mode="lines"))
     for i, (label, values) in enumerate(theory.get("curves", {}).items()):
         traces.append(line(x_pred, values, label, i + 2, mode="lines", line={"dash": "dash"}))
-    measured = line(theory["measured_iters"], theory["value_gap"], "measured value_gap", 1)
-    traces.append({**measured, "mode": "markers", "marker": {"size": 8, "color": COLORS[1]}})
-    return over_iterations(
-        "value_gap: measured vs predicted", "value_gap", traces, np.asarray(theory["value_gap"])
-    )
+    gap = np.asarray(theory.get("value_gap") or [], float)
+    if len(gap):
+        measured = line(theory["measured_iters"], gap, "measured value_gap", 1)
+        traces.append({**measured, "mode": "markers", "marker": {"size": 8, "color": COLORS[1]}})
+    main = gap if len(gap) else np.asarray(traces[0]["y"], float)
+    return over_iterations("value_gap: measured vs predicted", "value_gap", traces, main)
 
 
 def plot_key_probes(data: RunData) -> list[dict[str, Any]]:
