@@ -20,6 +20,8 @@ from tdlens.report.render_md import DYNAMICS_NOTES, MISSING_CELL, key_hparams
 from tdlens.report.stats import STAT_COLUMNS, Stats
 from tdlens.rundir.read import Table
 
+CARD_REASONS = 2
+"""Health reasons the card lists (the rest are counted), so it fits the first screen."""
 CORE_PLOT_COLUMNS = (
     "td_loss",
     "w_norm",
@@ -65,7 +67,10 @@ def html_verdict(r: Report) -> str:
     """The verdict card."""
     v = r.verdict
     base = v.regime.split(":")[0]
-    reasons = f" ({esc('; '.join(v.reasons))})" if v.reasons else ""
+    shown = v.reasons[:CARD_REASONS]
+    more = len(v.reasons) - len(shown)
+    text = "; ".join(shown) + (f"; {more} more under Health" if more > 0 else "")
+    reasons = f" ({esc(text)})" if v.reasons else ""
     rows = "".join(
         f"<tr><td>{esc(k.name)}</td><td>{esc(fmt(k.value))}</td>"
         f"<td>{esc(f'[{fmt(k.lo)}, {fmt(k.hi)}]' if k.lo is not None else '-')}</td>"
