@@ -168,3 +168,19 @@ def test_run_report_card_and_controls_work(browser, pages):
         assert seen["errors"] == [] and seen["requests"] == []
     finally:
         page.close()
+
+
+def test_sweep_summary_links_open_each_run_report(browser, pages):
+    """Every run id links its own run_report.html, and the linked page opens with its card."""
+    page, seen = open_page(browser, pages["sweep summary"])
+    try:
+        hrefs = page.eval_on_selector_all(
+            "a[href$='run_report.html']", "els => els.map(e => e.href)"
+        )
+        assert len(hrefs) == 4 and all(h.startswith("file://") for h in hrefs)
+        page.click("a[href$='run_report.html'] >> nth=0")
+        page.wait_for_selector("#verdict")
+        assert page.url == hrefs[0] and "Why:" in page.inner_text("#verdict")
+        assert seen["errors"] == [] and seen["requests"] == []
+    finally:
+        page.close()
