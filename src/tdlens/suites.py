@@ -607,7 +607,15 @@ def write_summary(suite: SuiteResult) -> None:
             (r["name"], r["verdict"], r["observed"], r["expected"], r["tolerance"], Html(links))
         )
     header = ("check", "verdict", "observed", "expected", "tolerance", "report")
-    body = table(header, table_rows)
+    passed = sum(r["verdict"] == "PASS" for r in rows)
+    failed = ", ".join(r["name"] for r in rows if r["verdict"] != "PASS") or "none"
+    card = (
+        f'<section class="card" id="verdict"><p><span class="regime {verdict}">{verdict}</span>'
+        f" &middot; {passed} of {len(rows)} checks passed; not passed: {esc(failed)}</p>"
+        "<p>Each check runs tiny runs whose outcome is known in closed form; its report "
+        "link opens the run's own report.</p></section>"
+    )
+    body = card + table(header, table_rows)
     page = kit_page(f"Sanity suite: {verdict}", body)
     atomic_write_text(suite.out_dir / "SUMMARY.html", page)
 

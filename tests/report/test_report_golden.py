@@ -19,6 +19,8 @@ SEED_COPY = HERE / "data" / "seed_report.md"
 SEED_NAME = "000_45abd9c71cec40ff.txt"
 SHARED_SEED = HERE.parents[2] / "shared" / "seeds" / SEED_NAME
 """The repo root is parents[1] of tests/report; shared/ sits beside it (also in CI)."""
+SETTINGS = "settings (constant over the run)"
+"""Probe Metrics' last subsection: every probe's settings, one table (issue 15)."""
 PROBES_FAST = (
     "outer_iters=12",
     "probes.every=4",
@@ -92,14 +94,24 @@ def assert_seed_structure(ours: str, seed: str) -> None:
     s_probes = sections("\n".join(dict(s_secs)["Probe Metrics"]), "### ")
     o_probes = dict(sections("\n".join(by_name["Probe Metrics"]), "### "))
     assert is_subsequence([h for h, _ in s_probes], list(o_probes))
+    settings: set[tuple[str, str]] = set()
+    if SETTINGS in o_probes:
+        s_head, s_rows = table(o_probes[SETTINGS])
+        assert s_head == "| probe | setting | value |"
+        settings = {(r[0], r[1]) for r in s_rows}
     for probe, lines in s_probes:
         s_head, s_rows = table(lines)
         o_head, o_rows = table(o_probes[probe])
         assert o_head == s_head
         names = [r[0] for r in o_rows]
         assert names == sorted(names)
-        missing = {r[0] for r in s_rows} - set(names)
+        assert "iter" not in names, "iter is the rounds' span, never a metric"
+        # a seed row is in our metric table, or a setting (constant over the run) in the
+        # one settings table, or `iter` (the "- rounds: n, iterations a-b" line)
+        missing = {r[0] for r in s_rows} - set(names) - {c for p, c in settings if p == probe}
+        missing -= {"iter"}
         assert not missing, f"{probe}: seed rows missing from ours: {missing}"
+        assert not set(names) & {c for p, c in settings if p == probe}
         assert all(len(r) == 6 for r in o_rows)
     assert bullets(by_name["Next Steps"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from test_report_fixtures import healthy_run
 
 from helpers import small_config
 from tdlens.report import REPORT_FILES, build_report, write_report
+from tdlens.report.kit import figure_specs, plotly_js
 from tdlens.rundir.files import atomic_write_text
 from tdlens.runs import runner as runner_mod
 from tdlens.runs.runner import Runner
@@ -66,10 +68,17 @@ def test_html_escapes_every_run_string_and_is_self_contained(tmp_path):
     assert evil not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page
     assert "<b>boom</b>" not in page and "&lt;b&gt;boom&lt;/b&gt;" in page
-    lower = page.lower()
-    assert "<script" not in lower and "<link" not in lower and "href=" not in lower
-    assert 'src="http' not in lower and "@import" not in lower
-    assert page.count("data:image/png;base64,") >= 5  # core, Q_hat, spectrum, rho, theory
+    # the only scripts: plotly.js inlined once in the head, each figure's JSON spec and the
+    # loader that draws them (issue 15: interactive and still offline and self-contained)
+    assert page.count(f"<script>{plotly_js()}</script>") == 1
+    rest = page.replace(plotly_js(), "").lower()
+    assert re.findall(r"<script[^>]*\bsrc=", rest) == []
+    assert "<link" not in rest and "href=" not in rest
+    assert 'src="http' not in rest and "@import" not in rest
+    assert rest.count("<script") == 1 + len(figure_specs(page)) + 1
+    titles = [f["layout"]["title"]["text"] for f in figure_specs(page)]
+    for what in ("td_loss", "Q_hat", "spectrum of A", "rho", "value_gap: measured"):
+        assert any(what in t for t in titles), (what, titles)
     assert page.count("<svg") > 50  # a sparkline per probe metric row
     assert evil in (run_dir / "run_report.md").read_text()  # markdown keeps the text as is
 

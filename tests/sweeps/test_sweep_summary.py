@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from test_sweep_regimes import write_run
 
+from page_checks import assert_offline
 from tdlens.rundir.files import atomic_write_json
 from tdlens.sweeps.records import RunRecord
 from tdlens.sweeps.stats import iqm
@@ -111,4 +112,4 @@ def test_summarize_a_sweep_with_seeds(tmp_path):
     assert data["runs"][3]["regime"] == "n/a" and math.isnan(s.records[3].seconds)
     assert "Regime labels" in (sweep / "summary.md").read_text()
     html = (sweep / "summary.html").read_text()
-    assert "<script" not in html and "http" not in html.split("base64")[0]
+    assert_offline(html)

@@ -7,8 +7,7 @@ scalar plugin reads them), so every value reads back exactly, not rounded to flo
 
 from __future__ import annotations
 
-import base64
-import html
+import io
 import json
 import re
 import shutil
@@ -19,9 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tdlens.export import ExportError, Target, scalar_series, tags, targets
+import numpy as np
 
-_IMG = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+from tdlens.export import ExportError, Target, scalar_series, tags, targets
+from tdlens.report.kit import figure_specs
+
+_DASH = {"dash": "--", "dot": ":", "dashdot": "-.", "longdash": "--", "longdashdot": "-."}
 
 
 def _tensorboard() -> Any:
@@ -48,12 +50,51 @@ def _tensorboard() -> Any:
 
 
 def report_images(run_dir: Path) -> list[tuple[str, bytes]]:
-    """The PNG plots embedded in run_report.html as (caption, PNG bytes), in page order."""
+    """The figures of run_report.html as (title, PNG bytes), in page order: each plotly
+    spec the page holds (:func:`tdlens.report.kit.figure_specs`) drawn again with
+    matplotlib, since TensorBoard shows images, not scripts."""
     path = run_dir / "run_report.html"
     if not path.is_file():
         return []
-    found = _IMG.findall(path.read_text(encoding="utf-8", errors="replace"))
-    return [(html.unescape(alt), base64.b64decode(data)) for alt, data in found]
+    specs = figure_specs(path.read_text(encoding="utf-8", errors="replace"))
+    return [(spec["layout"].get("title", {}).get("text", "plot"), spec_png(spec)) for spec in specs]
+
+
+def spec_png(spec: dict[str, Any]) -> bytes:
+    """A plotly spec's scatter, bar and heatmap traces as a PNG (no timestamp metadata,
+    so the bytes are reproducible)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    layout = spec.get("layout", {})
+    for trace in spec.get("data", []):
+        kind, name = trace.get("type", "scatter"), trace.get("name")
+        if kind == "heatmap":
+            z = np.array(trace["z"], dtype=float)
+            ax.imshow(z, origin="lower", aspect="auto", cmap="RdBu_r")
+        elif kind == "bar":
+            ax.bar(trace["x"], trace["y"], label=name)
+        else:
+            dash = _DASH.get(trace.get("line", {}).get("dash", ""), "-")
+            marker = "o" if "markers" in trace.get("mode", "lines") else None
+            ls = "none" if trace.get("mode") == "markers" else dash
+            ax.plot(trace["x"], trace["y"], ls=ls, marker=marker, ms=3, label=name)
+    ax.set_title(layout.get("title", {}).get("text", ""), fontsize=10)
+    ax.set_xlabel(layout.get("xaxis", {}).get("title", {}).get("text", ""))
+    ax.set_ylabel(layout.get("yaxis", {}).get("title", {}).get("text", ""))
+    if layout.get("yaxis", {}).get("type") == "log":
+        ax.set_yscale("log")
+    elif layout.get("yaxis", {}).get("range"):
+        ax.set_ylim(*layout["yaxis"]["range"])
+    if any(t.get("name") for t in spec.get("data", []) if t.get("type") != "heatmap"):
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    return buf.getvalue()
 
 
 def _png_size(png: bytes) -> tuple[int, int]:

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from tdlens import config as config_module
 from tdlens.probes import registry
+from tdlens.report.card import Verdict, verdict_of
 from tdlens.report.checks import (
     check_complete,
     check_monotone_time,
@@ -158,6 +160,31 @@ EXPECTED_PROBE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 """Columns each probe table must have (the seed's plus SPEC 6's); absent ones show as
 ``missing`` rows instead of disappearing."""
+EXTRA_SETTINGS: tuple[str, ...] = (
+    "rho_clip",
+    "rho_clip_active",
+    "stability_probe_step_scale",
+    "trainer_terms",
+    "cache_horizon",
+    "cache_valid_t",
+)
+"""Probe columns that echo run settings besides the probes' own config keys."""
+
+
+def setting_names() -> frozenset[str]:
+    """Column names that are settings: every field of a probe's config section (batch_size,
+    permutations, ridge, tol, k_mc, ...) and EXTRA_SETTINGS. Such a column, when it is
+    constant over the run, goes to the Settings table instead of the metric tables."""
+    models = [
+        f.annotation
+        for name, f in config_module.ProbesConfig.model_fields.items()
+        if name != "enabled"
+    ]
+    models += list(config_module.EXTRA_PROBE_SECTIONS.values())
+    keys = {k for m in models if hasattr(m, "model_fields") for k in m.model_fields}
+    return frozenset((keys - {"enabled"}) | set(EXTRA_SETTINGS))
+
+
 CHECKS = (
     check_no_nan_inf,
     check_probe_missing_values,
@@ -201,6 +228,8 @@ class ProbeSection:
     stats: dict[str, Stats | None]
     text_columns: dict[str, str | None] = field(default_factory=dict)
     note: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    iters: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -223,7 +252,13 @@ class Report:
     timings: dict[str, dict[str, float]]
     theory: dict[str, Any]
     problems: list[str]
+    verdict: Verdict
     data: RunData = field(repr=False, compare=False)
+
+    @property
+    def settings(self) -> list[tuple[str, str, Any]]:
+        """``(probe, column, value)`` of every probe's constant settings."""
+        return [(p.name, k, v) for p in self.probes for k, v in p.settings.items()]
 
     @property
     def health_line(self) -> str:
@@ -268,18 +303,46 @@ def scale_checks(data: RunData) -> dict[str, Any]:
 
 def probe_section(name: str, table: Table | None) -> ProbeSection:
     """Stats of every numeric column (sorted by name, as the seed), expected columns that
-    are absent as None; text columns by their last value."""
+    are absent as None; text columns by their last value. Settings (:func:`setting_names`,
+    constant over the run) go to ``settings``; ``iter`` is the rounds' span, not a metric."""
     if table is None or not len(table):
         why = "no rows" if table is not None else f"probes/{name}.csv not found"
         return ProbeSection(name, 0, {}, note=f"{why}: the probe did not run")
     numeric = table.numeric_columns()
     t = table.iters()
-    stats: dict[str, Stats | None] = {c: summarize(table.values(c), t) for c in numeric}
+    names = setting_names()
+    settings: dict[str, Any] = {}
+    stats: dict[str, Stats | None] = {}
+    for c in numeric:
+        x = table.values(c)
+        if c == "iter":
+            continue
+        if c in names and len(set(x[~np.isnan(x)].tolist())) <= 1:
+            settings[c] = float(x[~np.isnan(x)][0]) if np.any(~np.isnan(x)) else None
+            continue
+        stats[c] = summarize(x, t)
     for col in EXPECTED_PROBE_COLUMNS.get(name, ()):
-        if col not in table.columns:
+        if col not in table.columns and col != "iter":
             stats[col] = None
-    texts = {c: table.texts(c)[-1] for c in table.columns if c not in numeric}
-    return ProbeSection(name, len(table), dict(sorted(stats.items())), texts)
+    texts = {}
+    for c in table.columns:
+        if c in numeric:
+            continue
+        values = table.texts(c)
+        if c in names and len(set(values)) <= 1:
+            settings[c] = values[-1]
+        else:
+            texts[c] = values[-1]
+    span = (int(t.min()), int(t.max())) if len(t) else None
+    return ProbeSection(
+        name,
+        len(table),
+        dict(sorted(stats.items())),
+        texts,
+        None,
+        dict(sorted(settings.items())),
+        span,
+    )
 
 
 def samples(curves: Table, head: bool) -> list[list[Any]]:
@@ -370,9 +433,12 @@ def build_report(run_dir: str | Path) -> Report:
     checks = [check(data) for check in CHECKS]
     status, reasons = overall_status(checks)
     t = data.curves.iters()
+    regime = label_regime(series_of(data))
+    steps = next_steps(data, checks)
+    dynamics = critic_dynamics(data)
     return Report(
         run_info=run_info(data),
-        regime=label_regime(series_of(data)),
+        regime=regime,
         health_status=status,
         health_reasons=reasons,
         checks=checks,
@@ -381,11 +447,12 @@ def build_report(run_dir: str | Path) -> Report:
         probes=[probe_section(n, data.probes.get(n)) for n in probe_names(data)],
         samples_head=samples(data.curves, head=True),
         samples_tail=samples(data.curves, head=False),
-        next_steps=next_steps(data, checks),
+        next_steps=steps,
         status=status_block(data),
-        dynamics=critic_dynamics(data),
+        dynamics=dynamics,
         timings=timings(data),
         theory=theory_overlay(data),
         problems=list(data.problems),
+        verdict=verdict_of(regime, status, reasons, steps, dynamics, data),
         data=data,
     )

@@ -1,38 +1,133 @@
-"""Plots of the HTML report (SPEC 8), as base64 PNG data URIs.
+"""Figures of the HTML report (SPEC 8) as plotly specs ``{data, layout}`` (plain dicts).
 
-matplotlib is used through ``matplotlib.figure.Figure`` with the Agg canvas only (no
-pyplot, no global state), so plotting is thread-safe and never opens a window. Every
-function takes plain arrays or tables and returns ``data:image/png;base64,...`` or None
-when there is nothing to draw.
+Every function takes plain arrays or the run's tables and returns a spec (or None when
+there is nothing to draw); :func:`tdlens.report.kit.plot` puts it on the page. Every axis
+names its quantity and unit (``iteration``: the 0-based outer iteration of the learning
+curves), every figure over iterations has a linear/log button and a legend below the plot
+(click a series to hide it), and every linear y axis is honest
+(:mod:`tdlens.report.honest`): at least ``MIN_REL_SPAN`` of the series' level wide, so a
+negligible change is drawn flat, and titled "no change beyond noise" when it is one.
 """
 
 from __future__ import annotations
 
+import html
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from tdlens.probes import registry
-from tdlens.report.kit import png_data_uri
+from tdlens.report.honest import FLAT_NOTE, change_of, y_range
+from tdlens.report.kit import log_linear_buttons
 from tdlens.rundir.read import RunData, Table, latest_array
 
-DPI = 80
-TICKS = 4
-"""Target number of ticks per axis (fewer ticks draw much faster)."""
-LOG_RATIO = 100.0
-"""Use a log y axis when a positive series spans more than this factor."""
+X_TITLE = "iteration (0-based)"
+MAX_TICKS = 10
+UNITS: dict[str, str] = {
+    "fastest_timescale": "iterations",
+    "slowest_timescale": "iterations",
+    "growth_timescale": "iterations",
+    "iter_time_s": "s",
+    "w_sharp_drift": "norm",
+    "noise_floor": "norm",
+    "w_norm": "norm",
+    "delta_w_norm": "norm/iteration",
+}
+"""Units of columns that have one; other columns are dimensionless ratios or values."""
+SMALL_REL = 0.01
+"""A series whose range is below this fraction of its level is titled with its change."""
+TITLE = {"x": 0.01, "xanchor": "left", "y": 0.97, "yanchor": "top", "font": {"size": 14}}
+LEGEND = {"orientation": "h", "x": 0, "y": -0.3, "yanchor": "top"}
+"""Legends below the x axis title: never over the data."""
+MARGIN = {"l": 70, "r": 40, "t": 64, "b": 40}
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "pentagon", "hexagon", "star")
 
 
-def to_data_uri(fig: Figure) -> str:
-    """Render ``fig`` to a PNG data URI at the report's DPI (:func:`kit.png_data_uri`)."""
-    return png_data_uri(fig, DPI)
+def y_title(column: str) -> str:
+    """``column`` with its unit: ``fastest_timescale (iterations)``."""
+    unit = UNITS.get(column)
+    return f"{column} ({unit})" if unit else column
 
 
-def _scale(ax: Any, y: np.ndarray) -> None:
-    y = y[np.isfinite(y)]
-    if len(y) and np.all(y > 0) and y.max() / y.min() > LOG_RATIO:
-        ax.set_yscale("log")
+def int_dtick(span: float) -> int:
+    """An integer tick step (1, 2, 5 x 10^k) giving at most MAX_TICKS ticks over span."""
+    raw = max(span, 1.0) / MAX_TICKS
+    base = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if m * base >= raw:
+            return max(1, int(m * base))
+    return max(1, int(10 * base))
+
+
+def iteration_axis(x: np.ndarray) -> dict[str, Any]:
+    """An x axis over iterations with integer ticks."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    span = float(x.max() - x.min()) if len(x) else 1.0
+    return {
+        "title": {"text": X_TITLE},
+        "tickformat": "d",
+        "dtick": int_dtick(span),
+        "automargin": True,
+        "zeroline": False,
+    }
+
+
+def line(x: np.ndarray, y: np.ndarray, name: str, i: int = 0, **extra: Any) -> dict[str, Any]:
+    """A scatter trace of the finite points (lines and markers when there are few). The
+    name is HTML-escaped: plotly reads tags in trace names (a run called ``a<i>`` would
+    turn italic) and decodes the entities."""
+    name = html.escape(name, quote=False)
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    trace = {
+        "type": "scatter",
+        "x": x[ok].tolist(),
+        "y": y[ok].tolist(),
+        "name": name,
+        "mode": "lines+markers" if ok.sum() <= 60 else "lines",
+        "line": {"color": COLORS[i % len(COLORS)], "width": 2},
+        "marker": {"size": 6},
+        "hovertemplate": f"{name}<br>iteration %{{x}}<br>%{{y:.6g}}<extra></extra>",
+    }
+    trace.update(extra)
+    return trace
+
+
+def over_iterations(
+    title: str, y_label: str, traces: Sequence[dict[str, Any]], main: np.ndarray
+) -> dict[str, Any]:
+    """A figure of ``traces`` against the iteration. ``main`` is the series the honest
+    axis and the flat label are judged on (the range also covers every trace)."""
+    change = change_of(main)
+    ys = np.concatenate([np.asarray(t["y"], float) for t in traces] or [np.zeros(0)])
+    xs = np.concatenate([np.asarray(t["x"], float) for t in traces] or [np.zeros(0)])
+    rng = y_range(ys)
+    full = f"{title}: {FLAT_NOTE}" if change.flat else title
+    if not change.flat and change.span < SMALL_REL * change.level:
+        full = f"{title}: changed {100 * change.span / change.level:.2g}% of its level"
+    yaxis: dict[str, Any] = {"title": {"text": y_label}, "automargin": True, "exponentformat": "e"}
+    if rng is not None:
+        yaxis["range"] = list(rng)
+    menu = log_linear_buttons(list(rng) if rng is not None else None)
+    return {
+        "data": list(traces),
+        "layout": {
+            "title": TITLE | {"text": full},
+            "xaxis": iteration_axis(xs),
+            "yaxis": yaxis,
+            "updatemenus": [menu],
+            "showlegend": True,
+            "legend": LEGEND,
+            "margin": MARGIN,
+            "modebar": {"orientation": "v"},
+            "hovermode": "closest",
+        },
+    }
 
 
 def probe_iters(data: RunData) -> np.ndarray:
@@ -43,192 +138,226 @@ def probe_iters(data: RunData) -> np.ndarray:
     return data.curves.iters()[[r is not None for r in reasons]]
 
 
-def plot_series(
-    table: Table, columns: list[str], marks: np.ndarray | None = None, title: str = ""
-) -> str | None:
-    """One panel per column against ``iter``; dotted verticals at ``marks``."""
-    columns = [c for c in columns if np.any(np.isfinite(table.values(c)))]
-    if not len(table) or not columns:
+def plot_column(table: Table, column: str, marks: np.ndarray | None = None) -> dict | None:
+    """One column against the iteration; the probe rounds (``marks``) as markers on it."""
+    if not len(table) or not np.any(np.isfinite(table.values(column))):
         return None
-    ncol = 1 if len(columns) <= 3 else 2
-    nrow = -(-len(columns) // ncol)
-    height = 2.0 * nrow + 0.4
-    fig = Figure(figsize=(10, height))
-    axes = fig.subplots(nrow, ncol, sharex=True, squeeze=False).ravel()
-    t = table.iters()
-    for ax, col in zip(axes, columns, strict=False):
-        y = table.values(col)
-        ax.plot(t, y, marker="." if len(t) < 60 else None, lw=1)
-        if marks is not None and len(marks):
-            ax.vlines(
-                marks,
-                0,
-                1,
-                transform=ax.get_xaxis_transform(),
-                colors="tab:orange",
-                linestyles=":",
-                lw=0.8,
+    t, y = table.iters(), table.values(column)
+    traces = [line(t, y, column)]
+    if marks is not None and len(marks):
+        at = np.isin(t, marks)
+        traces.append(
+            line(
+                t[at],
+                y[at],
+                "probe rounds",
+                3,
+                mode="markers",
+                marker={"size": 9, "symbol": "diamond-open", "color": "#ff7f0e"},
             )
-        _scale(ax, y)
-        ax.set_title(col, fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.locator_params(axis="x", nbins=TICKS)
-        if ax.get_yscale() == "linear":
-            ax.locator_params(axis="y", nbins=TICKS)
-    for ax in axes[len(columns) :]:
-        ax.set_visible(False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(
-        hspace=0.6, wspace=0.25, left=0.08, right=0.98, top=1 - 0.55 / height, bottom=0.35 / height
-    )
-    return to_data_uri(fig)
+        )
+    return over_iterations(column, y_title(column), traces, y)
+
+
+def plot_core(data: RunData, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """One figure per learning-curve column, probe rounds marked."""
+    marks = probe_iters(data)
+    figs = [plot_column(data.curves, c, marks) for c in columns if data.curves.has(c)]
+    return [f for f in figs if f is not None]
 
 
 def sparkline(t: np.ndarray, y: np.ndarray, width: int = 140, height: int = 26) -> str:
-    """An inline SVG polyline of ``y`` against ``t`` (finite points only), scaled to the
-    box; a flat line for a constant series, a dot for a single point, '' for none."""
+    """An inline SVG polyline of ``y`` against ``t`` (finite points only) on the honest
+    range of :func:`tdlens.report.honest.y_range` (a negligible change is drawn flat);
+    its tooltip says "no change beyond noise" when it is one; '' for no points."""
     ok = np.isfinite(t) & np.isfinite(y)
     t, y = np.asarray(t, float)[ok], np.asarray(y, float)[ok]
     if not len(y):
         return ""
     pad = 3.0
+    lo, hi = y_range(y) or (0.0, 1.0)
     t_span = float(t.max() - t.min()) or 1.0
-    y_span = float(y.max() - y.min())
     xs = pad + (t - t.min()) / t_span * (width - 2 * pad)
-    ys = (height / 2 + 0 * y) if y_span == 0 else pad + (y.max() - y) / y_span * (height - 2 * pad)
-    head = f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
+    ys = pad + (hi - y) / (hi - lo) * (height - 2 * pad)
+    flat = change_of(y).flat
+    tip = f"<title>{FLAT_NOTE}</title>" if flat else ""
+    color = "#888" if flat else "#1f77b4"
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"'
+        f' class="spark{" flat" if flat else ""}">{tip}'
+    )
     if len(y) == 1:
-        return f'{head}<circle cx="{xs[0]:.1f}" cy="{ys[0]:.1f}" r="2" fill="#1f77b4"/></svg>'
+        return f'{head}<circle cx="{xs[0]:.1f}" cy="{ys[0]:.1f}" r="2" fill="{color}"/></svg>'
     points = " ".join(f"{x:.1f},{v:.1f}" for x, v in zip(xs, ys, strict=True))
     return (
-        f'{head}<polyline fill="none" stroke="#1f77b4" stroke-width="1.2" points="{points}"/></svg>'
+        f'{head}<polyline fill="none" stroke="{color}" stroke-width="1.2" points="{points}"/></svg>'
     )
 
 
-def plot_rho(data: RunData) -> tuple[str | None, str]:
+def _plain(title: str, x_label: str, y_label: str, traces: list[dict]) -> dict[str, Any]:
+    return {
+        "data": traces,
+        "layout": {
+            "title": TITLE | {"text": title},
+            "xaxis": {"title": {"text": x_label}, "automargin": True},
+            "yaxis": {"title": {"text": y_label}, "automargin": True, "exponentformat": "e"},
+            "legend": LEGEND,
+            "margin": MARGIN,
+            "modebar": {"orientation": "v"},
+        },
+    }
+
+
+def plot_rho(data: RunData) -> tuple[dict | None, str]:
     """Histogram of the latest raw rho sample (probes/rho_hist_<iter>.npy); without one,
-    the per-iteration rho quantiles of the learning curves. Returns (uri, caption)."""
+    the per-iteration rho quantiles of the learning curves. Returns (spec, caption)."""
     it, rho = latest_array(data.run_dir, "rho_hist")
     if isinstance(rho, np.ndarray) and rho.size:
         rho = rho[np.isfinite(rho)].ravel()
-        fig = Figure(figsize=(7, 3))
-        ax = fig.add_subplot(1, 1, 1)
         lo, hi = (float(rho.min()), float(rho.max())) if rho.size else (1.0, 1.0)
         if hi - lo <= 1e-9 * max(1.0, abs(hi)):  # on-policy: every ratio is exactly 1
             lo, hi = lo - 0.5, hi + 0.5
-        ax.hist(rho, bins=60, range=(lo, hi), color="tab:blue", alpha=0.8)
-        ax.axvline(1.0, color="k", ls="--", lw=1, label="rho = 1")
-        ax.axvline(float(rho.mean()), color="tab:red", lw=1, label=f"mean {rho.mean():.4g}")
-        ax.set_xlabel("rho (unclipped)")
-        ax.legend(fontsize=8)
-        fig.subplots_adjust(left=0.1, right=0.97, top=0.9, bottom=0.15)
-        return to_data_uri(fig), f"raw rho sample of the rho audit at iteration {it}"
+        counts, edges = np.histogram(rho, bins=60, range=(lo, hi))
+        top = float(counts.max())
+        mean = float(rho.mean())
+        traces = [
+            {
+                "type": "bar",
+                "x": (0.5 * (edges[1:] + edges[:-1])).tolist(),
+                "y": counts.tolist(),
+                "name": "rho sample",
+                "marker": {"color": "#1f77b4"},
+            },
+            line([1.0, 1.0], [0, top], "rho = 1", 6, mode="lines", line={"dash": "dash"}),
+            line([mean, mean], [0, top], f"mean {mean:.4g}", 1, mode="lines"),
+        ]
+        spec = _plain(f"raw rho at iteration {it}", "rho (unclipped)", "count", traces)
+        return spec, f"raw rho sample of the rho audit at iteration {it}"
     cols = [
         c for c in ("min_rho", "mean_rho", "p95_rho", "p99_rho", "max_rho") if data.curves.has(c)
     ]
-    uri = None
+    spec = None
     if cols and len(data.curves):
-        fig = Figure(figsize=(7, 3))
-        ax = fig.add_subplot(1, 1, 1)
-        for c in cols:
-            ax.plot(data.curves.iters(), data.curves.values(c), label=c, lw=1)
-        ax.legend(fontsize=7)
-        ax.set_xlabel("iter")
-        fig.subplots_adjust(left=0.1, right=0.97, top=0.9, bottom=0.15)
-        uri = to_data_uri(fig)
-    return uri, "no raw rho sample saved: per-iteration rho quantiles of the training batches"
+        t = data.curves.iters()
+        traces = [line(t, data.curves.values(c), c, i) for i, c in enumerate(cols)]
+        spec = over_iterations("rho quantiles", "rho", traces, data.curves.values(cols[0]))
+    return spec, "no raw rho sample saved: per-iteration rho quantiles of the training batches"
 
 
-def plot_q_kernel(data: RunData) -> tuple[str | None, str]:
+def plot_q_kernel(data: RunData) -> tuple[list[dict], str]:
     """Heatmap of the latest Q_hat and its lag profile C(tau) = mean_t Q_hat(t, t + tau)."""
     it, Q = latest_array(data.run_dir, "q_kernel")
     if not isinstance(Q, np.ndarray) or Q.ndim != 2 or not Q.size:
-        return None, "no Q_hat saved"
+        return [], "no Q_hat saved"
     _, lag = latest_array(data.run_dir, "q_kernel_lag", at_or_before=it)
     if not isinstance(lag, np.ndarray) or lag.ndim != 1:
         lag = np.array([np.mean(np.diagonal(Q, offset=k)) for k in range(Q.shape[0])])
-    fig = Figure(figsize=(11, 3.6))
-    ax = fig.add_subplot(1, 2, 1)
     vmax = float(np.nanmax(np.abs(Q))) or 1.0
-    im = ax.imshow(Q, cmap="RdBu_r", vmin=-vmax, vmax=vmax, origin="lower")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_title(f"Q_hat(t, t') at iter {it}", fontsize=9)
-    ax2 = fig.add_subplot(1, 2, 2)
-    ax2.plot(np.arange(len(lag)), lag, lw=1)
-    ax2.axhline(0.0, color="k", lw=0.5)
-    ax2.set_title("lag profile C(tau)", fontsize=9)
-    ax2.set_xlabel("tau")
-    fig.subplots_adjust(left=0.06, right=0.97, top=0.9, bottom=0.15, wspace=0.45)
-    return to_data_uri(fig), f"probes/q_kernel_{it:04d}.npy"
+    heat = _plain(f"Q_hat(t, t') at iteration {it}", "t' (step)", "t (step)", [])
+    heat["data"] = [
+        {
+            "type": "heatmap",
+            "z": np.asarray(Q, float).tolist(),
+            "zmin": -vmax,
+            "zmax": vmax,
+            "colorscale": "RdBu",
+            "name": "Q_hat",
+            "hovertemplate": "t %{y}, t' %{x}<br>Q_hat %{z:.4g}<extra></extra>",
+        }
+    ]
+    heat["layout"]["yaxis"]["scaleanchor"] = "x"
+    tau = np.arange(len(lag), dtype=float)
+    prof = _plain(
+        "lag profile C(tau)",
+        "lag tau (steps)",
+        "C(tau)",
+        [line(tau, lag, "C(tau)", hovertemplate="tau %{x}<br>C %{y:.4g}<extra></extra>")],
+    )
+    return [heat, prof], f"TD-error kernel of the q_kernel probe at iteration {it}"
 
 
-def plot_spectrum(data: RunData) -> tuple[str | None, str]:
+def plot_spectrum(data: RunData) -> tuple[dict | None, str]:
     """Eigenvalues of A of the latest stability probe (probes/stability_eigs_<iter>.npy)
     in the complex plane, with the +-spectral_noise band of Re(l)."""
     it, eigs = latest_array(data.run_dir, "stability_eigs")
     if not isinstance(eigs, np.ndarray) or not eigs.size:
         return None, "no eigenvalues saved"
-    fig = Figure(figsize=(7, 3.2))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(eigs.real, eigs.imag, s=6)
+    traces = [
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "x": eigs.real.tolist(),
+            "y": eigs.imag.tolist(),
+            "name": "eigenvalues of A",
+            "marker": {"size": 5, "color": "#1f77b4"},
+        }
+    ]
     noise = data.probe("stability_probe").last("spectral_noise")
     if noise is not None and np.isfinite(noise):
-        ax.axvspan(-noise, noise, color="tab:gray", alpha=0.2, label="|Re| < spectral_noise")
-        ax.legend(fontsize=7)
-    ax.axvline(0.0, color="k", lw=0.5)
-    ax.set_xlabel("Re eig(A)")
-    ax.set_ylabel("Im")
-    fig.subplots_adjust(left=0.1, right=0.97, top=0.9, bottom=0.15)
-    return to_data_uri(fig), f"probes/stability_eigs_{it:04d}.npy"
+        hi = float(np.max(np.abs(eigs.imag))) or 1.0
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "x": [-noise, noise, noise, -noise, -noise],
+                "y": [-hi, -hi, hi, hi, -hi],
+                "fill": "toself",
+                "fillcolor": "rgba(128,128,128,0.2)",
+                "line": {"width": 0},
+                "name": "|Re| &lt; spectral_noise",
+            }
+        )
+    spec = _plain(f"spectrum of A at iteration {it}", "Re eig(A)", "Im eig(A)", traces)
+    return spec, f"eigenvalues of A from the stability probe at iteration {it}"
 
 
-def plot_theory(theory: dict[str, Any]) -> str | None:
-    """Measured value_gap (points) against the predicted curves of the theory overlay."""
-    if not theory["value_gap"]:
+def plot_theory(theory: dict[str, Any]) -> dict | None:
+    """Measured value_gap (points) against whatever the overlay predicts: a band where it
+    gives ``lo``/``hi`` (with ``mid``), else each of its ``curves``."""
+    if not (theory.get("value_gap") or theory.get("lo") or theory.get("curves")):
         return None
-    fig = Figure(figsize=(7, 3.2))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot(theory["measured_iters"], theory["value_gap"], "o-", label="measured value_gap")
-    for label, values in theory["curves"].items():
-        ax.plot(theory["pred_iters"], values, "--", label=label)
-    ax.set_xlabel("iter")
-    ax.set_ylabel("value_gap")
-    ax.legend(fontsize=7)
-    fig.subplots_adjust(left=0.1, right=0.97, top=0.9, bottom=0.15)
-    return to_data_uri(fig)
+    x_pred = theory.get("iters", theory.get("pred_iters", []))
+    traces: list[dict[str, Any]] = []
+    if theory.get("lo") and theory.get("hi"):
+        xp = np.asarray(x_pred, float)
+        lo, hi = np.asarray(theory["lo"], float), np.asarray(theory["hi"], float)
+        band = line(
+            np.concatenate([xp, xp[::-1]]),
+            np.concatenate([hi, lo[::-1]]),
+            "predicted band",
+            0,
+            mode="lines",
+            fill="toself",
+            fillcolor="rgba(31,119,180,0.15)",
+            line={"width": 0},
+        )
+        traces.append(band)
+        if theory.get("mid"):
+            traces.append(line(x_pred, theory["mid"], "predicted", 0, mode="lines"))
+    for i, (label, values) in enumerate(theory.get("curves", {}).items()):
+        traces.append(line(x_pred, values, label, i + 2, mode="lines", line={"dash": "dash"}))
+    gap = np.asarray(theory.get("value_gap") or [], float)
+    if len(gap):
+        measured = line(theory["measured_iters"], gap, "measured value_gap", 1)
+        traces.append({**measured, "mode": "markers", "marker": {"size": 8, "color": COLORS[1]}})
+    main = gap if len(gap) else np.asarray(traces[0]["y"], float)
+    return over_iterations("value_gap: measured vs predicted", "value_gap", traces, main)
 
 
-def plot_key_probes(data: RunData) -> str | None:
-    """The probes' key series against iter (each probe's registry ``key_series``), each
-    with its reference where it has one (drift vs noise_floor, eig_min_real vs
-    -spectral_noise, drawn negated, rho^2 vs its closed form)."""
-    panels = [
-        (p, c, r)
-        for p, c, r in registry.key_series()
-        if data.probe(p).has(c) and len(data.probe(p))
-    ]
-    if not panels:
-        return None
-    nrow = -(-len(panels) // 2)
-    height = 2.0 * nrow + 0.4
-    fig = Figure(figsize=(10, height))
-    axes = fig.subplots(nrow, 2, sharex=True, squeeze=False).ravel()
-    for ax, (probe, col, ref) in zip(axes, panels, strict=False):
+def plot_key_probes(data: RunData) -> list[dict[str, Any]]:
+    """The probes' key series against the iteration (each probe's registry
+    ``key_series``), each with its reference where it has one (drift vs noise_floor,
+    eig_min_real vs -spectral_noise, drawn negated)."""
+    figs = []
+    for probe, col, ref in registry.key_series():
         table = data.probe(probe)
-        t = table.iters()
-        ax.plot(t, table.values(col), "o-", ms=3, lw=1, label=col)
+        if not len(table) or not table.has(col):
+            continue
+        t, y = table.iters(), table.values(col)
+        traces = [line(t, y, col)]
         if ref is not None and table.has(ref):
-            y_ref = table.values(ref) * (-1.0 if ref == "spectral_noise" else 1.0)
+            sign = -1.0 if ref == "spectral_noise" else 1.0
             label = f"-{ref}" if ref == "spectral_noise" else ref
-            ax.plot(t, y_ref, "--", lw=1, label=label)
-            ax.legend(fontsize=6)
-        ax.set_title(f"{probe}.{col}", fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.locator_params(axis="x", nbins=TICKS)
-    for ax in axes[len(panels) :]:
-        ax.set_visible(False)
-    fig.subplots_adjust(
-        hspace=0.6, wspace=0.25, left=0.08, right=0.98, top=1 - 0.3 / height, bottom=0.35 / height
-    )
-    return to_data_uri(fig)
+            traces.append(line(t, sign * table.values(ref), label, 1, line={"dash": "dash"}))
+        figs.append(over_iterations(f"{probe}.{col}", y_title(col), traces, y))
+    return figs

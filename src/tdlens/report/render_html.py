@@ -1,8 +1,10 @@
 """run_report.html (SPEC 8): one self-contained page with the markdown's content and plots.
 
-No network and no script: CSS is inline, plots are base64 PNGs (:mod:`tdlens.report.plots`).
-Every string that comes from the run (config values, run name, paths, status reason,
-traceback, table names) goes through :func:`esc` (``html.escape`` with quotes).
+The verdict card comes first (regime, health, why, next, key numbers), then the seed's
+sections. No network: CSS is inline and the figures are plotly charts whose library is
+embedded once (:mod:`tdlens.report.kit`, :mod:`tdlens.report.plots`). Every string that
+comes from the run (config values, run name, paths, status reason, traceback, table
+names) goes through :func:`esc` (``html.escape`` with quotes).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import Any
 from tdlens.report import plots
 from tdlens.report.build import SAMPLE_COLUMNS, Report
 from tdlens.report.fmt import fmt, fmt_count, fmt_ratio
-from tdlens.report.kit import esc, page, table
+from tdlens.report.kit import esc, page, plot, table
 from tdlens.report.render_md import DYNAMICS_NOTES, MISSING_CELL, key_hparams
 from tdlens.report.stats import STAT_COLUMNS, Stats
 from tdlens.rundir.read import Table
 
+CARD_REASONS = 2
+"""Health reasons the card lists (the rest are counted), so it fits the first screen."""
 CORE_PLOT_COLUMNS = (
     "td_loss",
     "w_norm",
@@ -45,18 +49,59 @@ def stats_table(stats: dict[str, Stats | None], source: Table | None = None) -> 
         "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + f"<td>{svg}</td></tr>"
         for row, svg in zip(rows, lines, strict=True)
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
+    )
+
+
+def plots_grid(figs: Sequence[dict[str, Any] | None], empty: str = "nothing to plot") -> str:
+    """Figures side by side (two per row at 1280 px)."""
+    divs = [plot(f) for f in figs if f is not None]
+    if not divs:
+        return f"<p><em>{esc(empty)}</em></p>"
+    return '<div class="plots">' + "".join(divs) + "</div>"
+
+
+def html_verdict(r: Report) -> str:
+    """The verdict card."""
+    v = r.verdict
+    base = v.regime.split(":")[0]
+    shown = v.reasons[:CARD_REASONS]
+    more = len(v.reasons) - len(shown)
+    text = "; ".join(shown) + (f"; {more} more under Health" if more > 0 else "")
+    reasons = f" ({esc(text)})" if v.reasons else ""
+    rows = "".join(
+        f"<tr><td>{esc(k.name)}</td><td>{esc(fmt(k.value))}</td>"
+        f"<td>{esc(f'[{fmt(k.lo)}, {fmt(k.hi)}]' if k.lo is not None else '-')}</td>"
+        f'<td class="t">{esc(k.note)}</td></tr>'
+        for k in v.key_numbers
+    )
+    numbers = (
+        '<div class="scroll"><table><thead><tr><th>key number</th><th>value</th>'
+        f"<th>95% interval</th><th>what</th></tr></thead><tbody>{rows}</tbody></table></div>"
+        if rows
+        else ""
+    )
+    return (
+        f'<section class="card c-{esc(base)}" id="verdict"><h2>Verdict</h2>'
+        f'<p><span class="regime {esc(base)}">{esc(v.regime)}</span> '
+        f"<small>({esc(v.regime_reason)})</small> &middot; health "
+        f"{verdict(v.health)}{reasons}</p>"
+        f"<p><b>Why:</b> {esc(v.why)}</p><p><b>Next:</b> {esc(v.next)}</p>{numbers}</section>"
+    )
+
+
+def html_settings(r: Report) -> str:
+    """Every probe's settings (constant over the run) in one table."""
+    if not r.settings:
+        return ""
+    rows = [[probe, col, value] for probe, col, value in r.settings]
+    return "<h2>Settings (constant over the run)</h2>" + table(["probe", "setting", "value"], rows)
 
 
 def verdict(v: str | None) -> str:
     return f'<span class="{esc(v)}">{esc(v)}</span>' if v else "-"
-
-
-def figure(uri: str | None, caption: str = "") -> str:
-    if uri is None:
-        return f"<p><em>{esc(caption or 'nothing to plot')}</em></p>"
-    cap = esc(caption)
-    return f'<figure><img alt="{cap}" src="{uri}"><figcaption>{cap}</figcaption></figure>'
 
 
 def items(pairs: Sequence[tuple[str, str]]) -> str:
@@ -117,29 +162,38 @@ def html_scale(r: Report) -> str:
 def html_core(r: Report) -> str:
     data = r.data
     cols = [c for c in CORE_PLOT_COLUMNS if data.curves.has(c)]
-    uri = plots.plot_series(data.curves, cols, plots.probe_iters(data), "core metrics")
     return (
         "<h2>Core Metrics</h2>"
-        + stats_table(r.core)
-        + figure(uri, "core metrics vs iteration; dotted lines: probe rounds")
+        + stats_table(r.core, data.curves)
+        + plots_grid(plots.plot_core(data, cols))
+        + "<p class='doc'>Diamonds: probe rounds. Every y axis spans at least "
+        "10% of the series' level, so a negligible change is drawn flat.</p>"
     )
 
 
 def html_probes(r: Report) -> str:
     out = [
         "<h2>Probe Metrics</h2>",
-        figure(plots.plot_key_probes(r.data), "key probe series with their references"),
+        plots_grid(plots.plot_key_probes(r.data), "no probe series"),
     ]
     for p in r.probes:
         out.append(f"<h3>{esc(p.name)}</h3>")
         if p.note:
             out.append(f"<p>{esc(p.note)}</p>")
             continue
-        out.append(stats_table(p.stats, r.data.probe(p.name)))
+        span = f"{p.rows} rounds, iterations {p.iters[0]}-{p.iters[1]}; " if p.iters else ""
+        out.append(
+            f"<details><summary>{esc(span)}{len(p.stats)} metrics (last, min, max, "
+            "mean and slope of the last k, series)</summary>"
+            + stats_table(p.stats, r.data.probe(p.name))
+            + "</details>"
+        )
         if p.text_columns:
             out.append(items([(k, v if v is not None else "-") for k, v in p.text_columns.items()]))
         if p.name == "q_kernel_probe":
-            out.append(figure(*plots.plot_q_kernel(r.data)))
+            figs, caption = plots.plot_q_kernel(r.data)
+            out.append(plots_grid(figs, caption))
+    out.append(html_settings(r))
     return "".join(out)
 
 
@@ -162,15 +216,15 @@ def html_dynamics(r: Report) -> str:
         if key.endswith("_timescale") and value is not None:
             note = f"iterations, ~{fmt_count(value)}; run: {fmt(r.dynamics.get('run_iters'))}"
         pairs.append((key, fmt(value) + (f" ({note})" if note else "")))
-    uri, caption = plots.plot_spectrum(r.data)
-    return "<h2>Critic Dynamics</h2>" + items(pairs) + figure(uri, caption)
+    spec, caption = plots.plot_spectrum(r.data)
+    return "<h2>Critic Dynamics</h2>" + items(pairs) + plots_grid([spec], caption)
 
 
 def html_rho(r: Report) -> str:
     check = next((c for c in r.checks if c.name == "rho_audit"), None)
-    uri, caption = plots.plot_rho(r.data)
+    spec, caption = plots.plot_rho(r.data)
     text = f"<p>verdict: {verdict(check.verdict)} ({esc(check.detail)})</p>" if check else ""
-    return "<h2>Rho Audit</h2>" + text + figure(uri, caption)
+    return "<h2>Rho Audit</h2>" + text + plots_grid([spec], caption)
 
 
 def html_theory(r: Report) -> str:
@@ -178,7 +232,7 @@ def html_theory(r: Report) -> str:
     return (
         "<h2>Theory Overlay</h2>"
         + items([("prediction", t["source"]), ("measured probes", str(len(t["value_gap"])))])
-        + figure(plots.plot_theory(t), "value_gap: measured vs expected dynamics")
+        + plots_grid([plots.plot_theory(t)], "no value_gap measured")
     )
 
 
@@ -206,6 +260,7 @@ def render_html(r: Report) -> str:
     body = "".join(
         [
             f"<h1>{esc(title)}</h1>",
+            html_verdict(r),
             html_run_info(r),
             html_health(r),
             html_scale(r),

@@ -24,6 +24,7 @@ def report_dict(r: Report) -> dict[str, Any]:
     """The report as plain JSON-able data (sections in the markdown's order)."""
     return {
         "schema": SCHEMA,
+        "verdict": r.verdict.as_dict(),
         "run_info": r.run_info,
         "regime": {"label": r.regime.label, "reason": r.regime.reason},
         "health": {
@@ -40,6 +41,8 @@ def report_dict(r: Report) -> dict[str, Any]:
                 "note": p.note,
                 "metrics": {k: stats_json(v) for k, v in p.stats.items()},
                 "text_columns": p.text_columns,
+                "settings": p.settings,
+                "iters": list(p.iters) if p.iters else None,
             }
             for p in r.probes
         },

@@ -1,6 +1,9 @@
-"""run_report.md (SPEC 8): the seed report's sections, in its order and format, then ours.
+"""run_report.md (SPEC 8): the verdict card, the seed report's sections, in its order and
+format, then ours.
 
-Seed sections: Run Info, Health, Scale Checks, Core Metrics, Probe Metrics (one table per
+The verdict card (regime, health, why, next, key numbers: :mod:`tdlens.report.card`) is a
+block quote under the title, before the first section. Seed sections: Run Info, Health,
+Scale Checks, Core Metrics, Probe Metrics (one table per
 probe), Samples (Head), Samples (Tail), Next Steps. Ours after them: Critic Dynamics,
 Rho Audit, Theory Overlay, Timings, Status, Files. Numbers via :func:`tdlens.report.fmt.fmt`.
 """
@@ -9,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from tdlens.report.build import SAMPLE_COLUMNS, Report
 from tdlens.report.fmt import fmt, fmt_count, fmt_param, fmt_ratio
@@ -77,6 +82,35 @@ def section_scale(r: Report) -> list[str]:
     ]
 
 
+def section_verdict(r: Report) -> list[str]:
+    """The card as a block quote (no heading: the seed's sections come first)."""
+    v = r.verdict
+    health = f"{v.health} ({'; '.join(v.reasons)})" if v.reasons else v.health
+    lines = [
+        f"> **Verdict: {v.regime}** ({v.regime_reason}); health {health}",
+        ">",
+        f"> **Why:** {v.why}",
+        ">",
+        f"> **Next:** {v.next}",
+    ]
+    if v.key_numbers:
+        lines += [">", "> **Key numbers** (95% intervals where known):"]
+        lines += [f"> - {k.text()}" for k in v.key_numbers]
+    return lines
+
+
+def section_settings(r: Report) -> list[str]:
+    """Probe settings (constant over the run) in one table, under Probe Metrics."""
+    if not r.settings:
+        return []
+    rows = [[probe, col, fmt(value)] for probe, col, value in r.settings]
+    return [
+        "",
+        "### settings (constant over the run)",
+        *md_table(["probe", "setting", "value"], rows),
+    ]
+
+
 def section_core(r: Report) -> list[str]:
     return ["## Core Metrics", *md_table(["metric", *STAT_COLUMNS], stats_rows(r.core))]
 
@@ -87,6 +121,8 @@ def section_probes(r: Report) -> list[str]:
         if i:
             lines.append("")
         lines.append(f"### {p.name}")
+        if p.iters:
+            lines += [f"- rounds: {p.rows}, iterations {p.iters[0]}-{p.iters[1]}", ""]
         if p.note:
             lines.append(f"- {p.note}")
             continue
@@ -96,7 +132,7 @@ def section_probes(r: Report) -> list[str]:
                 "- text columns (last): "
                 + ", ".join(f"{k}={v if v is not None else '-'}" for k, v in p.text_columns.items())
             )
-    return lines
+    return lines + section_settings(r)
 
 
 def section_samples(title: str, rows: list[list[Any]]) -> list[str]:
@@ -150,6 +186,23 @@ def section_rho_audit(r: Report) -> list[str]:
     return lines
 
 
+def theory_rows(t: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the overlay at the measured iterations: measured value_gap and
+    each prediction (band lo/mid/hi or curves) interpolated there."""
+    x_pred = np.asarray(t.get("iters", t.get("pred_iters", [])), float)
+    preds = {k: t[k] for k in ("lo", "mid", "hi") if t.get(k)}
+    preds.update(t.get("curves", {}))
+    header = ["iteration", "measured value_gap", *(f"predicted {k}" for k in preds)]
+    rows = []
+    for it, gap in zip(t["measured_iters"], t["value_gap"], strict=True):
+        cells = [fmt(it), fmt(gap)]
+        for values in preds.values():
+            inside = len(x_pred) and x_pred.min() <= it <= x_pred.max()
+            cells.append(fmt(float(np.interp(it, x_pred, values))) if inside else "-")
+        rows.append(cells)
+    return header, rows
+
+
 def section_theory(r: Report) -> list[str]:
     t = r.theory
     lines = [
@@ -157,11 +210,8 @@ def section_theory(r: Report) -> list[str]:
         f"- value_gap measured at {len(t['value_gap'])} probes",
         f"- prediction: {t['source']}",
     ]
-    if not t["source"].startswith("probes/"):
-        lines.append(
-            "- the exact expected-dynamics prediction needs "
-            "probes/expected_dynamics_<iter>.npz (arrays iters, value_gap_pred)"
-        )
+    if t["value_gap"]:
+        lines += ["", *md_table(*theory_rows(t))]
     return lines
 
 
@@ -191,6 +241,7 @@ def render_md(r: Report) -> str:
     """The whole run_report.md text (sections separated by blank lines)."""
     sections = [
         ["# Run Report"],
+        section_verdict(r),
         section_run_info(r),
         section_health(r),
         section_scale(r),

@@ -274,9 +274,14 @@ def rule_critic_frozen(data: RunData, checks: dict[str, Check]) -> NextStep | No
         f"iterations (run: {run_iters}). alpha_w = {fmt(needed)} (now {fmt(cfg.alpha_w)}) "
         f"would relax it {fmt(RELAX_EFOLDS)} times within the run"
     )
+    values.update(
+        alpha_w_next=needed if crit is None else min(needed, cfg.alpha_w * CRITIC_FROZEN_HINT),
+        outer_iters_at_alpha_w=RELAX_EFOLDS * fastest,
+    )
     if crit is not None and needed > SAFE_FRACTION * crit:
         safe = SAFE_FRACTION * crit
         slow = fastest * cfg.alpha_w / safe
+        values.update(alpha_w_next=safe, outer_iters_at_alpha_w_next=RELAX_EFOLDS * slow)
         msg += (
             f", but alpha_w up to {fmt(crit)} keeps it stable (critical_step = "
             f"{fmt(stab.last('critical_step'))}): use alpha_w = {fmt(safe)} (half the "

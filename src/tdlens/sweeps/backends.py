@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -168,14 +167,10 @@ def execute_task(task: RunTask) -> RunOutcome:
     try:
         with threadpool_limits(limits=1):
             cfg = None if task.resume else parse_config(task.config)
-            # no per-run HTML in sweeps (its plots cost ~1 s a run; summary.html shows the
-            # sweep, and `tdlens report RUN_DIR` writes a run's HTML when it is wanted)
+            # every sweep run gets its HTML report (plotly specs: ~0.1 s a run), which
+            # summary.html links
             runner = Runner(
-                cfg,
-                run_dir,
-                resume=task.resume,
-                handle_signals=False,
-                write_report=partial(write_report, html=False),
+                cfg, run_dir, resume=task.resume, handle_signals=False, write_report=write_report
             )
             runner.on_progress = progress_hook(task)
             result = runner.run()

@@ -4,12 +4,15 @@ Each target is a run directory (config.json), a sweep directory (plan.json: all 
 or, when no such path exists, a run id (or id prefix) or sweep name looked up in the
 catalog. The page holds: a table with one column per run (status, health, regime, final
 metrics), the config keys whose values differ between the runs, and overlaid curves of
-the core metrics against the iteration (value_gap from the fixed-point probe table). Every
-string is escaped (:mod:`tdlens.sweeps.html`).
+the core metrics against the iteration (value_gap from the fixed-point probe table), as
+interactive figures (zoom, hover, legend toggles, linear/log). Runs are labelled by their
+run directory's name (never an absolute path) and each run keeps one colour, dash and
+marker in every figure. Every string is escaped (:mod:`tdlens.sweeps.html`).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +117,7 @@ def compare_html(views: Sequence[RunView]) -> str:
     """The comparison page (module docstring)."""
     labels = [v.record.run_id for v in views]
     fields = [
-        "path",
+        "run_dir",
         "status",
         "health",
         "regime",
@@ -126,32 +129,53 @@ def compare_html(views: Sequence[RunView]) -> str:
     ]
     rows = [["name", *[v.record.name for v in views]]]
     for f in fields:
+        if f == "run_dir":
+            rows.append([f, *[Path(str(v.record.flat().get("path"))).name for v in views]])
+            continue
         rows.append([f, *[v.record.flat().get(f) for v in views]])
+    rows = [r for r in rows[:2] if r[1:] != labels] + rows[2:]  # no copies of the header
     for m in FINAL_METRICS:
         rows.append([m, *[v.record.metrics.get(m) for v in views]])
-    body = ["<h2>Final metrics and health</h2>", H.table(["", *labels], rows)]
     diff = differing_keys([v.config for v in views])
+    regimes = Counter(str(v.record.regime) for v in views)
+    health = Counter(str(v.record.health) for v in views)
+    card = (
+        '<section class="card" id="verdict">'
+        f"<p><b>{len(views)} runs</b>: regimes "
+        + H.esc(", ".join(f"{k}={n}" for k, n in sorted(regimes.items())))
+        + "; health "
+        + H.esc(", ".join(f"{k}={n}" for k, n in sorted(health.items())))
+        + "</p><p>they differ in: "
+        + H.esc(", ".join(diff) or "nothing (same config)")
+        + "</p></section>"
+    )
+    body = [card, "<h2>Final metrics and health</h2>", H.table(["", *labels], rows)]
     if diff:
         flat = [flatten(v.config) for v in views]
         body += [
             "<h2>Config keys that differ</h2>",
             H.table(["key", *labels], [[k, *[_text(f.get(k)) for f in flat]] for k in diff]),
         ]
-    body.append("<h2>Curves</h2><div>")
+    figs = []
     for column, log in CURVES:
         series = [(lab, *_series(v.curves, column)) for lab, v in zip(labels, views, strict=True)]
         series = [s for s in series if s[1].size]
         if series:
             positive = all(np.all(s[2] > 0) for s in series)
-            fig = curves_figure(series, column, log=log and positive)
-            body.append(H.png_img(fig, column))
+            figs.append(curves_figure(series, column, log=log and positive))
     series = [
         (lab, *_series(v.value_gap, "value_gap")) for lab, v in zip(labels, views, strict=True)
     ]
     series = [s for s in series if s[1].size]
     if series:
-        body.append(H.png_img(curves_figure(series, "value_gap (fixed-point probe)"), "value_gap"))
-    body.append("</div>")
+        figs.append(curves_figure(series, "value_gap (fixed-point probe)"))
+    if figs:
+        body.append(
+            "<h2>Curves</h2><p class='doc'>Click a run in a legend to hide it; drag to zoom, "
+            "double-click to reset.</p><div class='plots'>"
+            + "".join(H.plot(f) for f in figs)
+            + "</div>"
+        )
     return H.page(f"Comparison of {len(views)} run(s)", "\n".join(body))
 
 

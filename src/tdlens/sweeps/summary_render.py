@@ -1,8 +1,10 @@
 """Rendering of a sweep summary: CSV, Markdown and self-contained HTML (SPEC 11).
 
-Tables as in :mod:`tdlens.sweeps.summary`; heatmaps (inline PNG) of the chosen metric over
-every pair of swept axes with more than one value: each cell is the mean over the configs
-at that (x, y) of the config's seed-mean, i.e. averaged over the axes not shown.
+Tables as in :mod:`tdlens.sweeps.summary`; interactive heatmaps (plotly, embedded) of the
+chosen metric over every pair of swept axes with more than one value: each cell is the
+mean over the configs at that (x, y) of the config's seed-mean, i.e. averaged over the
+axes not shown. The HTML runs table links every run's run_report.html (relative links,
+so a copied sweep folder keeps working).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -22,7 +26,7 @@ from tdlens.report import kit as H
 from tdlens.report.fmt import fmt
 from tdlens.scores import REGIME_DOC, thresholds
 from tdlens.sweeps.html import heatmap_figure
-from tdlens.sweeps.records import ConfigRow, SweepSummary
+from tdlens.sweeps.records import ConfigRow, RunRecord, SweepSummary
 from tdlens.sweeps.spec import SEED_AXIS
 
 AGG_METRICS: tuple[str, ...] = (
@@ -173,11 +177,14 @@ def html_page(
     status = Counter(r.status for r in s.records)
     regimes = Counter(r.regime for r in s.records)
     body = [
-        f"<p>sweep directory: <code>{H.esc(s.sweep_dir)}</code><br>runs: {len(s.records)}; "
-        + H.esc(", ".join(f"{k}={v}" for k, v in sorted(status.items(), key=lambda kv: str(kv[0]))))
-        + "<br>regimes: "
+        '<section class="card" id="verdict">'
+        f"<p><b>{len(s.records)} runs</b>: regimes "
         + H.esc(", ".join(f"{k}={v}" for k, v in sorted(regimes.items())))
-        + "</p>",
+        + "; status "
+        + H.esc(", ".join(f"{k}={v}" for k, v in sorted(status.items(), key=lambda kv: str(kv[0]))))
+        + "</p>"
+        + "".join(f"<p>{H.esc(line)}</p>" for line in boundary_lines(s))
+        + f"<p>sweep directory: <code>{H.esc(s.sweep_dir)}</code></p></section>",
     ]
     if bad := unfinished(s):
         body += [
@@ -193,11 +200,10 @@ def html_page(
     ]
     plot_keys = [k for k in grid_keys if len({json.dumps(g.params[k]) for g in groups}) > 1]
     if len(plot_keys) >= 2:
-        body.append(f"<h2>Heatmaps of final {H.esc(s.metric)}</h2><div>")
+        body.append(f"<h2>Heatmaps of final {H.esc(s.metric)}</h2><div class='plots'>")
         for x_key, y_key in itertools.combinations(plot_keys, 2):
             xs, ys, z = heatmap_grid(groups, x_key, y_key, s.metric)
-            fig = heatmap_figure(z, xs, ys, x_key, y_key, s.metric)
-            body.append(H.png_img(fig, f"{s.metric} over {x_key} x {y_key}"))
+            body.append(H.plot(heatmap_figure(z, xs, ys, x_key, y_key, s.metric)))
         body.append("</div>")
     if s.boundary:
         cols = list(s.boundary[0])
@@ -217,5 +223,33 @@ def html_page(
             H.table(cols, [[m.get(c) for c in cols] for m in s.marginals]),
         ]
     cols = _run_columns(grid_keys, has_seed)
-    body += ["<h2>Runs</h2>", H.table(cols, [[r.flat().get(c) for c in cols] for r in s.records])]
+    rows = [[run_link(s, r), *[r.flat().get(c) for c in cols[1:]]] for r in s.records]
+    body += ["<h2>Runs</h2>", H.table(cols, rows)]
     return H.page(f"Sweep summary: {s.name}", "\n".join(body))
+
+
+def boundary_lines(s: SweepSummary) -> list[str]:
+    """One line per stability-boundary row: where alpha_w stops being stable."""
+    out = []
+    for row in s.boundary:
+        where = ", ".join(
+            f"{k}={fmt(v)}"
+            for k, v in row.items()
+            if k not in ("largest_stable_alpha_w", "smallest_diverged_alpha_w", "monotone")
+        )
+        out.append(
+            f"stable up to alpha_w = {fmt(row.get('largest_stable_alpha_w'))}, diverged from "
+            f"{fmt(row.get('smallest_diverged_alpha_w'))}" + (f" at {where}" if where else "")
+        )
+    return out
+
+
+def run_link(s: SweepSummary, r: RunRecord) -> H.Html:
+    """The run id as a relative link to its run_report.html (plain text when the run
+    lies outside the sweep directory)."""
+    try:
+        rel = Path(r.path).resolve().relative_to(Path(s.sweep_dir).resolve())
+    except ValueError:
+        return H.Html(H.esc(r.run_id))
+    href = quote(f"{rel.as_posix()}/run_report.html")
+    return H.Html(f'<a href="{H.esc(href)}">{H.esc(r.run_id)}</a>')
