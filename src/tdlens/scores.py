@@ -46,9 +46,11 @@ floor: the column ``value_noise_floor`` when the fixed-point table has it, else 
 parameter-space ``noise_floor = ||w#_1 - w#_2||`` scaled to value space by the run's own
 ratio ``value_gap / w_gap``. The stochastic floor F_s is the median of ``value_gap_floor``
 (the predicted stationary floor of value_gap from the per-step update covariance) when the
-table has it, else F. The critic's relaxation time T is ``effective_timescale`` when a
-probe table has it, else the stability probe's ``slowest_timescale`` (else
-``fastest_timescale``). A fall counts when it exceeds the round-to-round noise: F with
+table has it, else F. The critic's relaxation time T is ``effective_timescale`` (the
+predicted relaxation time of value_gap) when a probe table has it, else the relaxation the
+run itself shows (``tau_obs``, when value_gap still falls), else the stability probe's
+``slowest_timescale`` (else ``fastest_timescale``): the slowest mode above the spectral
+noise, which understates T when the gap sits in modes below it. A fall counts when it exceeds the round-to-round noise: F with
 fewer than ``MIN_JITTER_ROUNDS`` rounds, else ``min(F, sqrt(2) s_j)`` with the jitter
 ``s_j = std(second differences of value_gap) / sqrt(6)`` (common random numbers make
 successive rounds' errors nearly equal, so F, the error of one round, overstates the
@@ -256,9 +258,13 @@ def _column(s: RunSeries, name: str) -> Sequence[Cell] | None:
     return s.fixed_point.get(name) or s.stability.get(name)
 
 
-def relaxation_timescales(s: RunSeries, rounds: int) -> np.ndarray:
+def relaxation_timescales(s: RunSeries, rounds: int, tau_obs: float = math.inf) -> np.ndarray:
     """The critic's relaxation time T_k per probe round (module docstring), ``[rounds]``:
-    per round when the column has one value per round, else its latest value."""
+    per round when the column has one value per round, else its latest value;
+    ``effective_timescale`` first, then a finite ``tau_obs``, then the spectrum's."""
+    cells = _column(s, "effective_timescale")
+    if not floats(cells).size and math.isfinite(tau_obs):
+        return np.full(rounds, tau_obs)
     for name in ("effective_timescale", "slowest_timescale", "fastest_timescale"):
         cells = _column(s, name)
         values = floats(cells)
@@ -316,9 +322,10 @@ def plateau_evidence(s: RunSeries, gap: np.ndarray, floor: float) -> dict[str, f
     tau_obs = math.inf
     if falling and excess_last > 0 and excess_mid > excess_last and dt > 0:
         tau_obs = dt / math.log(excess_mid / excess_last)
-    T = relaxation_timescales(s, gap.size)
-    ratio = drift_per_iteration(s, iters) / (gap / T)
-    ratio_half = ratio[mid:][np.isfinite(ratio[mid:])]
+    T = relaxation_timescales(s, gap.size, tau_obs)
+    drift, relax = drift_per_iteration(s, iters)[mid:], (gap / T)[mid:]
+    ratio = drift / relax
+    ok = np.isfinite(ratio)
     eta, eig_min = latest(s.stability.get("eta")), latest(s.stability.get("eig_min_real"))
     return {
         "value_gap_first": float(gap[0]),
@@ -331,9 +338,9 @@ def plateau_evidence(s: RunSeries, gap: np.ndarray, floor: float) -> dict[str, f
         "tau_obs": tau_obs,
         "outer_iters": float(s.outer_iters),
         "relaxation_timescale": float(T[-1]),
-        "drift_per_iter": float(drift_per_iteration(s, iters)[-1]),
-        "relaxation_per_iter": float(gap[-1] / T[-1]),
-        "drift_ratio": float(np.median(ratio_half)) if ratio_half.size else math.nan,
+        "drift_per_iter": float(np.median(drift[ok])) if ok.any() else math.nan,
+        "relaxation_per_iter": float(np.median(relax[ok])) if ok.any() else math.nan,
+        "drift_ratio": float(np.median(ratio[ok])) if ok.any() else math.nan,
         "slowest_mode_timescale": 1.0 / (eta * eig_min) if eta * eig_min > 0 else math.inf,
         "falling": float(falling),
     }
@@ -354,9 +361,9 @@ def _from_value_gap(s: RunSeries, gap: np.ndarray, floor: float) -> Regime:
     if at_floor:
         return Regime("plateau:noise-floor", f"{numbers}; at the stochastic floor", ev)
     tracking = (
-        f"fixed-point drift {ev['drift_per_iter']:.3g}/iter vs relaxation "
-        f"{ev['relaxation_per_iter']:.3g}/iter (T {ev['relaxation_timescale']:.4g}), "
-        f"median ratio {ev['drift_ratio']:.3g}"
+        f"second-half medians: fixed-point drift {ev['drift_per_iter']:.3g}/iter vs "
+        f"relaxation {ev['relaxation_per_iter']:.3g}/iter (T {ev['relaxation_timescale']:.4g}), "
+        f"ratio {ev['drift_ratio']:.3g}"
     )
     if ev["drift_ratio"] >= MOVING_TARGET_RATIO:
         return Regime("plateau:moving-target", f"{numbers}; {tracking}", ev)

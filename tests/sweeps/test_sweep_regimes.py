@@ -93,7 +93,7 @@ def test_plateau_value_gap_stops_falling_above_the_floor():
     assert r.label == "plateau:slow-modes", r.reason
     assert r.evidence["tau_obs"] == math.inf
     # a fall within the noise floor is no learning either
-    r = label_regime(_series(fixed=_fixed_point([1.0, 0.99, 0.985, 0.98])))
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.99, 0.986, 0.982])))
     assert r.label == "plateau:slow-modes", r.reason
 
 
@@ -237,7 +237,13 @@ def test_moving_target_when_the_fixed_point_outruns_relaxation():
     assert r.evidence["drift_per_iter"] == pytest.approx(1e-3)
     assert r.evidence["relaxation_per_iter"] == pytest.approx(4.5e-4)
     assert r.evidence["drift_ratio"] == pytest.approx(1e-3 / 4.5e-4)
-    # today's columns: slowest_timescale (then fastest, 5) as the relaxation time
+    # falling at tau_obs 78.58 > 40 with drift 1e-3/iter: the tracking lag d tau_obs is
+    # 1e-3 * 78.58 / gap_k of the gaps .9, .8, .7 of the second half (median at .8, hand
+    # value 0.098): slow modes, not tracking
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.9, 0.8, 0.7])))
+    assert r.evidence["relaxation_timescale"] == pytest.approx(r.evidence["tau_obs"])
+    assert r.evidence["drift_ratio"] == pytest.approx(1e-3 * 20 / math.log(0.89 / 0.69) / 0.8)
+    # without a fall: slowest_timescale (then fastest, 5) as the relaxation time
     r = label_regime(_series(fixed=_fixed_point([1.0, 0.9, 0.9, 0.9])))
     assert r.label == "plateau:slow-modes" and r.evidence["relaxation_timescale"] == 5.0
     stab = _stability()
