@@ -50,8 +50,9 @@ table has it, else F. The critic's relaxation time T is ``effective_timescale`` 
 predicted relaxation time of value_gap) when a probe table has it, else the relaxation the
 run itself shows (``tau_obs``, when value_gap still falls), else the stability probe's
 ``slowest_timescale`` (else ``fastest_timescale``): the slowest mode above the spectral
-noise, which understates T when the gap sits in modes below it. A fall counts when it exceeds the round-to-round noise: F with
-fewer than ``MIN_JITTER_ROUNDS`` rounds, else ``min(F, sqrt(2) s_j)`` with the jitter
+noise, which understates T when the gap sits in modes below it. A fall counts when it
+exceeds the round-to-round noise: F with fewer than ``MIN_JITTER_ROUNDS`` rounds, else
+``min(F, sqrt(2) s_j)`` with the jitter
 ``s_j = std(second differences of value_gap) / sqrt(6)`` (common random numbers make
 successive rounds' errors nearly equal, so F, the error of one round, overstates the
 error of a difference). With fewer than two probe rounds, learning vs plateau is judged on
