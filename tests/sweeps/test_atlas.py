@@ -66,7 +66,9 @@ def test_atlas_command_draws_a_tiny_sweep(tiny_sweep, tmp_path):
         assert f"](atlas/{name})" in page
     assert "alpha_w / critical_step x theta_mu_offset_scale" in page
     assert "eta = critical_step" in page and "eig_min_real" in page
-    assert f"tdlens atlas {tiny_sweep} --docs {docs}" in page
+    assert f"tdlens atlas OUT/{tiny_sweep.name} --docs {docs}" in page
+    assert "tdlens sweep configs/sweeps/tiny_atlas.yaml --jobs 2" in page
+    assert "alpha_w changes it in 2 of 2" in page  # frozen at 1, diverged at 1000
     # every label the sweep produced has one reproduce command with its swept values
     rows = [line for line in page.splitlines() if "`tdlens run sanity" in line]
     assert all("--set alpha_w=" in r and "--set outer_iters=3" in r for r in rows)

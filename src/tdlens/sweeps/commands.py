@@ -352,7 +352,7 @@ def atlas(
     if docs.suffix != ".md":
         _fail(f"--docs '{docs}': expected a .md file")
     try:
-        result = write_atlas(sweep_dir, docs)
+        result = write_atlas(sweep_dir, docs, f"tdlens atlas OUT/{sweep_dir.name} --docs {docs}")
     except (AtlasError, RunFileError, ConfigError) as exc:
         _fail(str(exc))
     for p in (result.page, *result.images):
