@@ -78,6 +78,9 @@ def test_regime_config_shows_its_regime(tmp_path, name, regime, health):
         ev = {k: math.inf if v is None else v for k, v in report["regime"]["evidence"].items()}
         assert _mechanism_holds(regime, ev, cfg.outer_iters), ev
         assert f"tau_obs {ev['tau_obs']:.4g}" in report["regime"]["reason"]
+        steps = {s["rule"]: s["message"] for s in report["next_steps"]}
+        # a plateau never reads "no issues": its mechanism, evidence and next change
+        assert (regime in steps.get("plateau_mechanism", "")) == regime.startswith("plateau")
     md = (tmp_path / name / "run_report.md").read_text()
     assert f"regime: {regime} (" in md
     assert assert_report_and_catalog_agree(tmp_path / name, tmp_path / "c.sqlite") == regime
