@@ -93,6 +93,13 @@ class DistributionConfig(_Frozen):
 
     enabled: bool = True
     num_samples: int = Field(4096, ge=4)
+    chains: int = Field(
+        8,
+        ge=1,
+        description="independent chains per policy, ceil(num_samples / chains) steps each; "
+        "the MMD p-value permutes whole chains (exact under mu == pi); 1 = one chain, "
+        "blocks of 2 tau_int (approximate)",
+    )
     action_samples: int = Field(64, ge=1)
     mmd_bandwidth_samples: int = Field(300, ge=4)
     permutations: int = Field(200, ge=0)

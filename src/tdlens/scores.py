@@ -17,21 +17,50 @@ Each label is judged against the run's own scales, in this order (the first that
    of the relative step ``delta_w_norm / w_norm`` is below ``FROZEN_REL_STEP``, or the
    latest ``fastest_timescale`` (iterations the fastest mode of ``w += eta (b - A w)``
    needs) exceeds ``outer_iters``.
-3. **learning**: the probe's ``value_gap`` (RMS of ``Q_w - Q_w#``) falls by more than
-   ``LEARNING_FACTOR`` noise floors F over the run, and is still falling (its fall over the
-   second half of the probe rounds exceeds F) or has reached the floor
-   (``value_gap_last <= F``).
-4. **plateau**: otherwise: ``value_gap`` stopped falling above its floor.
+3. **learning**: the probe's ``value_gap`` (RMS of ``Q_w - Q_w#``) is still falling on the
+   run's own timescale: its fall over the second half of the probe rounds is beyond the
+   round-to-round noise, and the relaxation time the run itself shows,
+   ``tau_obs = dt / ln((g_mid - F_s) / (g_last - F_s))`` over that half, is at most
+   ``outer_iters`` (or value_gap is falling into its floor).
+4. **plateau:<mechanism>**: otherwise, named by the evidence of :func:`plateau_evidence`
+   (every number in ``Regime.evidence``):
 
-The noise floor F is the median over probe rounds of the value-space floor: the column
-``value_noise_floor`` when the fixed-point table has it, else the parameter-space
-``noise_floor = ||w#_1 - w#_2||`` scaled to value space by the run's own ratio
-``value_gap / w_gap``. With fewer than two probe rounds, learning vs plateau is judged on
+   - ``plateau:noise-floor``: ``value_gap_last <= FLOOR_FACTOR F_s``, the stochastic floor
+     (and no longer falling): only a smaller step or averaging goes lower.
+   - ``plateau:moving-target``: the fixed point moves faster than the critic relaxes. Per
+     probe round k, the drift per iteration in value terms
+     ``d_k = w_sharp_drift_k (value_gap_k / w_gap_k) / (iter_k - iter_{k-1})`` against the
+     relaxation per iteration ``r_k = value_gap_k / T_k`` with ``T_k = 1/(eta l_eff)`` the
+     critic's relaxation time; moving-target when the median over the second half of
+     ``d_k / r_k`` is at least ``MOVING_TARGET_RATIO`` (a first-order tracker lags its
+     target by ``d T``, so the whole gap is then tracking lag).
+   - ``plateau:slow-modes``: the rest: value_gap is above its floor, the target is not
+     outrunning the critic, and what remains relaxes slower than the run, ``tau_obs >
+     outer_iters`` (inf when it no longer falls); the slowest mode's timescale
+     ``1/(eta eig_min_real)`` is reported beside it. A run that still falls but at
+     ``tau_obs`` beyond the run is a slow-modes plateau, never "learning": with its budget
+     the error stays.
+
+The measurement noise F of value_gap is the median over probe rounds of the value-space
+floor: the column ``value_noise_floor`` when the fixed-point table has it, else the
+parameter-space ``noise_floor = ||w#_1 - w#_2||`` scaled to value space by the run's own
+ratio ``value_gap / w_gap``. The stochastic floor F_s is the median of ``value_gap_floor``
+(the predicted stationary floor of value_gap from the per-step update covariance) when the
+table has it, else F. The critic's relaxation time T is ``effective_timescale`` (the
+predicted relaxation time of value_gap) when a probe table has it, else the relaxation the
+run itself shows (``tau_obs``, when value_gap still falls), else the stability probe's
+``slowest_timescale`` (else ``fastest_timescale``): the slowest mode above the spectral
+noise, which understates T when the gap sits in modes below it. A fall counts when it
+exceeds the round-to-round noise: F with fewer than ``MIN_JITTER_ROUNDS`` rounds, else
+``min(F, sqrt(2) s_j)`` with the jitter
+``s_j = std(second differences of value_gap) / sqrt(6)`` (common random numbers make
+successive rounds' errors nearly equal, so F, the error of one round, overstates the
+error of a difference). With fewer than two probe rounds, learning vs plateau is judged on
 ``td_loss`` instead: learning when the mean of its last quarter is below the mean of its
 first quarter by more than ``LEARNING_FACTOR`` standard errors (the per-iteration noise is
 estimated from successive differences, ``sigma = std(diff td_loss) / sqrt(2)``, so a trend
-does not inflate it). A run with fewer than ``MIN_ROWS`` rows that did not diverge is
-``n/a``.
+does not inflate it), else ``plateau`` with no mechanism. A run with fewer than
+``MIN_ROWS`` rows that did not diverge is ``n/a``.
 
 Sparse probe values live only in the probe tables and the sparse learning-curve columns,
 whose empty cells mean "no probe this iteration": they are never read as non-finite (the
@@ -49,6 +78,8 @@ import numpy as np
 from tdlens.rundir.read import Cell, RunData
 
 REGIMES: tuple[str, ...] = ("diverged", "frozen", "learning", "plateau")
+"""Regime families; a label is a family or ``family:mechanism`` (:func:`regime_family`)."""
+PLATEAU_MECHANISMS: tuple[str, ...] = ("slow-modes", "moving-target", "noise-floor")
 NOT_AVAILABLE = "n/a"
 FROZEN_REL_STEP = 1e-6
 """frozen: median relative change of w per iteration (delta_w_norm / w_norm) below this."""
@@ -57,6 +88,12 @@ LEARNING_FACTOR = 3.0
 W_GROWTH_FACTOR = 1.5
 """diverged by a growing mode: ||w|| grew by more than this factor over the run."""
 MIN_ROWS = 2
+FLOOR_FACTOR = 1.5
+"""plateau:noise-floor: value_gap_last at most this many stochastic floors F_s."""
+MOVING_TARGET_RATIO = 1.0
+"""plateau:moving-target: median drift / relaxation per iteration at least this."""
+MIN_JITTER_ROUNDS = 5
+"""Probe rounds needed to estimate value_gap's round-to-round jitter."""
 """Fewer learning-curve rows than this (and no divergence): label n/a."""
 DENSE_COLUMNS: tuple[str, ...] = ("td_loss", "w_norm")
 """Learning-curve columns present on every row: a non-finite value there is divergence."""
@@ -99,6 +136,13 @@ class Regime:
 
     label: str
     reason: str
+    evidence: dict[str, float] = field(default_factory=dict)
+    """The numbers that decided the label (plateau and learning: :func:`plateau_evidence`)."""
+
+
+def regime_family(label: str) -> str:
+    """``"plateau:slow-modes" -> "plateau"``: the family of a label."""
+    return label.split(":", 1)[0]
 
 
 def floats(cells: Sequence[Cell] | None) -> np.ndarray:
@@ -210,16 +254,122 @@ def _frozen(s: RunSeries) -> Regime | None:
     return Regime("frozen", reasons[0]) if reasons else None
 
 
-def _from_value_gap(gap: np.ndarray, floor: float) -> Regime:
+def _column(s: RunSeries, name: str) -> Sequence[Cell] | None:
+    """A probe column from the fixed-point table, else the stability table."""
+    return s.fixed_point.get(name) or s.stability.get(name)
+
+
+def relaxation_timescales(s: RunSeries, rounds: int, tau_obs: float = math.inf) -> np.ndarray:
+    """The critic's relaxation time T_k per probe round (module docstring), ``[rounds]``:
+    per round when the column has one value per round, else its latest value;
+    ``effective_timescale`` first, then a finite ``tau_obs``, then the spectrum's."""
+    cells = _column(s, "effective_timescale")
+    if not floats(cells).size and math.isfinite(tau_obs):
+        return np.full(rounds, tau_obs)
+    for name in ("effective_timescale", "slowest_timescale", "fastest_timescale"):
+        cells = _column(s, name)
+        values = floats(cells)
+        if values.size == rounds and np.all(np.isfinite(values)):
+            return values
+        last = latest(cells)
+        if math.isfinite(last):
+            return np.full(rounds, last)
+    return np.full(rounds, math.nan)
+
+
+def drift_per_iteration(s: RunSeries, iters: np.ndarray) -> np.ndarray:
+    """``d_k = w_sharp_drift_k (value_gap_k / w_gap_k) / (iter_k - iter_{k-1})`` per probe
+    round ``[rounds]`` (NaN at the first round and where a cell is missing)."""
+    fp = s.fixed_point
+    cols = [fp.get(c) or () for c in ("w_sharp_drift", "value_gap", "w_gap")]
+    rows = list(zip(*cols, strict=False))
+    out = np.full(len(iters), math.nan)
+    for k in range(1, min(len(rows), len(iters))):
+        drift, gap, w_gap = (float(c) if isinstance(c, float | int) else math.nan for c in rows[k])
+        dt = iters[k] - iters[k - 1]
+        if w_gap > 0 and dt > 0:
+            out[k] = drift * (gap / w_gap) / dt
+    return out
+
+
+def _probe_iters(s: RunSeries, rounds: int) -> np.ndarray:
+    iters = floats(s.fixed_point.get("iter"))
+    if iters.size == rounds:
+        return iters
+    return np.linspace(0, s.outer_iters - 1, rounds) if rounds > 1 else np.zeros(rounds)
+
+
+def fall_noise(gap: np.ndarray, floor: float) -> float:
+    """Round-to-round noise of a fall of value_gap (module docstring)."""
+    if gap.size < MIN_JITTER_ROUNDS:
+        return floor
+    jitter = float(np.std(np.diff(gap, 2), ddof=1) / math.sqrt(6.0))
+    return min(floor, math.sqrt(2.0) * jitter)
+
+
+def plateau_evidence(s: RunSeries, gap: np.ndarray, floor: float) -> dict[str, float]:
+    """The numbers behind learning and the plateau mechanisms (module docstring)."""
+    stochastic = finite(_column(s, "value_gap_floor"))
+    f_s = float(np.median(stochastic)) if stochastic.size else floor
+    iters = _probe_iters(s, gap.size)
     mid = (gap.size - 1) // 2
-    total, recent = gap[0] - gap[-1], gap[mid] - gap[-1]
+    recent = float(gap[mid] - gap[-1])
+    noise = fall_noise(gap, floor)
+    falling = recent > noise
+    excess_mid, excess_last = gap[mid] - f_s, gap[-1] - f_s
+    if not (excess_mid > 0 and excess_last > 0):
+        excess_mid, excess_last = gap[mid], gap[-1]
+    dt = float(iters[-1] - iters[mid])
+    tau_obs = math.inf
+    if falling and excess_last > 0 and excess_mid > excess_last and dt > 0:
+        tau_obs = dt / math.log(excess_mid / excess_last)
+    T = relaxation_timescales(s, gap.size, tau_obs)
+    drift, relax = drift_per_iteration(s, iters)[mid:], (gap / T)[mid:]
+    ratio = drift / relax
+    ok = np.isfinite(ratio)
+    eta, eig_min = latest(s.stability.get("eta")), latest(s.stability.get("eig_min_real"))
+    return {
+        "value_gap_first": float(gap[0]),
+        "value_gap_last": float(gap[-1]),
+        "fall_second_half": recent,
+        "fall_noise": noise,
+        "noise_floor": floor,
+        "stochastic_floor": f_s,
+        "gap_over_floor": float(gap[-1] / f_s) if f_s > 0 else math.inf,
+        "tau_obs": tau_obs,
+        "outer_iters": float(s.outer_iters),
+        "relaxation_timescale": float(T[-1]),
+        "drift_per_iter": float(np.median(drift[ok])) if ok.any() else math.nan,
+        "relaxation_per_iter": float(np.median(relax[ok])) if ok.any() else math.nan,
+        "drift_ratio": float(np.median(ratio[ok])) if ok.any() else math.nan,
+        "slowest_mode_timescale": 1.0 / (eta * eig_min) if eta * eig_min > 0 else math.inf,
+        "falling": float(falling),
+    }
+
+
+def _from_value_gap(s: RunSeries, gap: np.ndarray, floor: float) -> Regime:
+    ev = plateau_evidence(s, gap, floor)
     numbers = (
-        f"value_gap {gap[0]:.4g} -> {gap[-1]:.4g} (fall {total:.4g}, second half {recent:.4g}), "
-        f"noise floor {floor:.4g}"
+        f"value_gap {gap[0]:.4g} -> {gap[-1]:.4g} (fall {gap[0] - gap[-1]:.4g}, second half "
+        f"{ev['fall_second_half']:.4g} vs noise {ev['fall_noise']:.4g}), noise floor "
+        f"{floor:.4g}, stochastic floor {ev['stochastic_floor']:.4g} "
+        f"(x{ev['gap_over_floor']:.3g}), tau_obs {ev['tau_obs']:.4g} vs {s.outer_iters} "
+        f"iterations"
     )
-    if total > LEARNING_FACTOR * floor and (recent > floor or gap[-1] <= floor):
-        return Regime("learning", numbers)
-    return Regime("plateau", numbers)
+    at_floor = ev["value_gap_last"] <= FLOOR_FACTOR * ev["stochastic_floor"]
+    if ev["falling"] and (at_floor or ev["tau_obs"] <= s.outer_iters):
+        return Regime("learning", numbers, ev)
+    if at_floor:
+        return Regime("plateau:noise-floor", f"{numbers}; at the stochastic floor", ev)
+    tracking = (
+        f"second-half medians: fixed-point drift {ev['drift_per_iter']:.3g}/iter vs "
+        f"relaxation {ev['relaxation_per_iter']:.3g}/iter (T {ev['relaxation_timescale']:.4g}), "
+        f"ratio {ev['drift_ratio']:.3g}"
+    )
+    if ev["drift_ratio"] >= MOVING_TARGET_RATIO:
+        return Regime("plateau:moving-target", f"{numbers}; {tracking}", ev)
+    slow = f"slowest mode 1/(eta eig_min_real) {ev['slowest_mode_timescale']:.4g} iterations"
+    return Regime("plateau:slow-modes", f"{numbers}; {slow}; {tracking}", ev)
 
 
 def _from_td_loss(td: np.ndarray) -> Regime:
@@ -247,7 +397,7 @@ def label_regime(s: RunSeries) -> Regime:
     gap = finite(s.fixed_point.get("value_gap"))
     floor = value_noise_floor(s.fixed_point)
     if gap.size >= 2 and math.isfinite(floor):
-        return _from_value_gap(gap, floor)
+        return _from_value_gap(s, gap, floor)
     return _from_td_loss(td)
 
 
@@ -258,6 +408,9 @@ def thresholds() -> dict[str, float]:
         "LEARNING_FACTOR": LEARNING_FACTOR,
         "W_GROWTH_FACTOR": W_GROWTH_FACTOR,
         "MIN_ROWS": MIN_ROWS,
+        "FLOOR_FACTOR": FLOOR_FACTOR,
+        "MOVING_TARGET_RATIO": MOVING_TARGET_RATIO,
+        "MIN_JITTER_ROUNDS": MIN_JITTER_ROUNDS,
     }
 
 
@@ -266,9 +419,13 @@ REGIME_DOC = (
     f"x{W_GROWTH_FACTOR}+ with growth_timescale < outer_iters or eta > critical_step. "
     f"frozen: median delta_w_norm/w_norm < {FROZEN_REL_STEP:g} per iteration, or "
     "fastest_timescale > outer_iters. "
-    f"learning: value_gap falls by > {LEARNING_FACTOR:g} noise floors F and still falls by > F "
-    "over the second half of the probe rounds (or reached F). "
-    "plateau: value_gap stopped falling above F. F = median value_noise_floor, or noise_floor "
+    "learning: value_gap still falls beyond its round-to-round noise over the second half "
+    "of the probe rounds, with its own relaxation time tau_obs <= outer_iters (or into its "
+    f"floor). plateau:noise-floor: value_gap <= {FLOOR_FACTOR:g} x the stochastic floor "
+    "(value_gap_floor, else F). plateau:moving-target: fixed-point drift per iteration (in "
+    "value terms) over the critic's relaxation per iteration (value_gap / "
+    f"effective_timescale) >= {MOVING_TARGET_RATIO:g}. plateau:slow-modes: the rest above "
+    "the floor (tau_obs > outer_iters). F = median value_noise_floor, or noise_floor "
     "x value_gap / w_gap. Without two probe rounds: td_loss first vs last quarter, "
     f"> {LEARNING_FACTOR:g} standard errors = learning. Empty probe cells are never non-finite."
 )

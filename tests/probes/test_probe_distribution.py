@@ -6,9 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from probe_testlib import tiny_config
 
+from tdlens.features import make_feature_maps
+from tdlens.learner import init_params
 from tdlens.policy import importance_ratio, rho_moments
 from tdlens.probes import distribution as dist
+from tdlens.probes.manager import ProbeManager
 from tdlens.probes.rho_audit import rho_supremum
 
 SIGMA_PI, SIGMA_MU = 0.30, 0.35
@@ -133,18 +137,85 @@ def test_mmd_of_sample_with_itself_is_zero_and_pvalue_not_small():
     sigma = dist.median_bandwidth(X, np.random.default_rng(0), 300)
     biased, _ = dist.mmd2(X, X, sigma)
     assert abs(biased) < 1e-12
-    pvalue, points = dist.mmd_permutation_pvalue(X, X, sigma, 100, np.random.default_rng(0))
-    assert points == 600
-    assert pvalue > 0.05
+    test = dist.mmd_permutation_pvalue(X, X, sigma, 100, np.random.default_rng(0))
+    assert test.unit_len == 2 and test.units == 300 and test.points == 600  # tau_int ~ 1
+    assert test.pvalue > 0.05
 
 
-def test_mmd_pvalue_small_for_shifted_sample_and_subsampling():
+def test_mmd_pvalue_small_for_shifted_sample_and_thinning():
     rng = np.random.default_rng(6)
     X = rng.normal(size=(700, 18))
     Y = rng.normal(loc=0.5, size=(700, 18))
     sigma = dist.median_bandwidth(np.concatenate([X, Y]), rng, 300)
-    pvalue, points = dist.mmd_permutation_pvalue(X, Y, sigma, 50, rng, max_points=400)
-    assert points == 400
-    assert pvalue == pytest.approx(1 / 51)
-    same, _ = dist.mmd_permutation_pvalue(X, X[::-1], sigma, 0, rng)
-    assert math.isnan(same)
+    test = dist.mmd_permutation_pvalue(X, Y, sigma, 50, rng, max_points=400)
+    assert (test.points, test.unit_len) == (350, 1)  # stride 4: 175 per chain, 2 tau / 4 < 1
+    assert test.pvalue == pytest.approx(1 / 51)
+    same = dist.mmd_permutation_pvalue(X, X[::-1], sigma, 0, rng)
+    assert math.isnan(same.pvalue)
+
+
+def ar1_chains(rng: np.random.Generator, chains: int, T: int, a: float, loc: float) -> np.ndarray:
+    """``x_t = a x_{t-1} + e_t`` in 18 dims from the stationary start, plus loc [C, T, 18]."""
+    e = rng.standard_normal((T, chains, 18))
+    x = np.empty_like(e)
+    x[0] = e[0] / math.sqrt(1 - a * a)
+    for t in range(1, T):
+        x[t] = a * x[t - 1] + e[t]
+    return np.swapaxes(x, 0, 1) + loc
+
+
+@pytest.mark.parametrize(("a", "tau"), [(0.0, 1.0), (0.5, 3.0), (0.8, 9.0)])
+def test_integrated_autocorrelation_time_of_ar1(a, tau):
+    """AR(1): tau_int = (1 + a) / (1 - a) (closed form); 32 chains x 4096 steps estimate
+    it to a few percent (Sokal's window bias ~ exp(-5))."""
+    x = ar1_chains(np.random.default_rng(7), 32, 4096, a, 0.0)
+    assert dist.integrated_autocorrelation_time(list(x)) == pytest.approx(tau, rel=0.06)
+
+
+def test_mmd_chain_permutation_null_uniform_and_shift_detected():
+    """Strongly autocorrelated chains (AR(1), a = 0.9, tau_int = 19): permuting whole
+    independent chains keeps P(p < 0.05) within [0.01, 0.12] over 100 null repeats (the
+    binomial 95% band of 0.05 is [0.01, 0.10]); a 0.5 shift of the mean is still found.
+    The same chains tested as ONE chain per policy with sample-level exchangeability
+    (the old test) rejects far too often: the reason for the chains."""
+    rng = np.random.default_rng(8)
+    pvalues, naive = [], []
+    for _ in range(100):
+        X, Y = ar1_chains(rng, 8, 24, 0.9, 0.0), ar1_chains(rng, 8, 24, 0.9, 0.0)
+        sigma = dist.median_bandwidth(np.concatenate([X, Y]).reshape(-1, 18), rng, 300)
+        pvalues.append(dist.mmd_permutation_pvalue(X, Y, sigma, 100, rng).pvalue)
+        x, y = X.reshape(-1, 18), Y.reshape(-1, 18)
+        naive.append(dist.mmd_permutation_pvalue(x[:, None], y[:, None], sigma, 100, rng).pvalue)
+    assert 0.01 <= np.mean(np.array(pvalues) < 0.05) <= 0.12
+    assert np.mean(np.array(naive) < 0.05) > 0.3
+    X, Y = ar1_chains(rng, 8, 24, 0.9, 0.0), ar1_chains(rng, 8, 24, 0.9, 0.5)
+    sigma = dist.median_bandwidth(np.concatenate([X, Y]).reshape(-1, 18), rng, 300)
+    assert dist.mmd_permutation_pvalue(X, Y, sigma, 100, rng).pvalue < 0.05
+
+
+def test_distribution_probe_null_pvalues_uniform_on_the_torus():
+    """mu == pi exactly (offset 0, equal sigmas): 60 probe rounds with fresh draws on a
+    small config; the fraction of p < 0.05 is within [0.01, 0.12] (binomial sd 0.028)."""
+    cfg = tiny_config(
+        "theta_mu_offset_scale=0",
+        "sigma_mu=0.25",
+        "sigma_pi=0.25",
+        "probes.common_random_numbers=false",
+        "probes.fixed_point.enabled=false",
+        "probes.stability.enabled=false",
+        "probes.q_kernel.enabled=false",
+        "probes.rho_audit.enabled=false",
+        "probes.distribution.num_samples=128",
+        "probes.distribution.permutations=200",
+        "probes.distribution.action_samples=1",
+    )
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    assert np.array_equal(params.theta_mu, params.theta_pi)
+    manager = ProbeManager(cfg, maps)
+    rows = [manager.run(n, params, np.zeros(1), 0.0, "every").rows for n in range(60)]
+    pvalues = np.array([r["distribution_probe"]["mmd_pvalue"] for r in rows])
+    assert 0.01 <= np.mean(pvalues < 0.05) <= 0.12
+    row = rows[0]["distribution_probe"]
+    assert row["mmd_units"] == 16 and row["mmd_unit_len"] == 16 and row["chains"] == 8
+    assert row["mmd_ess"] == pytest.approx(256 / row["mmd_tau_int"])

@@ -94,3 +94,13 @@ def test_summarize_edge_cases():
     assert with_inf.last == math.inf and with_inf.max == math.inf and with_inf.mean_last_k == 1.0
     assert ls_slope(np.array([1.0, 1.0]), np.array([0.0, 5.0])) is None
     assert summarize(np.full(4, 4096.0), np.arange(4.0)).slope_last_k == 0.0
+
+
+def test_table_colours_regime_labels_by_family():
+    """A mechanism label is coloured as its family; other text is not marked."""
+    from tdlens.report.kit import table
+
+    html = table(["regime"], [["plateau:slow-modes"], ["diverged:off-policy"], ["frozen"], ["x:y"]])
+    assert '<td class="t plateau">plateau:slow-modes</td>' in html
+    assert '<td class="t diverged">diverged:off-policy</td>' in html
+    assert '<td class="t frozen">frozen</td>' in html and '<td class="t">x:y</td>' in html

@@ -16,7 +16,9 @@ from tdlens.scores import (
     FROZEN_REL_STEP,
     W_GROWTH_FACTOR,
     RunSeries,
+    fall_noise,
     label_regime,
+    regime_family,
     value_noise_floor,
 )
 from tdlens.sweeps.records import load_record
@@ -77,17 +79,22 @@ def test_learning_value_gap_falls_far_beyond_its_noise_floor():
     assert "noise floor 0.01" in r.reason
 
 
-def test_learning_when_value_gap_reached_the_floor():
-    r = label_regime(_series(fixed=_fixed_point([1.0, 0.005, 0.004, 0.004])))
+def test_learning_while_falling_into_the_floor_noise_floor_once_flat_there():
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.5, 0.1, 0.012])))
     assert r.label == "learning", r.reason
+    # reached the floor in the first interval and flat since: stopped by the noise floor
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.005, 0.004, 0.004])))
+    assert r.label == "plateau:noise-floor", r.reason
+    assert r.evidence["gap_over_floor"] == pytest.approx(0.4)
 
 
 def test_plateau_value_gap_stops_falling_above_the_floor():
     r = label_regime(_series(fixed=_fixed_point([1.0, 0.9, 0.9, 0.9])))
-    assert r.label == "plateau", r.reason
+    assert r.label == "plateau:slow-modes", r.reason
+    assert r.evidence["tau_obs"] == math.inf
     # a fall within the noise floor is no learning either
-    r = label_regime(_series(fixed=_fixed_point([1.0, 0.99, 0.985, 0.98])))
-    assert r.label == "plateau", r.reason
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.99, 0.986, 0.982])))
+    assert r.label == "plateau:slow-modes", r.reason
 
 
 def test_frozen_by_relative_step_or_by_timescale():
@@ -127,12 +134,12 @@ def test_empty_probe_cells_and_nan_placeholders_are_not_instability():
 
 
 def test_value_noise_floor_column_is_preferred():
-    fixed = _fixed_point([1.0, 0.9, 0.8, 0.7])
+    fixed = _fixed_point([1.0, 0.45, 0.3, 0.27])
     assert value_noise_floor(fixed) == pytest.approx(0.01)
     assert label_regime(_series(fixed=fixed)).label == "learning"
     fixed["value_noise_floor"] = [0.2] * 4  # the probe's own value-space floor wins
     assert value_noise_floor(fixed) == pytest.approx(0.2)
-    assert label_regime(_series(fixed=fixed)).label == "plateau"
+    assert label_regime(_series(fixed=fixed)).label == "plateau:noise-floor"
 
 
 def test_td_loss_fallback_without_probe_rounds():
@@ -203,3 +210,63 @@ def test_record_of_a_broken_run_never_raises(tmp_path):
     assert rec.status == "failed" and rec.iters == 0 and rec.regime == "n/a"
     assert len(rec.problems) == 2
     assert load_record(tmp_path / "missing").status == "not started"
+
+
+# --------------------------------------------------------------------------- plateau mechanisms
+
+
+def test_slow_modes_when_value_gap_still_falls_slower_than_the_run():
+    """[1, .9, .8, .7] with F = 0.01 falls beyond the noise, but at
+    tau_obs = 20 / ln(0.89 / 0.69) = 78.58 iterations (hand value) > the run's 40."""
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.9, 0.8, 0.7])))
+    assert r.label == "plateau:slow-modes", r.reason
+    assert r.evidence["tau_obs"] == pytest.approx(20 / math.log(0.89 / 0.69))
+    assert r.evidence["falling"] == 1.0 and "tau_obs 78.58 vs 40" in r.reason
+    # the same shape, faster than the run: learning
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.5, 0.25, 0.125])))
+    assert r.label == "learning" and r.evidence["tau_obs"] < ITERS, r.reason
+
+
+def test_moving_target_when_the_fixed_point_outruns_relaxation():
+    """Drift 0.1 per round in w, x value_gap/w_gap = 1/10, over 10 iterations: 1e-3 per
+    iteration; relaxation 0.9 / effective_timescale 2000 = 4.5e-4: ratio 2.222 (hand)."""
+    fixed = _fixed_point([1.0, 0.9, 0.9, 0.9])
+    fixed["effective_timescale"] = [2000.0] * 4
+    r = label_regime(_series(fixed=fixed))
+    assert r.label == "plateau:moving-target", r.reason
+    assert r.evidence["drift_per_iter"] == pytest.approx(1e-3)
+    assert r.evidence["relaxation_per_iter"] == pytest.approx(4.5e-4)
+    assert r.evidence["drift_ratio"] == pytest.approx(1e-3 / 4.5e-4)
+    # falling at tau_obs 78.58 > 40 with drift 1e-3/iter: the tracking lag d tau_obs is
+    # 1e-3 * 78.58 / gap_k of the gaps .9, .8, .7 of the second half (median at .8, hand
+    # value 0.098): slow modes, not tracking
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.9, 0.8, 0.7])))
+    assert r.evidence["relaxation_timescale"] == pytest.approx(r.evidence["tau_obs"])
+    assert r.evidence["drift_ratio"] == pytest.approx(1e-3 * 20 / math.log(0.89 / 0.69) / 0.8)
+    # without a fall: slowest_timescale (then fastest, 5) as the relaxation time
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.9, 0.9, 0.9])))
+    assert r.label == "plateau:slow-modes" and r.evidence["relaxation_timescale"] == 5.0
+    stab = _stability()
+    stab["slowest_timescale"] = [3000.0] * 4
+    r = label_regime(_series(fixed=_fixed_point([1.0, 0.9, 0.9, 0.9]), stab=stab))
+    assert r.label == "plateau:moving-target", r.reason
+    assert r.evidence["drift_ratio"] == pytest.approx(1e-3 / (0.9 / 3000))
+
+
+def test_value_gap_floor_column_is_the_stochastic_floor():
+    fixed = _fixed_point([1.0, 0.9, 0.9, 0.9])
+    fixed["value_gap_floor"] = [0.7, 0.6, 0.65, 0.7]
+    r = label_regime(_series(fixed=fixed))
+    assert r.label == "plateau:noise-floor", r.reason
+    assert r.evidence["stochastic_floor"] == pytest.approx(0.675)
+    assert r.evidence["noise_floor"] == pytest.approx(0.01)
+
+
+def test_fall_noise_from_round_to_round_jitter():
+    """A line plus alternating +-e: second differences +-4e, so
+    sqrt(2) std(diff2, ddof=1) / sqrt(6) = 8e/3 (hand value), below F = 0.01."""
+    e = 1e-3
+    gaps = np.array([1.0, 0.9, 0.8, 0.7, 0.6]) + e * np.array([1, -1, 1, -1, 1])
+    assert fall_noise(gaps, 0.01) == pytest.approx(8 * e / 3)
+    assert fall_noise(gaps[:4], 0.01) == 0.01  # too few rounds: F
+    assert regime_family("plateau:slow-modes") == "plateau" and regime_family("frozen") == "frozen"

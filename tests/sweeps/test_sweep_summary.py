@@ -19,6 +19,7 @@ from tdlens.sweeps.summary import (
     config_row,
     group_configs,
     majority_regime,
+    marginal_rows,
     stability_boundary,
     summarize,
 )
@@ -41,7 +42,8 @@ def test_config_row_aggregates_seeds():
     (group,) = group_configs(recs, ["alpha_w", "beta"])
     row = config_row(group, 0)
     assert row["runs"] == 4 and row["regime"] == "learning"
-    assert row["regimes"] == "learning:3 plateau:1"
+    assert row["regimes"] == "learning=3 plateau=1"
+    assert (row["n_learning"], row["n_plateau"], row["n_diverged"]) == (3, 1, 0)
     assert row["value_gap_mean"] == pytest.approx(2.5)
     assert row["value_gap_iqm"] == pytest.approx(2.5)  # (2 + 3) / 2, by hand
     assert 1.0 <= row["value_gap_ci_low"] <= 2.5 <= row["value_gap_ci_high"] <= 4.0
@@ -113,3 +115,51 @@ def test_summarize_a_sweep_with_seeds(tmp_path):
     assert "Regime labels" in (sweep / "summary.md").read_text()
     html = (sweep / "summary.html").read_text()
     assert_offline(html)
+
+
+def test_one_seed_gives_no_interval():
+    """A config (or marginal) whose runs are single seeds prints "1 seed", never the
+    zero-width interval the stratified bootstrap of one value would give."""
+    (group,) = group_configs([_rec(0.1, 0.2, 0, "learning", 0.3)], ["alpha_w", "beta"])
+    row = config_row(group, 0)
+    assert row["value_gap_n"] == 1 and row["value_gap_iqm"] == 0.3
+    assert math.isnan(row["value_gap_ci_low"]) and math.isnan(row["value_gap_ci_high"])
+    assert row["value_gap_ci"] == "1 seed"
+    two = config_row(
+        group_configs(
+            [_rec(0.1, 0.2, s, gap=g) for s, g in ((0, 1.0), (1, 2.0))], ["alpha_w", "beta"]
+        )[0],
+        0,
+    )
+    assert (
+        two["value_gap_ci"].startswith("[") and two["value_gap_ci_high"] > two["value_gap_ci_low"]
+    )
+    groups = group_configs([_rec(a, 0.2, 0, gap=a) for a in (0.1, 0.2)], ["alpha_w", "beta"])
+    (beta_row,) = [
+        m for m in marginal_rows(groups, ["alpha_w", "beta"], "value_gap") if m["axis"] == "beta"
+    ]
+    assert beta_row["runs"] == 2 and beta_row["ci"] == "1 seed" and math.isnan(beta_row["ci_low"])
+
+
+def test_marginals_split_by_regime_family_and_counts():
+    """beta = 0.2 holds a frozen run (gap 0.9), a diverged one (gap 50) and two plateaus
+    with mechanisms: one row per family, never their average."""
+    recs = [
+        _rec(0.1, 0.2, 0, "frozen", 0.9),
+        _rec(0.2, 0.2, 0, "diverged:off-policy", 50.0),
+        _rec(0.3, 0.2, 0, "plateau:slow-modes", 0.2),
+        _rec(0.3, 0.2, 1, "plateau:noise-floor", 0.4),
+    ]
+    groups = group_configs(recs, ["alpha_w", "beta"])
+    rows = [
+        m for m in marginal_rows(groups, ["alpha_w", "beta"], "value_gap") if m["axis"] == "beta"
+    ]
+    by_regime = {m["regime"]: m for m in rows}
+    assert list(by_regime) == ["diverged", "frozen", "plateau"]  # most severe first
+    assert by_regime["diverged"]["iqm"] == 50.0 and by_regime["frozen"]["iqm"] == 0.9
+    assert by_regime["plateau"]["runs"] == 2 and by_regime["plateau"]["iqm"] == pytest.approx(0.3)
+    assert by_regime["plateau"]["ci"].startswith("[")  # one config with two plateau seeds
+    third = config_row(groups[2], 2)
+    assert third["n_plateau"] == 2 and third["regime"] == "plateau:slow-modes"  # tie: first
+    assert majority_regime(["plateau:slow-modes", "diverged:step-size"]) == "diverged:step-size"
+    assert stability_boundary(groups, ["alpha_w", "beta"])[0]["smallest_diverged_alpha_w"] == 0.2

@@ -239,8 +239,8 @@ class RoundPlan:
 
 
 def plan_chains(cfg: RunConfig) -> RoundPlan:
-    """Which chains a round needs: fixed point (1), stability (k_mc), distribution (mu, pi,
-    mu for rho), rho audit (1)."""
+    """Which chains a round needs: fixed point (1), stability (k_mc), distribution
+    (``chains`` under mu, ``chains`` under pi, one under mu for rho), rho audit (1)."""
     probes = cfg.probes
     fixed = None
     if probes.fixed_point.enabled:
@@ -253,10 +253,12 @@ def plan_chains(cfg: RunConfig) -> RoundPlan:
         stability += [ChainSpec("probe_stability", k, T) for k in range(1, probes.stability.k_mc)]
     distribution: tuple[ChainSpec, ...] = ()
     if probes.distribution.enabled:
-        T = probes.distribution.num_samples
-        distribution = tuple(
-            ChainSpec("probe_distribution", c, T, policy)
-            for c, policy in enumerate(("mu", "pi", "mu"))
+        T, C = probes.distribution.num_samples, probes.distribution.chains
+        T_c = -(-T // C)
+        policies = ("mu",) * C + ("pi",) * C
+        distribution = (
+            *(ChainSpec("probe_distribution", c, T_c, p) for c, p in enumerate(policies)),
+            ChainSpec("probe_distribution", 2 * C, T, "mu"),
         )
     audit = None
     if probes.rho_audit.enabled:
@@ -275,7 +277,9 @@ def stability_chains(cfg: RunConfig) -> tuple[ChainSpec, ...]:
 
 
 def distribution_chains(cfg: RunConfig) -> tuple[ChainSpec, ...]:
-    """The distribution probe's chains under mu, pi and mu (for its rho summary)."""
+    """The distribution probe's chains: ``chains`` under mu, ``chains`` under pi (each
+    ``ceil(num_samples / chains)`` steps), then one of num_samples steps under mu (for its
+    rho summary)."""
     return plan_chains(cfg).distribution
 
 

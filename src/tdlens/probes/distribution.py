@@ -11,10 +11,22 @@ vectors ``X [m, 18]`` and ``Y [n, 18]``; the policy means at the pooled states
   ``mmd2_unbiased`` (diagonal terms removed). Kernel sums are formed in row blocks from
   ``||x||^2 + ||y||^2 - 2 x.y`` as one product of augmented matrices (memory O(block n),
   never an m x n x 18 broadcast).
-- mmd_pvalue: permutation test of the biased statistic on a pooled subsample of at most
-  PERM_MAX_POINTS points (half from each chain; all points when they fit), so that the
-  kernel matrix is formed once and every permutation is one column of ``K @ a``:
-  ``p = (1 + #{perm stat >= observed}) / (1 + permutations)``.
+- mmd_pvalue: a permutation test of the biased statistic over independent UNITS. The
+  samples of one continuing chain are not exchangeable one by one (permuting single
+  samples of one mu chain and one pi chain gave p = 1/(1 + permutations) in 12 of 12 runs
+  with mu == pi), so each policy is sampled as ``chains`` independent chains of
+  ``ceil(num_samples / chains)`` steps from the initial state distribution, and a
+  permutation reassigns whole chains to the two groups: under mu == pi the 2 chains
+  chains are i.i.d., so this test is exact (p-values uniform up to their discreteness).
+  With one chain per policy the units are blocks of ``mmd_block_len`` consecutive samples,
+  ``L = ceil(BLOCK_TAU_FACTOR tau_int)`` from the chains' integrated autocorrelation time
+  (:func:`integrated_autocorrelation_time`), and the test is approximate (anti-conservative
+  when blocks are correlated). Chains are thinned by the stride
+  ``s = ceil(S / PERM_MAX_POINTS)`` (S pooled samples); the kernel matrix is formed once
+  and reduced to unit-block sums ``M [U, U]``, so every permutation costs ``O(U^2)``:
+  ``stat = l^T M l`` with ``l_u = 1/m'`` on X units and ``-1/n'`` on Y units, and
+  ``p = (1 + #{perm stat >= observed}) / (1 + permutations)``. mmd_tau_int is reported in
+  both cases; mmd_ess = ``S / tau_int`` is the pooled effective sample size.
 - dist_action_kl: mean over pooled states of ``KL(N(m_pi, sigma_pi^2 I) || N(m_mu, sigma_mu^2 I))``.
 - dist_action_tv: ``TV = E_pi[max(0, 1 - mu/pi)]`` per state, estimated with action_samples
   draws ``a ~ pi`` per state (log-ratio clipped to +-50), then averaged over states;
@@ -25,6 +37,8 @@ vectors ``X [m, 18]`` and ``Y [n, 18]``; the policy means at the pooled states
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +47,10 @@ from tdlens.probes.common import aux_rng, distribution_chains, rho_summary
 from tdlens.probes.registry import RoundContext
 
 PERM_MAX_POINTS = 2048
+BLOCK_TAU_FACTOR = 2.0
+"""Block length of the MMD permutation test in units of tau_int (blocks >> correlation)."""
+TAU_WINDOW = 5.0
+"""Sokal's window: sum the autocorrelation up to the first lag M >= TAU_WINDOW tau_int."""
 KERNEL_BLOCK = 64
 """Rows of a kernel-sum block: 64 x 4096 float64 (2 MB) stays near the 1-2 MB L2 through
 its product, clip, exp and sum (256-row blocks were 25% slower)."""
@@ -130,6 +148,41 @@ def mmd2(X: np.ndarray, Y: np.ndarray, sigma: float) -> tuple[float, float]:
     return float(biased), float(unbiased)
 
 
+def integrated_autocorrelation_time(chains: Sequence[np.ndarray]) -> float:
+    """``tau_int = 1 + 2 sum_{k=1}^{M} r(k)`` of chains ``[T, d]`` (Sokal's window).
+
+    ``r(k) = sum_chains sum_d c_d(k) / sum_chains sum_d c_d(0)`` with the per-chain
+    autocovariance ``c_d(k) = sum_t (x_td - xbar_d)(x_{t+k,d} - xbar_d) / T`` (FFT, zero
+    padded), i.e. the autocorrelation of the trace of the covariance; M is the smallest lag
+    with ``M >= TAU_WINDOW tau_int(M)``. 1 for white noise, ``(1 + a) / (1 - a)`` for an
+    AR(1) process with coefficient a.
+    """
+    T = min(len(x) for x in chains)
+    acov = np.zeros(T)
+    for x in chains:
+        x = np.asarray(x[:T], dtype=np.float64)
+        x = x - x.mean(axis=0)
+        f = np.fft.rfft(x, n=2 * T, axis=0)
+        acov += np.fft.irfft(np.sum(np.abs(f) ** 2, axis=1), n=2 * T)[:T] / T
+    if acov[0] <= 0:
+        return 1.0
+    tau = 1.0 + 2.0 * np.cumsum(acov[1:] / acov[0])
+    window = np.flatnonzero(np.arange(1, T) >= TAU_WINDOW * tau)
+    return float(max(1.0, tau[window[0]] if window.size else tau[-1]))
+
+
+@dataclass(frozen=True)
+class UnitTest:
+    """A unit permutation test's result: p-value, points used, units, samples per unit,
+    and the chains' integrated autocorrelation time."""
+
+    pvalue: float
+    points: int
+    units: int
+    unit_len: int
+    tau_int: float
+
+
 def mmd_permutation_pvalue(
     X: np.ndarray,
     Y: np.ndarray,
@@ -137,27 +190,37 @@ def mmd_permutation_pvalue(
     permutations: int,
     rng: np.random.Generator,
     max_points: int = PERM_MAX_POINTS,
-) -> tuple[float, int]:
-    """``(p-value, points used)`` of the biased MMD^2 by label permutation (module docstring).
+) -> UnitTest:
+    """Unit permutation test of the biased MMD^2 (module docstring).
 
-    With ``a_i = 1/m'`` on X points and ``-1/n'`` on Y points, ``mmd2 = a^T K a``; each
-    permutation permutes a. NaN when permutations is 0.
+    ``X [C, T, 18]``, ``Y [C', T, 18]``: independent chains in time order (a 2-D array is
+    one chain). With C = C' = 1 the units are blocks of ``ceil(BLOCK_TAU_FACTOR tau_int)``
+    samples, else the chains. p is NaN when permutations is 0.
     """
+    X, Y = (np.asarray(c, dtype=np.float64) for c in (X, Y))
+    X, Y = (c[None] if c.ndim == 2 else c for c in (X, Y))
+    tau = integrated_autocorrelation_time([*X, *Y])
+    stride = max(1, math.ceil((X.shape[0] * X.shape[1] + Y.shape[0] * Y.shape[1]) / max_points))
+    X, Y = X[:, ::stride], Y[:, ::stride]
+    if X.shape[0] == 1 and Y.shape[0] == 1:
+        L = max(1, math.ceil(BLOCK_TAU_FACTOR * tau / stride))
+        B = max(1, min(X.shape[1], Y.shape[1]) // L)
+        X, Y = (c[0, : B * L].reshape(B, L, -1) for c in (X, Y))
+    units_x, units_y, L = X.shape[0], Y.shape[0], X.shape[1]
+    points = (units_x + units_y) * L
     if permutations <= 0:
-        return float("nan"), 0
-    if len(X) + len(Y) > max_points:
-        m = min(max_points // 2, len(X))
-        n = min(max_points - m, len(Y))
-        X = X[np.sort(rng.choice(len(X), size=m, replace=False))]
-        Y = Y[np.sort(rng.choice(len(Y), size=n, replace=False))]
-    m, n = len(X), len(Y)
-    Z = np.concatenate([X, Y])
+        return UnitTest(float("nan"), 0, units_x + units_y, L, tau)
+    Z = np.concatenate([X.reshape(-1, X.shape[2]), Y.reshape(-1, Y.shape[2])])
     K = rbf_kernel(Z, Z, sigma)
-    a = np.concatenate([np.full(m, 1.0 / m), np.full(n, -1.0 / n)])
-    labels = np.stack([a] + [rng.permutation(a) for _ in range(permutations)], axis=1)
-    stats = np.einsum("ij,ij->j", labels, K @ labels)
+    U = units_x + units_y
+    M = K.reshape(U, L, U, L).sum(axis=(1, 3))
+    l = np.concatenate(
+        [np.full(units_x, 1.0 / (units_x * L)), np.full(units_y, -1.0 / (units_y * L))]
+    )
+    labels = np.stack([l] + [rng.permutation(l) for _ in range(permutations)], axis=1)
+    stats = np.einsum("ij,ij->j", labels, M @ labels)
     exceed = np.sum(stats[1:] >= stats[0] - 1e-12 * abs(stats[0]))
-    return float((1 + exceed) / (1 + permutations)), m + n
+    return UnitTest(float((1 + exceed) / (1 + permutations)), points, U, L, tau)
 
 
 def action_kl(m_pi: np.ndarray, sigma_pi: float, m_mu: np.ndarray, sigma_mu: float) -> float:
@@ -204,15 +267,18 @@ def mean_l2(X: np.ndarray, Y: np.ndarray) -> float:
 
 def run_round(ctx: RoundContext) -> None:
     """The distribution probe of one round (registry ``run``): MMD between the states of
-    the mu and pi chains, the KL and TV of their action distributions at those states,
-    and the rho summary of the third chain (under mu)."""
+    the mu and pi chains ``[chains, T_c, 18]``, the KL and TV of their action
+    distributions at those states, and the rho summary of the last chain (under mu)."""
     cfg, conf, params, n = ctx.cfg, ctx.cfg.probes.distribution, ctx.params, ctx.n
-    mu_spec, pi_spec, rho_spec = distribution_chains(cfg)
-    T = conf.num_samples
-    paths = [ctx.rolled.chain_paths(spec) for spec in (mu_spec, pi_spec)]
-    X, Y = (p.o[:T, 0] for p in paths)
+    *specs, rho_spec = distribution_chains(cfg)
+    C = conf.chains
+    paths = [ctx.rolled.chain_paths(spec) for spec in specs]
+    T_c = specs[0].T
+    obs = np.stack([p.o[:T_c, 0] for p in paths])
+    X_chains, Y_chains = obs[:C], obs[C:]
+    X, Y = X_chains.reshape(-1, obs.shape[2]), Y_chains.reshape(-1, obs.shape[2])
     m_pi, m_mu = (
-        np.concatenate([p.mean_under(theta)[:T, 0] for p in paths])
+        np.concatenate([p.mean_under(theta)[:T_c, 0] for p in paths])
         for theta in (params.theta_pi, params.theta_mu)
     )
     sigma = median_bandwidth(
@@ -221,8 +287,8 @@ def run_round(ctx: RoundContext) -> None:
         conf.mmd_bandwidth_samples,
     )
     mmd2_b, mmd2_u = mmd2(X, Y, sigma)
-    pvalue, points = mmd_permutation_pvalue(
-        X, Y, sigma, conf.permutations, aux_rng(cfg, "probe_distribution", n, 1)
+    test = mmd_permutation_pvalue(
+        X_chains, Y_chains, sigma, conf.permutations, aux_rng(cfg, "probe_distribution", n, 1)
     )
     tv, tv_se = action_tv(
         m_pi,
@@ -237,14 +303,19 @@ def run_round(ctx: RoundContext) -> None:
         "mmd2": mmd2_b,
         "mmd2_unbiased": mmd2_u,
         "mmd_sigma": sigma,
-        "mmd_pvalue": pvalue,
-        "mmd_perm_points": float(points),
+        "mmd_pvalue": test.pvalue,
+        "mmd_perm_points": float(test.points),
+        "mmd_units": float(test.units),
+        "mmd_unit_len": float(test.unit_len),
+        "mmd_tau_int": test.tau_int,
+        "mmd_ess": float(len(X) + len(Y)) / test.tau_int,
         "permutations": float(conf.permutations),
         "mean_l2": mean_l2(X, Y),
         "dist_action_kl": action_kl(m_pi, cfg.sigma_pi, m_mu, cfg.sigma_mu),
         "dist_action_tv": tv,
         "dist_action_tv_se": tv_se,
-        "num_samples": float(T),
+        "num_samples": float(len(X)),
+        "chains": float(C),
         "action_samples": float(conf.action_samples),
         **rho_summary(rho_batch.rho, rho_batch.rho_raw, cfg.effective_rho_clip),
     }

@@ -59,7 +59,8 @@ LOADER = (
 """Draws every figure of the page (one script for all of them)."""
 _FIG_RE = re.compile(r'<script type="application/json" class="tdfig"[^>]*>(.*?)</script>', re.S)
 MARKED = frozenset({"PASS", "WARN", "FAIL", "diverged", "learning", "plateau", "frozen"})
-"""Cell texts that get a class of their own name (a colour in STYLE)."""
+"""Cell texts (or the family before ``:`` of a regime label) that get a class of that name
+(a colour in STYLE)."""
 
 
 class Html(str):
@@ -85,7 +86,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
                 continue
             text = cell if isinstance(cell, str) else fmt(cell)
             is_text = not _reads_as_number(text) or isinstance(cell, bool)
-            classes = (["t"] if is_text else []) + ([text] if text in MARKED else [])
+            family = text.split(":", 1)[0]  # "plateau:slow-modes" is coloured as plateau
+            classes = (["t"] if is_text else []) + ([family] if family in MARKED else [])
             attr = f' class="{" ".join(classes)}"' if classes else ""
             cells.append(f"<td{attr}>{esc(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")

@@ -16,7 +16,7 @@ from tdlens.report.fmt import fmt, fmt_count
 from tdlens.report.stats import ls_slope
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check, NextStep
 from tdlens.rundir.read import RunData
-from tdlens.scores import relative_steps, series_of
+from tdlens.scores import label_regime, regime_family, relative_steps, series_of
 
 RHO2_ESS_LIMIT = 2.0
 """rho_variance: fires when mean_rho2 exceeds this (effective sample size 1/E[rho^2]
@@ -374,6 +374,51 @@ def rule_fixed_point_drift(data: RunData, checks: dict[str, Check]) -> NextStep 
     )
 
 
+def rule_plateau_mechanism(data: RunData, checks: dict[str, Check]) -> NextStep | None:
+    """A plateau named by its mechanism (:func:`tdlens.scores.label_regime`), with its
+    evidence and the change that mechanism asks for: slow-modes, a run of RELAX_EFOLDS
+    x tau_obs iterations or a larger alpha_w (at most SAFE_FRACTION of the critical one);
+    moving-target, alpha_pi / (2 x drift ratio); noise-floor, a quarter of alpha_w (the
+    stationary RMS of the critic's noise scales like sqrt(eta))."""
+    regime = label_regime(series_of(data))
+    if regime_family(regime.label) != "plateau" or not regime.evidence:
+        return None
+    ev, cfg = regime.evidence, data.cfg
+    mech = regime.label.split(":", 1)[-1]
+    head = f"{regime.label}: {regime.reason}"
+    if cfg is None:
+        return NextStep("plateau_mechanism", head + ".", ev)
+    if mech == "slow-modes":
+        tau = ev["tau_obs"]
+        crit = _critical_alpha(data)
+        if math.isfinite(tau):
+            runs = fmt_count(RELAX_EFOLDS * tau)
+            action = f"run outer_iters >= {runs} ({fmt(RELAX_EFOLDS)} x tau_obs)"
+            alpha = cfg.alpha_w * tau * RELAX_EFOLDS / cfg.outer_iters
+        else:
+            action = "the gap no longer falls: run longer only after raising alpha_w"
+            alpha = cfg.alpha_w * CRITIC_FROZEN_HINT
+        if crit is not None:
+            alpha = min(alpha, SAFE_FRACTION * crit)
+        action += f", or raise alpha_w from {fmt(cfg.alpha_w)} to {fmt(alpha)}"
+        if crit is not None:
+            action += f" (half the critical alpha_w {fmt(crit)} at most)"
+    elif mech == "moving-target":
+        ratio = ev["drift_ratio"]
+        action = (
+            f"slow the target: alpha_pi from {fmt(cfg.alpha_pi)} to "
+            f"{fmt(cfg.alpha_pi / (2 * ratio))} (drift ratio {fmt(ratio)} -> 0.5), or raise "
+            "alpha_w (bounded by critical_step)"
+        )
+    else:
+        action = (
+            f"lower alpha_w from {fmt(cfg.alpha_w)} to {fmt(cfg.alpha_w / 4)} (the critic's "
+            "stationary noise RMS scales like sqrt(eta): half the floor) or use more "
+            f"trajectories per iteration (now {cfg.trajectories})"
+        )
+    return NextStep("plateau_mechanism", f"{head}. Next: {action}.", ev)
+
+
 def rule_other_checks(data: RunData, checks: dict[str, Check]) -> NextStep | None:
     """Any other FAIL or WARN check, so that a failing run never reads "no issues"."""
     covered = {
@@ -410,6 +455,7 @@ RULES: tuple[Rule, ...] = (
     rule_critic_frozen,
     rule_metrics_flat,
     rule_fixed_point_drift,
+    rule_plateau_mechanism,
     rule_other_checks,
 )
 

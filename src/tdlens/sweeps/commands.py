@@ -1,7 +1,7 @@
 """Command-line commands of sweeps, catalog and comparisons (SPEC sections 11 and 12).
 
-The command functions of ``sweep``, ``summarize``, ``runs list``, ``runs show``,
-``runs reindex`` and ``compare``; :mod:`tdlens.cli` registers them. Bad input (spec,
+The command functions of ``sweep``, ``summarize``, ``atlas``, ``runs list``,
+``runs show``, ``runs reindex`` and ``compare``; :mod:`tdlens.cli` registers them. Bad input (spec,
 backend, --where, unknown run) prints one line naming the problem and exits 2 with
 nothing written; a sweep in which any run failed or was left incomplete exits 1; an
 interrupted sweep exits 130.
@@ -390,6 +390,33 @@ def summarize(
         regimes[r.regime] = regimes.get(r.regime, 0) + 1
     out.print(
         "regimes: " + ", ".join(f"{k}={v}" for k, v in sorted(regimes.items())), highlight=False
+    )
+
+
+def atlas(
+    sweep_dir: Annotated[Path, typer.Argument(help="A finished sweep directory (plan.json).")],
+    docs: Annotated[
+        Path, typer.Option(help="The Markdown page to write; its images go to <stem>/ beside it.")
+    ] = Path("docs/atlas.md"),
+) -> None:
+    """Draw the regime atlas of a sweep: phase diagrams (step x mismatch, beta x mismatch)
+    with the theory boundaries, and one command per regime, as a Markdown page."""
+    from tdlens.sweeps.atlas import AtlasError, write_atlas
+    from tdlens.sweeps.plan import is_sweep_dir
+
+    if not is_sweep_dir(sweep_dir):
+        _fail(f"'{sweep_dir}' is not a sweep directory (no plan.json)")
+    if docs.suffix != ".md":
+        _fail(f"--docs '{docs}': expected a .md file")
+    try:
+        result = write_atlas(sweep_dir, docs, f"tdlens atlas OUT/{sweep_dir.name} --docs {docs}")
+    except (AtlasError, RunFileError, ConfigError) as exc:
+        _fail(str(exc))
+    for p in (result.page, *result.images):
+        out.print(f"wrote {p}", highlight=False)
+    out.print(
+        "regimes: " + ", ".join(f"{k}={v}" for k, v in sorted(result.labels.items())),
+        highlight=False,
     )
 
 

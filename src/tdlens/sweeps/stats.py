@@ -16,6 +16,11 @@ the statistic; the 95% interval is the 2.5th and 97.5th percentile of the statis
 ``reps`` resamples. Strata keep their sizes in every resample (for a config's seeds there
 is one stratum; for a marginal over configs each config is a stratum). Draws come from a
 ``numpy.random.Generator`` the caller seeds.
+
+No interval from one seed: a stratum of one value resamples to itself, so when no stratum
+holds ``MIN_SEEDS`` values the bootstrap would print a zero-width interval that says
+nothing about seed-to-seed spread. Then the interval is (NaN, NaN) and its text
+(:func:`interval_text`) says ``1 seed``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ BOOTSTRAP_REPS = 2000
 CONFIDENCE = 0.95
 BOOTSTRAP_SEED = 20240811
 """Root seed of the summaries' bootstrap streams (so summaries are reproducible)."""
+
+MIN_SEEDS = 2
+"""An interval needs a stratum with at least this many values (seeds)."""
+ONE_SEED = "1 seed"
 
 Statistic = Callable[[np.ndarray], np.ndarray]
 
@@ -81,10 +90,11 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile interval of `statistic` under the stratified bootstrap (module docstring).
 
-    Empty strata are dropped; with no values at all the interval is (NaN, NaN).
+    Empty strata are dropped; with no values at all, or no stratum of ``MIN_SEEDS`` values
+    (every seed alone: no spread to resample), the interval is (NaN, NaN).
     """
     strata = [np.asarray(s, dtype=float) for s in strata if np.size(s)]
-    if not strata:
+    if not strata or max(np.size(s) for s in strata) < MIN_SEEDS:
         return float("nan"), float("nan")
     rng = rng if rng is not None else np.random.default_rng(BOOTSTRAP_SEED)
     stats = statistic(stratified_resamples(strata, reps, rng))
@@ -93,12 +103,30 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-def aggregate(values: Sequence[float], rng: np.random.Generator) -> dict[str, float]:
-    """mean, IQM and the IQM's 95% bootstrap interval over the finite `values` (one stratum)."""
+def interval_text(n_max: int, lo: float, hi: float) -> str:
+    """``[lo, hi]`` (4 significant digits), ``1 seed`` when no stratum has two values,
+    ``-`` with no values."""
+    if n_max == 0:
+        return "-"
+    if n_max < MIN_SEEDS:
+        return ONE_SEED
+    return f"[{lo:.4g}, {hi:.4g}]"
+
+
+def aggregate(values: Sequence[float], rng: np.random.Generator) -> dict[str, float | str]:
+    """n, mean, IQM and the IQM's 95% bootstrap interval over the finite `values` (one
+    stratum) and the interval's text ``ci`` (``1 seed`` for a single value)."""
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     if x.size == 0:
         nan = float("nan")
-        return {"n": 0, "mean": nan, "iqm": nan, "ci_low": nan, "ci_high": nan}
+        return {"n": 0, "mean": nan, "iqm": nan, "ci_low": nan, "ci_high": nan, "ci": "-"}
     lo, hi = bootstrap_ci([x], iqm_stat, rng)
-    return {"n": int(x.size), "mean": float(x.mean()), "iqm": iqm(x), "ci_low": lo, "ci_high": hi}
+    return {
+        "n": int(x.size),
+        "mean": float(x.mean()),
+        "iqm": iqm(x),
+        "ci_low": lo,
+        "ci_high": hi,
+        "ci": interval_text(int(x.size), lo, hi),
+    }

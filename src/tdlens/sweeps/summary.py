@@ -6,8 +6,10 @@ writes, into the sweep directory:
 - ``summary.csv``: one row per run (swept values, status, health, regime, final metrics);
 - ``summary_configs.csv``: one row per config (the runs that differ only by seed):
   for each of ``AGG_METRICS`` the mean, interquartile mean and the IQM's 95%
-  stratified-bootstrap interval over seeds (:mod:`tdlens.sweeps.stats`), plus regime counts;
-- ``summary.json``: both tables, per-axis marginals, the stability boundary, thresholds;
+  stratified-bootstrap interval over seeds (:mod:`tdlens.sweeps.stats`; ``1 seed``, never
+  an interval, for one seed), plus regime counts per family (``n_<family>``);
+- ``summary.json``: both tables, per-axis marginals split by regime family, the stability
+  boundary, thresholds;
 - ``summary.md`` and ``summary.html`` (self-contained: inline PNG heatmaps), rendered by
   :mod:`tdlens.sweeps.summary_render`.
 
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tdlens.rundir.files import atomic_write_text, to_jsonable
-from tdlens.scores import NOT_AVAILABLE, REGIME_DOC, thresholds
+from tdlens.scores import NOT_AVAILABLE, REGIME_DOC, REGIMES, regime_family, thresholds
 from tdlens.sweeps.plan import read_plan, run_dir
 from tdlens.sweeps.records import (
     FINAL_METRICS,
@@ -40,7 +42,14 @@ from tdlens.sweeps.records import (
     load_record,
 )
 from tdlens.sweeps.spec import SEED_AXIS
-from tdlens.sweeps.stats import BOOTSTRAP_SEED, aggregate, bootstrap_ci, iqm, iqm_stat
+from tdlens.sweeps.stats import (
+    BOOTSTRAP_SEED,
+    aggregate,
+    bootstrap_ci,
+    interval_text,
+    iqm,
+    iqm_stat,
+)
 from tdlens.sweeps.summary_render import AGG_METRICS, csv_text, html_page, markdown
 
 BOUNDARY_AXIS = "alpha_w"
@@ -76,7 +85,16 @@ def majority_regime(labels: Sequence[str]) -> str:
 
 
 def _severity(label: str) -> int:
-    return SEVERITY.index(label) if label in SEVERITY else len(SEVERITY)
+    family = regime_family(label)
+    return SEVERITY.index(family) if family in SEVERITY else len(SEVERITY)
+
+
+def regime_counts(labels: Sequence[str]) -> dict[str, int]:
+    """``n_<family>`` for every regime family (and ``n_na``): the runs of each."""
+    families = Counter(regime_family(lab) for lab in labels)
+    counts = {f"n_{f}": families.get(f, 0) for f in REGIMES}
+    counts["n_na"] = families.get(NOT_AVAILABLE, 0)
+    return counts
 
 
 def config_row(group: ConfigRow, index: int) -> dict[str, Any]:
@@ -86,15 +104,16 @@ def config_row(group: ConfigRow, index: int) -> dict[str, Any]:
     row.update(
         runs=len(group.records),
         regime=majority_regime(labels),
-        regimes=" ".join(f"{k}:{v}" for k, v in sorted(Counter(labels).items())),
-        diverged=sum(r.regime == "diverged" for r in group.records),
+        regimes=" ".join(f"{k}={v}" for k, v in sorted(Counter(labels).items())),
+        **regime_counts(labels),
+        diverged=sum(regime_family(r.regime) == "diverged" for r in group.records),
         complete=sum(r.status == "complete" for r in group.records),
         failed=sum(r.status == "failed" for r in group.records),
     )
     for m_index, metric in enumerate(AGG_METRICS):
         rng = np.random.default_rng([BOOTSTRAP_SEED, index, m_index])
         agg = aggregate([r.metrics.get(metric, math.nan) for r in group.records], rng)
-        for stat in ("mean", "iqm", "ci_low", "ci_high"):
+        for stat in ("n", "mean", "iqm", "ci_low", "ci_high", "ci"):
             row[f"{metric}_{stat}"] = agg[stat]
     return row
 
@@ -102,30 +121,44 @@ def config_row(group: ConfigRow, index: int) -> dict[str, Any]:
 def marginal_rows(
     groups: Sequence[ConfigRow], grid_keys: Sequence[str], metric: str
 ) -> list[dict[str, Any]]:
-    """Per axis value: IQM of `metric` over all its runs, 95% CI stratified by config."""
+    """Per axis value AND regime family: IQM of `metric` over those runs, 95% CI stratified
+    by config (``1 seed`` when no config has two such runs). Split by regime so a frozen
+    run and a diverged one are never averaged into one number."""
     rows = []
     for a_index, key in enumerate(grid_keys):
         values = list(dict.fromkeys(json.dumps(g.params[key]) for g in groups))
         for v_index, value in enumerate(values):
-            strata = []
-            for g in groups:
-                if json.dumps(g.params[key]) == value:
-                    x = np.array([r.metrics.get(metric, math.nan) for r in g.records])
-                    strata.append(x[np.isfinite(x)])
-            pooled = np.concatenate(strata) if strata else np.zeros(0)
-            rng = np.random.default_rng([BOOTSTRAP_SEED, 1_000 + a_index, v_index])
-            lo, hi = bootstrap_ci(strata, iqm_stat, rng)
-            rows.append(
-                {
-                    "axis": key,
-                    "value": json.loads(value),
-                    "metric": metric,
-                    "runs": int(pooled.size),
-                    "iqm": iqm(pooled) if pooled.size else math.nan,
-                    "ci_low": lo,
-                    "ci_high": hi,
-                }
+            members = [g for g in groups if json.dumps(g.params[key]) == value]
+            families = sorted(
+                {regime_family(r.regime) for g in members for r in g.records}, key=_severity
             )
+            for f_index, family in enumerate(families):
+                strata = []
+                for g in members:
+                    x = np.array(
+                        [
+                            r.metrics.get(metric, math.nan)
+                            for r in g.records
+                            if regime_family(r.regime) == family
+                        ]
+                    )
+                    strata.append(x[np.isfinite(x)])
+                pooled = np.concatenate(strata) if strata else np.zeros(0)
+                rng = np.random.default_rng([BOOTSTRAP_SEED, 1_000 + a_index, v_index, f_index])
+                lo, hi = bootstrap_ci(strata, iqm_stat, rng)
+                rows.append(
+                    {
+                        "axis": key,
+                        "value": json.loads(value),
+                        "regime": family,
+                        "metric": metric,
+                        "runs": int(pooled.size),
+                        "iqm": iqm(pooled) if pooled.size else math.nan,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "ci": interval_text(max((s.size for s in strata), default=0), lo, hi),
+                    }
+                )
     return rows
 
 
@@ -145,7 +178,7 @@ def stability_boundary(
     for g in groups:
         sk = json.dumps([g.params[k] for k in others])
         slice_params[sk] = {k: g.params[k] for k in others}
-        diverged = any(r.regime == "diverged" for r in g.records)
+        diverged = any(regime_family(r.regime) == "diverged" for r in g.records)
         slices.setdefault(sk, []).append((float(g.params[axis]), diverged))
     rows = []
     for sk, points in slices.items():

@@ -123,8 +123,11 @@ def _run_columns(grid_keys: Sequence[str], has_seed: bool) -> list[str]:
 def _config_columns(grid_keys: Sequence[str], metric: str) -> list[str]:
     cols = [*grid_keys, "runs", "regime", "regimes"]
     if metric in AGG_METRICS:
-        cols += [f"{metric}_{s}" for s in ("mean", "iqm", "ci_low", "ci_high")]
+        cols += [f"{metric}_{s}" for s in ("n", "mean", "iqm", "ci")]
     return cols
+
+
+MARGINAL_COLUMNS = ("axis", "value", "regime", "runs", "iqm", "ci")
 
 
 def markdown(s: SweepSummary, grid_keys: Sequence[str], has_seed: bool) -> str:
@@ -160,8 +163,8 @@ def markdown(s: SweepSummary, grid_keys: Sequence[str], has_seed: bool) -> str:
         ]
     if s.marginals:
         parts += [
-            f"## Marginals of {s.metric} (IQM, 95% CI stratified by config)\n",
-            _md_table(s.marginals, ["axis", "value", "runs", "iqm", "ci_low", "ci_high"]),
+            f"## Marginals of {s.metric} by regime (IQM, 95% CI stratified by config)\n",
+            _md_table(s.marginals, MARGINAL_COLUMNS),
         ]
     parts += [
         "## Runs\n",
@@ -217,9 +220,9 @@ def html_page(
         H.table(cols, [[c.get(k) for k in cols] for c in s.configs]),
     ]
     if s.marginals:
-        cols = ["axis", "value", "runs", "iqm", "ci_low", "ci_high"]
+        cols = list(MARGINAL_COLUMNS)
         body += [
-            f"<h2>Marginals of {H.esc(s.metric)}</h2>",
+            f"<h2>Marginals of {H.esc(s.metric)} by regime</h2>",
             H.table(cols, [[m.get(c) for c in cols] for m in s.marginals]),
         ]
     cols = _run_columns(grid_keys, has_seed)
