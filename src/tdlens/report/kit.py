@@ -58,7 +58,8 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
                 continue
             text = cell if isinstance(cell, str) else fmt(cell)
             is_text = not _reads_as_number(text) or isinstance(cell, bool)
-            classes = (["t"] if is_text else []) + ([text] if text in MARKED else [])
+            mark = text.split(":", 1)[0]  # a regime's base label: diverged:off-policy
+            classes = (["t"] if is_text else []) + ([mark] if mark in MARKED else [])
             attr = f' class="{" ".join(classes)}"' if classes else ""
             cells.append(f"<td{attr}>{esc(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")

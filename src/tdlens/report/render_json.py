@@ -25,7 +25,11 @@ def report_dict(r: Report) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "run_info": r.run_info,
-        "regime": {"label": r.regime.label, "reason": r.regime.reason},
+        "regime": {
+            "label": r.regime.label,
+            "reason": r.regime.reason,
+            "evidence": r.regime.evidence,
+        },
         "health": {
             "status": r.health_status,
             "reasons": r.health_reasons,

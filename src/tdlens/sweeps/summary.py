@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tdlens.rundir.files import atomic_write_text, to_jsonable
-from tdlens.scores import NOT_AVAILABLE, REGIME_DOC, thresholds
+from tdlens.scores import NOT_AVAILABLE, REGIME_DOC, base_label, thresholds
 from tdlens.sweeps.plan import read_plan, run_dir
 from tdlens.sweeps.records import (
     FINAL_METRICS,
@@ -76,7 +76,8 @@ def majority_regime(labels: Sequence[str]) -> str:
 
 
 def _severity(label: str) -> int:
-    return SEVERITY.index(label) if label in SEVERITY else len(SEVERITY)
+    base = base_label(label)
+    return SEVERITY.index(base) if base in SEVERITY else len(SEVERITY)
 
 
 def config_row(group: ConfigRow, index: int) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def config_row(group: ConfigRow, index: int) -> dict[str, Any]:
         runs=len(group.records),
         regime=majority_regime(labels),
         regimes=" ".join(f"{k}:{v}" for k, v in sorted(Counter(labels).items())),
-        diverged=sum(r.regime == "diverged" for r in group.records),
+        diverged=sum(base_label(r.regime) == "diverged" for r in group.records),
         complete=sum(r.status == "complete" for r in group.records),
         failed=sum(r.status == "failed" for r in group.records),
     )
@@ -145,7 +146,7 @@ def stability_boundary(
     for g in groups:
         sk = json.dumps([g.params[k] for k in others])
         slice_params[sk] = {k: g.params[k] for k in others}
-        diverged = any(r.regime == "diverged" for r in g.records)
+        diverged = any(base_label(r.regime) == "diverged" for r in g.records)
         slices.setdefault(sk, []).append((float(g.params[axis]), diverged))
     rows = []
     for sk, points in slices.items():
