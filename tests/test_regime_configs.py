@@ -15,9 +15,12 @@ from typer.testing import CliRunner
 
 from tdlens.cli import app
 from tdlens.config import load_config
+from tdlens.features import make_feature_maps
+from tdlens.learner import init_params
 from tdlens.probes import examples as ex
 from tdlens.probes import fixed_point as fp
 from tdlens.probes import spectrum as sp
+from tdlens.probes.common import ChainSpec, roll_chains
 from tdlens.report import write_report
 from tdlens.runs.runner import Runner
 from tdlens.sweeps.catalog import index_run_dir
@@ -141,6 +144,36 @@ def test_triad_diverges_at_a_tenth_of_the_critical_step(triad, tmp_path):
     assert tenth["regime"]["evidence"]["eta"] == pytest.approx(0.1 * critical)
     w_norm = _column(tenth_dir / "learning_curves.csv", "w_norm")
     assert w_norm[-1] > 100.0 * w_norm[0]
+
+
+def test_triad_mechanism_matches_its_closed_form():
+    """With theta = 0 (means 0) and rho_clip c <= min rho = (sigma_mu/sigma_pi)^2 every
+    ratio is truncated, so the probes' estimator weights actions by c mu. In the coordinate
+    of the action-norm feature phi[D'+3] = ||a||^2 (2-D Gaussian moments, hand value):
+    ``A[-1, -1] = c (8 sigma_mu^4 - gamma 2 sigma_mu^2 2 sigma_pi^2) / sqrt(D)``,
+    negative iff sigma_pi^2 > 2 sigma_mu^2 / gamma. The batch's terms are iid (actions do
+    not depend on the state), so the tolerance is 5 standard errors of their mean."""
+    c, s_mu, s_pi, gamma = 0.1, 0.3, 0.6, 0.99
+    cfg = load_config(
+        "configs/regime_triad.yaml",
+        ["theta_init_scale=0", "theta_mu_offset_scale=0", f"rho_clip={c}", "threads=1"],
+    )
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    spec = ChainSpec("probe_fixed_point", 0, cfg.probes.fixed_point.batch_size)
+    batch = roll_chains(cfg, maps, params, [spec], 0).td_batch(cfg, maps, [spec], params.theta_pi)
+    phi_t, rho_t = batch.phi[0], batch.rho[0]
+    assert np.all(rho_t == c)  # every ratio truncated
+    dphi_t = fp.td_difference_(phi_t, batch.bar_phi[0].copy(), gamma)
+    moments = fp.td_moments(phi_t, dphi_t, rho_t, batch.r[0])
+    D = phi_t.shape[1]
+    closed = c * (8 * s_mu**4 - gamma * 4 * s_mu**2 * s_pi**2) / math.sqrt(D)
+    terms = rho_t * phi_t[:, -1].astype(float) * dphi_t[:, -1].astype(float) / math.sqrt(D)
+    se = terms.std(ddof=1) / math.sqrt(terms.size)
+    assert closed < 0 and abs(moments.A[-1, -1] - closed) < 5 * se, (moments.A[-1, -1], closed)
+    noise = sp.spectral_noise(*moments.A_halves, np.ones(D))
+    row = sp.spectrum_row(sp.eigenvalues(moments.A, noise, np.ones(D)), cfg.alpha_w)
+    assert row["eig_min_real"] < -noise and math.isfinite(row["growth_timescale"])
 
 
 # ------------------------------------------------------------ textbook ground truth
