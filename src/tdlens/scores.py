@@ -198,7 +198,7 @@ def divergence_kind(evidence: dict[str, float], outer_iters: int) -> str | None:
 def _divergence_reason(kind: str | None, e: dict[str, float]) -> str:
     if kind == "off-policy":
         return (
-            f"eig_min_real {e['eig_min_real']:.4g} < -spectral_noise {-e['spectral_noise']:.4g}:"
+            f"eig_min_real {e['eig_min_real']:.4g} < -spectral_noise = {-e['spectral_noise']:.4g}:"
             f" diverges at any step (growth_timescale {e['growth_timescale']:.4g})"
         )
     if kind == "step-size":
