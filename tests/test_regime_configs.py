@@ -20,6 +20,7 @@ from tdlens.learner import init_params
 from tdlens.probes import examples as ex
 from tdlens.probes import fixed_point as fp
 from tdlens.probes import spectrum as sp
+from tdlens.probes import stability as st
 from tdlens.probes.common import ChainSpec, roll_chains
 from tdlens.report import write_report
 from tdlens.runs.runner import Runner
@@ -219,6 +220,19 @@ def test_baird_growth_timescale_matches_expected_td():
     assert measured == pytest.approx(exact, rel=1e-3)
     row = sp.spectrum_row(sp.eigenvalues(problem.A, 0.0, np.ones(8)), eta)
     assert row["growth_timescale"] == pytest.approx(measured, rel=5e-3)
+
+
+def test_baird_stability_proxy_exceeds_one():
+    """The stability probe's power iteration on ``J = I - eta A`` (float32 A, as the probe
+    holds it) converges to ``max |1 - eta l| = 1 + 0.01 x 0.23925``: a radius above 1 at a
+    step 350 times below the critical step. The runner-up mode (``1 + 0.01 x 0.02218``)
+    decays relative to it by ``exp(-5000 x 0.00217)``, so 5000 iterations resolve 1e-6."""
+    problem, eta = ex.baird(0.99), 0.01
+    A32 = problem.A.astype(np.float32)
+    radius = st.power_iteration_radius(st.dense_apply(A32), eta, np.ones(8), 5000)
+    exact = float(np.max(np.abs(1.0 - eta * np.linalg.eigvals(problem.A))))
+    assert exact == pytest.approx(1.0 + eta * 0.23925, abs=1e-7)
+    assert radius == pytest.approx(exact, abs=1e-6) and radius > 1.0
 
 
 def test_baird_sample_A_from_the_probe_estimator_is_unstable():
