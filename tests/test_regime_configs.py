@@ -3,20 +3,32 @@ and the report and the catalog always agree on a run's regime (one scoring modul
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from tdlens.cli import app
 from tdlens.config import load_config
+from tdlens.features import make_feature_maps
+from tdlens.learner import init_params
+from tdlens.probes import examples as ex
+from tdlens.probes import fixed_point as fp
+from tdlens.probes import spectrum as sp
+from tdlens.probes import stability as st
+from tdlens.probes.common import ChainSpec, roll_chains
 from tdlens.report import write_report
 from tdlens.runs.runner import Runner
 from tdlens.scores import FLOOR_FACTOR, MOVING_TARGET_RATIO, regime_family
 from tdlens.sweeps.catalog import index_run_dir
+
+GROWTH_RTOL = 0.25
+"""growth_timescale vs the measured e-folding time of w_norm (issue #14)."""
 
 
 def _checks(report: dict) -> dict[str, str]:
@@ -61,7 +73,7 @@ def _mechanism_holds(label: str, ev: dict, outer_iters: int) -> bool:
         ("regime_plateau", "plateau:slow-modes", "PASS"),
         ("regime_moving_target", "plateau:moving-target", "PASS"),
         ("regime_noise_floor", "plateau:noise-floor", "PASS"),
-        ("regime_divergence", "diverged", "FAIL"),
+        ("regime_divergence", "diverged:step-size", "FAIL"),
     ],
 )
 def test_regime_config_shows_its_regime(tmp_path, name, regime, health):
@@ -84,6 +96,11 @@ def test_regime_config_shows_its_regime(tmp_path, name, regime, health):
     md = (tmp_path / name / "run_report.md").read_text()
     assert f"regime: {regime} (" in md
     assert assert_report_and_catalog_agree(tmp_path / name, tmp_path / "c.sqlite") == regime
+    if regime == "diverged:step-size":  # every eigenvalue of A stable, the step overshoots
+        e = report["regime"]["evidence"]
+        assert e["eig_min_real"] > -e["spectral_noise"], e
+        assert e["growth_timescale"] is None, e  # inf in JSON: no growing mode
+        assert e["eta"] > 2.0 * e["critical_step"], e
 
 
 def test_demo_sweep_reports_and_catalog_agree(tmp_path):
@@ -95,4 +112,204 @@ def test_demo_sweep_reports_and_catalog_agree(tmp_path):
     runs = sorted((next(out.iterdir()) / "runs").iterdir())
     assert len(runs) == 4
     labels = {assert_report_and_catalog_agree(r, tmp_path / "c.sqlite") for r in runs}
-    assert labels == {"frozen", "diverged"}
+    assert labels == {"frozen", "diverged:step-size"}
+
+
+def _run(tmp_path: Path, name: str, *overrides: str) -> tuple[dict, Path]:
+    cfg = load_config(f"configs/{name}.yaml", list(overrides))
+    run_dir = tmp_path / name
+    Runner(cfg, run_dir, handle_signals=False, write_report=write_report).run()
+    return json.loads((run_dir / "run_report.json").read_text()), run_dir
+
+
+def _column(path: Path, key: str) -> np.ndarray:
+    with path.open() as f:
+        return np.array([float(row[key]) for row in csv.DictReader(f)])
+
+
+@pytest.fixture(scope="module")
+def triad(tmp_path_factory) -> tuple[dict, Path]:
+    """One run of configs/regime_triad.yaml (~10 s): its report and run directory."""
+    return _run(tmp_path_factory.mktemp("triad"), "regime_triad")
+
+
+def test_triad_report_says_off_policy_with_its_evidence(triad):
+    report, run_dir = triad
+    regime = report["regime"]
+    assert regime["label"] == "diverged:off-policy", regime["reason"]
+    assert report["health"]["status"] == "FAIL"
+    assert assert_report_and_catalog_agree(run_dir, run_dir.parent / "c.sqlite") == regime["label"]
+    e = regime["evidence"]
+    # an eigenvalue of A below zero far beyond the (conservative) spectral noise bound
+    assert e["eig_min_real"] < -3.0 * e["spectral_noise"], e
+    assert math.isfinite(e["growth_timescale"]) and e["growth_timescale"] < 30, e
+    assert e["w_norm_ratio"] > 20.0, e
+    assert "eig_min_real" in regime["reason"] and "any step" in regime["reason"]
+    # at every probe round, not only the last: the mode is there from the start
+    eig = _column(run_dir / "probes" / "stability_probe.csv", "eig_min_real")
+    noise = _column(run_dir / "probes" / "stability_probe.csv", "spectral_noise")
+    assert np.all(eig < -3.0 * noise), (eig, noise)
+
+
+def test_triad_growth_timescale_matches_measured_growth(triad):
+    """The probe's ``1/(eta (-min Re l))`` against the e-folding time of ||w|| over the
+    second half of the run (least-squares slope of log w_norm), within GROWTH_RTOL. The
+    first-order formula itself is ~9% short of ``1/log|1 - eta l|`` at this eta."""
+    _, run_dir = triad
+    w_norm = _column(run_dir / "learning_curves.csv", "w_norm")
+    measured = ex.timescale_of(ex.log_norm_slope(w_norm[w_norm.size // 2 :]))
+    predicted = _column(run_dir / "probes" / "stability_probe.csv", "growth_timescale")[-1]
+    assert abs(predicted / measured - 1.0) < GROWTH_RTOL, (predicted, measured)
+
+
+def test_triad_diverges_at_a_tenth_of_the_critical_step(triad, tmp_path):
+    """alpha_w = 0.1 x the positive modes' critical step (eta = alpha_w here: mean step
+    normalisation) still diverges: no step size is small enough."""
+    report, run_dir = triad
+    critical = float(
+        np.median(_column(run_dir / "probes" / "stability_probe.csv", "critical_step"))
+    )
+    # the shipped config itself runs below a tenth of the critical step already
+    assert report["regime"]["evidence"]["eta"] <= 0.1 * critical
+    tenth, tenth_dir = _run(tmp_path, "regime_triad", f"alpha_w={0.1 * critical}", "outer_iters=15")
+    assert tenth["regime"]["label"] == "diverged:off-policy", tenth["regime"]["reason"]
+    assert tenth["regime"]["evidence"]["eta"] == pytest.approx(0.1 * critical)
+    w_norm = _column(tenth_dir / "learning_curves.csv", "w_norm")
+    assert w_norm[-1] > 100.0 * w_norm[0]
+
+
+def test_triad_mechanism_matches_its_closed_form():
+    """With theta = 0 (means 0) and rho_clip c <= min rho = (sigma_mu/sigma_pi)^2 every
+    ratio is truncated, so the probes' estimator weights actions by c mu. In the coordinate
+    of the action-norm feature phi[D'+3] = ||a||^2 (2-D Gaussian moments, hand value):
+    ``A[-1, -1] = c (8 sigma_mu^4 - gamma 2 sigma_mu^2 2 sigma_pi^2) / sqrt(D)``,
+    negative iff sigma_pi^2 > 2 sigma_mu^2 / gamma. The batch's terms are iid (actions do
+    not depend on the state), so the tolerance is 5 standard errors of their mean."""
+    c, s_mu, s_pi, gamma = 0.1, 0.3, 0.6, 0.99
+    cfg = load_config(
+        "configs/regime_triad.yaml",
+        ["theta_init_scale=0", "theta_mu_offset_scale=0", f"rho_clip={c}", "threads=1"],
+    )
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    spec = ChainSpec("probe_fixed_point", 0, cfg.probes.fixed_point.batch_size)
+    batch = roll_chains(cfg, maps, params, [spec], 0).td_batch(cfg, maps, [spec], params.theta_pi)
+    phi_t, rho_t = batch.phi[0], batch.rho[0]
+    assert np.all(rho_t == c)  # every ratio truncated
+    dphi_t = fp.td_difference_(phi_t, batch.bar_phi[0].copy(), gamma)
+    moments = fp.td_moments(phi_t, dphi_t, rho_t, batch.r[0])
+    D = phi_t.shape[1]
+    closed = c * (8 * s_mu**4 - gamma * 4 * s_mu**2 * s_pi**2) / math.sqrt(D)
+    terms = rho_t * phi_t[:, -1].astype(float) * dphi_t[:, -1].astype(float) / math.sqrt(D)
+    se = terms.std(ddof=1) / math.sqrt(terms.size)
+    assert closed < 0 and abs(moments.A[-1, -1] - closed) < 5 * se, (moments.A[-1, -1], closed)
+    noise = sp.spectral_noise(*moments.A_halves, np.ones(D))
+    row = sp.spectrum_row(sp.eigenvalues(moments.A, noise, np.ones(D)), cfg.alpha_w)
+    assert row["eig_min_real"] < -noise and math.isfinite(row["growth_timescale"])
+
+
+# ------------------------------------------------------------ textbook ground truth
+
+
+def _baird_reduced_eigvals(gamma: float) -> np.ndarray:
+    """Hand reduction of Baird's A to span{sum_{i<6} e_i, e_6, e_7} (the other five
+    eigenvalues are 4/7, on vectors of the upper block summing to zero): with
+    ``x = a U + c e_6 + e e_7``, ``A x`` has coordinates ``R [a, c, e] / 7``."""
+    g = gamma
+    R = np.array([[4, -2 * g, 2 - 4 * g], [0, 1 - g, 2 * (1 - g)], [12, 2 - 8 * g, 10 - 16 * g]])
+    return np.sort(np.linalg.eigvals(R / 7.0).real)
+
+
+def test_baird_spectrum_finds_the_negative_eigenvalue():
+    problem = ex.baird(0.99)
+    reduced = _baird_reduced_eigvals(0.99)
+    expected = np.sort(np.concatenate([reduced, np.full(5, 4.0 / 7.0)]))
+    spec = sp.eigenvalues(problem.A, 0.0, np.ones(8))
+    np.testing.assert_allclose(np.sort(spec.eigvals.real), expected, atol=1e-12)
+    row = sp.spectrum_row(spec, eta=0.01)
+    assert row["eig_min_real"] == pytest.approx(reduced[0], abs=1e-12)
+    assert reduced[0] == pytest.approx(-0.23925, abs=1e-5)
+    assert row["growth_timescale"] == pytest.approx(1.0 / (0.01 * -reduced[0]), rel=1e-12)
+    assert row["critical_step"] == pytest.approx(2.0 / (4.0 / 7.0), rel=1e-12)
+    # the Krylov path (ARPACK on float32 products) finds the same growing mode
+    krylov = sp.eigenvalues(problem.A, 1e-3, np.ones(8), dense_max=0)
+    assert not krylov.dense
+    assert sp.spectrum_row(krylov, 0.01)["eig_min_real"] == pytest.approx(reduced[0], abs=1e-5)
+
+
+def test_baird_growth_timescale_matches_expected_td():
+    """Expected TD ``w <- w + eta (b - A w)`` from Sutton & Barto's w_0 (the probes'
+    expected_iterates): the e-folding time of ||w|| over the second half equals
+    ``1/log|1 - eta l|`` of the dominant mode to 1e-3, and the probe's first-order
+    growth_timescale to ``eta |l| / 2`` (0.12%) plus that."""
+    problem, eta, steps = ex.baird(0.99), 0.01, 6000
+    traj = fp.expected_iterates(problem.A, problem.b, ex.BAIRD_W0, eta, steps)
+    norms = np.linalg.norm(traj, axis=0)
+    measured = ex.timescale_of(ex.log_norm_slope(norms[steps // 2 :]))
+    eigvals = sp.eigenvalues(problem.A, 0.0, np.ones(8)).eigvals
+    exact = ex.timescale_of(ex.growth_per_iteration(eigvals, eta))
+    assert measured == pytest.approx(exact, rel=1e-3)
+    row = sp.spectrum_row(sp.eigenvalues(problem.A, 0.0, np.ones(8)), eta)
+    assert row["growth_timescale"] == pytest.approx(measured, rel=5e-3)
+
+
+def test_baird_stability_proxy_exceeds_one():
+    """The stability probe's power iteration on ``J = I - eta A`` (float32 A, as the probe
+    holds it) converges to ``max |1 - eta l| = 1 + 0.01 x 0.23925``: a radius above 1 at a
+    step 350 times below the critical step. The runner-up mode (``1 + 0.01 x 0.02218``)
+    decays relative to it by ``exp(-5000 x 0.00217)``, so 5000 iterations resolve 1e-6."""
+    problem, eta = ex.baird(0.99), 0.01
+    A32 = problem.A.astype(np.float32)
+    radius = st.power_iteration_radius(st.dense_apply(A32), eta, np.ones(8), 5000)
+    exact = float(np.max(np.abs(1.0 - eta * np.linalg.eigvals(problem.A))))
+    assert exact == pytest.approx(1.0 + eta * 0.23925, abs=1e-7)
+    assert radius == pytest.approx(exact, abs=1e-6) and radius > 1.0
+
+
+def test_baird_sample_A_from_the_probe_estimator_is_unstable():
+    """The probes' td_moments over 200k behaviour transitions (rho = 7 on solid, 0 on
+    dashed) estimate A / sqrt(D); its spectrum shows the negative eigenvalue beyond the
+    spectral noise and within that noise of the closed form."""
+    rng = np.random.default_rng(0)
+    s, s_next, rho = ex.baird_transition(rng, 200_000)
+    Phi = ex.baird_features()
+    phi_t = Phi[s]
+    dphi_t = fp.td_difference_(phi_t, Phi[s_next], 0.99)
+    moments = fp.td_moments(phi_t, dphi_t, rho, np.zeros(s.size))
+    noise = sp.spectral_noise(*moments.A_halves, np.ones(8))
+    row = sp.spectrum_row(sp.eigenvalues(moments.A, noise, np.ones(8)), eta=0.01)
+    closed = _baird_reduced_eigvals(0.99)[0] / math.sqrt(8)
+    assert row["eig_min_real"] < -5.0 * noise
+    assert abs(row["eig_min_real"] - closed) < noise
+    assert math.isfinite(row["growth_timescale"])
+
+
+def test_baird_stochastic_td_diverges():
+    """200 independent semi-gradient off-policy TD(0) runs (alpha 0.01, one transition per
+    step, Sutton & Barto Figure 11.2): ||w|| grows by > 1e3 in 6000 steps in every run."""
+    rng = np.random.default_rng(1)
+    Phi, runs, steps, alpha, gamma = ex.baird_features(), 200, 6000, 0.01, 0.99
+    w = np.tile(ex.BAIRD_W0, (runs, 1))
+    for _ in range(steps):
+        s, s_next, rho = ex.baird_transition(rng, runs)
+        delta = gamma * np.vecdot(Phi[s_next], w) - np.vecdot(Phi[s], w)
+        w += alpha * (rho * delta)[:, None] * Phi[s]
+    growth = np.linalg.norm(w, axis=1) / np.linalg.norm(ex.BAIRD_W0)
+    assert np.all(np.isfinite(growth)) and growth.min() > 1e3, np.quantile(growth, [0, 0.5])
+
+
+@pytest.mark.parametrize("gamma", [0.6, 0.9, 0.99])
+def test_two_state_w_to_2w(gamma):
+    """``A = 1 - 2 gamma`` (hand value); each expected update multiplies w by
+    ``1 + eta (2 gamma - 1)``, at every eta: no step size avoids divergence."""
+    problem = ex.two_state(gamma)
+    assert problem.A[0, 0] == pytest.approx(1.0 - 2.0 * gamma, abs=1e-15)
+    for eta in (1e-4, 1e-2, 1.0):
+        row = sp.spectrum_row(sp.eigenvalues(problem.A, 0.0, np.ones(1)), eta)
+        assert row["eig_min_real"] == pytest.approx(1.0 - 2.0 * gamma, abs=1e-15)
+        assert row["growth_timescale"] == pytest.approx(1.0 / (eta * (2 * gamma - 1)))
+        assert math.isinf(row["critical_step"])  # no positive mode
+        traj = fp.expected_iterates(problem.A, problem.b, np.array([1.0]), eta, 50)[0]
+        np.testing.assert_allclose(traj, (1.0 + eta * (2 * gamma - 1)) ** np.arange(1, 51))
+        measured = ex.timescale_of(ex.log_norm_slope(np.abs(traj)))
+        assert measured == pytest.approx(1.0 / math.log1p(eta * (2 * gamma - 1)), rel=1e-9)

@@ -13,6 +13,13 @@ Each label is judged against the run's own scales, in this order (the first that
    (``w_norm_last / w_norm_first > W_GROWTH_FACTOR``) while the latest stability round
    shows a mode that grows within the run: ``growth_timescale < outer_iters`` (a real
    part below zero), or ``eta > critical_step`` (the step overshoots: ``|1 - eta l| > 1``).
+   The label names the mechanism from the latest stability round (:func:`divergence_kind`):
+   ``diverged:off-policy`` when an eigenvalue of A has ``Re l < -spectral_noise`` (finite
+   ``growth_timescale``: TD diverges at EVERY step size) and either it grows within the run
+   or the step does not overshoot; ``diverged:step-size`` when the step overshoots
+   (``eta > critical_step``) and no eigenvalue is below zero beyond the noise, or the
+   negative one is too slow to matter within the run; plain ``diverged`` without a
+   stability round. :func:`regime_family` strips the mechanism.
 2. **frozen**: the critic does not move on the run's timescale: the median over iterations
    of the relative step ``delta_w_norm / w_norm`` is below ``FROZEN_REL_STEP``, or the
    latest ``fastest_timescale`` (iterations the fastest mode of ``w += eta (b - A w)``
@@ -80,6 +87,8 @@ from tdlens.rundir.read import Cell, RunData
 REGIMES: tuple[str, ...] = ("diverged", "frozen", "learning", "plateau")
 """Regime families; a label is a family or ``family:mechanism`` (:func:`regime_family`)."""
 PLATEAU_MECHANISMS: tuple[str, ...] = ("slow-modes", "moving-target", "noise-floor")
+DIVERGENCE_KINDS: tuple[str, ...] = ("off-policy", "step-size")
+"""Mechanisms of ``diverged`` (module docstring, rule 1)."""
 NOT_AVAILABLE = "n/a"
 FROZEN_REL_STEP = 1e-6
 """frozen: median relative change of w per iteration (delta_w_norm / w_norm) below this."""
@@ -132,7 +141,7 @@ def series_of(data: RunData) -> RunSeries:
 
 @dataclass(frozen=True)
 class Regime:
-    """A label and the observed values that decided it."""
+    """A label, the observed values that decided it, and those values by name."""
 
     label: str
     reason: str
@@ -199,31 +208,66 @@ def value_noise_floor(fixed_point: dict[str, Sequence[Cell]]) -> float:
     return float(np.median(scaled)) if scaled else math.nan
 
 
+def stability_evidence(s: RunSeries) -> dict[str, float]:
+    """The latest stability round's eig_min_real, spectral_noise, growth_timescale, eta and
+    critical_step (NaN when absent)."""
+    keys = ("eig_min_real", "spectral_noise", "growth_timescale", "eta", "critical_step")
+    return {key: latest(s.stability.get(key)) for key in keys}
+
+
+def divergence_kind(evidence: dict[str, float], outer_iters: int) -> str | None:
+    """``off-policy``, ``step-size`` or None (no stability evidence of a growing mode).
+
+    negative: a finite growth_timescale (the probe sets it only when
+    ``eig_min_real < -spectral_noise``); fast: ``growth_timescale < outer_iters``;
+    overshoot: ``eta > critical_step``. off-policy = fast or (negative and not overshoot);
+    step-size = overshoot otherwise.
+    """
+    e = evidence
+    negative = math.isfinite(e["growth_timescale"])
+    fast = negative and e["growth_timescale"] < outer_iters
+    overshoot = e["eta"] > e["critical_step"]
+    if fast or (negative and not overshoot):
+        return "off-policy"
+    return "step-size" if overshoot else None
+
+
+def _divergence_reason(kind: str | None, e: dict[str, float]) -> str:
+    if kind == "off-policy":
+        return (
+            f"eig_min_real {e['eig_min_real']:.4g} < -spectral_noise = {-e['spectral_noise']:.4g}:"
+            f" diverges at any step (growth_timescale {e['growth_timescale']:.4g})"
+        )
+    if kind == "step-size":
+        return (
+            f"step eta {e['eta']:.4g} > critical_step {e['critical_step']:.4g} (overshoot; "
+            f"eig_min_real {e['eig_min_real']:.4g}, spectral_noise {e['spectral_noise']:.4g})"
+        )
+    return "no stability round to name the mechanism"
+
+
 def _diverged(s: RunSeries) -> Regime | None:
+    evidence = stability_evidence(s)
+    kind = divergence_kind(evidence, s.outer_iters)
+    label = "diverged" if kind is None else f"diverged:{kind}"
+    mechanism = _divergence_reason(kind, evidence)
     if s.status == "diverged":
-        return Regime("diverged", "status diverged (non-finite parameters or metrics)")
+        return Regime(
+            label, f"status diverged (non-finite parameters or metrics); {mechanism}", evidence
+        )
     for col in DENSE_COLUMNS:
         bad = non_finite_cells(s.curves.get(col))
         if bad:
-            return Regime("diverged", f"{bad} non-finite {col} value(s)")
+            return Regime(label, f"{bad} non-finite {col} value(s); {mechanism}", evidence)
     w = finite(s.curves.get("w_norm"))
     ratio = w[-1] / w[0] if w.size >= 2 and w[0] > 0 else math.nan
-    if not ratio > W_GROWTH_FACTOR:
+    if not ratio > W_GROWTH_FACTOR or kind is None:
         return None
-    growth = latest(s.stability.get("growth_timescale"))
-    if math.isfinite(growth) and growth < s.outer_iters:
-        return Regime(
-            "diverged",
-            f"growth_timescale {growth:.4g} < {s.outer_iters} iterations and "
-            f"w_norm grew x{ratio:.4g} (> {W_GROWTH_FACTOR})",
-        )
-    eta, critical = latest(s.stability.get("eta")), latest(s.stability.get("critical_step"))
-    if eta > critical:
-        return Regime(
-            "diverged",
-            f"step eta {eta:.4g} > critical_step {critical:.4g} (overshoot) and "
-            f"w_norm grew x{ratio:.4g} (> {W_GROWTH_FACTOR})",
-        )
+    fast = evidence["growth_timescale"] < s.outer_iters
+    if kind == "step-size" or fast:
+        grew = f"w_norm grew x{ratio:.4g} (> {W_GROWTH_FACTOR})"
+        within = f"; growth_timescale < {s.outer_iters} iterations" if fast else ""
+        return Regime(label, f"{mechanism}{within}; {grew}", {**evidence, "w_norm_ratio": ratio})
     return None
 
 
@@ -416,7 +460,9 @@ def thresholds() -> dict[str, float]:
 
 REGIME_DOC = (
     "diverged: status diverged, a non-finite td_loss/w_norm, or w_norm growing "
-    f"x{W_GROWTH_FACTOR}+ with growth_timescale < outer_iters or eta > critical_step. "
+    f"x{W_GROWTH_FACTOR}+ with growth_timescale < outer_iters or eta > critical_step; "
+    "diverged:off-policy when eig_min_real < -spectral_noise (diverges at any step), "
+    "diverged:step-size when eta > critical_step with no such eigenvalue. "
     f"frozen: median delta_w_norm/w_norm < {FROZEN_REL_STEP:g} per iteration, or "
     "fastest_timescale > outer_iters. "
     "learning: value_gap still falls beyond its round-to-round noise over the second half "

@@ -61,6 +61,22 @@ def test_growing_mode_rule(tmp_path):
     assert "lower gamma from 0.99 to 0.98" in msg and "raise p_mix" in msg and "clip rho" in msg
 
 
+def test_growing_mode_from_truncated_ratios_names_the_sigmas(tmp_path):
+    """sigma_pi^2 = 0.36 > 2 sigma_mu^2 / gamma = 0.1818 with rho clipped at 1: the advice
+    is the sigmas (docs/triad.md), never a tighter clip or a smaller alpha_w."""
+    run = healthy_run("sigma_mu=0.3", "sigma_pi=0.6", "rho_clip=1.0")
+    run.set_probe("stability_probe", "eig_min_real", -1.0)
+    run.set_probe("stability_probe", "growth_timescale", 12.5)
+    run.set_curve("w_norm", lambda i: 1.5**i)
+    fired = steps(run, tmp_path)
+    msg = fired["growing_mode"]
+    assert "sigma_pi^2 = 0.36 > 2 sigma_mu^2 / gamma = 0.1818" in msg
+    assert "narrow sigma_pi from 0.6 to 0.3 or widen sigma_mu from 0.3 to 0.6" in msg
+    assert "clip rho" not in msg and "lowering alpha_w only slows the growth" in msg
+    assert "lower alpha_w" not in fired["exploding"]
+    assert "lowering alpha_w only slows it down" in fired["exploding"]
+
+
 def test_growing_mode_within_noise_does_not_fire(tmp_path):
     run = healthy_run()
     run.set_probe("stability_probe", "eig_min_real", -0.005)  # inside spectral_noise 0.01

@@ -117,8 +117,8 @@ def test_demo_summary_labels_and_boundary(demo):
     assert labels == {
         (1.0, 0.1): "frozen",
         (1.0, 0.5): "frozen",
-        (1000.0, 0.1): "diverged",
-        (1000.0, 0.5): "diverged",
+        (1000.0, 0.1): "diverged:step-size",
+        (1000.0, 0.5): "diverged:step-size",
     }
     assert data["stability_boundary"] == [
         {
@@ -147,7 +147,7 @@ def test_summary_html_is_self_contained(demo):
 def test_catalog_indexes_every_run_and_sweep(demo):
     _, catalog = demo
     assert len(cat.query_runs(catalog)) == 12
-    assert len(cat.query_runs(catalog, "regime = 'diverged'", sweep="demo")) == 6
+    assert len(cat.query_runs(catalog, "regime = 'diverged:step-size'", sweep="demo")) == 6
     rows = cat.query_runs(catalog, "json_extract(params, '$.alpha_w') = 1.0 AND iters = 6")
     assert len(rows) == 6 and all(r["status"] == "complete" for r in rows)
     conn = cat.connect(catalog)

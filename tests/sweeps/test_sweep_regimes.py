@@ -111,9 +111,34 @@ def test_diverged_by_status_non_finite_growth_or_overshoot():
     assert label_regime(_series(curves=_curves(td_loss=td))).label == "diverged"
     growing = np.geomspace(1.0, 3 * W_GROWTH_FACTOR, ITERS)
     r = label_regime(_series(curves=_curves(w_norm=growing), stab=_stability(growth=10.0)))
-    assert r.label == "diverged" and "growth_timescale 10" in r.reason
+    assert r.label == "diverged:off-policy" and "growth_timescale 10" in r.reason
+    assert r.evidence["growth_timescale"] == 10.0
+    assert r.evidence["w_norm_ratio"] == pytest.approx(3 * W_GROWTH_FACTOR)
     r = label_regime(_series(curves=_curves(w_norm=growing), stab=_stability(eta=2.0)))
-    assert r.label == "diverged" and "overshoot" in r.reason
+    assert r.label == "diverged:step-size" and "overshoot" in r.reason
+    assert (r.evidence["eta"], r.evidence["critical_step"]) == (2.0, 1.0)
+    assert regime_family(r.label) == "diverged"
+
+
+def test_divergence_mechanism_off_policy_vs_step_size():
+    growing = np.geomspace(1.0, 3 * W_GROWTH_FACTOR, ITERS)
+
+    def label(**stab) -> str:
+        return label_regime(_series(curves=_curves(w_norm=growing), stab=_stability(**stab))).label
+
+    # a negative eigenvalue that grows within the run: off-policy even when eta overshoots
+    assert label(growth=10.0, eta=2.0) == "diverged:off-policy"
+    # too slow a negative mode to matter, but the step overshoots: step-size
+    assert label(growth=10 * ITERS, eta=2.0) == "diverged:step-size"
+    # too slow a negative mode and no overshoot: w grows for another reason, not divergence
+    assert label(growth=10 * ITERS) == "learning"
+    # non-finite values: the mechanism still comes from the latest stability round
+    td = np.linspace(1, 0.5, ITERS).tolist()
+    td[-1] = math.nan
+    r = label_regime(_series(curves=_curves(td_loss=td), stab=_stability(growth=10 * ITERS)))
+    assert r.label == "diverged:off-policy" and "non-finite td_loss" in r.reason
+    r = label_regime(_series(curves=_curves(td_loss=td), stab=_stability(eta=2.0)))
+    assert r.label == "diverged:step-size"
 
 
 def test_a_growing_mode_without_growing_w_is_not_divergence():
@@ -130,7 +155,7 @@ def test_empty_probe_cells_and_nan_placeholders_are_not_instability():
     s = _series()
     assert any(c is None for c in s.curves["fixed_point_drift"])
     assert math.isnan(s.fixed_point["w_sharp_drift"][0])
-    assert label_regime(s).label != "diverged"
+    assert regime_family(label_regime(s).label) != "diverged"
 
 
 def test_value_noise_floor_column_is_preferred():

@@ -12,11 +12,19 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tdlens.config import RunConfig
 from tdlens.report.fmt import fmt, fmt_count
 from tdlens.report.stats import ls_slope
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check, NextStep
 from tdlens.rundir.read import RunData
-from tdlens.scores import label_regime, regime_family, relative_steps, series_of
+from tdlens.scores import (
+    divergence_kind,
+    label_regime,
+    regime_family,
+    relative_steps,
+    series_of,
+    stability_evidence,
+)
 
 RHO2_ESS_LIMIT = 2.0
 """rho_variance: fires when mean_rho2 exceeds this (effective sample size 1/E[rho^2]
@@ -182,7 +190,12 @@ def rule_exploding(data: RunData, checks: dict[str, Check]) -> NextStep | None:
         for c, v in fired.items()
     )
     action = ""
-    if data.cfg is not None:
+    if _off_policy(data):
+        action = (
+            ": lowering alpha_w only slows it down (an eigenvalue of A is below zero beyond "
+            "the noise: see growing_mode)"
+        )
+    elif data.cfg is not None:
         crit = _critical_alpha(data)
         target = data.cfg.alpha_w / EXPLODE_FACTOR
         if crit is not None:
@@ -191,6 +204,23 @@ def rule_exploding(data: RunData, checks: dict[str, Check]) -> NextStep | None:
         if crit is not None:
             action += f" (critical alpha_w from critical_step: {fmt(crit)})"
     return NextStep("exploding", f"exploding ({what}){action}.", fired)
+
+
+def _off_policy(data: RunData) -> bool:
+    """The latest stability round says ``diverged:off-policy`` (:func:`divergence_kind`)."""
+    series = series_of(data)
+    return divergence_kind(stability_evidence(series), series.outer_iters) == "off-policy"
+
+
+def _truncation_binds(cfg: RunConfig) -> bool:
+    """``sigma_pi^2 > 2 sigma_mu^2 / gamma`` with rho clipped: the truncated ratio weights
+    actions by ``min(pi, c mu)``, narrower than the pi that bar_phi bootstraps on, and the
+    ``||a||^2`` feature's diagonal of A is negative (docs/triad.md)."""
+    return (
+        cfg.effective_rho_clip is not None
+        and cfg.gamma > 0
+        and (cfg.sigma_pi**2 > 2.0 * cfg.sigma_mu**2 / cfg.gamma)
+    )
 
 
 def rule_growing_mode(data: RunData, checks: dict[str, Check]) -> NextStep | None:
@@ -209,7 +239,16 @@ def rule_growing_mode(data: RunData, checks: dict[str, Check]) -> NextStep | Non
         "run_iters": run_iters,
     }
     actions = "lower gamma, raise beta, raise p_mix, clip rho"
-    if cfg is not None:
+    if cfg is not None and _truncation_binds(cfg):
+        actions = (
+            f"rho truncated at {fmt(cfg.effective_rho_clip)} weights actions by "
+            f"min(pi, {fmt(cfg.effective_rho_clip)} mu) while bar_phi bootstraps on pi, and "
+            f"sigma_pi^2 = {fmt(cfg.sigma_pi**2)} > 2 sigma_mu^2 / gamma = "
+            f"{fmt(2 * cfg.sigma_mu**2 / cfg.gamma)} (the deadly triad, docs/triad.md): "
+            f"narrow sigma_pi from {fmt(cfg.sigma_pi)} to {fmt(cfg.sigma_mu)} or widen "
+            f"sigma_mu from {fmt(cfg.sigma_mu)} to {fmt(cfg.sigma_pi)}"
+        )
+    elif cfg is not None:
         clip = cfg.effective_rho_clip
         actions = (
             f"lower gamma from {fmt(cfg.gamma)} to {fmt(max(0.0, 1 - 2 * (1 - cfg.gamma)))}, "
@@ -226,7 +265,7 @@ def rule_growing_mode(data: RunData, checks: dict[str, Check]) -> NextStep | Non
         "growing_mode",
         f"growing mode: eig_min_real = {fmt(eig_min)} < "
         f"-spectral_noise = {fmt(-noise)}, growth_timescale = {fmt(growth)} iterations "
-        f"< run length {run_iters}: {actions}.",
+        f"< run length {run_iters}: {actions}; lowering alpha_w only slows the growth.",
         values,
     )
 
