@@ -184,12 +184,18 @@ def plot_spectrum(data: RunData) -> tuple[str | None, str]:
 
 
 def plot_theory(theory: dict[str, Any]) -> str | None:
-    """Measured value_gap (points) against the predicted curves of the theory overlay."""
+    """Measured value_gap (points) against the predicted band and curves of the theory
+    overlay (:func:`tdlens.report.theory.theory_overlay`)."""
     if not theory["value_gap"]:
         return None
     fig = Figure(figsize=(7, 3.2))
     ax = fig.add_subplot(1, 1, 1)
-    ax.plot(theory["measured_iters"], theory["value_gap"], "o-", label="measured value_gap")
+    band = theory.get("band") or {}
+    if band.get("lo"):
+        ax.fill_between(
+            theory["pred_iters"], band["lo"], band["hi"], alpha=0.25, label="predicted band"
+        )
+    ax.plot(theory["measured_iters"], theory["value_gap"], "o", label="measured value_gap")
     for label, values in theory["curves"].items():
         ax.plot(theory["pred_iters"], values, "--", label=label)
     ax.set_xlabel("iter")

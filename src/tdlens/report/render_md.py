@@ -112,6 +112,19 @@ DYNAMICS_NOTES = {
     "eta": "expected critic step alpha_w s B T",
     "critical_step": "largest stable eta",
     "critical_alpha_w": "alpha_w at the critical step",
+    "eig_min_real_is_bound": "1: eig_min_real is a certified lower bound, not the exact minimum",
+    "sampling_trainer": "1: probe batches drawn as the trainer draws them, 0: one chain",
+    **{
+        f"{k}_{e}": f"{'lower' if e == 'lo' else 'upper'} end of the 95% cluster-bootstrap interval"
+        for k in (
+            "critical_step",
+            "eig_max_real",
+            "eig_min_real",
+            "fastest_timescale",
+            "slowest_timescale",
+        )
+        for e in ("lo", "hi")
+    },
 }
 
 
@@ -159,10 +172,26 @@ def section_theory(r: Report) -> list[str]:
     ]
     if not t["source"].startswith("probes/"):
         lines.append(
-            "- the exact expected-dynamics prediction needs "
-            "probes/expected_dynamics_<iter>.npz (arrays iters, value_gap_pred)"
+            "- the expected-dynamics prediction needs probes/expected_dynamics_<iter>.npz "
+            "(arrays iters, value_gap_pred, value_gap_lo, value_gap_hi)"
         )
+        return lines
+    lines += theory_lines(t)
     return lines
+
+
+def theory_lines(t: dict) -> list[str]:
+    """The comparison of the theory overlay in words (markdown and HTML)."""
+    ratios = [x for x in t.get("ratio_first", []) if x == x]
+    span = f"{fmt(min(ratios))}-{fmt(max(ratios))}" if ratios else "n/a"
+    return [
+        f"- measured value_gap inside the predicted band at {fmt(100 * t['inside_fraction'])}% "
+        f"of probes; measured/predicted (first probe) {span}",
+        f"- decay rate per iteration: fitted {fmt(t['fitted_rate'])}, predicted "
+        f"{fmt(t['predicted_rate'])}",
+        f"- predicted floor value_gap_floor {fmt(t['floor'])}, reached "
+        f"{fmt(t['iters_to_floor'])} iterations after the first probe",
+    ]
 
 
 def section_timings(r: Report) -> list[str]:

@@ -1,0 +1,156 @@
+"""Expected critic dynamics over the rest of the run, with the minibatch noise (SPEC 6.1,
+SPEC 10 theory overlay).
+
+The trainer's critic step is ``w_{k+1} = w_k + eta g(w_k)``, ``g(w) = mean_M g_i(w)`` over
+its M = B T samples, ``g_i(w) = rho_i (r_i - dphi_i . w / sqrt(D)) phi_i = b_i - A_i w``
+(:mod:`tdlens.probes.fixed_point`). With ``e = w - w#`` and ``A w# = b``:
+
+    e_{k+1} = J e_k + eta xi_k,     J = I - eta A,     xi_k = g(w_k) - (b - A w_k)
+
+so ``E e_j = J^j e_0`` (the mean path) and, with xi of covariance ``S / B`` (S the
+covariance of one trajectory's mean update ``gbar_c = (1/T) sum_t g_t(w#)``, the B
+trajectories independent), the accumulated noise has covariance
+``Sigma_j = (eta^2 / B) sum_{i<j} J^i S J^iT``. In value space (``Q = w . phi / sqrt(D)``,
+RMS over the probe batch) that is
+
+    gap_mid_j   = RMS_i phi_i . J^j e_0 / sqrt(D)
+    gap_noise_j = sqrt(eta^2 / B sum_{i<j} ||Phi_s J^i U||_F^2 / (n_s D))
+
+with ``U [D, C] = (gbar_c - mean_c gbar_c) / sqrt(C - 1)`` over the C trajectories (or
+``horizon``-step blocks of a continuing chain) of the probe batch (``S ~ U U^T``) and
+``Phi_s`` at most NOISE_ROWS evenly spaced rows of the batch. The measured value_gap at
+iteration ``n + j`` is ``|Phi (J^j e_0 + eps) / sqrt(D)|`` with ``|eps|`` of RMS size
+``s_j = sqrt(gap_noise_j^2 + est^2)``, ``est`` the w# estimation error of a probe
+(value_noise_floor / 2: the half-batch solutions differ by twice a full batch's error).
+So (triangle inequality, ``|eps|`` between s/2 and 2 s) the predicted band is
+
+    lo_j = max(gap_mid_j - 2 s_j, s_j / 2 - gap_mid_j, 0),   hi_j = gap_mid_j + 2 s_j.
+
+value_gap_floor = gap_noise over ``outer_iters`` iterations (the floor the training noise
+holds value_gap at once the modes that move within a run have relaxed), and
+effective_timescale = the iterations in which gap_mid falls by e, ``j_e / ln(gap_mid_0 /
+gap_mid_{j_e})`` with ``j_e`` the first such j or the horizon when it never does (the
+initial error projected on every mode, not the fastest mode's ``1/(eta max Re l)``).
+
+``J^j X`` for all j comes from the binomial series ``sum_m C(j, m) (-eta A)^m X`` when
+``kappa = steps eta ||A||_F < 1/2`` (as :func:`tdlens.probes.fixed_point.expected_iterates`)
+and otherwise from the step-by-step loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+NOISE_ROWS = 512
+SERIES_TOL = 2.0**-60
+
+
+def update_noise_factor(
+    phi_t: np.ndarray,
+    dphi_t: np.ndarray,
+    rho_t: np.ndarray,
+    r_t: np.ndarray,
+    w_sharp: np.ndarray,
+    cluster_size: int,
+) -> np.ndarray:
+    """``U [D, C]`` with ``U U^T`` the sample covariance of the per-cluster mean updates
+    ``gbar_c`` at ``w#`` (module docstring); ``phi_t, dphi_t [n, D]``."""
+    n, D = phi_t.shape
+    C = n // cluster_size
+    rows = C * cluster_size
+    delta = r_t[:rows] - (dphi_t[:rows] @ (w_sharp / math.sqrt(D)).astype(dphi_t.dtype))
+    weights = (rho_t[:rows] * delta).reshape(C, cluster_size) / cluster_size
+    phi_c = phi_t[:rows].reshape(C, cluster_size, D)
+    gbar = np.einsum("ct,ctd->cd", weights.astype(phi_t.dtype), phi_c).astype(np.float64)
+    return (gbar - gbar.mean(axis=0)).T / math.sqrt(max(C - 1, 1))
+
+
+def propagate(A: np.ndarray, X: np.ndarray, eta: float, steps: int) -> np.ndarray:
+    """``[steps + 1, D, k]``: ``J^j X`` for j = 0..steps, ``J = I - eta A``, ``X [D, k]``."""
+    D, k = X.shape
+    out = np.empty((steps + 1, D, k))
+    out[:] = X
+    kappa = steps * eta * float(np.linalg.norm(A))
+    if not kappa < 0.5:
+        for j in range(steps):
+            out[j + 1] = out[j] - eta * (A @ out[j])
+        return out
+    j = np.arange(steps + 1, dtype=np.float64)
+    coef = np.ones(steps + 1)  # C(j, 0)
+    q = X.astype(np.float64)
+    scale = max(float(np.linalg.norm(X)), np.finfo(float).tiny)
+    for m in range(1, steps + 1):
+        q = -eta * (A @ q)
+        coef = coef * np.maximum(j - (m - 1), 0.0) / m  # C(j, m)
+        out += coef[:, None, None] * q[None]
+        tail = coef[-1] * float(np.linalg.norm(q)) * kappa / (1.0 - kappa)
+        if tail <= SERIES_TOL * scale:
+            break
+    return out
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted value_gap from one probe, j = 0..steps iterations ahead (module docstring)."""
+
+    mid: np.ndarray  # [steps + 1]
+    noise: np.ndarray  # [steps + 1]
+    est: float
+
+    @property
+    def spread(self) -> np.ndarray:
+        """``s_j = sqrt(noise_j^2 + est^2)``."""
+        return np.sqrt(self.noise**2 + self.est**2)
+
+    @property
+    def lo(self) -> np.ndarray:
+        s = self.spread
+        return np.maximum.reduce([self.mid - 2.0 * s, s / 2.0 - self.mid, np.zeros_like(s)])
+
+    @property
+    def hi(self) -> np.ndarray:
+        return self.mid + 2.0 * self.spread
+
+    @property
+    def effective_timescale(self) -> float:
+        """Iterations in which mid falls by e (module docstring); inf if it never falls."""
+        mid = self.mid
+        if mid.size < 2 or not mid[0] > 0:
+            return math.inf
+        below = np.flatnonzero(mid <= mid[0] / math.e)
+        j = int(below[0]) if below.size else mid.size - 1
+        ratio = mid[0] / mid[j] if mid[j] > 0 else math.inf
+        return j / math.log(ratio) if ratio > 1.0 else math.inf
+
+
+def predict(
+    A: np.ndarray,
+    e0: np.ndarray,
+    U: np.ndarray,
+    phi_t: np.ndarray,
+    eta: float,
+    trajectories: int,
+    steps: int,
+    est: float,
+) -> Prediction:
+    """The :class:`Prediction` from ``e_0 = w - w# [D]``, noise factor ``U [D, C]`` and the
+    probe batch ``phi_t [n, D]`` over `steps` iterations of the trainer's step eta with B =
+    `trajectories` trajectories per iteration."""
+    n, D = phi_t.shape
+    C = U.shape[1]
+    with np.errstate(over="ignore", invalid="ignore"):
+        X = propagate(A, np.concatenate([e0[:, None], U], axis=1), eta, steps)
+        # the readouts run in float64: a diverging prediction must not overflow float32
+        path = phi_t @ X[:, :, 0].T  # [n, steps + 1]
+        mid = np.sqrt(np.mean(path**2, axis=0) / D)
+        if C == 0:
+            return Prediction(mid=mid, noise=np.zeros_like(mid), est=est)
+        rows = phi_t[:: max(1, n // NOISE_ROWS)].astype(np.float64)
+        flat = X[:, :, 1:].transpose(1, 0, 2).reshape(D, -1)
+        sq = ((rows @ flat) ** 2).reshape(rows.shape[0], steps + 1, C)
+        per_step = sq.sum(axis=(0, 2)) / (rows.shape[0] * D)
+        var = eta**2 / trajectories * np.concatenate([[0.0], np.cumsum(per_step[:-1])])
+    return Prediction(mid=mid, noise=np.sqrt(var), est=est)
