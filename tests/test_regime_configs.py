@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from tdlens.cli import app
 from tdlens.config import load_config
 from tdlens.report import write_report
+from tdlens.report.theory import expected_dynamics
+from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner
 from tdlens.sweeps.catalog import index_run_dir
 
@@ -52,6 +54,12 @@ def test_regime_config_shows_its_regime(tmp_path, name, regime, health):
     assert report["health"]["status"] == health
     assert report["regime"]["label"] == regime, report["regime"]["reason"]
     assert assert_report_and_catalog_agree(tmp_path / name, tmp_path / "c.sqlite") == regime
+    if name in ("regime_learning", "regime_plateau"):
+        # issue 13: value_gap inside the first probe's predicted band (expected dynamics plus
+        # minibatch noise) at >= 90% of probes, fitted decay rate within 25% of predicted
+        dyn = expected_dynamics(load_run(tmp_path / name))
+        assert dyn.inside_fraction >= 0.9, dyn.inside
+        assert abs(dyn.fitted_rate / dyn.predicted_rate - 1.0) <= 0.25
 
 
 def test_demo_sweep_reports_and_catalog_agree(tmp_path):

@@ -94,3 +94,14 @@ def test_cluster_means_average_to_the_eigenvalue_and_intervals_bracket_it():
     ci = spectral_intervals(spec, phi, dphi, rho, size, 0.5, np.random.default_rng(0))
     for key in ("critical_step", "eig_max_real", "eig_min_real", "fastest_timescale"):
         assert ci[f"{key}_lo"] <= row[key] <= ci[f"{key}_hi"], key
+
+
+def test_debiased_path_extrapolates_the_decay_rate():
+    """Hand calculation: full-batch rate r + c/n, half batches r + 2c/n give rate r,
+    anchored at the full path's first value."""
+    j = np.arange(30.0)
+    r, c_n = 0.01, 0.004
+    mid = 0.5 * np.exp(-(r + c_n) * j)
+    halves = (0.7 * np.exp(-(r + 2 * c_n) * j), 0.6 * np.exp(-(r + 2 * c_n) * j))
+    np.testing.assert_allclose(ex.debiased_path(mid, halves), 0.5 * np.exp(-r * j), rtol=1e-12)
+    assert ex.debiased_path(mid, None) is mid

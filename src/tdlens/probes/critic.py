@@ -213,6 +213,15 @@ def fixed_point_probe(
         cfg.trajectories,
         cfg.outer_iters,
         row["value_noise_floor"] / 2.0,
+        tuple(
+            ex.HalfBatch(A_k, w - w_k, phi_t[rows])
+            for A_k, w_k, rows in zip(
+                moments.A_halves,
+                halves,
+                (slice(0, moments.n // 2), slice(moments.n // 2, None)),
+                strict=True,
+            )
+        ),
     )
     row["value_gap_floor"] = float(pred.noise[-1])
     row["effective_timescale"] = pred.effective_timescale
