@@ -163,3 +163,62 @@ def theory_overlay(data: RunData) -> dict[str, Any]:
         iters_to_floor=dyn.iters_to_floor,
     )
     return out
+
+
+@dataclass(frozen=True)
+class FloorPlan:
+    """How long the critic needs to reach its predicted floor, and the alpha_w that gets
+    there within the run (from the fixed-point and stability probes).
+
+    ``target = sqrt(value_gap_floor^2 + est^2)`` (est = value_noise_floor / 2, the w#
+    error every measured value_gap carries), ``iters_to_floor = effective_timescale
+    ln(value_gap / target)`` from the last probe (0 once value_gap <= target), and
+    ``alpha_w_to_floor = alpha_w j_first / (outer_iters - iter_first)`` with j_first the
+    same count from the first probe (relaxation times scale as 1/alpha_w while eta stays
+    well below the critical step), to be read against the critical alpha_w interval
+    ``critical_step_lo / (s B T)``, ``critical_step_hi / (s B T)``."""
+
+    effective_timescale: float
+    target: float
+    iters_to_floor: float
+    alpha_w_to_floor: float
+    critical_alpha_w: float
+    critical_alpha_w_lo: float
+    critical_alpha_w_hi: float
+
+
+def _iters_to(gap: float, target: float, tau: float) -> float:
+    if not (math.isfinite(gap) and target > 0):
+        return math.nan
+    if gap <= target:
+        return 0.0
+    return tau * math.log(gap / target) if math.isfinite(tau) else math.inf
+
+
+def floor_plan(data: RunData) -> FloorPlan | None:
+    """The :class:`FloorPlan` of a run, None without the columns it needs."""
+    fp, stab, cfg = data.probe("fixed_point_probe"), data.probe("stability_probe"), data.cfg
+    need = ("value_gap", "value_gap_floor", "effective_timescale", "value_noise_floor")
+    if cfg is None or not len(fp) or not all(fp.has(c) for c in need):
+        return None
+    gap, floor = fp.values("value_gap"), fp.values("value_gap_floor")
+    tau, est = fp.values("effective_timescale"), fp.values("value_noise_floor") / 2.0
+    target = np.sqrt(floor**2 + est**2)
+    last = _iters_to(float(gap[-1]), float(target[-1]), float(tau[-1]))
+    first = _iters_to(float(gap[0]), float(target[0]), float(tau[0]))
+    left = cfg.outer_iters - float(fp.iters()[0])
+    per = cfg.step_scale * cfg.trajectories * cfg.horizon
+
+    def crit(key: str) -> float:
+        value = stab.last(key) if len(stab) and stab.has(key) else None
+        return value / per if value is not None and math.isfinite(value) else math.nan
+
+    return FloorPlan(
+        effective_timescale=float(tau[-1]),
+        target=float(target[-1]),
+        iters_to_floor=last,
+        alpha_w_to_floor=cfg.alpha_w * first / left if left > 0 else math.nan,
+        critical_alpha_w=crit("critical_step"),
+        critical_alpha_w_lo=crit("critical_step_lo"),
+        critical_alpha_w_hi=crit("critical_step_hi"),
+    )
