@@ -29,6 +29,7 @@ from tdlens.learner import IterationResult, gradients, init_params
 from tdlens.report import write_report
 from tdlens.report.kit import Html, esc, table
 from tdlens.report.kit import page as kit_page
+from tdlens.report.theory import expected_dynamics
 from tdlens.rundir.files import atomic_write_json, atomic_write_text
 from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner
@@ -462,11 +463,12 @@ fixed point is sharp (value_noise_floor well below the initial value_gap)."""
 def check_learning(ctx: SuiteContext, iters: int = 16) -> CheckResult:
     """Critic only, on-policy, alpha_w at half the critical step of a pilot's stability
     probe. The measured value_gap must fall (to below half its start, by more than twice
-    the fixed point's value_noise_floor) and follow the expected-dynamics prediction
-    ``w <- w + eta (b - A w)`` from the first probe's A and b: at every later probe,
-    |measured - predicted| <= value_noise_floor (STATISTICAL: the RMS value difference of
-    two half-batch fixed points, i.e. twice the sampling scale of the prediction's own
-    fixed point)."""
+    the fixed point's value_noise_floor) and lie inside the band the first probe predicts
+    for every later probe: the expected dynamics ``e <- (I - eta A) e`` from that probe's
+    A and w#, with the minibatch-noise floor of the trainer's update and the w# sampling
+    error (STATISTICAL: :mod:`tdlens.probes.expected`). A trainer that applies a quarter
+    of its step leaves the band; one bootstrapping with gamma 0.5 instead of 0.9 does not
+    yet (its value_gap settles at 1.6x the predicted floor, inside the band's 2x)."""
     sigma = f"sigma_mu={ctx.base.sigma_pi}"
     alpha_w = 0.5 * _critical_alpha_w(ctx, "learning", *LEARNING, sigma)
     run_dir, _ = ctx.run(
@@ -480,22 +482,22 @@ def check_learning(ctx: SuiteContext, iters: int = 16) -> CheckResult:
     rows = _probe_rows(run_dir, "fixed_point_probe")
     gaps = {int(r["iter"]): r["value_gap"] for r in rows}
     floor = max(r["value_noise_floor"] for r in rows)
-    first = min(gaps)
-    pred_path = run_dir / "probes" / f"expected_dynamics_{first:04d}.npz"
-    with np.load(pred_path, allow_pickle=False) as data:
-        pred = dict(zip(data["iters"].tolist(), data["value_gap_pred"].tolist(), strict=True))
-    devs = {k: abs(v - pred[k]) for k, v in gaps.items() if k in pred}
-    start, end = gaps[first], gaps[max(gaps)]
+    dyn = expected_dynamics(load_run(run_dir))
+    later = dyn.probe_iters > dyn.anchor
+    inside = dyn.inside[later]
+    ratios = dyn.ratio_first[later]
+    start, end = gaps[min(gaps)], gaps[max(gaps)]
     falls = end < 0.5 * start and start - end > 2 * floor
-    follows = bool(devs) and max(devs.values()) <= floor
+    follows = bool(inside.size) and bool(inside.all())
+    span = f"{ratios.min():.3g}-{ratios.max():.3g}" if ratios.size else "n/a"
     return CheckResult(
         "learning",
         falls and follows,
-        f"alpha_w {alpha_w:.4g}: value_gap {start:.4g} -> {end:.4g}; max |measured - predicted| "
-        f"{max(devs.values(), default=math.nan):.3g} over {len(devs)} probes; "
+        f"alpha_w {alpha_w:.4g}: value_gap {start:.4g} -> {end:.4g}; inside the predicted band "
+        f"at {int(inside.sum())} of {inside.size} later probes (measured/predicted {span}); "
         f"value_noise_floor {floor:.3g}",
-        "value_gap falls below half its start and follows the expected dynamics",
-        "STATISTICAL: value_noise_floor of the fixed point",
+        "value_gap falls below half its start and stays inside the expected-dynamics band",
+        "STATISTICAL: band of the mean path +- 2 x (minibatch noise + w# error)",
         [run_dir],
     )
 
