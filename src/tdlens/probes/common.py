@@ -19,10 +19,10 @@ use chain indices from ``AUX_CHAIN`` upwards, so they never collide with a chain
 environment noise.
 
 Rollouts. The rollout is sequential in t and costs about the same for 1 or 13 chains, so
-every chain a probe round needs is rolled out in ONE :func:`tdlens.rollout.roll_out` call
-with per-chain policies; each chain's noise is drawn for its own length and zero-padded to
-the longest chain (a chain's path up to its length depends only on its own noise prefix,
-so padding never changes it). The rollout records the means of mu and pi at every state
+the chains a probe round needs are rolled out in one :func:`tdlens.rollout.roll_out` call
+per distinct length T, with per-chain policies (the trainer-style trajectories of
+``horizon`` steps are never padded to the long chains; a chain's path depends only on
+its own noise). The rollout records the means of mu and pi at every state
 instead of keeping the actor features (what the probes use of psi: 4 numbers per state
 instead of N). Features are built later per chain group with
 :meth:`RolledChains.td_batch`, so memory stays bounded.
@@ -120,27 +120,46 @@ class ChainSpec:
 
 
 @dataclass(frozen=True)
-class RolledChains:
-    """Paths and noise of several probe chains rolled out together (padded to T_max)."""
+class RolledGroup:
+    """Paths and noise of the probe chains of one length T, rolled out together."""
 
     specs: tuple[ChainSpec, ...]
-    paths: Paths  # [T_max(+1), B, ...]
+    paths: Paths  # [T(+1), columns, ...]
     noise: ChainNoise
-    sigma_b: np.ndarray  # [B] behaviour sigma per chain
+    sigma_b: np.ndarray  # [columns] behaviour sigma per column
 
     def index(self, spec: ChainSpec) -> int:
-        """First rollout column of `spec`."""
+        """First rollout column of `spec` in this group."""
         i = self.specs.index(spec)
         return sum(s.columns for s in self.specs[:i])
 
+
+@dataclass(frozen=True)
+class RolledChains:
+    """Every probe chain of a round, rolled out in one call per chain length (so the
+    trainer-style trajectories of ``horizon`` steps are not padded to the long chains)."""
+
+    groups: tuple[RolledGroup, ...]
+
+    @property
+    def specs(self) -> tuple[ChainSpec, ...]:
+        return tuple(s for g in self.groups for s in g.specs)
+
+    def group(self, spec: ChainSpec) -> RolledGroup:
+        return next(g for g in self.groups if spec in g.specs)
+
+    def index(self, spec: ChainSpec) -> int:
+        """First rollout column of `spec` within its group."""
+        return self.group(spec).index(spec)
+
     def columns(self, spec: ChainSpec) -> slice:
-        """Rollout columns of `spec`."""
+        """Rollout columns of `spec` within its group."""
         i = self.index(spec)
         return slice(i, i + spec.columns)
 
     def chain_paths(self, spec: ChainSpec) -> Paths:
         """Paths of one batch truncated to its length, ``[T(+1), columns, ...]``."""
-        return truncate_paths(self.paths.take(self.columns(spec)), spec.T)
+        return truncate_paths(self.group(spec).paths.take(self.columns(spec)), spec.T)
 
     def td_batch(
         self,
@@ -157,13 +176,14 @@ class RolledChains:
         if len(lengths) != 1:
             raise ValueError(f"chains of one TD batch must share T, got {sorted(lengths)}")
         T = lengths.pop()
-        idx = [i for s in specs for i in range(self.index(s), self.index(s) + s.columns)]
+        group = self.group(specs[0])
+        idx = [i for s in specs for i in range(group.index(s), group.index(s) + s.columns)]
         contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
         chains = slice(idx[0], idx[0] + len(idx)) if contiguous else idx
-        paths = truncate_paths(self.paths.take(chains), T)
-        noise = truncate_noise(self.noise.take(chains), T)
+        paths = truncate_paths(group.paths.take(chains), T)
+        noise = truncate_noise(group.noise.take(chains), T)
         return td_batch(
-            cfg, maps, paths, noise, theta_pi, self.sigma_b[chains], with_features, workspace
+            cfg, maps, paths, noise, theta_pi, group.sigma_b[chains], with_features, workspace
         )
 
 
@@ -201,24 +221,6 @@ def truncate_noise(noise: ChainNoise, T: int) -> ChainNoise:
     )
 
 
-def _pad_noise(noise: ChainNoise, T: int) -> ChainNoise:
-    """Zero-pad time-major noise to T steps (padded steps are never used)."""
-    extra = T - noise.z_act.shape[0]
-    if extra == 0:
-        return noise
-
-    def pad(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([x, np.zeros((extra, *x.shape[1:]), dtype=x.dtype)], axis=0)
-
-    return ChainNoise(
-        reset=noise.reset,
-        z_act=pad(noise.z_act),
-        z_env=pad(noise.z_env),
-        u_env=pad(noise.u_env),
-        z_next=pad(noise.z_next),
-    )
-
-
 def _concat_noise(parts: Sequence[ChainNoise]) -> ChainNoise:
     return ChainNoise(
         reset=np.concatenate([p.reset for p in parts], axis=0),
@@ -232,7 +234,8 @@ def _concat_noise(parts: Sequence[ChainNoise]) -> ChainNoise:
 def roll_chains(
     cfg: RunConfig, maps: FeatureMaps, params: Params, specs: Sequence[ChainSpec], n: int
 ) -> RolledChains:
-    """Roll out every chain of `specs` in one call, each under its own policy.
+    """Roll out every chain of `specs`, one call per distinct length T, each chain under
+    its own policy.
 
     Chain noise comes from :meth:`ChainSpec.rngs` (one generator per column), drawn for
     its own length T (so it does not depend on which other chains share the call).
@@ -240,8 +243,18 @@ def roll_chains(
     specs = tuple(specs)
     if len(set(specs)) != len(specs):
         raise ValueError("duplicate chain specs")
-    T_max = max(s.T for s in specs)
-    noise = _concat_noise([_pad_noise(draw_noise(s.rngs(cfg, n), s.T, cfg), T_max) for s in specs])
+    by_length: dict[int, list[ChainSpec]] = {}
+    for spec in specs:
+        by_length.setdefault(spec.T, []).append(spec)
+    return RolledChains(tuple(_roll_group(cfg, maps, params, g, n) for g in by_length.values()))
+
+
+def _roll_group(
+    cfg: RunConfig, maps: FeatureMaps, params: Params, specs: list[ChainSpec], n: int
+) -> RolledGroup:
+    """One :func:`tdlens.rollout.roll_out` call for chains of one length."""
+    T = specs[0].T
+    noise = _concat_noise([draw_noise(s.rngs(cfg, n), T, cfg) for s in specs])
     on_pi = np.array([s.policy == "pi" for s in specs for _ in range(s.columns)])
     sigma_b = np.where(on_pi, cfg.sigma_pi, cfg.sigma_mu).astype(np.float64)
     if on_pi.any():
@@ -250,7 +263,7 @@ def roll_chains(
         theta_b = params.theta_mu
     theta_eval = np.stack([params.theta_mu, params.theta_pi])
     paths = roll_out(cfg, maps, theta_b, sigma_b, noise, theta_eval=theta_eval, keep_psi=False)
-    return RolledChains(specs=specs, paths=paths, noise=noise, sigma_b=sigma_b)
+    return RolledGroup(specs=tuple(specs), paths=paths, noise=noise, sigma_b=sigma_b)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ RMS over the probe batch) that is
 
 with ``U [D, C] = (gbar_c - mean_c gbar_c) / sqrt(C - 1)`` over the C trajectories (or
 ``horizon``-step blocks of a continuing chain) of the probe batch (``S ~ U U^T``) and
-``Phi_s`` at most NOISE_ROWS evenly spaced rows of the batch. The measured value_gap at
+``Phi_s`` the batch rows at a stride of ``n // NOISE_ROWS`` of the batch. The measured value_gap at
 iteration ``n + j`` is ``|Phi (J^j e_0 + eps) / sqrt(D)|`` with ``|eps|`` of RMS size
 ``s_j = sqrt(gap_noise_j^2 + est^2)``, ``est`` the w# estimation error of a probe
 (value_noise_floor / 2: the half-batch solutions differ by twice a full batch's error).
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NOISE_ROWS = 512
+NOISE_ROWS = 256
 SERIES_TOL = 2.0**-60
 
 
@@ -72,10 +72,10 @@ def update_noise_factor(
 def propagate(A: np.ndarray, X: np.ndarray, eta: float, steps: int) -> np.ndarray:
     """``[steps + 1, D, k]``: ``J^j X`` for j = 0..steps, ``J = I - eta A``, ``X [D, k]``."""
     D, k = X.shape
-    out = np.empty((steps + 1, D, k))
-    out[:] = X
     kappa = steps * eta * float(np.linalg.norm(A))
     if not kappa < 0.5:
+        out = np.empty((steps + 1, D, k))
+        out[0] = X
         for j in range(steps):
             out[j + 1] = out[j] - eta * (A @ out[j])
         return out
@@ -83,14 +83,18 @@ def propagate(A: np.ndarray, X: np.ndarray, eta: float, steps: int) -> np.ndarra
     coef = np.ones(steps + 1)  # C(j, 0)
     q = X.astype(np.float64)
     scale = max(float(np.linalg.norm(X)), np.finfo(float).tiny)
+    terms, coefs = [q], [coef]
     for m in range(1, steps + 1):
         q = -eta * (A @ q)
         coef = coef * np.maximum(j - (m - 1), 0.0) / m  # C(j, m)
-        out += coef[:, None, None] * q[None]
+        terms.append(q)
+        coefs.append(coef)
         tail = coef[-1] * float(np.linalg.norm(q)) * kappa / (1.0 - kappa)
         if tail <= SERIES_TOL * scale:
             break
-    return out
+    # one product [steps + 1, M] x [M, D k] instead of M passes over the output
+    flat = np.stack(coefs, axis=1) @ np.stack(terms).reshape(len(terms), -1)
+    return flat.reshape(steps + 1, D, k)
 
 
 @dataclass(frozen=True)
@@ -137,13 +141,23 @@ class Prediction:
         return j / math.log(ratio) if ratio > 1.0 else math.inf
 
 
+def readout(rows: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``rows @ X`` (float64 out) in the features dtype, each column of ``X [D, k]`` scaled
+    to a maximum of 1 first so a diverging path never overflows float32."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        scale = np.max(np.abs(X), axis=0)
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        out = (rows @ (X / scale).astype(rows.dtype)).astype(np.float64)
+        return out * scale
+
+
 def mean_path(
     A: np.ndarray, e0: np.ndarray, phi_t: np.ndarray, eta: float, steps: int
 ) -> np.ndarray:
     """``mid_j = sqrt(mean_t (phi_t . J^j e_0)^2 / D)`` for j = 0..steps (float64)."""
     with np.errstate(over="ignore", invalid="ignore"):
         X = propagate(A, e0[:, None], eta, steps)[:, :, 0]
-        path = phi_t @ X.T  # the readout in float64: a diverging path must not overflow
+        path = readout(phi_t, X.T)
         return np.sqrt(np.mean(path**2, axis=0) / phi_t.shape[1])
 
 
@@ -189,14 +203,13 @@ def predict(
         half_paths = tuple(mean_path(h.A, h.e0, h.phi_t, eta, steps) for h in halves)
     with np.errstate(over="ignore", invalid="ignore"):
         X = propagate(A, np.concatenate([e0[:, None], U], axis=1), eta, steps)
-        # the readouts run in float64: a diverging prediction must not overflow float32
-        path = phi_t @ X[:, :, 0].T  # [n, steps + 1]
+        path = readout(phi_t, X[:, :, 0].T)  # [n, steps + 1]
         mid = debiased_path(np.sqrt(np.mean(path**2, axis=0) / D), half_paths)
         if C == 0:
             return Prediction(mid=mid, noise=np.zeros_like(mid), est=est)
-        rows = phi_t[:: max(1, n // NOISE_ROWS)].astype(np.float64)
+        rows = phi_t[:: max(1, n // NOISE_ROWS)]
         flat = X[:, :, 1:].transpose(1, 0, 2).reshape(D, -1)
-        sq = ((rows @ flat) ** 2).reshape(rows.shape[0], steps + 1, C)
+        sq = (readout(rows, flat) ** 2).reshape(rows.shape[0], steps + 1, C)
         per_step = sq.sum(axis=(0, 2)) / (rows.shape[0] * D)
         var = eta**2 / trajectories * np.concatenate([[0.0], np.cumsum(per_step[:-1])])
     return Prediction(mid=mid, noise=np.sqrt(var), est=est)
