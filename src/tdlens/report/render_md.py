@@ -189,8 +189,12 @@ def theory_lines(t: dict) -> list[str]:
         f"of probes; measured/predicted (first probe) {span}",
         f"- decay rate per iteration: fitted {fmt(t['fitted_rate'])}, predicted "
         f"{fmt(t['predicted_rate'])}",
-        f"- predicted floor value_gap_floor {fmt(t['floor'])}, reached "
-        f"{fmt(t['iters_to_floor'])} iterations after the first probe",
+        f"- predicted floor value_gap_floor {fmt(t['floor'])}: the mean path reaches it "
+        + (
+            f"{fmt(t['iters_to_floor'])} iterations after the first probe"
+            if t["iters_to_floor"] != float("inf")
+            else "not within the run"
+        ),
     ]
 
 
