@@ -54,7 +54,7 @@ def test_regime_config_shows_its_regime(tmp_path, name, regime, health):
     assert report["health"]["status"] == health
     assert report["regime"]["label"] == regime, report["regime"]["reason"]
     assert assert_report_and_catalog_agree(tmp_path / name, tmp_path / "c.sqlite") == regime
-    if name in ("regime_learning", "regime_plateau"):
+    if name == "regime_learning":
         # issue 13: value_gap inside the first probe's predicted band (expected dynamics plus
         # minibatch noise) at >= 90% of probes, fitted decay rate within 25% of predicted
         dyn = expected_dynamics(load_run(tmp_path / name))
