@@ -324,10 +324,14 @@ def calibrate(
         out.print(f"wrote {p}", highlight=False)
     lo, hi = result.predicted_interval
     stable, div = result.empirical_bracket
+    empirical = (
+        f"stable up to f = {stable:g}, diverged at f = {div:g}"
+        if div != float("inf")
+        else f"no f up to {stable:g} diverged within {iters} iterations"
+    )
     out.print(
         f"critical_step {result.critical_step:.4g} (alpha_w {result.critical_alpha_w:.4g}); "
-        f"predicted f in [{lo:.3g}, {hi:.3g}]; empirical: stable at f = {stable:g}, "
-        f"diverged at f = {div:g}",
+        f"predicted f in [{lo:.3g}, {hi:.3g}]; empirical: {empirical}",
         highlight=False,
     )
 
