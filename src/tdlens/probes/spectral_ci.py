@@ -18,7 +18,8 @@ recomputed per replicate from the resampled eigenvalues (critical_step as the mi
 ``2 Re l / |l|^2`` over its candidate modes, so a change of the deciding mode is
 covered), and ``<name>_lo`` / ``<name>_hi`` are the 2.5 and 97.5 percentiles (95%).
 Modes without a left/right vector (a Krylov mode outside the largest-modulus set) give
-no interval (NaN).
+no interval (NaN); a number that is inf for want of a mode (no eigenvalue with Re l > 0,
+none above the noise) has the interval [inf, inf].
 """
 
 from __future__ import annotations
@@ -139,6 +140,11 @@ def spectral_intervals(
         out["fastest_timescale_lo"], out["fastest_timescale_hi"] = _interval(
             _timescale(eta, max_re)
         )
+    # no candidate at all: the number itself is inf (spectrum_row), and so is its interval
+    if not modes["critical"].size:
+        out["critical_step_lo"] = out["critical_step_hi"] = math.inf
+    if not modes["slowest"].size:
+        out["slowest_timescale_lo"] = out["slowest_timescale_hi"] = math.inf
     if modes["critical"].size:
         lam = rep("critical")
         with np.errstate(divide="ignore", invalid="ignore"):
