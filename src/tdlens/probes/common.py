@@ -36,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from tdlens.config import RunConfig
+from tdlens.config import FixedPointConfig, RunConfig, StabilityConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
 from tdlens.rollout import ChainNoise, Paths, TDBatch, draw_noise, roll_out, td_batch
@@ -326,7 +326,9 @@ def trainer_trajectories(cfg: RunConfig, batch_size: int) -> int:
     return max(2, batch_size // cfg.horizon)
 
 
-def critic_batch(cfg: RunConfig, name: str, chain: int, conf) -> ChainSpec:
+def critic_batch(
+    cfg: RunConfig, name: str, chain: int, conf: FixedPointConfig | StabilityConfig
+) -> ChainSpec:
     """The fixed-point or stability batch `chain` under ``conf.sampling`` (module docstring)."""
     if conf.sampling == "trainer":
         m = trainer_trajectories(cfg, conf.batch_size)
