@@ -23,6 +23,8 @@ from tdlens.probes import spectrum as sp
 from tdlens.probes import stability as st
 from tdlens.probes.common import ChainSpec, roll_chains
 from tdlens.report import write_report
+from tdlens.report.theory import expected_dynamics
+from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner
 from tdlens.scores import FLOOR_FACTOR, MOVING_TARGET_RATIO, regime_family
 from tdlens.sweeps.catalog import index_run_dir
@@ -101,6 +103,12 @@ def test_regime_config_shows_its_regime(tmp_path, name, regime, health):
         assert e["eig_min_real"] > -e["spectral_noise"], e
         assert e["growth_timescale"] is None, e  # inf in JSON: no growing mode
         assert e["eta"] > 2.0 * e["critical_step"], e
+    if name in ("regime_learning", "regime_plateau"):
+        # issue 13: value_gap inside the first probe's predicted band (expected dynamics plus
+        # minibatch noise) at >= 90% of probes, fitted decay rate within 25% of predicted
+        dyn = expected_dynamics(load_run(tmp_path / name))
+        assert dyn.inside_fraction >= 0.9, dyn.inside
+        assert abs(dyn.fitted_rate / dyn.predicted_rate - 1.0) <= 0.25
 
 
 def test_demo_sweep_reports_and_catalog_agree(tmp_path):

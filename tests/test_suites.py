@@ -209,6 +209,25 @@ def test_learning_catches_a_critic_that_learns_too_slowly(tmp_path, monkeypatch)
     assert not _probed_check(tmp_path, "learning").passed
 
 
+def test_learning_catches_a_trainer_with_another_gamma(tmp_path, monkeypatch):
+    """Twin: the trainer bootstraps with gamma 0.5 while the probes use 0.9. The earlier
+    check (|measured - predicted| <= value_noise_floor, 5 iterations ahead) could not see
+    it; the measured value_gap now settles ~2.7x (squared) above the predicted floor."""
+    gamma = 0.5
+    from tdlens.runs import runner
+
+    real_it = learner.outer_iteration
+    monkeypatch.setattr(
+        runner,
+        "outer_iteration",
+        lambda cfg, maps, p, n, ws=None: real_it(
+            cfg.model_copy(update={"gamma": gamma}), maps, p, n, ws
+        ),
+    )
+    twin = _probed_check(tmp_path, "learning")
+    assert not twin.passed, twin.observed
+
+
 def test_whole_suite_end_to_end(tmp_path):
     """`tdlens sanity` with every check passes and writes its summary files (SPEC 10)."""
     from typer.testing import CliRunner

@@ -395,6 +395,56 @@ def render(
 
 
 @app.command()
+def calibrate(
+    run_or_config: Annotated[str, typer.Argument(help="A run directory or a config YAML/name.")],
+    grid: Annotated[
+        str, typer.Option(help="Comma-separated multiples f of the critical step.")
+    ] = "0.5,0.8,0.9,1.1,1.25,1.5,2",
+    iters: Annotated[int, typer.Option(min=2, help="Training iterations per f.")] = 60,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path(
+        "outputs/calibrate"
+    ),
+    overrides: SetOption = None,
+) -> None:
+    """Train at alpha_w = f x critical step (policies frozen) and compare the empirical
+    divergence threshold with the stability probe's critical step and its interval."""
+    from tdlens.runs import calibrate as cal
+
+    try:
+        fs = tuple(float(x) for x in grid.split(","))
+    except ValueError:
+        fail(f"--grid '{grid}': expected comma-separated numbers such as 0.5,1,2")
+    if not fs or any(not f > 0 for f in fs):
+        fail(f"--grid '{grid}': every f must be > 0")
+    path = Path(run_or_config)
+    if path.is_dir() and not (path / "config.json").is_file():
+        fail(f"'{path}' is not a run directory (no config.json)")
+    try:
+        cfg = (
+            cal.load_run_or_config(run_or_config, overrides or [])
+            if path.exists()
+            else load_cli_config(run_or_config, overrides, None)
+        )
+    except ConfigError as exc:
+        fail(str(exc))
+    result = cal.calibrate(cfg, fs, iters)
+    for p in cal.write(result, out_dir):
+        out.print(f"wrote {p}", highlight=False)
+    lo, hi = result.predicted_interval
+    stable, div = result.empirical_bracket
+    empirical = (
+        f"stable up to f = {stable:g}, diverged at f = {div:g}"
+        if div != float("inf")
+        else f"no f up to {stable:g} diverged within {iters} iterations"
+    )
+    out.print(
+        f"critical_step {result.critical_step:.4g} (alpha_w {result.critical_alpha_w:.4g}); "
+        f"predicted f in [{lo:.3g}, {hi:.3g}]; empirical: {empirical}",
+        highlight=False,
+    )
+
+
+@app.command()
 def sanity(
     base: Annotated[
         str | None, typer.Option(help="Base config YAML or shipped name (default: sanity).")

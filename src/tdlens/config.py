@@ -69,6 +69,11 @@ class FixedPointConfig(_Frozen):
 
     enabled: bool = True
     batch_size: int = Field(4096, ge=2)
+    sampling: Literal["trainer", "stationary"] = Field(
+        "trainer",
+        description="trainer: batch_size // horizon trajectories of horizon steps from reset "
+        "(at least 2), as the trainer samples; stationary: one continuing chain",
+    )
     solver: Literal["direct", "iterate"] = "direct"
     ridge: float = Field(1e-3, ge=0)
     max_iters: int = Field(2000, ge=1)
@@ -84,6 +89,11 @@ class StabilityConfig(_Frozen):
 
     enabled: bool = True
     batch_size: int = Field(4096, ge=2)
+    sampling: Literal["trainer", "stationary"] = Field(
+        "trainer",
+        description="trainer: batch_size // horizon trajectories of horizon steps from reset "
+        "(at least 2), as the trainer samples; stationary: one continuing chain",
+    )
     k_mc: int = Field(8, ge=1)
     power_iters: int = Field(20, ge=1)
 

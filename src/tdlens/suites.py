@@ -29,6 +29,7 @@ from tdlens.learner import IterationResult, gradients, init_params
 from tdlens.report import write_report
 from tdlens.report.kit import Html, esc, table
 from tdlens.report.kit import page as kit_page
+from tdlens.report.theory import ExpectedDynamics, expected_dynamics
 from tdlens.rundir.files import atomic_write_json, atomic_write_text
 from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner
@@ -464,22 +465,25 @@ LEARNING = (
     "horizon=100",
     "env.feature_dim=64",
     "w_init_scale=1.0",
-    "probes.fixed_point.batch_size=4096",
-    "probes.stability.batch_size=4096",
+    "probes.fixed_point.batch_size=16384",
+    "probes.stability.batch_size=16384",
     "probes.distribution.enabled=false",
 )
 """Learning check: critic only, on-policy, gamma 0.9, D=64 and a large probe batch so the
-fixed point is sharp (value_noise_floor well below the initial value_gap)."""
+fixed point is sharp (value_noise_floor well below the initial value_gap, and the
+predicted floor dominated by the trainer's own noise, not by the w# error)."""
 
 
 def check_learning(ctx: SuiteContext, iters: int = 16) -> CheckResult:
     """Critic only, on-policy, alpha_w at half the critical step of a pilot's stability
     probe. The measured value_gap must fall (to below half its start, by more than twice
-    the fixed point's value_noise_floor) and follow the expected-dynamics prediction
-    ``w <- w + eta (b - A w)`` from the first probe's A and b: at every later probe,
-    |measured - predicted| <= value_noise_floor (STATISTICAL: the RMS value difference of
-    two half-batch fixed points, i.e. twice the sampling scale of the prediction's own
-    fixed point)."""
+    the fixed point's value_noise_floor) and lie inside the band the first probe predicts
+    for every later probe: the expected dynamics ``e <- (I - eta A) e`` from that probe's
+    A and w#, with the minibatch-noise floor of the trainer's update and the w# sampling
+    error (STATISTICAL: :mod:`tdlens.probes.expected`), and over the second half settle
+    where predicted (:func:`settled_ratio` within a factor SETTLE_TOL). A trainer that
+    applies a quarter of its step leaves the band; one that bootstraps with another gamma
+    settles above the predicted floor (gamma 0.5 for 0.9; gamma 0.8 is too close here)."""
     sigma = f"sigma_mu={ctx.base.sigma_pi}"
     alpha_w = 0.5 * _critical_alpha_w(ctx, "learning", *LEARNING, sigma)
     run_dir, _ = ctx.run(
@@ -493,24 +497,52 @@ def check_learning(ctx: SuiteContext, iters: int = 16) -> CheckResult:
     rows = _probe_rows(run_dir, "fixed_point_probe")
     gaps = {int(r["iter"]): r["value_gap"] for r in rows}
     floor = max(r["value_noise_floor"] for r in rows)
-    first = min(gaps)
-    pred_path = run_dir / "probes" / f"expected_dynamics_{first:04d}.npz"
-    with np.load(pred_path, allow_pickle=False) as data:
-        pred = dict(zip(data["iters"].tolist(), data["value_gap_pred"].tolist(), strict=True))
-    devs = {k: abs(v - pred[k]) for k, v in gaps.items() if k in pred}
-    start, end = gaps[first], gaps[max(gaps)]
+    dyn = expected_dynamics(load_run(run_dir))
+    later = dyn.probe_iters > dyn.anchor
+    inside = dyn.inside[later]
+    ratios = dyn.ratio_first[later]
+    start, end = gaps[min(gaps)], gaps[max(gaps)]
     falls = end < 0.5 * start and start - end > 2 * floor
-    follows = bool(devs) and max(devs.values()) <= floor
+    follows = bool(inside.size) and bool(inside.all())
+    span = f"{ratios.min():.3g}-{ratios.max():.3g}" if ratios.size else "n/a"
+    settled = settled_ratio(dyn)
+    settles = abs(math.log(settled)) <= math.log(SETTLE_TOL) if math.isfinite(settled) else False
     return CheckResult(
         "learning",
-        falls and follows,
-        f"alpha_w {alpha_w:.4g}: value_gap {start:.4g} -> {end:.4g}; max |measured - predicted| "
-        f"{max(devs.values(), default=math.nan):.3g} over {len(devs)} probes; "
+        falls and follows and settles,
+        f"alpha_w {alpha_w:.4g}: value_gap {start:.4g} -> {end:.4g}; inside the predicted band "
+        f"at {int(inside.sum())} of {inside.size} later probes (measured/predicted {span}); "
+        f"second half: mean value_gap^2 / predicted {settled:.3g}; "
         f"value_noise_floor {floor:.3g}",
-        "value_gap falls below half its start and follows the expected dynamics",
-        "STATISTICAL: value_noise_floor of the fixed point",
+        "value_gap falls below half its start, stays inside the expected-dynamics band and "
+        f"settles where predicted (second-half ratio within x{SETTLE_TOL:g})",
+        "STATISTICAL: band of the mean path +- 2 x (minibatch noise + w# error); settled "
+        f"ratio within x{SETTLE_TOL:g} (~4 standard errors of the predicted floor)",
         [run_dir],
     )
+
+
+SETTLE_TOL = 2.0
+"""Allowed factor between the measured and the predicted mean value_gap^2 over the second
+half of the learning run. The prediction's floor is estimated from the batch's
+trajectories (C = 40 clusters: relative SE of the noise variance ~sqrt(2 / 39) = 0.23)
+and the half-batch w# difference (~D = 64 directions: ~0.09), so a factor 2 is about 4
+standard errors. A trainer bootstrapping with gamma 0.5 instead of 0.9 settles at ~2.7x;
+one with 0.8 at ~1.04x (its fixed point is that close in value space at these settings),
+which no check at this noise level can tell from a correct trainer."""
+
+
+def settled_ratio(dyn: ExpectedDynamics) -> float:
+    """``mean value_gap^2 / mean centre^2`` over the probes of the second half of the
+    predicted run (centre = sqrt(mid^2 + noise^2 + est^2), the band's centre)."""
+    if not dyn.probe_iters.size:
+        return math.nan
+    half = dyn.anchor + (dyn.iters[-1] - dyn.anchor) / 2.0
+    late = dyn.probe_iters >= half
+    centre = np.interp(dyn.probe_iters[late], dyn.iters, dyn.centre)
+    if not late.any() or not np.all(centre > 0):
+        return math.nan
+    return float(np.mean(dyn.value_gap[late] ** 2) / np.mean(centre**2))
 
 
 CHECKS: dict[str, Callable[[SuiteContext], CheckResult]] = {

@@ -55,9 +55,12 @@ def test_round_rows_summary_and_arrays(tiny):
         "expected_dynamics_0004.npz",
     }
     pred = out.arrays["expected_dynamics_0004.npz"]
-    steps = cfg.outer_iters - 1 - 4
-    assert pred["iters"].tolist() == list(range(5, 5 + steps))
+    steps = cfg.outer_iters - 4
+    assert pred["iters"].tolist() == list(range(4, 4 + steps))
     assert pred["value_gap_pred"].shape == (steps,) and np.all(pred["value_gap_pred"] >= 0)
+    assert pred["value_gap_pred"][0] == pytest.approx(fixed["value_gap"], rel=1e-5)
+    assert np.all(pred["value_gap_lo"] <= pred["value_gap_hi"])
+    assert np.all(pred["value_gap_pred"] <= pred["value_gap_hi"])
     assert out.rows["fixed_point_probe"]["value_noise_floor"] > 0
     assert out.arrays["q_kernel_0004.npy"].shape == (20, 20)
     assert out.arrays["rho_hist_0004.npy"].shape == (cfg.probes.rho_audit.batch_size,)

@@ -11,6 +11,7 @@ from test_report_fixtures import EVERY, N_ITERS, frozen_run, healthy_run
 
 from tdlens.report import build_report
 from tdlens.report.checks import RHO2_SANE_MAX, expected_rho2_equal_means
+from tdlens.report.fmt import fmt
 from tdlens.report.probe_checks import (
     LOSS_CV_FALLBACK,
     subsample_rel_se,
@@ -263,3 +264,21 @@ def test_step_stable_passes_below_and_fails_above_the_critical_step(tmp_path):
     run.set_probe("stability_probe", "growth_timescale", 3.0)  # grows within 20 iterations
     c = verdict(run, tmp_path / "c", "step_stable")
     assert c.verdict == FAIL and "growing mode" in c.detail
+
+
+def test_step_stable_pairs_each_critical_step_with_its_own_probe(tmp_path):
+    """Issue 13: the message once paired the last probe's critical step with the
+    iterations of earlier probes. Each over-critical probe is named with its own number
+    and interval."""
+    run = healthy_run()
+    crit = [1.0, 1.0, 0.05, 0.02]  # eta = 0.08: the last two probes are over
+    run.set_probe("stability_probe", "critical_step", lambda k: crit[k % len(crit)])
+    run.set_probe("stability_probe", "critical_step_lo", lambda k: 0.9 * crit[k % len(crit)])
+    run.set_probe("stability_probe", "critical_step_hi", lambda k: 1.1 * crit[k % len(crit)])
+    c = verdict(run, tmp_path, "step_stable")
+    assert c.verdict == FAIL
+    iters = [row["iter"] for row in run.probes["stability_probe"]]
+    over = [(it, crit[k % len(crit)]) for k, it in enumerate(iters) if crit[k % len(crit)] < 0.08]
+    for it, value in over[:5]:
+        assert f"iter {fmt(it)}: {fmt(value)} ({fmt(0.9 * value)}-{fmt(1.1 * value)})" in c.detail
+    assert f"iter {fmt(iters[0])}:" not in c.detail  # a stable probe is not named

@@ -114,3 +114,26 @@ def test_other_failing_check_never_reads_no_issues(tmp_path):
     run.set_probe("rho_audit", "passed", 0.0)
     fired = steps(run, tmp_path)
     assert "none" not in fired and "rho_audit FAIL" in fired["health_checks"]
+
+
+def test_frozen_critic_names_the_floor_and_the_alpha_w_that_reaches_it(tmp_path):
+    """Issue 13: over all modes. Hand values: floor 0.03, est = 0.08 / 2, target
+    sqrt(0.03^2 + 0.04^2) = 0.05; value_gap 0.5 at every probe, effective_timescale 1000:
+    1000 ln(0.5 / 0.05) = 2303 iterations, alpha_w 0.08 x 2303 / (N_ITERS - first iter)."""
+    run = frozen_run()
+    for col, value in (
+        ("value_gap", 0.5),
+        ("value_gap_floor", 0.03),
+        ("value_noise_floor", 0.08),
+        ("effective_timescale", 1000.0),
+    ):
+        run.set_probe("fixed_point_probe", col, value)
+    run.set_probe("stability_probe", "critical_step_lo", 1.0)
+    run.set_probe("stability_probe", "critical_step_hi", 1.5)
+    msg = steps(run, tmp_path)["critic_frozen"]
+    first = run.probes["fixed_point_probe"][0]["iter"]
+    alpha = 0.08 * 1000.0 * math.log(10.0) / (N_ITERS - first)
+    assert "effective_timescale ~1,000 iterations" in msg
+    assert "predicted floor 0.05 in ~2,300 more iterations" in msg  # fmt_count rounds
+    assert f"alpha_w = {alpha:.4g} would reach it within the run" in msg
+    assert "critical alpha_w 1.2, 95% interval 1-1.5" in msg

@@ -1,21 +1,28 @@
 """Shared pieces of the probes (SPEC 6): streams, batched probe rollouts, rho summary.
 
-A probe batch is ONE continuing chain of ``batch_size`` steps under the frozen mu (SPEC 6);
-shapes below are ``[T, B, ...]`` for paths (time-major, as in :mod:`tdlens.rollout`) and
-``[B, T, ...]`` for TD batches.
+A probe batch is drawn under the frozen mu in one of two ways (SPEC 6, ``sampling``):
+``trainer`` (the default of the fixed-point and stability probes) draws it as the trainer
+does, ``m = max(2, batch_size // horizon)`` trajectories of ``horizon`` steps from reset,
+so its A, b and critical step are those of the update the trainer applies;
+``stationary`` is ONE continuing chain of ``batch_size`` steps. A :class:`ChainSpec` with
+``trajectories = m >= 1`` is such a group of m trajectories (m columns of the rollout),
+``trajectories = 0`` a continuing chain. Shapes below are ``[T, B, ...]`` for paths
+(time-major, as in :mod:`tdlens.rollout`) and ``[B, T, ...]`` for TD batches.
 
 Streams. Chain ``c`` of probe stream ``name`` draws from ``stream(seed, name, key0, c)``
+(trajectory ``j`` of a trainer-style batch ``c`` from ``stream(seed, name, key0, c, j)``)
 with ``key0 = 0`` under common random numbers (the default: a probe's draws depend on the
-run seed, the probe and the chain only) and ``key0 = n + 1`` without (fresh draws at every
-iteration ``n``). Auxiliary draws of a probe (power-iteration and ARPACK start vectors,
-Monte Carlo actions, MMD subsamples and permutations) use chain indices from
-``AUX_CHAIN`` upwards, so they never collide with a chain's environment noise.
+run seed, the probe and the chain only) and ``key0 = n + 1`` without (fresh draws at
+every iteration ``n``). Auxiliary draws of a probe (power-iteration and ARPACK start
+vectors, Monte Carlo actions, MMD subsamples and permutations, the spectral bootstrap)
+use chain indices from ``AUX_CHAIN`` upwards, so they never collide with a chain's
+environment noise.
 
 Rollouts. The rollout is sequential in t and costs about the same for 1 or 13 chains, so
-every chain a probe round needs is rolled out in ONE :func:`tdlens.rollout.roll_out` call
-with per-chain policies; each chain's noise is drawn for its own length and zero-padded to
-the longest chain (a chain's path up to its length depends only on its own noise prefix,
-so padding never changes it). The rollout records the means of mu and pi at every state
+the chains a probe round needs are rolled out in one :func:`tdlens.rollout.roll_out` call
+per distinct length T, with per-chain policies (the trainer-style trajectories of
+``horizon`` steps are never padded to the long chains; a chain's path depends only on
+its own noise). The rollout records the means of mu and pi at every state
 instead of keeping the actor features (what the probes use of psi: 4 numbers per state
 instead of N). Features are built later per chain group with
 :meth:`RolledChains.td_batch`, so memory stays bounded.
@@ -29,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from tdlens.config import RunConfig
+from tdlens.config import FixedPointConfig, RunConfig, StabilityConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
 from tdlens.rollout import ChainNoise, Paths, TDBatch, draw_noise, roll_out, td_batch
@@ -84,30 +91,75 @@ def rho_summary(rho_t: np.ndarray, rho_raw_t: np.ndarray, rho_clip: float | None
 
 @dataclass(frozen=True)
 class ChainSpec:
-    """One probe chain: stream name, chain index, length and the policy it follows."""
+    """One probe batch: stream name, chain index, length T and the policy it follows;
+    ``trajectories = 0``: one continuing chain of T steps, ``m >= 1``: m trajectories of T
+    steps from reset (trainer-style sampling, m rollout columns)."""
 
     stream: str
     chain: int
     T: int
     policy: Literal["mu", "pi"] = "mu"
+    trajectories: int = 0
+
+    @property
+    def columns(self) -> int:
+        """Rollout columns of the batch: ``max(1, trajectories)``."""
+        return max(1, self.trajectories)
+
+    @property
+    def samples(self) -> int:
+        """Steps in the batch: ``columns T``."""
+        return self.columns * self.T
+
+    def rngs(self, cfg: RunConfig, n: int) -> list[np.random.Generator]:
+        """One generator per column: the chain's, or trajectory j's ``(..., chain, j)``."""
+        if self.trajectories == 0:
+            return [probe_rng(cfg, self.stream, n, self.chain)]
+        key0 = stream_key(cfg, n)
+        return [stream(cfg.seed, self.stream, key0, self.chain, j) for j in range(self.columns)]
+
+
+@dataclass(frozen=True)
+class RolledGroup:
+    """Paths and noise of the probe chains of one length T, rolled out together."""
+
+    specs: tuple[ChainSpec, ...]
+    paths: Paths  # [T(+1), columns, ...]
+    noise: ChainNoise
+    sigma_b: np.ndarray  # [columns] behaviour sigma per column
+
+    def index(self, spec: ChainSpec) -> int:
+        """First rollout column of `spec` in this group."""
+        i = self.specs.index(spec)
+        return sum(s.columns for s in self.specs[:i])
 
 
 @dataclass(frozen=True)
 class RolledChains:
-    """Paths and noise of several probe chains rolled out together (padded to T_max)."""
+    """Every probe chain of a round, rolled out in one call per chain length (so the
+    trainer-style trajectories of ``horizon`` steps are not padded to the long chains)."""
 
-    specs: tuple[ChainSpec, ...]
-    paths: Paths  # [T_max(+1), B, ...]
-    noise: ChainNoise
-    sigma_b: np.ndarray  # [B] behaviour sigma per chain
+    groups: tuple[RolledGroup, ...]
+
+    @property
+    def specs(self) -> tuple[ChainSpec, ...]:
+        return tuple(s for g in self.groups for s in g.specs)
+
+    def group(self, spec: ChainSpec) -> RolledGroup:
+        return next(g for g in self.groups if spec in g.specs)
 
     def index(self, spec: ChainSpec) -> int:
-        return self.specs.index(spec)
+        """First rollout column of `spec` within its group."""
+        return self.group(spec).index(spec)
+
+    def columns(self, spec: ChainSpec) -> slice:
+        """Rollout columns of `spec` within its group."""
+        i = self.index(spec)
+        return slice(i, i + spec.columns)
 
     def chain_paths(self, spec: ChainSpec) -> Paths:
-        """Paths of one chain truncated to its length, ``[T(+1), 1, ...]``."""
-        i = self.index(spec)
-        return truncate_paths(self.paths.take(slice(i, i + 1)), spec.T)
+        """Paths of one batch truncated to its length, ``[T(+1), columns, ...]``."""
+        return truncate_paths(self.group(spec).paths.take(self.columns(spec)), spec.T)
 
     def td_batch(
         self,
@@ -118,19 +170,30 @@ class RolledChains:
         with_features: bool = True,
         workspace: Workspace | None = None,
     ) -> TDBatch:
-        """TD batch ``[len(specs), T, ...]`` of chains that share one length T."""
+        """TD batch ``[sum of columns, T, ...]`` of batches that share one length T, their
+        columns in the order of `specs` (see :func:`batch_slices`)."""
         lengths = {s.T for s in specs}
         if len(lengths) != 1:
             raise ValueError(f"chains of one TD batch must share T, got {sorted(lengths)}")
         T = lengths.pop()
-        idx = [self.index(s) for s in specs]
+        group = self.group(specs[0])
+        idx = [i for s in specs for i in range(group.index(s), group.index(s) + s.columns)]
         contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
         chains = slice(idx[0], idx[0] + len(idx)) if contiguous else idx
-        paths = truncate_paths(self.paths.take(chains), T)
-        noise = truncate_noise(self.noise.take(chains), T)
+        paths = truncate_paths(group.paths.take(chains), T)
+        noise = truncate_noise(group.noise.take(chains), T)
         return td_batch(
-            cfg, maps, paths, noise, theta_pi, self.sigma_b[chains], with_features, workspace
+            cfg, maps, paths, noise, theta_pi, group.sigma_b[chains], with_features, workspace
         )
+
+
+def batch_slices(specs: Sequence[ChainSpec]) -> list[slice]:
+    """Columns of each spec in :meth:`RolledChains.td_batch` of `specs`."""
+    out, start = [], 0
+    for spec in specs:
+        out.append(slice(start, start + spec.columns))
+        start += spec.columns
+    return out
 
 
 def truncate_paths(paths: Paths, T: int) -> Paths:
@@ -158,24 +221,6 @@ def truncate_noise(noise: ChainNoise, T: int) -> ChainNoise:
     )
 
 
-def _pad_noise(noise: ChainNoise, T: int) -> ChainNoise:
-    """Zero-pad time-major noise to T steps (padded steps are never used)."""
-    extra = T - noise.z_act.shape[0]
-    if extra == 0:
-        return noise
-
-    def pad(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([x, np.zeros((extra, *x.shape[1:]), dtype=x.dtype)], axis=0)
-
-    return ChainNoise(
-        reset=noise.reset,
-        z_act=pad(noise.z_act),
-        z_env=pad(noise.z_env),
-        u_env=pad(noise.u_env),
-        z_next=pad(noise.z_next),
-    )
-
-
 def _concat_noise(parts: Sequence[ChainNoise]) -> ChainNoise:
     return ChainNoise(
         reset=np.concatenate([p.reset for p in parts], axis=0),
@@ -189,22 +234,28 @@ def _concat_noise(parts: Sequence[ChainNoise]) -> ChainNoise:
 def roll_chains(
     cfg: RunConfig, maps: FeatureMaps, params: Params, specs: Sequence[ChainSpec], n: int
 ) -> RolledChains:
-    """Roll out every chain of `specs` in one call, each under its own policy.
+    """Roll out every chain of `specs`, one call per distinct length T, each chain under
+    its own policy.
 
-    Chain noise comes from :func:`probe_rng` of its stream and index, drawn for its own
-    length T (so it does not depend on which other chains share the call).
+    Chain noise comes from :meth:`ChainSpec.rngs` (one generator per column), drawn for
+    its own length T (so it does not depend on which other chains share the call).
     """
     specs = tuple(specs)
     if len(set(specs)) != len(specs):
         raise ValueError("duplicate chain specs")
-    T_max = max(s.T for s in specs)
-    noise = _concat_noise(
-        [
-            _pad_noise(draw_noise([probe_rng(cfg, s.stream, n, s.chain)], s.T, cfg), T_max)
-            for s in specs
-        ]
-    )
-    on_pi = np.array([s.policy == "pi" for s in specs])
+    by_length: dict[int, list[ChainSpec]] = {}
+    for spec in specs:
+        by_length.setdefault(spec.T, []).append(spec)
+    return RolledChains(tuple(_roll_group(cfg, maps, params, g, n) for g in by_length.values()))
+
+
+def _roll_group(
+    cfg: RunConfig, maps: FeatureMaps, params: Params, specs: list[ChainSpec], n: int
+) -> RolledGroup:
+    """One :func:`tdlens.rollout.roll_out` call for chains of one length."""
+    T = specs[0].T
+    noise = _concat_noise([draw_noise(s.rngs(cfg, n), T, cfg) for s in specs])
+    on_pi = np.array([s.policy == "pi" for s in specs for _ in range(s.columns)])
     sigma_b = np.where(on_pi, cfg.sigma_pi, cfg.sigma_mu).astype(np.float64)
     if on_pi.any():
         theta_b = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
@@ -212,7 +263,7 @@ def roll_chains(
         theta_b = params.theta_mu
     theta_eval = np.stack([params.theta_mu, params.theta_pi])
     paths = roll_out(cfg, maps, theta_b, sigma_b, noise, theta_eval=theta_eval, keep_psi=False)
-    return RolledChains(specs=specs, paths=paths, noise=noise, sigma_b=sigma_b)
+    return RolledGroup(specs=tuple(specs), paths=paths, noise=noise, sigma_b=sigma_b)
 
 
 @dataclass(frozen=True)
@@ -244,13 +295,19 @@ def plan_chains(cfg: RunConfig) -> RoundPlan:
     probes = cfg.probes
     fixed = None
     if probes.fixed_point.enabled:
-        fixed = ChainSpec("probe_fixed_point", 0, probes.fixed_point.batch_size)
+        fixed = critic_batch(cfg, "probe_fixed_point", 0, probes.fixed_point)
     stability: list[ChainSpec] = []
     if probes.stability.enabled:
-        T = probes.stability.batch_size
-        shared = fixed is not None and fixed.T == T
-        stability = [fixed if shared else ChainSpec("probe_stability", 0, T)]
-        stability += [ChainSpec("probe_stability", k, T) for k in range(1, probes.stability.k_mc)]
+        first = critic_batch(cfg, "probe_stability", 0, probes.stability)
+        shared = fixed is not None and (fixed.T, fixed.trajectories) == (
+            first.T,
+            first.trajectories,
+        )
+        stability = [fixed if shared else first]
+        stability += [
+            critic_batch(cfg, "probe_stability", k, probes.stability)
+            for k in range(1, probes.stability.k_mc)
+        ]
     distribution: tuple[ChainSpec, ...] = ()
     if probes.distribution.enabled:
         T, C = probes.distribution.num_samples, probes.distribution.chains
@@ -264,6 +321,21 @@ def plan_chains(cfg: RunConfig) -> RoundPlan:
     if probes.rho_audit.enabled:
         audit = ChainSpec("probe_rho_audit", 0, probes.rho_audit.batch_size)
     return RoundPlan(fixed, tuple(stability), distribution, audit)
+
+
+def trainer_trajectories(cfg: RunConfig, batch_size: int) -> int:
+    """m = ``max(2, batch_size // horizon)`` trajectories of a trainer-style probe batch."""
+    return max(2, batch_size // cfg.horizon)
+
+
+def critic_batch(
+    cfg: RunConfig, name: str, chain: int, conf: FixedPointConfig | StabilityConfig
+) -> ChainSpec:
+    """The fixed-point or stability batch `chain` under ``conf.sampling`` (module docstring)."""
+    if conf.sampling == "trainer":
+        m = trainer_trajectories(cfg, conf.batch_size)
+        return ChainSpec(name, chain, cfg.horizon, trajectories=m)
+    return ChainSpec(name, chain, conf.batch_size)
 
 
 def fixed_point_chains(cfg: RunConfig) -> ChainSpec | None:

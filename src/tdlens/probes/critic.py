@@ -31,6 +31,7 @@ import numpy as np
 from tdlens.config import RunConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
+from tdlens.probes import expected as ex
 from tdlens.probes import fixed_point as fp
 from tdlens.probes import spectrum as sp
 from tdlens.probes import stability as st
@@ -39,15 +40,59 @@ from tdlens.probes.common import (
     RolledChains,
     RoundPlan,
     aux_rng,
+    batch_slices,
     plan_chains,
     rho_summary,
 )
 from tdlens.probes.registry import RoundContext
+from tdlens.probes.spectral_ci import spectral_intervals
 from tdlens.rollout import TDBatch
 from tdlens.threads import limit_threads
 
-MAX_PREDICTION_STEPS = 200
-"""Iterations ahead the expected-dynamics prediction of a fixed-point round reaches."""
+BOOTSTRAP_PURPOSE = 500_000
+"""Auxiliary-stream purpose of the spectral bootstrap (power iterations use 1 + k)."""
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """One probe batch flattened to samples: ``phi_t, bar_phi_tp1 [n, D]`` (views of the
+    TD batch), ``rho_t, rho_raw_t, r_t [n]``, and the samples per cluster (trajectory, or
+    ``horizon``-step block of a continuing chain) for intervals and the update noise."""
+
+    phi_t: np.ndarray
+    bar_phi_tp1: np.ndarray
+    rho_t: np.ndarray
+    rho_raw_t: np.ndarray
+    r_t: np.ndarray
+    cluster_size: int
+
+
+def batch_view(cfg: RunConfig, batch: TDBatch, cols: slice, spec: ChainSpec) -> BatchView:
+    """The samples of `spec` (columns `cols` of `batch`), trajectory-major."""
+    D = batch.phi.shape[-1]
+    n = spec.samples
+    if spec.trajectories:
+        cluster = spec.T
+    else:
+        cluster = n // max(2, n // cfg.horizon)
+    return BatchView(
+        phi_t=batch.phi[cols].reshape(n, D),
+        bar_phi_tp1=batch.bar_phi[cols].reshape(n, D),
+        rho_t=batch.rho[cols].reshape(n),
+        rho_raw_t=batch.rho_raw[cols].reshape(n),
+        r_t=batch.r[cols].reshape(n),
+        cluster_size=cluster,
+    )
+
+
+def sampling_columns(spec: ChainSpec) -> dict[str, float]:
+    """Which sampling a batch used: sampling_trainer (1 = trainer-style trajectories from
+    reset, 0 = one continuing chain) and batch_trajectories (its trajectories, 1 for a
+    chain)."""
+    return {
+        "sampling_trainer": float(spec.trajectories > 0),
+        "batch_trajectories": float(spec.columns),
+    }
 
 
 @dataclass
@@ -102,7 +147,8 @@ def fixed_point_probe(
     cfg: RunConfig,
     moments: fp.TDMoments,
     spectrum: sp.Spectrum,
-    phi_t: np.ndarray,
+    view: BatchView,
+    dphi_t: np.ndarray,
     w: np.ndarray,
     w_sharp_prev: np.ndarray | None,
     n: int,
@@ -114,8 +160,12 @@ def fixed_point_probe(
     The noise floor ``||w#_1 - w#_2||`` always comes from direct ridge solves of the two
     half-batch systems with the full batch's lam (float32 LU, refined in float64 to the
     config's tol), also when the solver is `iterate`. The config's tol is the one used
-    and the one the row reports.
+    and the one the row reports. The expected dynamics
+    (:mod:`tdlens.probes.expected`) run over ``outer_iters`` iterations from this probe:
+    value_gap_floor and effective_timescale, and ``expected_dynamics_<n>.npz`` with the
+    band for the iterations the run has left (``iters`` n..outer_iters-1).
     """
+    phi_t = view.phi_t
     conf = cfg.probes.fixed_point
     start = time.perf_counter()
     lam = fp.ridge_lambda(conf.ridge, spectrum.max_abs)
@@ -151,17 +201,41 @@ def fixed_point_probe(
     row["eig_max_abs"] = spectrum.max_abs
     row["value_noise_floor"] = fp.value_gap(phi_t, halves[0], halves[1])
     timings.add_time("fixed_point.solve", time.perf_counter() - start)
-    steps = min(cfg.outer_iters - 1 - n, MAX_PREDICTION_STEPS)
-    if steps > 0:
-        start = time.perf_counter()
-        pred = fp.expected_dynamics(
-            moments.A, moments.b, w, solve.w_sharp, phi_t, st.expected_step(cfg), steps
-        )
-        timings.arrays[f"expected_dynamics_{n:04d}.npz"] = {
-            "iters": n + np.arange(1, steps + 1),
-            "value_gap_pred": pred,
-        }
-        timings.add_time("fixed_point.prediction", time.perf_counter() - start)
+    start = time.perf_counter()
+    U = ex.update_noise_factor(
+        phi_t, dphi_t, view.rho_t, view.r_t, solve.w_sharp, view.cluster_size
+    )
+    pred = ex.predict(
+        moments.A,
+        w - solve.w_sharp,
+        U,
+        phi_t,
+        st.expected_step(cfg),
+        cfg.trajectories,
+        cfg.outer_iters,
+        row["value_noise_floor"] / 2.0,
+        tuple(
+            ex.HalfBatch(A_k, w - w_k, phi_t[rows])
+            for A_k, w_k, rows in zip(
+                moments.A_halves,
+                halves,
+                (slice(0, moments.n // 2), slice(moments.n // 2, None)),
+                strict=True,
+            )
+        ),
+    )
+    row["value_gap_floor"] = float(pred.noise[-1])
+    row["effective_timescale"] = pred.effective_timescale
+    left = cfg.outer_iters - n
+    timings.arrays[f"expected_dynamics_{n:04d}.npz"] = {
+        "iters": n + np.arange(left),
+        "value_gap_pred": pred.mid[:left],
+        "value_gap_noise": pred.noise[:left],
+        "value_gap_lo": pred.lo[:left],
+        "value_gap_hi": pred.hi[:left],
+        "value_gap_est": np.array([pred.est]),
+    }
+    timings.add_time("fixed_point.prediction", time.perf_counter() - start)
     return row, solve.w_sharp
 
 
@@ -183,20 +257,23 @@ def critic_probes(
         start = time.perf_counter()
         batch = rolled.td_batch(cfg, maps, group, params.theta_pi, workspace=workspace)
         share = (time.perf_counter() - start) / len(group)
+        views = [
+            batch_view(cfg, batch, cols, spec)
+            for cols, spec in zip(batch_slices(group), group, strict=True)
+        ]
         explicit = [j for j, spec in enumerate(group) if _explicit(spec, plan)]
         for j in explicit:
             name = "fixed_point" if group[j] == plan.fixed else "stability"
             out.add_time(f"{name}.features", share)
             _explicit_chain(
-                out, cfg, batch, j, group[j], plan, params, n, w_sharp_prev, workspace, parts, share
+                out, cfg, views[j], group[j], plan, params, n, w_sharp_prev, workspace, parts, share
             )
         free = [j for j in range(len(group)) if j not in explicit]
         if free:
             start = time.perf_counter()
             _matrix_free_chains(
                 cfg,
-                batch,
-                free,
+                [views[j] for j in free],
                 [plan.stability.index(group[j]) for j in free],
                 n,
                 parts,
@@ -209,6 +286,8 @@ def critic_probes(
     if plan.stability:
         start = time.perf_counter()
         out.rows["stability_probe"] = stability_row(cfg, parts.proxies, parts.spectrum, parts.rho)
+        out.rows["stability_probe"].update(parts.intervals)
+        out.rows["stability_probe"].update(sampling_columns(plan.stability[0]))
         out.arrays[f"stability_eigs_{n:04d}.npy"] = parts.spectrum.eigvals
         out.add_time("stability", time.perf_counter() - start)
     return out
@@ -221,6 +300,7 @@ class _StabilityParts:
     proxies: dict[int, float] = field(default_factory=dict)
     rho: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     spectrum: sp.Spectrum | None = None
+    intervals: dict[str, float] = field(default_factory=dict)
 
 
 def _explicit(spec: ChainSpec, plan: RoundPlan) -> bool:
@@ -231,8 +311,7 @@ def _explicit(spec: ChainSpec, plan: RoundPlan) -> bool:
 def _explicit_chain(
     out: CriticOutput,
     cfg: RunConfig,
-    batch: TDBatch,
-    j: int,
+    view: BatchView,
     spec: ChainSpec,
     plan: RoundPlan,
     params: Params,
@@ -243,28 +322,35 @@ def _explicit_chain(
     share: float,
 ) -> None:
     """Moments, spectrum, fixed point (when it is the fixed-point batch) and the power
-    iteration on the explicit A (when it is stability batch 0) of chain j of `batch`."""
+    iteration and spectral intervals on the explicit A (when it is stability batch 0) of
+    one batch."""
     start = time.perf_counter()
     name = "fixed_point" if spec == plan.fixed else "stability"
-    phi_t, rho_t = batch.phi[j], batch.rho[j]
-    dphi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
-    moments = fp.td_moments(phi_t, dphi_t, rho_t, batch.r[j], workspace=workspace)
+    phi_t, rho_t = view.phi_t, view.rho_t
+    dphi_t = fp.td_difference_(phi_t, view.bar_phi_tp1, cfg.gamma)
+    moments = fp.td_moments(phi_t, dphi_t, rho_t, view.r_t, workspace=workspace)
     out.add_time(f"{name}.moments", time.perf_counter() - start)
     t_spec = time.perf_counter()
     spectrum, A32 = spectrum_of(cfg, moments, n, workspace)
     out.add_time(f"{name}.spectrum", time.perf_counter() - t_spec)
     if spec == plan.fixed:
         row, out.w_sharp = fixed_point_probe(
-            cfg, moments, spectrum, phi_t, params.w, w_sharp_prev, n, out, workspace
+            cfg, moments, spectrum, view, dphi_t, params.w, w_sharp_prev, n, out, workspace
         )
-        row.update(rho_summary(rho_t, batch.rho_raw[j], cfg.effective_rho_clip))
+        row.update(rho_summary(rho_t, view.rho_raw_t, cfg.effective_rho_clip))
+        row.update(sampling_columns(spec))
         out.rows["fixed_point_probe"] = row
     power_time = 0.0
     if plan.stability and spec == plan.stability[0]:
         t_power = time.perf_counter()
         parts.spectrum = spectrum
         parts.proxies[0] = power_proxy(cfg, st.dense_apply(A32), n, 0, phi_t, dphi_t, rho_t)
-        parts.rho[0] = (rho_t.copy(), batch.rho_raw[j].copy())
+        parts.rho[0] = (rho_t.copy(), view.rho_raw_t.copy())
+        rng = aux_rng(cfg, "probe_stability", n, BOOTSTRAP_PURPOSE)
+        eta = st.expected_step(cfg)
+        parts.intervals = spectral_intervals(
+            spectrum, phi_t, dphi_t, rho_t, view.cluster_size, eta, rng
+        )
         power_time = time.perf_counter() - t_power
         out.add_time("stability.power", power_time)
         out.add_time("stability", power_time)
@@ -273,33 +359,32 @@ def _explicit_chain(
 
 def _matrix_free_chains(
     cfg: RunConfig,
-    batch: TDBatch,
-    rows: list[int],
+    views: list[BatchView],
     ks: list[int],
     n: int,
     parts: _StabilityParts,
     threads: int,
 ) -> None:
-    """Power iterations of stability batches ``ks`` (chains ``rows`` of `batch`), one chain
+    """Power iterations of stability batches ``ks`` (their batch views), one chain
     per thread with single-threaded BLAS: two independent memory-bound matvec streams are
     as fast as one two-threaded stream on an idle machine and do not collapse, as
     two-threaded BLAS does, when another process holds a core."""
 
     def one(i: int) -> None:
-        j, k = rows[i], ks[i]
-        phi_t, rho_t = batch.phi[j], batch.rho[j]
-        dphi_t = fp.td_difference_(phi_t, batch.bar_phi[j], cfg.gamma)
+        view, k = views[i], ks[i]
+        phi_t, rho_t = view.phi_t, view.rho_t
+        dphi_t = fp.td_difference_(phi_t, view.bar_phi_tp1, cfg.gamma)
         apply = partial(st.apply_A, phi_t, dphi_t, rho_t)
         parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t, dphi_t, rho_t)
-        parts.rho[k] = (rho_t.copy(), batch.rho_raw[j].copy())
+        parts.rho[k] = (rho_t.copy(), view.rho_raw_t.copy())
 
     with limit_threads(1, "blas"):
-        if threads <= 1 or len(rows) <= 1:
-            for i in range(len(rows)):
+        if threads <= 1 or len(views) <= 1:
+            for i in range(len(views)):
                 one(i)
         else:
-            with ThreadPoolExecutor(max_workers=min(threads, len(rows))) as pool:
-                list(pool.map(one, range(len(rows))))
+            with ThreadPoolExecutor(max_workers=min(threads, len(views))) as pool:
+                list(pool.map(one, range(len(views))))
 
 
 def stability_row(

@@ -45,13 +45,20 @@ KRYLOV_TOL = 1e-8
 
 @dataclass(frozen=True)
 class Spectrum:
-    """Computed eigenvalues of A (all when ``dense``) and the spectral noise."""
+    """Computed eigenvalues of A (all when ``dense``) and the spectral noise.
+
+    ``right [D, lm_count]`` and ``left [D, lm_count]`` (complex, or None) are right and
+    left eigenvectors of ``eigvals[:lm_count]``: ``A x = l x`` and ``A^T y = l y`` (so
+    ``y^T A = l y^T``); a column of NaN where ARPACK's transposed run found no match.
+    """
 
     eigvals: np.ndarray  # complex, the computed eigenvalues (may repeat across Krylov sets)
     noise: float
     dense: bool
     complete_above_noise: bool
     lm_count: int  # how many of `eigvals` come from the largest-modulus set (dense: all)
+    right: np.ndarray | None = None
+    left: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -98,8 +105,9 @@ def spectral_noise(
     return float(s[0]) / 2.0
 
 
-def _eigs(A, k: int, v0: np.ndarray, **kwargs) -> np.ndarray:
-    """ARPACK eigenvalues, keeping the converged ones when it stops early.
+def _eigs(A, k: int, v0: np.ndarray, vectors: bool = False, **kwargs):
+    """ARPACK eigenvalues (and right eigenvectors when `vectors`), keeping the converged
+    ones when it stops early.
 
     BLAS runs on one thread: hundreds of small sequential products gain little from two
     threads and collapse when another process holds a core.
@@ -107,9 +115,25 @@ def _eigs(A, k: int, v0: np.ndarray, **kwargs) -> np.ndarray:
     k = min(k, A.shape[0] - 2)
     with limit_threads(1, "blas"):
         try:
-            return ssla.eigs(A, k=k, v0=v0, tol=KRYLOV_TOL, return_eigenvectors=False, **kwargs)
+            return ssla.eigs(A, k=k, v0=v0, tol=KRYLOV_TOL, return_eigenvectors=vectors, **kwargs)
         except ssla.ArpackNoConvergence as err:
+            if vectors:
+                return np.asarray(err.eigenvalues), np.asarray(err.eigenvectors)
             return np.asarray(err.eigenvalues)
+
+
+def match_left(vals: np.ndarray, vals_t: np.ndarray, vecs_t: np.ndarray) -> np.ndarray:
+    """Left eigenvectors ``[D, len(vals)]`` of `vals` from the eigenpairs ``(vals_t,
+    vecs_t)`` of ``A^T``: the nearest eigenvalue within ``1e-6 max|l|`` (else NaN)."""
+    out = np.full((vecs_t.shape[0], vals.size), np.nan, dtype=np.complex128)
+    if vals_t.size == 0:
+        return out
+    tol = 1e-6 * float(np.max(np.abs(vals)))
+    for m, l in enumerate(vals):
+        j = int(np.argmin(np.abs(vals_t - l)))
+        if abs(vals_t[j] - l) <= tol:
+            out[:, m] = vecs_t[:, j]
+    return out
 
 
 def eigenvalues(
@@ -125,10 +149,20 @@ def eigenvalues(
     """
     D = A.shape[0]
     if D <= dense_max:
-        vals = sla.eigvals(A, check_finite=False)
-        return Spectrum(vals, noise, dense=True, complete_above_noise=True, lm_count=vals.size)
-    op = float32_operator(np.asarray(A, dtype=np.float32) if A32 is None else A32)
-    lm = _eigs(op, KRYLOV_K, v0, which="LM")
+        vals, left, right = sla.eig(A, left=True, right=True, check_finite=False)
+        return Spectrum(
+            vals,
+            noise,
+            dense=True,
+            complete_above_noise=True,
+            lm_count=vals.size,
+            right=right,
+            left=left.conj(),
+        )
+    A32 = np.asarray(A, dtype=np.float32) if A32 is None else A32
+    op = float32_operator(A32)
+    lm, right = _eigs(op, KRYLOV_K, v0, vectors=True, which="LM")
+    left = match_left(lm, *_eigs(float32_operator(A32.T), KRYLOV_K, v0, vectors=True, which="LM"))
     complete = bool(lm.size and np.min(np.abs(lm)) <= noise)
     parts = [lm]
     if not (complete and lm.real.max() > noise):
@@ -137,7 +171,15 @@ def eigenvalues(
         for sigma in (noise, -noise):
             parts.append(_eigs(A, KRYLOV_K // 2, v0, sigma=sigma, which="LM"))
     vals = np.concatenate(parts)
-    return Spectrum(vals, noise, dense=False, complete_above_noise=complete, lm_count=lm.size)
+    return Spectrum(
+        vals,
+        noise,
+        dense=False,
+        complete_above_noise=complete,
+        lm_count=lm.size,
+        right=right,
+        left=left,
+    )
 
 
 def critical_step(eigvals: np.ndarray) -> float:
@@ -156,9 +198,10 @@ def _timescale(eta: float, rate: float) -> float:
 def spectrum_row(spec: Spectrum, eta: float) -> dict[str, float]:
     """Spectral stability columns (SPEC 6.2), timescales in iterations of ``w += eta(b - Aw)``.
 
-    eig_min_real is the smallest real part among the computed eigenvalues (all of them when
-    dense) and eig_min_real_bound a guaranteed lower bound on it over the whole spectrum
-    (:attr:`Spectrum.min_real_bound`).
+    eig_min_real is the smallest real part over the WHOLE spectrum: exact when dense,
+    otherwise the guaranteed lower bound :attr:`Spectrum.min_real_bound` (then
+    eig_min_real_is_bound = 1; never the minimum of the computed subset, which is kept as
+    eig_min_real_computed). eig_min_real_bound equals the bound in both cases.
     fastest = ``1/(eta max Re l)``; slowest = ``1/(eta min{Re l : Re l > noise})`` (inf
     when no mode decays beyond the noise); growth = ``1/(eta (-min Re l))`` when
     ``min Re l < -noise``, else inf. modes_above_noise counts ``Re l > noise`` in the
@@ -168,11 +211,13 @@ def spectrum_row(spec: Spectrum, eta: float) -> dict[str, float]:
     vals, noise = spec.eigvals, spec.noise
     re = vals.real
     resolved = re[re > noise]
-    min_re = float(re.min())
+    min_re = float(re.min()) if spec.dense else spec.min_real_bound
     modes_above = np.sum(vals[: spec.lm_count].real > noise)
     return {
         "eig_min_real": min_re,
         "eig_min_real_bound": spec.min_real_bound,
+        "eig_min_real_is_bound": float(not spec.dense),
+        "eig_min_real_computed": float(re.min()),
         "eig_max_real": float(re.max()),
         "eig_max_abs": spec.max_abs,
         "critical_step": critical_step(vals),

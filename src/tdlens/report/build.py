@@ -373,8 +373,13 @@ def critic_dynamics(data: RunData) -> dict[str, Any]:
             "slowest_timescale",
             "growth_timescale",
             "modes_above_noise",
+            "eig_min_real_is_bound",
+            "sampling_trainer",
         ):
             out[key] = stab.last(key)
+            for end in ("lo", "hi"):
+                if stab.has(f"{key}_{end}"):
+                    out[f"{key}_{end}"] = stab.last(f"{key}_{end}")
     if len(fp):
         for key in (
             "w_gap",
@@ -385,6 +390,8 @@ def critic_dynamics(data: RunData) -> dict[str, Any]:
             "modes_below_lam",
             "condition_est",
             "residual",
+            "value_gap_floor",
+            "effective_timescale",
         ):
             out[f"fixed_point_{key}" if not key.startswith("w_") else key] = fp.last(key)
     rel = data.curves.values("delta_w_norm") / data.curves.values("w_norm")

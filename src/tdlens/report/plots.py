@@ -312,16 +312,18 @@ def plot_spectrum(data: RunData) -> tuple[dict | None, str]:
 
 
 def plot_theory(theory: dict[str, Any]) -> dict | None:
-    """Measured value_gap (points) against whatever the overlay predicts: a band where it
-    gives ``lo``/``hi`` (with ``mid``), else each of its ``curves``."""
-    if not (theory.get("value_gap") or theory.get("lo") or theory.get("curves")):
+    """Measured value_gap (points) against the overlay's prediction
+    (:func:`tdlens.report.theory.theory_overlay`): its ``band`` (``lo``/``hi``) over the
+    whole run and each of its ``curves`` (the mean path)."""
+    band = theory.get("band") or {}
+    if not (theory.get("value_gap") or band.get("lo") or theory.get("curves")):
         return None
-    x_pred = theory.get("iters", theory.get("pred_iters", []))
+    x_pred = theory.get("pred_iters", [])
     traces: list[dict[str, Any]] = []
-    if theory.get("lo") and theory.get("hi"):
+    if band.get("lo") and band.get("hi"):
         xp = np.asarray(x_pred, float)
-        lo, hi = np.asarray(theory["lo"], float), np.asarray(theory["hi"], float)
-        band = line(
+        lo, hi = np.asarray(band["lo"], float), np.asarray(band["hi"], float)
+        area = line(
             np.concatenate([xp, xp[::-1]]),
             np.concatenate([hi, lo[::-1]]),
             "predicted band",
@@ -331,9 +333,7 @@ def plot_theory(theory: dict[str, Any]) -> dict | None:
             fillcolor="rgba(31,119,180,0.15)",
             line={"width": 0},
         )
-        traces.append(band)
-        if theory.get("mid"):
-            traces.append(line(x_pred, theory["mid"], "predicted", 0, mode="lines"))
+        traces.append(area)
     for i, (label, values) in enumerate(theory.get("curves", {}).items()):
         traces.append(line(x_pred, values, label, i + 2, mode="lines", line={"dash": "dash"}))
     gap = np.asarray(theory.get("value_gap") or [], float)

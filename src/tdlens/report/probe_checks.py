@@ -13,6 +13,7 @@ import numpy as np
 from tdlens.report.checks import iters_where
 from tdlens.report.fmt import fmt
 from tdlens.report.stats import nan_max, nan_mean
+from tdlens.report.theory import floor_plan
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
 from tdlens.rundir.read import RunData, Table, array_files, load_array
 from tdlens.scores import FROZEN_REL_STEP, frozen_reasons, relative_steps, series_of
@@ -290,13 +291,23 @@ def check_critic_frozen(data: RunData) -> Check:
         "fastest_timescale": fastest,
         "run_iters": series.outer_iters,
     }
+    plan = floor_plan(data)
+    over_all = ""
+    if plan is not None:
+        observed["effective_timescale"] = plan.effective_timescale
+        observed["iters_to_floor"] = plan.iters_to_floor
+        observed["alpha_w_to_floor"] = plan.alpha_w_to_floor
+        over_all = (
+            f"; all modes: effective_timescale {fmt(plan.effective_timescale)}, value_gap "
+            f"reaches its predicted floor in ~{fmt(plan.iters_to_floor)} more iterations"
+        )
     reasons = frozen_reasons(series)
     if reasons:
         text = "; ".join(reasons)
-        return Check("critic_frozen", WARN, "critic frozen: " + text, observed, text)
+        return Check("critic_frozen", WARN, "critic frozen: " + text + over_all, observed, text)
     extra = (
         f", fastest_timescale {fmt(fastest)} <= {series.outer_iters}" if fastest is not None else ""
-    )
+    ) + over_all
     return Check(
         "critic_frozen",
         PASS,
@@ -328,11 +339,10 @@ def check_step_stable(data: RunData) -> Check:
     }
     problems = []
     if over.any():
-        where = ", ".join(iters_where(stab, over)[:5])
         problems.append(
-            f"eta = {fmt(float(eta[over][-1]))} > critical_step = "
-            f"{fmt(float(critical[over][-1]))} at iter {where}: the fastest critic modes "
-            "grow by |1 - eta l| > 1 per iteration"
+            f"eta = {fmt(float(eta[over][-1]))} > critical_step at "
+            f"{critical_by_probe(stab, over)}: the fastest critic modes grow by "
+            "|1 - eta l| > 1 per iteration"
         )
     if growth is not None:
         fast = np.isfinite(growth) & (growth < run_iters)
@@ -343,10 +353,29 @@ def check_step_stable(data: RunData) -> Check:
             )
     if problems:
         return Check("step_stable", FAIL, "; ".join(problems), observed, problems[0])
+    low = int(np.nanargmin(np.where(np.isfinite(critical), critical, np.inf)))
+    lowest = np.zeros(len(stab), dtype=bool)
+    lowest[low] = True
     return Check(
         "step_stable",
         PASS,
-        f"eta = {fmt(float(eta[-1]))} <= critical_step = {fmt(float(critical[-1]))} on all "
-        f"{len(stab)} probes, no mode grows within the run",
+        f"eta = {fmt(float(eta[-1]))} <= critical_step on all {len(stab)} probes (lowest "
+        f"{critical_by_probe(stab, lowest)}), no mode grows within the run",
         observed,
     )
+
+
+def critical_by_probe(stab: Table, rows: np.ndarray, limit: int = 5) -> str:
+    """``iter n: critical_step (95% interval lo-hi)`` for the first `limit` selected probe
+    rows, each with its own iteration (never one probe's number paired with another's)."""
+    iters = stab.iters()[rows]
+    crit = stab.values("critical_step")[rows]
+    has_ci = stab.has("critical_step_lo") and stab.has("critical_step_hi")
+    lo = stab.values("critical_step_lo")[rows] if has_ci else None
+    hi = stab.values("critical_step_hi")[rows] if has_ci else None
+    parts = []
+    for i in range(min(limit, len(iters))):
+        ci = f" ({fmt(float(lo[i]))}-{fmt(float(hi[i]))})" if has_ci else ""
+        parts.append(f"iter {fmt(float(iters[i]))}: {fmt(float(crit[i]))}{ci}")
+    more = f" and {len(iters) - limit} more probes" if len(iters) > limit else ""
+    return "; ".join(parts) + more

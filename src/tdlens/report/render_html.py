@@ -16,7 +16,7 @@ from tdlens.report import plots
 from tdlens.report.build import SAMPLE_COLUMNS, Report
 from tdlens.report.fmt import fmt, fmt_count, fmt_ratio
 from tdlens.report.kit import esc, page, plot, table
-from tdlens.report.render_md import DYNAMICS_NOTES, MISSING_CELL, key_hparams
+from tdlens.report.render_md import DYNAMICS_NOTES, MISSING_CELL, key_hparams, theory_lines
 from tdlens.report.stats import STAT_COLUMNS, Stats
 from tdlens.rundir.read import Table
 
@@ -232,6 +232,11 @@ def html_theory(r: Report) -> str:
     return (
         "<h2>Theory Overlay</h2>"
         + items([("prediction", t["source"]), ("measured probes", str(len(t["value_gap"])))])
+        + (
+            "<ul>" + "".join(f"<li>{esc(x[2:])}</li>" for x in theory_lines(t)) + "</ul>"
+            if t["source"].startswith("probes/")
+            else ""
+        )
         + plots_grid([plots.plot_theory(t)], "no value_gap measured")
     )
 

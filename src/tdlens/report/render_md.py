@@ -148,6 +148,19 @@ DYNAMICS_NOTES = {
     "eta": "expected critic step alpha_w s B T",
     "critical_step": "largest stable eta",
     "critical_alpha_w": "alpha_w at the critical step",
+    "eig_min_real_is_bound": "1: eig_min_real is a certified lower bound, not the exact minimum",
+    "sampling_trainer": "1: probe batches drawn as the trainer draws them, 0: one chain",
+    **{
+        f"{k}_{e}": f"{'lower' if e == 'lo' else 'upper'} end of the 95% cluster-bootstrap interval"
+        for k in (
+            "critical_step",
+            "eig_max_real",
+            "eig_min_real",
+            "fastest_timescale",
+            "slowest_timescale",
+        )
+        for e in ("lo", "hi")
+    },
 }
 
 
@@ -188,9 +201,10 @@ def section_rho_audit(r: Report) -> list[str]:
 
 def theory_rows(t: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the overlay at the measured iterations: measured value_gap and
-    each prediction (band lo/mid/hi or curves) interpolated there."""
-    x_pred = np.asarray(t.get("iters", t.get("pred_iters", [])), float)
-    preds = {k: t[k] for k in ("lo", "mid", "hi") if t.get(k)}
+    each prediction (the band's lo and hi, the curves) interpolated there."""
+    x_pred = np.asarray(t.get("pred_iters", []), float)
+    band = t.get("band") or {}
+    preds = {f"band {k}": band[k] for k in ("lo", "hi") if band.get(k)}
     preds.update(t.get("curves", {}))
     header = ["iteration", "measured value_gap", *(f"predicted {k}" for k in preds)]
     rows = []
@@ -210,9 +224,29 @@ def section_theory(r: Report) -> list[str]:
         f"- value_gap measured at {len(t['value_gap'])} probes",
         f"- prediction: {t['source']}",
     ]
+    if t["source"].startswith("probes/"):
+        lines += theory_lines(t)
     if t["value_gap"]:
         lines += ["", *md_table(*theory_rows(t))]
     return lines
+
+
+def theory_lines(t: dict) -> list[str]:
+    """The comparison of the theory overlay in words (markdown and HTML)."""
+    ratios = [x for x in t.get("ratio_first", []) if x == x]
+    span = f"{fmt(min(ratios))}-{fmt(max(ratios))}" if ratios else "n/a"
+    return [
+        f"- measured value_gap inside the predicted band at {fmt(100 * t['inside_fraction'])}% "
+        f"of probes; measured/predicted (first probe) {span}",
+        f"- decay rate per iteration: fitted {fmt(t['fitted_rate'])}, predicted "
+        f"{fmt(t['predicted_rate'])}",
+        f"- predicted floor value_gap_floor {fmt(t['floor'])}: the mean path reaches it "
+        + (
+            f"{fmt(t['iters_to_floor'])} iterations after the first probe"
+            if t["iters_to_floor"] != float("inf")
+            else "not within the run"
+        ),
+    ]
 
 
 def section_timings(r: Report) -> list[str]:

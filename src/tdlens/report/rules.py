@@ -15,6 +15,7 @@ import numpy as np
 from tdlens.config import RunConfig
 from tdlens.report.fmt import fmt, fmt_count
 from tdlens.report.stats import ls_slope
+from tdlens.report.theory import floor_plan
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check, NextStep
 from tdlens.rundir.read import RunData
 from tdlens.scores import (
@@ -332,6 +333,23 @@ def rule_critic_frozen(data: RunData, checks: dict[str, Check]) -> NextStep | No
             f"; alpha_w up to {fmt(crit)} keeps it stable (critical_step). The critical step "
             "bounds the expected update only: its sampling noise grows with alpha_w, so raise "
             f"it stepwise (alpha_w = {fmt(min(needed, cfg.alpha_w * CRITIC_FROZEN_HINT))} next)"
+        )
+    plan = floor_plan(data)
+    if plan is not None:
+        values.update(
+            {
+                "effective_timescale": plan.effective_timescale,
+                "iters_to_floor": plan.iters_to_floor,
+                "alpha_w_to_floor": plan.alpha_w_to_floor,
+            }
+        )
+        msg += (
+            f". Over all modes (the initial error projected on each): effective_timescale "
+            f"~{fmt_count(plan.effective_timescale)} iterations, value_gap reaches its "
+            f"predicted floor {fmt(plan.target)} in ~{fmt_count(plan.iters_to_floor)} more "
+            f"iterations; alpha_w = {fmt(plan.alpha_w_to_floor)} would reach it within the "
+            f"run (critical alpha_w {fmt(plan.critical_alpha_w)}, 95% interval "
+            f"{fmt(plan.critical_alpha_w_lo)}-{fmt(plan.critical_alpha_w_hi)})"
         )
     return NextStep("critic_frozen", msg + ".", values)
 

@@ -1,0 +1,107 @@
+"""Expected dynamics with minibatch noise (tdlens.probes.expected) and the spectral
+intervals (tdlens.probes.spectral_ci): float64 brute-force twins and exact identities."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tdlens.probes import expected as ex
+from tdlens.probes import spectrum as sp
+from tdlens.probes.spectral_ci import cluster_means, spectral_intervals
+
+
+def small_system(D=12, seed=0):
+    rng = np.random.default_rng(seed)
+    A = np.diag(rng.uniform(0.2, 1.0, D)) + 0.05 * rng.standard_normal((D, D))
+    return rng, A
+
+
+@pytest.mark.parametrize("eta", [1e-3, 0.5])
+def test_propagate_equals_the_step_by_step_loop(eta):
+    """Both branches (series for small kappa, loop otherwise) against a float64 loop."""
+    rng, A = small_system()
+    X = rng.standard_normal((A.shape[0], 3))
+    steps = 25
+    out = ex.propagate(A, X, eta, steps)
+    ref = [X]
+    for _ in range(steps):
+        ref.append(ref[-1] - eta * (A @ ref[-1]))
+    np.testing.assert_allclose(out, np.stack(ref), rtol=1e-12, atol=1e-14)
+
+
+def test_prediction_noise_matches_the_lyapunov_sum():
+    """noise_j^2 = eta^2 / B sum_{i<j} tr(G J^i S J^iT) / D with G = Phi^T Phi / n (all
+    rows used: n <= NOISE_ROWS), brute force in float64."""
+    rng, A = small_system()
+    D, n, B, eta, steps = A.shape[0], 64, 4, 0.3, 10
+    phi = rng.standard_normal((n, D))
+    U = rng.standard_normal((D, 5))
+    e0 = rng.standard_normal(D)
+    pred = ex.predict(A, e0, U, phi, eta, B, steps, est=0.0)
+    G = phi.T @ phi / n
+    J = np.eye(D) - eta * A
+    var, Ji = [0.0], np.eye(D)
+    for _ in range(steps):
+        var.append(var[-1] + eta**2 / B * np.trace(G @ Ji @ U @ U.T @ Ji.T) / D)
+        Ji = J @ Ji
+    np.testing.assert_allclose(pred.noise**2, var, rtol=1e-10, atol=1e-15)
+    mids = [
+        math.sqrt(np.linalg.matrix_power(J, j) @ e0 @ G @ np.linalg.matrix_power(J, j) @ e0 / D)
+        for j in range(steps + 1)
+    ]
+    np.testing.assert_allclose(pred.mid, mids, rtol=1e-10)
+    assert np.all(pred.lo <= pred.hi)
+
+
+def test_effective_timescale_of_one_mode_is_its_relaxation_time():
+    """A = a I: mid_j = (1 - eta a)^j mid_0, so the e-folding time is -1/ln(1 - eta a)."""
+    D, a, eta = 6, 0.05, 1.0
+    A = a * np.eye(D)
+    phi = np.random.default_rng(1).standard_normal((32, D))
+    pred = ex.predict(A, np.ones(D), np.zeros((D, 0)), phi, eta, 1, 100, 0.0)
+    assert pred.effective_timescale == pytest.approx(-1.0 / math.log(1 - eta * a), rel=1e-9)
+
+
+def test_update_noise_factor_is_the_cluster_covariance():
+    """U U^T equals the sample covariance (ddof 1) of the per-cluster mean updates
+    gbar_c = mean_t rho_t (r_t - dphi_t . w# / sqrt(D)) phi_t, computed in float64."""
+    rng = np.random.default_rng(2)
+    n, D, size = 60, 5, 10
+    phi, dphi = rng.standard_normal((n, D)), rng.standard_normal((n, D))
+    rho, r, w = rng.uniform(0.5, 2, n), rng.standard_normal(n), rng.standard_normal(D)
+    U = ex.update_noise_factor(phi, dphi, rho, r, w, size)
+    g = (rho * (r - dphi @ w / math.sqrt(D)))[:, None] * phi
+    gbar = g.reshape(n // size, size, D).mean(axis=1)
+    np.testing.assert_allclose(U @ U.T, np.cov(gbar.T, ddof=1), rtol=1e-10, atol=1e-14)
+
+
+def test_cluster_means_average_to_the_eigenvalue_and_intervals_bracket_it():
+    """mean_c L_c = l exactly (y^T A x / y^T x with A the mean of the sample terms), and
+    the bootstrap intervals contain the point values."""
+    rng = np.random.default_rng(3)
+    n, D, size = 400, 8, 20
+    phi = rng.standard_normal((n, D))
+    dphi = phi - 0.5 * rng.standard_normal((n, D))
+    rho = rng.uniform(0.5, 1.5, n)
+    A = (phi * rho[:, None]).T @ dphi / (n * math.sqrt(D))
+    spec = sp.eigenvalues(A, 1e-3, rng.standard_normal(D))
+    L = cluster_means(phi, dphi, rho, spec.right, spec.left, size)
+    np.testing.assert_allclose(L.mean(axis=0), spec.eigvals, rtol=1e-9, atol=1e-12)
+    row = sp.spectrum_row(spec, 0.5)
+    ci = spectral_intervals(spec, phi, dphi, rho, size, 0.5, np.random.default_rng(0))
+    for key in ("critical_step", "eig_max_real", "eig_min_real", "fastest_timescale"):
+        assert ci[f"{key}_lo"] <= row[key] <= ci[f"{key}_hi"], key
+
+
+def test_debiased_path_extrapolates_the_decay_rate():
+    """Hand calculation: full-batch rate r + c/n, half batches r + 2c/n give rate r,
+    anchored at the full path's first value."""
+    j = np.arange(30.0)
+    r, c_n = 0.01, 0.004
+    mid = 0.5 * np.exp(-(r + c_n) * j)
+    halves = (0.7 * np.exp(-(r + 2 * c_n) * j), 0.6 * np.exp(-(r + 2 * c_n) * j))
+    np.testing.assert_allclose(ex.debiased_path(mid, halves), 0.5 * np.exp(-r * j), rtol=1e-12)
+    assert ex.debiased_path(mid, None) is mid
