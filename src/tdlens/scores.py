@@ -51,9 +51,10 @@ Each label is judged against the run's own scales, in this order (the first that
 The measurement noise F of value_gap is the median over probe rounds of the value-space
 floor: the column ``value_noise_floor`` when the fixed-point table has it, else the
 parameter-space ``noise_floor = ||w#_1 - w#_2||`` scaled to value space by the run's own
-ratio ``value_gap / w_gap``. The stochastic floor F_s is the median of ``value_gap_floor``
-(the predicted stationary floor of value_gap from the per-step update covariance) when the
-table has it, else F. The critic's relaxation time T is ``effective_timescale`` (the
+ratio ``value_gap / w_gap``. The stochastic floor F_s is what a probe measures for a
+critic at the predicted stationary floor, :func:`measured_floor` of the median
+``value_gap_floor`` (from the per-step update covariance) and F, when the table has it,
+else F. The critic's relaxation time T is ``effective_timescale`` (the
 predicted relaxation time of value_gap) when a probe table has it, else the relaxation the
 run itself shows (``tau_obs``, when value_gap still falls), else the stability probe's
 ``slowest_timescale`` (else ``fastest_timescale``): the slowest mode above the spectral
@@ -81,6 +82,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from tdlens.rundir.read import Cell, RunData
 
@@ -351,10 +353,21 @@ def fall_noise(gap: np.ndarray, floor: float) -> float:
     return min(floor, math.sqrt(2.0) * jitter)
 
 
+def measured_floor(stochastic_floor: ArrayLike, noise_floor: ArrayLike) -> np.ndarray:
+    """The lowest value_gap a probe can measure: ``sqrt(F_s^2 + (F / 2)^2)``.
+
+    The measured value_gap is the RMS of ``Q_w - Q_w#`` with the probe's estimate w#,
+    whose own error in value terms is ``F / 2`` (F, the value-space noise floor, is the
+    distance between the two half-batch solutions: each half has sqrt(2) times the full
+    batch's error, their difference 2 times). A critic sitting at the stochastic floor
+    F_s therefore reads ``sqrt(F_s^2 + (F/2)^2)``."""
+    return np.hypot(stochastic_floor, np.asarray(noise_floor) / 2.0)
+
+
 def plateau_evidence(s: RunSeries, gap: np.ndarray, floor: float) -> dict[str, float]:
     """The numbers behind learning and the plateau mechanisms (module docstring)."""
     stochastic = finite(_column(s, "value_gap_floor"))
-    f_s = float(np.median(stochastic)) if stochastic.size else floor
+    f_s = float(measured_floor(np.median(stochastic), floor)) if stochastic.size else floor
     iters = _probe_iters(s, gap.size)
     mid = (gap.size - 1) // 2
     recent = float(gap[mid] - gap[-1])

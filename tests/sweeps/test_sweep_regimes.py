@@ -18,6 +18,7 @@ from tdlens.scores import (
     RunSeries,
     fall_noise,
     label_regime,
+    measured_floor,
     regime_family,
     value_noise_floor,
 )
@@ -279,12 +280,21 @@ def test_moving_target_when_the_fixed_point_outruns_relaxation():
 
 
 def test_value_gap_floor_column_is_the_stochastic_floor():
+    """F_s is what a probe measures at the predicted floor: the median value_gap_floor
+    (0.675) combined with the probe's own w# error F/2 (F = 0.01): sqrt(0.675^2 + 0.005^2)."""
     fixed = _fixed_point([1.0, 0.9, 0.9, 0.9])
     fixed["value_gap_floor"] = [0.7, 0.6, 0.65, 0.7]
     r = label_regime(_series(fixed=fixed))
     assert r.label == "plateau:noise-floor", r.reason
-    assert r.evidence["stochastic_floor"] == pytest.approx(0.675)
+    assert r.evidence["stochastic_floor"] == pytest.approx(math.sqrt(0.675**2 + 0.005**2))
     assert r.evidence["noise_floor"] == pytest.approx(0.01)
+
+
+def test_a_gap_below_the_probes_own_error_is_at_the_floor():
+    """regime_noise_floor's numbers: predicted floor 0.0036, but the probe's w# error
+    F/2 = 0.0131 dominates what it can measure, so value_gap 0.011 is at the floor."""
+    assert measured_floor(0.003579, 0.02615) == pytest.approx(0.013556, rel=1e-4)
+    assert measured_floor(np.array([3.0, 0.0]), np.array([8.0, 2.0])) == pytest.approx([5.0, 1.0])
 
 
 def test_fall_noise_from_round_to_round_jitter():

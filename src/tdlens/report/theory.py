@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from tdlens.rundir.read import RunData, array_files, load_array
+from tdlens.scores import measured_floor
 
 EXPECTED_DYNAMICS_PREFIX = "expected_dynamics"
 BAND_KEYS = frozenset({"iters", "value_gap_pred", "value_gap_lo", "value_gap_hi"})
@@ -202,8 +203,8 @@ def floor_plan(data: RunData) -> FloorPlan | None:
     if cfg is None or not len(fp) or not all(fp.has(c) for c in need):
         return None
     gap, floor = fp.values("value_gap"), fp.values("value_gap_floor")
-    tau, est = fp.values("effective_timescale"), fp.values("value_noise_floor") / 2.0
-    target = np.sqrt(floor**2 + est**2)
+    tau = fp.values("effective_timescale")
+    target = measured_floor(floor, fp.values("value_noise_floor"))
     last = _iters_to(float(gap[-1]), float(target[-1]), float(tau[-1]))
     first = _iters_to(float(gap[0]), float(target[0]), float(tau[0]))
     left = cfg.outer_iters - float(fp.iters()[0])
