@@ -19,6 +19,30 @@ SMALL = [
 ]
 
 
+FAST_PROBES = (
+    "probes.plateau.enabled=false",
+    "probes.fixed_point.batch_size=128",
+    "probes.stability.batch_size=128",
+    "probes.stability.k_mc=2",
+    "probes.distribution.num_samples=64",
+    "probes.distribution.action_samples=8",
+    "probes.distribution.permutations=20",
+    "probes.q_kernel.cache_batch_size=2",
+    "probes.rho_audit.batch_size=128",
+)
+"""Every probe on, with small batches (seconds per run at the SMALL sizes)."""
+
+TINY_SWEEP = {
+    "outer_iters": 3,
+    "env.feature_dim": 32,
+    "env.actor_feature_dim": 8,
+    "trajectories": 4,
+    "horizon": 20,
+    "probes.every": 2,
+}
+"""Overrides of a sweep whose runs take about a second each."""
+
+
 def small_config(*overrides: str) -> RunConfig:
     """A tiny but complete run config (D=64, N=16, B=4, T=30) plus overrides."""
     return load_config(None, [*SMALL, *overrides])

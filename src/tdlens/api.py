@@ -37,6 +37,7 @@ from tdlens.config import (
     read_yaml,
     set_dotted,
 )
+from tdlens.report.fmt import duration_text
 from tdlens.rundir.files import RunFileError
 
 if TYPE_CHECKING:
@@ -221,18 +222,6 @@ class Eta:
             rounds_left = probe_rounds_after(p.n, p.outer_iters, self.probe_every)
             eta += rounds_left * self._probe_s / self._rounds
         return elapsed, eta
-
-
-def duration_text(seconds: float) -> str:
-    """``42s``, ``7m05s``, ``3h10m``."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 class PlainProgress:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from helpers import small_config
+from helpers import FAST_PROBES, small_config
 from page_checks import assert_offline
 from tdlens.config import load_config, shipped_configs
 from tdlens.report import write_report
@@ -29,19 +29,7 @@ from tdlens.sweeps.sweep import execute_sweep, prepare_sweep
 
 CHROMIUM = Path("/usr/bin/chromium")
 WIDTH, HEIGHT = 1280, 800
-TINY_PROBED = (
-    "outer_iters=8",
-    "probes.every=3",
-    "probes.plateau.enabled=false",
-    "probes.fixed_point.batch_size=128",
-    "probes.stability.batch_size=128",
-    "probes.stability.k_mc=2",
-    "probes.distribution.num_samples=64",
-    "probes.distribution.action_samples=8",
-    "probes.distribution.permutations=20",
-    "probes.q_kernel.cache_batch_size=2",
-    "probes.rho_audit.batch_size=128",
-)
+TINY_PROBED = ("outer_iters=8", "probes.every=3", *FAST_PROBES)
 DRAWN = """el => {
   const marks = el.querySelectorAll(
     '.scatterlayer .point, .scatterlayer path.js-line, .barlayer .point path, ' +

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_report_fixtures import frozen_run, healthy_run
 
-from helpers import small_config
+from helpers import FAST_PROBES, small_config
 from tdlens.report import write_report
 from tdlens.runs.runner import Runner
 
@@ -21,19 +21,7 @@ SHARED_SEED = HERE.parents[2] / "shared" / "seeds" / SEED_NAME
 """The repo root is parents[1] of tests/report; shared/ sits beside it (also in CI)."""
 SETTINGS = "settings (constant over the run)"
 """Probe Metrics' last subsection: every probe's settings, one table (issue 15)."""
-PROBES_FAST = (
-    "outer_iters=12",
-    "probes.every=4",
-    "probes.plateau.enabled=false",
-    "probes.fixed_point.batch_size=128",
-    "probes.stability.batch_size=128",
-    "probes.stability.k_mc=2",
-    "probes.distribution.num_samples=64",
-    "probes.distribution.action_samples=8",
-    "probes.distribution.permutations=20",
-    "probes.q_kernel.cache_batch_size=2",
-    "probes.rho_audit.batch_size=128",
-)
+PROBES_FAST = ("outer_iters=12", "probes.every=4", *FAST_PROBES)
 
 
 def sections(text: str, level: str = "## ") -> list[tuple[str, list[str]]]:

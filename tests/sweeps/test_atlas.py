@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from helpers import TINY_SWEEP
 from tdlens.cli import app
 from tdlens.sweeps.atlas import (
     AtlasError,
@@ -29,14 +30,7 @@ TINY_SPEC = {
         "theta_mu_offset_scale": [0.0, 1.0],
         "beta": [0.2],
     },
-    "overrides": {
-        "outer_iters": 3,
-        "env.feature_dim": 32,
-        "env.actor_feature_dim": 8,
-        "trajectories": 4,
-        "horizon": 20,
-        "probes.every": 2,
-    },
+    "overrides": TINY_SWEEP,
 }
 
 

@@ -10,19 +10,13 @@ import yaml
 from typer.testing import CliRunner
 
 import tdlens
+from helpers import TINY_SWEEP
 from tdlens.cli import app
 from tdlens.sweeps.inline import inline_spec, parse_grid_arg
 from tdlens.sweeps.spec import SweepSpecError, load_spec, make_plan
 
 cli = CliRunner()
-TINY = {
-    "outer_iters": 3,
-    "env.feature_dim": 32,
-    "env.actor_feature_dim": 8,
-    "trajectories": 4,
-    "horizon": 20,
-    "probes.every": 2,
-}
+TINY = TINY_SWEEP
 INLINE = [
     "--base",
     "sanity",

@@ -76,3 +76,15 @@ def fmt_count(x: float) -> str:
 def fmt_values(values: dict[str, Any]) -> str:
     """``k=v, k=v`` with each value through :func:`fmt` (the observed values of a check)."""
     return ", ".join(f"{k}={fmt(v)}" for k, v in values.items())
+
+
+def duration_text(seconds: float) -> str:
+    """``42s``, ``7m05s``, ``3h10m``: a wall time for progress lines."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

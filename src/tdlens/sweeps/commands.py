@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tdlens.config import ConfigError
+from tdlens.report.fmt import duration_text
 from tdlens.rundir.files import RunFileError
 
 out = Console(soft_wrap=True, markup=False)
@@ -317,22 +318,10 @@ def _print_retry(task: Any, attempt: int, why: str) -> None:
 def progress_text(elapsed: float, done: int, total: int) -> str:
     """``elapsed 1h02m, ETA 3h10m``: the remaining runs at the mean wall time per finished
     run so far (``elapsed (total - done) / done``; parallel workers are in that mean)."""
-    text = f"elapsed {_duration(elapsed)}"
+    text = f"elapsed {duration_text(elapsed)}"
     if 0 < done < total:
-        text += f", ETA {_duration(elapsed * (total - done) / done)}"
+        text += f", ETA {duration_text(elapsed * (total - done) / done)}"
     return text
-
-
-def _duration(seconds: float) -> str:
-    """``42s``, ``7m05s``, ``3h10m``."""
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _print_plan(prepared: Any) -> None:
