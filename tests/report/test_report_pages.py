@@ -99,19 +99,20 @@ def test_figures_over_iterations_are_labelled_and_toggle_log():
 
 
 def test_theory_band_is_drawn_when_the_overlay_gives_one():
-    """A band (iters, lo, hi) becomes one closed polygon: x forward then back."""
+    """The overlay's band (pred_iters, band lo/hi, as theory_overlay gives it) becomes one
+    closed polygon, x forward then back; then the mean path, then the measured points."""
     theory = {
         "value_gap": [0.5, 0.3],
         "measured_iters": [0, 10],
-        "iters": [0.0, 5.0, 10.0],
-        "lo": [0.4, 0.3, 0.2],
-        "mid": [0.5, 0.4, 0.3],
-        "hi": [0.6, 0.5, 0.4],
-        "curves": {},
+        "pred_iters": [0.0, 5.0, 10.0],
+        "band": {"lo": [0.4, 0.3, 0.2], "hi": [0.6, 0.5, 0.4]},
+        "curves": {"expected dynamics (mean path)": [0.5, 0.4, 0.3]},
     }
-    band = plot_theory(theory)["data"][0]
+    band, mean_path, measured = plot_theory(theory)["data"]
     assert band["fill"] == "toself" and band["x"] == [0, 5, 10, 10, 5, 0]
     assert band["y"] == [0.6, 0.5, 0.4, 0.2, 0.3, 0.4]
+    assert mean_path["y"] == [0.5, 0.4, 0.3] and measured["mode"] == "markers"
+    assert measured["x"] == [0, 10] and measured["y"] == [0.5, 0.3]
 
 
 # --------------------------------------------------------------------------- sweep figures
