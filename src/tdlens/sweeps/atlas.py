@@ -399,7 +399,10 @@ def _boundary_text(
             f"the median `eig_min_real` changes sign at {mname} = {mid:.3g} (dotted line: "
             f"`eig_min_real = 0`){band}{theory}. Above it an eigenvalue of A is negative: "
             "TD diverges at every step (`diverged:off-policy`), below it only past the "
-            "critical step (`diverged:step-size`)"
+            "critical step (`diverged:step-size`). Near the line A is close to singular, "
+            "so the TD fixed point `w# = A^-1 b`, and with it `value_gap` and its drift, "
+            "is ill-determined: labels in the rows next to the line that rest on those "
+            "numbers (the plateau mechanisms) are uncertain there"
         )
     if not eig:
         return "no run has a stability round, so `eig_min_real` is unknown"
@@ -422,7 +425,8 @@ def _label_table(points: Sequence[AtlasPoint]) -> list[str]:
 
 
 def _effects(points: Sequence[AtlasPoint], mname: str) -> str:
-    effects = {k: axis_effect(points, k) for k in ("alpha_w", "beta", "mismatch")}
+    swept = [k for k in ("alpha_w", "beta", "mismatch") if len({getattr(p, k) for p in points}) > 1]
+    effects = {k: axis_effect(points, k) for k in swept}
     return (
         "Which axes move the label (slices: the other two axes fixed): "
         + "; ".join(
