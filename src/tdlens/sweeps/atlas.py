@@ -1,21 +1,26 @@
 """The regime atlas: phase diagrams of a sweep's regime labels (issue #14, SPEC 11).
 
-``write_atlas(sweep_dir, docs)`` reads a finished sweep (plan.json and every run
-directory, through the same records as the summary) and writes a Markdown page with PNG
-phase diagrams beside it (``<docs stem>/``):
+``write_atlas(sweep_dirs, docs)`` reads one or two finished sweeps (plan.json and every
+run directory, through the same records as the summary) and writes a Markdown page with
+PNG phase diagrams beside it (``<docs stem>/``):
 
-- **step x mismatch**: every run at ``x = alpha_w / critical_step`` (its own latest
-  stability round; the median over the sweep when a run has none, e.g. diverged before
-  its first probe) and ``y`` = the mismatch axis (``theta_mu_offset_scale``, else
-  ``sigma_mu / sigma_pi``), one panel per value of the remaining axis (beta), coloured
-  by regime family and marked by mechanism. Theory boundaries: ``eta = critical_step``
-  is the vertical line ``x = 1``; ``eig_min_real = 0`` is drawn where the median
-  ``eig_min_real`` over a mismatch value changes sign (linear interpolation between the
-  two mismatch values), else the page states its smallest value.
-- **beta x offset**: per value of alpha_w one panel, each cell the majority label of its
-  runs (seeds).
+- **step x mismatch** (the first sweep, which varies alpha_w): every run at
+  ``x = alpha_w / critical_step`` (its own latest stability round; the median over the
+  sweep when a run has none, e.g. diverged before its first probe) and ``y`` = the
+  mismatch axis (``theta_mu_offset_scale``, else ``sigma_pi / sigma_mu``, else
+  ``sigma_mu / sigma_pi``), one panel per value of beta, coloured by regime label
+  (mechanism included) and marked by mechanism. Theory boundaries: ``eta =
+  critical_step`` is the vertical line ``x = 1``; ``eig_min_real = 0`` is the horizontal
+  line where the median ``eig_min_real`` over a mismatch value changes sign from
+  positive to negative (linear interpolation between the two mismatch values), with the
+  band where the medians of ``eig_min_real_lo`` and ``eig_min_real_hi`` change sign
+  (when the stability probe writes them); else the page states its range. For
+  ``sigma_pi`` the closed form ``sigma_pi / sigma_mu = sqrt(2 / gamma)`` (docs/triad.md:
+  every ratio truncated) is drawn as a thin line for comparison.
+- **beta x offset** (the second sweep, else the first): per value of alpha_w one panel,
+  each cell the majority label of its runs (seeds).
 
-and for every label the sweep produced, one ``tdlens run`` command that reproduces a run
+and for every label each sweep produced, one ``tdlens run`` command that reproduces a run
 of that label (the sweep's base, its overrides and that run's swept values), plus the
 shipped regime configs. Pure reading and drawing: no run is started.
 """
@@ -36,14 +41,16 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tdlens.rundir.files import atomic_write_bytes, atomic_write_text
+from tdlens.rundir.read import load_run
 from tdlens.scores import REGIME_DOC, regime_family
 from tdlens.sweeps.plan import read_plan, run_dir
-from tdlens.sweeps.records import RunRecord, load_record
+from tdlens.sweeps.records import RunRecord, last_values, load_record
 from tdlens.sweeps.spec import SEED_AXIS
 from tdlens.sweeps.summary import majority_regime
 
-MISMATCH_KEYS: tuple[str, ...] = ("theta_mu_offset_scale", "sigma_mu")
-"""Mismatch axes in order of preference (sigma_mu is shown as sigma_mu / sigma_pi)."""
+MISMATCH_KEYS: tuple[str, ...] = ("theta_mu_offset_scale", "sigma_pi", "sigma_mu")
+"""Mismatch axes in order of preference (sigma_pi is shown as sigma_pi / sigma_mu,
+sigma_mu as sigma_mu / sigma_pi)."""
 FAMILY_COLOURS: dict[str, str] = {
     "learning": "#1a7f37",
     "plateau": "#d4a017",
@@ -51,6 +58,14 @@ FAMILY_COLOURS: dict[str, str] = {
     "diverged": "#cf222e",
     "n/a": "#999999",
 }
+LABEL_COLOURS: dict[str, str] = {
+    "plateau:slow-modes": "#d4a017",
+    "plateau:moving-target": "#f0883e",
+    "plateau:noise-floor": "#8a8f2a",
+    "diverged:step-size": "#cf222e",
+    "diverged:off-policy": "#8250df",
+}
+"""Colour per full label; a label without an entry takes its family's colour."""
 MECHANISM_MARKERS: dict[str, str] = {
     "": "o",
     "slow-modes": "s",
@@ -64,7 +79,8 @@ SHIPPED_REGIMES: tuple[tuple[str, str], ...] = (
     ("plateau:slow-modes", "regime_plateau"),
     ("plateau:moving-target", "regime_moving_target"),
     ("plateau:noise-floor", "regime_noise_floor"),
-    ("diverged", "regime_divergence"),
+    ("diverged:step-size", "regime_divergence"),
+    ("diverged:off-policy", "regime_triad"),
 )
 """Shipped configs that show one regime each (tests/test_regime_configs.py)."""
 
@@ -83,6 +99,8 @@ class AtlasPoint:
     beta: float
     alpha_w: float
     eig_min_real: float
+    eig_lo: float = math.nan
+    eig_hi: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,7 @@ class Atlas:
     images: list[Path]
     points: list[AtlasPoint]
     labels: dict[str, int]
+    crossing: tuple[float, float, float]
 
 
 def _param(rec: RunRecord, base: dict[str, Any], key: str) -> float:
@@ -103,6 +122,19 @@ def _param(rec: RunRecord, base: dict[str, Any], key: str) -> float:
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return float(node) if isinstance(node, int | float) else math.nan
+
+
+def mismatch_name(mkey: str) -> str:
+    """How the mismatch axis is labelled (a ratio for the action widths)."""
+    return {"sigma_pi": "sigma_pi / sigma_mu", "sigma_mu": "sigma_mu / sigma_pi"}.get(mkey, mkey)
+
+
+def _eig_interval(rec: RunRecord) -> tuple[float, float]:
+    """``(eig_min_real_lo, eig_min_real_hi)`` of the run's latest stability round (NaN when
+    the probe does not write them or the run has none)."""
+    rows = list(load_run(rec.path).probe("stability_probe").rows) if rec.path.is_dir() else []
+    got = last_values(rows, ("eig_min_real_lo", "eig_min_real_hi"))
+    return got.get("eig_min_real_lo", math.nan), got.get("eig_min_real_hi", math.nan)
 
 
 def mismatch_key(swept: Sequence[str]) -> str:
@@ -125,27 +157,32 @@ def atlas_points(records: Sequence[RunRecord], base: dict[str, Any], mkey: str) 
         mismatch = _param(rec, base, mkey)
         if mkey == "sigma_mu":
             mismatch /= _param(rec, base, "sigma_pi")
+        if mkey == "sigma_pi":
+            mismatch /= _param(rec, base, "sigma_mu")
         c = c if math.isfinite(c) else fallback
         points.append(
             AtlasPoint(
                 rec,
                 alpha / c if c > 0 else math.nan,
-                mismatch,
+                round(mismatch, 12),
                 _param(rec, base, "beta"),
                 alpha,
                 rec.metrics.get("eig_min_real", math.nan),
+                *_eig_interval(rec),
             )
         )
     return points
 
 
-def eig_zero_crossing(points: Sequence[AtlasPoint]) -> float:
-    """Mismatch where the median eig_min_real per mismatch value first changes sign
-    (linear interpolation), NaN when it never does."""
+def eig_zero_crossing(points: Sequence[AtlasPoint], field_name: str = "eig_min_real") -> float:
+    """Mismatch where the median of ``field_name`` (eig_min_real, eig_lo or eig_hi) per
+    mismatch value first changes sign from positive to non-positive (linear
+    interpolation), NaN when it never does."""
     values = sorted({p.mismatch for p in points})
     med = []
     for v in values:
-        e = [p.eig_min_real for p in points if p.mismatch == v and math.isfinite(p.eig_min_real)]
+        e = [getattr(p, field_name) for p in points if p.mismatch == v]
+        e = [x for x in e if math.isfinite(x)]
         med.append(float(np.median(e)) if e else math.nan)
     for i in range(len(values) - 1):
         (v0, e0), (v1, e1) = (values[i], med[i]), (values[i + 1], med[i + 1])
@@ -154,43 +191,84 @@ def eig_zero_crossing(points: Sequence[AtlasPoint]) -> float:
     return math.nan
 
 
+def crossing_interval(points: Sequence[AtlasPoint]) -> tuple[float, float, float]:
+    """``(crossing, lo, hi)``: the eig_min_real = 0 crossing of the medians and its band,
+    from where the medians of eig_min_real_hi and eig_min_real_lo change sign (sorted;
+    NaN where that median never changes sign inside the grid)."""
+    mid = eig_zero_crossing(points)
+    ends = sorted(eig_zero_crossing(points, f) for f in ("eig_lo", "eig_hi"))
+    return mid, ends[0], ends[1]
+
+
+def label_colour(label: str) -> str:
+    """The label's colour (LABEL_COLOURS, else its family's)."""
+    return LABEL_COLOURS.get(label) or FAMILY_COLOURS.get(regime_family(label), "#000000")
+
+
 def _split(label: str) -> tuple[str, str]:
     family = regime_family(label)
     return family, label[len(family) + 1 :] if ":" in label else ""
 
 
-def step_mismatch_figure(points: Sequence[AtlasPoint], mkey: str, crossing: float) -> Figure:
-    """Panels per beta: runs at (alpha_w / critical_step, mismatch), coloured by label."""
+def step_mismatch_figure(
+    points: Sequence[AtlasPoint],
+    mkey: str,
+    crossing: tuple[float, float, float],
+    closed_form: float = math.nan,
+) -> Figure:
+    """Panels per beta: runs at (alpha_w / critical_step, mismatch), coloured by label,
+    with the theory boundaries (module docstring)."""
     betas = sorted({p.beta for p in points})
-    fig = Figure(figsize=(3.6 * len(betas) + 1.6, 3.8))
+    fig = Figure(figsize=(3.8 * len(betas) + 2.6, 4.0))
     axes = fig.subplots(1, len(betas), sharey=True, squeeze=False)[0]
     seen: dict[str, Any] = {}
+    mid, lo, hi = crossing
     for ax, beta in zip(axes, betas, strict=True):
         for p in points:
             if p.beta != beta or not math.isfinite(p.step_ratio):
                 continue
-            family, mech = _split(p.record.regime)
+            _, mech = _split(p.record.regime)
             h = ax.scatter(
                 p.step_ratio,
                 p.mismatch,
-                c=FAMILY_COLOURS.get(family, "#000000"),
+                c=label_colour(p.record.regime),
                 marker=MECHANISM_MARKERS.get(mech, "o"),
-                s=46,
+                s=60,
                 edgecolors="k",
                 linewidths=0.4,
+                zorder=3,
             )
             seen.setdefault(p.record.regime, h)
-        ax.axvline(1.0, color="k", ls="--", lw=1)
-        if math.isfinite(crossing):
-            ax.axhline(crossing, color="m", ls=":", lw=1.2)
+        seen.setdefault("eta = critical_step", ax.axvline(1.0, color="k", ls="--", lw=1))
+        if math.isfinite(mid):
+            seen.setdefault(
+                "eig_min_real = 0 (medians)", ax.axhline(mid, color="m", ls=":", lw=1.6)
+            )
+        if math.isfinite(lo) and math.isfinite(hi) and hi > lo:
+            seen.setdefault(
+                "eig_min_real 95% interval", ax.axhspan(lo, hi, color="m", alpha=0.12, lw=0)
+            )
+        if math.isfinite(closed_form):
+            seen.setdefault(
+                "closed form sqrt(2/gamma)",
+                ax.axhline(closed_form, color="0.45", ls="-.", lw=0.8),
+            )
         ax.set_xscale("log")
         ax.set_xlabel("alpha_w / critical_step")
         ax.set_title(f"beta = {beta:g}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("sigma_mu / sigma_pi" if mkey == "sigma_mu" else mkey)
-    labels = sorted(seen)
-    fig.legend([seen[k] for k in labels], labels, loc="center right", fontsize=7)
-    fig.subplots_adjust(right=1 - 1.5 / fig.get_figwidth(), wspace=0.08)
+    axes[0].set_ylabel(mismatch_name(mkey))
+    regimes = {p.record.regime for p in points}
+    labels = sorted(k for k in seen if k in regimes) + [k for k in seen if k not in regimes]
+    right = 1 - 2.5 / fig.get_figwidth()
+    fig.subplots_adjust(right=right, wspace=0.08)
+    fig.legend(
+        [seen[k] for k in labels],
+        labels,
+        loc="center left",
+        bbox_to_anchor=(right + 0.01, 0.5),
+        fontsize=8,
+    )
     return fig
 
 
@@ -201,7 +279,7 @@ def beta_offset_figure(points: Sequence[AtlasPoint], mkey: str) -> Figure:
     mism = sorted({p.mismatch for p in points})
     cols = min(len(alphas), 3)
     rows = math.ceil(len(alphas) / cols)
-    fig = Figure(figsize=(3.4 * cols + 1.6, 3.0 * rows))
+    fig = Figure(figsize=(3.4 * cols + 2.4, 3.0 * rows + 0.4))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     seen: dict[str, Any] = {}
     for ax, alpha in zip(axes, alphas, strict=False):
@@ -215,11 +293,11 @@ def beta_offset_figure(points: Sequence[AtlasPoint], mkey: str) -> Figure:
                 if not labels:
                     continue
                 label = majority_regime(labels)
-                family, mech = _split(label)
+                _, mech = _split(label)
                 h = ax.scatter(
                     ix,
                     iy,
-                    c=FAMILY_COLOURS.get(family, "#000000"),
+                    c=label_colour(label),
                     marker=MECHANISM_MARKERS.get(mech, "o"),
                     s=160,
                     edgecolors="k",
@@ -234,12 +312,19 @@ def beta_offset_figure(points: Sequence[AtlasPoint], mkey: str) -> Figure:
         ax.set_xlim(-0.5, len(betas) - 0.5)
         ax.set_ylim(-0.5, len(mism) - 0.5)
         ax.set_xlabel("beta")
-        ax.set_ylabel("sigma_mu / sigma_pi" if mkey == "sigma_mu" else mkey)
+        ax.set_ylabel(mismatch_name(mkey))
     for ax in axes[len(alphas) :]:
         ax.set_visible(False)
     labels = sorted(seen)
-    fig.legend([seen[k] for k in labels], labels, loc="center right", fontsize=7)
-    fig.subplots_adjust(right=1 - 1.5 / fig.get_figwidth(), hspace=0.5, wspace=0.35)
+    right = 1 - 2.3 / fig.get_figwidth()
+    fig.subplots_adjust(right=right, hspace=0.5, wspace=0.35)
+    fig.legend(
+        [seen[k] for k in labels],
+        labels,
+        loc="center left",
+        bbox_to_anchor=(right + 0.01, 0.5),
+        fontsize=8,
+    )
     return fig
 
 
@@ -282,69 +367,143 @@ def axis_effect(points: Sequence[AtlasPoint], field_name: str) -> tuple[int, int
     return sum(len(labels) > 1 for labels in slices.values()), len(slices)
 
 
-def _boundary_text(points: Sequence[AtlasPoint], mname: str, crossing: float) -> str:
+def _boundary_text(
+    points: Sequence[AtlasPoint],
+    mname: str,
+    crossing: tuple[float, float, float],
+    closed_form: float,
+) -> str:
+    mid, lo, hi = crossing
     eig = [p.eig_min_real for p in points if math.isfinite(p.eig_min_real)]
-    if math.isfinite(crossing):
-        return f"the median `eig_min_real` changes sign at {mname} = {crossing:.3g} (dotted line)"
+    theory = (
+        f"; the closed form with every ratio truncated ([the deadly triad](triad.md)) puts it "
+        f"at {mname} = sqrt(2 / gamma) = {closed_form:.3g} (thin dash-dotted line)"
+        if math.isfinite(closed_form)
+        else ""
+    )
+    if math.isfinite(mid):
+        has_interval = any(math.isfinite(p.eig_lo) for p in points)
+        if math.isfinite(lo) and math.isfinite(hi):
+            band = (
+                f", between {lo:.3g} and {hi:.3g} where the medians of `eig_min_real_hi` and "
+                "`eig_min_real_lo` change sign (shaded band)"
+            )
+        elif has_interval:
+            band = (
+                ", and the medians of `eig_min_real_lo` / `eig_min_real_hi` do not both "
+                "change sign inside the grid, so no band is drawn"
+            )
+        else:
+            band = ""
+        return (
+            f"the median `eig_min_real` changes sign at {mname} = {mid:.3g} (dotted line: "
+            f"`eig_min_real = 0`){band}{theory}. Above it an eigenvalue of A is negative: "
+            "TD diverges at every step (`diverged:off-policy`), below it only past the "
+            "critical step (`diverged:step-size`). Near the line A is close to singular, "
+            "so the TD fixed point `w# = A^-1 b`, and with it `value_gap` and its drift, "
+            "is ill-determined: labels in the rows next to the line that rest on those "
+            "numbers (the plateau mechanisms) are uncertain there"
+        )
     if not eig:
         return "no run has a stability round, so `eig_min_real` is unknown"
     return (
         f"the median `eig_min_real` over each {mname} value never changes sign from positive "
         f"to negative (every run: {min(eig):.3g} to {max(eig):.3g}, within the spectral noise "
         "where negative), so there is no `eig_min_real = 0` line: no off-policy instability "
-        "in this range"
+        f"in this range{theory}"
     )
 
 
-def atlas_markdown(
-    plan: dict[str, Any],
-    points: Sequence[AtlasPoint],
-    mkey: str,
-    crossing: float,
-    images: Sequence[str],
-    command: str,
-) -> str:
-    """The atlas page (module docstring)."""
+def _label_table(points: Sequence[AtlasPoint]) -> list[str]:
     labels = Counter(p.record.regime for p in points)
-    mname = "sigma_mu / sigma_pi" if mkey == "sigma_mu" else mkey
-    boundary = _boundary_text(points, mname, crossing)
-    effects = {k: axis_effect(points, k) for k in ("alpha_w", "beta", "mismatch")}
-    compute = sum(p.record.seconds for p in points if math.isfinite(p.record.seconds))
-    spec_file = plan.get("spec_file") or "the sweep spec"
-    lines = [
-        "# The regime atlas\n",
-        f"Generated by `{command}` from the sweep `{plan.get('name')}` ({len(points)} runs, "
-        f"{compute:.0f} s of compute summed over runs), made with "
-        f"`tdlens sweep configs/sweeps/{Path(str(spec_file)).name} --jobs 2 --output-dir OUT`. "
-        "Do not edit by hand.\n",
-        "Regime labels (from each run's own numbers, `tdlens.scores`): " + REGIME_DOC + "\n",
+    return [
         "| label | runs |",
         "| --- | --- |",
         *(f"| {k} | {v} |" for k, v in sorted(labels.items())),
         "",
+    ]
+
+
+def _effects(points: Sequence[AtlasPoint], mname: str) -> str:
+    swept = [k for k in ("alpha_w", "beta", "mismatch") if len({getattr(p, k) for p in points}) > 1]
+    effects = {k: axis_effect(points, k) for k in swept}
+    return (
         "Which axes move the label (slices: the other two axes fixed): "
         + "; ".join(
-            f"{'alpha_w' if k == 'alpha_w' else mname if k == 'mismatch' else k} changes it "
-            f"in {d} of {n}"
+            f"{mname if k == 'mismatch' else k} changes it in {d} of {n}"
             for k, (d, n) in effects.items()
         )
-        + ".\n",
-        f"## Regime over alpha_w / critical_step x {mname}\n",
+        + ".\n"
+    )
+
+
+@dataclass(frozen=True)
+class AtlasSweep:
+    """One sweep read for the atlas: its plan, mismatch key and points."""
+
+    plan: dict[str, Any]
+    mkey: str
+    points: list[AtlasPoint]
+
+    @property
+    def spec_name(self) -> str:
+        return Path(str(self.plan.get("spec_file") or f"{self.plan.get('name')}.yaml")).name
+
+
+def atlas_markdown(
+    step: AtlasSweep,
+    track: AtlasSweep,
+    crossing: tuple[float, float, float],
+    closed_form: float,
+    images: Sequence[str],
+    command: str,
+) -> str:
+    """The atlas page (module docstring)."""
+    sweeps = [step] if track is step else [step, track]
+    sname, tname = mismatch_name(step.mkey), mismatch_name(track.mkey)
+    boundary = _boundary_text(step.points, sname, crossing, closed_form)
+    compute = sum(
+        p.record.seconds for sw in sweeps for p in sw.points if math.isfinite(p.record.seconds)
+    )
+    made = " and ".join(
+        f"`tdlens sweep configs/sweeps/{sw.spec_name} --jobs 2 --output-dir OUT`" for sw in sweeps
+    )
+    lines = [
+        "# The regime atlas\n",
+        f"Generated by `{command}` from the sweep"
+        f"{'s' if len(sweeps) > 1 else ''} "
+        + " and ".join(f"`{sw.plan.get('name')}` ({len(sw.points)} runs)" for sw in sweeps)
+        + f", {compute:.0f} s of compute summed over runs, made with {made}. "
+        "Do not edit by hand.\n",
+        "Regime labels (from each run's own numbers, `tdlens.scores`): " + REGIME_DOC + "\n",
+        "Why an eigenvalue of A turns negative when the target is wider than the behaviour "
+        "and the ratios are truncated: [the deadly triad](triad.md).\n",
+        f"## Regime over alpha_w / critical_step x {sname}\n",
+        f"Sweep `{step.plan.get('name')}`:\n",
+        *_label_table(step.points),
+        _effects(step.points, sname),
         "Each point is one run, at its step relative to its own critical step (latest "
         "stability round). Theory boundaries: the dashed line is `eta = critical_step` "
         f"(beyond it the fastest mode overshoots, `|1 - eta l| > 1`); {boundary}.\n",
         f"![regime over step and mismatch]({images[0]})\n",
-        f"## Regime over beta x {mname}\n",
+        f"## Regime over beta x {tname}\n",
+        f"Sweep `{track.plan.get('name')}`:\n",
+        *_label_table(track.points),
+        _effects(track.points, tname),
         "One panel per alpha_w; each cell is the majority label of its runs.\n",
         f"![regime over beta and mismatch]({images[1]})\n",
         "## Reproduce each regime\n",
-        "One run of every label in this atlas (the run nearest the middle of its label's "
+        "One run of every label in each sweep (the run nearest the middle of its label's "
         "step range):\n",
-        "| label | alpha_w / critical_step | command |",
-        "| --- | --- | --- |",
+        "| sweep | label | alpha_w / critical_step | command |",
+        "| --- | --- | --- | --- |",
     ]
-    for label, p in _representatives(points).items():
-        lines.append(f"| {label} | {p.step_ratio:.3g} | `{reproduce_command(plan, p.record)}` |")
+    for sw in sweeps:
+        for label, p in _representatives(sw.points).items():
+            lines.append(
+                f"| {sw.plan.get('name')} | {label} | {p.step_ratio:.3g} | "
+                f"`{reproduce_command(sw.plan, p.record)}` |"
+            )
     lines += [
         "",
         "The shipped regime configs, each verified by its own report in "
@@ -357,28 +516,59 @@ def atlas_markdown(
     return "\n".join(lines)
 
 
-def write_atlas(sweep_dir: str | Path, docs: str | Path, command: str | None = None) -> Atlas:
-    """Read a sweep and write the atlas page `docs` and its images (module docstring)."""
-    sweep_dir, docs = Path(sweep_dir), Path(docs)
+def read_sweep(sweep_dir: Path, need_step: bool) -> AtlasSweep:
+    """A sweep's plan and points; ``need_step``: it must vary alpha_w (AtlasError)."""
     plan = read_plan(sweep_dir)
     swept = [a["key"] for a in plan.get("axes", []) if a["key"] != SEED_AXIS]
-    if "alpha_w" not in swept:
-        raise AtlasError("the sweep does not vary alpha_w: no step axis to draw")
+    if need_step and "alpha_w" not in swept:
+        raise AtlasError(f"{sweep_dir.name}: the sweep does not vary alpha_w: no step axis to draw")
     mkey = mismatch_key(swept)
     records = [
         load_record(run_dir(sweep_dir, e["run_id"]), e.get("overrides", {})) for e in plan["runs"]
     ]
-    points = atlas_points(records, plan.get("base_config") or {}, mkey)
-    crossing = eig_zero_crossing(points)
+    return AtlasSweep(plan, mkey, atlas_points(records, plan.get("base_config") or {}, mkey))
+
+
+def closed_form_boundary(sweep: AtlasSweep) -> float:
+    """``sqrt(2 / gamma)`` when the mismatch is sigma_pi / sigma_mu and gamma is one value
+    (docs/triad.md), else NaN."""
+    if sweep.mkey != "sigma_pi":
+        return math.nan
+    base = sweep.plan.get("base_config") or {}
+    gammas = {_param(p.record, base, "gamma") for p in sweep.points}
+    (gamma,) = gammas if len(gammas) == 1 else (math.nan,)
+    return math.sqrt(2.0 / gamma) if gamma > 0 else math.nan
+
+
+def write_atlas(
+    sweep_dirs: str | Path | Sequence[str | Path], docs: str | Path, command: str | None = None
+) -> Atlas:
+    """Read the sweep(s) and write the atlas page `docs` and its images (module docstring):
+    step x mismatch from the first sweep, beta x offset from the second (else the first)."""
+    dirs = (
+        [Path(sweep_dirs)] if isinstance(sweep_dirs, str | Path) else [Path(d) for d in sweep_dirs]
+    )
+    if not 1 <= len(dirs) <= 2:
+        raise AtlasError(f"expected one or two sweep directories, got {len(dirs)}")
+    docs = Path(docs)
+    step = read_sweep(dirs[0], need_step=True)
+    track = read_sweep(dirs[1], need_step=False) if len(dirs) > 1 else step
+    crossing = crossing_interval(step.points)
+    closed = closed_form_boundary(step)
     image_dir = docs.parent / docs.stem
     image_dir.mkdir(parents=True, exist_ok=True)
     names = ["step_mismatch.png", "beta_offset.png"]
-    figures = [step_mismatch_figure(points, mkey, crossing), beta_offset_figure(points, mkey)]
+    figures = [
+        step_mismatch_figure(step.points, step.mkey, crossing, closed),
+        beta_offset_figure(track.points, track.mkey),
+    ]
     images = []
     for name, fig in zip(names, figures, strict=True):
         atomic_write_bytes(image_dir / name, _fig_png(fig))
         images.append(image_dir / name)
-    command = command or f"tdlens atlas {sweep_dir} --docs {docs}"
+    command = command or f"tdlens atlas {' '.join(str(d) for d in dirs)} --docs {docs}"
     rel = [f"{docs.stem}/{n}" for n in names]
-    atomic_write_text(docs, atlas_markdown(plan, points, mkey, crossing, rel, command))
-    return Atlas(docs, images, points, dict(Counter(p.record.regime for p in points)))
+    atomic_write_text(docs, atlas_markdown(step, track, crossing, closed, rel, command))
+    points = step.points if track is step else [*step.points, *track.points]
+    labels = dict(Counter(p.record.regime for p in points))
+    return Atlas(docs, images, points, labels, crossing)

@@ -383,22 +383,32 @@ def summarize(
 
 
 def atlas(
-    sweep_dir: Annotated[Path, typer.Argument(help="A finished sweep directory (plan.json).")],
+    sweep_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="One or two finished sweep directories (plan.json): the first (varies "
+            "alpha_w) for step x mismatch, the second (else the first) for beta x offset."
+        ),
+    ],
     docs: Annotated[
         Path, typer.Option(help="The Markdown page to write; its images go to <stem>/ beside it.")
     ] = Path("docs/atlas.md"),
 ) -> None:
-    """Draw the regime atlas of a sweep: phase diagrams (step x mismatch, beta x mismatch)
-    with the theory boundaries, and one command per regime, as a Markdown page."""
+    """Draw the regime atlas of one or two sweeps: phase diagrams (step x mismatch, beta x
+    mismatch) with the theory boundaries, and one command per regime, as a Markdown page."""
     from tdlens.sweeps.atlas import AtlasError, write_atlas
     from tdlens.sweeps.plan import is_sweep_dir
 
-    if not is_sweep_dir(sweep_dir):
-        _fail(f"'{sweep_dir}' is not a sweep directory (no plan.json)")
+    if len(sweep_dirs) > 2:
+        _fail(f"SWEEP_DIRS: expected one or two sweep directories, got {len(sweep_dirs)}")
+    for sweep_dir in sweep_dirs:
+        if not is_sweep_dir(sweep_dir):
+            _fail(f"'{sweep_dir}' is not a sweep directory (no plan.json)")
     if docs.suffix != ".md":
         _fail(f"--docs '{docs}': expected a .md file")
+    shown = " ".join(f"OUT/{d.name}" for d in sweep_dirs)
     try:
-        result = write_atlas(sweep_dir, docs, f"tdlens atlas OUT/{sweep_dir.name} --docs {docs}")
+        result = write_atlas(sweep_dirs, docs, f"tdlens atlas {shown} --docs {docs}")
     except (AtlasError, RunFileError, ConfigError) as exc:
         _fail(str(exc))
     for p in (result.page, *result.images):
