@@ -11,7 +11,10 @@ A missing Chromium fails the tests with the command that installs it.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,13 +70,30 @@ def pages(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def provide_chromium() -> None:
+    """The README's test command must work on a fresh Debian machine with only python3:
+    when /usr/bin/chromium is missing and we may install packages (root with apt-get),
+    install the Debian package as .ci/run does; otherwise fail with the command to run."""
+    if CHROMIUM.is_file():
+        return
+    apt = shutil.which("apt-get")
+    if apt and os.geteuid() == 0:
+        print("installing the Debian package chromium for the browser tests", file=sys.stderr)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run([apt, "update", "-qq"], check=False, env=env, capture_output=True)
+        subprocess.run(
+            [apt, "install", "-y", "-qq", "chromium"], check=False, env=env, capture_output=True
+        )
     if not CHROMIUM.is_file():
         pytest.fail(
             f"headless Chromium not found at {CHROMIUM}: install the Debian package with "
             "`apt-get install -y chromium` (.ci/run does this when it is missing)"
         )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    provide_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
