@@ -160,7 +160,7 @@ def test_frozen_card_says_why_and_what_to_do(tmp_path):
     assert v.next.startswith("Raise alpha_w from 0.08 to 0.6 and outer_iters >= ~6,800")
     assert "alpha_w = 202.7" in v.next and "outer_iters >= ~51,000" in v.next
     names = [k.name for k in v.key_numbers]
-    assert names[:3] == ["fastest_timescale", "critical_alpha_w", "median_rel_step"]
+    assert names[:4] == ["fastest_timescale", "critical_alpha_w", "eig_min_real", "median_rel_step"]
 
 
 def test_card_leads_every_report_format(tmp_path):
@@ -181,8 +181,13 @@ def test_probe_intervals_come_from_lo_hi_columns(tmp_path):
     run.set_probe("stability_probe", "critical_step_hi", 1.5)
     run.set_probe("stability_probe", "fastest_timescale_lo", 15000.0)
     run.set_probe("stability_probe", "fastest_timescale_hi", 19000.0)
+    run.set_probe("stability_probe", "eig_min_real_lo", -3e-5)
+    run.set_probe("stability_probe", "eig_min_real_hi", 2e-5)
+    run.set_probe("stability_probe", "eig_min_real_is_bound", 1.0)
     v = build_report(run.write(tmp_path / "run")).verdict
     by = {k.name: k for k in v.key_numbers}
+    assert (by["eig_min_real"].lo, by["eig_min_real"].hi) == (-3e-5, 2e-5)
+    assert "certified lower bound" in by["eig_min_real"].note
     assert (by["critical_alpha_w"].lo, by["critical_alpha_w"].hi) == (1.0, 1.5)
     assert (by["fastest_timescale"].lo, by["fastest_timescale"].hi) == (15000.0, 19000.0)
     assert "[15,000, 19,000]" in v.why and "alpha_w = 1.2 [1, 1.5]" in v.next

@@ -124,6 +124,16 @@ def key_numbers(data: RunData, dynamics: dict[str, Any]) -> list[KeyNumber]:
                 lo, hi = probe_interval(stab, "critical_step")
                 lo, hi = (None, None) if lo is None else (lo * value / step, hi * value / step)
             out.append(KeyNumber(col, value, lo, hi, note))
+    eig_min = stab.last("eig_min_real") if len(stab) and stab.has("eig_min_real") else None
+    if eig_min is not None and math.isfinite(eig_min):
+        lo, hi = probe_interval(stab, "eig_min_real")
+        bound = stab.has("eig_min_real_is_bound") and stab.last("eig_min_real_is_bound") == 1
+        note = "smallest Re eig(A) over the whole spectrum" + (
+            " (a certified lower bound; < 0 beyond its interval: off-policy divergence)"
+            if bound
+            else " (< 0 beyond its interval: off-policy divergence)"
+        )
+        out.append(KeyNumber("eig_min_real", eig_min, lo, hi, note))
     if dynamics.get("median_rel_step") is not None:
         out.append(
             KeyNumber(
