@@ -104,10 +104,6 @@ def mark_status(run_dir: Path, status: str, reason: str, **extra: Any) -> None:
     atomic_write_json(run_dir / "status.json", {**old, "status": status, "reason": reason, **extra})
 
 
-WAKE_SECONDS = 0.5
-"""How often the driver wakes while waiting for runs, to raise a pending Ctrl-C."""
-
-
 class _Worker:
     """Process-wide state of a worker: the driver's stop event (a local pool worker; a Ray
     task sets a threading.Event) and, in a Ray task, where run-directory snapshots go."""
@@ -353,10 +349,7 @@ def _pool_round(
     try:
         while not_done:
             try:
-                # a timeout, so that a SIGINT the kernel delivered to another thread of
-                # the driver is still raised here within WAKE_SECONDS (a blocked
-                # lock wait in the main thread is not interrupted then)
-                done, not_done = wait(not_done, timeout=WAKE_SECONDS, return_when=FIRST_COMPLETED)
+                done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
             except KeyboardInterrupt:
                 if interrupted:
                     raise
