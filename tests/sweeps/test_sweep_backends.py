@@ -409,10 +409,16 @@ def test_ctrl_c_checkpoints_running_runs_and_starts_no_more(tmp_path):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
 
+    # a pytest started in the background by a non-interactive shell inherits SIGINT
+    # ignored (and Python then never raises KeyboardInterrupt): this test is Ctrl-C's
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Thread(target=interrupt_when_running, daemon=True)
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        execute_sweep(prepared, jobs=2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            execute_sweep(prepared, jobs=2)
+    finally:
+        signal.signal(signal.SIGINT, old)
     timer.join()
     state = json.loads((prepared.sweep_dir / "sweep.json").read_text())
     assert state["interrupted"] is True and state["counts"] == {"incomplete": 2}
