@@ -420,14 +420,9 @@ def calibrate(
     path = Path(run_or_config)
     if path.is_dir() and not (path / "config.json").is_file():
         fail(f"'{path}' is not a run directory (no config.json)")
-    try:
-        cfg = (
-            cal.load_run_or_config(run_or_config, overrides or [])
-            if path.exists()
-            else load_cli_config(run_or_config, overrides, None)
-        )
-    except ConfigError as exc:
-        fail(str(exc))
+    cfg = load_cli_config(
+        str(path / "config.json") if path.is_dir() else run_or_config, overrides, None
+    )
     result = cal.calibrate(cfg, fs, iters)
     for p in cal.write(result, out_dir):
         out.print(f"wrote {p}", highlight=False)

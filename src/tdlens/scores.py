@@ -429,11 +429,33 @@ def _from_value_gap(s: RunSeries, gap: np.ndarray, floor: float) -> Regime:
     return Regime("plateau:slow-modes", f"{numbers}; {slow}; {tracking}", ev)
 
 
+@dataclass(frozen=True)
+class QuarterTrend:
+    """The first and last quarter of a series, ``k = max(1, n // 4)`` points each, and its
+    point-to-point noise ``sigma = std(diff y) / sqrt(2)`` (successive differences, so a
+    steady trend does not inflate it; 0 with fewer than 3 points)."""
+
+    k: int
+    first: float
+    last: float
+    sigma: float
+
+    @property
+    def se(self) -> float:
+        """Standard error of ``last - first``: ``sigma sqrt(2 / k)``."""
+        return self.sigma * math.sqrt(2.0 / self.k)
+
+
+def quarter_trend(y: np.ndarray) -> QuarterTrend:
+    """The :class:`QuarterTrend` of a series of finite values (at least one)."""
+    k = max(1, y.size // 4)
+    sigma = float(np.std(np.diff(y), ddof=1) / math.sqrt(2)) if y.size > 2 else 0.0
+    return QuarterTrend(k, float(np.mean(y[:k])), float(np.mean(y[-k:])), sigma)
+
+
 def _from_td_loss(td: np.ndarray) -> Regime:
-    k = max(1, td.size // 4)
-    fall = float(np.mean(td[:k]) - np.mean(td[-k:]))
-    sigma = float(np.std(np.diff(td), ddof=1) / math.sqrt(2)) if td.size > 2 else 0.0
-    se = sigma * math.sqrt(2.0 / k)
+    q = quarter_trend(td)
+    k, fall, se = q.k, q.first - q.last, q.se
     numbers = f"td_loss fell {fall:.4g} (first vs last {k} iterations), std error {se:.4g}"
     if fall > LEARNING_FACTOR * se and fall > 0:
         return Regime("learning", numbers + " [no value_gap series]")

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from tdlens.probes.spectrum import Spectrum
+from tdlens.probes.spectrum import Spectrum, step_limits, timescale
 
 BOOTSTRAP_REPLICATES = 2000
 CI_LEVEL = 0.95
@@ -77,11 +77,6 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _timescale(eta: float, rate: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.where(eta * rate > 0, 1.0 / (eta * np.maximum(rate, 1e-300)), np.inf)
-
-
 def _modes(spec: Spectrum) -> dict[str, np.ndarray]:
     """Candidate modes (indices into ``eigvals[:lm_count]`` with vectors) per number."""
     vals = spec.eigvals[: spec.lm_count]
@@ -93,7 +88,7 @@ def _modes(spec: Spectrum) -> dict[str, np.ndarray]:
         "min": idx[np.argsort(re)[:CANDIDATES]],
     }
     pos = idx[re > 0]
-    crit = 2.0 * vals.real[pos] / np.abs(vals[pos]) ** 2
+    crit = step_limits(vals[pos])
     out["critical"] = pos[np.argsort(crit)[:CANDIDATES]]
     resolved = idx[re > spec.noise]
     out["slowest"] = resolved[np.argsort(vals.real[resolved])[:1]]
@@ -137,9 +132,7 @@ def spectral_intervals(
     if modes["max"].size:
         max_re = rep("max").real.max(axis=1)
         out["eig_max_real_lo"], out["eig_max_real_hi"] = _interval(max_re)
-        out["fastest_timescale_lo"], out["fastest_timescale_hi"] = _interval(
-            _timescale(eta, max_re)
-        )
+        out["fastest_timescale_lo"], out["fastest_timescale_hi"] = _interval(timescale(eta, max_re))
     # no candidate at all: the number itself is inf (spectrum_row), and so is its interval
     if not modes["critical"].size:
         out["critical_step_lo"] = out["critical_step_hi"] = math.inf
@@ -147,11 +140,9 @@ def spectral_intervals(
         out["slowest_timescale_lo"] = out["slowest_timescale_hi"] = math.inf
     if modes["critical"].size:
         lam = rep("critical")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            crit = np.where(lam.real > 0, 2.0 * lam.real / np.abs(lam) ** 2, np.inf)
-        out["critical_step_lo"], out["critical_step_hi"] = _interval(crit.min(axis=1))
+        out["critical_step_lo"], out["critical_step_hi"] = _interval(step_limits(lam).min(axis=1))
     if modes["slowest"].size:
-        ts = _timescale(eta, rep("slowest").real[:, 0])
+        ts = timescale(eta, rep("slowest").real[:, 0])
         out["slowest_timescale_lo"], out["slowest_timescale_hi"] = _interval(ts)
     if modes["min"].size:
         lo, hi = _interval(rep("min").real.min(axis=1))

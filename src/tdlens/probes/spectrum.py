@@ -182,17 +182,30 @@ def eigenvalues(
     )
 
 
+def step_limits(eigvals: np.ndarray) -> np.ndarray:
+    """``2 Re(l) / |l|^2`` per eigenvalue (inf where ``Re(l) <= 0``): the largest eta for
+    which that mode of ``J = I - eta A`` has ``|1 - eta l| < 1``."""
+    lam = np.asarray(eigvals)
+    pos = lam.real > 0
+    safe = np.where(pos, lam, 1.0)
+    return np.where(pos, 2.0 * safe.real / np.abs(safe) ** 2, np.inf)
+
+
 def critical_step(eigvals: np.ndarray) -> float:
-    """``min over Re(l) > 0 of 2 Re(l) / |l|^2``: the largest eta for which every such mode
-    of ``J = I - eta A`` has ``|1 - eta l| < 1`` (inf when no eigenvalue has Re > 0)."""
-    pos = eigvals[eigvals.real > 0]
-    if pos.size == 0:
-        return math.inf
-    return float(np.min(2.0 * pos.real / np.abs(pos) ** 2))
+    """``min over Re(l) > 0 of 2 Re(l) / |l|^2`` (:func:`step_limits`; inf when no
+    eigenvalue has Re > 0)."""
+    return float(np.min(step_limits(eigvals), initial=np.inf))
+
+
+def timescale(eta: float, rate: np.ndarray | float) -> np.ndarray:
+    """``1 / (eta rate)`` iterations where ``eta rate > 0``, else inf (elementwise)."""
+    rate = np.asarray(rate, dtype=np.float64)
+    ok = eta * rate > 0
+    return np.where(ok, 1.0 / (eta * np.where(ok, rate, 1.0)), np.inf)
 
 
 def _timescale(eta: float, rate: float) -> float:
-    return 1.0 / (eta * rate) if eta * rate > 0 else math.inf
+    return float(timescale(eta, rate))
 
 
 def spectrum_row(spec: Spectrum, eta: float) -> dict[str, float]:

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from tdlens.report.fmt import fmt, fmt_count
+from tdlens.report.rules import RELAX_EFOLDS
 from tdlens.report.verdicts import NextStep
 from tdlens.rundir.read import RunData, Table
-from tdlens.scores import Regime
+from tdlens.scores import Regime, quarter_trend, regime_family
 
 Z95 = 1.96
 """Normal quantile of a two-sided 95% interval."""
@@ -99,12 +100,9 @@ def tail_mean(x: np.ndarray) -> tuple[float, float, float] | None:
     x = x[np.isfinite(x)]
     if not len(x):
         return None
-    k = max(1, len(x) // 4)
-    mean = float(x[-k:].mean())
-    if len(x) < 3:
-        return mean, mean, mean
-    half = Z95 * float(np.std(np.diff(x), ddof=1)) / math.sqrt(2) / math.sqrt(k)
-    return mean, mean - half, mean + half
+    q = quarter_trend(x)
+    half = Z95 * q.sigma / math.sqrt(q.k)
+    return q.last, q.last - half, q.last + half
 
 
 def key_numbers(data: RunData, dynamics: dict[str, Any]) -> list[KeyNumber]:
@@ -157,7 +155,7 @@ def key_numbers(data: RunData, dynamics: dict[str, Any]) -> list[KeyNumber]:
 
 def why_sentence(regime: Regime, dynamics: dict[str, Any], data: RunData) -> str:
     """One sentence with the numbers behind the regime (module docstring)."""
-    base = regime.label.split(":")[0]
+    base = regime_family(regime.label)
     phrase = REGIME_PHRASE.get(base, f"Regime {regime.label}")
     if ":" in regime.label:
         phrase += f" ({regime.label.split(':', 1)[1]})"
@@ -207,7 +205,8 @@ def next_sentence(
         return (
             f"Raise alpha_w from {fmt(alpha_w)} to {fmt(v['alpha_w_next'])}{at_next}"
             f"{stable} (alpha_w = {fmt(v.get('alpha_w_needed'))} would relax the fastest mode "
-            f"3 times in {fmt(v.get('run_iters'))} iterations), or keep alpha_w and run "
+            f"{fmt(RELAX_EFOLDS)} times in {fmt(v.get('run_iters'))} iterations), or keep "
+            "alpha_w and run "
             f"outer_iters >= ~{fmt_count(v['outer_iters_at_alpha_w'])}."
         )
     message = step.message

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tdlens.scores import quarter_trend
+
 NOISE_SE = 2.0
 """A trend within this many standard errors of zero is noise."""
 FLAT_REL = 1e-6
@@ -58,9 +60,8 @@ def change_of(y: np.ndarray) -> Change:
         return Change(0, math.nan, math.nan, math.nan, math.nan, False)
     level = float(np.max(np.abs(y)))
     span = float(y.max() - y.min())
-    k = max(1, n // 4)
-    trend = float(y[-k:].mean() - y[:k].mean())
-    se = float(np.std(np.diff(y), ddof=1) / math.sqrt(2) * math.sqrt(2.0 / k)) if n > 2 else 0.0
+    q = quarter_trend(y)
+    trend, se = q.last - q.first, q.se
     flat = n >= 2 and (abs(trend) <= NOISE_SE * se or span <= FLAT_REL * level)
     return Change(n, trend, se, level, span, bool(flat))
 

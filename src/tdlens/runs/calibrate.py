@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tdlens.config import RunConfig, load_config
+from tdlens.config import RunConfig
 from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import init_params, outer_iteration
 from tdlens.probes.manager import ProbeManager
@@ -132,14 +132,6 @@ def calibrate(
     )
 
 
-def load_run_or_config(arg: str, overrides: list[str]) -> RunConfig:
-    """A run directory's config.json, or a config file (overrides applied)."""
-    path = Path(arg)
-    if path.is_dir():
-        path = path / "config.json"
-    return load_config(path, overrides)
-
-
 def plot_png(cal: Calibration) -> bytes:
     """``||w||`` against iteration per f (log scale), as PNG bytes."""
     import io
@@ -150,14 +142,14 @@ def plot_png(cal: Calibration) -> bytes:
     ax = fig.add_subplot(1, 1, 1)
     for row, norms in zip(cal.rows, cal.w_norms, strict=True):
         style = "-" if not row["diverged"] else "--"
-        ax.semilogy(np.arange(1, norms.size + 1), norms, style, label=f"f = {row['f']:g}")
+        ax.semilogy(np.arange(norms.size), norms, style, label=f"f = {row['f']:g}")
     lo, hi = cal.predicted_interval
     ax.set_title(
         f"critical_step {cal.critical_step:.4g} (f interval {lo:.3g}-{hi:.3g}); "
         f"empirical f in {cal.empirical_bracket}",
         fontsize=8,
     )
-    ax.set_xlabel("iteration")
+    ax.set_xlabel("iteration (0-based)")
     ax.set_ylabel("||w||")
     ax.legend(fontsize=7)
     buf = io.BytesIO()

@@ -260,15 +260,7 @@ def step_mismatch_figure(
     axes[0].set_ylabel(mismatch_name(mkey))
     regimes = {p.record.regime for p in points}
     labels = sorted(k for k in seen if k in regimes) + [k for k in seen if k not in regimes]
-    right = 1 - 2.5 / fig.get_figwidth()
-    fig.subplots_adjust(right=right, wspace=0.08)
-    fig.legend(
-        [seen[k] for k in labels],
-        labels,
-        loc="center left",
-        bbox_to_anchor=(right + 0.01, 0.5),
-        fontsize=8,
-    )
+    _legend_right(fig, seen, labels, 2.5, wspace=0.08)
     return fig
 
 
@@ -315,17 +307,23 @@ def beta_offset_figure(points: Sequence[AtlasPoint], mkey: str) -> Figure:
         ax.set_ylabel(mismatch_name(mkey))
     for ax in axes[len(alphas) :]:
         ax.set_visible(False)
-    labels = sorted(seen)
-    right = 1 - 2.3 / fig.get_figwidth()
-    fig.subplots_adjust(right=right, hspace=0.5, wspace=0.35)
+    _legend_right(fig, seen, sorted(seen), 2.3, hspace=0.5, wspace=0.35)
+    return fig
+
+
+def _legend_right(
+    fig: Figure, handles: dict[str, Any], labels: list[str], inches: float, **adjust: float
+) -> None:
+    """The legend of `labels` in a column `inches` wide right of the panels."""
+    right = 1 - inches / fig.get_figwidth()
+    fig.subplots_adjust(right=right, **adjust)
     fig.legend(
-        [seen[k] for k in labels],
+        [handles[k] for k in labels],
         labels,
         loc="center left",
         bbox_to_anchor=(right + 0.01, 0.5),
         fontsize=8,
     )
-    return fig
 
 
 def reproduce_command(plan: dict[str, Any], rec: RunRecord) -> str:
