@@ -12,9 +12,10 @@ from test_report_fixtures import ALPHA_W, SEED_EIG_MAX_REAL, frozen_run, healthy
 
 from tdlens.report import build_report, render_json, render_md
 from tdlens.report.build import probe_section
-from tdlens.report.card import Verdict, tail_mean
+from tdlens.report.card import Verdict, next_sentence, tail_mean
 from tdlens.report.honest import FLAT_NOTE, MIN_REL_SPAN, change_of, y_range
 from tdlens.report.plots import int_dtick, over_iterations, plot_theory, sparkline
+from tdlens.report.verdicts import NextStep
 from tdlens.rundir.read import Table
 from tdlens.sweeps.html import curves_figure, heatmap_figure
 
@@ -161,6 +162,25 @@ def test_frozen_card_says_why_and_what_to_do(tmp_path):
     assert "alpha_w = 202.7" in v.next and "outer_iters >= ~51,000" in v.next
     names = [k.name for k in v.key_numbers]
     assert names[:4] == ["fastest_timescale", "critical_alpha_w", "eig_min_real", "median_rel_step"]
+
+
+def test_a_capped_raise_reads_as_a_first_step():
+    """When the 10x cap stops short of the alpha_w the run needs (the seed run: 0.8 next,
+    53 needed), the card says the raise is stepwise, not the fix."""
+    step = NextStep(
+        "critic_frozen",
+        "critic frozen",
+        {
+            "alpha_w_next": 0.8,
+            "alpha_w_needed": 53.43,
+            "alpha_w_critical": 2849.0,
+            "run_iters": 80,
+            "outer_iters_at_alpha_w": 53000.0,
+        },
+    )
+    text = next_sentence([step], 0.08)
+    assert text.startswith("Raise alpha_w stepwise (its sampling noise grows with it) from 0.08")
+    assert "to 0.8, stable up to alpha_w = 2849" in text and "alpha_w = 53.43" in text
 
 
 def test_card_leads_every_report_format(tmp_path):

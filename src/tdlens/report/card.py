@@ -202,8 +202,11 @@ def next_sentence(
         stable = f", stable up to alpha_w = {fmt(crit)}{band} by the critical step" if crit else ""
         more = v.get("outer_iters_at_alpha_w_next")
         at_next = f" and outer_iters >= ~{fmt_count(more)}" if more else ""
+        # short of the needed alpha_w (the 10x cap): a first step, not the fix
+        first = not more and v["alpha_w_next"] < v.get("alpha_w_needed", math.inf)
+        verb = "Raise alpha_w" + (" stepwise (its sampling noise grows with it)" if first else "")
         return (
-            f"Raise alpha_w from {fmt(alpha_w)} to {fmt(v['alpha_w_next'])}{at_next}"
+            f"{verb} from {fmt(alpha_w)} to {fmt(v['alpha_w_next'])}{at_next}"
             f"{stable} (alpha_w = {fmt(v.get('alpha_w_needed'))} would relax the fastest mode "
             f"{fmt(RELAX_EFOLDS)} times in {fmt(v.get('run_iters'))} iterations), or keep "
             "alpha_w and run "
