@@ -314,3 +314,60 @@ def test_affine_rows_follows_its_order_and_ignores_the_other_rows(dtype):
     alone = np.empty((1, 33), dtype)
     affine_rows(x[i : i + 1], W, b, alone)
     np.testing.assert_array_equal(alone[0], out[i])
+
+
+def test_rollout_split_across_threads_equals_one_call():
+    """roll_out_threads: chains split in contiguous parts on two threads, per-chain
+    policies included, give the paths of one roll_out call bit for bit."""
+    from tdlens.rollout import SPLIT_COLUMNS, roll_out_threads
+
+    cfg = small_config("theta_mu_offset_scale=0.3", "env.p_mix=0.2")
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    B = 2 * SPLIT_COLUMNS + 3
+    noise = draw_noise([stream(0, "probe_stability", 0, c) for c in range(B)], 30, cfg)
+    on_pi = np.arange(B) % 3 == 0
+    theta_b = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
+    sigma_b = np.where(on_pi, cfg.sigma_pi, cfg.sigma_mu)
+    evals = np.stack([params.theta_mu, params.theta_pi])
+    one = roll_out(cfg, maps, theta_b, sigma_b, noise, theta_eval=evals, keep_psi=False)
+    split = roll_out_threads(cfg, maps, theta_b, sigma_b, noise, 2, evals, keep_psi=False)
+    for key in ("o", "m_b", "u", "a", "a_sampled", "m_eval"):
+        np.testing.assert_array_equal(getattr(split, key), getattr(one, key), err_msg=key)
+    assert split.psi is None
+
+
+def test_series_readout_equals_the_dense_path():
+    """expected.Series.read (each series term read out, then combined) equals the rows
+    times the propagated path, on the series branch (fewer terms than steps) and the
+    loop branch, in float64."""
+    from tdlens.probes import expected as ex
+
+    rng = np.random.default_rng(11)
+    D, n, steps = 40, 30, 60
+    A = np.diag(rng.uniform(0.1, 1.0, D)) + 0.02 * rng.standard_normal((D, D))
+    X, rows = rng.standard_normal((D, 3)), rng.standard_normal((n, D))
+    for eta, short in ((1e-4, True), (0.05, False)):
+        s = ex.series(A, X, eta, steps)
+        assert (s.coefs.shape[1] < steps + 1) == short
+        ref = np.einsum("nd,jdk->njk", rows, ex.propagate(A, X, eta, steps))
+        np.testing.assert_allclose(s.read(rows), ref, rtol=1e-11, atol=1e-12 * np.abs(ref).max())
+        np.testing.assert_allclose(s.read(rows, slice(1, None)), ref[:, :, 1:], rtol=1e-11)
+
+
+def test_threaded_kernel_sums_and_krylov_runs_equal_one_thread():
+    """The MMD kernel sums and the Krylov runs on A and A^T give the same bits on one
+    thread and on two (block sums reduced in block order; independent ARPACK runs)."""
+    from tdlens.probes import distribution as dist
+    from tdlens.probes import spectrum as sp
+
+    rng = np.random.default_rng(12)
+    X, Y = rng.standard_normal((700, 18)), rng.standard_normal((500, 18)) + 0.1
+    assert dist.mmd2(X, Y, 2.5, threads=2) == dist.mmd2(X, Y, 2.5, threads=1)
+    D = 900
+    B = rng.standard_normal((D, 12))
+    A = B @ B.T / D + 1e-3 * rng.standard_normal((D, D))
+    v0 = rng.standard_normal(D)
+    one, two = (sp.eigenvalues(A, 1e-2, v0, threads=t) for t in (1, 2))
+    np.testing.assert_array_equal(one.eigvals, two.eigvals)
+    np.testing.assert_array_equal(one.left, two.left)

@@ -23,7 +23,6 @@ import math
 import os
 import queue
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,7 +31,7 @@ import numpy as np
 from tdlens.config import RunConfig
 from tdlens.kernels import action_arguments, affine_rows, mean_rows, rescale_rows, scale_rows
 from tdlens.seeding import stream
-from tdlens.threads import limit_threads
+from tdlens.threads import parallel_map
 
 OBS_DIM = 18
 ACTION_DIM = 2
@@ -298,17 +297,8 @@ def chain_features(
 
 
 def run_parallel(fn: Callable[[int], None], items: Sequence[int], threads: int) -> None:
-    """Call ``fn(i)`` for every item, on up to `threads` threads (in order when 1).
-
-    BLAS is held to one thread meanwhile, on either path: our threads already use every
-    core (OpenBLAS threads inside them would only contend), and the small products of a
-    feature block gain nothing from a second BLAS thread.
-    """
-    with limit_threads(1):
-        if threads <= 1 or len(items) <= 1:
-            for i in items:
-                fn(i)
-            return
-        with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
-            for result in pool.map(fn, items):
-                del result
+    """Call ``fn(i)`` for every item, on up to `threads` threads (in order when 1), every
+    thread pool (BLAS, OpenMP) held to one thread meanwhile: our threads already use every
+    core, and the small products of a feature block gain nothing from a second BLAS
+    thread (:func:`tdlens.threads.parallel_map`)."""
+    parallel_map(fn, items, threads, user_api=None)

@@ -101,7 +101,7 @@ def policy_means(psi: np.ndarray, theta: np.ndarray, m: np.ndarray) -> None:
         m[i, 0], m[i, 1] = dot0 / root_n, dot1 / root_n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def policy_means_each(psi: np.ndarray, thetas: np.ndarray, m: np.ndarray) -> None:
     """``m [B, E, 2]``: :func:`policy_means` of ``psi [B, N]`` under each of ``thetas
     [E, N, 2]`` (the per-state means a rollout records for the probes)."""
@@ -113,7 +113,7 @@ def policy_means_each(psi: np.ndarray, thetas: np.ndarray, m: np.ndarray) -> Non
             m[i, e, 0], m[i, e, 1] = dot0 / root_n, dot1 / root_n
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def gaussian_policy_step(
     psi: np.ndarray,
     sq_norm: np.ndarray,

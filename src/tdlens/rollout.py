@@ -14,6 +14,7 @@ same chain rolled out alone.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from tdlens.features import (
 from tdlens.features import run_parallel as _run_parallel
 from tdlens.kernels import gaussian_policy_step, policy_means_each
 from tdlens.policy import importance_ratio, policy_mean, squash
+from tdlens.threads import parallel_map
 from tdlens.torus import fast
 from tdlens.torus.dynamics import (
     NORMAL_WIDTH,
@@ -185,6 +187,59 @@ def roll_out(
         a_sampled=a_sampled,
         theta_eval=evals,
         m_eval=m_eval,
+    )
+
+
+SPLIT_COLUMNS = 32
+"""Chains per thread from which :func:`roll_out_threads` splits a rollout across threads."""
+
+
+def roll_out_threads(
+    cfg: RunConfig,
+    maps: FeatureMaps,
+    theta_b: np.ndarray,
+    sigma_b: np.ndarray,
+    noise: ChainNoise,
+    threads: int,
+    theta_eval: np.ndarray | None = None,
+    keep_psi: bool = True,
+) -> Paths:
+    """:func:`roll_out` with the chains split into up to `threads` contiguous parts rolled
+    out on their own threads (the per-step kernels release the GIL), at least
+    SPLIT_COLUMNS chains a part. A chain's path depends only on its own noise and policy
+    (module docstring), so the paths are those of one :func:`roll_out` call, bit for bit.
+    """
+    B = noise.z_act.shape[1]
+    parts = max(1, min(threads, B // SPLIT_COLUMNS))
+    if parts == 1:
+        return roll_out(cfg, maps, theta_b, sigma_b, noise, theta_eval, keep_psi)
+    bounds = np.linspace(0, B, parts + 1).astype(int)
+    cols = [slice(int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
+    per_chain = theta_b.ndim == 3
+
+    def part(c: slice) -> Paths:
+        theta = theta_b[c] if per_chain else theta_b
+        return roll_out(cfg, maps, theta, sigma_b[c], noise.take(c), theta_eval, keep_psi)
+
+    return concat_paths(parallel_map(part, cols, parts))
+
+
+def concat_paths(parts: list[Paths]) -> Paths:
+    """Paths of chain groups side by side (axis 1), in the order given."""
+
+    def cat(name: str) -> np.ndarray | None:
+        arrays = [getattr(p, name) for p in parts]
+        return None if arrays[0] is None else np.concatenate(arrays, axis=1)
+
+    return Paths(
+        o=cat("o"),
+        psi=cat("psi"),
+        m_b=cat("m_b"),
+        u=cat("u"),
+        a=cat("a"),
+        a_sampled=cat("a_sampled"),
+        theta_eval=parts[0].theta_eval,
+        m_eval=cat("m_eval"),
     )
 
 

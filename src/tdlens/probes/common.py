@@ -39,7 +39,7 @@ import numpy as np
 from tdlens.config import FixedPointConfig, RunConfig, StabilityConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
-from tdlens.rollout import ChainNoise, Paths, TDBatch, draw_noise, roll_out, td_batch
+from tdlens.rollout import ChainNoise, Paths, TDBatch, draw_noise, roll_out_threads, td_batch
 from tdlens.schema import SPEC_RHO_COLUMNS
 from tdlens.seeding import stream
 
@@ -262,7 +262,9 @@ def _roll_group(
     else:
         theta_b = params.theta_mu
     theta_eval = np.stack([params.theta_mu, params.theta_pi])
-    paths = roll_out(cfg, maps, theta_b, sigma_b, noise, theta_eval=theta_eval, keep_psi=False)
+    paths = roll_out_threads(
+        cfg, maps, theta_b, sigma_b, noise, maps.threads, theta_eval=theta_eval, keep_psi=False
+    )
     return RolledGroup(specs=tuple(specs), paths=paths, noise=noise, sigma_b=sigma_b)
 
 

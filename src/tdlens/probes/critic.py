@@ -120,7 +120,7 @@ def feature_groups(chains: list[ChainSpec], size: int) -> list[list[ChainSpec]]:
 
 
 def spectrum_of(
-    cfg: RunConfig, moments: fp.TDMoments, n: int, workspace: Workspace
+    cfg: RunConfig, moments: fp.TDMoments, n: int, workspace: Workspace, threads: int = 1
 ) -> tuple[sp.Spectrum, np.ndarray]:
     """Eigenvalues of A with the spectral noise of its halves (SPEC 6.2), and the float32
     copy of A (a workspace buffer) used for the Krylov and power-iteration products."""
@@ -129,7 +129,7 @@ def spectrum_of(
     A32 = workspace.array("critic.A32", (D, D), np.dtype(np.float32))
     noise = sp.spectral_noise(*moments.A_halves, v0=v0, out=A32)
     np.copyto(A32, moments.A, casting="same_kind")
-    return sp.eigenvalues(moments.A, noise, v0, A32=A32), A32
+    return sp.eigenvalues(moments.A, noise, v0, A32=A32, threads=threads), A32
 
 
 def power_proxy(
@@ -266,7 +266,18 @@ def critic_probes(
             name = "fixed_point" if group[j] == plan.fixed else "stability"
             out.add_time(f"{name}.features", share)
             _explicit_chain(
-                out, cfg, views[j], group[j], plan, params, n, w_sharp_prev, workspace, parts, share
+                out,
+                cfg,
+                views[j],
+                group[j],
+                plan,
+                params,
+                n,
+                w_sharp_prev,
+                workspace,
+                parts,
+                share,
+                maps.threads,
             )
         free = [j for j in range(len(group)) if j not in explicit]
         if free:
@@ -320,6 +331,7 @@ def _explicit_chain(
     workspace: Workspace,
     parts: _StabilityParts,
     share: float,
+    threads: int,
 ) -> None:
     """Moments, spectrum, fixed point (when it is the fixed-point batch) and the power
     iteration and spectral intervals on the explicit A (when it is stability batch 0) of
@@ -331,7 +343,7 @@ def _explicit_chain(
     moments = fp.td_moments(phi_t, dphi_t, rho_t, view.r_t, workspace=workspace)
     out.add_time(f"{name}.moments", time.perf_counter() - start)
     t_spec = time.perf_counter()
-    spectrum, A32 = spectrum_of(cfg, moments, n, workspace)
+    spectrum, A32 = spectrum_of(cfg, moments, n, workspace, threads)
     out.add_time(f"{name}.spectrum", time.perf_counter() - t_spec)
     if spec == plan.fixed:
         row, out.w_sharp = fixed_point_probe(

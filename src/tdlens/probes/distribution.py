@@ -37,6 +37,7 @@ vectors ``X [m, 18]`` and ``Y [n, 18]``; the policy means at the pooled states
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ import numpy as np
 from tdlens.policy import gaussian_kl
 from tdlens.probes.common import aux_rng, distribution_chains, rho_summary
 from tdlens.probes.registry import RoundContext
+from tdlens.threads import parallel_map
 
 PERM_MAX_POINTS = 2048
 BLOCK_TAU_FACTOR = 2.0
@@ -106,43 +108,70 @@ def rbf_kernel(X: np.ndarray, Y: np.ndarray, sigma: float) -> np.ndarray:
     return _exp_nonpositive(L @ R_t)
 
 
-def rbf_kernel_sum(X: np.ndarray, Y: np.ndarray, sigma: float, block: int = KERNEL_BLOCK) -> float:
-    """``sum_{i,j} k(x_i, y_j)`` over row blocks of X (memory O(block n))."""
-    L, R_t = _augmented(X, Y, sigma)
-    buffer = np.empty((min(block, len(L)), R_t.shape[1]))
+def _block_total(part, starts: range, threads: int) -> float:
+    """``sum_s part(s)`` accumulated in the order of `starts` (the parts may run on
+    `threads` threads: the same bits for any thread count)."""
     total = 0.0
-    for start in range(0, len(L), block):
-        rows = L[start : start + block]
-        out = buffer[: len(rows)]
-        np.matmul(rows, R_t, out=out)
-        total += float(_exp_nonpositive(out).sum())
+    for value in parallel_map(part, starts, threads):
+        total += value
     return total
 
 
-def rbf_kernel_sum_sym(X: np.ndarray, sigma: float, block: int = KERNEL_BLOCK) -> float:
+def _block_buffer(local: threading.local, rows: int, cols: int) -> np.ndarray:
+    """A per-thread ``[rows, cols]`` float64 block buffer (fresh 2 MB arrays page-fault)."""
+    if getattr(local, "buffer", None) is None or local.buffer.shape != (rows, cols):
+        local.buffer = np.empty((rows, cols))
+    return local.buffer
+
+
+def rbf_kernel_sum(
+    X: np.ndarray, Y: np.ndarray, sigma: float, block: int = KERNEL_BLOCK, threads: int = 1
+) -> float:
+    """``sum_{i,j} k(x_i, y_j)`` over row blocks of X (memory O(threads block n)), the
+    blocks on up to `threads` threads."""
+    L, R_t = _augmented(X, Y, sigma)
+    local = threading.local()
+
+    def part(start: int) -> float:
+        rows = L[start : start + block]
+        out = _block_buffer(local, min(block, len(L)), R_t.shape[1])[: len(rows)]
+        np.matmul(rows, R_t, out=out)
+        return float(_exp_nonpositive(out).sum())
+
+    return _block_total(part, range(0, len(L), block), threads)
+
+
+def rbf_kernel_sum_sym(
+    X: np.ndarray, sigma: float, block: int = KERNEL_BLOCK, threads: int = 1
+) -> float:
     """``sum_{i,j} k(x_i, x_j)`` from the upper block triangle: each row block against itself
-    and the columns after it, off-diagonal blocks counted twice (half the kernel work)."""
+    and the columns after it, off-diagonal blocks counted twice (half the kernel work),
+    the blocks on up to `threads` threads."""
     L, R_t = _augmented(X, X, sigma)
-    buffer = np.empty((min(block, len(L)), R_t.shape[1]))
-    total = 0.0
-    for start in range(0, len(L), block):
+    local = threading.local()
+
+    def part(start: int) -> float:
         stop = min(start + block, len(L))
+        buffer = _block_buffer(local, min(block, len(L)), R_t.shape[1])
         out = buffer[: stop - start, : R_t.shape[1] - start]
         np.matmul(L[start:stop], R_t[:, start:], out=out)
         _exp_nonpositive(out)
-        total += float(out[:, : stop - start].sum()) + 2.0 * float(out[:, stop - start :].sum())
-    return total
+        return float(out[:, : stop - start].sum()) + 2.0 * float(out[:, stop - start :].sum())
+
+    return _block_total(part, range(0, len(L), block), threads)
 
 
-def mmd2(X: np.ndarray, Y: np.ndarray, sigma: float) -> tuple[float, float]:
-    """``(mmd2 biased V-statistic, mmd2_unbiased)`` between ``X [m, 18]`` and ``Y [n, 18]``.
+def mmd2(X: np.ndarray, Y: np.ndarray, sigma: float, threads: int = 1) -> tuple[float, float]:
+    """``(mmd2 biased V-statistic, mmd2_unbiased)`` between ``X [m, 18]`` and ``Y [n, 18]``
+    (kernel sums on up to `threads` threads, the same bits for any count).
 
     Unbiased: ``sum_{i!=j} k(x_i,x_j)/(m(m-1)) + sum_{i!=j} k(y_i,y_j)/(n(n-1))
     - 2 sum_{ij} k(x_i,y_j)/(mn)``, using ``k(x, x) = 1``.
     """
     m, n = len(X), len(Y)
-    s_xx, s_yy = rbf_kernel_sum_sym(X, sigma), rbf_kernel_sum_sym(Y, sigma)
-    s_xy = rbf_kernel_sum(X, Y, sigma)
+    s_xx = rbf_kernel_sum_sym(X, sigma, threads=threads)
+    s_yy = rbf_kernel_sum_sym(Y, sigma, threads=threads)
+    s_xy = rbf_kernel_sum(X, Y, sigma, threads=threads)
     biased = s_xx / m**2 + s_yy / n**2 - 2.0 * s_xy / (m * n)
     unbiased = (s_xx - m) / (m * (m - 1)) + (s_yy - n) / (n * (n - 1)) - 2.0 * s_xy / (m * n)
     return float(biased), float(unbiased)
@@ -286,7 +315,7 @@ def run_round(ctx: RoundContext) -> None:
         aux_rng(cfg, "probe_distribution", n, 0),
         conf.mmd_bandwidth_samples,
     )
-    mmd2_b, mmd2_u = mmd2(X, Y, sigma)
+    mmd2_b, mmd2_u = mmd2(X, Y, sigma, ctx.maps.threads)
     test = mmd_permutation_pvalue(
         X_chains, Y_chains, sigma, conf.permutations, aux_rng(cfg, "probe_distribution", n, 1)
     )

@@ -34,7 +34,8 @@ initial error projected on every mode, not the fastest mode's ``1/(eta max Re l)
 
 ``J^j X`` for all j comes from the binomial series ``sum_m C(j, m) (-eta A)^m X`` when
 ``kappa = steps eta ||A||_F < 1/2`` (as :func:`tdlens.probes.fixed_point.expected_iterates`)
-and otherwise from the step-by-step loop. The mean path is debiased for the sampling
+and otherwise from the step-by-step loop (:class:`Series`); a batch's rows read the
+series term by term, M products instead of one per step. The mean path is debiased for the sampling
 noise of A by a Richardson extrapolation over the two half batches (:func:`debiased_path`).
 """
 
@@ -69,8 +70,41 @@ def update_noise_factor(
     return (gbar - gbar.mean(axis=0)).T / math.sqrt(max(C - 1, 1))
 
 
-def propagate(A: np.ndarray, X: np.ndarray, eta: float, steps: int) -> np.ndarray:
-    """``[steps + 1, D, k]``: ``J^j X`` for j = 0..steps, ``J = I - eta A``, ``X [D, k]``."""
+@dataclass(frozen=True)
+class Series:
+    """``J^j X`` for j = 0..steps as ``sum_m coefs[j, m] terms[m]`` (``coefs [steps + 1,
+    M]``, ``terms [M, D, k]``): the binomial series, or the explicit path with
+    ``coefs = I``. Reading the path out through a batch's rows costs M products instead of
+    ``steps + 1`` (:meth:`read`)."""
+
+    coefs: np.ndarray
+    terms: np.ndarray
+
+    def dense(self) -> np.ndarray:
+        """``[steps + 1, D, k]``: the path itself."""
+        M, D, k = self.terms.shape
+        # one product [steps + 1, M] x [M, D k] instead of M passes over the output
+        return (self.coefs @ self.terms.reshape(M, -1)).reshape(-1, D, k)
+
+    def read(self, rows: np.ndarray, cols: slice = slice(None)) -> np.ndarray:
+        """``[n, steps + 1, k']``: ``rows @ J^j X[:, cols]`` for ``rows [n, D]`` (features
+        dtype), from the terms' readouts ``rows @ terms[m]`` (:func:`readout`) combined
+        in float64. With kappa < 1/2 the terms' magnitudes sum to at most ``e^kappa
+        |X|`` and ``|J^j X| >= (2 - e^kappa) |X|``, so the float32 rounding of the
+        readout stays within a few eps of the path's own."""
+        terms = self.terms[:, :, cols]
+        M, D, k = terms.shape
+        flat = readout(rows, terms.transpose(1, 0, 2).reshape(D, M * k))
+        return np.einsum("jm,nmk->njk", self.coefs, flat.reshape(-1, M, k))
+
+
+def series(A: np.ndarray, X: np.ndarray, eta: float, steps: int) -> Series:
+    """:class:`Series` of ``J^j X``, j = 0..steps, ``J = I - eta A``, ``X [D, k]``.
+
+    With ``kappa = steps eta ||A||_F < 1/2``: ``J^j X = sum_m C(j, m) q_m``, ``q_m =
+    (-eta A)^m X``, up to the first m whose tail bound ``C(steps, m) ||q_m|| kappa / (1 -
+    kappa)`` is below ``SERIES_TOL ||X||``. Otherwise the step-by-step loop.
+    """
     D, k = X.shape
     kappa = steps * eta * float(np.linalg.norm(A))
     if not kappa < 0.5:
@@ -78,7 +112,7 @@ def propagate(A: np.ndarray, X: np.ndarray, eta: float, steps: int) -> np.ndarra
         out[0] = X
         for j in range(steps):
             out[j + 1] = out[j] - eta * (A @ out[j])
-        return out
+        return Series(coefs=np.eye(steps + 1), terms=out)
     j = np.arange(steps + 1, dtype=np.float64)
     coef = np.ones(steps + 1)  # C(j, 0)
     q = X.astype(np.float64)
@@ -92,9 +126,13 @@ def propagate(A: np.ndarray, X: np.ndarray, eta: float, steps: int) -> np.ndarra
         tail = coef[-1] * float(np.linalg.norm(q)) * kappa / (1.0 - kappa)
         if tail <= SERIES_TOL * scale:
             break
-    # one product [steps + 1, M] x [M, D k] instead of M passes over the output
-    flat = np.stack(coefs, axis=1) @ np.stack(terms).reshape(len(terms), -1)
-    return flat.reshape(steps + 1, D, k)
+    return Series(coefs=np.stack(coefs, axis=1), terms=np.stack(terms))
+
+
+def propagate(A: np.ndarray, X: np.ndarray, eta: float, steps: int) -> np.ndarray:
+    """``[steps + 1, D, k]``: ``J^j X`` for j = 0..steps, ``J = I - eta A``, ``X [D, k]``
+    (:func:`series`)."""
+    return series(A, X, eta, steps).dense()
 
 
 @dataclass(frozen=True)
@@ -156,8 +194,7 @@ def mean_path(
 ) -> np.ndarray:
     """``mid_j = sqrt(mean_t (phi_t . J^j e_0)^2 / D)`` for j = 0..steps (float64)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        X = propagate(A, e0[:, None], eta, steps)[:, :, 0]
-        path = readout(phi_t, X.T)
+        path = series(A, e0[:, None], eta, steps).read(phi_t)[:, :, 0]
         return np.sqrt(np.mean(path**2, axis=0) / phi_t.shape[1])
 
 
@@ -202,14 +239,13 @@ def predict(
     if halves is not None:
         half_paths = tuple(mean_path(h.A, h.e0, h.phi_t, eta, steps) for h in halves)
     with np.errstate(over="ignore", invalid="ignore"):
-        X = propagate(A, np.concatenate([e0[:, None], U], axis=1), eta, steps)
-        path = readout(phi_t, X[:, :, 0].T)  # [n, steps + 1]
+        S = series(A, np.concatenate([e0[:, None], U], axis=1), eta, steps)
+        path = S.read(phi_t, slice(0, 1))[:, :, 0]  # [n, steps + 1]
         mid = debiased_path(np.sqrt(np.mean(path**2, axis=0) / D), half_paths)
         if C == 0:
             return Prediction(mid=mid, noise=np.zeros_like(mid), est=est)
         rows = phi_t[:: max(1, n // NOISE_ROWS)]
-        flat = X[:, :, 1:].transpose(1, 0, 2).reshape(D, -1)
-        sq = (readout(rows, flat) ** 2).reshape(rows.shape[0], steps + 1, C)
+        sq = S.read(rows, slice(1, None)) ** 2  # [rows, steps + 1, C]
         per_step = sq.sum(axis=(0, 2)) / (rows.shape[0] * D)
         var = eta**2 / trajectories * np.concatenate([[0.0], np.cumsum(per_step[:-1])])
     return Prediction(mid=mid, noise=np.sqrt(var), est=est)

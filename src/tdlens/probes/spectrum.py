@@ -36,7 +36,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse.linalg as ssla
 
-from tdlens.threads import limit_threads
+from tdlens.threads import limit_threads, parallel_map
 
 DENSE_MAX = 768
 KRYLOV_K = 32
@@ -142,10 +142,13 @@ def eigenvalues(
     v0: np.ndarray,
     dense_max: int = DENSE_MAX,
     A32: np.ndarray | None = None,
+    threads: int = 1,
 ) -> Spectrum:
     """The eigenvalues of A needed by the probes (see the module docstring).
 
-    `A32` is an optional float32 copy of A for the Krylov products (made when None).
+    `A32` is an optional float32 copy of A for the Krylov products (made when None). The
+    Krylov runs on A and on ``A^T`` (left eigenvectors) are independent and run on two
+    threads when `threads` allows (each with single-threaded BLAS; the same numbers).
     """
     D = A.shape[0]
     if D <= dense_max:
@@ -161,8 +164,12 @@ def eigenvalues(
         )
     A32 = np.asarray(A, dtype=np.float32) if A32 is None else A32
     op = float32_operator(A32)
-    lm, right = _eigs(op, KRYLOV_K, v0, vectors=True, which="LM")
-    left = match_left(lm, *_eigs(float32_operator(A32.T), KRYLOV_K, v0, vectors=True, which="LM"))
+    (lm, right), (lm_t, vecs_t) = parallel_map(
+        lambda M: _eigs(float32_operator(M), KRYLOV_K, v0, vectors=True, which="LM"),
+        (A32, A32.T),
+        threads,
+    )
+    left = match_left(lm, lm_t, vecs_t)
     complete = bool(lm.size and np.min(np.abs(lm)) <= noise)
     parts = [lm]
     if not (complete and lm.real.max() > noise):

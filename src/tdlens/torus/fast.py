@@ -212,7 +212,7 @@ def observe_packed(S: np.ndarray, p: np.ndarray, o: np.ndarray) -> None:
         _observe_row(S[i], p, o[i])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def step_observe_packed(
     S: np.ndarray, a: np.ndarray, z: np.ndarray, u: np.ndarray, p: np.ndarray, o: np.ndarray
 ) -> None:
