@@ -47,7 +47,7 @@ from tdlens.probes.common import (
 from tdlens.probes.registry import RoundContext
 from tdlens.probes.spectral_ci import spectral_intervals
 from tdlens.rollout import TDBatch
-from tdlens.threads import limit_threads
+from tdlens.threads import limit_threads, parallel_map
 
 BOOTSTRAP_PURPOSE = 500_000
 """Auxiliary-stream purpose of the spectral bootstrap (power iterations use 1 + k)."""
@@ -154,13 +154,15 @@ def fixed_point_probe(
     n: int,
     timings: CriticOutput,
     workspace: Workspace,
+    threads: int = 1,
 ) -> tuple[dict[str, float], np.ndarray]:
     """fixed_point_probe columns (SPEC 6.1, without iter and rho) and the new w#.
 
     The noise floor ``||w#_1 - w#_2||`` always comes from direct ridge solves of the two
     half-batch systems with the full batch's lam (float32 LU, refined in float64 to the
     config's tol), also when the solver is `iterate`. The config's tol is the one used
-    and the one the row reports. The expected dynamics
+    and the one the row reports. The three solves run side by side on `threads` threads
+    (one BLAS thread each). The expected dynamics
     (:mod:`tdlens.probes.expected`) run over ``outer_iters`` iterations from this probe:
     value_gap_floor and effective_timescale, and ``expected_dynamics_<n>.npz`` with the
     band for the iterations the run has left (``iters`` n..outer_iters-1).
@@ -170,17 +172,25 @@ def fixed_point_probe(
     start = time.perf_counter()
     lam = fp.ridge_lambda(conf.ridge, spectrum.max_abs)
     tol = conf.tol
-    halves = [
-        fp.solve_direct(A_k, b_k, w, lam, tol, np.float32, workspace, condition=False).w_sharp
-        for A_k, b_k in zip(moments.A_halves, moments.b_halves, strict=True)
-    ]
-    timings.add_time("fixed_point.noise_floor", time.perf_counter() - start)
-    start = time.perf_counter()
+
+    def solve_one(k: int) -> fp.FixedPointSolve:
+        """k = 0, 1: half batch k (float32 LU, refined); 2: the full batch."""
+        if k < 2:
+            A_k, b_k = moments.A_halves[k], moments.b_halves[k]
+            return fp.solve_direct(
+                A_k, b_k, w, lam, tol, np.float32, workspace, condition=False, name=f"half{k}"
+            )
+        if conf.solver == "iterate":
+            return fp.solve_iterate(moments.A, moments.b, w, cfg.alpha_w, conf.max_iters, tol)
+        return fp.solve_direct(moments.A, moments.b, w, lam, tol, workspace=workspace)
+
+    # three independent factorisations, one BLAS thread each side by side, beat three
+    # two-threaded ones in a row (a 2048 LU scales poorly from one core to two)
+    solve, *solved = parallel_map(solve_one, (2, 0, 1), threads)
+    halves = [half.w_sharp for half in solved]
     if conf.solver == "iterate":
-        solve = fp.solve_iterate(moments.A, moments.b, w, cfg.alpha_w, conf.max_iters, conf.tol)
         modes, exact = 0.0, True
     else:
-        solve = fp.solve_direct(moments.A, moments.b, w, lam, tol, workspace=workspace)
         exact = spectrum.dense
         if exact:
             modes = float(np.sum(np.abs(spectrum.eigvals) < lam))
@@ -347,7 +357,7 @@ def _explicit_chain(
     out.add_time(f"{name}.spectrum", time.perf_counter() - t_spec)
     if spec == plan.fixed:
         row, out.w_sharp = fixed_point_probe(
-            cfg, moments, spectrum, view, dphi_t, params.w, w_sharp_prev, n, out, workspace
+            cfg, moments, spectrum, view, dphi_t, params.w, w_sharp_prev, n, out, workspace, threads
         )
         row.update(rho_summary(rho_t, view.rho_raw_t, cfg.effective_rho_clip))
         row.update(sampling_columns(spec))

@@ -152,6 +152,7 @@ def solve_direct(
     lu_dtype: type = np.float64,
     workspace: Workspace | None = None,
     condition: bool = True,
+    name: str = "solve",
 ) -> FixedPointSolve:
     """Solve ``M w# = b + lam w``, ``M = A + lam I``, by LU with iterative refinement.
 
@@ -162,16 +163,17 @@ def solve_direct(
     when it does not. The factor is that of ``M^T`` (the Fortran-order view of the C-order
     M, so LAPACK needs no transposed copy); ``trans=1`` solves with M. condition is
     LAPACK's estimate of the 1-norm condition number of M (xGECON, infinity norm of M^T).
-    With a `workspace`, M and the factor live in its buffers (valid until the next call).
+    With a `workspace`, M and the factor live in its buffers named ``<name>.*`` (valid
+    until the next call with that name: solves under different names may run at once).
     ``condition=False`` skips the estimate (NaN).
     """
     ws = Workspace() if workspace is None else workspace
     D = A.shape[0]
-    M = ws.array("solve.M", (D, D), np.dtype(np.float64))
+    M = ws.array(f"{name}.M", (D, D), np.dtype(np.float64))
     np.copyto(M, A)
     M.flat[:: D + 1] += lam
     rhs = b + lam * w
-    factor = ws.array(f"solve.lu_{np.dtype(lu_dtype).name}", (D, D), np.dtype(lu_dtype))
+    factor = ws.array(f"{name}.lu_{np.dtype(lu_dtype).name}", (D, D), np.dtype(lu_dtype))
     np.copyto(factor, M)
     lu = sla.lu_factor(factor.T, overwrite_a=True, check_finite=False)
     x = lu_solve_M(lu, rhs)
@@ -180,7 +182,7 @@ def solve_direct(
         x = x + lu_solve_M(lu, rhs - M @ x)
         residual, iters = _relative_residual(M, x, rhs), iters + 1
     if residual > tol and lu_dtype != np.float64:
-        return solve_direct(A, b, w, lam, tol, np.float64, ws, condition)
+        return solve_direct(A, b, w, lam, tol, np.float64, ws, condition, name)
     return FixedPointSolve(
         w_sharp=x,
         lam=lam,
