@@ -10,7 +10,9 @@ import sys
 import time
 from collections.abc import Callable
 
-import numpy as np
+import tdlens  # noqa: F401  (first: its BLAS thread policy must be set before NumPy loads)
+
+import numpy as np  # isort: skip
 
 SEED_SETTINGS = [
     "env.feature_dim=2048",

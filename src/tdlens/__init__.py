@@ -8,7 +8,16 @@ so ``import tdlens; gymnasium.make("tdlens/TorusGobletGhost-v0")`` works.
 """
 
 import importlib
+import os
 from typing import Any
+
+# OpenBLAS's idle worker threads busy-wait ~2^28 cycles (~0.1 s) after every call before
+# they sleep. tdlens alternates BLAS calls with threads of its own (features, the three
+# fixed-point solves, the MMD sums), and on a 2-core machine a spinning worker holds the
+# core one of those needs: 2^4 cycles cut a seed probe round by ~10% there
+# (BENCHMARKS.md). It only takes effect when set before NumPy loads OpenBLAS; a value the
+# user set wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 __version__ = "0.1.0"
 

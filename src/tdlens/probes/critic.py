@@ -233,6 +233,7 @@ def fixed_point_probe(
                 strict=True,
             )
         ),
+        threads,
     )
     row["value_gap_floor"] = float(pred.noise[-1])
     row["effective_timescale"] = pred.effective_timescale

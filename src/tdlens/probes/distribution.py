@@ -316,17 +316,18 @@ def run_round(ctx: RoundContext) -> None:
         conf.mmd_bandwidth_samples,
     )
     mmd2_b, mmd2_u = mmd2(X, Y, sigma, ctx.maps.threads)
-    test = mmd_permutation_pvalue(
-        X_chains, Y_chains, sigma, conf.permutations, aux_rng(cfg, "probe_distribution", n, 1)
-    )
-    tv, tv_se = action_tv(
-        m_pi,
-        cfg.sigma_pi,
-        m_mu,
-        cfg.sigma_mu,
-        conf.action_samples,
-        aux_rng(cfg, "probe_distribution", n, 2),
-    )
+
+    def permutation_test() -> UnitTest:
+        rng = aux_rng(cfg, "probe_distribution", n, 1)
+        return mmd_permutation_pvalue(X_chains, Y_chains, sigma, conf.permutations, rng)
+
+    def tv_estimate() -> tuple[float, float]:
+        rng = aux_rng(cfg, "probe_distribution", n, 2)
+        return action_tv(m_pi, cfg.sigma_pi, m_mu, cfg.sigma_mu, conf.action_samples, rng)
+
+    # two independent single-threaded passes, side by side
+    jobs = (permutation_test, tv_estimate)
+    test, (tv, tv_se) = parallel_map(lambda job: job(), jobs, ctx.maps.threads)
     rho_batch = ctx.rolled.td_batch(cfg, ctx.maps, [rho_spec], params.theta_pi, False)
     ctx.out.rows["distribution_probe"] = {
         "mmd2": mmd2_b,

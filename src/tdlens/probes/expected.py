@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tdlens.threads import parallel_map
+
 NOISE_ROWS = 256
 SERIES_TOL = 2.0**-60
 
@@ -189,13 +191,11 @@ def readout(rows: np.ndarray, X: np.ndarray) -> np.ndarray:
         return out * scale
 
 
-def mean_path(
-    A: np.ndarray, e0: np.ndarray, phi_t: np.ndarray, eta: float, steps: int
-) -> np.ndarray:
-    """``mid_j = sqrt(mean_t (phi_t . J^j e_0)^2 / D)`` for j = 0..steps (float64)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        path = series(A, e0[:, None], eta, steps).read(phi_t)[:, :, 0]
-        return np.sqrt(np.mean(path**2, axis=0) / phi_t.shape[1])
+def mean_path(S: Series, phi_t: np.ndarray) -> np.ndarray:
+    """``mid_j = sqrt(mean_t (phi_t . J^j e_0)^2 / D)`` for j = 0..steps (float64), ``e_0``
+    the first column of the series' X, ``phi_t [n, D]``."""
+    path = S.read(phi_t, slice(0, 1))[:, :, 0]
+    return np.sqrt(np.mean(path**2, axis=0) / phi_t.shape[1])
 
 
 def debiased_path(mid: np.ndarray, mid_halves: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
@@ -228,20 +228,23 @@ def predict(
     steps: int,
     est: float,
     halves: tuple[HalfBatch, HalfBatch] | None = None,
+    threads: int = 1,
 ) -> Prediction:
     """The :class:`Prediction` from ``e_0 = w - w# [D]``, noise factor ``U [D, C]`` and the
     probe batch ``phi_t [n, D]`` over `steps` iterations of the trainer's step eta with B =
     `trajectories` trajectories per iteration. With the two `halves` the mean path is
-    debiased (:func:`debiased_path`)."""
+    debiased (:func:`debiased_path`). The three series (the batch's, the halves') are
+    independent and run side by side on `threads` threads."""
     n, D = phi_t.shape
     C = U.shape[1]
-    half_paths = None
-    if halves is not None:
-        half_paths = tuple(mean_path(h.A, h.e0, h.phi_t, eta, steps) for h in halves)
+    X0 = np.concatenate([e0[:, None], U], axis=1)
+    jobs = [(A, X0), *((h.A, h.e0[:, None]) for h in halves or ())]
     with np.errstate(over="ignore", invalid="ignore"):
-        S = series(A, np.concatenate([e0[:, None], U], axis=1), eta, steps)
-        path = S.read(phi_t, slice(0, 1))[:, :, 0]  # [n, steps + 1]
-        mid = debiased_path(np.sqrt(np.mean(path**2, axis=0) / D), half_paths)
+        S, *S_halves = parallel_map(lambda job: series(*job, eta, steps), jobs, threads)
+        half_paths = None
+        if halves is not None:
+            half_paths = tuple(mean_path(s, h.phi_t) for s, h in zip(S_halves, halves, strict=True))
+        mid = debiased_path(mean_path(S, phi_t), half_paths)
         if C == 0:
             return Prediction(mid=mid, noise=np.zeros_like(mid), est=est)
         rows = phi_t[:: max(1, n // NOISE_ROWS)]
