@@ -65,7 +65,6 @@ def _block_moments(
     """``A_sum [D, D] = sum_t rho_t phi_t dphi_t^T`` (in place, float64); returns
     ``b_sum [D] = sum_t rho_t r_t phi_t``. Block products run in `dtype`."""
     n, D = phi_t.shape
-    A_sum.fill(0.0)
     b_sum = np.zeros(D)
     weighted_buf = ws.array("moments.weighted", (min(block, n), D), dtype)
     product = ws.array("moments.product", (D, D), dtype)
@@ -76,8 +75,13 @@ def _block_moments(
         weighted = weighted_buf[: phi_b.shape[0]]
         np.multiply(phi_b, rho_t[rows].astype(dtype)[:, None], out=weighted)
         np.matmul(weighted.T, dphi_b, out=product)
-        A_sum += product
+        if start == 0:  # 0 + x is x: the first block is copied, not added to zeros
+            np.copyto(A_sum, product)
+        else:
+            A_sum += product
         b_sum += phi_b.T @ (rho_t[rows] * r_t[rows]).astype(dtype)
+    if n == 0:
+        A_sum.fill(0.0)
     return b_sum
 
 
