@@ -159,3 +159,14 @@ def test_expected_dynamics_matches_a_brute_force_loop():
         w_k = w_k + eta * (b - A @ w_k)
         gaps = [(w_k - w_sharp) @ phi[i] / math.sqrt(D) for i in range(n)]
         assert math.isclose(got[k], math.sqrt(sum(g * g for g in gaps) / n), rel_tol=1e-12)
+
+
+def test_one_norm_of_M_without_forming_it():
+    """||A + lam I||_1 from row blocks of A (block not dividing D, negative diagonal
+    entries that lam moves across zero) equals the norm of the formed matrix."""
+    rng = np.random.default_rng(21)
+    A = rng.standard_normal((70, 70))
+    A[np.diag_indices(70)] = rng.uniform(-0.5, 0.5, 70)
+    for lam in (0.0, 0.3, 2.0):
+        got = fp.one_norm_M(A, lam, block=16)
+        assert got == pytest.approx(np.linalg.norm(A + lam * np.eye(70), 1), rel=1e-13)

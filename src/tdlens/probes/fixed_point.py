@@ -142,9 +142,15 @@ class FixedPointSolve:
     lu: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _relative_residual(M: np.ndarray, x: np.ndarray, rhs: np.ndarray) -> float:
+def _apply_M(A: np.ndarray, lam: float, x: np.ndarray) -> np.ndarray:
+    """``M x = A x + lam x`` (float64), without forming ``M = A + lam I``."""
+    return A @ x + lam * x
+
+
+def _relative_residual(A: np.ndarray, lam: float, x: np.ndarray, rhs: np.ndarray) -> float:
+    """``||M x - rhs|| / ||rhs||``, ``M = A + lam I``."""
     denom = max(float(np.linalg.norm(rhs)), np.finfo(float).tiny)
-    return float(np.linalg.norm(M @ x - rhs)) / denom
+    return float(np.linalg.norm(_apply_M(A, lam, x) - rhs)) / denom
 
 
 def solve_direct(
@@ -160,31 +166,30 @@ def solve_direct(
 ) -> FixedPointSolve:
     """Solve ``M w# = b + lam w``, ``M = A + lam I``, by LU with iterative refinement.
 
-    Refinement ``x <- x + LU^{-1}(rhs - M x)`` (residual in float64) stops when the relative
-    residual ``||M x - rhs|| / ||rhs||`` is <= tol; num_iters counts the LU solves.
-    ``lu_dtype=np.float32`` factors in single precision (~1.8x faster); refinement still
-    reaches tol whenever ``cond(M) eps_32 << 1`` and the solve falls back to a float64 LU
-    when it does not. The factor is that of ``M^T`` (the Fortran-order view of the C-order
-    M, so LAPACK needs no transposed copy); ``trans=1`` solves with M. condition is
-    LAPACK's estimate of the 1-norm condition number of M (xGECON, infinity norm of M^T).
-    With a `workspace`, M and the factor live in its buffers named ``<name>.*`` (valid
-    until the next call with that name: solves under different names may run at once).
-    ``condition=False`` skips the estimate (NaN).
+    Refinement ``x <- x + LU^{-1}(rhs - M x)`` (residual in float64, ``M x = A x + lam
+    x``) stops when the relative residual ``||M x - rhs|| / ||rhs||`` is <= tol; num_iters
+    counts the LU solves. ``lu_dtype=np.float32`` factors in single precision (~1.8x
+    faster); refinement still reaches tol whenever ``cond(M) eps_32 << 1`` and the solve
+    falls back to a float64 LU when it does not. The factor is that of ``M^T`` (M written
+    in C order into the factor buffer, whose Fortran-order view is ``M^T``, so LAPACK needs
+    no transposed copy; its entries are those of M rounded to lu_dtype); ``trans=1``
+    solves with M. condition is LAPACK's estimate of the 1-norm condition number of M
+    (xGECON, infinity norm of M^T). With a `workspace` the factor lives in its buffer
+    named ``<name>.lu_<dtype>`` (valid until the next call with that name: solves under
+    different names may run at once). ``condition=False`` skips the estimate (NaN).
     """
     ws = Workspace() if workspace is None else workspace
     D = A.shape[0]
-    M = ws.array(f"{name}.M", (D, D), np.dtype(np.float64))
-    np.copyto(M, A)
-    M.flat[:: D + 1] += lam
     rhs = b + lam * w
     factor = ws.array(f"{name}.lu_{np.dtype(lu_dtype).name}", (D, D), np.dtype(lu_dtype))
-    np.copyto(factor, M)
+    np.copyto(factor, A, casting="same_kind")
+    factor.flat[:: D + 1] = np.diagonal(A) + lam  # M's diagonal, rounded once to lu_dtype
     lu = sla.lu_factor(factor.T, overwrite_a=True, check_finite=False)
     x = lu_solve_M(lu, rhs)
-    residual, iters = _relative_residual(M, x, rhs), 1
+    residual, iters = _relative_residual(A, lam, x, rhs), 1
     while residual > tol and iters < MAX_REFINE and np.isfinite(residual):
-        x = x + lu_solve_M(lu, rhs - M @ x)
-        residual, iters = _relative_residual(M, x, rhs), iters + 1
+        x = x + lu_solve_M(lu, rhs - _apply_M(A, lam, x))
+        residual, iters = _relative_residual(A, lam, x, rhs), iters + 1
     if residual > tol and lu_dtype != np.float64:
         return solve_direct(A, b, w, lam, tol, np.float64, ws, condition, name)
     return FixedPointSolve(
@@ -193,17 +198,27 @@ def solve_direct(
         residual=residual,
         num_iters=iters,
         converged=bool(residual <= tol),
-        condition=condition_estimate(M, lu) if condition else math.nan,
+        condition=condition_estimate(A, lam, lu) if condition else math.nan,
         lu=lu,
     )
 
 
-def condition_estimate(M: np.ndarray, lu: tuple[np.ndarray, np.ndarray]) -> float:
-    """LAPACK's 1-norm condition estimate of M from the LU factor of ``M^T`` (xGECON with
-    the infinity norm of ``M^T``, which is the 1-norm of M)."""
-    anorm = float(sla.lapack.dlange("I", M.T))
+def one_norm_M(A: np.ndarray, lam: float, block: int = 256) -> float:
+    """``||A + lam I||_1`` (largest column sum of magnitudes), from row blocks of A (no
+    ``[D, D]`` temporary)."""
+    col = np.zeros(A.shape[1])
+    for start in range(0, A.shape[0], block):
+        col += np.abs(A[start : start + block]).sum(axis=0)
+    diag = np.diagonal(A)
+    col += np.abs(diag + lam) - np.abs(diag)
+    return float(col.max())
+
+
+def condition_estimate(A: np.ndarray, lam: float, lu: tuple[np.ndarray, np.ndarray]) -> float:
+    """LAPACK's 1-norm condition estimate of ``M = A + lam I`` from the LU factor of
+    ``M^T`` (xGECON with the infinity norm of ``M^T``, which is the 1-norm of M)."""
     gecon = sla.get_lapack_funcs("gecon", (lu[0],))
-    rcond, _ = gecon(lu[0], anorm, norm="I")
+    rcond, _ = gecon(lu[0], one_norm_M(A, lam), norm="I")
     return float(1.0 / rcond) if rcond > 0 else math.inf
 
 
@@ -233,7 +248,7 @@ def solve_iterate(
     return FixedPointSolve(
         w_sharp=x,
         lam=0.0,
-        residual=_relative_residual(A, x, b),
+        residual=_relative_residual(A, 0.0, x, b),
         num_iters=iters,
         converged=stopped and bool(np.all(np.isfinite(x))),
         condition=math.nan,
