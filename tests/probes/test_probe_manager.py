@@ -185,3 +185,30 @@ def test_unshared_batches_and_iterate_solver(tiny):
     assert fixed["lam"] == 0.0 and math.isnan(fixed["condition_est"])
     assert out.rows["stability_probe"]["batch_size"] == 128
     assert math.isfinite(out.rows["stability_probe"]["stability_proxy"])
+
+
+def test_round_is_the_same_on_one_thread_and_on_two():
+    """threads is not part of a run's numbers: one probe round with threads=1 and with
+    threads=2 (the fixed-point solves, the Krylov runs on A and A^T (D = 800 > DENSE_MAX),
+    the expected-dynamics series, the MMD sums and the split 64-trajectory rollout then
+    run side by side) gives the same rows and arrays, bit for bit."""
+    common = ("env.feature_dim=800", "probes.stability.k_mc=8")
+    rounds = []
+    for threads in (1, 2):
+        cfg = tiny_config(*common, f"threads={threads}")
+        maps, result = snapshot(cfg)
+        assert maps.threads == threads
+        assert sum(c.columns for c in plan_chains(cfg).stability) >= 64
+        rounds.append(run_round(ProbeManager(cfg, maps), result, 1))
+    one, two = rounds
+    assert set(one.rows) == set(two.rows)
+    for name, row in one.rows.items():
+        assert list(row) == list(two.rows[name]), name
+        # NaN-aware (rho_clip is NaN without a clip)
+        np.testing.assert_array_equal(list(row.values()), list(two.rows[name].values()), name)
+    assert set(one.arrays) == set(two.arrays)
+    for name, value in one.arrays.items():
+        pairs = value.items() if isinstance(value, dict) else [(name, value)]
+        for key, array in pairs:
+            other = two.arrays[name][key] if isinstance(value, dict) else two.arrays[name]
+            np.testing.assert_array_equal(array, other, err_msg=f"{name} {key}")
