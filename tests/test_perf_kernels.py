@@ -371,3 +371,20 @@ def test_threaded_kernel_sums_and_krylov_runs_equal_one_thread():
     one, two = (sp.eigenvalues(A, 1e-2, v0, threads=t) for t in (1, 2))
     np.testing.assert_array_equal(one.eigvals, two.eigvals)
     np.testing.assert_array_equal(one.left, two.left)
+
+
+def test_import_sets_the_openblas_spin_timeout_unless_the_user_did():
+    """`import tdlens` sets OPENBLAS_THREAD_TIMEOUT=4 before NumPy loads OpenBLAS; a value
+    the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, tdlens; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    for preset, expected in ((None, "4"), ("12", "12")):
+        run_env = env if preset is None else {**env, "OPENBLAS_THREAD_TIMEOUT": preset}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == expected
