@@ -41,9 +41,9 @@ def parallel_map(
 
     The `user_api` pools (BLAS by default, None: all) are held to one thread meanwhile, on
     either path: the calling threads already use every core (OpenBLAS threads inside them
-    would only contend). The results come back
-    in the order of `items`, so a caller that reduces them in that order gets the same
-    bits whatever the thread count (NumPy releases the GIL inside its ufuncs and BLAS).
+    would only contend). The results come back in the order of `items`, so a caller that
+    reduces them in that order gets the same bits whatever the thread count (NumPy releases
+    the GIL inside its ufuncs and BLAS).
     """
     items = list(items)
     with limit_threads(1, user_api):

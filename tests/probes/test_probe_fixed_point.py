@@ -138,29 +138,6 @@ def test_value_gap_and_row():
     assert later["w_sharp_drift_defined"] == 1.0
 
 
-def test_expected_dynamics_matches_a_brute_force_loop():
-    """value_gap_pred[k] = RMS_i (w_k - w#).phi_i / sqrt(D) with w_k the k-th iterate of
-    w <- w + eta (b - A w): checked against a float64 loop written from the definition."""
-    import math
-
-    import numpy as np
-
-    from tdlens.probes.fixed_point import expected_dynamics
-
-    rng = np.random.default_rng(0)
-    n, D, eta, steps = 50, 6, 0.3, 4
-    phi = rng.normal(size=(n, D))
-    A = np.eye(D) + 0.1 * rng.normal(size=(D, D))
-    b = rng.normal(size=D)
-    w, w_sharp = rng.normal(size=D), rng.normal(size=D)
-    got = expected_dynamics(A, b, w, w_sharp, phi, eta, steps)
-    w_k = w.copy()
-    for k in range(steps):
-        w_k = w_k + eta * (b - A @ w_k)
-        gaps = [(w_k - w_sharp) @ phi[i] / math.sqrt(D) for i in range(n)]
-        assert math.isclose(got[k], math.sqrt(sum(g * g for g in gaps) / n), rel_tol=1e-12)
-
-
 def test_one_norm_of_M_without_forming_it():
     """||A + lam I||_1 from row blocks of A (block not dividing D, negative diagonal
     entries that lam moves across zero) equals the norm of the formed matrix."""

@@ -35,8 +35,9 @@ initial error projected on every mode, not the fastest mode's ``1/(eta max Re l)
 ``J^j X`` for all j comes from the binomial series ``sum_m C(j, m) (-eta A)^m X`` when
 ``kappa = steps eta ||A||_F < 1/2`` (as :func:`tdlens.probes.fixed_point.expected_iterates`)
 and otherwise from the step-by-step loop (:class:`Series`); a batch's rows read the
-series term by term, M products instead of one per step. The mean path is debiased for the sampling
-noise of A by a Richardson extrapolation over the two half batches (:func:`debiased_path`).
+series term by term, M products instead of one per step. The mean path is debiased for
+the sampling noise of A by a Richardson extrapolation over the two half batches
+(:func:`debiased_path`).
 """
 
 from __future__ import annotations

@@ -280,30 +280,6 @@ def value_gap(phi_t: np.ndarray, w: np.ndarray, w_sharp: np.ndarray) -> float:
     return float(np.sqrt(np.mean(q_diff**2)))
 
 
-def expected_dynamics(
-    A: np.ndarray,
-    b: np.ndarray,
-    w: np.ndarray,
-    w_sharp: np.ndarray,
-    phi_t: np.ndarray,
-    eta: float,
-    steps: int,
-) -> np.ndarray:
-    """value_gap predicted by the expected critic dynamics (SPEC 10, theory overlay).
-
-    ``w_0 = w``, ``w_k = w_{k-1} + eta (b - A w_{k-1})`` for k = 1..steps (the update the
-    trainer applies, in expectation over the probe batch), and
-    ``value_gap_pred[k-1] = RMS_i (w_k - w#) . phi_i / sqrt(D)``: the value gap the
-    learning curve should show k iterations after the probe, up to sampling noise.
-    The iterates come from :func:`expected_iterates`.
-    """
-    D = w.shape[0]
-    traj = expected_iterates(A, b, w, eta, steps)
-    diff = ((traj - w_sharp[:, None]) / math.sqrt(D)).astype(phi_t.dtype)
-    q_diff = (phi_t @ diff).astype(np.float64)
-    return np.sqrt(np.mean(q_diff**2, axis=0))
-
-
 def expected_iterates(
     A: np.ndarray, b: np.ndarray, w: np.ndarray, eta: float, steps: int
 ) -> np.ndarray:
