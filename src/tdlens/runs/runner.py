@@ -229,6 +229,12 @@ class Runner:
         self._stop_signal = signum
         self.files.log(f"received {signal.Signals(signum).name}: stopping after this iteration")
 
+    def request_stop(self, signum: int) -> None:
+        """Stop after the current iteration as if `signum` had arrived (a sweep worker told
+        by its driver): checkpoint, status ``incomplete`` naming the signal."""
+        if self._stop_signal is None:
+            self._on_signal(signum, None)
+
     def _install_signals(self) -> dict[int, Any]:
         if not self.handle_signals or threading.current_thread() is not threading.main_thread():
             return {}

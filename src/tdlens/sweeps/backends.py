@@ -16,23 +16,35 @@ are bit-identical whatever the backend and the number of workers.
 
 A run that raises never stops the sweep: :func:`execute_task` catches everything and
 returns a ``failed`` outcome with the traceback (also written to the run's status.json).
-Ctrl-C in the driver: local workers ignore SIGINT and watch a stop event instead, so the
-running runs stop after their current iteration with a checkpoint (``incomplete``) and
-queued runs never start; Ray tasks are cancelled (a KeyboardInterrupt inside the run, with
-the same effect) and their files collected.
+Ctrl-C, SIGTERM or SIGHUP to the driver (:func:`stop_signals` turns the latter two into
+:class:`StopSignal`, a KeyboardInterrupt that names its signal): local workers ignore
+SIGINT and SIGHUP and watch a shared halt code instead, so the running runs stop after
+their current iteration with a checkpoint (``incomplete``, the reason naming the signal)
+and queued runs never start; Ray tasks are cancelled (a KeyboardInterrupt inside the run,
+with the same effect) and their files collected. Local workers die with their driver
+(:func:`die_with_parent`), so a driver killed outright (kill -9) leaves no worker running.
+
+A run that fails on a full disk (``ENOSPC``/``EDQUOT`` in its reason) halts the local pool
+the same way but gently: no new run starts, the running ones go on to their end, and
+``--resume`` finishes the sweep once there is space.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import multiprocessing as mp
 import os
 import shutil
 import signal
+import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,10 +60,58 @@ DEFAULT_RETRIES = 2
 NOT_STARTED = "not started"
 SKIP_FILES = frozenset({".lock"})
 """Files never shipped between Ray workers and the driver."""
+GO, DRAIN = 0, -1
+"""Halt codes shared by a local pool's workers: go on, or start no new run (a full disk);
+a positive code is the signal that stops the sweep (running runs checkpoint and stop)."""
+DISK_FULL = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+"""How a run's failure reason says that the disk (or the user's quota) is full."""
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+"""Signals a sweep driver treats as Ctrl-C (SIGINT is Python's KeyboardInterrupt already)."""
+PARENT_POLL_S = 0.5
+"""Where no parent-death signal exists, how often a worker checks that its driver lives."""
 
 
 class BackendError(RuntimeError):
     """The backend cannot be used (Ray missing, cluster unreachable, bad --jobs)."""
+
+
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP received by a sweep driver: handled exactly like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def signal_of(exc: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt: a StopSignal's, else SIGINT (Ctrl-C)."""
+    return int(getattr(exc, "signum", signal.SIGINT))
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise StopSignal(signum)
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise :class:`StopSignal` in the main thread (the
+    default would kill the driver at once and orphan its workers); restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def disk_full(reason: str | None) -> bool:
+    """Whether a failure reason says the disk (or quota) is full."""
+    return bool(reason) and any(text in str(reason) for text in DISK_FULL)
 
 
 @dataclass(frozen=True)
@@ -105,21 +165,69 @@ def mark_status(run_dir: Path, status: str, reason: str, **extra: Any) -> None:
 
 
 class _Worker:
-    """Process-wide state of a worker: the driver's stop event (a local pool worker; a Ray
-    task sets a threading.Event) and, in a Ray task, where run-directory snapshots go."""
+    """Process-wide state of a worker: a local pool's shared halt code (GO, DRAIN or a
+    signal number), a Ray task's stop event (a threading.Event) and, in a Ray task, where
+    run-directory snapshots go."""
 
+    halt: Any = None
     stop: Any = None
     snapshot: Callable[[Path], None] | None = None
 
 
-def _init_worker(stop: Any) -> None:
-    """Pool initializer: keep the driver's stop event; Ctrl-C is the driver's to handle."""
-    _Worker.stop = stop
+def _init_worker(halt: Any, parent_pid: int) -> None:
+    """Pool initializer: keep the shared halt code; SIGINT and SIGHUP (sent to the whole
+    terminal group) are the driver's to handle; die with the driver."""
+    _Worker.halt = halt
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal this process gets when the thread that forked it exits."""
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when the process `parent_pid` (its driver) is gone.
+
+    On Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (the kernel kills it the moment the
+    driver dies, even by kill -9), then a check that the driver did not die before. A
+    local pool's workers are spawned by the driver's main thread, which lives as long as
+    the driver. Elsewhere a daemon thread polls ``getppid()`` every PARENT_POLL_S and
+    exits the process once it changed (the driver died and the worker was re-parented).
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    if armed:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tdlens-parent-watch", daemon=True).start()
+
+
+def _halt_code() -> int:
+    """GO, DRAIN, or the signal that stops the sweep (a Ray task's stop event: SIGINT)."""
+    if _Worker.halt is not None:
+        return int(_Worker.halt.value)
+    if _Worker.stop is not None and _Worker.stop.is_set():
+        return int(signal.SIGINT)
+    return GO
 
 
 def _stop_requested() -> bool:
-    return _Worker.stop is not None and _Worker.stop.is_set()
+    return _halt_code() > 0
 
 
 def _check_stop(progress: Any) -> None:
@@ -128,11 +236,15 @@ def _check_stop(progress: Any) -> None:
         raise KeyboardInterrupt
 
 
-def progress_hook(task: RunTask) -> Callable[[Any], None] | None:
+def progress_hook(
+    task: RunTask, on_stop: Callable[[int], None] | None = None
+) -> Callable[[Any], None] | None:
     """The Runner progress hook of a worker (None when there is nothing to do): in a Ray
     task, a snapshot of the run directory after each checkpoint (streamed back to the
-    driver, so a run lost with its node resumes from it); then the stop check."""
-    if _Worker.stop is None and _Worker.snapshot is None:
+    driver, so a run lost with its node resumes from it); then the stop check, which
+    calls ``on_stop(signal)`` (the Runner then stops after this iteration with that
+    signal as its reason) or, without it, raises KeyboardInterrupt (SIGINT)."""
+    if _Worker.halt is None and _Worker.stop is None and _Worker.snapshot is None:
         return None
     every = int(task.config.get("checkpoint_every") or 0)
     run_dir = Path(task.run_dir)
@@ -142,9 +254,38 @@ def progress_hook(task: RunTask) -> Callable[[Any], None] | None:
         last = done >= progress.outer_iters  # the final files come with the outcome
         if _Worker.snapshot is not None and every and done % every == 0 and not last:
             _Worker.snapshot(run_dir)
+        if on_stop is not None and _stop_requested():
+            on_stop(_halt_code())
+            return
         _check_stop(progress)
 
     return hook
+
+
+def as_found(task: RunTask) -> RunTask | RunOutcome:
+    """`task` as its run directory stands when a worker picks it up (another process, e.g.
+    a worker orphaned by an earlier driver, may have moved it on since it was planned):
+    a finished run is its outcome as it is (nothing rewritten), a run with a config.json
+    resumes, and a folder without one (a start that never wrote its config) starts over."""
+    from tdlens.rundir.lock import lock_is_held
+    from tdlens.runs.runner import FINISHED
+
+    run_dir = Path(task.run_dir)
+    if not run_dir.is_dir() or lock_is_held(run_dir):
+        return task  # a live holder: the Runner refuses it with the holder's pid
+    if not (run_dir / "config.json").is_file():
+        clear_unstarted(run_dir)
+        return replace(task, resume=False)
+    status = _status_of(run_dir)
+    if status.get("status") in FINISHED:
+        return RunOutcome(
+            task.run_id,
+            str(status["status"]),
+            status.get("reason"),
+            0,
+            int(status.get("next_iter") or 0),
+        )
+    return replace(task, resume=True)
 
 
 def execute_task(task: RunTask) -> RunOutcome:
@@ -161,20 +302,29 @@ def execute_task(task: RunTask) -> RunOutcome:
     from tdlens.runs.runner import Runner
 
     t0 = time.perf_counter()
-    run_dir = Path(task.run_dir)
-    if _stop_requested():
-        return RunOutcome(task.run_id, NOT_STARTED, "the sweep was interrupted first")
+    halt = _halt_code()
+    if halt != GO:
+        why = "the disk was full" if halt == DRAIN else "the sweep was interrupted"
+        return RunOutcome(task.run_id, NOT_STARTED, f"{why} first")
     try:
+        found = as_found(task)
+        if isinstance(found, RunOutcome):
+            return found
+        task = found
         with threadpool_limits(limits=1):
             cfg = None if task.resume else parse_config(task.config)
             # every sweep run gets its HTML report (plotly specs: ~0.1 s a run), which
             # summary.html links
             runner = Runner(
-                cfg, run_dir, resume=task.resume, handle_signals=False, write_report=write_report
+                cfg,
+                Path(task.run_dir),
+                resume=task.resume,
+                handle_signals=False,
+                write_report=write_report,
             )
-            runner.on_progress = progress_hook(task)
+            runner.on_progress = progress_hook(task, runner.request_stop)
             result = runner.run()
-        return RunOutcome(
+        outcome = RunOutcome(
             task.run_id,
             result.status,
             result.reason,
@@ -183,7 +333,17 @@ def execute_task(task: RunTask) -> RunOutcome:
             time.perf_counter() - t0,
         )
     except Exception as exc:  # a run must never stop the sweep
-        return failed_outcome(task, exc, time.perf_counter() - t0)
+        outcome = failed_outcome(task, exc, time.perf_counter() - t0)
+    if outcome.status == "failed" and disk_full(outcome.reason):
+        drain()
+    return outcome
+
+
+def drain() -> None:
+    """Start no new run in this local pool (its running runs go on): a full disk. Set by
+    the worker that met it, so the run it would pick up next never starts."""
+    if _Worker.halt is not None and _Worker.halt.value == GO:
+        _Worker.halt.value = DRAIN
 
 
 def failed_outcome(task: RunTask, exc: BaseException, seconds: float = 0.0) -> RunOutcome:
@@ -263,7 +423,8 @@ def run_local(
     When the pool breaks, every run it held goes to a new pool (started runs resume from
     their checkpoints); the run whose worker died is charged an attempt and, past
     `retries` retries, recorded failed. A round in which nothing started fails the rest.
-    Ctrl-C cancels the queued runs; the running ones checkpoint and stop (incomplete).
+    Ctrl-C (or SIGTERM, SIGHUP: :class:`StopSignal`) cancels the queued runs; the running
+    ones checkpoint and stop (incomplete). After a full disk no new run starts.
     """
     if jobs < 1:
         raise BackendError(f"--jobs: expected >= 1, got {jobs}")
@@ -272,10 +433,12 @@ def run_local(
     pending = list(tasks)
     attempts = {t.run_id: 1 for t in pending}
     ctx = mp.get_context("spawn")
-    stop = ctx.Event()
+    halt = ctx.Value("i", GO)
     while pending:
+        if halt.value != GO:
+            return  # a full disk: the runs left over are for --resume
         before = {t.run_id: status_fingerprint(Path(t.run_dir)) for t in pending}
-        broken, exits, finished = _pool_round(pending, jobs, ctx, stop, on_outcome, fn, attempts)
+        broken, exits, finished = _pool_round(pending, jobs, ctx, halt, on_outcome, fn, attempts)
         started = [t for t in broken if status_fingerprint(Path(t.run_dir)) != before[t.run_id]]
         culprits = _culprits(started, exits)
         pending = []
@@ -325,7 +488,7 @@ def _pool_round(
     tasks: list[RunTask],
     jobs: int,
     ctx: Any,
-    stop: Any,
+    halt: Any,
     on_outcome: OutcomeFn,
     fn: TaskFn,
     attempts: dict[str, int],
@@ -333,46 +496,60 @@ def _pool_round(
     """One process pool over `tasks`: (tasks lost to a broken pool, the exit code of each
     worker pid, outcomes delivered).
 
-    On Ctrl-C the stop event is set: running runs end after their iteration (incomplete,
-    checkpointed), queued ones come back ``not started``; their outcomes are recorded
-    before the KeyboardInterrupt goes on. A second Ctrl-C stops waiting.
+    On Ctrl-C (or a StopSignal) the halt code becomes the signal: running runs end after
+    their iteration (incomplete, checkpointed, the reason naming the signal), queued ones
+    come back ``not started``; their outcomes are recorded before the interrupt goes on.
+    A second signal stops waiting.
     """
     broken: list[RunTask] = []
     finished = 0
     pool = ProcessPoolExecutor(
-        min(jobs, len(tasks)), mp_context=ctx, initializer=_init_worker, initargs=(stop,)
+        min(jobs, len(tasks)),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(halt, os.getpid()),
     )
     futures: dict[Future[RunOutcome], RunTask] = {pool.submit(fn, t): t for t in tasks}
     workers = dict(getattr(pool, "_processes", None) or {})  # pid -> Process, for exit codes
     not_done = set(futures)
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
+    ready: list[Future[RunOutcome]] = []
+
+    def deliver(fut: Future[RunOutcome]) -> None:
+        nonlocal finished
+        task = futures[fut]
+        try:
+            outcome = fut.result()
+        except BrokenProcessPool:
+            broken.append(task)
+            return
+        except Exception as exc:  # raised outside execute_task, or unpicklable
+            outcome = failed_outcome(task, exc)
+        finished += 1
+        if outcome.status == NOT_STARTED:
+            return
+        outcome.attempts = attempts.get(task.run_id, 1)
+        if outcome.status == "failed" and disk_full(outcome.reason) and halt.value == GO:
+            halt.value = DRAIN
+        on_outcome(outcome)
+
     try:
-        while not_done:
-            try:
-                done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                if interrupted:
+        while not_done or ready:
+            try:  # a signal while waiting or recording: stop the runs, record what comes
+                if not ready:
+                    done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
+                    ready = list(done)
+                while ready:
+                    deliver(ready.pop())
+            except KeyboardInterrupt as exc:
+                halt.value = signal_of(exc)
+                if interrupted is not None:
                     raise
-                interrupted = True
-                stop.set()
-                continue
-            for fut in done:
-                task = futures[fut]
-                try:
-                    outcome = fut.result()
-                except BrokenProcessPool:
-                    broken.append(task)
-                    continue
-                except Exception as exc:  # raised outside execute_task, or unpicklable
-                    outcome = failed_outcome(task, exc)
-                if outcome.status != NOT_STARTED:
-                    outcome.attempts = attempts.get(task.run_id, 1)
-                    on_outcome(outcome)
-                finished += 1
+                interrupted = exc
     finally:
-        pool.shutdown(wait=not interrupted, cancel_futures=True)
-    if interrupted:
-        raise KeyboardInterrupt
+        pool.shutdown(wait=interrupted is None, cancel_futures=True)
+    if interrupted is not None:
+        raise interrupted
     exits = {}
     for pid, proc in workers.items():
         proc.join(timeout=5)

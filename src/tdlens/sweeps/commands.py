@@ -3,14 +3,15 @@
 The command functions of ``sweep``, ``summarize``, ``atlas``, ``runs list``,
 ``runs show``, ``runs reindex`` and ``compare``; :mod:`tdlens.cli` registers them. Bad input (spec,
 backend, --where, unknown run) prints one line naming the problem and exits 2 with
-nothing written; a sweep in which any run failed or was left incomplete exits 1; an
-interrupted sweep exits 130.
+nothing written; a sweep in which any run failed or was left incomplete exits 1; a
+sweep interrupted by SIGINT, SIGTERM or SIGHUP exits 130, 143 or 129.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,9 +159,14 @@ def sweep(
             result = _execute(prepared, backend, n_jobs, address, catalog, metric, retries)
     except BackendError as exc:
         _fail(str(exc))
-    except KeyboardInterrupt:
-        err.print("interrupted: continue with --resume", highlight=False)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        from tdlens.runs.runner import EXIT_SIGNAL
+        from tdlens.sweeps.backends import signal_of
+
+        signum = signal_of(exc)
+        name = signal.Signals(signum).name
+        err.print(f"interrupted by {name}: continue with --resume", highlight=False)
+        raise typer.Exit(EXIT_SIGNAL.get(signum, 130)) from None
     _report_result(result)
 
 
@@ -256,7 +262,16 @@ def _report_result(result: Any) -> None:
             highlight=False,
             markup=True,
         )
+    if result.stopped:
+        err.print(f"stopped: {result.stopped}", highlight=False)
+    if result.record_error:
+        err.print(
+            f"[yellow]sweep.json not updated:[/] {escape(result.record_error)}",
+            highlight=False,
+            markup=True,
+        )
     bad = sum(o.status in ("failed", "incomplete", "running") for o in result.outcomes.values())
+    bad += bool(result.record_error)
     if bad:
         err.print(f"{bad} run(s) failed or incomplete; see sweep.json", highlight=False)
     raise typer.Exit(1 if bad else 0)

@@ -11,12 +11,19 @@
 
 Each finished run is recorded as it arrives (sweep.json, the catalog); at the end the
 summaries are written and the sweep is indexed in the catalog. Only this driver process
-writes sweep.json and the catalog rows of its runs.
+writes sweep.json and the catalog rows of its runs. On resume, sweep.json's entries of the
+runs skipped as final are corrected from their status.json.
+
+SIGTERM and SIGHUP stop the sweep as Ctrl-C does (:func:`tdlens.sweeps.backends.stop_signals`;
+sweep.json records ``interrupted`` and the signal). A run that fails on a full disk stops
+the sweep from starting new runs (``stopped`` in sweep.json); a failed run whose worker
+could not write its status.json is marked failed by the driver.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -33,8 +40,12 @@ from tdlens.sweeps.backends import (
     RunTask,
     TaskFn,
     clear_unstarted,
+    disk_full,
     execute_task,
+    mark_status,
     run_local,
+    signal_of,
+    stop_signals,
 )
 from tdlens.sweeps.plan import (
     SWEEP_FILE,
@@ -84,6 +95,10 @@ class SweepResult:
     summary_paths: list[Path] = field(default_factory=list)
     summary_error: str | None = None
     catalog_error: str | None = None
+    record_error: str | None = None
+    """sweep.json could not be written (e.g. a full disk); the runs' own files hold the truth."""
+    stopped: str | None = None
+    """Why no new run was started (a full disk), or None."""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -156,12 +171,28 @@ def make_tasks(prepared: PreparedSweep) -> tuple[list[RunTask], list[str]]:
     return tasks, skipped
 
 
-def _status(rd: Path) -> str | None:
+def _status_data(rd: Path) -> dict[str, Any]:
     try:
         data = read_json(rd / "status.json")
     except Exception:
-        return None
-    return data.get("status") if isinstance(data, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _status(rd: Path) -> str | None:
+    return _status_data(rd).get("status")
+
+
+def _mark_failed(rd: Path, outcome: RunOutcome) -> None:
+    """A failed run whose status.json still says running (its worker could not write it,
+    e.g. on a full disk, and has let go of the run): mark it failed with the reason."""
+    from tdlens.rundir.lock import lock_is_held
+
+    try:
+        if _status(rd) == "running" and not lock_is_held(rd):
+            mark_status(rd, "failed", outcome.reason or "failed")
+    except OSError:
+        pass  # the disk is still full: runs list shows it as crashed, --resume continues it
 
 
 def _now() -> str:
@@ -189,17 +220,47 @@ class _Recorder:
         path = prepared.sweep_dir / SWEEP_FILE
         old = read_json(path) if path.is_file() else {}
         self.state: dict[str, Any] = {**old, **info, "runs": dict(old.get("runs", {}))}
+        self.state.pop("stopped", None)
+        self.state.pop("signal", None)
         self.path = path
-        self.save()
+
+    def correct(self, run_ids: list[str]) -> None:
+        """Set the sweep.json entries of runs skipped as final to their status.json (an
+        earlier driver may have died before recording them, or recorded a stale failure)."""
+        runs = self.state["runs"]
+        for run_id in run_ids:
+            status = _status_data(run_dir(self.prepared.sweep_dir, run_id))
+            entry = runs.get(run_id, {})
+            if entry.get("status") != status.get("status"):
+                runs[run_id] = {
+                    **entry,
+                    "status": status.get("status"),
+                    "reason": status.get("reason"),
+                    "finished_at": status.get("updated_at"),
+                }
 
     def save(self, **extra: Any) -> None:
+        """Write sweep.json; a failure (a full disk) is kept in result.record_error."""
         self.state.update(extra, updated_at=_now())
         done = Counter(v.get("status") for v in self.state["runs"].values())
         self.state["counts"] = dict(done)
-        atomic_write_json(self.path, self.state)
+        try:
+            atomic_write_json(self.path, self.state)
+        except OSError as exc:
+            self.result.record_error = f"{exc.strerror or exc} writing '{self.path}'"
+        else:
+            self.result.record_error = None
 
     def __call__(self, outcome: RunOutcome) -> None:
         self.result.outcomes[outcome.run_id] = outcome
+        if outcome.status == "failed":
+            _mark_failed(run_dir(self.prepared.sweep_dir, outcome.run_id), outcome)
+            if disk_full(outcome.reason) and self.result.stopped is None:
+                self.result.stopped = (
+                    f"run {outcome.run_id} failed on a full disk ({outcome.reason}); no new "
+                    "run was started: free space, then continue with --resume"
+                )
+                self.state["stopped"] = self.result.stopped
         self.state["runs"][outcome.run_id] = {
             "status": outcome.status,
             "reason": outcome.reason,
@@ -259,20 +320,30 @@ def execute_sweep(
         "total_runs": len(prepared.runs),
     }
     record = _Recorder(prepared, result, catalog, info, on_outcome, len(tasks))
+    record.correct(skipped)
+    record.save()
     _index_sweep(result, catalog, prepared, backend=backend, jobs=jobs)
     t0 = time.perf_counter()
     interrupted = False
+    signame: str | None = None
     try:
-        if backend == "local":
-            run_local(tasks, jobs, record, fn, retries=retries, on_retry=on_retry)
-        else:
-            run_ray(tasks, jobs, record, fn, address=address, retries=retries, on_retry=on_retry)
-    except KeyboardInterrupt:
+        with stop_signals():
+            if backend == "local":
+                run_local(tasks, jobs, record, fn, retries=retries, on_retry=on_retry)
+            else:
+                run_ray(
+                    tasks, jobs, record, fn, address=address, retries=retries, on_retry=on_retry
+                )
+    except KeyboardInterrupt as exc:
         interrupted = True
+        signame = signal.Signals(signal_of(exc)).name
         raise
     finally:
         record.save(
-            finished_at=_now(), wall_seconds=time.perf_counter() - t0, interrupted=interrupted
+            finished_at=_now(),
+            wall_seconds=time.perf_counter() - t0,
+            interrupted=interrupted,
+            signal=signame,
         )
         if not interrupted:
             _finish(result, prepared, catalog, metric, backend, jobs)
