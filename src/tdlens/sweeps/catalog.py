@@ -18,6 +18,8 @@ Queries (``tdlens runs list --where COND``) run on a connection with ``PRAGMA qu
 and an authorizer that allows only SELECT, column reads and functions, so a condition can
 filter (``health = 'FAIL'``, ``json_extract(params, '$.alpha_w') > 0.1``) but never
 modify or attach anything; a bad condition is a :class:`CatalogError` naming the problem.
+A query still running after ``timeout`` seconds (``QUERY_TIMEOUT_S``; a recursive ``WITH``
+may never end) is stopped by SQLite's progress handler, also a CatalogError.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ from tdlens.sweeps.records import FINAL_METRICS, RunRecord
 DEFAULT_CATALOG = Path("outputs/catalog.sqlite")
 CATALOG_ENV = "TDLENS_CATALOG"
 BUSY_TIMEOUT_S = 60.0
+QUERY_TIMEOUT_S = 10.0
+"""How long a `runs list --where` query may run before it is stopped (--timeout)."""
+PROGRESS_STEPS = 1000
+"""SQLite virtual-machine steps between two looks at the query's clock."""
 SCHEMA_VERSION = 1
 RUN_COLUMNS: tuple[str, ...] = (
     "id",
@@ -290,13 +296,19 @@ def _read_only(path: str | Path) -> sqlite3.Connection:
 
 
 def query_runs(
-    path: str | Path, where: str | None = None, sweep: str | None = None
+    path: str | Path,
+    where: str | None = None,
+    sweep: str | None = None,
+    timeout: float = QUERY_TIMEOUT_S,
 ) -> list[dict[str, Any]]:
     """Runs matching the SQL condition `where` and sweep name `sweep`, newest first.
 
     The condition is wrapped as ``WHERE (COND)`` on a query-only connection whose
-    authorizer refuses anything but reads (module docstring).
+    authorizer refuses anything but reads (module docstring); the query is stopped after
+    `timeout` seconds (a CatalogError saying so).
     """
+    if not timeout > 0:
+        raise CatalogError(f"--timeout: expected a number of seconds > 0, got {timeout}")
     clauses, args = [], []
     if where is not None:
         if not where.strip():
@@ -308,10 +320,17 @@ def query_runs(
     sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
     sql += " ORDER BY indexed_at DESC, id"
     conn = _read_only(path)
+    deadline = time.monotonic() + timeout
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
     try:
         cur = conn.execute(sql, args)
         return [dict(row) for row in cur.fetchall()]
     except (sqlite3.Error, sqlite3.Warning) as exc:
+        if time.monotonic() > deadline and "interrupt" in str(exc):
+            raise CatalogError(
+                f"--where {where!r}: stopped after {timeout:g} s (a query that does not end, "
+                "e.g. a recursive WITH? --timeout allows longer)"
+            ) from None
         if where is None or _is_corrupt(exc):
             raise _broken(path, exc) from None
         raise CatalogError(f"--where {where!r}: {exc}") from None
@@ -366,8 +385,9 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
 # --------------------------------------------------------------------------- rebuild
 
 
-def _walk(root: Path) -> Iterator[tuple[str, Path]]:
-    """("sweep", dir) for every sweep directory and ("run", dir) for every run outside one."""
+def _walk(root: Path, skipped: list[str]) -> Iterator[tuple[str, Path]]:
+    """("sweep", dir) for every sweep directory and ("run", dir) for every run outside one;
+    symbolic links are not followed, and each one met is added to `skipped`."""
     from tdlens.sweeps.plan import is_sweep_dir
 
     if is_sweep_dir(root):
@@ -376,17 +396,22 @@ def _walk(root: Path) -> Iterator[tuple[str, Path]]:
     if (root / "config.json").is_file():
         yield "run", root
         return
-    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
-        yield from _walk(child)
+    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+        if child.is_symlink():
+            skipped.append(f"'{child}' is a symbolic link (not followed; index its target)")
+            continue
+        yield from _walk(child, skipped)
 
 
-def reindex(path: str | Path, roots: list[Path]) -> tuple[int, int]:
+def reindex(path: str | Path, roots: list[Path]) -> tuple[int, int, list[str]]:
     """Rebuild the catalog at `path` from the run and sweep directories under `roots`.
 
     The new catalog is built beside the old one and renamed over it, so a crash leaves the
-    old file; rows of directories that no longer exist are gone. Returns (runs, sweeps).
+    old file; rows of directories that no longer exist are gone. A sweep whose plan.json
+    cannot be read and a symbolic link are skipped, never followed nor fatal. Returns
+    (runs, sweeps, what was skipped and why).
     """
-    from tdlens.rundir.files import read_json
+    from tdlens.rundir.files import RunFileError, read_json
     from tdlens.sweeps.plan import SWEEP_FILE, read_plan, run_dir
     from tdlens.sweeps.records import load_record
 
@@ -395,13 +420,18 @@ def reindex(path: str | Path, roots: list[Path]) -> tuple[int, int]:
     for stale in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         stale.unlink(missing_ok=True)
     n_runs = n_sweeps = 0
+    skipped: list[str] = []
     for root in roots:
-        for kind, folder in _walk(Path(root)):
+        for kind, folder in _walk(Path(root), skipped):
             if kind == "run":
                 index_runs(tmp, [load_record(folder)])
                 n_runs += 1
                 continue
-            plan = read_plan(folder)
+            try:
+                plan = read_plan(folder)
+            except RunFileError as exc:
+                skipped.append(f"{exc}; its sweep is not indexed")
+                continue
             records = [
                 load_record(run_dir(folder, r["run_id"]), r.get("overrides")) for r in plan["runs"]
             ]
@@ -428,4 +458,4 @@ def reindex(path: str | Path, roots: list[Path]) -> tuple[int, int]:
     for side in (Path(f"{path}-wal"), Path(f"{path}-shm")):
         side.unlink(missing_ok=True)
     os.replace(tmp, path)
-    return n_runs, n_sweeps
+    return n_runs, n_sweeps, skipped

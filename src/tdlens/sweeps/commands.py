@@ -451,6 +451,9 @@ def runs_list(
             "--format", help="table (for reading), csv or json (the list columns and path)."
         ),
     ] = "table",
+    timeout: Annotated[
+        float, typer.Option(help="Seconds the --where query may run before it is stopped.")
+    ] = 10.0,
 ) -> None:
     """List cataloged runs (read-only query; columns: see `tdlens runs show`).
 
@@ -464,7 +467,7 @@ def runs_list(
     if fmt not in ("table", "csv", "json"):
         _fail(f"--format '{fmt}': expected table, csv or json")
     try:
-        rows = cat.query_runs(cat.catalog_path(catalog), where, sweep)
+        rows = cat.query_runs(cat.catalog_path(catalog), where, sweep, timeout=timeout)
     except cat.CatalogError as exc:
         _fail(str(exc))
     shown = [_observed(row) for row in (rows if limit <= 0 else rows[:limit])]
@@ -535,7 +538,10 @@ def runs_reindex(
     ] = None,
     catalog: CatalogOption = None,
 ) -> None:
-    """Rebuild the catalog from the run and sweep directories on disk (e.g. when corrupt)."""
+    """Rebuild the catalog from the run and sweep directories on disk (e.g. when corrupt).
+
+    A sweep whose plan.json cannot be read, and a symbolic link, are skipped and named.
+    """
     from tdlens.sweeps import catalog as cat
 
     roots = roots or [Path("outputs")]
@@ -544,9 +550,11 @@ def runs_reindex(
         _fail(f"no such folder: {', '.join(missing)}")
     path = cat.catalog_path(catalog)
     try:
-        n_runs, n_sweeps = cat.reindex(path, roots)
+        n_runs, n_sweeps, skipped = cat.reindex(path, roots)
     except (cat.CatalogError, RunFileError, OSError) as exc:
         _fail(f"reindex into '{path}' failed: {exc}")
+    for why in skipped:
+        err.print(f"skipped: {why}", highlight=False, markup=False)
     out.print(f"catalog {path}: {n_runs} run(s), {n_sweeps} sweep(s)", highlight=False)
 
 
