@@ -159,6 +159,9 @@ def sweep(
             result = _execute(prepared, backend, n_jobs, address, catalog, metric, retries)
     except BackendError as exc:
         _fail(str(exc))
+    except OSError as exc:  # the driver's own files (plan.json, a full disk)
+        where = f" writing '{exc.filename}'" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}; continue with --resume once it is fixed", 1)
     except KeyboardInterrupt as exc:
         from tdlens.runs.runner import EXIT_SIGNAL
         from tdlens.sweeps.backends import signal_of
