@@ -327,9 +327,10 @@ def query_runs(
         return [dict(row) for row in cur.fetchall()]
     except (sqlite3.Error, sqlite3.Warning) as exc:
         if time.monotonic() > deadline and "interrupt" in str(exc):
+            what = "the query" if where is None else f"--where {where!r}"
             raise CatalogError(
-                f"--where {where!r}: stopped after {timeout:g} s (a query that does not end, "
-                "e.g. a recursive WITH? --timeout allows longer)"
+                f"{what}: stopped after {timeout:g} s (a query that does not end, e.g. a "
+                "recursive WITH? --timeout allows longer)"
             ) from None
         if where is None or _is_corrupt(exc):
             raise _broken(path, exc) from None
