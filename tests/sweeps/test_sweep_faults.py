@@ -333,21 +333,26 @@ def test_a_where_query_that_never_ends_is_stopped(one_row_catalog):
 
 def test_reindex_skips_and_names_a_bad_plan_and_a_symlinked_run(tmp_path):
     """One malformed plan.json does not abort `runs reindex`: that sweep is skipped and
-    named, every other run is indexed; a symlinked run directory is reported, not
-    followed."""
+    named, every other run is indexed; a symlinked run directory (alone, or inside a
+    sweep) is reported, not followed."""
     spec = _spec(tmp_path, 2, [0.1])
     good = execute_sweep(prepare_sweep(spec, tmp_path / "outputs" / "a"), jobs=1)
     bad = execute_sweep(prepare_sweep(spec, tmp_path / "outputs" / "b"), jobs=1)
     (bad.sweep_dir / "plan.json").write_text('{"runs": [')
     (tmp_path / "outputs" / "link").symlink_to(next((good.sweep_dir / "runs").iterdir()))
+    linked = execute_sweep(prepare_sweep(spec, tmp_path / "outputs" / "c"), jobs=1)
+    (linked_run,) = (linked.sweep_dir / "runs").iterdir()
+    linked_run.rename(tmp_path / "elsewhere")
+    linked_run.symlink_to(tmp_path / "elsewhere")
     catalog = tmp_path / "catalog.sqlite"
     res = runner.invoke(
         app, ["runs", "reindex", str(tmp_path / "outputs"), "--catalog", str(catalog)]
     )
     assert res.exit_code == 0, res.output
-    assert f"catalog {catalog}: 1 run(s), 1 sweep(s)" in res.output
+    assert f"catalog {catalog}: 1 run(s), 2 sweep(s)" in res.output
     assert f"skipped: '{bad.sweep_dir / 'plan.json'}' is not valid JSON" in res.output
     assert "its sweep is not indexed" in res.output
     assert f"skipped: '{tmp_path / 'outputs' / 'link'}' is a symbolic link" in res.output
+    assert f"skipped: '{linked_run}' is a symbolic link" in res.output
     rows = cat.query_runs(catalog)
     assert [r["sweep_path"] for r in rows] == [str(good.sweep_dir.resolve())]

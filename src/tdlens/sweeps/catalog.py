@@ -433,9 +433,13 @@ def reindex(path: str | Path, roots: list[Path]) -> tuple[int, int, list[str]]:
             except RunFileError as exc:
                 skipped.append(f"{exc}; its sweep is not indexed")
                 continue
-            records = [
-                load_record(run_dir(folder, r["run_id"]), r.get("overrides")) for r in plan["runs"]
-            ]
+            records = []
+            for entry in plan["runs"]:
+                rd = run_dir(folder, entry["run_id"])
+                if rd.is_symlink():
+                    skipped.append(f"'{rd}' is a symbolic link (not followed; index its target)")
+                    continue
+                records.append(load_record(rd, entry.get("overrides")))
             index_runs(tmp, records, plan.get("name"), folder)
             progress = folder / SWEEP_FILE
             state = read_json(progress) if progress.is_file() else {}
