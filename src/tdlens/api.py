@@ -32,6 +32,7 @@ from tdlens.config import (
     ConfigError,
     RunConfig,
     apply_overrides,
+    check_name,
     find_config,
     parse_config,
     read_yaml,
@@ -96,8 +97,11 @@ def load_run_config(
     else:
         data = apply_overrides(data, list(overrides))
     if name:
+        check_name(name)
         data = apply_overrides(data, [f"name={name}"])
-    return parse_config(data)
+    cfg = parse_config(data)
+    check_name(cfg.name)
+    return cfg
 
 
 # --------------------------------------------------------------------------- running

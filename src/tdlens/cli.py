@@ -29,7 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from tdlens.config import ConfigError, RunConfig, find_config
+from tdlens.config import ConfigError, RunConfig, find_config, printable
 
 app = typer.Typer(
     name="tdlens",
@@ -63,8 +63,8 @@ SetOption = Annotated[
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one clear error line and exit (2 = bad input)."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    """Print one clear error line (control characters escaped) and exit (2 = bad input)."""
+    err.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 
@@ -164,13 +164,13 @@ def run(
         err.print(
             "[yellow]warning:[/] " + escape(_sigma_warning(cfg)), highlight=False, markup=True
         )
-    out.print(f"run directory: {runner.run_dir}", highlight=False)
+    out.print(f"run directory: {printable(str(runner.run_dir))}", highlight=False)
     try:
         result = _run_with_progress(runner)
     except (RunLockedError, RunFileError, RunDirError, ResourceError) as exc:
         fail(str(exc))
     if result.resumed_from:
-        out.print(f"resumed from {result.resumed_from}", highlight=False)
+        out.print(f"resumed from {printable(result.resumed_from)}", highlight=False)
     _print_outcome(result.run_dir, result.status, result.reason)
     for what in result.unwritten:
         err.print(
@@ -298,7 +298,7 @@ def _live_progress(bar: Progress, cfg: RunConfig):
     from tdlens.report.fmt import duration_text
     from tdlens.runs.runner import Progress as RunProgress
 
-    name = escape(cfg.name)
+    name = escape(printable(cfg.name))
     task = bar.add_task("starting", total=cfg.outer_iters, name=name, info="", eta="-")
     last_probe = {"text": "no probe round yet"}
     clock = Eta(probe_every(cfg))
@@ -348,12 +348,13 @@ def _health(run_dir: Path) -> str | None:
 
 def _print_outcome(run_dir: Path, status: str, reason: str | None) -> None:
     health = _health(run_dir)
-    out.print(f"status: {status}" + (f" ({reason})" if reason else ""), highlight=False)
+    text = f"status: {status}" + (f" ({reason})" if reason else "")
+    out.print(printable(text), highlight=False)
     if health is not None:
         out.print(f"health: {health}", highlight=False)
     report = Path(run_dir) / "run_report.md"
     if report.exists():
-        out.print(f"report: {report}", highlight=False)
+        out.print(f"report: {printable(str(report))}", highlight=False)
 
 
 @app.command()

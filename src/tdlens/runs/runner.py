@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from tdlens.config import RunConfig, config_from_json
+from tdlens.config import ConfigError, RunConfig, check_name, config_from_json
 from tdlens.features import FeatureMaps, Workspace, make_feature_maps
 from tdlens.learner import METRIC_COLUMNS, IterationResult, Params, init_params, outer_iteration
 from tdlens.probes import registry
@@ -138,7 +138,12 @@ def failure_reason(exc: BaseException, n: int) -> str:
 
 
 def default_run_dir(output_dir: Path, name: str) -> Path:
-    """``<output_dir>/<YYYYmmdd_HHMMSS>_<name>`` (suffixed when taken)."""
+    """``<output_dir>/<YYYYmmdd_HHMMSS>_<name>`` (suffixed when taken); `name` must pass
+    :func:`tdlens.config.check_name` (it can never step out of `output_dir`)."""
+    try:
+        check_name(name)
+    except ConfigError as exc:
+        raise RunDirError(str(exc)) from None
     return timestamped_dir(output_dir, name)
 
 
@@ -175,6 +180,10 @@ class Runner:
         else:
             if cfg is None:
                 raise ValueError("a config is needed for a new run")
+            try:
+                check_name(cfg.name)
+            except ConfigError as exc:
+                raise RunDirError(str(exc)) from None
             check_creatable(self.run_dir)
             if self.run_dir.is_dir() and any(self.run_dir.iterdir()):
                 raise RunDirError(
