@@ -106,6 +106,13 @@ def run(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir (or CONFIG) from its checkpoint.")
     ] = False,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            help="Start the run in --run-dir (or CONFIG) over from its config.json, on "
+            "purpose; its old files move to previous/<time>/."
+        ),
+    ] = False,
     strict: Annotated[bool, typer.Option(help="Exit 1 when the report's health is FAIL.")] = False,
     catalog: Annotated[
         Path | None,
@@ -132,12 +139,15 @@ def run(
     from tdlens.runs.budget import ResourceError
     from tdlens.runs.runner import RunDirError, RunFinishedError
 
-    if resume:
+    if resume and restart:
+        fail("--resume and --restart exclude each other; choose one")
+    if resume or restart:
+        flag = "--resume" if resume else "--restart"
         target = run_dir or (Path(config) if config else None)
         if target is None:
-            fail("--resume needs the run directory: tdlens run RUN_DIR --resume")
+            fail(f"{flag} needs the run directory: tdlens run RUN_DIR {flag}")
         if overrides:
-            fail("--resume continues a run with its own config.json; --set is not allowed")
+            fail(f"{flag} uses the run's own config.json; --set is not allowed")
         cfg = None
     else:
         cfg = load_cli_config(config, overrides, name)
@@ -153,6 +163,7 @@ def run(
             force=force,
             catalog=catalog,
             on_catalog_error=_catalog_warning,
+            restart=restart,
         )
     except RunFinishedError as exc:
         out.print(str(exc), highlight=False)

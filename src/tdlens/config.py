@@ -47,6 +47,10 @@ divergent corner) and 1e12 diverges within 4 iterations even at D = 64; far abov
 (1e308, inf) the first update is float overflow, not a regime."""
 COUNT_MAX = 2**31 - 1
 """Upper bound of every count (iterations, sizes, samples): a NumPy int32 index."""
+DIM_MAX = 10**12
+"""Upper bound of the feature dimensions: the memory budget (tdlens.runs.budget), not the
+range, refuses a D the machine cannot hold, and with --force a D far past any address
+space must fail as out of memory with a status (docs/faults.md)."""
 SEED_MAX = 2**63 - 1
 """Upper bound of the seed (a non-negative int64)."""
 
@@ -84,8 +88,8 @@ class EnvConfig(_Frozen):
     p_type_positive: float = Field(0.5, ge=0, le=1, description="P(goblet type = +1)")
     type_resample_p: float = Field(0.5, ge=0, le=1, description="P(type redrawn on pick)")
     clip_action: bool = Field(False, description="clip actions to [-v_max, v_max] per axis")
-    feature_dim: int = Field(128, ge=5, le=COUNT_MAX, description="critic feature dimension D")
-    actor_feature_dim: int = Field(32, ge=1, le=COUNT_MAX, description="actor feature dimension N")
+    feature_dim: int = Field(128, ge=5, le=DIM_MAX, description="critic feature dimension D")
+    actor_feature_dim: int = Field(32, ge=1, le=DIM_MAX, description="actor feature dimension N")
     c_psi: float = Field(1.0, gt=0, le=SCALE_MAX, description="norm bound of the actor features")
     feature_sigma: float = Field(
         1.0, gt=0, le=SCALE_MAX, description="std of the critic frequencies W_phi"

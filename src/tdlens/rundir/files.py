@@ -214,11 +214,17 @@ def read_csv_rows(path: str | Path) -> list[dict[str, float | str | None]]:
         raise RunFileError(f"'{path}' cannot be read ({exc})") from None
 
 
-def truncate_table(csv_path: str | Path, before_iter: int) -> None:
-    """Keep only rows with ``iter < before_iter`` in a CSV and its JSONL twin (atomic)."""
+def truncated_tables(csv_path: str | Path, before_iter: int) -> dict[Path, str]:
+    """The content a CSV and its JSONL twin keep with only rows of ``iter < before_iter``
+    (a row torn by a crash ends the table); nothing is written. A complete row whose
+    ``iter`` is not a number is a RunFileError naming the file and line."""
     csv_path = Path(csv_path)
+    out: dict[Path, str] = {}
     if csv_path.exists():
-        lines = csv_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        try:
+            lines = csv_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RunFileError(f"'{csv_path}' cannot be read ({exc})") from None
         if not lines:
             raise RunFileError(f"'{csv_path}' is empty (no header)")
         header = next(csv.reader([lines[0]]))
@@ -226,13 +232,19 @@ def truncate_table(csv_path: str | Path, before_iter: int) -> None:
             raise RunFileError(f"'{csv_path}' has no 'iter' column")
         col = header.index("iter")
         kept = [lines[0]]
-        for line in lines[1:]:
-            cells = next(csv.reader([line]))
+        for lineno, line in enumerate(lines[1:], start=2):
+            cells = next(csv.reader([line]), [])
             if len(cells) != len(header):
                 break  # a torn last row from a crash
-            if float(cells[col]) < before_iter:
+            try:
+                it = float(cells[col])
+            except ValueError:
+                raise RunFileError(
+                    f"'{csv_path}' line {lineno}: iter {cells[col][:40]!r} is not a number"
+                ) from None
+            if it < before_iter:
                 kept.append(line)
-        atomic_write_text(csv_path, "".join(kept))
+        out[csv_path] = "".join(kept)
     jsonl = csv_path.with_suffix(".jsonl")
     if jsonl.exists():
         kept_json = []
@@ -241,6 +253,14 @@ def truncate_table(csv_path: str | Path, before_iter: int) -> None:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 break
-            if record.get("iter") is not None and record["iter"] < before_iter:
+            it = record.get("iter") if isinstance(record, dict) else None
+            if isinstance(it, int | float) and it < before_iter:
                 kept_json.append(line if line.endswith("\n") else line + "\n")
-        atomic_write_text(jsonl, "".join(kept_json))
+        out[jsonl] = "".join(kept_json)
+    return out
+
+
+def truncate_table(csv_path: str | Path, before_iter: int) -> None:
+    """Keep only rows with ``iter < before_iter`` in a CSV and its JSONL twin (atomic)."""
+    for path, text in truncated_tables(csv_path, before_iter).items():
+        atomic_write_text(path, text)

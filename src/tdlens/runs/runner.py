@@ -47,7 +47,13 @@ from typing import Any
 
 import numpy as np
 
-from tdlens.config import ConfigError, RunConfig, check_name, config_from_json
+from tdlens.config import (
+    ConfigError,
+    RunConfig,
+    check_name,
+    config_differences,
+    config_from_json,
+)
 from tdlens.features import FeatureMaps, Workspace, make_feature_maps
 from tdlens.learner import METRIC_COLUMNS, IterationResult, Params, init_params, outer_iteration
 from tdlens.probes import registry
@@ -79,6 +85,8 @@ DIVERGENCE_COLUMNS = ("td_loss", "w_norm", "critic_teacher_error", "tracking_gap
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 FINISHED = ("complete", "diverged")
 """Statuses a resume has nothing to add to."""
+PREVIOUS_DIR = "previous"
+"""``--restart`` moves a run's old files to ``previous/<YYYYmmdd_HHMMSS>/``."""
 
 
 class RunDirError(ValueError):
@@ -161,8 +169,10 @@ class Runner:
         write_report: Callable[[Path], list[Path]] | None = None,
         force: bool = False,
         on_start: Callable[[Path], None] | None = None,
+        restart: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.restart = restart
         self.write_report = write_report
         self.resume = resume
         self.force = force
@@ -175,8 +185,13 @@ class Runner:
         self._state = LoopState(0, None, (), {})
         self._unwritten: list[str] = []
         self._resumed_from: str | None = None
+        self._restarted_from: Path | None = None
+        if resume and restart:
+            raise RunDirError("--resume and --restart exclude each other; choose one")
         if resume:
             self.cfg = self._open_for_resume(cfg)
+        elif restart:
+            self.cfg = self._open_for_restart(cfg)
         else:
             if cfg is None:
                 raise ValueError("a config is needed for a new run")
@@ -213,7 +228,62 @@ class Runner:
                 f"({old.get('next_iter')} of {old.get('outer_iters')} iterations); nothing to "
                 f"resume (`tdlens report {self.run_dir}` rewrites its report)"
             )
+        self._check_matches_checkpoints(saved, old)
         return saved
+
+    def _check_matches_checkpoints(self, saved: RunConfig, status: dict[str, Any]) -> None:
+        """Refuse (RunDirError, nothing touched) when config.json is not the config its
+        checkpoints, or its status.json, were written with: resuming would discard their
+        rows. Names the differing keys when the checkpoint carries its config."""
+        found = newest_valid_checkpoint(self.run_dir, saved.config_hash())
+        restart = f"`tdlens run {self.run_dir} --restart` starts over (keeping the old files)"
+        if found.foreign:
+            path, ckpt = found.foreign[0]
+            if ckpt.config is not None:
+                keys = config_differences(saved.to_dict(), ckpt.config)
+                what = "differing keys: " + ", ".join(keys or ["none (same values)"])
+            else:
+                what = (
+                    f"config hash {ckpt.config_hash} vs {saved.config_hash()}; the checkpoint "
+                    "predates stored configs, so the keys cannot be named"
+                )
+            raise RunDirError(
+                f"--resume: '{self.run_dir}/config.json' does not match checkpoint "
+                f"'{path.name}' ({what}); resuming would discard its rows. Restore the "
+                f"config, or {restart}"
+            )
+        written = status.get("config_hash")
+        if found.checkpoint is None and written and written != saved.config_hash():
+            raise RunDirError(
+                f"--resume: '{self.run_dir}/config.json' (hash {saved.config_hash()}) is not "
+                f"the config the run was started with (hash {written}, status.json); "
+                f"restore it, or {restart}"
+            )
+
+    def _open_for_restart(self, cfg: RunConfig | None) -> RunConfig:
+        """``--restart``: the run directory's own config.json (or `cfg`), started over."""
+        if not self.run_dir.is_dir() or not (self.run_dir / "config.json").is_file():
+            raise RunDirError(f"--restart: '{self.run_dir}' is not a run directory")
+        saved = cfg if cfg is not None else config_from_json(self.run_dir / "config.json")
+        try:
+            check_name(saved.name)
+        except ConfigError as exc:
+            raise RunDirError(str(exc)) from None
+        return saved
+
+    def _move_to_previous(self) -> Path:
+        """Move every file of the run (but ``previous/`` and the held ``.lock``) to
+        ``previous/<YYYYmmdd_HHMMSS>/`` (renames within one directory: nothing copied)."""
+        keep = {PREVIOUS_DIR, ".lock"}
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        target, k = self.run_dir / PREVIOUS_DIR / stamp, 2
+        while target.exists():
+            target, k = self.run_dir / PREVIOUS_DIR / f"{stamp}_{k}", k + 1
+        target.mkdir(parents=True)
+        for entry in sorted(self.run_dir.iterdir()):
+            if entry.name not in keep:
+                os.replace(entry, target / entry.name)
+        return target
 
     # ------------------------------------------------------------------ files
 
@@ -226,6 +296,7 @@ class Runner:
                 td_loss_history=np.asarray(state.td_loss_history, dtype=np.float64),
                 probe_state=state.probe_state,
                 config_hash=self.cfg.config_hash(),
+                config=self.cfg.to_dict(),
             ),
         )
         prune_checkpoints(self.run_dir, self.cfg.checkpoint_keep)
@@ -261,6 +332,8 @@ class Runner:
                 + (f" ('{exc.filename}')" if exc.filename else "")
             ) from None
         with RunLock(self.run_dir):
+            if self.restart:
+                self._restarted_from = self._move_to_previous()
             previous = self._install_signals()
             try:
                 return self._run_locked(created)
@@ -272,6 +345,11 @@ class Runner:
         """Fresh run: write config.json. Resume: cut tables back to the checkpoint."""
         if not self.resume:
             self.files.write_config(self.cfg)
+            if self._restarted_from is not None:
+                self.files.log(
+                    f"restarted on purpose (--restart); the old files are in "
+                    f"'{self._restarted_from.relative_to(self.run_dir)}'"
+                )
             return LoopState(0, None, (), {})
         found = newest_valid_checkpoint(self.run_dir, self.cfg.config_hash())
         for why in found.skipped:
@@ -311,6 +389,17 @@ class Runner:
                 "config_hash": self.cfg.config_hash(),
             }
             self.files.write_status()
+        except RunFileError as exc:
+            if not self.resume:
+                raise
+            reason = f"cannot resume: {' '.join(str(exc).split())}; no table was changed"
+            self._attempt(
+                "status.json",
+                lambda: self.files.write_status(
+                    **{**old_status, "status": "failed", "reason": reason, "exit_code": 2}
+                ),
+            )
+            raise RunDirError(f"--resume: {exc}; no table was changed") from None
         except OSError as exc:
             if created and not self.resume:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
