@@ -442,12 +442,13 @@ class Run:
         from tdlens.rundir.read import array_files, latest_array, load_array
 
         files = array_files(self.path, name)
+        dim = self.data.cfg.env.feature_dim if self.data.cfg is not None else None
         if iteration is None:
-            _, arr = latest_array(self.path, name)
+            _, arr = latest_array(self.path, name, feature_dim=dim)
             if arr is not None:
                 return arr
         elif iteration in files:
-            arr = load_array(files[iteration])
+            arr = load_array(files[iteration], dim)
             if arr is not None:
                 return arr
         known = ", ".join(f"{n} {its}" for n, its in self.array_names().items()) or "none"

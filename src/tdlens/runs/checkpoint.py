@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tdlens.learner import Params
-from tdlens.rundir.files import RunFileError, atomic_write_bytes
+from tdlens.rundir.files import RunFileError, atomic_write_bytes, check_array_file
 
 _NAME = re.compile(r"^ckpt_(\d{6})\.npz$")
 _PROBE_PREFIX = "probe__"
@@ -156,6 +156,7 @@ def newest_valid_checkpoint(run_dir: Path, config_hash: str) -> Found:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load and validate a checkpoint; any problem is a RunFileError naming the file."""
+    check_array_file(path)  # by its headers, before anything is decompressed
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

@@ -60,6 +60,7 @@ from tdlens.probes import registry
 from tdlens.probes.manager import ProbeManager
 from tdlens.rundir.files import (
     RunFileError,
+    find_symlinks,
     read_json,
     timestamped_dir,
 )
@@ -188,6 +189,15 @@ class Runner:
         self._restarted_from: Path | None = None
         if resume and restart:
             raise RunDirError("--resume and --restart exclude each other; choose one")
+        if resume or restart:
+            links = find_symlinks(self.run_dir, skip=(PREVIOUS_DIR,))
+            if links:
+                raise RunDirError(
+                    f"run directory '{self.run_dir}' holds symbolic link(s) "
+                    f"{', '.join(repr(str(p.relative_to(self.run_dir))) for p in links[:3])}; "
+                    "tdlens does not write through links in a run directory (replace them "
+                    "with regular files or remove them); nothing was changed"
+                )
         if resume:
             self.cfg = self._open_for_resume(cfg)
         elif restart:
@@ -351,6 +361,8 @@ class Runner:
                     f"'{self._restarted_from.relative_to(self.run_dir)}'"
                 )
             return LoopState(0, None, (), {})
+        for tmp in remove_stale_temps(self.run_dir):
+            self.files.log(f"removed '{tmp.relative_to(self.run_dir)}' (a write cut short)")
         found = newest_valid_checkpoint(self.run_dir, self.cfg.config_hash())
         for why in found.skipped:
             self.files.log(f"skipped {why}")
@@ -601,6 +613,19 @@ class Runner:
             self._attempt("stdout.log", lambda: self.files.log(f"report failed: {why}"))
             self._attempt("status.json", lambda: self.files.write_status(report_error=why))
             return []
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes a kill cut short (``.ckpt_*.tmp`` in
+    checkpoints/, ``.<name>.*.tmp`` beside any run file); call only holding the lock."""
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "probes"):
+        if folder.is_dir() and not folder.is_symlink():
+            for tmp in sorted(folder.glob(".*.tmp")):
+                if tmp.is_file() and not tmp.is_symlink():
+                    tmp.unlink()
+                    removed.append(tmp)
+    return removed
 
 
 def check_creatable(run_dir: Path) -> None:
