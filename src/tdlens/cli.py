@@ -153,7 +153,7 @@ def run(
         cfg = load_cli_config(config, overrides, name)
         target = run_dir
     if dry_run:
-        raise typer.Exit(_dry_run(cfg, target, output_dir, force))
+        raise typer.Exit(_dry_run(cfg, target, output_dir, force, restart))
     try:
         runner = create_runner(
             cfg,
@@ -208,7 +208,9 @@ def _sigma_warning(cfg: RunConfig) -> str:
     )
 
 
-def _dry_run(cfg: RunConfig | None, target: Path | None, output_dir: Path, force: bool) -> int:
+def _dry_run(
+    cfg: RunConfig | None, target: Path | None, output_dir: Path, force: bool, restart: bool = False
+) -> int:
     """``tdlens run --dry-run``: the resolved config as YAML on stdout (it loads back as the
     same config), then, as YAML comments, the memory/disk estimate of
     :mod:`tdlens.runs.budget` and where the run would go. Creates nothing. Returns the exit
@@ -227,7 +229,7 @@ def _dry_run(cfg: RunConfig | None, target: Path | None, output_dir: Path, force
     )
     from tdlens.runs.runner import check_creatable, default_run_dir
 
-    if cfg is None:  # --resume: the run's own config
+    if cfg is None:  # --resume / --restart: the run's own config
         assert target is not None
         if not (target / "config.json").is_file():
             fail(f"--resume: '{target}' is not a run directory (no config.json)")
@@ -235,7 +237,7 @@ def _dry_run(cfg: RunConfig | None, target: Path | None, output_dir: Path, force
             cfg = config_from_json(target / "config.json")
         except ConfigError as exc:
             fail(str(exc))
-        verb = "would resume"
+        verb = "would restart (old files to previous/<time>/)" if restart else "would resume"
     else:
         if output_dir.exists() and not output_dir.is_dir():
             fail(f"--output-dir '{output_dir}' is a file; it must be a folder (or not exist yet)")
