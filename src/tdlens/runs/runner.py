@@ -27,7 +27,12 @@ every ratio and TD target through it).
 Resume loads the newest checkpoint that verifies (skipping corrupt ones, and saying so),
 truncates every table to its rows and continues; because all random draws are keyed by
 (seed, stream, iteration, chain) the result is bit-identical to an uninterrupted run
-(every column but iter_time_s).
+(every column but iter_time_s). It never discards rows silently: a config.json that does
+not match its checkpoints (or status.json's config_hash), a symbolic link in the run
+directory, or a table whose ``iter`` is not a number is a RunDirError before anything is
+changed; temporary files of writes a kill cut short are removed. ``restart=True`` starts
+a run over on purpose from its config.json, its old files moved to
+``previous/<YYYYmmdd_HHMMSS>/``.
 """
 
 from __future__ import annotations
