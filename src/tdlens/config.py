@@ -1,10 +1,13 @@
 """Typed, frozen run configuration (SPEC sections 4, 6, 13 and 15).
 
-One :class:`RunConfig` describes a run completely; it is loaded from YAML (always with
-``yaml.safe_load``), patched with dotted ``--set key=value`` overrides, validated, and
-saved resolved as ``config.json`` in the run directory. Every validation error is turned
-into one :class:`ConfigError` whose message names the offending key (with a
-did-you-mean suggestion for unknown keys) and what is allowed.
+One :class:`RunConfig` describes a run completely; it is loaded from YAML (a SafeLoader
+bounded in size, aliases and depth: :func:`safe_load_bounded`), patched with dotted
+``--set key=value`` overrides, validated (every numeric key within its range, listed in
+docs/model.md §13; nan nowhere), and saved resolved as ``config.json`` in the run
+directory. One encoder (:func:`encode_config`, inf as ``"inf"``) serves config.json, the
+config hash and run ids; keys added later leave old hashes unchanged (:data:`ADDED_LATER`).
+Every validation error is turned into one :class:`ConfigError` whose message names the
+offending key (with a did-you-mean suggestion for unknown keys) and what is allowed.
 """
 
 from __future__ import annotations
