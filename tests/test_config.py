@@ -131,3 +131,214 @@ def test_config_round_trips_through_json():
     cfg = load_config("configs/seed_plateau.yaml")
     again = parse_config(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
     assert again == cfg
+
+
+# --------------------------------------------------------------- issue 26: one encoder
+
+SHIPPED_HASHES = {
+    "defaults": "ba65df3c3efb",
+    "atlas_base": "fedbdb396a31",
+    "atlas_tracking": "8c896c832693",
+    "instability": "d6d85d23d7a8",
+    "plateau": "48fa8618f6a7",
+    "regime_divergence": "b9a325e28f69",
+    "regime_learning": "f3d1220a5a2e",
+    "regime_moving_target": "8c896c832693",
+    "regime_noise_floor": "463e995c2125",
+    "regime_plateau": "827d5962571d",
+    "regime_triad": "96ac77168fc9",
+    "sanity": "c891fe1b8a80",
+    "seed_plateau": "e805af95299c",
+}
+"""config_hash of every shipped config (and the defaults), recorded before issue 26 moved
+the hash onto the canonical encoder: old runs keep their checkpoints and ids."""
+SHIPPED_SWEEP_IDS = {
+    "atlas": "b48555721426e115",
+    "atlas_tracking": "fed62921d55d86cd",
+    "demo": "908055c0827bf058",
+    "stepC": "010750ac523b28b9",
+    "triad_alpha": "bd4bb7c787553bd3",
+    "triad_search": "968a8691d55c418f",
+}
+"""SHA-256 (16 hex digits) of the newline-joined run ids of each shipped sweep's plan,
+recorded at the same time."""
+
+
+def test_shipped_configs_and_sweeps_keep_their_hashes_and_run_ids():
+    import hashlib
+
+    from tdlens.config import shipped_configs
+    from tdlens.sweeps.spec import load_spec, make_plan
+
+    got = {"defaults": RunConfig().config_hash()}
+    got |= {p.stem: load_config(p).config_hash() for p in shipped_configs().glob("*.yaml")}
+    assert got == SHIPPED_HASHES
+    ids = {}
+    for path in sorted((shipped_configs() / "sweeps").glob("*.yaml")):
+        joined = "\n".join(r.run_id for r in make_plan(load_spec(path)))
+        ids[path.stem] = hashlib.sha256(joined.encode()).hexdigest()[:16]
+    assert ids == SHIPPED_SWEEP_IDS
+
+
+def test_a_key_added_later_at_its_default_leaves_the_hash_unchanged(monkeypatch):
+    """A section or nested key registered in ADDED_LATER is left out of the hash at its
+    default and counts at any other value (the table other slices extend)."""
+    from tdlens import config as config_mod
+    from tdlens.config import hash_config_data
+
+    data = RunConfig().to_dict()
+    base = hash_config_data(data)
+    monkeypatch.setitem(config_mod.ADDED_LATER, "schedules", {"kind": "constant"})
+    monkeypatch.setitem(config_mod.ADDED_LATER, "probes.fixed_point.new_knob", 3)
+    later = {**data, "schedules": {"kind": "constant"}}
+    later["probes"] = {**data["probes"], "fixed_point": {**data["probes"]["fixed_point"]}}
+    later["probes"]["fixed_point"]["new_knob"] = 3
+    assert hash_config_data(later) == base == RunConfig().config_hash()
+    later["schedules"] = {"kind": "cosine"}
+    assert hash_config_data(later) != base
+    later["schedules"] = {"kind": "constant"}
+    later["probes"]["fixed_point"]["new_knob"] = 4
+    assert hash_config_data(later) != base
+
+
+@pytest.mark.parametrize("key", ["rho_clip", "theta_radius"])
+def test_inf_round_trips_through_config_json_and_keeps_its_hash(key):
+    """inf is written as the token "inf" (JSON has no infinity; null means no clip), read
+    back as inf, and the hash of the reloaded config is the hash of the original."""
+    import json
+
+    cfg = load_config(None, [f"{key}=.inf"])
+    assert getattr(cfg, key) == float("inf")
+    text = json.dumps(cfg.to_dict(), allow_nan=False)
+    assert f'"{key}": "inf"' in text
+    again = parse_config(json.loads(text))
+    assert again == cfg and again.config_hash() == cfg.config_hash()
+    assert cfg.config_hash() != RunConfig().config_hash()
+    assert load_config(None, [f"{key}=inf"]) == cfg
+    if key == "rho_clip":
+        assert cfg.effective_rho_clip is None
+
+
+@pytest.mark.parametrize(
+    "override, key, allowed",
+    [
+        ("rho_clip=nan", "rho_clip", "nan is not allowed"),
+        ("theta_radius=.nan", "theta_radius", "nan is not allowed"),
+        ("gamma=.nan", "gamma", "0 <= x <= 1"),
+        ("sigma_mu=1e308", "sigma_mu", "0 < x <= 1e+06"),
+        ("alpha_w=.inf", "alpha_w", "0 <= x <= 1e+12"),
+        ("alpha_w=1e308", "alpha_w", "0 <= x <= 1e+12"),
+        ("env.torus_size=1e308", "env.torus_size", "0 < x <= 1e+06"),
+        ("outer_iters=99999999999", "outer_iters", "1 <= x <= 2147483647"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_range(override, key, allowed):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = str(info.value)
+    assert message.startswith(f"{key}:") and allowed in message, message
+
+
+def test_every_numeric_key_has_its_range_in_docs_model():
+    """docs/model.md's range table is the one numeric_ranges() reads off the fields, and
+    every numeric leaf key of the config is in it."""
+    from pathlib import Path
+
+    from tdlens.config import numeric_ranges
+    from tdlens.sweeps.spec import config_keys
+
+    ranges = numeric_ranges()
+    numeric = [
+        k
+        for k in config_keys()
+        if isinstance(_leaf(RunConfig().to_dict(), k), int | float)
+        and not isinstance(_leaf(RunConfig().to_dict(), k), bool)
+    ]
+    assert set(numeric) <= set(ranges), sorted(set(numeric) - set(ranges))
+    text = (Path(__file__).resolve().parents[1] / "docs" / "model.md").read_text()
+    for key, allowed in ranges.items():
+        assert f"| `{key}` | {allowed} |" in text, key
+
+
+def _leaf(data, dotted):
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
+def test_one_distribution_chain_is_refused_with_the_reason():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["probes.distribution.chains=1"])
+    message = str(info.value)
+    assert message.startswith("probes.distribution.chains:") and "36%" in message
+    assert load_config(None, ["probes.distribution.chains=2"]).probes.distribution.chains == 2
+
+
+def _bomb(levels: int, fan: int) -> str:
+    lines = ["a0: &a0 [x, x]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * fan) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        (_bomb(12, 9), "expand to more than 100000 nodes"),
+        ("a: &a 1\nb: [" + ", ".join(["*a"] * 1001) + "]\n", "more than 1000 alias uses"),
+        ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested deeper than 50"),
+        ("a: &a [*a]\n", "recursive alias"),
+        ("# " + "x" * 1_000_001 + "\n", "larger than 1000000 bytes"),
+    ],
+)
+def test_hostile_yaml_is_refused_before_expansion(tmp_path, text, why):
+    """A ~300-byte alias bomb (9**11 leaves), 1,001 aliases, 100k-deep nesting, a
+    recursive alias and a 1 MB file: each one ConfigError naming the file, fast."""
+    import time
+
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert time.perf_counter() - t0 < 5
+    assert str(path) in str(info.value) and why in str(info.value), str(info.value)
+
+
+def test_yaml_within_the_bounds_loads_with_its_aliases(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("env: &e {p_mix: 0.1}\nprobes: {every: 3}\nalpha_w: 0.5\n" + _bomb(3, 3))
+    from tdlens.config import read_yaml
+
+    data = read_yaml(path)
+    assert data["env"] == {"p_mix": 0.1} and data["a2"] == [[["x", "x"]] * 3] * 3
+
+
+def test_a_directory_device_or_fifo_as_config_says_what_it_is(tmp_path):
+    import os
+
+    from tdlens.config import find_config, read_yaml
+
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    for path, kind in ((tmp_path, "a directory"), ("/dev/zero", "a character device")):
+        with pytest.raises(ConfigError, match=kind):
+            find_config(str(path))
+    for path, kind in ((fifo, "a FIFO"), (tmp_path, "a directory")):
+        with pytest.raises(ConfigError, match=kind):
+            read_yaml(path)
+        with pytest.raises(ConfigError, match=kind):
+            find_config(str(path))
+
+
+@pytest.mark.parametrize(
+    "name", ["x/../../../../escape", "..", "a..b", "-rf", ".hidden", "x" * 201, "a\x1b[31mred", ""]
+)
+def test_run_and_sweep_names_follow_one_rule(name):
+    from tdlens.config import check_name
+
+    with pytest.raises(ConfigError, match=r"^name: use letters"):
+        check_name(name)
+    assert check_name("alpha_w1e+04_sigma_pi0.6-efbfbe5b0093") == (
+        "alpha_w1e+04_sigma_pi0.6-efbfbe5b0093"
+    )

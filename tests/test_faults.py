@@ -400,3 +400,261 @@ def test_audit_uses_the_newest_checkpoint_that_verifies(tmp_path):
     result = runner.invoke(app, ["audit", "rho", str(d)])
     assert result.exit_code in (0, 1), result.output  # audited, whatever its verdict
     assert "at iteration 7" in result.output  # ckpt_000008 (after iteration 7), not the 9th
+
+
+# ------------------------------------------ issue 26: nothing lost, nothing let in
+
+
+def _stopped(d: Path, *extra: str, after: int = 5) -> None:
+    """A run of _cfg(*extra) stopped (as by SIGINT) after `after` iterations: checkpoints
+    after iterations 2, 4 and `after`, status incomplete."""
+    r = Runner(_cfg(*extra), d, handle_signals=False)
+
+    def stop(p) -> None:
+        if p.n + 1 >= after:
+            r._stop_signal = signal.SIGINT
+
+    r.on_progress = stop
+    assert r.run().status == "incomplete"
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    """Every file of a run directory (but the log) by relative path: what must not change."""
+    return {
+        str(p.relative_to(d)): p.read_bytes()
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and p.name != "stdout.log"
+    }
+
+
+def test_resume_against_a_changed_config_is_exit_2_naming_the_keys_and_loses_nothing(
+    tmp_path, full_run
+):
+    d = tmp_path / "run"
+    _stopped(d)
+    config = json.loads((d / "config.json").read_text())
+    edited = {**config, "gamma": 0.5, "env": {**config["env"], "p_mix": 0.2}}
+    (d / "config.json").write_text(json.dumps(edited))
+    before = _snapshot(d)
+    result = runner.invoke(app, ["run", str(d), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "differing keys: env.p_mix, gamma" in result.output and "--restart" in result.output
+    assert "Traceback" not in result.output
+    assert _snapshot(d) == before  # nothing truncated, no status rewritten
+    (d / "config.json").write_text(json.dumps(config))
+    assert Runner(None, d, resume=True).run().status == "complete"
+    assert _curves(d) == _curves(full_run)
+
+
+def test_resume_against_a_config_json_changed_before_any_checkpoint_is_exit_2(tmp_path):
+    """No checkpoint to compare with: status.json's config_hash is the witness."""
+    d = tmp_path / "run"
+    _stopped(d, "checkpoint_every=100", after=1)
+    for ckpt in list_checkpoints(d):
+        ckpt.unlink()
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "seed": 7}))
+    before = _snapshot(d)
+    result = runner.invoke(app, ["run", str(d), "--resume"])
+    assert result.exit_code == 2 and "is not the config the run was started with" in result.output
+    assert _snapshot(d) == before
+
+
+def test_restart_starts_over_on_purpose_and_keeps_the_old_files(tmp_path, full_run):
+    d = tmp_path / "run"
+    _stopped(d, "gamma=0.5")
+    old = _snapshot(d)
+    (d / "config.json").write_bytes((full_run / "config.json").read_bytes())
+    old["config.json"] = (d / "config.json").read_bytes()
+    result = runner.invoke(app, ["run", str(d), "--restart"])
+    assert result.exit_code == 0, result.output
+    (previous,) = (d / "previous").iterdir()
+    assert re.fullmatch(r"\d{8}_\d{6}", previous.name)
+    assert _snapshot(previous) == old  # every old file, byte for byte
+    assert not (previous / ".lock").exists()
+    assert _status(d)["status"] == "complete"
+    assert _curves(d) == _curves(full_run)  # the full run's config, started over
+    assert "restarted on purpose" in (d / "stdout.log").read_text()
+    both = runner.invoke(app, ["run", str(d), "--resume", "--restart"])
+    assert both.exit_code == 2 and "exclude each other" in both.output
+
+
+@pytest.mark.parametrize("key", ["rho_clip", "theta_radius"])
+def test_inf_settings_resume_bit_identically(tmp_path, key):
+    """inf ("no limit") is stored as the token "inf": the resume continues from the
+    checkpoint (not from the start) and equals the uninterrupted run."""
+    full, d = tmp_path / "full", tmp_path / "run"
+    Runner(_cfg(f"{key}=.inf"), full).run()
+    assert json.loads((full / "config.json").read_text())[key] == "inf"
+    _stopped(d, f"{key}=.inf")
+    resumed = Runner(None, d, resume=True).run()
+    assert resumed.status == "complete" and "ckpt_000005.npz" in resumed.resumed_from
+    assert _curves(d) == _curves(full)
+
+
+def test_a_non_numeric_iter_fails_the_resume_naming_file_and_row(tmp_path, full_run):
+    d = tmp_path / "run"
+    _stopped(d)
+    path = d / "learning_curves.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    good = lines[3]
+    lines[3] = "abc" + good[good.index(",") :]
+    path.write_text("".join(lines))
+    before = _snapshot(d)
+    result = runner.invoke(app, ["run", str(d), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "learning_curves.csv' line 4: iter 'abc' is not a number" in result.output
+    status = _status(d)
+    assert status["status"] == "failed" and "line 4" in status["reason"]
+    after = _snapshot(d)
+    after.pop("status.json"), before.pop("status.json")
+    assert after == before  # no table cut
+    lines[3] = good
+    path.write_text("".join(lines))
+    assert Runner(None, d, resume=True).run().status == "complete"
+    assert _curves(d) == _curves(full_run)
+
+
+@pytest.mark.parametrize("name", ["x/../../../../escape", "..", "a\x1b[31mred"])
+def test_a_run_name_is_never_a_path(tmp_path, name):
+    out = tmp_path / "outputs" / "runs"
+    result = runner.invoke(app, ["run", "sanity", "--output-dir", str(out), "--name", name])
+    assert result.exit_code == 2 and "name: use letters" in result.output, result.output
+    assert "\x1b" not in result.output
+    spec = tmp_path / "evil.yaml"
+    spec.write_text(f"name: {json.dumps(name)}\n")
+    result = runner.invoke(app, ["run", str(spec), "--output-dir", str(out)])
+    assert result.exit_code == 2 and "name: use letters" in result.output
+    assert not (tmp_path / "outputs").exists() and not (tmp_path.parent / "escape").exists()
+    with pytest.raises(ValueError, match="name: use letters"):
+        Runner(_cfg().model_copy(update={"name": name}), tmp_path / "r")
+
+
+def test_control_characters_in_names_never_reach_the_terminal(tmp_path, monkeypatch):
+    """A run directory (an explicit --run-dir) and a config.json name (written by hand or
+    an old version) holding ANSI escapes: `runs list` (table and csv) and `run --resume`
+    show them escaped."""
+    monkeypatch.setenv("TDLENS_CATALOG", str(tmp_path / "c.sqlite"))
+    d = tmp_path / "outputs" / "evil\x1b[2J\x1b[31m"
+    _stopped(d, after=1)
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, "name": "evil\x1b[2J"}))
+    assert runner.invoke(app, ["runs", "reindex", str(tmp_path / "outputs")]).exit_code == 0
+    for fmt in ("table", "csv"):
+        listed = runner.invoke(app, ["runs", "list", "--format", fmt])
+        assert listed.exit_code == 0 and "\x1b" not in listed.output, listed.output
+        assert "evil\\x1b[2J" in listed.output
+    resumed = runner.invoke(app, ["run", str(d), "--resume"])
+    assert resumed.exit_code == 0 and "\x1b" not in resumed.output
+    assert "evil\\x1b[2J" in resumed.output
+
+
+@pytest.mark.parametrize("target", [".lock", "stdout.log", "learning_curves.csv"])
+def test_a_symlink_in_the_run_directory_is_refused_and_its_target_untouched(tmp_path, target):
+    d = tmp_path / "run"
+    _stopped(d)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (d / target).unlink(missing_ok=True)
+    (d / target).symlink_to(victim)
+    before = _snapshot(d)
+    result = runner.invoke(app, ["run", str(d), "--resume"])
+    assert result.exit_code == 2, result.output
+    assert "symbolic link" in result.output and target in result.output
+    assert victim.read_text() == "precious\n" and _snapshot(d) == before
+
+
+def test_run_files_are_opened_without_following_links(tmp_path):
+    """The backstop under the directory check (a link made after it): O_NOFOLLOW."""
+    from tdlens.rundir.lock import RunLock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    for name in (".lock", "log", "table.csv"):
+        (tmp_path / name).symlink_to(victim)
+    with pytest.raises(RunFileError, match="symbolic link"):
+        RunLock(tmp_path).acquire()
+    with pytest.raises(RunFileError, match="symbolic link"):
+        files.append_text(tmp_path / "log", "x\n")
+    with pytest.raises(RunFileError, match="symbolic link"):
+        files.atomic_write_text(tmp_path / "table.csv", "x\n")
+    assert victim.read_text() == "precious\n"
+
+
+def test_hostile_configs_are_exit_2_in_one_line_before_anything_is_written(tmp_path):
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 12)]
+    bomb.write_text("\n".join(lines) + "\n")
+    cases = [
+        ([str(bomb)], "aliases expand to more than"),
+        ([str(fifo)], "is a FIFO"),
+        ([str(tmp_path)], "is a directory"),
+        (["/dev/zero"], "is a character device"),
+        (["sanity", "--set", "sigma_mu=1e308"], "sigma_mu: Input should be less than"),
+        (["sanity", "--set", "alpha_w=.inf"], "alpha_w: Input should be a finite number"),
+        (["sanity", "--set", "rho_clip=nan"], "rho_clip: nan is not allowed"),
+        (["sanity", "--set", "probes.distribution.chains=1"], "36% false positives"),
+    ]
+    out = tmp_path / "outputs"
+    for args, message in cases:
+        result = runner.invoke(app, ["run", *args, "--output-dir", str(out)])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+        assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def _npz_bomb(path: Path) -> None:
+    """64 MiB of float64 zeros, deflated to ~64 kB: over the limit of a D = 32 run."""
+    np.savez_compressed(path, Q_hat=np.zeros((8192, 1024)))
+
+
+def test_an_inflating_array_is_refused_by_its_header_in_the_one_reader(tmp_path):
+    from tdlens.rundir.read import load_array
+
+    d = tmp_path / "run"
+    Runner(_cfg("probes.enabled=true", *PROBED[2:], "outer_iters=4"), d).run()
+    (d / "probes" / "q_kernel_0003.npy").unlink()
+    bomb = d / "probes" / "q_kernel_0003.npz"
+    _npz_bomb(bomb)
+    assert bomb.stat().st_size < 200_000
+    result = runner.invoke(app, ["report", str(d)])
+    assert result.exit_code == 2, result.output
+    assert "q_kernel_0003.npz" in result.output and "refused before loading" in result.output
+    with pytest.raises(RunFileError, match="8388608 array elements"):
+        load_array(bomb, 32)
+    assert isinstance(load_array(bomb, 1024), dict)  # the same file fits a D = 1024 run
+    ckpt = list_checkpoints(d)[-1]
+    _npz_bomb(ckpt)
+    with pytest.raises(RunFileError, match=r"refused|checksum|lacks"):
+        load_checkpoint(ckpt)
+
+
+def test_a_temporary_file_of_a_killed_checkpoint_write_is_removed_on_resume(tmp_path, full_run):
+    d = tmp_path / "run"
+    _stopped(d)
+    tmp = d / "checkpoints" / ".ckpt_000006.npz.k1ll3d.tmp"
+    tmp.write_bytes(b"half a checkpoint")
+    assert Runner(None, d, resume=True).run().status == "complete"
+    assert not tmp.exists() and not list(d.rglob("*.tmp"))
+    assert "removed 'checkpoints/.ckpt_000006.npz.k1ll3d.tmp'" in (d / "stdout.log").read_text()
+    assert _curves(d) == _curves(full_run)
+
+
+def test_garbage_in_a_probe_table_fails_the_missing_value_check(tmp_path):
+    d = tmp_path / "run"
+    Runner(_cfg("probes.enabled=true", *PROBED[2:], "outer_iters=4"), d).run()
+    path = d / "probes" / "fixed_point_probe.csv"
+    header, *rows = path.read_text().splitlines()
+    col = header.split(",").index("value_gap")
+    cells = rows[0].split(",")
+    cells[col] = "garbage"
+    path.write_text("\n".join([header, ",".join(cells), *rows[1:]]) + "\n")
+    write_report(d)
+    report = json.loads((d / "run_report.json").read_text())
+    check = next(c for c in report["health"]["checks"] if c["name"] == "probe_missing_values")
+    assert check["verdict"] == "FAIL" and "fixed_point_probe.value_gap" in check["detail"]
+    assert "'garbage'" in check["detail"]

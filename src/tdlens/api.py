@@ -32,6 +32,7 @@ from tdlens.config import (
     ConfigError,
     RunConfig,
     apply_overrides,
+    check_name,
     find_config,
     parse_config,
     read_yaml,
@@ -96,8 +97,11 @@ def load_run_config(
     else:
         data = apply_overrides(data, list(overrides))
     if name:
+        check_name(name)
         data = apply_overrides(data, [f"name={name}"])
-    return parse_config(data)
+    cfg = parse_config(data)
+    check_name(cfg.name)
+    return cfg
 
 
 # --------------------------------------------------------------------------- running
@@ -129,20 +133,23 @@ def create_runner(
     force: bool = False,
     catalog: str | Path | None = None,
     on_catalog_error: Callable[[Path, str], None] | None = None,
+    restart: bool = False,
 ) -> Runner:
     """A Runner for `cfg` in `run_dir` (default ``<output_dir>/<time>_<name>``).
 
     With `resume`, `run_dir` is the run to continue and `cfg` is None (its config.json
-    is used). The run is indexed in the catalog when it starts; a catalog problem is
-    passed to `on_catalog_error` (path, message). Raises ConfigError, RunDirError,
-    RunFinishedError, RunFileError or ResourceError with a one-line message.
+    is used). With `restart`, `run_dir` is a run started over from its config.json, its
+    old files moved to ``previous/<time>/``. The run is indexed in the catalog when it
+    starts; a catalog problem is passed to `on_catalog_error` (path, message). Raises
+    ConfigError, RunDirError, RunFinishedError, RunFileError or ResourceError with a
+    one-line message.
     """
     from tdlens.report import write_report
     from tdlens.runs.runner import RunDirError, Runner, default_run_dir
 
-    if resume:
+    if resume or restart:
         if run_dir is None:
-            raise RunDirError("resume needs the run directory")
+            raise RunDirError(f"{'resume' if resume else 'restart'} needs the run directory")
         target = Path(run_dir)
     else:
         if cfg is None:
@@ -160,7 +167,13 @@ def create_runner(
             on_catalog_error(where, error)
 
     return Runner(
-        cfg, target, resume=resume, force=force, on_start=on_start, write_report=write_report
+        cfg,
+        target,
+        resume=resume,
+        force=force,
+        on_start=on_start,
+        write_report=write_report,
+        restart=restart,
     )
 
 
@@ -429,12 +442,13 @@ class Run:
         from tdlens.rundir.read import array_files, latest_array, load_array
 
         files = array_files(self.path, name)
+        dim = self.data.cfg.env.feature_dim if self.data.cfg is not None else None
         if iteration is None:
-            _, arr = latest_array(self.path, name)
+            _, arr = latest_array(self.path, name, feature_dim=dim)
             if arr is not None:
                 return arr
         elif iteration in files:
-            arr = load_array(files[iteration])
+            arr = load_array(files[iteration], dim)
             if arr is not None:
                 return arr
         known = ", ".join(f"{n} {its}" for n, its in self.array_names().items()) or "none"

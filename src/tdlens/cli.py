@@ -29,7 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from tdlens.config import ConfigError, RunConfig, find_config
+from tdlens.config import ConfigError, RunConfig, find_config, printable
 
 app = typer.Typer(
     name="tdlens",
@@ -63,8 +63,8 @@ SetOption = Annotated[
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print one clear error line and exit (2 = bad input)."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    """Print one clear error line (control characters escaped) and exit (2 = bad input)."""
+    err.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False, markup=True)
     raise typer.Exit(code)
 
 
@@ -106,6 +106,13 @@ def run(
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir (or CONFIG) from its checkpoint.")
     ] = False,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            help="Start the run in --run-dir (or CONFIG) over from its config.json, on "
+            "purpose; its old files move to previous/<time>/."
+        ),
+    ] = False,
     strict: Annotated[bool, typer.Option(help="Exit 1 when the report's health is FAIL.")] = False,
     catalog: Annotated[
         Path | None,
@@ -132,18 +139,21 @@ def run(
     from tdlens.runs.budget import ResourceError
     from tdlens.runs.runner import RunDirError, RunFinishedError
 
-    if resume:
+    if resume and restart:
+        fail("--resume and --restart exclude each other; choose one")
+    if resume or restart:
+        flag = "--resume" if resume else "--restart"
         target = run_dir or (Path(config) if config else None)
         if target is None:
-            fail("--resume needs the run directory: tdlens run RUN_DIR --resume")
+            fail(f"{flag} needs the run directory: tdlens run RUN_DIR {flag}")
         if overrides:
-            fail("--resume continues a run with its own config.json; --set is not allowed")
+            fail(f"{flag} uses the run's own config.json; --set is not allowed")
         cfg = None
     else:
         cfg = load_cli_config(config, overrides, name)
         target = run_dir
     if dry_run:
-        raise typer.Exit(_dry_run(cfg, target, output_dir, force))
+        raise typer.Exit(_dry_run(cfg, target, output_dir, force, restart))
     try:
         runner = create_runner(
             cfg,
@@ -153,6 +163,7 @@ def run(
             force=force,
             catalog=catalog,
             on_catalog_error=_catalog_warning,
+            restart=restart,
         )
     except RunFinishedError as exc:
         out.print(str(exc), highlight=False)
@@ -164,13 +175,13 @@ def run(
         err.print(
             "[yellow]warning:[/] " + escape(_sigma_warning(cfg)), highlight=False, markup=True
         )
-    out.print(f"run directory: {runner.run_dir}", highlight=False)
+    out.print(f"run directory: {printable(str(runner.run_dir))}", highlight=False)
     try:
         result = _run_with_progress(runner)
     except (RunLockedError, RunFileError, RunDirError, ResourceError) as exc:
         fail(str(exc))
     if result.resumed_from:
-        out.print(f"resumed from {result.resumed_from}", highlight=False)
+        out.print(f"resumed from {printable(result.resumed_from)}", highlight=False)
     _print_outcome(result.run_dir, result.status, result.reason)
     for what in result.unwritten:
         err.print(
@@ -197,7 +208,9 @@ def _sigma_warning(cfg: RunConfig) -> str:
     )
 
 
-def _dry_run(cfg: RunConfig | None, target: Path | None, output_dir: Path, force: bool) -> int:
+def _dry_run(
+    cfg: RunConfig | None, target: Path | None, output_dir: Path, force: bool, restart: bool = False
+) -> int:
     """``tdlens run --dry-run``: the resolved config as YAML on stdout (it loads back as the
     same config), then, as YAML comments, the memory/disk estimate of
     :mod:`tdlens.runs.budget` and where the run would go. Creates nothing. Returns the exit
@@ -216,7 +229,7 @@ def _dry_run(cfg: RunConfig | None, target: Path | None, output_dir: Path, force
     )
     from tdlens.runs.runner import check_creatable, default_run_dir
 
-    if cfg is None:  # --resume: the run's own config
+    if cfg is None:  # --resume / --restart: the run's own config
         assert target is not None
         if not (target / "config.json").is_file():
             fail(f"--resume: '{target}' is not a run directory (no config.json)")
@@ -224,7 +237,7 @@ def _dry_run(cfg: RunConfig | None, target: Path | None, output_dir: Path, force
             cfg = config_from_json(target / "config.json")
         except ConfigError as exc:
             fail(str(exc))
-        verb = "would resume"
+        verb = "would restart (old files to previous/<time>/)" if restart else "would resume"
     else:
         if output_dir.exists() and not output_dir.is_dir():
             fail(f"--output-dir '{output_dir}' is a file; it must be a folder (or not exist yet)")
@@ -298,7 +311,7 @@ def _live_progress(bar: Progress, cfg: RunConfig):
     from tdlens.report.fmt import duration_text
     from tdlens.runs.runner import Progress as RunProgress
 
-    name = escape(cfg.name)
+    name = escape(printable(cfg.name))
     task = bar.add_task("starting", total=cfg.outer_iters, name=name, info="", eta="-")
     last_probe = {"text": "no probe round yet"}
     clock = Eta(probe_every(cfg))
@@ -348,12 +361,13 @@ def _health(run_dir: Path) -> str | None:
 
 def _print_outcome(run_dir: Path, status: str, reason: str | None) -> None:
     health = _health(run_dir)
-    out.print(f"status: {status}" + (f" ({reason})" if reason else ""), highlight=False)
+    text = f"status: {status}" + (f" ({reason})" if reason else "")
+    out.print(printable(text), highlight=False)
     if health is not None:
         out.print(f"health: {health}", highlight=False)
     report = Path(run_dir) / "run_report.md"
     if report.exists():
-        out.print(f"report: {report}", highlight=False)
+        out.print(f"report: {printable(str(report))}", highlight=False)
 
 
 @app.command()

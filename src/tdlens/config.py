@@ -1,10 +1,13 @@
 """Typed, frozen run configuration (SPEC sections 4, 6, 13 and 15).
 
-One :class:`RunConfig` describes a run completely; it is loaded from YAML (always with
-``yaml.safe_load``), patched with dotted ``--set key=value`` overrides, validated, and
-saved resolved as ``config.json`` in the run directory. Every validation error is turned
-into one :class:`ConfigError` whose message names the offending key (with a
-did-you-mean suggestion for unknown keys) and what is allowed.
+One :class:`RunConfig` describes a run completely; it is loaded from YAML (a SafeLoader
+bounded in size, aliases and depth: :func:`safe_load_bounded`), patched with dotted
+``--set key=value`` overrides, validated (every numeric key within its range, listed in
+docs/model.md §13; nan nowhere), and saved resolved as ``config.json`` in the run
+directory. One encoder (:func:`encode_config`, inf as ``"inf"``) serves config.json, the
+config hash and run ids; keys added later leave old hashes unchanged (:data:`ADDED_LATER`).
+Every validation error is turned into one :class:`ConfigError` whose message names the
+offending key (with a did-you-mean suggestion for unknown keys) and what is allowed.
 """
 
 from __future__ import annotations
@@ -13,71 +16,119 @@ import difflib
 import hashlib
 import json
 import math
+import os
 import re
+import stat
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and what is allowed."""
 
 
+SCALE_MAX = 1e6
+"""Upper bound of every length, noise, scale and tolerance key: far beyond any meaningful
+setting, low enough that squares and products of keys stay finite in float64 (``sigma_mu
+= 1e308`` overflowed ``sigma_mu**2``)."""
+STEP_MAX = 1e12
+"""Upper bound of ``alpha_w`` and ``alpha_pi``: the shipped sweeps reach 1e4 (the atlas's
+divergent corner) and 1e12 diverges within 4 iterations even at D = 64; far above it
+(1e308, inf) the first update is float overflow, not a regime."""
+COUNT_MAX = 2**31 - 1
+"""Upper bound of every count (iterations, sizes, samples): a NumPy int32 index."""
+DIM_MAX = 10**12
+"""Upper bound of the feature dimensions: the memory budget (tdlens.runs.budget), not the
+range, refuses a D the machine cannot hold, and with --force a D far past any address
+space must fail as out of memory with a status (docs/faults.md)."""
+SEED_MAX = 2**63 - 1
+"""Upper bound of the seed (a non-negative int64)."""
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
+
+
+def _no_nan(value: float | None) -> float | None:
+    """Refuse nan for the keys that accept inf (nan is no limit and no number)."""
+    if value is not None and math.isnan(value):
+        raise ValueError("nan is not allowed; inf means 'no limit'")
+    return value
+
+
+UnboundedFloat = Annotated[float, Field(allow_inf_nan=True), AfterValidator(_no_nan)]
+"""A float that may be ``inf`` (written ``inf`` in YAML and config.json), never nan."""
 
 
 class EnvConfig(_Frozen):
     """Torus Goblet & Ghost and feature-map parameters (SPEC sections 1 and 2)."""
 
-    torus_size: float = Field(1.0, gt=0, description="side L of the torus")
-    dt: float = Field(0.05, gt=0, description="time step")
-    v_max: float = Field(0.4, gt=0, description="action clip / squash bound")
-    v_ghost: float = Field(0.3, ge=0, description="ghost speed")
-    sigma_env: float = Field(0.01, ge=0, description="adventurer position noise std")
-    sigma_ghost: float = Field(0.01, ge=0, description="ghost position noise std")
-    eps_catch: float = Field(0.05, ge=0, description="catch radius")
-    eps_pick: float = Field(0.04, ge=0, description="goblet pick radius")
-    num_goblets: int = Field(3, ge=1, description="K goblets")
+    torus_size: float = Field(1.0, gt=0, le=SCALE_MAX, description="side L of the torus")
+    dt: float = Field(0.05, gt=0, le=1, description="time step")
+    v_max: float = Field(0.4, gt=0, le=SCALE_MAX, description="action clip / squash bound")
+    v_ghost: float = Field(0.3, ge=0, le=SCALE_MAX, description="ghost speed")
+    sigma_env: float = Field(0.01, ge=0, le=SCALE_MAX, description="adventurer position noise std")
+    sigma_ghost: float = Field(0.01, ge=0, le=SCALE_MAX, description="ghost position noise std")
+    eps_catch: float = Field(0.05, ge=0, le=SCALE_MAX, description="catch radius")
+    eps_pick: float = Field(0.04, ge=0, le=SCALE_MAX, description="goblet pick radius")
+    num_goblets: int = Field(3, ge=1, le=COUNT_MAX, description="K goblets")
     p_mix: float = Field(0.05, ge=0, le=1, description="restart probability per step")
     p_type_positive: float = Field(0.5, ge=0, le=1, description="P(goblet type = +1)")
     type_resample_p: float = Field(0.5, ge=0, le=1, description="P(type redrawn on pick)")
     clip_action: bool = Field(False, description="clip actions to [-v_max, v_max] per axis")
-    feature_dim: int = Field(128, ge=5, description="critic feature dimension D")
-    actor_feature_dim: int = Field(32, ge=1, description="actor feature dimension N")
-    c_psi: float = Field(1.0, gt=0, description="norm bound of the actor features")
-    feature_sigma: float = Field(1.0, gt=0, description="std of the critic frequencies W_phi")
-    lambda_action_penalty: float = Field(0.1, ge=0, description="teacher weight on ||a||^2")
-    teacher_base_scale: float = Field(0.05, ge=0, description="std of the random teacher part")
+    feature_dim: int = Field(128, ge=5, le=DIM_MAX, description="critic feature dimension D")
+    actor_feature_dim: int = Field(32, ge=1, le=DIM_MAX, description="actor feature dimension N")
+    c_psi: float = Field(1.0, gt=0, le=SCALE_MAX, description="norm bound of the actor features")
+    feature_sigma: float = Field(
+        1.0, gt=0, le=SCALE_MAX, description="std of the critic frequencies W_phi"
+    )
+    lambda_action_penalty: float = Field(
+        0.1, ge=0, le=SCALE_MAX, description="teacher weight on ||a||^2"
+    )
+    teacher_base_scale: float = Field(
+        0.05, ge=0, le=SCALE_MAX, description="std of the random teacher part"
+    )
 
 
 class PlateauConfig(_Frozen):
     """TD-loss plateau trigger (SPEC 6): slope within `tol` standard errors of zero."""
 
     enabled: bool = True
-    window: int = Field(10, ge=3)
-    tol: float = Field(1.0, ge=0)
-    cooldown: int = Field(10, ge=1)
-    min_iter: int = Field(10, ge=0)
+    window: int = Field(10, ge=3, le=COUNT_MAX)
+    tol: float = Field(1.0, ge=0, le=SCALE_MAX)
+    cooldown: int = Field(10, ge=1, le=COUNT_MAX)
+    min_iter: int = Field(10, ge=0, le=COUNT_MAX)
 
 
 class FixedPointConfig(_Frozen):
     """TD fixed point probe (SPEC 6.1)."""
 
     enabled: bool = True
-    batch_size: int = Field(4096, ge=2)
+    batch_size: int = Field(4096, ge=2, le=COUNT_MAX)
     sampling: Literal["trainer", "stationary"] = Field(
         "trainer",
         description="trainer: batch_size // horizon trajectories of horizon steps from reset "
         "(at least 2), as the trainer samples; stationary: one continuing chain",
     )
     solver: Literal["direct", "iterate"] = "direct"
-    ridge: float = Field(1e-3, ge=0)
-    max_iters: int = Field(2000, ge=1)
-    tol: float = Field(1e-8, gt=0)
+    ridge: float = Field(1e-3, ge=0, le=SCALE_MAX)
+    max_iters: int = Field(2000, ge=1, le=COUNT_MAX)
+    tol: float = Field(1e-8, gt=0, le=1)
     """The solver's stopping tolerance, used as given (the table's ``tol`` column): direct,
     the relative residual ``||M w# - rhs|| / ||rhs||`` at which iterative refinement stops
     (also for the two half-batch solves of the noise floor); iterate, the relative step
@@ -88,47 +139,58 @@ class StabilityConfig(_Frozen):
     """Spectral stability probe (SPEC 6.2)."""
 
     enabled: bool = True
-    batch_size: int = Field(4096, ge=2)
+    batch_size: int = Field(4096, ge=2, le=COUNT_MAX)
     sampling: Literal["trainer", "stationary"] = Field(
         "trainer",
         description="trainer: batch_size // horizon trajectories of horizon steps from reset "
         "(at least 2), as the trainer samples; stationary: one continuing chain",
     )
-    k_mc: int = Field(8, ge=1)
-    power_iters: int = Field(20, ge=1)
+    k_mc: int = Field(8, ge=1, le=COUNT_MAX)
+    power_iters: int = Field(20, ge=1, le=COUNT_MAX)
 
 
 class DistributionConfig(_Frozen):
     """Distribution-shift probe (SPEC 6.3)."""
 
     enabled: bool = True
-    num_samples: int = Field(4096, ge=4)
+    num_samples: int = Field(4096, ge=4, le=COUNT_MAX)
     chains: int = Field(
         8,
-        ge=1,
-        description="independent chains per policy, ceil(num_samples / chains) steps each; "
-        "the MMD p-value permutes whole chains (exact under mu == pi); 1 = one chain, "
-        "blocks of 2 tau_int (approximate)",
+        ge=2,
+        le=COUNT_MAX,
+        description="independent chains per policy (>= 2), ceil(num_samples / chains) steps "
+        "each; the MMD p-value permutes whole chains (exact under mu == pi)",
     )
-    action_samples: int = Field(64, ge=1)
-    mmd_bandwidth_samples: int = Field(300, ge=4)
-    permutations: int = Field(200, ge=0)
+    action_samples: int = Field(64, ge=1, le=COUNT_MAX)
+    mmd_bandwidth_samples: int = Field(300, ge=4, le=COUNT_MAX)
+    permutations: int = Field(200, ge=0, le=COUNT_MAX)
+
+    @field_validator("chains", mode="before")
+    @classmethod
+    def _two_chains(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 2:
+            raise ValueError(
+                f"probes.distribution.chains: must be >= 2, got {value}; one chain's "
+                "block-permutation p-value is only approximate (36% false positives at "
+                "p < 0.05 under mu == pi), whole-chain permutation needs two or more"
+            )
+        return value
 
 
 class QKernelConfig(_Frozen):
     """TD-error kernel probe (SPEC 6.4)."""
 
     enabled: bool = True
-    cache_batch_size: int = Field(8, ge=1)
-    max_horizon: int = Field(200, ge=1)
+    cache_batch_size: int = Field(8, ge=1, le=COUNT_MAX)
+    max_horizon: int = Field(200, ge=1, le=COUNT_MAX)
 
 
 class RhoAuditConfig(_Frozen):
     """Importance-ratio audit (SPEC 6.5)."""
 
     enabled: bool = True
-    batch_size: int = Field(4096, ge=2)
-    z_threshold: float = Field(5.0, gt=0)
+    batch_size: int = Field(4096, ge=2, le=COUNT_MAX)
+    z_threshold: float = Field(5.0, gt=0, le=SCALE_MAX)
 
 
 EXTRA_PROBE_SECTIONS: dict[str, type[BaseModel]] = {}
@@ -146,7 +208,9 @@ class ProbesConfig(_Frozen):
     model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
 
     enabled: bool = True
-    every: int = Field(5, ge=0, description="probe every n iterations; 0 = only plateau/last")
+    every: int = Field(
+        5, ge=0, le=COUNT_MAX, description="probe every n iterations; 0 = only plateau/last"
+    )
     common_random_numbers: bool = True
     plateau: PlateauConfig = PlateauConfig()
     fixed_point: FixedPointConfig = FixedPointConfig()
@@ -181,33 +245,41 @@ class RunConfig(_Frozen):
     """Everything that defines a run (SPEC 4), with the seed system's key names."""
 
     name: str = Field("run", min_length=1, description="readable run name")
-    seed: int = Field(0, ge=0, description="the one seed every random stream derives from")
-    outer_iters: int = Field(80, ge=1)
-    trajectories: int = Field(16, ge=1, description="B trajectories per iteration")
-    horizon: int = Field(200, ge=1, description="T steps per trajectory")
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description="the one seed every random stream derives from"
+    )
+    outer_iters: int = Field(80, ge=1, le=COUNT_MAX)
+    trajectories: int = Field(16, ge=1, le=COUNT_MAX, description="B trajectories per iteration")
+    horizon: int = Field(200, ge=1, le=COUNT_MAX, description="T steps per trajectory")
     gamma: float = Field(0.99, ge=0, le=1)
-    alpha_w: float = Field(0.08, ge=0)
-    alpha_pi: float = Field(0.06, ge=0)
+    alpha_w: float = Field(0.08, ge=0, le=STEP_MAX)
+    alpha_pi: float = Field(0.06, ge=0, le=STEP_MAX)
     beta: float = Field(0.05, ge=0, le=1)
-    sigma_mu: float = Field(0.35, gt=0)
-    sigma_pi: float = Field(0.30, gt=0)
-    K_mc: int = Field(4, ge=0, description="Monte Carlo draws for bar_phi (0: phi(s', 0))")
-    theta_radius: float = Field(6.0, description="L2 ball radius for theta (<= 0: none)")
-    theta_init_scale: float = Field(0.1, ge=0)
-    w_init_scale: float = Field(0.1, ge=0)
-    theta_mu_offset_scale: float = Field(0.0, ge=0)
+    sigma_mu: float = Field(0.35, gt=0, le=SCALE_MAX)
+    sigma_pi: float = Field(0.30, gt=0, le=SCALE_MAX)
+    K_mc: int = Field(
+        4, ge=0, le=COUNT_MAX, description="Monte Carlo draws for bar_phi (0: phi(s', 0))"
+    )
+    theta_radius: UnboundedFloat = Field(
+        6.0, description="L2 ball radius for theta (<= 0 or inf: none)"
+    )
+    theta_init_scale: float = Field(0.1, ge=0, le=SCALE_MAX)
+    w_init_scale: float = Field(0.1, ge=0, le=SCALE_MAX)
+    theta_mu_offset_scale: float = Field(0.0, ge=0, le=SCALE_MAX)
     squash_action: bool = False
-    rho_clip: float | None = Field(10.0, description="rho clip (null or <= 0: none)")
+    rho_clip: UnboundedFloat | None = Field(10.0, description="rho clip (null, 0 or inf: none)")
     disable_rho_clip: bool = False
     step_normalization: Literal["mean", "sqrt_batch"] = "mean"
     bar_phi: Literal["mc", "exact"] = "mc"
     precision: Literal["float32", "float64"] = Field(
         "float32", description="dtype of the critic features (float32 validated to 1e-4)"
     )
-    threads: int = Field(0, ge=0, description="feature threads (0: all cores)")
-    checkpoint_every: int = Field(10, ge=1)
-    checkpoint_keep: int = Field(3, ge=1, description="checkpoints kept (the newest)")
-    report_every: int = Field(0, ge=0, description="rewrite the report every n iters (0: end)")
+    threads: int = Field(0, ge=0, le=4096, description="feature threads (0: all cores)")
+    checkpoint_every: int = Field(10, ge=1, le=COUNT_MAX)
+    checkpoint_keep: int = Field(3, ge=1, le=COUNT_MAX, description="checkpoints kept (the newest)")
+    report_every: int = Field(
+        0, ge=0, le=COUNT_MAX, description="rewrite the report every n iters (0: end)"
+    )
     env: EnvConfig = EnvConfig()
     probes: ProbesConfig = ProbesConfig()
 
@@ -224,8 +296,8 @@ class RunConfig(_Frozen):
 
     @property
     def effective_rho_clip(self) -> float | None:
-        """The clip actually applied: None when disabled, null or <= 0 (SPEC 3)."""
-        if self.disable_rho_clip or self.rho_clip is None or self.rho_clip <= 0:
+        """The clip actually applied: None when disabled, null, <= 0 or inf (SPEC 3)."""
+        if self.disable_rho_clip or self.rho_clip is None or not 0 < self.rho_clip < math.inf:
             return None
         return float(self.rho_clip)
 
@@ -247,19 +319,155 @@ class RunConfig(_Frozen):
         return self.sigma_pi**2 < 2.0 * self.sigma_mu**2
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The config as plain JSON values (:func:`encode_config`: inf as ``"inf"``); what
+        config.json holds and what the hash and run ids are computed from."""
+        return encode_config(self.model_dump(mode="json"))
 
     def config_hash(self) -> str:
-        """Short hash of everything that changes the numbers (not name, threads, cadences)."""
-        data = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        """Short hash of everything that changes the numbers (:func:`hash_config_data`)."""
+        return hash_config_data(self.to_dict())
 
 
 EXECUTION_KEYS = frozenset(
     {"name", "threads", "checkpoint_every", "checkpoint_keep", "report_every"}
 )
 """Keys that change how a run executes but never its numbers."""
+
+INF_TOKEN = "inf"
+"""How an infinite config value is written in config.json (and hashed): ``"inf"`` /
+``"-inf"``; pydantic reads the token back as the float. JSON has no infinity, and ``null``
+already means "no clip" for ``rho_clip``."""
+
+ADDED_LATER: dict[str, Any] = {}
+"""Config keys added after runs existed, dotted, with the default (as :meth:`RunConfig.
+to_dict` writes it) at which :func:`hash_config_data` leaves them out: a run made before
+the key existed keeps its hash, run id and checkpoints. Register a new key (or a whole new
+section) here when you add it, e.g. ``ADDED_LATER["schedules"] = {"kind": "constant"}``;
+only a non-default value then changes the hash. Never remove an entry."""
+
+
+def encode_config(value: Any) -> Any:
+    """The one encoder of config values: floats ``inf`` / ``-inf`` become the token
+    ``"inf"`` / ``"-inf"``; nan is refused (a validated config never holds it)."""
+    if isinstance(value, dict):
+        return {str(k): encode_config(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_config(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isnan(value):
+            raise ConfigError("config: nan cannot be encoded (no key accepts nan)")
+        return INF_TOKEN if value > 0 else f"-{INF_TOKEN}"
+    return value
+
+
+def hash_config_data(data: dict[str, Any]) -> str:
+    """12 hex digits of SHA-256 over the compact sorted JSON of `data` (to_dict's form)
+    without :data:`EXECUTION_KEYS` and without :data:`ADDED_LATER` keys at their default."""
+    kept = {k: v for k, v in data.items() if k not in EXECUTION_KEYS}
+    kept = json.loads(json.dumps(kept))
+    for dotted, default in ADDED_LATER.items():
+        *parents, leaf = dotted.split(".")
+        node: Any = kept
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            del node[leaf]
+    blob = json.dumps(kept, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two configs (to_dict's form), sorted; keys
+    of :data:`EXECUTION_KEYS` and :data:`ADDED_LATER` keys at their default are ignored."""
+    fa, fb = flatten(a), flatten(b)
+    out = []
+    for key in sorted(set(fa) | set(fb)):
+        if key in EXECUTION_KEYS:
+            continue
+        va = fa.get(key, ADDED_LATER.get(key))
+        vb = fb.get(key, ADDED_LATER.get(key))
+        if va != vb:
+            out.append(key)
+    return out
+
+
+# --------------------------------------------------------------------------- names
+
+NAME_MAX_LEN = 200
+"""Longest run or sweep name (a directory name gets a 16-character time prefix)."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def check_name(name: Any, key: str = "name") -> str:
+    """The one rule for run and sweep names, which become directory names: letters,
+    digits, '.', '_', '+', '-', starting with a letter or digit, no '..', at most
+    :data:`NAME_MAX_LEN` characters. Raises ConfigError naming `key`."""
+    if (
+        not isinstance(name, str)
+        or len(name) > NAME_MAX_LEN
+        or ".." in name
+        or not _NAME.fullmatch(name)
+    ):
+        shown = ascii(name) if isinstance(name, str) else repr(name)
+        raise ConfigError(
+            f"{key}: use letters, digits, '.', '_', '+' or '-' (starting with a letter or "
+            f"digit, no '..', at most {NAME_MAX_LEN} characters); got {shown[:80]}"
+        )
+    return name
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: control characters (ANSI escapes included) shown as
+    ``\\x1b``-style escapes, everything else as is."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
+
+
+# --------------------------------------------------------------------------- ranges
+
+
+def field_range(info: FieldInfo) -> str | None:
+    """The allowed range of a numeric field as text (``0 <= x <= 1e+06``), None if none."""
+    lo = hi = None
+    lo_op = hi_op = "<="
+    for m in info.metadata:
+        if getattr(m, "ge", None) is not None:
+            lo = m.ge
+        if getattr(m, "gt", None) is not None:
+            lo, lo_op = m.gt, "<"
+        if getattr(m, "le", None) is not None:
+            hi = m.le
+        if getattr(m, "lt", None) is not None:
+            hi, hi_op = m.lt, "<"
+    if lo is None and hi is None:
+        return None
+    left = f"{_num(lo)} {lo_op} " if lo is not None else ""
+    right = f" {hi_op} {_num(hi)}" if hi is not None else ""
+    return f"{left}x{right}"
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+UNBOUNDED_KEYS = ("rho_clip", "theta_radius")
+"""The float keys that accept ``inf`` ("no limit"; nan is refused everywhere)."""
+
+
+def numeric_ranges(model: type[BaseModel] | None = None, prefix: str = "") -> dict[str, str]:
+    """Every numeric config key (dotted) with its allowed range (docs/model.md §13 lists
+    them; a test checks the two agree). Keys that accept inf say so."""
+    model = model or RunConfig
+    out: dict[str, str] = {}
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(numeric_ranges(ann, f"{prefix}{name}."))
+            continue
+        if f"{prefix}{name}" in UNBOUNDED_KEYS:
+            out[f"{prefix}{name}"] = "any number, or inf; <= 0 (or null for rho_clip): none"
+        elif ann in (int, float):
+            out[f"{prefix}{name}"] = field_range(info) or "any finite number"
+    return out
 
 
 # --------------------------------------------------------------------------- loading
@@ -288,9 +496,16 @@ def _format_validation_error(err: ValidationError) -> str:
             hint = f"; did you mean '{'.'.join((*loc[:-1], close[0]))}'?" if close else ""
             lines.append(f"unknown key '{key}'{hint} (allowed: {', '.join(sorted(known))})")
         elif item["type"] == "value_error":
-            lines.append(str(item["ctx"]["error"]) if "ctx" in item else item["msg"])
+            msg = str(item["ctx"]["error"]) if "ctx" in item else item["msg"]
+            lines.append(msg if not loc or msg.startswith(key) else f"{key}: {msg}")
         else:
-            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+            allowed = numeric_ranges().get(key)
+            got = item.get("input")
+            shown = ascii(got) if isinstance(got, str) else repr(got)
+            lines.append(
+                f"{key}: {item['msg']} (got {shown[:80]})"
+                + (f"; allowed: {allowed}" if allowed else "")
+            )
     return "; ".join(lines)
 
 
@@ -311,7 +526,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set '{text}': expected key=value with a dotted key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_bounded(raw, f"--set {key}") if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value is not valid YAML ({exc})") from None
     return key.split("."), _coerce_number(value)
@@ -374,6 +589,10 @@ def find_config(name: str, search: tuple[Path, ...] = ()) -> Path:
     shipped = shipped_configs() / f"{stem}.yaml"
     if shipped.is_file() and (len(path.parts) == 1 or path.parts[-2] == "configs"):
         return shipped
+    for candidate in (*(folder / name for folder in search), path):
+        kind = file_kind(candidate)
+        if kind is not None:
+            raise ConfigError(f"config '{candidate}' is {kind}, not a YAML file")
     names = ", ".join(sorted(p.stem for p in shipped_configs().glob("*.yaml")))
     raise ConfigError(f"config '{name}' does not exist (shipped configs: {names})")
 
@@ -389,15 +608,139 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Load a YAML mapping with safe_load; errors name the file."""
-    path = Path(path)
+YAML_MAX_BYTES = 1_000_000
+"""Largest config or sweep spec read (1 MB; the shipped ones are under 3 kB)."""
+YAML_MAX_ALIASES = 1000
+"""Most alias uses (``*name``) in one YAML document: aliases of aliases expand
+exponentially ("billion laughs"); the count is taken while composing, before expansion."""
+YAML_MAX_DEPTH = 50
+"""Deepest nesting of mappings and lists in one YAML document (checked while composing)."""
+YAML_MAX_NODES = 100_000
+"""Most nodes of one YAML document once its aliases are expanded, counted on the composed
+node graph (shared nodes counted once per use) before any Python object is built: a few
+hundred bytes of nested aliases can stand for 10**9 nodes while using far fewer than
+:data:`YAML_MAX_ALIASES` aliases."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that counts alias uses and nesting depth while composing the node tree
+    and stops at :data:`YAML_MAX_ALIASES` / :data:`YAML_MAX_DEPTH`, before any expansion
+    or recursion can take the machine."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > YAML_MAX_ALIASES:
+                raise _YamlBound(f"more than {YAML_MAX_ALIASES} alias uses (*name)")
+        self._depth += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                raise _YamlBound(f"nested deeper than {YAML_MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _YamlBound(Exception):
+    """A YAML document over one of the bounds of :class:`_BoundedLoader`."""
+
+
+def safe_load_bounded(text: str, where: str) -> Any:
+    """``yaml.safe_load`` within :data:`YAML_MAX_ALIASES` and :data:`YAML_MAX_DEPTH`;
+    a document over a bound is a ConfigError naming `where`."""
+    loader = _BoundedLoader(text)
     try:
-        text = path.read_text()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node) > YAML_MAX_NODES:
+            raise _YamlBound(f"its aliases expand to more than {YAML_MAX_NODES} nodes")
+        return loader.construct_document(node)
+    except _YamlBound as exc:
+        raise ConfigError(f"{where}: refused, {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes of `root` with every alias expanded (capped just above YAML_MAX_NODES),
+    by an iterative post-order walk that sizes each shared node once; a recursive alias
+    (a node inside itself) is refused."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            total = 1 + sum(sizes[id(c)] for c in _children(node))
+            sizes[key] = min(total, YAML_MAX_NODES + 1)
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise _YamlBound("a recursive alias (a node inside itself)")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def file_kind(path: Path) -> str | None:
+    """What `path` is when it is not a regular file (a directory, a FIFO, a device...);
+    None for a regular file or nothing at all."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    for test, kind in kinds:
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Load a YAML mapping (:func:`safe_load_bounded`); errors name the file.
+
+    Only a regular file of at most :data:`YAML_MAX_BYTES` is read (a directory, FIFO or
+    device is named as such, never opened).
+    """
+    path = Path(path)
+    kind = file_kind(path)
+    if kind is not None:
+        raise ConfigError(f"config file '{path}' is {kind}, not a YAML file")
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(YAML_MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"config file '{path}': cannot be read ({exc.strerror})") from None
+    if len(raw) > YAML_MAX_BYTES:
+        raise ConfigError(f"config file '{path}': refused, larger than {YAML_MAX_BYTES} bytes")
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_bounded(raw.decode("utf-8"), f"config file '{path}'")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}': not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}': not valid YAML ({exc})") from None
     if data is None:

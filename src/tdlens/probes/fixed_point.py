@@ -214,12 +214,22 @@ def one_norm_M(A: np.ndarray, lam: float, block: int = 256) -> float:
     return float(col.max())
 
 
+CONDITION_DIGITS = 6
+"""Significant digits condition_est keeps: xGECON runs BLAS on work arrays the SciPy
+wrapper allocates, and its last bit has differed between two identical runs with the LU
+factor identical; rounded, two identical runs agree bit for bit (the estimate itself is
+only good to a small factor)."""
+
+
 def condition_estimate(A: np.ndarray, lam: float, lu: tuple[np.ndarray, np.ndarray]) -> float:
     """LAPACK's 1-norm condition estimate of ``M = A + lam I`` from the LU factor of
-    ``M^T`` (xGECON with the infinity norm of ``M^T``, which is the 1-norm of M)."""
+    ``M^T`` (xGECON with the infinity norm of ``M^T``, which is the 1-norm of M), rounded
+    to :data:`CONDITION_DIGITS` significant digits (reproducible)."""
     gecon = sla.get_lapack_funcs("gecon", (lu[0],))
     rcond, _ = gecon(lu[0], one_norm_M(A, lam), norm="I")
-    return float(1.0 / rcond) if rcond > 0 else math.inf
+    if not rcond > 0:
+        return math.inf
+    return float(f"{1.0 / float(rcond):.{CONDITION_DIGITS - 1}e}")
 
 
 def lu_solve_M(lu: tuple[np.ndarray, np.ndarray], rhs: np.ndarray) -> np.ndarray:

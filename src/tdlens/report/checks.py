@@ -138,7 +138,9 @@ def _missing_in_curves(data: RunData) -> tuple[list[str], int, int]:
             cell = row.get(col)
             if isinstance(cell, float) and not math.isnan(cell):
                 continue
-            if _allowed_nan(row, col, data) or not _summary_expected(data, col, it):
+            if isinstance(cell, str):
+                bad.append(f"learning_curves.{col}@{fmt(it)} (text {cell[:20]!r})")
+            elif _allowed_nan(row, col, data) or not _summary_expected(data, col, it):
                 allowed += 1
             else:
                 bad.append(f"learning_curves.{col}@{fmt(it)}")
@@ -147,7 +149,8 @@ def _missing_in_curves(data: RunData) -> tuple[list[str], int, int]:
 
 def check_probe_missing_values(data: RunData) -> Check:
     """No NaN or empty cell where a probe ran, except the documented ones
-    (:data:`ALLOWED_NAN`): rows without a probe round are never missing values."""
+    (:data:`ALLOWED_NAN`): rows without a probe round are never missing values. Probe
+    tables are all numbers: a text cell (``garbage``) is a missing value, never allowed."""
     bad, allowed, rounds = _missing_in_curves(data)
     probe_rows = 0
     for name, table in data.probes.items():
@@ -155,7 +158,9 @@ def check_probe_missing_values(data: RunData) -> Check:
         for row in table.rows:
             for col in table.columns:
                 cell = row.get(col)
-                if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+                if isinstance(cell, str):
+                    bad.append(f"{name}.{col}@{fmt(row.get('iter'))} (text {cell[:20]!r})")
+                elif cell is None or (isinstance(cell, float) and math.isnan(cell)):
                     if _allowed_nan(row, col, data):
                         allowed += 1
                     else:

@@ -211,7 +211,9 @@ def _plain(title: str, x_label: str, y_label: str, traces: list[dict]) -> dict[s
 def plot_rho(data: RunData) -> tuple[dict | None, str]:
     """Histogram of the latest raw rho sample (probes/rho_hist_<iter>.npy); without one,
     the per-iteration rho quantiles of the learning curves. Returns (spec, caption)."""
-    it, rho = latest_array(data.run_dir, "rho_hist")
+    it, rho = latest_array(
+        data.run_dir, "rho_hist", feature_dim=data.cfg.env.feature_dim if data.cfg else None
+    )
     if isinstance(rho, np.ndarray) and rho.size:
         rho = rho[np.isfinite(rho)].ravel()
         lo, hi = (float(rho.min()), float(rho.max())) if rho.size else (1.0, 1.0)
@@ -246,10 +248,17 @@ def plot_rho(data: RunData) -> tuple[dict | None, str]:
 
 def plot_q_kernel(data: RunData) -> tuple[list[dict], str]:
     """Heatmap of the latest Q_hat and its lag profile C(tau) = mean_t Q_hat(t, t + tau)."""
-    it, Q = latest_array(data.run_dir, "q_kernel")
+    it, Q = latest_array(
+        data.run_dir, "q_kernel", feature_dim=data.cfg.env.feature_dim if data.cfg else None
+    )
     if not isinstance(Q, np.ndarray) or Q.ndim != 2 or not Q.size:
         return [], "no Q_hat saved"
-    _, lag = latest_array(data.run_dir, "q_kernel_lag", at_or_before=it)
+    _, lag = latest_array(
+        data.run_dir,
+        "q_kernel_lag",
+        at_or_before=it,
+        feature_dim=data.cfg.env.feature_dim if data.cfg else None,
+    )
     if not isinstance(lag, np.ndarray) or lag.ndim != 1:
         lag = np.array([np.mean(np.diagonal(Q, offset=k)) for k in range(Q.shape[0])])
     vmax = float(np.nanmax(np.abs(Q))) or 1.0
@@ -279,7 +288,9 @@ def plot_q_kernel(data: RunData) -> tuple[list[dict], str]:
 def plot_spectrum(data: RunData) -> tuple[dict | None, str]:
     """Eigenvalues of A of the latest stability probe (probes/stability_eigs_<iter>.npy)
     in the complex plane, with the +-spectral_noise band of Re(l)."""
-    it, eigs = latest_array(data.run_dir, "stability_eigs")
+    it, eigs = latest_array(
+        data.run_dir, "stability_eigs", feature_dim=data.cfg.env.feature_dim if data.cfg else None
+    )
     if not isinstance(eigs, np.ndarray) or not eigs.size:
         return None, "no eigenvalues saved"
     traces = [

@@ -113,7 +113,7 @@ def _loss_tolerances(data: RunData, q: Table) -> np.ndarray:
         zip(q.iters(), q.values("cache_batch_size"), q.values("cache_horizon"), strict=True)
     ):
         path = arrays.get(int(it)) if math.isfinite(it) else None
-        arr = load_array(path) if path is not None else None
+        arr = load_array(path, cfg.env.feature_dim if cfg else None) if path is not None else None
         cv = (
             trajectory_cv(arr)
             if isinstance(arr, np.ndarray) and arr.ndim == 2

@@ -80,7 +80,7 @@ def expected_dynamics(data: RunData) -> ExpectedDynamics:
     """The band of the first probe and the per-probe comparison (module docstring)."""
     curves = {}
     for it, path in array_files(data.run_dir, EXPECTED_DYNAMICS_PREFIX).items():
-        arr = load_array(path)
+        arr = load_array(path, data.cfg.env.feature_dim if data.cfg else None)
         if isinstance(arr, dict) and BAND_KEYS <= set(arr):
             curves[it] = {k: np.asarray(v, dtype=np.float64) for k, v in arr.items()}
     fp = data.probe("fixed_point_probe")

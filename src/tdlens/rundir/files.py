@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import io
 import json
 import math
@@ -40,6 +41,88 @@ def timestamped_dir(parent: str | Path, name: str) -> Path:
 
 class RunFileError(RuntimeError):
     """A run file is missing, corrupt or inconsistent; the message names the file."""
+
+
+class ArrayRefusedError(RunFileError):
+    """An array file refused by its headers (too large, objects): hostile, not torn."""
+
+
+MAX_ARRAY_ELEMENTS = 2**28
+"""Most elements of all arrays in one .npy/.npz of a run (2 GiB as float64)."""
+ARRAY_MEMBERS_MAX = 256
+"""Most arrays in one .npz of a run (a checkpoint holds about 20)."""
+
+
+def array_limit(feature_dim: int | None) -> int:
+    """Sane element count for one array file of a run with critic dimension D: 64 D^2
+    (the largest saved array is D x D; a probe round's arrays are a few D^2 at most), at
+    least 2**22, at most :data:`MAX_ARRAY_ELEMENTS`."""
+    if feature_dim is None:
+        return MAX_ARRAY_ELEMENTS
+    return min(MAX_ARRAY_ELEMENTS, max(2**22, 64 * int(feature_dim) ** 2))
+
+
+def _npy_header(fh: Any, where: str) -> tuple[tuple[int, ...], Any]:
+    """Shape and dtype from an open .npy stream's header (nothing else is read)."""
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = npy.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, OSError, EOFError) as exc:
+        raise RunFileError(f"'{where}' is not a readable .npy array ({exc})") from None
+    return tuple(shape), dtype
+
+
+def check_array_file(path: str | Path, max_elements: int = MAX_ARRAY_ELEMENTS) -> None:
+    """Check a run's .npy / .npz by its headers alone, before anything is loaded: every
+    member a plain (non-object) array, at most :data:`ARRAY_MEMBERS_MAX` of them, their
+    elements together at most `max_elements` (and the .npz members' uncompressed sizes
+    no larger than those arrays). A RunFileError names the file and the sizes: a small
+    compressed file can inflate to gigabytes."""
+    import zipfile
+
+    path = Path(path)
+    headers: list[tuple[str, tuple[int, ...], Any, int]] = []
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                infos = zf.infolist()
+                if len(infos) > ARRAY_MEMBERS_MAX:
+                    raise ArrayRefusedError(
+                        f"'{path}' holds {len(infos)} arrays (more than {ARRAY_MEMBERS_MAX})"
+                    )
+                for info in infos:
+                    with zf.open(info) as fh:
+                        shape, dtype = _npy_header(fh, f"{path}:{info.filename}")
+                    headers.append((info.filename, shape, dtype, info.file_size))
+        else:
+            with open(path, "rb") as fh:
+                shape, dtype = _npy_header(fh, str(path))
+            headers.append((path.name, shape, dtype, path.stat().st_size))
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise RunFileError(f"'{path}' cannot be read ({exc})") from None
+    total = 0
+    for name, shape, dtype, stored in headers:
+        if dtype.hasobject:
+            raise ArrayRefusedError(f"'{path}': array '{name}' holds Python objects (refused)")
+        count = math.prod(shape)
+        total += count
+        if stored > count * dtype.itemsize + 4096 + 65536:
+            raise ArrayRefusedError(
+                f"'{path}': member '{name}' is {stored} bytes for a {shape} {dtype} array"
+            )
+    if total > max_elements:
+        raise ArrayRefusedError(
+            f"'{path}' holds {total} array elements, more than the {max_elements} a run "
+            f"of this size writes (shapes {[h[1] for h in headers][:4]}); refused before "
+            "loading"
+        )
 
 
 def file_mode() -> int:
@@ -71,10 +154,46 @@ def _write(fh: Any, data: bytes | str, path: Path) -> None:
         raise
 
 
+def refuse_symlink(path: Path) -> None:
+    """RunFileError when `path` is a symbolic link: run files are never written through
+    (or in place of) a link, which could point anywhere (docs/faults.md)."""
+    if path.is_symlink():
+        raise RunFileError(
+            f"'{path}' is a symbolic link; tdlens does not write through links in a run "
+            "directory (replace it with a regular file or remove it)"
+        )
+
+
+def open_nofollow(path: str | Path, flags: int, mode: int = 0o666) -> int:
+    """``os.open(path, flags | O_NOFOLLOW)``; a symbolic link at `path` is a RunFileError
+    naming it (the check and the open are one system call: no race)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            refuse_symlink(Path(path))
+        raise
+
+
+def find_symlinks(run_dir: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Symbolic links inside `run_dir` (not following any; top-level entries named in
+    `skip` are not searched)."""
+    found = []
+    for root, dirs, files in os.walk(run_dir):
+        if Path(root) == Path(run_dir):
+            dirs[:] = [d for d in dirs if d not in skip]
+        for name in (*dirs, *files):
+            if os.path.islink(os.path.join(root, name)):
+                found.append(Path(root) / name)
+    return sorted(found)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file in the same directory, fsync, rename)."""
+    """Write `data` to `path` atomically (temp file in the same directory, fsync, rename);
+    a symbolic link at `path` is refused (RunFileError), not replaced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_symlink(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -177,8 +296,10 @@ def _csv_line(cells: Iterable[str]) -> str:
 
 
 def append_text(path: str | Path, text: str) -> None:
-    """Append `text` to `path` (created if missing), flushed and fsynced."""
-    with open(path, "a", encoding="utf-8") as fh:
+    """Append `text` to `path` (created if missing), flushed and fsynced; a symbolic link
+    at `path` is refused (RunFileError), never appended through."""
+    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with os.fdopen(fd, "a", encoding="utf-8") as fh:
         _write(fh, text, Path(path))
 
 
@@ -214,11 +335,17 @@ def read_csv_rows(path: str | Path) -> list[dict[str, float | str | None]]:
         raise RunFileError(f"'{path}' cannot be read ({exc})") from None
 
 
-def truncate_table(csv_path: str | Path, before_iter: int) -> None:
-    """Keep only rows with ``iter < before_iter`` in a CSV and its JSONL twin (atomic)."""
+def truncated_tables(csv_path: str | Path, before_iter: int) -> dict[Path, str]:
+    """The content a CSV and its JSONL twin keep with only rows of ``iter < before_iter``
+    (a row torn by a crash ends the table); nothing is written. A complete row whose
+    ``iter`` is not a number is a RunFileError naming the file and line."""
     csv_path = Path(csv_path)
+    out: dict[Path, str] = {}
     if csv_path.exists():
-        lines = csv_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        try:
+            lines = csv_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RunFileError(f"'{csv_path}' cannot be read ({exc})") from None
         if not lines:
             raise RunFileError(f"'{csv_path}' is empty (no header)")
         header = next(csv.reader([lines[0]]))
@@ -226,13 +353,19 @@ def truncate_table(csv_path: str | Path, before_iter: int) -> None:
             raise RunFileError(f"'{csv_path}' has no 'iter' column")
         col = header.index("iter")
         kept = [lines[0]]
-        for line in lines[1:]:
-            cells = next(csv.reader([line]))
+        for lineno, line in enumerate(lines[1:], start=2):
+            cells = next(csv.reader([line]), [])
             if len(cells) != len(header):
                 break  # a torn last row from a crash
-            if float(cells[col]) < before_iter:
+            try:
+                it = float(cells[col])
+            except ValueError:
+                raise RunFileError(
+                    f"'{csv_path}' line {lineno}: iter {cells[col][:40]!r} is not a number"
+                ) from None
+            if it < before_iter:
                 kept.append(line)
-        atomic_write_text(csv_path, "".join(kept))
+        out[csv_path] = "".join(kept)
     jsonl = csv_path.with_suffix(".jsonl")
     if jsonl.exists():
         kept_json = []
@@ -241,6 +374,14 @@ def truncate_table(csv_path: str | Path, before_iter: int) -> None:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 break
-            if record.get("iter") is not None and record["iter"] < before_iter:
+            it = record.get("iter") if isinstance(record, dict) else None
+            if isinstance(it, int | float) and it < before_iter:
                 kept_json.append(line if line.endswith("\n") else line + "\n")
-        atomic_write_text(jsonl, "".join(kept_json))
+        out[jsonl] = "".join(kept_json)
+    return out
+
+
+def truncate_table(csv_path: str | Path, before_iter: int) -> None:
+    """Keep only rows with ``iter < before_iter`` in a CSV and its JSONL twin (atomic)."""
+    for path, text in truncated_tables(csv_path, before_iter).items():
+        atomic_write_text(path, text)

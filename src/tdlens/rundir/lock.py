@@ -13,13 +13,16 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from tdlens.rundir.files import open_nofollow
+
 
 class RunLockedError(RuntimeError):
     """Another live process holds the run directory."""
 
 
 class RunLock:
-    """Context manager holding ``run_dir/.lock`` exclusively; the file goes on release."""
+    """Context manager holding ``run_dir/.lock`` exclusively; the file goes on release.
+    A symbolic link at ``.lock`` is refused (RunFileError), never truncated through."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / ".lock"
@@ -27,7 +30,7 @@ class RunLock:
 
     def acquire(self) -> None:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -71,7 +74,7 @@ class RunLock:
 def lock_is_held(run_dir: Path) -> bool:
     """Whether a live process holds ``run_dir/.lock`` (this one included)."""
     try:
-        fd = os.open(Path(run_dir) / ".lock", os.O_RDONLY)
+        fd = os.open(Path(run_dir) / ".lock", os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False
     try:

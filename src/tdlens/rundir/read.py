@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from tdlens.config import ConfigError, RunConfig, config_from_json
-from tdlens.rundir.files import RunFileError, parse_cell, read_csv_rows, read_json
+from tdlens.rundir.files import (
+    ArrayRefusedError,
+    RunFileError,
+    array_limit,
+    check_array_file,
+    parse_cell,
+    read_csv_rows,
+    read_json,
+)
 from tdlens.rundir.status import observed_status
 
 CURVES_FILE = "learning_curves.csv"
@@ -198,8 +206,20 @@ def array_files(run_dir: Path, prefix: str) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def load_array(path: Path) -> Any:
-    """An .npy array or a dict of .npz arrays (never pickles); None when unreadable."""
+def load_array(path: Path, feature_dim: int | None = None) -> Any:
+    """An .npy array or a dict of .npz arrays (never pickles); None when unreadable.
+
+    The one reader of a run's arrays: their headers are checked first
+    (:func:`tdlens.rundir.files.check_array_file`, at most ``array_limit(feature_dim)``
+    elements), and a file over the limit is an ArrayRefusedError (a RunFileError) naming
+    it, raised before anything is decompressed.
+    """
+    try:
+        check_array_file(path, array_limit(feature_dim))
+    except ArrayRefusedError:
+        raise
+    except RunFileError:
+        return None
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
@@ -209,13 +229,15 @@ def load_array(path: Path) -> Any:
         return None
 
 
-def latest_array(run_dir: Path, prefix: str, at_or_before: int | None = None) -> tuple[int, Any]:
+def latest_array(
+    run_dir: Path, prefix: str, at_or_before: int | None = None, feature_dim: int | None = None
+) -> tuple[int, Any]:
     """The latest readable ``<prefix>_<iter>`` array (optionally at or before an iteration);
     ``(-1, None)`` when there is none."""
     for it, path in reversed(list(array_files(run_dir, prefix).items())):
         if at_or_before is not None and it > at_or_before:
             continue
-        arr = load_array(path)
+        arr = load_array(path, feature_dim)
         if arr is not None:
             return it, arr
     return -1, None

@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 
 from tdlens.learner import Params
-from tdlens.rundir.files import RunFileError, atomic_write_bytes
+from tdlens.rundir.files import RunFileError, atomic_write_bytes, check_array_file
 
 _NAME = re.compile(r"^ckpt_(\d{6})\.npz$")
 _PROBE_PREFIX = "probe__"
 _PROBE_SCALARS = "probe_scalars_json"
 _CHECKSUM = "checksum"
+_CONFIG = "config_json"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class Checkpoint:
     td_loss_history: np.ndarray
     probe_state: dict[str, Any]
     config_hash: str
+    config: dict[str, Any] | None = None
+    """The run's config (``RunConfig.to_dict()``), so a resume against a changed
+    config.json can name the keys that differ; None in checkpoints written before it."""
 
 
 def checkpoint_path(run_dir: Path, next_iter: int) -> Path:
@@ -60,6 +64,8 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "td_loss_history": np.asarray(ckpt.td_loss_history, dtype=np.float64),
         "config_hash": np.array(ckpt.config_hash),
     }
+    if ckpt.config is not None:
+        arrays[_CONFIG] = np.array(json.dumps(ckpt.config, sort_keys=True))
     scalars = {}
     for key, value in ckpt.probe_state.items():
         if isinstance(value, np.ndarray):
@@ -113,11 +119,13 @@ def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
 
 @dataclass(frozen=True)
 class Found:
-    """The newest checkpoint that verifies, and why each newer one was skipped."""
+    """The newest checkpoint that verifies, why each newer one was skipped, and every
+    checkpoint that verifies but belongs to another config (newest first)."""
 
     checkpoint: Checkpoint | None
     path: Path | None
     skipped: tuple[str, ...]
+    foreign: tuple[tuple[Path, Checkpoint], ...] = ()
 
 
 def newest_valid_checkpoint(run_dir: Path, config_hash: str) -> Found:
@@ -126,22 +134,29 @@ def newest_valid_checkpoint(run_dir: Path, config_hash: str) -> Found:
     Corrupt or foreign checkpoints are skipped with the reason (``skipped``), newest first;
     ``checkpoint`` is None when no checkpoint verifies (or there is none).
     """
-    skipped = []
+    skipped: list[str] = []
+    foreign: list[tuple[Path, Checkpoint]] = []
+    found: tuple[Checkpoint | None, Path | None] = (None, None)
     for path in reversed(list_checkpoints(run_dir)):
         try:
             ckpt = load_checkpoint(path)
         except RunFileError as exc:
-            skipped.append(str(exc))
+            if found[0] is None:
+                skipped.append(str(exc))
             continue
         if ckpt.config_hash != config_hash:
-            skipped.append(f"checkpoint '{path}' belongs to another config")
+            foreign.append((path, ckpt))
+            if found[0] is None:
+                skipped.append(f"checkpoint '{path}' belongs to another config")
             continue
-        return Found(ckpt, path, tuple(skipped))
-    return Found(None, None, tuple(skipped))
+        if found[0] is None:
+            found = (ckpt, path)
+    return Found(found[0], found[1], tuple(skipped), tuple(foreign))
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load and validate a checkpoint; any problem is a RunFileError naming the file."""
+    check_array_file(path)  # by its headers, before anything is decompressed
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -161,10 +176,15 @@ def load_checkpoint(path: Path) -> Checkpoint:
     for key, value in arrays.items():
         if key.startswith(_PROBE_PREFIX):
             probe_state[key[len(_PROBE_PREFIX) :]] = value
+    try:
+        config = json.loads(str(arrays[_CONFIG])) if _CONFIG in arrays else None
+    except json.JSONDecodeError as exc:
+        raise RunFileError(f"checkpoint '{path}': its config is corrupt ({exc})") from None
     return Checkpoint(
         params=Params(arrays["theta_mu"], arrays["theta_pi"], arrays["w"]),
         next_iter=int(arrays["next_iter"]),
         td_loss_history=arrays["td_loss_history"],
         probe_state=probe_state,
         config_hash=str(arrays["config_hash"]),
+        config=config,
     )

@@ -27,7 +27,12 @@ every ratio and TD target through it).
 Resume loads the newest checkpoint that verifies (skipping corrupt ones, and saying so),
 truncates every table to its rows and continues; because all random draws are keyed by
 (seed, stream, iteration, chain) the result is bit-identical to an uninterrupted run
-(every column but iter_time_s).
+(every column but iter_time_s). It never discards rows silently: a config.json that does
+not match its checkpoints (or status.json's config_hash), a symbolic link in the run
+directory, or a table whose ``iter`` is not a number is a RunDirError before anything is
+changed; temporary files of writes a kill cut short are removed. ``restart=True`` starts
+a run over on purpose from its config.json, its old files moved to
+``previous/<YYYYmmdd_HHMMSS>/``.
 """
 
 from __future__ import annotations
@@ -47,13 +52,20 @@ from typing import Any
 
 import numpy as np
 
-from tdlens.config import RunConfig, config_from_json
+from tdlens.config import (
+    ConfigError,
+    RunConfig,
+    check_name,
+    config_differences,
+    config_from_json,
+)
 from tdlens.features import FeatureMaps, Workspace, make_feature_maps
 from tdlens.learner import METRIC_COLUMNS, IterationResult, Params, init_params, outer_iteration
 from tdlens.probes import registry
 from tdlens.probes.manager import ProbeManager
 from tdlens.rundir.files import (
     RunFileError,
+    find_symlinks,
     read_json,
     timestamped_dir,
 )
@@ -79,6 +91,8 @@ DIVERGENCE_COLUMNS = ("td_loss", "w_norm", "critic_teacher_error", "tracking_gap
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 FINISHED = ("complete", "diverged")
 """Statuses a resume has nothing to add to."""
+PREVIOUS_DIR = "previous"
+"""``--restart`` moves a run's old files to ``previous/<YYYYmmdd_HHMMSS>/``."""
 
 
 class RunDirError(ValueError):
@@ -138,7 +152,12 @@ def failure_reason(exc: BaseException, n: int) -> str:
 
 
 def default_run_dir(output_dir: Path, name: str) -> Path:
-    """``<output_dir>/<YYYYmmdd_HHMMSS>_<name>`` (suffixed when taken)."""
+    """``<output_dir>/<YYYYmmdd_HHMMSS>_<name>`` (suffixed when taken); `name` must pass
+    :func:`tdlens.config.check_name` (it can never step out of `output_dir`)."""
+    try:
+        check_name(name)
+    except ConfigError as exc:
+        raise RunDirError(str(exc)) from None
     return timestamped_dir(output_dir, name)
 
 
@@ -156,8 +175,10 @@ class Runner:
         write_report: Callable[[Path], list[Path]] | None = None,
         force: bool = False,
         on_start: Callable[[Path], None] | None = None,
+        restart: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.restart = restart
         self.write_report = write_report
         self.resume = resume
         self.force = force
@@ -170,11 +191,29 @@ class Runner:
         self._state = LoopState(0, None, (), {})
         self._unwritten: list[str] = []
         self._resumed_from: str | None = None
+        self._restarted_from: Path | None = None
+        if resume and restart:
+            raise RunDirError("--resume and --restart exclude each other; choose one")
+        if resume or restart:
+            links = find_symlinks(self.run_dir, skip=(PREVIOUS_DIR,))
+            if links:
+                raise RunDirError(
+                    f"run directory '{self.run_dir}' holds symbolic link(s) "
+                    f"{', '.join(repr(str(p.relative_to(self.run_dir))) for p in links[:3])}; "
+                    "tdlens does not write through links in a run directory (replace them "
+                    "with regular files or remove them); nothing was changed"
+                )
         if resume:
             self.cfg = self._open_for_resume(cfg)
+        elif restart:
+            self.cfg = self._open_for_restart(cfg)
         else:
             if cfg is None:
                 raise ValueError("a config is needed for a new run")
+            try:
+                check_name(cfg.name)
+            except ConfigError as exc:
+                raise RunDirError(str(exc)) from None
             check_creatable(self.run_dir)
             if self.run_dir.is_dir() and any(self.run_dir.iterdir()):
                 raise RunDirError(
@@ -204,7 +243,62 @@ class Runner:
                 f"({old.get('next_iter')} of {old.get('outer_iters')} iterations); nothing to "
                 f"resume (`tdlens report {self.run_dir}` rewrites its report)"
             )
+        self._check_matches_checkpoints(saved, old)
         return saved
+
+    def _check_matches_checkpoints(self, saved: RunConfig, status: dict[str, Any]) -> None:
+        """Refuse (RunDirError, nothing touched) when config.json is not the config its
+        checkpoints, or its status.json, were written with: resuming would discard their
+        rows. Names the differing keys when the checkpoint carries its config."""
+        found = newest_valid_checkpoint(self.run_dir, saved.config_hash())
+        restart = f"`tdlens run {self.run_dir} --restart` starts over (keeping the old files)"
+        if found.foreign:
+            path, ckpt = found.foreign[0]
+            if ckpt.config is not None:
+                keys = config_differences(saved.to_dict(), ckpt.config)
+                what = "differing keys: " + ", ".join(keys or ["none (same values)"])
+            else:
+                what = (
+                    f"config hash {ckpt.config_hash} vs {saved.config_hash()}; the checkpoint "
+                    "predates stored configs, so the keys cannot be named"
+                )
+            raise RunDirError(
+                f"--resume: '{self.run_dir}/config.json' does not match checkpoint "
+                f"'{path.name}' ({what}); resuming would discard its rows. Restore the "
+                f"config, or {restart}"
+            )
+        written = status.get("config_hash")
+        if found.checkpoint is None and written and written != saved.config_hash():
+            raise RunDirError(
+                f"--resume: '{self.run_dir}/config.json' (hash {saved.config_hash()}) is not "
+                f"the config the run was started with (hash {written}, status.json); "
+                f"restore it, or {restart}"
+            )
+
+    def _open_for_restart(self, cfg: RunConfig | None) -> RunConfig:
+        """``--restart``: the run directory's own config.json (or `cfg`), started over."""
+        if not self.run_dir.is_dir() or not (self.run_dir / "config.json").is_file():
+            raise RunDirError(f"--restart: '{self.run_dir}' is not a run directory")
+        saved = cfg if cfg is not None else config_from_json(self.run_dir / "config.json")
+        try:
+            check_name(saved.name)
+        except ConfigError as exc:
+            raise RunDirError(str(exc)) from None
+        return saved
+
+    def _move_to_previous(self) -> Path:
+        """Move every file of the run (but ``previous/`` and the held ``.lock``) to
+        ``previous/<YYYYmmdd_HHMMSS>/`` (renames within one directory: nothing copied)."""
+        keep = {PREVIOUS_DIR, ".lock"}
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        target, k = self.run_dir / PREVIOUS_DIR / stamp, 2
+        while target.exists():
+            target, k = self.run_dir / PREVIOUS_DIR / f"{stamp}_{k}", k + 1
+        target.mkdir(parents=True)
+        for entry in sorted(self.run_dir.iterdir()):
+            if entry.name not in keep:
+                os.replace(entry, target / entry.name)
+        return target
 
     # ------------------------------------------------------------------ files
 
@@ -217,6 +311,7 @@ class Runner:
                 td_loss_history=np.asarray(state.td_loss_history, dtype=np.float64),
                 probe_state=state.probe_state,
                 config_hash=self.cfg.config_hash(),
+                config=self.cfg.to_dict(),
             ),
         )
         prune_checkpoints(self.run_dir, self.cfg.checkpoint_keep)
@@ -258,6 +353,8 @@ class Runner:
                 + (f" ('{exc.filename}')" if exc.filename else "")
             ) from None
         with RunLock(self.run_dir):
+            if self.restart:
+                self._restarted_from = self._move_to_previous()
             previous = self._install_signals()
             try:
                 return self._run_locked(created)
@@ -269,7 +366,14 @@ class Runner:
         """Fresh run: write config.json. Resume: cut tables back to the checkpoint."""
         if not self.resume:
             self.files.write_config(self.cfg)
+            if self._restarted_from is not None:
+                self.files.log(
+                    f"restarted on purpose (--restart); the old files are in "
+                    f"'{self._restarted_from.relative_to(self.run_dir)}'"
+                )
             return LoopState(0, None, (), {})
+        for tmp in remove_stale_temps(self.run_dir):
+            self.files.log(f"removed '{tmp.relative_to(self.run_dir)}' (a write cut short)")
         found = newest_valid_checkpoint(self.run_dir, self.cfg.config_hash())
         for why in found.skipped:
             self.files.log(f"skipped {why}")
@@ -308,6 +412,17 @@ class Runner:
                 "config_hash": self.cfg.config_hash(),
             }
             self.files.write_status()
+        except RunFileError as exc:
+            if not self.resume:
+                raise
+            reason = f"cannot resume: {' '.join(str(exc).split())}; no table was changed"
+            self._attempt(
+                "status.json",
+                lambda: self.files.write_status(
+                    **{**old_status, "status": "failed", "reason": reason, "exit_code": 2}
+                ),
+            )
+            raise RunDirError(f"--resume: {exc}; no table was changed") from None
         except OSError as exc:
             if created and not self.resume:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -509,6 +624,19 @@ class Runner:
             self._attempt("stdout.log", lambda: self.files.log(f"report failed: {why}"))
             self._attempt("status.json", lambda: self.files.write_status(report_error=why))
             return []
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes a kill cut short (``.ckpt_*.tmp`` in
+    checkpoints/, ``.<name>.*.tmp`` beside any run file); call only holding the lock."""
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints", run_dir / "probes"):
+        if folder.is_dir() and not folder.is_symlink():
+            for tmp in sorted(folder.glob(".*.tmp")):
+                if tmp.is_file() and not tmp.is_symlink():
+                    tmp.unlink()
+                    removed.append(tmp)
+    return removed
 
 
 def check_creatable(run_dir: Path) -> None:

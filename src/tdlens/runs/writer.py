@@ -26,8 +26,9 @@ from tdlens.rundir.files import (
     append_text,
     atomic_write_bytes,
     atomic_write_json,
+    atomic_write_text,
     to_jsonable,
-    truncate_table,
+    truncated_tables,
 )
 
 HEARTBEAT_S = 2.0
@@ -86,12 +87,21 @@ class RunFiles:
         )
 
     def cut_tables(self, next_iter: int) -> None:
-        """Keep only the rows (and probe arrays) of iterations before `next_iter`."""
-        truncate_table(self.path / "learning_curves.csv", next_iter)
+        """Keep only the rows (and probe arrays) of iterations before `next_iter`.
+
+        Every table is read and checked first; one that cannot be cut (a non-numeric
+        ``iter``) raises RunFileError before any table is rewritten.
+        """
         probes_dir = self.path / "probes"
+        tables = [self.path / "learning_curves.csv"]
         if probes_dir.is_dir():
-            for csv_path in probes_dir.glob("*.csv"):
-                truncate_table(csv_path, next_iter)
+            tables += sorted(probes_dir.glob("*.csv"))
+        planned: dict[Path, str] = {}
+        for csv_path in tables:
+            planned.update(truncated_tables(csv_path, next_iter))
+        for path, text in planned.items():
+            atomic_write_text(path, text)
+        if probes_dir.is_dir():
             for npy in list(probes_dir.glob("*_[0-9][0-9][0-9][0-9].np[yz]")):
                 if int(npy.stem.rsplit("_", 1)[1]) >= next_iter:
                     npy.unlink()

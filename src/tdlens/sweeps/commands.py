@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tdlens.config import ConfigError
+from tdlens.config import ConfigError, printable
 from tdlens.report.fmt import duration_text
 from tdlens.rundir.files import RunFileError
 
@@ -41,9 +41,11 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _fmt(value: Any) -> str:
+    """A cell for the terminal: fmt's text with control characters (ANSI escapes in a run
+    name or reason) escaped, never printed raw."""
     from tdlens.report.fmt import fmt
 
-    return fmt(value)
+    return printable(fmt(value))
 
 
 # --------------------------------------------------------------------------- sweep
@@ -481,7 +483,10 @@ def runs_list(
     if fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
-        writer.writerows([row.get(c) for c in columns] for row in shown)
+        writer.writerows(
+            [printable(v) if isinstance(v, str) else v for v in (row.get(c) for c in columns)]
+            for row in shown
+        )
         return
     cells = [{c: _fmt(row.get(c)) for c in cat.LIST_COLUMNS} for row in shown]
     fitted = fit_columns(cells, cat.LIST_COLUMNS, out.width)

@@ -47,6 +47,7 @@ from tdlens.config import (
     EXECUTION_KEYS,
     ConfigError,
     RunConfig,
+    check_name,
     find_config,
     parse_config,
     read_yaml,
@@ -303,8 +304,10 @@ def parse_spec(data: Any, source: Path | None = None) -> SweepSpec:
     if clash:
         raise SweepSpecError(f"overrides: '{clash[0]}' is also a grid key; keep one of them")
     name = data.get("name") or (source.stem if source else "sweep")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise SweepSpecError(f"name: use letters, digits, '.', '_' or '-', got {name!r}")
+    try:
+        check_name(name)
+    except ConfigError as exc:
+        raise SweepSpecError(str(exc)) from None
     spec = SweepSpec(name, base, axes, seeds, overrides, copy.deepcopy(data), source)
     total = math.prod(len(a.values) for a in spec.all_axes)
     if total > MAX_RUNS:
