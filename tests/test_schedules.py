@@ -1,0 +1,229 @@
+"""Step-size schedules (issue 27, docs/model.md §4): eta_t against hand values, the config
+section and its errors, unchanged hashes and numbers of constant runs, resume under an
+annealed schedule, and the predictions that follow the schedule."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tdlens import learner
+from tdlens.cli import app
+from tdlens.config import (
+    ConfigError,
+    StepSchedule,
+    eta_t,
+    load_config,
+    shipped_configs,
+)
+from tdlens.learner import Params, project
+from tdlens.rundir.files import read_csv_rows
+from tdlens.runs.runner import Runner
+
+FAST = ["probes.enabled=false", "env.feature_dim=32", "env.actor_feature_dim=8"]
+
+SHIPPED_HASHES = {
+    "atlas_base": "fedbdb396a31",
+    "atlas_tracking": "8c896c832693",
+    "instability": "d6d85d23d7a8",
+    "plateau": "48fa8618f6a7",
+    "regime_divergence": "b9a325e28f69",
+    "regime_learning": "f3d1220a5a2e",
+    "regime_moving_target": "8c896c832693",
+    "regime_noise_floor": "463e995c2125",
+    "regime_plateau": "827d5962571d",
+    "regime_triad": "96ac77168fc9",
+    "sanity": "c891fe1b8a80",
+    "seed_plateau": "e805af95299c",
+}
+"""config_hash() of every shipped config, recorded with the code before schedules existed
+(commit 15575d6): the default constant schedules must not change them."""
+
+
+def _cfg(*extra: str):
+    return load_config("configs/sanity.yaml", [*FAST, *extra])
+
+
+def _curves(run_dir: Path, drop: tuple[str, ...] = ("iter_time_s",)) -> list[list[str]]:
+    with open(run_dir / "learning_curves.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    keep = [i for i, c in enumerate(rows[0]) if c not in drop]
+    return [[r[i] for i in keep] for r in rows]
+
+
+# ---------------------------------------------------------------- eta_t
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        (StepSchedule(), [2.0, 2.0, 2.0, 2.0, 2.0]),
+        # 2 / (1 + t / 4): 2, 1.6, 4/3, 8/7, 1
+        (StepSchedule(kind="inverse_time", t0=4.0), [2.0, 1.6, 4 / 3, 8 / 7, 1.0]),
+        # 2 * 0.5^t
+        (StepSchedule(kind="exponential", decay=0.5), [2.0, 1.0, 0.5, 0.25, 0.125]),
+        # x0.1 from t = 1 on, x0.01 from t = 3 on
+        (StepSchedule(kind="step", factor=0.1, milestones=(1, 3)), [2.0, 0.2, 0.2, 0.02, 0.02]),
+        # 2 (0.1 + 0.9 (1 + cos(pi t / 2)) / 2) up to t = period = 2, then 0.2
+        (
+            StepSchedule(kind="cosine", final_fraction=0.1, period=2),
+            [2.0, 2 * (0.1 + 0.45), 0.2, 0.2, 0.2],
+        ),
+    ],
+)
+def test_eta_t_matches_hand_values(schedule, expected):
+    t = np.arange(5)
+    np.testing.assert_allclose(eta_t(schedule, 2.0, t), expected, rtol=1e-15)
+    for k in range(5):
+        assert eta_t(schedule, 2.0, k) == pytest.approx(expected[k], rel=1e-15)
+        assert isinstance(eta_t(schedule, 2.0, k), float)
+
+
+def test_kind_alone_is_a_complete_schedule_with_defaults_from_outer_iters():
+    cfg = load_config(None, ["outer_iters=40", "schedules.alpha_w.kind=inverse_time"])
+    assert cfg.schedules.alpha_w.t0 == 4.0  # outer_iters / 10
+    assert cfg.step_sizes(0) == (cfg.alpha_w, cfg.alpha_pi)
+    assert cfg.step_sizes(4)[0] == pytest.approx(cfg.alpha_w / 2)
+    for kind in ("exponential", "step", "cosine"):
+        cfg = load_config(None, ["outer_iters=40", f"schedules.alpha_pi.kind={kind}"])
+        # each default ends the run at 1% of the base step
+        assert eta_t(cfg.schedules.alpha_pi, 1.0, 40) == pytest.approx(0.01), kind
+    cfg = load_config(None, ["outer_iters=40", "schedules.alpha_w.kind=step"])
+    assert cfg.schedules.alpha_w.milestones == (20, 30)
+    # the resolved schedule is what config.json keeps, and it reads back unchanged
+    from tdlens.config import parse_config
+
+    assert parse_config(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("schedules.alpha_w.kind=linear", "schedules.alpha_w.kind"),
+        ("schedules.alpha_pi.decay=1.5", "schedules.alpha_pi.decay"),
+        ("schedules.alpha_w.decay=0.5", "schedules.alpha_w.decay"),  # kind constant
+        ("schedules.alpha_w.milestones=[5, 3]", "schedules.alpha_w.milestones"),
+        ("schedules.alpha_w.t0=0", "schedules.alpha_w.t0"),
+        ("schedules.alpha_w.kindd=step", "schedules.alpha_w.kindd"),
+    ],
+)
+def test_bad_schedules_exit_2_naming_the_key(tmp_path, override, key):
+    extra = ["schedules.alpha_w.kind=step"] if "milestones" in override else []
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [*extra, override])
+    args = ["run", "sanity", "--output-dir", str(tmp_path)]
+    for o in (*extra, override):
+        args += ["--set", o]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and key in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- constant runs unchanged
+
+
+def test_shipped_config_hashes_are_unchanged():
+    found = {p.stem: load_config(p).config_hash() for p in shipped_configs().glob("*.yaml")}
+    assert found == SHIPPED_HASHES
+    annealed = load_config("configs/sanity.yaml", ["schedules.alpha_w.kind=inverse_time"])
+    assert annealed.config_hash() != SHIPPED_HASHES["sanity"]
+
+
+def _update_before_schedules(cfg, params, G_w, G_theta):
+    """learner.update as it was before schedules (commit 15575d6), verbatim."""
+    s = cfg.step_scale
+    w = params.w + cfg.alpha_w * s * G_w
+    theta_pi = params.theta_pi + cfg.alpha_pi * s * G_theta
+    theta_mu = (1.0 - cfg.beta) * params.theta_mu + cfg.beta * theta_pi
+    return Params(
+        theta_mu=project(theta_mu, cfg.theta_radius),
+        theta_pi=project(theta_pi, cfg.theta_radius),
+        w=w,
+    )
+
+
+def test_constant_runs_are_bit_identical_to_the_update_before_schedules(tmp_path, monkeypatch):
+    cfg = _cfg("outer_iters=4", "theta_mu_offset_scale=0.3")
+    Runner(cfg, tmp_path / "now").run()
+    # a step schedule whose first milestone lies beyond the run multiplies by 0.1^0 = 1
+    late = _cfg(
+        "outer_iters=4",
+        "theta_mu_offset_scale=0.3",
+        "schedules.alpha_w.kind=step",
+        "schedules.alpha_w.milestones=[10]",
+    )
+    Runner(late, tmp_path / "late").run()
+    monkeypatch.setattr(learner, "update", _update_before_schedules)
+    Runner(cfg, tmp_path / "before").run()
+    assert _curves(tmp_path / "now") == _curves(tmp_path / "before")
+    assert _curves(tmp_path / "late") == _curves(tmp_path / "now")
+    rows = read_csv_rows(tmp_path / "now" / "learning_curves.csv")
+    assert [r["alpha_w_t"] for r in rows] == [cfg.alpha_w] * 4
+    assert [r["alpha_pi_t"] for r in rows] == [cfg.alpha_pi] * 4
+
+
+# ---------------------------------------------------------------- annealed runs
+
+
+def _stop_at(runner: Runner, n_stop: int) -> None:
+    import signal
+
+    def hook(p):
+        if p.n == n_stop:
+            runner._stop_signal = signal.SIGTERM
+
+    runner.on_progress = hook
+
+
+def test_annealed_run_writes_its_steps_and_resumes_bit_identically(tmp_path):
+    cfg = _cfg(
+        "outer_iters=9",
+        "checkpoint_every=4",
+        "theta_mu_offset_scale=0.3",
+        "schedules.alpha_w.kind=exponential",
+        "schedules.alpha_w.decay=0.7",
+        "schedules.alpha_pi.kind=cosine",
+    )
+    Runner(cfg, tmp_path / "full").run()
+    rows = read_csv_rows(tmp_path / "full" / "learning_curves.csv")
+    n = np.arange(9)
+    np.testing.assert_array_equal([r["alpha_w_t"] for r in rows], cfg.alpha_w * 0.7**n)
+    expected_pi = eta_t(cfg.schedules.alpha_pi, cfg.alpha_pi, n)
+    np.testing.assert_allclose([r["alpha_pi_t"] for r in rows], expected_pi, rtol=1e-15)
+    # the annealing changed the numbers (the constant twin differs from iteration 1 on)
+    Runner(_cfg("outer_iters=9", "theta_mu_offset_scale=0.3"), tmp_path / "const").run()
+    full, const = _curves(tmp_path / "full"), _curves(tmp_path / "const")
+    w_norm = full[0].index("w_norm")
+    assert full[1][w_norm] == const[1][w_norm] and full[2][w_norm] != const[2][w_norm]
+    r = Runner(cfg, tmp_path / "cut")
+    _stop_at(r, 5)
+    assert r.run().status == "incomplete"
+    assert Runner(None, tmp_path / "cut", resume=True).run().status == "complete"
+    assert _curves(tmp_path / "cut") == full
+
+
+def test_an_old_run_without_the_step_columns_resumes_and_reads(tmp_path):
+    """A run directory written before schedules (no alpha_w_t, alpha_pi_t columns) keeps
+    its table on resume, and its rows read as before."""
+    cfg = _cfg("outer_iters=6", "checkpoint_every=3")
+    Runner(cfg, tmp_path / "full").run()
+    d = tmp_path / "old"
+    r = Runner(cfg, d)
+    _stop_at(r, 3)
+    r.run()
+    path = d / "learning_curves.csv"
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    keep = [i for i, c in enumerate(rows[0]) if c not in ("alpha_w_t", "alpha_pi_t")]
+    path.write_text("".join(",".join(r[i] for i in keep) + "\n" for r in rows))
+    assert Runner(None, d, resume=True).run().status == "complete"
+    old = read_csv_rows(path)
+    assert len(old) == 6 and "alpha_w_t" not in old[0]
+    drop = ("iter_time_s", "alpha_w_t", "alpha_pi_t")
+    assert _curves(d, drop) == _curves(tmp_path / "full", drop)
+    assert math.isfinite(old[-1]["w_norm"])
