@@ -227,3 +227,20 @@ def test_an_old_run_without_the_step_columns_resumes_and_reads(tmp_path):
     drop = ("iter_time_s", "alpha_w_t", "alpha_pi_t")
     assert _curves(d, drop) == _curves(tmp_path / "full", drop)
     assert math.isfinite(old[-1]["w_norm"])
+
+
+def test_report_shows_the_schedules_in_run_info_and_the_card(tmp_path):
+    from tdlens.report import write_report
+
+    cfg = _cfg("outer_iters=3", "schedules.alpha_w.kind=inverse_time", "schedules.alpha_w.t0=2")
+    Runner(cfg, tmp_path / "annealed", write_report=write_report).run()
+    md = (tmp_path / "annealed" / "run_report.md").read_text()
+    # 0.1 / (1 + 2 / 2) = 0.05 at the last iteration
+    line = "alpha_w: inverse_time (t0=2), 0.1 -> 0.05 at iteration 2; alpha_pi: constant 0.05"
+    assert f"- schedules: {line}" in md and f"> **Steps:** {line}" in md
+    html = (tmp_path / "annealed" / "run_report.html").read_text()
+    assert "<b>Steps:</b>" in html and "inverse_time (t0=2)" in html
+    Runner(_cfg("outer_iters=2"), tmp_path / "const", write_report=write_report).run()
+    md = (tmp_path / "const" / "run_report.md").read_text()
+    assert "- schedules: alpha_w: constant 0.1; alpha_pi: constant 0.05" in md
+    assert "**Steps:**" not in md

@@ -54,6 +54,7 @@ def section_run_info(r: Report) -> list[str]:
         f"- key_hparams: {key_hparams(info['key_hparams'])}",
         f"- name: {info['name'] or 'unknown'}",
         f"- config_hash: {info['config_hash']}",
+        f"- schedules: {info['schedules'] or 'unknown'}",
     ]
 
 
@@ -93,6 +94,8 @@ def section_verdict(r: Report) -> list[str]:
         ">",
         f"> **Next:** {v.next}",
     ]
+    if v.steps:
+        lines += [">", f"> **Steps:** {v.steps}"]
     if v.key_numbers:
         lines += [">", "> **Key numbers** (95% intervals where known):"]
         lines += [f"> - {k.text()}" for k in v.key_numbers]
