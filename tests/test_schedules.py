@@ -342,3 +342,10 @@ def test_annealing_goes_below_the_constant_floor_inside_its_predicted_band(tmp_p
     # ... and inside the band predicted from its first probe, which follows the schedule
     assert a_dyn.inside.all() and a_dyn.inside.size >= 7
     assert a_dyn.mid[-1] < 0.1 * c_dyn.hi[-1] and a_dyn.hi[-1] < c_dyn.hi[-1]
+    # the report's theory overlay says the band follows the schedule (constant: nothing)
+    from tdlens.report.render_md import theory_lines
+    from tdlens.report.theory import theory_overlay
+
+    said = theory_lines(theory_overlay(runs["annealed"]))[0]
+    assert said.startswith("- the band follows schedules.alpha_w = inverse_time (t0=12)")
+    assert "schedule" not in theory_overlay(runs["constant"])

@@ -238,7 +238,16 @@ def theory_lines(t: dict) -> list[str]:
     """The comparison of the theory overlay in words (markdown and HTML)."""
     ratios = [x for x in t.get("ratio_first", []) if x == x]
     span = f"{fmt(min(ratios))}-{fmt(max(ratios))}" if ratios else "n/a"
+    schedule = (
+        [
+            f"- the band follows schedules.alpha_w = {t['schedule']}; value_gap_floor is the "
+            "constant base step's floor, the level annealing goes below"
+        ]
+        if t.get("schedule")
+        else []
+    )
     return [
+        *schedule,
         f"- measured value_gap inside the predicted band at {fmt(100 * t['inside_fraction'])}% "
         f"of probes; measured/predicted (first probe) {span}",
         f"- decay rate per iteration: fitted {fmt(t['fitted_rate'])}, predicted "
