@@ -285,6 +285,11 @@ def test_scheduled_prediction_matches_explicit_products(eta):
     mid, noise = _brute_force(A, e0, U, rows, etas, B)
     np.testing.assert_allclose(pred.mid, mid, rtol=1e-10)
     np.testing.assert_allclose(pred.noise, noise, rtol=1e-10, atol=1e-14)
+    # the fallback's two forms, covariance and factor, agree (each run on its own)
+    if eta > 0.01:
+        rows_s = rows[:: max(1, n // ex.NOISE_ROWS)]
+        factored = ex._noise_factored(A, U, rows_s, etas) / B
+        np.testing.assert_allclose(np.sqrt(factored), noise, rtol=1e-10, atol=1e-14)
     # constant etas reduce to the constant path
     const = ex.predict(A, e0, U, rows, eta, B, steps, est=0.0)
     again = ex.predict_scheduled(A, e0, U, rows, np.full(steps, eta), B, est=0.0)

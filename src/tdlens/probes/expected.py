@@ -45,8 +45,9 @@ eta_i A``, and :func:`predict_scheduled` propagates with their ordered product `
 sum_{i<j} eta_i^2 ||Phi_s Phi(j, i + 1) U||_F^2 / (n_s D)``. The series terms are those of
 the constant step ``eta = max eta_i`` with elementary symmetric polynomials of ``eta_i /
 eta`` as coefficients; past kappa = 1/2 the mean path steps explicitly and the noise
-follows its covariance ``Sigma_{j+1} = J_j Sigma_j J_j^T + eta_j^2 / B U U^T``. The
-constant path above is untouched.
+follows its covariance ``Sigma_{j+1} = J_j Sigma_j J_j^T + eta_j^2 / B U U^T`` (or, while
+``steps C < 4 D``, its factor ``L_{j+1} = [J_j L_j, eta_j U]``, the cheaper of the two).
+The constant path above is untouched.
 """
 
 from __future__ import annotations
@@ -319,7 +320,8 @@ def scheduled_noise(
     With the series terms ``q_m = (-eta A)^m U`` (``kappa < 1/2``): ``||rows Phi U||_F^2 =
     c^T K c``, ``K[m, m'] = <rows q_m, rows q_m'>_F`` and ``c = e(f_{i+1}..f_{j-1})``,
     every (i, j) pair read from one readout. Otherwise the covariance itself, ``Sigma_{j+1}
-    = J_j Sigma_j J_j^T + eta_j^2 / B U U^T``, ``[D, D]`` (two D^3 products per step).
+    = J_j Sigma_j J_j^T + eta_j^2 / B U U^T``, ``[D, D]`` (two D^3 products per step), or
+    while ``steps C < 4 D`` its factor (:func:`_noise_factored`, ``D^2 j C`` per step).
     """
     steps = etas.size
     n_s, D = rows.shape
@@ -340,12 +342,30 @@ def scheduled_noise(
             c = E[: j + 1]
             var[j + 1] = np.sum(etas[: j + 1] ** 2 * np.einsum("im,mp,ip->i", c, K, c))
         return var / trajectories
+    C = U.shape[1]
+    if steps * C < 4 * D:  # the factor's columns stay few: cheaper than D^3 per step
+        return _noise_factored(A, U, rows, etas) / trajectories
     sigma = np.zeros((D, D))
     noise = U @ U.T / trajectories
     for j in range(steps):
         half = sigma - etas[j] * (A @ sigma)
         sigma = half - etas[j] * (half @ A.T) + etas[j] ** 2 * noise
         var[j + 1] = float(np.sum(readout(rows, sigma) * rows)) / (n_s * D)
+    return var
+
+
+def _noise_factored(A: np.ndarray, U: np.ndarray, rows: np.ndarray, etas: np.ndarray) -> np.ndarray:
+    """``B gap_noise_j^2`` from the factor ``L_{j+1} = [J_j L_j, eta_j U]`` (``Sigma_j = L_j
+    L_j^T / B``): ``||rows L_j||_F^2 / (n_s D)``; ``D j C`` per step instead of ``D^3``."""
+    n_s, D = rows.shape
+    C = U.shape[1]
+    L = np.zeros((D, etas.size * C))
+    var = np.zeros(etas.size + 1)
+    for j, eta_j in enumerate(etas):
+        k = j * C
+        L[:, :k] -= eta_j * (A @ L[:, :k])
+        L[:, k : k + C] = eta_j * U
+        var[j + 1] = float(np.sum(readout(rows, L[:, : k + C]) ** 2)) / (n_s * D)
     return var
 
 
