@@ -600,6 +600,7 @@ def _register_sweep_commands() -> None:
     app.command("sweep")(sc.sweep)
     app.command("summarize")(sc.summarize)
     app.command("atlas")(sc.atlas)
+    app.command("laws")(sc.laws)
     runs_app = typer.Typer(help="Query the run catalog (SQLite).", no_args_is_help=True)
     runs_app.command("list")(sc.runs_list)
     runs_app.command("show")(sc.runs_show)

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import (
     AfterValidator,
@@ -241,6 +242,132 @@ class ProbesConfig(_Frozen):
         return getattr(self, name)
 
 
+ScheduleKind = Literal["constant", "inverse_time", "exponential", "step", "cosine"]
+
+SCHEDULE_PARAMS: dict[str, tuple[str, ...]] = {
+    "constant": (),
+    "inverse_time": ("t0",),
+    "exponential": ("decay",),
+    "step": ("factor", "milestones"),
+    "cosine": ("final_fraction", "period"),
+}
+"""The parameters each schedule kind reads (docs/model.md §4); any other set is an error."""
+
+SCHEDULE_FINAL_FRACTION = 0.01
+"""Default end point of the exponential, step and cosine schedules: 1% of the base step."""
+
+
+class StepSchedule(_Frozen):
+    """A step-size schedule ``eta_t = base f(t)``, t the 0-based outer iteration
+    (docs/model.md §4, :func:`eta_t`). Unset parameters of the chosen kind are filled in
+    from ``outer_iters`` by :class:`RunConfig` (so ``kind`` alone is a complete schedule);
+    parameters of another kind are an error."""
+
+    kind: ScheduleKind = Field("constant", description="the schedule's shape")
+    t0: float | None = Field(
+        None, gt=0, description="inverse_time: base / (1 + t / t0); default outer_iters / 10"
+    )
+    decay: float | None = Field(
+        None, gt=0, le=1, description="exponential: base decay^t; default 0.01^(1/outer_iters)"
+    )
+    factor: float | None = Field(
+        None, gt=0, description="step: base times factor at each milestone; default 0.1"
+    )
+    milestones: tuple[int, ...] | None = Field(
+        None, description="step: iterations (>= 1, increasing); default outer_iters x (1/2, 3/4)"
+    )
+    final_fraction: float | None = Field(
+        None, ge=0, le=1, description="cosine: base fraction reached at t = period; default 0.01"
+    )
+    period: int | None = Field(
+        None, ge=1, description="cosine: iterations of the half cosine; default outer_iters"
+    )
+
+    @property
+    def is_constant(self) -> bool:
+        return self.kind == "constant"
+
+    def resolved(self, key: str, outer_iters: int) -> StepSchedule:
+        """This schedule with its kind's unset parameters defaulted from `outer_iters`;
+        ValueError naming ``<key>.<param>`` for a parameter its kind does not read or a
+        bad milestone list."""
+        used = SCHEDULE_PARAMS[self.kind]
+        for name in SCHEDULE_PARAMS:
+            for param in SCHEDULE_PARAMS[name]:
+                if param not in used and getattr(self, param) is not None:
+                    raise ValueError(
+                        f"{key}.{param}: applies to kind '{name}', not '{self.kind}' "
+                        f"(kind '{self.kind}' reads: {', '.join(used) or 'no parameters'})"
+                    )
+        defaults: dict[str, Any] = {
+            "t0": outer_iters / 10.0,
+            "decay": SCHEDULE_FINAL_FRACTION ** (1.0 / outer_iters),
+            "factor": 0.1,
+            "milestones": tuple(sorted({max(1, outer_iters // 2), max(1, 3 * outer_iters // 4)})),
+            "final_fraction": SCHEDULE_FINAL_FRACTION,
+            "period": outer_iters,
+        }
+        update = {p: defaults[p] for p in used if getattr(self, p) is None}
+        milestones = update.get("milestones", self.milestones)
+        if milestones is not None and (
+            any(m < 1 for m in milestones) or list(milestones) != sorted(set(milestones))
+        ):
+            raise ValueError(
+                f"{key}.milestones: must be strictly increasing iterations >= 1 "
+                f"(got {list(milestones)})"
+            )
+        return self.model_copy(update=update) if update else self
+
+    def describe(self) -> str:
+        """One line: ``constant`` or e.g. ``inverse_time (t0=8)`` (Run Info, the card)."""
+        if self.is_constant:
+            return "constant"
+        params = ", ".join(
+            f"{p}={list(v) if isinstance(v, tuple) else f'{v:.6g}'}"
+            for p in SCHEDULE_PARAMS[self.kind]
+            if (v := getattr(self, p)) is not None
+        )
+        return f"{self.kind} ({params})"
+
+
+class SchedulesConfig(_Frozen):
+    """Step-size schedules of the critic and actor steps (docs/model.md §4)."""
+
+    alpha_w: StepSchedule = StepSchedule()
+    alpha_pi: StepSchedule = StepSchedule()
+
+
+def eta_t(schedule: StepSchedule, base: float, t: Any) -> Any:
+    """The step at 0-based outer iteration(s) `t` (an int or an array; vectorised):
+
+    - constant: ``base``
+    - inverse_time: ``base / (1 + t / t0)``
+    - exponential: ``base decay^t``
+    - step: ``base factor^k``, k the number of milestones ``<= t``
+    - cosine: ``base (ff + (1 - ff) (1 + cos(pi min(t, period) / period)) / 2)``, ff =
+      final_fraction
+
+    The schedule's parameters must be set (a schedule from a validated :class:`RunConfig`
+    is). Returns a float for a scalar t, else a float64 array of t's shape.
+    """
+    t_arr = np.asarray(t, dtype=np.float64)
+    kind = schedule.kind
+    if kind == "constant":
+        out = np.full_like(t_arr, base)
+    elif kind == "inverse_time":
+        out = base / (1.0 + t_arr / float(schedule.t0))  # type: ignore[arg-type]
+    elif kind == "exponential":
+        out = base * float(schedule.decay) ** t_arr  # type: ignore[arg-type]
+    elif kind == "step":
+        k = np.searchsorted(np.asarray(schedule.milestones, dtype=np.float64), t_arr, "right")
+        out = base * float(schedule.factor) ** k  # type: ignore[arg-type]
+    else:
+        ff, period = float(schedule.final_fraction), float(schedule.period)  # type: ignore[arg-type]
+        phase = np.minimum(t_arr, period) / period
+        out = base * (ff + (1.0 - ff) * 0.5 * (1.0 + np.cos(np.pi * phase)))
+    return float(out) if out.ndim == 0 else out
+
+
 class RunConfig(_Frozen):
     """Everything that defines a run (SPEC 4), with the seed system's key names."""
 
@@ -282,6 +409,7 @@ class RunConfig(_Frozen):
     )
     env: EnvConfig = EnvConfig()
     probes: ProbesConfig = ProbesConfig()
+    schedules: SchedulesConfig = SchedulesConfig()
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:
@@ -292,7 +420,24 @@ class RunConfig(_Frozen):
                 "bar_phi: 'exact' needs an unclipped, unsquashed Gaussian policy; "
                 "set env.clip_action=false and squash_action=false, or use bar_phi=mc"
             )
+        resolved = SchedulesConfig(
+            alpha_w=self.schedules.alpha_w.resolved("schedules.alpha_w", self.outer_iters),
+            alpha_pi=self.schedules.alpha_pi.resolved("schedules.alpha_pi", self.outer_iters),
+        )
+        if resolved != self.schedules:
+            return self.model_copy(update={"schedules": resolved})
         return self
+
+    def step_sizes(self, n: int) -> tuple[float, float]:
+        """``(alpha_w_t, alpha_pi_t)`` at outer iteration n (:func:`eta_t`); exactly
+        ``(alpha_w, alpha_pi)`` under the constant schedules."""
+        sched = self.schedules
+        return (
+            self.alpha_w if sched.alpha_w.is_constant else eta_t(sched.alpha_w, self.alpha_w, n),
+            self.alpha_pi
+            if sched.alpha_pi.is_constant
+            else eta_t(sched.alpha_pi, self.alpha_pi, n),
+        )
 
     @property
     def effective_rho_clip(self) -> float | None:
@@ -338,11 +483,13 @@ INF_TOKEN = "inf"
 ``"-inf"``; pydantic reads the token back as the float. JSON has no infinity, and ``null``
 already means "no clip" for ``rho_clip``."""
 
-ADDED_LATER: dict[str, Any] = {}
+ADDED_LATER: dict[str, Any] = {
+    "schedules": SchedulesConfig().model_dump(mode="json"),  # step-size schedules
+}
 """Config keys added after runs existed, dotted, with the default (as :meth:`RunConfig.
 to_dict` writes it) at which :func:`hash_config_data` leaves them out: a run made before
 the key existed keeps its hash, run id and checkpoints. Register a new key (or a whole new
-section) here when you add it, e.g. ``ADDED_LATER["schedules"] = {"kind": "constant"}``;
+section) here when you add it, with its default as to_dict writes it;
 only a non-default value then changes the hash. Never remove an entry."""
 
 
@@ -376,10 +523,24 @@ def hash_config_data(data: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def _with_added_later(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (to_dict's form) with every absent :data:`ADDED_LATER` key at its default:
+    a config written before the key existed meant that default."""
+    out = json.loads(json.dumps(data))
+    for dotted, default in ADDED_LATER.items():
+        *parents, leaf = dotted.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = json.loads(json.dumps(default))
+    return out
+
+
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two configs (to_dict's form), sorted; keys
     of :data:`EXECUTION_KEYS` and :data:`ADDED_LATER` keys at their default are ignored."""
-    fa, fb = flatten(a), flatten(b)
+    fa, fb = flatten(_with_added_later(a)), flatten(_with_added_later(b))
     out = []
     for key in sorted(set(fa) | set(fb)):
         if key in EXECUTION_KEYS:

@@ -6,7 +6,9 @@ Given frozen ``theta_mu, theta_pi [N, 2]`` and ``w [D]``:
 2. ``delta_t = r_t + gamma Q_w(bar_phi_{t+1}) - Q_w(phi_t)``, ``Q_w(x) = w . x / sqrt(D)``;
 3. ``G_w = sum rho_t delta_t phi_t``, ``G_theta = sum rho_t delta_t g_t`` over all B T steps,
    ``g_t = psi_t (u_t - m_pi(s_t))^T / (sigma_pi^2 sqrt(N))``;
-4. ``w += alpha_w s G_w``, ``theta_pi += alpha_pi s G_theta``,
+4. ``w += alpha_w_n s G_w``, ``theta_pi += alpha_pi_n s G_theta`` (the steps of the
+   config's schedules at iteration n, :func:`tdlens.config.eta_t`; alpha_w, alpha_pi under
+   the constant default),
    ``theta_mu = (1 - beta) theta_mu + beta theta_pi`` (new theta_pi), both thetas projected
    on the ball of radius theta_radius; ``s = 1/(B T)`` or ``1/(sqrt(B) T)``.
 No file I/O, no printing.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tdlens.config import RunConfig
+from tdlens.config import RunConfig, SchedulesConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.rollout import TDBatch, draw_noise, roll_out, td_batch
 from tdlens.seeding import stream
@@ -52,6 +54,8 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "clip_excess_max",
     "delta_theta_pi_norm",
     "delta_w_norm",
+    "alpha_w_t",
+    "alpha_pi_t",
     "iter_time_s",
 )
 """The per-iteration columns of learning_curves.csv that the learner produces (SPEC 5)."""
@@ -163,11 +167,15 @@ def gradients(
     return G_w, G_theta
 
 
-def update(cfg: RunConfig, params: Params, G_w: np.ndarray, G_theta: np.ndarray) -> Params:
-    """Apply SPEC 4 step 4: critic and actor steps, mu tracking, projection."""
+def update(
+    cfg: RunConfig, params: Params, G_w: np.ndarray, G_theta: np.ndarray, n: int = 0
+) -> Params:
+    """Apply SPEC 4 step 4 at outer iteration n: ``w += alpha_w_n s G_w``, ``theta_pi +=
+    alpha_pi_n s G_theta`` (``cfg.step_sizes(n)``), mu tracking, projection."""
     s = cfg.step_scale
-    w = params.w + cfg.alpha_w * s * G_w
-    theta_pi = params.theta_pi + cfg.alpha_pi * s * G_theta
+    alpha_w_n, alpha_pi_n = cfg.step_sizes(n)
+    w = params.w + alpha_w_n * s * G_w
+    theta_pi = params.theta_pi + alpha_pi_n * s * G_theta
     theta_mu = (1.0 - cfg.beta) * params.theta_mu + cfg.beta * theta_pi
     return Params(
         theta_mu=project(theta_mu, cfg.theta_radius),
@@ -196,9 +204,12 @@ def outer_iteration(
         q_t, q_tp1 = critic_values(batch, params.w)
         delta_t = r_t + cfg.gamma * q_tp1 - q_t
         G_w, G_theta = gradients(batch, delta_t, cfg.sigma_pi)
-    new = update(cfg, params, G_w, G_theta)
+    # n only when a schedule reads it: the constant update keeps its four-argument call
+    scheduled = cfg.schedules != SchedulesConfig()
+    new = update(cfg, params, G_w, G_theta, n) if scheduled else update(cfg, params, G_w, G_theta)
     metrics = iteration_metrics(cfg, maps, params, new, batch, delta_t)
     metrics["iter"] = n
+    metrics["alpha_w_t"], metrics["alpha_pi_t"] = cfg.step_sizes(n)
     metrics["iter_time_s"] = time.perf_counter() - start
     return IterationResult(new, metrics, delta_t, batch, q_t, q_tp1)
 

@@ -143,6 +143,8 @@ def _curve_row(cfg: RunConfig, i: int, td: float) -> dict[str, Any]:
         clip_excess_max=0.0,
         delta_theta_pi_norm=1e-3,
         delta_w_norm=0.02,
+        alpha_w_t=cfg.alpha_w,
+        alpha_pi_t=cfg.alpha_pi,
         iter_time_s=0.01,
     )
     return row

@@ -28,7 +28,7 @@ from functools import partial
 
 import numpy as np
 
-from tdlens.config import RunConfig
+from tdlens.config import RunConfig, eta_t
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
 from tdlens.probes import expected as ex
@@ -215,6 +215,16 @@ def fixed_point_probe(
     U = ex.update_noise_factor(
         phi_t, dphi_t, view.rho_t, view.r_t, solve.w_sharp, view.cluster_size
     )
+    half_batches = tuple(
+        ex.HalfBatch(A_k, w - w_k, phi_t[rows])
+        for A_k, w_k, rows in zip(
+            moments.A_halves,
+            halves,
+            (slice(0, moments.n // 2), slice(moments.n // 2, None)),
+            strict=True,
+        )
+    )
+    est = row["value_noise_floor"] / 2.0
     pred = ex.predict(
         moments.A,
         w - solve.w_sharp,
@@ -223,20 +233,30 @@ def fixed_point_probe(
         st.expected_step(cfg),
         cfg.trajectories,
         cfg.outer_iters,
-        row["value_noise_floor"] / 2.0,
-        tuple(
-            ex.HalfBatch(A_k, w - w_k, phi_t[rows])
-            for A_k, w_k, rows in zip(
-                moments.A_halves,
-                halves,
-                (slice(0, moments.n // 2), slice(moments.n // 2, None)),
-                strict=True,
-            )
-        ),
+        est,
+        half_batches,
         threads,
     )
     row["value_gap_floor"] = float(pred.noise[-1])
     row["effective_timescale"] = pred.effective_timescale
+    schedule = cfg.schedules.alpha_w
+    if not schedule.is_constant:
+        # the band follows the schedule over the iterations left: the step of iteration
+        # n + 1 + j takes j to j + 1; the two columns above stay those of the constant
+        # base step (docs/metrics.md)
+        t = n + 1 + np.arange(cfg.outer_iters - n - 1)
+        etas = eta_t(schedule, st.expected_step(cfg), t)
+        pred = ex.predict_scheduled(
+            moments.A,
+            w - solve.w_sharp,
+            U,
+            phi_t,
+            etas,
+            cfg.trajectories,
+            est,
+            half_batches,
+            threads,
+        )
     left = cfg.outer_iters - n
     timings.arrays[f"expected_dynamics_{n:04d}.npz"] = {
         "iters": n + np.arange(left),

@@ -38,6 +38,16 @@ and otherwise from the step-by-step loop (:class:`Series`); a batch's rows read 
 series term by term, M products instead of one per step. The mean path is debiased for
 the sampling noise of A by a Richardson extrapolation over the two half batches
 (:func:`debiased_path`).
+
+Under a step-size schedule (docs/model.md §4) the steps differ per iteration, ``J_i = I -
+eta_i A``, and :func:`predict_scheduled` propagates with their ordered product ``Phi(j, i)
+= J_{j-1} ... J_i``: ``mid_j`` from ``Phi(j, 0) e_0`` and ``gap_noise_j^2 = (1 / B)
+sum_{i<j} eta_i^2 ||Phi_s Phi(j, i + 1) U||_F^2 / (n_s D)``. The series terms are those of
+the constant step ``eta = max eta_i`` with elementary symmetric polynomials of ``eta_i /
+eta`` as coefficients; past kappa = 1/2 the mean path steps explicitly and the noise
+follows its covariance ``Sigma_{j+1} = J_j Sigma_j J_j^T + eta_j^2 / B U U^T`` (or, while
+``steps C < 4 D``, its factor ``L_{j+1} = [J_j L_j, eta_j U]``, the cheaper of the two).
+The constant path above is untouched.
 """
 
 from __future__ import annotations
@@ -253,3 +263,136 @@ def predict(
         per_step = sq.sum(axis=(0, 2)) / (rows.shape[0] * D)
         var = eta**2 / trajectories * np.concatenate([[0.0], np.cumsum(per_step[:-1])])
     return Prediction(mid=mid, noise=np.sqrt(var), est=est)
+
+
+# ------------------------------------------------------------------ time-varying steps
+#
+# Under a step-size schedule the propagator from j to j' is the ordered product
+# ``Phi(j', j) = J_{j'-1} ... J_j`` with ``J_i = I - eta_i A``; the constant path above is
+# its special case ``J^(j' - j)``, kept as it is, bit for bit.
+
+
+def _elementary(f: np.ndarray, M: int) -> np.ndarray:
+    """``[len(f) + 1, M]``: row j holds the elementary symmetric polynomials ``e_m(f_0, ...,
+    f_{j-1})``, m = 0..M-1 (``e_0 = 1``), from ``e_m <- e_m + f_j e_{m-1}``."""
+    out = np.zeros((f.size + 1, M))
+    out[0, 0] = 1.0
+    for j, fj in enumerate(f):
+        out[j + 1] = out[j]
+        out[j + 1, 1:] += fj * out[j, :-1]
+    return out
+
+
+def scheduled_series(A: np.ndarray, X: np.ndarray, etas: np.ndarray) -> Series:
+    """:class:`Series` of ``Phi(j, 0) X = J_{j-1} ... J_0 X``, j = 0..len(etas), ``J_i = I
+    - etas[i] A``, ``X [D, k]``.
+
+    Since the J_i commute, ``Phi(j, 0) = sum_m e_m(f_0..f_{j-1}) (-eta A)^m`` with ``eta =
+    max etas`` and ``f = etas / eta`` in [0, 1]: the terms of :func:`series` at step eta,
+    with ``e_m <= C(j, m)`` as coefficients, so the same tail bound truncates them when
+    ``kappa = steps eta ||A||_F < 1/2``. Otherwise the step-by-step loop.
+    """
+    steps = etas.size
+    eta = float(np.max(etas)) if steps else 0.0
+    if eta <= 0.0:
+        return Series(coefs=np.ones((steps + 1, 1)), terms=X.astype(np.float64)[None])
+    if _binomial(A, eta, steps):
+        terms = series(A, X, eta, steps).terms
+        return Series(coefs=_elementary(etas / eta, terms.shape[0]), terms=terms)
+    out = np.empty((steps + 1, *X.shape))
+    out[0] = X
+    for j in range(steps):
+        out[j + 1] = out[j] - etas[j] * (A @ out[j])
+    return Series(coefs=np.eye(steps + 1), terms=out)
+
+
+def _binomial(A: np.ndarray, eta: float, steps: int) -> bool:
+    """Does :func:`series` take the binomial series (``kappa = steps eta ||A||_F < 1/2``)?"""
+    return steps * eta * float(np.linalg.norm(A)) < 0.5
+
+
+def scheduled_noise(
+    A: np.ndarray, U: np.ndarray, rows: np.ndarray, etas: np.ndarray, trajectories: int
+) -> np.ndarray:
+    """``[steps + 1]``: ``gap_noise_j^2 = (1 / B) sum_{i<j} eta_i^2 ||rows Phi(j, i + 1)
+    U||_F^2 / (n_s D)``, the noise injected by step i carried through the later steps.
+
+    With the series terms ``q_m = (-eta A)^m U`` (``kappa < 1/2``): ``||rows Phi U||_F^2 =
+    c^T K c``, ``K[m, m'] = <rows q_m, rows q_m'>_F`` and ``c = e(f_{i+1}..f_{j-1})``,
+    every (i, j) pair read from one readout. Otherwise the covariance itself, ``Sigma_{j+1}
+    = J_j Sigma_j J_j^T + eta_j^2 / B U U^T``, ``[D, D]`` (two D^3 products per step), or
+    while ``steps C < 4 D`` its factor (:func:`_noise_factored`, ``D^2 j C`` per step).
+    """
+    steps = etas.size
+    n_s, D = rows.shape
+    var = np.zeros(steps + 1)
+    eta = float(np.max(etas)) if steps else 0.0
+    if eta <= 0.0 or U.shape[1] == 0:
+        return var
+    if _binomial(A, eta, steps):
+        S = series(A, U, eta, steps)
+        f = etas / eta
+        M, _, k = S.terms.shape
+        flat = readout(rows, S.terms.transpose(1, 0, 2).reshape(D, M * k)).reshape(n_s, M, k)
+        K = np.einsum("nmk,npk->mp", flat, flat) / (n_s * D)
+        E = np.zeros((steps, M))
+        for j in range(steps):
+            E[:j, 1:] += f[j] * E[:j, :-1].copy()
+            E[j, 0] = 1.0
+            c = E[: j + 1]
+            var[j + 1] = np.sum(etas[: j + 1] ** 2 * np.einsum("im,mp,ip->i", c, K, c))
+        return var / trajectories
+    C = U.shape[1]
+    if steps * C < 4 * D:  # the factor's columns stay few: cheaper than D^3 per step
+        return _noise_factored(A, U, rows, etas) / trajectories
+    sigma = np.zeros((D, D))
+    noise = U @ U.T / trajectories
+    for j in range(steps):
+        half = sigma - etas[j] * (A @ sigma)
+        sigma = half - etas[j] * (half @ A.T) + etas[j] ** 2 * noise
+        var[j + 1] = float(np.sum(readout(rows, sigma) * rows)) / (n_s * D)
+    return var
+
+
+def _noise_factored(A: np.ndarray, U: np.ndarray, rows: np.ndarray, etas: np.ndarray) -> np.ndarray:
+    """``B gap_noise_j^2`` from the factor ``L_{j+1} = [J_j L_j, eta_j U]`` (``Sigma_j = L_j
+    L_j^T / B``): ``||rows L_j||_F^2 / (n_s D)``; ``D j C`` per step instead of ``D^3``."""
+    n_s, D = rows.shape
+    C = U.shape[1]
+    L = np.zeros((D, etas.size * C))
+    var = np.zeros(etas.size + 1)
+    for j, eta_j in enumerate(etas):
+        k = j * C
+        L[:, :k] -= eta_j * (A @ L[:, :k])
+        L[:, k : k + C] = eta_j * U
+        var[j + 1] = float(np.sum(readout(rows, L[:, : k + C]) ** 2)) / (n_s * D)
+    return var
+
+
+def predict_scheduled(
+    A: np.ndarray,
+    e0: np.ndarray,
+    U: np.ndarray,
+    phi_t: np.ndarray,
+    etas: np.ndarray,
+    trajectories: int,
+    est: float,
+    halves: tuple[HalfBatch, HalfBatch] | None = None,
+    threads: int = 1,
+) -> Prediction:
+    """:func:`predict` under a step-size schedule: ``etas [steps]`` the expected steps of
+    the iterations after the probe (``etas[j]`` takes prediction j to j + 1). The mean
+    path is ``Phi(j, 0) e_0`` (:func:`scheduled_series`, debiased as in :func:`predict`),
+    the noise :func:`scheduled_noise` on the same strided rows."""
+    n = phi_t.shape[0]
+    etas = np.asarray(etas, dtype=np.float64)
+    jobs = [(A, e0[:, None]), *((h.A, h.e0[:, None]) for h in halves or ())]
+    with np.errstate(over="ignore", invalid="ignore"):
+        S, *S_halves = parallel_map(lambda job: scheduled_series(*job, etas), jobs, threads)
+        half_paths = None
+        if halves is not None:
+            half_paths = tuple(mean_path(s, h.phi_t) for s, h in zip(S_halves, halves, strict=True))
+        mid = debiased_path(mean_path(S, phi_t), half_paths)
+        rows = phi_t[:: max(1, n // NOISE_ROWS)]
+        var = scheduled_noise(A, U, rows, etas, trajectories)
+    return Prediction(mid=mid, noise=np.sqrt(np.maximum(var, 0.0)), est=est)

@@ -14,7 +14,7 @@ import numpy as np
 
 from tdlens import config as config_module
 from tdlens.probes import registry
-from tdlens.report.card import Verdict, verdict_of
+from tdlens.report.card import Verdict, steps_line, verdict_of
 from tdlens.report.checks import (
     check_complete,
     check_monotone_time,
@@ -282,6 +282,7 @@ def run_info(data: RunData) -> dict[str, Any]:
         "key_hparams": hparams,
         "name": cfg.name if cfg else None,
         "config_hash": data.status.get("config_hash") or (cfg.config_hash() if cfg else None),
+        "schedules": steps_line(cfg),
     }
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tdlens.config import RunConfig, SchedulesConfig, eta_t
 from tdlens.report.fmt import fmt, fmt_count
 from tdlens.report.rules import RELAX_EFOLDS
 from tdlens.report.verdicts import NextStep
@@ -69,6 +70,9 @@ class Verdict:
     next: str
     key_numbers: list[KeyNumber] = field(default_factory=list)
     status: str | None = None
+    steps: str = ""
+    """The step sizes over the run (:func:`steps_line`) when a schedule is not constant,
+    else empty (the card shows the line only then; Run Info always)."""
 
     def as_dict(self) -> dict[str, Any]:
         """run_report.json's ``verdict`` (also :attr:`tdlens.api.Run.verdict`): the keys
@@ -82,6 +86,7 @@ class Verdict:
             "reasons": self.reasons,
             "status": self.status,
             "key_numbers": [asdict(k) for k in self.key_numbers],
+            "steps": self.steps,
         }
 
 
@@ -218,6 +223,24 @@ def next_sentence(
     return first[:1].upper() + first[1:]
 
 
+def steps_line(cfg: RunConfig | None) -> str:
+    """The step sizes over the run, e.g. ``alpha_w: inverse_time (t0=8), 1200 -> 109.1 at
+    iteration 79; alpha_pi: constant 0.05`` (``eta_t`` at iterations 0 and
+    outer_iters - 1); empty without a config."""
+    if cfg is None:
+        return ""
+    last = cfg.outer_iters - 1
+    parts = []
+    for key, base in (("alpha_w", cfg.alpha_w), ("alpha_pi", cfg.alpha_pi)):
+        sched = getattr(cfg.schedules, key)
+        if sched.is_constant:
+            parts.append(f"{key}: constant {fmt(base)}")
+        else:
+            end = fmt(eta_t(sched, base, last))
+            parts.append(f"{key}: {sched.describe()}, {fmt(base)} -> {end} at iteration {last}")
+    return "; ".join(parts)
+
+
 def verdict_of(
     regime: Regime,
     health: str,
@@ -227,7 +250,8 @@ def verdict_of(
     data: RunData,
 ) -> Verdict:
     """The card of a run (module docstring)."""
-    alpha_w = data.cfg.alpha_w if data.cfg is not None else None
+    cfg = data.cfg
+    alpha_w = cfg.alpha_w if cfg is not None else None
     numbers = key_numbers(data, dynamics)
     return Verdict(
         regime=regime.label,
@@ -238,4 +262,5 @@ def verdict_of(
         next=next_sentence(steps, alpha_w, {k.name: k for k in numbers}),
         key_numbers=numbers,
         status=data.status.get("status"),
+        steps=steps_line(cfg) if cfg is not None and cfg.schedules != SchedulesConfig() else "",
     )

@@ -83,12 +83,14 @@ def html_verdict(r: Report) -> str:
         if rows
         else ""
     )
+    steps = f"<p><b>Steps:</b> {esc(v.steps)}</p>" if v.steps else ""
     return (
         f'<section class="card c-{esc(base)}" id="verdict"><h2>Verdict</h2>'
         f'<p><span class="regime {esc(base)}">{esc(v.regime)}</span> '
         f"<small>({esc(v.regime_reason)})</small> &middot; health "
         f"{verdict(v.health)}{reasons}</p>"
-        f"<p><b>Why:</b> {esc(v.why)}</p><p><b>Next:</b> {esc(v.next)}</p>{numbers}</section>"
+        f"<p><b>Why:</b> {esc(v.why)}</p><p><b>Next:</b> {esc(v.next)}</p>{steps}"
+        f"{numbers}</section>"
     )
 
 
@@ -119,6 +121,7 @@ def html_run_info(r: Report) -> str:
             ("key_hparams", key_hparams(i["key_hparams"])),
             ("name", i["name"] or "unknown"),
             ("config_hash", i["config_hash"]),
+            ("schedules", i["schedules"] or "unknown"),
         ]
     )
 

@@ -54,6 +54,7 @@ def section_run_info(r: Report) -> list[str]:
         f"- key_hparams: {key_hparams(info['key_hparams'])}",
         f"- name: {info['name'] or 'unknown'}",
         f"- config_hash: {info['config_hash']}",
+        f"- schedules: {info['schedules'] or 'unknown'}",
     ]
 
 
@@ -93,6 +94,8 @@ def section_verdict(r: Report) -> list[str]:
         ">",
         f"> **Next:** {v.next}",
     ]
+    if v.steps:
+        lines += [">", f"> **Steps:** {v.steps}"]
     if v.key_numbers:
         lines += [">", "> **Key numbers** (95% intervals where known):"]
         lines += [f"> - {k.text()}" for k in v.key_numbers]
@@ -235,7 +238,16 @@ def theory_lines(t: dict) -> list[str]:
     """The comparison of the theory overlay in words (markdown and HTML)."""
     ratios = [x for x in t.get("ratio_first", []) if x == x]
     span = f"{fmt(min(ratios))}-{fmt(max(ratios))}" if ratios else "n/a"
+    schedule = (
+        [
+            f"- the band follows schedules.alpha_w = {t['schedule']}; value_gap_floor is the "
+            "constant base step's floor, the level annealing goes below"
+        ]
+        if t.get("schedule")
+        else []
+    )
     return [
+        *schedule,
         f"- measured value_gap inside the predicted band at {fmt(100 * t['inside_fraction'])}% "
         f"of probes; measured/predicted (first probe) {span}",
         f"- decay rate per iteration: fitted {fmt(t['fitted_rate'])}, predicted "

@@ -133,7 +133,8 @@ def expected_dynamics(data: RunData) -> ExpectedDynamics:
 def theory_overlay(data: RunData) -> dict[str, Any]:
     """Plain lists for the report: ``{source, measured_iters, value_gap, pred_iters,
     curves: {label: values}, band: {lo, hi}, ratio_first, ratio_prev, inside_fraction,
-    fitted_rate, predicted_rate, floor, iters_to_floor}``."""
+    fitted_rate, predicted_rate, floor, iters_to_floor}`` and, under a ``schedules.alpha_w``
+    schedule, ``schedule`` (its description: the band follows it)."""
     dyn = expected_dynamics(data)
     out: dict[str, Any] = {
         "source": "none",
@@ -163,6 +164,9 @@ def theory_overlay(data: RunData) -> dict[str, Any]:
         floor=dyn.floor,
         iters_to_floor=dyn.iters_to_floor,
     )
+    sched = data.cfg.schedules.alpha_w if data.cfg is not None else None
+    if sched is not None and not sched.is_constant:
+        out["schedule"] = sched.describe()
     return out
 
 

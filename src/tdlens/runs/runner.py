@@ -86,6 +86,9 @@ def curve_columns() -> tuple[str, ...]:
     return (*METRIC_COLUMNS, *registry.summary_columns())
 
 
+SCHEDULE_COLUMNS = ("alpha_w_t", "alpha_pi_t")
+"""Learning-curve columns added with the step-size schedules; a run without them was
+constant (alpha_w, alpha_pi of its config.json) and a resume continues its old table."""
 DIVERGENCE_COLUMNS = ("td_loss", "w_norm", "critic_teacher_error", "tracking_gap")
 """A run diverges when its parameters or any of these metrics are not finite."""
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
@@ -461,7 +464,7 @@ class Runner:
         probes = self._make_probes(maps, self._state.probe_state)
         if probes is not None and not self._state.probe_state:
             self._state = replace(self._state, probe_state=probes.state_dict())
-        curves = self.files.curves(curve_columns())
+        curves = self.files.curves(curve_columns(), later=SCHEDULE_COLUMNS)
         workspace = Workspace()
         while self._state.next_iter < cfg.outer_iters and self._stop_signal is None:
             state = self._state
@@ -477,7 +480,8 @@ class Runner:
             history = (*state.td_loss_history, result.metrics["td_loss"])
             row: dict[str, Any] = dict(result.metrics)
             probe_reason, probe_s = self._maybe_probe(probes, n, history, result, row)
-            curves.append(row)
+            old_table = [k for k in SCHEDULE_COLUMNS if k not in curves.columns]
+            curves.append({k: v for k, v in row.items() if k not in old_table})
             self._state = LoopState(
                 n + 1,
                 result.params,

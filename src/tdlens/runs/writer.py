@@ -27,6 +27,7 @@ from tdlens.rundir.files import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    read_csv_header,
     to_jsonable,
     truncated_tables,
 )
@@ -62,9 +63,18 @@ class RunFiles:
             atomic_write_json(self.path / "status.json", self.status)
             self._last_heartbeat = t
 
-    def curves(self, columns: tuple[str, ...]) -> TableWriter:
-        """The learning-curve table (created with `columns`, or checked against them)."""
-        return TableWriter(self.path / "learning_curves.csv", columns)
+    def curves(self, columns: tuple[str, ...], later: tuple[str, ...] = ()) -> TableWriter:
+        """The learning-curve table (created with `columns`, or checked against them).
+
+        A table written before the `later` columns existed (its header is `columns`
+        without them) is continued with its own header: a resumed old run keeps its file.
+        """
+        path = self.path / "learning_curves.csv"
+        if later and path.exists():
+            header = read_csv_header(path)
+            if header == [c for c in columns if c not in later]:
+                return TableWriter(path, header)
+        return TableWriter(path, columns)
 
     def write_probe_round(self, rnd: ProbeRound) -> None:
         """One probe round: a row per probe table (with its JSONL twin), its arrays, and

@@ -439,6 +439,36 @@ def atlas(
     )
 
 
+def laws(
+    sweep_dir: Annotated[
+        Path, typer.Argument(help="A finished sweep directory (plan.json) over alpha_w and B.")
+    ],
+    docs: Annotated[
+        Path, typer.Option(help="The Markdown page to write; its figure goes to <stem>/.")
+    ] = Path("docs/laws.md"),
+) -> None:
+    """Draw the plateau laws of a sweep: the measured noise floor against eta / B and the
+    relaxation time against 1 / eta, with fitted and predicted slopes, as a Markdown page."""
+    from tdlens.sweeps.laws import LawsError, write_laws
+    from tdlens.sweeps.plan import is_sweep_dir
+
+    if not is_sweep_dir(sweep_dir):
+        _fail(f"'{sweep_dir}' is not a sweep directory (no plan.json)")
+    if docs.suffix != ".md":
+        _fail(f"--docs '{docs}': expected a .md file")
+    try:
+        result = write_laws(sweep_dir, docs, f"tdlens laws OUT/{sweep_dir.name} --docs {docs}")
+    except (LawsError, RunFileError, ConfigError) as exc:
+        _fail(str(exc))
+    out.print(f"wrote {docs}", highlight=False)
+    out.print(
+        f"floor slope {result.floor_measured.text()} (predicted "
+        f"{result.floor_predicted.slope:.3g}); relaxation slope "
+        f"{result.tau_measured.text()} (predicted {result.tau_predicted.slope:.3g})",
+        highlight=False,
+    )
+
+
 # --------------------------------------------------------------------------- runs
 
 
