@@ -54,7 +54,8 @@ def assert_report_and_catalog_agree(run_dir: Path, catalog: Path) -> str:
 
 
 def _mechanism_holds(label: str, ev: dict, outer_iters: int) -> bool:
-    """The label's rule (tdlens.scores docstring), re-checked on the report's own numbers."""
+    """The label's rule (tdlens.scores docstring), re-checked on the report's own numbers;
+    an AssertionError for a label it has no re-check for (never a silent True)."""
     at_floor = ev["value_gap_last"] <= FLOOR_FACTOR * ev["stochastic_floor"]
     if label == "learning":
         return ev["falling"] == 1.0 and (at_floor or ev["tau_obs"] <= outer_iters)
@@ -65,7 +66,13 @@ def _mechanism_holds(label: str, ev: dict, outer_iters: int) -> bool:
     if label == "plateau:slow-modes":
         slow = ev["tau_obs"] > outer_iters
         return not at_floor and slow and ev["drift_ratio"] < MOVING_TARGET_RATIO
-    return True
+    raise AssertionError(f"no rule re-check for regime label {label!r}: add one here")
+
+
+def test_mechanism_recheck_refuses_unknown_labels():
+    ev = {"value_gap_last": 1.0, "stochastic_floor": 1.0, "drift_ratio": 0.0, "tau_obs": 1.0}
+    with pytest.raises(AssertionError, match="plateau:rho-variance"):
+        _mechanism_holds("plateau:rho-variance", ev, 10)
 
 
 @pytest.mark.parametrize(

@@ -84,14 +84,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
+from tdlens.regimes import FAMILIES, NOT_AVAILABLE, entry, mechanisms
 from tdlens.rundir.read import Cell, RunData
 
-REGIMES: tuple[str, ...] = ("diverged", "frozen", "learning", "plateau")
-"""Regime families; a label is a family or ``family:mechanism`` (:func:`regime_family`)."""
-PLATEAU_MECHANISMS: tuple[str, ...] = ("slow-modes", "moving-target", "noise-floor")
-DIVERGENCE_KINDS: tuple[str, ...] = ("off-policy", "step-size")
+REGIMES: tuple[str, ...] = tuple(f for f in FAMILIES if f != NOT_AVAILABLE)
+"""Regime families (from :data:`tdlens.regimes.REGIME_TABLE`); a label is a family or
+``family:mechanism`` (:func:`regime_family`)."""
+PLATEAU_MECHANISMS: tuple[str, ...] = mechanisms("plateau")
+DIVERGENCE_KINDS: tuple[str, ...] = mechanisms("diverged")
 """Mechanisms of ``diverged`` (module docstring, rule 1)."""
-NOT_AVAILABLE = "n/a"
 FROZEN_REL_STEP = 1e-6
 """frozen: median relative change of w per iteration (delta_w_norm / w_norm) below this."""
 LEARNING_FACTOR = 3.0
@@ -149,6 +150,9 @@ class Regime:
     reason: str
     evidence: dict[str, float] = field(default_factory=dict)
     """The numbers that decided the label (plateau and learning: :func:`plateau_evidence`)."""
+
+    def __post_init__(self) -> None:
+        entry(self.label)  # every label is declared in tdlens.regimes.REGIME_TABLE
 
 
 def regime_family(label: str) -> str:
