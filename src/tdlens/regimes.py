@@ -114,13 +114,19 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
     for e in (
         RegimeEntry(
             "diverged",
-            "_diverged",
+            "error_grows",
             (Override("alpha_w", critical_fraction=0.5),),
             "#cf222e",
             "o",
-            "status `diverged`, a non-finite `td_loss`/`w_norm`, or `w_norm_last / "
-            "w_norm_first > W_GROWTH_FACTOR` while the latest stability round has "
-            "`growth_timescale < outer_iters` or `eta > critical_step`",
+            "status `diverged`, a non-finite `td_loss`/`w_norm`, or the error grows: "
+            "`value_gap_ratio` or `w_gap_ratio` (last / first probe round) `>= "
+            "ERROR_GROWTH_FACTOR`, or `w_norm_over_scale` = `w_norm_last / max(w_norm_first, "
+            "w_sharp_norm) > ERROR_GROWTH_FACTOR`, and a second-half growth rate `growth_rate` "
+            "(slope of log w_norm, or of log value_gap / log w_gap when they grew, the one "
+            "with the largest t) `> GROWTH_SE_FACTOR growth_rate_se` (Newey-West standard "
+            "error); or `w_norm_ratio > W_GROWTH_FACTOR` at such a rate while the expected "
+            "update is unstable (`eta > critical_step`, `eig_min_real_hi < 0` or "
+            "`growth_timescale < outer_iters`); never plateau or learning",
         ),
         RegimeEntry(
             "diverged:off-policy",
@@ -128,11 +134,10 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             (Override("sigma_mu", copy_from="sigma_pi"),),
             "#8250df",
             "P",
-            "diverged, and the latest stability round has an eigenvalue of A with "
-            "`eig_min_real < -spectral_noise` (finite `growth_timescale`: "
-            "\\(\\lvert 1 - \\eta\\lambda\\rvert > 1\\) at every step size) that grows within "
-            "the run (`growth_timescale < outer_iters`) or without `eta > critical_step`; see "
-            "[the triad](triad.md)",
+            "diverged, and `growth_rate` within `GROWTH_SE_FACTOR` standard errors of `-eta l` "
+            "for l in `[eig_min_real_lo, min(eig_min_real_hi, 0)]` (a negative mode: \\(\\lvert 1"
+            " - \\eta\\lambda\\rvert > 1\\) at every step size), or, without `eta > "
+            "critical_step`, eig_min_real's whole interval below zero; see [the triad](triad.md)",
         ),
         RegimeEntry(
             "diverged:step-size",
@@ -140,8 +145,8 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             (Override("alpha_w", critical_fraction=0.5),),
             "#cf222e",
             "X",
-            "diverged, `eta > critical_step` (the positive modes overshoot) and no eigenvalue "
-            "below `-spectral_noise` that grows within the run: a smaller `alpha_w` cures it",
+            "diverged, `eta > critical_step` (the positive modes overshoot) and the growth rate "
+            "not that of a negative mode: a smaller `alpha_w` cures it",
         ),
         RegimeEntry(
             "frozen",

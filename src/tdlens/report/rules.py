@@ -20,13 +20,7 @@ from tdlens.report.stats import ls_slope
 from tdlens.report.theory import floor_plan
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check, NextStep
 from tdlens.rundir.read import RunData
-from tdlens.scores import (
-    divergence_kind,
-    label_regime,
-    relative_steps,
-    series_of,
-    stability_evidence,
-)
+from tdlens.scores import label_regime, relative_steps, series_of
 
 RHO2_ESS_LIMIT = 2.0
 """rho_variance: fires when mean_rho2 exceeds this (effective sample size 1/E[rho^2]
@@ -209,9 +203,8 @@ def rule_exploding(data: RunData, checks: dict[str, Check]) -> NextStep | None:
 
 
 def _off_policy(data: RunData) -> bool:
-    """The latest stability round says ``diverged:off-policy`` (:func:`divergence_kind`)."""
-    series = series_of(data)
-    return divergence_kind(stability_evidence(series), series.outer_iters) == "off-policy"
+    """The run's regime is ``diverged:off-policy`` (:func:`tdlens.scores.label_regime`)."""
+    return label_regime(series_of(data)).label == "diverged:off-policy"
 
 
 def _truncation_binds(cfg: RunConfig) -> bool:
