@@ -3,9 +3,7 @@ covers every label, and an incomplete entry or consumer fails loudly."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -21,9 +19,7 @@ from tdlens.regimes import (
     per_label,
 )
 from tdlens.report import rules
-from tdlens.sweeps import atlas
-
-GLOSSARY = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+from tdlens.sweeps import atlas, summary
 
 
 def test_table_holds_every_family_and_mechanism():
@@ -46,20 +42,12 @@ def test_table_holds_every_family_and_mechanism():
 
 
 def test_every_consumer_covers_every_label():
-    """rules' advice builders, the atlas' colours and markers, and the glossary rows."""
+    """rules' advice builders, the atlas' colours and markers, the summary's severity
+    order of families (the glossary rows: tests/test_glossary.py)."""
     assert list(rules.ADVICE) == list(LABELS)
     looks = {(atlas.label_colour(lab), atlas.label_marker(lab)) for lab in LABELS}
     assert len(looks) == len(LABELS)  # every label drawn distinguishably
-    text = GLOSSARY.read_text()
-    for label, e in REGIME_TABLE.items():
-        assert f"| {label} | {e.glossary} |" in text, label
-
-
-def test_glossary_lists_no_label_outside_the_table():
-    section = GLOSSARY.read_text().split("## Regime labels", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| ([^|]+?) \|", section, flags=re.M)
-    labels = [r for r in rows if r not in ("label", "---")]
-    assert sorted(labels) == sorted(LABELS)
+    assert sorted(summary.SEVERITY) == sorted(regimes.FAMILIES)
 
 
 def test_scores_refuses_a_label_without_an_entry():
