@@ -50,6 +50,11 @@ def test_every_consumer_covers_every_label():
     assert sorted(summary.SEVERITY) == sorted(regimes.FAMILIES)
 
 
+def test_every_rule_names_a_scoring_function():
+    for label, e in REGIME_TABLE.items():
+        assert callable(getattr(scores, e.rule, None)), (label, e.rule)
+
+
 def test_scores_refuses_a_label_without_an_entry():
     with pytest.raises(RegimeTableError, match="plateau:rho-variance"):
         scores.Regime("plateau:rho-variance", "a new mechanism nobody declared")
