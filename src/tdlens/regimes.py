@@ -125,8 +125,8 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             "(slope of log w_norm, or of log value_gap / log w_gap when they grew, the one "
             "with the largest t) `> GROWTH_SE_FACTOR growth_rate_se` (Newey-West standard "
             "error); or `w_norm_ratio > W_GROWTH_FACTOR` at such a rate while the expected "
-            "update is unstable (`eta > critical_step`, `eig_min_real_hi < 0` or "
-            "`growth_timescale < outer_iters`); never plateau or learning",
+            "update is unstable (`eta > critical_step` or `growth_timescale < outer_iters`); "
+            "never plateau or learning",
         ),
         RegimeEntry(
             "diverged:off-policy",
