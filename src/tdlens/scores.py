@@ -19,16 +19,15 @@ Each label is judged against the run's own scales, in this order (the first that
    growing from a tiny ``w_0`` to its fixed point stops growing, so it is not diverged);
    or, in a run too short to grow that far, the expected update is unstable
    (:func:`unstable_update`: ``eta > critical_step`` or ``growth_timescale <
-   outer_iters``) and ``||w||`` grew more than ``W_GROWTH_FACTOR``
-   with a second-half rate beyond its error (:func:`grows_while_unstable`). The label
-   names the mechanism from the latest stability round
-   (:func:`divergence_kind`): ``diverged:off-policy`` when g matches the growth
-   ``-eta l`` of a negative mode (l within eig_min_real's 95% interval, lo < 0), else
-   ``diverged:step-size`` when the step overshoots (``eta > critical_step``, ``|1 - eta
-   l| > 1``), else ``diverged:off-policy`` when eig_min_real's whole interval is below
-   zero (TD diverges at EVERY step size); plain ``diverged`` otherwise (no stability
-   round). A diverged run is never plateau or learning. :func:`regime_family` strips the
-   mechanism.
+   outer_iters``) and ``||w||`` grew more than ``W_GROWTH_FACTOR`` with a second-half
+   rate beyond its error (:func:`grows_while_unstable`). The label names the mechanism
+   from the latest stability round (:func:`divergence_kind`): ``diverged:off-policy``
+   when g matches the growth ``-eta l`` of a negative mode (l within eig_min_real's 95%
+   interval, lo < 0), else ``diverged:step-size`` when the step overshoots (``eta >
+   critical_step``, ``|1 - eta l| > 1``), else ``diverged:off-policy`` when
+   eig_min_real's whole interval is below zero (TD diverges at EVERY step size); plain
+   ``diverged`` otherwise (no stability round). A diverged run is never plateau or
+   learning. :func:`regime_family` strips the mechanism.
 2. **frozen**: the critic does not move on the run's timescale: the median over iterations
    of the relative step ``delta_w_norm / w_norm`` is below ``FROZEN_REL_STEP``, or the
    latest ``fastest_timescale`` (iterations the fastest mode of ``w += eta (b - A w)``
