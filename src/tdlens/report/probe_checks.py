@@ -330,12 +330,16 @@ def check_step_stable(data: RunData) -> Check:
     ``|1 - eta l| > 1``: it oscillates with growing amplitude), or a growing mode
     (``eig_min_real`` below minus the spectral noise) whose growth_timescale is shorter
     than the run, or the run's regime is ``diverged:*`` (its error grows:
-    :func:`tdlens.scores.label_regime`). Uses every stability row; PASS "not applicable"
-    without them."""
+    :func:`tdlens.scores.label_regime`, with or without stability rows). Uses every
+    stability row; otherwise PASS "not applicable" without them."""
+    regime = label_regime(series_of(data))
+    diverged = regime_family(regime.label) == "diverged"
     stab = data.probe("stability_probe")
     if not len(stab) or not stab.has("critical_step") or not stab.has("eta"):
+        if diverged:
+            why = f"the run is {regime.label}: {regime.reason}"
+            return Check("step_stable", FAIL, why + " (no stability probe rows)", {}, why)
         return Check("step_stable", PASS, "not applicable: no stability probe rows")
-    regime = label_regime(series_of(data))
     run_iters = data.cfg.outer_iters if data.cfg else len(data.curves)
     eta, critical = stab.values("eta"), stab.values("critical_step")
     growth = stab.values("growth_timescale") if stab.has("growth_timescale") else None
@@ -361,7 +365,7 @@ def check_step_stable(data: RunData) -> Check:
                 f"growing mode beyond spectral noise with growth_timescale = "
                 f"{fmt(float(growth[fast][-1]))} < run length {run_iters}"
             )
-    if regime_family(regime.label) == "diverged":
+    if diverged:
         problems.append(f"the run is {regime.label}: {regime.reason}")
     if problems:
         return Check("step_stable", FAIL, "; ".join(problems), observed, problems[0])
