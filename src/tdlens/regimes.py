@@ -62,21 +62,6 @@ class Override:
                 "critical_fraction"
             )
 
-    def describe(self) -> str:
-        """``alpha_w x4 (at most 0.5 x critical)``-style text for pages."""
-        if self.times is not None:
-            cap = (
-                f" (at most {self.cap_critical:g} x critical)"
-                if self.cap_critical is not None
-                else ""
-            )
-            return f"{self.key} x{self.times:g}{cap}"
-        if self.value is not None:
-            return f"{self.key} = {self.value:g}"
-        if self.copy_from is not None:
-            return f"{self.key} = {self.copy_from}"
-        return f"{self.key} = {self.critical_fraction:g} x critical"
-
 
 Predictor = Callable[..., Any]
 """Predicts an intervention's effect (issue #23 item 2 gives it its signature)."""
