@@ -17,7 +17,7 @@ import tdlens
 
 SRC = Path(tdlens.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("tdlens", "config", "seeding", "threads", "kernels", "schema"),
+    ("tdlens", "config", "seeding", "threads", "kernels", "schema", "regimes"),
     ("rundir", "features", "policy"),
     ("torus",),
     ("rollout",),

@@ -24,7 +24,9 @@ from typer.testing import CliRunner
 from tdlens.api import load_run_config
 from tdlens.cli import app
 from tdlens.config import shipped_configs
+from tdlens.regimes import LABELS, REGIME_TABLE
 from tdlens.runs.runner import Runner
+from tdlens.scores import STABILITY_KEYS, RunSeries, growth_evidence, thresholds
 
 GLOSSARY = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 SHRINK = [
@@ -159,3 +161,23 @@ def test_the_glossary_states_the_iteration_numbering_and_the_shared_draws():
     text = GLOSSARY.read_text()
     assert "0-based" in text and "iter 79 (80/80 done)" in text
     assert "common random numbers" in text.lower() and "min = max" in text
+
+
+def test_every_regime_label_threshold_and_evidence_is_in_the_glossary():
+    """Each label of tdlens.regimes.REGIME_TABLE has its row, with its glossary line, in
+    the Regime labels table and no row names a label outside it; every threshold of
+    tdlens.scores.thresholds() and every number a diverged label's evidence holds is
+    documented."""
+    text = GLOSSARY.read_text()
+    for label, e in REGIME_TABLE.items():
+        assert f"| {label} | {e.glossary} |" in text, label
+    section = text.split("## Regime labels", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| ([^|]+?) \|", section, flags=re.M)
+    assert sorted(r for r in rows if r not in ("label", "---")) == sorted(LABELS)
+    for name, value in thresholds().items():  # stated with the code's value
+        stated = re.search(rf"`{name} = ([-+.e0-9]+)`", text)
+        assert stated and float(stated.group(1)) == value, name
+    entries = glossary_entries(text)
+    series = RunSeries("complete", 3, {"w_norm": [1.0, 2.0, 4.0]})
+    names = [*STABILITY_KEYS, *growth_evidence(series)]
+    assert [n for n in names if not documented(n, entries)] == []

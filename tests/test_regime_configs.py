@@ -26,7 +26,13 @@ from tdlens.report import write_report
 from tdlens.report.theory import expected_dynamics
 from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner
-from tdlens.scores import FLOOR_FACTOR, MOVING_TARGET_RATIO, regime_family
+from tdlens.scores import (
+    ERROR_GROWTH_FACTOR,
+    FLOOR_FACTOR,
+    GROWTH_SE_FACTOR,
+    MOVING_TARGET_RATIO,
+    regime_family,
+)
 from tdlens.sweeps.catalog import index_run_dir
 
 GROWTH_RTOL = 0.25
@@ -54,7 +60,8 @@ def assert_report_and_catalog_agree(run_dir: Path, catalog: Path) -> str:
 
 
 def _mechanism_holds(label: str, ev: dict, outer_iters: int) -> bool:
-    """The label's rule (tdlens.scores docstring), re-checked on the report's own numbers."""
+    """The label's rule (tdlens.scores docstring), re-checked on the report's own numbers;
+    an AssertionError for a label it has no re-check for (never a silent True)."""
     at_floor = ev["value_gap_last"] <= FLOOR_FACTOR * ev["stochastic_floor"]
     if label == "learning":
         return ev["falling"] == 1.0 and (at_floor or ev["tau_obs"] <= outer_iters)
@@ -65,7 +72,13 @@ def _mechanism_holds(label: str, ev: dict, outer_iters: int) -> bool:
     if label == "plateau:slow-modes":
         slow = ev["tau_obs"] > outer_iters
         return not at_floor and slow and ev["drift_ratio"] < MOVING_TARGET_RATIO
-    return True
+    raise AssertionError(f"no rule re-check for regime label {label!r}: add one here")
+
+
+def test_mechanism_recheck_refuses_unknown_labels():
+    ev = {"value_gap_last": 1.0, "stochastic_floor": 1.0, "drift_ratio": 0.0, "tau_obs": 1.0}
+    with pytest.raises(AssertionError, match="plateau:rho-variance"):
+        _mechanism_holds("plateau:rho-variance", ev, 10)
 
 
 @pytest.mark.parametrize(
@@ -184,6 +197,42 @@ def test_triad_diverges_at_a_tenth_of_the_critical_step(triad, tmp_path):
     assert tenth["regime"]["evidence"]["eta"] == pytest.approx(0.1 * critical)
     w_norm = _column(tenth_dir / "learning_curves.csv", "w_norm")
     assert w_norm[-1] > 100.0 * w_norm[0]
+
+
+SLOW_TRIAD = (
+    "env.feature_dim=96",
+    "gamma=0.9",
+    "sigma_pi=0.5",
+    "rho_clip=1",
+    "alpha_w=100",
+    "outer_iters=300",
+    "probes.every=100",
+    "probes.distribution.enabled=false",
+    "probes.q_kernel.enabled=false",
+    "probes.rho_audit.enabled=false",
+)
+"""Issue #23's counter-example (there 400 iterations, probes every 5), shortened: a
+negative eigenvalue of A inside the spectral noise, so slow that the old eigenvalue rule
+called the run plateau:slow-modes while ||w|| grew x5000."""
+
+
+def test_slow_off_policy_growth_is_diverged_and_fails_step_stable(tmp_path):
+    """Divergence read from the run: ||w|| ends ~100x above max(||w_0||, ||w#||) with a
+    second-half growth rate far beyond its error; off-policy because eig_min_real's whole
+    95% interval is below zero although eig_min_real is above -spectral_noise; eta is far
+    below the critical step. step_stable fails, report and catalog agree (~40 s)."""
+    report, run_dir = _run(tmp_path, "regime_triad", *SLOW_TRIAD)
+    regime = report["regime"]
+    assert regime["label"] == "diverged:off-policy", regime["reason"]
+    e = regime["evidence"]
+    assert e["w_norm_over_scale"] > 3 * ERROR_GROWTH_FACTOR, e
+    assert e["growth_rate"] > 2 * GROWTH_SE_FACTOR * e["growth_rate_se"] > 0, e
+    assert e["eig_min_real_hi"] < 0 and e["eig_min_real"] > -e["spectral_noise"], e
+    assert e["eta"] < 0.2 * e["critical_step"], e
+    step = next(c for c in report["health"]["checks"] if c["name"] == "step_stable")
+    assert step["verdict"] == "FAIL" and "diverged:off-policy" in step["reason"], step
+    assert report["health"]["status"] == "FAIL"
+    assert assert_report_and_catalog_agree(run_dir, tmp_path / "c.sqlite") == regime["label"]
 
 
 def test_triad_mechanism_matches_its_closed_form():

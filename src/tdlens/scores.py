@@ -9,17 +9,25 @@ alone.
 Each label is judged against the run's own scales, in this order (the first that holds):
 
 1. **diverged**: status ``diverged``, or a non-finite value in a dense learning-curve
-   column (``td_loss``, ``w_norm``), or ``||w||`` grows
-   (``w_norm_last / w_norm_first > W_GROWTH_FACTOR``) while the latest stability round
-   shows a mode that grows within the run: ``growth_timescale < outer_iters`` (a real
-   part below zero), or ``eta > critical_step`` (the step overshoots: ``|1 - eta l| > 1``).
-   The label names the mechanism from the latest stability round (:func:`divergence_kind`):
-   ``diverged:off-policy`` when an eigenvalue of A has ``Re l < -spectral_noise`` (finite
-   ``growth_timescale``: TD diverges at EVERY step size) and either it grows within the run
-   or the step does not overshoot; ``diverged:step-size`` when the step overshoots
-   (``eta > critical_step``) and no eigenvalue is below zero beyond the noise, or the
-   negative one is too slow to matter within the run; plain ``diverged`` without a
-   stability round. :func:`regime_family` strips the mechanism.
+   column (``td_loss``, ``w_norm``), or the run's error grows (:func:`error_grows`, on
+   :func:`growth_evidence`): value_gap or ``w_gap = ||w - w#||`` grows by at least
+   ``ERROR_GROWTH_FACTOR`` from the first probe round to the last, or ``||w||`` ends above
+   ``ERROR_GROWTH_FACTOR x max(||w_0||, ||w#||)`` (``w_sharp_norm`` of the last round),
+   AND the growth rate g, the slope of ``log y`` over the second half of the run (the
+   fit with the largest ``g / se`` among ``log w_norm`` and the probe series that grew),
+   exceeds ``GROWTH_SE_FACTOR`` Newey-West standard errors (:func:`log_growth`; a critic
+   growing from a tiny ``w_0`` to its fixed point stops growing, so it is not diverged);
+   or, in a run too short to grow that far, the expected update is unstable
+   (:func:`unstable_update`: ``eta > critical_step`` or ``growth_timescale <
+   outer_iters``) and ``||w||`` grew more than ``W_GROWTH_FACTOR`` with a second-half
+   rate beyond its error (:func:`grows_while_unstable`). The label names the mechanism
+   from the latest stability round (:func:`divergence_kind`): ``diverged:off-policy``
+   when g matches the growth ``-eta l`` of a negative mode (l within eig_min_real's 95%
+   interval, lo < 0), else ``diverged:step-size`` when the step overshoots (``eta >
+   critical_step``, ``|1 - eta l| > 1``), else ``diverged:off-policy`` when
+   eig_min_real's whole interval is below zero (TD diverges at EVERY step size); plain
+   ``diverged`` otherwise (no stability round). A diverged run is never plateau or
+   learning. :func:`regime_family` strips the mechanism.
 2. **frozen**: the critic does not move on the run's timescale: the median over iterations
    of the relative step ``delta_w_norm / w_norm`` is below ``FROZEN_REL_STEP``, or the
    latest ``fastest_timescale`` (iterations the fastest mode of ``w += eta (b - A w)``
@@ -84,20 +92,30 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike
 
+from tdlens.regimes import FAMILIES, NOT_AVAILABLE, entry, mechanisms
 from tdlens.rundir.read import Cell, RunData
 
-REGIMES: tuple[str, ...] = ("diverged", "frozen", "learning", "plateau")
-"""Regime families; a label is a family or ``family:mechanism`` (:func:`regime_family`)."""
-PLATEAU_MECHANISMS: tuple[str, ...] = ("slow-modes", "moving-target", "noise-floor")
-DIVERGENCE_KINDS: tuple[str, ...] = ("off-policy", "step-size")
+REGIMES: tuple[str, ...] = tuple(f for f in FAMILIES if f != NOT_AVAILABLE)
+"""Regime families (from :data:`tdlens.regimes.REGIME_TABLE`); a label is a family or
+``family:mechanism`` (:func:`regime_family`)."""
+PLATEAU_MECHANISMS: tuple[str, ...] = mechanisms("plateau")
+DIVERGENCE_KINDS: tuple[str, ...] = mechanisms("diverged")
 """Mechanisms of ``diverged`` (module docstring, rule 1)."""
-NOT_AVAILABLE = "n/a"
 FROZEN_REL_STEP = 1e-6
 """frozen: median relative change of w per iteration (delta_w_norm / w_norm) below this."""
 LEARNING_FACTOR = 3.0
 """learning: value_gap (or td_loss) falls by more than this many noise floors (std errors)."""
+ERROR_GROWTH_FACTOR = 10.0
+"""diverged: value_gap or w_gap = ||w - w#|| grew by at least this factor over the run,
+or ||w|| ends above this x max(||w_0||, ||w#||)."""
+MIN_FIT_POINTS = 3
+"""Points a growth-rate fit needs (a slope and its error)."""
 W_GROWTH_FACTOR = 1.5
-"""diverged by a growing mode: ||w|| grew by more than this factor over the run."""
+"""diverged before ERROR_GROWTH_FACTOR: ||w|| grew by more than this factor, at a rate
+beyond its error, while the expected update is unstable (:func:`unstable_update`)."""
+GROWTH_SE_FACTOR = 2.0
+"""diverged: the second-half growth rate of log(error) exceeds this many standard errors
+(Newey-West); also the slack when matching it to a negative mode's rate."""
 MIN_ROWS = 2
 FLOOR_FACTOR = 1.5
 """plateau:noise-floor: value_gap_last at most this many stochastic floors F_s."""
@@ -149,6 +167,9 @@ class Regime:
     reason: str
     evidence: dict[str, float] = field(default_factory=dict)
     """The numbers that decided the label (plateau and learning: :func:`plateau_evidence`)."""
+
+    def __post_init__(self) -> None:
+        entry(self.label)  # every label is declared in tdlens.regimes.REGIME_TABLE
 
 
 def regime_family(label: str) -> str:
@@ -210,47 +231,209 @@ def value_noise_floor(fixed_point: dict[str, Sequence[Cell]]) -> float:
     return float(np.median(scaled)) if scaled else math.nan
 
 
+STABILITY_KEYS: tuple[str, ...] = (
+    "eig_min_real",
+    "eig_min_real_lo",
+    "eig_min_real_hi",
+    "spectral_noise",
+    "growth_timescale",
+    "eta",
+    "critical_step",
+)
+
+
 def stability_evidence(s: RunSeries) -> dict[str, float]:
-    """The latest stability round's eig_min_real, spectral_noise, growth_timescale, eta and
-    critical_step (NaN when absent)."""
-    keys = ("eig_min_real", "spectral_noise", "growth_timescale", "eta", "critical_step")
-    return {key: latest(s.stability.get(key)) for key in keys}
+    """The latest stability round's eig_min_real (and its 95% interval eig_min_real_lo,
+    eig_min_real_hi), spectral_noise, growth_timescale, eta and critical_step (NaN when
+    absent)."""
+    return {key: latest(s.stability.get(key)) for key in STABILITY_KEYS}
 
 
-def divergence_kind(evidence: dict[str, float], outer_iters: int) -> str | None:
-    """``off-policy``, ``step-size`` or None (no stability evidence of a growing mode).
+@dataclass(frozen=True)
+class GrowthFit:
+    """The least-squares line ``log y = a + g t`` and its slope's standard error."""
 
-    negative: a finite growth_timescale (the probe sets it only when
-    ``eig_min_real < -spectral_noise``); fast: ``growth_timescale < outer_iters``;
-    overshoot: ``eta > critical_step``. off-policy = fast or (negative and not overshoot);
-    step-size = overshoot otherwise.
-    """
+    rate: float
+    """g, the growth rate per iteration (NaN with fewer than 3 finite positive points)."""
+    se: float
+    """Newey-West (Bartlett kernel) standard error of g, robust to autocorrelation."""
+    points: int
+
+
+def newey_west_lags(n: int) -> int:
+    """``floor(4 (n / 100)^(2/9))``, the Newey-West (1994) rule of thumb, at least 1."""
+    return max(1, int(4.0 * (n / 100.0) ** (2.0 / 9.0)))
+
+
+def log_growth(t: ArrayLike, y: ArrayLike) -> GrowthFit:
+    """Fit ``log y = a + g t`` by least squares over the points with finite ``y > 0``.
+
+    With ``x = t - mean(t)``, residuals ``e`` and ``u_i = x_i e_i``, the slope's
+    variance is ``n / (n - 2) sum_{|l| <= L} (1 - |l| / (L + 1)) sum_i u_i u_{i-l} /
+    (sum x^2)^2`` with ``L`` = :func:`newey_west_lags`: successive points of a learning
+    curve are correlated, so the iid formula would understate it."""
+    t, y = np.asarray(t, dtype=float), np.asarray(y, dtype=float)
+    ok = np.isfinite(y) & (y > 0) & np.isfinite(t)
+    t, z = t[ok], np.log(y[ok])
+    n = t.size
+    if n < MIN_FIT_POINTS:
+        return GrowthFit(math.nan, math.nan, n)
+    x = t - t.mean()
+    sxx = float(x @ x)
+    if sxx <= 0:
+        return GrowthFit(math.nan, math.nan, n)
+    g = float(x @ (z - z.mean()) / sxx)
+    e = z - z.mean() - g * x
+    u = x * e
+    lags = min(newey_west_lags(n), n - 1)
+    s = float(u @ u)
+    for lag in range(1, lags + 1):
+        s += 2.0 * (1.0 - lag / (lags + 1.0)) * float(u[lag:] @ u[:-lag])
+    var = max(s, 0.0) * n / (n - 2) / sxx**2
+    return GrowthFit(g, math.sqrt(var), n)
+
+
+def _t_statistic(fit: GrowthFit) -> float:
+    """``rate / se`` (inf for a positive rate known exactly; -inf when undefined)."""
+    if not math.isfinite(fit.rate):
+        return -math.inf
+    if fit.se > 0:
+        return fit.rate / fit.se
+    return math.inf if fit.rate > 0 else -math.inf
+
+
+def _ratio(values: np.ndarray) -> float:
+    return float(values[-1] / values[0]) if values.size >= 2 and values[0] > 0 else math.nan
+
+
+def growth_evidence(s: RunSeries) -> dict[str, float]:
+    """The numbers of rule 1's growth test (module docstring): value_gap_ratio and
+    w_gap_ratio (last / first probe round), w_norm_ratio (last / first iteration),
+    w_norm_scale = max(w_norm_first, w_sharp_norm_last) and w_norm_over_scale, and the
+    second-half log-linear growth rate (growth_rate, growth_rate_se, growth_points) with the
+    largest ``rate / se`` among: log(w_norm) over the second half of the iterations (at
+    least the last MIN_FIT_POINTS), and
+    log(value_gap), log(w_gap) over the probe rounds from the middle one on (at least 3),
+    each when its ratio is at least ERROR_GROWTH_FACTOR."""
+    w = finite(s.curves.get("w_norm"))
+    w_sharp = latest(s.fixed_point.get("w_sharp_norm"))
+    scale = max(float(w[0]) if w.size else math.nan, w_sharp if w_sharp > 0 else 0.0)
+    ev = {
+        "value_gap_ratio": _ratio(finite(s.fixed_point.get("value_gap"))),
+        "w_gap_ratio": _ratio(finite(s.fixed_point.get("w_gap"))),
+        "w_norm_ratio": _ratio(w),
+        "w_norm_scale": scale,
+        "w_norm_over_scale": float(w[-1] / scale) if w.size and scale > 0 else math.nan,
+    }
+    y = floats(s.curves.get("w_norm"))
+    tail = min(y.size, max(MIN_FIT_POINTS, y.size - y.size // 2))  # the second half, >= 3
+    fits = [log_growth(np.arange(y.size)[-tail:], y[-tail:])] if tail else []
+    for col, key in (("value_gap", "value_gap_ratio"), ("w_gap", "w_gap_ratio")):
+        if ev[key] >= ERROR_GROWTH_FACTOR:
+            y = finite(s.fixed_point.get(col))
+            mid = (y.size - 1) // 2  # the rounds from the middle one on, as plateau_evidence
+            fits.append(log_growth(_probe_iters(s, y.size)[mid:], y[mid:]))
+    fit = max(fits, key=_t_statistic, default=GrowthFit(math.nan, math.nan, 0))
+    ev.update(growth_rate=fit.rate, growth_rate_se=fit.se, growth_points=float(fit.points))
+    return ev
+
+
+def error_grows(ev: dict[str, float]) -> bool:
+    """Rule 1's growth test on :func:`growth_evidence`: value_gap or w_gap grew by at
+    least ERROR_GROWTH_FACTOR, or ||w|| ends above ERROR_GROWTH_FACTOR x w_norm_scale, and
+    the second-half growth rate exceeds GROWTH_SE_FACTOR standard errors."""
+    grew = (
+        ev["value_gap_ratio"] >= ERROR_GROWTH_FACTOR
+        or ev["w_gap_ratio"] >= ERROR_GROWTH_FACTOR
+        or ev["w_norm_over_scale"] > ERROR_GROWTH_FACTOR
+    )
+    return grew and ev["growth_rate"] > GROWTH_SE_FACTOR * ev["growth_rate_se"]
+
+
+def unstable_update(e: dict[str, float], outer_iters: int) -> bool:
+    """The latest stability round says ``w += eta (b - A w)`` grows within the run:
+    ``eta > critical_step`` (overshoot) or ``growth_timescale < outer_iters`` (a mode
+    below ``-spectral_noise``). eig_min_real's interval alone does not count: it runs
+    biased negative (issue #23 item 5), so a short growth needs a mode beyond the noise."""
+    return e["eta"] > e["critical_step"] or e["growth_timescale"] < outer_iters
+
+
+def grows_while_unstable(ev: dict[str, float], outer_iters: int) -> bool:
+    """Rule 1's second route: the update is unstable (:func:`unstable_update`) and ||w||
+    grew by more than W_GROWTH_FACTOR with a second-half growth rate beyond
+    GROWTH_SE_FACTOR standard errors (a short run that explodes before it can grow
+    ERROR_GROWTH_FACTOR-fold)."""
+    return (
+        unstable_update(ev, outer_iters)
+        and ev["w_norm_ratio"] > W_GROWTH_FACTOR
+        and ev["growth_rate"] > GROWTH_SE_FACTOR * ev["growth_rate_se"]
+    )
+
+
+def _eig_interval(e: dict[str, float]) -> tuple[float, float]:
+    """eig_min_real's 95% interval; ``eig_min_real -+ spectral_noise`` without one."""
+    lo, hi = e.get("eig_min_real_lo", math.nan), e.get("eig_min_real_hi", math.nan)
+    if math.isfinite(lo) and math.isfinite(hi):
+        return lo, hi
+    return e["eig_min_real"] - e["spectral_noise"], e["eig_min_real"] + e["spectral_noise"]
+
+
+def divergence_kind(
+    evidence: dict[str, float], rate: float = math.nan, rate_se: float = math.nan
+) -> str | None:
+    """``off-policy``, ``step-size`` or None (nothing in the stability round explains it).
+
+    With eig_min_real's interval ``[lo, hi]`` and the fitted growth rate g (per
+    iteration): ``matches`` when ``lo < 0`` and g lies within GROWTH_SE_FACTOR standard
+    errors of the growth ``-eta l`` of a mode with l in ``[lo, min(hi, 0)]``;
+    ``overshoot`` when ``eta > critical_step``; ``negative`` when ``hi < 0`` (or, without
+    an interval, a finite growth_timescale). off-policy when matches; else step-size when
+    overshoot; else off-policy when negative."""
     e = evidence
-    negative = math.isfinite(e["growth_timescale"])
-    fast = negative and e["growth_timescale"] < outer_iters
-    overshoot = e["eta"] > e["critical_step"]
-    if fast or (negative and not overshoot):
+    lo, hi = _eig_interval(e)
+    eta = e["eta"]
+    slack = GROWTH_SE_FACTOR * rate_se if math.isfinite(rate_se) else 0.0
+    matches = (
+        lo < 0 and math.isfinite(rate) and -eta * min(hi, 0.0) - slack <= rate <= -eta * lo + slack
+    )
+    if matches:
         return "off-policy"
-    return "step-size" if overshoot else None
+    if e["eta"] > e["critical_step"]:
+        return "step-size"
+    if hi < 0 or math.isfinite(e["growth_timescale"]):
+        return "off-policy"
+    return None
 
 
 def _divergence_reason(kind: str | None, e: dict[str, float]) -> str:
+    lo, hi = _eig_interval(e)
+    eig = f"eig_min_real {e['eig_min_real']:.4g} (95% interval {lo:.4g} to {hi:.4g})"
     if kind == "off-policy":
         return (
-            f"eig_min_real {e['eig_min_real']:.4g} < -spectral_noise = {-e['spectral_noise']:.4g}:"
-            f" diverges at any step (growth_timescale {e['growth_timescale']:.4g})"
+            f"{eig}: a mode of A with Re l < 0 grows at any step (growth rate "
+            f"{e.get('growth_rate', math.nan):.4g}/iter vs -eta eig_min_real "
+            f"{-e['eta'] * e['eig_min_real']:.4g}; growth_timescale {e['growth_timescale']:.4g})"
         )
     if kind == "step-size":
         return (
             f"step eta {e['eta']:.4g} > critical_step {e['critical_step']:.4g} (overshoot; "
-            f"eig_min_real {e['eig_min_real']:.4g}, spectral_noise {e['spectral_noise']:.4g})"
+            f"{eig}, spectral_noise {e['spectral_noise']:.4g})"
         )
     return "no stability round to name the mechanism"
 
 
+def _growth_reason(ev: dict[str, float]) -> str:
+    return (
+        f"error grows: value_gap x{ev['value_gap_ratio']:.4g}, w_gap x{ev['w_gap_ratio']:.4g}, "
+        f"w_norm x{ev['w_norm_ratio']:.4g} (last / max(first, ||w#||) "
+        f"x{ev['w_norm_over_scale']:.4g}; >= {ERROR_GROWTH_FACTOR:g} needed), second-half "
+        f"growth rate {ev['growth_rate']:.4g} +- {ev['growth_rate_se']:.4g} per iteration"
+    )
+
+
 def _diverged(s: RunSeries) -> Regime | None:
-    evidence = stability_evidence(s)
-    kind = divergence_kind(evidence, s.outer_iters)
+    evidence = {**stability_evidence(s), **growth_evidence(s)}
+    kind = divergence_kind(evidence, evidence["growth_rate"], evidence["growth_rate_se"])
     label = "diverged" if kind is None else f"diverged:{kind}"
     mechanism = _divergence_reason(kind, evidence)
     if s.status == "diverged":
@@ -261,15 +444,15 @@ def _diverged(s: RunSeries) -> Regime | None:
         bad = non_finite_cells(s.curves.get(col))
         if bad:
             return Regime(label, f"{bad} non-finite {col} value(s); {mechanism}", evidence)
-    w = finite(s.curves.get("w_norm"))
-    ratio = w[-1] / w[0] if w.size >= 2 and w[0] > 0 else math.nan
-    if not ratio > W_GROWTH_FACTOR or kind is None:
-        return None
-    fast = evidence["growth_timescale"] < s.outer_iters
-    if kind == "step-size" or fast:
-        grew = f"w_norm grew x{ratio:.4g} (> {W_GROWTH_FACTOR})"
-        within = f"; growth_timescale < {s.outer_iters} iterations" if fast else ""
-        return Regime(label, f"{mechanism}{within}; {grew}", {**evidence, "w_norm_ratio": ratio})
+    if error_grows(evidence):
+        return Regime(label, f"{_growth_reason(evidence)}; {mechanism}", evidence)
+    if grows_while_unstable(evidence, s.outer_iters):
+        grew = (
+            f"w_norm grew x{evidence['w_norm_ratio']:.4g} (> {W_GROWTH_FACTOR:g}) at "
+            f"{evidence['growth_rate']:.4g} +- {evidence['growth_rate_se']:.4g} per iteration "
+            "while the expected update is unstable"
+        )
+        return Regime(label, f"{grew}; {mechanism}", evidence)
     return None
 
 
@@ -485,7 +668,9 @@ def thresholds() -> dict[str, float]:
     return {
         "FROZEN_REL_STEP": FROZEN_REL_STEP,
         "LEARNING_FACTOR": LEARNING_FACTOR,
+        "ERROR_GROWTH_FACTOR": ERROR_GROWTH_FACTOR,
         "W_GROWTH_FACTOR": W_GROWTH_FACTOR,
+        "GROWTH_SE_FACTOR": GROWTH_SE_FACTOR,
         "MIN_ROWS": MIN_ROWS,
         "FLOOR_FACTOR": FLOOR_FACTOR,
         "MOVING_TARGET_RATIO": MOVING_TARGET_RATIO,
@@ -494,10 +679,15 @@ def thresholds() -> dict[str, float]:
 
 
 REGIME_DOC = (
-    "diverged: status diverged, a non-finite td_loss/w_norm, or w_norm growing "
-    f"x{W_GROWTH_FACTOR}+ with growth_timescale < outer_iters or eta > critical_step; "
-    "diverged:off-policy when eig_min_real < -spectral_noise (diverges at any step), "
-    "diverged:step-size when eta > critical_step with no such eigenvalue. "
+    "diverged: status diverged, a non-finite td_loss/w_norm, or the error grows: value_gap "
+    f"or ||w - w#|| x{ERROR_GROWTH_FACTOR:g}+ over the run, or ||w|| ending above "
+    f"{ERROR_GROWTH_FACTOR:g} x max(||w_0||, ||w#||), with a second-half log growth rate "
+    f"beyond {GROWTH_SE_FACTOR:g} (Newey-West) standard errors, or ||w|| growing "
+    f"x{W_GROWTH_FACTOR:g}+ at such a rate while eta > critical_step or "
+    "growth_timescale < outer_iters; "
+    "diverged:off-policy when that rate matches a negative mode's -eta eig_min_real (or "
+    "eig_min_real's interval lies below zero without an overshoot), "
+    "diverged:step-size when eta > critical_step. "
     f"frozen: median delta_w_norm/w_norm < {FROZEN_REL_STEP:g} per iteration, or "
     "fastest_timescale > outer_iters. "
     "learning: value_gap still falls beyond its round-to-round noise over the second half "

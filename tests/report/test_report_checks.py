@@ -266,6 +266,20 @@ def test_step_stable_passes_below_and_fails_above_the_critical_step(tmp_path):
     assert c.verdict == FAIL and "growing mode" in c.detail
 
 
+def test_step_stable_fails_on_a_diverged_run_below_the_critical_step(tmp_path):
+    """issue #23: ||w|| growing x e^(0.5 x 19) ~ 13,000 at a steady rate diverges by the
+    run's own numbers, every step below the critical step or not, with or without
+    stability rows."""
+    run = healthy_run()
+    run.set_curve("w_norm", lambda i: math.exp(0.5 * i))
+    c = verdict(run, tmp_path / "a", "step_stable")
+    assert c.verdict == FAIL and "the run is diverged" in c.detail, c.detail
+    assert "> critical_step" not in c.detail and "growing mode" not in c.detail
+    del run.probes["stability_probe"]
+    c = verdict(run, tmp_path / "b", "step_stable")
+    assert c.verdict == FAIL and "no stability probe rows" in c.detail, c.detail
+
+
 def test_step_stable_pairs_each_critical_step_with_its_own_probe(tmp_path):
     """Issue 13: the message once paired the last probe's critical step with the
     iterations of earlier probes. Each over-critical probe is named with its own number

@@ -6,8 +6,10 @@ import math
 
 from test_report_fixtures import N_ITERS, frozen_run, healthy_run
 
+from tdlens.regimes import LABELS
 from tdlens.report import build_report
-from tdlens.report.rules import NO_ISSUES
+from tdlens.report.rules import ADVICE, NO_ISSUES, AdviceElsewhere
+from tdlens.rundir.read import load_run
 
 
 def steps(run, tmp_path) -> dict[str, str]:
@@ -137,3 +139,29 @@ def test_frozen_critic_names_the_floor_and_the_alpha_w_that_reaches_it(tmp_path)
     assert "predicted floor 0.05 in ~2,300 more iterations" in msg  # fmt_count rounds
     assert f"alpha_w = {alpha:.4g} would reach it within the run" in msg
     assert "critical alpha_w 1.2, 95% interval 1-1.5" in msg
+
+
+def test_every_plateau_label_has_its_own_advice(tmp_path):
+    """The advice builders behind the regime table (tdlens.regimes): each plateau label
+    its own text, no shared fallback; the family's from the table's intervention
+    (alpha_w x4 = 0.32, below half the critical alpha_w 1.2); the other labels name the
+    rule that advises them."""
+    data = load_run(healthy_run().write(tmp_path / "run"))
+    assert data.cfg is not None
+    ev = {"tau_obs": math.inf, "drift_ratio": 2.0}
+    texts = {
+        label: builder(data, ev, data.cfg)
+        for label in LABELS
+        if not isinstance(builder := ADVICE[label], AdviceElsewhere)
+    }
+    assert sorted(texts) == [
+        "plateau",
+        "plateau:moving-target",
+        "plateau:noise-floor",
+        "plateau:slow-modes",
+    ]
+    assert len(set(texts.values())) == len(texts)
+    assert "try alpha_w = 0.32" in texts["plateau"]
+    assert "lower alpha_w from 0.08 to 0.02" in texts["plateau:noise-floor"]
+    assert "alpha_pi from 0.06 to 0.015" in texts["plateau:moving-target"]
+    assert ADVICE["frozen"] == AdviceElsewhere("critic_frozen")

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from matplotlib.colors import to_rgba
+from matplotlib.markers import MarkerStyle
 from typer.testing import CliRunner
 
 from helpers import TINY_SWEEP
 from tdlens.cli import app
+from tdlens.regimes import LABELS, RegimeTableError, entry
 from tdlens.sweeps.atlas import (
     AtlasError,
     AtlasPoint,
@@ -181,3 +184,20 @@ def test_boundary_is_drawn_where_the_sweep_crosses_it():
     ax = step_mismatch_figure(flat, "sigma_pi", none).axes[0]
     assert _hlines(ax) == {} and not ax.patches
     assert "never changes sign" in _boundary_text(flat, "sigma_pi / sigma_mu", none, math.nan)
+
+
+def test_every_label_is_drawn_with_its_table_colour_and_marker():
+    """One point per label of tdlens.regimes.REGIME_TABLE: each scatter's face colour and
+    marker path are the table's (no family fallback), and an undeclared label raises."""
+    pts = [_point(1.0 + i, 0.1, regime=label) for i, label in enumerate(LABELS)]
+    none = (math.nan, math.nan, math.nan)
+    (ax,) = [a for a in step_mismatch_figure(pts, "sigma_pi", none).axes if a.get_visible()]
+    drawn = ax.collections
+    assert len(drawn) == len(LABELS)
+    for label, coll in zip(LABELS, drawn, strict=True):
+        assert tuple(coll.get_facecolor()[0]) == to_rgba(entry(label).colour), label
+        marker = MarkerStyle(entry(label).marker)
+        expected = marker.get_path().transformed(marker.get_transform()).vertices
+        assert coll.get_paths()[0].vertices == pytest.approx(expected), label
+    with pytest.raises(RegimeTableError, match="plateau:rho-variance"):
+        step_mismatch_figure([_point(1.0, 0.1, regime="plateau:rho-variance")], "sigma_pi", none)

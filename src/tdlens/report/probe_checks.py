@@ -16,7 +16,14 @@ from tdlens.report.stats import nan_max, nan_mean
 from tdlens.report.theory import floor_plan
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
 from tdlens.rundir.read import RunData, Table, array_files, load_array
-from tdlens.scores import FROZEN_REL_STEP, frozen_reasons, relative_steps, series_of
+from tdlens.scores import (
+    FROZEN_REL_STEP,
+    frozen_reasons,
+    label_regime,
+    regime_family,
+    relative_steps,
+    series_of,
+)
 
 SCALE_RATIO_TOL = 1e-9
 """scale_consistency: |stability_probe_step_scale / train_step_scale - 1| allowed."""
@@ -322,9 +329,16 @@ def check_step_stable(data: RunData) -> Check:
     own step (SPEC 6.2): ``eta > critical_step`` (a mode with Re l > 0 has
     ``|1 - eta l| > 1``: it oscillates with growing amplitude), or a growing mode
     (``eig_min_real`` below minus the spectral noise) whose growth_timescale is shorter
-    than the run. Uses every stability row; PASS "not applicable" without them."""
+    than the run, or the run's regime is ``diverged:*`` (its error grows:
+    :func:`tdlens.scores.label_regime`, with or without stability rows). Uses every
+    stability row; otherwise PASS "not applicable" without them."""
+    regime = label_regime(series_of(data))
+    diverged = regime_family(regime.label) == "diverged"
     stab = data.probe("stability_probe")
     if not len(stab) or not stab.has("critical_step") or not stab.has("eta"):
+        if diverged:
+            why = f"the run is {regime.label}: {regime.reason}"
+            return Check("step_stable", FAIL, why + " (no stability probe rows)", {}, why)
         return Check("step_stable", PASS, "not applicable: no stability probe rows")
     run_iters = data.cfg.outer_iters if data.cfg else len(data.curves)
     eta, critical = stab.values("eta"), stab.values("critical_step")
@@ -351,6 +365,8 @@ def check_step_stable(data: RunData) -> Check:
                 f"growing mode beyond spectral noise with growth_timescale = "
                 f"{fmt(float(growth[fast][-1]))} < run length {run_iters}"
             )
+    if diverged:
+        problems.append(f"the run is {regime.label}: {regime.reason}")
     if problems:
         return Check("step_stable", FAIL, "; ".join(problems), observed, problems[0])
     low = int(np.nanargmin(np.where(np.isfinite(critical), critical, np.inf)))

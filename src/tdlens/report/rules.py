@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from tdlens.config import RunConfig
+from tdlens.regimes import NOT_AVAILABLE, intervention_set, per_label
 from tdlens.report.fmt import fmt, fmt_count
 from tdlens.report.stats import ls_slope
 from tdlens.report.theory import floor_plan
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check, NextStep
 from tdlens.rundir.read import RunData
-from tdlens.scores import (
-    divergence_kind,
-    label_regime,
-    regime_family,
-    relative_steps,
-    series_of,
-    stability_evidence,
-)
+from tdlens.scores import label_regime, relative_steps, series_of
 
 RHO2_ESS_LIMIT = 2.0
 """rho_variance: fires when mean_rho2 exceeds this (effective sample size 1/E[rho^2]
@@ -208,9 +203,8 @@ def rule_exploding(data: RunData, checks: dict[str, Check]) -> NextStep | None:
 
 
 def _off_policy(data: RunData) -> bool:
-    """The latest stability round says ``diverged:off-policy`` (:func:`divergence_kind`)."""
-    series = series_of(data)
-    return divergence_kind(stability_evidence(series), series.outer_iters) == "off-policy"
+    """The run's regime is ``diverged:off-policy`` (:func:`tdlens.scores.label_regime`)."""
+    return label_regime(series_of(data)).label == "diverged:off-policy"
 
 
 def _truncation_binds(cfg: RunConfig) -> bool:
@@ -431,49 +425,96 @@ def rule_fixed_point_drift(data: RunData, checks: dict[str, Check]) -> NextStep 
     )
 
 
+def _advice_slow_modes(data: RunData, ev: dict[str, float], cfg: RunConfig) -> str:
+    """slow-modes: a run of RELAX_EFOLDS x tau_obs iterations or a larger alpha_w (at most
+    SAFE_FRACTION of the critical one)."""
+    tau = ev["tau_obs"]
+    crit = _critical_alpha(data)
+    if math.isfinite(tau):
+        runs = fmt_count(RELAX_EFOLDS * tau)
+        action = f"run outer_iters >= {runs} ({fmt(RELAX_EFOLDS)} x tau_obs)"
+        alpha = cfg.alpha_w * tau * RELAX_EFOLDS / cfg.outer_iters
+    else:
+        action = "the gap no longer falls: run longer only after raising alpha_w"
+        alpha = cfg.alpha_w * CRITIC_FROZEN_HINT
+    if crit is not None:
+        alpha = min(alpha, SAFE_FRACTION * crit)
+    action += f", or raise alpha_w from {fmt(cfg.alpha_w)} to {fmt(alpha)}"
+    if crit is not None:
+        action += f" (half the critical alpha_w {fmt(crit)} at most)"
+    return action
+
+
+def _advice_moving_target(data: RunData, ev: dict[str, float], cfg: RunConfig) -> str:
+    """moving-target: alpha_pi / (2 x drift ratio), or a larger alpha_w."""
+    ratio = ev["drift_ratio"]
+    return (
+        f"slow the target: alpha_pi from {fmt(cfg.alpha_pi)} to "
+        f"{fmt(cfg.alpha_pi / (2 * ratio))} (drift ratio {fmt(ratio)} -> 0.5), or raise "
+        "alpha_w (bounded by critical_step)"
+    )
+
+
+def _advice_noise_floor(data: RunData, ev: dict[str, float], cfg: RunConfig) -> str:
+    """noise-floor: a quarter of alpha_w (the stationary RMS of the critic's noise scales
+    like sqrt(eta)) or more trajectories per iteration."""
+    return (
+        f"lower alpha_w from {fmt(cfg.alpha_w)} to {fmt(cfg.alpha_w / 4)} (the critic's "
+        "stationary noise RMS scales like sqrt(eta): half the floor) or use more "
+        f"trajectories per iteration (now {cfg.trajectories})"
+    )
+
+
+def _advice_no_mechanism(data: RunData, ev: dict[str, float], cfg: RunConfig) -> str:
+    """plateau without a mechanism: the label's intervention from the regime table."""
+    changes = intervention_set("plateau", {"alpha_w": cfg.alpha_w}, _critical_alpha(data))
+    told = ", ".join(f"{k} = {fmt(v)}" for k, v in changes.items())
+    return f"no mechanism named (no value_gap series): try {told} with probes.fixed_point on"
+
+
+AdviceBuilder = Callable[[RunData, dict[str, float], RunConfig], str]
+"""The change a label asks for, as the action text of rule_plateau_mechanism, from the
+run, its ``regime.evidence`` and its config."""
+
+
+@dataclass(frozen=True)
+class AdviceElsewhere:
+    """The label's advice comes from another rule (named), or none is needed."""
+
+    rule: str
+
+
+ADVICE: dict[str, AdviceBuilder | AdviceElsewhere] = per_label(
+    {
+        "diverged": AdviceElsewhere("run_status, exploding, growing_mode"),
+        "diverged:off-policy": AdviceElsewhere("growing_mode, exploding"),
+        "diverged:step-size": AdviceElsewhere("run_status, exploding"),
+        "frozen": AdviceElsewhere("critic_frozen"),
+        "learning": AdviceElsewhere("none: keep going"),
+        "plateau:noise-floor": _advice_noise_floor,
+        "plateau:moving-target": _advice_moving_target,
+        "plateau:slow-modes": _advice_slow_modes,
+        "plateau": _advice_no_mechanism,
+        NOT_AVAILABLE: AdviceElsewhere("none: too short to judge"),
+    },
+    "tdlens.report.rules.ADVICE",
+)
+"""The advice builder of every regime label (tdlens.regimes.REGIME_TABLE; import fails
+when a label has none)."""
+
+
 def rule_plateau_mechanism(data: RunData, checks: dict[str, Check]) -> NextStep | None:
     """A plateau named by its mechanism (:func:`tdlens.scores.label_regime`), with its
-    evidence and the change that mechanism asks for: slow-modes, a run of RELAX_EFOLDS
-    x tau_obs iterations or a larger alpha_w (at most SAFE_FRACTION of the critical one);
-    moving-target, alpha_pi / (2 x drift ratio); noise-floor, a quarter of alpha_w (the
-    stationary RMS of the critic's noise scales like sqrt(eta))."""
+    evidence and the change that mechanism asks for (its :data:`ADVICE` builder)."""
     regime = label_regime(series_of(data))
-    if regime_family(regime.label) != "plateau" or not regime.evidence:
+    advice = ADVICE[regime.label]
+    if isinstance(advice, AdviceElsewhere) or not regime.evidence:
         return None
     ev, cfg = regime.evidence, data.cfg
-    mech = regime.label.split(":", 1)[-1]
     head = f"{regime.label}: {regime.reason}"
     if cfg is None:
         return NextStep("plateau_mechanism", head + ".", ev)
-    if mech == "slow-modes":
-        tau = ev["tau_obs"]
-        crit = _critical_alpha(data)
-        if math.isfinite(tau):
-            runs = fmt_count(RELAX_EFOLDS * tau)
-            action = f"run outer_iters >= {runs} ({fmt(RELAX_EFOLDS)} x tau_obs)"
-            alpha = cfg.alpha_w * tau * RELAX_EFOLDS / cfg.outer_iters
-        else:
-            action = "the gap no longer falls: run longer only after raising alpha_w"
-            alpha = cfg.alpha_w * CRITIC_FROZEN_HINT
-        if crit is not None:
-            alpha = min(alpha, SAFE_FRACTION * crit)
-        action += f", or raise alpha_w from {fmt(cfg.alpha_w)} to {fmt(alpha)}"
-        if crit is not None:
-            action += f" (half the critical alpha_w {fmt(crit)} at most)"
-    elif mech == "moving-target":
-        ratio = ev["drift_ratio"]
-        action = (
-            f"slow the target: alpha_pi from {fmt(cfg.alpha_pi)} to "
-            f"{fmt(cfg.alpha_pi / (2 * ratio))} (drift ratio {fmt(ratio)} -> 0.5), or raise "
-            "alpha_w (bounded by critical_step)"
-        )
-    else:
-        action = (
-            f"lower alpha_w from {fmt(cfg.alpha_w)} to {fmt(cfg.alpha_w / 4)} (the critic's "
-            "stationary noise RMS scales like sqrt(eta): half the floor) or use more "
-            f"trajectories per iteration (now {cfg.trajectories})"
-        )
-    return NextStep("plateau_mechanism", f"{head}. Next: {action}.", ev)
+    return NextStep("plateau_mechanism", f"{head}. Next: {advice(data, ev, cfg)}.", ev)
 
 
 def rule_other_checks(data: RunData, checks: dict[str, Check]) -> NextStep | None:

@@ -40,9 +40,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from tdlens.regimes import entry
 from tdlens.rundir.files import atomic_write_bytes, atomic_write_text
 from tdlens.rundir.read import load_run
-from tdlens.scores import REGIME_DOC, regime_family
+from tdlens.scores import REGIME_DOC
 from tdlens.sweeps.plan import read_plan, run_dir
 from tdlens.sweeps.records import RunRecord, last_values, load_record
 from tdlens.sweeps.spec import SEED_AXIS
@@ -51,29 +52,6 @@ from tdlens.sweeps.summary import majority_regime
 MISMATCH_KEYS: tuple[str, ...] = ("theta_mu_offset_scale", "sigma_pi", "sigma_mu")
 """Mismatch axes in order of preference (sigma_pi is shown as sigma_pi / sigma_mu,
 sigma_mu as sigma_mu / sigma_pi)."""
-FAMILY_COLOURS: dict[str, str] = {
-    "learning": "#1a7f37",
-    "plateau": "#d4a017",
-    "frozen": "#1f6feb",
-    "diverged": "#cf222e",
-    "n/a": "#999999",
-}
-LABEL_COLOURS: dict[str, str] = {
-    "plateau:slow-modes": "#d4a017",
-    "plateau:moving-target": "#f0883e",
-    "plateau:noise-floor": "#8a8f2a",
-    "diverged:step-size": "#cf222e",
-    "diverged:off-policy": "#8250df",
-}
-"""Colour per full label; a label without an entry takes its family's colour."""
-MECHANISM_MARKERS: dict[str, str] = {
-    "": "o",
-    "slow-modes": "s",
-    "moving-target": ">",
-    "noise-floor": "v",
-    "step-size": "X",
-    "off-policy": "P",
-}
 SHIPPED_REGIMES: tuple[tuple[str, str], ...] = (
     ("learning", "regime_learning"),
     ("plateau:slow-modes", "regime_plateau"),
@@ -201,13 +179,13 @@ def crossing_interval(points: Sequence[AtlasPoint]) -> tuple[float, float, float
 
 
 def label_colour(label: str) -> str:
-    """The label's colour (LABEL_COLOURS, else its family's)."""
-    return LABEL_COLOURS.get(label) or FAMILY_COLOURS.get(regime_family(label), "#000000")
+    """The label's colour (tdlens.regimes.REGIME_TABLE; an unknown label raises)."""
+    return entry(label).colour
 
 
-def _split(label: str) -> tuple[str, str]:
-    family = regime_family(label)
-    return family, label[len(family) + 1 :] if ":" in label else ""
+def label_marker(label: str) -> str:
+    """The label's matplotlib marker (tdlens.regimes.REGIME_TABLE; an unknown label raises)."""
+    return entry(label).marker
 
 
 def step_mismatch_figure(
@@ -227,12 +205,11 @@ def step_mismatch_figure(
         for p in points:
             if p.beta != beta or not math.isfinite(p.step_ratio):
                 continue
-            _, mech = _split(p.record.regime)
             h = ax.scatter(
                 p.step_ratio,
                 p.mismatch,
                 c=label_colour(p.record.regime),
-                marker=MECHANISM_MARKERS.get(mech, "o"),
+                marker=label_marker(p.record.regime),
                 s=60,
                 edgecolors="k",
                 linewidths=0.4,
@@ -285,12 +262,11 @@ def beta_offset_figure(points: Sequence[AtlasPoint], mkey: str) -> Figure:
                 if not labels:
                     continue
                 label = majority_regime(labels)
-                _, mech = _split(label)
                 h = ax.scatter(
                     ix,
                     iy,
                     c=label_colour(label),
-                    marker=MECHANISM_MARKERS.get(mech, "o"),
+                    marker=label_marker(label),
                     s=160,
                     edgecolors="k",
                     linewidths=0.4,
