@@ -188,15 +188,15 @@ def test_a_key_added_later_at_its_default_leaves_the_hash_unchanged(monkeypatch)
 
     data = RunConfig().to_dict()
     base = hash_config_data(data)
-    monkeypatch.setitem(config_mod.ADDED_LATER, "schedules", {"kind": "constant"})
+    monkeypatch.setitem(config_mod.ADDED_LATER, "new_section", {"kind": "constant"})
     monkeypatch.setitem(config_mod.ADDED_LATER, "probes.fixed_point.new_knob", 3)
-    later = {**data, "schedules": {"kind": "constant"}}
+    later = {**data, "new_section": {"kind": "constant"}}
     later["probes"] = {**data["probes"], "fixed_point": {**data["probes"]["fixed_point"]}}
     later["probes"]["fixed_point"]["new_knob"] = 3
     assert hash_config_data(later) == base == RunConfig().config_hash()
-    later["schedules"] = {"kind": "cosine"}
+    later["new_section"] = {"kind": "cosine"}
     assert hash_config_data(later) != base
-    later["schedules"] = {"kind": "constant"}
+    later["new_section"] = {"kind": "constant"}
     later["probes"]["fixed_point"]["new_knob"] = 4
     assert hash_config_data(later) != base
 
