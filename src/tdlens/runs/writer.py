@@ -98,10 +98,11 @@ class RunFiles:
 
 
 def _save_array(path: Path, arr: Any) -> None:
-    """Save an array (.npy) or a dict of arrays (.npz) atomically, without pickles."""
+    """Save an array (.npy) or a dict of arrays (.npz, zlib-compressed) atomically,
+    without pickles."""
     buf = io.BytesIO()
     if path.suffix == ".npz":
-        np.savez(buf, **arr)
+        np.savez_compressed(buf, **arr)
     else:
         np.save(buf, np.asarray(arr), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())

@@ -24,6 +24,7 @@ the same effect) and their files collected.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import shutil
@@ -46,6 +47,8 @@ RetryFn = Callable[["RunTask", int, str], None]
 DEFAULT_RETRIES = 2
 """How many times a run whose worker process (or node) died is retried before it fails."""
 NOT_STARTED = "not started"
+FINAL_STATUSES = frozenset({"complete", "diverged"})
+"""Run statuses that a sweep's --resume skips: their run keeps only its final checkpoint."""
 SKIP_FILES = frozenset({".lock"})
 """Files never shipped between Ray workers and the driver."""
 
@@ -158,6 +161,7 @@ def execute_task(task: RunTask) -> RunOutcome:
 
     from tdlens.config import parse_config
     from tdlens.report import write_report
+    from tdlens.runs.checkpoint import prune_checkpoints
     from tdlens.runs.runner import Runner
 
     t0 = time.perf_counter()
@@ -167,13 +171,21 @@ def execute_task(task: RunTask) -> RunOutcome:
     try:
         with threadpool_limits(limits=1):
             cfg = None if task.resume else parse_config(task.config)
-            # every sweep run gets its HTML report (plotly specs: ~0.1 s a run), which
-            # summary.html links
+            # a sweep run writes run_report.md/.json only: the HTML page embeds plotly.js
+            # (~4.6 MB a run); `tdlens report RUN` makes it on demand. The driver checked
+            # the memory and disk of the whole sweep (tdlens.runs.budget), hence force.
             runner = Runner(
-                cfg, run_dir, resume=task.resume, handle_signals=False, write_report=write_report
+                cfg,
+                run_dir,
+                resume=task.resume,
+                handle_signals=False,
+                write_report=functools.partial(write_report, html=False),
+                force=True,
             )
             runner.on_progress = progress_hook(task)
             result = runner.run()
+        if result.status in FINAL_STATUSES:
+            prune_checkpoints(run_dir, 1)  # a final run keeps its final checkpoint only
         return RunOutcome(
             task.run_id,
             result.status,

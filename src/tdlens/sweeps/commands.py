@@ -101,7 +101,18 @@ def sweep(
     resume: Annotated[
         bool, typer.Option(help="Skip finished runs, resume incomplete ones from checkpoints.")
     ] = False,
-    dry_run: Annotated[bool, typer.Option(help="Print the plan and write nothing.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            help="Print the plan and the disk, memory and time it expects; write nothing."
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Start even when the sweep's disk or memory estimate exceeds the machine's."
+        ),
+    ] = False,
     metric: Annotated[
         str | None, typer.Option(help="Heatmap metric of the summary (default value_gap/td_loss).")
     ] = None,
@@ -137,7 +148,14 @@ def sweep(
         _fail(str(exc))
     if dry_run:
         _print_plan(prepared)
-        raise typer.Exit(0)
+        raise typer.Exit(_print_budget(prepared, n_jobs, backend, force))
+    if not force:
+        from tdlens.runs.budget import ResourceError
+
+        try:
+            _check_budget(prepared, n_jobs, backend)
+        except ResourceError as exc:
+            _fail(str(exc))
     if backend == "ray":
         try:
             import_ray(address)
@@ -322,6 +340,52 @@ def progress_text(elapsed: float, done: int, total: int) -> str:
     if 0 < done < total:
         text += f", ETA {duration_text(elapsed * (total - done) / done)}"
     return text
+
+
+def _to_run(prepared: Any) -> list[Any]:
+    """The configs of the runs the sweep would execute (on resume: not the final ones)."""
+    from tdlens.sweeps.backends import FINAL_STATUSES, _status_of
+    from tdlens.sweeps.plan import run_dir
+
+    return [
+        r.config
+        for r in prepared.runs
+        if not prepared.resume
+        or _status_of(run_dir(prepared.sweep_dir, r.run_id)).get("status") not in FINAL_STATUSES
+    ]
+
+
+def _check_budget(prepared: Any, n_jobs: int, backend: str) -> Any:
+    """:func:`tdlens.runs.budget.check_sweep_resources` of the runs to execute (the memory
+    of a Ray cluster's nodes is theirs to check: only the disk, where the runs land)."""
+    import sys
+
+    from tdlens.runs.budget import check_sweep_resources
+
+    memory = sys.maxsize if backend == "ray" else None
+    return check_sweep_resources(_to_run(prepared), n_jobs, prepared.sweep_dir, memory=memory)
+
+
+def _print_budget(prepared: Any, n_jobs: int, backend: str, force: bool) -> int:
+    """The dry run's expected disk, memory and time; 2 when the sweep would be refused."""
+    from tdlens.runs.budget import ResourceError, duration, estimate_sweep, human
+
+    est = estimate_sweep(_to_run(prepared), n_jobs)
+    per_run = human(est.disk_bytes / est.runs) if est.runs else "0 B"
+    out.print(
+        f"expects: {est.runs} run(s) to execute, about {human(est.disk_bytes)} on disk "
+        f"(~{per_run} a run: run_report.md/.json, the final checkpoint; no HTML), "
+        f"peak memory {human(est.peak_bytes)} ({est.workers} at once), "
+        f"about {duration(est.compute_seconds)} of compute: ~{duration(est.wall_seconds)} "
+        f"on {n_jobs} job(s) (a guide within ~2x, tdlens.runs.budget)",
+        highlight=False,
+    )
+    try:
+        _check_budget(prepared, n_jobs, backend)
+    except ResourceError as exc:
+        out.print(("--force: would start anyway; " if force else "would be refused: ") + str(exc))
+        return 0 if force else 2
+    return 0
 
 
 def _print_plan(prepared: Any) -> None:

@@ -3,8 +3,9 @@
 Tables as in :mod:`tdlens.sweeps.summary`; interactive heatmaps (plotly, embedded) of the
 chosen metric over every pair of swept axes with more than one value: each cell is the
 mean over the configs at that (x, y) of the config's seed-mean, i.e. averaged over the
-axes not shown. The HTML runs table links every run's run_report.html (relative links,
-so a copied sweep folder keeps working).
+axes not shown. The HTML runs table links every run's report (relative links, so a copied
+sweep folder keeps working): run_report.html where ``tdlens report RUN`` made one, else
+run_report.md.
 """
 
 from __future__ import annotations
@@ -248,11 +249,13 @@ def boundary_lines(s: SweepSummary) -> list[str]:
 
 
 def run_link(s: SweepSummary, r: RunRecord) -> H.Html:
-    """The run id as a relative link to its run_report.html (plain text when the run
-    lies outside the sweep directory)."""
+    """The run id as a relative link to its run_report.html, or to its run_report.md when
+    it has no HTML page (a sweep run writes none: ``tdlens report RUN`` makes it); plain
+    text when the run lies outside the sweep directory."""
     try:
         rel = Path(r.path).resolve().relative_to(Path(s.sweep_dir).resolve())
     except ValueError:
         return H.Html(H.esc(r.run_id))
-    href = quote(f"{rel.as_posix()}/run_report.html")
+    page = "run_report.html" if (Path(r.path) / "run_report.html").is_file() else "run_report.md"
+    href = quote(f"{rel.as_posix()}/{page}")
     return H.Html(f'<a href="{H.esc(href)}">{H.esc(r.run_id)}</a>')
