@@ -382,7 +382,9 @@ def report(
 def render(
     config: Annotated[str | None, typer.Argument(help="Config YAML or shipped name.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Number of steps to record.")] = 100,
-    out_file: Annotated[Path, typer.Option("--out", help="Output GIF path.")] = Path("episode.gif"),
+    out_file: Annotated[Path, typer.Option("--out", help="Output GIF path.")] = Path(
+        "outputs/episode.gif"
+    ),
     overrides: SetOption = None,
 ) -> None:
     """Record one episode under the config's behaviour policy as an animated GIF."""

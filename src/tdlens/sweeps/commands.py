@@ -454,12 +454,22 @@ def atlas(
             "alpha_w) for step x mismatch, the second (else the first) for beta x offset."
         ),
     ],
+    out_file: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="The Markdown page to write; its images go to <stem>/ beside it."
+        ),
+    ] = Path("outputs/atlas.md"),
     docs: Annotated[
-        Path, typer.Option(help="The Markdown page to write; its images go to <stem>/ beside it.")
-    ] = Path("docs/atlas.md"),
+        Path | None,
+        typer.Option(
+            help="Regenerate a docs page instead of --out (explicitly: --docs docs/atlas.md)."
+        ),
+    ] = None,
 ) -> None:
     """Draw the regime atlas of one or two sweeps: phase diagrams (step x mismatch, beta x
-    mismatch) with the theory boundaries, and one command per regime, as a Markdown page."""
+    mismatch) with the theory boundaries, and one command per regime, as a Markdown page
+    (outputs/atlas.md; the docs page docs/atlas.md only with --docs docs/atlas.md)."""
     from tdlens.sweeps.atlas import AtlasError, write_atlas
     from tdlens.sweeps.plan import is_sweep_dir
 
@@ -468,11 +478,12 @@ def atlas(
     for sweep_dir in sweep_dirs:
         if not is_sweep_dir(sweep_dir):
             _fail(f"'{sweep_dir}' is not a sweep directory (no plan.json)")
-    if docs.suffix != ".md":
-        _fail(f"--docs '{docs}': expected a .md file")
+    option, page = ("--docs", docs) if docs is not None else ("--out", out_file)
+    if page.suffix != ".md":
+        _fail(f"{option} '{page}': expected a .md file")
     shown = " ".join(f"OUT/{d.name}" for d in sweep_dirs)
     try:
-        result = write_atlas(sweep_dirs, docs, f"tdlens atlas {shown} --docs {docs}")
+        result = write_atlas(sweep_dirs, page, f"tdlens atlas {shown} {option} {page}")
     except (AtlasError, RunFileError, ConfigError) as exc:
         _fail(str(exc))
     for p in (result.page, *result.images):
@@ -631,7 +642,7 @@ def compare(
         list[str], typer.Argument(help="Run directories, sweep directories, run ids or sweeps.")
     ],
     out_file: Annotated[Path, typer.Option("--out", help="Output HTML file.")] = Path(
-        "compare.html"
+        "outputs/compare.html"
     ),
     catalog: CatalogOption = None,
 ) -> None:
