@@ -502,7 +502,13 @@ def runs_list(
         str | None,
         typer.Option(help="SQL condition on the runs table, e.g. \"health = 'FAIL'\"."),
     ] = None,
-    sweep: Annotated[str | None, typer.Option(help="Only runs of this sweep name.")] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            help="Only runs of this sweep: its name, or its id (the sweep directory's name, "
+            "<time>_<name>, which tells apart two sweeps of one name)."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(help="Rows to show (0: all).")] = 100,
     catalog: CatalogOption = None,
     fmt: Annotated[
