@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -54,6 +55,14 @@ def test_demo_sweep_runs_fit_in_300_kb_without_html(demo):
         assert "run_report.html" not in files
         assert [f for f in files if f.startswith("checkpoints/")] == ["checkpoints/ckpt_000006.npz"]
         assert _size(run) <= LIMIT, (run.name, _size(run))
+
+
+def test_summary_links_the_md_reports_and_shows_the_boundary(demo):
+    md = (demo / "summary.md").read_text()
+    assert "## Stability boundary (largest alpha_w" in md and "Nothing diverged" not in md
+    html = (demo / "summary.html").read_text()
+    for run in _runs(demo):
+        assert f'href="runs/{quote(run.name)}/run_report.md"' in html
 
 
 def test_q_kernel_is_saved_by_its_factor_and_read_back_as_q_hat(demo):

@@ -156,7 +156,9 @@ def markdown(s: SweepSummary, grid_keys: Sequence[str], has_seed: bool) -> str:
         "## Configs (seeds aggregated: mean, IQM, 95% stratified-bootstrap CI of the IQM)\n",
         _md_table(s.configs, _config_columns(grid_keys, s.metric)),
     ]
-    if s.boundary:
+    if s.boundary and nothing_diverged(s):
+        parts += ["## Stability boundary\n", nothing_diverged_text(s) + "\n"]
+    elif s.boundary:
         cols = list(s.boundary[0])
         parts += [
             "## Stability boundary (largest alpha_w without a diverged run)\n",
@@ -209,7 +211,9 @@ def html_page(
             xs, ys, z = heatmap_grid(groups, x_key, y_key, s.metric)
             body.append(H.plot(heatmap_figure(z, xs, ys, x_key, y_key, s.metric)))
         body.append("</div>")
-    if s.boundary:
+    if s.boundary and nothing_diverged(s):
+        body += ["<h2>Stability boundary</h2>", f"<p>{H.esc(nothing_diverged_text(s))}</p>"]
+    elif s.boundary:
         cols = list(s.boundary[0])
         body += [
             "<h2>Stability boundary</h2>",
@@ -232,8 +236,29 @@ def html_page(
     return H.page(f"Sweep summary: {s.name}", "\n".join(body))
 
 
+def nothing_diverged(s: SweepSummary) -> bool:
+    """No config of any slice diverged: the boundary lies beyond the grid."""
+    return all(
+        not math.isfinite(float(row.get("smallest_diverged_alpha_w", math.nan)))
+        for row in s.boundary
+    )
+
+
+def nothing_diverged_text(s: SweepSummary) -> str:
+    """The boundary section of a sweep where nothing diverged, in words."""
+    largest = [row.get("largest_stable_alpha_w") for row in s.boundary]
+    top = max((float(v) for v in largest if v is not None), default=math.nan)
+    return (
+        f"Nothing diverged: every run is stable up to the largest alpha_w of the grid "
+        f"({fmt(top)}), so the stability boundary lies beyond it."
+    )
+
+
 def boundary_lines(s: SweepSummary) -> list[str]:
-    """One line per stability-boundary row: where alpha_w stops being stable."""
+    """One line per stability-boundary row: where alpha_w stops being stable (one line
+    when nothing diverged)."""
+    if s.boundary and nothing_diverged(s):
+        return [nothing_diverged_text(s)]
     out = []
     for row in s.boundary:
         where = ", ".join(
