@@ -311,7 +311,10 @@ def _live_progress(bar: Progress, cfg: RunConfig):
             f"{last_probe['text']}"
         )
         _, eta = clock.update(p)
-        eta_text = "0s" if eta is None else duration_text(eta)
+        if eta is None:  # the end, or the first iteration (its time includes the compile)
+            eta_text = "0s" if p.n + 1 >= p.outer_iters else "-"
+        else:
+            eta_text = duration_text(eta)
         bar.update(task, description=f"iter {p.n}", completed=p.n + 1, info=info, eta=eta_text)
 
     return live

@@ -564,7 +564,7 @@ def runs_list(
         out.print(f"({len(rows) - len(shown)} more; --limit 0 shows all)", highlight=False)
 
 
-LIST_HIDE_ORDER = ("seconds", "sweep", "iters", "value_gap", "w_norm", "td_loss", "health")
+LIST_HIDE_ORDER = ("seconds", "sweep_id", "iters", "value_gap", "w_norm", "td_loss", "health")
 """Columns `tdlens runs list` hides first, in this order, when the terminal is too narrow
 (id, status and regime always stay)."""
 
