@@ -183,6 +183,7 @@ def run(
             highlight=False,
         )
     _index_in_catalog(catalog, result.run_dir)
+    _print_report_line(result.run_dir)
     code = result.exit_code
     if code == 0 and (result.unwritten or (strict and _health(result.run_dir) == "FAIL")):
         code = 1
@@ -354,9 +355,14 @@ def _print_outcome(run_dir: Path, status: str, reason: str | None) -> None:
     out.print(f"status: {status}" + (f" ({reason})" if reason else ""), highlight=False)
     if health is not None:
         out.print(f"health: {health}", highlight=False)
-    report = Path(run_dir) / "run_report.md"
+
+
+def _print_report_line(run_dir: Path) -> None:
+    """The last line of ``tdlens run``: where the report is, Markdown and HTML page."""
+    report, page = Path(run_dir) / "run_report.md", Path(run_dir) / "run_report.html"
     if report.exists():
-        out.print(f"report: {report}", highlight=False)
+        html = f" (with plots: {page})" if page.exists() else ""
+        out.print(f"report: {report}{html}", highlight=False)
 
 
 @app.command()
