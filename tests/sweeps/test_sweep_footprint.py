@@ -135,3 +135,24 @@ def test_dry_run_states_disk_memory_and_time():
 
     one = budget.expected_seconds(load_config(shipped_configs() / "plateau.yaml"))
     assert 57 / 2 <= one + budget.STARTUP_S <= 57 * 2
+
+
+def test_step_c_sized_sweep_run_against_the_disk_budget(tmp_path):
+    """The Step-C base (plateau, D = 2048), cut to 20 iterations (2 probe rounds): a
+    sweep run writes no HTML, keeps one checkpoint, and the budget bounds its directory
+    within 2x (the full 200-iteration run measured 1.47 MB against 1.80 MB estimated)."""
+    from tdlens.sweeps.inline import inline_spec
+
+    spec = inline_spec("plateau", ["alpha_w=0.08"], overrides=["outer_iters=20"])
+    result = execute_sweep(prepare_sweep(spec, tmp_path), jobs=1, catalog=None)
+    assert result.counts == {"complete": 1}
+    (run,) = _runs(result.sweep_dir)
+    assert not (run / "run_report.html").exists()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["ckpt_000020.npz"]
+    cfg = config_from_json(run / "config.json")
+    assert cfg.env.feature_dim == 2048
+    used = _size(run)
+    predicted = budget.estimate(cfg, html=False, checkpoints=1).disk_bytes
+    assert used <= predicted <= 2 * used, (used, predicted)
+    kernels = list((run / "probes").glob("q_kernel_[0-9]*.npz"))
+    assert len(kernels) == 2 and all(p.stat().st_size < 14_000 for p in kernels)  # not 320 KB

@@ -45,15 +45,16 @@ from tdlens.config import RunConfig
 MIB = 1024**2
 BASE_BYTES = 240 * MIB
 CURVE_ROW_BYTES = 1000
-ROUND_TABLE_BYTES = 16 * 1024
+ROUND_TABLE_BYTES = 10 * 1024
 REPORT_HTML_BYTES = 8 * MIB
 """run_report.html: the page embeds plotly.js (~4.6 MiB) once, plus its figures."""
 REPORT_TEXT_BYTES = 96 * 1024
 """run_report.md and .json without rounds (measured 69 KB on a 2-round demo run)."""
 REPORT_ROUND_BYTES = 2 * 1024
 """What each probe round adds to run_report.md/.json (measured ~1.3 KB)."""
-EXPECTED_ROW_BYTES = 64
-"""expected_dynamics_<iter>.npz: six float64 series over the iterations left, compressed."""
+EXPECTED_ROW_BYTES = 48
+"""expected_dynamics_<iter>.npz: six float64 series over the iterations left, compressed
+(counted over all iterations: an upper bound)."""
 STARTUP_S = 5.0
 TRAIN_S = 7e-9
 FIXED_POINT_S = 1.5e-10
@@ -123,7 +124,14 @@ def _probe_rounds(cfg: RunConfig) -> int:
         return 0
     rounds = 1 + (math.ceil(cfg.outer_iters / probes.every) if probes.every else 0)
     if probes.plateau.enabled:
-        rounds += cfg.outer_iters // probes.plateau.cooldown
+        # a plateau round needs `cooldown` iterations since any round: between two
+        # scheduled rounds `every` apart, at most (every - 1) // cooldown of them
+        cooldown = probes.plateau.cooldown
+        if probes.every:
+            gaps = math.ceil(cfg.outer_iters / probes.every)
+            rounds += gaps * ((probes.every - 1) // cooldown)
+        else:
+            rounds += cfg.outer_iters // cooldown
     return min(rounds, cfg.outer_iters)
 
 
