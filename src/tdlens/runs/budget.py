@@ -16,8 +16,9 @@ float32 features, 8 for float64; ``D`` = env.feature_dim, ``N`` = env.actor_feat
 Disk: the learning curves and log (``CURVE_ROW_BYTES`` per iteration), ``checkpoint_keep``
 checkpoints (a finished sweep run keeps its final one), per probe round the TD-error
 kernel's factor (``8 B_c T_c``, ``B_c = min(cache_batch_size, trajectories)``, ``T_c =
-min(max_horizon, horizon)``) and lag profile (``8 T_c``), the ratio histogram
-(``8 rho_audit.batch_size``), the expected dynamics (at most ``EXPECTED_ROW_BYTES`` per
+min(max_horizon, horizon)``) and lag profile (``8 T_c``), the raw-rho sample
+(``4 rho_audit.batch_size``: float16 or float32 once a newer round is saved, plus 4 more
+for the newest, float64), the expected dynamics (at most ``EXPECTED_ROW_BYTES`` per
 iteration left) and the tables, and the report: ``run_report.md/.json``
 (``REPORT_TEXT_BYTES`` plus ``REPORT_ROUND_BYTES`` a round) and, for a run that writes its
 HTML page (not a sweep run), ``REPORT_HTML_BYTES``.
@@ -160,8 +161,10 @@ def estimate(cfg: RunConfig, html: bool = True, checkpoints: int | None = None) 
         T_c = min(probes.q_kernel.max_horizon, cfg.horizon)
         B_c = min(probes.q_kernel.cache_batch_size, cfg.trajectories)
         per_round += 8 * B_c * T_c + 8 * T_c
+    newest = 0
     if probes.rho_audit.enabled:
-        per_round += 8 * probes.rho_audit.batch_size
+        per_round += 4 * probes.rho_audit.batch_size
+        newest += 4 * probes.rho_audit.batch_size
     if probes.fixed_point.enabled:
         per_round += EXPECTED_ROW_BYTES * cfg.outer_iters
     checkpoint = 8 * (2 * D + 4 * N + cfg.outer_iters) + 4096
@@ -169,6 +172,7 @@ def estimate(cfg: RunConfig, html: bool = True, checkpoints: int | None = None) 
     disk = (
         cfg.outer_iters * CURVE_ROW_BYTES
         + _probe_rounds(cfg) * per_round
+        + (newest if _probe_rounds(cfg) else 0)
         + min(kept, cfg.checkpoint_keep) * checkpoint
         + REPORT_TEXT_BYTES
         + (REPORT_HTML_BYTES if html else 0)
