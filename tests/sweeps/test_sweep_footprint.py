@@ -156,3 +156,18 @@ def test_step_c_sized_sweep_run_against_the_disk_budget(tmp_path):
     assert used <= predicted <= 2 * used, (used, predicted)
     kernels = list((run / "probes").glob("q_kernel_[0-9]*.npz"))
     assert len(kernels) == 2 and all(p.stat().st_size < 14_000 for p in kernels)  # not 320 KB
+
+
+def test_sweep_refused_for_memory_of_its_jobs_at_once(tmp_path, monkeypatch):
+    """Two workers hold two runs in memory: refused when twice a run's peak does not fit."""
+    cfgs = [r.config for r in prepare_sweep(DEMO, tmp_path).runs]
+    one = max(budget.estimate(c).peak_bytes for c in cfgs)
+    assert budget.estimate_sweep(cfgs, jobs=2).peak_bytes == 2 * one
+    monkeypatch.setattr(budget, "available_memory", lambda: int(1.5 * one))
+    out = tmp_path / "sweeps"
+    args = ["sweep", str(DEMO), "--output-dir", str(out), "--catalog", str(tmp_path / "c")]
+    res = CliRunner().invoke(_app(), [*args, "--jobs", "2"])
+    assert res.exit_code == 2 and "2 runs at once" in res.output and "--jobs" in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(_app(), [*args, "--jobs", "1", "--dry-run"])
+    assert res.exit_code == 0 and "would be refused" not in res.output
