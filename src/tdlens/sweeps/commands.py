@@ -368,13 +368,15 @@ def _check_budget(prepared: Any, n_jobs: int, backend: str) -> Any:
 
 def _print_budget(prepared: Any, n_jobs: int, backend: str, force: bool) -> int:
     """The dry run's expected disk, memory and time; 2 when the sweep would be refused."""
-    from tdlens.runs.budget import ResourceError, duration, estimate_sweep, human
+    from tdlens.runs.budget import SUMMARY_BYTES, ResourceError, duration, estimate_sweep, human
 
     est = estimate_sweep(_to_run(prepared), n_jobs)
-    per_run = human(est.disk_bytes / est.runs) if est.runs else "0 B"
+    runs_bytes = max(est.disk_bytes - SUMMARY_BYTES, 0)
+    per_run = human(runs_bytes / est.runs) if est.runs else "0 B"
     out.print(
         f"expects: {est.runs} run(s) to execute, about {human(est.disk_bytes)} on disk "
-        f"(~{per_run} a run: run_report.md/.json, the final checkpoint; no HTML), "
+        f"(~{per_run} a run: run_report.md/.json, the final checkpoint, no HTML; and "
+        f"{human(SUMMARY_BYTES)} of summaries), "
         f"peak memory {human(est.peak_bytes)} ({est.workers} at once), "
         f"about {duration(est.compute_seconds)} of compute: ~{duration(est.wall_seconds)} "
         f"on {n_jobs} job(s) (a guide within ~2x, tdlens.runs.budget)",
