@@ -191,7 +191,11 @@ def expected_seconds(cfg: RunConfig) -> float:
     if not probes.enabled:
         return train
     chains, T_c = _critic_chains(cfg)
-    steps = chains * T_c + 3 * probes.distribution.num_samples + probes.rho_audit.batch_size
+    steps = chains * T_c
+    if probes.distribution.enabled:
+        steps += 3 * probes.distribution.num_samples
+    if probes.rho_audit.enabled:
+        steps += probes.rho_audit.batch_size
     per_round = CHAIN_S * steps * D + (FIXED_POINT_S * D**3 if probes.fixed_point.enabled else 0)
     scheduled = 1 + (math.ceil(cfg.outer_iters / probes.every) if probes.every else 0)
     return train + min(scheduled, cfg.outer_iters) * per_round
