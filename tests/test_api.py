@@ -76,8 +76,14 @@ def test_arrays_are_the_saved_probe_files(seed_run):
     names = run.array_names()
     assert names["q_kernel"] == [1, 3, 5]
     latest = run.array("q_kernel")
-    assert np.array_equal(latest, np.load(run.path / "probes" / "q_kernel_0005.npy"))
-    assert np.array_equal(run.array("q_kernel", 1), np.load(run.path / "probes/q_kernel_0001.npy"))
+    for it, Q in ((5, latest), (1, run.array("q_kernel", 1))):
+        # saved by its factor, the [B_c, T_c] cache Delta; read back as Q_hat = Delta^T Delta / B_c
+        with np.load(run.path / "probes" / f"q_kernel_{it:04d}.npz") as stored:
+            Delta = stored["gram_factor"]
+        B_c = min(run.config.probes.q_kernel.cache_batch_size, run.config.trajectories)
+        assert Delta.shape == (B_c, Q.shape[0])
+        assert np.array_equal(Q, Delta.T @ Delta / Delta.shape[0])
+        assert np.all(np.diagonal(Q) >= 0) and np.allclose(Q, Q.T)
     with pytest.raises(KeyError, match=r"no readable array 'q_kernal'.*q_kernel"):
         run.array("q_kernal")
     with pytest.raises(KeyError, match="at iteration 2"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -83,3 +84,36 @@ def test_calibrate_rejects_a_bad_grid(tmp_path):
     result = run_cli(["calibrate", "sanity", "--grid", "0.5,x", "--out", str(tmp_path / "c")])
     assert result.exit_code == 2 and "--grid" in result.output
     assert not (tmp_path / "c").exists()
+
+
+def test_calibrate_plot_keeps_its_labels_inside_the_figure():
+    """The x label was cut at the bottom of the PNG (issue 24): the axis labels, title and
+    legend lie inside the figure once drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from tdlens.runs.calibrate import Calibration, plot_figure
+
+    iters = 60
+    rows = tuple(
+        {
+            "f": f,
+            "alpha_w": 0.1 * f,
+            "eta": f,
+            "diverged": float(f > 1),
+            "w_norm_max": 1.0,
+            "w_norm_last": 1.0,
+            "growth": 1.0,
+        }
+        for f in (0.5, 0.9, 1.1, 2.0)
+    )
+    norms = np.array([np.exp(np.linspace(0, 3 * (r["f"] - 1), iters)) for r in rows])
+    cal = Calibration(2849.43, 2800.0, 2900.0, 0.08, rows, norms)
+    fig = plot_figure(cal)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (ax,) = fig.axes
+    width, height = fig.bbox.width, fig.bbox.height
+    for text in (ax.xaxis.label, ax.yaxis.label, ax.title, ax.get_legend()):
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, text

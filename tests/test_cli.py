@@ -122,7 +122,10 @@ def test_end_to_end_run_on_the_sanity_config(tmp_path):
     res = runner.invoke(app, ["run", "sanity", "--run-dir", str(d), "--strict"])
     assert res.exit_code == 0, res.output
     # the sanity config's critic is frozen on 5 iterations: WARN, which --strict allows
-    assert f"report: {d / 'run_report.md'}" in res.output and "health: WARN" in res.output
+    assert "health: WARN" in res.output
+    # the last line points to both reports, the Markdown and the HTML page
+    last = res.output.strip().splitlines()[-1]
+    assert last == f"report: {d / 'run_report.md'} (with plots: {d / 'run_report.html'})"
     assert "critic_frozen: WARN" in (d / "run_report.md").read_text()
     for name in (
         "config.json",

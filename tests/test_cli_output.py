@@ -46,21 +46,24 @@ def _progress(n: int, total: int, reason: str | None = None, seconds: float = 0.
 
 
 def test_plain_progress_numbers_iterations_as_the_tables_and_gives_an_eta():
-    """Hand values, probes off: started at t=100; iteration 0 done at t=110 (10 s each),
-    79 left: ETA 790 s = 13m10s. Iteration 79 of 80 is the last: no ETA."""
-    lines = PlainProgress(None, clock=FakeClock(100.0, 110.0, 900.0))
+    """Hand values, probes off: started at t=100; iteration 0 done at t=130 (with the
+    compile: no ETA); iteration 1 at t=132 (2 s each), 78 left: ETA 156 s = 2m36s, not
+    the 78 x 16 s = 20m48s of the mean with the compile. Iteration 79 is the last."""
+    lines = PlainProgress(None, clock=FakeClock(100.0, 130.0, 132.0, 900.0))
     first = lines.line(_progress(0, 80))
-    assert first.startswith("iter 0 (1/80 done, elapsed 10s, ETA 13m10s) td_loss=2.5e-05")
+    assert first.startswith("iter 0 (1/80 done, elapsed 30s) td_loss=2.5e-05")
+    second = lines.line(_progress(1, 80))
+    assert second.startswith("iter 1 (2/80 done, elapsed 32s, ETA 2m36s) ")
     last = lines.line(_progress(79, 80, "last"))
     assert last.startswith("iter 79 (80/80 done, elapsed 13m20s) ")
     assert last.endswith("w_norm=4.42895 probes(last) 0.25s") and "ETA" not in last
 
 
 def test_plain_progress_eta_of_a_resumed_run_counts_only_its_own_iterations():
-    """Resumed at iteration 40 of 80: iterations 40 and 41 took 20 s, 80 - 42 = 38 remain:
-    ETA 20 * 38 / 2 = 380 s = 6m20s."""
+    """Resumed at iteration 40 of 80: iteration 40 (with the compile) ended at 10 s, 41 at
+    20 s; 80 - 42 = 38 remain: ETA 10 * 38 = 380 s = 6m20s."""
     lines = PlainProgress(None, clock=FakeClock(0.0, 10.0, 20.0))
-    lines.line(_progress(40, 80))
+    assert "ETA" not in lines.line(_progress(40, 80))
     assert "(42/80 done, elapsed 20s, ETA 6m20s)" in lines.line(_progress(41, 80))
     assert [duration_text(s) for s in (0.4, 59.6, 61, 3600 * 3 + 600)] == [
         "0s",
@@ -82,12 +85,13 @@ def test_probe_rounds_left_follow_the_schedule():
 
 def test_eta_times_probe_rounds_apart_from_iterations():
     """every 3 of 10 iterations; iterations take 2 s, the probe round after iteration 2
-    takes 20 s. Before any round: 9 x 2 = 18 s. After iteration 2 (t = 26 s, 20 of them
-    the round): 7 iterations x (6 s / 3) + 3 rounds (after 5, 8, 9) x 20 s = 74 s; the
-    mean over all time would say 7 x 26 / 3 = 61 s."""
+    takes 20 s. After iteration 0: no ETA (its time includes the compile). After 1, before
+    any round: 8 x 2 = 16 s. After iteration 2 (t = 26 s, 20 of them the round): 7
+    iterations x (4 s / 2) + 3 rounds (after 5, 8, 9) x 20 s = 74 s; the mean over all
+    time would say 7 x 26 / 3 = 61 s."""
     eta = Eta(3, clock=FakeClock(0.0, 2.0, 4.0, 26.0))
-    assert eta.update(_progress(0, 10)) == (2.0, 18.0)
-    eta.update(_progress(1, 10))
+    assert eta.update(_progress(0, 10)) == (2.0, None)
+    assert eta.update(_progress(1, 10)) == (4.0, 16.0)
     assert eta.update(_progress(2, 10, "every", seconds=20.0)) == (26.0, 74.0)
 
 
@@ -96,7 +100,8 @@ def test_run_not_on_a_terminal_prints_plain_zero_based_lines(tmp_path):
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("iter ")]
     assert [ln.split(" (")[0] for ln in lines] == ["iter 0", "iter 1"]
-    assert "(2/2 done, elapsed" in lines[1] and "ETA" in lines[0]
+    # iteration 0 includes the compile (no ETA from it); iteration 1 is the last
+    assert "(2/2 done, elapsed" in lines[1] and "ETA" not in res.output
     curves = load_run(tmp_path / "r").curves
     assert list(curves.values("iter")) == [0.0, 1.0]  # the same numbering as the table
 

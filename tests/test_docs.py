@@ -83,3 +83,18 @@ def test_nothing_a_user_reads_points_outside_the_project():
     for page in DOCS.rglob("*.md"):
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name}: {target}"
+
+
+def test_model_sections_are_numbered_without_gaps_and_citations_point_at_them():
+    """docs/model.md numbers its sections 1, 2, ... with no gap (it skipped 9: issue 24),
+    and every `docs/model.md §n` / `docs/model.md section n` cited in src names one."""
+    text = (ROOT / "docs" / "model.md").read_text()
+    numbers = [int(n) for n in re.findall(r"^## (\d+)\. ", text, flags=re.M)]
+    assert numbers == list(range(1, len(numbers) + 1))
+    sections = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", text, flags=re.M))
+    cited = set()
+    for path in (ROOT / "src").rglob("*"):
+        if path.suffix in (".py", ".yaml", ".md") and path.is_file():
+            found = re.findall(r"docs/model\.md (?:§|section )(\d+(?:\.\d+)?)", path.read_text())
+            cited.update(found)
+    assert cited and cited <= sections, sorted(cited - sections)

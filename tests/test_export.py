@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 
@@ -17,7 +18,7 @@ import tdlens
 from tdlens.cli import app
 from tdlens.config import config_from_json
 from tdlens.export import ARTIFACTS, scalar_series
-from tdlens.export.tensorboard_export import report_images
+from tdlens.export.tensorboard_export import image_tag, report_images
 
 cli = CliRunner()
 TINY = {
@@ -87,11 +88,71 @@ def test_tensorboard_event_files_round_trip_every_value(run, tmp_path):
     assert report.decode() == (run.path / "run_report.md").read_text()
     text = tensor_util.make_ndarray(acc.Tensors("tags")[0].tensor_proto).item().decode()
     assert f"health: {run.verdict['health']}" in text and f"regime: {run.verdict['regime']}" in text
+    # classic scalars too (EventAccumulator.Scalars), float32 as TensorBoard stores them
+    assert set(acc.Tags()["scalars"]) == set(series)
+    for tag, points in series.items():
+        got = [(e.step, e.value) for e in acc.Scalars(tag)]
+        want = [(step, float(np.float32(value))) for step, value in points]
+        assert np.array_equal(np.array(got), np.array(want), equal_nan=True), tag
     pngs = report_images(run.path)
-    image_tags = sorted(acc.Tags()["images"])
+    image_tags = acc.Tags()["images"]
     assert len(pngs) == len(image_tags) >= 4
-    for tag, (_, png) in zip(image_tags, pngs, strict=True):
-        assert acc.Images(tag)[0].encoded_image_string == png
+    # tags are the metric's name, never the data-dependent title, so runs line up
+    assert "plots/w_norm" in image_tags and "plots/td_loss" in image_tags
+    assert "plots/Q_hat_t_t" in image_tags and "plots/spectrum_of_A" in image_tags
+    assert not [t for t in image_tags if re.search(r"changed|beyond_noise|iteration|/\d", t)]
+    for title, png in pngs:
+        assert acc.Images(image_tag(title))[0].encoded_image_string == png
+
+
+def test_image_tags_drop_what_depends_on_the_data():
+    assert image_tag("w_norm: changed 0.0035% of its level") == "plots/w_norm"
+    assert image_tag("mean_rho2: no change beyond noise") == "plots/mean_rho2"
+    assert image_tag("Q_hat(t, t') at iteration 79") == image_tag("Q_hat(t, t') at iteration 3")
+    assert image_tag("value_gap: measured vs predicted: changed 1% of its level") == (
+        "plots/value_gap_measured_vs_predicted"
+    )
+
+
+def _emptied(src, dest):
+    """A copy of run `src` that failed before its first row: nothing to export."""
+    shutil.copytree(src, dest)
+    curves = dest / "learning_curves.csv"
+    curves.write_text(curves.read_text().splitlines()[0] + "\n")
+    shutil.rmtree(dest / "probes")
+    status = json.loads((dest / "status.json").read_text())
+    status.update(status="failed", reason="MemoryError: Unable to allocate 156. GiB")
+    (dest / "status.json").write_text(json.dumps(status))
+    return dest
+
+
+def test_exporting_a_run_with_nothing_exits_1_and_says_so(run, tmp_path):
+    failed = _emptied(run.path, tmp_path / "failed")
+    out = tmp_path / "tb"
+    res = cli.invoke(app, ["export", "tensorboard", str(failed), "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    assert "failed: dropped, nothing to export" in res.output and "Unable to allocate" in res.output
+    assert "nothing exported" in res.output
+    assert not out.exists()  # no empty event file
+
+
+def test_a_sweep_export_names_the_runs_it_dropped(sweep, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    first, second = sorted((copy / "runs").iterdir())
+    shutil.rmtree(first)
+    _emptied(second, tmp_path / "x")
+    shutil.rmtree(second)
+    shutil.copytree(tmp_path / "x", second)
+    res = cli.invoke(app, ["export", "tensorboard", str(copy), "--out", str(tmp_path / "tb")])
+    assert res.exit_code == 1, res.output  # nothing left to export
+    assert f"{first.name}: dropped, never started" in res.output
+    assert f"{second.name}: dropped, nothing to export" in res.output
+    shutil.rmtree(second)
+    shutil.copytree(sweep / "runs" / second.name, second)
+    res = cli.invoke(app, ["export", "tensorboard", str(copy), "--out", str(tmp_path / "tb")])
+    assert res.exit_code == 0, res.output
+    assert f"exported 1 run(s), dropped 1: {first.name};" in res.output
 
 
 def _mlflow_value(value: float) -> float:
@@ -148,7 +209,8 @@ def test_a_sweep_exports_each_of_its_runs(sweep, tmp_path):
     frame = tdlens.open_sweep(sweep)
     res = cli.invoke(app, ["export", "tensorboard", str(sweep), "--out", str(tmp_path / "tb")])
     assert res.exit_code == 0, res.output
-    assert "no plots" not in res.output  # sweep runs write their HTML report too (issue 15)
+    # sweep runs write no HTML page: their plots are drawn from the report in memory
+    assert "no plots" not in res.output
     assert sorted(p.name for p in (tmp_path / "tb" / "ex").iterdir()) == sorted(frame["run_id"])
     uri = f"sqlite:///{tmp_path / 'ml.db'}"
     res = cli.invoke(app, ["export", "mlflow", str(sweep), "--tracking-uri", uri])

@@ -197,9 +197,12 @@ def probe_rounds_after(n: int, outer_iters: int, every: int | None) -> int:
 class Eta:
     """Elapsed time and ETA of a run from its progress reports.
 
-    After iteration n, with ``done`` iterations run by this process in ``elapsed`` seconds
-    of which ``probe_s`` went to its ``rounds`` probe rounds:
-    ``ETA = (outer_iters - n - 1) (elapsed - probe_s) / done + rounds_left probe_s / rounds``,
+    The first iteration a process runs includes Numba's compile (seconds to a minute), so
+    it gives no rate and no ETA (a 74 s run once said 8m22s): the rate comes from the
+    iterations after it. After iteration n, with ``done`` iterations run since the first
+    in ``t`` seconds of which ``probe_s`` went to probe rounds, and ``rounds`` rounds
+    timed in all (taking ``round_s``):
+    ``ETA = (outer_iters - n - 1) (t - probe_s) / done + rounds_left round_s / rounds``,
     ``rounds_left`` = :func:`probe_rounds_after` (before the first round is timed, rounds
     are not counted). Probe rounds are periodic and can take most of a run's time (the
     seed run: 16 rounds of ~40 s, iterations of ~0.5 s), so they are estimated apart.
@@ -215,25 +218,32 @@ class Eta:
         self._clock = clock or time.monotonic
         self._start = self._clock()
         self._first: int | None = None
-        self._probe_s = 0.0
+        self._first_done = 0.0  # when the first iteration (with the compile) ended
+        self._probe_s = 0.0  # probe seconds after the first iteration
+        self._round_s = 0.0  # probe seconds of every round
         self._rounds = 0
 
     def update(self, p: Progress) -> tuple[float, float | None]:
-        """``(elapsed, eta)`` in seconds after progress report `p` (eta None at the end)."""
+        """``(elapsed, eta)`` in seconds after progress report `p` (eta None at the end
+        and after the first iteration, whose time includes the compile)."""
+        now = self._clock()
+        elapsed = now - self._start
+        if p.probe_reason:
+            self._round_s += p.probe_seconds
+            self._rounds += 1
         if self._first is None:
-            self._first = p.n
+            self._first, self._first_done = p.n, now
+            return elapsed, None
         if p.probe_reason:
             self._probe_s += p.probe_seconds
-            self._rounds += 1
-        elapsed = self._clock() - self._start
         remaining = p.outer_iters - p.n - 1
         if remaining <= 0:
             return elapsed, None
-        done = p.n - self._first + 1
-        eta = remaining * max(elapsed - self._probe_s, 0.0) / done
+        done = p.n - self._first
+        eta = remaining * max(now - self._first_done - self._probe_s, 0.0) / done
         if self._rounds:
             rounds_left = probe_rounds_after(p.n, p.outer_iters, self.probe_every)
-            eta += rounds_left * self._probe_s / self._rounds
+            eta += rounds_left * self._round_s / self._rounds
         return elapsed, eta
 
 

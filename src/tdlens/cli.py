@@ -194,6 +194,7 @@ def run(
             highlight=False,
         )
     _index_in_catalog(catalog, result.run_dir)
+    _print_report_line(result.run_dir)
     code = result.exit_code
     if code == 0 and (result.unwritten or (strict and _health(result.run_dir) == "FAIL")):
         code = 1
@@ -324,7 +325,10 @@ def _live_progress(bar: Progress, cfg: RunConfig):
             f"{last_probe['text']}"
         )
         _, eta = clock.update(p)
-        eta_text = "0s" if eta is None else duration_text(eta)
+        if eta is None:  # the end, or the first iteration (its time includes the compile)
+            eta_text = "0s" if p.n + 1 >= p.outer_iters else "-"
+        else:
+            eta_text = duration_text(eta)
         bar.update(task, description=f"iter {p.n}", completed=p.n + 1, info=info, eta=eta_text)
 
     return live
@@ -365,9 +369,14 @@ def _print_outcome(run_dir: Path, status: str, reason: str | None) -> None:
     out.print(printable(text), highlight=False)
     if health is not None:
         out.print(f"health: {health}", highlight=False)
-    report = Path(run_dir) / "run_report.md"
+
+
+def _print_report_line(run_dir: Path) -> None:
+    """The last line of ``tdlens run``: where the report is, Markdown and HTML page."""
+    report, page = Path(run_dir) / "run_report.md", Path(run_dir) / "run_report.html"
     if report.exists():
-        out.print(f"report: {printable(str(report))}", highlight=False)
+        html = f" (with plots: {printable(str(page))})" if page.exists() else ""
+        out.print(f"report: {printable(str(report))}{html}", highlight=False)
 
 
 @app.command()
@@ -396,7 +405,9 @@ def report(
 def render(
     config: Annotated[str | None, typer.Argument(help="Config YAML or shipped name.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Number of steps to record.")] = 100,
-    out_file: Annotated[Path, typer.Option("--out", help="Output GIF path.")] = Path("episode.gif"),
+    out_file: Annotated[Path, typer.Option("--out", help="Output GIF path.")] = Path(
+        "outputs/episode.gif"
+    ),
     overrides: SetOption = None,
 ) -> None:
     """Record one episode under the config's behaviour policy as an animated GIF."""

@@ -28,6 +28,7 @@ from tdlens.report import write_report
 from tdlens.runs.runner import Runner
 from tdlens.suites import run_suite
 from tdlens.sweeps.compare import compare
+from tdlens.sweeps.summary import summarize
 from tdlens.sweeps.sweep import execute_sweep, prepare_sweep
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -179,16 +180,33 @@ def test_run_report_card_and_controls_work(browser, pages):
 
 
 def test_sweep_summary_links_open_each_run_report(browser, pages):
-    """Every run id links its own run_report.html, and the linked page opens with its card."""
-    page, seen = open_page(browser, pages["sweep summary"])
+    """Every run id links its own report: run_report.md (a sweep run writes no HTML page),
+    which opens as text with its card; once `tdlens report RUN` made a run's page, the
+    regenerated summary links that page, which opens with its card."""
+    summary = pages["sweep summary"]
+    page, seen = open_page(browser, summary)
     try:
-        hrefs = page.eval_on_selector_all(
+        hrefs = page.eval_on_selector_all("a[href$='run_report.md']", "els => els.map(e => e.href)")
+        assert len(hrefs) == 4 and all(h.startswith("file://") for h in hrefs)
+        page.click("a[href$='run_report.md'] >> nth=0")
+        page.wait_for_load_state()
+        assert page.url == hrefs[0] and "# Run Report" in page.inner_text("body")
+        assert seen["errors"] == [] and seen["requests"] == []
+    finally:
+        page.close()
+    sweep_dir = summary.parent
+    first = sorted((sweep_dir / "runs").iterdir())[0]
+    write_report(first)
+    summarize(sweep_dir)
+    page, seen = open_page(browser, summary)
+    try:
+        html = page.eval_on_selector_all(
             "a[href$='run_report.html']", "els => els.map(e => e.href)"
         )
-        assert len(hrefs) == 4 and all(h.startswith("file://") for h in hrefs)
-        page.click("a[href$='run_report.html'] >> nth=0")
+        assert len(html) == 1 and html[0].endswith(f"{first.name}/run_report.html")
+        page.click("a[href$='run_report.html']")
         page.wait_for_selector("#verdict")
-        assert page.url == hrefs[0] and "Why:" in page.inner_text("#verdict")
+        assert "Why:" in page.inner_text("#verdict")
         assert seen["errors"] == [] and seen["requests"] == []
     finally:
         page.close()

@@ -48,7 +48,7 @@ def test_round_rows_summary_and_arrays(tiny):
     assert out.rows["rho_audit"]["passed"] == 1.0
     assert out.rows["q_kernel_probe"]["td_loss_from_Q_cache_rel_diff"] < 1e-12
     assert set(out.arrays) == {
-        "q_kernel_0004.npy",
+        "q_kernel_0004.npz",
         "q_kernel_lag_0004.npy",
         "rho_hist_0004.npy",
         "stability_eigs_0004.npy",
@@ -62,7 +62,10 @@ def test_round_rows_summary_and_arrays(tiny):
     assert np.all(pred["value_gap_lo"] <= pred["value_gap_hi"])
     assert np.all(pred["value_gap_pred"] <= pred["value_gap_hi"])
     assert out.rows["fixed_point_probe"]["value_noise_floor"] > 0
-    assert out.arrays["q_kernel_0004.npy"].shape == (20, 20)
+    factor = out.arrays["q_kernel_0004.npz"]["gram_factor"]
+    assert factor.shape == (cfg.probes.q_kernel.cache_batch_size, 20)
+    # the saved factor is the cache itself: its Gram matrix is the kernel the row came from
+    assert np.mean(factor**2) == out.rows["q_kernel_probe"]["td_loss_cache"]
     assert out.arrays["rho_hist_0004.npy"].shape == (cfg.probes.rho_audit.batch_size,)
     assert out.timings["total"] >= out.timings["rollout"] > 0
 

@@ -201,3 +201,21 @@ def test_every_label_is_drawn_with_its_table_colour_and_marker():
         assert coll.get_paths()[0].vertices == pytest.approx(expected), label
     with pytest.raises(RegimeTableError, match="plateau:rho-variance"):
         step_mismatch_figure([_point(1.0, 0.1, regime="plateau:rho-variance")], "sigma_pi", none)
+
+
+def test_atlas_writes_under_outputs_unless_docs_is_given(tiny_sweep, tmp_path, monkeypatch):
+    """A plain `tdlens atlas SWEEP` never overwrites docs/atlas.md: it writes
+    outputs/atlas.md (images in outputs/atlas/); the docs page is an explicit --docs."""
+    monkeypatch.chdir(tmp_path)
+    page = tmp_path / "docs" / "atlas.md"
+    page.parent.mkdir()
+    page.write_text("the shipped page")
+    res = cli.invoke(app, ["atlas", str(tiny_sweep)])
+    assert res.exit_code == 0, res.output
+    assert page.read_text() == "the shipped page"
+    written = tmp_path / "outputs" / "atlas.md"
+    assert f"tdlens atlas OUT/{tiny_sweep.name} --out outputs/atlas.md" in written.read_text()
+    assert (tmp_path / "outputs" / "atlas" / "step_mismatch.png").is_file()
+    res = cli.invoke(app, ["atlas", str(tiny_sweep), "--docs", "docs/atlas.md"])
+    assert res.exit_code == 0, res.output
+    assert "--docs docs/atlas.md" in page.read_text()

@@ -139,9 +139,11 @@ def test_summary_html_is_self_contained(demo):
     text = (sweep / "summary.html").read_text()
     assert assert_offline(text) == 1  # one heatmap: alpha_w x beta
     assert "Stability boundary" in text and "FROZEN_REL_STEP" in text
-    # every run is linked to its own HTML report, relative to the sweep folder
-    links = re.findall(r'<a href="(runs/[^"]+/run_report\.html)">', text)
+    # every run is linked to its own report, relative to the sweep folder: run_report.md,
+    # as a sweep run writes no HTML page (tdlens report RUN makes one)
+    links = re.findall(r'<a href="(runs/[^"]+/run_report\.md)">', text)
     assert len(links) == 4 and all((sweep / unquote(link)).is_file() for link in links)
+    assert not list(sweep.glob("runs/*/run_report.html"))
 
 
 def test_catalog_indexes_every_run_and_sweep(demo):

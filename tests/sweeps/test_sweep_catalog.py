@@ -149,3 +149,46 @@ def test_index_a_stand_alone_run_directory(tmp_path):
     (row,) = cat.find_runs(path, "20260101_000000_solo")
     assert row["sweep"] is None and row["regime"] == "learning" and row["health"] == "PASS"
     assert cat.find_runs(path, str(run))[0]["id"] == row["id"]
+
+
+def test_two_sweeps_of_one_name_are_told_apart_by_their_id(tmp_path):
+    """Two sweeps named demo (issue 24): --sweep demo gives both, --sweep <id> one; the
+    list shows the sweep id, the sweep directory's name."""
+    path = tmp_path / "c.sqlite"
+    first, second = Path("/x/20261201_100000_demo"), Path("/x/20261201_100000_demo_2")
+    for sweep_path in (first, second):
+        records = [_record(i, sweep_path.name) for i in range(2)]
+        cat.index_runs(path, records, sweep="demo", sweep_path=sweep_path)
+    assert len(cat.query_runs(path, sweep="demo")) == 4
+    rows = cat.query_runs(path, sweep=second.name)
+    assert len(rows) == 2 and {r["sweep_id"] for r in rows} == {second.name}
+    assert {r["sweep_id"] for r in cat.query_runs(path, sweep=first.name)} == {first.name}
+    assert cat.query_runs(path, sweep="20261201%100000_demo") == []  # LIKE escapes
+    from tdlens.cli import app
+
+    res = CliRunner().invoke(
+        app, ["runs", "list", "--sweep", second.name, "--catalog", str(path), "--format", "csv"]
+    )
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert lines[0].startswith("id,sweep_id,") and len(lines) == 3
+    assert all(f",{second.name}," in line for line in lines[1:])
+
+
+def test_a_schema_1_catalog_gains_the_sweep_id_column(tmp_path):
+    path = tmp_path / "old.sqlite"
+    schema_1 = [stmt.replace("sweep_id TEXT, ", "") for stmt in cat._schema()]
+    assert all("sweep_id" not in stmt for stmt in schema_1)
+    conn = sqlite3.connect(path)
+    for stmt in schema_1:
+        conn.execute(stmt)
+    conn.execute(
+        "INSERT INTO runs (id, path, sweep, sweep_path, indexed_at) "
+        "VALUES ('r1', '/x/s/runs/r1', 'demo', '/x/20261201_demo', '')"
+    )
+    conn.commit()
+    conn.close()
+    assert len(cat.query_runs(path, sweep="20261201_demo")) == 1  # read-only, as it is
+    cat.connect(path).close()
+    (row,) = cat.query_runs(path, sweep="demo")
+    assert row["sweep_id"] == "20261201_demo"

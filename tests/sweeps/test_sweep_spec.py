@@ -225,3 +225,21 @@ def test_progress_text_gives_elapsed_and_eta():
     assert progress_text(300.0, 10, 1000) == "elapsed 5m00s, ETA 8h15m"
     assert progress_text(42.4, 1, 2) == "elapsed 42s, ETA 42s"
     assert progress_text(3725.0, 4, 4) == "elapsed 1h02m"
+
+
+def test_run_ids_write_numbers_one_way_from_yaml_and_grid(tmp_path):
+    """One format for ids (issue 24): the shortest round-trip repr, no trailing .0, so
+    YAML's 1000.0 and 1e-3 and --grid's 1000 and 0.001 name the same config the same."""
+    from tdlens.sweeps.inline import inline_spec
+
+    spec = _spec(grid={"alpha_w": [1000.0, 1e-3, 0.30000000000000004]})
+    from_yaml = [r.run_id for r in make_plan(load_spec(_write(tmp_path, spec)))]
+    overrides = [f"{k}={v}" for k, v in TINY.items()]
+    grid = "alpha_w=1000,0.001,0.30000000000000004"
+    from_grid = [r.run_id for r in make_plan(inline_spec("sanity", [grid], overrides=overrides))]
+    assert from_yaml == from_grid
+    assert [i.split("-")[0] for i in from_yaml] == [
+        "alpha_w1000",
+        "alpha_w0.001",
+        "alpha_w0.30000000000000004",  # round-trips: 0.3 would be another config
+    ]

@@ -112,9 +112,14 @@ def test_summarize_a_sweep_with_seeds(tmp_path):
     data = json.loads((sweep / "summary.json").read_text())
     assert data["thresholds"]["FROZEN_REL_STEP"] == 1e-6 and data["stability_boundary"]
     assert data["runs"][3]["regime"] == "n/a" and math.isnan(s.records[3].seconds)
-    assert "Regime labels" in (sweep / "summary.md").read_text()
+    md = (sweep / "summary.md").read_text()
+    assert "Regime labels" in md
+    # nothing diverged: the boundary section says so instead of a table of blanks
+    said = "Nothing diverged: every run is stable up to the largest alpha_w of the grid (0.2)"
+    assert said in md and "smallest_diverged_alpha_w" not in md
     html = (sweep / "summary.html").read_text()
     assert_offline(html)
+    assert html.count(said) == 2 and "diverged from" not in html  # the card and the section
 
 
 def test_one_seed_gives_no_interval():

@@ -40,19 +40,30 @@ def tensorboard(
     from tdlens.export.tensorboard_export import export_tensorboard
     from tdlens.rundir.files import RunFileError
 
+    dropped: list[str] = []
+
     def show(t, logdir: Path, counts: dict[str, int]) -> None:
-        note = "" if counts["images"] else " (no plots: the run has no run_report.html)"
+        note = "" if counts["images"] else " (no plots)"
         out.print(
             f"{t.run_id}: {counts['series']} series, {counts['images']} plots -> {logdir}{note}",
             highlight=False,
         )
 
+    def drop(run_id: str, why: str) -> None:
+        dropped.append(run_id)
+        out.print(f"{run_id}: dropped, {why}", highlight=False)
+
     try:
-        written = export_tensorboard(target, out_dir, on_run=show)
+        written = export_tensorboard(target, out_dir, on_run=show, on_drop=drop)
     except (ExportError, RunFileError, ConfigError) as exc:
         _fail(str(exc))
+    if not written:
+        err.print(f"error: nothing exported from '{target}' (see above)", highlight=False)
+        raise typer.Exit(1)
+    note = f", dropped {len(dropped)}: {', '.join(dropped)}" if dropped else ""
     out.print(
-        f"exported {len(written)} run(s); view: tensorboard --logdir {out_dir}", highlight=False
+        f"exported {len(written)} run(s){note}; view: tensorboard --logdir {out_dir}",
+        highlight=False,
     )
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tdlens.probes.registry import RoundContext
+from tdlens.rundir.read import GRAM_FACTOR
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,12 @@ def q_kernel_row(kernel: QKernel, td_loss: float) -> dict[str, float]:
 
 def run_round(ctx: RoundContext) -> None:
     """The q_kernel probe of one round (registry ``run``): the kernel of the iteration's
-    own TD errors ``delta``, its row, and the kernel and lag arrays."""
+    own TD errors ``delta``, its row, and the kernel (``q_kernel_<iter>.npz``: the cache
+    ``Delta`` whose Gram matrix is ``Q_hat``, 25x smaller; ``load_array`` gives ``Q_hat``)
+    and lag arrays."""
     conf = ctx.cfg.probes.q_kernel
     kernel = q_kernel(td_cache(ctx.delta, conf.cache_batch_size, conf.max_horizon))
     ctx.out.rows["q_kernel_probe"] = q_kernel_row(kernel, ctx.td_loss)
-    ctx.out.arrays[f"q_kernel_{ctx.n:04d}.npy"] = kernel.Q_hat
+    # Q_hat = Delta^T Delta / B_c is saved by its factor, the cache (read back as Q_hat)
+    ctx.out.arrays[f"q_kernel_{ctx.n:04d}.npz"] = {GRAM_FACTOR: kernel.cache}
     ctx.out.arrays[f"q_kernel_lag_{ctx.n:04d}.npy"] = kernel.lag

@@ -10,6 +10,7 @@ Rho Audit, Theory Overlay, Timings, Status, Files. Numbers via :func:`tdlens.rep
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,15 +45,24 @@ def key_hparams(hparams: dict[str, Any]) -> str:
     return ", ".join(f"{k}={fmt_param(v)}" for k, v in hparams.items()) or "unavailable"
 
 
+def md_code(text: str) -> str:
+    """`text` as a Markdown code span, shown as written whatever it holds (``*``, ``_``,
+    ``[``, ``<``, backticks): the fence is one backtick longer than its longest run."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def section_run_info(r: Report) -> list[str]:
     info = r.run_info
     return [
         "## Run Info",
-        f"- run_dir: {info['run_dir']}",
+        f"- run_dir: {md_code(str(info['run_dir']))}",
         f"- timestamp: {info['timestamp'] or 'unknown'}",
         f"- seed: {fmt(info['seed'])}",
         f"- key_hparams: {key_hparams(info['key_hparams'])}",
-        f"- name: {info['name'] or 'unknown'}",
+        f"- name: {md_code(info['name']) if info['name'] else 'unknown'}",
         f"- config_hash: {info['config_hash']}",
         f"- schedules: {info['schedules'] or 'unknown'}",
     ]

@@ -14,8 +14,20 @@ float32 features, 8 for float64; ``D`` = env.feature_dim, ``N`` = env.actor_feat
 - ``probe rollouts``: ``1 KiB`` per step of every probe chain.
 
 Disk: the learning curves and log (``CURVE_ROW_BYTES`` per iteration), ``checkpoint_keep``
-checkpoints, per probe round the TD-error kernel (``8 max_horizon^2``), the ratio
-histogram (``8 rho_audit.batch_size``) and the tables, and the report.
+checkpoints (a finished sweep run keeps its final one), per probe round the TD-error
+kernel's factor (``8 B_c T_c``, ``B_c = min(cache_batch_size, trajectories)``, ``T_c =
+min(max_horizon, horizon)``) and lag profile (``8 T_c``), the raw-rho sample
+(``4 rho_audit.batch_size``: float16 or float32 once a newer round is saved, plus 4 more
+for the newest, float64), the expected dynamics (at most ``EXPECTED_ROW_BYTES`` per
+iteration left) and the tables, and the report: ``run_report.md/.json``
+(``REPORT_TEXT_BYTES`` plus ``REPORT_ROUND_BYTES`` a round) and, for a run that writes its
+HTML page (not a sweep run), ``REPORT_HTML_BYTES``.
+
+Time (:func:`expected_seconds`, for ``tdlens sweep --dry-run``): ``STARTUP_S`` once per
+worker (imports and Numba's compile), ``TRAIN_S * B T (D + N)`` per iteration and per probe
+round ``FIXED_POINT_S * D^3`` (the dense solves) plus ``CHAIN_S * D`` per probe chain step,
+fitted to a Step-C run (plateau, D = 2048: 0.054 s an iteration, 2.1 s a round, 57 s in
+all) on the 2-core AMD EPYC machine of BENCHMARKS.md; a guide within about 2x.
 
 The constants were fitted to the peak resident memory of one-iteration runs of the shipped
 configs; ``tests/test_budget.py`` checks the estimate lies within 2x of the measured peak.
@@ -33,10 +45,21 @@ from tdlens.config import RunConfig
 
 MIB = 1024**2
 BASE_BYTES = 240 * MIB
-CURVE_ROW_BYTES = 1700
-ROUND_TABLE_BYTES = 16 * 1024
-REPORT_BYTES = 8 * MIB
-"""run_report.md/.json/.html: the page embeds plotly.js (~4.6 MiB) once, plus its figures."""
+CURVE_ROW_BYTES = 1000
+ROUND_TABLE_BYTES = 10 * 1024
+REPORT_HTML_BYTES = 8 * MIB
+"""run_report.html: the page embeds plotly.js (~4.6 MiB) once, plus its figures."""
+REPORT_TEXT_BYTES = 96 * 1024
+"""run_report.md and .json without rounds (measured 69 KB on a 2-round demo run)."""
+REPORT_ROUND_BYTES = 2 * 1024
+"""What each probe round adds to run_report.md/.json (measured ~1.3 KB)."""
+EXPECTED_ROW_BYTES = 48
+"""expected_dynamics_<iter>.npz: six float64 series over the iterations left, compressed
+(counted over all iterations: an upper bound)."""
+STARTUP_S = 5.0
+TRAIN_S = 7e-9
+FIXED_POINT_S = 1.5e-10
+CHAIN_S = 1e-8
 
 
 class ResourceError(ValueError):
@@ -102,12 +125,21 @@ def _probe_rounds(cfg: RunConfig) -> int:
         return 0
     rounds = 1 + (math.ceil(cfg.outer_iters / probes.every) if probes.every else 0)
     if probes.plateau.enabled:
-        rounds += cfg.outer_iters // probes.plateau.cooldown
+        # a plateau round needs `cooldown` iterations since any round: between two
+        # scheduled rounds `every` apart, at most (every - 1) // cooldown of them
+        cooldown = probes.plateau.cooldown
+        if probes.every:
+            gaps = math.ceil(cfg.outer_iters / probes.every)
+            rounds += gaps * ((probes.every - 1) // cooldown)
+        else:
+            rounds += cfg.outer_iters // cooldown
     return min(rounds, cfg.outer_iters)
 
 
-def estimate(cfg: RunConfig) -> Estimate:
-    """The memory and disk model of the module docstring, evaluated for `cfg`."""
+def estimate(cfg: RunConfig, html: bool = True, checkpoints: int | None = None) -> Estimate:
+    """The memory and disk model of the module docstring, evaluated for `cfg`: a run that
+    writes its HTML report when `html` (a sweep run does not), keeping `checkpoints`
+    checkpoints (default ``checkpoint_keep``; a finished sweep run keeps 1)."""
     D, N = cfg.env.feature_dim, cfg.env.actor_feature_dim
     f = 4 if cfg.precision == "float32" else 8
     rows = cfg.trajectories * cfg.horizon
@@ -124,19 +156,49 @@ def estimate(cfg: RunConfig) -> Estimate:
         if probes.rho_audit.enabled:
             steps += probes.rho_audit.batch_size
         terms["probe rollouts"] = 1024 * steps
-    per_round = ROUND_TABLE_BYTES
+    per_round = ROUND_TABLE_BYTES + REPORT_ROUND_BYTES
     if probes.q_kernel.enabled:
-        per_round += 8 * probes.q_kernel.max_horizon**2
+        T_c = min(probes.q_kernel.max_horizon, cfg.horizon)
+        B_c = min(probes.q_kernel.cache_batch_size, cfg.trajectories)
+        per_round += 8 * B_c * T_c + 8 * T_c
+    newest = 0
     if probes.rho_audit.enabled:
-        per_round += 8 * probes.rho_audit.batch_size
+        per_round += 4 * probes.rho_audit.batch_size
+        newest += 4 * probes.rho_audit.batch_size
+    if probes.fixed_point.enabled:
+        per_round += EXPECTED_ROW_BYTES * cfg.outer_iters
     checkpoint = 8 * (2 * D + 4 * N + cfg.outer_iters) + 4096
+    kept = cfg.checkpoint_keep if checkpoints is None else checkpoints
     disk = (
         cfg.outer_iters * CURVE_ROW_BYTES
         + _probe_rounds(cfg) * per_round
-        + cfg.checkpoint_keep * checkpoint
-        + REPORT_BYTES
+        + (newest if _probe_rounds(cfg) else 0)
+        + min(kept, cfg.checkpoint_keep) * checkpoint
+        + REPORT_TEXT_BYTES
+        + (REPORT_HTML_BYTES if html else 0)
     )
     return Estimate(terms, disk)
+
+
+def expected_seconds(cfg: RunConfig) -> float:
+    """Compute seconds of one run (without ``STARTUP_S``): the time model of the module
+    docstring, ``outer_iters TRAIN_S B T (D + N) + rounds (FIXED_POINT_S D^3 + CHAIN_S
+    steps D)`` over the scheduled rounds (the last and every ``probes.every``-th; plateau
+    rounds are extra, the disk model counts them as an upper bound)."""
+    D, N = cfg.env.feature_dim, cfg.env.actor_feature_dim
+    train = cfg.outer_iters * TRAIN_S * cfg.trajectories * cfg.horizon * (D + N)
+    probes = cfg.probes
+    if not probes.enabled:
+        return train
+    chains, T_c = _critic_chains(cfg)
+    steps = chains * T_c
+    if probes.distribution.enabled:
+        steps += 3 * probes.distribution.num_samples
+    if probes.rho_audit.enabled:
+        steps += probes.rho_audit.batch_size
+    per_round = CHAIN_S * steps * D + (FIXED_POINT_S * D**3 if probes.fixed_point.enabled else 0)
+    scheduled = 1 + (math.ceil(cfg.outer_iters / probes.every) if probes.every else 0)
+    return train + min(scheduled, cfg.outer_iters) * per_round
 
 
 def available_memory() -> int | None:
@@ -197,5 +259,85 @@ def check_resources(
             f"this run writes about {human(est.disk_bytes)} but '{run_dir}' has "
             f"{human(disk)} free; lower {', '.join(DISK_KEYS)}, free some space, "
             "or pass --force to try anyway"
+        )
+    return est
+
+
+SUMMARY_BYTES = 6 * MIB
+"""A sweep's summary.{csv,json,md,html} (the page embeds plotly.js once), plan and state."""
+
+
+@dataclass(frozen=True)
+class SweepEstimate:
+    """Disk, memory and time of the runs a sweep will execute on `workers` workers."""
+
+    runs: int
+    workers: int
+    disk_bytes: int
+    """Every finished run (md/json report, its final checkpoint) plus the summary, plus
+    the extra checkpoints of the runs in flight."""
+    peak_bytes: int
+    """The largest run's peak memory times the workers that run at once."""
+    compute_seconds: float
+    """Sum of :func:`expected_seconds` over the runs."""
+
+    @property
+    def wall_seconds(self) -> float:
+        """``STARTUP_S`` plus the compute spread evenly over the workers."""
+        return STARTUP_S + self.compute_seconds / max(self.workers, 1) if self.runs else 0.0
+
+
+def estimate_sweep(cfgs: list[RunConfig], jobs: int) -> SweepEstimate:
+    """The sweep-run model: a sweep run writes no HTML and, once final, keeps one
+    checkpoint (:func:`tdlens.sweeps.backends.execute_task`)."""
+    workers = min(jobs, len(cfgs))
+    final = [estimate(c, html=False, checkpoints=1) for c in cfgs]
+    pairs = zip(cfgs, final, strict=True)
+    extra = [estimate(c, html=False).disk_bytes - f.disk_bytes for c, f in pairs]
+    in_flight = max(extra, default=0)
+    return SweepEstimate(
+        runs=len(cfgs),
+        workers=workers,
+        disk_bytes=sum(f.disk_bytes for f in final) + workers * in_flight + SUMMARY_BYTES,
+        peak_bytes=workers * max((f.peak_bytes for f in final), default=0),
+        compute_seconds=sum(expected_seconds(c) for c in cfgs),
+    )
+
+
+def duration(seconds: float) -> str:
+    """Seconds as ``42 s``, ``7.5 min``, ``3.2 h`` or ``1.4 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def check_sweep_resources(
+    cfgs: list[RunConfig],
+    jobs: int,
+    sweep_dir: Path,
+    memory: int | None = None,
+    disk: int | None = None,
+) -> SweepEstimate:
+    """Raise :class:`ResourceError` when the sweep's runs (`jobs` at once) would need more
+    memory, or write more, than the machine has; `memory` and `disk` default to what the
+    machine reports now (unknown: not checked)."""
+    est = estimate_sweep(cfgs, jobs)
+    memory = available_memory() if memory is None else memory
+    disk = free_disk(sweep_dir) if disk is None else disk
+    if memory is not None and est.peak_bytes > memory:
+        raise ResourceError(
+            f"this sweep needs about {human(est.peak_bytes)} of memory ({est.workers} runs "
+            f"at once) but {human(memory)} is available; lower --jobs or env.feature_dim, "
+            "or pass --force to try anyway"
+        )
+    if disk is not None and est.disk_bytes > disk:
+        raise ResourceError(
+            f"this sweep writes about {human(est.disk_bytes)} ({est.runs} runs) but "
+            f"'{sweep_dir}' has {human(disk)} free; lower {', '.join(DISK_KEYS)} or the "
+            "grid, free some space, or pass --force to try anyway"
         )
     return est

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,13 +133,12 @@ def calibrate(
     )
 
 
-def plot_png(cal: Calibration) -> bytes:
-    """``||w||`` against iteration per f (log scale), as PNG bytes."""
-    import io
-
+def plot_figure(cal: Calibration) -> Any:
+    """``||w||`` against iteration per f (log scale): a matplotlib Figure whose
+    constrained layout keeps the title, axis labels and legend inside it."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 3.6))
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     for row, norms in zip(cal.rows, cal.w_norms, strict=True):
         style = "-" if not row["diverged"] else "--"
@@ -152,8 +152,15 @@ def plot_png(cal: Calibration) -> bytes:
     ax.set_xlabel("iteration (0-based)")
     ax.set_ylabel("||w||")
     ax.legend(fontsize=7)
+    return fig
+
+
+def plot_png(cal: Calibration) -> bytes:
+    """:func:`plot_figure` as PNG bytes."""
+    import io
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    plot_figure(cal).savefig(buf, format="png", dpi=100)
     return buf.getvalue()
 
 

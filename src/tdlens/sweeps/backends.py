@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import multiprocessing as mp
 import os
 import shutil
@@ -58,6 +59,8 @@ RetryFn = Callable[["RunTask", int, str], None]
 DEFAULT_RETRIES = 2
 """How many times a run whose worker process (or node) died is retried before it fails."""
 NOT_STARTED = "not started"
+FINAL_STATUSES = frozenset({"complete", "diverged"})
+"""Run statuses that a sweep's --resume skips: their run keeps only its final checkpoint."""
 SKIP_FILES = frozenset({".lock"})
 """Files never shipped between Ray workers and the driver."""
 GO, DRAIN = 0, -1
@@ -299,6 +302,7 @@ def execute_task(task: RunTask) -> RunOutcome:
 
     from tdlens.config import parse_config
     from tdlens.report import write_report
+    from tdlens.runs.checkpoint import prune_checkpoints
     from tdlens.runs.runner import Runner
 
     t0 = time.perf_counter()
@@ -313,17 +317,21 @@ def execute_task(task: RunTask) -> RunOutcome:
         task = found
         with threadpool_limits(limits=1):
             cfg = None if task.resume else parse_config(task.config)
-            # every sweep run gets its HTML report (plotly specs: ~0.1 s a run), which
-            # summary.html links
+            # a sweep run writes run_report.md/.json only: the HTML page embeds plotly.js
+            # (~4.6 MB a run); `tdlens report RUN` makes it on demand. The driver checked
+            # the memory and disk of the whole sweep (tdlens.runs.budget), hence force.
             runner = Runner(
                 cfg,
                 Path(task.run_dir),
                 resume=task.resume,
                 handle_signals=False,
-                write_report=write_report,
+                write_report=functools.partial(write_report, html=False),
+                force=True,
             )
             runner.on_progress = progress_hook(task, runner.request_stop)
             result = runner.run()
+        if result.status in FINAL_STATUSES:
+            prune_checkpoints(Path(task.run_dir), 1)  # a final run keeps its final checkpoint only
         outcome = RunOutcome(
             task.run_id,
             result.status,

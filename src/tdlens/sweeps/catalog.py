@@ -7,7 +7,9 @@ write lock instead of failing or corrupting the file.
 
 Tables (one row per run directory / sweep directory, keyed by resolved path):
 
-- ``runs``: id, path, name, sweep, sweep_path, config_hash, params (JSON of the swept
+- ``runs``: id, path, name, sweep, sweep_id (the sweep directory's name,
+  ``<time>_<name>``, which tells apart two sweeps of one name), sweep_path, config_hash,
+  params (JSON of the swept
   values), status, reason, health, regime, iters, outer_iters, seconds, started_at,
   finished_at, indexed_at, one REAL column per final metric (``records.FINAL_METRICS``)
   and metrics (JSON of all of them).
@@ -44,12 +46,14 @@ QUERY_TIMEOUT_S = 10.0
 """How long a `runs list --where` query may run before it is stopped (--timeout)."""
 PROGRESS_STEPS = 1000
 """SQLite virtual-machine steps between two looks at the query's clock."""
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added runs.sweep_id (an older catalog gains it, filled from sweep_path, on connect)."""
 RUN_COLUMNS: tuple[str, ...] = (
     "id",
     "path",
     "name",
     "sweep",
+    "sweep_id",
     "sweep_path",
     "config_hash",
     "params",
@@ -81,7 +85,7 @@ SWEEP_COLUMNS: tuple[str, ...] = (
 )
 LIST_COLUMNS: tuple[str, ...] = (
     "id",
-    "sweep",
+    "sweep_id",
     "status",
     "health",
     "regime",
@@ -128,7 +132,8 @@ def _schema() -> list[str]:
     metric_cols = ", ".join(f"{m} REAL" for m in FINAL_METRICS)
     return [
         "CREATE TABLE IF NOT EXISTS runs (id TEXT NOT NULL, path TEXT PRIMARY KEY, name TEXT, "
-        "sweep TEXT, sweep_path TEXT, config_hash TEXT, params TEXT, status TEXT, reason TEXT, "
+        "sweep TEXT, sweep_id TEXT, sweep_path TEXT, config_hash TEXT, params TEXT, "
+        "status TEXT, reason TEXT, "
         "health TEXT, regime TEXT, iters INTEGER, outer_iters INTEGER, seconds REAL, "
         f"started_at TEXT, finished_at TEXT, indexed_at TEXT, {metric_cols}, metrics TEXT)",
         "CREATE INDEX IF NOT EXISTS runs_id ON runs (id)",
@@ -164,10 +169,25 @@ def connect(path: str | Path) -> sqlite3.Connection:
         with transaction(conn):
             for statement in _schema():
                 conn.execute(statement)
+            _add_sweep_id(conn)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except sqlite3.Error as exc:
         raise _broken(path, exc) from None
     return conn
+
+
+def _add_sweep_id(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: add runs.sweep_id (the name of sweep_path) where it is missing."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    if "sweep_id" not in columns:
+        conn.execute("ALTER TABLE runs ADD COLUMN sweep_id TEXT")
+        paths = conn.execute("SELECT DISTINCT sweep_path FROM runs WHERE sweep_path IS NOT NULL")
+        for (sweep_path,) in paths.fetchall():
+            conn.execute(
+                "UPDATE runs SET sweep_id = ? WHERE sweep_path = ?",
+                (Path(sweep_path).name, sweep_path),
+            )
+    conn.execute("CREATE INDEX IF NOT EXISTS runs_sweep_id ON runs (sweep_id)")
 
 
 @contextmanager
@@ -197,6 +217,7 @@ def run_row(record: RunRecord, sweep: str | None, sweep_path: Path | None) -> di
         "path": str(Path(record.path).resolve()),
         "name": record.name,
         "sweep": sweep,
+        "sweep_id": Path(sweep_path).resolve().name if sweep_path else None,
         "sweep_path": str(Path(sweep_path).resolve()) if sweep_path else None,
         "config_hash": record.config_hash,
         "params": _json(record.params),
@@ -301,7 +322,8 @@ def query_runs(
     sweep: str | None = None,
     timeout: float = QUERY_TIMEOUT_S,
 ) -> list[dict[str, Any]]:
-    """Runs matching the SQL condition `where` and sweep name `sweep`, newest first.
+    """Runs matching the SQL condition `where` and `sweep` (a sweep's name, or its id: the
+    sweep directory's name, which tells apart two sweeps of one name), newest first.
 
     The condition is wrapped as ``WHERE (COND)`` on a query-only connection whose
     authorizer refuses anything but reads (module docstring); the query is stopped after
@@ -314,9 +336,10 @@ def query_runs(
         if not where.strip():
             raise CatalogError("--where: empty condition")
         clauses.append(f"({where}\n)")
-    if sweep is not None:
-        clauses.append("sweep = ?")
-        args.append(sweep)
+    if sweep is not None:  # by sweep_path, so a catalog of schema 1 answers alike
+        escaped = sweep.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append("(sweep = ? OR sweep_path LIKE ? ESCAPE '\\')")
+        args += [sweep, f"%/{escaped}"]
     sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "")
     sql += " ORDER BY indexed_at DESC, id"
     conn = _read_only(path)

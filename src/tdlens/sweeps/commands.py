@@ -104,7 +104,18 @@ def sweep(
     resume: Annotated[
         bool, typer.Option(help="Skip finished runs, resume incomplete ones from checkpoints.")
     ] = False,
-    dry_run: Annotated[bool, typer.Option(help="Print the plan and write nothing.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            help="Print the plan and the disk, memory and time it expects; write nothing."
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Start even when the sweep's disk or memory estimate exceeds the machine's."
+        ),
+    ] = False,
     metric: Annotated[
         str | None, typer.Option(help="Heatmap metric of the summary (default value_gap/td_loss).")
     ] = None,
@@ -140,7 +151,14 @@ def sweep(
         _fail(str(exc))
     if dry_run:
         _print_plan(prepared)
-        raise typer.Exit(0)
+        raise typer.Exit(_print_budget(prepared, n_jobs, backend, force))
+    if not force:
+        from tdlens.runs.budget import ResourceError
+
+        try:
+            _check_budget(prepared, n_jobs, backend)
+        except ResourceError as exc:
+            _fail(str(exc))
     if backend == "ray":
         try:
             import_ray(address)
@@ -344,6 +362,54 @@ def progress_text(elapsed: float, done: int, total: int) -> str:
     return text
 
 
+def _to_run(prepared: Any) -> list[Any]:
+    """The configs of the runs the sweep would execute (on resume: not the final ones)."""
+    from tdlens.sweeps.backends import FINAL_STATUSES, _status_of
+    from tdlens.sweeps.plan import run_dir
+
+    return [
+        r.config
+        for r in prepared.runs
+        if not prepared.resume
+        or _status_of(run_dir(prepared.sweep_dir, r.run_id)).get("status") not in FINAL_STATUSES
+    ]
+
+
+def _check_budget(prepared: Any, n_jobs: int, backend: str) -> Any:
+    """:func:`tdlens.runs.budget.check_sweep_resources` of the runs to execute (the memory
+    of a Ray cluster's nodes is theirs to check: only the disk, where the runs land)."""
+    import sys
+
+    from tdlens.runs.budget import check_sweep_resources
+
+    memory = sys.maxsize if backend == "ray" else None
+    return check_sweep_resources(_to_run(prepared), n_jobs, prepared.sweep_dir, memory=memory)
+
+
+def _print_budget(prepared: Any, n_jobs: int, backend: str, force: bool) -> int:
+    """The dry run's expected disk, memory and time; 2 when the sweep would be refused."""
+    from tdlens.runs.budget import SUMMARY_BYTES, ResourceError, duration, estimate_sweep, human
+
+    est = estimate_sweep(_to_run(prepared), n_jobs)
+    runs_bytes = max(est.disk_bytes - SUMMARY_BYTES, 0)
+    per_run = human(runs_bytes / est.runs) if est.runs else "0 B"
+    out.print(
+        f"expects: {est.runs} run(s) to execute, about {human(est.disk_bytes)} on disk "
+        f"(~{per_run} a run: run_report.md/.json, the final checkpoint, no HTML; and "
+        f"{human(SUMMARY_BYTES)} of summaries), "
+        f"peak memory {human(est.peak_bytes)} ({est.workers} at once), "
+        f"about {duration(est.compute_seconds)} of compute: ~{duration(est.wall_seconds)} "
+        f"on {n_jobs} job(s) (a guide within ~2x, tdlens.runs.budget)",
+        highlight=False,
+    )
+    try:
+        _check_budget(prepared, n_jobs, backend)
+    except ResourceError as exc:
+        out.print(("--force: would start anyway; " if force else "would be refused: ") + str(exc))
+        return 0 if force else 2
+    return 0
+
+
 def _print_plan(prepared: Any) -> None:
     plan = prepared.plan
     out.print(f"plan of sweep '{plan['name']}': {len(plan['runs'])} runs", highlight=False)
@@ -410,12 +476,22 @@ def atlas(
             "alpha_w) for step x mismatch, the second (else the first) for beta x offset."
         ),
     ],
+    out_file: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="The Markdown page to write; its images go to <stem>/ beside it."
+        ),
+    ] = Path("outputs/atlas.md"),
     docs: Annotated[
-        Path, typer.Option(help="The Markdown page to write; its images go to <stem>/ beside it.")
-    ] = Path("docs/atlas.md"),
+        Path | None,
+        typer.Option(
+            help="Regenerate a docs page instead of --out (explicitly: --docs docs/atlas.md)."
+        ),
+    ] = None,
 ) -> None:
     """Draw the regime atlas of one or two sweeps: phase diagrams (step x mismatch, beta x
-    mismatch) with the theory boundaries, and one command per regime, as a Markdown page."""
+    mismatch) with the theory boundaries, and one command per regime, as a Markdown page
+    (outputs/atlas.md; the docs page docs/atlas.md only with --docs docs/atlas.md)."""
     from tdlens.sweeps.atlas import AtlasError, write_atlas
     from tdlens.sweeps.plan import is_sweep_dir
 
@@ -424,11 +500,12 @@ def atlas(
     for sweep_dir in sweep_dirs:
         if not is_sweep_dir(sweep_dir):
             _fail(f"'{sweep_dir}' is not a sweep directory (no plan.json)")
-    if docs.suffix != ".md":
-        _fail(f"--docs '{docs}': expected a .md file")
+    option, page = ("--docs", docs) if docs is not None else ("--out", out_file)
+    if page.suffix != ".md":
+        _fail(f"{option} '{page}': expected a .md file")
     shown = " ".join(f"OUT/{d.name}" for d in sweep_dirs)
     try:
-        result = write_atlas(sweep_dirs, docs, f"tdlens atlas {shown} --docs {docs}")
+        result = write_atlas(sweep_dirs, page, f"tdlens atlas {shown} {option} {page}")
     except (AtlasError, RunFileError, ConfigError) as exc:
         _fail(str(exc))
     for p in (result.page, *result.images):
@@ -477,7 +554,13 @@ def runs_list(
         str | None,
         typer.Option(help="SQL condition on the runs table, e.g. \"health = 'FAIL'\"."),
     ] = None,
-    sweep: Annotated[str | None, typer.Option(help="Only runs of this sweep name.")] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            help="Only runs of this sweep: its name, or its id (the sweep directory's name, "
+            "<time>_<name>, which tells apart two sweeps of one name)."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(help="Rows to show (0: all).")] = 100,
     catalog: CatalogOption = None,
     fmt: Annotated[
@@ -539,7 +622,7 @@ def runs_list(
         out.print(f"({len(rows) - len(shown)} more; --limit 0 shows all)", highlight=False)
 
 
-LIST_HIDE_ORDER = ("seconds", "sweep", "iters", "value_gap", "w_norm", "td_loss", "health")
+LIST_HIDE_ORDER = ("seconds", "sweep_id", "iters", "value_gap", "w_norm", "td_loss", "health")
 """Columns `tdlens runs list` hides first, in this order, when the terminal is too narrow
 (id, status and regime always stay)."""
 
@@ -628,7 +711,7 @@ def compare(
         list[str], typer.Argument(help="Run directories, sweep directories, run ids or sweeps.")
     ],
     out_file: Annotated[Path, typer.Option("--out", help="Output HTML file.")] = Path(
-        "compare.html"
+        "outputs/compare.html"
     ),
     catalog: CatalogOption = None,
 ) -> None:

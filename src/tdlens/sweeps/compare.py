@@ -189,5 +189,6 @@ def compare(targets: Sequence[str], out: Path, catalog: Path | None = None) -> P
     if not paths:
         raise CompareError("nothing to compare")
     views = [load_view(p) for p in paths]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, compare_html(views))
     return out

@@ -339,10 +339,14 @@ def _abbrev(key: str) -> str:
 
 
 def _format_value(value: Any) -> str:
+    """A swept value as run ids write it: one format whether it came from YAML or
+    ``--grid`` (``1000``, ``1000.0`` and ``1e3`` all give ``1000``): a number's shortest
+    round-trip repr without a trailing ``.0`` (``0.001``, ``1e-05``, ``0.026437...``)."""
     if isinstance(value, bool):
         return str(int(value))
-    if isinstance(value, float):
-        text = f"{value:.3g}"
+    if isinstance(value, int | float):
+        text = repr(float(value)) if isinstance(value, float) else str(int(value))
+        text = text.removesuffix(".0")
     else:
         text = str(value)
     return re.sub(r"[^A-Za-z0-9.+-]", "-", text)

@@ -3,8 +3,9 @@
 Tables as in :mod:`tdlens.sweeps.summary`; interactive heatmaps (plotly, embedded) of the
 chosen metric over every pair of swept axes with more than one value: each cell is the
 mean over the configs at that (x, y) of the config's seed-mean, i.e. averaged over the
-axes not shown. The HTML runs table links every run's run_report.html (relative links,
-so a copied sweep folder keeps working).
+axes not shown. The HTML runs table links every run's report (relative links, so a copied
+sweep folder keeps working): run_report.html where ``tdlens report RUN`` made one, else
+run_report.md.
 """
 
 from __future__ import annotations
@@ -155,7 +156,9 @@ def markdown(s: SweepSummary, grid_keys: Sequence[str], has_seed: bool) -> str:
         "## Configs (seeds aggregated: mean, IQM, 95% stratified-bootstrap CI of the IQM)\n",
         _md_table(s.configs, _config_columns(grid_keys, s.metric)),
     ]
-    if s.boundary:
+    if s.boundary and nothing_diverged(s):
+        parts += ["## Stability boundary\n", nothing_diverged_text(s) + "\n"]
+    elif s.boundary:
         cols = list(s.boundary[0])
         parts += [
             "## Stability boundary (largest alpha_w without a diverged run)\n",
@@ -208,7 +211,9 @@ def html_page(
             xs, ys, z = heatmap_grid(groups, x_key, y_key, s.metric)
             body.append(H.plot(heatmap_figure(z, xs, ys, x_key, y_key, s.metric)))
         body.append("</div>")
-    if s.boundary:
+    if s.boundary and nothing_diverged(s):
+        body += ["<h2>Stability boundary</h2>", f"<p>{H.esc(nothing_diverged_text(s))}</p>"]
+    elif s.boundary:
         cols = list(s.boundary[0])
         body += [
             "<h2>Stability boundary</h2>",
@@ -231,8 +236,29 @@ def html_page(
     return H.page(f"Sweep summary: {s.name}", "\n".join(body))
 
 
+def nothing_diverged(s: SweepSummary) -> bool:
+    """No config of any slice diverged: the boundary lies beyond the grid."""
+    return all(
+        not math.isfinite(float(row.get("smallest_diverged_alpha_w", math.nan)))
+        for row in s.boundary
+    )
+
+
+def nothing_diverged_text(s: SweepSummary) -> str:
+    """The boundary section of a sweep where nothing diverged, in words."""
+    largest = [row.get("largest_stable_alpha_w") for row in s.boundary]
+    top = max((float(v) for v in largest if v is not None), default=math.nan)
+    return (
+        f"Nothing diverged: every run is stable up to the largest alpha_w of the grid "
+        f"({fmt(top)}), so the stability boundary lies beyond it."
+    )
+
+
 def boundary_lines(s: SweepSummary) -> list[str]:
-    """One line per stability-boundary row: where alpha_w stops being stable."""
+    """One line per stability-boundary row: where alpha_w stops being stable (one line
+    when nothing diverged)."""
+    if s.boundary and nothing_diverged(s):
+        return [nothing_diverged_text(s)]
     out = []
     for row in s.boundary:
         where = ", ".join(
@@ -248,11 +274,13 @@ def boundary_lines(s: SweepSummary) -> list[str]:
 
 
 def run_link(s: SweepSummary, r: RunRecord) -> H.Html:
-    """The run id as a relative link to its run_report.html (plain text when the run
-    lies outside the sweep directory)."""
+    """The run id as a relative link to its run_report.html, or to its run_report.md when
+    it has no HTML page (a sweep run writes none: ``tdlens report RUN`` makes it); plain
+    text when the run lies outside the sweep directory."""
     try:
         rel = Path(r.path).resolve().relative_to(Path(s.sweep_dir).resolve())
     except ValueError:
         return H.Html(H.esc(r.run_id))
-    href = quote(f"{rel.as_posix()}/run_report.html")
+    page = "run_report.html" if (Path(r.path) / "run_report.html").is_file() else "run_report.md"
+    href = quote(f"{rel.as_posix()}/{page}")
     return H.Html(f'<a href="{H.esc(href)}">{H.esc(r.run_id)}</a>')

@@ -35,6 +35,7 @@ from tdlens.rundir.files import atomic_write_json, atomic_write_text, read_json
 from tdlens.sweeps import catalog as cat
 from tdlens.sweeps.backends import (
     DEFAULT_RETRIES,
+    FINAL_STATUSES,
     RetryFn,
     RunOutcome,
     RunTask,
@@ -69,8 +70,6 @@ from tdlens.sweeps.spec import (
     make_plan,
 )
 
-FINAL_STATUSES = frozenset({"complete", "diverged"})
-"""Run statuses that --resume skips."""
 BACKENDS = ("local", "ray")
 
 

@@ -1,0 +1,173 @@
+"""What a sweep run leaves on disk (issue 24): md/json reports and no HTML page, its final
+checkpoint only, the TD-error kernel by its factor; the disk budget against the measured
+directories; ``sweep --force`` and what ``sweep --dry-run`` expects."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from page_checks import assert_offline
+from tdlens.config import config_from_json, shipped_configs
+from tdlens.rundir.read import load_array
+from tdlens.runs import budget
+from tdlens.sweeps.plan import read_plan, run_dir
+from tdlens.sweeps.sweep import execute_sweep, prepare_sweep
+
+DEMO = shipped_configs() / "sweeps" / "demo.yaml"
+LIMIT = 300_000
+"""Bytes a sweep run's directory may hold, every file counted (issue 24)."""
+
+
+def _app() -> typer.Typer:
+    from tdlens.cli import app
+
+    return app
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("footprint")
+    result = execute_sweep(prepare_sweep(DEMO, root), jobs=1, catalog=root / "c.sqlite")
+    assert result.counts == {"complete": 4}
+    return result.sweep_dir
+
+
+def _runs(sweep: Path) -> list[Path]:
+    return [run_dir(sweep, e["run_id"]) for e in read_plan(sweep)["runs"]]
+
+
+def test_demo_sweep_runs_fit_in_300_kb_without_html(demo):
+    for run in _runs(demo):
+        files = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
+        assert {"run_report.md", "run_report.json", "config.json"} <= files
+        assert "run_report.html" not in files
+        assert [f for f in files if f.startswith("checkpoints/")] == ["checkpoints/ckpt_000006.npz"]
+        assert _size(run) <= LIMIT, (run.name, _size(run))
+
+
+def test_summary_links_the_md_reports_and_shows_the_boundary(demo):
+    md = (demo / "summary.md").read_text()
+    assert "## Stability boundary (largest alpha_w" in md and "Nothing diverged" not in md
+    html = (demo / "summary.html").read_text()
+    for run in _runs(demo):
+        assert f'href="runs/{quote(run.name)}/run_report.md"' in html
+
+
+def test_q_kernel_is_saved_by_its_factor_and_read_back_as_q_hat(demo):
+    run = _runs(demo)[0]
+    cfg = config_from_json(run / "config.json")
+    path = run / "probes" / "q_kernel_0005.npz"
+    with np.load(path) as stored:
+        assert list(stored.files) == ["gram_factor"]
+        Delta = stored["gram_factor"]
+    B_c = min(cfg.probes.q_kernel.cache_batch_size, cfg.trajectories)
+    T_c = min(cfg.probes.q_kernel.max_horizon, cfg.horizon)
+    assert Delta.shape == (B_c, T_c) and Delta.dtype == np.float64
+    Q = load_array(path)
+    assert Q.shape == (T_c, T_c)
+    # the diagonal mean of Q_hat is the TD loss of the cached entries (the probe's own row)
+    row = json.loads((run / "probes" / "q_kernel_probe.jsonl").read_text().splitlines()[-1])
+    assert np.mean(np.diagonal(Q)) == pytest.approx(row["td_loss_from_Q"], rel=1e-12)
+    assert path.stat().st_size < 8 * T_c * T_c / 4  # the Q_hat .npy it replaces: 8 T_c^2
+
+
+def test_report_on_demand_writes_the_self_contained_page(demo, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(_runs(demo)[0], run)
+    res = CliRunner().invoke(_app(), ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert assert_offline((run / "run_report.html").read_text()) >= 1  # plotly.js inline
+
+
+def test_disk_budget_counts_what_sweep_runs_write(demo):
+    """The sweep-run estimate (no HTML, the final checkpoint) bounds each measured run
+    directory within 2x; the old model (an 8 MiB page) counted 40x too much."""
+    for run in _runs(demo):
+        cfg = config_from_json(run / "config.json")
+        predicted = budget.estimate(cfg, html=False, checkpoints=1).disk_bytes
+        used = _size(run)
+        assert used <= predicted <= 2 * used, (run.name, used, predicted)
+        assert budget.estimate(cfg).disk_bytes > 40 * used
+    cfgs = [config_from_json(r / "config.json") for r in _runs(demo)]
+    whole = budget.estimate_sweep(cfgs, jobs=2)
+    used = _size(demo)
+    assert used <= whole.disk_bytes <= 2 * used + budget.SUMMARY_BYTES
+
+
+def test_sweep_refused_for_disk_unless_force(tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "free_disk", lambda path: 1024**2)
+    out = tmp_path / "sweeps"
+    args = ["sweep", str(DEMO), "--jobs", "1", "--output-dir", str(out)]
+    res = CliRunner().invoke(_app(), [*args, "--catalog", str(tmp_path / "c.sqlite")])
+    assert res.exit_code == 2
+    assert "this sweep writes about" in res.output and "--force" in res.output
+    assert not out.exists() and not (tmp_path / "c.sqlite").exists()  # nothing written
+    res = CliRunner().invoke(_app(), [*args, "--dry-run"])
+    assert res.exit_code == 2 and "would be refused" in res.output
+    res = CliRunner().invoke(_app(), [*args, "--dry-run", "--force"])
+    assert res.exit_code == 0 and "--force: would start anyway" in res.output
+    assert not out.exists()
+
+
+def test_dry_run_states_disk_memory_and_time():
+    res = CliRunner().invoke(
+        _app(),
+        ["sweep", str(shipped_configs() / "sweeps" / "stepC.yaml"), "--dry-run", "--jobs", "2"],
+    )
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("expects:"))
+    assert "1000 run(s)" in line and "on disk" in line and "peak memory" in line
+    assert "of compute" in line and "on 2 job(s)" in line
+    # the time model against the measured Step-C run (57 s on one core, BENCHMARKS.md)
+    from tdlens.config import load_config
+
+    one = budget.expected_seconds(load_config(shipped_configs() / "plateau.yaml"))
+    assert 57 / 2 <= one + budget.STARTUP_S <= 57 * 2
+
+
+def test_step_c_sized_sweep_run_against_the_disk_budget(tmp_path):
+    """The Step-C base (plateau, D = 2048), cut to 20 iterations (2 probe rounds): a
+    sweep run writes no HTML, keeps one checkpoint, and the budget bounds its directory
+    within 2x (the full 200-iteration run measured 1.47 MB against 1.80 MB estimated)."""
+    from tdlens.sweeps.inline import inline_spec
+
+    spec = inline_spec("plateau", ["alpha_w=0.08"], overrides=["outer_iters=20"])
+    result = execute_sweep(prepare_sweep(spec, tmp_path), jobs=1, catalog=None)
+    assert result.counts == {"complete": 1}
+    (run,) = _runs(result.sweep_dir)
+    assert not (run / "run_report.html").exists()
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["ckpt_000020.npz"]
+    cfg = config_from_json(run / "config.json")
+    assert cfg.env.feature_dim == 2048
+    used = _size(run)
+    predicted = budget.estimate(cfg, html=False, checkpoints=1).disk_bytes
+    assert used <= predicted <= 2 * used, (used, predicted)
+    kernels = list((run / "probes").glob("q_kernel_[0-9]*.npz"))
+    assert len(kernels) == 2 and all(p.stat().st_size < 14_000 for p in kernels)  # not 320 KB
+
+
+def test_sweep_refused_for_memory_of_its_jobs_at_once(tmp_path, monkeypatch):
+    """Two workers hold two runs in memory: refused when twice a run's peak does not fit."""
+    cfgs = [r.config for r in prepare_sweep(DEMO, tmp_path).runs]
+    one = max(budget.estimate(c).peak_bytes for c in cfgs)
+    assert budget.estimate_sweep(cfgs, jobs=2).peak_bytes == 2 * one
+    monkeypatch.setattr(budget, "available_memory", lambda: int(1.5 * one))
+    out = tmp_path / "sweeps"
+    args = ["sweep", str(DEMO), "--output-dir", str(out), "--catalog", str(tmp_path / "c")]
+    res = CliRunner().invoke(_app(), [*args, "--jobs", "2"])
+    assert res.exit_code == 2 and "2 runs at once" in res.output and "--jobs" in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(_app(), [*args, "--jobs", "1", "--dry-run"])
+    assert res.exit_code == 0 and "would be refused" not in res.output
