@@ -31,6 +31,7 @@ import numpy as np
 from tdlens.config import RunConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
+from tdlens.probes import counterfactual as cf
 from tdlens.probes import expected as ex
 from tdlens.probes import fixed_point as fp
 from tdlens.probes import spectrum as sp
@@ -165,7 +166,10 @@ def fixed_point_probe(
     (one BLAS thread each). The expected dynamics
     (:mod:`tdlens.probes.expected`) run over ``outer_iters`` iterations from this probe:
     value_gap_floor and effective_timescale, and ``expected_dynamics_<n>.npz`` with the
-    band for the iterations the run has left (``iters`` n..outer_iters-1).
+    band for the iterations the run has left (``iters`` n..outer_iters-1), and
+    at the run's first round (no previous w#) ``counterfactuals_<n>.npz``: the final
+    value_gap under each intervention and the advice grid
+    (:mod:`tdlens.probes.counterfactual`).
     """
     phi_t = view.phi_t
     conf = cfg.probes.fixed_point
@@ -215,6 +219,15 @@ def fixed_point_probe(
     U = ex.update_noise_factor(
         phi_t, dphi_t, view.rho_t, view.r_t, solve.w_sharp, view.cluster_size
     )
+    half_batches = tuple(
+        ex.HalfBatch(A_k, w - w_k, phi_t[rows])
+        for A_k, w_k, rows in zip(
+            moments.A_halves,
+            halves,
+            (slice(0, moments.n // 2), slice(moments.n // 2, None)),
+            strict=True,
+        )
+    )
     pred = ex.predict(
         moments.A,
         w - solve.w_sharp,
@@ -224,15 +237,7 @@ def fixed_point_probe(
         cfg.trajectories,
         cfg.outer_iters,
         row["value_noise_floor"] / 2.0,
-        tuple(
-            ex.HalfBatch(A_k, w - w_k, phi_t[rows])
-            for A_k, w_k, rows in zip(
-                moments.A_halves,
-                halves,
-                (slice(0, moments.n // 2), slice(moments.n // 2, None)),
-                strict=True,
-            )
-        ),
+        half_batches,
         threads,
     )
     row["value_gap_floor"] = float(pred.noise[-1])
@@ -246,6 +251,12 @@ def fixed_point_probe(
         "value_gap_hi": pred.hi[:left],
         "value_gap_est": np.array([pred.est]),
     }
+    if w_sharp_prev is None:  # the run's first round: ~15 predictions, once (cf module)
+        ing = cf.Ingredients(
+            moments.A, w - solve.w_sharp, U, phi_t, pred.est, half_batches, threads
+        )
+        cfs = cf.counterfactuals(ing, cfg, n, sp.critical_step(spectrum.eigvals), base=pred)
+        timings.arrays[f"{cf.PREFIX}_{n:04d}.npz"] = cf.to_arrays(cfs)
     timings.add_time("fixed_point.prediction", time.perf_counter() - start)
     return row, solve.w_sharp
 
