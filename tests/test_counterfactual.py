@@ -22,6 +22,7 @@ from tdlens.api import load_run_config
 from tdlens.config import load_config
 from tdlens.probes import counterfactual as cf
 from tdlens.probes import expected as ex
+from tdlens.report import advice as ra
 from tdlens.report.build import build_report, counterfactual_section
 from tdlens.report.render_json import render_json
 from tdlens.rundir.read import load_array, load_run
@@ -195,15 +196,15 @@ def test_advice_takes_a_larger_batch_only_when_it_helps_and_says_when_nothing_do
     control = _row("control", "intervention", {}, 1.0)
     own = _row("g", "grid", {"alpha_w": 100.0}, 0.5)
     bigger = _row("g4", "grid", {"alpha_w": 90.0, "trajectories": 32}, 0.45, B=32)
-    (advice,) = cf.advice([control, own, bigger], cfg, 1000.0)
+    (advice,) = ra.advice([control, own, bigger], cfg, 1000.0)
     assert advice["set"] == {"alpha_w": 100.0} and advice["helps"]
-    best, at_own = cf.advice(
+    best, at_own = ra.advice(
         [control, own, {**bigger, "predicted": {**bigger["predicted"], "value_gap_end": 0.3}}],
         cfg,
         1000.0,
     )
     assert best["set"]["trajectories"] == 32 and at_own["set"] == {"alpha_w": 100.0}
-    (flat,) = cf.advice([control, _row("g", "grid", {"alpha_w": 70.0}, 0.9)], cfg, 1000.0)
+    (flat,) = ra.advice([control, _row("g", "grid", {"alpha_w": 70.0}, 0.9)], cfg, 1000.0)
     assert not flat["helps"] and "No setting within the run's" in flat["why"]
     assert "slow modes dominate" in flat["why"]
 
@@ -213,7 +214,7 @@ def test_stored_control_is_the_first_probes_band_and_the_report_carries_it(sourc
     iteration bit for bit; run_report.json gains regime.counterfactuals and verdict.advice."""
     run_dir = sources["plateau"]
     band = load_array(run_dir / "probes" / "expected_dynamics_0000.npz")
-    rows = cf.entries(load_array(run_dir / "probes" / "counterfactuals_0000.npz"))
+    rows = ra.entries(load_array(run_dir / "probes" / "counterfactuals_0000.npz"))
     assert len(list((run_dir / "probes").glob("counterfactuals_*.npz"))) == 1
     pred = ex.Prediction(
         band["value_gap_pred"], band["value_gap_noise"], float(band["value_gap_est"][0])

@@ -1,5 +1,5 @@
 """Counterfactual predictions: the final value_gap under each label's intervention, and
-advice that predicts its outcome (docs/model.md §6.1, issue 23 items 2 and 4).
+the grid that advice is chosen from (docs/model.md §6.1, issue 23 items 2 and 4).
 
 The expected dynamics of a probe (:mod:`tdlens.probes.expected`) depend on the config
 only through the trainer's step ``eta`` and its batch ``B`` (trajectories per iteration):
@@ -37,11 +37,10 @@ n`` iterations after the probe at iteration n), with the prediction's ``mid``, s
     value_gap_end_lo, value_gap_end_hi = lo_{j_end}, hi_{j_end}
     value_gap_end_path = mid_{j_end}    (the mean path)
 
-and the regime its path implies (:func:`path_regime`). Advice (:func:`advice`): the
-setting of a grid over eta (GRID_POINTS log-spaced from eta / 10 to CAP critical_step) and
-B x BATCH_FACTORS with the smallest value_gap_end, a larger batch only when it lowers that
-by more than BATCH_GAIN; ``helps`` is false when the best is above HELPS_LITTLE x the
-control's (no setting within the run length helps much).
+and the regime its path implies (:func:`path_regime`). The advice grid: eta at
+GRID_POINTS log-spaced values from eta / 10 to CAP critical_step, times B x BATCH_FACTORS;
+the report chooses the advice from it (:mod:`tdlens.report.advice`, which reads the
+stored arrays: the report imports no probe).
 """
 
 from __future__ import annotations
@@ -64,11 +63,6 @@ GRID_POINTS = 12
 GRID_LOW = 0.1
 BATCH_FACTORS = (1, 2, 4)
 """Trajectory multipliers of the advice grid."""
-BATCH_GAIN = 0.2
-"""A larger batch (2-4x the samples) is advised only when it lowers value_gap_end by more
-than this fraction against the best setting at the run's batch."""
-HELPS_LITTLE = 0.8
-"""helps = false when the best value_gap_end is above this fraction of the control's."""
 DIVERGED_GROWTH = 10.0
 """path_regime diverged: the band's centre grows by this factor (issue 23's 10x)."""
 PREFIX = "counterfactuals"
@@ -290,100 +284,3 @@ def to_arrays(cf: Counterfactuals) -> dict[str, np.ndarray]:
     for k in keys:
         out[k] = np.array([o.end[k] if o.end else math.nan for o in rows], dtype=np.float64)
     return out
-
-
-PREDICTED_KEYS = ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi", "value_gap_end_path")
-
-
-def entries(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """The settings of a ``counterfactuals_<iter>.npz`` as ``{"name", "kind", "set",
-    "eta", "trajectories", "predicted": {value_gap_end, _lo, _hi, _path, regime} or None,
-    "note"}`` in file order (inverse of :func:`to_arrays`)."""
-    out = []
-    for i, name in enumerate(arrays["name"].tolist()):
-        end = {k: float(arrays[k][i]) for k in PREDICTED_KEYS}
-        predicted = None
-        if math.isfinite(end["value_gap_end"]):
-            predicted = {**end, "regime": str(arrays["regime"][i])}
-        out.append(
-            {
-                "name": str(name),
-                "kind": str(arrays["kind"][i]),
-                "set": json.loads(str(arrays["set_json"][i])),
-                "eta": float(arrays["eta"][i]),
-                "trajectories": int(arrays["trajectories"][i]),
-                "predicted": predicted,
-                "note": str(arrays["note"][i]),
-            }
-        )
-    return out
-
-
-def _num(x: float) -> str:
-    return f"{x:.4g}"
-
-
-def advice(
-    rows: list[dict[str, Any]], cfg: RunConfig, critical_step: float
-) -> list[dict[str, Any]]:
-    """``verdict.advice`` from :func:`entries`: the grid setting with the smallest
-    predicted value_gap_end at the run's batch, replaced by a larger batch's best only
-    when that is lower by more than BATCH_GAIN; then, when the batch changed, the best at
-    the run's batch. Each ``{"set", "predicted", "why", "helps"}``, helps = false when
-    the predicted value_gap_end is above HELPS_LITTLE x the control's (no setting within
-    the run length helps much). [] without a control or grid."""
-    control = next((r for r in rows if r["name"] == "control" and r["predicted"]), None)
-    grid = [r for r in rows if r["kind"] == "grid" and r["predicted"]]
-    if control is None or not grid:
-        return []
-    best: dict[int, dict[str, Any]] = {}
-    for r in grid:
-        b = r["trajectories"]
-        if b not in best or r["predicted"]["value_gap_end"] < best[b]["predicted"]["value_gap_end"]:
-            best[b] = r
-    own = best.get(cfg.trajectories)
-    chosen = own
-    for b in sorted(k for k in best if k > cfg.trajectories):
-        lower = best[b]["predicted"]["value_gap_end"]
-        if chosen is None or lower < (1.0 - BATCH_GAIN) * chosen["predicted"]["value_gap_end"]:
-            chosen = best[b]
-    picks = [chosen] if chosen is own or own is None else [chosen, own]
-    return [_advice_entry(r, control, cfg, critical_step) for r in picks if r is not None]
-
-
-def _advice_entry(
-    r: dict[str, Any], control: dict[str, Any], cfg: RunConfig, critical_step: float
-) -> dict[str, Any]:
-    """One advice entry with its sentence (:func:`advice`)."""
-    p, c = r["predicted"], control["predicted"]
-    helps = p["value_gap_end"] <= HELPS_LITTLE * c["value_gap_end"]
-    alpha = r["set"]["alpha_w"]
-    what = f"alpha_w = {_num(alpha)} (x{_num(alpha / cfg.alpha_w) if cfg.alpha_w else 'inf'}"
-    if math.isfinite(critical_step) and critical_step > 0:
-        what += f", eta = {_num(r['eta'] / critical_step)} x critical_step"
-    what += ")"
-    if "trajectories" in r["set"]:
-        what += f", trajectories = {r['set']['trajectories']}"
-    last = cfg.outer_iters - 1
-    why = (
-        f"{what}: predicted value_gap at iteration {last} {_num(p['value_gap_end'])} "
-        f"[{_num(p['value_gap_end_lo'])}, {_num(p['value_gap_end_hi'])}] ({p['regime']}), "
-        f"against {_num(c['value_gap_end'])} [{_num(c['value_gap_end_lo'])}, "
-        f"{_num(c['value_gap_end_hi'])}] unchanged ({c['regime']})"
-    )
-    if not helps:
-        cause = {
-            "plateau:noise-floor": "the minibatch noise holds value_gap at its floor",
-            "learning": "the run already reaches its noise floor",
-        }.get(p["regime"], "slow modes dominate: the error sits in modes slower than the run")
-        why += (
-            f". No setting within the run's {cfg.outer_iters} iterations helps much (best "
-            f"above {HELPS_LITTLE:g} x unchanged): {cause}"
-        )
-    predicted = {k: p[k] for k in ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi")}
-    return {
-        "set": r["set"],
-        "predicted": {**predicted, "regime": p["regime"]},
-        "why": why,
-        "helps": helps,
-    }

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from tdlens import config as config_module
-from tdlens.probes import counterfactual as cf
 from tdlens.probes import registry
+from tdlens.report import advice as ra
 from tdlens.report.card import Verdict, verdict_of
 from tdlens.report.checks import (
     check_complete,
@@ -433,18 +433,18 @@ def status_block(data: RunData) -> dict[str, Any]:
 
 def counterfactual_section(data: RunData) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(regime.counterfactuals, verdict.advice)`` from the FIRST readable
-    ``probes/counterfactuals_<iter>.npz`` (:mod:`tdlens.probes.counterfactual`; the probe
-    writes one, at the run's first fixed-point round): advice is a setting for a new run,
+    ``probes/counterfactuals_<iter>.npz`` (:mod:`tdlens.report.advice`; the probe writes
+    one, at the run's first fixed-point round): advice is a setting for a new run,
     and the first probe's prediction spans the most of the run under it (a later round
     predicts only the iterations left from its snapshot, none at the last). Each
     counterfactual ``{"name", "set", "predicted", "note"}``, ``predicted`` null when not
     predictable (the note says why). ``([], [])`` without such a file or config."""
     if data.cfg is None:
         return [], []
-    for path in array_files(data.run_dir, cf.PREFIX).values():
+    for path in array_files(data.run_dir, ra.PREFIX).values():
         arrays = load_array(path)
         try:
-            rows = cf.entries(arrays) if isinstance(arrays, dict) else None
+            rows = ra.entries(arrays) if isinstance(arrays, dict) else None
         except (KeyError, IndexError, ValueError):
             rows = None
         if rows is None:
@@ -452,7 +452,7 @@ def counterfactual_section(data: RunData) -> tuple[list[dict[str, Any]], list[di
         keep = ("name", "set", "predicted", "note")
         interventions = [{k: r[k] for k in keep} for r in rows if r["kind"] == "intervention"]
         critical = float(arrays["critical_step"][0])
-        return interventions, cf.advice(rows, data.cfg, critical)
+        return interventions, ra.advice(rows, data.cfg, critical)
     return [], []
 
 
