@@ -65,6 +65,8 @@ BATCH_FACTORS = (1, 2, 4)
 """Trajectory multipliers of the advice grid."""
 DIVERGED_GROWTH = 10.0
 """path_regime diverged: the band's centre grows by this factor (issue 23's 10x)."""
+FROZEN_FALL = 0.1
+"""path_regime frozen: the mean path falls by less than this fraction over the run."""
 PREFIX = "counterfactuals"
 """``probes/counterfactuals_<iter>.npz``."""
 
@@ -125,24 +127,28 @@ class Predictor:
 
 
 def path_regime(p: ex.Prediction, j_end: int) -> str:
-    """The label a predicted path implies, from its band's centre ``c_j = sqrt(mid_j^2 +
-    s_j^2)`` over j = 0..j_end (in this order):
+    """The label a predicted path implies over j = 0..j_end (in this order), from the
+    mean path ``mid_j``, the trainer's noise ``noise_j`` and the band's centre ``c_j =
+    sqrt(mid_j^2 + s_j^2)``:
 
     - ``diverged``: c_end not finite or ``c_end > DIVERGED_GROWTH c_0``;
-    - the mean path inside its noise at the end, ``mid_end <= 2 s_end``: ``plateau:
-      noise-floor`` when it got there (first j with ``mid_j <= 2 s_j``) within the first
-      half of the j_end iterations, else ``learning``;
-    - ``frozen``: the fall ``c_0 - c_end`` within the band's half width ``2 s_end``;
-    - ``plateau:slow-modes`` otherwise (falls, but the mean path ends above its noise).
+    - the mean path inside the trainer's noise band at the end, ``mid_end <= 2
+      noise_end`` (the floor training holds value_gap at; ``est``, the probe's own error,
+      is the same for every setting and left out): ``plateau:noise-floor`` when it got
+      there (first such j) within the first half of the j_end iterations, else
+      ``learning``;
+    - ``frozen``: the mean path falls by less than FROZEN_FALL of itself, ``mid_end >=
+      (1 - FROZEN_FALL) mid_0``;
+    - ``plateau:slow-modes`` otherwise (falls, but ends above its noise band).
     """
-    mid, s = p.mid[: j_end + 1], p.spread[: j_end + 1]
-    centre = np.hypot(mid, s)
+    mid, noise = p.mid[: j_end + 1], p.noise[: j_end + 1]
+    centre = np.hypot(mid, p.spread[: j_end + 1])
     if not np.isfinite(centre[-1]) or centre[-1] > DIVERGED_GROWTH * centre[0]:
         return "diverged"
-    inside = np.flatnonzero(mid <= 2.0 * s)
-    if mid[-1] <= 2.0 * s[-1]:
-        return "plateau:noise-floor" if inside[0] <= j_end / 2 else "learning"
-    if centre[0] - centre[-1] <= 2.0 * s[-1]:
+    if mid[-1] <= 2.0 * noise[-1]:
+        first = int(np.flatnonzero(mid <= 2.0 * noise)[0])
+        return "plateau:noise-floor" if first <= j_end / 2 else "learning"
+    if mid[-1] >= (1.0 - FROZEN_FALL) * mid[0]:
         return "frozen"
     return "plateau:slow-modes"
 
