@@ -156,6 +156,16 @@ def test_alpha_w_x4_is_capped_below_the_critical_step():
         got["alpha_w_x4"].eta == pytest.approx(cf.CAP * 2.0) and "capped" in got["alpha_w_x4"].note
     )
     assert got["alpha_w_x4"].set == {"alpha_w": pytest.approx(1.8)}
+    # beyond the critical step (eta = 3 > 2): the control diverges, the remedies do not
+    cfs = cf.counterfactuals(
+        _toy(), cfg.model_copy(update={"alpha_w": 3.0, "outer_iters": 60}), 0, 2.0
+    )
+    got = {o.name: o for o in cfs.interventions}
+    assert got["control"].regime == "diverged" and got["alpha_w_half_critical"].regime != "diverged"
+    assert all(o.eta <= cf.CAP * 2.0 * (1 + 1e-12) for o in cfs.grid)
+    assert all(o.regime != "diverged" for o in cfs.grid)
+    rows = ra.entries(cf.to_arrays(cfs))
+    assert rows[0]["predicted"]["regime"] == "diverged" and rows[-1]["kind"] == "grid"
 
 
 def _path(mid, noise, est=0.0) -> ex.Prediction:

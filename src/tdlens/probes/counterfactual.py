@@ -259,9 +259,9 @@ def counterfactuals(
         )
     )
     top = stable if math.isfinite(stable) else 10.0 * eta
-    low = min(GRID_LOW * eta, top / 10.0)
+    low = min(GRID_LOW * eta, top / 10.0) if eta > 0 else top / 100.0
     grid = []
-    for k, e in enumerate(np.geomspace(low, top, GRID_POINTS)):
+    for k, e in enumerate(np.geomspace(low, top, GRID_POINTS) if top > 0 else ()):
         for f in BATCH_FACTORS:
             sets = {"alpha_w": alpha_w_for(cfg, float(e), f * B)}
             if f > 1:

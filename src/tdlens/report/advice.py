@@ -33,14 +33,14 @@ PREDICTED_KEYS = ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi", "valu
 
 def entries(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """The settings of a ``counterfactuals_<iter>.npz`` as ``{"name", "kind", "set",
-    "eta", "trajectories", "predicted": {value_gap_end, _lo, _hi, _path, regime} or None,
-    "note"}`` in file order (inverse of :func:`tdlens.probes.counterfactual.to_arrays`)."""
+    "eta", "trajectories", "predicted", "note"}`` in file order (inverse of
+    :func:`tdlens.probes.counterfactual.to_arrays`); ``predicted`` = ``{value_gap_end,
+    _lo, _hi, _path, regime}``, None when not predicted (a diverging path keeps its inf)."""
     out = []
     for i, name in enumerate(arrays["name"].tolist()):
         end = {k: float(arrays[k][i]) for k in PREDICTED_KEYS}
-        predicted = None
-        if math.isfinite(end["value_gap_end"]):
-            predicted = {**end, "regime": str(arrays["regime"][i])}
+        regime = str(arrays["regime"][i])  # "" when not predicted (NaN values)
+        predicted = {**end, "regime": regime} if regime else None
         out.append(
             {
                 "name": str(name),
@@ -69,7 +69,11 @@ def advice(
     the predicted value_gap_end is above HELPS_LITTLE x the control's (no setting within
     the run length helps much). [] without a control or grid."""
     control = next((r for r in rows if r["name"] == "control" and r["predicted"]), None)
-    grid = [r for r in rows if r["kind"] == "grid" and r["predicted"]]
+    grid = [
+        r
+        for r in rows
+        if r["kind"] == "grid" and r["predicted"] and math.isfinite(r["predicted"]["value_gap_end"])
+    ]
     if control is None or not grid:
         return []
     best: dict[int, dict[str, Any]] = {}
