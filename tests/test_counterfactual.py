@@ -263,7 +263,11 @@ def test_a_malformed_counterfactuals_file_is_skipped(sources, tmp_path):
     for name in ("config.json", "status.json", "learning_curves.csv"):
         (run_dir / name).write_bytes((sources["plateau"] / name).read_bytes())
     (run_dir / "probes" / "counterfactuals_0000.npz").write_bytes(b"not an npz")
-    assert counterfactual_section(load_run(run_dir)) == ([], [])
+    interventions, advice, problems = counterfactual_section(load_run(run_dir))
+    assert interventions == advice == []
+    (problem,) = problems
+    assert "counterfactuals_0000.npz' is unreadable" in problem
+    assert problem in build_report(run_dir).problems
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -273,7 +277,7 @@ def test_followed_advice_lands_in_its_interval(sources, case, tmp_path):
     the advice helps, the unchanged run's end lies above that interval (the prediction
     tells the two apart); where it does not, the advice says so."""
     data = load_run(sources[case])
-    _, advice = counterfactual_section(data)
+    _, advice, _ = counterfactual_section(data)
     first = advice[0]
     p = first["predicted"]
     measured = _final_value_gap(
@@ -294,7 +298,7 @@ def test_followed_advice_lands_in_its_interval(sources, case, tmp_path):
 def test_label_interventions_land_in_their_intervals(sources, case, name, tmp_path):
     """alpha_w x4 (slow modes) and alpha_w / 4 with 4x the trajectories (noise floor), run
     from the start: the final value_gap lies in the predicted interval."""
-    cfs, _ = counterfactual_section(load_run(sources[case]))
+    cfs, _, _ = counterfactual_section(load_run(sources[case]))
     entry = next(c for c in cfs if c["name"] == name)
     p = entry["predicted"]
     measured = _final_value_gap(_run(tmp_path, name, case, "probes.every=0", *_sets(entry["set"])))

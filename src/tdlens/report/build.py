@@ -431,16 +431,20 @@ def status_block(data: RunData) -> dict[str, Any]:
     return out
 
 
-def counterfactual_section(data: RunData) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``(regime.counterfactuals, verdict.advice)`` from the FIRST readable
+def counterfactual_section(
+    data: RunData,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """``(regime.counterfactuals, verdict.advice, problems)`` from the FIRST readable
     ``probes/counterfactuals_<iter>.npz`` (:mod:`tdlens.report.advice`; the probe writes
     one, at the run's first fixed-point round): advice is a setting for a new run,
     and the first probe's prediction spans the most of the run under it (a later round
     predicts only the iterations left from its snapshot, none at the last). Each
     counterfactual ``{"name", "set", "predicted", "note"}``, ``predicted`` null when not
-    predictable (the note says why). ``([], [])`` without such a file or config."""
+    predictable (the note says why). An unreadable file is skipped and named in
+    problems; ``([], [], problems)`` without a readable one or a config."""
+    problems: list[str] = []
     if data.cfg is None:
-        return [], []
+        return [], [], problems
     for path in array_files(data.run_dir, ra.PREFIX).values():
         arrays = load_array(path)
         try:
@@ -448,12 +452,13 @@ def counterfactual_section(data: RunData) -> tuple[list[dict[str, Any]], list[di
         except (KeyError, IndexError, ValueError):
             rows = None
         if rows is None:
+            problems.append(f"'{path}' is unreadable: skipped (no counterfactuals from it)")
             continue
         keep = ("name", "set", "predicted", "note")
         interventions = [{k: r[k] for k in keep} for r in rows if r["kind"] == "intervention"]
         critical = float(arrays["critical_step"][0])
-        return interventions, ra.advice(rows, data.cfg, critical)
-    return [], []
+        return interventions, ra.advice(rows, data.cfg, critical), problems
+    return [], [], problems
 
 
 def probe_names(data: RunData) -> list[str]:
@@ -471,7 +476,7 @@ def build_report(run_dir: str | Path) -> Report:
     regime = label_regime(series_of(data))
     steps = next_steps(data, checks)
     dynamics = critic_dynamics(data)
-    counterfactuals, advice = counterfactual_section(data)
+    counterfactuals, advice, cf_problems = counterfactual_section(data)
     return Report(
         run_info=run_info(data),
         regime=regime,
@@ -488,7 +493,7 @@ def build_report(run_dir: str | Path) -> Report:
         dynamics=dynamics,
         timings=timings(data),
         theory=theory_overlay(data),
-        problems=list(data.problems),
+        problems=[*data.problems, *cf_problems],
         verdict=verdict_of(regime, status, reasons, steps, dynamics, data),
         data=data,
         counterfactuals=counterfactuals,
