@@ -179,9 +179,12 @@ def test_path_regime_rules_on_hand_paths():
     # within 2 noise from j = 3 (first half) or only from j = 8 (second half)
     assert cf.path_regime(_path(np.exp(-j), zero + 0.05), 10) == "plateau:noise-floor"
     assert cf.path_regime(_path(np.exp(-0.5 * j), zero + 0.01), 10) == "learning"
-    # a 9% fall is frozen, a 30% one a slow-modes plateau; est never counts as a floor
-    assert cf.path_regime(_path(1.0 - 0.009 * j, zero + 0.01, est=0.5), 10) == "frozen"
-    assert cf.path_regime(_path(1.0 - 0.03 * j, zero + 0.01, est=0.5), 10) == "plateau:slow-modes"
+    # w#'s own error est counts: exp(-0.3 j) is within 2 est = 0.4 from j = 4
+    assert cf.path_regime(_path(np.exp(-0.3 * j), zero, est=0.2), 10) == "plateau:noise-floor"
+    assert cf.path_regime(_path(np.exp(-0.3 * j), zero, est=0.0), 10) == "plateau:slow-modes"
+    # a 9% fall is frozen, a 30% one a slow-modes plateau
+    assert cf.path_regime(_path(1.0 - 0.009 * j, zero + 0.01), 10) == "frozen"
+    assert cf.path_regime(_path(1.0 - 0.03 * j, zero + 0.01), 10) == "plateau:slow-modes"
 
 
 def _row(name, kind, sets, value, B=8):

@@ -135,25 +135,24 @@ class Predictor:
 
 def path_regime(p: ex.Prediction, j_end: int) -> str:
     """The label a predicted path implies over j = 0..j_end (in this order), from the
-    mean path ``mid_j``, the trainer's noise ``noise_j`` and the band's centre ``c_j =
+    mean path ``mid_j``, the spread ``s_j = sqrt(noise_j^2 + est^2)`` (what a probe can
+    resolve: the training noise and w#'s own error) and the band's centre ``c_j =
     sqrt(mid_j^2 + s_j^2)``:
 
     - ``diverged``: c_end not finite or ``c_end > DIVERGED_GROWTH c_0``;
-    - the mean path inside the trainer's noise band at the end, ``mid_end <= 2
-      noise_end`` (the floor training holds value_gap at; ``est``, the probe's own error,
-      is the same for every setting and left out): ``plateau:noise-floor`` when it got
-      there (first such j) within the first half of the j_end iterations, else
-      ``learning``;
+    - the mean path inside its band at the end, ``mid_end <= 2 s_end`` (the floor a
+      probe measures): ``plateau:noise-floor`` when it got there (first such j) within the
+      first half of the j_end iterations, else ``learning``;
     - ``frozen``: the mean path falls by less than FROZEN_FALL of itself, ``mid_end >=
       (1 - FROZEN_FALL) mid_0``;
-    - ``plateau:slow-modes`` otherwise (falls, but ends above its noise band).
+    - ``plateau:slow-modes`` otherwise (falls, but ends above its band).
     """
-    mid, noise = p.mid[: j_end + 1], p.noise[: j_end + 1]
-    centre = np.hypot(mid, p.spread[: j_end + 1])
+    mid, s = p.mid[: j_end + 1], p.spread[: j_end + 1]
+    centre = np.hypot(mid, s)
     if not np.isfinite(centre[-1]) or centre[-1] > DIVERGED_GROWTH * centre[0]:
         return "diverged"
-    if mid[-1] <= 2.0 * noise[-1]:
-        first = int(np.flatnonzero(mid <= 2.0 * noise)[0])
+    if mid[-1] <= 2.0 * s[-1]:
+        first = int(np.flatnonzero(mid <= 2.0 * s)[0])
         return "plateau:noise-floor" if first <= j_end / 2 else "learning"
     if mid[-1] >= (1.0 - FROZEN_FALL) * mid[0]:
         return "frozen"
