@@ -53,6 +53,7 @@ def test_round_rows_summary_and_arrays(tiny):
         "rho_hist_0004.npy",
         "stability_eigs_0004.npy",
         "expected_dynamics_0004.npz",
+        "counterfactuals_0004.npz",  # the run's first fixed-point round only
     }
     pred = out.arrays["expected_dynamics_0004.npz"]
     steps = cfg.outer_iters - 4

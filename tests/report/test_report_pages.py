@@ -190,7 +190,7 @@ def test_card_leads_every_report_format(tmp_path):
     verdict = json.loads(render_json(r))["verdict"]
     assert list(verdict)[:4] == ["regime", "health", "why", "next"]
     assert verdict["reasons"] == r.health_reasons and verdict["status"] == "complete"
-    assert Verdict(**{**r.verdict.__dict__}).as_dict() == verdict
+    assert {**Verdict(**{**r.verdict.__dict__}).as_dict(), "advice": r.advice} == verdict
 
 
 def test_probe_intervals_come_from_lo_hi_columns(tmp_path):

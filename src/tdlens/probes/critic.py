@@ -31,6 +31,7 @@ import numpy as np
 from tdlens.config import RunConfig, eta_t
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
+from tdlens.probes import counterfactual as cf
 from tdlens.probes import expected as ex
 from tdlens.probes import fixed_point as fp
 from tdlens.probes import spectrum as sp
@@ -165,7 +166,10 @@ def fixed_point_probe(
     (one BLAS thread each). The expected dynamics
     (:mod:`tdlens.probes.expected`) run over ``outer_iters`` iterations from this probe:
     value_gap_floor and effective_timescale, and ``expected_dynamics_<n>.npz`` with the
-    band for the iterations the run has left (``iters`` n..outer_iters-1).
+    band for the iterations the run has left (``iters`` n..outer_iters-1), and
+    at the run's first round (no previous w#) ``counterfactuals_<n>.npz``: the final
+    value_gap under each intervention and the advice grid
+    (:mod:`tdlens.probes.counterfactual`).
     """
     phi_t = view.phi_t
     conf = cfg.probes.fixed_point
@@ -266,6 +270,12 @@ def fixed_point_probe(
         "value_gap_hi": pred.hi[:left],
         "value_gap_est": np.array([pred.est]),
     }
+    if w_sharp_prev is None:  # the run's first round: ~15 predictions, once (cf module)
+        ing = cf.Ingredients(
+            moments.A, w - solve.w_sharp, U, phi_t, pred.est, half_batches, threads
+        )
+        cfs = cf.counterfactuals(ing, cfg, n, sp.critical_step(spectrum.eigvals), base=pred)
+        timings.arrays[f"{cf.PREFIX}_{n:04d}.npz"] = cf.to_arrays(cfs)
     timings.add_time("fixed_point.prediction", time.perf_counter() - start)
     return row, solve.w_sharp
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from tdlens import config as config_module
 from tdlens.probes import registry
+from tdlens.report import advice as ra
 from tdlens.report.card import Verdict, steps_line, verdict_of
 from tdlens.report.checks import (
     check_complete,
@@ -41,7 +42,7 @@ from tdlens.report.sanity_checks import (
 from tdlens.report.stats import Stats, summarize
 from tdlens.report.theory import theory_overlay
 from tdlens.report.verdicts import FAIL, PASS, Check, NextStep, overall_status
-from tdlens.rundir.read import RunData, Table, load_run
+from tdlens.rundir.read import RunData, Table, array_files, load_array, load_run
 from tdlens.schema import SPEC_RHO_COLUMNS
 from tdlens.scores import Regime, label_regime, series_of
 
@@ -254,6 +255,8 @@ class Report:
     problems: list[str]
     verdict: Verdict
     data: RunData = field(repr=False, compare=False)
+    counterfactuals: list[dict[str, Any]] = field(default_factory=list)
+    advice: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def settings(self) -> list[tuple[str, str, Any]]:
@@ -429,6 +432,36 @@ def status_block(data: RunData) -> dict[str, Any]:
     return out
 
 
+def counterfactual_section(
+    data: RunData,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """``(regime.counterfactuals, verdict.advice, problems)`` from the FIRST readable
+    ``probes/counterfactuals_<iter>.npz`` (:mod:`tdlens.report.advice`; the probe writes
+    one, at the run's first fixed-point round): advice is a setting for a new run,
+    and the first probe's prediction spans the most of the run under it (a later round
+    predicts only the iterations left from its snapshot, none at the last). Each
+    counterfactual ``{"name", "set", "predicted", "note"}``, ``predicted`` null when not
+    predictable (the note says why). An unreadable file is skipped and named in
+    problems; ``([], [], problems)`` without a readable one or a config."""
+    problems: list[str] = []
+    if data.cfg is None:
+        return [], [], problems
+    for path in array_files(data.run_dir, ra.PREFIX).values():
+        arrays = load_array(path)
+        try:
+            rows = ra.entries(arrays) if isinstance(arrays, dict) else None
+        except (KeyError, IndexError, ValueError):
+            rows = None
+        if rows is None:
+            problems.append(f"'{path}' is unreadable: skipped (no counterfactuals from it)")
+            continue
+        keep = ("name", "set", "predicted", "note")
+        interventions = [{k: r[k] for k in keep} for r in rows if r["kind"] == "intervention"]
+        critical = float(arrays["critical_step"][0])
+        return interventions, ra.advice(rows, data.cfg, critical), problems
+    return [], [], problems
+
+
 def probe_names(data: RunData) -> list[str]:
     """Every registered probe plus any other table found in probes/, sorted by name (the
     seed report's order)."""
@@ -444,6 +477,7 @@ def build_report(run_dir: str | Path) -> Report:
     regime = label_regime(series_of(data))
     steps = next_steps(data, checks)
     dynamics = critic_dynamics(data)
+    counterfactuals, advice, cf_problems = counterfactual_section(data)
     return Report(
         run_info=run_info(data),
         regime=regime,
@@ -460,7 +494,9 @@ def build_report(run_dir: str | Path) -> Report:
         dynamics=dynamics,
         timings=timings(data),
         theory=theory_overlay(data),
-        problems=list(data.problems),
+        problems=[*data.problems, *cf_problems],
         verdict=verdict_of(regime, status, reasons, steps, dynamics, data),
         data=data,
+        counterfactuals=counterfactuals,
+        advice=advice,
     )

@@ -24,12 +24,13 @@ def report_dict(r: Report) -> dict[str, Any]:
     """The report as plain JSON-able data (sections in the markdown's order)."""
     return {
         "schema": SCHEMA,
-        "verdict": r.verdict.as_dict(),
+        "verdict": {**r.verdict.as_dict(), "advice": r.advice},
         "run_info": r.run_info,
         "regime": {
             "label": r.regime.label,
             "reason": r.regime.reason,
             "evidence": r.regime.evidence,
+            "counterfactuals": r.counterfactuals,
         },
         "health": {
             "status": r.health_status,

@@ -154,7 +154,8 @@ def section_samples(title: str, rows: list[list[Any]]) -> list[str]:
 
 
 def section_next_steps(r: Report) -> list[str]:
-    return ["## Next Steps", *(f"- {step.message}" for step in r.next_steps)]
+    advice = [f"- Predicted by the first probe (verdict.advice): {a['why']}." for a in r.advice]
+    return ["## Next Steps", *(f"- {step.message}" for step in r.next_steps), *advice]
 
 
 DYNAMICS_NOTES = {

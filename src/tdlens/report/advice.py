@@ -1,0 +1,129 @@
+"""verdict.advice and regime.counterfactuals from ``probes/counterfactuals_<iter>.npz``
+(written by :mod:`tdlens.probes.counterfactual`, docs/model.md §6.1, issue 23 item 4).
+
+Each stored setting has a predicted final value_gap (``value_gap_end``, the band's centre
+``sqrt(mid^2 + s^2)`` at iteration outer_iters - 1) with its interval and the regime its
+predicted path implies. The advice (:func:`advice`) is the grid setting with the smallest
+value_gap_end at the run's batch, replaced by a larger batch's best only when that is lower
+by more than BATCH_GAIN (2-4x the samples per iteration must pay); ``helps`` is false when
+it is above HELPS_LITTLE x the control's: no setting within the run length helps much.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from tdlens.config import RunConfig
+
+PREFIX = "counterfactuals"
+"""``probes/counterfactuals_<iter>.npz`` (the probe module's PREFIX)."""
+BATCH_GAIN = 0.2
+"""A larger batch is advised only when it lowers value_gap_end by more than this fraction
+against the best setting at the run's batch."""
+HELPS_LITTLE = 0.8
+"""helps = false when the advised value_gap_end is above this fraction of the control's."""
+
+
+PREDICTED_KEYS = ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi", "value_gap_end_path")
+
+
+def entries(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The settings of a ``counterfactuals_<iter>.npz`` as ``{"name", "kind", "set",
+    "eta", "trajectories", "predicted", "note"}`` in file order (inverse of
+    :func:`tdlens.probes.counterfactual.to_arrays`); ``predicted`` = ``{value_gap_end,
+    _lo, _hi, _path, regime}``, None when not predicted (a diverging path keeps its inf)."""
+    out = []
+    for i, name in enumerate(arrays["name"].tolist()):
+        end = {k: float(arrays[k][i]) for k in PREDICTED_KEYS}
+        regime = str(arrays["regime"][i])  # "" when not predicted (NaN values)
+        predicted = {**end, "regime": regime} if regime else None
+        out.append(
+            {
+                "name": str(name),
+                "kind": str(arrays["kind"][i]),
+                "set": json.loads(str(arrays["set_json"][i])),
+                "eta": float(arrays["eta"][i]),
+                "trajectories": int(arrays["trajectories"][i]),
+                "predicted": predicted,
+                "note": str(arrays["note"][i]),
+            }
+        )
+    return out
+
+
+def _num(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def advice(
+    rows: list[dict[str, Any]], cfg: RunConfig, critical_step: float
+) -> list[dict[str, Any]]:
+    """``verdict.advice`` from :func:`entries`: the grid setting with the smallest
+    predicted value_gap_end at the run's batch, replaced by a larger batch's best only
+    when that is lower by more than BATCH_GAIN; then, when the batch changed, the best at
+    the run's batch. Each ``{"set", "predicted", "why", "helps"}``, helps = false when
+    the predicted value_gap_end is above HELPS_LITTLE x the control's (no setting within
+    the run length helps much). [] without a control or grid."""
+    control = next((r for r in rows if r["name"] == "control" and r["predicted"]), None)
+    grid = [
+        r
+        for r in rows
+        if r["kind"] == "grid" and r["predicted"] and math.isfinite(r["predicted"]["value_gap_end"])
+    ]
+    if control is None or not grid:
+        return []
+    best: dict[int, dict[str, Any]] = {}
+    for r in grid:
+        b = r["trajectories"]
+        if b not in best or r["predicted"]["value_gap_end"] < best[b]["predicted"]["value_gap_end"]:
+            best[b] = r
+    own = best.get(cfg.trajectories)
+    chosen = own
+    for b in sorted(k for k in best if k > cfg.trajectories):
+        lower = best[b]["predicted"]["value_gap_end"]
+        if chosen is None or lower < (1.0 - BATCH_GAIN) * chosen["predicted"]["value_gap_end"]:
+            chosen = best[b]
+    picks = [chosen] if chosen is own or own is None else [chosen, own]
+    return [_advice_entry(r, control, cfg, critical_step) for r in picks if r is not None]
+
+
+def _advice_entry(
+    r: dict[str, Any], control: dict[str, Any], cfg: RunConfig, critical_step: float
+) -> dict[str, Any]:
+    """One advice entry with its sentence (:func:`advice`)."""
+    p, c = r["predicted"], control["predicted"]
+    helps = p["value_gap_end"] <= HELPS_LITTLE * c["value_gap_end"]
+    alpha = r["set"]["alpha_w"]
+    what = f"alpha_w = {_num(alpha)} (x{_num(alpha / cfg.alpha_w) if cfg.alpha_w else 'inf'}"
+    if math.isfinite(critical_step) and critical_step > 0:
+        what += f", eta = {_num(r['eta'] / critical_step)} x critical_step"
+    what += ")"
+    if "trajectories" in r["set"]:
+        what += f", trajectories = {r['set']['trajectories']}"
+    last = cfg.outer_iters - 1
+    why = (
+        f"{what}: predicted value_gap at iteration {last} {_num(p['value_gap_end'])} "
+        f"[{_num(p['value_gap_end_lo'])}, {_num(p['value_gap_end_hi'])}] ({p['regime']}), "
+        f"against {_num(c['value_gap_end'])} [{_num(c['value_gap_end_lo'])}, "
+        f"{_num(c['value_gap_end_hi'])}] unchanged ({c['regime']})"
+    )
+    if not helps:
+        cause = {
+            "plateau:noise-floor": "the minibatch noise holds value_gap at its floor",
+            "learning": "the run already reaches its noise floor",
+        }.get(p["regime"], "slow modes dominate: the error sits in modes slower than the run")
+        why += (
+            f". No setting within the run's {cfg.outer_iters} iterations helps much (best "
+            f"above {HELPS_LITTLE:g} x unchanged): {cause}"
+        )
+    predicted = {k: p[k] for k in ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi")}
+    return {
+        "set": r["set"],
+        "predicted": {**predicted, "regime": p["regime"]},
+        "why": why,
+        "helps": helps,
+    }
