@@ -26,6 +26,7 @@ only where both ran a probe round at the same iteration with the same probe sett
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,9 +35,12 @@ from typing import Any
 from tdlens.config import (
     ConfigError,
     RunConfig,
+    check_name,
     config_differences,
     config_from_json,
     flatten,
+    parse_config,
+    set_dotted,
 )
 from tdlens.rundir.files import (
     RunFileError,
@@ -111,6 +115,19 @@ def changed_keys(parent: RunConfig, child: RunConfig) -> dict[str, dict[str, Any
     }
 
 
+def branch_config(parent: RunConfig, overrides: Mapping[str, Any], name: str) -> RunConfig:
+    """The parent's config with dotted-key `overrides` and `name` applied; ConfigError
+    naming the key on a bad value (as ``--set`` does)."""
+    data = json.loads(json.dumps(parent.to_dict()))
+    for key, value in overrides.items():
+        path = str(key).split(".")
+        if not str(key) or any(not p for p in path):
+            raise ConfigError(f"overrides: '{key}' is not a dotted config key")
+        set_dotted(data, path, value, what="overrides: ")
+    data["name"] = check_name(name)
+    return parse_config(data)
+
+
 def create_branch(
     parent: str | Path,
     overrides: Mapping[str, Any] | None = None,
@@ -130,8 +147,6 @@ def create_branch(
     RunDirError or ConfigError with one line before anything is written; if a write
     fails half-way the new directory is removed (the parent is never written).
     """
-    from tdlens.api import load_run_config
-
     parent = Path(parent)
     if not is_run_dir(parent):
         raise RunDirError(f"'{parent}' is not a run directory (no config.json)")
@@ -158,7 +173,7 @@ def create_branch(
         if iters < 1:
             raise ConfigError(f"iters: expected >= 1, got {iters}")
         data["outer_iters"] = k + iters
-    child = load_run_config(parent_cfg, data, name or f"{parent_cfg.name}.branch")
+    child = branch_config(parent_cfg, data, name or f"{parent_cfg.name}.branch")
     if child.outer_iters <= k:
         raise ConfigError(
             f"outer_iters: {child.outer_iters} leaves nothing to run after the checkpoint at "

@@ -287,6 +287,8 @@ def explain(
     if not list_checkpoints(parent):
         raise ExplainError(f"'{parent}' has no checkpoint to branch from (checkpoints/ is empty)")
     cfg = config_from_json(parent / "config.json")
+    if label is not None and label not in INTERVENTIONS:
+        raise ExplainError(f"--label '{label}': choose one of {', '.join(INTERVENTIONS)}")
     the_label = label or run_label(parent)
     chosen = INTERVENTIONS.get(the_label, ())
     sets = {iv.name: iv.overrides(cfg, parent) for iv in chosen}
@@ -309,7 +311,7 @@ def explain(
             checkpoint=ckpt,
             iters=iters,
             name=f"{cfg.name}.{twin}",
-            run_dir=root / twin,
+            run_dir=root / f"{parent.name}.{twin}",
         )
     k = int(read_json(dirs["control"] / "branch.json")["iteration"])
     tasks = [
@@ -328,10 +330,7 @@ def explain(
 
         run_ray(tasks, jobs, record, execute_task, address=address)
     if index:
-        from tdlens.api import index_in_catalog
-
-        for d in dirs.values():
-            index_in_catalog(catalog, d)
+        index_twins(catalog, list(dirs.values()))
     control = final_value_gap(dirs["control"], k, k + iters)
     twins = []
     for iv in chosen:
@@ -377,7 +376,34 @@ def explain(
         "twins": twins,
     }
     write_explain(parent, result)
+    _rewrite_report(parent)
     return result
+
+
+def _rewrite_report(parent: Path) -> None:
+    """Rewrite the parent's run report so it links explain.md (a failure leaves the old
+    report: explain's own files are written already)."""
+    from tdlens.report import write_report
+
+    try:
+        write_report(parent)
+    except (RunFileError, OSError, ValueError):
+        pass
+
+
+def index_twins(catalog: str | Path | None, run_dirs: list[Path]) -> str | None:
+    """Index the twins in the catalog (``$TDLENS_CATALOG`` or outputs/catalog.sqlite when
+    `catalog` is None); returns the error instead of raising (twins are never lost for it)."""
+    import sqlite3
+
+    from tdlens.sweeps.catalog import CatalogError, catalog_path, index_runs
+    from tdlens.sweeps.records import load_record
+
+    try:
+        index_runs(catalog_path(catalog), [load_record(d) for d in run_dirs])
+    except (OSError, sqlite3.Error, CatalogError) as exc:
+        return str(exc)
+    return None
 
 
 # ------------------------------------------------------------------ files
@@ -454,18 +480,3 @@ def write_explain(parent: Path, result: dict[str, Any]) -> list[Path]:
     )
     atomic_write_text(parent / "explain.html", kit.page(f"Explain: {result['label']}", body))
     return [parent / f for f in EXPLAIN_FILES]
-
-
-def report_line(run_dir: Path) -> str | None:
-    """The run report's line on explain.md (None when the run has no explain.json): says
-    when explain refuted the label."""
-    path = Path(run_dir) / "explain.json"
-    if not path.is_file():
-        return None
-    try:
-        result = read_json(path)
-        line = summary_line(result)
-    except (RunFileError, OSError, ValueError, KeyError, TypeError):
-        return "Explain: explain.json is unreadable; rerun `tdlens explain`"
-    warn = " (the label's intervention did not do what it claims)" if "refuted" in line else ""
-    return f"Explain ([explain.md](explain.md)): {line}{warn}"
