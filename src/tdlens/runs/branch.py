@@ -248,7 +248,6 @@ def _write_branch(
         outer_iters=child.outer_iters,
         started_at=now(),
         config_hash=child.config_hash(),
-        branch_of=str(parent.resolve()),
     )
     files.log(
         f"{reason} (checkpoint '{record['checkpoint']}', changed: "
