@@ -160,6 +160,9 @@ def test_explain_confirms_a_frozen_label_where_alpha_w_x4_lowers_value_gap(root,
     con = sqlite3.connect(root / "c.db")
     parents = con.execute("SELECT parent FROM runs WHERE parent IS NOT NULL").fetchall()
     assert {p for (p,) in parents} == {str(parent.resolve())} and len(parents) == 2
+    control = _rows(Path(explained["control"]["run_dir"]) / "learning_curves.csv")
+    theirs = _rows(parent / "learning_curves.csv")
+    assert all(control[n]["w_norm"] == theirs[n]["w_norm"] for n in range(16, 24))
     twin_run = tdlens.open_run(twin["run_dir"])
     assert twin_run.branch["changed"]["alpha_w"] == {"parent": 6.0, "branch": 24.0}
     assert twin_run.branch["iteration"] == 16
@@ -204,6 +207,22 @@ def test_verdict_on_divergence_and_missing_rounds():
     assert ex.verdict(ex.Final(0.0, math.nan, 2, "complete"), ok)[0] == "refuted"
     assert ex.verdict(ex.Final(0.05, 0.01, 5, None), ok)[0] == "confirmed"
     assert ex.verdict(ex.Final(0.075, 0.01, 5, None), ok)[0] == "refuted"
+
+
+def test_interventions_read_the_run_and_predictions_come_from_the_report(tmp_path, parent):
+    cfg = tdlens.open_run(parent).config
+    critical = tdlens.open_run(parent).probes["stability_probe"]["critical_alpha_w"].iloc[-1]
+    (step,) = ex.INTERVENTIONS["diverged:step-size"]
+    assert step.overrides(cfg, parent) == {"alpha_w": pytest.approx(critical / 2, rel=1e-12)}
+    (noise,) = ex.INTERVENTIONS["plateau:noise-floor"]
+    assert noise.overrides(cfg, parent) == {"alpha_w": 1.5, "trajectories": 32}
+    assert ex.INTERVENTIONS["learning"] == ()
+    predicted = {"value_gap_end": 0.1, "value_gap_end_lo": 0.08, "value_gap_end_hi": 0.12}
+    report = {"regime": {"counterfactuals": [{"set": {"alpha_w": 24.0}, "predicted": predicted}]}}
+    (tmp_path / "run_report.json").write_text(json.dumps(report))
+    assert ex.predicted_for(tmp_path, {"alpha_w": 24.0}) == predicted
+    assert ex.predicted_for(tmp_path, {"alpha_w": 12.0}) is None
+    assert ex.predicted_for(tmp_path / "none", {"alpha_w": 24.0}) is None
 
 
 def test_bad_input_exits_2_with_one_line(root, parent):
