@@ -153,7 +153,9 @@ def test_explain_confirms_a_frozen_label_where_alpha_w_x4_lowers_value_gap(root,
     assert twin["set"] == {"alpha_w": 24.0} and twin["predicted"] is None
     m, c = twin["measured"], twin["control"]
     assert twin["verdict"] == "confirmed" and m["rounds"] >= ex.MIN_ROUNDS
-    assert c["value_gap"] - m["value_gap"] > 2 * math.hypot(m["value_gap_se"], c["value_gap_se"])
+    assert c["value_gap"] > m["value_gap"]
+    band = 2 * math.hypot(m["log_value_gap_se"], c["log_value_gap_se"])
+    assert c["log_value_gap"] - m["log_value_gap"] > band
     for name in ex.EXPLAIN_FILES:
         assert (parent / name).is_file()
     assert "label frozen confirmed" in (parent / "run_report.md").read_text()
@@ -200,13 +202,13 @@ def test_the_end_point_of_an_exact_line_has_no_error():
 
 
 def test_verdict_on_divergence_and_missing_rounds():
-    ok = ex.Final(0.1, 0.01, 5, "complete")
+    ok = ex.Final(math.log(0.1), 0.01, 5, "complete")
     gone = ex.Final(math.inf, 0.0, 0, "diverged")
     assert ex.verdict(ok, gone)[0] == "confirmed"
     assert ex.verdict(gone, ok)[0] == "refuted"
     assert ex.verdict(ex.Final(0.0, math.nan, 2, "complete"), ok)[0] == "refuted"
-    assert ex.verdict(ex.Final(0.05, 0.01, 5, None), ok)[0] == "confirmed"
-    assert ex.verdict(ex.Final(0.075, 0.01, 5, None), ok)[0] == "refuted"
+    assert ex.verdict(ex.Final(math.log(0.1) - 0.03, 0.01, 5, None), ok)[0] == "confirmed"
+    assert ex.verdict(ex.Final(math.log(0.1) - 0.025, 0.01, 5, None), ok)[0] == "refuted"
 
 
 def test_interventions_read_the_run_and_predictions_come_from_the_report(tmp_path, parent):

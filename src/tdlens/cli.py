@@ -398,6 +398,14 @@ def explain(
     iters: Annotated[
         int, typer.Option(min=1, help="Iterations each twin runs after the checkpoint.")
     ] = 20,
+    at: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Branch at the newest checkpoint at or before this iteration (default: "
+            "outer_iters - iters).",
+        ),
+    ] = None,
     jobs: Annotated[int, typer.Option(help="Twins run at once.")] = 1,
     backend: Annotated[str, typer.Option(help="Sweep backend: local or ray.")] = "local",
     address: Annotated[
@@ -433,6 +441,7 @@ def explain(
             address=address,
             label=label,
             catalog=catalog,
+            at=at,
         )
     except (ExplainError, RunDirError, ConfigError, RunFileError, BackendError) as exc:
         fail(str(exc))

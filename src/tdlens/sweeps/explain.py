@@ -10,8 +10,10 @@ twin's final value_gap with the control's:
 
 - final value_gap (:func:`final_value_gap`): over the twin's last R probe rounds
   (``iter >= k``, R <= :data:`SE_ROUNDS`), the least-squares line
-  ``g_r = a + b (t_r - t_R)`` through (iteration, value_gap); the estimate is ``a`` (the
-  line at the last round, so a still-falling gap is not averaged with its past), with
+  ``g_r = a + b (t_r - t_R)`` through (iteration, ln value_gap) (log scale: a gap that
+  relaxes or grows does so by factors, and a diverging control grows exponentially);
+  the estimate is ``value_gap = exp(a)`` (the line at the last round, so a still-moving
+  gap is not averaged with its past), with
   ``se(a) = s sqrt(1/R + (t_R - mean t)^2 / S_tt) * sqrt((1 + PHI) / (1 - PHI))``,
   ``s^2 = RSS / (R - 2)``. Successive rounds are autocorrelated (training noise relaxes
   at the slow modes' rate), and a lag-1 autocorrelation estimated from <= 8 residuals is
@@ -19,7 +21,7 @@ twin's final value_gap with the control's:
   the SE is inflated as for AR(1) noise at the fixed :data:`PHI` = 0.9 (x4.36): 2-SE
   coverage >= 90% for any phi <= 0.8 at R >= 4 (tests), about 90% at phi = 0.9, R = 8. A run
   that ended ``diverged`` has final value_gap ``inf``.
-- verdict: ``confirmed`` when ``control - twin > Z * sqrt(se_twin^2 + se_control^2)``
+- verdict: ``confirmed`` when ``a_control - a_twin > Z * sqrt(se_twin^2 + se_control^2)``
   (the direction every intervention of the table predicts is "lower"), else
   ``refuted``; with fewer than :data:`MIN_ROUNDS` rounds no SE exists and the twin is
   ``refuted`` (too few rounds, said in its ``why``). The label is refuted when every
@@ -135,17 +137,24 @@ def probe_every(iters: int) -> int:
 
 @dataclass(frozen=True)
 class Final:
-    """A run's final value_gap with its SE over ``rounds`` probe rounds (module doc)."""
+    """A run's final ln value_gap ``log_gap`` with its SE ``se`` over ``rounds`` probe
+    rounds (module doc); ``log_gap`` is inf for a run that diverged."""
 
-    value_gap: float
+    log_gap: float
     se: float
     rounds: int
     status: str | None
 
+    @property
+    def value_gap(self) -> float:
+        """``exp(log_gap)``: the final value_gap."""
+        return math.exp(self.log_gap) if self.log_gap < 700 else math.inf
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "value_gap": self.value_gap,
-            "value_gap_se": self.se,
+            "log_value_gap": self.log_gap,
+            "log_value_gap_se": self.se,
             "rounds": self.rounds,
             "status": self.status,
         }
@@ -185,6 +194,7 @@ def final_value_gap(run_dir: Path, start: int, end: int) -> Final:
     t, g = (np.array(v) for v in zip(*pts, strict=True))
     if not np.all(np.isfinite(g)):
         return Final(math.inf, 0.0, len(pts), status)
+    g = np.log(np.maximum(g, np.finfo(np.float64).tiny))
     if len(pts) < MIN_ROUNDS:
         return Final(float(g[-1]), math.nan, len(pts), status)
     a, se = line_end_se(t, g)
@@ -195,19 +205,20 @@ def verdict(twin: Final, control: Final, direction: str = "lower") -> tuple[str,
     """``(confirmed|refuted, why)`` of one twin against the control (module docstring)."""
     if direction != "lower":
         raise ValueError(f"direction '{direction}': only 'lower' is predicted")
-    if math.isinf(control.value_gap) and math.isfinite(twin.value_gap):
+    if math.isinf(control.log_gap) and math.isfinite(twin.log_gap):
         return "confirmed", "the control diverged, the twin did not"
-    if math.isinf(twin.value_gap):
+    if math.isinf(twin.log_gap):
         return "refuted", "the twin diverged"
-    if math.isnan(twin.value_gap) or math.isnan(control.value_gap):
+    if math.isnan(twin.log_gap) or math.isnan(control.log_gap):
         return "refuted", "no value_gap measured (fixed-point probe rounds missing)"
     if math.isnan(twin.se) or math.isnan(control.se):
         return "refuted", f"too few probe rounds for an SE (< {MIN_ROUNDS})"
-    diff = control.value_gap - twin.value_gap
+    diff = control.log_gap - twin.log_gap
     band = Z * math.hypot(twin.se, control.se)
+    ratio = f"twin / control = {math.exp(-diff):.4g}" if diff < 700 else "twin << control"
     if diff > band:
-        return "confirmed", f"lower by {diff:.4g} > {Z:g} combined SEs ({band:.4g})"
-    return "refuted", f"control - twin = {diff:.4g}, not beyond {Z:g} combined SEs ({band:.4g})"
+        return "confirmed", f"{ratio}: ln lower by {diff:.3g} > {Z:g} combined SEs ({band:.3g})"
+    return "refuted", f"{ratio}: ln lower by {diff:.3g}, not beyond {Z:g} combined SEs ({band:.3g})"
 
 
 # ------------------------------------------------------------------ the command
@@ -270,10 +281,14 @@ def explain(
     label: str | None = None,
     catalog: str | Path | None = None,
     index: bool = True,
+    at: int | None = None,
 ) -> dict[str, Any]:
     """Run the control and the twins of `parent`'s label; write and return explain.json's
-    content (module docstring). `label` tests another label's interventions (a rival
-    explanation); twins are indexed in the catalog when `index`. Raises ExplainError,
+    content (module docstring). The twins branch from the newest checkpoint at or before
+    iteration `at` (default ``outer_iters - iters``, so the control overlaps the run; the
+    oldest kept checkpoint when none is that early, unless `at` is given). `label` tests
+    another label's interventions (a rival explanation); twins are indexed in the catalog
+    when `index`. Raises ExplainError,
     RunDirError or ConfigError (one line) before any twin is made."""
     from tdlens.sweeps.backends import RunTask, execute_task, run_local
 
@@ -291,10 +306,13 @@ def explain(
     the_label = label or run_label(parent)
     chosen = INTERVENTIONS.get(the_label, ())
     sets = {iv.name: iv.overrides(cfg, parent) for iv in chosen}
-    try:
-        ckpt = choose_checkpoint(parent, max(cfg.outer_iters - iters, 0))
-    except RunDirError:
-        ckpt = list_checkpoints(parent)[0]  # the oldest kept: the twins run past the parent
+    if at is not None:
+        ckpt = choose_checkpoint(parent, at)
+    else:
+        try:
+            ckpt = choose_checkpoint(parent, max(cfg.outer_iters - iters, 0))
+        except RunDirError:
+            ckpt = list_checkpoints(parent)[0]  # the oldest kept: twins run past the parent
     common = {
         "probes.enabled": True,
         "probes.fixed_point.enabled": True,
@@ -366,7 +384,7 @@ def explain(
         "backend": backend,
         "z": Z,
         "estimator": (
-            f"value_gap of the twin's last <= {SE_ROUNDS} probe rounds, a least-squares "
+            f"ln value_gap of the twin's last <= {SE_ROUNDS} probe rounds, a least-squares "
             "line evaluated at the last round; the SE of that end point inflated by "
             f"sqrt((1 + phi) / (1 - phi)) for AR(1) noise at phi = {PHI}"
         ),
@@ -430,13 +448,18 @@ def explain_rows(result: dict[str, Any]) -> list[list[str]]:
                 t["name"],
                 ", ".join(f"{k}={_num(v)}" for k, v in t["set"].items()),
                 predicted,
-                f"{_num(m['value_gap'])} ± {_num(m['value_gap_se'])}",
-                f"{_num(c['value_gap'])} ± {_num(c['value_gap_se'])}",
+                _measured(m),
+                _measured(c),
                 t["verdict"],
                 t["why"],
             ]
         )
     return rows
+
+
+def _measured(m: dict[str, Any]) -> str:
+    """``0.2114 (SE of ln 0.0052)``."""
+    return f"{_num(m['value_gap'])} (SE of ln {_num(m['log_value_gap_se'])})"
 
 
 HEADER = ("twin", "set", "predicted value_gap_end", "measured", "control", "verdict", "why")
