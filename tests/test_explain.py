@@ -179,6 +179,22 @@ def test_explain_refutes_moving_target_when_the_policies_are_already_frozen(froz
     assert "REFUTED" in (frozen_policies / "run_report.md").read_text()
 
 
+def test_explain_confirms_a_step_size_divergence_cured_by_half_the_critical_step(root):
+    """alpha_w = 1800 (about 5x the critical alpha_w at D=64): value_gap grows by ~10^2
+    per 2 iterations; the twin at half the critical alpha_w stops the growth."""
+    overrides = {**PARENT, "alpha_w": 1800.0, "checkpoint_every": 2, "checkpoint_keep": 20}
+    run = tdlens.run(
+        "regime_divergence", {**overrides, "probes.every": 2}, run_dir=root / "div", progress=False
+    )
+    assert run.verdict["regime"] == "diverged:step-size"
+    result = ex.explain(run.path, 6, at=10, index=False)
+    (twin,) = result["twins"]
+    critical = run.probes["stability_probe"]["critical_alpha_w"]
+    assert twin["set"]["alpha_w"] == pytest.approx(critical.iloc[-1] / 2, rel=1e-12)
+    assert result["iteration"] == 10 and twin["verdict"] == "confirmed"
+    assert twin["measured"]["value_gap"] < 1e-3 * twin["control"]["value_gap"]
+
+
 @pytest.mark.parametrize(("phi", "rounds"), [(0.0, 4), (0.5, 4), (0.8, 4), (0.8, 8)])
 def test_the_final_value_gap_interval_covers_under_autocorrelated_noise(phi, rounds):
     """A falling line plus AR(1) noise: the end point lies within 2 SE in >= 90% of 2000
