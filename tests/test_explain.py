@@ -243,6 +243,26 @@ def test_interventions_read_the_run_and_predictions_come_from_the_report(tmp_pat
     assert ex.predicted_for(tmp_path / "none", {"alpha_w": 24.0}) is None
 
 
+def test_a_label_without_intervention_runs_the_control_only(frozen_policies):
+    result = ex.explain(frozen_policies, 4, label="learning", index=False)
+    assert result["twins"] == [] and result["label_verdict"] == "untested"
+    assert result["control"]["measured"]["rounds"] == 4
+    assert "nothing to test" in (frozen_policies / "explain.md").read_text()
+
+
+def test_an_older_catalog_gains_the_parent_column(tmp_path, parent):
+    from tdlens.sweeps import catalog
+
+    path = tmp_path / "old.sqlite"
+    old = catalog._schema()[0].replace(", parent TEXT", "")
+    assert "parent" not in old  # the runs table as catalogs before branches had it
+    with sqlite3.connect(path) as db:
+        db.execute(old)
+    catalog.index_run_dir(path, parent)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT parent FROM runs").fetchall() == [(None,)]
+
+
 def test_bad_input_exits_2_with_one_line(root, parent):
     bare = root / "no_checkpoint"
     bare.mkdir()
