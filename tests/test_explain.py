@@ -263,6 +263,15 @@ def test_an_older_catalog_gains_the_parent_column(tmp_path, parent):
         assert db.execute("SELECT parent FROM runs").fetchall() == [(None,)]
 
 
+def test_a_twin_that_cannot_be_made_leaves_no_twin_behind(monkeypatch, root, parent):
+    bad = ex.Intervention("negative_step", lambda c, d: {"alpha_w": -1.0})
+    monkeypatch.setitem(ex.INTERVENTIONS, "frozen", (bad,))
+    before = {p.name for p in root.iterdir()}
+    result = runner.invoke(app, ["explain", str(parent), "--label", "frozen"])
+    assert result.exit_code == 2 and "alpha_w" in result.output, result.output
+    assert {p.name for p in root.iterdir()} == before  # the control made first is removed
+
+
 def test_bad_input_exits_2_with_one_line(root, parent):
     bare = root / "no_checkpoint"
     bare.mkdir()

@@ -36,6 +36,7 @@ parent's directory; the twins live in ``<parent>.explain/`` beside it.
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,15 +322,19 @@ def explain(
     }
     root = timestamped_dir(parent.parent, f"{parent.name}.explain")
     dirs: dict[str, Path] = {}
-    for twin, overrides in {"control": {}, **sets}.items():
-        dirs[twin] = create_branch(
-            parent,
-            {**common, **overrides},
-            checkpoint=ckpt,
-            iters=iters,
-            name=f"{cfg.name}.{twin}",
-            run_dir=root / f"{parent.name}.{twin}",
-        )
+    try:
+        for twin, overrides in {"control": {}, **sets}.items():
+            dirs[twin] = create_branch(
+                parent,
+                {**common, **overrides},
+                checkpoint=ckpt,
+                iters=iters,
+                name=f"{cfg.name}.{twin}",
+                run_dir=root / f"{parent.name}.{twin}",
+            )
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)  # no half set of twins
+        raise
     k = int(read_json(dirs["control"] / "branch.json")["iteration"])
     tasks = [
         RunTask(twin, str(d), config_from_json(d / "config.json").to_dict(), resume=True)
