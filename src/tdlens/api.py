@@ -466,6 +466,15 @@ class Run:
         raise KeyError(f"no readable array '{name}'{at} in '{self.path}' (saved: {known})")
 
     @property
+    def branch(self) -> dict[str, Any] | None:
+        """branch.json of a branch (an explain twin, or ``tdlens.runs.branch``): parent,
+        parent_config_hash, checkpoint, checkpoint_sha256, iteration, changed; None when
+        the run is not a branch."""
+        from tdlens.runs.branch import read_branch
+
+        return read_branch(self.path)
+
+    @property
     def report(self) -> dict[str, Any]:
         """run_report.json as a dict (empty when the run has no report yet)."""
         return self.data.report

@@ -402,6 +402,66 @@ def report(
 
 
 @app.command()
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with checkpoints.")],
+    iters: Annotated[
+        int, typer.Option(min=1, help="Iterations each twin runs after the checkpoint.")
+    ] = 20,
+    at: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Branch at the newest checkpoint at or before this iteration (default: "
+            "outer_iters - iters).",
+        ),
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="Twins run at once.")] = 1,
+    backend: Annotated[str, typer.Option(help="Sweep backend: local or ray.")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster HOST:PORT or auto (--backend ray).")
+    ] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(help="Test this label's interventions instead of the run's own label."),
+    ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="Catalog to index the twins in (default: $TDLENS_CATALOG or "
+            "outputs/catalog.sqlite)."
+        ),
+    ] = None,
+) -> None:
+    """Test the run's regime label by intervention twins: branches of the run from one
+    checkpoint, one per intervention of the label plus an unchanged control, run --iters
+    iterations; writes explain.{md,json,html} in the run directory (docs/model.md)."""
+    from tdlens.rundir.files import RunFileError
+    from tdlens.runs.runner import RunDirError
+    from tdlens.sweeps.backends import BackendError
+    from tdlens.sweeps.explain import ExplainError, summary_line
+    from tdlens.sweeps.explain import explain as run_explain
+
+    try:
+        result = run_explain(
+            run_dir,
+            iters,
+            jobs=jobs,
+            backend=backend,
+            address=address,
+            label=label,
+            catalog=catalog,
+            at=at,
+        )
+    except (ExplainError, RunDirError, ConfigError, RunFileError, BackendError) as exc:
+        fail(str(exc))
+    for twin in result["twins"]:
+        out.print(f"{twin['name']}: {twin['verdict']} ({twin['why']})", highlight=False)
+    out.print(summary_line(result), highlight=False)
+    for name in ("explain.md", "explain.json", "explain.html"):
+        out.print(f"wrote {printable(str(run_dir / name))}", highlight=False)
+
+
+@app.command()
 def render(
     config: Annotated[str | None, typer.Argument(help="Config YAML or shipped name.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Number of steps to record.")] = 100,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from tdlens.report.build import SAMPLE_COLUMNS, Report
 from tdlens.report.fmt import fmt, fmt_count, fmt_param, fmt_ratio
 from tdlens.report.stats import STAT_COLUMNS, Stats
+from tdlens.rundir.files import RunFileError, read_json
 
 MISSING_CELL = "missing"
 
@@ -155,7 +157,28 @@ def section_samples(title: str, rows: list[list[Any]]) -> list[str]:
 
 def section_next_steps(r: Report) -> list[str]:
     advice = [f"- Predicted by the first probe (verdict.advice): {a['why']}." for a in r.advice]
-    return ["## Next Steps", *(f"- {step.message}" for step in r.next_steps), *advice]
+    explained = explain_line(r.data.run_dir)
+    steps = [f"- {step.message}" for step in r.next_steps]
+    return ["## Next Steps", *steps, *advice, *([f"- {explained}"] if explained else [])]
+
+
+def explain_line(run_dir: Path) -> str | None:
+    """A link to explain.md and what its twins said of the label (``tdlens explain``,
+    docs/model.md §16); None when the run has no explain.json."""
+    path = Path(run_dir) / "explain.json"
+    if not path.is_file():
+        return None
+    try:
+        result = read_json(path)
+        label, word = str(result["label"]), str(result["label_verdict"])
+    except (RunFileError, OSError, ValueError, KeyError, TypeError):
+        return "Explain ([explain.md](explain.md)): explain.json is unreadable; rerun it"
+    if word == "refuted":
+        return (
+            f"Explain ([explain.md](explain.md)): its intervention twins REFUTED the label "
+            f"{label}: the intervention did not lower value_gap beyond 2 combined SEs"
+        )
+    return f"Explain ([explain.md](explain.md)): label {label} {word} by intervention twins"
 
 
 DYNAMICS_NOTES = {

@@ -11,8 +11,9 @@ Tables (one row per run directory / sweep directory, keyed by resolved path):
   ``<time>_<name>``, which tells apart two sweeps of one name), sweep_path, config_hash,
   params (JSON of the swept
   values), status, reason, health, regime, iters, outer_iters, seconds, started_at,
-  finished_at, indexed_at, one REAL column per final metric (``records.FINAL_METRICS``)
-  and metrics (JSON of all of them).
+  finished_at, indexed_at, one REAL column per final metric (``records.FINAL_METRICS``),
+  metrics (JSON of all of them) and parent (a branch's parent run directory, from its
+  branch.json; NULL for other runs; added to older catalogs when they are opened).
 - ``sweeps``: path, name, created_at, updated_at, finished_at, backend, jobs, n_runs,
   counts (JSON), axes (JSON), spec (JSON).
 
@@ -69,6 +70,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "indexed_at",
     *FINAL_METRICS,
     "metrics",
+    "parent",
 )
 SWEEP_COLUMNS: tuple[str, ...] = (
     "path",
@@ -135,7 +137,8 @@ def _schema() -> list[str]:
         "sweep TEXT, sweep_id TEXT, sweep_path TEXT, config_hash TEXT, params TEXT, "
         "status TEXT, reason TEXT, "
         "health TEXT, regime TEXT, iters INTEGER, outer_iters INTEGER, seconds REAL, "
-        f"started_at TEXT, finished_at TEXT, indexed_at TEXT, {metric_cols}, metrics TEXT)",
+        f"started_at TEXT, finished_at TEXT, indexed_at TEXT, {metric_cols}, metrics TEXT, "
+        "parent TEXT)",
         "CREATE INDEX IF NOT EXISTS runs_id ON runs (id)",
         "CREATE INDEX IF NOT EXISTS runs_sweep ON runs (sweep)",
         "CREATE INDEX IF NOT EXISTS runs_hash ON runs (config_hash)",
@@ -170,6 +173,7 @@ def connect(path: str | Path) -> sqlite3.Connection:
             for statement in _schema():
                 conn.execute(statement)
             _add_sweep_id(conn)
+            _add_columns(conn, "runs", ADDED_RUN_COLUMNS)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except sqlite3.Error as exc:
         raise _broken(path, exc) from None
@@ -188,6 +192,18 @@ def _add_sweep_id(conn: sqlite3.Connection) -> None:
                 (Path(sweep_path).name, sweep_path),
             )
     conn.execute("CREATE INDEX IF NOT EXISTS runs_sweep_id ON runs (sweep_id)")
+
+
+ADDED_RUN_COLUMNS = {"parent": "TEXT"}
+"""Columns of ``runs`` newer than the first schema: added to an older catalog on open."""
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each of `columns` the table lacks."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 @contextmanager
@@ -232,6 +248,7 @@ def run_row(record: RunRecord, sweep: str | None, sweep_path: Path | None) -> di
         "finished_at": record.finished_at,
         "indexed_at": _now(),
         "metrics": _json(record.metrics),
+        "parent": record.parent,
     }
     row.update({m: _real(record.metrics.get(m)) for m in FINAL_METRICS})
     return row

@@ -65,6 +65,8 @@ class RunRecord:
     regime: str = "n/a"
     regime_reason: str = ""
     problems: list[str] = field(default_factory=list)
+    parent: str | None = None
+    """A branch's parent run directory (its branch.json), else None."""
 
     def flat(self) -> dict[str, Any]:
         """One flat row: identity, swept values, status, regime, then FINAL_METRICS."""
@@ -151,7 +153,16 @@ def record_from(data: RunData, params: dict[str, Any] | None = None) -> RunRecor
         regime=regime.label,
         regime_reason=regime.reason,
         problems=list(data.problems),
+        parent=_parent_of(run_dir),
     )
+
+
+def _parent_of(run_dir: Path) -> str | None:
+    """The parent run directory named by run_dir/branch.json (a branch), else None."""
+    from tdlens.runs.branch import read_branch
+
+    parent = (read_branch(run_dir) or {}).get("parent")
+    return str(parent) if isinstance(parent, str) else None
 
 
 @dataclass
