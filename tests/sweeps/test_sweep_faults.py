@@ -380,9 +380,9 @@ def ray_2cpu():
 
 def _after_victim_failed(task: RunTask, victim_status: str) -> RunOutcome:
     """Ray worker fn: the beta=0.2 run meets a full disk (as in `_disk_full_in_beta02`);
-    the beta=0.1 run holds its CPU until the driver has the victim failed, so the only
-    CPU that frees up for the beta=0.3 run is the victim's (a local test: one machine)."""
-    if "beta0.1" in task.run_id:
+    the other runs hold their CPU until the driver has the victim failed, so (2 CPUs) the
+    only CPU that frees up for the third run is the victim's (a local test: one machine)."""
+    if "beta0.2" not in task.run_id:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             status = Path(victim_status)
@@ -407,12 +407,14 @@ def test_a_full_disk_on_a_ray_worker_stops_the_sweep_and_resume_finishes(
     fn = partial(_after_victim_failed, victim_status=str(victim / "status.json"))
     res = execute_sweep(prepared, backend="ray", jobs=2, fn=fn)
     assert res.counts == {"complete": 1, "failed": 1}
+    ran, queued = sorted((ids[0], ids[2]), key=lambda i: i not in res.outcomes)
+    assert res.outcomes[ran].status == "complete"
     reason = f"No space left on device writing '{victim / 'learning_curves.csv'}' at iteration 2"
     assert res.outcomes[ids[1]].reason.startswith(reason)
     assert "in the Ray worker's copy on" in res.outcomes[ids[1]].reason
     status = _status(victim)
     assert status["status"] == "failed" and status["reason"].startswith(reason)
-    assert not run_dir(res.sweep_dir, ids[2]).exists()  # never started
+    assert not run_dir(res.sweep_dir, queued).exists()  # never started
     state = _sweep_state(res.sweep_dir)
     assert state["counts"] == {"complete": 1, "failed": 1}
     assert state["stopped"].startswith(f"run {ids[1]} failed on a full disk")
@@ -420,7 +422,7 @@ def test_a_full_disk_on_a_ray_worker_stops_the_sweep_and_resume_finishes(
         _report_result(res)
     assert exit_info.value.exit_code == 1
     assert "stopped: run " in capsys.readouterr().err
-    done = run_dir(res.sweep_dir, ids[0]) / "learning_curves.csv"
+    done = run_dir(res.sweep_dir, ran) / "learning_curves.csv"
     mtime = done.stat().st_mtime_ns
     again = execute_sweep(prepare_sweep(res.sweep_dir, tmp_path, resume=True), backend="ray")
     assert again.skipped == 1 and again.counts == {"complete": 2}
