@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -356,3 +357,156 @@ def test_reindex_skips_and_names_a_bad_plan_and_a_symlinked_run(tmp_path):
     assert f"skipped: '{linked_run}' is a symbolic link" in res.output
     rows = cat.query_runs(catalog)
     assert [r["sweep_path"] for r in rows] == [str(good.sweep_dir.resolve())]
+
+
+# --------------------------------------------------------------------------- Ray backend
+
+
+@pytest.fixture(scope="module")
+def ray_2cpu():
+    """One local Ray (2 CPUs) shared by the Ray tests below (its start-up is slow); they
+    run this module's worker functions, which its workers cannot import, by value."""
+    import ray
+
+    from tdlens.sweeps.ray_backend import ray_session
+
+    with ray_session(2):
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        try:
+            yield ray
+        finally:
+            ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def _after_victim_failed(task: RunTask, victim_status: str) -> RunOutcome:
+    """Ray worker fn: the beta=0.2 run meets a full disk (as in `_disk_full_in_beta02`);
+    the other runs hold their CPU until the driver has the victim failed, so (2 CPUs) the
+    only CPU that frees up for the third run is the victim's (a local test: one machine)."""
+    if "beta0.2" not in task.run_id:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = Path(victim_status)
+            if status.is_file() and '"failed"' in status.read_text():
+                break
+            time.sleep(0.05)
+    return _disk_full_in_beta02(task)
+
+
+def test_a_full_disk_on_a_ray_worker_stops_the_sweep_and_resume_finishes(
+    ray_2cpu, tmp_path, capsys
+):
+    """Ray: the run that meets a full disk is failed naming the file (the sweep's copy of
+    it), the run that takes its CPU never starts (its task reads the halt code the failed
+    run set), sweep.json says `stopped`, exit 1; --resume on Ray finishes bit for bit."""
+    from functools import partial
+
+    spec = _spec(tmp_path, 6, [0.1, 0.2, 0.3])
+    prepared = prepare_sweep(spec, tmp_path / "out")
+    ids = [r.run_id for r in prepared.runs]
+    victim = run_dir(prepared.sweep_dir, ids[1])
+    fn = partial(_after_victim_failed, victim_status=str(victim / "status.json"))
+    res = execute_sweep(prepared, backend="ray", jobs=2, fn=fn)
+    assert res.counts == {"complete": 1, "failed": 1}
+    ran, queued = sorted((ids[0], ids[2]), key=lambda i: i not in res.outcomes)
+    assert res.outcomes[ran].status == "complete"
+    reason = f"No space left on device writing '{victim / 'learning_curves.csv'}' at iteration 2"
+    assert res.outcomes[ids[1]].reason.startswith(reason)
+    assert "in the Ray worker's copy on" in res.outcomes[ids[1]].reason
+    status = _status(victim)
+    assert status["status"] == "failed" and status["reason"].startswith(reason)
+    assert not run_dir(res.sweep_dir, queued).exists()  # never started
+    state = _sweep_state(res.sweep_dir)
+    assert state["counts"] == {"complete": 1, "failed": 1}
+    assert state["stopped"].startswith(f"run {ids[1]} failed on a full disk")
+    with pytest.raises(typer.Exit) as exit_info:
+        _report_result(res)
+    assert exit_info.value.exit_code == 1
+    assert "stopped: run " in capsys.readouterr().err
+    done = run_dir(res.sweep_dir, ran) / "learning_curves.csv"
+    mtime = done.stat().st_mtime_ns
+    again = execute_sweep(prepare_sweep(res.sweep_dir, tmp_path, resume=True), backend="ray")
+    assert again.skipped == 1 and again.counts == {"complete": 2}
+    assert again.stopped is None and "stopped" not in _sweep_state(res.sweep_dir)
+    assert _sweep_state(res.sweep_dir)["counts"] == {"complete": 3}
+    assert _status(victim)["resumed_at"]
+    assert _tables(victim) == _reference(ids[1], res.sweep_dir, tmp_path)
+    assert done.stat().st_mtime_ns == mtime
+
+
+def test_a_full_disk_where_the_driver_writes_a_ray_runs_files(
+    ray_2cpu, tmp_path, monkeypatch, capsys
+):
+    """Ray: the driver cannot write a run's returned files (its disk is full): that run is
+    failed naming the driver's file, sweep.json stays honest (`stopped`, the counts), exit
+    1 with the file named; once there is space --resume finishes it bit for bit."""
+    from tdlens.sweeps import ray_backend
+
+    spec = _spec(tmp_path, 6, [0.1, 0.2])
+    prepared = prepare_sweep(spec, tmp_path / "out")
+    ids = [r.run_id for r in prepared.runs]
+    victim = run_dir(prepared.sweep_dir, ids[1])
+    target = victim / "learning_curves.csv"
+    real = ray_backend.atomic_write_bytes
+
+    def full_for_victim(path, data) -> None:
+        if Path(path) == target:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, data)
+
+    monkeypatch.setattr(ray_backend, "atomic_write_bytes", full_for_victim)
+    res = execute_sweep(prepared, backend="ray", jobs=2)
+    monkeypatch.undo()
+    assert res.counts == {"complete": 1, "failed": 1}
+    reason = f"No space left on device writing '{target}' (the driver, receiving the run's"
+    assert res.outcomes[ids[1]].reason.startswith(reason)
+    assert "ended complete at iteration 6" in res.outcomes[ids[1]].reason
+    assert _status(victim)["status"] == "failed"
+    assert not target.exists()
+    state = _sweep_state(res.sweep_dir)
+    assert state["counts"] == {"complete": 1, "failed": 1}
+    assert state["runs"][ids[1]]["reason"].startswith(reason)
+    assert state["stopped"].startswith(f"run {ids[1]} failed on a full disk")
+    with pytest.raises(typer.Exit) as exit_info:
+        _report_result(res)
+    assert exit_info.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert f"writing '{target}'" in err and "--resume" in err
+    again = execute_sweep(prepare_sweep(res.sweep_dir, tmp_path, resume=True), backend="ray")
+    assert again.skipped == 1 and again.counts == {"complete": 1}
+    assert _sweep_state(res.sweep_dir)["counts"] == {"complete": 2}
+    assert _tables(victim) == _reference(ids[1], res.sweep_dir, tmp_path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_a_ray_sweep_naming_the_signal(ray_2cpu, tmp_path, signum):
+    """SIGTERM or SIGHUP to a Ray sweep's driver: the running runs checkpoint and stop
+    `incomplete` with that signal (not SIGINT) as their reason, the queued run never
+    starts, sweep.json records the signal."""
+    spec = _spec(tmp_path, 100_000, [0.1, 0.2, 0.3])
+    prepared = prepare_sweep(spec, tmp_path / "out")
+    curves = [run_dir(prepared.sweep_dir, r.run_id) / "learning_curves.csv" for r in prepared.runs]
+
+    def signal_when_two_run() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if sum(p.exists() and p.read_text().count("\n") > 3 for p in curves) == 2:
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signum)
+
+    timer = threading.Thread(target=signal_when_two_run, daemon=True)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        execute_sweep(prepared, backend="ray", jobs=2)
+    timer.join()
+    name = signal.Signals(signum).name
+    state = _sweep_state(prepared.sweep_dir)
+    assert state["interrupted"] is True and state["signal"] == name
+    assert state["counts"] == {"incomplete": 2}
+    for run_id in state["runs"]:
+        status = _status(run_dir(prepared.sweep_dir, run_id))
+        assert status["status"] == "incomplete"
+        assert status["reason"].startswith(f"interrupted by {name} after ")
+        assert list((run_dir(prepared.sweep_dir, run_id) / "checkpoints").iterdir())
+    (queued,) = {r.run_id for r in prepared.runs} - set(state["runs"])
+    assert not run_dir(prepared.sweep_dir, queued).exists()

@@ -21,12 +21,14 @@ Ctrl-C, SIGTERM or SIGHUP to the driver (:func:`stop_signals` turns the latter t
 SIGINT and SIGHUP and watch a shared halt code instead, so the running runs stop after
 their current iteration with a checkpoint (``incomplete``, the reason naming the signal)
 and queued runs never start; Ray tasks are cancelled (a KeyboardInterrupt inside the run,
-with the same effect) and their files collected. Local workers die with their driver
+with the same effect, the driver's signal read from the sweep's halt code in Ray) and
+their files collected. Local workers die with their driver
 (:func:`die_with_parent`), so a driver killed outright (kill -9) leaves no worker running.
 
-A run that fails on a full disk (``ENOSPC``/``EDQUOT`` in its reason) halts the local pool
-the same way but gently: no new run starts, the running ones go on to their end, and
-``--resume`` finishes the sweep once there is space.
+A run that fails on a full disk (``ENOSPC``/``EDQUOT`` in its reason) halts the sweep the
+same way but gently (the local pool's shared code, Ray's halt code: DRAIN): no new run
+starts, the running ones go on to their end, and ``--resume`` finishes the sweep once
+there is space.
 """
 
 from __future__ import annotations
@@ -221,11 +223,12 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def _halt_code() -> int:
-    """GO, DRAIN, or the signal that stops the sweep (a Ray task's stop event: SIGINT)."""
+    """GO, DRAIN, or the signal that stops the sweep (a Ray task's stop event: the signal
+    it carries as ``signum``, else SIGINT)."""
     if _Worker.halt is not None:
         return int(_Worker.halt.value)
     if _Worker.stop is not None and _Worker.stop.is_set():
-        return int(signal.SIGINT)
+        return int(getattr(_Worker.stop, "signum", signal.SIGINT))
     return GO
 
 

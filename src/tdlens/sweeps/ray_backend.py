@@ -21,21 +21,36 @@ file at the end; the driver writes them atomically into the sweep directory (sta
 last) as they come and deletes files the run no longer has (a resume truncates). Ray's
 own task retries are off; the driver retries instead: a run whose Ray worker or node dies
 is submitted again (``retries`` times, resumed from the last checkpoint that came back, if
-any) and then recorded ``failed`` with the reason; ``--resume`` retries it. On Ctrl-C the tasks are
-cancelled (a KeyboardInterrupt inside each run, which then stops with a checkpoint) and
-their files collected for up to ``RAY_STOP_TIMEOUT_S``.
+any) and then recorded ``failed`` with the reason; ``--resume`` retries it.
+
+The sweep's halt code (as the local pool's: GO, DRAIN or a signal number) lives in Ray's
+key-value store under a key of its own, which every task reads as it starts and a running
+task every ``HALT_POLL_S``:
+
+- Ctrl-C, SIGTERM or SIGHUP: the driver sets the signal; each running run stops after its
+  iteration with a checkpoint (``incomplete``, its reason naming that signal), queued runs
+  never start, and the driver collects their files for up to ``RAY_STOP_TIMEOUT_S``. (Not
+  ``ray.cancel``: its KeyboardInterrupt may land outside the run's generator, which then
+  ends with no outcome and no files.)
+- a full disk: a run that fails on it sets DRAIN before its task ends (so the run that
+  takes its CPU never starts), and so does the driver when it cannot write a run's files
+  (that run is failed naming the driver's file). As on the local pool: no new run starts,
+  the running ones go on, ``--resume`` finishes the sweep once there is space.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
+import signal
 import socket
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +59,9 @@ from typing import Any
 from tdlens.rundir.files import atomic_write_bytes
 from tdlens.sweeps.backends import (
     DEFAULT_RETRIES,
+    DRAIN,
+    GO,
+    NOT_STARTED,
     SKIP_FILES,
     BackendError,
     OutcomeFn,
@@ -52,8 +70,11 @@ from tdlens.sweeps.backends import (
     RunTask,
     TaskFn,
     died_outcome,
+    disk_full,
     failed_outcome,
+    mark_status,
     resumable,
+    signal_of,
 )
 
 
@@ -87,18 +108,66 @@ def unpack_dir(folder: Path, files: dict[str, bytes]) -> None:
 
 
 def execute_shipped(fn: TaskFn, task: RunTask) -> RunOutcome:
-    """Run `task` in a temporary folder and return the run directory's files with it."""
+    """Run `task` in a temporary folder and return the run directory's files with it.
+
+    A file the run names in its reason (``No space left on device writing '<file>'``) is
+    named as the sweep's copy of it, ``task.run_dir/...``, with the worker's host."""
     with tempfile.TemporaryDirectory(prefix="tdlens_run_") as tmp:
         local = Path(tmp) / task.run_id
         if task.files:
             unpack_dir(local, task.files)
         outcome = fn(replace(task, run_dir=str(local), files=None))
         outcome.files = pack_dir(local)
+        if outcome.reason and str(local) in outcome.reason:
+            where = f" (in the Ray worker's copy on {socket.gethostname()})"
+            outcome.reason = outcome.reason.replace(str(local), task.run_dir) + where
+            outcome.error = (outcome.error or "").replace(str(local), task.run_dir) or None
+            status = outcome.files.get("status.json")
+            if status is not None:  # the same path as JSON text
+                quoted = [json_text(p).encode() for p in (str(local), task.run_dir)]
+                outcome.files["status.json"] = status.replace(*quoted)
         return outcome
 
 
+def json_text(text: str) -> str:
+    """`text` as it appears inside a JSON string (escaped, without the quotes)."""
+    return json.dumps(text)[1:-1]
+
+
+HALT_PREFIX = "tdlens:halt:"
+"""Ray key-value store keys of the sweeps' halt codes (module docstring); no key: GO."""
+
+
+def read_halt(key: str | None) -> int:
+    """The halt code under `key` (GO when there is none, or no key)."""
+    if key is None:
+        return GO
+    from ray.experimental import internal_kv
+
+    value = internal_kv._internal_kv_get(key)
+    return GO if value is None else int(value)
+
+
+def set_halt(key: str | None, code: int, overwrite: bool = True) -> None:
+    """Set the halt code under `key`; without `overwrite`, only when it is still GO."""
+    if key is None:
+        return
+    from ray.experimental import internal_kv
+
+    if overwrite or read_halt(key) == GO:
+        internal_kv._internal_kv_put(key, str(int(code)).encode(), overwrite=True)
+
+
+class _StopEvent(threading.Event):
+    """A Ray task's stop event, with the signal the driver stopped the sweep with."""
+
+    signum: int = int(signal.SIGINT)
+
+
 RAY_STOP_TIMEOUT_S = 120.0
-"""After Ctrl-C, how long the driver waits for cancelled Ray runs to hand back their files."""
+"""After Ctrl-C, how long the driver waits for stopped Ray runs to hand back their files."""
+HALT_POLL_S = 0.5
+"""How often a running Ray task reads the sweep's halt code (a signal stops its run)."""
 PROBE_TIMEOUT_S = 5.0
 """How long the driver waits for the cluster's address to accept a connection."""
 LOOPBACK = "127.0.0.1"
@@ -335,15 +404,23 @@ def _join_error(address: str, exc: BaseException, stderr: str, token: str | None
     return f"--address {address}: cannot join the Ray cluster ({first})"
 
 
-def _ray_stream(fn: TaskFn, task: RunTask) -> Iterator[Any]:
+def _ray_stream(fn: TaskFn, task: RunTask, halt_key: str | None = None) -> Iterator[Any]:
     """The Ray task (a streaming generator): the run goes in a thread; each snapshot of
     its directory taken after a checkpoint is yielded (a dict of files) as it is made, and
-    the RunOutcome last. ray.cancel (a KeyboardInterrupt here) asks the run to stop after
-    its iteration, with a checkpoint, and still yields its outcome."""
+    the RunOutcome last. A signal under `halt_key` (read every HALT_POLL_S), or ray.cancel
+    (a KeyboardInterrupt here: SIGINT), asks the run to stop after its iteration, with a
+    checkpoint and that signal as its reason, and it still yields its outcome. A sweep
+    halted before the run starts yields it ``not started``; a run failed on a full disk
+    sets DRAIN before the task ends."""
     from tdlens.sweeps import backends
 
+    halt = read_halt(halt_key)
+    if halt != GO:
+        why = "the disk was full" if halt == DRAIN else "the sweep was interrupted"
+        yield RunOutcome(task.run_id, NOT_STARTED, f"{why} first")
+        return
     snapshots: queue.Queue[dict[str, bytes] | None] = queue.Queue()
-    stop = threading.Event()
+    stop = _StopEvent()
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -358,10 +435,18 @@ def _ray_stream(fn: TaskFn, task: RunTask) -> Iterator[Any]:
     try:
         worker = threading.Thread(target=run, name=f"tdlens-{task.run_id}", daemon=True)
         worker.start()
+        polled = time.monotonic()
         while True:
+            if halt_key is not None and time.monotonic() - polled >= HALT_POLL_S:
+                polled, code = time.monotonic(), read_halt(halt_key)
+                if code > 0 and not stop.is_set():  # the driver got a signal
+                    stop.signum = code
+                    stop.set()
             try:
-                files = snapshots.get()
-            except KeyboardInterrupt:  # cancelled by the driver
+                files = snapshots.get(timeout=HALT_POLL_S)
+            except queue.Empty:
+                continue
+            except KeyboardInterrupt:  # ray.cancel
                 stop.set()
                 continue
             if files is None:
@@ -372,7 +457,10 @@ def _ray_stream(fn: TaskFn, task: RunTask) -> Iterator[Any]:
         backends._Worker.stop, backends._Worker.snapshot = None, None
     if "error" in box:
         raise box["error"]
-    yield box["outcome"]
+    outcome: RunOutcome = box["outcome"]
+    if outcome.status == "failed" and disk_full(outcome.reason):
+        set_halt(halt_key, DRAIN, overwrite=False)
+    yield outcome
 
 
 def run_ray(
@@ -387,7 +475,9 @@ def run_ray(
     """Run every task as a Ray task (one CPU each); files travel as bytes (module docstring).
 
     Outcomes are recorded as runs finish; a run whose worker or node died is submitted
-    again up to `retries` times, then recorded failed.
+    again up to `retries` times, then recorded failed. After a full disk (met by a run, or
+    by the driver writing a run's files) no new run starts; a signal (a KeyboardInterrupt)
+    stops the running ones with a checkpoint, their reason naming the signal.
     """
     if jobs < 1:
         raise BackendError(f"--jobs: expected >= 1, got {jobs}")
@@ -403,10 +493,11 @@ def run_ray(
         fn_ref = ray.put(fn)
         refs: dict[Any, RunTask] = {}
         attempts = {t.run_id: 1 for t in tasks}
+        halt_key = f"{HALT_PREFIX}{uuid.uuid4().hex}"
 
         def submit(task: RunTask) -> None:
             shipped = replace(task, files=pack_dir(Path(task.run_dir)) if task.resume else None)
-            refs[remote.remote(fn_ref, shipped)] = task
+            refs[remote.remote(fn_ref, shipped, halt_key)] = task
 
         def lost(task: RunTask, why: str) -> None:
             n = attempts[task.run_id]
@@ -423,12 +514,18 @@ def run_ray(
         for task in tasks:
             submit(task)
         try:
-            _collect_ray(ray, refs, on_outcome, attempts, lost)
-        except KeyboardInterrupt:
-            for ref in refs:  # KeyboardInterrupt in running tasks: they checkpoint and return
-                ray.cancel(ref, force=False)
-            _collect_ray(ray, refs, on_outcome, attempts, None, timeout=RAY_STOP_TIMEOUT_S)
+            _collect_ray(ray, refs, on_outcome, attempts, lost, halt_key)
+        except KeyboardInterrupt as exc:  # running runs checkpoint and stop, queued ones
+            set_halt(halt_key, signal_of(exc))  # never start (module docstring)
+            _collect_ray(
+                ray, refs, on_outcome, attempts, None, halt_key, timeout=RAY_STOP_TIMEOUT_S
+            )
             raise
+        finally:
+            with contextlib.suppress(Exception):
+                from ray.experimental import internal_kv
+
+                internal_kv._internal_kv_del(halt_key)
     finally:
         if started:
             ray.shutdown()
@@ -440,11 +537,15 @@ def _collect_ray(
     on_outcome: OutcomeFn,
     attempts: dict[str, int],
     lost: Any,
+    halt_key: str | None = None,
     timeout: float | None = None,
 ) -> None:
     """Write snapshots and record outcomes as the Ray tasks stream them (until `timeout`
     seconds, if given); a task whose worker or node died goes to `lost` (None: recorded
-    failed at once, keeping the last snapshot's checkpoint)."""
+    failed at once, keeping the last snapshot's checkpoint). A run that failed on a full
+    disk, or whose files the driver could not write, sets the halt code to DRAIN: such a
+    run is failed naming the file; a snapshot that could not be written is skipped (the
+    run goes on, and its final files are written whole)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while refs:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -467,7 +568,11 @@ def _collect_ray(
         except ray.exceptions.RayError as exc:
             item = exc
         if isinstance(item, dict):  # a snapshot after a checkpoint: the run goes on
-            unpack_dir(Path(task.run_dir), item)
+            try:
+                unpack_dir(Path(task.run_dir), item)
+            except OSError as exc:
+                if disk_full(exc.strerror):
+                    set_halt(halt_key, DRAIN, overwrite=False)
             continue
         refs.pop(gen)
         if isinstance(item, BaseException):
@@ -477,9 +582,30 @@ def _collect_ray(
             else:
                 lost(task, why)
             continue
-        _receive(task, item)
+        if item.status == NOT_STARTED:  # the sweep was halted first: --resume runs it
+            continue
+        try:
+            _receive(task, item)
+        except OSError as exc:
+            item = unwritten_outcome(task, item, exc)
+        if item.status == "failed" and disk_full(item.reason):
+            set_halt(halt_key, DRAIN, overwrite=False)
         item.attempts = attempts.get(task.run_id, 1)
         on_outcome(item)
+
+
+def unwritten_outcome(task: RunTask, outcome: RunOutcome, exc: OSError) -> RunOutcome:
+    """`outcome` of a run whose files the driver could not write (e.g. a full disk): failed,
+    naming the file; the run directory keeps what was written (``--resume`` continues it
+    from its last checkpoint there)."""
+    where = f" writing '{exc.filename}'" if exc.filename else ""
+    reason = (
+        f"{exc.strerror or exc}{where} (the driver, receiving the run's files; the run "
+        f"itself ended {outcome.status} at iteration {outcome.next_iter})"
+    )
+    with contextlib.suppress(OSError):  # the disk may still be full: sweep.json says it
+        mark_status(Path(task.run_dir), "failed", reason)
+    return RunOutcome(task.run_id, "failed", reason, 1, outcome.next_iter, outcome.seconds)
 
 
 def _first_line(exc: BaseException, limit: int = 160) -> str:

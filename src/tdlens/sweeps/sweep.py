@@ -15,9 +15,10 @@ writes sweep.json and the catalog rows of its runs. On resume, sweep.json's entr
 runs skipped as final are corrected from their status.json.
 
 SIGTERM and SIGHUP stop the sweep as Ctrl-C does (:func:`tdlens.sweeps.backends.stop_signals`;
-sweep.json records ``interrupted`` and the signal). A run that fails on a full disk stops
-a local sweep from starting new runs (``stopped`` in sweep.json); a failed run whose
-worker could not write its status.json is marked failed by the driver.
+sweep.json records ``interrupted`` and the signal). A run that fails on a full disk (or
+whose files the driver cannot write there) stops the sweep, on either backend, from
+starting new runs (``stopped`` in sweep.json); a failed run whose worker could not write
+its status.json is marked failed by the driver.
 """
 
 from __future__ import annotations
@@ -254,8 +255,7 @@ class _Recorder:
         self.result.outcomes[outcome.run_id] = outcome
         if outcome.status == "failed":
             _mark_failed(run_dir(self.prepared.sweep_dir, outcome.run_id), outcome)
-            local = self.state.get("backend") == "local"  # Ray runs are not held back
-            if local and disk_full(outcome.reason) and self.result.stopped is None:
+            if disk_full(outcome.reason) and self.result.stopped is None:
                 self.result.stopped = (
                     f"run {outcome.run_id} failed on a full disk ({outcome.reason}); no new "
                     "run was started: free space, then continue with --resume"
