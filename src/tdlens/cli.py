@@ -29,7 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from tdlens.config import ConfigError, RunConfig, find_config
+from tdlens.config import ConfigError, RunConfig
 
 app = typer.Typer(
     name="tdlens",
@@ -66,14 +66,6 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear error line and exit (2 = bad input)."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     raise typer.Exit(code)
-
-
-def resolve_config_path(arg: str | None) -> Path:
-    """A config file: the path given, else a shipped config by name (seed_plateau...)."""
-    try:
-        return find_config(arg or DEFAULT_CONFIG)
-    except ConfigError as exc:
-        fail(str(exc))
 
 
 def load_cli_config(arg: str | None, overrides: list[str] | None, name: str | None) -> RunConfig:

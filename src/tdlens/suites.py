@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable
@@ -650,7 +649,3 @@ def write_summary(suite: SuiteResult) -> None:
     body = card + table(header, table_rows)
     page = kit_page(f"Sanity suite: {verdict}", body)
     atomic_write_text(suite.out_dir / "SUMMARY.html", page)
-
-
-def summary_json(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
