@@ -253,6 +253,16 @@ def test_critic_frozen_warns_on_a_frozen_critic(tmp_path):
     assert c.verdict == WARN and c.observed["max_rel_step"] == pytest.approx(1e-2)
 
 
+@pytest.mark.parametrize(("rel_step", "expected"), [(0.9e-6, WARN), (1.1e-6, PASS)])
+def test_critic_frozen_threshold_is_one_in_a_million_per_iteration(tmp_path, rel_step, expected):
+    """The threshold against its documented value, not against FROZEN_REL_STEP itself:
+    docs/metrics.md gives a median delta_w_norm / w_norm below 1e-6 per iteration."""
+    run = healthy_run()
+    run.set_curve("delta_w_norm", lambda i: rel_step * run.curves[i]["w_norm"])
+    del run.probes["stability_probe"]
+    assert verdict(run, tmp_path / "a", "critic_frozen").verdict == expected
+
+
 def test_step_stable_passes_below_and_fails_above_the_critical_step(tmp_path):
     run = healthy_run()
     c = verdict(run, tmp_path / "a", "step_stable")
