@@ -16,7 +16,7 @@ import math
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -64,16 +64,22 @@ class PlateauConfig(_Frozen):
     min_iter: int = Field(10, ge=0)
 
 
+Sampling = Annotated[
+    Literal["trainer", "stationary"],
+    Field(
+        description="trainer: batch_size // horizon trajectories of horizon steps from reset "
+        "(at least 2), as the trainer samples; stationary: one continuing chain"
+    ),
+]
+"""How a critic probe samples its batch (``probes.fixed_point/stability.sampling``)."""
+
+
 class FixedPointConfig(_Frozen):
     """TD fixed point probe (SPEC 6.1)."""
 
     enabled: bool = True
     batch_size: int = Field(4096, ge=2)
-    sampling: Literal["trainer", "stationary"] = Field(
-        "trainer",
-        description="trainer: batch_size // horizon trajectories of horizon steps from reset "
-        "(at least 2), as the trainer samples; stationary: one continuing chain",
-    )
+    sampling: Sampling = "trainer"
     solver: Literal["direct", "iterate"] = "direct"
     ridge: float = Field(1e-3, ge=0)
     max_iters: int = Field(2000, ge=1)
@@ -89,11 +95,7 @@ class StabilityConfig(_Frozen):
 
     enabled: bool = True
     batch_size: int = Field(4096, ge=2)
-    sampling: Literal["trainer", "stationary"] = Field(
-        "trainer",
-        description="trainer: batch_size // horizon trajectories of horizon steps from reset "
-        "(at least 2), as the trainer samples; stationary: one continuing chain",
-    )
+    sampling: Sampling = "trainer"
     k_mc: int = Field(8, ge=1)
     power_iters: int = Field(20, ge=1)
 
