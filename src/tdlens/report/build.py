@@ -66,6 +66,25 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
 )
 """Columns of the Samples (Head) / (Tail) tables, in the seed's order."""
 SAMPLE_ROWS = 8
+PAGE_SECTIONS: tuple[str, ...] = (
+    "verdict",
+    "run_info",
+    "health",
+    "scale",
+    "core",
+    "probes",
+    "samples_head",
+    "samples_tail",
+    "next_steps",
+    "dynamics",
+    "rho_audit",
+    "theory",
+    "timings",
+    "status",
+    "files",
+)
+"""The sections of run_report.md and run_report.html, in page order (each renderer maps
+every name to its section and fails at import when one is missing)."""
 KEY_HPARAMS: tuple[str, ...] = (
     "outer_iters",
     "horizon",
