@@ -78,11 +78,11 @@ def test_trainer_ratios_use_the_gaussian_draw_not_the_executed_action(tmp_path, 
     for _, result in seen:
         b = result.batch
         # the action the environment executed differs from the draw on some steps
-        executed = clip_action(b.a_sampled, cfg.env)
+        executed = clip_action(b.a_unclipped, cfg.env)
         assert np.abs(b.u - executed).max() > 1e-3
         if cfg.env.clip_action:  # the draw left the box on some steps
             assert np.mean(np.abs(b.u).max(axis=-1) > cfg.env.v_max) > 0.1
-        log_rho = _log_normal(b.u, b.m_pi, cfg.sigma_pi) - _log_normal(b.u, b.m_b, cfg.sigma_mu)
+        log_rho = _log_normal(b.u, b.m_pi, cfg.sigma_pi) - _log_normal(b.u, b.m_mu, cfg.sigma_mu)
         np.testing.assert_allclose(b.rho_raw, np.exp(log_rho), rtol=1e-10)
         np.testing.assert_array_equal(b.rho, b.rho_raw)  # no clip configured
 

@@ -360,12 +360,12 @@ def check_c2(ctx: SuiteContext) -> CheckResult:
     moved = sum(int(not np.array_equal(r.params.theta_mu, start.theta_mu)) for r in obs.results)
     rho = np.concatenate([r.batch.rho_raw.ravel() for r in obs.results])
     theory2 = np.concatenate(
-        [rho_moments(r.batch.m_pi, 0.2, r.batch.m_b, 0.35)[1].ravel() for r in obs.results]
+        [rho_moments(r.batch.m_pi, 0.2, r.batch.m_mu, 0.35)[1].ravel() for r in obs.results]
     )
     # sigma_pi < sigma_mu bounds every ratio: rho_i <= sup_u pi/mu at its own state. A
     # z-test alone cannot reject an inverted ratio, whose moments are infinite.
     sup = np.concatenate(
-        [_rho_sup_per_step(r.batch.m_pi, 0.2, r.batch.m_b, 0.35) for r in obs.results]
+        [_rho_sup_per_step(r.batch.m_pi, 0.2, r.batch.m_mu, 0.35) for r in obs.results]
     )
     over_sup = int(np.sum(rho > sup * (1 + 1e-9)))
     n = rho.size
