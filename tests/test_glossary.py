@@ -14,6 +14,7 @@ at commas and "and") or appears in backticks; ``<x>`` in an entry stands for any
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from pathlib import Path
@@ -159,3 +160,32 @@ def test_the_glossary_states_the_iteration_numbering_and_the_shared_draws():
     text = GLOSSARY.read_text()
     assert "0-based" in text and "iter 79 (80/80 done)" in text
     assert "common random numbers" in text.lower() and "min = max" in text
+
+
+def _check_rows(text: str) -> dict[str, str]:
+    """check name -> its row of docs/metrics.md's health-check table (``| check | PASS
+    when | threshold (constant) |``), in table order."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| check | PASS when |"))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows[line.split("|")[1].strip()] = line
+    return rows
+
+
+def test_every_health_check_has_its_glossary_row_with_its_constants():
+    """The health-check table lists exactly the registered checks, in report order, and
+    each row quotes every constant its check registers as ``NAME = value`` with that value
+    (an expression such as ``sqrt(2)`` is evaluated)."""
+    from tdlens.report.health import HEALTH_CHECKS
+
+    rows = _check_rows(GLOSSARY.read_text())
+    assert list(rows) == [c.name for c in HEALTH_CHECKS]
+    for check in HEALTH_CHECKS:
+        for name, value in check.constants:
+            found = re.search(rf"`{name} = ([^`]+)`", rows[check.name])
+            assert found, f"docs/metrics.md: row {check.name} does not quote `{name} = ...`"
+            quoted = eval(found.group(1), {"sqrt": math.sqrt})
+            assert quoted == pytest.approx(value, rel=1e-12), (check.name, name)

@@ -240,9 +240,9 @@ def test_whole_suite_end_to_end(tmp_path):
     for name in ("SUMMARY.md", "SUMMARY.html", "summary.json"):
         assert (out / name).is_file()
     summary = (out / "SUMMARY.md").read_text()
-    from tdlens.suites import CHECKS
+    from tdlens.suites import SANITY_CHECKS
 
-    assert summary.count("| PASS |") == len(CHECKS) == 14 and "FAIL" not in summary
+    assert summary.count("| PASS |") == len(SANITY_CHECKS) and "FAIL" not in summary
 
 
 def test_console_keeps_brackets_of_the_observed_text(tmp_path):

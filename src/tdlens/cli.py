@@ -447,12 +447,12 @@ def sanity(
 
     Exits 1 when any check fails.
     """
-    from tdlens.suites import CHECKS, run_suite
+    from tdlens.suites import SANITY_CHECKS, run_suite
 
     cfg = load_cli_config(base or "sanity", overrides, None)
-    unknown = [n for n in only or [] if n not in CHECKS]
+    unknown = [n for n in only or [] if n not in SANITY_CHECKS]
     if unknown:
-        fail(f"--only: unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}")
+        fail(f"--only: unknown check(s) {', '.join(unknown)}; known: {', '.join(SANITY_CHECKS)}")
 
     def show(res) -> None:
         verdict = "[green]PASS[/]" if res.passed else "[bold red]FAIL[/]"

@@ -544,7 +544,7 @@ def settled_ratio(dyn: ExpectedDynamics) -> float:
     return float(np.mean(dyn.value_gap[late] ** 2) / np.mean(centre**2))
 
 
-CHECKS: dict[str, Callable[[SuiteContext], CheckResult]] = {
+SANITY_CHECKS: dict[str, Callable[[SuiteContext], CheckResult]] = {
     "on_policy": check_on_policy,
     "no_bootstrap": check_no_bootstrap,
     "fixed_pi": check_fixed_pi,
@@ -582,10 +582,10 @@ def run_suite(
     on_check: Callable[[CheckResult], None] | None = None,
 ) -> SuiteResult:
     """Run the checks (all, or `only`) into ``out_root/<timestamp>/<check>/``."""
-    names = list(CHECKS) if not only else only
-    unknown = [n for n in names if n not in CHECKS]
+    names = list(SANITY_CHECKS) if not only else only
+    unknown = [n for n in names if n not in SANITY_CHECKS]
     if unknown:
-        raise KeyError(f"unknown check(s) {unknown}; known: {', '.join(CHECKS)}")
+        raise KeyError(f"unknown check(s) {unknown}; known: {', '.join(SANITY_CHECKS)}")
     stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
     out_dir = Path(out_root) / stamp
     k = 2
@@ -598,7 +598,7 @@ def run_suite(
     for name in names:
         t0 = time.perf_counter()
         try:
-            res = CHECKS[name](ctx)
+            res = SANITY_CHECKS[name](ctx)
         except Exception as exc:  # a crashing check is a failing check, reported as such
             res = CheckResult(name, False, f"{type(exc).__name__}: {exc}", "no error", "-")
         res.seconds = time.perf_counter() - t0

@@ -15,29 +15,9 @@ import numpy as np
 from tdlens import config as config_module
 from tdlens.probes import registry
 from tdlens.report.card import Verdict, verdict_of
-from tdlens.report.checks import (
-    check_complete,
-    check_monotone_time,
-    check_no_nan_inf,
-    check_probe_missing_values,
-    check_rho_sane,
-    check_sigma_condition,
-)
-from tdlens.report.probe_checks import (
-    SCALE_RATIO_TOL,
-    check_critic_frozen,
-    check_fixed_point_converged,
-    check_loss_convention,
-    check_rho_audit,
-    check_scale_consistency,
-    check_step_stable,
-)
+from tdlens.report.health import HEALTH_CHECKS
+from tdlens.report.probe_checks import SCALE_RATIO_TOL
 from tdlens.report.rules import next_steps
-from tdlens.report.sanity_checks import (
-    check_fixed_pi_expected,
-    check_no_bootstrap_expected,
-    check_on_policy_expected,
-)
 from tdlens.report.stats import Stats, summarize
 from tdlens.report.theory import theory_overlay
 from tdlens.report.verdicts import FAIL, PASS, Check, NextStep, overall_status
@@ -204,24 +184,6 @@ def setting_names() -> frozenset[str]:
     return frozenset((keys - {"enabled"}) | set(EXTRA_SETTINGS))
 
 
-CHECKS = (
-    check_no_nan_inf,
-    check_probe_missing_values,
-    check_monotone_time,
-    check_rho_sane,
-    check_sigma_condition,
-    check_on_policy_expected,
-    check_no_bootstrap_expected,
-    check_fixed_pi_expected,
-    check_complete,
-    check_scale_consistency,
-    check_loss_convention,
-    check_fixed_point_converged,
-    check_rho_audit,
-    check_critic_frozen,
-    check_step_stable,
-)
-"""Health checks in report order (SPEC 8's list, then step_stable)."""
 STATUS_KEYS = (
     "status",
     "reason",
@@ -456,7 +418,7 @@ def probe_names(data: RunData) -> list[str]:
 def build_report(run_dir: str | Path) -> Report:
     """Read ``run_dir`` and compute every section of the run report."""
     data = load_run(run_dir)
-    checks = [check(data) for check in CHECKS]
+    checks = [check.run(data) for check in HEALTH_CHECKS]
     status, reasons = overall_status(checks)
     t = data.curves.iters()
     regime = label_regime(series_of(data))
