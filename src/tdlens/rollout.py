@@ -159,12 +159,12 @@ def roll_out(
     evals = None if theta_eval is None else np.ascontiguousarray(theta_eval, dtype=np.float64)
     m_eval = None if evals is None else np.empty((T + 1, B, len(evals), 2))
     z_act, z_env, u_env = (np.ascontiguousarray(x) for x in (noise.z_act, noise.z_env, noise.u_env))
-    S = fast.pack(reset_from_uniforms(noise.reset, env))
+    packed = fast.pack(reset_from_uniforms(noise.reset, env))
     p = fast.env_params(env)
     sigma = np.ascontiguousarray(sigma_mu, dtype=np.float64)
     theta = np.ascontiguousarray(theta_mu.reshape(-1, N, 2), dtype=np.float64)
     cap = maps.dtype.type(maps.c_psi)
-    fast.observe_packed(S, p, o[0])
+    fast.observe_packed(packed, p, o[0])
     for t in range(T):
         psi_t = actor_features_into(maps, o[t], psi[t if keep_psi else 0], cap_norm=False)
         gaussian_policy_step(
@@ -173,7 +173,7 @@ def roll_out(
         if evals is not None:
             policy_means_each(psi_t, evals, m_eval[t])
         a_t = squash(u[t], env.v_max) if cfg.squash_action else u[t]
-        fast.step_observe_packed(S, a_t, z_env[t], u_env[t], p, o[t + 1])
+        fast.step_observe_packed(packed, a_t, z_env[t], u_env[t], p, o[t + 1])
     psi_T = actor_features_into(maps, o[T], psi[T if keep_psi else 0])
     if evals is not None:
         policy_means_each(psi_T, evals, m_eval[T])
