@@ -160,12 +160,7 @@ def test_disabled_probes_are_skipped(tiny):
     assert set(out.rows) == {"fixed_point_probe", "q_kernel_probe"}
     assert "stability_proxy" not in out.summary and "dist_mmd2" not in out.summary
     assert "fixed_point_gap" in out.summary and "td_loss_from_Q" in out.summary
-    nothing = tiny_config(
-        *(
-            f"probes.{p}.enabled=false"
-            for p in ("fixed_point", "stability", "distribution", "q_kernel", "rho_audit")
-        )
-    )
+    nothing = tiny_config(*(f"probes.{p}.enabled=false" for p in registry.sections()))
     empty = run_round(ProbeManager(nothing, maps), result, 0)
     assert empty.rows == {} and empty.summary == {}
 

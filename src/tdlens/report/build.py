@@ -22,7 +22,6 @@ from tdlens.report.stats import Stats, summarize
 from tdlens.report.theory import theory_overlay
 from tdlens.report.verdicts import FAIL, PASS, Check, NextStep, overall_status
 from tdlens.rundir.read import RunData, Table, load_run
-from tdlens.schema import SPEC_RHO_COLUMNS
 from tdlens.scores import Regime, label_regime, series_of
 
 CORE_METRICS: tuple[str, ...] = (
@@ -84,81 +83,6 @@ KEY_HPARAMS: tuple[str, ...] = (
     "bar_phi",
 )
 """key_hparams: the seed's nine keys first, then ours."""
-_RHO = SPEC_RHO_COLUMNS
-EXPECTED_PROBE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "distribution_probe": (
-        *_RHO,
-        "iter",
-        "action_samples",
-        "dist_action_kl",
-        "dist_action_tv",
-        "mean_l2",
-        "mmd2",
-        "mmd2_unbiased",
-        "mmd_pvalue",
-        "mmd_sigma",
-        "num_samples",
-    ),
-    "fixed_point_probe": (
-        *_RHO,
-        "iter",
-        "batch_size",
-        "converged",
-        "lam",
-        "modes_below_lam",
-        "noise_floor",
-        "num_iters",
-        "residual",
-        "ridge",
-        "tol",
-        "value_gap",
-        "w_gap",
-        "w_sharp_drift",
-        "w_sharp_drift_defined",
-    ),
-    "q_kernel_probe": (
-        "iter",
-        "cache_batch_size",
-        "cache_horizon",
-        "cache_valid_t",
-        "td_loss",
-        "td_loss_cache",
-        "td_loss_from_Q",
-        "td_loss_from_Q_abs_diff",
-        "td_loss_from_Q_cache_rel_diff",
-        "td_loss_from_Q_rel_diff",
-    ),
-    "rho_audit": (
-        "iter",
-        "passed",
-        "rho_mean_emp",
-        "rho_mean_theory",
-        "rho_mean_z",
-        "rho2_mean_emp",
-        "rho2_mean_theory",
-        "rho2_mean_z",
-    ),
-    "stability_probe": (
-        *_RHO,
-        "iter",
-        "batch_size",
-        "critical_step",
-        "eig_max_abs",
-        "eig_max_real",
-        "eig_min_real",
-        "fastest_timescale",
-        "growth_timescale",
-        "power_iters",
-        "slowest_timescale",
-        "spectral_noise",
-        "stability_probe_step_scale",
-        "stability_proxy",
-        "stability_proxy_mean",
-        "stability_proxy_std",
-    ),
-}
-"""Columns each probe table must have (the seed's plus SPEC 6's); absent ones show as
-``missing`` rows instead of disappearing."""
 EXTRA_SETTINGS: tuple[str, ...] = (
     "rho_clip",
     "rho_clip_active",
@@ -302,7 +226,7 @@ def probe_section(name: str, table: Table | None) -> ProbeSection:
             settings[c] = float(x[~np.isnan(x)][0]) if np.any(~np.isnan(x)) else None
             continue
         stats[c] = summarize(x, t)
-    for col in EXPECTED_PROBE_COLUMNS.get(name, ()):
+    for col in registry.spec_of(name).columns if name in registry.names() else ():
         if col not in table.columns and col != "iter":
             stats[col] = None
     texts = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tdlens.probes import registry
 from tdlens.report import plots
 from tdlens.report.build import PAGE_SECTIONS, SAMPLE_COLUMNS, Report
 from tdlens.report.fmt import fmt, fmt_count, fmt_ratio
@@ -190,9 +191,9 @@ def html_probes(r: Report) -> str:
         )
         if p.text_columns:
             out.append(items([(k, v if v is not None else "-") for k, v in p.text_columns.items()]))
-        if p.name == "q_kernel_probe":
-            figs, caption = plots.plot_q_kernel(r.data)
-            out.append(plots_grid(figs, caption))
+        figures = registry.spec_of(p.name).figures_fn() if p.name in registry.names() else None
+        if figures is not None:
+            out.append(plots_grid(*figures(r.data)))
     out.append(html_settings(r))
     return "".join(out)
 
