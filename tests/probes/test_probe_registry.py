@@ -124,8 +124,8 @@ def test_a_probe_without_a_config_section_is_refused_at_registration():
     """Not at its first round (``failed: AttributeError`` at iteration 0): a spec whose
     section ProbesConfig lacks must bring its config model, with an ``enabled`` field, and
     may not take a section that exists."""
-    with pytest.raises(ValueError, match=r"no config section 'probes\.mean_w'"):
-        registry.register(ProbeSpec("mean_w_probe", "mean_w", run_toy))
+    with pytest.raises(ValueError, match=r"no config section 'probes\.unconfigured'"):
+        registry.register(ProbeSpec("unconfigured_probe", "unconfigured", run_toy))
     with pytest.raises(ValueError, match=r"no config section 'probes\.every'"):
         registry.register(ProbeSpec("every_probe", "every", run_toy))
 
@@ -133,10 +133,30 @@ def test_a_probe_without_a_config_section_is_refused_at_registration():
         scale: float = 1.0
 
     with pytest.raises(ValueError, match="needs an 'enabled' field"):
-        registry.register(ProbeSpec("mean_w_probe", "mean_w", run_toy, config=NoSwitch))
+        registry.register(ProbeSpec("unconfigured_probe", "unconfigured", run_toy, config=NoSwitch))
     with pytest.raises(ValueError, match=r"'probes\.stability' is taken"):
-        registry.register(ProbeSpec("mean_w_probe", "stability", run_toy, config=ToyConfig))
-    assert "mean_w_probe" not in registry.names()
+        registry.register(ProbeSpec("unconfigured_probe", "stability", run_toy, config=ToyConfig))
+    assert "unconfigured_probe" not in registry.names()
+
+
+def test_a_probe_declares_its_section_by_fields_without_a_model_class(tmp_path):
+    """``config={"enabled": (bool, True), "scale": (float, 2.0)}``: the registry builds
+    the section's model (so it need not import the probe's module); the section loads,
+    validates and refuses unknown keys like any other."""
+    spec = ProbeSpec(
+        "fields_probe",
+        "fields",
+        run_toy,
+        config={"enabled": (bool, True), "scale": (float, 2.0)},
+    )
+    registry.register(spec)
+    try:
+        cfg = load_config("configs/sanity.yaml", ["probes.fields.scale=3"])
+        assert cfg.probes.section("fields").scale == 3.0 and cfg.probes.fields.enabled
+        with pytest.raises(ConfigError, match=r"'probes\..*scal'"):
+            load_config("configs/sanity.yaml", ["probes.fields.scal=3"])
+    finally:
+        registry.unregister("fields_probe")
 
 
 def test_the_report_expects_the_declared_columns_of_a_new_probe(toy, tmp_path):

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, create_model
 
 from tdlens import config as config_module
 from tdlens import seeding
@@ -68,7 +68,7 @@ class ProbeSpec:
     summary: Mapping[str, str] = field(default_factory=dict)
     key_series: tuple[tuple[str, str | None], ...] = ()
     doc: str = ""
-    config: type[BaseModel] | None = None
+    config: type[BaseModel] | Mapping[str, Any] | None = None
     columns: tuple[str, ...] = ()
     figures: Fn | None = None
 
@@ -102,13 +102,28 @@ def _resolve(fn: Fn) -> Callable[..., Any]:
     return _RESOLVED[fn]
 
 
-def _check_section(spec: ProbeSpec) -> None:
+def section_model(spec: ProbeSpec) -> type[BaseModel] | None:
+    """The model of the config section `spec` brings: its `config` model, or one built
+    from its `config` fields (``name -> (type, default)``, as :func:`pydantic.create_model`
+    takes them; frozen, unknown keys refused), so a probe declares its section without
+    the registry importing the probe's module. None when it brings none."""
+    if spec.config is None or isinstance(spec.config, type):
+        return spec.config
+    return create_model(
+        f"{spec.section}_config",
+        __config__=ConfigDict(extra="forbid", frozen=True, validate_default=True),
+        **dict(spec.config),
+    )
+
+
+def _check_section(spec: ProbeSpec) -> type[BaseModel] | None:
     """A probe's config section must exist and switch it: a built-in section of
     ``ProbesConfig`` (a model with ``enabled``) when the spec brings no `config`, else a
-    new section whose model has ``enabled``. Raises ValueError naming the probe."""
+    new section whose model has ``enabled``. Raises ValueError naming the probe; returns
+    the model it brings."""
     builtin = config_module.ProbesConfig.model_fields
     taken = spec.section in builtin or spec.section in config_module.EXTRA_PROBE_SECTIONS
-    model = spec.config
+    brought = model = section_model(spec)
     if model is None:
         field_ = builtin.get(spec.section)
         model = None if field_ is None else field_.annotation
@@ -121,6 +136,7 @@ def _check_section(spec: ProbeSpec) -> None:
         raise ValueError(f"probe '{spec.name}': config section 'probes.{spec.section}' is taken")
     if "enabled" not in model.model_fields:
         raise ValueError(f"probe '{spec.name}': its config model needs an 'enabled' field")
+    return brought
 
 
 def register(spec: ProbeSpec) -> ProbeSpec:
@@ -133,11 +149,11 @@ def register(spec: ProbeSpec) -> ProbeSpec:
     clash = [k for s in _REGISTRY.values() for k in s.summary if k in spec.summary]
     if clash:
         raise ValueError(f"probe '{spec.name}': learning-curve columns {clash} already taken")
-    _check_section(spec)
+    model = _check_section(spec)
     for stream in spec.streams:
         seeding.register_stream(stream)
-    if spec.config is not None:
-        config_module.EXTRA_PROBE_SECTIONS[spec.section] = spec.config
+    if model is not None:
+        config_module.EXTRA_PROBE_SECTIONS[spec.section] = model
     _REGISTRY[spec.name] = spec
     return spec
 
