@@ -8,7 +8,9 @@ way: nothing here lists columns.
 
 A name counts as documented when it is an entry of a glossary table's first cell (split
 at commas and "and") or appears in backticks; ``<x>`` in an entry stands for any word
-(``<m>_iqm`` documents ``td_loss_iqm``).
+(``<m>_iqm`` documents ``td_loss_iqm``), except ``<section>``, which stands for the config
+section of a registered probe only (``<section>_s`` documents ``stability_s``, not any
+``*_s``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typer.testing import CliRunner
 from tdlens.api import load_run_config
 from tdlens.cli import app
 from tdlens.config import shipped_configs
+from tdlens.probes import registry
 from tdlens.runs.runner import Runner
 
 GLOSSARY = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
@@ -65,8 +68,19 @@ def glossary_entries(text: str) -> tuple[set[str], list[re.Pattern[str]]]:
         if not NAME.fullmatch(token):
             continue
         if "<" in token:
-            parts = re.split(r"<\w+>", token)
-            patterns.append(re.compile(r"\w+".join(map(re.escape, parts))))
+            # <section> stands for a registered probe's config section only
+            sections = "(?:" + "|".join(map(re.escape, registry.sections())) + ")"
+            parts = re.split(r"(<\w+>)", token)
+            patterns.append(
+                re.compile(
+                    "".join(
+                        (sections if part == "<section>" else r"\w+")
+                        if re.fullmatch(r"<\w+>", part)
+                        else re.escape(part)
+                        for part in parts
+                    )
+                )
+            )
         else:
             names.add(token)
     return names, patterns
@@ -82,11 +96,12 @@ def test_glossary_entries_are_parsed_as_documented():
     a word that only appears in prose does not."""
     text = (
         "| column | formula |\n| --- | --- |\n| a_x, b_y and c_z | `d_w` in a formula |\n"
-        "prose mentions e_v; `<m>_iqm` per metric; `||w - w#||` is no name\n"
+        "prose mentions e_v; `<m>_iqm` per metric; `||w - w#||` is no name; `<section>_s`\n"
     )
     entries = glossary_entries(text)
-    assert all(documented(n, entries) for n in ("a_x", "b_y", "c_z", "d_w", "td_loss_iqm"))
-    assert not any(documented(n, entries) for n in ("e_v", "column_x", "iqm"))
+    named = ("a_x", "b_y", "c_z", "d_w", "td_loss_iqm", "stability_s", "rho_audit_s")
+    assert all(documented(n, entries) for n in named)
+    assert not any(documented(n, entries) for n in ("e_v", "column_x", "iqm", "iter_time_s"))
 
 
 def _csv_header(path: Path) -> list[str]:
