@@ -242,38 +242,56 @@ def measure_fixed_point(
     return row
 
 
+@dataclass(frozen=True)
+class PredictionInputs:
+    """What the expected dynamics start from: ``e_0 = w - w# [D]``, the update-noise factor
+    ``U [D, C]`` at w# and the two half batches (each with its own w#) that debias the
+    mean path (:mod:`tdlens.probes.expected`)."""
+
+    e0: np.ndarray
+    U: np.ndarray
+    halves: tuple[ex.HalfBatch, ex.HalfBatch]
+
+
+def prediction_inputs(
+    moments: fp.TDMoments, solves: FixedPointSolves, view: BatchView, w: np.ndarray
+) -> PredictionInputs:
+    """:class:`PredictionInputs` of this probe's batch and solves."""
+    phi_t, w_sharp = view.phi_t, solves.full.w_sharp
+    U = ex.update_noise_factor(phi_t, view.dphi_t, view.rho_t, view.r_t, w_sharp, view.cluster_size)
+    halves = tuple(
+        ex.HalfBatch(A_k, w - w_k, phi_t[rows])
+        for A_k, w_k, rows in zip(
+            moments.A_halves,
+            solves.halves,
+            (slice(0, moments.n // 2), slice(moments.n // 2, None)),
+            strict=True,
+        )
+    )
+    return PredictionInputs(e0=w - w_sharp, U=U, halves=halves)
+
+
 def predict_dynamics(
     cfg: RunConfig,
     moments: fp.TDMoments,
-    solves: FixedPointSolves,
-    view: BatchView,
-    w: np.ndarray,
-    value_noise_floor: float,
+    inputs: PredictionInputs,
+    phi_t: np.ndarray,
+    est: float,
     threads: int = 1,
 ) -> ex.Prediction:
-    """The expected dynamics over ``outer_iters`` iterations from this probe
-    (:mod:`tdlens.probes.expected`), debiased with the two half batches, with the w#
-    estimation error ``value_noise_floor / 2``."""
-    phi_t, w_sharp = view.phi_t, solves.full.w_sharp
-    U = ex.update_noise_factor(phi_t, view.dphi_t, view.rho_t, view.r_t, w_sharp, view.cluster_size)
+    """The expected dynamics over ``outer_iters`` iterations of the constant step from this
+    probe (:func:`tdlens.probes.expected.predict`) on the batch ``phi_t [n, D]``, debiased
+    with the two half batches, with the w# estimation error `est`."""
     return ex.predict(
         moments.A,
-        w - w_sharp,
-        U,
+        inputs.e0,
+        inputs.U,
         phi_t,
         st.expected_step(cfg),
         cfg.trajectories,
         cfg.outer_iters,
-        value_noise_floor / 2.0,
-        tuple(
-            ex.HalfBatch(A_k, w - w_k, phi_t[rows])
-            for A_k, w_k, rows in zip(
-                moments.A_halves,
-                solves.halves,
-                (slice(0, moments.n // 2), slice(moments.n // 2, None)),
-                strict=True,
-            )
-        ),
+        est,
+        inputs.halves,
         threads,
     )
 
@@ -304,15 +322,17 @@ def fixed_point_probe(
     threads: int = 1,
 ) -> FixedPointResult:
     """The fixed-point probe of one round (SPEC 6.1): :func:`solve_fixed_point`,
-    :func:`measure_fixed_point`, :func:`predict_dynamics` (value_gap_floor and
-    effective_timescale) and :func:`pack_prediction`. The config's tol is the one used
-    and the one the row reports."""
+    :func:`measure_fixed_point`, :func:`prediction_inputs` and :func:`predict_dynamics`
+    (value_gap_floor and effective_timescale) and :func:`pack_prediction`. The config's
+    tol is the one used and the one the row reports."""
     start = time.perf_counter()
     solves = solve_fixed_point(cfg, moments, spectrum, w, workspace, threads)
     row = measure_fixed_point(cfg, solves, spectrum, view.phi_t, w, w_sharp_prev, n)
     timings = {"fixed_point.solve": time.perf_counter() - start}
     start = time.perf_counter()
-    pred = predict_dynamics(cfg, moments, solves, view, w, row["value_noise_floor"], threads)
+    inputs = prediction_inputs(moments, solves, view, w)
+    est = row["value_noise_floor"] / 2.0
+    pred = predict_dynamics(cfg, moments, inputs, view.phi_t, est, threads)
     row["value_gap_floor"] = float(pred.noise[-1])
     row["effective_timescale"] = pred.effective_timescale
     arrays = {f"expected_dynamics_{n:04d}.npz": pack_prediction(pred, n, cfg.outer_iters)}
