@@ -48,9 +48,9 @@ def targets(overrides: list[str], n: int = 0) -> tuple[np.ndarray, np.ndarray]:
     params = init_params(cfg, maps)
     rngs = [stream(cfg.seed, "rollout", n, b) for b in range(cfg.trajectories)]
     noise = draw_noise(rngs, cfg.horizon, cfg)
-    sigma_b = np.full(cfg.trajectories, cfg.sigma_mu)
-    paths = roll_out(cfg, maps, params.theta_mu, sigma_b, noise)
-    batch = td_batch(cfg, maps, paths, noise, params.theta_pi, sigma_b)
+    sigma_mu = np.full(cfg.trajectories, cfg.sigma_mu)
+    paths = roll_out(cfg, maps, params.theta_mu, sigma_mu, noise)
+    batch = td_batch(cfg, maps, paths, noise, params.theta_pi, sigma_mu)
     q_t, q_tp1 = critic_values(batch, params.w)
     y = batch.r + cfg.gamma * q_tp1
     return y, y - q_t

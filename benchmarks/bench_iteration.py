@@ -52,15 +52,15 @@ def main() -> None:
 
     parts: dict[str, list[float]] = {"rollout": [], "features": [], "td+gradients": []}
     B = cfg.trajectories
-    sigma_b = np.full(B, cfg.sigma_mu)
+    sigma_mu = np.full(B, cfg.sigma_mu)
     for n in range(max(5, args.repeats // 3)):
         rngs = [stream(cfg.seed, "rollout", n, b) for b in range(B)]
         with limit_threads(1, "blas"):  # as outer_iteration runs them
             t0 = time.perf_counter()
             noise = draw_noise(rngs, cfg.horizon, cfg)
-            paths = roll_out(cfg, maps, params.theta_mu, sigma_b, noise)
+            paths = roll_out(cfg, maps, params.theta_mu, sigma_mu, noise)
             t1 = time.perf_counter()
-            batch = td_batch(cfg, maps, paths, noise, params.theta_pi, sigma_b, workspace=ws)
+            batch = td_batch(cfg, maps, paths, noise, params.theta_pi, sigma_mu, workspace=ws)
             t2 = time.perf_counter()
             delta = td_errors(batch, params.w, cfg.gamma)
             gradients(batch, delta, cfg.sigma_pi)

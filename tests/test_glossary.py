@@ -8,12 +8,15 @@ way: nothing here lists columns.
 
 A name counts as documented when it is an entry of a glossary table's first cell (split
 at commas and "and") or appears in backticks; ``<x>`` in an entry stands for any word
-(``<m>_iqm`` documents ``td_loss_iqm``).
+(``<m>_iqm`` documents ``td_loss_iqm``), except ``<section>``, which stands for the config
+section of a registered probe only (``<section>_s`` documents ``stability_s``, not any
+``*_s``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from pathlib import Path
@@ -24,6 +27,7 @@ from typer.testing import CliRunner
 from tdlens.api import load_run_config
 from tdlens.cli import app
 from tdlens.config import shipped_configs
+from tdlens.probes import registry
 from tdlens.regimes import LABELS, REGIME_TABLE
 from tdlens.runs.runner import Runner
 from tdlens.scores import STABILITY_KEYS, RunSeries, growth_evidence, thresholds
@@ -66,8 +70,19 @@ def glossary_entries(text: str) -> tuple[set[str], list[re.Pattern[str]]]:
         if not NAME.fullmatch(token):
             continue
         if "<" in token:
-            parts = re.split(r"<\w+>", token)
-            patterns.append(re.compile(r"\w+".join(map(re.escape, parts))))
+            # <section> stands for a registered probe's config section only
+            sections = "(?:" + "|".join(map(re.escape, registry.sections())) + ")"
+            parts = re.split(r"(<\w+>)", token)
+            patterns.append(
+                re.compile(
+                    "".join(
+                        (sections if part == "<section>" else r"\w+")
+                        if re.fullmatch(r"<\w+>", part)
+                        else re.escape(part)
+                        for part in parts
+                    )
+                )
+            )
         else:
             names.add(token)
     return names, patterns
@@ -83,11 +98,12 @@ def test_glossary_entries_are_parsed_as_documented():
     a word that only appears in prose does not."""
     text = (
         "| column | formula |\n| --- | --- |\n| a_x, b_y and c_z | `d_w` in a formula |\n"
-        "prose mentions e_v; `<m>_iqm` per metric; `||w - w#||` is no name\n"
+        "prose mentions e_v; `<m>_iqm` per metric; `||w - w#||` is no name; `<section>_s`\n"
     )
     entries = glossary_entries(text)
-    assert all(documented(n, entries) for n in ("a_x", "b_y", "c_z", "d_w", "td_loss_iqm"))
-    assert not any(documented(n, entries) for n in ("e_v", "column_x", "iqm"))
+    named = ("a_x", "b_y", "c_z", "d_w", "td_loss_iqm", "stability_s", "rho_audit_s")
+    assert all(documented(n, entries) for n in named)
+    assert not any(documented(n, entries) for n in ("e_v", "column_x", "iqm", "iter_time_s"))
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -181,3 +197,32 @@ def test_every_regime_label_threshold_and_evidence_is_in_the_glossary():
     series = RunSeries("complete", 3, {"w_norm": [1.0, 2.0, 4.0]})
     names = [*STABILITY_KEYS, *growth_evidence(series)]
     assert [n for n in names if not documented(n, entries)] == []
+
+
+def _check_rows(text: str) -> dict[str, str]:
+    """check name -> its row of docs/metrics.md's health-check table (``| check | PASS
+    when | threshold (constant) |``), in table order."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| check | PASS when |"))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows[line.split("|")[1].strip()] = line
+    return rows
+
+
+def test_every_health_check_has_its_glossary_row_with_its_constants():
+    """The health-check table lists exactly the registered checks, in report order, and
+    each row quotes every constant its check registers as ``NAME = value`` with that value
+    (an expression such as ``sqrt(2)`` is evaluated)."""
+    from tdlens.report.health import HEALTH_CHECKS
+
+    rows = _check_rows(GLOSSARY.read_text())
+    assert list(rows) == [c.name for c in HEALTH_CHECKS]
+    for check in HEALTH_CHECKS:
+        for name, value in check.constants:
+            found = re.search(rf"`{name} = ([^`]+)`", rows[check.name])
+            assert found, f"docs/metrics.md: row {check.name} does not quote `{name} = ...`"
+            quoted = eval(found.group(1), {"sqrt": math.sqrt})
+            assert quoted == pytest.approx(value, rel=1e-12), (check.name, name)

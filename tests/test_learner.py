@@ -153,7 +153,7 @@ def test_metrics_are_the_defined_statistics():
     assert m["tracking_gap"] == pytest.approx(
         np.sum((res.params.theta_pi - res.params.theta_mu) ** 2) / maps.N
     )
-    excess = np.abs(b.a_sampled) > cfg.env.v_max
+    excess = np.abs(b.a_unclipped) > cfg.env.v_max
     assert m["clip_fraction"] == pytest.approx(np.mean(excess.any(axis=-1)))
     # the update used s = 1/(B T) and alpha_w
     G_w, _ = gradients(b, d, cfg.sigma_pi)

@@ -226,7 +226,7 @@ def test_fused_actor_features_equal_reference():
     paths = roll_out(cfg, maps, params.theta_mu, np.full(3, cfg.sigma_mu), noise)
     assert paths.psi.dtype == maps.dtype
     np.testing.assert_array_equal(paths.psi, actor_features(maps, paths.o))
-    np.testing.assert_array_equal(paths.m_b, policy_mean(params.theta_mu, paths.psi[:-1]))
+    np.testing.assert_array_equal(paths.m_mu, policy_mean(params.theta_mu, paths.psi[:-1]))
 
 
 def test_mixed_policy_rollout_chain_equals_chain_alone():
@@ -236,14 +236,14 @@ def test_mixed_policy_rollout_chain_equals_chain_alone():
     maps = make_feature_maps(cfg)
     params = init_params(cfg, maps)
     rngs = lambda: [stream(0, "probe_distribution", 0, c) for c in range(3)]  # noqa: E731
-    theta_b = np.stack([params.theta_mu, params.theta_pi, params.theta_mu])
-    sigma_b = np.array([cfg.sigma_mu, cfg.sigma_pi, cfg.sigma_mu])
-    mixed = roll_out(cfg, maps, theta_b, sigma_b, draw_noise(rngs(), 60, cfg))
-    alone = roll_out(cfg, maps, params.theta_mu, sigma_b, draw_noise(rngs(), 60, cfg))
-    for key in ("o", "psi", "m_b", "u", "a"):
+    theta_mu = np.stack([params.theta_mu, params.theta_pi, params.theta_mu])
+    sigma_mu = np.array([cfg.sigma_mu, cfg.sigma_pi, cfg.sigma_mu])
+    mixed = roll_out(cfg, maps, theta_mu, sigma_mu, draw_noise(rngs(), 60, cfg))
+    alone = roll_out(cfg, maps, params.theta_mu, sigma_mu, draw_noise(rngs(), 60, cfg))
+    for key in ("o", "psi", "m_mu", "u", "a"):
         np.testing.assert_array_equal(getattr(mixed, key)[:, 0], getattr(alone, key)[:, 0])
         np.testing.assert_array_equal(getattr(mixed, key)[:, 2], getattr(alone, key)[:, 2])
-    assert not np.array_equal(mixed.m_b[:, 1], alone.m_b[:, 1])
+    assert not np.array_equal(mixed.m_mu[:, 1], alone.m_mu[:, 1])
 
 
 def _loop_iterates(A, b, w, eta, steps):
@@ -323,12 +323,12 @@ def test_rollout_split_across_threads_equals_one_call():
     B = 2 * SPLIT_COLUMNS + 3
     noise = draw_noise([stream(0, "probe_stability", 0, c) for c in range(B)], 30, cfg)
     on_pi = np.arange(B) % 3 == 0
-    theta_b = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
-    sigma_b = np.where(on_pi, cfg.sigma_pi, cfg.sigma_mu)
+    theta_mu = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
+    sigma_mu = np.where(on_pi, cfg.sigma_pi, cfg.sigma_mu)
     evals = np.stack([params.theta_mu, params.theta_pi])
-    one = roll_out(cfg, maps, theta_b, sigma_b, noise, theta_eval=evals, keep_psi=False)
-    split = roll_out_threads(cfg, maps, theta_b, sigma_b, noise, 2, evals, keep_psi=False)
-    for key in ("o", "m_b", "u", "a", "a_sampled", "m_eval"):
+    one = roll_out(cfg, maps, theta_mu, sigma_mu, noise, theta_eval=evals, keep_psi=False)
+    split = roll_out_threads(cfg, maps, theta_mu, sigma_mu, noise, 2, evals, keep_psi=False)
+    for key in ("o", "m_mu", "u", "a", "a_unclipped", "m_eval"):
         np.testing.assert_array_equal(getattr(split, key), getattr(one, key), err_msg=key)
     assert split.psi is None
 

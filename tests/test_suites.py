@@ -46,8 +46,8 @@ def wrong_behaviour_sigma(monkeypatch):
     """Twin: ratios computed with a behaviour sigma 5% off."""
     real = rollout._ratios
 
-    def broken(u, m_pi, sigma_pi, m_b, sigma_b, clip):
-        return real(u, m_pi, sigma_pi, m_b, sigma_b * 1.05, clip)
+    def broken(u, m_pi, sigma_pi, m_mu, sigma_mu, clip):
+        return real(u, m_pi, sigma_pi, m_mu, sigma_mu * 1.05, clip)
 
     monkeypatch.setattr(rollout, "_ratios", broken)
 
@@ -64,8 +64,8 @@ def test_c2_catches_an_inverted_ratio_by_its_supremum(tmp_path, monkeypatch):
     sample's own standard error alone let it pass (E[rho] = 62,921 at z = 1.17)."""
     real = rollout._ratios
 
-    def inverted(u, m_pi, sigma_pi, m_b, sigma_b, clip):
-        rho, raw = real(u, m_pi, sigma_pi, m_b, sigma_b, None)
+    def inverted(u, m_pi, sigma_pi, m_mu, sigma_mu, clip):
+        rho, raw = real(u, m_pi, sigma_pi, m_mu, sigma_mu, None)
         return 1.0 / rho, 1.0 / raw
 
     monkeypatch.setattr(rollout, "_ratios", inverted)
@@ -97,8 +97,8 @@ def test_c2_catches_ratios_on_clipped_actions(tmp_path, monkeypatch):
     """Twin: the seed system's bug, rho evaluated on the clipped action."""
     real = rollout._ratios
 
-    def on_clipped(u, m_pi, sigma_pi, m_b, sigma_b, clip):
-        return real(np.clip(u, -0.4, 0.4), m_pi, sigma_pi, m_b, sigma_b, clip)
+    def on_clipped(u, m_pi, sigma_pi, m_mu, sigma_mu, clip):
+        return real(np.clip(u, -0.4, 0.4), m_pi, sigma_pi, m_mu, sigma_mu, clip)
 
     monkeypatch.setattr(rollout, "_ratios", on_clipped)
     assert not _check(tmp_path, "C2_fixed_behaviour").passed
@@ -240,9 +240,9 @@ def test_whole_suite_end_to_end(tmp_path):
     for name in ("SUMMARY.md", "SUMMARY.html", "summary.json"):
         assert (out / name).is_file()
     summary = (out / "SUMMARY.md").read_text()
-    from tdlens.suites import CHECKS
+    from tdlens.suites import SANITY_CHECKS
 
-    assert summary.count("| PASS |") == len(CHECKS) == 14 and "FAIL" not in summary
+    assert summary.count("| PASS |") == len(SANITY_CHECKS) and "FAIL" not in summary
 
 
 def test_console_keeps_brackets_of_the_observed_text(tmp_path):

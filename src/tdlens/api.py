@@ -280,17 +280,6 @@ def probe_every(cfg: RunConfig) -> int | None:
     return cfg.probes.every if cfg.probes.enabled else None
 
 
-def plain_progress(p: Progress) -> None:
-    """One line per iteration on stdout without timing: ``iter 3 (4/80 done) td_loss=...``
-    (:class:`PlainProgress` adds the elapsed time and the ETA)."""
-    probe = f" probes({p.probe_reason}) {p.probe_seconds:.2f}s" if p.probe_reason else ""
-    print(
-        f"{progress_fields(p)} td_loss={p.metrics['td_loss']:.4g} "
-        f"w_norm={p.metrics['w_norm']:.6g}{probe}",
-        flush=True,
-    )
-
-
 def execute(runner: Runner, on_progress: Callable[[Progress], None] | None = None) -> RunResult:
     """Run `runner` to its end, calling `on_progress` after every iteration."""
     runner.on_progress = on_progress

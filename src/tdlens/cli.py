@@ -29,7 +29,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from tdlens.config import ConfigError, RunConfig, find_config, printable
+from tdlens.config import ConfigError, RunConfig, printable
 
 app = typer.Typer(
     name="tdlens",
@@ -66,14 +66,6 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print one clear error line (control characters escaped) and exit (2 = bad input)."""
     err.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False, markup=True)
     raise typer.Exit(code)
-
-
-def resolve_config_path(arg: str | None) -> Path:
-    """A config file: the path given, else a shipped config by name (seed_plateau...)."""
-    try:
-        return find_config(arg or DEFAULT_CONFIG)
-    except ConfigError as exc:
-        fail(str(exc))
 
 
 def load_cli_config(arg: str | None, overrides: list[str] | None, name: str | None) -> RunConfig:
@@ -540,12 +532,12 @@ def sanity(
 
     Exits 1 when any check fails.
     """
-    from tdlens.suites import CHECKS, run_suite
+    from tdlens.suites import SANITY_CHECKS, run_suite
 
     cfg = load_cli_config(base or "sanity", overrides, None)
-    unknown = [n for n in only or [] if n not in CHECKS]
+    unknown = [n for n in only or [] if n not in SANITY_CHECKS]
     if unknown:
-        fail(f"--only: unknown check(s) {', '.join(unknown)}; known: {', '.join(CHECKS)}")
+        fail(f"--only: unknown check(s) {', '.join(unknown)}; known: {', '.join(SANITY_CHECKS)}")
 
     def show(res) -> None:
         verdict = "[green]PASS[/]" if res.passed else "[bold red]FAIL[/]"

@@ -116,16 +116,22 @@ class PlateauConfig(_Frozen):
     min_iter: int = Field(10, ge=0, le=COUNT_MAX)
 
 
+Sampling = Annotated[
+    Literal["trainer", "stationary"],
+    Field(
+        description="trainer: batch_size // horizon trajectories of horizon steps from reset "
+        "(at least 2), as the trainer samples; stationary: one continuing chain"
+    ),
+]
+"""How a critic probe samples its batch (``probes.fixed_point/stability.sampling``)."""
+
+
 class FixedPointConfig(_Frozen):
     """TD fixed point probe (SPEC 6.1)."""
 
     enabled: bool = True
     batch_size: int = Field(4096, ge=2, le=COUNT_MAX)
-    sampling: Literal["trainer", "stationary"] = Field(
-        "trainer",
-        description="trainer: batch_size // horizon trajectories of horizon steps from reset "
-        "(at least 2), as the trainer samples; stationary: one continuing chain",
-    )
+    sampling: Sampling = "trainer"
     solver: Literal["direct", "iterate"] = "direct"
     ridge: float = Field(1e-3, ge=0, le=SCALE_MAX)
     max_iters: int = Field(2000, ge=1, le=COUNT_MAX)
@@ -141,11 +147,7 @@ class StabilityConfig(_Frozen):
 
     enabled: bool = True
     batch_size: int = Field(4096, ge=2, le=COUNT_MAX)
-    sampling: Literal["trainer", "stationary"] = Field(
-        "trainer",
-        description="trainer: batch_size // horizon trajectories of horizon steps from reset "
-        "(at least 2), as the trainer samples; stationary: one continuing chain",
-    )
+    sampling: Sampling = "trainer"
     k_mc: int = Field(8, ge=1, le=COUNT_MAX)
     power_iters: int = Field(20, ge=1, le=COUNT_MAX)
 

@@ -188,7 +188,7 @@ def expected_critic_features_exact(
 
 @dataclass(frozen=True)
 class NextActions:
-    """How bar_phi(s') is estimated: MC draws ``[S, K, 2]`` (K may be 0) or exact."""
+    """How bar_phi(s') is estimated: MC draws ``[L, K, 2]`` (K may be 0) or exact."""
 
     draws: np.ndarray | None = None
     mean: np.ndarray | None = None
@@ -249,8 +249,8 @@ def chain_features(
 ) -> None:
     """TD features along one chain of states s_0..s_S (fused, blocked, in place).
 
-    ``o_chain [S+1, 18]``, ``a [S, 2]`` the executed actions. Writes
-    ``phi_out[t] = phi(s_t, a_t)`` and ``bar_phi_out[t] = bar_phi(s_{t+1})`` for t < S,
+    ``o_chain [L+1, 18]``, ``a [L, 2]`` the executed actions. Writes
+    ``phi_out[t] = phi(s_t, a_t)`` and ``bar_phi_out[t] = bar_phi(s_{t+1})`` for t < L,
     computing ``C = W_obs o`` once per state and reusing it for all J + 1 actions of a row
     (a_t on s_t; the J next-action draws, or the mean when exact, on s_{t+1}). Per row
     block: compiled kernels write the cosine arguments ``a W_act + (C + bias)`` of all
@@ -259,7 +259,7 @@ def chain_features(
     The values are those of ``cos(C + bias + a W_act)`` evaluated step by step with NumPy.
     """
     scratch = {} if scratch is None else scratch
-    S = a.shape[0]
+    L = a.shape[0]
     D, D_base, dtype = maps.D, maps.D - NUM_EXTRA, maps.dtype
     o32 = o_chain.astype(dtype)
     scale = maps.constant("phi_scale", maps.base_scale)
@@ -270,14 +270,14 @@ def chain_features(
         sq = np.sum(next_actions.mean**2, axis=-1) + 2.0 * next_actions.sigma**2
     else:
         K = next_actions.draws.shape[1]
-        draws = next_actions.draws if K > 0 else np.zeros((S, 1, 2))
+        draws = next_actions.draws if K > 0 else np.zeros((L, 1, 2))
         bar_scale = maps.constant(f"bar_scale_{K}", maps.base_scale / max(K, 1))
-        sq = np.mean(np.sum(draws**2, axis=-1), axis=1) if K > 0 else np.zeros(S)
+        sq = np.mean(np.sum(draws**2, axis=-1), axis=1) if K > 0 else np.zeros(L)
     a32, draws32 = a.astype(dtype)[:, None, :], draws.astype(dtype)
     J = draws32.shape[1]
     sub = max(1, _CACHE_BYTES // ((J + 1) * D_base * dtype.itemsize))
-    for start in range(0, S, _BLOCK_ROWS):
-        stop = min(start + _BLOCK_ROWS, S)
+    for start in range(0, L, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, L)
         C = _buffer(scratch, "C", stop - start + 1, D_base, dtype)
         np.matmul(o32[start : stop + 1], maps.W_obs, out=C)
         for lo in range(start, stop, sub):
@@ -290,9 +290,9 @@ def chain_features(
             np.cos(args, out=args)
             scale_rows(args[0], scale, phi_out[lo:hi])
             mean_rows(args[1:], bar_scale, bar_phi_out[lo:hi])
-    phi_out[:, D_base : D - 1] = o_chain[:S, _FLAGS]
+    phi_out[:, D_base : D - 1] = o_chain[:L, _FLAGS]
     phi_out[:, D - 1] = np.sum(a**2, axis=-1)
-    bar_phi_out[:, D_base : D - 1] = o_chain[1 : S + 1, _FLAGS]
+    bar_phi_out[:, D_base : D - 1] = o_chain[1 : L + 1, _FLAGS]
     bar_phi_out[:, D - 1] = sq
 
 

@@ -117,9 +117,9 @@ def collect(
     """Roll out ``len(rngs)`` chains of T steps under mu and build their TD batch."""
     B = len(rngs)
     noise = draw_noise(rngs, T, cfg)
-    sigma_b = np.full(B, cfg.sigma_mu)
-    paths = roll_out(cfg, maps, theta_mu, sigma_b, noise)
-    return td_batch(cfg, maps, paths, noise, theta_pi, sigma_b, workspace=workspace)
+    sigma_mu = np.full(B, cfg.sigma_mu)
+    paths = roll_out(cfg, maps, theta_mu, sigma_mu, noise)
+    return td_batch(cfg, maps, paths, noise, theta_pi, sigma_mu, workspace=workspace)
 
 
 def critic_values(batch: TDBatch, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +232,7 @@ def iteration_metrics(
     rho = batch.rho.reshape(-1)
     rho2 = rho**2
     abs_delta = np.abs(delta).reshape(-1)
-    a = batch.a_sampled.reshape(-1, 2)
+    a = batch.a_unclipped.reshape(-1, 2)
     excess = np.sqrt(np.sum((a - np.clip(a, -cfg.env.v_max, cfg.env.v_max)) ** 2, axis=1))
     return {
         "td_loss": float(np.mean(delta**2)),

@@ -19,53 +19,39 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from tdlens.config import RunConfig
-from tdlens.features import actor_features, make_feature_maps
+from tdlens.features import make_feature_maps
 from tdlens.learner import init_params
-from tdlens.policy import policy_mean, squash
+from tdlens.rollout import draw_noise, roll_out
 from tdlens.rundir.files import file_mode
 from tdlens.seeding import stream
 from tdlens.torus.draw import draw_state, legend_handles
-from tdlens.torus.dynamics import (
-    NORMAL_WIDTH,
-    TorusState,
-    clip_action,
-    observe,
-    reset_from_uniforms,
-    reset_width,
-    step,
-    uniform_width,
-)
+from tdlens.torus.dynamics import TorusState, reset_from_uniforms, step
 
 
 def episode_frames(cfg: RunConfig, steps: int) -> list[np.ndarray]:
     """Roll out one environment for `steps` steps under mu and render every step.
 
-    Noise comes from stream ``render``, drawn up front in the rollout's order: reset
-    uniforms, action normals ``[T, 2]``, environment normals ``[T, 4]``, environment
-    uniforms ``[T, U]``. ``u_t = m_mu(s_t) + sigma_mu z_t``, ``a_t = v_max tanh(u_t)`` when
-    squash_action, clipped by the environment when clip_action (SPEC 1, 3). Frame ``t``
-    shows ``s_{t+1}`` with the executed ``a_t`` and the events of that transition, as
-    ``env.render()`` after a step does, plus the legend and caption of
-    :func:`frame_figure`; frames are ``FRAME_PX`` (width, height).
+    The episode is the trainer's own rollout (:func:`tdlens.rollout.roll_out` of one
+    chain whose noise :func:`tdlens.rollout.draw_noise` draws from stream ``render``):
+    ``u_t = m_mu(s_t) + sigma_mu z_t``, ``a_t = v_max tanh(u_t)`` when squash_action,
+    clipped by the environment when clip_action (docs/model.md §1, §3). Its executed
+    actions and environment noise replay on :func:`tdlens.torus.dynamics.step` (the same
+    states, bit for bit) for the pictures. Frame ``t`` shows ``s_{t+1}`` with the executed
+    ``a_t`` and the events of that transition, as ``env.render()`` after a step does, plus
+    the legend and caption of :func:`frame_figure`; frames are ``FRAME_PX`` (width,
+    height).
     """
     if steps < 1:
         raise ValueError(f"steps: must be >= 1, got {steps}")
-    env = cfg.env
     maps = make_feature_maps(cfg)
     theta_mu = init_params(cfg, maps).theta_mu
-    rng = stream(cfg.seed, "render")
-    u_reset = rng.random((1, reset_width(env.num_goblets)))
-    z_act = rng.standard_normal((steps, 1, 2))
-    z_env = rng.standard_normal((steps, 1, NORMAL_WIDTH))
-    u_env = rng.random((steps, 1, uniform_width(env.num_goblets)))
-    state = reset_from_uniforms(u_reset, env)
+    noise = draw_noise([stream(cfg.seed, "render")], steps, cfg)
+    paths = roll_out(cfg, maps, theta_mu, np.array([cfg.sigma_mu]), noise, keep_psi=False)
+    state = reset_from_uniforms(noise.reset, cfg.env)
     frames = []
     for t in range(steps):
-        psi_t = actor_features(maps, observe(state, env)).astype(np.float64)
-        u_t = policy_mean(theta_mu, psi_t) + cfg.sigma_mu * z_act[t]
-        a_t = clip_action(squash(u_t, env.v_max) if cfg.squash_action else u_t, env)
-        state = step(state, a_t, z_env[t], u_env[t], env)
-        frames.append(frame_rgb(frame_figure(state, cfg, a_t[0], t + 1, steps)))
+        state = step(state, paths.a[t], noise.z_env[t], noise.u_env[t], cfg.env)
+        frames.append(frame_rgb(frame_figure(state, cfg, paths.a[t, 0], t + 1, steps)))
     return frames
 
 

@@ -93,10 +93,10 @@ class Paths:
 
     o: np.ndarray  # observations of s_0..s_T
     psi: np.ndarray | None  # [T+1, B, N] actor features (features dtype); None if not kept
-    m_b: np.ndarray  # [T, B, 2] behaviour mean
+    m_mu: np.ndarray  # [T, B, 2] mean of the behaviour policy mu (the one that acts)
     u: np.ndarray  # [T, B, 2] Gaussian draw (the action as sampled, pre-squash)
     a: np.ndarray  # [T, B, 2] executed action (squashed, then clipped if clip_action)
-    a_sampled: np.ndarray  # [T, B, 2] the action before the environment clips it
+    a_unclipped: np.ndarray  # [T, B, 2] squashed (if squash_action), before the env clips
     theta_eval: np.ndarray | None = None  # [E, N, 2] policies whose means were recorded
     m_eval: np.ndarray | None = None  # [T+1, B, E, 2] their means at s_0..s_T
 
@@ -105,10 +105,10 @@ class Paths:
         return Paths(
             o=self.o[:, chains],
             psi=None if self.psi is None else self.psi[:, chains],
-            m_b=self.m_b[:, chains],
+            m_mu=self.m_mu[:, chains],
             u=self.u[:, chains],
             a=self.a[:, chains],
-            a_sampled=self.a_sampled[:, chains],
+            a_unclipped=self.a_unclipped[:, chains],
             theta_eval=self.theta_eval,
             m_eval=None if self.m_eval is None else self.m_eval[:, chains],
         )
@@ -128,15 +128,15 @@ class Paths:
 def roll_out(
     cfg: RunConfig,
     maps: FeatureMaps,
-    theta_b: np.ndarray,
-    sigma_b: np.ndarray,
+    theta_mu: np.ndarray,
+    sigma_mu: np.ndarray,
     noise: ChainNoise,
     theta_eval: np.ndarray | None = None,
     keep_psi: bool = True,
 ) -> Paths:
     """Simulate B chains for T steps under per-chain Gaussian policies.
 
-    ``theta_b`` (``[N, 2]`` shared by all chains, or ``[B, N, 2]``) and ``sigma_b [B]`` are
+    ``theta_mu`` (``[N, 2]`` shared by all chains, or ``[B, N, 2]``) and ``sigma_mu [B]`` are
     the behaviour parameters; a chain's path is the same whichever policies the other chains
     follow. ``u_t = m(s_t) + sigma z_t``; ``a_t = v_max tanh(u_t)`` with
     squashing, else ``u_t``; the environment clips it when env.clip_action.
@@ -154,37 +154,37 @@ def roll_out(
     N = maps.N
     o = np.empty((T + 1, B, 18))
     psi = np.empty((T + 1 if keep_psi else 1, B, N), dtype=maps.dtype)
-    m_b = np.empty((T, B, 2))
+    m_mu = np.empty((T, B, 2))
     u = np.empty((T, B, 2))
     evals = None if theta_eval is None else np.ascontiguousarray(theta_eval, dtype=np.float64)
     m_eval = None if evals is None else np.empty((T + 1, B, len(evals), 2))
     z_act, z_env, u_env = (np.ascontiguousarray(x) for x in (noise.z_act, noise.z_env, noise.u_env))
-    S = fast.pack(reset_from_uniforms(noise.reset, env))
+    packed = fast.pack(reset_from_uniforms(noise.reset, env))
     p = fast.env_params(env)
-    sigma = np.ascontiguousarray(sigma_b, dtype=np.float64)
-    theta = np.ascontiguousarray(theta_b.reshape(-1, N, 2), dtype=np.float64)
+    sigma = np.ascontiguousarray(sigma_mu, dtype=np.float64)
+    theta = np.ascontiguousarray(theta_mu.reshape(-1, N, 2), dtype=np.float64)
     cap = maps.dtype.type(maps.c_psi)
-    fast.observe_packed(S, p, o[0])
+    fast.observe_packed(packed, p, o[0])
     for t in range(T):
         psi_t = actor_features_into(maps, o[t], psi[t if keep_psi else 0], cap_norm=False)
         gaussian_policy_step(
-            psi_t, np.vecdot(psi_t, psi_t), cap, theta, sigma, z_act[t], m_b[t], u[t]
+            psi_t, np.vecdot(psi_t, psi_t), cap, theta, sigma, z_act[t], m_mu[t], u[t]
         )
         if evals is not None:
             policy_means_each(psi_t, evals, m_eval[t])
         a_t = squash(u[t], env.v_max) if cfg.squash_action else u[t]
-        fast.step_observe_packed(S, a_t, z_env[t], u_env[t], p, o[t + 1])
+        fast.step_observe_packed(packed, a_t, z_env[t], u_env[t], p, o[t + 1])
     psi_T = actor_features_into(maps, o[T], psi[T if keep_psi else 0])
     if evals is not None:
         policy_means_each(psi_T, evals, m_eval[T])
-    a_sampled = squash(u, env.v_max) if cfg.squash_action else u
+    a_unclipped = squash(u, env.v_max) if cfg.squash_action else u
     return Paths(
         o=o,
         psi=psi if keep_psi else None,
-        m_b=m_b,
+        m_mu=m_mu,
         u=u,
-        a=clip_action(a_sampled, env),
-        a_sampled=a_sampled,
+        a=clip_action(a_unclipped, env),
+        a_unclipped=a_unclipped,
         theta_eval=evals,
         m_eval=m_eval,
     )
@@ -197,8 +197,8 @@ SPLIT_COLUMNS = 32
 def roll_out_threads(
     cfg: RunConfig,
     maps: FeatureMaps,
-    theta_b: np.ndarray,
-    sigma_b: np.ndarray,
+    theta_mu: np.ndarray,
+    sigma_mu: np.ndarray,
     noise: ChainNoise,
     threads: int,
     theta_eval: np.ndarray | None = None,
@@ -212,14 +212,14 @@ def roll_out_threads(
     B = noise.z_act.shape[1]
     parts = max(1, min(threads, B // SPLIT_COLUMNS))
     if parts == 1:
-        return roll_out(cfg, maps, theta_b, sigma_b, noise, theta_eval, keep_psi)
+        return roll_out(cfg, maps, theta_mu, sigma_mu, noise, theta_eval, keep_psi)
     bounds = np.linspace(0, B, parts + 1).astype(int)
     cols = [slice(int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
-    per_chain = theta_b.ndim == 3
+    per_chain = theta_mu.ndim == 3
 
     def part(c: slice) -> Paths:
-        theta = theta_b[c] if per_chain else theta_b
-        return roll_out(cfg, maps, theta, sigma_b[c], noise.take(c), theta_eval, keep_psi)
+        theta = theta_mu[c] if per_chain else theta_mu
+        return roll_out(cfg, maps, theta, sigma_mu[c], noise.take(c), theta_eval, keep_psi)
 
     return concat_paths(parallel_map(part, cols, parts))
 
@@ -234,10 +234,10 @@ def concat_paths(parts: list[Paths]) -> Paths:
     return Paths(
         o=cat("o"),
         psi=cat("psi"),
-        m_b=cat("m_b"),
+        m_mu=cat("m_mu"),
         u=cat("u"),
         a=cat("a"),
-        a_sampled=cat("a_sampled"),
+        a_unclipped=cat("a_unclipped"),
         theta_eval=parts[0].theta_eval,
         m_eval=cat("m_eval"),
     )
@@ -254,9 +254,9 @@ class TDBatch:
     rho_raw: np.ndarray  # [B, T] unclipped ratio
     psi: np.ndarray  # [B, T, N] actor features of s_t ([B, T, 0] when the paths kept none)
     u: np.ndarray  # [B, T, 2] the Gaussian draw
-    m_b: np.ndarray  # [B, T, 2] behaviour mean
+    m_mu: np.ndarray  # [B, T, 2] behaviour mean
     m_pi: np.ndarray  # [B, T, 2] target mean
-    a_sampled: np.ndarray  # [B, T, 2] action before the environment clip
+    a_unclipped: np.ndarray  # [B, T, 2] squashed (if squash_action), before the env clips
     o: np.ndarray  # [B, T+1, 18]
 
     @property
@@ -270,7 +270,7 @@ def td_batch(
     paths: Paths,
     noise: ChainNoise,
     theta_pi: np.ndarray,
-    sigma_b: np.ndarray,
+    sigma_mu: np.ndarray,
     with_features: bool = True,
     workspace: Workspace | None = None,
 ) -> TDBatch:
@@ -287,9 +287,9 @@ def td_batch(
     psi = None if paths.psi is None else np.swapaxes(paths.psi, 0, 1)
     o = bm(paths.o)
     m_pi_all = bm(paths.mean_under(theta_pi))  # [B, T+1, 2]
-    u, m_b = bm(paths.u), bm(paths.m_b)
+    u, m_mu = bm(paths.u), bm(paths.m_mu)
     m_pi = m_pi_all[:, :T]
-    rho, rho_raw = _ratios(u, m_pi, cfg.sigma_pi, m_b, sigma_b, cfg.effective_rho_clip)
+    rho, rho_raw = _ratios(u, m_pi, cfg.sigma_pi, m_mu, sigma_mu, cfg.effective_rho_clip)
     a_exec = bm(paths.a)
     ws = Workspace() if workspace is None else workspace
     D = maps.D if with_features else 0
@@ -319,9 +319,9 @@ def td_batch(
         rho_raw=rho_raw,
         psi=np.empty((B, T, 0), maps.dtype) if psi is None else psi[:, :T],
         u=u,
-        m_b=m_b,
+        m_mu=m_mu,
         m_pi=m_pi,
-        a_sampled=bm(paths.a_sampled),
+        a_unclipped=bm(paths.a_unclipped),
         o=o,
     )
 
@@ -330,15 +330,15 @@ def _ratios(
     u: np.ndarray,
     m_pi: np.ndarray,
     sigma_pi: float,
-    m_b: np.ndarray,
-    sigma_b: np.ndarray,
+    m_mu: np.ndarray,
+    sigma_mu: np.ndarray,
     rho_clip: float | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Importance ratios with a per-chain behaviour sigma ``sigma_b [B]``."""
-    if np.all(sigma_b == sigma_b[0]):
-        return importance_ratio(u, m_pi, sigma_pi, m_b, float(sigma_b[0]), rho_clip)
+    """Importance ratios with a per-chain behaviour sigma ``sigma_mu [B]``."""
+    if np.all(sigma_mu == sigma_mu[0]):
+        return importance_ratio(u, m_pi, sigma_pi, m_mu, float(sigma_mu[0]), rho_clip)
     rows = [
-        importance_ratio(u[b], m_pi[b], sigma_pi, m_b[b], float(sigma_b[b]), rho_clip)
+        importance_ratio(u[b], m_pi[b], sigma_pi, m_mu[b], float(sigma_mu[b]), rho_clip)
         for b in range(u.shape[0])
     ]
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable
@@ -361,12 +360,12 @@ def check_c2(ctx: SuiteContext) -> CheckResult:
     moved = sum(int(not np.array_equal(r.params.theta_mu, start.theta_mu)) for r in obs.results)
     rho = np.concatenate([r.batch.rho_raw.ravel() for r in obs.results])
     theory2 = np.concatenate(
-        [rho_moments(r.batch.m_pi, 0.2, r.batch.m_b, 0.35)[1].ravel() for r in obs.results]
+        [rho_moments(r.batch.m_pi, 0.2, r.batch.m_mu, 0.35)[1].ravel() for r in obs.results]
     )
     # sigma_pi < sigma_mu bounds every ratio: rho_i <= sup_u pi/mu at its own state. A
     # z-test alone cannot reject an inverted ratio, whose moments are infinite.
     sup = np.concatenate(
-        [_rho_sup_per_step(r.batch.m_pi, 0.2, r.batch.m_b, 0.35) for r in obs.results]
+        [_rho_sup_per_step(r.batch.m_pi, 0.2, r.batch.m_mu, 0.35) for r in obs.results]
     )
     over_sup = int(np.sum(rho > sup * (1 + 1e-9)))
     n = rho.size
@@ -545,7 +544,7 @@ def settled_ratio(dyn: ExpectedDynamics) -> float:
     return float(np.mean(dyn.value_gap[late] ** 2) / np.mean(centre**2))
 
 
-CHECKS: dict[str, Callable[[SuiteContext], CheckResult]] = {
+SANITY_CHECKS: dict[str, Callable[[SuiteContext], CheckResult]] = {
     "on_policy": check_on_policy,
     "no_bootstrap": check_no_bootstrap,
     "fixed_pi": check_fixed_pi,
@@ -583,10 +582,10 @@ def run_suite(
     on_check: Callable[[CheckResult], None] | None = None,
 ) -> SuiteResult:
     """Run the checks (all, or `only`) into ``out_root/<timestamp>/<check>/``."""
-    names = list(CHECKS) if not only else only
-    unknown = [n for n in names if n not in CHECKS]
+    names = list(SANITY_CHECKS) if not only else only
+    unknown = [n for n in names if n not in SANITY_CHECKS]
     if unknown:
-        raise KeyError(f"unknown check(s) {unknown}; known: {', '.join(CHECKS)}")
+        raise KeyError(f"unknown check(s) {unknown}; known: {', '.join(SANITY_CHECKS)}")
     stamp = dt.datetime.now().strftime("%Y%m%d_%H%M%S")
     out_dir = Path(out_root) / stamp
     k = 2
@@ -599,7 +598,7 @@ def run_suite(
     for name in names:
         t0 = time.perf_counter()
         try:
-            res = CHECKS[name](ctx)
+            res = SANITY_CHECKS[name](ctx)
         except Exception as exc:  # a crashing check is a failing check, reported as such
             res = CheckResult(name, False, f"{type(exc).__name__}: {exc}", "no error", "-")
         res.seconds = time.perf_counter() - t0
@@ -650,7 +649,3 @@ def write_summary(suite: SuiteResult) -> None:
     body = card + table(header, table_rows)
     page = kit_page(f"Sanity suite: {verdict}", body)
     atomic_write_text(suite.out_dir / "SUMMARY.html", page)
-
-
-def summary_json(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

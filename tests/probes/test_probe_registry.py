@@ -18,10 +18,8 @@ from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner, curve_columns
 from tdlens.seeding import stream
 
-OTHERS_OFF = [
-    f"probes.{s}.enabled=false"
-    for s in ("fixed_point", "stability", "distribution", "q_kernel", "rho_audit")
-]
+OTHERS_OFF = [f"probes.{s}.enabled=false" for s in registry.sections()]
+"""Every built-in probe off (read before the toy registers)."""
 
 
 class ToyConfig(BaseModel):
@@ -120,6 +118,61 @@ def test_registering_twice_or_a_taken_column_is_refused(toy):
     clash = ProbeSpec("other", "toy", run_toy, summary={"toy_summary": "x"})
     with pytest.raises(ValueError, match="already taken"):
         registry.register(clash)
+
+
+def test_a_probe_without_a_config_section_is_refused_at_registration():
+    """Not at its first round (``failed: AttributeError`` at iteration 0): a spec whose
+    section ProbesConfig lacks must bring its config model, with an ``enabled`` field, and
+    may not take a section that exists."""
+    with pytest.raises(ValueError, match=r"no config section 'probes\.unconfigured'"):
+        registry.register(ProbeSpec("unconfigured_probe", "unconfigured", run_toy))
+    with pytest.raises(ValueError, match=r"no config section 'probes\.every'"):
+        registry.register(ProbeSpec("every_probe", "every", run_toy))
+
+    class NoSwitch(BaseModel):
+        scale: float = 1.0
+
+    with pytest.raises(ValueError, match="needs an 'enabled' field"):
+        registry.register(ProbeSpec("unconfigured_probe", "unconfigured", run_toy, config=NoSwitch))
+    with pytest.raises(ValueError, match=r"'probes\.stability' is taken"):
+        registry.register(ProbeSpec("unconfigured_probe", "stability", run_toy, config=ToyConfig))
+    assert "unconfigured_probe" not in registry.names()
+
+
+def test_a_probe_declares_its_section_by_fields_without_a_model_class(tmp_path):
+    """``config={"enabled": (bool, True), "scale": (float, 2.0)}``: the registry builds
+    the section's model (so it need not import the probe's module); the section loads,
+    validates and refuses unknown keys like any other."""
+    spec = ProbeSpec(
+        "fields_probe",
+        "fields",
+        run_toy,
+        config={"enabled": (bool, True), "scale": (float, 2.0)},
+    )
+    registry.register(spec)
+    try:
+        cfg = load_config("configs/sanity.yaml", ["probes.fields.scale=3"])
+        assert cfg.probes.section("fields").scale == 3.0 and cfg.probes.fields.enabled
+        with pytest.raises(ConfigError, match=r"'probes\..*scal'"):
+            load_config("configs/sanity.yaml", ["probes.fields.scal=3"])
+    finally:
+        registry.unregister("fields_probe")
+
+
+def test_the_report_expects_the_declared_columns_of_a_new_probe(toy, tmp_path):
+    """A registered probe's declared columns are the ones its report section expects:
+    one it never wrote shows as missing instead of disappearing."""
+    from report.test_report_fixtures import healthy_run
+    from tdlens.report import build_report
+
+    registry.unregister("toy_probe")
+    registry.register(ProbeSpec(**{**toy.__dict__, "columns": ("iter", "toy_value", "toy_x")}))
+    run = healthy_run()  # its toy rows hold every declared column: drop one
+    for row in run.probes["toy_probe"]:
+        del row["toy_x"]
+    report = build_report(run.write(tmp_path / "run"))
+    section = next(p for p in report.probes if p.name == "toy_probe")
+    assert section.stats["toy_x"] is None and section.stats["toy_value"] is not None
 
 
 def test_every_registered_probe_is_in_the_glossary():

@@ -108,3 +108,22 @@ def test_rho_z_is_calibrated_on_autocorrelated_states():
         z2.append(row["rho2_mean_z"])
     for z in (np.abs(z1), np.abs(z2)):
         assert 0.02 <= np.mean(z > 1.96) <= 0.085
+
+
+@pytest.mark.parametrize("scale", [0.9, 1.1])
+def test_z_scores_carry_the_sign_of_empirical_minus_theory(scale):
+    """Ratios scaled by 0.9 (1.1) average below (above) their closed forms: every z is
+    ``(mean(x) - mean(theory)) / (std(x, ddof=1) / sqrt(n))`` with that sign, recomputed
+    here from the row's own empirical and theory columns (signed, not only |z|)."""
+    m_pi, m_mu = chain_means(4096, 7)
+    u = m_mu + 0.35 * np.random.default_rng(8).standard_normal(m_mu.shape)
+    _, rho_raw = importance_ratio(u, m_pi, 0.30, m_mu, 0.35, None)
+    rho = scale * rho_raw
+    row = ra.audit_rho(rho, m_pi, m_mu, 0.30, 0.35, 1.2, 5.0)
+    n = rho.size
+    clipped = np.minimum(rho, 1.2)
+    for name, x in (("rho_mean", rho), ("rho2_mean", rho**2), ("clipped_mean", clipped)):
+        theory = row[f"{name}_theory"]
+        z = (x.mean() - theory) / (x.std(ddof=1) / math.sqrt(n))
+        assert np.sign(row[f"{name}_z"]) == np.sign(scale - 1.0), name
+        assert row[f"{name}_z"] == pytest.approx(z, rel=1e-3), name

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from test_report_fixtures import EVERY, N_ITERS, frozen_run, healthy_run
 
-from tdlens.report import build_report
+from tdlens.report import build_report, probe_checks, sanity_checks
+from tdlens.report import checks as general_checks
 from tdlens.report.checks import RHO2_SANE_MAX, expected_rho2_equal_means
 from tdlens.report.fmt import fmt
+from tdlens.report.health import HEALTH_CHECKS
 from tdlens.report.probe_checks import (
     LOSS_CV_FALLBACK,
     subsample_rel_se,
@@ -31,9 +33,21 @@ def verdict(run, tmp_path, name):
 
 def test_healthy_run_passes_every_check(tmp_path):
     checks = checks_of(healthy_run(), tmp_path)
-    assert len(checks) == 15  # SPEC 8's 14 and step_stable
+    assert list(checks) == [c.name for c in HEALTH_CHECKS]  # each returns its own name
     assert {n: c.verdict for n, c in checks.items()} == {n: PASS for n in checks}
     assert overall_status(list(checks.values())) == (PASS, [])
+
+
+def test_every_check_function_is_registered_once():
+    """A ``check_*`` function the registry lacks would never run in a report."""
+    defined = {
+        fn
+        for module in (general_checks, probe_checks, sanity_checks)
+        for name, fn in vars(module).items()
+        if name.startswith("check_") and callable(fn) and fn.__module__ == module.__name__
+    }
+    registered = [c.run for c in HEALTH_CHECKS]
+    assert len(set(registered)) == len(registered) and set(registered) == defined
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
@@ -251,6 +265,16 @@ def test_critic_frozen_warns_on_a_frozen_critic(tmp_path):
     del run.probes["stability_probe"]
     c = verdict(run, tmp_path / "d", "critic_frozen")
     assert c.verdict == WARN and c.observed["max_rel_step"] == pytest.approx(1e-2)
+
+
+@pytest.mark.parametrize(("rel_step", "expected"), [(0.9e-6, WARN), (1.1e-6, PASS)])
+def test_critic_frozen_threshold_is_one_in_a_million_per_iteration(tmp_path, rel_step, expected):
+    """The threshold against its documented value, not against FROZEN_REL_STEP itself:
+    docs/metrics.md gives a median delta_w_norm / w_norm below 1e-6 per iteration."""
+    run = healthy_run()
+    run.set_curve("delta_w_norm", lambda i: rel_step * run.curves[i]["w_norm"])
+    del run.probes["stability_probe"]
+    assert verdict(run, tmp_path / "a", "critic_frozen").verdict == expected
 
 
 def test_step_stable_passes_below_and_fails_above_the_critical_step(tmp_path):

@@ -259,13 +259,18 @@ def _probe_rows(cfg: RunConfig, i: int, k: int, td: float) -> dict[str, dict[str
         "passed": 1.0,
         **rho_summary(),
     }
-    return {
+    rows = {
         "fixed_point_probe": fixed,
         "stability_probe": stability,
         "distribution_probe": distribution,
         "q_kernel_probe": q_kernel,
         "rho_audit": audit,
     }
+    for spec in registry.specs():  # a probe registered later: a flat row of its columns
+        if spec.name not in rows:
+            cols = dict.fromkeys((*spec.columns, *spec.summary.values()), 1.0)
+            rows[spec.name] = {**cols, **it}
+    return rows
 
 
 def healthy_run(*overrides: str, arrays: bool = False) -> SynthRun:

@@ -15,6 +15,7 @@ from test_report_fixtures import healthy_run
 
 from helpers import small_config
 from tdlens.report import REPORT_FILES, build_report, write_report
+from tdlens.report.health import HEALTH_CHECKS
 from tdlens.report.kit import figure_specs, plotly_js
 from tdlens.rundir.files import atomic_write_text
 from tdlens.runs import runner as runner_mod
@@ -38,7 +39,9 @@ def test_json_carries_the_same_content(tmp_path):
     data = json.loads((run_dir / "run_report.json").read_text())  # strict JSON: no NaN
     md = (run_dir / "run_report.md").read_text()
     assert f"- status: {data['health']['line']}" in md
-    assert data["health"]["status"] == "PASS" and len(data["health"]["checks"]) == 15
+    assert data["health"]["status"] == "PASS" and len(data["health"]["checks"]) == len(
+        HEALTH_CHECKS
+    )
     assert all("observed" in c for c in data["health"]["checks"])
     growth = data["probe_metrics"]["stability_probe"]["metrics"]["growth_timescale"]
     assert growth["last"] is None and growth["mean_last_k"] is None  # inf -> null

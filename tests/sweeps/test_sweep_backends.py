@@ -286,6 +286,36 @@ def test_dead_worker_is_retried_from_its_checkpoint_bit_identical(mini_spec, tmp
     assert _tables(run_dir(res.sweep_dir, dead.run_id)) == _tables(_reference(dead, tmp_path))
 
 
+def _always_die(task: RunTask):
+    """Worker fn: the beta=0.5 run's process dies (os._exit) after its first iteration on
+    every attempt, resumed or not."""
+    if "beta0.5" not in task.run_id:
+        return execute_task(task)
+    from threadpoolctl import threadpool_limits
+
+    def bomb(progress) -> None:
+        os._exit(19)
+
+    cfg = None if task.resume else parse_config(task.config)
+    with threadpool_limits(limits=1):
+        Runner(cfg, task.run_dir, task.resume, on_progress=bomb, handle_signals=False).run()
+    raise AssertionError("unreachable")
+
+
+def test_retries_two_means_three_attempts_then_failed(mini_spec, tmp_path):
+    """``retries=2``: the first attempt and two retries (attempts 2 and 3), then failed."""
+    prepared = prepare_sweep(mini_spec, tmp_path / "out")
+    retried = []
+    res = execute_sweep(
+        prepared, jobs=1, fn=_always_die, retries=2, on_retry=lambda t, n, why: retried.append(n)
+    )
+    assert res.counts == {"complete": 1, "failed": 1}
+    dead = next(r for r in prepared.runs if "beta0.5" in r.run_id)
+    assert retried == [2, 3] and res.outcomes[dead.run_id].attempts == 3
+    status = json.loads((run_dir(res.sweep_dir, dead.run_id) / "status.json").read_text())
+    assert status["reason"].startswith("worker process died (exit code 19) on 3 attempt(s)")
+
+
 def test_dead_worker_without_retries_fails_and_resume_is_bit_identical(mini_spec, tmp_path):
     prepared = prepare_sweep(mini_spec, tmp_path / "out")
     res = execute_sweep(prepared, jobs=1, fn=_die_mid_run, retries=0)

@@ -126,7 +126,7 @@ class RolledGroup:
     specs: tuple[ChainSpec, ...]
     paths: Paths  # [T(+1), columns, ...]
     noise: ChainNoise
-    sigma_b: np.ndarray  # [columns] behaviour sigma per column
+    sigma_mu: np.ndarray  # [columns] behaviour sigma per column
 
     def index(self, spec: ChainSpec) -> int:
         """First rollout column of `spec` in this group."""
@@ -183,7 +183,7 @@ class RolledChains:
         paths = truncate_paths(group.paths.take(chains), T)
         noise = truncate_noise(group.noise.take(chains), T)
         return td_batch(
-            cfg, maps, paths, noise, theta_pi, group.sigma_b[chains], with_features, workspace
+            cfg, maps, paths, noise, theta_pi, group.sigma_mu[chains], with_features, workspace
         )
 
 
@@ -201,10 +201,10 @@ def truncate_paths(paths: Paths, T: int) -> Paths:
     return Paths(
         o=paths.o[: T + 1],
         psi=None if paths.psi is None else paths.psi[: T + 1],
-        m_b=paths.m_b[:T],
+        m_mu=paths.m_mu[:T],
         u=paths.u[:T],
         a=paths.a[:T],
-        a_sampled=paths.a_sampled[:T],
+        a_unclipped=paths.a_unclipped[:T],
         theta_eval=paths.theta_eval,
         m_eval=None if paths.m_eval is None else paths.m_eval[: T + 1],
     )
@@ -256,16 +256,16 @@ def _roll_group(
     T = specs[0].T
     noise = _concat_noise([draw_noise(s.rngs(cfg, n), T, cfg) for s in specs])
     on_pi = np.array([s.policy == "pi" for s in specs for _ in range(s.columns)])
-    sigma_b = np.where(on_pi, cfg.sigma_pi, cfg.sigma_mu).astype(np.float64)
+    sigma_mu = np.where(on_pi, cfg.sigma_pi, cfg.sigma_mu).astype(np.float64)
     if on_pi.any():
-        theta_b = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
+        theta_mu = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
     else:
-        theta_b = params.theta_mu
+        theta_mu = params.theta_mu
     theta_eval = np.stack([params.theta_mu, params.theta_pi])
     paths = roll_out_threads(
-        cfg, maps, theta_b, sigma_b, noise, maps.threads, theta_eval=theta_eval, keep_psi=False
+        cfg, maps, theta_mu, sigma_mu, noise, maps.threads, theta_eval=theta_eval, keep_psi=False
     )
-    return RolledGroup(specs=tuple(specs), paths=paths, noise=noise, sigma_b=sigma_b)
+    return RolledGroup(specs=tuple(specs), paths=paths, noise=noise, sigma_mu=sigma_mu)
 
 
 @dataclass(frozen=True)

@@ -56,12 +56,13 @@ BOOTSTRAP_PURPOSE = 500_000
 
 @dataclass(frozen=True)
 class BatchView:
-    """One probe batch flattened to samples: ``phi_t, bar_phi_tp1 [n, D]`` (views of the
-    TD batch), ``rho_t, rho_raw_t, r_t [n]``, and the samples per cluster (trajectory, or
-    ``horizon``-step block of a continuing chain) for intervals and the update noise."""
+    """One probe batch flattened to samples: ``phi_t, dphi_t [n, D]`` (views of the TD
+    batch's arrays; ``dphi_t = phi_t - gamma bar_phi_tp1``), ``rho_t, rho_raw_t, r_t [n]``,
+    and the samples per cluster (trajectory, or ``horizon``-step block of a continuing
+    chain) for intervals and the update noise."""
 
     phi_t: np.ndarray
-    bar_phi_tp1: np.ndarray
+    dphi_t: np.ndarray
     rho_t: np.ndarray
     rho_raw_t: np.ndarray
     r_t: np.ndarray
@@ -69,16 +70,19 @@ class BatchView:
 
 
 def batch_view(cfg: RunConfig, batch: TDBatch, cols: slice, spec: ChainSpec) -> BatchView:
-    """The samples of `spec` (columns `cols` of `batch`), trajectory-major."""
+    """The samples of `spec` (columns `cols` of `batch`), trajectory-major. Consumes the
+    batch's bar_phi there: ``dphi_t`` is written over it in place
+    (:func:`tdlens.probes.fixed_point.td_difference_`; the probes read only dphi_t)."""
     D = batch.phi.shape[-1]
     n = spec.samples
     if spec.trajectories:
         cluster = spec.T
     else:
         cluster = n // max(2, n // cfg.horizon)
+    phi_t = batch.phi[cols].reshape(n, D)
     return BatchView(
-        phi_t=batch.phi[cols].reshape(n, D),
-        bar_phi_tp1=batch.bar_phi[cols].reshape(n, D),
+        phi_t=phi_t,
+        dphi_t=fp.td_difference_(phi_t, batch.bar_phi[cols].reshape(n, D), cfg.gamma),
         rho_t=batch.rho[cols].reshape(n),
         rho_raw_t=batch.rho_raw[cols].reshape(n),
         r_t=batch.r[cols].reshape(n),
@@ -144,36 +148,41 @@ def power_proxy(
     return st.power_iteration_radius(apply, st.expected_step(cfg), v0, iters, bound)
 
 
-def fixed_point_probe(
+@dataclass(frozen=True)
+class FixedPointSolves:
+    """The full-batch solve (its w# is the probe's) and the two half-batch w#
+    (``halves``, whose difference is the noise floor), all with ``lam``."""
+
+    full: fp.FixedPointSolve
+    halves: tuple[np.ndarray, np.ndarray]
+    lam: float
+
+
+@dataclass(frozen=True)
+class FixedPointResult:
+    """What :func:`fixed_point_probe` hands back: its row (without iter and rho), the new
+    w#, its arrays (file name -> arrays of ``expected_dynamics_<n>.npz``) and its
+    timings (seconds by key)."""
+
+    row: dict[str, float]
+    w_sharp: np.ndarray
+    arrays: dict[str, dict[str, np.ndarray]]
+    timings: dict[str, float]
+
+
+def solve_fixed_point(
     cfg: RunConfig,
     moments: fp.TDMoments,
     spectrum: sp.Spectrum,
-    view: BatchView,
-    dphi_t: np.ndarray,
     w: np.ndarray,
-    w_sharp_prev: np.ndarray | None,
-    n: int,
-    timings: CriticOutput,
     workspace: Workspace,
     threads: int = 1,
-) -> tuple[dict[str, float], np.ndarray]:
-    """fixed_point_probe columns (SPEC 6.1, without iter and rho) and the new w#.
-
-    The noise floor ``||w#_1 - w#_2||`` always comes from direct ridge solves of the two
-    half-batch systems with the full batch's lam (float32 LU, refined in float64 to the
-    config's tol), also when the solver is `iterate`. The config's tol is the one used
-    and the one the row reports. The three solves run side by side on `threads` threads
-    (one BLAS thread each). The expected dynamics
-    (:mod:`tdlens.probes.expected`) run over ``outer_iters`` iterations from this probe:
-    value_gap_floor and effective_timescale, and ``expected_dynamics_<n>.npz`` with the
-    band for the iterations the run has left (``iters`` n..outer_iters-1), and
-    at the run's first round (no previous w#) ``counterfactuals_<n>.npz``: the final
-    value_gap under each intervention and the advice grid
-    (:mod:`tdlens.probes.counterfactual`).
-    """
-    phi_t = view.phi_t
+) -> FixedPointSolves:
+    """The three solves with ``lam = ridge max|eig(A)|``: the full batch by the config's
+    solver, and the two half-batch systems by direct ridge solves (float32 LU, refined in
+    float64 to the config's tol) also when the solver is `iterate`. They run side by side
+    on `threads` threads (one BLAS thread each)."""
     conf = cfg.probes.fixed_point
-    start = time.perf_counter()
     lam = fp.ridge_lambda(conf.ridge, spectrum.max_abs)
     tol = conf.tol
 
@@ -191,7 +200,24 @@ def fixed_point_probe(
     # three independent factorisations, one BLAS thread each side by side, beat three
     # two-threaded ones in a row (a 2048 LU scales poorly from one core to two)
     solve, *solved = parallel_map(solve_one, (2, 0, 1), threads)
-    halves = [half.w_sharp for half in solved]
+    return FixedPointSolves(full=solve, halves=(solved[0].w_sharp, solved[1].w_sharp), lam=lam)
+
+
+def measure_fixed_point(
+    cfg: RunConfig,
+    solves: FixedPointSolves,
+    spectrum: sp.Spectrum,
+    phi_t: np.ndarray,
+    w: np.ndarray,
+    w_sharp_prev: np.ndarray | None,
+    n: int,
+) -> dict[str, float]:
+    """The fixed_point_probe columns of `solves` on the batch ``phi_t [n, D]`` (without
+    iter, rho and the expected dynamics): gaps, noise floors (``||w#_1 - w#_2||`` and its
+    value-space twin), and the modes below lam (counted on a dense spectrum, else the
+    Hutchinson estimate on the full solve's LU)."""
+    conf = cfg.probes.fixed_point
+    solve, halves, lam = solves.full, solves.halves, solves.lam
     if conf.solver == "iterate":
         modes, exact = 0.0, True
     else:
@@ -210,37 +236,107 @@ def fixed_point_probe(
         modes,
         exact,
         conf.batch_size,
-        tol,
+        conf.tol,
     )
     row["eig_max_abs"] = spectrum.max_abs
     row["value_noise_floor"] = fp.value_gap(phi_t, halves[0], halves[1])
-    timings.add_time("fixed_point.solve", time.perf_counter() - start)
-    start = time.perf_counter()
-    U = ex.update_noise_factor(
-        phi_t, dphi_t, view.rho_t, view.r_t, solve.w_sharp, view.cluster_size
-    )
-    half_batches = tuple(
+    return row
+
+
+@dataclass(frozen=True)
+class PredictionInputs:
+    """What the expected dynamics start from: ``e_0 = w - w# [D]``, the update-noise factor
+    ``U [D, C]`` at w# and the two half batches (each with its own w#) that debias the
+    mean path (:mod:`tdlens.probes.expected`)."""
+
+    e0: np.ndarray
+    U: np.ndarray
+    halves: tuple[ex.HalfBatch, ex.HalfBatch]
+
+
+def prediction_inputs(
+    moments: fp.TDMoments, solves: FixedPointSolves, view: BatchView, w: np.ndarray
+) -> PredictionInputs:
+    """:class:`PredictionInputs` of this probe's batch and solves."""
+    phi_t, w_sharp = view.phi_t, solves.full.w_sharp
+    U = ex.update_noise_factor(phi_t, view.dphi_t, view.rho_t, view.r_t, w_sharp, view.cluster_size)
+    halves = tuple(
         ex.HalfBatch(A_k, w - w_k, phi_t[rows])
         for A_k, w_k, rows in zip(
             moments.A_halves,
-            halves,
+            solves.halves,
             (slice(0, moments.n // 2), slice(moments.n // 2, None)),
             strict=True,
         )
     )
-    est = row["value_noise_floor"] / 2.0
-    pred = ex.predict(
+    return PredictionInputs(e0=w - w_sharp, U=U, halves=halves)
+
+
+def predict_dynamics(
+    cfg: RunConfig,
+    moments: fp.TDMoments,
+    inputs: PredictionInputs,
+    phi_t: np.ndarray,
+    est: float,
+    threads: int = 1,
+) -> ex.Prediction:
+    """The expected dynamics over ``outer_iters`` iterations of the constant step from this
+    probe (:func:`tdlens.probes.expected.predict`) on the batch ``phi_t [n, D]``, debiased
+    with the two half batches, with the w# estimation error `est`."""
+    return ex.predict(
         moments.A,
-        w - solve.w_sharp,
-        U,
+        inputs.e0,
+        inputs.U,
         phi_t,
         st.expected_step(cfg),
         cfg.trajectories,
         cfg.outer_iters,
         est,
-        half_batches,
+        inputs.halves,
         threads,
     )
+
+
+def pack_prediction(pred: ex.Prediction, n: int, outer_iters: int) -> dict[str, np.ndarray]:
+    """``expected_dynamics_<n>.npz``: the band for the iterations the run has left
+    (``iters`` n..outer_iters-1)."""
+    left = outer_iters - n
+    return {
+        "iters": n + np.arange(left),
+        "value_gap_pred": pred.mid[:left],
+        "value_gap_noise": pred.noise[:left],
+        "value_gap_lo": pred.lo[:left],
+        "value_gap_hi": pred.hi[:left],
+        "value_gap_est": np.array([pred.est]),
+    }
+
+
+def fixed_point_probe(
+    cfg: RunConfig,
+    moments: fp.TDMoments,
+    spectrum: sp.Spectrum,
+    view: BatchView,
+    w: np.ndarray,
+    w_sharp_prev: np.ndarray | None,
+    n: int,
+    workspace: Workspace,
+    threads: int = 1,
+) -> FixedPointResult:
+    """The fixed-point probe of one round (SPEC 6.1): :func:`solve_fixed_point`,
+    :func:`measure_fixed_point`, :func:`prediction_inputs` and :func:`predict_dynamics`
+    (value_gap_floor and effective_timescale; the band follows a non-constant alpha_w
+    schedule) and :func:`pack_prediction`; at the run's first round (no previous w#) also
+    ``counterfactuals_<n>.npz``: the final value_gap under each intervention and the
+    advice grid (:mod:`tdlens.probes.counterfactual`). The config's tol is the one used
+    and the one the row reports."""
+    start = time.perf_counter()
+    solves = solve_fixed_point(cfg, moments, spectrum, w, workspace, threads)
+    row = measure_fixed_point(cfg, solves, spectrum, view.phi_t, w, w_sharp_prev, n)
+    timings = {"fixed_point.solve": time.perf_counter() - start}
+    start = time.perf_counter()
+    inputs = prediction_inputs(moments, solves, view, w)
+    est = row["value_noise_floor"] / 2.0
+    pred = predict_dynamics(cfg, moments, inputs, view.phi_t, est, threads)
     row["value_gap_floor"] = float(pred.noise[-1])
     row["effective_timescale"] = pred.effective_timescale
     schedule = cfg.schedules.alpha_w
@@ -252,32 +348,24 @@ def fixed_point_probe(
         etas = eta_t(schedule, st.expected_step(cfg), t)
         pred = ex.predict_scheduled(
             moments.A,
-            w - solve.w_sharp,
-            U,
-            phi_t,
+            inputs.e0,
+            inputs.U,
+            view.phi_t,
             etas,
             cfg.trajectories,
             est,
-            half_batches,
+            inputs.halves,
             threads,
         )
-    left = cfg.outer_iters - n
-    timings.arrays[f"expected_dynamics_{n:04d}.npz"] = {
-        "iters": n + np.arange(left),
-        "value_gap_pred": pred.mid[:left],
-        "value_gap_noise": pred.noise[:left],
-        "value_gap_lo": pred.lo[:left],
-        "value_gap_hi": pred.hi[:left],
-        "value_gap_est": np.array([pred.est]),
-    }
+    arrays = {f"expected_dynamics_{n:04d}.npz": pack_prediction(pred, n, cfg.outer_iters)}
     if w_sharp_prev is None:  # the run's first round: ~15 predictions, once (cf module)
         ing = cf.Ingredients(
-            moments.A, w - solve.w_sharp, U, phi_t, pred.est, half_batches, threads
+            moments.A, inputs.e0, inputs.U, view.phi_t, pred.est, inputs.halves, threads
         )
         cfs = cf.counterfactuals(ing, cfg, n, sp.critical_step(spectrum.eigvals), base=pred)
-        timings.arrays[f"{cf.PREFIX}_{n:04d}.npz"] = cf.to_arrays(cfs)
-    timings.add_time("fixed_point.prediction", time.perf_counter() - start)
-    return row, solve.w_sharp
+        arrays[f"{cf.PREFIX}_{n:04d}.npz"] = cf.to_arrays(cfs)
+    timings["fixed_point.prediction"] = time.perf_counter() - start
+    return FixedPointResult(row, solves.full.w_sharp, arrays, timings)
 
 
 def critic_probes(
@@ -379,17 +467,20 @@ def _explicit_chain(
     one batch."""
     start = time.perf_counter()
     name = "fixed_point" if spec == plan.fixed else "stability"
-    phi_t, rho_t = view.phi_t, view.rho_t
-    dphi_t = fp.td_difference_(phi_t, view.bar_phi_tp1, cfg.gamma)
+    phi_t, dphi_t, rho_t = view.phi_t, view.dphi_t, view.rho_t
     moments = fp.td_moments(phi_t, dphi_t, rho_t, view.r_t, workspace=workspace)
     out.add_time(f"{name}.moments", time.perf_counter() - start)
     t_spec = time.perf_counter()
     spectrum, A32 = spectrum_of(cfg, moments, n, workspace, threads)
     out.add_time(f"{name}.spectrum", time.perf_counter() - t_spec)
     if spec == plan.fixed:
-        row, out.w_sharp = fixed_point_probe(
-            cfg, moments, spectrum, view, dphi_t, params.w, w_sharp_prev, n, out, workspace, threads
+        result = fixed_point_probe(
+            cfg, moments, spectrum, view, params.w, w_sharp_prev, n, workspace, threads
         )
+        out.w_sharp, row = result.w_sharp, result.row
+        out.arrays.update(result.arrays)
+        for key, seconds in result.timings.items():
+            out.add_time(key, seconds)
         row.update(rho_summary(rho_t, view.rho_raw_t, cfg.effective_rho_clip))
         row.update(sampling_columns(spec))
         out.rows["fixed_point_probe"] = row
@@ -425,8 +516,7 @@ def _matrix_free_chains(
 
     def one(i: int) -> None:
         view, k = views[i], ks[i]
-        phi_t, rho_t = view.phi_t, view.rho_t
-        dphi_t = fp.td_difference_(phi_t, view.bar_phi_tp1, cfg.gamma)
+        phi_t, dphi_t, rho_t = view.phi_t, view.dphi_t, view.rho_t
         apply = partial(st.apply_A, phi_t, dphi_t, rho_t)
         parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t, dphi_t, rho_t)
         parts.rho[k] = (rho_t.copy(), view.rho_raw_t.copy())

@@ -33,7 +33,7 @@ gap_mid_{j_e})`` with ``j_e`` the first such j or the horizon when it never does
 initial error projected on every mode, not the fastest mode's ``1/(eta max Re l)``).
 
 ``J^j X`` for all j comes from the binomial series ``sum_m C(j, m) (-eta A)^m X`` when
-``kappa = steps eta ||A||_F < 1/2`` (as :func:`tdlens.probes.fixed_point.expected_iterates`)
+``kappa = steps eta ||A||_F < 1/2`` (:mod:`tdlens.probes.binomial`)
 and otherwise from the step-by-step loop (:class:`Series`); a batch's rows read the
 series term by term, M products instead of one per step. The mean path is debiased for
 the sampling noise of A by a Richardson extrapolation over the two half batches
@@ -57,10 +57,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tdlens.probes.binomial import KAPPA_MAX, binomial_terms
 from tdlens.threads import parallel_map
 
 NOISE_ROWS = 256
-SERIES_TOL = 2.0**-60
 
 
 def update_noise_factor(
@@ -115,12 +115,12 @@ def series(A: np.ndarray, X: np.ndarray, eta: float, steps: int) -> Series:
     """:class:`Series` of ``J^j X``, j = 0..steps, ``J = I - eta A``, ``X [D, k]``.
 
     With ``kappa = steps eta ||A||_F < 1/2``: ``J^j X = sum_m C(j, m) q_m``, ``q_m =
-    (-eta A)^m X``, up to the first m whose tail bound ``C(steps, m) ||q_m|| kappa / (1 -
-    kappa)`` is below ``SERIES_TOL ||X||``. Otherwise the step-by-step loop.
+    (-eta A)^m X`` (:func:`tdlens.probes.binomial.binomial_terms`, tail below ``SERIES_TOL
+    ||X||``). Otherwise the step-by-step loop.
     """
     D, k = X.shape
     kappa = steps * eta * float(np.linalg.norm(A))
-    if not kappa < 0.5:
+    if not kappa < KAPPA_MAX:
         out = np.empty((steps + 1, D, k))
         out[0] = X
         for j in range(steps):
@@ -128,17 +128,12 @@ def series(A: np.ndarray, X: np.ndarray, eta: float, steps: int) -> Series:
         return Series(coefs=np.eye(steps + 1), terms=out)
     j = np.arange(steps + 1, dtype=np.float64)
     coef = np.ones(steps + 1)  # C(j, 0)
-    q = X.astype(np.float64)
     scale = max(float(np.linalg.norm(X)), np.finfo(float).tiny)
-    terms, coefs = [q], [coef]
-    for m in range(1, steps + 1):
-        q = -eta * (A @ q)
+    terms = binomial_terms(lambda q, _: -eta * (A @ q), X.astype(np.float64), steps, kappa, scale)
+    coefs = [coef]
+    for m in range(1, len(terms)):
         coef = coef * np.maximum(j - (m - 1), 0.0) / m  # C(j, m)
-        terms.append(q)
         coefs.append(coef)
-        tail = coef[-1] * float(np.linalg.norm(q)) * kappa / (1.0 - kappa)
-        if tail <= SERIES_TOL * scale:
-            break
     return Series(coefs=np.stack(coefs, axis=1), terms=np.stack(terms))
 
 

@@ -25,13 +25,12 @@ import numpy as np
 import scipy.linalg as sla
 
 from tdlens.features import Workspace
+from tdlens.probes.binomial import KAPPA_MAX, binomial_terms
 
 DIRECT_TOL = 1e-8
 """Relative residual the direct solver refines to (SPEC 6.1)."""
 MAX_REFINE = 10
 TRACE_PROBES = 64
-SERIES_TOL = 2.0**-60
-"""Relative size below which :func:`expected_iterates` stops its series."""
 
 
 @dataclass(frozen=True)
@@ -297,16 +296,14 @@ def expected_iterates(
 
     With ``r_0 = b - A w`` and ``q_m = (-eta A)^m r_0``, the iterates are the finite sum
     ``w_k = w + eta sum_{m=0}^{k-1} C(k, m+1) q_m`` (binomial expansion of
-    ``sum_{j<k} (I - eta A)^j``). When ``kappa = steps eta ||A||_F < 1/2`` its terms fall
-    at least geometrically, and the sum stops at the first m whose tail bound
-    ``eta C(steps, m+1) ||q_m|| kappa / (1 - kappa)`` is below ``SERIES_TOL`` times the
-    scale of w: a handful of products with A instead of `steps` (at the seed settings
-    kappa ~ 0.02 and 8 products replace 200), with float64 rounding no larger than the
-    step-by-step loop's. Otherwise the loop itself.
+    ``sum_{j<k} (I - eta A)^j``). When ``kappa = steps eta ||A||_F < 1/2`` the sum stops
+    at the first m whose tail bound ``eta C(steps, m+1) ||q_m|| kappa / (1 - kappa)`` is
+    below ``SERIES_TOL`` times the scale of w (:mod:`tdlens.probes.binomial`: at the seed
+    settings kappa ~ 0.02 and 8 products replace 200). Otherwise the loop itself.
     """
     D = w.shape[0]
     kappa = steps * eta * float(np.linalg.norm(A))
-    if not kappa < 0.5:
+    if not kappa < KAPPA_MAX:
         traj = np.empty((D, steps))
         w_k = w.astype(np.float64, copy=True)
         for k in range(steps):
@@ -317,15 +314,11 @@ def expected_iterates(
     coef = k.copy()  # C(k, 1)
     q = b - A @ w
     scale = max(float(np.linalg.norm(w)), float(np.linalg.norm(q)) * eta, np.finfo(float).tiny)
-    terms, coefs = [], []
-    for m in range(steps):
-        terms.append(q)
+    terms = binomial_terms(lambda q, _: -eta * (A @ q), q, steps, kappa, scale, 1, eta)
+    coefs = [coef]
+    for m in range(1, len(terms)):
+        coef = coef * np.maximum(k - m, 0.0) / (m + 1)  # C(k, m + 1)
         coefs.append(coef)
-        tail = eta * coef[-1] * float(np.linalg.norm(q)) * kappa / (1.0 - kappa)
-        if tail <= SERIES_TOL * scale or m + 1 == steps:
-            break
-        q = -eta * (A @ q)
-        coef = coef * np.maximum(k - (m + 1), 0.0) / (m + 2)  # C(k, m + 2)
     increments = np.stack(terms, axis=1) @ (eta * np.stack(coefs))
     return w[:, None] + increments
 

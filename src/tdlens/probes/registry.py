@@ -4,7 +4,8 @@ A :class:`ProbeSpec` says what a probe is called (its table ``probes/<name>.csv`
 config section switches and tunes it (``probes.<section>``, also its key in rounds.csv:
 ``<section>_s``), which random streams it draws from, which chains it needs rolled out,
 the function that runs it, which of its columns are copied into learning_curves.csv,
-which of its series the report plots, and its glossary line. The probe manager (what
+the columns its table must have, which of its series the report plots (and any figures
+of its own report section), and its glossary line. The probe manager (what
 runs, in which order, on which chains), the runner (learning-curve and rounds.csv
 columns), the report (probe sections, summary-column sources, key-series figure) and
 the docs test all read this registry, so adding a probe is one module with its ``run``
@@ -26,10 +27,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, create_model
 
 from tdlens import config as config_module
 from tdlens import seeding
+from tdlens.schema import SPEC_RHO_COLUMNS
 
 Fn = Callable[..., Any] | str
 
@@ -66,7 +68,13 @@ class ProbeSpec:
     summary: Mapping[str, str] = field(default_factory=dict)
     key_series: tuple[tuple[str, str | None], ...] = ()
     doc: str = ""
-    config: type[BaseModel] | None = None
+    config: type[BaseModel] | Mapping[str, Any] | None = None
+    columns: tuple[str, ...] = ()
+    figures: Fn | None = None
+
+    def figures_fn(self) -> Callable[[Any], tuple[list[dict], str]] | None:
+        """The report figures of its section (``data -> (figures, caption)``), if any."""
+        return None if self.figures is None else _resolve(self.figures)
 
     def run_fn(self) -> Callable[[RoundContext], None]:
         return _resolve(self.run)
@@ -94,20 +102,58 @@ def _resolve(fn: Fn) -> Callable[..., Any]:
     return _RESOLVED[fn]
 
 
+def section_model(spec: ProbeSpec) -> type[BaseModel] | None:
+    """The model of the config section `spec` brings: its `config` model, or one built
+    from its `config` fields (``name -> (type, default)``, as :func:`pydantic.create_model`
+    takes them; frozen, unknown keys refused), so a probe declares its section without
+    the registry importing the probe's module. None when it brings none."""
+    if spec.config is None or isinstance(spec.config, type):
+        return spec.config
+    return create_model(
+        f"{spec.section}_config",
+        __config__=ConfigDict(extra="forbid", frozen=True, validate_default=True),
+        **dict(spec.config),
+    )
+
+
+def _check_section(spec: ProbeSpec) -> type[BaseModel] | None:
+    """A probe's config section must exist and switch it: a built-in section of
+    ``ProbesConfig`` (a model with ``enabled``) when the spec brings no `config`, else a
+    new section whose model has ``enabled``. Raises ValueError naming the probe; returns
+    the model it brings."""
+    builtin = config_module.ProbesConfig.model_fields
+    taken = spec.section in builtin or spec.section in config_module.EXTRA_PROBE_SECTIONS
+    brought = model = section_model(spec)
+    if model is None:
+        field_ = builtin.get(spec.section)
+        model = None if field_ is None else field_.annotation
+        if not isinstance(model, type) or not issubclass(model, BaseModel):
+            raise ValueError(
+                f"probe '{spec.name}': no config section 'probes.{spec.section}'; register "
+                "it with config=<a pydantic model with an 'enabled' field>"
+            )
+    elif taken:
+        raise ValueError(f"probe '{spec.name}': config section 'probes.{spec.section}' is taken")
+    if "enabled" not in model.model_fields:
+        raise ValueError(f"probe '{spec.name}': its config model needs an 'enabled' field")
+    return brought
+
+
 def register(spec: ProbeSpec) -> ProbeSpec:
     """Add `spec` (after the built-in probes, in call order); its streams and, when it
-    brings one, its config section become known to the seeding and config modules."""
+    brings one, its config section become known to the seeding and config modules. Its
+    section is checked first (:func:`_check_section`), so a probe without one fails here
+    rather than at its first round."""
     if spec.name in _REGISTRY:
         raise ValueError(f"probe '{spec.name}' is already registered")
     clash = [k for s in _REGISTRY.values() for k in s.summary if k in spec.summary]
     if clash:
         raise ValueError(f"probe '{spec.name}': learning-curve columns {clash} already taken")
+    model = _check_section(spec)
     for stream in spec.streams:
         seeding.register_stream(stream)
-    if spec.config is not None:
-        if "enabled" not in spec.config.model_fields:
-            raise ValueError(f"probe '{spec.name}': its config model needs an 'enabled' field")
-        config_module.EXTRA_PROBE_SECTIONS[spec.section] = spec.config
+    if model is not None:
+        config_module.EXTRA_PROBE_SECTIONS[spec.section] = model
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -126,6 +172,16 @@ def specs() -> tuple[ProbeSpec, ...]:
 
 def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
+
+
+def spec_of(name: str) -> ProbeSpec:
+    """The registered probe called `name` (KeyError when none is)."""
+    return _REGISTRY[name]
+
+
+def sections() -> tuple[str, ...]:
+    """Config sections of the registered probes, once each, in registry order."""
+    return tuple(dict.fromkeys(s.section for s in _REGISTRY.values()))
 
 
 def enabled(cfg: Any) -> tuple[ProbeSpec, ...]:
@@ -151,8 +207,7 @@ def summary_source(column: str) -> tuple[str, str] | None:
 
 def round_columns() -> tuple[str, ...]:
     """probes/rounds.csv: seconds of the shared rollout, of each probe, of the round."""
-    sections = dict.fromkeys(s.section for s in _REGISTRY.values())
-    return ("iter", "reason", "rollout_s", *(f"{s}_s" for s in sections), "total_s")
+    return ("iter", "reason", "rollout_s", *(f"{s}_s" for s in sections()), "total_s")
 
 
 def key_series() -> tuple[tuple[str, str, str | None], ...]:
@@ -176,6 +231,23 @@ register(
             "fixed_point_drift_defined": "w_sharp_drift_defined",
         },
         key_series=(("value_gap", None), ("w_sharp_drift", "noise_floor")),
+        columns=(
+            *SPEC_RHO_COLUMNS,
+            "iter",
+            "batch_size",
+            "converged",
+            "lam",
+            "modes_below_lam",
+            "noise_floor",
+            "num_iters",
+            "residual",
+            "ridge",
+            "tol",
+            "value_gap",
+            "w_gap",
+            "w_sharp_drift",
+            "w_sharp_drift_defined",
+        ),
         doc="the TD fixed point w# = A^-1 b of the probe batch and the critic's distance to it",
     )
 )
@@ -188,6 +260,24 @@ register(
         chains="tdlens.probes.common:stability_chains",
         summary={"stability_proxy": "stability_proxy"},
         key_series=(("eig_max_real", None), ("eig_min_real", "spectral_noise")),
+        columns=(
+            *SPEC_RHO_COLUMNS,
+            "iter",
+            "batch_size",
+            "critical_step",
+            "eig_max_abs",
+            "eig_max_real",
+            "eig_min_real",
+            "fastest_timescale",
+            "growth_timescale",
+            "power_iters",
+            "slowest_timescale",
+            "spectral_noise",
+            "stability_probe_step_scale",
+            "stability_proxy",
+            "stability_proxy_mean",
+            "stability_proxy_std",
+        ),
         doc="the spectrum of A, the critical step and the timescales of the expected update",
     )
 )
@@ -205,6 +295,19 @@ register(
             "dist_action_tv": "dist_action_tv",
         },
         key_series=(("mmd2", None), ("dist_action_kl", None)),
+        columns=(
+            *SPEC_RHO_COLUMNS,
+            "iter",
+            "action_samples",
+            "dist_action_kl",
+            "dist_action_tv",
+            "mean_l2",
+            "mmd2",
+            "mmd2_unbiased",
+            "mmd_pvalue",
+            "mmd_sigma",
+            "num_samples",
+        ),
         doc="how far the state-action distribution of mu is from pi's (MMD, KL, TV)",
     )
 )
@@ -219,6 +322,19 @@ register(
             "td_loss_from_Q_rel_diff": "td_loss_from_Q_rel_diff",
         },
         key_series=(("td_loss_from_Q_rel_diff", None),),
+        figures="tdlens.report.plots:plot_q_kernel",
+        columns=(
+            "iter",
+            "cache_batch_size",
+            "cache_horizon",
+            "cache_valid_t",
+            "td_loss",
+            "td_loss_cache",
+            "td_loss_from_Q",
+            "td_loss_from_Q_abs_diff",
+            "td_loss_from_Q_cache_rel_diff",
+            "td_loss_from_Q_rel_diff",
+        ),
         doc="the TD-error kernel Q_hat of the iteration's own trajectories",
     )
 )
@@ -230,6 +346,16 @@ register(
         streams=("probe_rho_audit",),
         chains="tdlens.probes.common:audit_chains",
         key_series=(("rho2_mean_emp", "rho2_mean_theory"),),
+        columns=(
+            "iter",
+            "passed",
+            "rho_mean_emp",
+            "rho_mean_theory",
+            "rho_mean_z",
+            "rho2_mean_emp",
+            "rho2_mean_theory",
+            "rho2_mean_z",
+        ),
         doc="importance ratios of a fresh batch against their closed-form moments",
     )
 )

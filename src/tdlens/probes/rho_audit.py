@@ -205,7 +205,7 @@ def audit_td_batch(batch: TDBatch, cfg: RunConfig) -> dict[str, float]:
     return audit_rho(
         batch.rho_raw,
         batch.m_pi,
-        batch.m_b,
+        batch.m_mu,
         cfg.sigma_pi,
         cfg.sigma_mu,
         cfg.effective_rho_clip,

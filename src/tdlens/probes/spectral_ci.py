@@ -77,10 +77,10 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _modes(spec: Spectrum) -> dict[str, np.ndarray]:
+def _modes(spectrum: Spectrum) -> dict[str, np.ndarray]:
     """Candidate modes (indices into ``eigvals[:lm_count]`` with vectors) per number."""
-    vals = spec.eigvals[: spec.lm_count]
-    ok = np.all(np.isfinite(spec.left), axis=0) & np.all(np.isfinite(spec.right), axis=0)
+    vals = spectrum.eigvals[: spectrum.lm_count]
+    ok = np.all(np.isfinite(spectrum.left), axis=0) & np.all(np.isfinite(spectrum.right), axis=0)
     idx = np.flatnonzero(ok)
     re = vals.real[idx]
     out = {
@@ -90,13 +90,13 @@ def _modes(spec: Spectrum) -> dict[str, np.ndarray]:
     pos = idx[re > 0]
     crit = step_limits(vals[pos])
     out["critical"] = pos[np.argsort(crit)[:CANDIDATES]]
-    resolved = idx[re > spec.noise]
+    resolved = idx[re > spectrum.noise]
     out["slowest"] = resolved[np.argsort(vals.real[resolved])[:1]]
     return out
 
 
 def spectral_intervals(
-    spec: Spectrum,
+    spectrum: Spectrum,
     phi_t: np.ndarray,
     dphi_t: np.ndarray,
     rho_t: np.ndarray,
@@ -112,13 +112,14 @@ def spectral_intervals(
     minimum widening it).
     """
     out = {f"{name}_{end}": math.nan for name in CI_COLUMNS for end in ("lo", "hi")}
-    if spec.right is None or spec.left is None:
+    if spectrum.right is None or spectrum.left is None:
         return out
-    modes = _modes(spec)
+    modes = _modes(spectrum)
     union = np.unique(np.concatenate(list(modes.values())))
     if union.size == 0:
         return out
-    L = cluster_means(phi_t, dphi_t, rho_t, spec.right[:, union], spec.left[:, union], cluster_size)
+    right, left = spectrum.right[:, union], spectrum.left[:, union]
+    L = cluster_means(phi_t, dphi_t, rho_t, right, left, cluster_size)
     C = L.shape[0]
     if C < 2:
         return out
@@ -146,8 +147,8 @@ def spectral_intervals(
         out["slowest_timescale_lo"], out["slowest_timescale_hi"] = _interval(ts)
     if modes["min"].size:
         lo, hi = _interval(rep("min").real.min(axis=1))
-        if not spec.dense:
-            lo = min(lo, spec.min_real_bound)
-            hi = max(hi, float(spec.eigvals.real.min()))
+        if not spectrum.dense:
+            lo = min(lo, spectrum.min_real_bound)
+            hi = max(hi, float(spectrum.eigvals.real.min()))
         out["eig_min_real_lo"], out["eig_min_real_hi"] = lo, hi
     return out

@@ -215,7 +215,7 @@ def _timescale(eta: float, rate: float) -> float:
     return float(timescale(eta, rate))
 
 
-def spectrum_row(spec: Spectrum, eta: float) -> dict[str, float]:
+def spectrum_row(spectrum: Spectrum, eta: float) -> dict[str, float]:
     """Spectral stability columns (SPEC 6.2), timescales in iterations of ``w += eta(b - Aw)``.
 
     eig_min_real is the smallest real part over the WHOLE spectrum: exact when dense,
@@ -228,25 +228,25 @@ def spectrum_row(spec: Spectrum, eta: float) -> dict[str, float]:
     largest-modulus set (exact when the spectrum is complete above the noise, else a
     lower bound).
     """
-    vals, noise = spec.eigvals, spec.noise
+    vals, noise = spectrum.eigvals, spectrum.noise
     re = vals.real
     resolved = re[re > noise]
-    min_re = float(re.min()) if spec.dense else spec.min_real_bound
-    modes_above = np.sum(vals[: spec.lm_count].real > noise)
+    min_re = float(re.min()) if spectrum.dense else spectrum.min_real_bound
+    modes_above = np.sum(vals[: spectrum.lm_count].real > noise)
     return {
         "eig_min_real": min_re,
-        "eig_min_real_bound": spec.min_real_bound,
-        "eig_min_real_is_bound": float(not spec.dense),
+        "eig_min_real_bound": spectrum.min_real_bound,
+        "eig_min_real_is_bound": float(not spectrum.dense),
         "eig_min_real_computed": float(re.min()),
         "eig_max_real": float(re.max()),
-        "eig_max_abs": spec.max_abs,
+        "eig_max_abs": spectrum.max_abs,
         "critical_step": critical_step(vals),
         "fastest_timescale": _timescale(eta, float(re.max())),
         "slowest_timescale": _timescale(eta, float(resolved.min())) if resolved.size else math.inf,
         "growth_timescale": _timescale(eta, -min_re) if min_re < -noise else math.inf,
         "spectral_noise": noise,
         "modes_above_noise": float(modes_above),
-        "spectrum_dense": float(spec.dense),
-        "spectrum_count": float(spec.count),
-        "spectrum_complete_above_noise": float(spec.complete_above_noise),
+        "spectrum_dense": float(spectrum.dense),
+        "spectrum_count": float(spectrum.count),
+        "spectrum_complete_above_noise": float(spectrum.complete_above_noise),
     }

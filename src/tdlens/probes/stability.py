@@ -29,6 +29,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tdlens.config import RunConfig
+from tdlens.probes.binomial import KAPPA_MAX, binomial_terms
 
 
 def trainer_terms(cfg: RunConfig) -> int:
@@ -63,10 +64,6 @@ def dense_apply(A32: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda v: (A32 @ v.astype(np.float32)).astype(np.float64)
 
 
-SERIES_TOL = 2.0**-60
-"""Bound on the neglected tail of the power series, relative to ``||v_0|| = 1``."""
-
-
 def norm_bound_A(phi_t: np.ndarray, dphi_t: np.ndarray, rho_t: np.ndarray) -> float:
     """An upper bound on ``||A||_2``: ``sum_i rho_i ||phi_i|| ||dphi_i|| / (n sqrt(D))``.
 
@@ -96,13 +93,14 @@ def power_iteration_radius(
     With ``norm_bound >= ||A||_2`` and ``kappa = iters eta norm_bound < 1/2`` the same
     number comes from the binomial series (module docstring): ``u_i = J^i v_0 =
     sum_m C(i, m) q_m``, ``q_{m+1} = -eta A q_m``, summed up to the first m whose tail
-    bound ``C(iters, m) ||q_m|| kappa / (1 - kappa)`` is below SERIES_TOL, and the
-    estimate ``||u_iters|| / ||u_(iters-1)||``. Each q is applied normalised, so float32
-    products never underflow. Otherwise (or without a bound) the loop itself.
+    bound ``C(iters, m) ||q_m|| kappa / (1 - kappa)`` is below SERIES_TOL
+    (:func:`tdlens.probes.binomial.binomial_terms`), and the estimate ``||u_iters|| /
+    ||u_(iters-1)||``. Each q is applied normalised, so float32 products never underflow.
+    Otherwise (or without a bound) the loop itself.
     """
     v = v0 / np.linalg.norm(v0)
     kappa = math.inf if norm_bound is None else iters * eta * norm_bound
-    if iters >= 1 and kappa < 0.5:
+    if iters >= 1 and kappa < KAPPA_MAX:
         return _series_radius(apply, eta, v, iters, kappa)
     estimate = math.nan
     for _ in range(iters):
@@ -118,18 +116,14 @@ def _series_radius(
     apply: Callable[[np.ndarray], np.ndarray], eta: float, v: np.ndarray, iters: int, kappa: float
 ) -> float:
     """``||J^iters v|| / ||J^(iters-1) v||`` by the binomial series (see the caller)."""
+    terms = binomial_terms(
+        lambda q, q_norm: -eta * q_norm * apply(q / q_norm), v, iters, kappa, 1.0, x0_norm=1.0
+    )
+    if not np.isfinite(np.linalg.norm(terms[-1])):
+        return math.nan
     last, prev = v.copy(), v.copy()  # u_iters and u_(iters-1), term m = 0
-    q, q_norm = v, 1.0
     coef_last, coef_prev = 1.0, 1.0  # C(iters, m), C(iters - 1, m)
-    for m in range(iters):
-        if not coef_last * q_norm * kappa / (1.0 - kappa) > SERIES_TOL:
-            break
-        q = -eta * q_norm * apply(q / q_norm)
-        q_norm = float(np.linalg.norm(q))
-        if not np.isfinite(q_norm):
-            return math.nan
-        if q_norm == 0.0:  # A v = 0: every later term vanishes too
-            break
+    for m, q in enumerate(terms[1:]):
         coef_last *= (iters - m) / (m + 1)
         coef_prev *= (iters - 1 - m) / (m + 1)
         last += coef_last * q

@@ -16,34 +16,13 @@ from tdlens import config as config_module
 from tdlens.probes import registry
 from tdlens.report import advice as ra
 from tdlens.report.card import Verdict, steps_line, verdict_of
-from tdlens.report.checks import (
-    check_complete,
-    check_monotone_time,
-    check_no_nan_inf,
-    check_probe_missing_values,
-    check_rho_sane,
-    check_sigma_condition,
-)
-from tdlens.report.probe_checks import (
-    SCALE_RATIO_TOL,
-    check_critic_frozen,
-    check_fixed_point_converged,
-    check_loss_convention,
-    check_rho_audit,
-    check_scale_consistency,
-    check_step_stable,
-)
+from tdlens.report.health import HEALTH_CHECKS
+from tdlens.report.probe_checks import SCALE_RATIO_TOL
 from tdlens.report.rules import next_steps
-from tdlens.report.sanity_checks import (
-    check_fixed_pi_expected,
-    check_no_bootstrap_expected,
-    check_on_policy_expected,
-)
 from tdlens.report.stats import Stats, summarize
 from tdlens.report.theory import theory_overlay
 from tdlens.report.verdicts import FAIL, PASS, Check, NextStep, overall_status
 from tdlens.rundir.read import RunData, Table, array_files, load_array, load_run
-from tdlens.schema import SPEC_RHO_COLUMNS
 from tdlens.scores import Regime, label_regime, series_of
 
 CORE_METRICS: tuple[str, ...] = (
@@ -67,6 +46,25 @@ SAMPLE_COLUMNS: tuple[str, ...] = (
 )
 """Columns of the Samples (Head) / (Tail) tables, in the seed's order."""
 SAMPLE_ROWS = 8
+PAGE_SECTIONS: tuple[str, ...] = (
+    "verdict",
+    "run_info",
+    "health",
+    "scale",
+    "core",
+    "probes",
+    "samples_head",
+    "samples_tail",
+    "next_steps",
+    "dynamics",
+    "rho_audit",
+    "theory",
+    "timings",
+    "status",
+    "files",
+)
+"""The sections of run_report.md and run_report.html, in page order (each renderer maps
+every name to its section and fails at import when one is missing)."""
 KEY_HPARAMS: tuple[str, ...] = (
     "outer_iters",
     "horizon",
@@ -86,81 +84,6 @@ KEY_HPARAMS: tuple[str, ...] = (
     "bar_phi",
 )
 """key_hparams: the seed's nine keys first, then ours."""
-_RHO = SPEC_RHO_COLUMNS
-EXPECTED_PROBE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "distribution_probe": (
-        *_RHO,
-        "iter",
-        "action_samples",
-        "dist_action_kl",
-        "dist_action_tv",
-        "mean_l2",
-        "mmd2",
-        "mmd2_unbiased",
-        "mmd_pvalue",
-        "mmd_sigma",
-        "num_samples",
-    ),
-    "fixed_point_probe": (
-        *_RHO,
-        "iter",
-        "batch_size",
-        "converged",
-        "lam",
-        "modes_below_lam",
-        "noise_floor",
-        "num_iters",
-        "residual",
-        "ridge",
-        "tol",
-        "value_gap",
-        "w_gap",
-        "w_sharp_drift",
-        "w_sharp_drift_defined",
-    ),
-    "q_kernel_probe": (
-        "iter",
-        "cache_batch_size",
-        "cache_horizon",
-        "cache_valid_t",
-        "td_loss",
-        "td_loss_cache",
-        "td_loss_from_Q",
-        "td_loss_from_Q_abs_diff",
-        "td_loss_from_Q_cache_rel_diff",
-        "td_loss_from_Q_rel_diff",
-    ),
-    "rho_audit": (
-        "iter",
-        "passed",
-        "rho_mean_emp",
-        "rho_mean_theory",
-        "rho_mean_z",
-        "rho2_mean_emp",
-        "rho2_mean_theory",
-        "rho2_mean_z",
-    ),
-    "stability_probe": (
-        *_RHO,
-        "iter",
-        "batch_size",
-        "critical_step",
-        "eig_max_abs",
-        "eig_max_real",
-        "eig_min_real",
-        "fastest_timescale",
-        "growth_timescale",
-        "power_iters",
-        "slowest_timescale",
-        "spectral_noise",
-        "stability_probe_step_scale",
-        "stability_proxy",
-        "stability_proxy_mean",
-        "stability_proxy_std",
-    ),
-}
-"""Columns each probe table must have (the seed's plus SPEC 6's); absent ones show as
-``missing`` rows instead of disappearing."""
 EXTRA_SETTINGS: tuple[str, ...] = (
     "rho_clip",
     "rho_clip_active",
@@ -186,24 +109,6 @@ def setting_names() -> frozenset[str]:
     return frozenset((keys - {"enabled"}) | set(EXTRA_SETTINGS))
 
 
-CHECKS = (
-    check_no_nan_inf,
-    check_probe_missing_values,
-    check_monotone_time,
-    check_rho_sane,
-    check_sigma_condition,
-    check_on_policy_expected,
-    check_no_bootstrap_expected,
-    check_fixed_pi_expected,
-    check_complete,
-    check_scale_consistency,
-    check_loss_convention,
-    check_fixed_point_converged,
-    check_rho_audit,
-    check_critic_frozen,
-    check_step_stable,
-)
-"""Health checks in report order (SPEC 8's list, then step_stable)."""
 STATUS_KEYS = (
     "status",
     "reason",
@@ -325,7 +230,7 @@ def probe_section(name: str, table: Table | None) -> ProbeSection:
             settings[c] = float(x[~np.isnan(x)][0]) if np.any(~np.isnan(x)) else None
             continue
         stats[c] = summarize(x, t)
-    for col in EXPECTED_PROBE_COLUMNS.get(name, ()):
+    for col in registry.spec_of(name).columns if name in registry.names() else ():
         if col not in table.columns and col != "iter":
             stats[col] = None
     texts = {}
@@ -471,7 +376,7 @@ def probe_names(data: RunData) -> list[str]:
 def build_report(run_dir: str | Path) -> Report:
     """Read ``run_dir`` and compute every section of the run report."""
     data = load_run(run_dir)
-    checks = [check(data) for check in CHECKS]
+    checks = [check.run(data) for check in HEALTH_CHECKS]
     status, reasons = overall_status(checks)
     t = data.curves.iters()
     regime = label_regime(series_of(data))

@@ -73,11 +73,6 @@ def fmt_count(x: float) -> str:
     return f"{rounded:,.0f}" if abs(rounded) >= 1 else f"{x:.2g}"
 
 
-def fmt_values(values: dict[str, Any]) -> str:
-    """``k=v, k=v`` with each value through :func:`fmt` (the observed values of a check)."""
-    return ", ".join(f"{k}={fmt(v)}" for k, v in values.items())
-
-
 def duration_text(seconds: float) -> str:
     """``42s``, ``7m05s``, ``3h10m``: a wall time for progress lines."""
     seconds = max(0, round(seconds))

@@ -9,11 +9,12 @@ names) goes through :func:`esc` (``html.escape`` with quotes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from tdlens.probes import registry
 from tdlens.report import plots
-from tdlens.report.build import SAMPLE_COLUMNS, Report
+from tdlens.report.build import PAGE_SECTIONS, SAMPLE_COLUMNS, Report
 from tdlens.report.fmt import fmt, fmt_count, fmt_ratio
 from tdlens.report.kit import esc, page, plot, table
 from tdlens.report.render_md import DYNAMICS_NOTES, MISSING_CELL, key_hparams, theory_lines
@@ -193,9 +194,9 @@ def html_probes(r: Report) -> str:
         )
         if p.text_columns:
             out.append(items([(k, v if v is not None else "-") for k, v in p.text_columns.items()]))
-        if p.name == "q_kernel_probe":
-            figs, caption = plots.plot_q_kernel(r.data)
-            out.append(plots_grid(figs, caption))
+        figures = registry.spec_of(p.name).figures_fn() if p.name in registry.names() else None
+        if figures is not None:
+            out.append(plots_grid(*figures(r.data)))
     out.append(html_settings(r))
     return "".join(out)
 
@@ -244,43 +245,53 @@ def html_theory(r: Report) -> str:
     )
 
 
-def html_tail(r: Report) -> str:
+def html_timings(r: Report) -> str:
     rows = [
         [k, fmt(v["count"]), fmt(v["mean"]), fmt(v["max"]), fmt(v["total"])]
         for k, v in r.timings.items()
     ]
-    out = [
-        "<h2>Timings</h2>",
-        table(["what", "count", "mean_s", "max_s", "total_s"], rows),
-        "<h2>Status</h2>",
-        items([(k, "-" if v is None else str(v)) for k, v in r.status.items() if k != "traceback"]),
-    ]
+    return "<h2>Timings</h2>" + table(["what", "count", "mean_s", "max_s", "total_s"], rows)
+
+
+def html_status(r: Report) -> str:
+    out = "<h2>Status</h2>" + items(
+        [(k, "-" if v is None else str(v)) for k, v in r.status.items() if k != "traceback"]
+    )
     if "traceback" in r.status:
-        out.append(f"<pre>{esc(r.status['traceback'])}</pre>")
-    if r.problems:
-        out.append("<h2>Files</h2>" + items([("problem", p) for p in r.problems]))
-    return "".join(out)
+        out += f"<pre>{esc(r.status['traceback'])}</pre>"
+    return out
+
+
+def html_files(r: Report) -> str:
+    if not r.problems:
+        return ""
+    return "<h2>Files</h2>" + items([("problem", p) for p in r.problems])
+
+
+SECTIONS: dict[str, Callable[[Report], str]] = {
+    "verdict": html_verdict,
+    "run_info": html_run_info,
+    "health": html_health,
+    "scale": html_scale,
+    "core": html_core,
+    "probes": html_probes,
+    "samples_head": lambda r: html_samples("Samples (Head)", r.samples_head),
+    "samples_tail": lambda r: html_samples("Samples (Tail)", r.samples_tail),
+    "next_steps": html_next_steps,
+    "dynamics": html_dynamics,
+    "rho_audit": html_rho,
+    "theory": html_theory,
+    "timings": html_timings,
+    "status": html_status,
+    "files": html_files,
+}
+"""Each of build.PAGE_SECTIONS as HTML ("" = left out)."""
+if tuple(SECTIONS) != PAGE_SECTIONS:
+    raise ImportError(f"render_html sections {tuple(SECTIONS)} differ from {PAGE_SECTIONS}")
 
 
 def render_html(r: Report) -> str:
     """The whole run_report.html text."""
     title = f"Run Report: {r.run_info.get('name') or r.run_info['run_dir']}"
-    body = "".join(
-        [
-            f"<h1>{esc(title)}</h1>",
-            html_verdict(r),
-            html_run_info(r),
-            html_health(r),
-            html_scale(r),
-            html_core(r),
-            html_probes(r),
-            html_samples("Samples (Head)", r.samples_head),
-            html_samples("Samples (Tail)", r.samples_tail),
-            html_next_steps(r),
-            html_dynamics(r),
-            html_rho(r),
-            html_theory(r),
-            html_tail(r),
-        ]
-    )
+    body = f"<h1>{esc(title)}</h1>" + "".join(SECTIONS[name](r) for name in PAGE_SECTIONS)
     return page(title, body, heading=False)

@@ -11,13 +11,13 @@ Rho Audit, Theory Overlay, Timings, Status, Files. Numbers via :func:`tdlens.rep
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tdlens.report.build import SAMPLE_COLUMNS, Report
+from tdlens.report.build import PAGE_SECTIONS, SAMPLE_COLUMNS, Report
 from tdlens.report.fmt import fmt, fmt_count, fmt_param, fmt_ratio
 from tdlens.report.stats import STAT_COLUMNS, Stats
 from tdlens.rundir.files import RunFileError, read_json
@@ -317,24 +317,29 @@ def section_files(r: Report) -> list[str]:
     return ["## Files", *(f"- {p}" for p in r.problems)] if r.problems else []
 
 
+SECTIONS: dict[str, Callable[[Report], list[str]]] = {
+    "verdict": section_verdict,
+    "run_info": section_run_info,
+    "health": section_health,
+    "scale": section_scale,
+    "core": section_core,
+    "probes": section_probes,
+    "samples_head": lambda r: section_samples("Samples (Head)", r.samples_head),
+    "samples_tail": lambda r: section_samples("Samples (Tail)", r.samples_tail),
+    "next_steps": section_next_steps,
+    "dynamics": section_dynamics,
+    "rho_audit": section_rho_audit,
+    "theory": section_theory,
+    "timings": section_timings,
+    "status": section_status,
+    "files": section_files,
+}
+"""Each of build.PAGE_SECTIONS as Markdown lines ([] = left out)."""
+if tuple(SECTIONS) != PAGE_SECTIONS:
+    raise ImportError(f"render_md sections {tuple(SECTIONS)} differ from {PAGE_SECTIONS}")
+
+
 def render_md(r: Report) -> str:
     """The whole run_report.md text (sections separated by blank lines)."""
-    sections = [
-        ["# Run Report"],
-        section_verdict(r),
-        section_run_info(r),
-        section_health(r),
-        section_scale(r),
-        section_core(r),
-        section_probes(r),
-        section_samples("Samples (Head)", r.samples_head),
-        section_samples("Samples (Tail)", r.samples_tail),
-        section_next_steps(r),
-        section_dynamics(r),
-        section_rho_audit(r),
-        section_theory(r),
-        section_timings(r),
-        section_status(r),
-        section_files(r),
-    ]
+    sections = [["# Run Report"], *(SECTIONS[name](r) for name in PAGE_SECTIONS)]
     return "\n\n".join("\n".join(s) for s in sections if s) + "\n"

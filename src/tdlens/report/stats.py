@@ -9,7 +9,6 @@ For a series ``x_i`` at iterations ``t_i`` (NaN = no value):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,13 +64,6 @@ def summarize(x: np.ndarray, t: np.ndarray | None = None, k: int = K_LAST) -> St
         slope_last_k=ls_slope(ts, xs),
         count=int(present.sum()),
     )
-
-
-def finite_or_none(x: float | None) -> float | None:
-    """``x`` when it is a finite number, else None."""
-    if x is None or not math.isfinite(x):
-        return None
-    return float(x)
 
 
 def nan_max(x: np.ndarray) -> float | None:

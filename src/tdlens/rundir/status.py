@@ -15,9 +15,6 @@ from typing import Any
 
 from tdlens.rundir.lock import lock_is_held
 
-STATUSES = ("running", "complete", "incomplete", "diverged", "failed", "crashed")
-"""Every status a run can show (``crashed`` only as observed, never written by a run)."""
-
 
 def observed_status(run_dir: str | Path, status: dict[str, Any]) -> dict[str, Any]:
     """`status` (status.json's content) with a dead ``running`` run shown as ``crashed``."""

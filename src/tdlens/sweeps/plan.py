@@ -102,9 +102,5 @@ def runs_from_plan(plan: dict[str, Any]) -> list[PlannedRun]:
     return runs
 
 
-def swept_keys(plan: dict[str, Any]) -> list[str]:
-    return [a["key"] for a in plan.get("axes", [])]
-
-
 def run_dir(sweep_dir: Path, run_id: str) -> Path:
     return Path(sweep_dir) / RUNS_DIR / run_id

@@ -14,7 +14,7 @@ function and ``n`` single environments fed the matching noise rows give identica
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -197,10 +197,3 @@ def observe(state: TorusState, env: EnvConfig) -> np.ndarray:
     np.less(state.picked_type, 0.0, out=out[:, 16])
     out[:, 17] = state.restart
     return out
-
-
-def with_events_cleared(state: TorusState) -> TorusState:
-    """The same positions with every event flag false (used by renderers and tests)."""
-    n = state.n
-    false = np.zeros(n, dtype=bool)
-    return replace(state, caught=false, picked=false, picked_type=np.zeros(n), restart=false)

@@ -9,7 +9,7 @@ checks long random rollouts with restarts, catches, picks and both clip settings
 Each environment row is stepped by the same scalar code, so a batch of ``n`` rows equals
 ``n`` single rows exactly.
 
-Packed state ``S [n, 8 + 3K]`` float64, one row per environment:
+Packed state ``packed [n, 8 + 3K]`` float64, one row per environment:
 ``x_a (2), x_g (2), goblets (2K, goblet-major), types (K), caught, picked, picked_type,
 restart`` (flags as 0.0/1.0). Environment constants travel as ``params`` (see
 :func:`env_params`). Noise rows are the ones :func:`tdlens.torus.dynamics.step` takes:
@@ -60,32 +60,32 @@ def env_params(env: EnvConfig) -> np.ndarray:
 
 
 def pack(state: TorusState) -> np.ndarray:
-    """``S [n, 8 + 3K]`` from a :class:`TorusState` (a new array)."""
+    """``packed [n, 8 + 3K]`` from a :class:`TorusState` (a new array)."""
     n, K = state.types.shape
-    S = np.empty((n, state_width(K)))
-    S[:, 0:2] = state.x_a
-    S[:, 2:4] = state.x_g
-    S[:, 4 : 4 + 2 * K] = state.goblets.reshape(n, 2 * K)
-    S[:, 4 + 2 * K : 4 + 3 * K] = state.types
-    S[:, 4 + 3 * K] = state.caught
-    S[:, 5 + 3 * K] = state.picked
-    S[:, 6 + 3 * K] = state.picked_type
-    S[:, 7 + 3 * K] = state.restart
-    return S
+    packed = np.empty((n, state_width(K)))
+    packed[:, 0:2] = state.x_a
+    packed[:, 2:4] = state.x_g
+    packed[:, 4 : 4 + 2 * K] = state.goblets.reshape(n, 2 * K)
+    packed[:, 4 + 2 * K : 4 + 3 * K] = state.types
+    packed[:, 4 + 3 * K] = state.caught
+    packed[:, 5 + 3 * K] = state.picked
+    packed[:, 6 + 3 * K] = state.picked_type
+    packed[:, 7 + 3 * K] = state.restart
+    return packed
 
 
-def unpack(S: np.ndarray, num_goblets: int) -> TorusState:
+def unpack(packed: np.ndarray, num_goblets: int) -> TorusState:
     """The :class:`TorusState` of a packed state (copies)."""
-    n, K = S.shape[0], num_goblets
+    n, K = packed.shape[0], num_goblets
     return TorusState(
-        x_a=S[:, 0:2].copy(),
-        x_g=S[:, 2:4].copy(),
-        goblets=S[:, 4 : 4 + 2 * K].reshape(n, K, 2).copy(),
-        types=S[:, 4 + 2 * K : 4 + 3 * K].copy(),
-        caught=S[:, 4 + 3 * K] != 0.0,
-        picked=S[:, 5 + 3 * K] != 0.0,
-        picked_type=S[:, 6 + 3 * K].copy(),
-        restart=S[:, 7 + 3 * K] != 0.0,
+        x_a=packed[:, 0:2].copy(),
+        x_g=packed[:, 2:4].copy(),
+        goblets=packed[:, 4 : 4 + 2 * K].reshape(n, K, 2).copy(),
+        types=packed[:, 4 + 2 * K : 4 + 3 * K].copy(),
+        caught=packed[:, 4 + 3 * K] != 0.0,
+        picked=packed[:, 5 + 3 * K] != 0.0,
+        picked_type=packed[:, 6 + 3 * K].copy(),
+        restart=packed[:, 7 + 3 * K] != 0.0,
     )
 
 
@@ -206,29 +206,29 @@ def _observe_row(S_i, p, o_i) -> None:
 
 
 @njit(cache=True)
-def observe_packed(S: np.ndarray, p: np.ndarray, o: np.ndarray) -> None:
-    """``o [n, 18] = o(s)`` of every row of the packed state ``S`` (in place)."""
-    for i in range(S.shape[0]):
-        _observe_row(S[i], p, o[i])
+def observe_packed(packed: np.ndarray, p: np.ndarray, o: np.ndarray) -> None:
+    """``o [n, 18] = o(s)`` of every row of the packed state ``packed`` (in place)."""
+    for i in range(packed.shape[0]):
+        _observe_row(packed[i], p, o[i])
 
 
 @njit(cache=True, nogil=True)
 def step_observe_packed(
-    S: np.ndarray, a: np.ndarray, z: np.ndarray, u: np.ndarray, p: np.ndarray, o: np.ndarray
+    packed: np.ndarray, a: np.ndarray, z: np.ndarray, u: np.ndarray, p: np.ndarray, o: np.ndarray
 ) -> None:
-    """One transition of every row of ``S`` in place (:func:`tdlens.torus.dynamics.step`
+    """One transition of every row of ``packed`` in place (:func:`tdlens.torus.dynamics.step`
     with actions ``a [n, 2]``), then ``o [n, 18]`` = the observation of the new state."""
-    for i in range(S.shape[0]):
-        _step_row(S[i], a[i], z[i], u[i], p)
-        _observe_row(S[i], p, o[i])
+    for i in range(packed.shape[0]):
+        _step_row(packed[i], a[i], z[i], u[i], p)
+        _observe_row(packed[i], p, o[i])
 
 
 def step(state: TorusState, a: np.ndarray, z: np.ndarray, u: np.ndarray, env: EnvConfig):
     """:func:`tdlens.torus.dynamics.step` through the kernel (returns a new state)."""
-    S = pack(state)
-    o = np.empty((S.shape[0], OBS_DIM))
-    step_observe_packed(S, np.ascontiguousarray(a, dtype=np.float64), z, u, env_params(env), o)
-    return unpack(S, state.types.shape[1])
+    packed = pack(state)
+    o = np.empty((packed.shape[0], OBS_DIM))
+    step_observe_packed(packed, np.ascontiguousarray(a, dtype=np.float64), z, u, env_params(env), o)
+    return unpack(packed, state.types.shape[1])
 
 
 def observe(state: TorusState, env: EnvConfig) -> np.ndarray:
