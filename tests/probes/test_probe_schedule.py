@@ -68,7 +68,7 @@ def test_plateau_min_iter_and_cooldown():
         "outer_iters=60",
         "probes.every=0",
         "probes.plateau.window=10",
-        "probes.plateau.tol=1e9",
+        "probes.plateau.tol=1e6",
         "probes.plateau.cooldown=10",
         "probes.plateau.min_iter=15",
     )
@@ -103,7 +103,7 @@ def test_plateau_fires_between_sparse_scheduled_rounds():
     cfg = tiny_config(
         "outer_iters=100",
         "probes.every=40",
-        "probes.plateau.tol=1e9",
+        "probes.plateau.tol=1e6",
         "probes.plateau.cooldown=10",
         "probes.plateau.min_iter=10",
     )
@@ -114,7 +114,7 @@ def test_plateau_fires_between_sparse_scheduled_rounds():
 
 
 def test_state_dict_round_trip():
-    cfg = tiny_config("outer_iters=60", "probes.every=0", "probes.plateau.tol=1e9")
+    cfg = tiny_config("outer_iters=60", "probes.every=0", "probes.plateau.tol=1e6")
     series = noisy_flat(60, 5)
     whole = simulate(cfg, series)
     first, resumed = ProbeSchedule(cfg), ProbeSchedule(cfg)
