@@ -152,7 +152,7 @@ def rule_rho_variance(data: RunData, checks: dict[str, Check]) -> NextStep | Non
         actions.append(f"clip rho at {fmt(max(p99_last, 1.0))} (its p99)")
     actions.append(
         f"raise beta from {fmt(cfg.beta)} to {fmt(min(1.0, max(2 * cfg.beta, 0.1)))} "
-        "so mu tracks pi closer"
+        "so mu's mean tracks pi's closer (beta does not change sigma_mu)"
     )
     causes = []
     if sigma_fail:
@@ -497,7 +497,7 @@ def rule_other_checks(data: RunData, checks: dict[str, Check]) -> NextStep | Non
     }
     msg = "; ".join(
         f"{c.name} {c.verdict} ({c.reason or c.detail})"
-        + (f": {hints[c.name]}" if c.name in hints else "")
+        + (f": {hints[c.name]}" if c.name in hints and c.verdict == FAIL else "")
         for c in bad
     )
     return NextStep("health_checks", msg + ".", {c.name: c.verdict for c in bad})
