@@ -262,8 +262,8 @@ def why_sentence(regime: Regime, dynamics: dict[str, Any], data: RunData) -> str
     if mech == "noise-floor" and last is not None:
         return (
             f"The critic reached its noise floor: value_gap {fmt(last)} is "
-            f"{_times(ev.get('gap_over_floor', math.nan))}x the stochastic floor, which only a "
-            "smaller step or more averaging lowers."
+            f"{_times(ev.get('gap_over_floor', math.nan))}x probe_floor, the lowest a probe can "
+            "measure, which only a smaller step or more averaging lowers."
         )
     if mech == "slow-modes" and last is not None:
         tau = ev.get("tau_obs", math.inf)

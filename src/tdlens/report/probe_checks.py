@@ -300,7 +300,7 @@ def check_critic_frozen(data: RunData) -> Check:
         observed["alpha_w_to_floor"] = plan.alpha_w_to_floor
         over_all = (
             f"; all modes: effective_timescale {fmt(plan.effective_timescale)}, value_gap "
-            f"reaches its predicted floor in ~{fmt(plan.iters_to_floor)} more iterations"
+            f"reaches probe_floor in ~{fmt(plan.iters_to_floor)} more iterations"
         )
     reasons = frozen_reasons(series)
     if reasons:

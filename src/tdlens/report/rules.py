@@ -357,8 +357,10 @@ def rule_critic_frozen(data: RunData, checks: dict[str, Check]) -> NextStep | No
         )
         msg += (
             f". Over all modes (the initial error projected on each): effective_timescale "
-            f"~{fmt_count(plan.effective_timescale)} iterations, value_gap reaches its "
-            f"predicted floor {fmt(plan.target)} in ~{fmt_count(plan.iters_to_floor)} more "
+            f"~{fmt_count(plan.effective_timescale)} iterations, value_gap reaches "
+            f"probe_floor {fmt(plan.target)} (the lowest a probe can measure, "
+            f"hypot(value_gap_floor, value_noise_floor / 2)) in "
+            f"~{fmt_count(plan.iters_to_floor)} more "
             f"iterations; alpha_w = {fmt(plan.alpha_w_to_floor)} would reach it within the "
             f"run (critical alpha_w {fmt(plan.critical_alpha_w)}, 95% interval "
             f"{fmt(plan.critical_alpha_w_lo)}-{fmt(plan.critical_alpha_w_hi)})"
