@@ -9,8 +9,11 @@ import re
 import pytest
 from test_report_fixtures import frozen_run, healthy_run
 
-from tdlens.report import build_report
+from tdlens.config import load_config
+from tdlens.report import build_report, write_report
 from tdlens.report.card import WHY_MAX_NUMBERS, WHY_MAX_SENTENCES, Verdict
+from tdlens.runs.audit import audit_run_rho
+from tdlens.runs.runner import Runner
 
 ACTION_VERBS = {
     "Raise",
@@ -159,3 +162,28 @@ def test_eig_min_headline_is_the_computed_minimum(tmp_path):
     v = build_report(run.write(tmp_path / "b")).verdict
     eig = {k.name: k for k in v.key_numbers}["eig_min_real"]
     assert eig.value == -5e-6 and "whole interval is below zero: a growing mode" in eig.note
+
+
+def test_shipped_triad_card_and_one_rho_verdict(tmp_path):
+    """configs/regime_triad.yaml for real (~10 s, D = 64, 30 iterations): the card reads
+    aloud and gives the triad's fix; sigma_condition passes (rho clipped at 1); the
+    report's rho check and `tdlens audit rho` (the replayed audit) give the same verdict,
+    PASS, although the rho^2 z-score is left out for infinite variance."""
+    run_dir = tmp_path / "triad"
+    Runner(
+        load_config("configs/regime_triad.yaml"),
+        run_dir,
+        handle_signals=False,
+        write_report=write_report,
+    ).run()
+    r = build_report(run_dir)
+    v = r.verdict
+    assert v.regime == "diverged:off-policy", v.regime_reason
+    assert_card_reads_aloud(v)
+    assert v.next.startswith("Narrow sigma_pi from 0.6 to 0.3 or widen sigma_mu from 0.3 to 0.6")
+    checks = {c.name: c.verdict for c in r.checks}
+    assert checks["sigma_condition"] == "PASS"
+    audit = audit_run_rho(run_dir)
+    assert audit.same_sample and audit.row["reliable"] == 0.0
+    assert checks["rho_audit"] == ("PASS" if audit.row["passed"] == 1.0 else "FAIL") == "PASS"
+    assert "disagrees with its closed form" not in " ".join(s.message for s in r.next_steps)
