@@ -92,6 +92,14 @@ def _plateau(mechanism: str):
     return run
 
 
+def _plain_plateau():
+    """One fixed-point round and a flat td_loss: a plateau with no mechanism to name."""
+    run = healthy_run()
+    run.probes["fixed_point_probe"] = run.probes["fixed_point_probe"][:1]
+    run.set_curve("td_loss", lambda i: 1e-3 * (1 + 1e-3 * (-1) ** i))
+    return run
+
+
 CASES = {
     "learning": (healthy_run, "learning"),
     "frozen": (frozen_run, "frozen"),
@@ -101,6 +109,7 @@ CASES = {
     "plateau:slow-modes": (lambda: _plateau("slow-modes"), "plateau:slow-modes"),
     "plateau:moving-target": (lambda: _plateau("moving-target"), "plateau:moving-target"),
     "plateau:noise-floor": (lambda: _plateau("noise-floor"), "plateau:noise-floor"),
+    "plateau": (_plain_plateau, "plateau"),
 }
 
 

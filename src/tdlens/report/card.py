@@ -59,8 +59,8 @@ that fired wins; a failed or stopped run takes run_status before them."""
 DEFAULT_ACTION = {
     "learning": "Keep these settings: value_gap is still falling; lengthen outer_iters to "
     "see where it settles.",
-    "plateau": "Compare the counterfactuals under Next Steps, then change the setting "
-    "they predict helps most.",
+    "plateau": "Run it again with at least two fixed-point probe rounds (probes.every at "
+    "most outer_iters / 2) so the plateau's mechanism can be named.",
     "n/a": "Run it longer: at least a few probe rounds are needed to judge it.",
 }
 """Next when no rule with an action fired (any other label: :data:`DEFAULT_ACTION_ANY`)."""
