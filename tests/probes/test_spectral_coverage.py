@@ -49,7 +49,10 @@ def test_spectral_intervals_cover_the_exact_values():
     """>= 90% of the eig_min_real intervals cover the exact value over 100 fresh draws
     (95% here; the percentile interval of the first-order terms covered 63%);
     eig_max_real and critical_step still cover ~95% (95% and 94% here): at least 88%
-    each, 3 binomial standard errors (2.2%) below 95%."""
+    each, 3 binomial standard errors (2.2%) below 95%. Over other problem and draw seeds
+    (problem 0 with draws 2, 3; problems 1, 2 with draws 1) eig_min_real covered 92%,
+    97%, 95% and 91%, eig_max_real 95-97%, critical_step 95-99%: the interval covers
+    ~94%, so a seed can land near the 90% line (binomial SE 2.4% at 100 draws)."""
     L, M, A = exact_problem()
     ev = np.linalg.eigvals(A)
     exact = {
