@@ -59,6 +59,8 @@ def test_sigma_condition_warning(tmp_path):
             "sigma_pi=0.5",
             "--set",
             "sigma_mu=0.3",
+            "--set",
+            "rho_clip=0",
             "--run-dir",
             str(tmp_path / "r"),
         ],

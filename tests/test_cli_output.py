@@ -417,7 +417,14 @@ def test_console_prints_brackets_as_written(tmp_path):
     res = runner.invoke(app, ["report", str(odd)])
     assert res.exit_code == 2 and f"'{odd}' is not a run directory" in res.output
     res = runner.invoke(
-        app, ["run", "sanity", "--dry-run", "--set", "sigma_pi=0.5", "--set", "sigma_mu=0.3"]
+        app,
+        [
+            "run",
+            "sanity",
+            "--dry-run",
+            *("--set", "sigma_pi=0.5", "--set", "sigma_mu=0.3"),
+            *("--set", "rho_clip=0"),
+        ],
     )
     assert res.exit_code == 0 and "E_mu[rho^2] is infinite" in res.output
     res = runner.invoke(app, ["run", "sanity", "--set", "probes.fixed_point.solver=[direct]"])

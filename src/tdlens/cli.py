@@ -194,10 +194,10 @@ def run(
 
 
 def _sigma_warning(cfg: RunConfig) -> str:
-    """Why a config with sigma_pi^2 >= 2 sigma_mu^2 will FAIL its report."""
+    """Why a config with sigma_pi^2 >= 2 sigma_mu^2 and no rho clip will FAIL its report."""
     return (
-        f"sigma_pi^2 = {cfg.sigma_pi**2:.4g} >= 2 sigma_mu^2 = {2 * cfg.sigma_mu**2:.4g}: "
-        "E_mu[rho^2] is infinite; the report will FAIL sigma_condition"
+        f"sigma_pi^2 = {cfg.sigma_pi**2:.4g} >= 2 sigma_mu^2 = {2 * cfg.sigma_mu**2:.4g} "
+        "with rho unclipped: E_mu[rho^2] is infinite; the report will FAIL sigma_condition"
     )
 
 
@@ -615,7 +615,7 @@ def audit_rho(
     out.print(table)
     passed = bool(row.get("passed", 0))
     reliable = bool(row.get("reliable", 1))
-    note = "" if reliable else " (some z-scores unreliable: infinite variance)"
+    note = "" if reliable else " (the rho^2 z-score is left out: infinite variance)"
     out.print(
         f"verdict: {'PASS' if passed else 'FAIL'}: max |z| = {row.get('max_abs_z', nan):.3g} "
         f"vs {row.get('z_threshold', nan):.3g}{note}, n = {int(row.get('n', 0))}",

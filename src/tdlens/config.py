@@ -462,8 +462,10 @@ class RunConfig(_Frozen):
 
     @property
     def sigma_condition_ok(self) -> bool:
-        """E_mu[rho^2] is finite only when sigma_pi^2 < 2 sigma_mu^2 (SPEC 6.3, 15)."""
-        return self.sigma_pi**2 < 2.0 * self.sigma_mu**2
+        """E_mu[rho^2] of the ratio the critic uses is finite: always with a rho clip c
+        (``min(rho, c)^2 <= c^2``), else only when sigma_pi^2 < 2 sigma_mu^2 (docs/model.md
+        §3)."""
+        return self.effective_rho_clip is not None or self.sigma_pi**2 < 2.0 * self.sigma_mu**2
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON values (:func:`encode_config`: inf as ``"inf"``); what

@@ -591,8 +591,8 @@ def _from_value_gap(s: RunSeries, gap: np.ndarray, floor: float) -> Regime:
     ev = plateau_evidence(s, gap, floor)
     numbers = (
         f"value_gap {gap[0]:.4g} -> {gap[-1]:.4g} (fall {gap[0] - gap[-1]:.4g}, second half "
-        f"{ev['fall_second_half']:.4g} vs noise {ev['fall_noise']:.4g}), noise floor "
-        f"{floor:.4g}, stochastic floor {ev['stochastic_floor']:.4g} "
+        f"{ev['fall_second_half']:.4g} vs noise {ev['fall_noise']:.4g}), value_noise_floor "
+        f"{floor:.4g}, probe_floor {ev['stochastic_floor']:.4g} "
         f"(x{ev['gap_over_floor']:.3g}), tau_obs {ev['tau_obs']:.4g} vs {s.outer_iters} "
         f"iterations"
     )
@@ -600,7 +600,7 @@ def _from_value_gap(s: RunSeries, gap: np.ndarray, floor: float) -> Regime:
     if ev["falling"] and (at_floor or ev["tau_obs"] <= s.outer_iters):
         return Regime("learning", numbers, ev)
     if at_floor:
-        return Regime("plateau:noise-floor", f"{numbers}; at the stochastic floor", ev)
+        return Regime("plateau:noise-floor", f"{numbers}; at probe_floor", ev)
     tracking = (
         f"second-half medians: fixed-point drift {ev['drift_per_iter']:.3g}/iter vs "
         f"relaxation {ev['relaxation_per_iter']:.3g}/iter (T {ev['relaxation_timescale']:.4g}), "
@@ -692,8 +692,9 @@ REGIME_DOC = (
     "fastest_timescale > outer_iters. "
     "learning: value_gap still falls beyond its round-to-round noise over the second half "
     "of the probe rounds, with its own relaxation time tau_obs <= outer_iters (or into its "
-    f"floor). plateau:noise-floor: value_gap <= {FLOOR_FACTOR:g} x the stochastic floor "
-    "(value_gap_floor, else F). plateau:moving-target: fixed-point drift per iteration (in "
+    f"floor). plateau:noise-floor: value_gap <= {FLOOR_FACTOR:g} x probe_floor "
+    "(hypot(value_gap_floor, F / 2), else F). plateau:moving-target: fixed-point drift per "
+    "iteration (in "
     "value terms) over the critic's relaxation per iteration (value_gap / "
     f"effective_timescale) >= {MOVING_TARGET_RATIO:g}. plateau:slow-modes: the rest above "
     "the floor (tau_obs > outer_iters). F = median value_noise_floor, or noise_floor "

@@ -95,8 +95,19 @@ def test_sigma_condition(tmp_path):
     c = verdict(healthy_run("sigma_mu=0.35", "sigma_pi=0.3"), tmp_path / "a", "sigma_condition")
     assert c.verdict == PASS
     assert c.observed["E_rho2_equal_means"] == pytest.approx(1.0757, abs=1e-4)  # SPEC 6.3
-    c = verdict(healthy_run("sigma_mu=0.25", "sigma_pi=0.4"), tmp_path / "b", "sigma_condition")
+    c = verdict(
+        healthy_run("sigma_mu=0.25", "sigma_pi=0.4", "rho_clip=0"),
+        tmp_path / "b",
+        "sigma_condition",
+    )
     assert c.verdict == FAIL and "infinite" in c.detail
+    # clipped at c, E_mu[min(rho, c)^2] <= c^2 is finite whatever the widths (issue 24)
+    c = verdict(
+        healthy_run("sigma_mu=0.25", "sigma_pi=0.4", "rho_clip=1"),
+        tmp_path / "c",
+        "sigma_condition",
+    )
+    assert c.verdict == PASS and "clipped at 1" in c.detail and c.observed["rho_clip"] == 1.0
     assert expected_rho2_equal_means(0.25, 0.4) == math.inf
 
 
@@ -241,9 +252,10 @@ def test_rho_audit(tmp_path):
     )
     c = verdict(run, tmp_path / "a", "rho_audit")
     assert c.verdict == FAIL and "rho2_mean 1.33 vs theory 1.076" in c.detail
-    run = healthy_run()
+    run = healthy_run()  # passed with an unreliable z left out: PASS, as `tdlens audit rho` says
     run.set_probe("rho_audit", "reliable", 0.0)
-    assert verdict(run, tmp_path / "b", "rho_audit").verdict == WARN
+    c = verdict(run, tmp_path / "b", "rho_audit")
+    assert c.verdict == PASS and "left out" in c.detail
 
 
 def test_critic_frozen_warns_on_a_frozen_critic(tmp_path):

@@ -13,6 +13,7 @@ from test_report_fixtures import frozen_run, healthy_run
 from tdlens.report import build_report, render_json, render_md
 from tdlens.report.build import PAGE_SECTIONS, probe_section
 from tdlens.report.card import Verdict, next_sentence, tail_mean
+from tdlens.report.fmt import fmt
 from tdlens.report.honest import FLAT_NOTE, MIN_REL_SPAN, change_of, y_range
 from tdlens.report.plots import int_dtick, over_iterations, plot_theory, sparkline
 from tdlens.report.verdicts import NextStep
@@ -212,7 +213,9 @@ def test_probe_intervals_come_from_lo_hi_columns(tmp_path):
     assert "certified lower bound" in by["eig_min_real"].note
     assert (by["critical_alpha_w"].lo, by["critical_alpha_w"].hi) == (1.0, 1.5)
     assert (by["fastest_timescale"].lo, by["fastest_timescale"].hi) == (15000.0, 19000.0)
-    assert "[15,000, 19,000]" in v.why and "alpha_w = 1.2 [1, 1.5]" in v.next
+    # the why reads aloud (issue 24): the interval stays in the key numbers
+    assert "~17,000 iterations" in v.why and "15,000" not in v.why
+    assert "alpha_w = 1.2 [1, 1.5]" in v.next
 
 
 # --------------------------------------------------------------------------- settings
@@ -238,13 +241,17 @@ def test_report_has_one_settings_table(tmp_path):
 
 
 def test_learning_card_quotes_the_regime_numbers(tmp_path):
-    """healthy_run learns (fixtures): the why carries label_regime's value_gap numbers, the
-    next is the no-issues line, capitalised as a sentence."""
+    """healthy_run learns (fixtures): the why says value_gap's fall in words with its two
+    ends from label_regime's evidence (the rest stays in regime.evidence), the next is an
+    action even with no rule fired."""
     r = build_report(healthy_run().write(tmp_path / "run"))
     v = r.verdict
-    assert v.regime == "learning" and v.why.startswith("The critic is learning: value_gap ")
-    assert r.regime.reason in v.why and "||w|| moved" in v.why
-    assert v.next.startswith("No major rule-based issues detected")
+    ev = r.regime.evidence
+    assert v.regime == "learning" and v.why == (
+        f"The critic is learning: value_gap fell from {fmt(ev['value_gap_first'])} to "
+        f"{fmt(ev['value_gap_last'])} and is still falling."
+    )
+    assert v.next.startswith("Keep these settings")
 
 
 def test_md_and_html_pages_show_their_sections_in_one_order(tmp_path):

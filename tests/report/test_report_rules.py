@@ -136,7 +136,8 @@ def test_frozen_critic_names_the_floor_and_the_alpha_w_that_reaches_it(tmp_path)
     first = run.probes["fixed_point_probe"][0]["iter"]
     alpha = 0.08 * 1000.0 * math.log(10.0) / (N_ITERS - first)
     assert "effective_timescale ~1,000 iterations" in msg
-    assert "predicted floor 0.05 in ~2,300 more iterations" in msg  # fmt_count rounds
+    assert "probe_floor 0.05 (the lowest a probe can measure" in msg
+    assert "in ~2,300 more iterations" in msg  # fmt_count rounds
     assert f"alpha_w = {alpha:.4g} would reach it within the run" in msg
     assert "critical alpha_w 1.2, 95% interval 1-1.5" in msg
 

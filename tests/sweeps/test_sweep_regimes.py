@@ -88,7 +88,7 @@ def _series(status="complete", curves=None, fixed=None, stab=None) -> RunSeries:
 def test_learning_value_gap_falls_far_beyond_its_noise_floor():
     r = label_regime(_series())
     assert r.label == "learning", r.reason
-    assert "noise floor 0.01" in r.reason
+    assert "value_noise_floor 0.01" in r.reason
 
 
 def test_learning_while_falling_into_the_floor_noise_floor_once_flat_there():

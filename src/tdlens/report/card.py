@@ -4,10 +4,13 @@ Four sentences and a few numbers, computed from what the report already holds:
 
 - ``regime``: :func:`tdlens.scores.label_regime`'s label and its reason;
 - ``health``: the worst check verdict (:func:`tdlens.report.verdicts.overall_status`);
-- ``why``: one sentence with the numbers that decided the regime (for a frozen critic:
-  ``fastest_timescale`` against the run's ``outer_iters``, and how far ``||w||`` moved);
-- ``next``: one sentence from the first next-step rule that fired
-  (:func:`tdlens.report.rules.next_steps`), with its alpha_w or iteration count;
+- ``why``: at most two sentences with at most three numbers (WHY_MAX_SENTENCES,
+  WHY_MAX_NUMBERS), read aloud: the mechanism in words, its deciding number ("The fixed
+  point moves 2.3x faster than the critic can follow: ..."); every other number stays in
+  the key numbers and ``regime.evidence``;
+- ``next``: always an action: the ``Next:`` clause of the next-step rule of the label's
+  own mechanism (LABEL_RULES; a failed or stopped run: run_status first), else of the first
+  rule that has one, else the label's default (DEFAULT_ACTION); never cut mid-sentence;
 - ``key_numbers``: name, value, interval ``[lo, hi]`` and how it was obtained. Probe
   columns take their interval from ``<column>_lo`` / ``<column>_hi`` of the same row
   when the probe writes them; the learning-curve numbers are the mean of the last
@@ -39,6 +42,30 @@ REGIME_PHRASE = {
     "learning": "The critic is learning",
     "plateau": "The critic stopped improving",
 }
+WHY_MAX_SENTENCES = 2
+WHY_MAX_NUMBERS = 3
+ACTION_MARK = "Next: "
+"""Where a next-step message's action starts (tdlens.report.rules' module docstring)."""
+LABEL_RULES: dict[str, tuple[str, ...]] = {
+    "diverged:off-policy": ("growing_mode", "rho_variance", "exploding"),
+    "diverged:step-size": ("exploding", "run_status"),
+    "diverged": ("run_status", "exploding", "growing_mode"),
+    "frozen": ("critic_frozen", "metrics_flat"),
+    "plateau": ("plateau_mechanism", "fixed_point_drift"),
+    "learning": (),
+    "n/a": ("run_status",),
+}
+"""The next-step rules whose action answers a label (the label, else its family), first
+that fired wins; a failed or stopped run takes run_status before them."""
+DEFAULT_ACTION = {
+    "learning": "Keep these settings: value_gap is still falling; lengthen outer_iters to "
+    "see where it settles.",
+    "plateau": "Run it again with at least two fixed-point probe rounds (probes.every at "
+    "most outer_iters / 2) so the plateau's mechanism can be named.",
+    "n/a": "Run it longer: at least a few probe rounds are needed to judge it.",
+}
+"""Next when no rule with an action fired (any other label: :data:`DEFAULT_ACTION_ANY`)."""
+DEFAULT_ACTION_ANY = "Look at the failing checks under Health checks and fix the first one."
 
 
 @dataclass(frozen=True)
@@ -110,6 +137,36 @@ def tail_mean(x: np.ndarray) -> tuple[float, float, float] | None:
     return q.last, q.last - half, q.last + half
 
 
+def eig_min_number(stab: Table) -> KeyNumber | None:
+    """eig_min_real's key number: the computed minimum (``eig_min_real_computed``, the
+    smallest real part of the eigenvalues the probe computed; ``eig_min_real`` when the
+    table has no such column) with ``eig_min_real``'s interval, and, for a Krylov spectrum,
+    the certified lower bound over the whole spectrum named apart in the note, so a
+    healthy run does not headline the negative bound as if it were an eigenvalue."""
+    if not len(stab) or not stab.has("eig_min_real"):
+        return None
+    computed = stab.last("eig_min_real_computed") if stab.has("eig_min_real_computed") else None
+    value = computed if computed is not None and math.isfinite(computed) else None
+    value = stab.last("eig_min_real") if value is None else value
+    if value is None or not math.isfinite(value):
+        return None
+    lo, hi = probe_interval(stab, "eig_min_real")
+    bound = stab.has("eig_min_real_is_bound") and stab.last("eig_min_real_is_bound") == 1
+    note = "smallest Re eig(A) computed"
+    if bound:
+        note += (
+            f"; the rest of the spectrum has a certified lower bound of "
+            f"{fmt(stab.last('eig_min_real_bound') or stab.last('eig_min_real'))}"
+        )
+    below = hi is not None and hi < 0
+    note += (
+        "; its whole interval is below zero: a growing mode (off-policy divergence)"
+        if below
+        else "; a growing mode only when its whole interval is below zero"
+    )
+    return KeyNumber("eig_min_real", value, lo, hi, note)
+
+
 def key_numbers(data: RunData, dynamics: dict[str, Any]) -> list[KeyNumber]:
     """The card's numbers that this run has (module docstring)."""
     out: list[KeyNumber] = []
@@ -127,16 +184,9 @@ def key_numbers(data: RunData, dynamics: dict[str, Any]) -> list[KeyNumber]:
                 lo, hi = probe_interval(stab, "critical_step")
                 lo, hi = (None, None) if lo is None else (lo * value / step, hi * value / step)
             out.append(KeyNumber(col, value, lo, hi, note))
-    eig_min = stab.last("eig_min_real") if len(stab) and stab.has("eig_min_real") else None
-    if eig_min is not None and math.isfinite(eig_min):
-        lo, hi = probe_interval(stab, "eig_min_real")
-        bound = stab.has("eig_min_real_is_bound") and stab.last("eig_min_real_is_bound") == 1
-        note = "smallest Re eig(A) over the whole spectrum" + (
-            " (a certified lower bound; < 0 beyond its interval: off-policy divergence)"
-            if bound
-            else " (< 0 beyond its interval: off-policy divergence)"
-        )
-        out.append(KeyNumber("eig_min_real", eig_min, lo, hi, note))
+    number = eig_min_number(stab)
+    if number is not None:
+        out.append(number)
     if dynamics.get("median_rel_step") is not None:
         out.append(
             KeyNumber(
@@ -158,69 +208,148 @@ def key_numbers(data: RunData, dynamics: dict[str, Any]) -> list[KeyNumber]:
     return out
 
 
-def why_sentence(regime: Regime, dynamics: dict[str, Any], data: RunData) -> str:
-    """One sentence with the numbers behind the regime (module docstring)."""
-    base = regime_family(regime.label)
-    phrase = REGIME_PHRASE.get(base, f"Regime {regime.label}")
-    if ":" in regime.label:
-        phrase += f" ({regime.label.split(':', 1)[1]})"
+def _w_growth(data: RunData) -> float | None:
+    """``||w||`` last / first over the run (None without two finite values)."""
     w = data.curves.values("w_norm")
     w = w[np.isfinite(w)]
-    moved = ""
-    if len(w) >= 2 and w[0] != 0:
-        rel = abs(w[-1] - w[0]) / abs(w[0])
-        change = f"grew x{w[-1] / w[0]:.3g}" if rel > 1 else f"moved {100 * rel:.2g}%"
-        moved = f"; ||w|| {change} over the run ({w[0]:.6g} -> {w[-1]:.6g})"
-    fastest = dynamics.get("fastest_timescale")
-    run = dynamics.get("run_iters")
-    if base == "frozen" and fastest is not None and math.isfinite(fastest) and run:
-        lo, hi = probe_interval(data.probe("stability_probe"), "fastest_timescale")
-        band = f" [{fmt_count(lo)}, {fmt_count(hi)}]" if lo is not None else ""
-        rate = dynamics.get("eta"), dynamics.get("eig_max_real")
-        speed = (
-            f" (eta x max Re eig(A) = {fmt(rate[0] * rate[1])} per iteration)"
-            if None not in rate
-            else ""
-        )
-        return (
-            f"{phrase}: its fastest mode needs ~{fmt_count(fastest)}{band} iterations to "
-            f"relax{speed}, but the run has {fmt(run)}{moved}."
-        )
+    return float(w[-1] / w[0]) if len(w) >= 2 and w[0] != 0 else None
+
+
+def _times(ratio: float) -> str:
+    """A ratio read aloud: 2 significant digits, thousands separated (``2.3``, ``25,000``)."""
+    return fmt_count(ratio) if ratio >= 10 else f"{ratio:.2g}"
+
+
+def _failure(data: RunData) -> str:
+    """The exception's name of a failed run's reason (``MemoryError: ...`` -> MemoryError)."""
+    reason = str(data.status.get("reason") or "an error")
+    head = reason.split(":", 1)[0].strip()
+    return head if head and " " not in head else "an error"
+
+
+def why_sentence(regime: Regime, dynamics: dict[str, Any], data: RunData) -> str:
+    """At most two sentences with at most three numbers, read aloud: the mechanism behind
+    the regime and its deciding number (module docstring)."""
+    base = regime_family(regime.label)
+    mech = regime.label.split(":", 1)[1] if ":" in regime.label else ""
+    ev = regime.evidence or {}
+    growth = _w_growth(data)
+    grew = f"; ||w|| grew {fmt_count(growth)}-fold over the run" if growth and growth > 2 else ""
+    fastest, run = dynamics.get("fastest_timescale"), dynamics.get("run_iters")
+    if data.status.get("status") == "failed":
+        return f"The run failed with {_failure(data)} before it could be judged."
     if base == "n/a":
-        return f"Too short to judge ({regime.reason})."
-    return f"{phrase}: {regime.reason}{moved}."
+        return f"Too short to judge: {fmt(len(data.curves))} iterations ran."
+    if base == "frozen" and fastest is not None and math.isfinite(fastest) and run:
+        return (
+            f"The critic is frozen: its fastest mode needs ~{fmt_count(fastest)} iterations "
+            f"to relax, but the run has {fmt(run)}."
+        )
+    if mech == "off-policy":
+        return (
+            "The critic diverged off-policy: an eigenvalue of A is below zero, so TD grows "
+            f"at every step size{grew}."
+        )
+    if mech == "step-size":
+        eta, crit = ev.get("eta"), ev.get("critical_step")
+        over = (
+            f" is {_times(eta / crit)}x the largest stable one"
+            if eta and crit and math.isfinite(crit)
+            else " exceeds the critical step"
+        )
+        return f"The critic diverged: the step{over}, so its fastest mode overshoots{grew}."
+    last = ev.get("value_gap_last")
+    if mech == "moving-target" and ev.get("drift_ratio") is not None:
+        return (
+            f"The fixed point moves {_times(ev['drift_ratio'])}x faster than the critic can "
+            f"follow: value_gap stalls at {fmt(last)}."
+        )
+    if mech == "noise-floor" and last is not None:
+        return (
+            f"The critic reached its noise floor: value_gap {fmt(last)} is "
+            f"{_times(ev.get('gap_over_floor', math.nan))}x probe_floor, the lowest a probe can "
+            "measure, which only a smaller step or more averaging lowers."
+        )
+    if mech == "slow-modes" and last is not None:
+        tau = ev.get("tau_obs", math.inf)
+        outer = ev.get("outer_iters") or run
+        rest = (
+            f"what remains relaxes over ~{fmt_count(tau)} iterations, longer than the run's "
+            f"{fmt(outer)}"
+            if math.isfinite(tau)
+            else f"it no longer falls within the run's {fmt(outer)} iterations"
+        )
+        return f"The critic stopped improving at value_gap {fmt(last)}: {rest}."
+    if base == "learning" and last is not None and ev.get("value_gap_first") is not None:
+        return (
+            f"The critic is learning: value_gap fell from {fmt(ev['value_gap_first'])} to "
+            f"{fmt(last)} and is still falling."
+        )
+    if base == "diverged":
+        return f"The critic diverged{grew.replace(';', ':', 1) or '.'}".rstrip(".") + "."
+    phrase = REGIME_PHRASE.get(base, f"Regime {regime.label}")
+    return f"{phrase}: its error no longer falls beyond its own noise."
+
+
+def action_of(step: NextStep) -> str | None:
+    """The action of a next-step message: its ``Next:`` clause, capitalised (None when it
+    has none)."""
+    cut = step.message.rfind(ACTION_MARK)
+    if cut < 0:
+        return None
+    action = step.message[cut + len(ACTION_MARK) :].strip()
+    if not action:
+        return None
+    action = action[:1].upper() + action[1:]
+    return action if action.endswith(".") else action + "."
+
+
+def _frozen_action(step: NextStep, alpha_w: float | None, numbers: dict[str, KeyNumber]) -> str:
+    """critic_frozen's action with its alpha_w, the critical alpha_w's interval and the
+    run length it needs."""
+    v = step.values
+    crit = v.get("alpha_w_critical")
+    known = numbers.get("critical_alpha_w")
+    band = f" [{fmt(known.lo)}, {fmt(known.hi)}]" if known and known.lo is not None else ""
+    stable = f", stable up to alpha_w = {fmt(crit)}{band} by the critical step" if crit else ""
+    more = v.get("outer_iters_at_alpha_w_next")
+    at_next = f" and outer_iters >= ~{fmt_count(more)}" if more else ""
+    # short of the needed alpha_w (the 10x cap): a first step, not the fix
+    first = not more and v["alpha_w_next"] < v.get("alpha_w_needed", math.inf)
+    verb = "Raise alpha_w" + (" stepwise (its sampling noise grows with it)" if first else "")
+    return (
+        f"{verb} from {fmt(alpha_w)} to {fmt(v['alpha_w_next'])}{at_next}"
+        f"{stable} (alpha_w = {fmt(v.get('alpha_w_needed'))} would relax the fastest mode "
+        f"{fmt(RELAX_EFOLDS)} times in {fmt(v.get('run_iters'))} iterations), or keep "
+        "alpha_w and run "
+        f"outer_iters >= ~{fmt_count(v['outer_iters_at_alpha_w'])}."
+    )
 
 
 def next_sentence(
-    steps: list[NextStep], alpha_w: float | None, numbers: dict[str, KeyNumber] | None = None
+    steps: list[NextStep],
+    alpha_w: float | None,
+    numbers: dict[str, KeyNumber] | None = None,
+    label: str | None = None,
+    status: str | None = None,
 ) -> str:
-    """One sentence from the first next-step rule (module docstring), with the critical
-    alpha_w's interval from ``numbers`` when it has one."""
-    if not steps:
-        return "Nothing to change."
-    step = steps[0]
-    v = step.values
-    if step.rule == "critic_frozen" and v.get("alpha_w_next") is not None:
-        crit = v.get("alpha_w_critical")
-        known = (numbers or {}).get("critical_alpha_w")
-        band = f" [{fmt(known.lo)}, {fmt(known.hi)}]" if known and known.lo is not None else ""
-        stable = f", stable up to alpha_w = {fmt(crit)}{band} by the critical step" if crit else ""
-        more = v.get("outer_iters_at_alpha_w_next")
-        at_next = f" and outer_iters >= ~{fmt_count(more)}" if more else ""
-        # short of the needed alpha_w (the 10x cap): a first step, not the fix
-        first = not more and v["alpha_w_next"] < v.get("alpha_w_needed", math.inf)
-        verb = "Raise alpha_w" + (" stepwise (its sampling noise grows with it)" if first else "")
-        return (
-            f"{verb} from {fmt(alpha_w)} to {fmt(v['alpha_w_next'])}{at_next}"
-            f"{stable} (alpha_w = {fmt(v.get('alpha_w_needed'))} would relax the fastest mode "
-            f"{fmt(RELAX_EFOLDS)} times in {fmt(v.get('run_iters'))} iterations), or keep "
-            "alpha_w and run "
-            f"outer_iters >= ~{fmt_count(v['outer_iters_at_alpha_w'])}."
-        )
-    message = step.message
-    cut = message.find(". ")
-    first = message if cut < 0 else message[: cut + 1]
-    return first[:1].upper() + first[1:]
+    """The card's Next, always an action (module docstring): the rule of the label's
+    mechanism (LABEL_RULES), run_status first for a failed or stopped run, else the first
+    rule with an action, else the label's DEFAULT_ACTION."""
+    numbers = numbers or {}
+    family = regime_family(label) if label else ""
+    preferred = LABEL_RULES.get(label or "", LABEL_RULES.get(family, ()))
+    if status not in (None, "complete", "diverged"):
+        preferred = ("run_status", *preferred)
+    by_rule = {s.rule: s for s in steps}
+    ordered = [by_rule[r] for r in preferred if r in by_rule] + list(steps)
+    for step in ordered:
+        if step.rule == "critic_frozen" and step.values.get("alpha_w_next") is not None:
+            return _frozen_action(step, alpha_w, numbers)
+        action = action_of(step)
+        if action is not None:
+            return action
+    return DEFAULT_ACTION.get(family, DEFAULT_ACTION_ANY if steps else DEFAULT_ACTION["learning"])
 
 
 def steps_line(cfg: RunConfig | None) -> str:
@@ -259,7 +388,13 @@ def verdict_of(
         health=health,
         reasons=health_reasons,
         why=why_sentence(regime, dynamics, data),
-        next=next_sentence(steps, alpha_w, {k.name: k for k in numbers}),
+        next=next_sentence(
+            [s for s in steps if s.rule != "none"],
+            alpha_w,
+            {k.name: k for k in numbers},
+            regime.label,
+            data.status.get("status"),
+        ),
         key_numbers=numbers,
         status=data.status.get("status"),
         steps=steps_line(cfg) if cfg is not None and cfg.schedules != SchedulesConfig() else "",

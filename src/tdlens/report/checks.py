@@ -259,13 +259,30 @@ def expected_rho2_equal_means(sigma_mu: float, sigma_pi: float, dims: int = 2) -
 
 
 def check_sigma_condition(data: RunData) -> Check:
-    """``sigma_pi^2 < 2 sigma_mu^2`` (else E_mu[rho^2] is infinite, SPEC 6.3, 15)."""
+    """E_mu[rho^2] of the ratio the critic uses is finite: ``sigma_pi^2 < 2 sigma_mu^2``
+    (else the unclipped E_mu[rho^2] is infinite, SPEC 6.3, 15), or rho is clipped at c
+    (``E_mu[min(rho, c)^2] <= c^2``)."""
     cfg = data.cfg
     if cfg is None:
         return Check("sigma_condition", WARN, "config.json unreadable")
     lhs, rhs = cfg.sigma_pi**2, 2.0 * cfg.sigma_mu**2
     e_rho2 = expected_rho2_equal_means(cfg.sigma_mu, cfg.sigma_pi)
-    observed = {"sigma_pi2": lhs, "two_sigma_mu2": rhs, "E_rho2_equal_means": e_rho2}
+    clip = cfg.effective_rho_clip
+    observed = {
+        "sigma_pi2": lhs,
+        "two_sigma_mu2": rhs,
+        "E_rho2_equal_means": e_rho2,
+        "rho_clip": clip,
+    }
+    if lhs >= rhs and clip is not None:
+        return Check(
+            "sigma_condition",
+            PASS,
+            f"rho clipped at {fmt(clip)}: E_mu[min(rho, c)^2] <= {fmt(clip**2)} is finite "
+            f"(unclipped it would be infinite: sigma_pi^2 = {fmt(lhs)} >= 2 sigma_mu^2 = "
+            f"{fmt(rhs)})",
+            observed,
+        )
     if lhs < rhs:
         return Check(
             "sigma_condition",

@@ -283,10 +283,14 @@ def theory_lines(t: dict) -> list[str]:
     return [
         *schedule,
         f"- measured value_gap inside the predicted band at {fmt(100 * t['inside_fraction'])}% "
-        f"of probes; measured/predicted (first probe) {span}",
+        f"of probes; measured/predicted (first probe) {span}: the smallest and largest ratio "
+        "of each probe's value_gap to the first probe's predicted mean path at that "
+        "iteration (1 = on the prediction)",
         f"- decay rate per iteration: fitted {fmt(t['fitted_rate'])}, predicted "
         f"{fmt(t['predicted_rate'])}",
-        f"- predicted floor value_gap_floor {fmt(t['floor'])}: the mean path reaches it "
+        f"- value_gap_floor {fmt(t['floor'])} (the trainer's stationary floor); probe_floor "
+        f"{fmt(t.get('probe_floor'))} (the lowest value_gap a probe can measure, "
+        "hypot(value_gap_floor, value_noise_floor / 2)): the mean path reaches probe_floor "
         + (
             f"{fmt(t['iters_to_floor'])} iterations after the first probe"
             if t["iters_to_floor"] != float("inf")

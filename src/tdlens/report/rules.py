@@ -3,6 +3,8 @@ fired it and proposes a concrete change with numbers. Thresholds are the constan
 
 A rule is a pure function ``(RunData, checks) -> NextStep | None``; :func:`next_steps`
 runs them in order and, only when none fires, says "no major rule-based issues detected".
+A message says what fired, then ``Next: <action>.``: the verdict card's Next quotes that
+action (:func:`tdlens.report.card.next_sentence`).
 """
 
 from __future__ import annotations
@@ -83,14 +85,23 @@ def rule_run_status(data: RunData, checks: dict[str, Check]) -> NextStep | None:
         crit = _critical_alpha(data)
         bound = f" (critical alpha_w from the last stability probe: {fmt(crit)})" if crit else ""
         msg = (
-            f"run diverged ({reason}): lower alpha_w from {fmt(data.cfg.alpha_w)} to "
+            f"run diverged ({reason}). Next: lower alpha_w from {fmt(data.cfg.alpha_w)} to "
             f"{fmt(data.cfg.alpha_w / 4)}{bound}, or clip rho and raise beta."
         )
+    elif status == "failed" and ("MemoryError" in str(reason) or "allocate" in str(reason)):
+        msg = (
+            f"run failed ({reason}). Next: make the run smaller (env.feature_dim, trajectories, "
+            "horizon or the probes' batch_size) until `tdlens run --dry-run` says it fits "
+            "in memory, then run it again."
+        )
     elif status == "failed":
-        msg = f"run failed ({reason}): fix the exception (traceback under Status), then resume."
+        msg = (
+            f"run failed ({reason}). Next: fix the exception (traceback under Status), then "
+            f"resume with `tdlens run --resume {data.run_dir}`."
+        )
     else:
         msg = (
-            f"run stopped early ({check.reason or check.detail}): continue it with "
+            f"run stopped early ({check.reason or check.detail}). Next: continue it with "
             f"`tdlens run --resume {data.run_dir}`."
         )
     return NextStep("run_status", msg, values)
@@ -147,7 +158,7 @@ def rule_rho_variance(data: RunData, checks: dict[str, Check]) -> NextStep | Non
         actions.append(f"clip rho at {fmt(max(p99_last, 1.0))} (its p99)")
     actions.append(
         f"raise beta from {fmt(cfg.beta)} to {fmt(min(1.0, max(2 * cfg.beta, 0.1)))} "
-        "so mu tracks pi closer"
+        "so mu's mean tracks pi's closer (beta does not change sigma_mu)"
     )
     causes = []
     if sigma_fail:
@@ -159,7 +170,7 @@ def rule_rho_variance(data: RunData, checks: dict[str, Check]) -> NextStep | Non
         )
     cause = "; ".join(causes)
     return NextStep(
-        "rho_variance", f"rho variance too large ({cause}): {'; or '.join(actions)}.", values
+        "rho_variance", f"rho variance too large ({cause}). Next: {'; or '.join(actions)}.", values
     )
 
 
@@ -189,14 +200,14 @@ def rule_exploding(data: RunData, checks: dict[str, Check]) -> NextStep | None:
     if _off_policy(data):
         action = (
             ": lowering alpha_w only slows it down (an eigenvalue of A is below zero beyond "
-            "the noise: see growing_mode)"
+            "the noise). Next: remove the negative eigenvalue (see growing_mode)"
         )
     elif data.cfg is not None:
         crit = _critical_alpha(data)
         target = data.cfg.alpha_w / EXPLODE_FACTOR
         if crit is not None:
             target = min(target, SAFE_FRACTION * crit)
-        action = f": lower alpha_w from {fmt(data.cfg.alpha_w)} to {fmt(target)}"
+        action = f". Next: lower alpha_w from {fmt(data.cfg.alpha_w)} to {fmt(target)}"
         if crit is not None:
             action += f" (critical alpha_w from critical_step: {fmt(crit)})"
     return NextStep("exploding", f"exploding ({what}){action}.", fired)
@@ -236,12 +247,13 @@ def rule_growing_mode(data: RunData, checks: dict[str, Check]) -> NextStep | Non
     actions = "lower gamma, raise beta, raise p_mix, clip rho"
     if cfg is not None and _truncation_binds(cfg):
         actions = (
+            f"narrow sigma_pi from {fmt(cfg.sigma_pi)} to {fmt(cfg.sigma_mu)} or widen "
+            f"sigma_mu from {fmt(cfg.sigma_mu)} to {fmt(cfg.sigma_pi)}, or lift the "
+            "truncation (rho_clip = 0, finite variance only while sigma_pi^2 < 2 sigma_mu^2): "
             f"rho truncated at {fmt(cfg.effective_rho_clip)} weights actions by "
             f"min(pi, {fmt(cfg.effective_rho_clip)} mu) while bar_phi bootstraps on pi, and "
             f"sigma_pi^2 = {fmt(cfg.sigma_pi**2)} > 2 sigma_mu^2 / gamma = "
-            f"{fmt(2 * cfg.sigma_mu**2 / cfg.gamma)} (the deadly triad, docs/triad.md): "
-            f"narrow sigma_pi from {fmt(cfg.sigma_pi)} to {fmt(cfg.sigma_mu)} or widen "
-            f"sigma_mu from {fmt(cfg.sigma_mu)} to {fmt(cfg.sigma_pi)}"
+            f"{fmt(2 * cfg.sigma_mu**2 / cfg.gamma)} (the deadly triad, docs/triad.md)"
         )
     elif cfg is not None:
         clip = cfg.effective_rho_clip
@@ -260,7 +272,7 @@ def rule_growing_mode(data: RunData, checks: dict[str, Check]) -> NextStep | Non
         "growing_mode",
         f"growing mode: eig_min_real = {fmt(eig_min)} < "
         f"-spectral_noise = {fmt(-noise)}, growth_timescale = {fmt(growth)} iterations "
-        f"< run length {run_iters}: {actions}; lowering alpha_w only slows the growth.",
+        f"< run length {run_iters}; lowering alpha_w only slows the growth. Next: {actions}.",
         values,
     )
 
@@ -339,8 +351,10 @@ def rule_critic_frozen(data: RunData, checks: dict[str, Check]) -> NextStep | No
         )
         msg += (
             f". Over all modes (the initial error projected on each): effective_timescale "
-            f"~{fmt_count(plan.effective_timescale)} iterations, value_gap reaches its "
-            f"predicted floor {fmt(plan.target)} in ~{fmt_count(plan.iters_to_floor)} more "
+            f"~{fmt_count(plan.effective_timescale)} iterations, value_gap reaches "
+            f"probe_floor {fmt(plan.target)} (the lowest a probe can measure, "
+            f"hypot(value_gap_floor, value_noise_floor / 2)) in "
+            f"~{fmt_count(plan.iters_to_floor)} more "
             f"iterations; alpha_w = {fmt(plan.alpha_w_to_floor)} would reach it within the "
             f"run (critical alpha_w {fmt(plan.critical_alpha_w)}, 95% interval "
             f"{fmt(plan.critical_alpha_w_lo)}-{fmt(plan.critical_alpha_w_hi)})"
@@ -365,7 +379,7 @@ def rule_metrics_flat(data: RunData, checks: dict[str, Check]) -> NextStep | Non
     return NextStep(
         "metrics_flat",
         f"metrics flat over {n} iterations ({what} < "
-        f"{fmt(FLAT_REL_RANGE)}): the critic's outputs did not change; lengthen the "
+        f"{fmt(FLAT_REL_RANGE)}): the critic's outputs did not change. Next: lengthen the "
         f"run beyond fastest_timescale or raise alpha_w (see critic frozen).",
         spans,
     )
@@ -420,7 +434,7 @@ def rule_fixed_point_drift(data: RunData, checks: dict[str, Check]) -> NextStep 
         f"fixed point drifting faster than the critic tracks it: "
         f"w_sharp_drift = {fmt(drift[i])} over {fmt(gap)} iterations "
         f"({fmt(drift_rate)} per iteration, noise_floor {fmt(noise)}) vs the critic's "
-        f"delta_w_norm {fmt(critic_rate)} per iteration: {action}.",
+        f"delta_w_norm {fmt(critic_rate)} per iteration. Next: {action}.",
         values,
     )
 
@@ -435,7 +449,7 @@ def _advice_slow_modes(data: RunData, ev: dict[str, float], cfg: RunConfig) -> s
         action = f"run outer_iters >= {runs} ({fmt(RELAX_EFOLDS)} x tau_obs)"
         alpha = cfg.alpha_w * tau * RELAX_EFOLDS / cfg.outer_iters
     else:
-        action = "the gap no longer falls: run longer only after raising alpha_w"
+        action = "run longer only after raising alpha_w (the gap no longer falls)"
         alpha = cfg.alpha_w * CRITIC_FROZEN_HINT
     if crit is not None:
         alpha = min(alpha, SAFE_FRACTION * crit)
@@ -538,10 +552,12 @@ def rule_other_checks(data: RunData, checks: dict[str, Check]) -> NextStep | Non
     }
     msg = "; ".join(
         f"{c.name} {c.verdict} ({c.reason or c.detail})"
-        + (f": {hints[c.name]}" if c.name in hints else "")
+        + (f": {hints[c.name]}" if c.name in hints and c.verdict == FAIL else "")
         for c in bad
     )
-    return NextStep("health_checks", msg + ".", {c.name: c.verdict for c in bad})
+    fixes = [hints[c.name] for c in bad if c.name in hints and c.verdict == FAIL]
+    action = fixes[0] if fixes else f"look at {bad[0].name} under Health checks"
+    return NextStep("health_checks", f"{msg}. Next: {action}.", {c.name: c.verdict for c in bad})
 
 
 RULES: tuple[Rule, ...] = (

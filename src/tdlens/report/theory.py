@@ -13,8 +13,10 @@ predicted value_gap ``value_gap_pred`` (the mean path ``J^j e_0``), its band
   against iter over the probes (per iteration), ``predicted_rate`` the same fit of
   ``ln sqrt(mid^2 + s^2)`` (the band's centre: mean path plus noise) at the same
   iterations, so both describe the same quantity; ``floor`` the last probe's
-  value_gap_floor and ``iters_to_floor`` the iterations after the first probe at which
-  mid first falls to ``sqrt(floor^2 + est^2)`` (inf when not within the run).
+  value_gap_floor (the trainer's stationary floor), ``probe_floor`` =
+  ``sqrt(floor^2 + est^2)`` (the lowest value_gap a probe can measure, ``est`` the w#
+  error) and ``iters_to_floor`` the iterations after the first probe at which mid first
+  falls to probe_floor (inf when not within the run).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class ExpectedDynamics:
     iters_to_floor: float
     fitted_rate: float
     predicted_rate: float
+    probe_floor: float = math.nan
     curves: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
@@ -126,6 +129,7 @@ def expected_dynamics(data: RunData) -> ExpectedDynamics:
         iters_to_floor=iters_to_floor,
         fitted_rate=_decay_rate(probe_iters, gap),
         predicted_rate=_decay_rate(probe_iters, centre_at),
+        probe_floor=target,
         curves=curves,
     )
 
@@ -133,8 +137,8 @@ def expected_dynamics(data: RunData) -> ExpectedDynamics:
 def theory_overlay(data: RunData) -> dict[str, Any]:
     """Plain lists for the report: ``{source, measured_iters, value_gap, pred_iters,
     curves: {label: values}, band: {lo, hi}, ratio_first, ratio_prev, inside_fraction,
-    fitted_rate, predicted_rate, floor, iters_to_floor}`` and, under a ``schedules.alpha_w``
-    schedule, ``schedule`` (its description: the band follows it)."""
+    fitted_rate, predicted_rate, floor, probe_floor, iters_to_floor}`` and, under a
+    ``schedules.alpha_w`` schedule, ``schedule`` (its description: the band follows it)."""
     dyn = expected_dynamics(data)
     out: dict[str, Any] = {
         "source": "none",
@@ -162,6 +166,7 @@ def theory_overlay(data: RunData) -> dict[str, Any]:
         fitted_rate=dyn.fitted_rate,
         predicted_rate=dyn.predicted_rate,
         floor=dyn.floor,
+        probe_floor=dyn.probe_floor,
         iters_to_floor=dyn.iters_to_floor,
     )
     sched = data.cfg.schedules.alpha_w if data.cfg is not None else None

@@ -456,7 +456,8 @@ class Runner:
         if not cfg.sigma_condition_ok:
             self.files.log(
                 f"warning: sigma_pi^2 = {cfg.sigma_pi**2:.4g} >= 2 sigma_mu^2 = "
-                f"{2 * cfg.sigma_mu**2:.4g}: E_mu[rho^2] is infinite (SPEC 6.3)"
+                f"{2 * cfg.sigma_mu**2:.4g} with rho unclipped: E_mu[rho^2] is infinite "
+                "(docs/model.md §3)"
             )
         maps = make_feature_maps(cfg)
         if self._state.params is None:
