@@ -179,3 +179,77 @@ def test_sweep_refused_for_memory_of_its_jobs_at_once(tmp_path, monkeypatch):
     assert not out.exists()
     res = CliRunner().invoke(_app(), [*args, "--jobs", "1", "--dry-run"])
     assert res.exit_code == 0 and "would be refused" not in res.output
+
+
+# The seed config made tiny (D=64, 6 iterations, probes every 2: rounds 1, 3 and 5), so
+# every compacted array has older rounds; the q_kernel cache holds 2 of the 4 trajectories,
+# so the loss-convention tolerance depends on each round's trajectory CV.
+TINY = {
+    "outer_iters": 6,
+    "env.feature_dim": 64,
+    "env.actor_feature_dim": 16,
+    "trajectories": 4,
+    "horizon": 30,
+    "probes.every": 2,
+    "probes.q_kernel.cache_batch_size": 2,
+}
+
+
+def _without_run_dir(report: dict) -> dict:
+    return {**report, "run_info": {**report["run_info"], "run_dir": None}}
+
+
+def test_compaction_changes_no_number_any_reader_computes(tmp_path):
+    """A single run keeps everything; its compacted copy gives the same report (json and
+    md, but for the run_dir line), the same sweep record, the same tables and newest
+    arrays through open_run, and the same loss-convention tolerances from the packed
+    q_kernel CVs of the rounds it pruned."""
+    import tdlens
+    from tdlens.report import write_report
+    from tdlens.report.probe_checks import _loss_tolerances
+    from tdlens.runs.compact import compact_run
+    from tdlens.sweeps.records import load_record
+
+    full = tmp_path / "full"
+    run = tdlens.run("seed_plateau", TINY, run_dir=full, progress=False, catalog=None)
+    assert run.result is not None and run.result.exit_code == 0
+    probes = full / "probes"
+    assert {p.name for p in probes.glob("q_kernel_[0-9]*.npz")} == {
+        f"q_kernel_000{i}.npz" for i in (1, 3, 5)
+    }
+    assert (probes / "fixed_point_probe.jsonl").is_file()  # tdlens run keeps everything
+    small = tmp_path / "small"
+    shutil.copytree(full, small)
+    changed = compact_run(small)
+    assert "probes/q_kernel_0001.npz" in changed and "probes/rho_hist_0003.npy" in changed
+    assert "probes/expected_dynamics_0003.npz" in changed
+    html = (full / "run_report.html").stat().st_size  # the single run's page, in both
+    assert _size(small) - html < 0.7 * (_size(full) - html)
+    packed = json.loads((small / "probes" / "q_kernel_cv.json").read_text())
+    assert set(packed) == {"1", "3"}
+
+    for d in (full, small):
+        write_report(d, html=False)
+    a, b = (json.loads((d / "run_report.json").read_text()) for d in (full, small))
+    assert _without_run_dir(a) == _without_run_dir(b)
+    md_a, md_b = ((d / "run_report.md").read_text() for d in (full, small))
+    assert md_a.replace(str(full), "RUN") == md_b.replace(str(small), "RUN")
+    se_a, se_b = (
+        _loss_tolerances(load_run(d), load_run(d).probe("q_kernel_probe")) for d in (full, small)
+    )
+    assert len(set(se_a.tolist())) == 3  # the CVs differ from round to round and matter
+    np.testing.assert_array_equal(se_a, se_b)
+    rec_a, rec_b = load_record(full), load_record(small)
+    where = {"run_id": None, "path": None}
+    assert {**vars(rec_a), **where} == {**vars(rec_b), **where}
+
+    ra, rb = tdlens.open_run(full), tdlens.open_run(small)
+    assert ra.curves.equals(rb.curves) and ra.rounds.equals(rb.rounds)
+    assert set(ra.probes) == set(rb.probes)
+    for name in ra.probes:
+        assert ra.probes[name].equals(rb.probes[name]), name
+    for name in ("q_kernel", "q_kernel_lag", "rho_hist", "stability_eigs"):
+        np.testing.assert_array_equal(ra.array(name), rb.array(name))
+    first = ra.array("expected_dynamics", 1)
+    for key, value in rb.array("expected_dynamics", 1).items():
+        np.testing.assert_array_equal(value, first[key])
