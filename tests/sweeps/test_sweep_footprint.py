@@ -140,11 +140,13 @@ def test_dry_run_states_disk_memory_and_time():
 def test_step_c_sized_sweep_run_against_the_disk_budget(tmp_path):
     """The Step-C base (plateau, D = 2048), cut to 20 iterations (2 probe rounds): a
     compacted sweep run writes no HTML, keeps one (compressed) checkpoint, the newest
-    q_kernel factor and raw-rho sample, fits in 300 KB, and the budget bounds its
-    directory within 2x. The full 200-iteration, 20-round run (BENCHMARKS.md) is 1.01 MB
-    written and 0.39 MB compacted: its learning curves (0.54 KB an iteration), probe
-    CSVs (2.3 KB a round), report and checkpoint, which every reader reads in full, are
-    already 0.33 MB, so 300 KB holds up to about 120 iterations at one round in ten."""
+    q_kernel factor and raw-rho sample, fits in 300 KB (measured 188 KB), and the budget
+    bounds its directory within 2x. Per-round argument (BENCHMARKS.md, measured once by
+    hand): the full 200-iteration, 20-round run is 1.01 MB written and 391 KB compacted,
+    ~1.13 KB more an iteration at one round in ten, so 300 KB holds up to ~119
+    iterations; the full run misses it: what every reader reads in full there (learning
+    curves 0.54 KB an iteration, probe CSVs, report, checkpoint, newest rho sample) is
+    already ~325 KB."""
     from tdlens.sweeps.inline import inline_spec
 
     spec = inline_spec("plateau", ["alpha_w=0.08"], overrides=["outer_iters=20"])
