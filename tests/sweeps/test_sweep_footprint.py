@@ -255,3 +255,24 @@ def test_compaction_changes_no_number_any_reader_computes(tmp_path):
     first = ra.array("expected_dynamics", 1)
     for key, value in rb.array("expected_dynamics", 1).items():
         np.testing.assert_array_equal(value, first[key])
+
+
+def test_compaction_is_idempotent_and_its_failure_never_fails_the_run(demo, tmp_path, monkeypatch):
+    """A compacted run compacted again: only run_report.json is rewritten, every byte the
+    same. A compaction that raises is a line in stdout.log, not an exception."""
+    from tdlens.runs import compact
+    from tdlens.sweeps.backends import compact_finished
+
+    run = tmp_path / "run"
+    shutil.copytree(_runs(demo)[0], run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert compact.compact_run(run) == ["run_report.json"]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+    def broken(run_dir: Path) -> list[str]:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(compact, "compact_run", broken)
+    compact_finished(run)
+    log = (run / "stdout.log").read_text().splitlines()[-1]
+    assert "compaction skipped: OSError: No space left on device" in log
