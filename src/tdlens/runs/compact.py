@@ -63,7 +63,8 @@ def compact_run(run_dir: Path) -> list[str]:
     run_dir = Path(run_dir)
     probes = run_dir / "probes"
     changed: list[str] = []
-    dim = _feature_dim(run_dir)
+    data = load_run(run_dir)
+    dim = data.cfg.env.feature_dim if data.cfg is not None else None
     if probes.is_dir():
         for jsonl in sorted(probes.glob("*.jsonl")):
             if jsonl.stem not in KEPT_JSONL and jsonl.with_suffix(".csv").is_file():
@@ -72,7 +73,7 @@ def compact_run(run_dir: Path) -> list[str]:
         for prefix in NEWEST_ONLY:
             changed += _keep_newest(run_dir, prefix, dim)
         changed += _pack_q_kernel(run_dir, dim)
-        changed += _trim_expected(run_dir, dim)
+        changed += _trim_expected(run_dir, dim, data.probe("fixed_point_probe").iters())
     changed += _compress_checkpoints(run_dir)
     report = run_dir / "run_report.json"
     if report.is_file():
@@ -84,11 +85,6 @@ def compact_run(run_dir: Path) -> list[str]:
             atomic_write_text(report, json.dumps(data, separators=(",", ":"), allow_nan=False))
             changed.append("run_report.json")
     return changed
-
-
-def _feature_dim(run_dir: Path) -> int | None:
-    data = load_run(run_dir)
-    return data.cfg.env.feature_dim if data.cfg is not None else None
 
 
 def _newest_readable(run_dir: Path, prefix: str, dim: int | None) -> int | None:
@@ -152,13 +148,11 @@ def read_q_kernel_cv(run_dir: Path) -> dict[int, float]:
         return {}
 
 
-def _trim_expected(run_dir: Path, dim: int | None) -> list[str]:
+def _trim_expected(run_dir: Path, dim: int | None, probe_iters: np.ndarray) -> list[str]:
     """Keep the first readable ``expected_dynamics_<iter>.npz`` whole; cut every later one
-    to the band keys at the fixed-point probe iterations."""
+    to the band keys at the fixed-point probe iterations `probe_iters`."""
     from tdlens.runs.writer import _save_array
 
-    fp = load_run(run_dir).probe("fixed_point_probe")
-    probe_iters = fp.iters()
     changed: list[str] = []
     anchor_seen = False
     for _it, path in array_files(run_dir, EXPECTED).items():
