@@ -16,6 +16,7 @@ from tdlens.report.stats import nan_max, nan_mean
 from tdlens.report.theory import floor_plan
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
 from tdlens.rundir.read import RunData, Table, array_files, load_array
+from tdlens.runs.compact import read_q_kernel_cv
 from tdlens.scores import (
     FROZEN_REL_STEP,
     frozen_reasons,
@@ -113,6 +114,7 @@ def _loss_tolerances(data: RunData, q: Table) -> np.ndarray:
     """Per-row relative standard error of the subsampled td_loss (module constants)."""
     cfg = data.cfg
     arrays = array_files(data.run_dir, "q_kernel")
+    packed = read_q_kernel_cv(data.run_dir)  # a compacted sweep run's older rounds
     B = cfg.trajectories if cfg else math.inf
     T = cfg.horizon if cfg else math.inf
     out = np.empty(len(q))
@@ -121,11 +123,10 @@ def _loss_tolerances(data: RunData, q: Table) -> np.ndarray:
     ):
         path = arrays.get(int(it)) if math.isfinite(it) else None
         arr = load_array(path, cfg.env.feature_dim if cfg else None) if path is not None else None
-        cv = (
-            trajectory_cv(arr)
-            if isinstance(arr, np.ndarray) and arr.ndim == 2
-            else LOSS_CV_FALLBACK
-        )
+        if isinstance(arr, np.ndarray) and arr.ndim == 2:
+            cv = trajectory_cv(arr)
+        else:
+            cv = packed.get(int(it), LOSS_CV_FALLBACK) if math.isfinite(it) else LOSS_CV_FALLBACK
         out[i] = subsample_rel_se(cv, b_c, B, t_c, T)
     return out
 

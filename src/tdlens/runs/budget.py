@@ -23,6 +23,13 @@ iteration left) and the tables, and the report: ``run_report.md/.json``
 (``REPORT_TEXT_BYTES`` plus ``REPORT_ROUND_BYTES`` a round) and, for a run that writes its
 HTML page (not a sweep run), ``REPORT_HTML_BYTES``.
 
+A finished sweep run is compacted (:mod:`tdlens.runs.compact`; ``compact=True``): per
+round only the probe tables' CSVs and ``rounds.csv/.jsonl`` (``COMPACT_TABLE_BYTES``),
+the q_kernel CV of an older round and a later round's expected-dynamics rows
+(``COMPACT_EXPECTED_BYTES``); once, the newest TD-error kernel factor and lag profile, the
+newest raw-rho sample (float64, ``8 rho_audit.batch_size``), the first round's expected
+dynamics (``EXPECTED_ROW_BYTES`` per iteration) and the compressed final checkpoint.
+
 Time (:func:`expected_seconds`, for ``tdlens sweep --dry-run``): ``STARTUP_S`` once per
 worker (imports and Numba's compile), ``TRAIN_S * B T (D + N)`` per iteration and per probe
 round ``FIXED_POINT_S * D^3`` (the dense solves) plus ``CHAIN_S * D`` per probe chain step,
@@ -56,6 +63,12 @@ REPORT_ROUND_BYTES = 2 * 1024
 EXPECTED_ROW_BYTES = 48
 """expected_dynamics_<iter>.npz: six float64 series over the iterations left, compressed
 (counted over all iterations: an upper bound)."""
+COMPACT_TABLE_BYTES = 4 * 1024
+"""A compacted round's probe table CSV rows and rounds.csv/.jsonl (measured ~2.9 KB at the
+Step-C settings)."""
+COMPACT_EXPECTED_BYTES = 2 * 1024
+"""A later round's trimmed expected_dynamics_<iter>.npz plus its q_kernel CV (measured
+~1.1 KB)."""
 STARTUP_S = 5.0
 TRAIN_S = 7e-9
 FIXED_POINT_S = 1.5e-10
@@ -136,10 +149,13 @@ def _probe_rounds(cfg: RunConfig) -> int:
     return min(rounds, cfg.outer_iters)
 
 
-def estimate(cfg: RunConfig, html: bool = True, checkpoints: int | None = None) -> Estimate:
+def estimate(
+    cfg: RunConfig, html: bool = True, checkpoints: int | None = None, compact: bool = False
+) -> Estimate:
     """The memory and disk model of the module docstring, evaluated for `cfg`: a run that
     writes its HTML report when `html` (a sweep run does not), keeping `checkpoints`
-    checkpoints (default ``checkpoint_keep``; a finished sweep run keeps 1)."""
+    checkpoints (default ``checkpoint_keep``; a finished sweep run keeps 1), compacted
+    when `compact` (a finished sweep run: :mod:`tdlens.runs.compact`)."""
     D, N = cfg.env.feature_dim, cfg.env.actor_feature_dim
     f = 4 if cfg.precision == "float32" else 8
     rows = cfg.trajectories * cfg.horizon
@@ -156,6 +172,8 @@ def estimate(cfg: RunConfig, html: bool = True, checkpoints: int | None = None) 
         if probes.rho_audit.enabled:
             steps += probes.rho_audit.batch_size
         terms["probe rollouts"] = 1024 * steps
+    if compact:
+        return Estimate(terms, _compact_disk(cfg, html))
     per_round = ROUND_TABLE_BYTES + REPORT_ROUND_BYTES
     if probes.q_kernel.enabled:
         T_c = min(probes.q_kernel.max_horizon, cfg.horizon)
@@ -178,6 +196,35 @@ def estimate(cfg: RunConfig, html: bool = True, checkpoints: int | None = None) 
         + (REPORT_HTML_BYTES if html else 0)
     )
     return Estimate(terms, disk)
+
+
+def _compact_disk(cfg: RunConfig, html: bool) -> int:
+    """Disk of a finished, compacted sweep run (module docstring): its final checkpoint
+    (counted uncompressed, an upper bound) and per round the compacted remains."""
+    probes = cfg.probes
+    rounds = _probe_rounds(cfg)
+    per_round = COMPACT_TABLE_BYTES + REPORT_ROUND_BYTES
+    once = 0
+    if rounds and probes.q_kernel.enabled:
+        T_c = min(probes.q_kernel.max_horizon, cfg.horizon)
+        B_c = min(probes.q_kernel.cache_batch_size, cfg.trajectories)
+        once += 8 * B_c * T_c + 8 * T_c
+    if rounds and probes.rho_audit.enabled:
+        once += 8 * probes.rho_audit.batch_size
+    if probes.fixed_point.enabled or probes.q_kernel.enabled:
+        per_round += COMPACT_EXPECTED_BYTES
+    if rounds and probes.fixed_point.enabled:
+        once += EXPECTED_ROW_BYTES * cfg.outer_iters
+    D, N = cfg.env.feature_dim, cfg.env.actor_feature_dim
+    checkpoint = 8 * (2 * D + 4 * N + cfg.outer_iters) + 4096
+    return (
+        cfg.outer_iters * CURVE_ROW_BYTES
+        + rounds * per_round
+        + once
+        + min(1, cfg.checkpoint_keep) * checkpoint
+        + REPORT_TEXT_BYTES
+        + (REPORT_HTML_BYTES if html else 0)
+    )
 
 
 def expected_seconds(cfg: RunConfig) -> float:
@@ -274,8 +321,9 @@ class SweepEstimate:
     runs: int
     workers: int
     disk_bytes: int
-    """Every finished run (md/json report, its final checkpoint) plus the summary, plus
-    the extra checkpoints of the runs in flight."""
+    """Every finished run (compacted: md/json report, its final checkpoint) plus the
+    summary, plus the uncompacted extra (older checkpoints and arrays) of the runs in
+    flight."""
     peak_bytes: int
     """The largest run's peak memory times the workers that run at once."""
     compute_seconds: float
@@ -289,9 +337,9 @@ class SweepEstimate:
 
 def estimate_sweep(cfgs: list[RunConfig], jobs: int) -> SweepEstimate:
     """The sweep-run model: a sweep run writes no HTML and, once final, keeps one
-    checkpoint (:func:`tdlens.sweeps.backends.execute_task`)."""
+    checkpoint and is compacted (:func:`tdlens.sweeps.backends.execute_task`)."""
     workers = min(jobs, len(cfgs))
-    final = [estimate(c, html=False, checkpoints=1) for c in cfgs]
+    final = [estimate(c, html=False, checkpoints=1, compact=True) for c in cfgs]
     pairs = zip(cfgs, final, strict=True)
     extra = [estimate(c, html=False).disk_bytes - f.disk_bytes for c, f in pairs]
     in_flight = max(extra, default=0)

@@ -335,6 +335,7 @@ def execute_task(task: RunTask) -> RunOutcome:
             result = runner.run()
         if result.status in FINAL_STATUSES:
             prune_checkpoints(Path(task.run_dir), 1)  # a final run keeps its final checkpoint only
+            compact_finished(Path(task.run_dir))
         outcome = RunOutcome(
             task.run_id,
             result.status,
@@ -348,6 +349,22 @@ def execute_task(task: RunTask) -> RunOutcome:
     if outcome.status == "failed" and disk_full(outcome.reason):
         drain()
     return outcome
+
+
+def compact_finished(run_dir: Path) -> None:
+    """:func:`tdlens.runs.compact.compact_run` on a final sweep run; a failure leaves the
+    run as written (a line in its stdout.log), never fails it."""
+    from tdlens.rundir.files import RunFileError
+    from tdlens.runs.compact import compact_run
+    from tdlens.runs.writer import RunFiles
+
+    try:
+        compact_run(run_dir)
+    except (OSError, ValueError, RunFileError) as exc:
+        try:
+            RunFiles(run_dir).log(f"compaction skipped: {type(exc).__name__}: {exc}")
+        except OSError:
+            pass
 
 
 def drain() -> None:
