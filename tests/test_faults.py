@@ -617,8 +617,8 @@ def test_an_inflating_array_is_refused_by_its_header_in_the_one_reader(tmp_path)
 
     d = tmp_path / "run"
     Runner(_cfg("probes.enabled=true", *PROBED[2:], "outer_iters=4"), d).run()
-    (d / "probes" / "q_kernel_0003.npy").unlink()
-    bomb = d / "probes" / "q_kernel_0003.npz"
+    bomb = d / "probes" / "q_kernel_0003.npz"  # the kernel's saved factor, replaced
+    bomb.unlink()
     _npz_bomb(bomb)
     assert bomb.stat().st_size < 200_000
     result = runner.invoke(app, ["report", str(d)])
