@@ -606,6 +606,20 @@ def rewrite_symbol_importers(old: str, moved: dict[str, str], old_is_gone: bool)
             )
 
 
+def _owned_names(
+    tree: ast.Module, node: ast.stmt, alias: str, binders: list[tuple[ast.ImportFrom, str]]
+) -> list[ast.Name]:
+    """The uses of `alias` whose nearest binding statement above is `node`."""
+    lines = sorted(b.lineno for b, a in binders if a == alias)
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name) and n.id == alias:
+            before = [ln for ln in lines if ln <= n.lineno]
+            if before and before[-1] == node.lineno:
+                out.append(n)
+    return out
+
+
 def _rewrite_importer(
     path: Path,
     text: str,
@@ -630,6 +644,7 @@ def _rewrite_importer(
         for n in ast.walk(tree)
         if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
     }
+    binders: list[tuple[ast.ImportFrom, str]] = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom) or node.level or node.module is None:
             continue
@@ -649,38 +664,36 @@ def _rewrite_importer(
             edits.append((start, end, ("\n" + indent).join(out)))
         elif node.module == parent and any(a.name == last for a in node.names):
             alias = next(a.asname or a.name for a in node.names if a.name == last)
-            attrs = [
-                n
-                for n in ast.walk(tree)
-                if isinstance(n, ast.Attribute)
-                and isinstance(n.value, ast.Name)
-                and n.value.id == alias
-                and n.attr in moved
-            ]
-            if not attrs:
-                continue
-            uses = sum(isinstance(n, ast.Name) and n.id == alias for n in ast.walk(tree))
-            names = sorted({n.attr for n in attrs})
-            clash = [n for n in names if n in defined]
-            if clash:
-                raise RelayoutError(
-                    f"{path}: {clash} would clash with a name already bound there; "
-                    f"rewrite its `{alias}.x` uses by hand"
-                )
-            for n in attrs:
-                start, end = node_span(text, starts, n)
-                edits.append((start, end, n.attr))
-            groups: dict[str, list[tuple[str, str | None]]] = {}
-            for n in names:
-                groups.setdefault(moved[n], []).append((n, None))
-            new_imports = [import_from(m, ns) for m, ns in sorted(groups.items())]
-            start, end = node_span(text, starts, node)
-            if uses == len(attrs) and old_is_gone:
-                rest = [(a.name, a.asname) for a in node.names if a.name != last]
-                out = ([import_from(parent, rest)] if rest else []) + new_imports
-                edits.append((start, end, ("\n" + indent).join(out)))
-            else:
-                edits.append((end, end, "".join(f"\n{indent}{s}" for s in new_imports)))
+            binders.append((node, alias))
+    parent_of = {id(c): p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
+    for node, alias in binders:
+        names = _owned_names(tree, node, alias, binders)
+        attrs = [parent_of[id(n)] for n in names]
+        attrs = [a for a in attrs if isinstance(a, ast.Attribute) and a.attr in moved]
+        if not attrs:
+            continue
+        syms = sorted({a.attr for a in attrs})
+        clash = [n for n in syms if n in defined]
+        if clash:
+            raise RelayoutError(
+                f"{path}: {clash} would clash with a name already bound there; "
+                f"rewrite its `{alias}.x` uses by hand"
+            )
+        for a in attrs:
+            start, end = node_span(text, starts, a)
+            edits.append((start, end, a.attr))
+        groups: dict[str, list[tuple[str, str | None]]] = {}
+        for n in syms:
+            groups.setdefault(moved[n], []).append((n, None))
+        new_imports = [import_from(m, ns) for m, ns in sorted(groups.items())]
+        start, end = node_span(text, starts, node)
+        indent = statement_indent(text, starts, node)
+        if len(attrs) == len(names) and old_is_gone:
+            rest = [(a.name, a.asname) for a in node.names if a.name != last]
+            out = ([import_from(parent, rest)] if rest else []) + new_imports
+            edits.append((start, end, ("\n" + indent).join(out)))
+        else:
+            edits.append((end, end, "".join(f"\n{indent}{s}" for s in new_imports)))
     return apply_edits(text, edits)
 
 
