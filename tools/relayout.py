@@ -467,18 +467,7 @@ def split_module(split: Split) -> dict[str, str]:
     for target, (_, names) in split.targets.items():
         for n in names:
             where[n] = target
-    placed: dict[str, str] = {}
-    for b in blocks:
-        dests = {where.get(n, split.default) for n in b.names}
-        if len(dests) > 1:
-            raise RelayoutError(f"{path}: {b.names} are assigned to different modules")
-        dest = dests.pop()
-        if dest is None:
-            continue
-        if b.names[0] not in where:
-            print(f"relayout: {split.source}.{b.names[0]} is named nowhere: put in {dest}")
-        for n in b.names:
-            placed[n] = dest
+    placed = _place(split, path, blocks, where)
     if not placed:
         return {}
     modules = list(split.targets) + ([] if split.package_doc_suffix else [split.source])
@@ -523,6 +512,48 @@ def split_module(split: Split) -> dict[str, str]:
     return {n: d for n, d in placed.items()}
 
 
+def _place(split: Split, path: Path, blocks: list[Block], where: dict[str, str]) -> dict[str, str]:
+    """{name: target module} for every definition that leaves the source.
+
+    A definition named nowhere (added since this script was written) goes with its users
+    when only moved definitions use it (to the lowest target that uses it, in the order of
+    `split.targets`), else to `split.default` (None: it stays).
+    """
+    order = list(split.targets)
+    home: dict[str, str | None] = {}
+    for b in blocks:
+        dests = {where[n] for n in b.names if n in where}
+        if len(dests) > 1:
+            raise RelayoutError(f"{path}: {b.names} are assigned to different modules")
+        dest = next(iter(dests), None)
+        for n in b.names:
+            home[n] = dest
+    users = {
+        b.names[0]: {
+            x.names[0]
+            for x in blocks
+            if x is not b and set(b.names) & used_names([x.node, *x.extra])
+        }
+        for b in blocks
+    }
+    unnamed = [b for b in blocks if home[b.names[0]] is None]
+    for _ in range(len(unnamed) + 1):
+        for b in unnamed:
+            homes = {home[u] for u in users[b.names[0]]}
+            if homes and None not in homes and homes <= set(order):
+                dest = min(homes, key=order.index)
+            else:
+                dest = split.default
+            for n in b.names:
+                home[n] = dest
+    for b in unnamed:
+        if home[b.names[0]] is not None:
+            print(
+                f"relayout: {split.source}.{b.names[0]} is named nowhere: put in {home[b.names[0]]}"
+            )
+    return {n: d for n, d in home.items() if d is not None}
+
+
 def _remainder(
     path: Path,
     lines: list[str],
@@ -560,7 +591,10 @@ def _remainder(
             edits.append((start, end, import_from(node.module or "", keep)))
         else:
             edits.append((start, starts[node.end_lineno], ""))
-    return apply_edits(text, edits).rstrip("\n") + "\n"
+    rest = apply_edits(text, edits).rstrip("\n").splitlines(keepends=True)
+    while rest and (not rest[-1].strip() or rest[-1].lstrip().startswith("#")):
+        rest.pop()  # a section comment whose section moved out
+    return "".join(rest).rstrip("\n") + "\n"
 
 
 def _check_acyclic(needs: dict[str, set[str]]) -> None:
