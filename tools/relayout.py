@@ -515,9 +515,10 @@ def split_module(split: Split) -> dict[str, str]:
 def _place(split: Split, path: Path, blocks: list[Block], where: dict[str, str]) -> dict[str, str]:
     """{name: target module} for every definition that leaves the source.
 
-    A definition named nowhere (added since this script was written) goes with its users
-    when only moved definitions use it (to the lowest target that uses it, in the order of
-    `split.targets`), else to `split.default` (None: it stays).
+    When the source is dissolved into a package, a definition named nowhere (added since
+    this script was written) goes with its users when only moved definitions use it (to the
+    lowest target that uses it, in the order of `split.targets`), else to `split.default`.
+    When the source stays, such a definition stays with it (other modules may use it).
     """
     order = list(split.targets)
     home: dict[str, str | None] = {}
@@ -537,6 +538,8 @@ def _place(split: Split, path: Path, blocks: list[Block], where: dict[str, str])
         for b in blocks
     }
     unnamed = [b for b in blocks if home[b.names[0]] is None]
+    if not split.package_doc_suffix:
+        return {n: d for n, d in home.items() if d is not None}  # the rest stays: others use it
     for _ in range(len(unnamed) + 1):
         for b in unnamed:
             homes = {home[u] for u in users[b.names[0]]}
