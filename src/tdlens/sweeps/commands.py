@@ -519,7 +519,7 @@ def _run_command(cfg: Any, run: Path) -> str:
             sets.append(f"--set {key}={b}")
 
     walk(base, cfg.to_dict(), "")
-    return " ".join(["tdlens run", cfg.name, *sets, f"--name {run.name}"])
+    return " ".join(["tdlens run", cfg.name, *sets, f"--run-dir OUT/{run.name}"])
 
 
 # --------------------------------------------------------------------------- runs

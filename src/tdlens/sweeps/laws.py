@@ -432,6 +432,14 @@ def _comparison_lines(cmp: Comparison, image: str) -> list[str]:
     return [*lines, ""]
 
 
+def _median_ratio(points: Sequence[LawPoint]) -> str:
+    """``median [min, max]`` of measured / predicted floor over `points`."""
+    r = np.array([p.measured / p.predicted for p in points if p.predicted > 0])
+    if not r.size:
+        return "n/a"
+    return f"{np.median(r):.2g} (median; {r.min():.2g} to {r.max():.2g})"
+
+
 def laws_markdown(
     plan: dict[str, Any],
     laws: Laws,
@@ -451,7 +459,11 @@ def laws_markdown(
         if not math.isfinite(fit.lo):
             return "too few points for an interval"
         inside = fit.covers(pred.slope)
-        return "the prediction's slope is inside the interval" if inside else "it is NOT"
+        return (
+            "the prediction's slope is inside the interval"
+            if inside
+            else "the prediction's slope is OUTSIDE the interval"
+        )
 
     floor_verdict = verdict(laws.floor_measured, laws.floor_predicted)
     tau_verdict = verdict(laws.tau_measured, laws.tau_predicted)
@@ -493,6 +505,8 @@ def laws_markdown(
     ]
     if comparison is not None:
         lines += _comparison_lines(comparison, comparison_image)
+    near = [p for p in laws.points if "critical" in p.floor_issue]
+    fitted = [p for p in laws.points if not p.floor_issue]
     lines += [
         "## Where the laws hold and where they break",
         "",
@@ -502,6 +516,15 @@ def laws_markdown(
         "- Near the critical step (`eta` close to `critical_step`) the floor grows faster",
         "  than `eta / B` (the `eta^2 A S A` terms of the noise sum no longer vanish) and",
         "  the relaxation time stops following `1 / eta`: keep the swept steps well below it.",
+        *(
+            [
+                f"  Here: measured / predicted floor {_median_ratio(near)} over the {len(near)}"
+                f" runs past half the critical step, {_median_ratio(fitted)} over the"
+                f" {len(fitted)} fitted ones.",
+            ]
+            if near and fitted
+            else []
+        ),
         "- Under tracking (`beta > 0`) the fixed point moves with the policy; when it moves",
         "  faster than the critic relaxes (`plateau:moving-target`) the gap is set by the",
         "  drift, not by the noise, and falls with a larger step instead of rising.",
@@ -513,7 +536,7 @@ def laws_markdown(
         "## Reproduce",
         "",
         "```",
-        f"tdlens sweep configs/sweeps/{name}.yaml --jobs 2",
+        f"tdlens sweep configs/sweeps/{name}.yaml --jobs 2 --output-dir OUT",
         *reproduce,
         command,
         "```",
