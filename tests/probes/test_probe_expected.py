@@ -105,3 +105,42 @@ def test_debiased_path_extrapolates_the_decay_rate():
     halves = (0.7 * np.exp(-(r + 2 * c_n) * j), 0.6 * np.exp(-(r + 2 * c_n) * j))
     np.testing.assert_allclose(ex.debiased_path(mid, halves), 0.5 * np.exp(-r * j), rtol=1e-12)
     assert ex.debiased_path(mid, None) is mid
+
+
+def test_explicit_series_read_is_the_einsum_bit_for_bit():
+    """Past kappa = 1/2 the series is the path itself (identity coefs): read skips the
+    identity's einsum and returns exactly what it returned."""
+    rng = np.random.default_rng(5)
+    D, steps = 6, 40
+    A = np.eye(D) + 0.1 * rng.standard_normal((D, D))
+    S = ex.series(A, rng.standard_normal((D, 3)), 0.05, steps)
+    assert S.explicit and S.coefs.shape == (steps + 1, steps + 1)
+    rows = rng.standard_normal((50, D)).astype(np.float32)
+    M, _, k = S.terms.shape
+    flat = ex.readout(rows, S.terms.transpose(1, 0, 2).reshape(D, M * k))
+    expected = np.einsum("jm,nmk->njk", S.coefs, flat.reshape(-1, M, k))
+    np.testing.assert_array_equal(S.read(rows), expected)
+    assert not ex.series(A, rng.standard_normal((D, 3)), 1e-4, 10).explicit  # binomial
+
+
+def test_qr_noise_factor_leaves_the_predicted_noise_unchanged():
+    """With more clusters than features (C = 40 > D = 5) the factor is R^T [D, D] of the
+    centred cluster means; the predicted noise from it equals the one from the full
+    centred [D, C] factor up to float rounding, on both paths (binomial and explicit)."""
+    rng = np.random.default_rng(6)
+    n, D, size = 400, 5, 10
+    phi, dphi = rng.standard_normal((n, D)), rng.standard_normal((n, D))
+    rho, r, w = rng.uniform(0.5, 2, n), rng.standard_normal(n), rng.standard_normal(D)
+    U = ex.update_noise_factor(phi, dphi, rho, r, w, size)
+    assert U.shape == (D, D)
+    g = (rho * (r - dphi @ w / math.sqrt(D)))[:, None] * phi
+    gbar = g.reshape(n // size, size, D).mean(axis=1)
+    full = (gbar - gbar.mean(axis=0)).T / math.sqrt(n // size - 1)
+    A = np.eye(D) + 0.1 * rng.standard_normal((D, D))
+    e0 = rng.standard_normal(D)
+    for eta, steps in ((1e-3, 20), (0.05, 60)):  # kappa < 1/2, then the loop
+        a = ex.predict(A, e0, U, phi, eta, 4, steps, 0.0)
+        b = ex.predict(A, e0, full, phi, eta, 4, steps, 0.0)
+        assert b.noise[-1] > 0
+        np.testing.assert_allclose(a.noise, b.noise, rtol=1e-10, atol=0)
+        np.testing.assert_array_equal(a.mid, b.mid)

@@ -80,6 +80,7 @@ def test_atlas_command_draws_a_tiny_sweep(tiny_sweep, tmp_path):
     assert "diverged" in {label.split(":")[0] for label in labels}  # alpha_w = 1000
     assert {r.split(" | ")[1] for r in rows} == labels
     assert "[the deadly triad](triad.md)" in page
+    assert "[the plateau laws](laws.md)" in page
     assert "| diverged:off-policy | `tdlens run regime_triad` |" in page
 
 

@@ -17,7 +17,8 @@ RMS over the probe batch) that is
     gap_noise_j = sqrt(eta^2 / B sum_{i<j} ||Phi_s J^i U||_F^2 / (n_s D))
 
 with ``U [D, C] = (gbar_c - mean_c gbar_c) / sqrt(C - 1)`` over the C trajectories (or
-``horizon``-step blocks of a continuing chain) of the probe batch (``S ~ U U^T``) and
+``horizon``-step blocks of a continuing chain) of the probe batch (``S ~ U U^T``; its
+``[D, D]`` QR factor when C > D, :func:`update_noise_factor`) and
 ``Phi_s`` the batch rows at a stride of ``n // NOISE_ROWS`` of the batch. The measured value_gap at
 iteration ``n + j`` is ``|Phi (J^j e_0 + eps) / sqrt(D)|`` with ``|eps|`` of RMS size
 ``s_j = sqrt(gap_noise_j^2 + est^2)``, ``est`` the w# estimation error of a probe
@@ -71,8 +72,13 @@ def update_noise_factor(
     w_sharp: np.ndarray,
     cluster_size: int,
 ) -> np.ndarray:
-    """``U [D, C]`` with ``U U^T`` the sample covariance of the per-cluster mean updates
-    ``gbar_c`` at ``w#`` (module docstring); ``phi_t, dphi_t [n, D]``."""
+    """``U [D, min(C, D)]`` with ``U U^T`` the sample covariance of the per-cluster mean
+    updates ``gbar_c`` at ``w#`` (module docstring); ``phi_t, dphi_t [n, D]``.
+
+    With more clusters than features (C > D) the centred ``G^T [D, C]`` is replaced by
+    ``R^T [D, D]`` from its QR decomposition ``G = Q R`` (``G^T G = R^T R``): the same
+    covariance, and every ``||rows J^j U||_F`` the prediction reads is unchanged
+    (``Q`` has orthonormal columns), but the series carry D + 1 columns instead of C + 1."""
     n, D = phi_t.shape
     C = n // cluster_size
     rows = C * cluster_size
@@ -80,7 +86,10 @@ def update_noise_factor(
     weights = (rho_t[:rows] * delta).reshape(C, cluster_size) / cluster_size
     phi_c = phi_t[:rows].reshape(C, cluster_size, D)
     gbar = np.einsum("ct,ctd->cd", weights.astype(phi_t.dtype), phi_c).astype(np.float64)
-    return (gbar - gbar.mean(axis=0)).T / math.sqrt(max(C - 1, 1))
+    centred = (gbar - gbar.mean(axis=0)) / math.sqrt(max(C - 1, 1))
+    if C > D:
+        return np.linalg.qr(centred, mode="r").T
+    return centred.T
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ class Series:
 
     coefs: np.ndarray
     terms: np.ndarray
+    explicit: bool = False
+    """``coefs`` is the identity: ``terms`` is the path itself (the step-by-step loop)."""
 
     def dense(self) -> np.ndarray:
         """``[steps + 1, D, k]``: the path itself."""
@@ -108,6 +119,11 @@ class Series:
         terms = self.terms[:, :, cols]
         M, D, k = terms.shape
         flat = readout(rows, terms.transpose(1, 0, 2).reshape(D, M * k))
+        if self.explicit and np.isfinite(flat).all():
+            # the identity's sum over m is the term itself, bit for bit (a non-finite
+            # term would spread NaN through 0 * inf: left to the einsum), without its
+            # n (steps + 1)^2 products
+            return flat.reshape(-1, M, k)
         return np.einsum("jm,nmk->njk", self.coefs, flat.reshape(-1, M, k))
 
 
@@ -125,7 +141,7 @@ def series(A: np.ndarray, X: np.ndarray, eta: float, steps: int) -> Series:
         out[0] = X
         for j in range(steps):
             out[j + 1] = out[j] - eta * (A @ out[j])
-        return Series(coefs=np.eye(steps + 1), terms=out)
+        return Series(coefs=np.eye(steps + 1), terms=out, explicit=True)
     j = np.arange(steps + 1, dtype=np.float64)
     coef = np.ones(steps + 1)  # C(j, 0)
     scale = max(float(np.linalg.norm(X)), np.finfo(float).tiny)
@@ -298,7 +314,7 @@ def scheduled_series(A: np.ndarray, X: np.ndarray, etas: np.ndarray) -> Series:
     out[0] = X
     for j in range(steps):
         out[j + 1] = out[j] - etas[j] * (A @ out[j])
-    return Series(coefs=np.eye(steps + 1), terms=out)
+    return Series(coefs=np.eye(steps + 1), terms=out, explicit=True)
 
 
 def _binomial(A: np.ndarray, eta: float, steps: int) -> bool:

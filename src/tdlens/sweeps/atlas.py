@@ -452,6 +452,8 @@ def atlas_markdown(
         "Regime labels (from each run's own numbers, `tdlens.scores`): " + REGIME_DOC + "\n",
         "Why an eigenvalue of A turns negative when the target is wider than the behaviour "
         "and the ratios are truncated: [the deadly triad](triad.md).\n",
+        "How the noise floor and the relaxation time scale with the step and the batch, and "
+        "how annealing the step removes the floor: [the plateau laws](laws.md).\n",
         f"## Regime over alpha_w / critical_step x {sname}\n",
         f"Sweep `{step.plan.get('name')}`:\n",
         *_label_table(step.points),

@@ -521,29 +521,82 @@ def laws(
         Path, typer.Argument(help="A finished sweep directory (plan.json) over alpha_w and B.")
     ],
     docs: Annotated[
-        Path, typer.Option(help="The Markdown page to write; its figure goes to <stem>/.")
-    ] = Path("docs/laws.md"),
+        Path | None,
+        typer.Option(
+            help="The Markdown page to write (e.g. docs/laws.md), its figures in <stem>/; "
+            "default SWEEP_DIR/laws.md."
+        ),
+    ] = None,
+    constant: Annotated[
+        Path | None,
+        typer.Option(help="A constant-step run for the constant vs annealed panel."),
+    ] = None,
+    annealed: Annotated[
+        Path | None,
+        typer.Option(help="Its twin with an alpha_w schedule (schedules.alpha_w.kind)."),
+    ] = None,
 ) -> None:
     """Draw the plateau laws of a sweep: the measured noise floor against eta / B and the
-    relaxation time against 1 / eta, with fitted and predicted slopes, as a Markdown page."""
+    relaxation time against 1 / eta, with fitted and predicted slopes, as a Markdown page
+    (and, with --constant and --annealed, one panel of the two runs with their bands)."""
     from tdlens.sweeps.laws import LawsError, write_laws
     from tdlens.sweeps.plan import is_sweep_dir
 
     if not is_sweep_dir(sweep_dir):
         _fail(f"'{sweep_dir}' is not a sweep directory (no plan.json)")
-    if docs.suffix != ".md":
+    page = docs if docs is not None else sweep_dir / "laws.md"
+    if page.suffix != ".md":
         _fail(f"--docs '{docs}': expected a .md file")
+    if (constant is None) != (annealed is None):
+        _fail("--constant and --annealed go together (the panel compares the two runs)")
+    compare = (constant, annealed) if constant is not None and annealed is not None else None
+    shown = f"tdlens laws OUT/{sweep_dir.name}"
+    if compare is not None:
+        shown += f" --constant OUT/{constant.name} --annealed OUT/{annealed.name}"
+    if docs is not None:
+        shown += f" --docs {docs}"
+    reproduce = []
+    if compare is not None:
+        from tdlens.config import config_from_json
+
+        for run in compare:
+            try:
+                reproduce.append(_run_command(config_from_json(run / "config.json"), run))
+            except (ConfigError, RunFileError, OSError) as exc:
+                _fail(f"{run}: {exc}")
     try:
-        result = write_laws(sweep_dir, docs, f"tdlens laws OUT/{sweep_dir.name} --docs {docs}")
+        result = write_laws(sweep_dir, page, shown, compare, reproduce)
     except (LawsError, RunFileError, ConfigError) as exc:
         _fail(str(exc))
-    out.print(f"wrote {docs}", highlight=False)
+    out.print(f"wrote {page}", highlight=False)
     out.print(
         f"floor slope {result.floor_measured.text()} (predicted "
         f"{result.floor_predicted.slope:.3g}); relaxation slope "
         f"{result.tau_measured.text()} (predicted {result.tau_predicted.slope:.3g})",
         highlight=False,
     )
+
+
+def _run_command(cfg: Any, run: Path) -> str:
+    """``tdlens run <name> --set key=value ...`` reproducing `run` from the shipped config
+    its config is named after, each key that differs set; ``tdlens run RUN/config.json``
+    when no shipped config has that name."""
+    from tdlens.config import find_config, load_config, shipped_configs
+
+    if not (shipped_configs() / f"{cfg.name}.yaml").is_file():
+        return f"tdlens run OUT/{run.name}/config.json"
+    base = load_config(find_config(cfg.name)).to_dict()
+    sets: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in b:
+                walk(a.get(k), b[k], f"{key}.{k}" if key else k)
+        elif a != b:
+            sets.append(f"--set {key}={b}")
+
+    walk(base, cfg.to_dict(), "")
+    return " ".join(["tdlens run", cfg.name, *sets, f"--run-dir OUT/{run.name}"])
 
 
 # --------------------------------------------------------------------------- runs
