@@ -1,7 +1,7 @@
 """Checks shared by the page tests: a tdlens HTML page is offline and self-contained.
 
 The only scripts a page may hold are plotly.js inlined once in its head, one JSON spec per
-figure and the loader that draws them (:mod:`tdlens.report.kit`); nothing is loaded from
+figure and the loader that draws them (:mod:`tdlens.pages.kit`); nothing is loaded from
 a URL, a stylesheet or another file.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from tdlens.report.kit import LOADER, figure_specs, plotly_js
+from tdlens.pages.kit import LOADER, figure_specs, plotly_js
 
 EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:|//|file:)|@import|url\(|<link""")
 SPEC_TAG = re.compile(r'<script type="application/json" class="tdfig" data-for="fig-[0-9a-f]+">')

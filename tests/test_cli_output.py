@@ -21,7 +21,7 @@ from tdlens import cli
 from tdlens.api import Eta, PlainProgress, probe_rounds_after
 from tdlens.cli import app
 from tdlens.config import parse_config
-from tdlens.report.fmt import duration_text
+from tdlens.pages.fmt import duration_text
 from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Progress, Runner
 

@@ -254,7 +254,7 @@ def test_a_label_without_intervention_runs_the_control_only(frozen_policies):
 
 
 def test_an_older_catalog_gains_the_parent_column(tmp_path, parent):
-    from tdlens.sweeps import catalog
+    from tdlens.catalog import store as catalog
 
     path = tmp_path / "old.sqlite"
     old = catalog._schema()[0].replace(", parent TEXT", "")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tdlens.catalog.store import index_run_dir
 from tdlens.cli import app
 from tdlens.config import load_config
 from tdlens.features import make_feature_maps
@@ -33,7 +34,6 @@ from tdlens.scores import (
     MOVING_TARGET_RATIO,
     regime_family,
 )
-from tdlens.sweeps.catalog import index_run_dir
 
 GROWTH_RTOL = 0.25
 """growth_timescale vs the measured e-folding time of w_norm (issue #14)."""

@@ -19,7 +19,8 @@ from tdlens.regimes import (
     per_label,
 )
 from tdlens.report import rules
-from tdlens.sweeps import atlas, summary
+from tdlens.sweeps import summary
+from tdlens.sweeps.atlas.plot import label_colour, label_marker
 
 
 def test_table_holds_every_family_and_mechanism():
@@ -45,7 +46,7 @@ def test_every_consumer_covers_every_label():
     """rules' advice builders, the atlas' colours and markers, the summary's severity
     order of families (the glossary rows: tests/test_glossary.py)."""
     assert list(rules.ADVICE) == list(LABELS)
-    looks = {(atlas.label_colour(lab), atlas.label_marker(lab)) for lab in LABELS}
+    looks = {(label_colour(lab), label_marker(lab)) for lab in LABELS}
     assert len(looks) == len(LABELS)  # every label drawn distinguishably
     assert sorted(summary.SEVERITY) == sorted(regimes.FAMILIES)
 
@@ -59,7 +60,7 @@ def test_scores_refuses_a_label_without_an_entry():
     with pytest.raises(RegimeTableError, match="plateau:rho-variance"):
         scores.Regime("plateau:rho-variance", "a new mechanism nobody declared")
     with pytest.raises(RegimeTableError, match="plateau:rho-variance"):
-        atlas.label_colour("plateau:rho-variance")
+        label_colour("plateau:rho-variance")
 
 
 def test_a_consumer_missing_a_label_fails():

@@ -15,7 +15,7 @@ Everything here is re-exported from :mod:`tdlens`::
 `tdlens run` on the command line goes through the same functions (:func:`load_run_config`,
 :func:`create_runner`, :func:`execute`), so both make the same run from the same config.
 Runs are read through the one read model of a run directory (``tdlens.rundir.read``) and
-the catalog's records (``tdlens.sweeps.records``): a run reads the same here as in its
+the catalog's records (``tdlens.catalog.records``): a run reads the same here as in its
 report, its sweep summary and the catalog.
 """
 
@@ -38,15 +38,15 @@ from tdlens.config import (
     read_yaml,
     set_dotted,
 )
-from tdlens.report.fmt import duration_text
+from tdlens.pages.fmt import duration_text
 from tdlens.rundir.files import RunFileError
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from tdlens.catalog.records import RunRecord
     from tdlens.rundir.read import RunData, Table
     from tdlens.runs.runner import Progress, Runner, RunResult
-    from tdlens.sweeps.records import RunRecord
 
 DEFAULT_CONFIG = "seed_plateau"
 """The config of ``tdlens run`` without arguments: the seed run."""
@@ -113,7 +113,7 @@ def index_in_catalog(catalog: str | Path | None, run_dir: str | Path) -> tuple[P
     `catalog` None means ``$TDLENS_CATALOG`` or ``outputs/catalog.sqlite``. Errors are
     returned, not raised: a run is never lost because its catalog could not be updated.
     """
-    from tdlens.sweeps.catalog import CatalogError, catalog_path, index_run_dir
+    from tdlens.catalog.store import CatalogError, catalog_path, index_run_dir
 
     path = catalog_path(catalog)
     try:
@@ -379,7 +379,7 @@ class Run:
     @cached_property
     def record(self) -> RunRecord:
         """The run as the catalog sees it: final metrics, regime label, timings."""
-        from tdlens.sweeps.records import record_from
+        from tdlens.catalog.records import record_from
 
         return record_from(self.data)
 
@@ -510,9 +510,9 @@ def open_sweep(path: str | Path) -> pd.DataFrame:
     """A sweep directory as a DataFrame: one row per planned run, in plan order, with its
     swept values, status, health, regime, final metrics and path (runs not started yet
     have status ``not started``). Raises RunFileError when `path` has no plan.json."""
+    from tdlens.catalog.records import load_record
     from tdlens.sweeps.plan import read_plan
     from tdlens.sweeps.plan import run_dir as sweep_run_dir
-    from tdlens.sweeps.records import load_record
 
     path = Path(path)
     if not (path / "plan.json").is_file():
@@ -530,8 +530,8 @@ def open_catalog(path: str | Path | None = None, where: str | None = None) -> pd
     values, status (a dead ``running`` run as ``crashed``), health, regime and final
     metrics. `path` defaults to ``$TDLENS_CATALOG`` or ``outputs/catalog.sqlite``;
     `where` is an SQL condition as in ``tdlens runs list --where``."""
+    from tdlens.catalog.store import catalog_path, query_runs
     from tdlens.rundir.status import observed_status
-    from tdlens.sweeps.catalog import catalog_path, query_runs
 
     rows = []
     for row in query_runs(catalog_path(path), where):

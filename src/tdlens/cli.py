@@ -301,7 +301,7 @@ def _live_progress(bar: Progress, cfg: RunConfig):
     """The on_progress hook that moves `bar`: ``iter n``, n + 1 of outer_iters done,
     td_loss, w_norm and the newest probe round (its 0-based iteration, reason, seconds)."""
     from tdlens.api import Eta, probe_every
-    from tdlens.report.fmt import duration_text
+    from tdlens.pages.fmt import duration_text
     from tdlens.runs.runner import Progress as RunProgress
 
     name = escape(printable(cfg.name))

@@ -25,9 +25,9 @@ import numpy as np
 from tdlens.config import RunConfig, apply_overrides, parse_config
 from tdlens.features import make_feature_maps
 from tdlens.learner import IterationResult, gradients, init_params
+from tdlens.pages.kit import Html, esc, table
+from tdlens.pages.kit import page as kit_page
 from tdlens.report import write_report
-from tdlens.report.kit import Html, esc, table
-from tdlens.report.kit import page as kit_page
 from tdlens.report.theory import ExpectedDynamics, expected_dynamics
 from tdlens.rundir.files import atomic_write_json, atomic_write_text
 from tdlens.rundir.read import load_run

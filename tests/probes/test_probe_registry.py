@@ -11,9 +11,10 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from tdlens.config import ConfigError, load_config
+from tdlens.pages import plots
 from tdlens.probes import registry
 from tdlens.probes.registry import ProbeSpec, RoundContext
-from tdlens.report import plots, write_report
+from tdlens.report import write_report
 from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner, curve_columns
 from tdlens.seeding import stream

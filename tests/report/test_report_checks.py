@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from test_report_fixtures import EVERY, N_ITERS, frozen_run, healthy_run
 
+from tdlens.pages.fmt import fmt
 from tdlens.report import build_report, probe_checks, sanity_checks
 from tdlens.report import checks as general_checks
 from tdlens.report.checks import RHO2_SANE_MAX, expected_rho2_equal_means
-from tdlens.report.fmt import fmt
 from tdlens.report.health import HEALTH_CHECKS
 from tdlens.report.probe_checks import (
     LOSS_CV_FALLBACK,

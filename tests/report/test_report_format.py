@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tdlens.report.fmt import fmt, fmt_count, fmt_param, fmt_ratio
-from tdlens.report.stats import K_LAST, ls_slope, summarize
+from tdlens.pages.fmt import fmt, fmt_count, fmt_param, fmt_ratio
+from tdlens.report.series_stats import K_LAST, ls_slope, summarize
 
 SEED = Path(__file__).resolve().parent / "data" / "seed_report.md"
 
@@ -98,7 +98,7 @@ def test_summarize_edge_cases():
 
 def test_table_colours_regime_labels_by_family():
     """A mechanism label is coloured as its family; other text is not marked."""
-    from tdlens.report.kit import table
+    from tdlens.pages.kit import table
 
     html = table(["regime"], [["plateau:slow-modes"], ["diverged:off-policy"], ["frozen"], ["x:y"]])
     assert '<td class="t plateau">plateau:slow-modes</td>' in html

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from test_report_fixtures import frozen_run, healthy_run
 
+from tdlens.pages.fmt import fmt
+from tdlens.pages.honest import FLAT_NOTE, MIN_REL_SPAN, change_of, y_range
+from tdlens.pages.plots import int_dtick, over_iterations, plot_theory, sparkline
 from tdlens.report import build_report, render_json, render_md
 from tdlens.report.build import PAGE_SECTIONS, probe_section
 from tdlens.report.card import Verdict, next_sentence, tail_mean
-from tdlens.report.fmt import fmt
-from tdlens.report.honest import FLAT_NOTE, MIN_REL_SPAN, change_of, y_range
-from tdlens.report.plots import int_dtick, over_iterations, plot_theory, sparkline
 from tdlens.report.verdicts import NextStep
 from tdlens.rundir.read import Table
 from tdlens.sweeps.html import curves_figure, heatmap_figure

@@ -14,9 +14,9 @@ from pathlib import Path
 from test_report_fixtures import healthy_run
 
 from helpers import small_config
+from tdlens.pages.kit import figure_specs, plotly_js
 from tdlens.report import REPORT_FILES, build_report, write_report
 from tdlens.report.health import HEALTH_CHECKS
-from tdlens.report.kit import figure_specs, plotly_js
 from tdlens.rundir.files import atomic_write_text
 from tdlens.runs import runner as runner_mod
 from tdlens.runs.runner import Runner

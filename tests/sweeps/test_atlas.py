@@ -13,22 +13,13 @@ from matplotlib.markers import MarkerStyle
 from typer.testing import CliRunner
 
 from helpers import TINY_SWEEP
+from tdlens.catalog.records import RunRecord
 from tdlens.cli import app
 from tdlens.regimes import LABELS, RegimeTableError, entry
-from tdlens.sweeps.atlas import (
-    AtlasError,
-    AtlasPoint,
-    AtlasSweep,
-    _boundary_text,
-    atlas_points,
-    closed_form_boundary,
-    crossing_interval,
-    eig_zero_crossing,
-    mismatch_key,
-    reproduce_command,
-    step_mismatch_figure,
-)
-from tdlens.sweeps.records import RunRecord
+from tdlens.sweeps.atlas.data import AtlasError, AtlasPoint, AtlasSweep, atlas_points, mismatch_key
+from tdlens.sweeps.atlas.geometry import closed_form_boundary, crossing_interval, eig_zero_crossing
+from tdlens.sweeps.atlas.page import _boundary_text, reproduce_command
+from tdlens.sweeps.atlas.plot import step_mismatch_figure
 
 cli = CliRunner()
 TINY_SPEC = {

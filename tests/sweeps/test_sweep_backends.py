@@ -27,11 +27,11 @@ import yaml
 from typer.testing import CliRunner
 
 from page_checks import assert_offline
+from tdlens.catalog import store as cat
 from tdlens.config import parse_config, shipped_configs
+from tdlens.pages.kit import plotly_js
 from tdlens.report import write_report
-from tdlens.report.kit import plotly_js
 from tdlens.runs.runner import Runner
-from tdlens.sweeps import catalog as cat
 from tdlens.sweeps.backends import BackendError, RunOutcome, RunTask, execute_task
 from tdlens.sweeps.plan import read_plan, run_dir
 from tdlens.sweeps.ray_backend import import_ray

@@ -10,8 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tdlens.sweeps import catalog as cat
-from tdlens.sweeps.records import RunRecord
+from tdlens.catalog import store as cat
+from tdlens.catalog.records import RunRecord
 
 PER_WRITER = 40
 

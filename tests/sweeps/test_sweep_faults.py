@@ -25,13 +25,13 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from tdlens.catalog import store as cat
+from tdlens.catalog.records import RunRecord
 from tdlens.cli import app
 from tdlens.rundir import files
-from tdlens.sweeps import catalog as cat
 from tdlens.sweeps.backends import RunOutcome, RunTask, as_found, execute_task
 from tdlens.sweeps.commands import _report_result
 from tdlens.sweeps.plan import read_plan, run_dir
-from tdlens.sweeps.records import RunRecord
 from tdlens.sweeps.sweep import execute_sweep, prepare_sweep
 
 OVERRIDES = {

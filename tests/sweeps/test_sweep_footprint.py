@@ -207,10 +207,10 @@ def test_compaction_changes_no_number_any_reader_computes(tmp_path):
     arrays through open_run, and the same loss-convention tolerances from the packed
     q_kernel CVs of the rounds it pruned."""
     import tdlens
+    from tdlens.catalog.records import load_record
     from tdlens.report import write_report
     from tdlens.report.probe_checks import _loss_tolerances
     from tdlens.runs.compact import compact_run
-    from tdlens.sweeps.records import load_record
 
     full = tmp_path / "full"
     run = tdlens.run("seed_plateau", TINY, run_dir=full, progress=False, catalog=None)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import small_config
+from tdlens.catalog.records import load_record
 from tdlens.rundir.files import TableWriter, atomic_write_json
 from tdlens.runs.runner import curve_columns
 from tdlens.scores import (
@@ -26,7 +27,6 @@ from tdlens.scores import (
     regime_family,
     value_noise_floor,
 )
-from tdlens.sweeps.records import load_record
 
 ITERS = 40
 PROBE_ITERS = [9.0, 19.0, 29.0, 39.0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import trim_mean
 
-from tdlens.sweeps.stats import (
+from tdlens.sweeps.seed_stats import (
     aggregate,
     bootstrap_ci,
     iqm,

@@ -12,9 +12,9 @@ import pytest
 from test_sweep_regimes import write_run
 
 from page_checks import assert_offline
+from tdlens.catalog.records import RunRecord
 from tdlens.rundir.files import atomic_write_json
-from tdlens.sweeps.records import RunRecord
-from tdlens.sweeps.stats import iqm
+from tdlens.sweeps.seed_stats import iqm
 from tdlens.sweeps.summary import (
     config_row,
     group_configs,

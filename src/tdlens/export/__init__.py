@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from tdlens.catalog.records import RunRecord, record_from
 from tdlens.rundir.read import RunData, load_run
-from tdlens.sweeps.records import RunRecord, record_from
 
 RUN_FILES: tuple[str, ...] = (
     "config.json",

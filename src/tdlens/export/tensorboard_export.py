@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from tdlens.export import ExportError, Target, scalar_series, tags, targets
-from tdlens.report.honest import FLAT_NOTE
-from tdlens.report.kit import figure_specs
+from tdlens.pages.honest import FLAT_NOTE
+from tdlens.pages.kit import figure_specs
 
 _DASH = {"dash": "--", "dot": ":", "dashdot": "-.", "longdash": "--", "longdashdot": "-."}
 
@@ -57,7 +57,7 @@ def _tensorboard() -> Any:
 
 def report_images(run_dir: Path) -> list[tuple[str, bytes]]:
     """The figures of the run's HTML report as (title, PNG bytes), in page order: each
-    plotly spec of run_report.html (:func:`tdlens.report.kit.figure_specs`), or of the
+    plotly spec of run_report.html (:func:`tdlens.pages.kit.figure_specs`), or of the
     page rendered in memory when the run has none (a sweep run), drawn again with
     matplotlib, since TensorBoard shows images, not scripts."""
     path = run_dir / "run_report.html"

@@ -322,7 +322,7 @@ register(
             "td_loss_from_Q_rel_diff": "td_loss_from_Q_rel_diff",
         },
         key_series=(("td_loss_from_Q_rel_diff", None),),
-        figures="tdlens.report.plots:plot_q_kernel",
+        figures="tdlens.pages.plots:plot_q_kernel",
         columns=(
             "iter",
             "cache_batch_size",

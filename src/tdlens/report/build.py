@@ -19,7 +19,7 @@ from tdlens.report.card import Verdict, steps_line, verdict_of
 from tdlens.report.health import HEALTH_CHECKS
 from tdlens.report.probe_checks import SCALE_RATIO_TOL
 from tdlens.report.rules import next_steps
-from tdlens.report.stats import Stats, summarize
+from tdlens.report.series_stats import Stats, summarize
 from tdlens.report.theory import theory_overlay
 from tdlens.report.verdicts import FAIL, PASS, Check, NextStep, overall_status
 from tdlens.rundir.read import RunData, Table, array_files, load_array, load_run

@@ -16,7 +16,7 @@ Four sentences and a few numbers, computed from what the report already holds:
   when the probe writes them; the learning-curve numbers are the mean of the last
   quarter ``k = max(1, n // 4)`` of the rows with ``mean +- 1.96 sigma / sqrt(k)``,
   ``sigma = std(diff x) / sqrt(2)`` (the point-to-point noise, as in
-  :mod:`tdlens.report.honest`).
+  :mod:`tdlens.pages.honest`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tdlens.config import RunConfig, SchedulesConfig, eta_t
-from tdlens.report.fmt import fmt, fmt_count
+from tdlens.pages.fmt import fmt, fmt_count
 from tdlens.report.rules import RELAX_EFOLDS
 from tdlens.report.verdicts import NextStep
 from tdlens.rundir.read import RunData, Table

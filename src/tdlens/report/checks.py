@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
+from tdlens.pages.fmt import fmt
 from tdlens.probes import registry
-from tdlens.report.fmt import fmt
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
 from tdlens.rundir.read import RunData, Table
 

@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 
+from tdlens.pages.fmt import fmt
 from tdlens.report.checks import iters_where
-from tdlens.report.fmt import fmt
-from tdlens.report.stats import nan_max, nan_mean
+from tdlens.report.series_stats import nan_max, nan_mean
 from tdlens.report.theory import floor_plan
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
 from tdlens.rundir.read import RunData, Table, array_files, load_array

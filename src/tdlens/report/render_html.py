@@ -2,7 +2,7 @@
 
 The verdict card comes first (regime, health, why, next, key numbers), then the seed's
 sections. No network: CSS is inline and the figures are plotly charts whose library is
-embedded once (:mod:`tdlens.report.kit`, :mod:`tdlens.report.plots`). Every string that
+embedded once (:mod:`tdlens.pages.kit`, :mod:`tdlens.pages.plots`). Every string that
 comes from the run (config values, run name, paths, status reason, traceback, table
 names) goes through :func:`esc` (``html.escape`` with quotes).
 """
@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tdlens.pages import plots
+from tdlens.pages.fmt import fmt, fmt_count, fmt_ratio
+from tdlens.pages.kit import esc, page, plot, table
 from tdlens.probes import registry
-from tdlens.report import plots
 from tdlens.report.build import PAGE_SECTIONS, SAMPLE_COLUMNS, Report
-from tdlens.report.fmt import fmt, fmt_count, fmt_ratio
-from tdlens.report.kit import esc, page, plot, table
 from tdlens.report.render_md import DYNAMICS_NOTES, MISSING_CELL, key_hparams, theory_lines
-from tdlens.report.stats import STAT_COLUMNS, Stats
+from tdlens.report.series_stats import STAT_COLUMNS, Stats
 from tdlens.rundir.read import Table
 
 CARD_REASONS = 2

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from tdlens.report.build import SAMPLE_COLUMNS, Report
-from tdlens.report.stats import K_LAST, Stats
+from tdlens.report.series_stats import K_LAST, Stats
 from tdlens.rundir.files import to_jsonable
 
 SCHEMA = "tdlens.run_report/1"

@@ -5,7 +5,7 @@ The verdict card (regime, health, why, next, key numbers: :mod:`tdlens.report.ca
 block quote under the title, before the first section. Seed sections: Run Info, Health,
 Scale Checks, Core Metrics, Probe Metrics (one table per
 probe), Samples (Head), Samples (Tail), Next Steps. Ours after them: Critic Dynamics,
-Rho Audit, Theory Overlay, Timings, Status, Files. Numbers via :func:`tdlens.report.fmt.fmt`.
+Rho Audit, Theory Overlay, Timings, Status, Files. Numbers via :func:`tdlens.pages.fmt.fmt`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from tdlens.pages.fmt import fmt, fmt_count, fmt_param, fmt_ratio
 from tdlens.report.build import PAGE_SECTIONS, SAMPLE_COLUMNS, Report
-from tdlens.report.fmt import fmt, fmt_count, fmt_param, fmt_ratio
-from tdlens.report.stats import STAT_COLUMNS, Stats
+from tdlens.report.series_stats import STAT_COLUMNS, Stats
 from tdlens.rundir.files import RunFileError, read_json
 
 MISSING_CELL = "missing"

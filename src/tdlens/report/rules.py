@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from tdlens.config import RunConfig
+from tdlens.pages.fmt import fmt, fmt_count
 from tdlens.regimes import NOT_AVAILABLE, intervention_set, per_label
-from tdlens.report.fmt import fmt, fmt_count
-from tdlens.report.stats import ls_slope
+from tdlens.report.series_stats import ls_slope
 from tdlens.report.theory import floor_plan
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check, NextStep
 from tdlens.rundir.read import RunData

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from tdlens.pages.fmt import fmt
 from tdlens.report.checks import iters_where
-from tdlens.report.fmt import fmt
-from tdlens.report.stats import nan_max, nan_min
+from tdlens.report.series_stats import nan_max, nan_min
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
 from tdlens.rundir.read import RunData, Table
 

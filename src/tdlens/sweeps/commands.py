@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tdlens.config import ConfigError, printable
-from tdlens.report.fmt import duration_text
+from tdlens.pages.fmt import duration_text
 from tdlens.rundir.files import RunFileError
 
 out = Console(soft_wrap=True, markup=False)
@@ -43,7 +43,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 def _fmt(value: Any) -> str:
     """A cell for the terminal: fmt's text with control characters (ANSI escapes in a run
     name or reason) escaped, never printed raw."""
-    from tdlens.report.fmt import fmt
+    from tdlens.pages.fmt import fmt
 
     return printable(fmt(value))
 
@@ -127,9 +127,9 @@ def sweep(
     (kept in the sweep directory as spec.yaml). logspace(a,b,n), here or as a spec's
     logspace entry, means n values geometrically spaced from a to b (not 10**a to 10**b).
     """
+    from tdlens.catalog.records import FINAL_METRICS
     from tdlens.sweeps.backends import BackendError, default_jobs
     from tdlens.sweeps.ray_backend import import_ray
-    from tdlens.sweeps.records import FINAL_METRICS
     from tdlens.sweeps.sweep import BACKENDS, prepare_sweep
 
     if backend not in BACKENDS:
@@ -202,7 +202,7 @@ def _execute(
     metric: str | None,
     retries: int,
 ) -> Any:
-    from tdlens.sweeps.catalog import catalog_path
+    from tdlens.catalog.store import catalog_path
     from tdlens.sweeps.sweep import execute_sweep
 
     def run(on_outcome: Any) -> Any:
@@ -439,7 +439,7 @@ def summarize(
     catalog: CatalogOption = None,
 ) -> None:
     """Write summary.csv/.json/.md/.html of a sweep and index its runs in the catalog."""
-    from tdlens.sweeps import catalog as cat
+    from tdlens.catalog import store as cat
     from tdlens.sweeps.plan import is_sweep_dir
     from tdlens.sweeps.summary import SummaryError
     from tdlens.sweeps.summary import summarize as make_summary
@@ -492,7 +492,8 @@ def atlas(
     """Draw the regime atlas of one or two sweeps: phase diagrams (step x mismatch, beta x
     mismatch) with the theory boundaries, and one command per regime, as a Markdown page
     (outputs/atlas.md; the docs page docs/atlas.md only with --docs docs/atlas.md)."""
-    from tdlens.sweeps.atlas import AtlasError, write_atlas
+    from tdlens.sweeps.atlas.data import AtlasError
+    from tdlens.sweeps.atlas.page import write_atlas
     from tdlens.sweeps.plan import is_sweep_dir
 
     if len(sweep_dirs) > 2:
@@ -633,7 +634,7 @@ def runs_list(
     import csv
     import sys
 
-    from tdlens.sweeps import catalog as cat
+    from tdlens.catalog import store as cat
 
     if fmt not in ("table", "csv", "json"):
         _fail(f"--format '{fmt}': expected table, csv or json")
@@ -716,7 +717,8 @@ def runs_reindex(
 
     A sweep whose plan.json cannot be read, and a symbolic link, are skipped and named.
     """
-    from tdlens.sweeps import catalog as cat
+    from tdlens.catalog import store as cat
+    from tdlens.sweeps.reindex import reindex
 
     roots = roots or [Path("outputs")]
     missing = [str(r) for r in roots if not r.is_dir()]
@@ -724,7 +726,7 @@ def runs_reindex(
         _fail(f"no such folder: {', '.join(missing)}")
     path = cat.catalog_path(catalog)
     try:
-        n_runs, n_sweeps, skipped = cat.reindex(path, roots)
+        n_runs, n_sweeps, skipped = reindex(path, roots)
     except (cat.CatalogError, RunFileError, OSError) as exc:
         _fail(f"reindex into '{path}' failed: {exc}")
     for why in skipped:
@@ -737,7 +739,7 @@ def runs_show(
     catalog: CatalogOption = None,
 ) -> None:
     """Show everything the catalog holds about a run."""
-    from tdlens.sweeps import catalog as cat
+    from tdlens.catalog import store as cat
 
     try:
         rows = cat.find_runs(cat.catalog_path(catalog), run)
@@ -769,7 +771,7 @@ def compare(
     catalog: CatalogOption = None,
 ) -> None:
     """Side-by-side final metrics/health and overlaid curves in one self-contained HTML."""
-    from tdlens.sweeps.catalog import CatalogError
+    from tdlens.catalog.store import CatalogError
     from tdlens.sweeps.compare import CompareError
     from tdlens.sweeps.compare import compare as make_compare
 

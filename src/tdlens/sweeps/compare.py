@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from tdlens.catalog import store as cat
+from tdlens.catalog.records import FINAL_METRICS, RunRecord, record_from
 from tdlens.config import flatten
-from tdlens.report import kit as H
-from tdlens.report.fmt import fmt
+from tdlens.pages import kit as H
+from tdlens.pages.fmt import fmt
 from tdlens.rundir.files import atomic_write_text
 from tdlens.rundir.read import load_run
-from tdlens.sweeps import catalog as cat
 from tdlens.sweeps.html import curves_figure
 from tdlens.sweeps.plan import is_sweep_dir, read_plan, run_dir
-from tdlens.sweeps.records import FINAL_METRICS, RunRecord, record_from
 
 CURVES: tuple[tuple[str, bool], ...] = (
     ("td_loss", True),

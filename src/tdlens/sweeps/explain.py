@@ -235,7 +235,7 @@ def run_label(parent: Path) -> str:
             label = None
         if isinstance(label, str) and label:
             return label
-    from tdlens.sweeps.records import load_record
+    from tdlens.catalog.records import load_record
 
     return load_record(parent).regime
 
@@ -417,8 +417,8 @@ def index_twins(catalog: str | Path | None, run_dirs: list[Path]) -> str | None:
     `catalog` is None); returns the error instead of raising (twins are never lost for it)."""
     import sqlite3
 
-    from tdlens.sweeps.catalog import CatalogError, catalog_path, index_runs
-    from tdlens.sweeps.records import load_record
+    from tdlens.catalog.records import load_record
+    from tdlens.catalog.store import CatalogError, catalog_path, index_runs
 
     try:
         index_runs(catalog_path(catalog), [load_record(d) for d in run_dirs])
@@ -431,7 +431,7 @@ def index_twins(catalog: str | Path | None, run_dirs: list[Path]) -> str | None:
 
 
 def _num(x: Any) -> str:
-    from tdlens.report.fmt import fmt
+    from tdlens.pages.fmt import fmt
 
     return fmt(x) if isinstance(x, int | float) else "-"
 
@@ -482,7 +482,7 @@ def summary_line(result: dict[str, Any]) -> str:
 
 def write_explain(parent: Path, result: dict[str, Any]) -> list[Path]:
     """explain.{json,md,html} in the parent's directory."""
-    from tdlens.report import kit
+    from tdlens.pages import kit
     from tdlens.report.render_md import md_table
 
     atomic_write_json(parent / "explain.json", result)

@@ -1,7 +1,7 @@
 """The figures of sweep pages (summary heatmaps, compare's overlaid curves) as plotly specs.
 
-Pages are assembled with :mod:`tdlens.report.kit` (escaping, tables, figures); axes and
-honest ranges come from :mod:`tdlens.report.plots`.
+Pages are assembled with :mod:`tdlens.pages.kit` (escaping, tables, figures); axes and
+honest ranges come from :mod:`tdlens.pages.plots`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from tdlens.report import plots as P
-from tdlens.report.fmt import fmt
+from tdlens.pages import plots as P
+from tdlens.pages.fmt import fmt
 
 NEST = 4
 """Line widths and marker sizes shrink over this many runs, then repeat."""

@@ -6,7 +6,7 @@ writes, into the sweep directory:
 - ``summary.csv``: one row per run (swept values, status, health, regime, final metrics);
 - ``summary_configs.csv``: one row per config (the runs that differ only by seed):
   for each of ``AGG_METRICS`` the mean, interquartile mean and the IQM's 95%
-  stratified-bootstrap interval over seeds (:mod:`tdlens.sweeps.stats`; ``1 seed``, never
+  stratified-bootstrap interval over seeds (:mod:`tdlens.sweeps.seed_stats`; ``1 seed``, never
   an interval, for one seed), plus regime counts per family (``n_<family>``);
 - ``summary.json``: both tables, per-axis marginals split by regime family, the stability
   boundary, thresholds;
@@ -31,18 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from tdlens.rundir.files import atomic_write_text, to_jsonable
-from tdlens.scores import NOT_AVAILABLE, REGIME_DOC, REGIMES, regime_family, thresholds
-from tdlens.sweeps.plan import read_plan, run_dir
-from tdlens.sweeps.records import (
+from tdlens.catalog.records import (
     FINAL_METRICS,
     ConfigRow,
     RunRecord,
     SweepSummary,
     load_record,
 )
-from tdlens.sweeps.spec import SEED_AXIS
-from tdlens.sweeps.stats import (
+from tdlens.rundir.files import atomic_write_text, to_jsonable
+from tdlens.scores import NOT_AVAILABLE, REGIME_DOC, REGIMES, regime_family, thresholds
+from tdlens.sweeps.plan import read_plan, run_dir
+from tdlens.sweeps.seed_stats import (
     BOOTSTRAP_SEED,
     aggregate,
     bootstrap_ci,
@@ -50,6 +49,7 @@ from tdlens.sweeps.stats import (
     iqm,
     iqm_stat,
 )
+from tdlens.sweeps.spec import SEED_AXIS
 from tdlens.sweeps.summary_render import AGG_METRICS, csv_text, html_page, markdown
 
 BOUNDARY_AXIS = "alpha_w"

@@ -23,11 +23,11 @@ from urllib.parse import quote
 
 import numpy as np
 
-from tdlens.report import kit as H
-from tdlens.report.fmt import fmt
+from tdlens.catalog.records import ConfigRow, RunRecord, SweepSummary
+from tdlens.pages import kit as H
+from tdlens.pages.fmt import fmt
 from tdlens.scores import REGIME_DOC, thresholds
 from tdlens.sweeps.html import heatmap_figure
-from tdlens.sweeps.records import ConfigRow, RunRecord, SweepSummary
 from tdlens.sweeps.spec import SEED_AXIS
 
 AGG_METRICS: tuple[str, ...] = (

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tdlens.catalog import store as cat
+from tdlens.catalog.records import load_record
 from tdlens.rundir.files import atomic_write_json, atomic_write_text, read_json
-from tdlens.sweeps import catalog as cat
 from tdlens.sweeps.backends import (
     DEFAULT_RETRIES,
     FINAL_STATUSES,
@@ -61,7 +62,6 @@ from tdlens.sweeps.plan import (
     write_plan,
 )
 from tdlens.sweeps.ray_backend import run_ray
-from tdlens.sweeps.records import load_record
 from tdlens.sweeps.spec import (
     PlannedRun,
     SweepSpec,

@@ -8,7 +8,7 @@ only when the page has a figure. A figure is a plain plotly spec ``{data, layout
 in a ``<script type="application/json" class="tdfig">`` beside its ``<div>``, drawn by one
 loader script at the end of the body (so other tools can read the figures back:
 :func:`figure_specs`). Every string shown goes through :func:`esc`; numbers through
-:func:`tdlens.report.fmt.fmt` (4 significant digits, ``-`` for a missing value).
+:func:`tdlens.pages.fmt.fmt` (4 significant digits, ``-`` for a missing value).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tdlens.report.fmt import fmt
+from tdlens.pages.fmt import fmt
 from tdlens.rundir.files import to_jsonable
 
 STYLE = """

@@ -1,11 +1,11 @@
 """Figures of the HTML report (SPEC 8) as plotly specs ``{data, layout}`` (plain dicts).
 
 Every function takes plain arrays or the run's tables and returns a spec (or None when
-there is nothing to draw); :func:`tdlens.report.kit.plot` puts it on the page. Every axis
+there is nothing to draw); :func:`tdlens.pages.kit.plot` puts it on the page. Every axis
 names its quantity and unit (``iteration``: the 0-based outer iteration of the learning
 curves), every figure over iterations has a linear/log button and a legend below the plot
 (click a series to hide it), and every linear y axis is honest
-(:mod:`tdlens.report.honest`): at least ``MIN_REL_SPAN`` of the series' level wide, so a
+(:mod:`tdlens.pages.honest`): at least ``MIN_REL_SPAN`` of the series' level wide, so a
 negligible change is drawn flat, and titled "no change beyond noise" when it is one.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from tdlens.pages.honest import FLAT_NOTE, change_of, y_range
+from tdlens.pages.kit import log_linear_buttons
 from tdlens.probes import registry
-from tdlens.report.honest import FLAT_NOTE, change_of, y_range
-from tdlens.report.kit import log_linear_buttons
 from tdlens.rundir.read import RunData, Table, latest_array
 
 X_TITLE = "iteration (0-based)"
@@ -168,7 +168,7 @@ def plot_core(data: RunData, columns: Sequence[str]) -> list[dict[str, Any]]:
 
 def sparkline(t: np.ndarray, y: np.ndarray, width: int = 140, height: int = 26) -> str:
     """An inline SVG polyline of ``y`` against ``t`` (finite points only) on the honest
-    range of :func:`tdlens.report.honest.y_range` (a negligible change is drawn flat);
+    range of :func:`tdlens.pages.honest.y_range` (a negligible change is drawn flat);
     its tooltip says "no change beyond noise" when it is one; '' for no points."""
     ok = np.isfinite(t) & np.isfinite(y)
     t, y = np.asarray(t, float)[ok], np.asarray(y, float)[ok]
