@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/bench_bar_phi.py [--repeats 20] [--set key=value ...]
 
-At the seed settings (SPEC 2): the time of one training iteration with each estimator,
+At the seed settings (docs/model.md §2): the time of one training iteration with each estimator,
 and, on the SAME rolled-out states (the rollout does not depend on the estimator), the TD
 targets ``y_t = r_t + gamma Q_w(bar_phi_{t+1})`` of both. Without clipping or squashing
 the Monte Carlo estimate is unbiased for the exact one, so ``mean (y_mc - y_exact)^2`` is

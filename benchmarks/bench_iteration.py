@@ -1,4 +1,4 @@
-"""One training iteration at the seed_plateau settings (SPEC 14 target: <= 0.07 s).
+"""One training iteration at the seed_plateau settings (docs/model.md §14 target: <= 0.07 s).
 
 Usage: python benchmarks/bench_iteration.py [--repeats 30] [--set key=value ...]
 Prints the machine, the config, the median and spread of one outer iteration, and a

@@ -1,4 +1,4 @@
-"""Benchmark one probe round at the seed_plateau settings (SPEC 14: <= 2.5 s, <= 1 GiB).
+"""Benchmark one probe round at the seed_plateau settings (docs/model.md §14: <= 2.5 s, <= 1 GiB).
 
     python benchmarks/bench_probes.py [--rounds 5] [--set key=value ...]
 

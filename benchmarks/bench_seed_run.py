@@ -1,4 +1,4 @@
-"""The seed run end to end (SPEC 14 target: <= 60 s, peak memory <= 1 GiB).
+"""The seed run end to end (docs/model.md §14 target: <= 60 s, peak memory <= 1 GiB).
 
 Usage: python benchmarks/bench_seed_run.py [--repeats 3] [--set key=value ...]
 

@@ -1,4 +1,4 @@
-"""Sweep throughput at the Step-C settings (SPEC 14 target: 1000 runs x 200 iterations,
+"""Sweep throughput at the Step-C settings (docs/model.md §14 target: 1000 runs x 200 iterations,
 probes every 10, in <= 8.5 h on 2 cores), and Ray scaling from 1 to 2 workers.
 
 Usage: python benchmarks/bench_sweep.py [--runs 4] [--jobs 2] [--iters 200] [--ray-iters 200]

@@ -1,4 +1,4 @@
-"""The command line (SPEC 12): exit codes, bad input, end-to-end runs."""
+"""The command line (docs/model.md §12): exit codes, bad input, end-to-end runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Config loading and validation (SPEC 4, 15): every error names the key."""
+"""Config loading and validation (docs/model.md §4, §15): every error names the key."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ def test_nothing_a_user_reads_points_outside_the_project():
     cites_spec = re.compile(r"SPEC(\.md| \d| section)")  # not `tdlens sweep SPEC` (a file)
     for name, text in texts.items():
         assert "shared/" not in text, name
-        # docstrings cite "SPEC n"; only the model page, which has those sections, says so
+        # only the model page may say "SPEC" (docstrings cite docs/model.md sections)
         assert not cites_spec.search(text) or name == "docs/model.md", name
     # every relative link of a page points at a file that exists
     for page in DOCS.rglob("*.md"):
@@ -95,6 +95,23 @@ def test_model_sections_are_numbered_without_gaps_and_citations_point_at_them():
     cited = set()
     for path in (ROOT / "src").rglob("*"):
         if path.suffix in (".py", ".yaml", ".md") and path.is_file():
-            found = re.findall(r"docs/model\.md (?:§|section )(\d+(?:\.\d+)?)", path.read_text())
-            cited.update(found)
+            text = path.read_text()
+            # every section of a citation: "docs/model.md §7, §15", "§4, step 3"
+            for citation in re.findall(r"docs/model\.md (?:§|section )[^)\n]*", text):
+                cited.update(re.findall(r"§(\d+(?:\.\d+)?)", citation))
+            cited.update(re.findall(r"docs/model\.md section (\d+(?:\.\d+)?)", text))
     assert cited and cited <= sections, sorted(cited - sections)
+
+
+def test_docstrings_cite_the_model_page_a_clone_has_not_a_spec():
+    """No module, test or benchmark cites "SPEC" (a document that is not in the repository:
+    issue 25); they cite docs/model.md sections, which the test above checks exist."""
+    cites = re.compile(r"\bSPEC\b(?!_)")
+    for root in ("src", "tests", "benchmarks"):
+        for path in (ROOT / root).rglob("*.py"):
+            if path.name == "test_docs.py":
+                continue
+            hits = [
+                n for n, line in enumerate(path.read_text().splitlines(), 1) if cites.search(line)
+            ]
+            assert not hits, f"{path.relative_to(ROOT)}: lines {hits} cite SPEC"

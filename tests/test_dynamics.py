@@ -1,4 +1,4 @@
-"""Torus Goblet & Ghost dynamics (SPEC section 1) and observation layout (SPEC 2)."""
+"""Torus Goblet & Ghost dynamics (docs/model.md §1) and observation layout (docs/model.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feature maps and teacher (SPEC section 2)."""
+"""Feature maps and teacher (docs/model.md §2)."""
 
 from __future__ import annotations
 

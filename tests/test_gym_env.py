@@ -1,4 +1,4 @@
-"""Gymnasium wrapper and renderer of Torus Goblet & Ghost (SPEC sections 1 and 2).
+"""Gymnasium wrapper and renderer of Torus Goblet & Ghost (docs/model.md §1 and §2).
 
 References: the teacher reward is recomputed in float64 from features.critic_features;
 transitions are replayed through dynamics.step with a generator seeded like the env's
@@ -92,7 +92,7 @@ def test_info_keys_and_shapes(env, cfg):
 
 
 def test_reward_is_teacher_on_current_state_and_action(cfg):
-    """r_t = w_R . phi(s_t, a_t) / sqrt(D) in float64, before the move (SPEC 1 step 1)."""
+    """r_t = w_R . phi(s_t, a_t) / sqrt(D) in float64, before the move (docs/model.md §1 step 1)."""
     cfg64 = load_config(None, [*SMALL, "precision=float64"])
     maps = make_feature_maps(cfg64)
     env = TorusGobletGhostEnv(cfg)

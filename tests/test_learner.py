@@ -1,4 +1,4 @@
-"""One outer iteration (SPEC sections 4 and 5)."""
+"""One outer iteration (docs/model.md §4 and §5)."""
 
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def test_batched_chain_equals_chain_alone():
 
 
 def test_float32_learning_curves_agree_with_float64():
-    """The float32 fast path (SPEC 14): learning-curve metrics within 1e-4 relative."""
+    """The float32 fast path (docs/model.md §14): learning-curve metrics within 1e-4 relative."""
     common = [
         "env.feature_dim=512",
         "env.actor_feature_dim=64",

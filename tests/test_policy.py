@@ -1,4 +1,4 @@
-"""Linear-Gaussian policies and importance ratios (SPEC section 3)."""
+"""Linear-Gaussian policies and importance ratios (docs/model.md §3)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tdlens.policy import (
 
 SIGMA_PI, SIGMA_MU = 0.30, 0.35
 # Closed form E_mu[rho^2] = prod_dims sigma_mu^2 / (sigma_pi sqrt(2 sigma_mu^2 - sigma_pi^2))
-# = (0.1225 / (0.3 * sqrt(0.155)))^2 = 1.07574 (SPEC 6.3 reference value 1.0757).
+# = (0.1225 / (0.3 * sqrt(0.155)))^2 = 1.07574 (docs/model.md §6.3 reference value 1.0757).
 RHO2_REF = (SIGMA_MU**2 / (SIGMA_PI * math.sqrt(2 * SIGMA_MU**2 - SIGMA_PI**2))) ** 2
 
 

@@ -1,4 +1,4 @@
-"""The shipped regime configs show their regime for real (SPEC 13), by their own report,
+"""The shipped regime configs show their regime for real (docs/model.md §13), by their own report,
 and the report and the catalog always agree on a run's regime (one scoring module)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Run lifecycle: run directory, checkpoints, resume, signals, faults (SPEC 7, 15)."""
+"""Run lifecycle: run directory, checkpoints, resume, signals, faults (docs/model.md §7, §15)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Sanity checks pass on the real learner and catch deliberately broken twins (SPEC 10)."""
+"""Sanity checks pass on the real learner and catch deliberately broken twins (docs/model.md
+§10)."""
 
 from __future__ import annotations
 
@@ -229,7 +230,7 @@ def test_learning_catches_a_trainer_with_another_gamma(tmp_path, monkeypatch):
 
 
 def test_whole_suite_end_to_end(tmp_path):
-    """`tdlens sanity` with every check passes and writes its summary files (SPEC 10)."""
+    """`tdlens sanity` with every check passes and writes its summary files (docs/model.md §10)."""
     from typer.testing import CliRunner
 
     from tdlens.cli import app

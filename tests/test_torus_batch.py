@@ -1,4 +1,4 @@
-"""The user-facing batched simulator: validation and equivalence (SPEC 1)."""
+"""The user-facing batched simulator: validation and equivalence (docs/model.md §1)."""
 
 from __future__ import annotations
 

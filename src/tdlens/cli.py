@@ -1,4 +1,4 @@
-"""The `tdlens` command line (SPEC section 12): the one module that registers commands.
+"""The `tdlens` command line (docs/model.md §12): the one module that registers commands.
 
 Command bodies live here, in :mod:`tdlens.sweeps.commands` and in
 :mod:`tdlens.export.commands`; only these print.

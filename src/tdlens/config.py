@@ -1,4 +1,4 @@
-"""Typed, frozen run configuration (SPEC sections 4, 6, 13 and 15).
+"""Typed, frozen run configuration (docs/model.md §4, §6, §13 and §15).
 
 One :class:`RunConfig` describes a run completely; it is loaded from YAML (a SafeLoader
 bounded in size, aliases and depth: :func:`safe_load_bounded`), patched with dotted
@@ -77,7 +77,7 @@ UnboundedFloat = Annotated[float, Field(allow_inf_nan=True), AfterValidator(_no_
 
 
 class EnvConfig(_Frozen):
-    """Torus Goblet & Ghost and feature-map parameters (SPEC sections 1 and 2)."""
+    """Torus Goblet & Ghost and feature-map parameters (docs/model.md §1 and §2)."""
 
     torus_size: float = Field(1.0, gt=0, le=SCALE_MAX, description="side L of the torus")
     dt: float = Field(0.05, gt=0, le=1, description="time step")
@@ -107,7 +107,7 @@ class EnvConfig(_Frozen):
 
 
 class PlateauConfig(_Frozen):
-    """TD-loss plateau trigger (SPEC 6): slope within `tol` standard errors of zero."""
+    """TD-loss plateau trigger (docs/model.md §6): slope within `tol` standard errors of zero."""
 
     enabled: bool = True
     window: int = Field(10, ge=3, le=COUNT_MAX)
@@ -127,7 +127,7 @@ Sampling = Annotated[
 
 
 class FixedPointConfig(_Frozen):
-    """TD fixed point probe (SPEC 6.1)."""
+    """TD fixed point probe (docs/model.md §6.1)."""
 
     enabled: bool = True
     batch_size: int = Field(4096, ge=2, le=COUNT_MAX)
@@ -143,7 +143,7 @@ class FixedPointConfig(_Frozen):
 
 
 class StabilityConfig(_Frozen):
-    """Spectral stability probe (SPEC 6.2)."""
+    """Spectral stability probe (docs/model.md §6.2)."""
 
     enabled: bool = True
     batch_size: int = Field(4096, ge=2, le=COUNT_MAX)
@@ -153,7 +153,7 @@ class StabilityConfig(_Frozen):
 
 
 class DistributionConfig(_Frozen):
-    """Distribution-shift probe (SPEC 6.3)."""
+    """Distribution-shift probe (docs/model.md §6.3)."""
 
     enabled: bool = True
     num_samples: int = Field(4096, ge=4, le=COUNT_MAX)
@@ -181,7 +181,7 @@ class DistributionConfig(_Frozen):
 
 
 class QKernelConfig(_Frozen):
-    """TD-error kernel probe (SPEC 6.4)."""
+    """TD-error kernel probe (docs/model.md §6.4)."""
 
     enabled: bool = True
     cache_batch_size: int = Field(8, ge=1, le=COUNT_MAX)
@@ -189,7 +189,7 @@ class QKernelConfig(_Frozen):
 
 
 class RhoAuditConfig(_Frozen):
-    """Importance-ratio audit (SPEC 6.5)."""
+    """Importance-ratio audit (docs/model.md §6.5)."""
 
     enabled: bool = True
     batch_size: int = Field(4096, ge=2, le=COUNT_MAX)
@@ -202,7 +202,7 @@ by :func:`tdlens.probes.registry.register`; each model needs an ``enabled`` fiel
 
 
 class ProbesConfig(_Frozen):
-    """Probe schedule and per-probe settings (SPEC 6).
+    """Probe schedule and per-probe settings (docs/model.md §6).
 
     The section of a probe registered elsewhere (:data:`EXTRA_PROBE_SECTIONS`) is accepted
     and validated by its own model; any other unknown key is an error.
@@ -371,7 +371,7 @@ def eta_t(schedule: StepSchedule, base: float, t: Any) -> Any:
 
 
 class RunConfig(_Frozen):
-    """Everything that defines a run (SPEC 4), with the seed system's key names."""
+    """Everything that defines a run (docs/model.md §4), with the seed system's key names."""
 
     name: str = Field("run", min_length=1, description="readable run name")
     seed: int = Field(
@@ -443,21 +443,21 @@ class RunConfig(_Frozen):
 
     @property
     def effective_rho_clip(self) -> float | None:
-        """The clip actually applied: None when disabled, null, <= 0 or inf (SPEC 3)."""
+        """The clip actually applied: None when disabled, null, <= 0 or inf (docs/model.md §3)."""
         if self.disable_rho_clip or self.rho_clip is None or not 0 < self.rho_clip < math.inf:
             return None
         return float(self.rho_clip)
 
     @property
     def step_scale(self) -> float:
-        """s = 1/(B T) (`mean`) or 1/(sqrt(B) T) (`sqrt_batch`), SPEC 4 step 4."""
+        """s = 1/(B T) (`mean`) or 1/(sqrt(B) T) (`sqrt_batch`), docs/model.md §4 step 4."""
         if self.step_normalization == "mean":
             return 1.0 / (self.trajectories * self.horizon)
         return 1.0 / (math.sqrt(self.trajectories) * self.horizon)
 
     @property
     def train_step_scale(self) -> float:
-        """train_step_scale = alpha_w * s (SPEC 4)."""
+        """train_step_scale = alpha_w * s (docs/model.md §4)."""
         return self.alpha_w * self.step_scale
 
     @property

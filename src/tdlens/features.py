@@ -1,4 +1,4 @@
-"""Random feature maps over (observation, action) and the linear teacher (SPEC section 2).
+"""Random feature maps over (observation, action) and the linear teacher (docs/model.md §2).
 
 Shapes: ``o [..., 18]`` observation vectors, ``a [..., 2]`` actions, ``N`` actor and ``D``
 critic features, ``D' = D - 4``. Knows nothing about the torus beyond the observation
@@ -127,7 +127,7 @@ def make_feature_maps(cfg: RunConfig) -> FeatureMaps:
 def actor_features(maps: FeatureMaps, o: np.ndarray) -> np.ndarray:
     """``psi [..., N] = tanh(W_psi o + b_psi)``, rescaled so that ||psi|| <= c_psi.
 
-    Computed in the features dtype (float32 is validated against float64, SPEC 14); the
+    Computed in the features dtype (float32 is validated against float64, docs/model.md §14); the
     affine map row by row in a fixed order (:func:`tdlens.kernels.affine_rows`), so a row's
     value never depends on the other rows or on the CPU's BLAS kernel.
     """

@@ -1,4 +1,4 @@
-"""One outer iteration of the unfixed off-policy actor-critic (SPEC sections 4 and 5).
+"""One outer iteration of the unfixed off-policy actor-critic (docs/model.md §4 and §5).
 
 Given frozen ``theta_mu, theta_pi [N, 2]`` and ``w [D]``:
 1. roll out B fresh chains of T steps under mu (chain b of iteration n uses stream
@@ -58,7 +58,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "alpha_pi_t",
     "iter_time_s",
 )
-"""The per-iteration columns of learning_curves.csv that the learner produces (SPEC 5)."""
+"""The per-iteration columns of learning_curves.csv that the learner produces (docs/model.md §5)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def td_errors(batch: TDBatch, w: np.ndarray, gamma: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class IterationResult:
-    """New parameters, the SPEC 5 metrics of the iteration, and its TD errors."""
+    """New parameters, the docs/model.md §5 metrics of the iteration, and its TD errors."""
 
     params: Params
     metrics: dict[str, float]
@@ -153,8 +153,9 @@ def gradients(
     batch: TDBatch, delta_t: np.ndarray, sigma_pi: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """``G_w [D] = sum_t rho_t delta_t phi_t`` and ``G_theta [N, 2] = sum_t rho_t delta_t g_t``
-    with ``g_t = psi_t (u_t - m_pi(s_t))^T / (sigma_pi^2 sqrt(N))`` (SPEC 4.3); ``psi_t`` is
-    the actor features of s_t (in the probes, ``dphi_t = phi_t - gamma bar_phi_tp1``)."""
+    with ``g_t = psi_t (u_t - m_pi(s_t))^T / (sigma_pi^2 sqrt(N))`` (docs/model.md §4,
+    step 3); ``psi_t`` is the actor features of s_t (in the probes, ``dphi_t = phi_t -
+    gamma bar_phi_tp1``)."""
     phi_t, rho_t = batch.phi, batch.rho
     rd = rho_t * delta_t
     D, N = phi_t.shape[-1], batch.psi.shape[-1]
@@ -170,7 +171,7 @@ def gradients(
 def update(
     cfg: RunConfig, params: Params, G_w: np.ndarray, G_theta: np.ndarray, n: int = 0
 ) -> Params:
-    """Apply SPEC 4 step 4 at outer iteration n: ``w += alpha_w_n s G_w``, ``theta_pi +=
+    """Apply docs/model.md §4 step 4 at outer iteration n: ``w += alpha_w_n s G_w``, ``theta_pi +=
     alpha_pi_n s G_theta`` (``cfg.step_sizes(n)``), mu tracking, projection."""
     s = cfg.step_scale
     alpha_w_n, alpha_pi_n = cfg.step_sizes(n)
@@ -226,7 +227,7 @@ def iteration_metrics(
     batch: TDBatch,
     delta: np.ndarray,
 ) -> dict[str, float]:
-    """SPEC 5 columns. Parameter metrics are of the parameters after the update; batch
+    """docs/model.md §5 columns. Parameter metrics are of the parameters after the update; batch
     metrics of the rollout that produced it; rho of the ratio the update used."""
     D, N = maps.D, maps.N
     rho = batch.rho.reshape(-1)

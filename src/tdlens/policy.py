@@ -1,4 +1,4 @@
-"""Linear-Gaussian policies and importance ratios (SPEC section 3).
+"""Linear-Gaussian policies and importance ratios (docs/model.md §3).
 
 Shapes: ``psi [..., N]`` actor features, ``theta [N, 2]``, ``u, m [..., 2]``.
 Mean ``m(s) = theta^T psi(s) / sqrt(N)``; the Gaussian draw ``u ~ N(m, sigma^2 I)`` is the
@@ -117,7 +117,7 @@ def gaussian_kl(m_p: np.ndarray, sigma_p: float, m_q: np.ndarray, sigma_q: float
 def rho_moments(
     m_pi: np.ndarray, sigma_pi: float, m_mu: np.ndarray, sigma_mu: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Closed-form ``(E_mu[rho], E_mu[rho^2])`` per state for Gaussian pi, mu (SPEC 6.5).
+    """Closed-form ``(E_mu[rho], E_mu[rho^2])`` per state for Gaussian pi, mu (docs/model.md §6.5).
 
     ``E_mu[rho] = 1``. Per dimension, ``E_mu[rho^2] = sigma_mu^2 / (sigma_pi sqrt(2
     sigma_mu^2 - sigma_pi^2)) exp((m_pi - m_mu)^2 / (2 sigma_mu^2 - sigma_pi^2))``; the

@@ -1,4 +1,4 @@
-"""Rollouts under a frozen behaviour policy and their TD features (SPEC sections 3 and 4).
+"""Rollouts under a frozen behaviour policy and their TD features (docs/model.md §3 and §4).
 
 Shapes: ``B`` trajectories (chains), ``T`` steps, ``N`` actor and ``D`` critic features,
 ``K`` = K_mc next-action draws. Only the environment and the behaviour policy are
@@ -274,7 +274,7 @@ def td_batch(
     with_features: bool = True,
     workspace: Workspace | None = None,
 ) -> TDBatch:
-    """Ratios and TD features of rolled-out chains (batched; SPEC 3 and 4 step 1).
+    """Ratios and TD features of rolled-out chains (batched; docs/model.md §3 and §4 step 1).
 
     ``rho_t = min(exp(log pi(u_t|s_t) - log b(u_t|s_t)), rho_clip)`` on the action as
     sampled; ``bar_phi_{t+1}`` from the K_mc draws ``u' = m_pi(s_{t+1}) + sigma_pi z``

@@ -1,4 +1,4 @@
-"""Column names shared by the layers that write and read a run directory (SPEC 5, 6).
+"""Column names shared by the layers that write and read a run directory (docs/model.md §5, §6).
 
 Constants only, importable from every layer (probes, runs, report, sweeps) without
 pulling in any of them. The probes' own columns are declared in their registry
@@ -7,7 +7,7 @@ pulling in any of them. The probes' own columns are declared in their registry
 
 from __future__ import annotations
 
-SPEC_RHO_COLUMNS: tuple[str, ...] = (
+BATCH_RHO_COLUMNS: tuple[str, ...] = (
     "rho_mean",
     "rho2_mean",
     "rho_min",
@@ -17,4 +17,4 @@ SPEC_RHO_COLUMNS: tuple[str, ...] = (
     "rho_clip",
     "rho_clip_active",
 )
-"""The rho summary every batch probe writes (SPEC 6)."""
+"""The rho summary every batch probe writes (docs/model.md §6)."""

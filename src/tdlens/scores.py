@@ -1,4 +1,4 @@
-"""Run scores: the one definition of diverged, frozen, learning and plateau (SPEC 8, 11).
+"""Run scores: the one definition of diverged, frozen, learning and plateau (docs/model.md §8, §11).
 
 The report's health checks (critic_frozen) and the sweep's regime labels (and so the
 catalog's ``regime``) both call this module, so a run can never pass a check here and get

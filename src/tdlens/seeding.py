@@ -1,4 +1,4 @@
-"""Named random streams derived from one run seed (SPEC preamble, STYLE practice 5).
+"""Named random streams derived from one run seed (docs/model.md, introduction).
 
 Every draw of a run comes from ``numpy.random.SeedSequence(seed).spawn(...)``: stream
 ``name`` is child ``STREAMS.index(name)`` of the root, and a stream can be keyed further

@@ -1,4 +1,4 @@
-"""Behavioural sanity suite and the base-check matrix C0..C7 (SPEC section 10).
+"""Behavioural sanity suite and the base-check matrix C0..C7 (docs/model.md §10).
 
 Every check runs short runs and asserts what the run's own data show — every ratio,
 every TD target, bit-identity of frozen parameters, the exact geometric decay of the

@@ -1,4 +1,4 @@
-"""Distribution probe (SPEC 6.3): reference values, reductions and brute-force twins."""
+"""Distribution probe (docs/model.md §6.3): reference values, reductions and brute-force twins."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def tv_closed_form(sigma_p: float, sigma_q: float) -> float:
 
 
 def test_reference_values_closed_forms():
-    """SPEC 6.3 reference numbers from their closed forms."""
+    """docs/model.md §6.3 reference numbers from their closed forms."""
     assert kl_closed_form(SIGMA_PI, SIGMA_MU) == pytest.approx(0.04300, abs=1e-4)
     assert tv_closed_form(SIGMA_PI, SIGMA_MU) == pytest.approx(0.1130, abs=1e-4)
     m = np.zeros((5, 2))

@@ -1,4 +1,4 @@
-"""Fixed-point probe (SPEC 6.1): moments, direct/iterative solvers, reductions."""
+"""Fixed-point probe (docs/model.md §6.1): moments, direct/iterative solvers, reductions."""
 
 from __future__ import annotations
 

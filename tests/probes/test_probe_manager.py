@@ -1,4 +1,5 @@
-"""Probe manager (SPEC 6): rows and summaries, resume identity, isolation from training."""
+"""Probe manager (docs/model.md §6): rows and summaries, resume identity, isolation from
+training."""
 
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def test_resumed_manager_gives_identical_rows(tiny):
 
 def test_probes_leave_training_bit_identical():
     """Learner metrics and parameters with the manager running between iterations equal a
-    run without probes (SPEC 6)."""
+    run without probes (docs/model.md §6)."""
     cfg = tiny_config()
     maps = make_feature_maps(cfg)
 

@@ -1,4 +1,4 @@
-"""TD-error kernel probe (SPEC 6.4): loss convention and brute-force twins."""
+"""TD-error kernel probe (docs/model.md §6.4): loss convention and brute-force twins."""
 
 from __future__ import annotations
 

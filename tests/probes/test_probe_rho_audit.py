@@ -1,4 +1,5 @@
-"""Rho audit (SPEC 6.5): passes on correct ratios, fails on the seed's kinds of wrong ones."""
+"""Rho audit (docs/model.md §6.5): passes on correct ratios, fails on the seed's kinds of wrong
+ones."""
 
 from __future__ import annotations
 

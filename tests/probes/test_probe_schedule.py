@@ -1,4 +1,5 @@
-"""Probe schedule (SPEC 6): every / plateau / last, cooldown, min_iter, state round trip."""
+"""Probe schedule (docs/model.md §6): every / plateau / last, cooldown, min_iter, state round
+trip."""
 
 from __future__ import annotations
 

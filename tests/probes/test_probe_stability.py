@@ -1,4 +1,4 @@
-"""Stability probe (SPEC 6.2): step scale vs the trainer, power iteration, spectrum."""
+"""Stability probe (docs/model.md §6.2): step scale vs the trainer, power iteration, spectrum."""
 
 from __future__ import annotations
 

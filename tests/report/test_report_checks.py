@@ -1,5 +1,5 @@
 """Every health check PASSes on a healthy synthetic run and FAILs (critic_frozen: WARNs)
-when the one behaviour it observes is broken (SPEC 8)."""
+when the one behaviour it observes is broken (docs/model.md §8)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_rho_sane(tmp_path):
 def test_sigma_condition(tmp_path):
     c = verdict(healthy_run("sigma_mu=0.35", "sigma_pi=0.3"), tmp_path / "a", "sigma_condition")
     assert c.verdict == PASS
-    assert c.observed["E_rho2_equal_means"] == pytest.approx(1.0757, abs=1e-4)  # SPEC 6.3
+    assert c.observed["E_rho2_equal_means"] == pytest.approx(1.0757, abs=1e-4)  # docs/model.md §6.3
     c = verdict(
         healthy_run("sigma_mu=0.25", "sigma_pi=0.4", "rho_clip=0"),
         tmp_path / "b",
@@ -208,7 +208,7 @@ def test_scale_consistency(tmp_path):
 
 
 def test_loss_convention_fails_on_the_seeds_half_convention(tmp_path):
-    """SPEC 9: the seed's td_loss_from_Q had a 1/2, so it read 0.5 of the cache loss."""
+    """docs/model.md §9: the seed's td_loss_from_Q had a 1/2, so it read 0.5 of the cache loss."""
     run = healthy_run(arrays=True)
     for row in run.probes["q_kernel_probe"]:
         row["td_loss_from_Q"] = row["td_loss_cache"] / 2

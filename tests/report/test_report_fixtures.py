@@ -28,7 +28,7 @@ ALPHA_W = 0.08
 EIG_MAX_REAL = 2.0
 """Healthy spectrum: fastest_timescale = 1 / (0.08 * 2) = 6.25 iterations < 20."""
 SEED_EIG_MAX_REAL = 7.4e-4
-"""SPEC 6.2's seed spectrum: 1 / (0.08 * 7.4e-4) = 16,900 iterations."""
+"""docs/model.md §6.2's seed spectrum: 1 / (0.08 * 7.4e-4) = 16,900 iterations."""
 
 
 def rho_summary() -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""4-significant-digit formatting (SPEC 8) and the summary statistics of the tables."""
+"""4-significant-digit formatting (docs/model.md §8) and the summary statistics of the tables."""
 
 from __future__ import annotations
 

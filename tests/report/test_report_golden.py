@@ -1,6 +1,6 @@
 """Golden structure: our run_report.md has every section, table and metric row of the seed
 report (shared/seeds/000_45abd9c71cec40ff.txt, copied to data/seed_report.md), in the
-seed's order and format (SPEC 8)."""
+seed's order and format (docs/model.md §8)."""
 
 from __future__ import annotations
 

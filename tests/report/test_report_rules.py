@@ -1,4 +1,4 @@
-"""Next-step rules (SPEC 8) fire on the right synthetic data and name the values."""
+"""Next-step rules (docs/model.md §8) fire on the right synthetic data and name the values."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_no_rule_fires_on_a_healthy_run(tmp_path):
 
 
 def test_frozen_critic_fires_and_names_fastest_timescale(tmp_path):
-    """SPEC 6.2 numbers: eta = 0.08, max Re eig(A) = 7.4e-4: ~17,000 iterations."""
+    """docs/model.md §6.2 numbers: eta = 0.08, max Re eig(A) = 7.4e-4: ~17,000 iterations."""
     fired = steps(frozen_run(), tmp_path)
     assert "none" not in fired and NO_ISSUES not in fired.values()
     msg = fired["critic_frozen"]

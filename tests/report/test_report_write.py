@@ -1,5 +1,6 @@
 """write_report on any run: reproducible bytes, machine-readable JSON, a self-contained and
-escaped HTML page, and a report for incomplete, diverged, failed and empty runs (SPEC 7, 8)."""
+escaped HTML page, and a report for incomplete, diverged, failed and empty runs (docs/model.md §7,
+§8)."""
 
 from __future__ import annotations
 

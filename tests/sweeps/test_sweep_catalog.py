@@ -1,4 +1,5 @@
-"""The SQLite run catalog: concurrent writers, read-only --where queries, CLI (SPEC 11)."""
+"""The SQLite run catalog: concurrent writers, read-only --where queries, CLI (docs/model.md
+§11)."""
 
 from __future__ import annotations
 

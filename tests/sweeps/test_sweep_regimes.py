@@ -1,4 +1,5 @@
-"""Regime labels on synthetic runs, and the seed's NaN-placeholder regression (SPEC 11)."""
+"""Regime labels on synthetic runs, and the seed's NaN-placeholder regression (docs/model.md
+§11)."""
 
 from __future__ import annotations
 
@@ -268,7 +269,7 @@ def test_a_growing_mode_without_growing_w_is_not_divergence():
 
 
 def test_empty_probe_cells_and_nan_placeholders_are_not_instability():
-    # the seed labelled every probed run "instability" from NaN placeholders (SPEC 11)
+    # the seed labelled every probed run "instability" from NaN placeholders (docs/model.md §11)
     s = _series()
     assert any(c is None for c in s.curves["fixed_point_drift"])
     assert math.isnan(s.fixed_point["w_sharp_drift"][0])

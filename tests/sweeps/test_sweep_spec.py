@@ -1,4 +1,5 @@
-"""Sweep specs and plans: grid values, seeds, overrides, run ids, errors (SPEC 11, 15)."""
+"""Sweep specs and plans: grid values, seeds, overrides, run ids, errors (docs/model.md §11,
+§15)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""IQM and the stratified bootstrap against hand calculations (SPEC 11)."""
+"""IQM and the stratified bootstrap against hand calculations (docs/model.md §11)."""
 
 from __future__ import annotations
 

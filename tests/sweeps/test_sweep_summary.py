@@ -1,4 +1,4 @@
-"""Sweep summaries: seed aggregates, stability boundary, files (SPEC 11)."""
+"""Sweep summaries: seed aggregates, stability boundary, files (docs/model.md §11)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The run catalog: an embedded SQLite database of every run and sweep (SPEC section 11).
+"""The run catalog: an embedded SQLite database of every run and sweep (docs/model.md §11).
 
 Location: ``--catalog PATH``, else ``$TDLENS_CATALOG``, else ``outputs/catalog.sqlite``.
 WAL journal (readers never block the writer) and a busy timeout; every write is one short

@@ -1,4 +1,4 @@
-"""Number and value formatting shared by the renderers (SPEC 8: "4 significant digits").
+"""Number and value formatting shared by the renderers (docs/model.md §8: "4 significant digits").
 
 ``fmt(x)`` reproduces the seed report's cells: ``f"{x:.4g}"`` for floats, integers (and
 integral floats below 1e15) as integers, so ``4096.0 -> "4096"``, ``1e-07 -> "1e-07"``,

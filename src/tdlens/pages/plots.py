@@ -1,4 +1,4 @@
-"""Figures of the HTML report (SPEC 8) as plotly specs ``{data, layout}`` (plain dicts).
+"""Figures of the HTML report (docs/model.md §8) as plotly specs ``{data, layout}`` (plain dicts).
 
 Every function takes plain arrays or the run's tables and returns a spec (or None when
 there is nothing to draw); :func:`tdlens.pages.kit.plot` puts it on the page. Every axis

@@ -1,6 +1,6 @@
-"""Shared pieces of the probes (SPEC 6): streams, batched probe rollouts, rho summary.
+"""Shared pieces of the probes (docs/model.md §6): streams, batched probe rollouts, rho summary.
 
-A probe batch is drawn under the frozen mu in one of two ways (SPEC 6, ``sampling``):
+A probe batch is drawn under the frozen mu in one of two ways (docs/model.md §6, ``sampling``):
 ``trainer`` (the default of the fixed-point and stability probes) draws it as the trainer
 does, ``m = max(2, batch_size // horizon)`` trajectories of ``horizon`` steps from reset,
 so its A, b and critical step are those of the update the trainer applies;
@@ -40,13 +40,13 @@ from tdlens.config import FixedPointConfig, RunConfig, StabilityConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
 from tdlens.rollout import ChainNoise, Paths, TDBatch, draw_noise, roll_out_threads, td_batch
-from tdlens.schema import SPEC_RHO_COLUMNS
+from tdlens.schema import BATCH_RHO_COLUMNS
 from tdlens.seeding import stream
 
 AUX_CHAIN = 1_000_000
 """First chain index used for a probe's auxiliary (non-environment) draws."""
 
-RHO_COLUMNS = (*SPEC_RHO_COLUMNS, "rho_clipped_fraction")
+RHO_COLUMNS = (*BATCH_RHO_COLUMNS, "rho_clipped_fraction")
 
 
 def stream_key(cfg: RunConfig, n: int) -> int:
@@ -65,7 +65,7 @@ def aux_rng(cfg: RunConfig, name: str, n: int, purpose: int) -> np.random.Genera
 
 
 def rho_summary(rho_t: np.ndarray, rho_raw_t: np.ndarray, rho_clip: float | None) -> dict:
-    """The SPEC 6 rho columns of a probe batch, over all of its steps.
+    """The docs/model.md §6 rho columns of a probe batch, over all of its steps.
 
     ``rho_t`` is the ratio the update uses (clipped), ``rho_raw_t`` the unclipped one, both
     of any shape. rho_clip is NaN when no clip is configured; rho_clip_active is 1 when a

@@ -1,4 +1,4 @@
-"""Fixed point and stability probes over their probe batches (SPEC 6.1, 6.2).
+"""Fixed point and stability probes over their probe batches (docs/model.md §6.1, §6.2).
 
 The two probes share their most expensive pieces. Their chains (the fixed-point batch and
 the k_mc stability batches, the fixed-point batch doubling as stability batch 0 when the
@@ -127,7 +127,7 @@ def feature_groups(chains: list[ChainSpec], size: int) -> list[list[ChainSpec]]:
 def spectrum_of(
     cfg: RunConfig, moments: fp.TDMoments, n: int, workspace: Workspace, threads: int = 1
 ) -> tuple[sp.Spectrum, np.ndarray]:
-    """Eigenvalues of A with the spectral noise of its halves (SPEC 6.2), and the float32
+    """Eigenvalues of A with the spectral noise of its halves (docs/model.md §6.2), and the float32
     copy of A (a workspace buffer) used for the Krylov and power-iteration products."""
     D = moments.A.shape[0]
     v0 = aux_rng(cfg, "probe_stability", n, 0).standard_normal(D)
@@ -322,7 +322,7 @@ def fixed_point_probe(
     workspace: Workspace,
     threads: int = 1,
 ) -> FixedPointResult:
-    """The fixed-point probe of one round (SPEC 6.1): :func:`solve_fixed_point`,
+    """The fixed-point probe of one round (docs/model.md §6.1): :func:`solve_fixed_point`,
     :func:`measure_fixed_point`, :func:`prediction_inputs` and :func:`predict_dynamics`
     (value_gap_floor and effective_timescale; the band follows a non-constant alpha_w
     schedule) and :func:`pack_prediction`; at the run's first round (no previous w#) also
@@ -536,7 +536,7 @@ def stability_row(
     spectrum: sp.Spectrum,
     stab_rho: dict[int, tuple[np.ndarray, np.ndarray]],
 ) -> dict[str, float]:
-    """stability_probe columns (SPEC 6.2, without iter): proxies, spectrum, rho of all
+    """stability_probe columns (docs/model.md §6.2, without iter): proxies, spectrum, rho of all
     k_mc batches pooled."""
     eta = st.expected_step(cfg)
     row = st.proxy_row([proxies[k] for k in sorted(proxies)], cfg)

@@ -1,4 +1,4 @@
-"""How far apart are mu and pi? (SPEC 6.3)
+"""How far apart are mu and pi? (docs/model.md §6.3)
 
 Two chains of num_samples states, one under mu and one under pi; their observation
 vectors ``X [m, 18]`` and ``Y [n, 18]``; the policy means at the pooled states

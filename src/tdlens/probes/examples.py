@@ -1,6 +1,6 @@
 """Textbook off-policy linear TD(0) problems with known instability (Sutton & Barto 2nd
 ed., section 11.1 and Example 11.1): ground truth for the spectrum and growth columns of
-the stability probe (SPEC 6.2).
+the stability probe (docs/model.md §6.2).
 
 A problem over ``S`` states with features ``Phi [S, D]``, state weighting ``d_mu [S]``
 (the behaviour policy's state distribution), target transitions ``P_pi [S, S]`` and

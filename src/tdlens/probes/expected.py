@@ -1,5 +1,5 @@
-"""Expected critic dynamics over the rest of the run, with the minibatch noise (SPEC 6.1,
-SPEC 10 theory overlay).
+"""Expected critic dynamics over the rest of the run, with the minibatch noise (docs/model.md §6.1,
+docs/model.md §10 theory overlay).
 
 The trainer's critic step is ``w_{k+1} = w_k + eta g(w_k)``, ``g(w) = mean_M g_i(w)`` over
 its M = B T samples, ``g_i(w) = rho_i (r_i - dphi_i . w / sqrt(D)) phi_i = b_i - A_i w``

@@ -1,4 +1,4 @@
-"""TD fixed point of the frozen pair (mu, pi) on a probe batch (SPEC 6.1).
+"""TD fixed point of the frozen pair (mu, pi) on a probe batch (docs/model.md §6.1).
 
 Shapes: one probe batch of ``n`` steps, ``phi_t, bar_phi_tp1 [n, D]`` (features dtype),
 ``rho_t, r_t [n]``. With ``dphi_t = phi_t - gamma bar_phi_tp1``:
@@ -8,7 +8,7 @@ Shapes: one probe batch of ``n`` steps, ``phi_t, bar_phi_tp1 [n, D]`` (features 
 
 so the expected TD update is ``b - A w`` (the trainer's ``mean rho delta phi``). The
 ridge fixed point solves ``(A + lam I) w# = b + lam w`` with ``lam = ridge * max|eig(A)|``:
-directions whose eigenvalues are below lam stay where the critic is (SPEC 6.1).
+directions whose eigenvalues are below lam stay where the critic is (docs/model.md §6.1).
 
 Moments are accumulated in float64 over blocks of at most ``block`` samples; each block's
 product runs in ``product_dtype`` (default: the features dtype, float32 on the fast path,
@@ -28,7 +28,7 @@ from tdlens.features import Workspace
 from tdlens.probes.binomial import KAPPA_MAX, binomial_terms
 
 DIRECT_TOL = 1e-8
-"""Relative residual the direct solver refines to (SPEC 6.1)."""
+"""Relative residual the direct solver refines to (docs/model.md §6.1)."""
 MAX_REFINE = 10
 TRACE_PROBES = 64
 

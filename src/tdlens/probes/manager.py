@@ -1,4 +1,5 @@
-"""One probe round over a frozen snapshot, and the state that carries across rounds (SPEC 6).
+"""One probe round over a frozen snapshot, and the state that carries across rounds (docs/model.md
+§6).
 
 The trainer calls ``due(n, td_loss_history)`` after its update of iteration n and, when a
 reason comes back, ``run(n, params, delta, td_loss, reason)`` with the parameters frozen

@@ -1,4 +1,4 @@
-"""TD-error correlation kernel of the iteration (SPEC 6.4).
+"""TD-error correlation kernel of the iteration (docs/model.md §6.4).
 
 ``delta [B, T]`` are the iteration's TD errors; the cache is
 ``Delta = delta[:cache_batch_size, :max_horizon]`` of shape ``[B_c, T_c]`` and

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from tdlens import config as config_module
 from tdlens import seeding
-from tdlens.schema import SPEC_RHO_COLUMNS
+from tdlens.schema import BATCH_RHO_COLUMNS
 
 Fn = Callable[..., Any] | str
 
@@ -232,7 +232,7 @@ register(
         },
         key_series=(("value_gap", None), ("w_sharp_drift", "noise_floor")),
         columns=(
-            *SPEC_RHO_COLUMNS,
+            *BATCH_RHO_COLUMNS,
             "iter",
             "batch_size",
             "converged",
@@ -261,7 +261,7 @@ register(
         summary={"stability_proxy": "stability_proxy"},
         key_series=(("eig_max_real", None), ("eig_min_real", "spectral_noise")),
         columns=(
-            *SPEC_RHO_COLUMNS,
+            *BATCH_RHO_COLUMNS,
             "iter",
             "batch_size",
             "critical_step",
@@ -296,7 +296,7 @@ register(
         },
         key_series=(("mmd2", None), ("dist_action_kl", None)),
         columns=(
-            *SPEC_RHO_COLUMNS,
+            *BATCH_RHO_COLUMNS,
             "iter",
             "action_samples",
             "dist_action_kl",

@@ -1,4 +1,4 @@
-"""Are the importance ratios what theory says? (SPEC 6.5)
+"""Are the importance ratios what theory says? (docs/model.md §6.5)
 
 On a chain under mu: ``rho_raw_t [n]`` the unclipped ratios ``pi(u_t|s_t) / mu(u_t|s_t)``
 on the actions as sampled, and the per-state policy means ``m_pi, m_mu [n, 2]``. For

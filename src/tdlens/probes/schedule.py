@@ -1,4 +1,4 @@
-"""When to run a probe round (SPEC 6, schedule).
+"""When to run a probe round (docs/model.md §6, schedule).
 
 A round is due at iteration n (0-based), checked in this order:
 - "last": ``n == outer_iters - 1`` (always, whenever probes are enabled);

@@ -1,4 +1,4 @@
-"""Confidence intervals of the spectral numbers (SPEC 6.2): a cluster bootstrap of the
+"""Confidence intervals of the spectral numbers (docs/model.md §6.2): a cluster bootstrap of the
 first-order (delta-method) eigenvalue of each mode that decides a number.
 
 For an eigenvalue ``l`` of A with right and left eigenvectors ``A x = l x``,

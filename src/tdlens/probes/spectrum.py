@@ -1,4 +1,4 @@
-"""Eigenvalues of the expected-TD matrix A and their sampling noise (SPEC 6.1, 6.2).
+"""Eigenvalues of the expected-TD matrix A and their sampling noise (docs/model.md §6.1, §6.2).
 
 ``A [D, D]`` float64 (see :mod:`tdlens.probes.fixed_point`), ``A_1, A_2`` the same matrix
 from the first and second half of the batch.
@@ -216,7 +216,8 @@ def _timescale(eta: float, rate: float) -> float:
 
 
 def spectrum_row(spectrum: Spectrum, eta: float) -> dict[str, float]:
-    """Spectral stability columns (SPEC 6.2), timescales in iterations of ``w += eta(b - Aw)``.
+    """Spectral stability columns (docs/model.md §6.2), timescales in iterations of ``w += eta(b -
+    Aw)``.
 
     eig_min_real is the smallest real part over the WHOLE spectrum: exact when dense,
     otherwise the guaranteed lower bound :attr:`Spectrum.min_real_bound` (then

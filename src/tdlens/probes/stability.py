@@ -1,4 +1,4 @@
-"""Is the expected critic update contracting? (SPEC 6.2)
+"""Is the expected critic update contracting? (docs/model.md §6.2)
 
 In expectation over a probe batch the trainer's critic step is
 ``w <- w + eta (b - A w)`` with ``eta = alpha_w s M``: ``s`` the step scale
@@ -33,7 +33,7 @@ from tdlens.probes.binomial import KAPPA_MAX, binomial_terms
 
 
 def trainer_terms(cfg: RunConfig) -> int:
-    """M = B T, the number of terms the trainer sums into one critic step (SPEC 4)."""
+    """M = B T, the number of terms the trainer sums into one critic step (docs/model.md §4)."""
     return cfg.trajectories * cfg.horizon
 
 

@@ -1,4 +1,4 @@
-"""The run report (SPEC 8): statistics, health checks, next-step rules, plots, and
+"""The run report (docs/model.md §8): statistics, health checks, next-step rules, plots, and
 run_report.md/.json/.html, computed from the run directory's files alone.
 
 Public API: :func:`write_report` and :func:`build_report` (the data, a :class:`Report`).

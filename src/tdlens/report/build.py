@@ -1,4 +1,4 @@
-"""Assemble the report data from a run directory (SPEC 8): :func:`build_report`.
+"""Assemble the report data from a run directory (docs/model.md §8): :func:`build_report`.
 
 The :class:`Report` holds everything the three renderers show, computed once from the
 files by pure functions (stats, checks, rules); rendering never recomputes anything.
@@ -265,7 +265,7 @@ def samples(curves: Table, head: bool) -> list[list[Any]]:
 
 
 def critic_dynamics(data: RunData) -> dict[str, Any]:
-    """The last stability and fixed-point probes' view of the critic (SPEC 6.1, 6.2)."""
+    """The last stability and fixed-point probes' view of the critic (docs/model.md §6.1, §6.2)."""
     stab, fp = data.probe("stability_probe"), data.probe("fixed_point_probe")
     out: dict[str, Any] = {}
     if len(stab):

@@ -1,4 +1,4 @@
-"""Health checks over the run's own tables (SPEC 8), part 1: the learning curves.
+"""Health checks over the run's own tables (docs/model.md §8), part 1: the learning curves.
 
 Every check is a small pure function ``RunData -> Check`` that observes behaviour in the
 files (never only the config) and reports the values that decided it. Thresholds are the
@@ -19,7 +19,7 @@ from tdlens.report.verdicts import FAIL, PASS, WARN, Check
 from tdlens.rundir.read import RunData, Table
 
 RHO2_SANE_MAX = 100.0
-"""rho_sane: largest acceptable mean_rho2 of an iteration (SPEC 8 default)."""
+"""rho_sane: largest acceptable mean_rho2 of an iteration (docs/model.md §8 default)."""
 MAX_LISTED = 8
 """How many offending cells a check lists by name."""
 
@@ -251,7 +251,7 @@ def check_rho_sane(data: RunData) -> Check:
 
 def expected_rho2_equal_means(sigma_mu: float, sigma_pi: float, dims: int = 2) -> float:
     """``E_mu[rho^2] = prod_dims sigma_mu^2 / (sigma_pi sqrt(2 sigma_mu^2 - sigma_pi^2))``
-    for equal means (SPEC 6.3); inf when ``sigma_pi^2 >= 2 sigma_mu^2``."""
+    for equal means (docs/model.md §6.3); inf when ``sigma_pi^2 >= 2 sigma_mu^2``."""
     disc = 2.0 * sigma_mu**2 - sigma_pi**2
     if disc <= 0:
         return math.inf
@@ -260,7 +260,7 @@ def expected_rho2_equal_means(sigma_mu: float, sigma_pi: float, dims: int = 2) -
 
 def check_sigma_condition(data: RunData) -> Check:
     """E_mu[rho^2] of the ratio the critic uses is finite: ``sigma_pi^2 < 2 sigma_mu^2``
-    (else the unclipped E_mu[rho^2] is infinite, SPEC 6.3, 15), or rho is clipped at c
+    (else the unclipped E_mu[rho^2] is infinite, docs/model.md §6.3, §15), or rho is clipped at c
     (``E_mu[min(rho, c)^2] <= c^2``)."""
     cfg = data.cfg
     if cfg is None:

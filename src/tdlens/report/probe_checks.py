@@ -1,4 +1,4 @@
-"""Health checks over the probe tables (SPEC 6, 8), part 2.
+"""Health checks over the probe tables (docs/model.md §6, §8), part 2.
 
 Each check reads ``probes/<name>.csv`` (and, for loss_convention, the saved Q_hat
 arrays) and reports PASS "not applicable" when its probe did not run.
@@ -194,7 +194,7 @@ def check_loss_convention(data: RunData) -> Check:
 
 def check_fixed_point_converged(data: RunData) -> Check:
     """Every fixed-point solve converged: ``converged == 1`` on every row (the probe sets
-    it when the relative residual reached tol, SPEC 6.1)."""
+    it when the relative residual reached tol, docs/model.md §6.1)."""
     fp = data.probe("fixed_point_probe")
     if not len(fp):
         return Check("fixed_point_converged", PASS, "not applicable: no fixed_point probe rows")
@@ -232,7 +232,7 @@ def check_fixed_point_converged(data: RunData) -> Check:
 
 
 def check_rho_audit(data: RunData) -> Check:
-    """The rho audit's own verdict (``passed``) on every row (SPEC 6.5), the verdict
+    """The rho audit's own verdict (``passed``) on every row (docs/model.md §6.5), the verdict
     ``tdlens audit rho`` prints for the same row: a z-score whose variance is infinite
     (``reliable == 0``) is left out of that verdict by the audit itself, so it is noted,
     not a WARN."""
@@ -283,7 +283,7 @@ def check_rho_audit(data: RunData) -> Check:
 
 
 def check_critic_frozen(data: RunData) -> Check:
-    """WARN when the critic does not move on the run's timescale (SPEC 8, 11), by the one
+    """WARN when the critic does not move on the run's timescale (docs/model.md §8, §11), by the one
     definition the sweep's regime label uses (:func:`tdlens.scores.frozen_reasons`): the
     median of ``delta_w_norm / w_norm`` below ``FROZEN_REL_STEP``, or the last stability
     probe's fastest_timescale (iterations for the fastest mode of ``w += eta (b - A w)``
@@ -328,7 +328,7 @@ def check_critic_frozen(data: RunData) -> Check:
 
 def check_step_stable(data: RunData) -> Check:
     """FAIL when the expected critic update ``w += eta (b - A w)`` is unstable at the run's
-    own step (SPEC 6.2): ``eta > critical_step`` (a mode with Re l > 0 has
+    own step (docs/model.md §6.2): ``eta > critical_step`` (a mode with Re l > 0 has
     ``|1 - eta l| > 1``: it oscillates with growing amplitude), or a growing mode
     (``eig_min_real`` below minus the spectral noise) whose growth_timescale is shorter
     than the run, or the run's regime is ``diverged:*`` (its error grows:

@@ -1,4 +1,5 @@
-"""run_report.html (SPEC 8): one self-contained page with the markdown's content and plots.
+"""run_report.html (docs/model.md §8): one self-contained page with the markdown's content and
+plots.
 
 The verdict card comes first (regime, health, why, next, key numbers), then the seed's
 sections. No network: CSS is inline and the figures are plotly charts whose library is

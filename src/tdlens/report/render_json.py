@@ -1,4 +1,4 @@
-"""run_report.json (SPEC 8): the markdown's content machine-readably, NaN/inf -> null,
+"""run_report.json (docs/model.md §8): the markdown's content machine-readably, NaN/inf -> null,
 plus every check's observed values. Key order is fixed, so the bytes are reproducible."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""run_report.md (SPEC 8): the verdict card, the seed report's sections, in its order and
+"""run_report.md (docs/model.md §8): the verdict card, the seed report's sections, in its order and
 format, then ours.
 
 The verdict card (regime, health, why, next, key numbers: :mod:`tdlens.report.card`) is a

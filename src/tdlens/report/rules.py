@@ -1,4 +1,4 @@
-"""Next-step rules (SPEC 8): each fires on the run's own numbers, names the values that
+"""Next-step rules (docs/model.md §8): each fires on the run's own numbers, names the values that
 fired it and proposes a concrete change with numbers. Thresholds are the constants below.
 
 A rule is a pure function ``(RunData, checks) -> NextStep | None``; :func:`next_steps`
@@ -53,7 +53,7 @@ def _finite(x: np.ndarray) -> np.ndarray:
 
 
 def _eta_per_alpha(data: RunData) -> float | None:
-    """``eta / alpha_w = s B T`` (1 for step_normalization mean), SPEC 6.2."""
+    """``eta / alpha_w = s B T`` (1 for step_normalization mean), docs/model.md §6.2."""
     cfg = data.cfg
     if cfg is None:
         return None

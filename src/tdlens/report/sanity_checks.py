@@ -1,4 +1,4 @@
-"""Health checks for the sanity runs of SPEC 10 (SPEC 8): on_policy_expected,
+"""Health checks for the sanity runs of docs/model.md §10 (docs/model.md §8): on_policy_expected,
 no_bootstrap_expected and fixed_pi_expected.
 
 Each applies only to runs configured for it (else PASS "not applicable") and then
@@ -83,7 +83,7 @@ def check_on_policy_expected(data: RunData) -> Check:
 
 def check_fixed_pi_expected(data: RunData) -> Check:
     """alpha_pi = 0: delta_theta_pi_norm == 0 on every row; with beta > 0 the tracking gap
-    decays as ``tracking_gap[n+1] / tracking_gap[n] = (1 - beta)^2`` (SPEC 10)."""
+    decays as ``tracking_gap[n+1] / tracking_gap[n] = (1 - beta)^2`` (docs/model.md §10)."""
     cfg = data.cfg
     if cfg is None:
         return Check("fixed_pi_expected", WARN, "config.json unreadable")

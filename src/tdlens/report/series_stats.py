@@ -1,4 +1,4 @@
-"""Summary statistics of a metric series (SPEC 8: Core Metrics and Probe Metrics tables).
+"""Summary statistics of a metric series (docs/model.md §8: Core Metrics and Probe Metrics tables).
 
 For a series ``x_i`` at iterations ``t_i`` (NaN = no value):
 - ``last``, ``min``, ``max`` over the non-NaN values (an infinity stays visible);

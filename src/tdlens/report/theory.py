@@ -1,4 +1,4 @@
-"""Theory overlay (SPEC 10 "learning"): the measured value_gap against the expected
+"""Theory overlay (docs/model.md §10 "learning"): the measured value_gap against the expected
 critic dynamics over the whole run, with the minibatch noise (:mod:`tdlens.probes.expected`).
 
 Every fixed-point probe at iteration p writes ``probes/expected_dynamics_<p>.npz``: the

@@ -1,4 +1,4 @@
-"""The result types shared by health checks and next-step rules (SPEC 8)."""
+"""The result types shared by health checks and next-step rules (docs/model.md §8)."""
 
 from __future__ import annotations
 

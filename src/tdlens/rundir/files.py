@@ -1,4 +1,4 @@
-"""Crash-safe files of a run directory (SPEC sections 7 and 15).
+"""Crash-safe files of a run directory (docs/model.md §7 and §15).
 
 Whole files are written atomically: to a temporary file in the same directory, fsynced,
 then renamed over the target, so a reader (or a crash) sees the old or the new content,

@@ -1,4 +1,4 @@
-"""One process per run directory (SPEC section 15): an exclusive flock on ``.lock``.
+"""One process per run directory (docs/model.md §15): an exclusive flock on ``.lock``.
 
 The kernel drops the lock when the holder dies (even by kill -9), so a stale lock file
 never blocks a later ``--resume``, and :func:`lock_is_held` tells a live run from a dead

@@ -1,4 +1,4 @@
-"""The one read model of a run directory (SPEC 7): config, status, tables, report, arrays.
+"""The one read model of a run directory (docs/model.md §7): config, status, tables, report, arrays.
 
 Every reader (the report, sweep records and summaries, compare, the sanity suite, the
 catalog) loads a run through :func:`load_run`, so they all see the same rows. It never

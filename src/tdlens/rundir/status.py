@@ -1,7 +1,7 @@
 """status.json as observed: a run marked ``running`` whose process is gone is ``crashed``.
 
 The run writes ``running`` while it works and its final status on every exit path it can
-see (SPEC 15); only a process killed outright (kill -9, OOM killer, power loss) leaves
+see (docs/model.md §15); only a process killed outright (kill -9, OOM killer, power loss) leaves
 ``running`` behind. Its lock then is free (the kernel drops a dead holder's flock), which
 is how :func:`observed_status` tells it from a live run. A run last seen on another host
 cannot be checked from here and stays ``running``.

@@ -1,1 +1,2 @@
-"""The run directory: atomic files, tables, checkpoints, lock, signals, resume (SPEC 7, 15)."""
+"""The run directory: atomic files, tables, checkpoints, lock, signals, resume (docs/model.md §7,
+§15)."""

@@ -3,7 +3,7 @@
 Loads the run's config and newest checkpoint that verifies (iteration ``n = next_iter - 1``,
 the parameters the run's last probe round saw) and compares the empirical ratio moments of
 one chain of ``probes.rho_audit.batch_size`` steps under the saved behaviour policy with
-their closed forms (SPEC 6.5, :mod:`tdlens.probes.rho_audit`). Which chain:
+their closed forms (docs/model.md §6.5, :mod:`tdlens.probes.rho_audit`). Which chain:
 
 - ``replay`` (the default): the chain the run's own rho audit drew at iteration n
   (:func:`tdlens.probes.common.probe_rng` of stream ``probe_rho_audit``, chain 0): the

@@ -1,4 +1,4 @@
-"""Calibrate the stability probe's critical step against training itself (SPEC 6.2).
+"""Calibrate the stability probe's critical step against training itself (docs/model.md §6.2).
 
 With the policies frozen (alpha_pi = 0, beta = 0) the critic update is the linear
 stochastic iteration ``w <- w + eta (b_n - A_n w)`` whose mean diverges once eta passes

@@ -1,4 +1,4 @@
-"""Checkpoints: everything needed to continue a run bit-identically (SPEC section 7).
+"""Checkpoints: everything needed to continue a run bit-identically (docs/model.md §7).
 
 A checkpoint taken after iteration n holds theta_mu, theta_pi, w, ``next_iter = n + 1``,
 the td_loss history (the plateau trigger's input), the probe manager's state and the

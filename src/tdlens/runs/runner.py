@@ -1,4 +1,4 @@
-"""Run lifecycle: the training loop around the learner and probes (SPEC sections 7, 15).
+"""Run lifecycle: the training loop around the learner and probes (docs/model.md §7, §15).
 
 ``Runner(cfg, run_dir).run()`` checks the memory and disk the run will need
 (:mod:`tdlens.runs.budget`), creates (or, with resume, reopens) a run directory, holds its

@@ -1,4 +1,4 @@
-"""The files of one run directory as the runner writes them (SPEC 7, 15).
+"""The files of one run directory as the runner writes them (docs/model.md §7, §15).
 
 :class:`RunFiles` owns every write of a run but its checkpoints: config.json, status.json
 (every change forced to disk, heartbeats at most every ``HEARTBEAT_S``), stdout.log, the

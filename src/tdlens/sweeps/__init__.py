@@ -1,4 +1,5 @@
-"""Sweeps over run configs: specs, backends (local pool, Ray), catalog, summaries (SPEC 11).
+"""Sweeps over run configs: specs, backends (local pool, Ray), catalog, summaries (docs/model.md
+§11).
 
 Modules: :mod:`~tdlens.sweeps.spec` (spec YAML -> plan of resolved runs),
 :mod:`~tdlens.sweeps.plan` (sweep directory, plan.json), :mod:`~tdlens.sweeps.backends`

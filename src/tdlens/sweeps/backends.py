@@ -1,4 +1,4 @@
-"""Execution backends of a sweep: a local process pool and Ray (SPEC section 11).
+"""Execution backends of a sweep: a local process pool and Ray (docs/model.md §11).
 
 Both run :func:`execute_task` once per run, with the config's ``threads = 1``, BLAS held
 to one thread (``threadpoolctl``) and ``handle_signals=False``, so a run's learning curves

@@ -1,4 +1,4 @@
-"""Command-line commands of sweeps, catalog and comparisons (SPEC sections 11 and 12).
+"""Command-line commands of sweeps, catalog and comparisons (docs/model.md §11 and §12).
 
 The command functions of ``sweep``, ``summarize``, ``atlas``, ``runs list``,
 ``runs show``, ``runs reindex`` and ``compare``; :mod:`tdlens.cli` registers them. Bad input (spec,

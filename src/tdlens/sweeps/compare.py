@@ -1,4 +1,4 @@
-"""Side-by-side comparison of runs and sweeps in one self-contained HTML page (SPEC 11).
+"""Side-by-side comparison of runs and sweeps in one self-contained HTML page (docs/model.md §11).
 
 Each target is a run directory (config.json), a sweep directory (plan.json: all its runs),
 or, when no such path exists, a run id (or id prefix) or sweep name looked up in the

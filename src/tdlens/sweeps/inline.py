@@ -34,7 +34,7 @@ import yaml
 from tdlens.config import ConfigError, _coerce_number, parse_override
 from tdlens.sweeps.spec import SweepSpec, SweepSpecError, parse_spec
 
-SPEC_FILE = "spec.yaml"
+SWEEP_YAML = "spec.yaml"
 """The file an inline sweep's spec is written to in its sweep directory."""
 _FUNCTION = re.compile(r"^(linspace|logspace)\((.*)\)$", re.DOTALL)
 GRID_HELP = "KEY=V1,V2,... or KEY=linspace(a,b,n) or KEY=logspace(a,b,n)"

@@ -1,4 +1,4 @@
-"""The sweep directory and its plan file (SPEC sections 7 and 11).
+"""The sweep directory and its plan file (docs/model.md §7 and §11).
 
 Layout of ``<output-dir>/<YYYYmmdd_HHMMSS>_<name>/``::
 
@@ -6,7 +6,7 @@ Layout of ``<output-dir>/<YYYYmmdd_HHMMSS>_<name>/``::
                      atomically, before any run starts); also the resolved base config, so
                      the sweep can be resumed from this folder alone
     sweep.json       progress: backend, jobs, times, and the status of each finished run
-    runs/<run_id>/   one run directory per run (SPEC 7)
+    runs/<run_id>/   one run directory per run (docs/model.md §7)
     summary.*        summaries (:mod:`tdlens.sweeps.summary`)
 """
 

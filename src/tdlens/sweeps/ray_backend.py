@@ -1,4 +1,4 @@
-"""The Ray backend of a sweep (SPEC section 11): optional, imported lazily.
+"""The Ray backend of a sweep (docs/model.md §11): optional, imported lazily.
 
 Without an address a local single-node Ray is started (``num_cpus=jobs``, dashboard off,
 a small object store) on the loopback interface only. With ``--address HOST:PORT`` (or

@@ -1,4 +1,4 @@
-"""Seed aggregates: interquartile mean and stratified-bootstrap intervals (SPEC section 11).
+"""Seed aggregates: interquartile mean and stratified-bootstrap intervals (docs/model.md §11).
 
 Interquartile mean (IQM) of n values: the mean of the middle 50% of the empirical
 distribution, each sorted value ``x_(i)`` (i = 1..n) carrying mass 1/n on

@@ -1,4 +1,4 @@
-"""Sweep specs and plans (SPEC section 11).
+"""Sweep specs and plans (docs/model.md §11).
 
 A sweep spec is a YAML mapping with exactly these keys::
 
@@ -54,7 +54,7 @@ from tdlens.config import (
 )
 from tdlens.config import set_dotted as set_config_path
 
-SPEC_KEYS: tuple[str, ...] = ("name", "base", "grid", "seeds", "overrides")
+SWEEP_KEYS: tuple[str, ...] = ("name", "base", "grid", "seeds", "overrides")
 """The keys a sweep spec may have."""
 SEED_AXIS = "seed"
 MAX_RUNS = 100_000
@@ -282,13 +282,13 @@ def parse_spec(data: Any, source: Path | None = None) -> SweepSpec:
     """Validate a spec mapping (see the module docstring); `source` locates `base`."""
     where = f"sweep spec '{source}'" if source else "sweep spec"
     if not isinstance(data, dict):
-        raise SweepSpecError(f"{where}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+        raise SweepSpecError(f"{where}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
     for key in data:
-        if key not in SPEC_KEYS:
-            close = difflib.get_close_matches(str(key), SPEC_KEYS, n=1)
+        if key not in SWEEP_KEYS:
+            close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise SweepSpecError(
-                f"unknown sweep spec key '{key}'{hint} (allowed: {', '.join(SPEC_KEYS)})"
+                f"unknown sweep spec key '{key}'{hint} (allowed: {', '.join(SWEEP_KEYS)})"
             )
     if "base" not in data:
         raise SweepSpecError("base: missing; name the base config (a path or e.g. 'plateau')")

@@ -1,4 +1,4 @@
-"""Sweep summaries: per-run and per-config tables, heatmaps, stability boundary (SPEC 11).
+"""Sweep summaries: per-run and per-config tables, heatmaps, stability boundary (docs/model.md §11).
 
 ``summarize(sweep_dir)`` reads plan.json and every run directory (never the learner) and
 writes, into the sweep directory:

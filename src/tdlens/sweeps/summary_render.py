@@ -1,4 +1,4 @@
-"""Rendering of a sweep summary: CSV, Markdown and self-contained HTML (SPEC 11).
+"""Rendering of a sweep summary: CSV, Markdown and self-contained HTML (docs/model.md §11).
 
 Tables as in :mod:`tdlens.sweeps.summary`; interactive heatmaps (plotly, embedded) of the
 chosen metric over every pair of swept axes with more than one value: each cell is the

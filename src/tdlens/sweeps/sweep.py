@@ -1,4 +1,4 @@
-"""The sweep driver: plan, run on a backend, record, summarize (SPEC section 11).
+"""The sweep driver: plan, run on a backend, record, summarize (docs/model.md §11).
 
 ``prepare_sweep`` turns a spec (or, on resume, a sweep directory) into a
 :class:`PreparedSweep` without writing anything (``--dry-run`` stops there).
@@ -126,11 +126,11 @@ def prepare_sweep(
 
 
 def _prepare_inline(spec: SweepSpec, output_dir: Path, resume: bool) -> PreparedSweep:
-    from tdlens.sweeps.inline import SPEC_FILE, spec_yaml
+    from tdlens.sweeps.inline import SWEEP_YAML, spec_yaml
 
     prepared = _prepare_spec(spec, output_dir, resume)
     if not prepared.resume and spec.source is None:
-        prepared.plan["spec_file"] = str(prepared.sweep_dir / SPEC_FILE)
+        prepared.plan["spec_file"] = str(prepared.sweep_dir / SWEEP_YAML)
         prepared.spec_text = spec_yaml(spec)
     return prepared
 

@@ -1,1 +1,1 @@
-"""Torus Goblet & Ghost: batched dynamics, Gymnasium wrapper, renderer (SPEC section 1)."""
+"""Torus Goblet & Ghost: batched dynamics, Gymnasium wrapper, renderer (docs/model.md §1)."""

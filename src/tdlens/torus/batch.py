@@ -1,6 +1,6 @@
 """A stateful batched simulator for users: n independent environments stepped together.
 
-:class:`TorusBatch` wraps the pure functions of :mod:`tdlens.torus.dynamics` (SPEC 1)
+:class:`TorusBatch` wraps the pure functions of :mod:`tdlens.torus.dynamics` (docs/model.md §1)
 with its own Generator and validates what it is given; the training path calls the
 pure functions directly on pre-drawn noise. Row i of a batch evolves exactly like a
 single environment fed the same noise rows.

@@ -1,4 +1,4 @@
-"""Draw Torus Goblet & Ghost states with matplotlib (SPEC section 1).
+"""Draw Torus Goblet & Ghost states with matplotlib (docs/model.md §1).
 
 No global pyplot state: every picture is a :class:`matplotlib.figure.Figure` drawn on its
 own Agg canvas, so rendering is safe in worker processes and threads.

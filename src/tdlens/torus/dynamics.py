@@ -1,4 +1,4 @@
-"""Batched Torus Goblet & Ghost dynamics as pure array functions (SPEC section 1).
+"""Batched Torus Goblet & Ghost dynamics as pure array functions (docs/model.md §1).
 
 Shapes: ``n`` independent environments, ``K`` goblets. A state holds
 ``x_a [n, 2]``, ``x_g [n, 2]``, ``goblets [n, K, 2]``, ``types [n, K]`` (+1/-1) and the
@@ -101,7 +101,7 @@ def clip_action(a: np.ndarray, env: EnvConfig) -> np.ndarray:
 def step(
     state: TorusState, a: np.ndarray, z: np.ndarray, u: np.ndarray, env: EnvConfig
 ) -> TorusState:
-    """One transition of every environment, in the order of SPEC section 1.
+    """One transition of every environment, in the order of docs/model.md §1.
 
     ``a [n, 2]`` is the action (clipped first when env.clip_action); ``z`` and ``u`` are
     this step's noise rows. Returns the next state with this transition's events.
@@ -163,7 +163,7 @@ def step(
 
 
 def observe(state: TorusState, env: EnvConfig) -> np.ndarray:
-    """Observation vector ``o(s) [n, 18]`` in the order of SPEC section 2.
+    """Observation vector ``o(s) [n, 18]`` in the order of docs/model.md §2.
 
     [sin 2pi x_a/L (2), cos 2pi x_a/L (2), sin 2pi x_g/L (2), cos 2pi x_g/L (2),
     delta(x_a -> x_g)/L (2), delta(x_a -> nearest goblet)/L (2), nearest type (1),

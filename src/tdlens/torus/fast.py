@@ -1,4 +1,4 @@
-"""Compiled environment step and observation for the rollout hot path (SPEC sections 1, 2).
+"""Compiled environment step and observation for the rollout hot path (docs/model.md §1, §2).
 
 :mod:`tdlens.torus.dynamics` is the definition; this module computes the same functions
 with numba kernels over a packed state, row by row, with the same floating-point

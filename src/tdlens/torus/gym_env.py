@@ -1,4 +1,4 @@
-"""Gymnasium wrapper of one Torus Goblet & Ghost environment (SPEC sections 1 and 2).
+"""Gymnasium wrapper of one Torus Goblet & Ghost environment (docs/model.md §1 and §2).
 
 The wrapper is a batch of ``n = 1`` around the pure dynamics in
 :mod:`tdlens.torus.dynamics`; all randomness comes from ``self.np_random`` in a fixed
@@ -8,15 +8,15 @@ order, so a generator seeded like the env's replays it exactly:
 - ``step``: ``z [NORMAL_WIDTH]`` standard normals, then ``u [uniform_width(K)]`` uniforms,
   then ``dynamics.step``.
 
-Observation: ``o(s_t) [18]`` (SPEC 2). Reward: the teacher ``r_t = w_R . phi(s_t, a_t) /
+Observation: ``o(s_t) [18]`` (docs/model.md §2). Reward: the teacher ``r_t = w_R . phi(s_t, a_t) /
 sqrt(D)`` on the CURRENT state and the executed action (clipped when env.clip_action),
-before anything moves (SPEC 1 step 1). The task is continuing: ``terminated`` and
+before anything moves (docs/model.md §1 step 1). The task is continuing: ``terminated`` and
 ``truncated`` are always False; the registered id truncates after 200 steps through
 Gymnasium's TimeLimit.
 
 ``info`` of ``step``: ``phi = phi(s_t, a_t) [D]``, ``psi = psi(s_t) [N]``,
 ``obs_vec = o(s_t) [18]``, ``next_phi = phi(s_{t+1}, 0) [D]`` (the K_mc = 0 estimate of
-bar_phi, SPEC 2), ``next_psi = psi(s_{t+1})``, ``next_obs_vec = o(s_{t+1})``, the executed
+bar_phi, docs/model.md §2), ``next_psi = psi(s_{t+1})``, ``next_obs_vec = o(s_{t+1})``, the executed
 ``action [2]`` and the events of the transition: ``caught``, ``picked``, ``picked_type``
 (+1/-1, 0 when nothing was picked), ``restart``. Features are computed in float64 (the
 reference path of :mod:`tdlens.features`), whatever the config's precision.
@@ -52,7 +52,7 @@ ACTION_DIM = 2
 
 def observation_bounds() -> tuple[np.ndarray, np.ndarray]:
     """``(low, high) [18]`` of o(s): sin/cos in [-1, 1], deltas / L in [-0.5, 0.5], types
-    in [-1, 1], event flags in [0, 1] (SPEC 2 order)."""
+    in [-1, 1], event flags in [0, 1] (docs/model.md §2 order)."""
     low = np.concatenate([-np.ones(8), np.full(4, -0.5), -np.ones(2), np.zeros(4)])
     high = np.concatenate([np.ones(8), np.full(4, 0.5), np.ones(2), np.ones(4)])
     return low, high
@@ -63,7 +63,7 @@ class TorusGobletGhostEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     The action space is ``Box(-v_max, v_max, (2,))``, the clip and squash bound, but the
     dynamics are defined on all of R^2: finite actions outside the box are executed as
-    given (clipped only when env.clip_action), as the Gaussian policies of SPEC 3 need.
+    given (clipped only when env.clip_action), as the Gaussian policies of docs/model.md §3 need.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -119,7 +119,7 @@ class TorusGobletGhostEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         return obs, info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """One transition (SPEC 1): reward on ``(s_t, a_t)``, then ``dynamics.step``."""
+        """One transition (docs/model.md §1): reward on ``(s_t, a_t)``, then ``dynamics.step``."""
         if self._state is None:
             raise RuntimeError("step: call reset() before step()")
         a_t = clip_action(_check_action(action), self.env_config)

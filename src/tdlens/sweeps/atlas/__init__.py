@@ -1,4 +1,4 @@
-"""The regime atlas: phase diagrams of a sweep's regime labels (issue #14, SPEC 11).
+"""The regime atlas: phase diagrams of a sweep's regime labels (issue #14, docs/model.md §11).
 
 ``write_atlas(sweep_dirs, docs)`` reads one or two finished sweeps (plan.json and every
 run directory, through the same records as the summary) and writes a Markdown page with
