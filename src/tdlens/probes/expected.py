@@ -213,10 +213,10 @@ def readout(rows: np.ndarray, X: np.ndarray) -> np.ndarray:
         return out * scale
 
 
-def mean_path(S: Series, phi_t: np.ndarray) -> np.ndarray:
+def mean_path(path_series: Series, phi_t: np.ndarray) -> np.ndarray:
     """``mid_j = sqrt(mean_t (phi_t . J^j e_0)^2 / D)`` for j = 0..steps (float64), ``e_0``
     the first column of the series' X, ``phi_t [n, D]``."""
-    path = S.read(phi_t, slice(0, 1))[:, :, 0]
+    path = path_series.read(phi_t, slice(0, 1))[:, :, 0]
     return np.sqrt(np.mean(path**2, axis=0) / phi_t.shape[1])
 
 
@@ -262,15 +262,19 @@ def predict(
     X0 = np.concatenate([e0[:, None], U], axis=1)
     jobs = [(A, X0), *((h.A, h.e0[:, None]) for h in halves or ())]
     with np.errstate(over="ignore", invalid="ignore"):
-        S, *S_halves = parallel_map(lambda job: series(*job, eta, steps), jobs, threads)
+        path_series, *half_series = parallel_map(
+            lambda job: series(*job, eta, steps), jobs, threads
+        )
         half_paths = None
         if halves is not None:
-            half_paths = tuple(mean_path(s, h.phi_t) for s, h in zip(S_halves, halves, strict=True))
-        mid = debiased_path(mean_path(S, phi_t), half_paths)
+            half_paths = tuple(
+                mean_path(s, h.phi_t) for s, h in zip(half_series, halves, strict=True)
+            )
+        mid = debiased_path(mean_path(path_series, phi_t), half_paths)
         if C == 0:
             return Prediction(mid=mid, noise=np.zeros_like(mid), est=est)
         rows = phi_t[:: max(1, n // NOISE_ROWS)]
-        sq = S.read(rows, slice(1, None)) ** 2  # [rows, steps + 1, C]
+        sq = path_series.read(rows, slice(1, None)) ** 2  # [rows, steps + 1, C]
         per_step = sq.sum(axis=(0, 2)) / (rows.shape[0] * D)
         var = eta**2 / trajectories * np.concatenate([[0.0], np.cumsum(per_step[:-1])])
     return Prediction(mid=mid, noise=np.sqrt(var), est=est)
@@ -341,10 +345,12 @@ def scheduled_noise(
     if eta <= 0.0 or U.shape[1] == 0:
         return var
     if _binomial(A, eta, steps):
-        S = series(A, U, eta, steps)
+        noise_series = series(A, U, eta, steps)
         f = etas / eta
-        M, _, k = S.terms.shape
-        flat = readout(rows, S.terms.transpose(1, 0, 2).reshape(D, M * k)).reshape(n_s, M, k)
+        M, _, k = noise_series.terms.shape
+        flat = readout(rows, noise_series.terms.transpose(1, 0, 2).reshape(D, M * k)).reshape(
+            n_s, M, k
+        )
         K = np.einsum("nmk,npk->mp", flat, flat) / (n_s * D)
         E = np.zeros((steps, M))
         for j in range(steps):
@@ -399,11 +405,15 @@ def predict_scheduled(
     etas = np.asarray(etas, dtype=np.float64)
     jobs = [(A, e0[:, None]), *((h.A, h.e0[:, None]) for h in halves or ())]
     with np.errstate(over="ignore", invalid="ignore"):
-        S, *S_halves = parallel_map(lambda job: scheduled_series(*job, etas), jobs, threads)
+        path_series, *half_series = parallel_map(
+            lambda job: scheduled_series(*job, etas), jobs, threads
+        )
         half_paths = None
         if halves is not None:
-            half_paths = tuple(mean_path(s, h.phi_t) for s, h in zip(S_halves, halves, strict=True))
-        mid = debiased_path(mean_path(S, phi_t), half_paths)
+            half_paths = tuple(
+                mean_path(s, h.phi_t) for s, h in zip(half_series, halves, strict=True)
+            )
+        mid = debiased_path(mean_path(path_series, phi_t), half_paths)
         rows = phi_t[:: max(1, n // NOISE_ROWS)]
         var = scheduled_noise(A, U, rows, etas, trajectories)
     return Prediction(mid=mid, noise=np.sqrt(np.maximum(var, 0.0)), est=est)

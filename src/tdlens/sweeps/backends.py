@@ -78,6 +78,12 @@ PARENT_POLL_S = 0.5
 """Where no parent-death signal exists, how often a worker checks that its driver lives."""
 
 
+def out_of_retries(attempts: int, retries: int) -> bool:
+    """Whether a run whose worker died on its `attempts`-th attempt gets no other: the
+    first attempt and `retries` retries, ``retries + 1`` attempts in all (both backends)."""
+    return attempts > retries
+
+
 class BackendError(RuntimeError):
     """The backend cannot be used (Ray missing, cluster unreachable, bad --jobs)."""
 
@@ -476,7 +482,7 @@ def run_local(
                 continue
             if task.run_id in culprits:
                 why = f"worker process died ({culprits[task.run_id]})"
-                if attempts[task.run_id] > retries:
+                if out_of_retries(attempts[task.run_id], retries):
                     outcome = died_outcome(
                         task, f"{why} on {attempts[task.run_id]} attempt(s); retry with --resume"
                     )

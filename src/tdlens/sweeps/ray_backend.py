@@ -73,6 +73,7 @@ from tdlens.sweeps.backends import (
     disk_full,
     failed_outcome,
     mark_status,
+    out_of_retries,
     resumable,
     signal_of,
 )
@@ -501,7 +502,7 @@ def run_ray(
 
         def lost(task: RunTask, why: str) -> None:
             n = attempts[task.run_id]
-            if n > retries:
+            if out_of_retries(n, retries):
                 outcome = died_outcome(task, f"{why} on {n} attempt(s); retry with --resume")
                 outcome.attempts = n
                 on_outcome(outcome)
