@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from tdlens.config import RunConfig
+from tdlens.config import RunConfig, eta_t
 from tdlens.probes import expected as ex
 from tdlens.probes import stability as st
 
@@ -110,22 +110,66 @@ def alpha_w_for(cfg: RunConfig, eta: float, trajectories: int) -> float:
 
 class Predictor:
     """``ex.predict`` per distinct eta (cached; `base` is the prediction at the config's
-    own eta), rescaled to other batches: ``noise sqrt(B_cfg / B)``."""
+    own eta), rescaled to other batches: ``noise sqrt(B_cfg / B)``. :meth:`prefetch`
+    predicts many etas at once (``ex.predict_many``: the same numbers up to float
+    rounding, at a fraction of the cost); the config's own eta always comes from
+    ``ex.predict`` itself, so the control is the probe's prediction bit for bit.
 
-    def __init__(self, ing: Ingredients, cfg: RunConfig, base: ex.Prediction | None = None):
-        self.ing, self.cfg = ing, cfg
+    Under a non-constant ``schedules.alpha_w`` a step eta stands for the whole schedule
+    with base eta (``eta_t(schedule, eta, t)`` for the iterations t = n + 1 .. outer_iters
+    - 1 after the probe at iteration n), predicted by ``ex.predict_scheduled``."""
+
+    def __init__(
+        self, ing: Ingredients, cfg: RunConfig, base: ex.Prediction | None = None, n: int = 0
+    ):
+        self.ing, self.cfg, self.n = ing, cfg, n
         self._cache: dict[float, ex.Prediction] = {}
         if base is not None:
             self._cache[st.expected_step(cfg)] = base
 
+    @property
+    def scheduled(self) -> bool:
+        """Does the critic step follow a non-constant schedule?"""
+        return not self.cfg.schedules.alpha_w.is_constant
+
+    def _one(self, eta: float) -> ex.Prediction:
+        i, cfg = self.ing, self.cfg
+        if self.scheduled:
+            t = self.n + 1 + np.arange(max(cfg.outer_iters - self.n - 1, 0))
+            etas = np.atleast_1d(eta_t(cfg.schedules.alpha_w, eta, t))
+            return ex.predict_scheduled(
+                i.A, i.e0, i.U, i.phi_t, etas, cfg.trajectories, i.est, i.halves, i.threads
+            )
+        return ex.predict(
+            i.A, i.e0, i.U, i.phi_t, eta, cfg.trajectories, cfg.outer_iters,
+            i.est, i.halves, i.threads,
+        )  # fmt: skip
+
+    def prefetch(self, etas: list[float]) -> None:
+        """Predict every eta of `etas` not cached yet in one ``ex.predict_many`` (the
+        config's own eta and scheduled predictions one by one, :meth:`_one`)."""
+        own = st.expected_step(self.cfg)
+        todo = sorted({float(e) for e in etas} - set(self._cache))
+        if own in todo:
+            self._cache[own] = self._one(own)
+            todo.remove(own)
+        if not todo:
+            return
+        if self.scheduled:
+            for e in todo:
+                self._cache[e] = self._one(e)
+            return
+        i, cfg = self.ing, self.cfg
+        preds = ex.predict_many(
+            i.A, i.e0, i.U, i.phi_t, todo, cfg.trajectories, cfg.outer_iters,
+            i.est, i.halves, i.threads,
+        )  # fmt: skip
+        self._cache.update(zip(todo, preds, strict=True))
+
     def __call__(self, eta: float, trajectories: int) -> ex.Prediction:
         p = self._cache.get(eta)
         if p is None:
-            i = self.ing
-            p = ex.predict(
-                i.A, i.e0, i.U, i.phi_t, eta, self.cfg.trajectories, self.cfg.outer_iters,
-                i.est, i.halves, i.threads,
-            )  # fmt: skip
+            p = self._one(eta)
             self._cache[eta] = p
         if trajectories == self.cfg.trajectories:
             return p
@@ -220,14 +264,14 @@ def counterfactuals(
     """Predicted final value_gap under each intervention of issue 23's table and over
     the advice grid (module docstring), from the probe at iteration n; `base` is the
     probe's own prediction (``ex.predict`` at the config's eta, reused for the control)."""
-    predictor = Predictor(ing, cfg, base)
+    predictor = Predictor(ing, cfg, base, n)
     eta, B = st.expected_step(cfg), cfg.trajectories
     j_end = max(cfg.outer_iters - 1 - n, 0)
     stable = CAP * critical_step if math.isfinite(critical_step) and critical_step > 0 else math.inf
 
     def at(name: str, sets: dict[str, Any], note: str = "") -> Outcome:
         e, b = step_of(cfg, sets)
-        return outcome(predictor, name, sets, e, b, j_end, note)
+        return Outcome(name, sets, e, b, note=note)  # predicted below, all etas at once
 
     out = [at("control", {})]
     x4 = 4.0 * cfg.alpha_w
@@ -272,8 +316,17 @@ def counterfactuals(
             sets = {"alpha_w": alpha_w_for(cfg, float(e), f * B)}
             if f > 1:
                 sets["trajectories"] = f * B
-            grid.append(outcome(predictor, f"grid_{k:02d}_b{f}", sets, float(e), f * B, j_end))
-    return Counterfactuals(n, j_end, critical_step, out, grid)
+            grid.append(Outcome(f"grid_{k:02d}_b{f}", sets, float(e), f * B))
+    predictor.prefetch([o.eta for o in (*out, *grid) if o.trajectories > 0])
+
+    def resolve(o: Outcome) -> Outcome:
+        if o.trajectories <= 0:
+            return o  # not predictable (its note says why)
+        return outcome(predictor, o.name, o.set, o.eta, o.trajectories, j_end, o.note)
+
+    return Counterfactuals(
+        n, j_end, critical_step, [resolve(o) for o in out], [resolve(o) for o in grid]
+    )
 
 
 def to_arrays(cf: Counterfactuals) -> dict[str, np.ndarray]:

@@ -391,3 +391,141 @@ def predict_scheduled(
         rows = phi_t[:: max(1, n // NOISE_ROWS)]
         var = scheduled_noise(A, U, rows, etas, trajectories)
     return Prediction(mid=mid, noise=np.sqrt(np.maximum(var, 0.0)), est=est)
+
+
+# ------------------------------------------------------------------ many steps at once
+#
+# The counterfactuals (:mod:`tdlens.probes.counterfactual`) need :func:`predict` at ~15
+# steps eta on the same probe. Two identities make them cost little more than one:
+# - series regime (``kappa(eta) < 1/2``): ``(-eta A)^m X = (eta / eta_0)^m (-eta_0 A)^m
+#   X``, so the terms and their readouts ``rows @ q_m`` at the largest such step eta_0
+#   serve every smaller one, only the coefficients ``C(j, m) (eta / eta_0)^m`` change;
+# - loop regime: the steps' paths ``X_{j+1} = X_j - eta (A @ X_j)`` are columns of one
+#   product ``A @ [X_j(eta_1), X_j(eta_2), ...]`` per step (A read once, not once per eta),
+#   each read out as it is made (nothing of size ``steps D k`` is kept).
+# Both give predict's numbers up to float rounding (tests/test_counterfactual.py).
+
+
+def _series_reads(
+    A: np.ndarray,
+    X: np.ndarray,
+    etas: list[float],
+    steps: int,
+    reads: list[tuple[np.ndarray, slice]],
+) -> list[list[np.ndarray]]:
+    """``out[e][r] [n_r, steps + 1, k_r]``: ``rows_r @ J(eta_e)^j X[:, cols_r]`` for
+    ``reads = [(rows_r, cols_r)]``, every eta in the series regime of A (module
+    comment): one set of terms at ``eta_0 = max etas``, one readout per read."""
+    eta0 = max(etas)
+    S = series(A, X, eta0, steps)
+    M, D, _ = S.terms.shape
+    flats = []
+    for rows, cols in reads:
+        terms = S.terms[:, :, cols]
+        k = terms.shape[2]
+        flat = readout(rows, terms.transpose(1, 0, 2).reshape(D, M * k))
+        flats.append(flat.reshape(-1, M, k))
+    out = []
+    for eta in etas:
+        coefs = S.coefs * (eta / eta0 if eta0 > 0 else 0.0) ** np.arange(M)
+        out.append([np.einsum("jm,nmk->njk", coefs, flat) for flat in flats])
+    return out
+
+
+def _loop_reads(
+    A: np.ndarray,
+    X: np.ndarray,
+    etas: list[float],
+    steps: int,
+    reads: list[tuple[np.ndarray, slice]],
+) -> list[list[np.ndarray]]:
+    """:func:`_series_reads` by the step-by-step loop: all etas' paths as column blocks of
+    one ``[D, len(etas) k]`` matrix, one product with A per step, read out per step."""
+    k = X.shape[1]
+    L = len(etas)
+    step = np.repeat(np.asarray(etas, dtype=np.float64), k)
+    cur = np.tile(X.astype(np.float64), (1, L))
+    idx = [np.arange(k)[cols] for _, cols in reads]
+    sel = [np.concatenate([e * k + i for e in range(L)]) for i in idx]
+    out = [
+        [
+            np.empty((rows.shape[0], steps + 1, i.size))
+            for (rows, _), i in zip(reads, idx, strict=True)
+        ]
+        for _ in range(L)
+    ]
+    for j in range(steps + 1):
+        for r, ((rows, _), s, i) in enumerate(zip(reads, sel, idx, strict=True)):
+            got = readout(rows, cur[:, s])
+            for e in range(L):
+                out[e][r][:, j, :] = got[:, e * i.size : (e + 1) * i.size]
+        if j < steps:
+            cur = cur - step * (A @ cur)
+    return out
+
+
+def _reads_many(
+    A: np.ndarray,
+    X: np.ndarray,
+    etas: list[float],
+    steps: int,
+    reads: list[tuple[np.ndarray, slice]],
+) -> list[list[np.ndarray]]:
+    """:func:`_series_reads` / :func:`_loop_reads` for the etas in each regime of A (the
+    choice :func:`series` makes), in the order of `etas`."""
+    kappa_per_eta = steps * float(np.linalg.norm(A))
+    small = [e for e in etas if e * kappa_per_eta < KAPPA_MAX]
+    large = [e for e in etas if not e * kappa_per_eta < KAPPA_MAX]
+    got: dict[float, list[np.ndarray]] = {}
+    if small:
+        got.update(zip(small, _series_reads(A, X, small, steps, reads), strict=True))
+    if large:
+        got.update(zip(large, _loop_reads(A, X, large, steps, reads), strict=True))
+    return [got[e] for e in etas]
+
+
+def predict_many(
+    A: np.ndarray,
+    e0: np.ndarray,
+    U: np.ndarray,
+    phi_t: np.ndarray,
+    etas: list[float],
+    trajectories: int,
+    steps: int,
+    est: float,
+    halves: tuple[HalfBatch, HalfBatch] | None = None,
+    threads: int = 1,
+) -> list[Prediction]:
+    """``[predict(..., eta, ...) for eta in etas]`` (same arguments otherwise) up to float
+    rounding, sharing the work between the steps (the comment above). The three matrices
+    (the batch's A, the halves') run side by side on `threads` threads."""
+    n, D = phi_t.shape
+    C = U.shape[1]
+    etas = [float(e) for e in etas]
+    rows = phi_t[:: max(1, n // NOISE_ROWS)]
+    X0 = np.concatenate([e0[:, None], U], axis=1)
+    main_reads = [(phi_t, slice(0, 1))] + ([(rows, slice(1, None))] if C else [])
+    jobs = [(A, X0, main_reads)]
+    jobs += [(h.A, h.e0[:, None], [(h.phi_t, slice(0, 1))]) for h in halves or ()]
+    with np.errstate(over="ignore", invalid="ignore"):
+        main, *half_reads = parallel_map(
+            lambda job: _reads_many(job[0], job[1], etas, steps, job[2]), jobs, threads
+        )
+        out = []
+        for e, eta in enumerate(etas):
+            path = main[e][0][:, :, 0]
+            mid = np.sqrt(np.mean(path**2, axis=0) / D)
+            half_paths = None
+            if halves is not None:
+                half_paths = tuple(
+                    np.sqrt(np.mean(h_reads[e][0][:, :, 0] ** 2, axis=0) / h.phi_t.shape[1])
+                    for h_reads, h in zip(half_reads, halves, strict=True)
+                )
+            mid = debiased_path(mid, half_paths)
+            if C == 0:
+                out.append(Prediction(mid=mid, noise=np.zeros_like(mid), est=est))
+                continue
+            per_step = (main[e][1] ** 2).sum(axis=(0, 2)) / (rows.shape[0] * D)
+            var = eta**2 / trajectories * np.concatenate([[0.0], np.cumsum(per_step[:-1])])
+            out.append(Prediction(mid=mid, noise=np.sqrt(var), est=est))
+    return out
