@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from tdlens.config import RunConfig, eta_t
+from tdlens.config import RunConfig, StepSchedule, eta_t
 from tdlens.probes import expected as ex
 from tdlens.probes import stability as st
 
@@ -74,6 +74,12 @@ DIVERGED_GROWTH = 10.0
 """path_regime diverged: the band's centre grows by this factor (issue 23's 10x)."""
 FROZEN_FALL = 0.1
 """path_regime frozen: the mean path falls by less than this fraction over the run."""
+ANNEAL_T0 = (1 / 40, 1 / 20, 1 / 10, 1 / 5, 1 / 2.5)
+"""t0 of the proposed ``inverse_time`` schedules, as fractions of the iterations after the
+probe (at least 1 iteration each)."""
+ANNEAL_FOR = ("plateau:noise-floor", "learning")
+"""The control's path regimes for which the annealing schedules are predicted (a floor
+reached within the run: the schedule can only lower a floor)."""
 PREFIX = "counterfactuals"
 """``probes/counterfactuals_<iter>.npz``."""
 
@@ -132,14 +138,20 @@ class Predictor:
         """Does the critic step follow a non-constant schedule?"""
         return not self.cfg.schedules.alpha_w.is_constant
 
+    def with_schedule(self, schedule: StepSchedule, eta: float) -> ex.Prediction:
+        """The prediction under `schedule` with base step eta: ``eta_t(schedule, eta, t)``
+        for t = n + 1 .. outer_iters - 1 (``ex.predict_scheduled``), the run's batch."""
+        i, cfg = self.ing, self.cfg
+        t = self.n + 1 + np.arange(max(cfg.outer_iters - self.n - 1, 0))
+        etas = np.atleast_1d(eta_t(schedule, eta, t))
+        return ex.predict_scheduled(
+            i.A, i.e0, i.U, i.phi_t, etas, cfg.trajectories, i.est, i.halves, i.threads
+        )
+
     def _one(self, eta: float) -> ex.Prediction:
         i, cfg = self.ing, self.cfg
         if self.scheduled:
-            t = self.n + 1 + np.arange(max(cfg.outer_iters - self.n - 1, 0))
-            etas = np.atleast_1d(eta_t(cfg.schedules.alpha_w, eta, t))
-            return ex.predict_scheduled(
-                i.A, i.e0, i.U, i.phi_t, etas, cfg.trajectories, i.est, i.halves, i.threads
-            )
+            return self.with_schedule(cfg.schedules.alpha_w, eta)
         return ex.predict(
             i.A, i.e0, i.U, i.phi_t, eta, cfg.trajectories, cfg.outer_iters,
             i.est, i.halves, i.threads,
@@ -232,7 +244,19 @@ def outcome(
     note: str = "",
 ) -> Outcome:
     """The :class:`Outcome` of step eta with B trajectories, j_end iterations ahead."""
-    p = predictor(eta, B)
+    return outcome_of(predictor(eta, B), name, sets, eta, B, j_end, note)
+
+
+def outcome_of(
+    p: ex.Prediction,
+    name: str,
+    sets: dict[str, Any],
+    eta: float,
+    B: int,
+    j_end: int,
+    note: str = "",
+) -> Outcome:
+    """The :class:`Outcome` of the prediction `p` (module docstring), j_end ahead."""
     mid, s = float(p.mid[j_end]), float(p.spread[j_end])
     end = {
         "value_gap_end": math.hypot(mid, s),
@@ -252,6 +276,7 @@ class Counterfactuals:
     critical_step: float
     interventions: list[Outcome] = field(default_factory=list)
     grid: list[Outcome] = field(default_factory=list)
+    schedules: list[Outcome] = field(default_factory=list)
 
 
 def counterfactuals(
@@ -324,20 +349,46 @@ def counterfactuals(
             return o  # not predictable (its note says why)
         return outcome(predictor, o.name, o.set, o.eta, o.trajectories, j_end, o.note)
 
+    interventions = [resolve(o) for o in out]
+    anneal = []
+    control = next((o for o in interventions if o.name == "control"), None)
+    if cfg.schedules.alpha_w.is_constant and control is not None and control.regime in ANNEAL_FOR:
+        anneal = annealing(predictor, cfg, n, j_end)
     return Counterfactuals(
-        n, j_end, critical_step, [resolve(o) for o in out], [resolve(o) for o in grid]
+        n, j_end, critical_step, interventions, [resolve(o) for o in grid], anneal
     )
 
 
+def annealing(predictor: Predictor, cfg: RunConfig, n: int, j_end: int) -> list[Outcome]:
+    """The run's base step under ``inverse_time`` schedules ``alpha_w / (1 + t / t0)``,
+    t0 = ANNEAL_T0 x the iterations after the probe (at least 1, each once): a constant step holds
+    value_gap at its noise floor ``~ sqrt(eta / B)``, a falling one keeps lowering it
+    (docs/model.md §6.1). Each ``set`` is the config keys that make that schedule."""
+    eta, out = st.expected_step(cfg), []
+    left = max(cfg.outer_iters - 1 - n, 1)
+    t0s = sorted({float(max(round(frac * left), 1)) for frac in ANNEAL_T0})
+    for k, t0 in enumerate(t0s):
+        schedule = StepSchedule(kind="inverse_time", t0=t0)
+        sets = {"schedules.alpha_w.kind": "inverse_time", "schedules.alpha_w.t0": t0}
+        p = predictor.with_schedule(schedule, eta)
+        out.append(outcome_of(p, f"anneal_{k:02d}", sets, eta, cfg.trajectories, j_end))
+    return out
+
+
 def to_arrays(cf: Counterfactuals) -> dict[str, np.ndarray]:
-    """``probes/counterfactuals_<iter>.npz``: one entry per setting (interventions then
-    grid), strings as unicode arrays (no pickles), NaN where not predicted."""
-    rows = [*cf.interventions, *cf.grid]
+    """``probes/counterfactuals_<iter>.npz``: one entry per setting (interventions, the
+    grid, then the annealing schedules), strings as unicode arrays (no pickles), NaN where
+    not predicted."""
+    rows = [*cf.interventions, *cf.grid, *cf.schedules]
     keys = ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi", "value_gap_end_path")
     out: dict[str, np.ndarray] = {
         "name": np.array([o.name for o in rows]),
         "set_json": np.array([json.dumps(o.set, sort_keys=True) for o in rows]),
-        "kind": np.array(["intervention"] * len(cf.interventions) + ["grid"] * len(cf.grid)),
+        "kind": np.array(
+            ["intervention"] * len(cf.interventions)
+            + ["grid"] * len(cf.grid)
+            + ["schedule"] * len(cf.schedules)
+        ),
         "eta": np.array([o.eta for o in rows], dtype=np.float64),
         "trajectories": np.array([o.trajectories for o in rows], dtype=np.int64),
         "regime": np.array([o.regime for o in rows]),
