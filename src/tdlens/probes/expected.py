@@ -478,19 +478,22 @@ def _reads_many(
     steps: int,
     reads: list[tuple[np.ndarray, slice]],
 ) -> list[list[np.ndarray]]:
-    """:func:`_series_reads` / :func:`_loop_reads` for the etas in each regime of A (the
-    choice :func:`series` makes), in the order of `etas`."""
+    """``rows @ J(eta)^j X`` per eta of `etas` (in that order) and read: all of them by
+    one :func:`_deflated_reads` when some eta is past the series regime of A (the choice
+    :func:`series` makes) and A deflates, else :func:`_series_reads` for the etas in the
+    series regime and :func:`_loop_reads` for the others."""
     kappa_per_eta = steps * float(np.linalg.norm(A))
     small = [e for e in etas if e * kappa_per_eta < KAPPA_MAX]
     large = [e for e in etas if not e * kappa_per_eta < KAPPA_MAX]
+    if large:
+        deflated = _deflated_reads(A, X, etas, steps, reads)
+        if deflated is not None:
+            return deflated
     got: dict[float, list[np.ndarray]] = {}
     if small:
         got.update(zip(small, _series_reads(A, X, small, steps, reads), strict=True))
     if large:
-        deflated = _deflated_reads(A, X, large, steps, reads)
-        if deflated is None:
-            deflated = _loop_reads(A, X, large, steps, reads)
-        got.update(zip(large, deflated, strict=True))
+        got.update(zip(large, _loop_reads(A, X, large, steps, reads), strict=True))
     return [got[e] for e in etas]
 
 
