@@ -46,7 +46,15 @@ A change predicted from the probe at iteration n applies from that snapshot on; 
 probe at iteration 0 it predicts a fresh run with the change (after one update at the old
 step), which is how tests/test_counterfactual.py follows the advice. The fixed-point
 probe calls :func:`counterfactuals` once per run, at its first round: about 15
-predictions (9.5 s of CPU at the seed run's D = 2048, against 2 s for a whole round).
+predictions made together by :func:`tdlens.probes.expected.predict_many` (shared series
+terms; past the series, A deflated: 3.2 s at the seed run's D = 2048 on a loaded machine
+against 25-29 s one by one, BENCHMARKS.md), the control by ``predict`` itself.
+
+Under a non-constant ``schedules.alpha_w`` each setting scales the whole schedule (eta is
+its base step; :class:`Predictor`). When the control's path reaches a floor
+(ANNEAL_FOR) under a constant schedule, :func:`annealing` adds ``inverse_time``
+schedules of the run's step, which the report advises where the run is
+``plateau:noise-floor`` (:func:`tdlens.report.advice.anneal_advice`).
 """
 
 from __future__ import annotations
