@@ -412,19 +412,37 @@ def test_anneal_advice_only_under_a_noise_floor_and_only_when_lower():
     assert len(ra.advice([floor, grid, higher], cfg, 1000.0)) == 1
 
 
-def test_followed_annealing_lands_in_its_interval(sources, tmp_path):
-    """The noise-floor source: the probe at iteration 0 predicts the inverse_time
-    schedules; the advised one ends below the constant control, and a fresh run with it
-    ends (its last fixed-point probe) inside the predicted interval."""
-    data = load_run(sources["noise_floor"])
-    rows = ra.entries(load_array(sources["noise_floor"] / "probes" / "counterfactuals_0000.npz"))
+ANNEAL = [
+    *FAST,
+    "env.feature_dim=64",
+    "alpha_w=500",
+    "outer_iters=60",
+    "probes.fixed_point.batch_size=4096",
+]
+"""configs/regime_noise_floor.yaml at D = 64 (as tests/test_schedules.py's noise-floor
+run, alpha_w 500 below its critical step) over 60 iterations, with a probe batch whose
+w# error stays below the constant step's floor."""
+
+
+def test_followed_annealing_lands_in_its_interval(tmp_path):
+    """A noise-floor run with a probe at iteration 0: the probe predicts inverse_time
+    schedules, the report (label plateau:noise-floor) advises the lowest, predicted more
+    than 10% below the constant control, and a fresh run with it ends (its last
+    fixed-point probe) inside the predicted interval."""
+    base = load_config("configs/regime_noise_floor.yaml", [*ANNEAL, "probes.every=1"])
+    Runner(base, tmp_path / "constant", handle_signals=False, write_report=False).run()
+    report = build_report(tmp_path / "constant")
+    assert report.regime.label == "plateau:noise-floor"
+    rows = ra.entries(load_array(tmp_path / "constant" / "probes" / "counterfactuals_0000.npz"))
     assert [r["kind"] for r in rows].count("schedule") >= 3
-    _, advice, _ = counterfactual_section(data, "plateau:noise-floor")
-    anneal = next(a for a in advice if "schedules.alpha_w.kind" in a["set"])
+    anneal = next(a for a in report.advice if "schedules.alpha_w.kind" in a["set"])
     p = anneal["predicted"]
     control = next(r for r in rows if r["name"] == "control")["predicted"]
-    assert p["value_gap_end"] < control["value_gap_end"]
-    measured = _final_value_gap(
-        _run(tmp_path, "annealed", "noise_floor", "probes.every=0", *_sets(anneal["set"]))
+    assert control["regime"] == "plateau:noise-floor"
+    assert p["value_gap_end"] < 0.9 * control["value_gap_end"], (p, control)
+    cfg = load_config(
+        "configs/regime_noise_floor.yaml", [*ANNEAL, "probes.every=0", *_sets(anneal["set"])]
     )
+    Runner(cfg, tmp_path / "annealed", handle_signals=False, write_report=False).run()
+    measured = _final_value_gap(tmp_path / "annealed")
     assert p["value_gap_end_lo"] <= measured <= p["value_gap_end_hi"], (anneal, measured)
