@@ -351,6 +351,19 @@ def test_predict_many_matches_predict_in_every_regime(maker):
         np.testing.assert_allclose(got.noise, ref.noise, rtol=1e-6, atol=1e-300)
 
 
+def test_predict_many_on_tiny_and_diverging_problems():
+    """D = 4 (no deflation) and a step past the critical one: the same as predict (an
+    overflowing path stays non-finite, so its regime is diverged)."""
+    ing = _toy(D=4, C=2, n=16)
+    for etas in ([0.01, 5.0], [0.5, 3.0]):  # critical step 2 / 1 = 2
+        many = ex.predict_many(ing.A, ing.e0, ing.U, ing.phi_t, etas, 8, 300, 0.01, ing.halves)
+        for eta, got in zip(etas, many, strict=True):
+            ref = ex.predict(ing.A, ing.e0, ing.U, ing.phi_t, eta, 8, 300, 0.01, ing.halves)
+            np.testing.assert_allclose(got.mid, ref.mid, rtol=1e-6)
+            np.testing.assert_allclose(got.noise, ref.noise, rtol=1e-6)
+            assert (cf.path_regime(got, 299) == "diverged") == (eta > 2.0)
+
+
 def test_counterfactuals_equal_one_predict_per_setting():
     """Every stored value of counterfactuals (prefetched with predict_many) equals the same
     outcome computed from predict itself to < 1e-6 relative (the brief's bound is 1%)."""
