@@ -407,6 +407,26 @@ def test_counterfactuals_scale_the_whole_schedule():
     assert cfs.schedules == []
 
 
+def test_a_scheduled_setting_too_costly_to_follow_uses_its_mean_step(monkeypatch):
+    """Past the series regime a scheduled noise costs ~steps^2 C D^2: above SCHEDULED_FLOPS
+    (forced to 0 here) the schedule's mean step stands in, and the note says so."""
+    from tdlens.config import eta_t
+
+    monkeypatch.setattr(cf, "SCHEDULED_FLOPS", 0.0)
+    cfg = load_config(
+        None,
+        ["alpha_w=0.05", "trajectories=8", "horizon=100", "outer_iters=40",
+         "schedules.alpha_w.kind=inverse_time", "schedules.alpha_w.t0=5"],
+    )  # fmt: skip
+    ing = _toy()
+    got = {o.name: o for o in cf.counterfactuals(ing, cfg, 2, 2.0).interventions}
+    mean = float(np.mean(eta_t(cfg.schedules.alpha_w, 0.2, 3 + np.arange(37))))
+    p = ex.predict(ing.A, ing.e0, ing.U, ing.phi_t, mean, 8, 40, ing.est, ing.halves)
+    x4 = got["alpha_w_x4"]
+    assert x4.end["value_gap_end_path"] == pytest.approx(p.mid[37], rel=1e-12)
+    assert "schedule approximated by its mean step" in x4.note
+
+
 def test_anneal_advice_only_under_a_noise_floor_and_only_when_lower():
     cfg = _hand_config("mean")
     control = _row("control", "intervention", {}, 1.0)

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -85,6 +85,9 @@ FROZEN_FALL = 0.1
 ANNEAL_T0 = (1 / 40, 1 / 20, 1 / 10, 1 / 5, 1 / 2.5)
 """t0 of the proposed ``inverse_time`` schedules, as fractions of the iterations after the
 probe (at least 1 iteration each)."""
+SCHEDULED_FLOPS = 2e10
+"""Above this estimated cost a scheduled prediction past the series regime uses the
+schedule's mean step instead (:meth:`Predictor.with_schedule`; a few seconds here)."""
 ANNEAL_FOR = ("plateau:noise-floor", "learning")
 """The control's path regimes for which the annealing schedules are predicted (a floor
 reached within the run: the schedule can only lower a floor)."""
@@ -138,6 +141,8 @@ class Predictor:
     ):
         self.ing, self.cfg, self.n = ing, cfg, n
         self._cache: dict[float, ex.Prediction] = {}
+        self.notes: dict[float, str] = {}
+        """Per base step: how its scheduled prediction was approximated (with_schedule)."""
         if base is not None:
             self._cache[st.expected_step(cfg)] = base
 
@@ -146,20 +151,54 @@ class Predictor:
         """Does the critic step follow a non-constant schedule?"""
         return not self.cfg.schedules.alpha_w.is_constant
 
-    def with_schedule(self, schedule: StepSchedule, eta: float) -> ex.Prediction:
-        """The prediction under `schedule` with base step eta: ``eta_t(schedule, eta, t)``
-        for t = n + 1 .. outer_iters - 1 (``ex.predict_scheduled``), the run's batch."""
+    def _schedule_steps(self, schedule: StepSchedule, eta: float) -> np.ndarray:
+        """``eta_t(schedule, eta, t)`` for t = n + 1 .. outer_iters - 1."""
+        t = self.n + 1 + np.arange(max(self.cfg.outer_iters - self.n - 1, 0))
+        return np.atleast_1d(eta_t(schedule, eta, t))
+
+    def _too_costly(self, etas: np.ndarray) -> str:
+        """Why a scheduled prediction with steps `etas` uses their mean step ("" when it
+        does not): past the series regime its noise costs ``~min(steps^2 C D^2, 4 steps
+        D^3)`` flops, above SCHEDULED_FLOPS the constant mean step stands in (the same
+        total step, so the same mean path to first order)."""
+        i = self.ing
+        steps, D, C = etas.size, i.A.shape[0], i.U.shape[1]
+        flops = min(steps**2 * C * D**2, 4 * steps * D**3)
+        if not steps or ex._binomial(i.A, float(np.max(etas)), steps):
+            return ""
+        if flops <= SCHEDULED_FLOPS:
+            return ""
+        return (
+            f"schedule approximated by its mean step {float(np.mean(etas)):.4g} (following "
+            f"it step by step would take ~{flops:.1e} flops)"
+        )
+
+    def with_schedule(self, schedule: StepSchedule, eta: float) -> tuple[ex.Prediction, str]:
+        """``(prediction, note)`` under `schedule` with base step eta
+        (:meth:`_schedule_steps`, ``ex.predict_scheduled``), the run's batch; or the
+        prediction at the schedule's mean step with the note of :meth:`_too_costly`."""
         i, cfg = self.ing, self.cfg
-        t = self.n + 1 + np.arange(max(cfg.outer_iters - self.n - 1, 0))
-        etas = np.atleast_1d(eta_t(schedule, eta, t))
-        return ex.predict_scheduled(
+        etas = self._schedule_steps(schedule, eta)
+        note = self._too_costly(etas)
+        if note:
+            mean = float(np.mean(etas))
+            p = ex.predict(
+                i.A, i.e0, i.U, i.phi_t, mean, cfg.trajectories, cfg.outer_iters,
+                i.est, i.halves, i.threads,
+            )  # fmt: skip
+            return p, note
+        pred = ex.predict_scheduled(
             i.A, i.e0, i.U, i.phi_t, etas, cfg.trajectories, i.est, i.halves, i.threads
         )
+        return pred, ""
 
     def _one(self, eta: float) -> ex.Prediction:
         i, cfg = self.ing, self.cfg
         if self.scheduled:
-            return self.with_schedule(cfg.schedules.alpha_w, eta)
+            p, note = self.with_schedule(cfg.schedules.alpha_w, eta)
+            if note:
+                self.notes[eta] = note
+            return p
         return ex.predict(
             i.A, i.e0, i.U, i.phi_t, eta, cfg.trajectories, cfg.outer_iters,
             i.est, i.halves, i.threads,
@@ -175,9 +214,22 @@ class Predictor:
             todo.remove(own)
         if not todo:
             return
-        if self.scheduled:
+        if self.scheduled:  # the mean steps of those too costly to follow: together
+            means = {}
             for e in todo:
-                self._cache[e] = self._one(e)
+                etas = self._schedule_steps(self.cfg.schedules.alpha_w, e)
+                note = self._too_costly(etas)
+                if note:
+                    means[e], self.notes[e] = float(np.mean(etas)), note
+                else:
+                    self._cache[e] = self._one(e)
+            if means:
+                i, cfg = self.ing, self.cfg
+                preds = ex.predict_many(
+                    i.A, i.e0, i.U, i.phi_t, list(means.values()), cfg.trajectories,
+                    cfg.outer_iters, i.est, i.halves, i.threads,
+                )  # fmt: skip
+                self._cache.update(zip(means, preds, strict=True))
             return
         i, cfg = self.ing, self.cfg
         preds = ex.predict_many(
@@ -355,7 +407,11 @@ def counterfactuals(
     def resolve(o: Outcome) -> Outcome:
         if o.trajectories <= 0:
             return o  # not predictable (its note says why)
-        return outcome(predictor, o.name, o.set, o.eta, o.trajectories, j_end, o.note)
+        got = outcome(predictor, o.name, o.set, o.eta, o.trajectories, j_end, o.note)
+        extra = predictor.notes.get(o.eta, "")
+        if extra:
+            return replace(got, note="; ".join(filter(None, [o.note, extra])))
+        return got
 
     interventions = [resolve(o) for o in out]
     anneal = []
@@ -378,8 +434,8 @@ def annealing(predictor: Predictor, cfg: RunConfig, n: int, j_end: int) -> list[
     for k, t0 in enumerate(t0s):
         schedule = StepSchedule(kind="inverse_time", t0=t0)
         sets = {"schedules.alpha_w.kind": "inverse_time", "schedules.alpha_w.t0": t0}
-        p = predictor.with_schedule(schedule, eta)
-        out.append(outcome_of(p, f"anneal_{k:02d}", sets, eta, cfg.trajectories, j_end))
+        p, note = predictor.with_schedule(schedule, eta)
+        out.append(outcome_of(p, f"anneal_{k:02d}", sets, eta, cfg.trajectories, j_end, note))
     return out
 
 
