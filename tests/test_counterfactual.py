@@ -306,3 +306,176 @@ def test_label_interventions_land_in_their_intervals(sources, case, name, tmp_pa
     p = entry["predicted"]
     measured = _final_value_gap(_run(tmp_path, name, case, "probes.every=0", *_sets(entry["set"])))
     assert p["value_gap_end_lo"] <= measured <= p["value_gap_end_hi"], (entry, measured)
+
+
+def _gapped(D: int = 48, C: int = 5, n: int = 96, seed: int = 1) -> cf.Ingredients:
+    """A non-normal A with two fast modes (1 and 0.7) over a slow bulk in [1e-3, 0.05]
+    (the seed run's shape: two eigenvalues ~10x the rest), halves perturbed."""
+    rng = np.random.default_rng(seed)
+    V = np.eye(D) + 0.1 * rng.standard_normal((D, D))
+    lam = np.concatenate([[1.0, 0.7], np.geomspace(1e-3, 0.05, D - 2)])
+    A = V @ np.diag(lam) @ np.linalg.inv(V)
+    phi = rng.standard_normal((n, D)).astype(np.float32)
+    halves = tuple(
+        ex.HalfBatch(
+            A + 1e-3 * rng.standard_normal((D, D)),
+            rng.standard_normal(D),
+            phi[k * n // 2 : (k + 1) * n // 2],
+        )
+        for k in range(2)
+    )
+    return cf.Ingredients(
+        A, rng.standard_normal(D), 0.1 * rng.standard_normal((D, C)), phi, 0.01, halves
+    )
+
+
+@pytest.mark.parametrize("maker", [_toy, _gapped])
+def test_predict_many_matches_predict_in_every_regime(maker):
+    """predict_many (shared series terms; past the series, the deflated series or the
+    stacked loop) against predict one eta at a time: steps from the series regime (kappa
+    < 1/2) to 0.9 x the critical step, where _gapped deflates its two fast modes and _toy
+    (no gap) loops. mid and noise agree to 1e-6 relative (float32 readouts)."""
+    ing, steps = maker(), 60
+    A = ing.A
+    kappa_eta = steps * float(np.linalg.norm(A))  # kappa per unit eta
+    top = 0.9 * 2.0 / float(np.max(np.linalg.eigvals(A).real))
+    etas = [0.05 / kappa_eta, 0.3 / kappa_eta, 0.02 * top, 0.3 * top, top]
+    assert etas[1] * kappa_eta < 0.5 < etas[2] * kappa_eta  # both regimes are exercised
+    if maker is _gapped:  # the deflation itself, not its fallback to the loop
+        X = np.concatenate([ing.e0[:, None], ing.U], axis=1)
+        assert ex._deflated_reads(A, X, etas[2:], steps, [(ing.phi_t, slice(0, 1))])
+    many = ex.predict_many(A, ing.e0, ing.U, ing.phi_t, etas, 8, steps, ing.est, ing.halves)
+    for eta, got in zip(etas, many, strict=True):
+        ref = ex.predict(A, ing.e0, ing.U, ing.phi_t, eta, 8, steps, ing.est, ing.halves)
+        np.testing.assert_allclose(got.mid, ref.mid, rtol=1e-6, err_msg=str(eta))
+        np.testing.assert_allclose(got.noise, ref.noise, rtol=1e-6, atol=1e-300)
+
+
+def test_predict_many_on_tiny_and_diverging_problems():
+    """D = 4 (no deflation) and a step past the critical one: the same as predict (an
+    overflowing path stays non-finite, so its regime is diverged)."""
+    ing = _toy(D=4, C=2, n=16)
+    for etas in ([0.01, 5.0], [0.5, 3.0]):  # critical step 2 / 1 = 2
+        many = ex.predict_many(ing.A, ing.e0, ing.U, ing.phi_t, etas, 8, 300, 0.01, ing.halves)
+        for eta, got in zip(etas, many, strict=True):
+            ref = ex.predict(ing.A, ing.e0, ing.U, ing.phi_t, eta, 8, 300, 0.01, ing.halves)
+            np.testing.assert_allclose(got.mid, ref.mid, rtol=1e-6)
+            np.testing.assert_allclose(got.noise, ref.noise, rtol=1e-6)
+            assert (cf.path_regime(got, 299) == "diverged") == (eta > 2.0)
+
+
+def test_counterfactuals_equal_one_predict_per_setting():
+    """Every stored value of counterfactuals (prefetched with predict_many) equals the same
+    outcome computed from predict itself to < 1e-6 relative (the brief's bound is 1%)."""
+    cfg = _hand_config("mean").model_copy(update={"alpha_w": 0.05, "outer_iters": 40})
+    ing = _gapped()
+    crit = 2.0 / float(np.max(np.linalg.eigvals(ing.A).real))
+    cfs = cf.counterfactuals(ing, cfg, 0, crit)
+    for o in [*cfs.interventions, *cfs.grid]:
+        if o.end is None:
+            continue
+        p = ex.predict(ing.A, ing.e0, ing.U, ing.phi_t, o.eta, 8, 40, ing.est, ing.halves)
+        p = ex.Prediction(p.mid, p.noise * math.sqrt(8 / o.trajectories), p.est)
+        ref = cf.outcome_of(p, o.name, o.set, o.eta, o.trajectories, cfs.j_end)
+        assert o.regime == ref.regime, o.name
+        for k, v in ref.end.items():
+            assert o.end[k] == pytest.approx(v, rel=1e-6, abs=1e-12), (o.name, k)
+
+
+def test_counterfactuals_scale_the_whole_schedule():
+    """Under schedules.alpha_w = inverse_time every counterfactual is predict_scheduled
+    of the schedule with its base step: alpha_w x4 is 4 x every eta_t; the control is the
+    schedule itself; and no annealing is proposed on top of a schedule."""
+    from tdlens.config import eta_t
+
+    cfg = load_config(
+        None,
+        ["alpha_w=0.05", "trajectories=8", "horizon=100", "outer_iters=40",
+         "schedules.alpha_w.kind=inverse_time", "schedules.alpha_w.t0=5"],
+    )  # fmt: skip
+    ing, n = _toy(), 2
+    cfs = cf.counterfactuals(ing, cfg, n, 2.0)
+    got = {o.name: o for o in cfs.interventions}
+    t = n + 1 + np.arange(40 - n - 1)
+    for name, base in (("control", 0.05), ("alpha_w_x4", 0.2)):
+        etas = eta_t(cfg.schedules.alpha_w, base, t)
+        p = ex.predict_scheduled(ing.A, ing.e0, ing.U, ing.phi_t, etas, 8, ing.est, ing.halves)
+        j = cfs.j_end
+        assert got[name].end["value_gap_end_path"] == pytest.approx(p.mid[j], rel=1e-12)
+        assert got[name].end["value_gap_end_hi"] == pytest.approx(p.hi[j], rel=1e-12)
+    assert got["alpha_w_x4"].end["value_gap_end_path"] < got["control"].end["value_gap_end_path"]
+    assert cfs.schedules == []
+
+
+def test_a_scheduled_setting_too_costly_to_follow_uses_its_mean_step(monkeypatch):
+    """Past the series regime a scheduled noise costs ~steps^2 C D^2: above SCHEDULED_FLOPS
+    (forced to 0 here) the schedule's mean step stands in, and the note says so."""
+    from tdlens.config import eta_t
+
+    monkeypatch.setattr(cf, "SCHEDULED_FLOPS", 0.0)
+    cfg = load_config(
+        None,
+        ["alpha_w=0.05", "trajectories=8", "horizon=100", "outer_iters=40",
+         "schedules.alpha_w.kind=inverse_time", "schedules.alpha_w.t0=5"],
+    )  # fmt: skip
+    ing = _toy()
+    got = {o.name: o for o in cf.counterfactuals(ing, cfg, 2, 2.0).interventions}
+    mean = float(np.mean(eta_t(cfg.schedules.alpha_w, 0.2, 3 + np.arange(37))))
+    p = ex.predict(ing.A, ing.e0, ing.U, ing.phi_t, mean, 8, 40, ing.est, ing.halves)
+    x4 = got["alpha_w_x4"]
+    assert x4.end["value_gap_end_path"] == pytest.approx(p.mid[37], rel=1e-12)
+    assert "schedule approximated by its mean step" in x4.note
+
+
+def test_anneal_advice_only_under_a_noise_floor_and_only_when_lower():
+    cfg = _hand_config("mean")
+    control = _row("control", "intervention", {}, 1.0)
+    grid = _row("g", "grid", {"alpha_w": 100.0}, 0.9)
+    sched = {"schedules.alpha_w.kind": "inverse_time", "schedules.alpha_w.t0": 4.0}
+    slow = _row("anneal_00", "schedule", {**sched, "schedules.alpha_w.t0": 1.0}, 0.6)
+    fast = _row("anneal_01", "schedule", sched, 0.4)
+    rows = [control, grid, slow, fast]
+    assert len(ra.advice(rows, cfg, 1000.0)) == 1  # the control's path is not at a floor
+    *_, anneal = ra.advice(rows, cfg, 1000.0, "plateau:noise-floor")
+    assert anneal["set"] == sched and anneal["helps"]
+    assert anneal["predicted"]["value_gap_end"] == 0.4 and "inverse_time" in anneal["why"]
+    floor = {**control, "predicted": {**control["predicted"], "regime": "plateau:noise-floor"}}
+    assert ra.advice([floor, grid, slow, fast], cfg, 1000.0)[-1]["set"] == sched
+    higher = {**fast, "predicted": {**fast["predicted"], "value_gap_end": 1.5}}
+    assert len(ra.advice([floor, grid, higher], cfg, 1000.0)) == 1
+
+
+ANNEAL = [
+    *FAST,
+    "env.feature_dim=64",
+    "alpha_w=500",
+    "outer_iters=60",
+    "probes.fixed_point.batch_size=4096",
+]
+"""configs/regime_noise_floor.yaml at D = 64 (as tests/test_schedules.py's noise-floor
+run, alpha_w 500 below its critical step) over 60 iterations, with a probe batch whose
+w# error stays below the constant step's floor."""
+
+
+def test_followed_annealing_lands_in_its_interval(tmp_path):
+    """A noise-floor run with a probe at iteration 0: the probe predicts inverse_time
+    schedules, the report (label plateau:noise-floor) advises the lowest, predicted more
+    than 10% below the constant control, and a fresh run with it ends (its last
+    fixed-point probe) inside the predicted interval."""
+    base = load_config("configs/regime_noise_floor.yaml", [*ANNEAL, "probes.every=1"])
+    Runner(base, tmp_path / "constant", handle_signals=False, write_report=False).run()
+    report = build_report(tmp_path / "constant")
+    assert report.regime.label == "plateau:noise-floor"
+    rows = ra.entries(load_array(tmp_path / "constant" / "probes" / "counterfactuals_0000.npz"))
+    assert [r["kind"] for r in rows].count("schedule") >= 3
+    anneal = next(a for a in report.advice if "schedules.alpha_w.kind" in a["set"])
+    p = anneal["predicted"]
+    control = next(r for r in rows if r["name"] == "control")["predicted"]
+    assert control["regime"] == "plateau:noise-floor"
+    assert p["value_gap_end"] < 0.9 * control["value_gap_end"], (p, control)
+    cfg = load_config(
+        "configs/regime_noise_floor.yaml", [*ANNEAL, "probes.every=0", *_sets(anneal["set"])]
+    )
+    Runner(cfg, tmp_path / "annealed", handle_signals=False, write_report=False).run()
+    measured = _final_value_gap(tmp_path / "annealed")
+    assert p["value_gap_end_lo"] <= measured <= p["value_gap_end_hi"], (anneal, measured)

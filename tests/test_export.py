@@ -248,3 +248,44 @@ def test_a_run_id_with_both_quotes_is_still_found_again(run, tmp_path):
     client = MlflowClient(tracking_uri=uri)
     (logged,) = client.search_runs([client.get_experiment_by_name("tdlens").experiment_id])
     assert logged.data.tags["tdlens_run_id"] == odd.name
+
+
+def test_an_annealed_runs_step_sizes_export_as_scalars_and_read_back(tmp_path):
+    """Issue 27's done-when: the per-iteration steps alpha_w_t and alpha_pi_t of a run under
+    schedules are columns of ``open_run(...).curves`` (the schedule's values by hand) and
+    export as TensorBoard scalars and MLflow metrics that read back exactly."""
+    sets = {
+        **TINY,
+        "schedules.alpha_w.kind": "exponential",
+        "schedules.alpha_w.decay": 0.5,
+        "schedules.alpha_pi.kind": "step",
+        "schedules.alpha_pi.milestones": [2],
+    }
+    run = tdlens.run("sanity", sets, run_dir=tmp_path / "run", progress=False)
+    opened = tdlens.open_run(run.path)
+    cfg = opened.data.cfg
+    n = np.arange(4)
+    want_w = (cfg.alpha_w * 0.5**n).tolist()
+    want_pi = [cfg.alpha_pi, cfg.alpha_pi, 0.1 * cfg.alpha_pi, 0.1 * cfg.alpha_pi]
+    np.testing.assert_allclose(opened.curves["alpha_w_t"], want_w, rtol=1e-15)
+    np.testing.assert_allclose(opened.curves["alpha_pi_t"], want_pi, rtol=1e-15)
+    series = scalar_series(opened.data)
+    for key, want in (("curves/alpha_w_t", want_w), ("curves/alpha_pi_t", want_pi)):
+        assert [s for s, _ in series[key]] == n.tolist()
+        np.testing.assert_allclose([v for _, v in series[key]], want, rtol=1e-15)
+    res = cli.invoke(app, ["export", "tensorboard", str(run.path), "--out", str(tmp_path / "tb")])
+    assert res.exit_code == 0, res.output
+    acc = _accumulator(tmp_path / "tb" / run.path.name)
+    for key in ("curves/alpha_w_t", "curves/alpha_pi_t"):
+        read = [tensor_util.make_ndarray(e.tensor_proto).item() for e in acc.Tensors(key)]
+        assert read == [v for _, v in series[key]], key
+        assert [e.step for e in acc.Scalars(key)] == n.tolist(), key
+    uri = f"sqlite:///{tmp_path / 'ml' / 'mlflow.db'}"
+    args = ["export", "mlflow", str(run.path), "--tracking-uri", uri, "--experiment", "s"]
+    res = cli.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    client = MlflowClient(tracking_uri=uri)
+    (logged,) = client.search_runs([client.get_experiment_by_name("s").experiment_id])
+    for key in ("curves/alpha_w_t", "curves/alpha_pi_t"):
+        history = sorted(client.get_metric_history(logged.info.run_id, key), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in history] == series[key], key

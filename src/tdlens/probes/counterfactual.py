@@ -46,19 +46,27 @@ A change predicted from the probe at iteration n applies from that snapshot on; 
 probe at iteration 0 it predicts a fresh run with the change (after one update at the old
 step), which is how tests/test_counterfactual.py follows the advice. The fixed-point
 probe calls :func:`counterfactuals` once per run, at its first round: about 15
-predictions (9.5 s of CPU at the seed run's D = 2048, against 2 s for a whole round).
+predictions made together by :func:`tdlens.probes.expected.predict_many` (shared series
+terms; past the series, A deflated: 3.2 s at the seed run's D = 2048 on a loaded machine
+against 25-29 s one by one, BENCHMARKS.md), the control by ``predict`` itself.
+
+Under a non-constant ``schedules.alpha_w`` each setting scales the whole schedule (eta is
+its base step; :class:`Predictor`). When the control's path reaches a floor
+(ANNEAL_FOR) under a constant schedule, :func:`annealing` adds ``inverse_time``
+schedules of the run's step, which the report advises where the run is
+``plateau:noise-floor`` (:func:`tdlens.report.advice.anneal_advice`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from tdlens.config import RunConfig
+from tdlens.config import RunConfig, StepSchedule, eta_t
 from tdlens.probes import expected as ex
 from tdlens.probes import stability as st
 
@@ -74,6 +82,15 @@ DIVERGED_GROWTH = 10.0
 """path_regime diverged: the band's centre grows by this factor (issue 23's 10x)."""
 FROZEN_FALL = 0.1
 """path_regime frozen: the mean path falls by less than this fraction over the run."""
+ANNEAL_T0 = (1 / 40, 1 / 20, 1 / 10, 1 / 5, 1 / 2.5)
+"""t0 of the proposed ``inverse_time`` schedules, as fractions of the iterations after the
+probe (at least 1 iteration each)."""
+SCHEDULED_FLOPS = 2e10
+"""Above this estimated cost a scheduled prediction past the series regime uses the
+schedule's mean step instead (:meth:`Predictor.with_schedule`; a few seconds here)."""
+ANNEAL_FOR = ("plateau:noise-floor", "learning")
+"""The control's path regimes for which the annealing schedules are predicted (a floor
+reached within the run: the schedule can only lower a floor)."""
 PREFIX = "counterfactuals"
 """``probes/counterfactuals_<iter>.npz``."""
 
@@ -110,22 +127,121 @@ def alpha_w_for(cfg: RunConfig, eta: float, trajectories: int) -> float:
 
 class Predictor:
     """``ex.predict`` per distinct eta (cached; `base` is the prediction at the config's
-    own eta), rescaled to other batches: ``noise sqrt(B_cfg / B)``."""
+    own eta), rescaled to other batches: ``noise sqrt(B_cfg / B)``. :meth:`prefetch`
+    predicts many etas at once (``ex.predict_many``: the same numbers up to float
+    rounding, at a fraction of the cost); the config's own eta always comes from
+    ``ex.predict`` itself, so the control is the probe's prediction bit for bit.
 
-    def __init__(self, ing: Ingredients, cfg: RunConfig, base: ex.Prediction | None = None):
-        self.ing, self.cfg = ing, cfg
+    Under a non-constant ``schedules.alpha_w`` a step eta stands for the whole schedule
+    with base eta (``eta_t(schedule, eta, t)`` for the iterations t = n + 1 .. outer_iters
+    - 1 after the probe at iteration n), predicted by ``ex.predict_scheduled``."""
+
+    def __init__(
+        self, ing: Ingredients, cfg: RunConfig, base: ex.Prediction | None = None, n: int = 0
+    ):
+        self.ing, self.cfg, self.n = ing, cfg, n
         self._cache: dict[float, ex.Prediction] = {}
+        self.notes: dict[float, str] = {}
+        """Per base step: how its scheduled prediction was approximated (with_schedule)."""
         if base is not None:
             self._cache[st.expected_step(cfg)] = base
+
+    @property
+    def scheduled(self) -> bool:
+        """Does the critic step follow a non-constant schedule?"""
+        return not self.cfg.schedules.alpha_w.is_constant
+
+    def _schedule_steps(self, schedule: StepSchedule, eta: float) -> np.ndarray:
+        """``eta_t(schedule, eta, t)`` for t = n + 1 .. outer_iters - 1."""
+        t = self.n + 1 + np.arange(max(self.cfg.outer_iters - self.n - 1, 0))
+        return np.atleast_1d(eta_t(schedule, eta, t))
+
+    def _too_costly(self, etas: np.ndarray) -> str:
+        """Why a scheduled prediction with steps `etas` uses their mean step ("" when it
+        does not): past the series regime its noise costs ``~min(steps^2 C D^2, 4 steps
+        D^3)`` flops, above SCHEDULED_FLOPS the constant mean step stands in (the same
+        total step, so the same mean path to first order)."""
+        i = self.ing
+        steps, D, C = etas.size, i.A.shape[0], i.U.shape[1]
+        flops = min(steps**2 * C * D**2, 4 * steps * D**3)
+        if not steps or ex._binomial(i.A, float(np.max(etas)), steps):
+            return ""
+        if flops <= SCHEDULED_FLOPS:
+            return ""
+        return (
+            f"schedule approximated by its mean step {float(np.mean(etas)):.4g} (following "
+            f"it step by step would take ~{flops:.1e} flops)"
+        )
+
+    def with_schedule(self, schedule: StepSchedule, eta: float) -> tuple[ex.Prediction, str]:
+        """``(prediction, note)`` under `schedule` with base step eta
+        (:meth:`_schedule_steps`, ``ex.predict_scheduled``), the run's batch; or the
+        prediction at the schedule's mean step with the note of :meth:`_too_costly`."""
+        i, cfg = self.ing, self.cfg
+        etas = self._schedule_steps(schedule, eta)
+        note = self._too_costly(etas)
+        if note:
+            mean = float(np.mean(etas))
+            p = ex.predict(
+                i.A, i.e0, i.U, i.phi_t, mean, cfg.trajectories, cfg.outer_iters,
+                i.est, i.halves, i.threads,
+            )  # fmt: skip
+            return p, note
+        pred = ex.predict_scheduled(
+            i.A, i.e0, i.U, i.phi_t, etas, cfg.trajectories, i.est, i.halves, i.threads
+        )
+        return pred, ""
+
+    def _one(self, eta: float) -> ex.Prediction:
+        i, cfg = self.ing, self.cfg
+        if self.scheduled:
+            p, note = self.with_schedule(cfg.schedules.alpha_w, eta)
+            if note:
+                self.notes[eta] = note
+            return p
+        return ex.predict(
+            i.A, i.e0, i.U, i.phi_t, eta, cfg.trajectories, cfg.outer_iters,
+            i.est, i.halves, i.threads,
+        )  # fmt: skip
+
+    def prefetch(self, etas: list[float]) -> None:
+        """Predict every eta of `etas` not cached yet in one ``ex.predict_many`` (the
+        config's own eta and scheduled predictions one by one, :meth:`_one`)."""
+        own = st.expected_step(self.cfg)
+        todo = sorted({float(e) for e in etas} - set(self._cache))
+        if own in todo:
+            self._cache[own] = self._one(own)
+            todo.remove(own)
+        if not todo:
+            return
+        if self.scheduled:  # the mean steps of those too costly to follow: together
+            means = {}
+            for e in todo:
+                etas = self._schedule_steps(self.cfg.schedules.alpha_w, e)
+                note = self._too_costly(etas)
+                if note:
+                    means[e], self.notes[e] = float(np.mean(etas)), note
+                else:
+                    self._cache[e] = self._one(e)
+            if means:
+                i, cfg = self.ing, self.cfg
+                preds = ex.predict_many(
+                    i.A, i.e0, i.U, i.phi_t, list(means.values()), cfg.trajectories,
+                    cfg.outer_iters, i.est, i.halves, i.threads,
+                )  # fmt: skip
+                self._cache.update(zip(means, preds, strict=True))
+            return
+        i, cfg = self.ing, self.cfg
+        preds = ex.predict_many(
+            i.A, i.e0, i.U, i.phi_t, todo, cfg.trajectories, cfg.outer_iters,
+            i.est, i.halves, i.threads,
+        )  # fmt: skip
+        self._cache.update(zip(todo, preds, strict=True))
 
     def __call__(self, eta: float, trajectories: int) -> ex.Prediction:
         p = self._cache.get(eta)
         if p is None:
-            i = self.ing
-            p = ex.predict(
-                i.A, i.e0, i.U, i.phi_t, eta, self.cfg.trajectories, self.cfg.outer_iters,
-                i.est, i.halves, i.threads,
-            )  # fmt: skip
+            p = self._one(eta)
             self._cache[eta] = p
         if trajectories == self.cfg.trajectories:
             return p
@@ -188,7 +304,19 @@ def outcome(
     note: str = "",
 ) -> Outcome:
     """The :class:`Outcome` of step eta with B trajectories, j_end iterations ahead."""
-    p = predictor(eta, B)
+    return outcome_of(predictor(eta, B), name, sets, eta, B, j_end, note)
+
+
+def outcome_of(
+    p: ex.Prediction,
+    name: str,
+    sets: dict[str, Any],
+    eta: float,
+    B: int,
+    j_end: int,
+    note: str = "",
+) -> Outcome:
+    """The :class:`Outcome` of the prediction `p` (module docstring), j_end ahead."""
     mid, s = float(p.mid[j_end]), float(p.spread[j_end])
     end = {
         "value_gap_end": math.hypot(mid, s),
@@ -208,6 +336,7 @@ class Counterfactuals:
     critical_step: float
     interventions: list[Outcome] = field(default_factory=list)
     grid: list[Outcome] = field(default_factory=list)
+    schedules: list[Outcome] = field(default_factory=list)
 
 
 def counterfactuals(
@@ -220,14 +349,14 @@ def counterfactuals(
     """Predicted final value_gap under each intervention of issue 23's table and over
     the advice grid (module docstring), from the probe at iteration n; `base` is the
     probe's own prediction (``ex.predict`` at the config's eta, reused for the control)."""
-    predictor = Predictor(ing, cfg, base)
+    predictor = Predictor(ing, cfg, base, n)
     eta, B = st.expected_step(cfg), cfg.trajectories
     j_end = max(cfg.outer_iters - 1 - n, 0)
     stable = CAP * critical_step if math.isfinite(critical_step) and critical_step > 0 else math.inf
 
     def at(name: str, sets: dict[str, Any], note: str = "") -> Outcome:
         e, b = step_of(cfg, sets)
-        return outcome(predictor, name, sets, e, b, j_end, note)
+        return Outcome(name, sets, e, b, note=note)  # predicted below, all etas at once
 
     out = [at("control", {})]
     x4 = 4.0 * cfg.alpha_w
@@ -272,19 +401,58 @@ def counterfactuals(
             sets = {"alpha_w": alpha_w_for(cfg, float(e), f * B)}
             if f > 1:
                 sets["trajectories"] = f * B
-            grid.append(outcome(predictor, f"grid_{k:02d}_b{f}", sets, float(e), f * B, j_end))
-    return Counterfactuals(n, j_end, critical_step, out, grid)
+            grid.append(Outcome(f"grid_{k:02d}_b{f}", sets, float(e), f * B))
+    predictor.prefetch([o.eta for o in (*out, *grid) if o.trajectories > 0])
+
+    def resolve(o: Outcome) -> Outcome:
+        if o.trajectories <= 0:
+            return o  # not predictable (its note says why)
+        got = outcome(predictor, o.name, o.set, o.eta, o.trajectories, j_end, o.note)
+        extra = predictor.notes.get(o.eta, "")
+        if extra:
+            return replace(got, note="; ".join(filter(None, [o.note, extra])))
+        return got
+
+    interventions = [resolve(o) for o in out]
+    anneal = []
+    control = next((o for o in interventions if o.name == "control"), None)
+    if cfg.schedules.alpha_w.is_constant and control is not None and control.regime in ANNEAL_FOR:
+        anneal = annealing(predictor, cfg, n, j_end)
+    return Counterfactuals(
+        n, j_end, critical_step, interventions, [resolve(o) for o in grid], anneal
+    )
+
+
+def annealing(predictor: Predictor, cfg: RunConfig, n: int, j_end: int) -> list[Outcome]:
+    """The run's base step under ``inverse_time`` schedules ``alpha_w / (1 + t / t0)``,
+    t0 = ANNEAL_T0 x the iterations after the probe (at least 1, each once): a constant step holds
+    value_gap at its noise floor ``~ sqrt(eta / B)``, a falling one keeps lowering it
+    (docs/model.md §6.1). Each ``set`` is the config keys that make that schedule."""
+    eta, out = st.expected_step(cfg), []
+    left = max(cfg.outer_iters - 1 - n, 1)
+    t0s = sorted({float(max(round(frac * left), 1)) for frac in ANNEAL_T0})
+    for k, t0 in enumerate(t0s):
+        schedule = StepSchedule(kind="inverse_time", t0=t0)
+        sets = {"schedules.alpha_w.kind": "inverse_time", "schedules.alpha_w.t0": t0}
+        p, note = predictor.with_schedule(schedule, eta)
+        out.append(outcome_of(p, f"anneal_{k:02d}", sets, eta, cfg.trajectories, j_end, note))
+    return out
 
 
 def to_arrays(cf: Counterfactuals) -> dict[str, np.ndarray]:
-    """``probes/counterfactuals_<iter>.npz``: one entry per setting (interventions then
-    grid), strings as unicode arrays (no pickles), NaN where not predicted."""
-    rows = [*cf.interventions, *cf.grid]
+    """``probes/counterfactuals_<iter>.npz``: one entry per setting (interventions, the
+    grid, then the annealing schedules), strings as unicode arrays (no pickles), NaN where
+    not predicted."""
+    rows = [*cf.interventions, *cf.grid, *cf.schedules]
     keys = ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi", "value_gap_end_path")
     out: dict[str, np.ndarray] = {
         "name": np.array([o.name for o in rows]),
         "set_json": np.array([json.dumps(o.set, sort_keys=True) for o in rows]),
-        "kind": np.array(["intervention"] * len(cf.interventions) + ["grid"] * len(cf.grid)),
+        "kind": np.array(
+            ["intervention"] * len(cf.interventions)
+            + ["grid"] * len(cf.grid)
+            + ["schedule"] * len(cf.schedules)
+        ),
         "eta": np.array([o.eta for o in rows], dtype=np.float64),
         "trajectories": np.array([o.trajectories for o in rows], dtype=np.int64),
         "regime": np.array([o.regime for o in rows]),

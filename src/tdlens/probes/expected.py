@@ -417,3 +417,293 @@ def predict_scheduled(
         rows = phi_t[:: max(1, n // NOISE_ROWS)]
         var = scheduled_noise(A, U, rows, etas, trajectories)
     return Prediction(mid=mid, noise=np.sqrt(np.maximum(var, 0.0)), est=est)
+
+
+# ------------------------------------------------------------------ many steps at once
+#
+# The counterfactuals (:mod:`tdlens.probes.counterfactual`) need :func:`predict` at ~15
+# steps eta on the same probe. Two identities make them cost little more than one:
+# - series regime (``kappa(eta) < 1/2``): ``(-eta A)^m X = (eta / eta_0)^m (-eta_0 A)^m
+#   X``, so the terms and their readouts ``rows @ q_m`` at the largest such step eta_0
+#   serve every smaller one, only the coefficients ``C(j, m) (eta / eta_0)^m`` change;
+# - loop regime: the steps' paths ``X_{j+1} = X_j - eta (A @ X_j)`` are columns of one
+#   product ``A @ [X_j(eta_1), X_j(eta_2), ...]`` per step (A read once, not once per eta),
+#   each read out as it is made (nothing of size ``steps D k`` is kept).
+# Both give predict's numbers up to float rounding (tests/test_counterfactual.py).
+
+
+def _combine(coefs: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """``[n, J, k]``: ``sum_m coefs[j, m] flat[:, m, :]`` as one matrix product
+    (``coefs [J, M]``, ``flat [n, M, k]``)."""
+    n, M, k = flat.shape
+    return (coefs @ flat.transpose(1, 0, 2).reshape(M, n * k)).reshape(-1, n, k).transpose(1, 0, 2)
+
+
+def _series_reads(
+    A: np.ndarray,
+    X: np.ndarray,
+    etas: list[float],
+    steps: int,
+    reads: list[tuple[np.ndarray, slice]],
+) -> list[list[np.ndarray]]:
+    """``out[e][r] [n_r, steps + 1, k_r]``: ``rows_r @ J(eta_e)^j X[:, cols_r]`` for
+    ``reads = [(rows_r, cols_r)]``, every eta in the series regime of A (module
+    comment): one set of terms at ``eta_0 = max etas``, one readout per read."""
+    eta0 = max(etas)
+    S = series(A, X, eta0, steps)
+    M, D, _ = S.terms.shape
+    flats = []
+    for rows, cols in reads:
+        terms = S.terms[:, :, cols]
+        k = terms.shape[2]
+        flat = readout(rows, terms.transpose(1, 0, 2).reshape(D, M * k))
+        flats.append(flat.reshape(-1, M, k))
+    out = []
+    for eta in etas:
+        coefs = S.coefs * (eta / eta0 if eta0 > 0 else 0.0) ** np.arange(M)
+        out.append([_combine(coefs, flat) for flat in flats])
+    return out
+
+
+def _loop_reads(
+    A: np.ndarray,
+    X: np.ndarray,
+    etas: list[float],
+    steps: int,
+    reads: list[tuple[np.ndarray, slice]],
+) -> list[list[np.ndarray]]:
+    """:func:`_series_reads` by the step-by-step loop: all etas' paths as column blocks of
+    one ``[D, len(etas) k]`` matrix, one product with A per step, read out per step."""
+    k = X.shape[1]
+    L = len(etas)
+    step = np.repeat(np.asarray(etas, dtype=np.float64), k)
+    cur = np.tile(X.astype(np.float64), (1, L))
+    idx = [np.arange(k)[cols] for _, cols in reads]
+    sel = [np.concatenate([e * k + i for e in range(L)]) for i in idx]
+    out = [
+        [
+            np.empty((rows.shape[0], steps + 1, i.size))
+            for (rows, _), i in zip(reads, idx, strict=True)
+        ]
+        for _ in range(L)
+    ]
+    for j in range(steps + 1):
+        for r, ((rows, _), s, i) in enumerate(zip(reads, sel, idx, strict=True)):
+            got = readout(rows, cur[:, s])
+            for e in range(L):
+                out[e][r][:, j, :] = got[:, e * i.size : (e + 1) * i.size]
+        if j < steps:
+            cur = cur - step * (A @ cur)
+    return out
+
+
+def _reads_many(
+    A: np.ndarray,
+    X: np.ndarray,
+    etas: list[float],
+    steps: int,
+    reads: list[tuple[np.ndarray, slice]],
+) -> list[list[np.ndarray]]:
+    """``rows @ J(eta)^j X`` per eta of `etas` (in that order) and read: all of them by
+    one :func:`_deflated_reads` when some eta is past the series regime of A (the choice
+    :func:`series` makes) and A deflates, else :func:`_series_reads` for the etas in the
+    series regime and :func:`_loop_reads` for the others."""
+    kappa_per_eta = steps * float(np.linalg.norm(A))
+    small = [e for e in etas if e * kappa_per_eta < KAPPA_MAX]
+    large = [e for e in etas if not e * kappa_per_eta < KAPPA_MAX]
+    if large:
+        deflated = _deflated_reads(A, X, etas, steps, reads)
+        if deflated is not None:
+            return deflated
+    got: dict[float, list[np.ndarray]] = {}
+    if small:
+        got.update(zip(small, _series_reads(A, X, small, steps, reads), strict=True))
+    if large:
+        got.update(zip(large, _loop_reads(A, X, large, steps, reads), strict=True))
+    return [got[e] for e in etas]
+
+
+def predict_many(
+    A: np.ndarray,
+    e0: np.ndarray,
+    U: np.ndarray,
+    phi_t: np.ndarray,
+    etas: list[float],
+    trajectories: int,
+    steps: int,
+    est: float,
+    halves: tuple[HalfBatch, HalfBatch] | None = None,
+    threads: int = 1,
+) -> list[Prediction]:
+    """``[predict(..., eta, ...) for eta in etas]`` (same arguments otherwise) up to float
+    rounding, sharing the work between the steps (the comment above). The three matrices
+    (the batch's A, the halves') run side by side on `threads` threads."""
+    n, D = phi_t.shape
+    C = U.shape[1]
+    etas = [float(e) for e in etas]
+    rows = phi_t[:: max(1, n // NOISE_ROWS)]
+    X0 = np.concatenate([e0[:, None], U], axis=1)
+    main_reads = [(phi_t, slice(0, 1))] + ([(rows, slice(1, None))] if C else [])
+    jobs = [(A, X0, main_reads)]
+    jobs += [(h.A, h.e0[:, None], [(h.phi_t, slice(0, 1))]) for h in halves or ()]
+    with np.errstate(over="ignore", invalid="ignore"):
+        main, *half_reads = parallel_map(
+            lambda job: _reads_many(job[0], job[1], etas, steps, job[2]), jobs, threads
+        )
+        out = []
+        for e, eta in enumerate(etas):
+            path = main[e][0][:, :, 0]
+            mid = np.sqrt(np.mean(path**2, axis=0) / D)
+            half_paths = None
+            if halves is not None:
+                half_paths = tuple(
+                    np.sqrt(np.mean(h_reads[e][0][:, :, 0] ** 2, axis=0) / h.phi_t.shape[1])
+                    for h_reads, h in zip(half_reads, halves, strict=True)
+                )
+            mid = debiased_path(mid, half_paths)
+            if C == 0:
+                out.append(Prediction(mid=mid, noise=np.zeros_like(mid), est=est))
+                continue
+            per_step = (main[e][1] ** 2).sum(axis=(0, 2)) / (rows.shape[0] * D)
+            var = eta**2 / trajectories * np.concatenate([[0.0], np.cumsum(per_step[:-1])])
+            out.append(Prediction(mid=mid, noise=np.sqrt(var), est=est))
+    return out
+
+
+DEFLATE_BLOCK = 12
+"""Subspace-iteration block of :func:`_dominant_subspace`."""
+DEFLATE_GAP = 3.0
+"""Deflate the leading Ritz values down to the largest gap in modulus among the first
+DEFLATE_BLOCK - 4, when that gap is at least this ratio (the rest of the spectrum then
+moves at least this much slower)."""
+DEFLATE_RESIDUAL = 1e-11
+"""The invariant-subspace residual ``||A Q - Q T||_F / ||A||_F`` accepted."""
+DEFLATE_ITERS = 40
+SERIES_REL = 2.0**-52
+"""The deflated series stops at the first term below this fraction of its largest."""
+"""Subspace iterations before giving up on the deflation (the loop is used)."""
+
+
+def _dominant_subspace(A: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(Q [D, k], T = Q^T A Q [k, k])``: an orthonormal basis of the invariant subspace of
+    the k eigenvalues of A of largest modulus, k where the Ritz values' moduli fall by
+    the largest ratio, at least DEFLATE_GAP (a complex pair kept whole), by subspace iteration
+    with a real Schur reordering; None when no such gap shows within the block or the
+    residual ``||A Q - Q T||_F`` stays above DEFLATE_RESIDUAL ``||A||_F``."""
+    import scipy.linalg as sla
+
+    D = A.shape[0]
+    p = min(DEFLATE_BLOCK, D - 1)
+    if p < 5 or not np.all(np.isfinite(A)):
+        return None  # too small to show a gap (the loop is cheap there), or not finite
+    rng = np.random.default_rng(0)
+    V, _ = np.linalg.qr(rng.standard_normal((D, p)))
+    norm = float(np.linalg.norm(A))
+    if not norm > 0:
+        return None
+    AV = A @ V
+    for _ in range(DEFLATE_ITERS):
+        H = V.T @ AV
+        mods = np.sort(np.abs(np.linalg.eigvals(H)))[::-1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gaps = mods[: p - 4] / mods[1 : p - 3]
+        k = int(np.argmax(np.where(np.isfinite(gaps), gaps, 0.0))) + 1
+        if gaps[k - 1] >= DEFLATE_GAP:
+            thr = 0.5 * (mods[k - 1] + mods[k])
+            _, Z, sdim = sla.schur(
+                H, output="real", sort=lambda x, y, thr=thr: math.hypot(x, y) > thr
+            )
+            if sdim == k:
+                Q, AQ = V @ Z[:, :k], AV @ Z[:, :k]
+                T = Q.T @ AQ
+                if np.linalg.norm(AQ - Q @ T) <= DEFLATE_RESIDUAL * norm:
+                    return Q, T
+        V, _ = np.linalg.qr(AV)
+        AV = A @ V
+    return None
+
+
+def _deflated_reads(
+    A: np.ndarray,
+    X: np.ndarray,
+    etas: list[float],
+    steps: int,
+    reads: list[tuple[np.ndarray, slice]],
+) -> list[list[np.ndarray]] | None:
+    """:func:`_loop_reads` for steps past the series regime, by deflation; None when A
+    shows no dominant invariant subspace (:func:`_dominant_subspace`) or the rest's
+    series does not converge within `steps` terms.
+
+    With ``Q [D, k]`` an orthonormal basis of the invariant subspace of A's k largest
+    eigenvalues (``A Q = Q T``) split ``e = Q a + r``, ``r`` orthogonal to Q: then ``A e =
+    Q (T a + G r) + A_22 r`` with ``G = Q^T A`` and ``A_22 = (I - Q Q^T) A`` on the
+    complement, so ``e_{j+1} = e_j - eta A e_j`` is
+
+        r_j = sum_m C(j, m) (eta / eta_0)^m s_m,    s_m = (-eta_0 A_22)^m r_0,
+        a_{j+1} = a_j - eta (T a_j + G r_j),
+
+    the series in the slow rest (its eigenvalues at least DEFLATE_GAP times smaller,
+    so its terms fall once ``m > steps eta_0 rho_rest``; they stop where ``C(steps, m)
+    ||s_m||`` is below SERIES_REL of their largest) and a k-dimensional loop for the
+    fast modes. ``rows @ e_j = (rows Q) a_j + sum_m coef[j, m] (rows s_m)`` in float64 (the
+    series cancels up to ``(1 + eta_0 rho_rest)^steps``, too much for a float32
+    readout). The same numbers as the loop up to rounding (tests/test_counterfactual.py
+    bounds them at 1e-6)."""
+    dom = _dominant_subspace(A)
+    if dom is None:
+        return None
+    Q, T = dom
+    eta0 = max(etas)
+    X = X.astype(np.float64)
+    a0 = Q.T @ X
+    s = X - Q @ a0
+    terms, gs = [s], []
+    j = np.arange(steps + 1, dtype=np.float64)
+    coef = 1.0
+    peak = 0.0
+    for m in range(steps + 1):
+        size = coef * float(np.linalg.norm(terms[-1]))
+        peak = max(peak, size)
+        if not math.isfinite(size):
+            return None
+        if m > 0 and size <= SERIES_REL * peak:
+            break
+        As = A @ terms[-1]
+        gs.append(Q.T @ As)
+        if m == steps:
+            break
+        nxt = -eta0 * (As - Q @ (Q.T @ As))
+        terms.append(nxt)
+        coef = coef * (steps - m) / (m + 1)
+    M = len(gs)
+    if M > steps:
+        return None  # did not converge: the loop
+    terms = terms[:M]
+    S = np.stack(terms)  # [M, D, k]
+    G = np.stack(gs)  # [M, kq, k]
+    binom = [np.ones(steps + 1)]
+    for m in range(1, M):
+        binom.append(binom[-1] * np.maximum(j - (m - 1), 0.0) / m)
+    binom = np.stack(binom, axis=1)  # C(j, m)
+    flats = []
+    D = X.shape[0]
+    for rows, cols in reads:
+        r64 = rows.astype(np.float64)
+        Sc = S[:, :, cols]
+        k = Sc.shape[2]
+        flat = (r64 @ Sc.transpose(1, 0, 2).reshape(D, M * k)).reshape(-1, M, k)
+        flats.append((flat, r64 @ Q))
+    out = []
+    for eta in etas:
+        coefs = binom * (eta / eta0) ** np.arange(M)  # [steps + 1, M]
+        Gr = np.einsum("jm,mqk->jqk", coefs, G)  # G r_j
+        a = np.empty((steps + 1, *a0.shape))
+        a[0] = a0
+        for t in range(steps):
+            a[t + 1] = a[t] - eta * (T @ a[t] + Gr[t])
+        per = []
+        for (flat, RQ), (_, cols) in zip(flats, reads, strict=True):
+            got = _combine(coefs, flat) + np.matmul(RQ, a[:, :, cols]).transpose(1, 0, 2)
+            per.append(got)
+        out.append(per)
+    return out

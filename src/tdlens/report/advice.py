@@ -28,6 +28,8 @@ HELPS_LITTLE = 0.8
 """helps = false when the advised value_gap_end is above this fraction of the control's."""
 
 
+NOISE_FLOOR = "plateau:noise-floor"
+"""The label (or the control's predicted regime) under which annealing is advised."""
 PREDICTED_KEYS = ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi", "value_gap_end_path")
 
 
@@ -60,14 +62,17 @@ def _num(x: float) -> str:
 
 
 def advice(
-    rows: list[dict[str, Any]], cfg: RunConfig, critical_step: float
+    rows: list[dict[str, Any]], cfg: RunConfig, critical_step: float, label: str = ""
 ) -> list[dict[str, Any]]:
     """``verdict.advice`` from :func:`entries`: the grid setting with the smallest
     predicted value_gap_end at the run's batch, replaced by a larger batch's best only
     when that is lower by more than BATCH_GAIN; then, when the batch changed, the best at
     the run's batch. Each ``{"set", "predicted", "why", "helps"}``, helps = false when
     the predicted value_gap_end is above HELPS_LITTLE x the control's (no setting within
-    the run length helps much). [] without a control or grid."""
+    the run length helps much). Where the run is ``plateau:noise-floor`` (its `label`, or
+    the control's predicted path) and stored annealing schedules are predicted to end
+    lower than the control, the lowest of them follows (:func:`anneal_advice`). [] without
+    a control or grid."""
     control = next((r for r in rows if r["name"] == "control" and r["predicted"]), None)
     grid = [
         r
@@ -88,7 +93,55 @@ def advice(
         if chosen is None or lower < (1.0 - BATCH_GAIN) * chosen["predicted"]["value_gap_end"]:
             chosen = best[b]
     picks = [chosen] if chosen is own or own is None else [chosen, own]
-    return [_advice_entry(r, control, cfg, critical_step) for r in picks if r is not None]
+    out = [_advice_entry(r, control, cfg, critical_step) for r in picks if r is not None]
+    anneal = anneal_advice(rows, control, cfg, label)
+    return [*out, anneal] if anneal else out
+
+
+def anneal_advice(
+    rows: list[dict[str, Any]], control: dict[str, Any], cfg: RunConfig, label: str = ""
+) -> dict[str, Any] | None:
+    """The stored ``schedule`` setting (an ``inverse_time`` alpha_w schedule, written by
+    the probe when the control's path reaches a floor) with the smallest predicted
+    value_gap_end, as a ``verdict.advice`` entry, when the run is ``plateau:noise-floor``
+    (`label` or the control's predicted regime) and it ends below the control's
+    value_gap_end; else None."""
+    c = control["predicted"]
+    if NOISE_FLOOR not in (label, c["regime"]):
+        return None
+    sched = [
+        r
+        for r in rows
+        if r["kind"] == "schedule"
+        and r["predicted"]
+        and math.isfinite(r["predicted"]["value_gap_end"])
+    ]
+    if not sched:
+        return None
+    best = min(sched, key=lambda r: r["predicted"]["value_gap_end"])
+    p = best["predicted"]
+    if not p["value_gap_end"] < c["value_gap_end"]:
+        return None
+    what = ", ".join(
+        f"{k} = {v if isinstance(v, str) else _num(v)}" for k, v in best["set"].items()
+    )
+    last = cfg.outer_iters - 1
+    why = (
+        f"anneal the critic step ({what}: alpha_w / (1 + t / t0) from alpha_w = "
+        f"{_num(cfg.alpha_w)}): a constant step holds value_gap at its noise floor, a "
+        f"falling one keeps lowering it; predicted value_gap at iteration {last} "
+        f"{_num(p['value_gap_end'])} [{_num(p['value_gap_end_lo'])}, "
+        f"{_num(p['value_gap_end_hi'])}] ({p['regime']}), against {_num(c['value_gap_end'])} "
+        f"[{_num(c['value_gap_end_lo'])}, {_num(c['value_gap_end_hi'])}] unchanged "
+        f"({c['regime']})"
+    )
+    predicted = {k: p[k] for k in ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi")}
+    return {
+        "set": best["set"],
+        "predicted": {**predicted, "regime": p["regime"]},
+        "why": why,
+        "helps": p["value_gap_end"] <= HELPS_LITTLE * c["value_gap_end"],
+    }
 
 
 def _advice_entry(

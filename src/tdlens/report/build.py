@@ -338,7 +338,7 @@ def status_block(data: RunData) -> dict[str, Any]:
 
 
 def counterfactual_section(
-    data: RunData,
+    data: RunData, label: str = ""
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """``(regime.counterfactuals, verdict.advice, problems)`` from the FIRST readable
     ``probes/counterfactuals_<iter>.npz`` (:mod:`tdlens.report.advice`; the probe writes
@@ -346,7 +346,8 @@ def counterfactual_section(
     and the first probe's prediction spans the most of the run under it (a later round
     predicts only the iterations left from its snapshot, none at the last). Each
     counterfactual ``{"name", "set", "predicted", "note"}``, ``predicted`` null when not
-    predictable (the note says why). An unreadable file is skipped and named in
+    predictable (the note says why). `label` is the run's regime label (advice proposes
+    annealing under ``plateau:noise-floor``). An unreadable file is skipped and named in
     problems; ``([], [], problems)`` without a readable one or a config."""
     problems: list[str] = []
     if data.cfg is None:
@@ -363,7 +364,7 @@ def counterfactual_section(
         keep = ("name", "set", "predicted", "note")
         interventions = [{k: r[k] for k in keep} for r in rows if r["kind"] == "intervention"]
         critical = float(arrays["critical_step"][0])
-        return interventions, ra.advice(rows, data.cfg, critical), problems
+        return interventions, ra.advice(rows, data.cfg, critical, label), problems
     return [], [], problems
 
 
@@ -382,7 +383,7 @@ def build_report(run_dir: str | Path) -> Report:
     regime = label_regime(series_of(data))
     steps = next_steps(data, checks)
     dynamics = critic_dynamics(data)
-    counterfactuals, advice, cf_problems = counterfactual_section(data)
+    counterfactuals, advice, cf_problems = counterfactual_section(data, regime.label)
     return Report(
         run_info=run_info(data),
         regime=regime,
