@@ -75,20 +75,28 @@ def cluster_means(
     """``L [C, k]``: per-cluster means of ``z_i`` (module docstring) for the modes with
     right/left vectors ``[D, k]``; ``phi_t, dphi_t [n, D]``, C = n // cluster_size (a
     remainder of samples is dropped)."""
+    py, qx, norm = _projections(phi_t, dphi_t, right, left, cluster_size)
+    rows, k = py.shape
+    z = rho_t[:rows, None] * py * qx / norm
+    return z.reshape(rows // cluster_size, cluster_size, k).mean(axis=1)
+
+
+def _projections(
+    phi_t: np.ndarray, dphi_t: np.ndarray, right: np.ndarray, left: np.ndarray, cluster_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``py = Phi y_m``, ``qx = dPhi x_j`` (complex ``[rows, k]``, over the samples of
+    whole clusters, in the features dtype and summed in float64) and ``norm = sqrt(D)
+    y_m . x_m [k]``: the factors of :func:`cluster_means` and :func:`block_means`."""
     n, D = phi_t.shape
     k = right.shape[1]
-    C = n // cluster_size
-    rows = C * cluster_size
+    rows = n // cluster_size * cluster_size
     dtype = phi_t.dtype
     Y = np.concatenate([left.real, left.imag], axis=1).astype(dtype)
     X = np.concatenate([right.real, right.imag], axis=1).astype(dtype)
     P = (phi_t[:rows] @ Y).astype(np.float64)
     Q = (dphi_t[:rows] @ X).astype(np.float64)
-    py = P[:, :k] + 1j * P[:, k:]
-    qx = Q[:, :k] + 1j * Q[:, k:]
     norm = math.sqrt(D) * np.sum(left * right, axis=0)
-    z = rho_t[:rows, None] * py * qx / norm
-    return z.reshape(C, cluster_size, k).mean(axis=1)
+    return P[:, :k] + 1j * P[:, k:], Q[:, :k] + 1j * Q[:, k:], norm
 
 
 def block_means(
@@ -103,18 +111,10 @@ def block_means(
     / (sqrt(D) y_m . x_m)`` of the modes with right/left vectors ``[D, k]`` (its diagonal
     is :func:`cluster_means`; the mean over clusters is ``diag(l)`` when no sample is
     dropped). ``phi_t, dphi_t [n, D]``, C = n // cluster_size."""
-    n, D = phi_t.shape
-    k = right.shape[1]
-    C = n // cluster_size
-    rows = C * cluster_size
-    dtype = phi_t.dtype
-    Y = np.concatenate([left.real, left.imag], axis=1).astype(dtype)
-    X = np.concatenate([right.real, right.imag], axis=1).astype(dtype)
-    P = (phi_t[:rows] @ Y).astype(np.float64)
-    Q = (dphi_t[:rows] @ X).astype(np.float64)
-    norm = math.sqrt(D) * np.sum(left * right, axis=0)
-    py = (P[:, :k] + 1j * P[:, k:]) * (rho_t[:rows, None] / norm)
-    qx = Q[:, :k] + 1j * Q[:, k:]
+    py, qx, norm = _projections(phi_t, dphi_t, right, left, cluster_size)
+    rows, k = py.shape
+    C = rows // cluster_size
+    py = py * (rho_t[:rows, None] / norm)
     M = np.einsum("chi,chj->cij", py.reshape(C, cluster_size, k), qx.reshape(C, cluster_size, k))
     return M / cluster_size
 
