@@ -143,7 +143,6 @@ SHIPPED_HASHES = {
     "plateau": "48fa8618f6a7",
     "regime_divergence": "b9a325e28f69",
     "regime_learning": "f3d1220a5a2e",
-    "regime_moving_target": "8c896c832693",
     "regime_noise_floor": "463e995c2125",
     "regime_plateau": "827d5962571d",
     "regime_triad": "96ac77168fc9",

@@ -237,6 +237,12 @@ def test_interventions_read_the_run_and_predictions_come_from_the_report(tmp_pat
     assert step.overrides(cfg, parent) == {"alpha_w": pytest.approx(critical / 2, rel=1e-12)}
     (noise,) = ex.INTERVENTIONS["plateau:noise-floor"]
     assert noise.overrides(cfg, parent) == {"alpha_w": 1.5, "trajectories": 32}
+    # the regime table's sets are the counterfactual probe's: explain finds the prediction
+    reported = json.loads((parent / "run_report.json").read_text())["regime"]["counterfactuals"]
+    for twin in (noise, *ex.INTERVENTIONS["plateau:moving-target"]):
+        (found,) = [c for c in reported if c["name"] == twin.name]
+        assert found["set"] == twin.overrides(cfg, parent)
+        assert ex.predicted_for(parent, found["set"]) == found["predicted"] is not None
     assert ex.INTERVENTIONS["learning"] == ()
     predicted = {"value_gap_end": 0.1, "value_gap_end_lo": 0.08, "value_gap_end_hi": 0.12}
     report = {"regime": {"counterfactuals": [{"set": {"alpha_w": 24.0}, "predicted": predicted}]}}

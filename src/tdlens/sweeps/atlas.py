@@ -55,8 +55,7 @@ sigma_mu as sigma_mu / sigma_pi)."""
 SHIPPED_REGIMES: tuple[tuple[str, str], ...] = (
     ("learning", "regime_learning"),
     ("plateau:slow-modes", "regime_plateau"),
-    ("plateau:moving-target", "regime_moving_target"),
-    ("plateau:noise-floor", "regime_noise_floor"),
+    ("plateau", "regime_noise_floor"),  # at its floor, its intervention predicted not to help
     ("diverged:step-size", "regime_divergence"),
     ("diverged:off-policy", "regime_triad"),
 )
