@@ -107,9 +107,7 @@ def test_mechanism_recheck_refuses_unknown_labels():
 SHIPPED = {
     "regime_learning": ("learning", "PASS"),
     "regime_plateau": ("plateau:slow-modes", "PASS"),
-    # at its floor, but alpha_w / 4 with 4x the trajectories is predicted not to lower it
-    # beyond the band (measured: 0.0160 vs 0.0110): the family, no mechanism
-    "regime_noise_floor": ("plateau", "PASS"),
+    "regime_noise_floor": ("plateau:noise-floor", "PASS"),
     "regime_divergence": ("diverged:step-size", "FAIL"),
 }
 """Each shipped regime config (but the triad, below) with its label and health status."""
@@ -197,7 +195,7 @@ def triad(shipped) -> tuple[dict, Path]:
     return json.loads((run_dir / "run_report.json").read_text()), run_dir
 
 
-CAUSAL = ("regime_plateau", "regime_divergence", "regime_triad")
+CAUSAL = ("regime_plateau", "regime_noise_floor", "regime_divergence", "regime_triad")
 """The shipped configs with a plateau mechanism or divergence label (issue 23 item 6)."""
 
 
@@ -208,7 +206,7 @@ def test_shipped_mechanism_config_is_causal(shipped, tmp_path, name):
     off-policy: eig_min_real's sign, as issue 23's table predicts): a
     FRESH run with the intervention from the start (not an explain branch: the label's
     prediction comes from the counterfactual probe at the first probe round, iteration 3
-    of 60-120, so it predicts nearly a fresh run, and a fresh run needs no checkpoint),
+    at most 7 of 30-120, so it predicts nearly a fresh run; a fresh run needs no checkpoint),
     compared with the shipped run by explain's estimator and verdict (ln value_gap of
     the last probe rounds, Z = 2 AR(1)-inflated standard errors; a diverged run's is inf).
     The twin's overrides are the report's counterfactual entry's ``set`` (the regime

@@ -34,7 +34,7 @@ SHIPPED_HASHES = {
     "plateau": "48fa8618f6a7",
     "regime_divergence": "b9a325e28f69",
     "regime_learning": "f3d1220a5a2e",
-    "regime_noise_floor": "463e995c2125",
+    "regime_noise_floor": "3199614769ee",
     "regime_plateau": "827d5962571d",
     "regime_triad": "96ac77168fc9",
     "sanity": "c891fe1b8a80",

@@ -55,7 +55,7 @@ sigma_mu as sigma_mu / sigma_pi)."""
 SHIPPED_REGIMES: tuple[tuple[str, str], ...] = (
     ("learning", "regime_learning"),
     ("plateau:slow-modes", "regime_plateau"),
-    ("plateau", "regime_noise_floor"),  # at its floor, its intervention predicted not to help
+    ("plateau:noise-floor", "regime_noise_floor"),
     ("diverged:step-size", "regime_divergence"),
     ("diverged:off-policy", "regime_triad"),
 )
