@@ -22,12 +22,15 @@ from tdlens.api import load_run_config
 from tdlens.config import load_config
 from tdlens.probes import counterfactual as cf
 from tdlens.probes import expected as ex
+from tdlens.regimes import REGIME_TABLE, predicted_interventions
 from tdlens.report import advice as ra
 from tdlens.report.build import build_report, counterfactual_section
 from tdlens.report.render_json import render_json
 from tdlens.rundir.read import load_array, load_run
 from tdlens.runs.runner import Runner
 
+X4_CAP = REGIME_TABLE["plateau:slow-modes"].intervention[0].cap_critical
+"""The regime table's cap of alpha_w x4, as a fraction of the critical step."""
 FAST = [
     "threads=1",
     "probes.plateau.enabled=false",
@@ -141,7 +144,7 @@ def test_control_is_the_probe_prediction_bit_for_bit_and_batches_rescale(normali
     )
     assert got["alpha_w_half_critical"].eta == pytest.approx(crit / 2, rel=1e-14)
     x4 = got["alpha_w_x4"]
-    assert x4.eta == pytest.approx(min(4 * eta, cf.CAP * crit), rel=1e-14)
+    assert x4.eta == pytest.approx(max(eta, min(4 * eta, X4_CAP * crit)), rel=1e-14)
     # the noise of 4x the batch, rescaled, against predict run with it
     quarter = got["alpha_w_div4_trajectories_x4"]
     direct = ex.predict(ing.A, ing.e0, ing.U, ing.phi_t, quarter.eta, 32, 40, ing.est, ing.halves)
@@ -153,9 +156,9 @@ def test_alpha_w_x4_is_capped_below_the_critical_step():
     cfg = _hand_config("mean").model_copy(update={"alpha_w": 1.0, "outer_iters": 10})
     got = {o.name: o for o in cf.counterfactuals(_toy(), cfg, 0, 2.0).interventions}
     assert (
-        got["alpha_w_x4"].eta == pytest.approx(cf.CAP * 2.0) and "capped" in got["alpha_w_x4"].note
+        got["alpha_w_x4"].eta == pytest.approx(X4_CAP * 2.0) and "capped" in got["alpha_w_x4"].note
     )
-    assert got["alpha_w_x4"].set == {"alpha_w": pytest.approx(1.8)}
+    assert got["alpha_w_x4"].set == {"alpha_w": pytest.approx(X4_CAP * 2.0)}
     # beyond the critical step (eta = 3 > 2): the control diverges, the remedies do not
     cfs = cf.counterfactuals(
         _toy(), cfg.model_copy(update={"alpha_w": 3.0, "outer_iters": 60}), 0, 2.0
@@ -241,15 +244,18 @@ def test_stored_control_is_the_first_probes_band_and_the_report_carries_it(sourc
     assert control["value_gap_end"] == math.hypot(pred.mid[-1], pred.spread[-1])
     report = json.loads(render_json(build_report(run_dir)))
     names = [c["name"] for c in report["regime"]["counterfactuals"]]
-    assert names == [
+    # one per distinct intervention of the regime table, the control first
+    assert names == ["control", *predicted_interventions()]
+    assert set(names) == {
         "control",
         "alpha_w_x4",
         "alpha_w_div4_trajectories_x4",
         "policies_frozen",
         "alpha_w_half_critical",
         "sigma_mu_to_sigma_pi",
-    ]
-    assert report["regime"]["counterfactuals"][-1]["predicted"] is None
+    }
+    by_name = {c["name"]: c for c in report["regime"]["counterfactuals"]}
+    assert by_name["sigma_mu_to_sigma_pi"]["predicted"] is None
     (advice,) = report["verdict"]["advice"]
     assert set(advice["predicted"]) == {
         "value_gap_end",

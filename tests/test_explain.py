@@ -237,6 +237,12 @@ def test_interventions_read_the_run_and_predictions_come_from_the_report(tmp_pat
     assert step.overrides(cfg, parent) == {"alpha_w": pytest.approx(critical / 2, rel=1e-12)}
     (noise,) = ex.INTERVENTIONS["plateau:noise-floor"]
     assert noise.overrides(cfg, parent) == {"alpha_w": 1.5, "trajectories": 32}
+    # the regime table's sets are the counterfactual probe's: explain finds the prediction
+    reported = json.loads((parent / "run_report.json").read_text())["regime"]["counterfactuals"]
+    for twin in (noise, *ex.INTERVENTIONS["plateau:moving-target"]):
+        (found,) = [c for c in reported if c["name"] == twin.name]
+        assert found["set"] == twin.overrides(cfg, parent)
+        assert ex.predicted_for(parent, found["set"]) == found["predicted"] is not None
     assert ex.INTERVENTIONS["learning"] == ()
     predicted = {"value_gap_end": 0.1, "value_gap_end_lo": 0.08, "value_gap_end_hi": 0.12}
     report = {"regime": {"counterfactuals": [{"set": {"alpha_w": 24.0}, "predicted": predicted}]}}
@@ -292,3 +298,16 @@ def test_bad_input_exits_2_with_one_line(root, parent):
         assert message in result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
         assert _snapshot(parent) == before
+
+
+def test_a_twin_finds_its_prediction_by_set_else_by_intervention_name(tmp_path):
+    """The report's entry with the twin's exact set; else the same intervention's entry
+    (set at the first probe round's critical step) with its own set as predicted_set."""
+    predicted = {"value_gap_end": 0.1, "value_gap_end_lo": 0.08, "value_gap_end_hi": 0.12}
+    entry = {"name": "alpha_w_half_critical", "set": {"alpha_w": 441.0}, "predicted": predicted}
+    (tmp_path / "run_report.json").write_text(json.dumps({"regime": {"counterfactuals": [entry]}}))
+    got = ex._prediction(tmp_path, "alpha_w_half_critical", {"alpha_w": 441.0})
+    assert got == {"predicted": predicted}
+    got = ex._prediction(tmp_path, "alpha_w_half_critical", {"alpha_w": 44.4})
+    assert got == {"predicted": predicted, "predicted_set": {"alpha_w": 441.0}}
+    assert ex._prediction(tmp_path, "alpha_w_x4", {"alpha_w": 44.4}) == {"predicted": None}

@@ -111,3 +111,100 @@ def test_interventions_as_config_overrides():
     assert intervention_set("learning", cur) == {} and entry("learning").intervention == ()
     with pytest.raises(RegimeTableError, match="unknown regime label 'nope'"):
         intervention_set("nope", cur)
+
+
+# ------------------------------------------------ issue 23 item 2: predicted mechanisms
+
+
+def _series(cfs: tuple = (), gap: float = 0.1, drift_noise: float = 0.1) -> scores.RunSeries:
+    """A flat value_gap over 10 probe rounds (a plateau), the fixed point drifting 0.5 per
+    round (in value terms d = 0.5 x 0.1 / 10 per iteration against relaxation 0.1 / 100:
+    drift_ratio 5), value-space noise 0.01, ``noise_floor`` = `drift_noise` per round."""
+    rounds = 10
+    fixed_point = {
+        "iter": [10.0 * k for k in range(rounds)],
+        "value_gap": [gap] * rounds,
+        "value_noise_floor": [0.01] * rounds,
+        "w_gap": [1.0] * rounds,
+        "w_sharp_drift": [0.0] + [0.5] * (rounds - 1),
+        "noise_floor": [drift_noise] * rounds,
+        "effective_timescale": [100.0] * rounds,
+    }
+    curves = {"td_loss": [1.0] * 100, "w_norm": [1.0] * 100, "delta_w_norm": [0.01] * 100}
+    return scores.RunSeries("complete", 100, curves, fixed_point, {}, cfs)
+
+
+def _cf(name: str, end: float, hi: float) -> dict:
+    return {"name": name, "value_gap_end": end, "value_gap_end_lo": 0.0, "value_gap_end_hi": hi}
+
+
+CONTROL = _cf("control", 0.1, 0.13)
+FROZEN_SAME = _cf("policies_frozen", 0.1, 0.13)
+"""The probe predicts with the policies frozen: its policies_frozen entry is the control's."""
+
+
+def test_without_counterfactuals_the_old_rule_holds():
+    assert scores.label_regime(_series()).label == "plateau:moving-target"
+    assert scores.label_regime(_series(gap=0.012)).label == "plateau:noise-floor"
+
+
+def test_a_mechanism_needs_its_intervention_predicted_beyond_the_band():
+    """slow-modes when alpha_w x4's band top (0.07) is below the control's value_gap_end
+    (0.1); the family plateau, with every prediction in its reason, when it is not."""
+    helps = (CONTROL, _cf("alpha_w_x4", 0.05, 0.07), FROZEN_SAME)
+    r = scores.label_regime(_series(helps))
+    assert r.label == "plateau:slow-modes", r.reason
+    assert r.evidence["gain_slow_modes"] == pytest.approx(0.1 - 0.07)
+    assert r.evidence["gain_moving_target"] == pytest.approx(0.1 - 0.13)  # measured - top
+    assert r.evidence["cf_alpha_w_x4_hi"] == 0.07
+    inside = (CONTROL, _cf("alpha_w_x4", 0.08, 0.11), FROZEN_SAME)
+    r = scores.label_regime(_series(inside))
+    assert r.label == "plateau", r.reason
+    assert "alpha_w_x4 0.08 [0, 0.11]" in r.reason and "control 0.1 [0, 0.13]" in r.reason
+    assert r.evidence["gain_slow_modes"] == pytest.approx(-0.01)
+
+
+def test_moving_target_needs_drift_beyond_its_noise_floor_and_a_predicted_gain():
+    """drift 0.5 per round against noise_floor 0.1 (x5): moving-target when the measured
+    value_gap_last (0.1) is above the frozen prediction's band top (0.08); the same drift
+    against noise_floor 2 (x0.25) is no drift, and the slow-modes gain decides."""
+    frozen_lower = _cf("policies_frozen", 0.05, 0.08)
+    cfs = (CONTROL, _cf("alpha_w_x4", 0.05, 0.07), frozen_lower)
+    r = scores.label_regime(_series(cfs))
+    assert r.label == "plateau:moving-target", r.reason
+    assert r.evidence["drift_over_noise"] == pytest.approx(5.0)
+    r = scores.label_regime(_series(cfs, drift_noise=2.0))
+    assert r.evidence["drift_over_noise"] == pytest.approx(0.25)
+    assert r.label == "plateau:slow-modes", r.reason
+    nothing = (CONTROL, _cf("alpha_w_x4", 0.09, 0.12), frozen_lower)
+    assert scores.label_regime(_series(nothing, drift_noise=2.0)).label == "plateau"
+
+
+def test_noise_floor_needs_its_intervention_predicted_beyond_the_band():
+    lower = (CONTROL, _cf("alpha_w_div4_trajectories_x4", 0.004, 0.009))
+    assert scores.label_regime(_series(lower, gap=0.012)).label == "plateau:noise-floor"
+    same = (CONTROL, _cf("alpha_w_div4_trajectories_x4", 0.011, 0.2))
+    assert scores.label_regime(_series(same, gap=0.012)).label == "plateau"
+
+
+def test_the_table_is_the_one_source_of_interventions():
+    """Each label with an intervention names its counterfactual entry; explain's twins and
+    the counterfactual probe's entries use those names and the table's sets."""
+    from tdlens.sweeps import explain
+
+    for label, e in REGIME_TABLE.items():
+        assert (e.predictor is None) == (not e.intervention), label
+        twins = explain.INTERVENTIONS.get(label, ())
+        assert [t.name for t in twins] == ([e.predictor.name] if e.predictor else [])
+    assert regimes.predicted_interventions() == {
+        "alpha_w_half_critical": "diverged",
+        "sigma_mu_to_sigma_pi": "diverged:off-policy",
+        "alpha_w_x4": "frozen",
+        "alpha_w_div4_trajectories_x4": "plateau:noise-floor",
+        "policies_frozen": "plateau:moving-target",
+    }
+    entries = [{"name": "control"}, {"name": "alpha_w_x4", "x": 1}]
+    assert entry("plateau:slow-modes").predictor(entries) == {"name": "alpha_w_x4", "x": 1}
+    assert entry("plateau:noise-floor").predictor(entries) is None
+    with pytest.raises(RegimeTableError, match="predictor exactly when"):
+        _check_table({"learning": replace(REGIME_TABLE["learning"], predictor=len)})

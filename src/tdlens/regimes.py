@@ -6,8 +6,10 @@ what every consumer needs of it:
 - ``rule``: the function of :mod:`tdlens.scores` that decides the label;
 - ``intervention``: the change that label asks for, as config overrides
   (:class:`Override`; :func:`intervention_set` turns them into concrete values);
-- ``predictor``: the hook that predicts the intervention's effect (None until the
-  verdicts work of issue #23 fills it);
+- ``predictor``: the hook that predicts the intervention's effect: a
+  :class:`CounterfactualEntry` naming the entry of ``probes/counterfactuals_<iter>.npz``
+  (:mod:`tdlens.probes.counterfactual`) that holds the label's predicted final value_gap
+  (None for a label without an intervention);
 - ``colour`` and ``marker``: how the atlas draws it (:mod:`tdlens.sweeps.atlas`);
 - ``glossary``: its definition, the row of docs/metrics.md "Regime labels".
 
@@ -23,7 +25,7 @@ raise :class:`RegimeTableError`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -64,7 +66,24 @@ class Override:
 
 
 Predictor = Callable[..., Any]
-"""Predicts an intervention's effect (issue #23 item 2 gives it its signature)."""
+"""Predicts an intervention's effect: called with a run's counterfactual entries (each a
+mapping with a ``"name"``), returns the one the label's intervention is (or None)."""
+
+
+@dataclass(frozen=True)
+class CounterfactualEntry:
+    """The predictor of a label: the counterfactual entry named ``name``.
+
+    The probe (:func:`tdlens.probes.counterfactual.counterfactuals`) writes one entry per
+    distinct predictor name of the table, its ``set`` from :func:`intervention_set`;
+    ``tdlens explain`` names each twin by it and reads the entry's ``predicted``; the
+    label rule (:func:`tdlens.scores.label_regime`) reads its ``value_gap_end_hi``."""
+
+    name: str
+
+    def __call__(self, entries: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+        """The first of `entries` whose ``"name"`` is this one, else None."""
+        return next((e for e in entries if e.get("name") == self.name), None)
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,8 @@ class RegimeEntry:
 
 
 _ALPHA_X4 = (Override("alpha_w", times=4.0, cap_critical=0.5),)
+_X4 = CounterfactualEntry("alpha_w_x4")
+_HALF_CRITICAL = CounterfactualEntry("alpha_w_half_critical")
 REGIME_TABLE: dict[str, RegimeEntry] = {
     e.label: e
     for e in (
@@ -112,6 +133,7 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             "error); or `w_norm_ratio > W_GROWTH_FACTOR` at such a rate while the expected "
             "update is unstable (`eta > critical_step` or `growth_timescale < outer_iters`); "
             "never plateau or learning",
+            predictor=_HALF_CRITICAL,
         ),
         RegimeEntry(
             "diverged:off-policy",
@@ -123,6 +145,7 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             "for l in `[eig_min_real_lo, min(eig_min_real_hi, 0)]` (a negative mode: \\(\\lvert 1"
             " - \\eta\\lambda\\rvert > 1\\) at every step size), or, without `eta > "
             "critical_step`, eig_min_real's whole interval below zero; see [the triad](triad.md)",
+            predictor=CounterfactualEntry("sigma_mu_to_sigma_pi"),
         ),
         RegimeEntry(
             "diverged:step-size",
@@ -132,6 +155,7 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             "X",
             "diverged, `eta > critical_step` (the positive modes overshoot) and the growth rate "
             "not that of a negative mode: a smaller `alpha_w` cures it",
+            predictor=_HALF_CRITICAL,
         ),
         RegimeEntry(
             "frozen",
@@ -141,6 +165,7 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             "o",
             "median over iterations of `delta_w_norm / w_norm < FROZEN_REL_STEP`, or the "
             "latest `fastest_timescale > outer_iters`",
+            predictor=_X4,
         ),
         RegimeEntry(
             "learning",
@@ -158,7 +183,9 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             (Override("alpha_w", times=0.25), Override("trajectories", times=4.0)),
             "#8a8f2a",
             "v",
-            "no longer falling and `value_gap_last <= FLOOR_FACTOR F_s`",
+            "no longer falling and `value_gap_last <= FLOOR_FACTOR F_s`; with a counterfactuals "
+            "file also `gain_noise_floor > PREDICTED_GAIN_MIN`",
+            predictor=CounterfactualEntry("alpha_w_div4_trajectories_x4"),
         ),
         RegimeEntry(
             "plateau:moving-target",
@@ -169,7 +196,10 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             "above the floor, and the median over the second half of the rounds of `d_k / "
             "r_k >= MOVING_TARGET_RATIO`: fixed-point drift per iteration in value terms "
             "`d_k = w_sharp_drift_k (value_gap_k / w_gap_k) / (iter_k - iter_{k-1})` against "
-            "relaxation per iteration `r_k = value_gap_k / T`",
+            "relaxation per iteration `r_k = value_gap_k / T`; with a counterfactuals file also "
+            "`drift_over_noise > DRIFT_NOISE_FACTOR` (the drift beyond its noise floor) and "
+            "`gain_moving_target > PREDICTED_GAIN_MIN`",
+            predictor=CounterfactualEntry("policies_frozen"),
         ),
         RegimeEntry(
             "plateau:slow-modes",
@@ -178,7 +208,9 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             "#d4a017",
             "s",
             "the rest: above the floor, the target not outrunning the critic, and `tau_obs > "
-            "outer_iters` (inf when value_gap no longer falls)",
+            "outer_iters` (inf when value_gap no longer falls); with a counterfactuals file also "
+            "`gain_slow_modes > PREDICTED_GAIN_MIN`",
+            predictor=_X4,
         ),
         RegimeEntry(
             "plateau",
@@ -186,7 +218,10 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             _ALPHA_X4,
             "#d4a017",
             "o",
-            "no mechanism: fewer than two probe rounds and td_loss not falling",
+            "no mechanism: fewer than two probe rounds and td_loss not falling, or not learning "
+            "and no mechanism's intervention predicted to lower the final value_gap beyond its "
+            "band (the counterfactuals `cf_<name>_end`, `cf_<name>_hi` in the evidence)",
+            predictor=_X4,
         ),
         RegimeEntry(
             NOT_AVAILABLE,
@@ -210,6 +245,10 @@ def _check_table(table: Mapping[str, RegimeEntry]) -> None:
         for f in fields(e):
             if f.name not in ("intervention", "predictor") and not getattr(e, f.name):
                 raise RegimeTableError(f"regime table: {label!r} has no {f.name}")
+        if bool(e.intervention) != (e.predictor is not None):
+            raise RegimeTableError(
+                f"regime table: {label!r} needs a predictor exactly when it has an intervention"
+            )
         if e.mechanism and e.family not in table:
             raise RegimeTableError(f"regime table: {label!r} without its family {e.family!r}")
         other = looks.setdefault((e.colour, e.marker), label)
@@ -223,6 +262,12 @@ def _check_table(table: Mapping[str, RegimeEntry]) -> None:
 _check_table(REGIME_TABLE)
 
 LABELS: tuple[str, ...] = tuple(REGIME_TABLE)
+INTERVENTION_KEYS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        k for e in REGIME_TABLE.values() for o in e.intervention for k in (o.key, o.copy_from) if k
+    )
+)
+"""Every config key an intervention reads (the ``current`` of :func:`intervention_set`)."""
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(e.family for e in REGIME_TABLE.values()))
 """Regime families in table order (n/a included)."""
 
@@ -287,3 +332,20 @@ def intervention_set(
                 new = max(v, min(new, o.cap_critical * crit))
             out[o.key] = round(new) if isinstance(current[o.key], int) else new
     return out
+
+
+def predicted_interventions() -> dict[str, str]:
+    """Each distinct predictor name of the table with the first label that uses it, in
+    table order: the interventions the counterfactual probe predicts."""
+    out: dict[str, str] = {}
+    for label, e in REGIME_TABLE.items():
+        name = getattr(e.predictor, "name", None)
+        if e.intervention and isinstance(name, str):
+            out.setdefault(name, label)
+    return out
+
+
+def predictor_name(label: str) -> str | None:
+    """The counterfactual entry name of a label's predictor (None without one)."""
+    name = getattr(entry(label).predictor, "name", None)
+    return name if isinstance(name, str) else None

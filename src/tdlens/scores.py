@@ -56,6 +56,18 @@ Each label is judged against the run's own scales, in this order (the first that
      ``tau_obs`` beyond the run is a slow-modes plateau, never "learning": with its budget
      the error stays.
 
+   With a counterfactuals file (``probes/counterfactuals_<iter>.npz``, the predicted final
+   value_gap under each intervention of :data:`tdlens.regimes.REGIME_TABLE`, read by
+   :func:`counterfactuals_of`) a mechanism is given only when its intervention is
+   PREDICTED to lower the final value_gap beyond the prediction's own band,
+   :func:`predicted_gain` ``= reference - value_gap_end_hi > PREDICTED_GAIN_MIN``
+   (reference: the control's value_gap_end; for moving-target the measured
+   value_gap_last, since the probe predicts with the policies frozen), and moving-target
+   also needs its drift beyond the noise floor, :func:`drift_over_noise` ``>
+   DRIFT_NOISE_FACTOR``. When no mechanism qualifies the label is the family
+   ``plateau`` with the counterfactuals in its reason and evidence. Runs without the file
+   (older runs) keep the rules above.
+
 The measurement noise F of value_gap is the median over probe rounds of the value-space
 floor: the column ``value_noise_floor`` when the fixed-point table has it, else the
 parameter-space ``noise_floor = ||w#_1 - w#_2||`` scaled to value space by the run's own
@@ -88,12 +100,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from tdlens.regimes import FAMILIES, NOT_AVAILABLE, entry, mechanisms
-from tdlens.rundir.read import Cell, RunData
+from tdlens.rundir.read import Cell, RunData, array_files, load_array
 
 REGIMES: tuple[str, ...] = tuple(f for f in FAMILIES if f != NOT_AVAILABLE)
 """Regime families (from :data:`tdlens.regimes.REGIME_TABLE`); a label is a family or
@@ -123,6 +136,13 @@ MOVING_TARGET_RATIO = 1.0
 """plateau:moving-target: median drift / relaxation per iteration at least this."""
 MIN_JITTER_ROUNDS = 5
 """Probe rounds needed to estimate value_gap's round-to-round jitter."""
+DRIFT_NOISE_FACTOR = 1.0
+"""plateau:moving-target (with counterfactuals): the median over the second-half rounds of
+``w_sharp_drift_k / noise_floor_k`` must exceed this (a drift within the half-batch noise
+floor of its own round is resampling noise, no drift)."""
+PREDICTED_GAIN_MIN = 0.0
+"""A plateau mechanism (with counterfactuals) needs its intervention's predicted gain
+``reference - value_gap_end_hi`` above this (module docstring)."""
 """Fewer learning-curve rows than this (and no divergence): label n/a."""
 DENSE_COLUMNS: tuple[str, ...] = ("td_loss", "w_norm")
 """Learning-curve columns present on every row: a non-finite value there is divergence."""
@@ -141,6 +161,38 @@ class RunSeries:
     curves: dict[str, Sequence[Cell]]
     fixed_point: dict[str, Sequence[Cell]] = field(default_factory=dict)
     stability: dict[str, Sequence[Cell]] = field(default_factory=dict)
+    counterfactuals: tuple[dict[str, float | str], ...] = ()
+    """The intervention entries of the run's first counterfactuals file
+    (:func:`counterfactuals_of`): ``{"name", "value_gap_end", "value_gap_end_lo",
+    "value_gap_end_hi"}`` each (NaN where not predicted); () for a run without one."""
+
+
+COUNTERFACTUAL_PREFIX = "counterfactuals"
+"""``probes/counterfactuals_<iter>.npz`` (written by tdlens.probes.counterfactual)."""
+PREDICTED_KEYS = ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi")
+
+
+def counterfactuals_of(run_dir: Path) -> tuple[dict[str, float | str], ...]:
+    """The intervention entries of the FIRST readable ``probes/counterfactuals_<iter>.npz``
+    (the probe writes one, at the run's first fixed-point round), read by
+    :func:`tdlens.rundir.read.load_array`; () when there is none (older runs)."""
+    for path in array_files(run_dir, COUNTERFACTUAL_PREFIX).values():
+        arrays = load_array(path)
+        if not isinstance(arrays, dict):
+            continue
+        try:
+            kinds = arrays["kind"].tolist()
+            return tuple(
+                {
+                    "name": str(name),
+                    **{k: float(arrays[k][i]) for k in PREDICTED_KEYS},
+                }
+                for i, name in enumerate(arrays["name"].tolist())
+                if kinds[i] == "intervention"
+            )
+        except (KeyError, IndexError, ValueError):
+            continue
+    return ()
 
 
 def series_of(data: RunData) -> RunSeries:
@@ -156,6 +208,7 @@ def series_of(data: RunData) -> RunSeries:
         cells(data.curves.rows),
         cells(data.probe("fixed_point_probe").rows),
         cells(data.probe("stability_probe").rows),
+        counterfactuals_of(data.run_dir),
     )
 
 
@@ -587,6 +640,73 @@ def plateau_evidence(s: RunSeries, gap: np.ndarray, floor: float) -> dict[str, f
     }
 
 
+def drift_over_noise(s: RunSeries, rounds: int) -> float:
+    """Median over the second-half probe rounds (from the middle one on) of
+    ``w_sharp_drift_k / noise_floor_k``: the fixed point's move since the last round
+    against the half-batch distance ``||w#_1 - w#_2||`` of the same round (NaN without a
+    finite pair)."""
+    fp = s.fixed_point
+    drift, noise = floats_or_nan(fp.get("w_sharp_drift")), floats_or_nan(fp.get("noise_floor"))
+    n = min(drift.size, noise.size, rounds)
+    mid = (rounds - 1) // 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = drift[mid:n] / noise[mid:n]
+    ratio = ratio[np.isfinite(ratio)]
+    return float(np.median(ratio)) if ratio.size else math.nan
+
+
+def floats_or_nan(cells: Sequence[Cell] | None) -> np.ndarray:
+    """Cells as float64, one per cell, NaN for an empty or text cell (rows stay aligned)."""
+    return np.array(
+        [float(c) if isinstance(c, float | int) else math.nan for c in cells or ()], dtype=float
+    )
+
+
+def predicted_gain(s: RunSeries, label: str, value_gap_last: float) -> float:
+    """The predicted lowering of the final value_gap by `label`'s intervention, beyond the
+    prediction's own band: ``reference - value_gap_end_hi`` of the label's counterfactual
+    entry (its predictor, :data:`tdlens.regimes.REGIME_TABLE`), with reference the
+    control's ``value_gap_end``; for ``plateau:moving-target`` the reference is the run's
+    measured ``value_gap_last``, since the probe's prediction assumes the policies frozen
+    (its policies_frozen entry IS the control's prediction: the moving run's cost is what
+    it measures above that band). NaN when not predicted."""
+    predictor = entry(label).predictor
+    found = predictor(s.counterfactuals) if predictor is not None else None
+    if found is None:
+        return math.nan
+    if label == "plateau:moving-target":
+        reference = value_gap_last
+    else:
+        control = next((c for c in s.counterfactuals if c["name"] == "control"), None)
+        reference = float(control["value_gap_end"]) if control else math.nan
+    return reference - float(found["value_gap_end_hi"])
+
+
+def _qualifies(gain: float) -> bool:
+    return math.isfinite(gain) and gain > PREDICTED_GAIN_MIN
+
+
+def _counterfactual_text(s: RunSeries) -> str:
+    """The counterfactuals as ``name end [lo, hi]`` (predicted final value_gap)."""
+    parts = [
+        f"{c['name']} {c['value_gap_end']:.4g} [{c['value_gap_end_lo']:.4g}, "
+        f"{c['value_gap_end_hi']:.4g}]"
+        for c in s.counterfactuals
+        if math.isfinite(float(c["value_gap_end"]))
+    ]
+    return "predicted final value_gap: " + "; ".join(parts) if parts else ""
+
+
+def counterfactual_evidence(s: RunSeries) -> dict[str, float]:
+    """``cf_<name>_end`` and ``cf_<name>_hi`` (predicted final value_gap and its band's top)
+    per counterfactual entry of the run (NaN where not predicted)."""
+    out: dict[str, float] = {}
+    for c in s.counterfactuals:
+        out[f"cf_{c['name']}_end"] = float(c["value_gap_end"])
+        out[f"cf_{c['name']}_hi"] = float(c["value_gap_end_hi"])
+    return out
+
+
 def _from_value_gap(s: RunSeries, gap: np.ndarray, floor: float) -> Regime:
     ev = plateau_evidence(s, gap, floor)
     numbers = (
@@ -599,17 +719,64 @@ def _from_value_gap(s: RunSeries, gap: np.ndarray, floor: float) -> Regime:
     at_floor = ev["value_gap_last"] <= FLOOR_FACTOR * ev["stochastic_floor"]
     if ev["falling"] and (at_floor or ev["tau_obs"] <= s.outer_iters):
         return Regime("learning", numbers, ev)
-    if at_floor:
-        return Regime("plateau:noise-floor", f"{numbers}; at probe_floor", ev)
     tracking = (
         f"second-half medians: fixed-point drift {ev['drift_per_iter']:.3g}/iter vs "
         f"relaxation {ev['relaxation_per_iter']:.3g}/iter (T {ev['relaxation_timescale']:.4g}), "
         f"ratio {ev['drift_ratio']:.3g}"
     )
+    slow = f"slowest mode 1/(eta eig_min_real) {ev['slowest_mode_timescale']:.4g} iterations"
+    if s.counterfactuals:
+        return _from_predictions(s, ev, at_floor, numbers, tracking, slow)
+    if at_floor:
+        return Regime("plateau:noise-floor", f"{numbers}; at probe_floor", ev)
     if ev["drift_ratio"] >= MOVING_TARGET_RATIO:
         return Regime("plateau:moving-target", f"{numbers}; {tracking}", ev)
-    slow = f"slowest mode 1/(eta eig_min_real) {ev['slowest_mode_timescale']:.4g} iterations"
     return Regime("plateau:slow-modes", f"{numbers}; {slow}; {tracking}", ev)
+
+
+def _from_predictions(
+    s: RunSeries, ev: dict[str, float], at_floor: bool, numbers: str, tracking: str, slow: str
+) -> Regime:
+    """The plateau mechanism of a run with counterfactuals (module docstring, rule 4): a
+    mechanism only when its intervention's :func:`predicted_gain` exceeds
+    PREDICTED_GAIN_MIN, moving-target only with a drift beyond DRIFT_NOISE_FACTOR noise
+    floors; else the family ``plateau`` with the counterfactuals listed."""
+    rounds = int(np.isfinite(floats_or_nan(s.fixed_point.get("value_gap"))).sum())
+    last = ev["value_gap_last"]
+    ev = {
+        **ev,
+        "drift_over_noise": drift_over_noise(s, rounds),
+        "gain_noise_floor": predicted_gain(s, "plateau:noise-floor", last),
+        "gain_moving_target": predicted_gain(s, "plateau:moving-target", last),
+        "gain_slow_modes": predicted_gain(s, "plateau:slow-modes", last),
+        **counterfactual_evidence(s),
+    }
+    gains = (
+        f"predicted gain (reference - value_gap_end_hi): noise-floor "
+        f"{ev['gain_noise_floor']:.3g}, moving-target {ev['gain_moving_target']:.3g}, "
+        f"slow-modes {ev['gain_slow_modes']:.3g}; drift / noise_floor "
+        f"{ev['drift_over_noise']:.3g}"
+    )
+    if at_floor:
+        if _qualifies(ev["gain_noise_floor"]):
+            return Regime("plateau:noise-floor", f"{numbers}; at probe_floor; {gains}", ev)
+    else:
+        moving = (
+            ev["drift_ratio"] >= MOVING_TARGET_RATIO
+            and ev["drift_over_noise"] > DRIFT_NOISE_FACTOR
+            and _qualifies(ev["gain_moving_target"])
+        )
+        if moving:
+            return Regime("plateau:moving-target", f"{numbers}; {tracking}; {gains}", ev)
+        if _qualifies(ev["gain_slow_modes"]):
+            return Regime("plateau:slow-modes", f"{numbers}; {slow}; {tracking}; {gains}", ev)
+    where = "at probe_floor" if at_floor else "above probe_floor"
+    return Regime(
+        "plateau",
+        f"{numbers}; {where}; no mechanism's intervention is predicted to help beyond its "
+        f"band ({gains}); {_counterfactual_text(s)}",
+        ev,
+    )
 
 
 @dataclass(frozen=True)
@@ -675,6 +842,8 @@ def thresholds() -> dict[str, float]:
         "FLOOR_FACTOR": FLOOR_FACTOR,
         "MOVING_TARGET_RATIO": MOVING_TARGET_RATIO,
         "MIN_JITTER_ROUNDS": MIN_JITTER_ROUNDS,
+        "DRIFT_NOISE_FACTOR": DRIFT_NOISE_FACTOR,
+        "PREDICTED_GAIN_MIN": PREDICTED_GAIN_MIN,
     }
 
 

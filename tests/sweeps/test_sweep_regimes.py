@@ -408,7 +408,8 @@ def test_value_gap_floor_column_is_the_stochastic_floor():
 
 
 def test_a_gap_below_the_probes_own_error_is_at_the_floor():
-    """regime_noise_floor's numbers: predicted floor 0.0036, but the probe's w# error
+    """regime_noise_floor's numbers at D = 256, alpha_w 1200 (before issue 23 retuned it):
+    predicted floor 0.0036, but the probe's w# error
     F/2 = 0.0131 dominates what it can measure, so value_gap 0.011 is at the floor."""
     assert measured_floor(0.003579, 0.02615) == pytest.approx(0.013556, rel=1e-4)
     assert measured_floor(np.array([3.0, 0.0]), np.array([8.0, 2.0])) == pytest.approx([5.0, 1.0])

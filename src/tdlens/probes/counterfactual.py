@@ -13,15 +13,19 @@ prediction assumes the policies frozen at the probe's snapshot. So an override o
 config is an override of ``(eta, B)`` (:func:`step_of`):
 
     {"alpha_w": 4 alpha_w}                         eta' = 4 eta,  B' = B
-        (capped at CAP x critical_step: eta' = min(4 eta, CAP eta_c))
+        (capped at the regime table's cap_critical = 0.5 x critical_step, never below eta:
+         eta' = max(eta, min(4 eta, 0.5 eta_c)))
     {"alpha_w": alpha_w/4, "trajectories": 4 B}     mean: eta' = eta / 4,  B' = 4 B
                                                    sqrt_batch: eta' = eta / 2,  B' = 4 B
     {"alpha_pi": 0, "beta": 0}                     eta' = eta, B' = B (today's prediction)
     {"alpha_w": critical_alpha_w / 2}              eta' = critical_step / 2, B' = B
     {}                                             the control: eta, B
 
-and ``{"sigma_mu": sigma_pi}`` changes A itself (the behaviour policy): not predictable
-from this probe's A, so ``predicted`` is null with that reason.
+The interventions and their ``set`` dicts are the regime table's
+(:func:`tdlens.regimes.intervention_set`, one per distinct predictor name of
+:func:`tdlens.regimes.predicted_interventions`), so ``tdlens explain`` finds each twin's
+prediction by its ``set``. ``{"sigma_mu": sigma_pi}`` changes A itself (the behaviour
+policy): not predictable from this probe's A, so ``predicted`` is null with that reason.
 
 The mean path does not depend on B and the noise variance scales as ``eta^2 / B``, so a
 batch change at a fixed eta rescales the noise, ``noise' = noise sqrt(B / B')``; one
@@ -66,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from tdlens import regimes
 from tdlens.config import RunConfig, StepSchedule, eta_t
 from tdlens.probes import expected as ex
 from tdlens.probes import stability as st
@@ -93,6 +98,21 @@ ANNEAL_FOR = ("plateau:noise-floor", "learning")
 reached within the run: the schedule can only lower a floor)."""
 PREFIX = "counterfactuals"
 """``probes/counterfactuals_<iter>.npz``."""
+UNPREDICTABLE = frozenset({"sigma_mu"})
+"""Overrides that change A itself: not predictable from the probe's A."""
+UNPREDICTABLE_NOTE = "changes A itself (the behaviour policy): not predictable from this probe's A"
+FROZEN_KEYS = frozenset({"alpha_pi", "beta"})
+"""Overrides that freeze the policies: the prediction already assumes them frozen."""
+
+
+def _capped(label: str, current: dict[str, Any], sets: dict[str, Any]) -> float | None:
+    """The ``cap_critical`` of the label's ``times`` override when the cap bound it
+    (``sets[key] < times x current``), else None."""
+    for o in regimes.entry(label).intervention:
+        if o.times is not None and o.cap_critical is not None:
+            if sets.get(o.key, math.inf) < o.times * float(current[o.key]) * (1 - 1e-12):
+                return o.cap_critical
+    return None
 
 
 @dataclass(frozen=True)
@@ -359,40 +379,22 @@ def counterfactuals(
         return Outcome(name, sets, e, b, note=note)  # predicted below, all etas at once
 
     out = [at("control", {})]
-    x4 = 4.0 * cfg.alpha_w
-    if 4.0 * eta >= stable:
-        x4 = alpha_w_for(cfg, stable, B)
-        out.append(at("alpha_w_x4", {"alpha_w": x4}, f"capped at {CAP:g} x critical_step"))
-    else:
-        out.append(at("alpha_w_x4", {"alpha_w": x4}))
-    out.append(
-        at("alpha_w_div4_trajectories_x4", {"alpha_w": cfg.alpha_w / 4, "trajectories": 4 * B})
-    )
-    out.append(
-        at(
-            "policies_frozen",
-            {"alpha_pi": 0.0, "beta": 0.0},
-            "the prediction assumes frozen policies: the control's",
-        )
-    )
-    if math.isfinite(stable):
-        half = alpha_w_for(cfg, critical_step / 2.0, B)
-        out.append(at("alpha_w_half_critical", {"alpha_w": half}))
-    else:
-        out.append(
-            Outcome(
-                "alpha_w_half_critical",
-                {"alpha_w": None},
-                note="no eigenvalue with Re > 0: no critical step",
-            )
-        )
-    out.append(
-        Outcome(
-            "sigma_mu_to_sigma_pi",
-            {"sigma_mu": cfg.sigma_pi},
-            note="changes A itself (the behaviour policy): not predictable from this probe's A",
-        )
-    )
+    crit_alpha = alpha_w_for(cfg, critical_step, B) if math.isfinite(stable) else None
+    current = {k: getattr(cfg, k) for k in regimes.INTERVENTION_KEYS}
+    for name, label in regimes.predicted_interventions().items():
+        sets = regimes.intervention_set(label, current, crit_alpha)
+        wanted = {o.key for o in regimes.entry(label).intervention}
+        if not wanted <= set(sets):  # a critical_fraction without a critical step
+            sets = {k: sets.get(k) for k in sorted(wanted)}
+            out.append(Outcome(name, sets, note="no eigenvalue with Re > 0: no critical step"))
+        elif set(sets) & UNPREDICTABLE:
+            out.append(Outcome(name, sets, note=UNPREDICTABLE_NOTE))
+        elif set(sets) & FROZEN_KEYS:
+            out.append(at(name, sets, "the prediction assumes frozen policies: the control's"))
+        else:
+            cap = _capped(label, current, sets)
+            note = f"capped at {cap:g} x critical_step" if cap is not None else ""
+            out.append(at(name, sets, note))
     top = stable if math.isfinite(stable) else 10.0 * eta
     low = min(GRID_LOW * eta, top / 10.0) if eta > 0 else top / 100.0
     grid = []

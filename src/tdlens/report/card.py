@@ -287,6 +287,11 @@ def why_sentence(regime: Regime, dynamics: dict[str, Any], data: RunData) -> str
         )
     if base == "diverged":
         return f"The critic diverged{grew.replace(';', ':', 1) or '.'}".rstrip(".") + "."
+    if regime.label == "plateau" and "gain_slow_modes" in ev and last is not None:
+        return (
+            f"The critic stopped improving at value_gap {fmt(last)}, and no mechanism's "
+            "intervention is predicted to lower it beyond the prediction's own band."
+        )
     phrase = REGIME_PHRASE.get(base, f"Regime {regime.label}")
     return f"{phrase}: its error no longer falls beyond its own noise."
 

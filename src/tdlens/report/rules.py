@@ -480,7 +480,16 @@ def _advice_noise_floor(data: RunData, ev: dict[str, float], cfg: RunConfig) -> 
 
 
 def _advice_no_mechanism(data: RunData, ev: dict[str, float], cfg: RunConfig) -> str:
-    """plateau without a mechanism: the label's intervention from the regime table."""
+    """plateau without a mechanism: with counterfactuals (``gain_slow_modes`` in the
+    evidence), no intervention is predicted to help beyond its band, so the advice is the
+    report's predicted setting (verdict.advice); without, the label's intervention from
+    the regime table."""
+    if "gain_slow_modes" in ev:
+        return (
+            "no mechanism's intervention is predicted to lower the final value_gap beyond "
+            "its band; see verdict.advice for the setting with the lowest predicted final "
+            "value_gap, or test a mechanism with tdlens explain RUN --label LABEL"
+        )
     changes = intervention_set("plateau", {"alpha_w": cfg.alpha_w}, _critical_alpha(data))
     told = ", ".join(f"{k} = {fmt(v)}" for k, v in changes.items())
     return f"no mechanism named (no value_gap series): try {told} with probes.fixed_point on"

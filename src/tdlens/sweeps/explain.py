@@ -3,10 +3,11 @@
 
 A label is a claim about what would change the run. Explain branches the run
 (:mod:`tdlens.runs.branch`) from one checkpoint into an unchanged *control* and one
-*twin* per intervention of the label (:data:`INTERVENTIONS`), runs them all for the same
-``iters`` iterations with probe rounds every ``probe_every(iters)`` iterations on a sweep
-backend (local process pool or Ray, :mod:`tdlens.sweeps.backends`), and compares each
-twin's final value_gap with the control's:
+*twin* per intervention of the label (:data:`INTERVENTIONS`, from the regime table
+:data:`tdlens.regimes.REGIME_TABLE`, named as the counterfactual probe names them), runs
+them all for the same ``iters`` iterations with probe rounds every ``probe_every(iters)``
+iterations on a sweep backend (local process pool or Ray, :mod:`tdlens.sweeps.backends`),
+and compares each twin's final value_gap with the control's:
 
 - final value_gap (:func:`final_value_gap`): over the twin's last R probe rounds
   (``iter >= k``, R <= :data:`SE_ROUNDS`), the least-squares line
@@ -45,6 +46,15 @@ from typing import Any
 import numpy as np
 
 from tdlens.config import RunConfig, config_from_json
+from tdlens.regimes import (
+    INTERVENTION_KEYS,
+    LABELS,
+    NOT_AVAILABLE,
+    CounterfactualEntry,
+    entry,
+    intervention_set,
+    predictor_name,
+)
 from tdlens.rundir.files import (
     RunFileError,
     atomic_write_json,
@@ -75,9 +85,9 @@ class ExplainError(ValueError):
 
 
 # ------------------------------------------------------------------ the intervention table
-# THE PLACE THE REGIME TABLE PLUGS IN: until the regime table (architecture issue) carries
-# each label's intervention, this local table maps a label to its interventions. Each
-# intervention is a function (parent config, parent run directory) -> config overrides.
+# The regime table (tdlens.regimes.REGIME_TABLE) is the one source of interventions: each
+# label's twin is named by its predictor's counterfactual entry and set by
+# tdlens.regimes.intervention_set, exactly as the counterfactual probe sets it.
 
 
 @dataclass(frozen=True)
@@ -104,27 +114,51 @@ def _critical_alpha_w(run_dir: Path) -> float:
     )
 
 
+def reported_entry(run_dir: Path, name: str) -> dict[str, Any] | None:
+    """The run report's ``regime.counterfactuals`` entry called `name` (None without)."""
+    try:
+        cfs = ((read_json(run_dir / "run_report.json") or {}).get("regime") or {}).get(
+            "counterfactuals"
+        )
+    except (RunFileError, OSError, ValueError, AttributeError):
+        return None
+    found = CounterfactualEntry(name)([c for c in cfs or [] if isinstance(c, dict)])
+    return dict(found) if found else None
+
+
+def table_overrides(label: str, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """The label's intervention as overrides: :func:`tdlens.regimes.intervention_set` on
+    the config (the function the counterfactual probe sets its predictions with, so the
+    ``set`` dicts are identical), with the newest critical_alpha_w of the stability table
+    where the intervention reads the critical step (the twin branches late, and a
+    diverging run's policies move its A: regime_divergence's critical alpha_w falls 10x
+    between its first and last probe rounds, so the first round's would not cure it)."""
+    overrides = entry(label).intervention
+    needs_critical = any(o.critical_fraction is not None for o in overrides)
+    has_cap = any(o.cap_critical is not None for o in overrides)
+    critical = None
+    if needs_critical:
+        critical = _critical_alpha_w(run_dir)
+    elif has_cap:
+        try:
+            critical = _critical_alpha_w(run_dir)
+        except ExplainError:
+            critical = None  # no cap known: the plain multiple
+    current = {k: getattr(cfg, k) for k in INTERVENTION_KEYS}
+    return intervention_set(label, current, critical)
+
+
+def _intervention(label: str) -> tuple[Intervention, ...]:
+    name = predictor_name(label)
+    if not entry(label).intervention or name is None:
+        return ()
+    return (Intervention(name, lambda c, d, lab=label: table_overrides(lab, c, d)),)
+
+
 INTERVENTIONS: dict[str, tuple[Intervention, ...]] = {
-    "frozen": (Intervention("alpha_w_x4", lambda c, d: {"alpha_w": 4 * c.alpha_w}),),
-    "plateau:slow-modes": (Intervention("alpha_w_x4", lambda c, d: {"alpha_w": 4 * c.alpha_w}),),
-    "plateau:noise-floor": (
-        Intervention(
-            "alpha_w_div4_traj_x4",
-            lambda c, d: {"alpha_w": c.alpha_w / 4, "trajectories": 4 * c.trajectories},
-        ),
-    ),
-    "plateau:moving-target": (
-        Intervention("policies_frozen", lambda c, d: {"alpha_pi": 0.0, "beta": 0.0}),
-    ),
-    "diverged:step-size": (
-        Intervention("alpha_w_half_critical", lambda c, d: {"alpha_w": _critical_alpha_w(d) / 2}),
-    ),
-    "diverged:off-policy": (
-        Intervention("sigma_mu_eq_sigma_pi", lambda c, d: {"sigma_mu": c.sigma_pi}),
-    ),
-    "learning": (),
+    label: _intervention(label) for label in LABELS if label != NOT_AVAILABLE
 }
-"""label -> its interventions (#23's table); a label not listed has none."""
+"""label -> its interventions (tdlens.regimes.REGIME_TABLE); learning has none."""
 
 
 # ------------------------------------------------------------------ measuring
@@ -248,12 +282,25 @@ def predicted_for(parent: Path, overrides: dict[str, Any]) -> dict[str, Any] | N
         entries = ((read_json(path) or {}).get("regime") or {}).get("counterfactuals") or []
     except (RunFileError, OSError, ValueError, AttributeError):
         return None
-    for entry in entries if isinstance(entries, list) else []:
-        given = entry.get("set") if isinstance(entry, dict) else None
+    for found in entries if isinstance(entries, list) else []:
+        given = found.get("set") if isinstance(found, dict) else None
         if isinstance(given, dict) and set(given) == set(overrides):
             if all(_same(given[k], overrides[k]) for k in overrides):
-                return entry.get("predicted")
+                return found.get("predicted")
     return None
+
+
+def _prediction(parent: Path, name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``{"predicted": ...}`` for a twin: the report's counterfactual entry with the same
+    ``set``; else the entry of the same intervention (by name) with its own set as
+    ``predicted_set`` (its critical step was the first probe round's); else null."""
+    exact = predicted_for(parent, overrides)
+    if exact is not None:
+        return {"predicted": exact}
+    found = reported_entry(parent, name)
+    if found and found.get("predicted"):
+        return {"predicted": found["predicted"], "predicted_set": found.get("set")}
+    return {"predicted": None}
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -364,7 +411,7 @@ def explain(
                 "run_dir": str(dirs[iv.name]),
                 "set": sets[iv.name],
                 "direction": iv.direction,
-                "predicted": predicted_for(parent, sets[iv.name]),
+                **_prediction(parent, iv.name, sets[iv.name]),
                 "measured": final.as_dict(),
                 "control": control.as_dict(),
                 "verdict": word,

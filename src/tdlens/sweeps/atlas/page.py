@@ -28,7 +28,6 @@ from tdlens.sweeps.atlas.plot import _fig_png, beta_offset_figure, step_mismatch
 SHIPPED_REGIMES: tuple[tuple[str, str], ...] = (
     ("learning", "regime_learning"),
     ("plateau:slow-modes", "regime_plateau"),
-    ("plateau:moving-target", "regime_moving_target"),
     ("plateau:noise-floor", "regime_noise_floor"),
     ("diverged:step-size", "regime_divergence"),
     ("diverged:off-policy", "regime_triad"),
