@@ -155,6 +155,7 @@ SHIPPED_SWEEP_IDS = {
     "atlas": "c8b0a56f7c650935",
     "atlas_tracking": "fed62921d55d86cd",
     "demo": "00bf7571f42f44a9",
+    "scaling": "16e613a59378ffed",
     "stepC": "f69a0288ebf4a146",
     "triad_alpha": "bd4bb7c787553bd3",
     "triad_search": "968a8691d55c418f",
@@ -162,7 +163,8 @@ SHIPPED_SWEEP_IDS = {
 """SHA-256 (16 hex digits) of the newline-joined run ids of each shipped sweep's plan,
 recorded at the same time; atlas, demo and stepC re-recorded when issue 24 gave run ids one
 number format (shortest round-trip: ``alpha_w1000`` from YAML and --grid alike), which
-renamed their ids once (the config hashes above did not move)."""
+renamed their ids once (the config hashes above did not move); scaling added with the
+plateau-laws sweep (issue 27)."""
 
 
 def test_shipped_configs_and_sweeps_keep_their_hashes_and_run_ids():

@@ -465,13 +465,15 @@ w# error stays below the constant step's floor."""
 
 def test_followed_annealing_lands_in_its_interval(tmp_path):
     """A noise-floor run with a probe at iteration 0: the probe predicts inverse_time
-    schedules, the report (label plateau:noise-floor) advises the lowest, predicted more
+    schedules, the report (a plateau whose control path the probe predicts at its noise
+    floor; the label stays the family when alpha_w / 4 with 4x trajectories is not
+    predicted to beat its band) advises the lowest, predicted more
     than 10% below the constant control, and a fresh run with it ends (its last
     fixed-point probe) inside the predicted interval."""
     base = load_config("configs/regime_noise_floor.yaml", [*ANNEAL, "probes.every=1"])
     Runner(base, tmp_path / "constant", handle_signals=False, write_report=False).run()
     report = build_report(tmp_path / "constant")
-    assert report.regime.label == "plateau:noise-floor"
+    assert report.regime.label in ("plateau", "plateau:noise-floor"), report.regime
     rows = ra.entries(load_array(tmp_path / "constant" / "probes" / "counterfactuals_0000.npz"))
     assert [r["kind"] for r in rows].count("schedule") >= 3
     anneal = next(a for a in report.advice if "schedules.alpha_w.kind" in a["set"])
