@@ -210,7 +210,7 @@ def test_compaction_changes_no_number_any_reader_computes(tmp_path):
     from tdlens.catalog.records import load_record
     from tdlens.report import write_report
     from tdlens.report.probe_checks import _loss_tolerances
-    from tdlens.runs.compact import compact_run
+    from tdlens.sweeps.compact import compact_run
 
     full = tmp_path / "full"
     run = tdlens.run("seed_plateau", TINY, run_dir=full, progress=False, catalog=None)
@@ -260,7 +260,7 @@ def test_compaction_changes_no_number_any_reader_computes(tmp_path):
 def test_compaction_is_idempotent_and_its_failure_never_fails_the_run(demo, tmp_path, monkeypatch):
     """A compacted run compacted again: only run_report.json is rewritten, every byte the
     same. A compaction that raises is a line in stdout.log, not an exception."""
-    from tdlens.runs import compact
+    from tdlens.sweeps import compact
     from tdlens.sweeps.backends import compact_finished
 
     run = tmp_path / "run"

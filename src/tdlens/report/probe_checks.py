@@ -15,8 +15,7 @@ from tdlens.report.checks import iters_where
 from tdlens.report.series_stats import nan_max, nan_mean
 from tdlens.report.theory import floor_plan
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check
-from tdlens.rundir.read import RunData, Table, array_files, load_array
-from tdlens.runs.compact import read_q_kernel_cv
+from tdlens.rundir.read import RunData, Table, array_files, load_array, read_q_kernel_cv
 from tdlens.scores import (
     FROZEN_REL_STEP,
     frozen_reasons,

@@ -253,3 +253,19 @@ def latest_array(
         if arr is not None:
             return it, arr
     return -1, None
+
+
+Q_KERNEL_CV_FILE = "q_kernel_cv.json"
+"""``probes/q_kernel_cv.json``: ``{"<iter>": cv}`` of the q_kernel rounds pruned."""
+
+
+def read_q_kernel_cv(run_dir: Path) -> dict[int, float]:
+    """``probes/q_kernel_cv.json`` as ``{iter: cv}`` ({} when missing or unreadable)."""
+    path = Path(run_dir) / "probes" / Q_KERNEL_CV_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = read_json(path)
+        return {int(k): float(v) for k, v in data.items()}
+    except (RunFileError, AttributeError, TypeError, ValueError):
+        return {}

@@ -23,7 +23,7 @@ iteration left) and the tables, and the report: ``run_report.md/.json``
 (``REPORT_TEXT_BYTES`` plus ``REPORT_ROUND_BYTES`` a round) and, for a run that writes its
 HTML page (not a sweep run), ``REPORT_HTML_BYTES``.
 
-A finished sweep run is compacted (:mod:`tdlens.runs.compact`; ``compact=True``): per
+A finished sweep run is compacted (:mod:`tdlens.sweeps.compact`; ``compact=True``): per
 round only the probe tables' CSVs and ``rounds.csv/.jsonl`` (``COMPACT_TABLE_BYTES``),
 the q_kernel CV of an older round and a later round's expected-dynamics rows
 (``COMPACT_EXPECTED_BYTES``); once, the newest TD-error kernel factor and lag profile, the
@@ -155,7 +155,7 @@ def estimate(
     """The memory and disk model of the module docstring, evaluated for `cfg`: a run that
     writes its HTML report when `html` (a sweep run does not), keeping `checkpoints`
     checkpoints (default ``checkpoint_keep``; a finished sweep run keeps 1), compacted
-    when `compact` (a finished sweep run: :mod:`tdlens.runs.compact`)."""
+    when `compact` (a finished sweep run: :mod:`tdlens.sweeps.compact`)."""
     D, N = cfg.env.feature_dim, cfg.env.actor_feature_dim
     f = 4 if cfg.precision == "float32" else 8
     rows = cfg.trajectories * cfg.horizon

@@ -358,11 +358,11 @@ def execute_task(task: RunTask) -> RunOutcome:
 
 
 def compact_finished(run_dir: Path) -> None:
-    """:func:`tdlens.runs.compact.compact_run` on a final sweep run; a failure leaves the
+    """:func:`tdlens.sweeps.compact.compact_run` on a final sweep run; a failure leaves the
     run as written (a line in its stdout.log), never fails it."""
     from tdlens.rundir.files import RunFileError
-    from tdlens.runs.compact import compact_run
     from tdlens.runs.writer import RunFiles
+    from tdlens.sweeps.compact import compact_run
 
     try:
         compact_run(run_dir)

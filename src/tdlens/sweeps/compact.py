@@ -43,13 +43,11 @@ from tdlens.rundir.files import (
     atomic_write_text,
     read_json,
 )
-from tdlens.rundir.read import array_files, load_array, load_run
+from tdlens.rundir.read import Q_KERNEL_CV_FILE, array_files, load_array, load_run, read_q_kernel_cv
 
 NEWEST_ONLY = ("rho_hist", "q_kernel_lag", "stability_eigs")
 """Probe arrays the report reads at the newest round only."""
 Q_KERNEL = "q_kernel"
-Q_KERNEL_CV_FILE = "q_kernel_cv.json"
-"""``probes/q_kernel_cv.json``: ``{"<iter>": cv}`` of the q_kernel rounds pruned."""
 EXPECTED = "expected_dynamics"
 BAND_KEYS = ("iters", "value_gap_pred", "value_gap_lo", "value_gap_hi")
 """The keys of ``expected_dynamics_<iter>.npz`` the theory overlay requires of a round
@@ -134,18 +132,6 @@ def _pack_q_kernel(run_dir: Path, dim: int | None) -> list[str]:
     for path in drop:
         path.unlink()
     return [f"probes/{p.name}" for p in drop]
-
-
-def read_q_kernel_cv(run_dir: Path) -> dict[int, float]:
-    """``probes/q_kernel_cv.json`` as ``{iter: cv}`` ({} when missing or unreadable)."""
-    path = Path(run_dir) / "probes" / Q_KERNEL_CV_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = read_json(path)
-        return {int(k): float(v) for k, v in data.items()}
-    except (RunFileError, AttributeError, TypeError, ValueError):
-        return {}
 
 
 def _trim_expected(run_dir: Path, dim: int | None, probe_iters: np.ndarray) -> list[str]:
