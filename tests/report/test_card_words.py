@@ -11,7 +11,7 @@ from test_report_fixtures import frozen_run, healthy_run
 
 from tdlens.config import load_config
 from tdlens.report import build_report, write_report
-from tdlens.report.card import WHY_MAX_NUMBERS, WHY_MAX_SENTENCES, Verdict
+from tdlens.report.card import WHY_MAX_NUMBERS, WHY_MAX_SENTENCES, Verdict, advised_action
 from tdlens.runs.audit import audit_run_rho
 from tdlens.runs.runner import Runner
 
@@ -196,3 +196,48 @@ def test_shipped_triad_card_and_one_rho_verdict(tmp_path):
     assert audit.same_sample and audit.row["reliable"] == 0.0
     assert checks["rho_audit"] == ("PASS" if audit.row["passed"] == 1.0 else "FAIL") == "PASS"
     assert "disagrees with its closed form" not in " ".join(s.message for s in r.next_steps)
+
+
+def _advice(alpha_w: float, helps: bool = True, **extra: float) -> dict:
+    return {
+        "set": {"alpha_w": alpha_w, **extra},
+        "predicted": {
+            "value_gap_end": 0.02,
+            "value_gap_end_lo": 0.01,
+            "value_gap_end_hi": 0.03,
+            "regime": "learning",
+        },
+        "why": "...",
+        "helps": helps,
+    }
+
+
+CONTROL = [{"name": "control", "predicted": {"value_gap_end": 0.05}}]
+
+
+def test_next_carries_the_advice_and_its_predicted_outcome():
+    """A complete frozen or plateau run whose first probe found a setting that helps: Next
+    is that setting with its predicted final value_gap [lo, hi] and regime against the
+    unchanged run's (issue 23: advice says what it will do); otherwise the rules decide."""
+    cfg = load_config("configs/sanity.yaml", ["alpha_w=0.5", "trajectories=4"])
+    text = advised_action([_advice(40.0)], CONTROL, cfg, "frozen", "complete")
+    assert text == (
+        "Raise alpha_w from 0.5 to 40: the first probe predicts value_gap 0.02 [0.01, 0.03] "
+        "at the run's end (learning), against 0.05 unchanged."
+    )
+    assert text.split()[0] in ACTION_VERBS
+    both = advised_action(
+        [_advice(0.25, trajectories=16)], CONTROL, cfg, "plateau:noise-floor", "complete"
+    )
+    assert both.startswith("Lower alpha_w from 0.5 to 0.25 and trajectories from 4 to 16: ")
+    # the first advice that helps is taken; none that helps, another label or an
+    # unfinished run leave Next to the rules
+    picked = advised_action(
+        [_advice(9.0, False), _advice(40.0)], CONTROL, cfg, "frozen", "complete"
+    )
+    assert picked.startswith("Raise alpha_w from 0.5 to 40:")
+    assert advised_action([_advice(40.0, False)], CONTROL, cfg, "frozen", "complete") is None
+    assert advised_action([_advice(40.0)], CONTROL, cfg, "diverged:step-size", "complete") is None
+    assert advised_action([_advice(40.0)], CONTROL, cfg, "frozen", "incomplete") is None
+    schedule = {**_advice(40.0), "set": {"schedules.alpha_w.kind": "inverse_time"}}
+    assert advised_action([schedule], CONTROL, cfg, "plateau", "complete") is None

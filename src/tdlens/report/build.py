@@ -401,7 +401,7 @@ def build_report(run_dir: str | Path) -> Report:
         timings=timings(data),
         theory=theory_overlay(data),
         problems=[*data.problems, *cf_problems],
-        verdict=verdict_of(regime, status, reasons, steps, dynamics, data),
+        verdict=verdict_of(regime, status, reasons, steps, dynamics, data, advice, counterfactuals),
         data=data,
         counterfactuals=counterfactuals,
         advice=advice,

@@ -357,6 +357,45 @@ def next_sentence(
     return DEFAULT_ACTION.get(family, DEFAULT_ACTION_ANY if steps else DEFAULT_ACTION["learning"])
 
 
+ADVISED_LABELS = ("frozen", "plateau")
+"""Label families whose card's Next is the first probe's advice when it helps
+(``verdict.advice``, :mod:`tdlens.report.advice`): the change they ask for is a step size or
+a batch, whose effect the expected dynamics predict (docs/model.md §6.1)."""
+
+
+def advised_action(
+    advice: list[dict[str, Any]],
+    counterfactuals: list[dict[str, Any]],
+    cfg: RunConfig | None,
+    label: str | None,
+    status: str | None,
+) -> str | None:
+    """The card's Next from the first advice that helps and changes only alpha_w (and the
+    trajectories): the setting and its predicted final value_gap ``[lo, hi]`` and regime
+    against the unchanged run's; None for other labels, a run that did not complete, or
+    advice that does not help (the rule's own action stands)."""
+    if cfg is None or status != "complete" or regime_family(label or "") not in ADVISED_LABELS:
+        return None
+    first = next((a for a in advice if a.get("helps")), None)
+    if first is None or not set(first["set"]) <= {"alpha_w", "trajectories"}:
+        return None
+    control = next((c for c in counterfactuals if c.get("name") == "control"), None)
+    p, new = first["predicted"], first["set"]
+    alpha = float(new.get("alpha_w", cfg.alpha_w))
+    verb = "Raise" if alpha > cfg.alpha_w else "Lower"
+    change = f"{verb} alpha_w from {fmt(cfg.alpha_w)} to {fmt(alpha)}"
+    if "trajectories" in new:
+        change += f" and trajectories from {cfg.trajectories} to {int(new['trajectories'])}"
+    text = (
+        f"{change}: the first probe predicts value_gap {fmt(p['value_gap_end'])} "
+        f"[{fmt(p['value_gap_end_lo'])}, {fmt(p['value_gap_end_hi'])}] at the run's end "
+        f"({p['regime']})"
+    )
+    if control is not None and control.get("predicted"):
+        text += f", against {fmt(control['predicted']['value_gap_end'])} unchanged"
+    return text + "."
+
+
 def steps_line(cfg: RunConfig | None) -> str:
     """The step sizes over the run, e.g. ``alpha_w: inverse_time (t0=8), 1200 -> 109.1 at
     iteration 79; alpha_pi: constant 0.05`` (``eta_t`` at iterations 0 and
@@ -382,23 +421,29 @@ def verdict_of(
     steps: list[NextStep],
     dynamics: dict[str, Any],
     data: RunData,
+    advice: list[dict[str, Any]] | None = None,
+    counterfactuals: list[dict[str, Any]] | None = None,
 ) -> Verdict:
-    """The card of a run (module docstring)."""
+    """The card of a run (module docstring); Next is the first probe's advice where
+    :func:`advised_action` gives one, else the rules' (:func:`next_sentence`)."""
     cfg = data.cfg
     alpha_w = cfg.alpha_w if cfg is not None else None
     numbers = key_numbers(data, dynamics)
+    status = data.status.get("status")
+    advised = advised_action(advice or [], counterfactuals or [], cfg, regime.label, status)
     return Verdict(
         regime=regime.label,
         regime_reason=regime.reason,
         health=health,
         reasons=health_reasons,
         why=why_sentence(regime, dynamics, data),
-        next=next_sentence(
+        next=advised
+        or next_sentence(
             [s for s in steps if s.rule != "none"],
             alpha_w,
             {k.name: k for k in numbers},
             regime.label,
-            data.status.get("status"),
+            status,
         ),
         key_numbers=numbers,
         status=data.status.get("status"),
