@@ -129,18 +129,30 @@ def anneal_advice(
     why = (
         f"anneal the critic step ({what}: alpha_w / (1 + t / t0) from alpha_w = "
         f"{_num(cfg.alpha_w)}): a constant step holds value_gap at its noise floor, a "
-        f"falling one keeps lowering it; predicted value_gap at iteration {last} "
-        f"{_num(p['value_gap_end'])} [{_num(p['value_gap_end_lo'])}, "
-        f"{_num(p['value_gap_end_hi'])}] ({p['regime']}), against {_num(c['value_gap_end'])} "
-        f"[{_num(c['value_gap_end_lo'])}, {_num(c['value_gap_end_hi'])}] unchanged "
-        f"({c['regime']})"
+        f"falling one keeps lowering it; {_outcome(p, c, last)}"
     )
+    return _entry(best["set"], p, why, p["value_gap_end"] <= HELPS_LITTLE * c["value_gap_end"])
+
+
+def _outcome(p: dict[str, Any], c: dict[str, Any], last: int) -> str:
+    """``predicted value_gap at iteration <last> v [lo, hi] (regime), against ... unchanged
+    (regime)`` for the prediction `p` and the control's `c`."""
+    return (
+        f"predicted value_gap at iteration {last} {_num(p['value_gap_end'])} "
+        f"[{_num(p['value_gap_end_lo'])}, {_num(p['value_gap_end_hi'])}] ({p['regime']}), "
+        f"against {_num(c['value_gap_end'])} [{_num(c['value_gap_end_lo'])}, "
+        f"{_num(c['value_gap_end_hi'])}] unchanged ({c['regime']})"
+    )
+
+
+def _entry(sets: dict[str, Any], p: dict[str, Any], why: str, helps: bool) -> dict[str, Any]:
+    """One ``verdict.advice`` entry (docs/metrics.md)."""
     predicted = {k: p[k] for k in ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi")}
     return {
-        "set": best["set"],
+        "set": sets,
         "predicted": {**predicted, "regime": p["regime"]},
         "why": why,
-        "helps": p["value_gap_end"] <= HELPS_LITTLE * c["value_gap_end"],
+        "helps": helps,
     }
 
 
@@ -158,12 +170,7 @@ def _advice_entry(
     if "trajectories" in r["set"]:
         what += f", trajectories = {r['set']['trajectories']}"
     last = cfg.outer_iters - 1
-    why = (
-        f"{what}: predicted value_gap at iteration {last} {_num(p['value_gap_end'])} "
-        f"[{_num(p['value_gap_end_lo'])}, {_num(p['value_gap_end_hi'])}] ({p['regime']}), "
-        f"against {_num(c['value_gap_end'])} [{_num(c['value_gap_end_lo'])}, "
-        f"{_num(c['value_gap_end_hi'])}] unchanged ({c['regime']})"
-    )
+    why = f"{what}: {_outcome(p, c, last)}"
     if not helps:
         cause = {
             "plateau:noise-floor": "the minibatch noise holds value_gap at its floor",
@@ -173,10 +180,4 @@ def _advice_entry(
             f". No setting within the run's {cfg.outer_iters} iterations helps much (best "
             f"above {HELPS_LITTLE:g} x unchanged): {cause}"
         )
-    predicted = {k: p[k] for k in ("value_gap_end", "value_gap_end_lo", "value_gap_end_hi")}
-    return {
-        "set": r["set"],
-        "predicted": {**predicted, "regime": p["regime"]},
-        "why": why,
-        "helps": helps,
-    }
+    return _entry(r["set"], p, why, helps)
