@@ -6,12 +6,16 @@ one. A learning variant (alpha_w ~ 1/3 of the critical step) and a plateau varia
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 
 from tdlens.config import load_config
 from tdlens.report.theory import expected_dynamics
 from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner
+from tdlens.scores import label_regime, series_of
 
 SMALL = [
     "env.feature_dim=64",
@@ -49,3 +53,44 @@ def test_measured_value_gap_inside_the_predicted_band(tmp_path, alpha_w):
         dyn.fitted_rate,
         dyn.predicted_rate,
     )
+
+
+TRACKING = [
+    "env.feature_dim=64",
+    "env.actor_feature_dim=32",
+    "outer_iters=16",
+    "gamma=0.9",
+    "alpha_w=300",
+    "alpha_pi=200",
+    "beta=0.2",
+    "threads=1",
+    "probes.distribution.enabled=false",
+    "probes.q_kernel.enabled=false",
+    "probes.rho_audit.enabled=false",
+]
+
+
+def test_value_gap_floor_is_inf_once_the_step_passes_the_probes_critical_step(tmp_path):
+    """Issue 23: atlas_tracking (benchmarks/moving_target_search.py's config) at gamma 0.9,
+    alpha_w 300, alpha_pi 200, beta 0.2 starts at eta = 0.58 x the probe's critical step,
+    but the moving policy doubles A's largest eigenvalue: from the third round on eta =
+    300 > critical_step (~260), |1 - eta l| ~ 1.3, and value_gap_floor read 4e4-1e11.
+    Now it is inf where eta passes the round's own critical step (the fixed-point and
+    stability probes share the batch), finite below it, and the run is not at a floor. (Branched at
+    iteration 40 with the policies frozen, such a critic does diverge: value_gap_floor's
+    inf is the prediction, not an artefact.)"""
+    cfg = load_config("configs/atlas_tracking.yaml", TRACKING)
+    Runner(cfg, tmp_path / "run", handle_signals=False).run()
+    data = load_run(tmp_path / "run")
+    fp, stab = data.probe("fixed_point_probe"), data.probe("stability_probe")
+    floor, ratio = fp.values("value_gap_floor"), stab.values("eta") / stab.values("critical_step")
+    assert ratio[0] < 0.7 and ratio[-1] > 1.1, ratio
+    # e-fold growth over the 16 iterations needs |1 - eta l| > e^(1/16), eta > 1.03 x the
+    # critical step: this run's rounds sit at 0.58, 0.999, 1.15 and 1.25
+    assert np.all(np.isinf(floor[ratio > 1.05])) and np.all(floor[ratio < 1.0] < 0.05), (
+        floor,
+        ratio,
+    )
+    assert np.sum(ratio > 1.05) >= 2 and np.sum(ratio < 1.0) >= 2, ratio
+    r = label_regime(series_of(data))
+    assert r.evidence["stochastic_floor"] == math.inf and r.label != "plateau:noise-floor"

@@ -74,7 +74,9 @@ parameter-space ``noise_floor = ||w#_1 - w#_2||`` scaled to value space by the r
 ratio ``value_gap / w_gap``. The stochastic floor F_s is what a probe measures for a
 critic at the predicted stationary floor, :func:`measured_floor` of the median
 ``value_gap_floor`` (from the per-step update covariance) and F, when the table has it,
-else F. The critic's relaxation time T is ``effective_timescale`` (the
+else F; a round whose predicted noise grows has no floor (value_gap_floor inf,
+docs/model.md §6.1), and when that is the median F_s is inf: never reached, gap_over_floor
+NaN. The critic's relaxation time T is ``effective_timescale`` (the
 predicted relaxation time of value_gap) when a probe table has it, else the relaxation the
 run itself shows (``tau_obs``, when value_gap still falls), else the stability probe's
 ``slowest_timescale`` (else ``fastest_timescale``): the slowest mode above the spectral
@@ -602,7 +604,8 @@ def measured_floor(stochastic_floor: ArrayLike, noise_floor: ArrayLike) -> np.nd
 
 def plateau_evidence(s: RunSeries, gap: np.ndarray, floor: float) -> dict[str, float]:
     """The numbers behind learning and the plateau mechanisms (module docstring)."""
-    stochastic = finite(_column(s, "value_gap_floor"))
+    stochastic = floats(_column(s, "value_gap_floor"))
+    stochastic = stochastic[~np.isnan(stochastic)]  # inf kept: that round's noise grows
     f_s = float(measured_floor(np.median(stochastic), floor)) if stochastic.size else floor
     iters = _probe_iters(s, gap.size)
     mid = (gap.size - 1) // 2
@@ -628,7 +631,9 @@ def plateau_evidence(s: RunSeries, gap: np.ndarray, floor: float) -> dict[str, f
         "fall_noise": noise,
         "noise_floor": floor,
         "stochastic_floor": f_s,
-        "gap_over_floor": float(gap[-1] / f_s) if f_s > 0 else math.inf,
+        "gap_over_floor": (
+            float(gap[-1] / f_s) if 0 < f_s < math.inf else math.inf if f_s == 0 else math.nan
+        ),
         "tau_obs": tau_obs,
         "outer_iters": float(s.outer_iters),
         "relaxation_timescale": float(T[-1]),
@@ -713,10 +718,17 @@ def _from_value_gap(s: RunSeries, gap: np.ndarray, floor: float) -> Regime:
         f"value_gap {gap[0]:.4g} -> {gap[-1]:.4g} (fall {gap[0] - gap[-1]:.4g}, second half "
         f"{ev['fall_second_half']:.4g} vs noise {ev['fall_noise']:.4g}), value_noise_floor "
         f"{floor:.4g}, probe_floor {ev['stochastic_floor']:.4g} "
-        f"(x{ev['gap_over_floor']:.3g}), tau_obs {ev['tau_obs']:.4g} vs {s.outer_iters} "
+        + (
+            f"(x{ev['gap_over_floor']:.3g})"
+            if ev["stochastic_floor"] < math.inf
+            else "(none: the predicted noise grows)"
+        )
+        + f", tau_obs {ev['tau_obs']:.4g} vs {s.outer_iters} "
         f"iterations"
     )
-    at_floor = ev["value_gap_last"] <= FLOOR_FACTOR * ev["stochastic_floor"]
+    # an infinite F_s (the predicted noise grows: no floor) is never reached
+    f_s = ev["stochastic_floor"]
+    at_floor = math.isfinite(f_s) and ev["value_gap_last"] <= FLOOR_FACTOR * f_s
     if ev["falling"] and (at_floor or ev["tau_obs"] <= s.outer_iters):
         return Regime("learning", numbers, ev)
     tracking = (

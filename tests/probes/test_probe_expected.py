@@ -144,3 +144,62 @@ def test_qr_noise_factor_leaves_the_predicted_noise_unchanged():
         assert b.noise[-1] > 0
         np.testing.assert_allclose(a.noise, b.noise, rtol=1e-10, atol=0)
         np.testing.assert_array_equal(a.mid, b.mid)
+
+
+def _lyapunov_noise(A, U, phi, eta, B, steps):
+    """noise_steps^2 = eta^2 / B sum_{i<steps} tr(G J^i U U^T J^iT) / D, float64 brute force."""
+    D = A.shape[0]
+    G = phi.T @ phi / phi.shape[0]
+    J, Ji, var = np.eye(D) - eta * A, np.eye(D), 0.0
+    for _ in range(steps):
+        var += eta**2 / B * np.trace(G @ Ji @ U @ U.T @ Ji.T) / D
+        Ji = J @ Ji
+    return math.sqrt(var)
+
+
+@pytest.mark.parametrize(
+    ("block", "eta", "finite"),
+    [
+        # real eigenvalues 0.5 ... 0.02: critical step 2 / 0.5 = 4
+        (None, 0.95 * 4.0, True),  # |1 - eta l| = 0.9 at most: a floor
+        (None, 1.15 * 4.0, False),  # |1 - eta l| = 1.3: grows 1.3^60-fold
+        # a complex pair 0.1 +- 0.3i: critical step 2 Re l / |l|^2 = 2, Re(eta l) far below 2
+        ([[0.1, 0.3], [-0.3, 0.1]], 1.8, True),  # |1 - eta l| = 0.98
+        ([[0.1, 0.3], [-0.3, 0.1]], 2.4, False),  # |1 - eta l| = 1.047 by the imaginary part
+        # a slightly negative eigenvalue (a sampled A's): |1 - eta l|^60 = 1.006, a random walk
+        ([[-1e-4]], 1.0, True),
+    ],
+    ids=["below-critical", "beyond-critical", "complex-stable", "complex-growing", "marginal"],
+)
+def test_floor_is_the_lyapunov_sum_when_the_noise_settles_and_inf_when_it_grows(block, eta, finite):
+    """value_gap_floor (docs/model.md §6.1): the Lyapunov sum over the run when every mode
+    the noise loads has |1 - eta l|^steps <= e, inf when one grows beyond it, matching
+    eta against the probe's own critical step (sp.critical_step). Before, noise[-1] was
+    reported as the floor also beyond the critical step: a finite 1e9 that made the run
+    look "at its floor" (issue 23, atlas_tracking at alpha_w 300, alpha_pi 200)."""
+    rng = np.random.default_rng(7)
+    D, n, B, steps = 6, 64, 4, 60
+    lam = np.diag([0.5, 0.3, 0.2, 0.1, 0.05, 0.02])
+    if block is not None:
+        k = len(block)
+        lam[D - k :, D - k :] = block
+    Q = np.eye(D) + 0.2 * rng.standard_normal((D, D))
+    A = Q @ lam @ np.linalg.inv(Q)
+    phi, U, e0 = rng.standard_normal((n, D)), rng.standard_normal((D, 3)), rng.standard_normal(D)
+    l = np.linalg.eigvals(A)
+    grows = np.max(np.abs(1.0 - eta * l)) ** steps
+    assert (grows <= math.e) == finite and (eta < sp.critical_step(l)) == finite
+    pred = ex.predict(A, e0, U, phi, eta, B, steps, est=0.0)
+    brute = [_lyapunov_noise(A, U, phi, eta, B, j) for j in (1, steps - 1, steps)]
+    assert pred.noise[-1] == pytest.approx(brute[-1], rel=1e-9)  # the truncated sum itself
+    # the last kick's variance against the first's, brute force: grown e-fold (RMS) or not
+    assert (brute[2] ** 2 - brute[1] ** 2 > math.e**2 * brute[0] ** 2) == (not finite)
+    assert pred.floor == (pred.noise[-1] if finite else math.inf)
+
+
+def test_floor_without_noise_or_past_overflow():
+    """No noise factor: a floor of 0; a non-finite noise path (overflow): inf."""
+    p = ex.Prediction(mid=np.ones(4), noise=np.zeros(4), est=0.1)
+    assert p.floor == 0.0
+    p = ex.Prediction(mid=np.ones(4), noise=np.array([0.0, 1.0, 1e200, np.inf]), est=0.1)
+    assert p.floor == math.inf

@@ -407,6 +407,25 @@ def test_value_gap_floor_column_is_the_stochastic_floor():
     assert r.evidence["noise_floor"] == pytest.approx(0.01)
 
 
+def test_an_infinite_value_gap_floor_is_no_floor_the_run_sits_at():
+    """A round whose predicted noise grows has value_gap_floor inf (docs/model.md §6.1).
+    When that is the median round the run has no floor: F_s is inf, gap_over_floor NaN, and
+    the run is not at its floor. Before, the inf rounds were dropped (and a finite 1e9 in
+    their place made the run "at its floor"): the one finite round, 0.7, made value_gap
+    0.9 read as plateau:noise-floor."""
+    fixed = _fixed_point([1.0, 0.9, 0.9, 0.9])
+    fixed["value_gap_floor"] = [0.7, math.inf, math.inf, math.inf]
+    r = label_regime(_series(fixed=fixed))
+    assert r.label == "plateau:slow-modes", r.reason
+    assert r.evidence["stochastic_floor"] == math.inf
+    assert math.isnan(r.evidence["gap_over_floor"])
+    # a minority of rounds without a floor leaves the median round's floor in force
+    fixed["value_gap_floor"] = [0.7, 0.6, 0.65, math.inf]
+    r = label_regime(_series(fixed=fixed))
+    assert r.label == "plateau:noise-floor", r.reason
+    assert r.evidence["stochastic_floor"] == pytest.approx(math.hypot(0.675, 0.005))
+
+
 def test_a_gap_below_the_probes_own_error_is_at_the_floor():
     """regime_noise_floor's numbers at D = 256, alpha_w 1200 (before issue 23 retuned it):
     predicted floor 0.0036, but the probe's w# error

@@ -337,7 +337,7 @@ def fixed_point_probe(
     inputs = prediction_inputs(moments, solves, view, w)
     est = row["value_noise_floor"] / 2.0
     pred = predict_dynamics(cfg, moments, inputs, view.phi_t, est, threads)
-    row["value_gap_floor"] = float(pred.noise[-1])
+    row["value_gap_floor"] = pred.floor
     row["effective_timescale"] = pred.effective_timescale
     schedule = cfg.schedules.alpha_w
     if not schedule.is_constant:

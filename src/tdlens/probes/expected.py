@@ -28,7 +28,15 @@ So (triangle inequality, ``|eps|`` between s/2 and 2 s) the predicted band is
     lo_j = max(gap_mid_j - 2 s_j, s_j / 2 - gap_mid_j, 0),   hi_j = gap_mid_j + 2 s_j.
 
 value_gap_floor = gap_noise over ``outer_iters`` iterations (the floor the training noise
-holds value_gap at once the modes that move within a run have relaxed), and
+holds value_gap at once the modes that move within a run have relaxed) when that noise
+settles, and inf when it grows (:attr:`Prediction.floor`): the variance a kick adds
+``i`` steps after it was injected is ``(eta^2 / B) ||Phi_s J^i U||_F^2 / (n_s D)``, which
+falls with i when every mode it loads has ``|1 - eta l| < 1`` (the sum converges: a floor)
+and grows like ``|1 - eta l|^(2 i)`` when one has ``|1 - eta l| > 1`` (eta beyond the
+probe's own critical step, or an eigenvalue with Re l < 0): then ``Sigma_j`` has no limit
+and gap_noise over the run is the size of a divergence, not a floor. The floor is inf
+when the first kick's contribution grows by more than ``FLOOR_GROWTH`` over the run
+(docs/model.md §6.1); and
 effective_timescale = the iterations in which gap_mid falls by e, ``j_e / ln(gap_mid_0 /
 gap_mid_{j_e})`` with ``j_e`` the first such j or the horizon when it never does (the
 initial error projected on every mode, not the fastest mode's ``1/(eta max Re l)``).
@@ -62,6 +70,12 @@ from tdlens.probes.binomial import KAPPA_MAX, binomial_terms
 from tdlens.threads import parallel_map
 
 NOISE_ROWS = 256
+FLOOR_GROWTH = math.e
+"""value_gap_floor is inf when one noise kick's RMS contribution grows by more than this
+factor over the run (:attr:`Prediction.floor`): one e-fold, ``|1 - eta l|^steps > e``. A
+mode whose growth stays below it within the run (``|1 - eta l| = 1 + eps``, ``eps steps <
+1``: a near-zero eigenvalue of a sampled A) accumulates noise like a random walk, as a
+mode that has not relaxed does, and the sum over the run stays the floor."""
 
 
 def update_noise_factor(
@@ -190,6 +204,25 @@ class Prediction:
     @property
     def hi(self) -> np.ndarray:
         return self.mid + 2.0 * self.spread
+
+    @property
+    def floor(self) -> float:
+        """value_gap_floor: ``noise[-1]`` when the noise settles, inf when it grows
+        (module docstring). The variance a kick adds ``i`` steps after its injection is
+        ``d_i = noise_{i+1}^2 - noise_i^2 = (eta^2 / B) ||Phi_s J^i U||_F^2 / (n_s D)``;
+        with ``d_last > FLOOR_GROWTH^2 d_0`` a kick grows more than FLOOR_GROWTH-fold over
+        the run (a mode with ``|1 - eta l|^steps > FLOOR_GROWTH`` that the noise loads),
+        ``Sigma_j`` has no limit and there is no floor. A non-finite ``noise[-1]``
+        (overflow) is inf too; no noise (``d_0 = 0``) is a floor of 0."""
+        noise = self.noise
+        end = float(noise[-1]) if noise.size else 0.0
+        if not math.isfinite(end):
+            return math.inf
+        if noise.size < 3:
+            return end
+        first = float(noise[1]) ** 2
+        last = end**2 - float(noise[-2]) ** 2
+        return math.inf if first > 0 and last > FLOOR_GROWTH**2 * first else end
 
     @property
     def effective_timescale(self) -> float:

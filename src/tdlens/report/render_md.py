@@ -288,7 +288,9 @@ def theory_lines(t: dict) -> list[str]:
         "iteration (1 = on the prediction)",
         f"- decay rate per iteration: fitted {fmt(t['fitted_rate'])}, predicted "
         f"{fmt(t['predicted_rate'])}",
-        f"- value_gap_floor {fmt(t['floor'])} (the trainer's stationary floor); probe_floor "
+        f"- value_gap_floor {fmt(t['floor'])} (the trainer's stationary floor"
+        + ("; inf: the predicted noise grows, there is none" if t["floor"] == np.inf else "")
+        + "); probe_floor "
         f"{fmt(t.get('probe_floor'))} (the lowest value_gap a probe can measure, "
         "hypot(value_gap_floor, value_noise_floor / 2)): the mean path reaches probe_floor "
         + (

@@ -110,8 +110,9 @@ def expected_dynamics(data: RunData) -> ExpectedDynamics:
         ratio_prev = gap / np.array(prev)
     centre_at = np.interp(probe_iters, first["iters"], centre)
     floor = float(fp.last("value_gap_floor")) if fp.has("value_gap_floor") else math.nan
-    target = math.sqrt((floor if math.isfinite(floor) else 0.0) ** 2 + est**2)
-    reached = np.flatnonzero(first["value_gap_pred"] <= target)
+    # no column: the probe's own error alone; inf (the predicted noise grows): no floor
+    target = math.sqrt((0.0 if math.isnan(floor) else floor) ** 2 + est**2)
+    reached = np.flatnonzero(first["value_gap_pred"] <= (target if target < math.inf else -1.0))
     iters_to_floor = float(first["iters"][reached[0]] - anchor) if reached.size else math.inf
     return ExpectedDynamics(
         anchor=anchor,
@@ -200,6 +201,8 @@ class FloorPlan:
 def _iters_to(gap: float, target: float, tau: float) -> float:
     if not (math.isfinite(gap) and target > 0):
         return math.nan
+    if target == math.inf:  # no floor (the predicted noise grows): never reached
+        return math.inf
     if gap <= target:
         return 0.0
     return tau * math.log(gap / target) if math.isfinite(tau) else math.inf
