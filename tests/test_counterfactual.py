@@ -25,6 +25,7 @@ from tdlens.probes import expected as ex
 from tdlens.regimes import REGIME_TABLE, predicted_interventions
 from tdlens.report import advice as ra
 from tdlens.report.build import build_report, counterfactual_section
+from tdlens.report.card import advised_action
 from tdlens.report.render_json import render_json
 from tdlens.rundir.read import load_array, load_run
 from tdlens.runs.runner import Runner
@@ -190,11 +191,11 @@ def test_path_regime_rules_on_hand_paths():
     assert cf.path_regime(_path(1.0 - 0.03 * j, zero + 0.01), 10) == "plateau:slow-modes"
 
 
-def _row(name, kind, sets, value, B=8):
+def _row(name, kind, sets, value, B=8, hi=None):
     predicted = {
         "value_gap_end": value,
         "value_gap_end_lo": value / 2,
-        "value_gap_end_hi": value * 2,
+        "value_gap_end_hi": value * 2 if hi is None else hi,
         "value_gap_end_path": value,
         "regime": "plateau:slow-modes",
     }
@@ -210,21 +211,58 @@ def _row(name, kind, sets, value, B=8):
 
 
 def test_advice_takes_a_larger_batch_only_when_it_helps_and_says_when_nothing_does():
+    """helps: the advice's interval lies below the unchanged run's predicted end (its top
+    under the control's value_gap_end 1.0), the label rule's predicted gain > 0."""
     cfg = _hand_config("mean")
     control = _row("control", "intervention", {}, 1.0)
-    own = _row("g", "grid", {"alpha_w": 100.0}, 0.5)
+    own = _row("g", "grid", {"alpha_w": 100.0}, 0.5, hi=0.8)
     bigger = _row("g4", "grid", {"alpha_w": 90.0, "trajectories": 32}, 0.45, B=32)
     (advice,) = ra.advice([control, own, bigger], cfg, 1000.0)
     assert advice["set"] == {"alpha_w": 100.0} and advice["helps"]
+    lower = {"value_gap_end": 0.3, "value_gap_end_hi": 0.6}
     best, at_own = ra.advice(
-        [control, own, {**bigger, "predicted": {**bigger["predicted"], "value_gap_end": 0.3}}],
-        cfg,
-        1000.0,
+        [control, own, {**bigger, "predicted": {**bigger["predicted"], **lower}}], cfg, 1000.0
     )
     assert best["set"]["trajectories"] == 32 and at_own["set"] == {"alpha_w": 100.0}
-    (flat,) = ra.advice([control, _row("g", "grid", {"alpha_w": 70.0}, 0.9)], cfg, 1000.0)
+    # 0.3 at 4x the batch, but its band reaches 1.2 > 1.0: the helping own batch stays
+    wide = {"value_gap_end": 0.3, "value_gap_end_hi": 1.2}
+    (advice,) = ra.advice(
+        [control, own, {**bigger, "predicted": {**bigger["predicted"], **wide}}], cfg, 1000.0
+    )
+    assert advice["set"] == {"alpha_w": 100.0} and advice["helps"]
+    (flat,) = ra.advice([control, _row("g", "grid", {"alpha_w": 70.0}, 1.1)], cfg, 1000.0)
     assert not flat["helps"] and "No setting within the run's" in flat["why"]
     assert "slow modes dominate" in flat["why"]
+
+
+def test_a_lower_centre_whose_band_reaches_the_unchanged_end_does_not_help():
+    """Centre 0.6 against the control's 1.0, but the band's top 1.2 is above it: the gain
+    is within the prediction's spread, helps is false and the sentence says so; the card
+    then keeps the rule's own Next. A setting whose whole band lies below (0.7, top 0.95)
+    is advised over a lower centre whose band does not (0.4, top 1.2)."""
+    cfg = _hand_config("mean")
+    control = _row("control", "intervention", {}, 1.0)
+    (overlap,) = ra.advice([control, _row("g", "grid", {"alpha_w": 70.0}, 0.6, hi=1.2)], cfg, 1e3)
+    assert not overlap["helps"]
+    assert "No setting within the run's" in overlap["why"]
+    assert (
+        "helps beyond the prediction's band: its centre is lower, but its band reaches 1.2, "
+        "above the unchanged run's 1:" in overlap["why"]
+    )
+    assert advised_action([overlap], [], cfg, "plateau:slow-modes", "complete") is None
+    rows = [
+        control,
+        _row("ga", "grid", {"alpha_w": 70.0}, 0.4, hi=1.2),
+        _row("gb", "grid", {"alpha_w": 50.0}, 0.7, hi=0.95),
+    ]
+    (advice,) = ra.advice(rows, cfg, 1e3)
+    assert advice["set"] == {"alpha_w": 50.0} and advice["helps"]
+    assert advised_action([advice], [], cfg, "plateau:slow-modes", "complete").startswith(
+        "Lower alpha_w from 60 to 50: the first probe predicts value_gap 0.7 [0.35, 0.95]"
+    )
+    # exactly at the control's end is not below it
+    (edge,) = ra.advice([control, _row("g", "grid", {"alpha_w": 70.0}, 0.5, hi=1.0)], cfg, 1e3)
+    assert not edge["helps"]
 
 
 def test_stored_control_is_the_first_probes_band_and_the_report_carries_it(sources, tmp_path):

@@ -5,8 +5,10 @@ Each stored setting has a predicted final value_gap (``value_gap_end``, the band
 ``sqrt(mid^2 + s^2)`` at iteration outer_iters - 1) with its interval and the regime its
 predicted path implies. The advice (:func:`advice`) is the grid setting with the smallest
 value_gap_end at the run's batch, replaced by a larger batch's best only when that is lower
-by more than BATCH_GAIN (2-4x the samples per iteration must pay); ``helps`` is false when
-it is above HELPS_LITTLE x the control's: no setting within the run length helps much.
+by more than BATCH_GAIN (2-4x the samples per iteration must pay). It ``helps`` when its
+predicted interval lies below the unchanged run's predicted end (:func:`helps`), the test
+the label rule puts to a mechanism's intervention; else its sentence says plainly that no
+setting within the run helps beyond the prediction's band.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ from typing import Any
 import numpy as np
 
 from tdlens.config import RunConfig
+from tdlens.scores import PREDICTED_GAIN_MIN
 
 PREFIX = "counterfactuals"
 """``probes/counterfactuals_<iter>.npz`` (the probe module's PREFIX)."""
 BATCH_GAIN = 0.2
 """A larger batch is advised only when it lowers value_gap_end by more than this fraction
 against the best setting at the run's batch."""
-HELPS_LITTLE = 0.8
-"""helps = false when the advised value_gap_end is above this fraction of the control's."""
 
 
 NOISE_FLOOR = "plateau:noise-floor"
@@ -61,17 +62,35 @@ def _num(x: float) -> str:
     return f"{x:.4g}"
 
 
+def helps(p: dict[str, Any], c: dict[str, Any]) -> bool:
+    """Does the change predicted by `p` help against the unchanged run's `c`? When its
+    interval lies below the unchanged run's predicted end: ``c.value_gap_end -
+    p.value_gap_end_hi > PREDICTED_GAIN_MIN``, the predicted gain the label rule asks of a
+    mechanism's intervention (:func:`tdlens.scores.predicted_gain`), so a Next that
+    advises a change and a label that names a mechanism make the same promise.
+
+    Against the control's centre, not its lower end ``value_gap_end_lo``: both predictions
+    come from one probe and carry its same w# error ``est`` and the same estimate of A, so
+    their errors move together and the change's own band already holds the spread of
+    the difference; requiring the two bands to be disjoint would count that shared error
+    twice. A lower centre with overlapping bands does not help: the gain is within the
+    prediction's spread (the trainer's minibatch noise and the probe's w# error)."""
+    return float(c["value_gap_end"]) - float(p["value_gap_end_hi"]) > PREDICTED_GAIN_MIN
+
+
 def advice(
     rows: list[dict[str, Any]], cfg: RunConfig, critical_step: float, label: str = ""
 ) -> list[dict[str, Any]]:
     """``verdict.advice`` from :func:`entries`: the grid setting with the smallest
-    predicted value_gap_end at the run's batch, replaced by a larger batch's best only
-    when that is lower by more than BATCH_GAIN; then, when the batch changed, the best at
-    the run's batch. Each ``{"set", "predicted", "why", "helps"}``, helps = false when
-    the predicted value_gap_end is above HELPS_LITTLE x the control's (no setting within
-    the run length helps much). Where the run is ``plateau:noise-floor`` (its `label`, or
-    the control's predicted path) and stored annealing schedules are predicted to end
-    lower than the control, the lowest of them follows (:func:`anneal_advice`). [] without
+    predicted value_gap_end at the run's batch among those that help (all, when none
+    does), replaced by a larger batch's best only when that helps and the other does not,
+    or is lower by more than BATCH_GAIN; then, when the batch changed, the best at the
+    run's batch. Each ``{"set", "predicted", "why", "helps"}``, helps = false when
+    its predicted interval does not lie below the control's predicted end (:func:`helps`;
+    no setting within the run helps beyond the prediction's band). Where the run is
+    ``plateau:noise-floor`` (its `label`, or the control's predicted path) and stored
+    annealing schedules are predicted to end lower than the control, the lowest of them
+    follows (:func:`anneal_advice`). [] without
     a control or grid."""
     control = next((r for r in rows if r["name"] == "control" and r["predicted"]), None)
     grid = [
@@ -81,16 +100,26 @@ def advice(
     ]
     if control is None or not grid:
         return []
+    c = control["predicted"]
+
+    def rank(r: dict[str, Any]) -> tuple[bool, float]:
+        """Settings that help first, then by value_gap_end: "no setting helps" stays true."""
+        return (not helps(r["predicted"], c), r["predicted"]["value_gap_end"])
+
     best: dict[int, dict[str, Any]] = {}
     for r in grid:
         b = r["trajectories"]
-        if b not in best or r["predicted"]["value_gap_end"] < best[b]["predicted"]["value_gap_end"]:
+        if b not in best or rank(r) < rank(best[b]):
             best[b] = r
     own = best.get(cfg.trajectories)
     chosen = own
     for b in sorted(k for k in best if k > cfg.trajectories):
-        lower = best[b]["predicted"]["value_gap_end"]
-        if chosen is None or lower < (1.0 - BATCH_GAIN) * chosen["predicted"]["value_gap_end"]:
+        if chosen is None:
+            chosen = best[b]
+            continue
+        (fails, lower), (chosen_fails, end) = rank(best[b]), rank(chosen)
+        # helping beats not helping; else lower by more than BATCH_GAIN
+        if (fails, lower) < (chosen_fails, (1.0 - BATCH_GAIN) * end):
             chosen = best[b]
     picks = [chosen] if chosen is own or own is None else [chosen, own]
     out = [_advice_entry(r, control, cfg, critical_step) for r in picks if r is not None]
@@ -131,7 +160,7 @@ def anneal_advice(
         f"{_num(cfg.alpha_w)}): a constant step holds value_gap at its noise floor, a "
         f"falling one keeps lowering it; {_outcome(p, c, last)}"
     )
-    return _entry(best["set"], p, why, p["value_gap_end"] <= HELPS_LITTLE * c["value_gap_end"])
+    return _entry(best["set"], p, why, helps(p, c))
 
 
 def _outcome(p: dict[str, Any], c: dict[str, Any], last: int) -> str:
@@ -161,7 +190,7 @@ def _advice_entry(
 ) -> dict[str, Any]:
     """One advice entry with its sentence (:func:`advice`)."""
     p, c = r["predicted"], control["predicted"]
-    helps = p["value_gap_end"] <= HELPS_LITTLE * c["value_gap_end"]
+    helpful = helps(p, c)
     alpha = r["set"]["alpha_w"]
     what = f"alpha_w = {_num(alpha)} (x{_num(alpha / cfg.alpha_w) if cfg.alpha_w else 'inf'}"
     if math.isfinite(critical_step) and critical_step > 0:
@@ -171,13 +200,20 @@ def _advice_entry(
         what += f", trajectories = {r['set']['trajectories']}"
     last = cfg.outer_iters - 1
     why = f"{what}: {_outcome(p, c, last)}"
-    if not helps:
-        cause = {
-            "plateau:noise-floor": "the minibatch noise holds value_gap at its floor",
-            "learning": "the run already reaches its noise floor",
-        }.get(p["regime"], "slow modes dominate: the error sits in modes slower than the run")
+    if not helpful:
+        if p["value_gap_end"] < c["value_gap_end"]:
+            cause = (
+                f"its centre is lower, but its band reaches {_num(p['value_gap_end_hi'])}, "
+                f"above the unchanged run's {_num(c['value_gap_end'])}: the predicted gain is "
+                "within the spread of the trainer's minibatch noise and the probe's w# error"
+            )
+        else:
+            cause = {
+                "plateau:noise-floor": "the minibatch noise holds value_gap at its floor",
+                "learning": "the run already reaches its noise floor",
+            }.get(p["regime"], "slow modes dominate: the error sits in modes slower than the run")
         why += (
-            f". No setting within the run's {cfg.outer_iters} iterations helps much (best "
-            f"above {HELPS_LITTLE:g} x unchanged): {cause}"
+            f". No setting within the run's {cfg.outer_iters} iterations helps beyond the "
+            f"prediction's band: {cause}"
         )
-    return _entry(r["set"], p, why, helps)
+    return _entry(r["set"], p, why, helpful)
