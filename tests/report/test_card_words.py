@@ -11,7 +11,13 @@ from test_report_fixtures import frozen_run, healthy_run
 
 from tdlens.config import load_config
 from tdlens.report import build_report, write_report
-from tdlens.report.card import WHY_MAX_NUMBERS, WHY_MAX_SENTENCES, Verdict, advised_action
+from tdlens.report.card import (
+    WHY_MAX_NUMBERS,
+    WHY_MAX_SENTENCES,
+    Verdict,
+    advised_action,
+    unhelpful_note,
+)
 from tdlens.runs.audit import audit_run_rho
 from tdlens.runs.runner import Runner
 
@@ -241,3 +247,23 @@ def test_next_carries_the_advice_and_its_predicted_outcome():
     assert advised_action([_advice(40.0)], CONTROL, cfg, "frozen", "incomplete") is None
     schedule = {**_advice(40.0), "set": {"schedules.alpha_w.kind": "inverse_time"}}
     assert advised_action([schedule], CONTROL, cfg, "plateau", "complete") is None
+
+
+def test_next_says_when_the_advice_does_not_help():
+    """No advice helps (its band reaches above the unchanged run's end): the rules' Next
+    stands and gains the advice's finding, with the best setting's predicted outcome;
+    nothing when some advice helps, for other labels or an unfinished run."""
+    cfg = load_config("configs/sanity.yaml", ["alpha_w=0.5", "trajectories=4", "outer_iters=80"])
+    note = unhelpful_note([_advice(40.0, False)], CONTROL, cfg, "frozen", "complete")
+    assert note == (
+        " No alpha_w is predicted to lower value_gap beyond its band within 80 iterations "
+        "(best 40: 0.02 [0.01, 0.03], 0.05 unchanged)."
+    )
+    assert unhelpful_note([_advice(40.0, False)], [], cfg, "plateau", "complete").endswith(
+        "(best 40: 0.02 [0.01, 0.03])."
+    )
+    helping = [_advice(9.0, False), _advice(40.0)]
+    assert unhelpful_note(helping, CONTROL, cfg, "frozen", "complete") == ""
+    assert unhelpful_note([_advice(40.0, False)], CONTROL, cfg, "learning", "complete") == ""
+    assert unhelpful_note([_advice(40.0, False)], CONTROL, cfg, "frozen", "incomplete") == ""
+    assert unhelpful_note([], CONTROL, cfg, "frozen", "complete") == ""

@@ -396,6 +396,38 @@ def advised_action(
     return text + "."
 
 
+def unhelpful_note(
+    advice: list[dict[str, Any]],
+    counterfactuals: list[dict[str, Any]],
+    cfg: RunConfig | None,
+    label: str | None,
+    status: str | None,
+) -> str:
+    """What the card's Next adds when the first probe's advice does not help (where
+    :func:`advised_action` would take it): `` No alpha_w is predicted to lower value_gap
+    beyond its band within N iterations (best b: v [lo, hi], c unchanged).``, the
+    advice's own finding (:func:`tdlens.report.advice.helps`) beside the rule's action,
+    which does not predict its outcome. Empty otherwise."""
+    if cfg is None or status != "complete" or regime_family(label or "") not in ADVISED_LABELS:
+        return ""
+    first = advice[0] if advice else None
+    if first is None or any(a.get("helps") for a in advice) or "alpha_w" not in first["set"]:
+        return ""
+    p = first["predicted"]
+    control = next((c for c in counterfactuals if c.get("name") == "control"), None)
+    against = (
+        f", {fmt(control['predicted']['value_gap_end'])} unchanged"
+        if control is not None and control.get("predicted")
+        else ""
+    )
+    return (
+        f" No alpha_w is predicted to lower value_gap beyond its band within "
+        f"{cfg.outer_iters} iterations (best {fmt(float(first['set']['alpha_w']))}: "
+        f"{fmt(p['value_gap_end'])} [{fmt(p['value_gap_end_lo'])}, "
+        f"{fmt(p['value_gap_end_hi'])}]{against})."
+    )
+
+
 def steps_line(cfg: RunConfig | None) -> str:
     """The step sizes over the run, e.g. ``alpha_w: inverse_time (t0=8), 1200 -> 109.1 at
     iteration 79; alpha_pi: constant 0.05`` (``eta_t`` at iterations 0 and
@@ -425,12 +457,14 @@ def verdict_of(
     counterfactuals: list[dict[str, Any]] | None = None,
 ) -> Verdict:
     """The card of a run (module docstring); Next is the first probe's advice where
-    :func:`advised_action` gives one, else the rules' (:func:`next_sentence`)."""
+    :func:`advised_action` gives one, else the rules' (:func:`next_sentence`) with the
+    advice's finding that no setting helps (:func:`unhelpful_note`) where it has one."""
     cfg = data.cfg
     alpha_w = cfg.alpha_w if cfg is not None else None
     numbers = key_numbers(data, dynamics)
     status = data.status.get("status")
     advised = advised_action(advice or [], counterfactuals or [], cfg, regime.label, status)
+    note = unhelpful_note(advice or [], counterfactuals or [], cfg, regime.label, status)
     return Verdict(
         regime=regime.label,
         regime_reason=regime.reason,
@@ -444,7 +478,8 @@ def verdict_of(
             {k.name: k for k in numbers},
             regime.label,
             status,
-        ),
+        )
+        + note,
         key_numbers=numbers,
         status=data.status.get("status"),
         steps=steps_line(cfg) if cfg is not None and cfg.schedules != SchedulesConfig() else "",
