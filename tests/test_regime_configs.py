@@ -69,7 +69,8 @@ def _mechanism_holds(label: str, ev: dict, outer_iters: int) -> bool:
     an AssertionError for a label it has no re-check for (never a silent True). With
     counterfactuals (``gain_*`` in the evidence) a mechanism also needs its predicted gain
     beyond the band, and moving-target its drift beyond the noise floor."""
-    at_floor = ev["value_gap_last"] <= FLOOR_FACTOR * ev["stochastic_floor"]
+    f_s = ev["stochastic_floor"]  # None in JSON when inf: no floor, never reached
+    at_floor = f_s is not None and math.isfinite(f_s) and ev["value_gap_last"] <= FLOOR_FACTOR * f_s
     predicted = "gain_slow_modes" in ev
 
     def gain(key: str) -> bool:
@@ -102,6 +103,16 @@ def test_mechanism_recheck_refuses_unknown_labels():
     ev = {"value_gap_last": 1.0, "stochastic_floor": 1.0, "drift_ratio": 0.0, "tau_obs": 1.0}
     with pytest.raises(AssertionError, match="plateau:rho-variance"):
         _mechanism_holds("plateau:rho-variance", ev, 10)
+
+
+def test_mechanism_recheck_never_puts_a_run_at_an_infinite_floor():
+    """An infinite stochastic_floor (None in run_report.json) is no floor: a flat run above
+    it is a slow-modes plateau, not at its floor (tdlens.scores)."""
+    ev = {"value_gap_last": 1.0, "tau_obs": math.inf, "fall_second_half": 0.0}
+    ev["fall_noise"] = 0.1
+    for f_s in (None, math.inf):
+        assert _mechanism_holds("plateau:slow-modes", {**ev, "stochastic_floor": f_s}, 10)
+        assert not _mechanism_holds("plateau:noise-floor", {**ev, "stochastic_floor": f_s}, 10)
 
 
 SHIPPED = {
