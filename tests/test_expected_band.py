@@ -16,6 +16,7 @@ from tdlens.report.theory import expected_dynamics
 from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner
 from tdlens.scores import label_regime, series_of
+from tdlens.sweeps import laws
 
 SMALL = [
     "env.feature_dim=64",
@@ -70,7 +71,15 @@ TRACKING = [
 ]
 
 
-def test_value_gap_floor_is_inf_once_the_step_passes_the_probes_critical_step(tmp_path):
+@pytest.fixture(scope="module")
+def tracking_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tracking") / "run"
+    cfg = load_config("configs/atlas_tracking.yaml", TRACKING)
+    Runner(cfg, run_dir, handle_signals=False).run()
+    return run_dir
+
+
+def test_value_gap_floor_is_inf_once_the_step_passes_the_probes_critical_step(tracking_run):
     """Issue 23: atlas_tracking (benchmarks/moving_target_search.py's config) at gamma 0.9,
     alpha_w 300, alpha_pi 200, beta 0.2 starts at eta = 0.58 x the probe's critical step,
     but the moving policy doubles A's largest eigenvalue: from the third round on eta =
@@ -79,9 +88,7 @@ def test_value_gap_floor_is_inf_once_the_step_passes_the_probes_critical_step(tm
     stability probes share the batch), finite below it, and the run is not at a floor. (Branched at
     iteration 40 with the policies frozen, such a critic does diverge: value_gap_floor's
     inf is the prediction, not an artefact.)"""
-    cfg = load_config("configs/atlas_tracking.yaml", TRACKING)
-    Runner(cfg, tmp_path / "run", handle_signals=False).run()
-    data = load_run(tmp_path / "run")
+    data = load_run(tracking_run)
     fp, stab = data.probe("fixed_point_probe"), data.probe("stability_probe")
     floor, ratio = fp.values("value_gap_floor"), stab.values("eta") / stab.values("critical_step")
     assert ratio[0] < 0.7 and ratio[-1] > 1.1, ratio
@@ -94,3 +101,12 @@ def test_value_gap_floor_is_inf_once_the_step_passes_the_probes_critical_step(tm
     assert np.sum(ratio > 1.05) >= 2 and np.sum(ratio < 1.0) >= 2, ratio
     r = label_regime(series_of(data))
     assert r.evidence["stochastic_floor"] == math.inf and r.label != "plateau:noise-floor"
+
+
+def test_laws_leave_a_run_without_a_floor_out_of_the_floor_fit(tracking_run, monkeypatch):
+    """tdlens laws: a run whose last value_gap_floor is inf is hollow for the floor law (no
+    floor to fit), also where the near-critical test would not catch it (a negative
+    eigenvalue's growth; here forced by lifting NEAR_CRITICAL)."""
+    monkeypatch.setattr(laws, "NEAR_CRITICAL", math.inf)
+    point = laws.law_point(load_run(tracking_run), "tracking")
+    assert point is not None and point.floor_issue.startswith("no floor"), point

@@ -179,6 +179,8 @@ def law_point(data: RunData, run_id: str) -> LawPoint | None:
     floor_issue = ""
     if near > NEAR_CRITICAL:
         floor_issue = f"eta l_max {near:.2g} > {NEAR_CRITICAL:g}: near the critical step"
+    elif float(floor[-1]) == math.inf:
+        floor_issue = "no floor: the predicted noise grows (value_gap_floor inf)"
     elif not float(floor[-1]) >= RESOLVE_FACTOR * est_med:
         floor_issue = f"floor {float(floor[-1]):.2g} < {RESOLVE_FACTOR:g} x F/2 {est_med:.2g}"
     elif not (mid_half := _predicted_mid(data, cfg.outer_iters / 2)) <= REACH_RATIO * float(
