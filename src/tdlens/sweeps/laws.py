@@ -21,8 +21,9 @@ A run counts in the fits only when its design resolves both (decided from the ru
 own probe and prediction, never from the measured outcome): its step is well below the
 critical one (``eta eig_max_abs <= NEAR_CRITICAL``, half the critical step ``2 /
 l_max`` for a real top eigenvalue: past it the noise the error itself multiplies, which
-the prediction leaves out, grows), its floor stands clear of the probe's
-own error (``value_gap_floor >= RESOLVE_FACTOR est``), and the run has relaxed by its
+the prediction leaves out, grows), its floor exists and stands clear of
+the probe's own error (``value_gap_floor`` finite, docs/model.md §6.1, and ``>=
+RESOLVE_FACTOR est``), and the run has relaxed by its
 second half: the mean path its first probe predicts (``value_gap_pred`` of its
 ``expected_dynamics`` band, multi-mode, so a slow tail counts) is at most ``REACH_RATIO``
 times the floor at ``outer_iters / 2``; the relaxation time also needs ``tau_predicted >=
