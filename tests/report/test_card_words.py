@@ -256,11 +256,15 @@ def test_next_says_when_the_advice_does_not_help():
     cfg = load_config("configs/sanity.yaml", ["alpha_w=0.5", "trajectories=4", "outer_iters=80"])
     note = unhelpful_note([_advice(40.0, False)], CONTROL, cfg, "frozen", "complete")
     assert note == (
-        " No alpha_w is predicted to lower value_gap beyond its band within 80 iterations "
-        "(best 40: 0.02 [0.01, 0.03], 0.05 unchanged)."
+        " No alpha_w or batch is predicted to lower value_gap beyond its band within 80 "
+        "iterations (best alpha_w = 40: 0.02 [0.01, 0.03], against 0.05 unchanged)."
     )
     assert unhelpful_note([_advice(40.0, False)], [], cfg, "plateau", "complete").endswith(
-        "(best 40: 0.02 [0.01, 0.03])."
+        "(best alpha_w = 40: 0.02 [0.01, 0.03])."
+    )
+    batch = [_advice(40.0, False, trajectories=16)]
+    assert "(best alpha_w = 40, trajectories = 16: " in unhelpful_note(
+        batch, CONTROL, cfg, "plateau:slow-modes", "complete"
     )
     helping = [_advice(9.0, False), _advice(40.0)]
     assert unhelpful_note(helping, CONTROL, cfg, "frozen", "complete") == ""

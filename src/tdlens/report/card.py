@@ -404,8 +404,9 @@ def unhelpful_note(
     status: str | None,
 ) -> str:
     """What the card's Next adds when the first probe's advice does not help (where
-    :func:`advised_action` would take it): `` No alpha_w is predicted to lower value_gap
-    beyond its band within N iterations (best b: v [lo, hi], c unchanged).``, the
+    :func:`advised_action` would take it): `` No alpha_w or batch is predicted to lower
+    value_gap beyond its band within N iterations (best alpha_w = a: v [lo, hi], against c
+    unchanged).``, the
     advice's own finding (:func:`tdlens.report.advice.helps`) beside the rule's action,
     which does not predict its outcome. Empty otherwise."""
     if cfg is None or status != "complete" or regime_family(label or "") not in ADVISED_LABELS:
@@ -416,15 +417,17 @@ def unhelpful_note(
     p = first["predicted"]
     control = next((c for c in counterfactuals if c.get("name") == "control"), None)
     against = (
-        f", {fmt(control['predicted']['value_gap_end'])} unchanged"
+        f", against {fmt(control['predicted']['value_gap_end'])} unchanged"
         if control is not None and control.get("predicted")
         else ""
     )
+    best = f"alpha_w = {fmt(float(first['set']['alpha_w']))}"
+    if "trajectories" in first["set"]:
+        best += f", trajectories = {int(first['set']['trajectories'])}"
     return (
-        f" No alpha_w is predicted to lower value_gap beyond its band within "
-        f"{cfg.outer_iters} iterations (best {fmt(float(first['set']['alpha_w']))}: "
-        f"{fmt(p['value_gap_end'])} [{fmt(p['value_gap_end_lo'])}, "
-        f"{fmt(p['value_gap_end_hi'])}]{against})."
+        f" No alpha_w or batch is predicted to lower value_gap beyond its band within "
+        f"{cfg.outer_iters} iterations (best {best}: {fmt(p['value_gap_end'])} "
+        f"[{fmt(p['value_gap_end_lo'])}, {fmt(p['value_gap_end_hi'])}]{against})."
     )
 
 
