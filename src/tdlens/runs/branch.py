@@ -45,8 +45,16 @@ from tdlens.config import (
 from tdlens.rundir.files import (
     RunFileError,
     atomic_write_json,
+    atomic_write_text,
     find_symlinks,
     read_json,
+)
+from tdlens.rundir.read import (
+    CURVES_FILE,
+    GZ_SUFFIX,
+    read_table_text,
+    table_file,
+    table_limit,
 )
 from tdlens.runs.checkpoint import (
     Checkpoint,
@@ -193,6 +201,17 @@ def create_branch(
     return target
 
 
+def _copy_table(source: Path, dest: Path, limit: int) -> None:
+    """The table `source` as the plain file `dest` (a branch appends to it): copied, or
+    decompressed from a compacted sweep run's ``source.gz`` (the same bytes,
+    :func:`tdlens.rundir.read.read_table_text`); nothing when the parent has none."""
+    found = table_file(source)
+    if found == source:
+        shutil.copyfile(source, dest)
+    elif found is not None:
+        atomic_write_text(dest, read_table_text(source, limit))
+
+
 def _write_branch(
     parent: Path,
     parent_cfg: RunConfig,
@@ -205,13 +224,16 @@ def _write_branch(
     k = ckpt.next_iter
     target.mkdir(parents=True, exist_ok=True)
     files = RunFiles(target)
-    curves = parent / "learning_curves.csv"
-    if curves.is_file():
-        shutil.copyfile(curves, target / curves.name)
+    limit = table_limit(parent_cfg.outer_iters)
+    _copy_table(parent / CURVES_FILE, target / CURVES_FILE, limit)
     if (parent / "probes").is_dir():
         (target / "probes").mkdir()
         for entry in sorted((parent / "probes").iterdir()):
-            if entry.is_file():
+            if entry.name.endswith(GZ_SUFFIX):
+                plain = entry.name[: -len(GZ_SUFFIX)]
+                if not (parent / "probes" / plain).is_file():
+                    _copy_table(parent / "probes" / plain, target / "probes" / plain, limit)
+            elif entry.is_file():
                 shutil.copyfile(entry, target / "probes" / entry.name)
     files.cut_tables(k)
     files.write_config(child)
