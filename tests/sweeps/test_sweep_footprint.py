@@ -436,3 +436,24 @@ def test_branch_of_a_compacted_run_gets_its_tables_plain(demo, tmp_path):
     mine = read_table(child / "learning_curves.csv")
     assert len(mine) == 8 and mine.rows[:6] == theirs.rows
     assert mine.rows[6]["iter"] == 6.0 and not (child / "learning_curves.csv.gz").exists()
+
+
+def test_a_compacted_run_that_goes_on_gets_plain_tables_cut_to_its_checkpoint(demo, tmp_path):
+    """A compacted run that is resumed after all (its status no longer final, e.g. the
+    driver failed it while receiving its files): cut_tables stores each compressed table
+    plain again, the same bytes, before cutting it to the checkpoint's iteration."""
+    from tdlens.rundir.read import read_table
+    from tdlens.runs.writer import RunFiles
+
+    run = tmp_path / "run"
+    shutil.copytree(_runs(demo)[0], run)
+    whole = {
+        name: read_table(run / name)
+        for name in ("learning_curves.csv", "probes/fixed_point_probe.csv", "probes/rounds.csv")
+    }
+    RunFiles(run).cut_tables(4)
+    assert not list(run.rglob("*.gz")) and (run / "probes" / "rounds.jsonl").is_file()
+    for name, table in whole.items():
+        cut = read_table(run / name)
+        assert cut.rows == tuple(r for r in table.rows if r["iter"] < 4) and len(cut), name
+    assert len(read_table(run / "learning_curves.csv")) == 4

@@ -9,7 +9,8 @@ checkpoint, the tables) and writes a NEW run directory:
 - ``checkpoints/ckpt_<k>.npz``: the parent checkpoint's state (theta_mu, theta_pi, w,
   the td_loss history, the probe state) re-saved under the branch's config and hash;
 - the parent's ``learning_curves.csv`` and ``probes/`` cut to iterations ``< k``, so the
-  branch's tables read as one run from iteration 0;
+  branch's tables read as one run from iteration 0 (a compacted sweep run's
+  ``X.gz`` tables stored plain, :meth:`tdlens.runs.writer.RunFiles.expand_tables`);
 - ``status.json`` ``incomplete`` at ``next_iter = k`` and ``branch.json``: the parent
   (resolved path, name, config hash), the checkpoint (path relative to the parent, the
   SHA-256 of its bytes), the iteration ``k`` the branch starts at and the changed keys
@@ -45,17 +46,10 @@ from tdlens.config import (
 from tdlens.rundir.files import (
     RunFileError,
     atomic_write_json,
-    atomic_write_text,
     find_symlinks,
     read_json,
 )
-from tdlens.rundir.read import (
-    CURVES_FILE,
-    GZ_SUFFIX,
-    read_table_text,
-    table_file,
-    table_limit,
-)
+from tdlens.rundir.read import CURVES_FILE, table_file
 from tdlens.runs.checkpoint import (
     Checkpoint,
     list_checkpoints,
@@ -201,17 +195,6 @@ def create_branch(
     return target
 
 
-def _copy_table(source: Path, dest: Path, limit: int) -> None:
-    """The table `source` as the plain file `dest` (a branch appends to it): copied, or
-    decompressed from a compacted sweep run's ``source.gz`` (the same bytes,
-    :func:`tdlens.rundir.read.read_table_text`); nothing when the parent has none."""
-    found = table_file(source)
-    if found == source:
-        shutil.copyfile(source, dest)
-    elif found is not None:
-        atomic_write_text(dest, read_table_text(source, limit))
-
-
 def _write_branch(
     parent: Path,
     parent_cfg: RunConfig,
@@ -224,16 +207,13 @@ def _write_branch(
     k = ckpt.next_iter
     target.mkdir(parents=True, exist_ok=True)
     files = RunFiles(target)
-    limit = table_limit(parent_cfg.outer_iters)
-    _copy_table(parent / CURVES_FILE, target / CURVES_FILE, limit)
+    curves = table_file(parent / CURVES_FILE)  # or a compacted sweep run's .csv.gz
+    if curves is not None:
+        shutil.copyfile(curves, target / curves.name)
     if (parent / "probes").is_dir():
         (target / "probes").mkdir()
         for entry in sorted((parent / "probes").iterdir()):
-            if entry.name.endswith(GZ_SUFFIX):
-                plain = entry.name[: -len(GZ_SUFFIX)]
-                if not (parent / "probes" / plain).is_file():
-                    _copy_table(parent / "probes" / plain, target / "probes" / plain, limit)
-            elif entry.is_file():
+            if entry.is_file():
                 shutil.copyfile(entry, target / "probes" / entry.name)
     files.cut_tables(k)
     files.write_config(child)
