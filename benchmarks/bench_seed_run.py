@@ -13,7 +13,6 @@ breakdown of the last run from its own files: iterations (``iter_time_s``), prob
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 from pathlib import Path
@@ -23,10 +22,14 @@ from common import children_peak_rss_mib, machine_info, run_command, spread, tdl
 
 
 def breakdown(run_dir: Path, wall: float) -> str:
-    with open(run_dir / "learning_curves.csv") as fh:
-        iters = [float(r["iter_time_s"]) for r in csv.DictReader(fh)]
-    with open(run_dir / "probes" / "rounds.csv") as fh:
-        rounds = [(r["reason"], float(r["total_s"])) for r in csv.DictReader(fh)]
+    from tdlens.rundir.read import read_table
+
+    iters = [float(x) for x in read_table(run_dir / "learning_curves.csv").values("iter_time_s")]
+    table = read_table(run_dir / "probes" / "rounds.csv")
+    rounds = [
+        (str(r), float(t))
+        for r, t in zip(table.texts("reason"), table.values("total_s"), strict=True)
+    ]
     t_iter, t_probe = sum(iters), sum(t for _, t in rounds)
     reasons = {reason: sum(1 for r, _ in rounds if r == reason) for reason, _ in rounds}
     return (

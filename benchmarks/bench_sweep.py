@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine_info
 
 from tdlens.config import shipped_configs
-from tdlens.rundir.files import read_csv_rows
+from tdlens.rundir.read import read_table
 from tdlens.sweeps.plan import run_dir
 from tdlens.sweeps.spec import load_spec
 from tdlens.sweeps.sweep import execute_sweep, prepare_sweep
@@ -79,8 +79,9 @@ def run_timings(sweep_dir: Path, run_ids: list[str]) -> tuple[list[float], list[
     iters, probes = [], []
     for rid in run_ids:
         rd = run_dir(sweep_dir, rid)
-        iters += [float(r["iter_time_s"]) for r in read_csv_rows(rd / "learning_curves.csv")]
-        probes += [float(r["total_s"]) for r in read_csv_rows(rd / "probes" / "rounds.csv")]
+        # a finished sweep run's tables are compressed (learning_curves.csv.gz): read_table
+        iters += list(read_table(rd / "learning_curves.csv").values("iter_time_s"))
+        probes += list(read_table(rd / "probes" / "rounds.csv").values("total_s"))
     return iters, probes
 
 

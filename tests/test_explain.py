@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import sqlite3
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 import tdlens
 from tdlens.cli import app
 from tdlens.learner import METRIC_COLUMNS
+from tdlens.rundir.read import read_table_text
 from tdlens.runs.branch import create_branch, run_branch
 from tdlens.sweeps import explain as ex
 
@@ -64,8 +66,10 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def _rows(path: Path) -> dict[int, dict[str, str]]:
-    with open(path) as fh:
-        return {int(float(r["iter"])): r for r in csv.DictReader(fh)}
+    """A table's rows by iteration, plain or compressed (a twin, run by a sweep worker, is
+    compacted: learning_curves.csv.gz)."""
+    rows = csv.DictReader(io.StringIO(read_table_text(path), newline=""))
+    return {int(float(r["iter"])): r for r in rows}
 
 
 @pytest.fixture(scope="module")

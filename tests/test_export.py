@@ -19,6 +19,7 @@ from tdlens.cli import app
 from tdlens.config import config_from_json
 from tdlens.export import ARTIFACTS, scalar_series
 from tdlens.export.tensorboard_export import image_tag, report_images
+from tdlens.rundir.read import gz_twin, read_table_text
 
 cli = CliRunner()
 TINY = {
@@ -117,8 +118,10 @@ def test_image_tags_drop_what_depends_on_the_data():
 def _emptied(src, dest):
     """A copy of run `src` that failed before its first row: nothing to export."""
     shutil.copytree(src, dest)
-    curves = dest / "learning_curves.csv"
-    curves.write_text(curves.read_text().splitlines()[0] + "\n")
+    curves = dest / "learning_curves.csv"  # a sweep run's: learning_curves.csv.gz
+    header = read_table_text(curves).splitlines()[0]
+    gz_twin(curves).unlink(missing_ok=True)
+    curves.write_text(header + "\n")
     shutil.rmtree(dest / "probes")
     status = json.loads((dest / "status.json").read_text())
     status.update(status="failed", reason="MemoryError: Unable to allocate 156. GiB")

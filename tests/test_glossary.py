@@ -29,6 +29,7 @@ from tdlens.cli import app
 from tdlens.config import shipped_configs
 from tdlens.probes import registry
 from tdlens.regimes import LABELS, REGIME_TABLE
+from tdlens.rundir.read import read_table_text, table_file, table_files
 from tdlens.runs.runner import Runner
 from tdlens.scores import STABILITY_KEYS, RunSeries, growth_evidence, thresholds
 
@@ -107,21 +108,22 @@ def test_glossary_entries_are_parsed_as_documented():
 
 
 def _csv_header(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as fh:
-        return fh.readline().strip().split(",")
+    """The header of a table, plain or compressed (a sweep run's ``X.gz``)."""
+    return read_table_text(path).split("\n", 1)[0].strip().split(",")
 
 
 def _jsonl_keys(path: Path) -> set[str]:
-    return {k for line in path.read_text().splitlines() if line for k in json.loads(line)}
+    lines = read_table_text(path).splitlines()
+    return {k for line in lines if line for k in json.loads(line)}
 
 
 def _run_tables(run_dir: Path) -> dict[str, list[str]]:
     """Every table of a run directory: its CSV headers, rounds.jsonl and status.json keys."""
     tables = {"learning_curves.csv": _csv_header(run_dir / "learning_curves.csv")}
-    for path in sorted((run_dir / "probes").glob("*.csv")):
-        tables[f"probes/{path.name}"] = _csv_header(path)
+    for name in table_files(run_dir / "probes"):
+        tables[f"probes/{name}.csv"] = _csv_header(run_dir / "probes" / f"{name}.csv")
     rounds = run_dir / "probes" / "rounds.jsonl"
-    if rounds.exists():
+    if table_file(rounds) is not None:
         tables["probes/rounds.jsonl"] = sorted(_jsonl_keys(rounds))
     tables["status.json"] = list(json.loads((run_dir / "status.json").read_text()))
     return tables

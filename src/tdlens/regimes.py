@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 NOT_AVAILABLE = "n/a"
-"""The label of a run too short to judge (fewer than ``tdlens.scores.MIN_ROWS`` rows)."""
+"""The label of a run too short to judge (fewer than ``tdlens.scores.MIN_ROWS`` rows) or
+failed (:func:`tdlens.scores.label_regime`)."""
 
 
 class RegimeTableError(ValueError):
@@ -229,7 +230,9 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             (),
             "#999999",
             "o",
-            "too short to judge: fewer than `MIN_ROWS` learning-curve rows and not diverged",
+            "too short to judge: fewer than `MIN_ROWS` learning-curve rows, or fewer than "
+            "`NOISE_MIN_ROWS` without a value_gap series (td_loss's noise cannot be estimated), "
+            "or a `failed` run (its card headlines failed); and not diverged",
         ),
     )
 }

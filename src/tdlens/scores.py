@@ -89,8 +89,12 @@ error of a difference). With fewer than two probe rounds, learning vs plateau is
 ``td_loss`` instead: learning when the mean of its last quarter is below the mean of its
 first quarter by more than ``LEARNING_FACTOR`` standard errors (the per-iteration noise is
 estimated from successive differences, ``sigma = std(diff td_loss) / sqrt(2)``, so a trend
-does not inflate it), else ``plateau`` with no mechanism. A run with fewer than
-``MIN_ROWS`` rows that did not diverge is ``n/a``.
+does not inflate it), else ``plateau`` with no mechanism; with fewer than
+``NOISE_MIN_ROWS`` rows that noise cannot be estimated (``sigma`` needs two successive
+differences), so such a run is ``n/a``, never learning from a fall with no error bar. A run
+with fewer than ``MIN_ROWS`` rows that did not diverge is ``n/a``, and so is a run whose
+status is ``failed`` (it stopped on an error, its rows are not a run to judge; the card
+headlines ``failed``) unless it diverged.
 
 Sparse probe values live only in the probe tables and the sparse learning-curve columns,
 whose empty cells mean "no probe this iteration": they are never read as non-finite (the
@@ -132,6 +136,9 @@ GROWTH_SE_FACTOR = 2.0
 """diverged: the second-half growth rate of log(error) exceeds this many standard errors
 (Newey-West); also the slack when matching it to a negative mode's rate."""
 MIN_ROWS = 2
+NOISE_MIN_ROWS = 3
+"""Fewest td_loss rows whose point-to-point noise ``std(diff td_loss) / sqrt(2)`` can be
+estimated: the td_loss rule labels a shorter run ``n/a``."""
 FLOOR_FACTOR = 1.5
 """plateau:noise-floor: value_gap_last at most this many stochastic floors F_s."""
 MOVING_TARGET_RATIO = 1.0
@@ -816,6 +823,12 @@ def quarter_trend(y: np.ndarray) -> QuarterTrend:
 
 
 def _from_td_loss(td: np.ndarray) -> Regime:
+    if td.size < NOISE_MIN_ROWS:
+        return Regime(
+            NOT_AVAILABLE,
+            f"too short to judge: {td.size} learning-curve rows, too few to estimate "
+            "td_loss's noise [no value_gap series]",
+        )
     q = quarter_trend(td)
     k, fall, se = q.k, q.first - q.last, q.se
     numbers = f"td_loss fell {fall:.4g} (first vs last {k} iterations), std error {se:.4g}"
@@ -830,6 +843,11 @@ def label_regime(s: RunSeries) -> Regime:
     if verdict is not None:
         return verdict
     td = finite(s.curves.get("td_loss"))
+    if s.status == "failed":
+        return Regime(
+            NOT_AVAILABLE,
+            f"the run failed after {td.size} learning-curve row(s); a failed run is not judged",
+        )
     if td.size < MIN_ROWS:
         return Regime(NOT_AVAILABLE, f"{td.size} learning-curve row(s)")
     verdict = _frozen(s)

@@ -9,6 +9,7 @@ never skipped.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from tdlens.catalog import store as cat
 from tdlens.config import parse_config, shipped_configs
 from tdlens.pages.kit import plotly_js
 from tdlens.report import write_report
+from tdlens.rundir.read import read_table_text, table_file, table_files
 from tdlens.runs.runner import Runner
 from tdlens.sweeps.backends import BackendError, RunOutcome, RunTask, execute_task
 from tdlens.sweeps.plan import read_plan, run_dir
@@ -54,18 +56,18 @@ TIMING_FILES = {"rounds.csv", "rounds.jsonl"}
 
 
 def _curves(path: Path) -> list[list[str]]:
-    """A CSV as text cells without wall-time columns."""
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
+    """A CSV (plain or a finished sweep run's .csv.gz) as text cells without wall-time
+    columns."""
+    rows = list(csv.reader(io.StringIO(read_table_text(path), newline="")))
     keep = [i for i, h in enumerate(rows[0]) if not h.endswith("_time_s")]
     return [[r[i] for i in keep] for r in rows]
 
 
 def _tables(run: Path) -> dict[str, list[list[str]]]:
     out = {"learning_curves.csv": _curves(run / "learning_curves.csv")}
-    for p in sorted((run / "probes").glob("*.csv")) if (run / "probes").is_dir() else []:
-        if p.name not in TIMING_FILES:
-            out[p.name] = _curves(p)
+    for name in table_files(run / "probes"):
+        if f"{name}.csv" not in TIMING_FILES:
+            out[f"{name}.csv"] = _curves(run / "probes" / f"{name}.csv")
     return out
 
 
@@ -330,7 +332,7 @@ def test_dead_worker_without_retries_fails_and_resume_is_bit_identical(mini_spec
     ref_dir = _reference(dead, tmp_path)
     copy = tmp_path / "copy"
     shutil.copytree(res.sweep_dir, copy)
-    done_csv = run_dir(res.sweep_dir, done.run_id) / "learning_curves.csv"
+    done_csv = table_file(run_dir(res.sweep_dir, done.run_id) / "learning_curves.csv")
     mtime = done_csv.stat().st_mtime_ns
     # resume on the local pool (from the spec: --output-dir is the sweep) and on Ray (from
     # the directory; the run's files travel to the worker and back as bytes)

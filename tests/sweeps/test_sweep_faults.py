@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ from tdlens.catalog import store as cat
 from tdlens.catalog.records import RunRecord
 from tdlens.cli import app
 from tdlens.rundir import files
+from tdlens.rundir.read import read_table_text, table_file
 from tdlens.sweeps.backends import RunOutcome, RunTask, as_found, execute_task
 from tdlens.sweeps.commands import _report_result
 from tdlens.sweeps.plan import read_plan, run_dir
@@ -56,9 +58,10 @@ def _spec(tmp_path: Path, outer_iters: int, betas: list[float]) -> Path:
 
 
 def _tables(run: Path) -> list[list[str]]:
-    """learning_curves.csv as text cells without wall-time columns: bit-for-bit comparable."""
-    with open(run / "learning_curves.csv", newline="") as fh:
-        rows = list(csv.reader(fh))
+    """learning_curves.csv (plain, or a finished sweep run's .csv.gz) as text cells without
+    wall-time columns: bit-for-bit comparable."""
+    text = read_table_text(run / "learning_curves.csv")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
     keep = [i for i, h in enumerate(rows[0]) if not h.endswith("_time_s")]
     return [[r[i] for i in keep] for r in rows]
 
@@ -291,7 +294,7 @@ def test_a_full_disk_stops_the_sweep_honestly_and_resume_finishes_it(tmp_path, c
         _report_result(res)
     assert exit_info.value.exit_code == 1
     assert "stopped: run " in capsys.readouterr().err
-    done = run_dir(res.sweep_dir, ids[0]) / "learning_curves.csv"
+    done = table_file(run_dir(res.sweep_dir, ids[0]) / "learning_curves.csv")
     mtime = done.stat().st_mtime_ns
     again = execute_sweep(prepare_sweep(res.sweep_dir, tmp_path, resume=True), jobs=1)
     assert again.skipped == 1 and again.counts == {"complete": 2}
@@ -422,7 +425,7 @@ def test_a_full_disk_on_a_ray_worker_stops_the_sweep_and_resume_finishes(
         _report_result(res)
     assert exit_info.value.exit_code == 1
     assert "stopped: run " in capsys.readouterr().err
-    done = run_dir(res.sweep_dir, ran) / "learning_curves.csv"
+    done = table_file(run_dir(res.sweep_dir, ran) / "learning_curves.csv")
     mtime = done.stat().st_mtime_ns
     again = execute_sweep(prepare_sweep(res.sweep_dir, tmp_path, resume=True), backend="ray")
     assert again.skipped == 1 and again.counts == {"complete": 2}
@@ -445,7 +448,7 @@ def test_a_full_disk_where_the_driver_writes_a_ray_runs_files(
     prepared = prepare_sweep(spec, tmp_path / "out")
     ids = [r.run_id for r in prepared.runs]
     victim = run_dir(prepared.sweep_dir, ids[1])
-    target = victim / "learning_curves.csv"
+    target = victim / "learning_curves.csv.gz"  # a finished sweep run's tables: compacted
     real = ray_backend.atomic_write_bytes
 
     def full_for_victim(path, data) -> None:

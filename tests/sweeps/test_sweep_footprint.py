@@ -4,6 +4,7 @@ directories; ``sweep --force`` and what ``sweep --dry-run`` expects."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -24,6 +25,9 @@ from tdlens.sweeps.sweep import execute_sweep, prepare_sweep
 DEMO = shipped_configs() / "sweeps" / "demo.yaml"
 LIMIT = 300_000
 """Bytes a sweep run's directory may hold, every file counted (issue 24)."""
+STEP_C_BYTES_PER_ITER = 650
+"""A compacted Step-C run's growth per iteration beyond 20: the measured 623 B rounded up
+(BENCHMARKS.md: 289,905 B at 200 iterations, 177,704 B at 20)."""
 
 
 def _app() -> typer.Typer:
@@ -140,13 +144,14 @@ def test_dry_run_states_disk_memory_and_time():
 def test_step_c_sized_sweep_run_against_the_disk_budget(tmp_path):
     """The Step-C base (plateau, D = 2048), cut to 20 iterations (2 probe rounds): a
     compacted sweep run writes no HTML, keeps one (compressed) checkpoint, the newest
-    q_kernel factor and raw-rho sample, fits in 300 KB (measured 188 KB), and the budget
-    bounds its directory within 2x. Per-round argument (BENCHMARKS.md, measured once by
-    hand): the full 200-iteration, 20-round run is 1.01 MB written and 391 KB compacted,
-    ~1.13 KB more an iteration at one round in ten, so 300 KB holds up to ~119
-    iterations; the full run misses it: what every reader reads in full there (learning
-    curves 0.54 KB an iteration, probe CSVs, report, checkpoint, newest rho sample) is
-    already ~325 KB."""
+    q_kernel factor and raw-rho sample, its tables gzip-compressed, and the budget bounds
+    its directory within 2x. Per-round argument (BENCHMARKS.md, measured once by hand):
+    the full 200-iteration, 20-round run is 1.01 MB written and 290 KB compacted, the
+    20-iteration one 178 KB, so the run grows ~0.62 KB an iteration at one round in ten
+    ((289,905 - 177,704) / 180) and 300 KB holds runs up to ~216 iterations: the
+    Step-C run fits. Asserted here: the 20-iteration run plus 180 iterations at that
+    rate rounded up (learning curves 0.24 KB an iteration gzip-compressed and a log line;
+    per round its compressed table rows, report rows and trimmed expected dynamics)."""
     from tdlens.sweeps.inline import inline_spec
 
     spec = inline_spec("plateau", ["alpha_w=0.08"], overrides=["outer_iters=20"])
@@ -158,13 +163,16 @@ def test_step_c_sized_sweep_run_against_the_disk_budget(tmp_path):
     cfg = config_from_json(run / "config.json")
     assert cfg.env.feature_dim == 2048
     used = _size(run)
-    assert used <= LIMIT, used
+    assert used + 180 * STEP_C_BYTES_PER_ITER <= LIMIT, used
     predicted = budget.estimate(cfg, html=False, checkpoints=1, compact=True).disk_bytes
     assert used <= predicted <= 2 * used, (used, predicted)
     probes = run / "probes"
     assert [p.name for p in probes.glob("q_kernel_[0-9]*.npz")] == ["q_kernel_0019.npz"]
     assert [p.name for p in probes.glob("rho_hist_*.npy")] == ["rho_hist_0019.npy"]
-    assert not list(probes.glob("*_probe.jsonl")) and (probes / "rounds.jsonl").is_file()
+    assert not list(probes.glob("*.jsonl")) and (probes / "rounds.jsonl.gz").is_file()
+    assert not list(run.rglob("*.csv")) and (run / "learning_curves.csv.gz").is_file()
+    curves = gzip.decompress((run / "learning_curves.csv.gz").read_bytes()).decode()
+    assert len(curves.splitlines()) == 21  # the header and 20 rows
     assert set(json.loads((probes / "q_kernel_cv.json").read_text())) == {"9"}
 
 
@@ -276,3 +284,176 @@ def test_compaction_is_idempotent_and_its_failure_never_fails_the_run(demo, tmp_
     compact_finished(run)
     log = (run / "stdout.log").read_text().splitlines()[-1]
     assert "compaction skipped: OSError: No space left on device" in log
+
+
+def _plain_copy(sweep: Path, dest: Path) -> Path:
+    """The sweep with every compressed table stored plain again: the runs as written."""
+    shutil.copytree(sweep, dest)
+    for packed in dest.rglob("*.gz"):
+        packed.with_name(packed.name[: -len(".gz")]).write_bytes(
+            gzip.decompress(packed.read_bytes())
+        )
+        packed.unlink()
+    return dest
+
+
+def _without(value, *roots: Path):
+    """`value` with every string that names a path under `roots` dropped (dicts, lists)."""
+    if isinstance(value, dict):
+        return {k: _without(v, *roots) for k, v in value.items() if not _names(v, roots)}
+    if isinstance(value, list):
+        return [_without(v, *roots) for v in value]
+    return value
+
+
+def _names(value, roots) -> bool:
+    return isinstance(value, str) and any(str(r) in value for r in roots)
+
+
+def test_every_reader_reads_a_compacted_run_as_the_run_written(demo, tmp_path):
+    """The demo sweep as compacted (learning_curves.csv.gz, probes/*.csv.gz,
+    probes/rounds.jsonl.gz) against the same sweep with those tables plain again: the
+    report (json and md), open_run's tables, the sweep summary, the catalog rebuilt by
+    reindex, and what an export reads (its series and its up-to-date fingerprint) are
+    equal; a sweep --resume counts the compacted runs complete and rewrites none."""
+    import tdlens
+    from tdlens.catalog.store import query_runs
+    from tdlens.export import fingerprint, scalar_series
+    from tdlens.report import write_report
+    from tdlens.sweeps.reindex import reindex
+    from tdlens.sweeps.summary import summarize
+
+    small = tmp_path / "small"
+    shutil.copytree(demo, small)
+    plain = _plain_copy(demo, tmp_path / "plain")
+    for run in _runs(small):
+        packed = {p.relative_to(run).as_posix() for p in run.rglob("*.gz")}
+        assert {"learning_curves.csv.gz", "probes/rounds.csv.gz", "probes/rounds.jsonl.gz"} <= (
+            packed
+        )
+        assert "probes/fixed_point_probe.csv.gz" in packed and not list(run.rglob("*.csv"))
+    for a, b in zip(_runs(plain), _runs(small), strict=True):
+        assert len(load_run(a).curves) == 6 and load_run(b).problems == ()
+        assert fingerprint(a) == fingerprint(b)  # the same files, copied: up to date
+        for d in (a, b):
+            write_report(d, html=False)
+        ja, jb = (json.loads((d / "run_report.json").read_text()) for d in (a, b))
+        assert _without(ja, plain, small) == _without(jb, plain, small)
+        md_a, md_b = ((d / "run_report.md").read_text() for d in (a, b))
+        assert md_a.replace(str(a), "RUN") == md_b.replace(str(b), "RUN")
+        ra, rb = tdlens.open_run(a), tdlens.open_run(b)
+        assert ra.curves.equals(rb.curves) and ra.rounds.equals(rb.rounds)
+        assert set(ra.probes) == set(rb.probes) and len(ra.probes) >= 5
+        for name in ra.probes:
+            assert ra.probes[name].equals(rb.probes[name]), name
+        assert scalar_series(load_run(a)) == scalar_series(load_run(b))
+    sa, sb = summarize(plain), summarize(small)
+    assert len(sa.records) == len(sb.records) == 4
+    ja, jb = (json.loads((d / "summary.json").read_text()) for d in (plain, small))
+    assert _without(ja, plain, small) == _without(jb, plain, small)  # NaN -> null
+    assert len(ja["runs"]) == 4 and ja["configs"] and ja["marginals"]
+    assert (plain / "summary.md").read_text().replace(str(plain), "S") == (
+        small / "summary.md"
+    ).read_text().replace(str(small), "S")
+    rows = []
+    for root in (plain, small):
+        assert reindex(tmp_path / f"{root.name}.sqlite", [root])[:2] == (4, 1)
+        found = query_runs(tmp_path / f"{root.name}.sqlite")
+        rows.append(sorted((_without(r, plain, small) for r in found), key=str))
+    strip = ("indexed_at", "updated_at", "created_at", "sweep_id")  # sweep_id: its folder
+    kept = [[{k: v for k, v in r.items() if k not in strip} for r in x] for x in rows]
+    assert kept[0] == kept[1] and len(kept[0]) == 4
+    before = {p: p.read_bytes() for p in small.rglob("*") if p.is_file() and "runs" in p.parts}
+    again = execute_sweep(prepare_sweep(small, tmp_path, resume=True), jobs=1, catalog=None)
+    assert again.skipped == 4 and again.counts == {}  # final: none run again
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_compressed_tables_are_deterministic_and_exact(demo, tmp_path):
+    """gzip of the table's exact bytes with mtime 0: decompresses to the bytes written,
+    and the same table compressed again is the same file."""
+    from tdlens.sweeps.compact import gzip_table
+
+    run = _runs(demo)[0]
+    packed = (run / "learning_curves.csv.gz").read_bytes()
+    assert packed[:4] == b"\x1f\x8b\x08\x00" and packed[4:8] == b"\0\0\0\0"  # no name, mtime 0
+    text = gzip.decompress(packed)
+    assert text.startswith(b"iter,") and text.count(b"\n") == 7
+    again = tmp_path / "learning_curves.csv"
+    again.write_bytes(text)
+    assert gzip_table(again) and not again.exists()
+    assert (tmp_path / "learning_curves.csv.gz").read_bytes() == packed
+    assert not gzip_table(again)  # nothing plain left: nothing to do
+
+
+def test_a_compressed_table_is_size_checked_and_named_when_broken(demo, tmp_path):
+    """A table that inflates past the run's limit (table_limit: 16 MiB for a demo run) or
+    is not gzip is one problem naming the file; the report still builds, open_run gives
+    an empty table, and read_table_text raises naming the file."""
+    from tdlens.rundir.files import RunFileError
+    from tdlens.rundir.read import read_table_text, table_limit
+
+    run = tmp_path / "run"
+    shutil.copytree(_runs(demo)[0], run)
+    cfg = config_from_json(run / "config.json")
+    limit = table_limit(cfg.outer_iters)
+    assert limit == 2**24
+    bomb = b"iter,td_loss\n" + b"0,0\n" * (limit // 4 + 1)
+    packed = gzip.compress(bomb, mtime=0)
+    assert len(packed) < 100_000  # 16 MiB of text in a small file
+    (run / "learning_curves.csv.gz").write_bytes(packed)
+    (run / "probes" / "rounds.csv.gz").write_bytes(b"not gzip")
+    data = load_run(run)
+    assert len(data.curves) == 0 and len(data.rounds) == 0
+    curves = run / "learning_curves.csv.gz"
+    assert any(f"'{curves}' decompresses to more than {limit} bytes" in p for p in data.problems)
+    assert any(f"'{run / 'probes' / 'rounds.csv.gz'}' cannot be read" in p for p in data.problems)
+    with pytest.raises(RunFileError, match=r"learning_curves\.csv\.gz' decompresses to more"):
+        read_table_text(run / "learning_curves.csv", limit)
+    assert read_table_text(run / "learning_curves.csv").count("\n") == limit // 4 + 2
+    res = CliRunner().invoke(_app(), ["report", str(run)])
+    assert "learning_curves.csv.gz" in (run / "run_report.md").read_text(), res.output
+
+
+def test_branch_of_a_compacted_run_gets_its_tables_plain(demo, tmp_path):
+    """A branch (explain's twins) of a compacted sweep run starts from its parent's rows
+    before k (the final checkpoint's: all of them), decompressed into plain tables, and
+    runs on appending to them."""
+    from tdlens.rundir.read import read_table
+    from tdlens.runs.branch import create_branch, run_branch
+
+    parent = _runs(demo)[0]
+    child = create_branch(parent, {"alpha_w": 0.2}, iters=2, run_dir=tmp_path / "child")
+    assert (child / "learning_curves.csv").is_file() and not list(child.rglob("*.gz"))
+    assert json.loads((child / "branch.json").read_text())["iteration"] == 6
+    theirs = read_table(parent / "learning_curves.csv")
+    assert read_table(child / "learning_curves.csv").rows == theirs.rows and len(theirs) == 6
+    assert (child / "probes" / "rounds.jsonl").is_file()
+    for name in ("fixed_point_probe", "rounds"):
+        mine = read_table(child / "probes" / f"{name}.csv")
+        assert mine.rows == read_table(parent / "probes" / f"{name}.csv").rows and len(mine)
+    assert run_branch(child, write_report=False).status == "complete"
+    mine = read_table(child / "learning_curves.csv")
+    assert len(mine) == 8 and mine.rows[:6] == theirs.rows
+    assert mine.rows[6]["iter"] == 6.0 and not (child / "learning_curves.csv.gz").exists()
+
+
+def test_a_compacted_run_that_goes_on_gets_plain_tables_cut_to_its_checkpoint(demo, tmp_path):
+    """A compacted run that is resumed after all (its status no longer final, e.g. the
+    driver failed it while receiving its files): cut_tables stores each compressed table
+    plain again, the same bytes, before cutting it to the checkpoint's iteration."""
+    from tdlens.rundir.read import read_table
+    from tdlens.runs.writer import RunFiles
+
+    run = tmp_path / "run"
+    shutil.copytree(_runs(demo)[0], run)
+    whole = {
+        name: read_table(run / name)
+        for name in ("learning_curves.csv", "probes/fixed_point_probe.csv", "probes/rounds.csv")
+    }
+    RunFiles(run).cut_tables(4)
+    assert not list(run.rglob("*.gz")) and (run / "probes" / "rounds.jsonl").is_file()
+    for name, table in whole.items():
+        cut = read_table(run / name)
+        assert cut.rows == tuple(r for r in table.rows if r["iter"] < 4) and len(cut), name
+    assert len(read_table(run / "learning_curves.csv")) == 4

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tdlens.catalog.records import RunRecord, record_from
-from tdlens.rundir.read import RunData, load_run
+from tdlens.rundir.files import RunFileError
+from tdlens.rundir.read import RunData, load_run, read_table_text, table_file, table_files
 
 RUN_FILES: tuple[str, ...] = (
     "config.json",
@@ -115,13 +116,23 @@ def scalar_series(data: RunData) -> dict[str, list[tuple[int, float]]]:
 
 
 def fingerprint(run_dir: Path) -> str:
-    """A hash of the run's files (RUN_FILES and the probe tables): changes when they do."""
+    """A hash of the run's files (RUN_FILES and the probe tables): changes when they do.
+
+    A table is hashed by its bytes as written (:func:`tdlens.rundir.read.read_table_text`),
+    so a compacted sweep run (``learning_curves.csv.gz``) hashes as the run it was.
+    """
     digest = hashlib.sha256()
-    probe_dir = run_dir / "probes"
-    tables = sorted(probe_dir.glob("*.csv")) if probe_dir.is_dir() else []
-    for path in [*(run_dir / name for name in RUN_FILES), *tables]:
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    tables = [Path("probes") / f"{name}.csv" for name in table_files(run_dir / "probes")]
+    for name in [*RUN_FILES, *tables]:
+        path = run_dir / name
+        found = table_file(path) if path.suffix == ".csv" else path
+        if found is None or not found.is_file():
+            continue
+        try:
+            data = found.read_bytes() if found == path else read_table_text(path).encode()
+        except RunFileError:
+            data = found.read_bytes()  # an unreadable table still hashes
+        digest.update(path.name.encode() + b"\0" + data + b"\0")
     return digest.hexdigest()[:16]
 
 

@@ -22,6 +22,7 @@ Four sentences and a few numbers, computed from what the report already holds:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,6 +67,8 @@ DEFAULT_ACTION = {
 }
 """Next when no rule with an action fired (any other label: :data:`DEFAULT_ACTION_ANY`)."""
 DEFAULT_ACTION_ANY = "Look at the failing checks under Health checks and fix the first one."
+FAILED = "failed"
+"""The status of a run that stopped on an error, and its card's headline."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,13 @@ class Verdict:
     steps: str = ""
     """The step sizes over the run (:func:`steps_line`) when a schedule is not constant,
     else empty (the card shows the line only then; Run Info always)."""
+
+    @property
+    def headline(self) -> str:
+        """The card's first word: ``failed`` for a failed run (its regime is ``n/a``: a run
+        that stopped on an error is not judged, :func:`tdlens.scores.label_regime`), else
+        the regime label."""
+        return FAILED if self.status == FAILED else self.regime
 
     def as_dict(self) -> dict[str, Any]:
         """run_report.json's ``verdict`` (also :attr:`tdlens.api.Run.verdict`): the keys
@@ -221,10 +231,13 @@ def _times(ratio: float) -> str:
 
 
 def _failure(data: RunData) -> str:
-    """The exception's name of a failed run's reason (``MemoryError: ...`` -> MemoryError)."""
-    reason = str(data.status.get("reason") or "an error")
-    head = reason.split(":", 1)[0].strip()
-    return head if head and " " not in head else "an error"
+    """What stopped a failed run, from its status reason (the forms of
+    :func:`tdlens.runs.runner.failure_reason`): the exception's name (``ValueError at
+    iteration 2: ...`` and ``MemoryError: ...`` -> ValueError, MemoryError), else the cause
+    without its iteration and file (``out of memory``, ``No space left on device``)."""
+    head = str(data.status.get("reason") or "").split(":", 1)[0]
+    head = re.split(r" at iteration \d+| writing '", head, maxsplit=1)[0].strip()
+    return head or "error"
 
 
 def why_sentence(regime: Regime, dynamics: dict[str, Any], data: RunData) -> str:
@@ -236,8 +249,12 @@ def why_sentence(regime: Regime, dynamics: dict[str, Any], data: RunData) -> str
     growth = _w_growth(data)
     grew = f"; ||w|| grew {fmt_count(growth)}-fold over the run" if growth and growth > 2 else ""
     fastest, run = dynamics.get("fastest_timescale"), dynamics.get("run_iters")
-    if data.status.get("status") == "failed":
-        return f"The run failed with {_failure(data)} before it could be judged."
+    if data.status.get("status") == FAILED:
+        cause = _failure(data)
+        if re.fullmatch(r"[A-Za-z_]\w*", cause):
+            article = "an " if cause == "error" else ""
+            return f"The run failed with {article}{cause} before it could be judged."
+        return f"The run failed ({cause}) before it could be judged."
     if base == "n/a":
         return f"Too short to judge: {fmt(len(data.curves))} iterations ran."
     if base == "frozen" and fastest is not None and math.isfinite(fastest) and run:

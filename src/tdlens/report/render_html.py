@@ -68,7 +68,7 @@ def plots_grid(figs: Sequence[dict[str, Any] | None], empty: str = "nothing to p
 def html_verdict(r: Report) -> str:
     """The verdict card."""
     v = r.verdict
-    base = v.regime.split(":")[0]
+    base = v.headline.split(":")[0]
     shown = v.reasons[:CARD_REASONS]
     more = len(v.reasons) - len(shown)
     text = "; ".join(shown) + (f"; {more} more under Health" if more > 0 else "")
@@ -88,7 +88,7 @@ def html_verdict(r: Report) -> str:
     steps = f"<p><b>Steps:</b> {esc(v.steps)}</p>" if v.steps else ""
     return (
         f'<section class="card c-{esc(base)}" id="verdict"><h2>Verdict</h2>'
-        f'<p><span class="regime {esc(base)}">{esc(v.regime)}</span> '
+        f'<p><span class="regime {esc(base)}">{esc(v.headline)}</span> '
         f"<small>({esc(v.regime_reason)})</small> &middot; health "
         f"{verdict(v.health)}{reasons}</p>"
         f"<p><b>Why:</b> {esc(v.why)}</p><p><b>Next:</b> {esc(v.next)}</p>{steps}"

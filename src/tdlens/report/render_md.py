@@ -100,7 +100,7 @@ def section_verdict(r: Report) -> list[str]:
     v = r.verdict
     health = f"{v.health} ({'; '.join(v.reasons)})" if v.reasons else v.health
     lines = [
-        f"> **Verdict: {v.regime}** ({v.regime_reason}); health {health}",
+        f"> **Verdict: {v.headline}** ({v.regime_reason}); health {health}",
         ">",
         f"> **Why:** {v.why}",
         ">",

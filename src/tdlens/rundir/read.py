@@ -10,12 +10,20 @@ so a report or a sweep summary can say what is wrong instead of crashing. Files 
 config.json, status.json (as observed: a dead ``running`` run is ``crashed``),
 learning_curves.csv, probes/<name>.csv, probes/rounds.csv, run_report.json and, on
 demand, the probe arrays probes/<prefix>_<iter>.np[yz].
+
+A table may be stored gzip-compressed (``learning_curves.csv.gz``, ``probes/<name>.csv.gz``,
+``probes/rounds.jsonl.gz``: a finished sweep run, :mod:`tdlens.sweeps.compact`): every
+reader opens a table through :func:`read_table_text`, which reads ``X`` or else ``X.gz``
+(the same bytes once decompressed), so no reader tells the two apart.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,13 +37,19 @@ from tdlens.rundir.files import (
     array_limit,
     check_array_file,
     parse_cell,
-    read_csv_rows,
     read_json,
 )
 from tdlens.rundir.status import observed_status
 
 CURVES_FILE = "learning_curves.csv"
 ROUNDS_TABLE = "rounds"
+GZ_SUFFIX = ".gz"
+"""The suffix of a gzip-compressed table (``learning_curves.csv.gz``)."""
+MAX_TABLE_BYTES = 2**30
+"""Most bytes a compressed table may decompress to without a config (1 GiB)."""
+TABLE_ROW_BYTES = 64 * 1024
+"""Bytes allowed per table row by :func:`table_limit` (a learning-curve row is ~0.5 KB,
+a probe table's ~1.5 KB at the Step-C settings)."""
 
 Cell = float | str | None
 
@@ -106,13 +120,95 @@ class RunData:
         return self.probes.get(name, Table())
 
 
-def _read_lenient(path: Path, problems: list[str]) -> Table | None:
-    """Rows with as many cells as the header; others (a row torn by a crash) are skipped
-    and named in ``problems``."""
+def table_limit(outer_iters: int | None) -> int:
+    """Most bytes a compressed table of a run with `outer_iters` iterations may decompress
+    to: ``TABLE_ROW_BYTES`` for each of at most ``outer_iters + 1`` rows (a table has a
+    row per iteration at most, and a header), at least 16 MiB, at most
+    :data:`MAX_TABLE_BYTES` (also the limit without a config)."""
+    if outer_iters is None:
+        return MAX_TABLE_BYTES
+    return min(MAX_TABLE_BYTES, max(2**24, TABLE_ROW_BYTES * (int(outer_iters) + 1)))
+
+
+def gz_twin(path: str | Path) -> Path:
+    """``X.gz`` for the table ``X``."""
+    path = Path(path)
+    return path.with_name(path.name + GZ_SUFFIX)
+
+
+def table_file(path: str | Path) -> Path | None:
+    """The file that holds the table `path` (``X``): ``X`` itself when it is a file, else
+    its gzip twin ``X.gz`` when that is, else None."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    twin = gz_twin(path)
+    return twin if twin.is_file() else None
+
+
+def table_files(folder: Path, suffix: str = ".csv") -> dict[str, Path]:
+    """The tables ``<name><suffix>`` of `folder` (plain or gzip-compressed) by name, in
+    name order; where both exist, the plain file (:func:`table_file`)."""
+    found: dict[str, Path] = {}
+    if Path(folder).is_dir():
+        for path in Path(folder).iterdir():
+            for end in (suffix, suffix + GZ_SUFFIX):
+                if path.name.endswith(end) and len(path.name) > len(end):
+                    name = path.name[: -len(end)]
+                    if name not in found or end == suffix:
+                        found[name] = path
+    return dict(sorted(found.items()))
+
+
+def read_table_text(path: str | Path, max_bytes: int = MAX_TABLE_BYTES) -> str:
+    """The text of the run table `path` (``learning_curves.csv``, ``probes/<name>.csv``,
+    ``probes/rounds.jsonl``): the file itself, else its gzip twin ``X.gz`` decompressed
+    (:func:`table_file`); the one way a run's tables are opened.
+
+    A compressed table is read to at most ``max_bytes + 1`` decompressed bytes
+    (:func:`table_limit` of the run), so a small file that would inflate to gigabytes is
+    refused before it fills memory. Raises RunFileError naming the file: missing,
+    unreadable, not gzip, decompressing past `max_bytes`, or not UTF-8.
+    """
+    path = Path(path)
+    found = table_file(path)
+    if found is None:
+        raise RunFileError(f"'{path}' is missing")
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            lines = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        if found.name.endswith(GZ_SUFFIX):
+            with gzip.open(found, "rb") as fh:
+                data = fh.read(max_bytes + 1)
+        else:
+            data = found.read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        raise RunFileError(f"'{found}' cannot be read ({exc})") from None
+    if found.name.endswith(GZ_SUFFIX) and len(data) > max_bytes:
+        raise RunFileError(
+            f"'{found}' decompresses to more than {max_bytes} bytes, more than a table of "
+            "this run holds; refused"
+        )
+    return text
+
+
+def read_table(path: str | Path, max_bytes: int = MAX_TABLE_BYTES) -> Table:
+    """The CSV table `path` (plain or ``.gz``, :func:`read_table_text`), cells parsed;
+    a row with a wrong cell count, like any unreadable file, is a RunFileError naming the
+    file (:func:`load_run` reads leniently instead)."""
+    problems: list[str] = []
+    found = table_file(path) or Path(path)
+    table = _parse_lenient(read_table_text(path, max_bytes), found, problems)
+    if table is None or problems:
+        raise RunFileError(problems[0] if problems else f"'{found}' has no header")
+    return table
+
+
+def _parse_lenient(text: str, path: Path, problems: list[str]) -> Table | None:
+    """Rows of the CSV `text` (of `path`) with as many cells as the header; others (a row
+    torn by a crash) are skipped and named in ``problems``."""
+    try:
+        lines = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
         problems.append(f"'{path}' cannot be read ({exc})")
         return None
     if not lines or not lines[0]:
@@ -130,19 +226,22 @@ def _read_lenient(path: Path, problems: list[str]) -> Table | None:
     return Table(tuple(header), tuple(rows))
 
 
-def _read_table(path: Path, problems: list[str], required: bool) -> Table | None:
-    """A CSV table via tdlens.rundir.files.read_csv_rows; a corrupt one leniently."""
-    if not path.exists():
+def _read_table(
+    path: Path, problems: list[str], required: bool, max_bytes: int = MAX_TABLE_BYTES
+) -> Table | None:
+    """A CSV table, plain or compressed (:func:`read_table_text`), read leniently: a file
+    that cannot be read, or a torn row, is a line in `problems`."""
+    found = table_file(path)
+    if found is None:
         if required:
             problems.append(f"{path.name} is missing")
         return None
     try:
-        rows = read_csv_rows(path)
-    except RunFileError:
-        return _read_lenient(path, problems)
-    with open(path, newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), [])
-    return Table(tuple(header), tuple(rows))
+        text = read_table_text(path, max_bytes)
+    except RunFileError as exc:
+        problems.append(str(exc))
+        return None
+    return _parse_lenient(text, found, problems)
 
 
 def _read_dict(path: Path, problems: list[str]) -> dict[str, Any]:
@@ -174,19 +273,19 @@ def load_run(run_dir: str | Path) -> RunData:
         problems.append(f"'{run_dir / 'status.json'}' is missing")
     status = observed_status(run_dir, _read_dict(run_dir / "status.json", problems))
     report = _read_dict(run_dir / "run_report.json", problems)
-    curves = _read_table(run_dir / CURVES_FILE, problems, required=True) or Table()
+    limit = table_limit(cfg.outer_iters if cfg is not None else None)
+    curves = _read_table(run_dir / CURVES_FILE, problems, True, limit) or Table()
     probes: dict[str, Table] = {}
     rounds = Table()
     probe_dir = run_dir / "probes"
-    if probe_dir.is_dir():
-        for path in sorted(probe_dir.glob("*.csv")):
-            table = _read_table(path, problems, required=False)
-            if table is None:
-                continue
-            if path.stem == ROUNDS_TABLE:
-                rounds = table
-            else:
-                probes[path.stem] = table
+    for name in table_files(probe_dir):
+        table = _read_table(probe_dir / f"{name}.csv", problems, False, limit)
+        if table is None:
+            continue
+        if name == ROUNDS_TABLE:
+            rounds = table
+        else:
+            probes[name] = table
     return RunData(
         run_dir, cfg, status, curves, probes, rounds, tuple(problems), config_data, report
     )

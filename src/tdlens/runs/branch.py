@@ -9,7 +9,8 @@ checkpoint, the tables) and writes a NEW run directory:
 - ``checkpoints/ckpt_<k>.npz``: the parent checkpoint's state (theta_mu, theta_pi, w,
   the td_loss history, the probe state) re-saved under the branch's config and hash;
 - the parent's ``learning_curves.csv`` and ``probes/`` cut to iterations ``< k``, so the
-  branch's tables read as one run from iteration 0;
+  branch's tables read as one run from iteration 0 (a compacted sweep run's
+  ``X.gz`` tables stored plain, :meth:`tdlens.runs.writer.RunFiles.expand_tables`);
 - ``status.json`` ``incomplete`` at ``next_iter = k`` and ``branch.json``: the parent
   (resolved path, name, config hash), the checkpoint (path relative to the parent, the
   SHA-256 of its bytes), the iteration ``k`` the branch starts at and the changed keys
@@ -48,6 +49,7 @@ from tdlens.rundir.files import (
     find_symlinks,
     read_json,
 )
+from tdlens.rundir.read import CURVES_FILE, table_file
 from tdlens.runs.checkpoint import (
     Checkpoint,
     list_checkpoints,
@@ -205,8 +207,8 @@ def _write_branch(
     k = ckpt.next_iter
     target.mkdir(parents=True, exist_ok=True)
     files = RunFiles(target)
-    curves = parent / "learning_curves.csv"
-    if curves.is_file():
+    curves = table_file(parent / CURVES_FILE)  # or a compacted sweep run's .csv.gz
+    if curves is not None:
         shutil.copyfile(curves, target / curves.name)
     if (parent / "probes").is_dir():
         (target / "probes").mkdir()

@@ -23,8 +23,10 @@ iteration left) and the tables, and the report: ``run_report.md/.json``
 (``REPORT_TEXT_BYTES`` plus ``REPORT_ROUND_BYTES`` a round) and, for a run that writes its
 HTML page (not a sweep run), ``REPORT_HTML_BYTES``.
 
-A finished sweep run is compacted (:mod:`tdlens.sweeps.compact`; ``compact=True``): per
-round only the probe tables' CSVs and ``rounds.csv/.jsonl`` (``COMPACT_TABLE_BYTES``),
+A finished sweep run is compacted (:mod:`tdlens.sweeps.compact`; ``compact=True``): its
+learning curves gzip-compressed, with the log, ``COMPACT_CURVE_ROW_BYTES`` per iteration;
+per round only the probe tables' CSVs and ``rounds.csv/.jsonl``, gzip-compressed
+(``COMPACT_TABLE_BYTES``),
 the q_kernel CV of an older round and a later round's expected-dynamics rows
 (``COMPACT_EXPECTED_BYTES``); once, the newest TD-error kernel factor and lag profile, the
 newest raw-rho sample (float64, ``8 rho_audit.batch_size``), the first round's expected
@@ -63,9 +65,12 @@ REPORT_ROUND_BYTES = 2 * 1024
 EXPECTED_ROW_BYTES = 48
 """expected_dynamics_<iter>.npz: six float64 series over the iterations left, compressed
 (counted over all iterations: an upper bound)."""
-COMPACT_TABLE_BYTES = 4 * 1024
-"""A compacted round's probe table CSV rows and rounds.csv/.jsonl (measured ~2.9 KB at the
-Step-C settings)."""
+COMPACT_CURVE_ROW_BYTES = 400
+"""A compacted run's learning-curve row (gzip-compressed) and its stdout.log line (measured
+~236 + ~88 B at the Step-C settings)."""
+COMPACT_TABLE_BYTES = 1536
+"""A compacted round's probe table CSV rows and rounds.csv/.jsonl, gzip-compressed
+(measured ~0.93 KB at the Step-C settings; 2.9 KB uncompressed)."""
 COMPACT_EXPECTED_BYTES = 2 * 1024
 """A later round's trimmed expected_dynamics_<iter>.npz plus its q_kernel CV (measured
 ~1.1 KB)."""
@@ -218,7 +223,7 @@ def _compact_disk(cfg: RunConfig, html: bool) -> int:
     D, N = cfg.env.feature_dim, cfg.env.actor_feature_dim
     checkpoint = 8 * (2 * D + 4 * N + cfg.outer_iters) + 4096
     return (
-        cfg.outer_iters * CURVE_ROW_BYTES
+        cfg.outer_iters * COMPACT_CURVE_ROW_BYTES
         + rounds * per_round
         + once
         + min(1, cfg.checkpoint_keep) * checkpoint

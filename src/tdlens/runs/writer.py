@@ -31,6 +31,7 @@ from tdlens.rundir.files import (
     to_jsonable,
     truncated_tables,
 )
+from tdlens.rundir.read import CURVES_FILE, gz_twin, read_table_text, table_files
 
 HEARTBEAT_S = 2.0
 """status.json's updated_at is refreshed at least this often while a run works."""
@@ -105,12 +106,30 @@ class RunFiles:
             folder / "rounds.jsonl", json.dumps(to_jsonable(timing), allow_nan=False) + "\n"
         )
 
+    def expand_tables(self) -> None:
+        """Store each gzip-compressed table ``X.gz`` (a compacted sweep run's,
+        :mod:`tdlens.sweeps.compact`) as the plain ``X`` again, the same bytes
+        (:func:`tdlens.rundir.read.read_table_text`), so a run that goes on (a resume, a
+        branch) appends to it; where both exist the plain one is the table."""
+        probes_dir = self.path / "probes"
+        tables = [self.path / CURVES_FILE, probes_dir / "rounds.jsonl"]
+        tables += [probes_dir / f"{name}.csv" for name in table_files(probes_dir)]
+        for path in tables:
+            twin = gz_twin(path)
+            if not twin.is_file():
+                continue
+            if not path.is_file():
+                atomic_write_text(path, read_table_text(path))
+            twin.unlink()
+
     def cut_tables(self, next_iter: int) -> None:
         """Keep only the rows (and probe arrays) of iterations before `next_iter`.
 
-        Every table is read and checked first; one that cannot be cut (a non-numeric
-        ``iter``) raises RunFileError before any table is rewritten.
+        Compressed tables are stored plain first (:meth:`expand_tables`). Every table is
+        read and checked first; one that cannot be cut (a non-numeric ``iter``) raises
+        RunFileError before any table is rewritten.
         """
+        self.expand_tables()
         probes_dir = self.path / "probes"
         tables = [self.path / "learning_curves.csv"]
         if probes_dir.is_dir():

@@ -59,10 +59,10 @@ from tdlens.rundir.files import (
     RunFileError,
     atomic_write_json,
     atomic_write_text,
-    read_csv_rows,
     read_json,
     timestamped_dir,
 )
+from tdlens.rundir.read import read_table, table_file
 from tdlens.runs.branch import choose_checkpoint, create_branch, is_run_dir
 from tdlens.runs.checkpoint import list_checkpoints
 from tdlens.runs.runner import RunDirError
@@ -100,10 +100,15 @@ class Intervention:
     direction: str = "lower"
 
 
+def _table_rows(path: Path) -> tuple[dict[str, Any], ...]:
+    """The rows of a run's table, plain or compressed (a compacted sweep run's,
+    :func:`tdlens.rundir.read.read_table`); () when the run has none."""
+    return read_table(path).rows if table_file(path) is not None else ()
+
+
 def _critical_alpha_w(run_dir: Path) -> float:
     """The newest finite critical_alpha_w of the run's stability probe table."""
-    path = run_dir / "probes" / "stability_probe.csv"
-    rows = read_csv_rows(path) if path.is_file() else []
+    rows = _table_rows(run_dir / "probes" / "stability_probe.csv")
     for row in reversed(rows):
         value = row.get("critical_alpha_w")
         if isinstance(value, int | float) and math.isfinite(value) and value > 0:
@@ -215,8 +220,7 @@ def final_value_gap(run_dir: Path, start: int, end: int) -> Final:
     status = (read_json(run_dir / "status.json") or {}).get("status")
     if status == "diverged":
         return Final(math.inf, 0.0, 0, status)
-    path = run_dir / "probes" / "fixed_point_probe.csv"
-    rows = read_csv_rows(path) if path.is_file() else []
+    rows = _table_rows(run_dir / "probes" / "fixed_point_probe.csv")
     pts = [
         (float(r["iter"]), float(r["value_gap"]))
         for r in rows
