@@ -161,12 +161,12 @@ def test_twin_table_reads_explain_json_and_explains_the_rest(seeded_sweep, tmp_p
     vs = f" vs {fmt(unchanged['value_gap_end'])}" if unchanged else ""
     assert (
         f"| tiny_seeded | {first} | `{run0}` | alpha_w = 4 | 0.02 [0.01, 0.03]{vs} | "
-        "0.03 vs 0.06 (x0.50) | confirmed |"
+        "0.03 vs 0.06 (x0.5) | confirmed |"
     ) in page
     assert f"| tiny_seeded | {second} | `{p1.record.run_id}` | - | - | - | not run: " in page
     for label, p in rest:
         assert f"| {label} | `{p.record.run_id}` | alpha_w = 4 |" in page
-        assert "0.09 vs 0.06 (x1.50) | refuted |" in page
+        assert "0.09 vs 0.06 (x1.5) | refuted |" in page
     # an explain.json of another label is not reused
     (p0.record.path / "explain.json").write_text(
         json.dumps(_fake_explain(p0.record.path, "plateau:noise-floor", 0.03, 0.06))

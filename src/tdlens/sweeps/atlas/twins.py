@@ -98,7 +98,7 @@ def _measured(twin: dict[str, Any]) -> str:
     text = f"{_gap(g_twin)} vs {_gap(g_ctrl)}"
     if isinstance(g_twin, int | float) and isinstance(g_ctrl, int | float):
         if math.isfinite(g_twin) and math.isfinite(g_ctrl) and g_ctrl > 0:
-            text += f" (x{g_twin / g_ctrl:.2f})"
+            text += f" (x{g_twin / g_ctrl:.3g})"
     return text
 
 
@@ -159,7 +159,10 @@ def twin_lines(rows: Sequence[TwinRow], iters: int) -> list[str]:
         "unchanged run's. *Measured*: the twin's final value_gap vs the control's (ln-line "
         "end over the last probe rounds), and their ratio. *Verdict*: confirmed when the "
         "twin's ln value_gap is lower than the control's by more than 2 combined standard "
-        "errors, else refuted.\n",
+        "errors, else refuted. A run that diverged is branched from its last checkpoint, "
+        "where its critic has already grown: its twin tests whether the intervention "
+        "brings a diverged run back, not whether it would have kept the run from "
+        "diverging.\n",
         "| sweep | label | run | intervention | predicted: twin vs unchanged | "
         "measured: twin vs control | verdict |",
         "| --- | --- | --- | --- | --- | --- | --- |",
