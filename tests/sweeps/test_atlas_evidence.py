@@ -184,6 +184,10 @@ def test_twin_row_of_a_diverged_twin_and_of_a_label_without_intervention(tmp_pat
     (row,) = twin_rows(result, "s", "diverged:off-policy", "r")
     assert row.predicted == "not predicted (the intervention changes A)"
     assert row.measured == "diverged vs 0.5" and row.verdict == "refuted"
+    result["twins"][0]["measured"] = {"value_gap": None, "status": "diverged"}  # as in the file
+    result["twins"][0]["control"] = {"value_gap": None, "status": "diverged"}
+    (row,) = twin_rows(result, "s", "diverged:off-policy", "r")
+    assert row.measured == "diverged vs diverged"
     (row,) = twin_rows({"label": "learning", "twins": []}, "s", "learning", "r")
     assert row.verdict == "untested" and row.intervention.startswith("none")
 
@@ -204,6 +208,8 @@ def test_the_shipped_atlas_page_keeps_its_evidence_section():
     generated, _, tail = page.partition(HAND_WRITTEN)
     assert "## Is moving-target ever the cause?" in tail
     assert generated.startswith("# The regime atlas")
+    assert "## Label agreement over seeds" in generated
+    assert "## What each label's intervention twin did" in generated
 
 
 def test_atlas_explain_bad_input_exits_2(seeded_sweep, tmp_path):

@@ -92,9 +92,15 @@ def _predicted(twin: dict[str, Any], control: dict[str, Any] | None) -> str:
     return f"{text} vs {_gap(ctrl)}" if isinstance(ctrl, int | float) else text
 
 
+def _final(m: dict[str, Any] | None) -> Any:
+    """A measured final value_gap; inf for a run that diverged (explain.json writes inf as
+    null, with ``status: diverged``)."""
+    m = m or {}
+    return math.inf if m.get("status") == "diverged" else m.get("value_gap")
+
+
 def _measured(twin: dict[str, Any]) -> str:
-    g_twin = (twin.get("measured") or {}).get("value_gap")
-    g_ctrl = (twin.get("control") or {}).get("value_gap")
+    g_twin, g_ctrl = _final(twin.get("measured")), _final(twin.get("control"))
     text = f"{_gap(g_twin)} vs {_gap(g_ctrl)}"
     if isinstance(g_twin, int | float) and isinstance(g_ctrl, int | float):
         if math.isfinite(g_twin) and math.isfinite(g_ctrl) and g_ctrl > 0:
