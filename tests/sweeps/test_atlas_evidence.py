@@ -21,6 +21,7 @@ from tdlens.sweeps.atlas.data import AtlasPoint, AtlasSweep, read_sweep
 from tdlens.sweeps.atlas.geometry import _representatives
 from tdlens.sweeps.atlas.page import HAND_WRITTEN, write_atlas
 from tdlens.sweeps.atlas.seeds import agreement_lines, seed_agreement
+from tdlens.sweeps.atlas.twins import run_values
 from tdlens.sweeps.explain import ExplainError, predicted_for
 from tdlens.sweeps.plan import read_plan, run_dir
 
@@ -137,6 +138,9 @@ def test_twin_table_reads_explain_json_and_explains_the_rest(seeded_sweep, tmp_p
     shutil.copytree(seeded_sweep, sweep_dir)
     reps = _representatives(read_sweep(sweep_dir, need_step=True).points)
     assert len(reps) >= 2, reps
+    assert {run_values(p) for p in reps.values()} <= {
+        f"alpha_w {a}, theta_mu_offset_scale {m}" for a in ("1", "1000") for m in ("0", "1")
+    }
     (first, p0), (second, p1), *rest = reps.items()
     (p0.record.path / "explain.json").write_text(
         json.dumps(_fake_explain(p0.record.path, first, 0.03, 0.06))
@@ -156,17 +160,20 @@ def test_twin_table_reads_explain_json_and_explains_the_rest(seeded_sweep, tmp_p
     page = docs.read_text()
     assert "## What each label's intervention twin did" in page
     assert "`tdlens explain RUN_DIR --iters 7`" in page
-    run0 = p0.record.run_id
+    twins = page.split("## What each label's intervention twin did", 1)[1]
+    assert twins.count("Sweep `tiny_seeded`:") == 1  # one table per sweep
+    run0 = run_values(p0)
     unchanged = predicted_for(p0.record.path, {})  # the run report's control entry
     vs = f" vs {fmt(unchanged['value_gap_end'])}" if unchanged else ""
     assert (
-        f"| tiny_seeded | {first} | `{run0}` | alpha_w = 4 | 0.02 [0.01, 0.03]{vs} | "
-        "0.03 vs 0.06 (x0.5) | confirmed |"
+        f"| {first} | confirmed | {run0} | alpha_w = 4 | "
+        f"0.02 [0.01, 0.03]{vs} | 0.03 vs 0.06 (x0.5) |"
     ) in page
-    assert f"| tiny_seeded | {second} | `{p1.record.run_id}` | - | - | - | not run: " in page
+    assert f"| {second} | not run: '{p1.record.path}' has no checkpoint" in page
+    assert f" | {run_values(p1)} | - | - | - |" in page
     for label, p in rest:
-        assert f"| {label} | `{p.record.run_id}` | alpha_w = 4 |" in page
-        assert "0.09 vs 0.06 (x1.5) | refuted |" in page
+        assert f"| {label} | refuted | {run_values(p)} | alpha_w = 4 |" in page
+        assert "| 0.09 vs 0.06 (x1.5) |" in page
     # an explain.json of another label is not reused
     (p0.record.path / "explain.json").write_text(
         json.dumps(_fake_explain(p0.record.path, "plateau:noise-floor", 0.03, 0.06))
@@ -182,14 +189,14 @@ def test_twin_row_of_a_diverged_twin_and_of_a_label_without_intervention(tmp_pat
     result = _fake_explain(tmp_path, "diverged:off-policy", math.inf, 0.5)
     result["twins"][0]["predicted"] = None
     (row,) = twin_rows(result, "s", "diverged:off-policy", "r")
-    assert row.predicted == "not predicted (the intervention changes A)"
+    assert row.predicted == "not predicted (changes A)"
     assert row.measured == "diverged vs 0.5" and row.verdict == "refuted"
     result["twins"][0]["measured"] = {"value_gap": None, "status": "diverged"}  # as in the file
     result["twins"][0]["control"] = {"value_gap": None, "status": "diverged"}
     (row,) = twin_rows(result, "s", "diverged:off-policy", "r")
     assert row.measured == "diverged vs diverged"
     (row,) = twin_rows({"label": "learning", "twins": []}, "s", "learning", "r")
-    assert row.verdict == "untested" and row.intervention.startswith("none")
+    assert row.verdict == "untested" and row.intervention == "none"
 
 
 def test_regeneration_keeps_the_hand_written_tail(seeded_sweep, tmp_path):

@@ -29,7 +29,7 @@ from tdlens.config import ConfigError
 from tdlens.pages.fmt import fmt
 from tdlens.rundir.files import RunFileError, read_json
 from tdlens.runs.runner import RunDirError
-from tdlens.sweeps.atlas.data import AtlasSweep
+from tdlens.sweeps.atlas.data import AtlasPoint, AtlasSweep
 from tdlens.sweeps.atlas.geometry import _representatives
 from tdlens.sweeps.explain import ExplainError, explain, predicted_for
 
@@ -83,7 +83,7 @@ def _gap(x: Any) -> str:
 def _predicted(twin: dict[str, Any], control: dict[str, Any] | None) -> str:
     pred = twin.get("predicted") or {}
     if not isinstance(pred.get("value_gap_end"), int | float):
-        return "not predicted (the intervention changes A)"
+        return "not predicted (changes A)"
     text = (
         f"{_gap(pred['value_gap_end'])} [{_gap(pred.get('value_gap_end_lo'))}, "
         f"{_gap(pred.get('value_gap_end_hi'))}]"
@@ -115,11 +115,7 @@ def twin_rows(
     if result is None:
         return [TwinRow(sweep, label, run, "-", "-", "-", f"not run: {why}")]
     if not result.get("twins"):
-        return [
-            TwinRow(
-                sweep, label, run, "none (the label names no intervention)", "-", "-", "untested"
-            )
-        ]
+        return [TwinRow(sweep, label, run, "none", "-", "-", "untested")]
     parent = Path(str(result.get("parent", "")))
     control = predicted_for(parent, {}) if parent.is_dir() else None
     return [
@@ -136,6 +132,12 @@ def twin_rows(
     ]
 
 
+def run_values(p: AtlasPoint) -> str:
+    """The run's swept values without the seed (``alpha_w 30, sigma_pi 0.45``): the row of
+    the reproduce table it stands for."""
+    return ", ".join(f"{k} {_gap(v) if isinstance(v, float) else v}" for k, v in p.grid_point)
+
+
 def explain_representatives(
     sweeps: Sequence[AtlasSweep], iters: int, run: Explainer | None = None, jobs: int = 1
 ) -> list[TwinRow]:
@@ -146,7 +148,7 @@ def explain_representatives(
         name = str(sw.plan.get("name"))
         for label, p in _representatives(sw.points).items():
             result, why = read_or_explain(p.record.path, label, iters, run)
-            rows += twin_rows(result, name, label, p.record.run_id, why)
+            rows += twin_rows(result, name, label, run_values(p), why)
     return rows
 
 
@@ -154,7 +156,7 @@ def twin_lines(rows: Sequence[TwinRow], iters: int) -> list[str]:
     """The twin table's Markdown (nothing without rows)."""
     if not rows:
         return []
-    return [
+    lines = [
         "## What each label's intervention twin did\n",
         "Each representative run above (one per label and sweep) explained by `tdlens "
         f"explain RUN_DIR --iters {iters}`: an unchanged control and the label's "
@@ -165,17 +167,27 @@ def twin_lines(rows: Sequence[TwinRow], iters: int) -> list[str]:
         "unchanged run's. *Measured*: the twin's final value_gap vs the control's (ln-line "
         "end over the last probe rounds), and their ratio. *Verdict*: confirmed when the "
         "twin's ln value_gap is lower than the control's by more than 2 combined standard "
-        "errors, else refuted. A run that diverged is branched from its last checkpoint, "
+        "errors, else refuted. The label `learning` names no intervention (untested). "
+        "A family label (`plateau`, `diverged`) is given when no mechanism qualified: its "
+        "intervention need not be predicted to help (compare the predicted values), and "
+        "where it is not, `refuted` is what was predicted. "
+        "A run that diverged is branched from its last checkpoint, "
         "where its critic has already grown: its twin tests whether the intervention "
         "brings a diverged run back, not whether it would have kept the run from "
         "diverging.\n",
-        "| sweep | label | run | intervention | predicted: twin vs unchanged | "
-        "measured: twin vs control | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *(
-            f"| {r.sweep} | {r.label} | `{r.run}` | {r.intervention} | {r.predicted} | "
-            f"{r.measured} | {r.verdict} |"
-            for r in rows
-        ),
-        "",
     ]
+    for sweep in dict.fromkeys(r.sweep for r in rows):
+        lines += [
+            f"Sweep `{sweep}`:\n",
+            "| label | verdict | run | intervention | predicted: twin vs unchanged | "
+            "measured: twin vs control |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *(
+                f"| {r.label} | {r.verdict} | {r.run} | {r.intervention} | {r.predicted} | "
+                f"{r.measured} |"
+                for r in rows
+                if r.sweep == sweep
+            ),
+            "",
+        ]
+    return lines
