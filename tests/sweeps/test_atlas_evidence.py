@@ -225,3 +225,29 @@ def test_atlas_explain_bad_input_exits_2(seeded_sweep, tmp_path):
         res = cli.invoke(app, ["atlas", str(seeded_sweep), "--docs", str(docs), "--explain", *flag])
         assert res.exit_code == 2 and flag[0] in res.output, res.output
     assert not docs.exists()
+
+
+def test_atlas_explain_runs_real_twins_and_reuses_them(seeded_sweep, tmp_path):
+    """`tdlens atlas --explain` on a copy of the tiny sweep runs `tdlens explain` (2
+    iterations) in each representative run; the page's verdicts are explain.json's; a
+    second call reuses the files (their twins are not made again)."""
+    sweep_dir = tmp_path / seeded_sweep.name
+    shutil.copytree(seeded_sweep, sweep_dir)
+    docs = tmp_path / "atlas.md"
+    args = ["atlas", str(sweep_dir), "--docs", str(docs), "--explain", "--explain-iters", "2"]
+    env = {"TDLENS_CATALOG": str(tmp_path / "c.sqlite")}
+    res = cli.invoke(app, args, env=env)
+    assert res.exit_code == 0, res.output
+    page = docs.read_text()
+    reps = _representatives(read_sweep(sweep_dir, need_step=True).points)
+    for label, p in reps.items():
+        result = json.loads((p.record.path / "explain.json").read_text())
+        assert result["label"] == label and result["iters"] == 2
+        for twin in result["twins"]:
+            assert f"| {label} | {twin['verdict']} | {run_values(p)} |" in page
+    twins_made = sorted((sweep_dir / "runs").glob("*.explain"))
+    assert len(twins_made) == len(reps)
+    res = cli.invoke(app, args, env=env)
+    assert res.exit_code == 0, res.output
+    assert sorted((sweep_dir / "runs").glob("*.explain")) == twins_made
+    assert docs.read_text() == page
