@@ -152,8 +152,8 @@ SHIPPED_HASHES = {
 """config_hash of every shipped config (and the defaults), recorded before issue 26 moved
 the hash onto the canonical encoder: old runs keep their checkpoints and ids."""
 SHIPPED_SWEEP_IDS = {
-    "atlas": "c8b0a56f7c650935",
-    "atlas_tracking": "fed62921d55d86cd",
+    "atlas": "6b88a607f8557a47",
+    "atlas_tracking": "2e16f0bb879cdeec",
     "demo": "00bf7571f42f44a9",
     "scaling": "16e613a59378ffed",
     "stepC": "f69a0288ebf4a146",
@@ -164,7 +164,9 @@ SHIPPED_SWEEP_IDS = {
 recorded at the same time; atlas, demo and stepC re-recorded when issue 24 gave run ids one
 number format (shortest round-trip: ``alpha_w1000`` from YAML and --grid alike), which
 renamed their ids once (the config hashes above did not move); scaling added with the
-plateau-laws sweep (issue 27)."""
+plateau-laws sweep (issue 27); atlas and atlas_tracking re-recorded when they gained
+``seeds: [0, 1, 2]`` (issue 23: label agreement over seeds; each seed-0 run keeps the config
+hash of the former one-seed run, its id gains ``_seed0``)."""
 
 
 def test_shipped_configs_and_sweeps_keep_their_hashes_and_run_ids():

@@ -488,10 +488,25 @@ def atlas(
             help="Regenerate a docs page instead of --out (explicitly: --docs docs/atlas.md)."
         ),
     ] = None,
+    explain_twins: Annotated[
+        bool,
+        typer.Option(
+            "--explain/--no-explain",
+            help="Test each label's representative run by its intervention twin (tdlens "
+            "explain; its explain.json is reused when it tests the same label) and add the "
+            "twin table.",
+        ),
+    ] = False,
+    explain_iters: Annotated[
+        int, typer.Option("--explain-iters", help="Iterations each twin runs (--explain).")
+    ] = 20,
+    jobs: Annotated[int, typer.Option(help="Parallel workers of the twins (--explain).")] = 1,
 ) -> None:
     """Draw the regime atlas of one or two sweeps: phase diagrams (step x mismatch, beta x
-    mismatch) with the theory boundaries, and one command per regime, as a Markdown page
-    (outputs/atlas.md; the docs page docs/atlas.md only with --docs docs/atlas.md)."""
+    mismatch) with the theory boundaries, label agreement over seeds (sweeps with a seeds
+    axis), one command per regime and, with --explain, what each label's intervention twin
+    did, as a Markdown page (outputs/atlas.md; the docs page docs/atlas.md only with --docs
+    docs/atlas.md)."""
     from tdlens.sweeps.atlas.data import AtlasError
     from tdlens.sweeps.atlas.page import write_atlas
     from tdlens.sweeps.plan import is_sweep_dir
@@ -504,9 +519,20 @@ def atlas(
     option, page = ("--docs", docs) if docs is not None else ("--out", out_file)
     if page.suffix != ".md":
         _fail(f"{option} '{page}': expected a .md file")
+    if explain_iters < 1:
+        _fail(f"--explain-iters: expected >= 1, got {explain_iters}")
+    if jobs < 1:
+        _fail(f"--jobs: expected >= 1, got {jobs}")
     shown = " ".join(f"OUT/{d.name}" for d in sweep_dirs)
+    flags = f" --explain --explain-iters {explain_iters}" if explain_twins else ""
     try:
-        result = write_atlas(sweep_dirs, page, f"tdlens atlas {shown} {option} {page}")
+        result = write_atlas(
+            sweep_dirs,
+            page,
+            f"tdlens atlas {shown} {option} {page}{flags}",
+            explain_iters=explain_iters if explain_twins else None,
+            jobs=jobs,
+        )
     except (AtlasError, RunFileError, ConfigError) as exc:
         _fail(str(exc))
     for p in (result.page, *result.images):

@@ -22,7 +22,13 @@ PNG phase diagrams beside it (``<docs stem>/``):
 
 and for every label each sweep produced, one ``tdlens run`` command that reproduces a run
 of that label (the sweep's base, its overrides and that run's swept values), plus the
-shipped regime configs. Pure reading and drawing: no run is started.
+shipped regime configs. A sweep with a ``seeds`` axis is drawn at its first seed; the page
+gains a table of how many grid points keep their label at every seed
+(:mod:`~tdlens.sweeps.atlas.seeds`). Pure reading and drawing: no run is started, except
+with ``explain_iters`` (``tdlens atlas --explain``): each representative run is then tested
+by its intervention twins and the page gains their table
+(:mod:`~tdlens.sweeps.atlas.twins`). The page's hand-written tail, from
+:data:`~tdlens.sweeps.atlas.page.HAND_WRITTEN` on, is kept when it is regenerated.
 
 Modules, by job: :mod:`~tdlens.sweeps.atlas.data` (records -> points),
 :mod:`~tdlens.sweeps.atlas.geometry` (crossings and boundaries),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,12 @@ class AtlasPoint:
     eig_min_real: float
     eig_lo: float = math.nan
     eig_hi: float = math.nan
+    seed: int = 0
+
+    @property
+    def grid_point(self) -> tuple[tuple[str, Any], ...]:
+        """The run's swept values without the seed: the same for every seed of a point."""
+        return tuple(sorted((k, v) for k, v in self.record.params.items() if k != SEED_AXIS))
 
 
 def _param(rec: RunRecord, base: dict[str, Any], key: str) -> float:
@@ -95,6 +101,7 @@ def atlas_points(records: Sequence[RunRecord], base: dict[str, Any], mkey: str) 
                 alpha,
                 rec.metrics.get("eig_min_real", math.nan),
                 *_eig_interval(rec),
+                int(rec.params.get(SEED_AXIS, base.get(SEED_AXIS) or 0)),
             )
         )
     return points
@@ -102,11 +109,22 @@ def atlas_points(records: Sequence[RunRecord], base: dict[str, Any], mkey: str) 
 
 @dataclass(frozen=True)
 class AtlasSweep:
-    """One sweep read for the atlas: its plan, mismatch key and points."""
+    """One sweep read for the atlas: its plan, mismatch key and points.
+
+    ``points`` are the runs at the sweep's first seed (what the diagrams, the label tables
+    and the representative runs show); ``seed_points`` every run of every seed (empty when
+    the sweep has one seed), which only the seed-agreement table reads.
+    """
 
     plan: dict[str, Any]
     mkey: str
     points: list[AtlasPoint]
+    seed_points: list[AtlasPoint] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The sweep's seeds, first (drawn) seed first."""
+        return sorted({p.seed for p in self.seed_points or self.points})
 
     @property
     def spec_name(self) -> str:
@@ -123,4 +141,7 @@ def read_sweep(sweep_dir: Path, need_step: bool) -> AtlasSweep:
     records = [
         load_record(run_dir(sweep_dir, e["run_id"]), e.get("overrides", {})) for e in plan["runs"]
     ]
-    return AtlasSweep(plan, mkey, atlas_points(records, plan.get("base_config") or {}, mkey))
+    points = atlas_points(records, plan.get("base_config") or {}, mkey)
+    first = min(p.seed for p in points) if points else 0
+    drawn = [p for p in points if p.seed == first]
+    return AtlasSweep(plan, mkey, drawn, points if len(drawn) < len(points) else [])
