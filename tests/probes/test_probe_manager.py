@@ -125,6 +125,10 @@ def test_resumed_manager_gives_identical_rows(tiny):
                 np.testing.assert_array_equal(array, ref)
     assert resumed.state_dict()["schedule_rounds"] == 4
     assert reference[3].summary["fixed_point_drift_defined"] == 1.0
+    # the drift's own noise needs the previous round's halves: restored bit for bit
+    assert first.state_dict()["w_sharp_halves_prev_defined"] == 1
+    assert reference[3].rows["fixed_point_probe"]["w_sharp_drift_noise"] > 0
+    assert reference[0].rows["fixed_point_probe"]["w_sharp_drift_noise"] == 0.0
 
 
 def test_probes_leave_training_bit_identical():
