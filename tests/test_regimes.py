@@ -180,6 +180,25 @@ def test_moving_target_needs_drift_beyond_its_noise_floor_and_a_predicted_gain()
     assert scores.label_regime(_series(nothing, drift_noise=2.0)).label == "plateau"
 
 
+def test_drift_is_judged_against_its_own_noise_where_the_column_exists():
+    """drift 0.5 per round against noise_floor 2 (x0.25, no drift by the half-batch
+    distance) but w_sharp_drift_noise 0.05 (x10): the drift's own noise decides and the
+    label is moving-target; rounds whose w_sharp_drift_noise is 0 (a resume from an older
+    checkpoint) fall back to noise_floor."""
+    frozen_lower = _cf("policies_frozen", 0.05, 0.08)
+    cfs = (CONTROL, _cf("alpha_w_x4", 0.05, 0.07), frozen_lower)
+    s = _series(cfs, drift_noise=2.0)
+    s.fixed_point["w_sharp_drift_noise"] = [0.0] + [0.05] * 9
+    r = scores.label_regime(s)
+    assert r.evidence["drift_over_noise"] == pytest.approx(10.0)
+    assert r.label == "plateau:moving-target", r.reason
+    assert "drift / its noise 10" in r.reason
+    s.fixed_point["w_sharp_drift_noise"] = [0.0] * 10
+    r = scores.label_regime(s)
+    assert r.evidence["drift_over_noise"] == pytest.approx(0.25)
+    assert r.label == "plateau:slow-modes", r.reason
+
+
 def test_noise_floor_needs_its_intervention_predicted_beyond_the_band():
     lower = (CONTROL, _cf("alpha_w_div4_trajectories_x4", 0.004, 0.009))
     assert scores.label_regime(_series(lower, gap=0.012)).label == "plateau:noise-floor"

@@ -90,6 +90,42 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     assert _curves(tmp_path / "cut") == _curves(tmp_path / "full")
 
 
+def test_resumed_probes_keep_the_drift_and_its_noise_bit_identical(tmp_path):
+    """The fixed-point probe's state (the previous w# and its two half-batch w#) is
+    checkpointed: a run stopped between probe rounds and resumed writes the same
+    fixed_point_probe table, w_sharp_drift and w_sharp_drift_noise included."""
+    cfg = load_config(
+        "configs/sanity.yaml",
+        [
+            "env.feature_dim=32",
+            "env.actor_feature_dim=8",
+            "outer_iters=9",
+            "checkpoint_every=4",
+            "probes.every=2",
+            "probes.fixed_point.batch_size=256",
+            *(f"probes.{p}.enabled=false" for p in _OTHER_PROBES),
+        ],
+    )
+    Runner(cfg, tmp_path / "full", write_report=False).run()
+    r = Runner(cfg, tmp_path / "cut", write_report=False)
+    _stop_at(r, 4)
+    assert r.run().status == "incomplete"
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "cut"))
+    assert ckpt.next_iter == 5 and np.asarray(ckpt.probe_state["w_sharp_halves_prev"]).shape == (
+        2,
+        32,
+    )
+    Runner(None, tmp_path / "cut", resume=True, write_report=False).run()
+    table = "probes/fixed_point_probe.csv"
+    full = (tmp_path / "full" / table).read_text()
+    assert (tmp_path / "cut" / table).read_text() == full
+    noise = [r["w_sharp_drift_noise"] for r in read_csv_rows(tmp_path / "full" / table)]
+    assert noise[0] == 0.0 and all(v > 0 for v in noise[1:]) and len(noise) == 5
+
+
+_OTHER_PROBES = ("plateau", "stability", "distribution", "q_kernel", "rho_audit")
+
+
 def test_resume_truncates_rows_after_the_checkpoint(tmp_path):
     cfg = _cfg("outer_iters=7", "checkpoint_every=3")
     Runner(cfg, tmp_path / "full").run()

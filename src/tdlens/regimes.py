@@ -198,7 +198,8 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             "r_k >= MOVING_TARGET_RATIO`: fixed-point drift per iteration in value terms "
             "`d_k = w_sharp_drift_k (value_gap_k / w_gap_k) / (iter_k - iter_{k-1})` against "
             "relaxation per iteration `r_k = value_gap_k / T`; with a counterfactuals file also "
-            "`drift_over_noise > DRIFT_NOISE_FACTOR` (the drift beyond its noise floor) and "
+            "`drift_over_noise > DRIFT_NOISE_FACTOR` (the drift `w_sharp_drift` beyond its own "
+            "noise `w_sharp_drift_noise`, else `noise_floor` in older runs) and "
             "`gain_moving_target > PREDICTED_GAIN_MIN`",
             predictor=CounterfactualEntry("policies_frozen"),
         ),

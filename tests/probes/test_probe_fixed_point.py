@@ -147,3 +147,63 @@ def test_one_norm_of_M_without_forming_it():
     for lam in (0.0, 0.3, 2.0):
         got = fp.one_norm_M(A, lam, block=16)
         assert got == pytest.approx(np.linalg.norm(A + lam * np.eye(70), 1), rel=1e-13)
+
+
+def test_drift_noise_by_hand():
+    """``||d_1 - d_2|| / 2`` with ``d_h = w#_h(k) - w#_h(k-1)``: two rounds with known
+    halves; 0 at the first round (no previous halves)."""
+    prev = (np.array([1.0, 0.0, 2.0]), np.array([1.0, 1.0, 2.0]))
+    now = (np.array([2.0, 0.0, 2.0]), np.array([1.0, 1.0, 5.0]))
+    # d_1 = (1, 0, 0), d_2 = (0, 0, 3): ||(1, 0, -3)|| / 2
+    assert fp.drift_noise(now, prev) == pytest.approx(math.sqrt(10) / 2)
+    assert fp.drift_noise(now, None) == 0.0
+    assert fp.drift_noise(now, now) == 0.0
+    # a common move of both halves (a true drift) is no noise
+    moved = (now[0] + 7.0, now[1] + 7.0)
+    assert fp.drift_noise(moved, now) == pytest.approx(0.0, abs=1e-15)
+
+
+def _solves(X: np.ndarray, y: np.ndarray):
+    """Least-squares w# of a batch (rows X, targets y) and of its two halves."""
+    h = len(y) // 2
+
+    def solve(rows):
+        return np.linalg.solve(X[rows].T @ X[rows], X[rows].T @ y[rows])
+
+    return solve(slice(None)), (solve(slice(0, h)), solve(slice(h, None)))
+
+
+def _mean_and_se(x: np.ndarray) -> tuple[float, float]:
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size))
+
+
+@pytest.mark.parametrize("crn", [False, True])
+def test_drift_noise_is_the_rms_error_of_the_drift(crn):
+    """docs/model.md §6.1: E drift_noise^2 = E||w#(k) - w#(k-1) - Delta*||^2, the drift's
+    own error, with fresh draws every round (then also = E noise_floor^2 / 2) and with
+    common random numbers (the same draws, a target whose noise scale moves between rounds:
+    the errors are shared and the drift's noise is far below noise_floor). Monte Carlo over
+    2000 replications of linear regressions (n = 400, D = 4), means compared within 4
+    combined standard errors."""
+    rng = np.random.default_rng(11)
+    D, n, reps = 4, 400, 2000
+    w_prev, w_now = rng.normal(size=D), rng.normal(size=D)
+    err2, noise2, floor2 = (np.empty(reps) for _ in range(3))
+    for i in range(reps):
+        X0 = rng.normal(size=(n, D))
+        e0 = rng.standard_t(5, size=n)
+        X1, e1 = (X0, e0) if crn else (rng.normal(size=(n, D)), rng.standard_t(5, size=n))
+        scale0, scale1 = (1.0, 1.3) if crn else (1.0, 1.0)
+        full0, halves0 = _solves(X0, X0 @ w_prev + scale0 * e0)
+        full1, halves1 = _solves(X1, X1 @ w_now + scale1 * e1)
+        err2[i] = np.sum((full1 - full0 - (w_now - w_prev)) ** 2)
+        noise2[i] = fp.drift_noise(halves1, halves0) ** 2
+        floor2[i] = np.sum((halves1[0] - halves1[1]) ** 2)
+    (m_err, se_err), (m_noise, se_noise) = _mean_and_se(err2), _mean_and_se(noise2)
+    # the full batch's error is the mean of its halves' only to first order: O(1/n) slack
+    assert abs(m_noise - m_err) < 4 * math.hypot(se_err, se_noise) + 0.02 * m_err
+    m_floor, se_floor = _mean_and_se(floor2)
+    if crn:
+        assert m_noise < 0.1 * m_floor / 2  # (scale1 - scale0)^2 = 0.09 of a fresh draw's
+    else:
+        assert abs(m_noise - m_floor / 2) < 4 * math.hypot(se_noise, se_floor / 2) + 0.02 * m_err

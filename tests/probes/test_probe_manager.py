@@ -125,6 +125,22 @@ def test_resumed_manager_gives_identical_rows(tiny):
                 np.testing.assert_array_equal(array, ref)
     assert resumed.state_dict()["schedule_rounds"] == 4
     assert reference[3].summary["fixed_point_drift_defined"] == 1.0
+    # the drift's own noise needs the previous round's halves: restored bit for bit
+    assert first.state_dict()["w_sharp_halves_prev_defined"] == 1
+    assert reference[3].rows["fixed_point_probe"]["w_sharp_drift_noise"] > 0
+    assert reference[0].rows["fixed_point_probe"]["w_sharp_drift_noise"] == 0.0
+    # a checkpoint written before the halves were kept: the drift is defined, its own
+    # noise is 0 for one round (the label then falls back to noise_floor), the rest equal
+    older = {k: v for k, v in first.state_dict().items() if "halves" not in k}
+    old = ProbeManager(cfg, maps)
+    old.load_state_dict(older)
+    row = run(old, 2).rows["fixed_point_probe"]
+    assert row["w_sharp_drift_noise"] == 0.0 and row["w_sharp_drift_defined"] == 1.0
+    ref = reference[2].rows["fixed_point_probe"]
+    assert {k: v for k, v in row.items() if k != "w_sharp_drift_noise"} == {
+        k: v for k, v in ref.items() if k != "w_sharp_drift_noise"
+    }
+    assert run(old, 3).rows == reference[3].rows
 
 
 def test_probes_leave_training_bit_identical():

@@ -357,3 +357,36 @@ def fixed_point_row(
         "batch_size": float(batch_size),
         "tol": tol,
     }
+
+
+def drift_noise(
+    halves: tuple[np.ndarray, np.ndarray], halves_prev: tuple[np.ndarray, np.ndarray] | None
+) -> float:
+    """``w_sharp_drift_noise = ||d_1 - d_2|| / 2`` with ``d_h = w#_h(k) - w#_h(k-1)`` the
+    drift of half batch h between rounds k-1 and k (docs/model.md §6.1); 0 without the
+    previous round's halves (the first round).
+
+    Derivation: write each half's solve as ``w#_h(k) = w*(k) + e_h(k)`` (w* the exact fixed
+    point of round k, e_h the error of half h) and the full batch's as ``w#(k) ~ w*(k) +
+    (e_1(k) + e_2(k)) / 2`` (to first order, the full batch's moments are the mean of its
+    halves'). With ``u_h = e_h(k) - e_h(k-1)`` the error of half h's drift, the full drift
+    ``w#(k) - w#(k-1) = Delta* + (u_1 + u_2) / 2`` carries the error ``eps = (u_1 + u_2) / 2``
+    while ``d_1 - d_2 = u_1 - u_2`` is free of the true drift Delta*. The halves are
+    disjoint samples, so u_1, u_2 are independent with a common covariance S_u and
+
+        E||eps||^2 = tr(S_u) / 2 = E||d_1 - d_2||^2 / 4:
+
+    ``||d_1 - d_2|| / 2`` is a one-draw estimate of the RMS error of w_sharp_drift (each
+    half's drift error is sqrt(2) a full batch's; their difference doubles the variance
+    again). Without common random numbers e(k) and e(k-1) are independent, each with
+    covariance S = S_h / 2 (S_h a half's), so ``E||eps||^2 = 2 tr(S)`` while
+    ``E noise_floor^2 = E||e_1 - e_2||^2 = 2 tr(S_h) = 4 tr(S)``: the drift's noise is
+    then ``noise_floor / sqrt(2)``. With common random numbers (the same draws every
+    round) e_h(k) and e_h(k-1) share most of their error and the drift's noise is far
+    below noise_floor: it is what w_sharp_drift reads when the policies do not move.
+    """
+    if halves_prev is None:
+        return 0.0
+    d1 = halves[0] - halves_prev[0]
+    d2 = halves[1] - halves_prev[1]
+    return float(np.linalg.norm(d1 - d2)) / 2.0

@@ -15,7 +15,8 @@ summary columns are absent. Timings are seconds per probe section (dotted keys b
 probe down; "rollout" is the shared rollout; "total" the whole round).
 
 State across rounds: the schedule's counters and the probes' own ``state`` (the previous
-w# for w_sharp_drift), saved in checkpoints by :meth:`ProbeManager.state_dict`.
+w# for w_sharp_drift, and its two half-batch w# for w_sharp_drift_noise), saved in
+checkpoints by :meth:`ProbeManager.state_dict`.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ class ProbeManager:
         self.maps = maps
         self.schedule = ProbeSchedule(cfg)
         self.probes = registry.enabled(cfg)
-        self.state: dict[str, np.ndarray | None] = {"w_sharp_prev": None}
+        self.state: dict[str, np.ndarray | None] = {
+            "w_sharp_prev": None,
+            "w_sharp_halves_prev": None,
+        }
         self._workspace = Workspace()
 
     @property
