@@ -94,6 +94,18 @@ def test_fixed_point_drift_rule(tmp_path):
     assert "delta_w_norm 0.02" in msg and "lower alpha_pi from" in msg
 
 
+def test_fixed_point_drift_rule_reads_the_drifts_own_noise(tmp_path):
+    """Where the probe records w_sharp_drift_noise, the drift must exceed DRIFT_NOISE_FACTOR
+    of it (not the half-batch noise_floor, which common random numbers make far larger)."""
+    run = healthy_run()
+    run.set_probe("fixed_point_probe", "w_sharp_drift", lambda k: 0.0 if k == 0 else 1.0)
+    run.set_probe("fixed_point_probe", "w_sharp_drift_noise", 0.6)  # 1.0 < 2 x 0.6
+    assert "fixed_point_drift" not in steps(run, tmp_path)
+    run.set_probe("fixed_point_probe", "w_sharp_drift_noise", 0.4)  # 1.0 > 2 x 0.4
+    msg = steps(run, tmp_path / "again")["fixed_point_drift"]
+    assert "(0.2 per iteration, w_sharp_drift_noise 0.4)" in msg
+
+
 def test_convention_rule(tmp_path):
     run = healthy_run()
     run.set_probe("q_kernel_probe", "td_loss_from_Q_cache_rel_diff", 0.5)

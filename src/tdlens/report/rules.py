@@ -22,7 +22,7 @@ from tdlens.report.series_stats import ls_slope
 from tdlens.report.theory import floor_plan
 from tdlens.report.verdicts import FAIL, PASS, WARN, Check, NextStep
 from tdlens.rundir.read import RunData
-from tdlens.scores import label_regime, relative_steps, series_of
+from tdlens.scores import DRIFT_NOISE_FACTOR, label_regime, relative_steps, series_of
 
 RHO2_ESS_LIMIT = 2.0
 """rho_variance: fires when mean_rho2 exceeds this (effective sample size 1/E[rho^2]
@@ -388,7 +388,9 @@ def rule_metrics_flat(data: RunData, checks: dict[str, Check]) -> NextStep | Non
 def rule_fixed_point_drift(data: RunData, checks: dict[str, Check]) -> NextStep | None:
     """The fixed point moves faster than the critic: at the last probe with a defined
     drift, w_sharp_drift per iteration exceeds the mean delta_w_norm since the previous
-    probe, and the drift exceeds the fixed point's sampling noise_floor."""
+    probe, and the drift exceeds its own noise: DRIFT_NOISE_FACTOR x w_sharp_drift_noise
+    (the two half batches' moves, docs/model.md §6.1), or the half-batch noise_floor in a
+    run without that column (as :func:`tdlens.scores.drift_over_noise` reads it)."""
     fp = data.probe("fixed_point_probe")
     if len(fp) < 2 or not all(fp.has(c) for c in ("w_sharp_drift", "noise_floor")):
         return None
@@ -400,10 +402,12 @@ def rule_fixed_point_drift(data: RunData, checks: dict[str, Check]) -> NextStep 
     i = idx[-1]
     gap = it[i] - it[i - 1]
     noise = fp.values("noise_floor")[i]
+    own = fp.values("w_sharp_drift_noise")[i] if fp.has("w_sharp_drift_noise") else math.nan
+    threshold = DRIFT_NOISE_FACTOR * own if own > 0 else noise
     curve_it = data.curves.iters()
     window = (curve_it > it[i - 1]) & (curve_it <= it[i])
     dw = _finite(data.curves.values("delta_w_norm")[window])
-    if gap <= 0 or not len(dw) or not (drift[i] > noise):
+    if gap <= 0 or not len(dw) or not (drift[i] > threshold):
         return None
     drift_rate, critic_rate = drift[i] / gap, float(dw.mean())
     if not drift_rate > critic_rate:
@@ -412,9 +416,11 @@ def rule_fixed_point_drift(data: RunData, checks: dict[str, Check]) -> NextStep 
         "w_sharp_drift": float(drift[i]),
         "iterations": float(gap),
         "noise_floor": float(noise),
+        "w_sharp_drift_noise": float(own),
         "drift_per_iter": float(drift_rate),
         "delta_w_norm_mean": critic_rate,
     }
+    noise_text = f"w_sharp_drift_noise {fmt(own)}" if own > 0 else f"noise_floor {fmt(noise)}"
     action = "slow the target policy"
     if data.cfg is not None:
         ratio = critic_rate / drift_rate
@@ -433,7 +439,7 @@ def rule_fixed_point_drift(data: RunData, checks: dict[str, Check]) -> NextStep 
         "fixed_point_drift",
         f"fixed point drifting faster than the critic tracks it: "
         f"w_sharp_drift = {fmt(drift[i])} over {fmt(gap)} iterations "
-        f"({fmt(drift_rate)} per iteration, noise_floor {fmt(noise)}) vs the critic's "
+        f"({fmt(drift_rate)} per iteration, {noise_text}) vs the critic's "
         f"delta_w_norm {fmt(critic_rate)} per iteration. Next: {action}.",
         values,
     )
