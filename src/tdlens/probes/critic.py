@@ -183,8 +183,8 @@ def solve_fixed_point(
     `iterate`. Every direct solve factors in float32 and refines in float64 to the config's
     tol (falling back to a float64 LU when refinement does not get there): at D = 2048 the
     float32 LU costs half the float64 one and the refined w# agrees with the float64
-    solve to ~1e-11 relative at tol 1e-8 (BENCHMARKS.md, "Float32 LU for the full
-    solve"). They run side by side on `threads` threads (one BLAS thread each)."""
+    solve to ~1e-11 relative at tol 1e-8 (BENCHMARKS.md, "The probe round, issue
+    28"). They run side by side on `threads` threads (one BLAS thread each)."""
     conf = cfg.probes.fixed_point
     lam = fp.ridge_lambda(conf.ridge, spectrum.max_abs)
     tol = conf.tol
