@@ -1,11 +1,14 @@
 """Benchmark one probe round at the seed_plateau settings (docs/model.md §14: <= 2.5 s, <= 1 GiB).
 
-    python benchmarks/bench_probes.py [--rounds 5] [--set key=value ...]
+    python benchmarks/bench_probes.py [--rounds 5] [--cpu-split] [--set key=value ...]
 
 Builds the seed_plateau probe settings with ``load_config(None, overrides)``, runs one
 learner iteration for a realistic snapshot (parameters, TD errors), then `rounds` probe
 rounds at successive iterations; prints machine info, the median and spread of the round
-time and of each probe's share, and the peak RSS of the process.
+time and of each probe's share, and the peak RSS of the process. ``--cpu-split`` also
+prints each round's CPU seconds (all threads of the process, ``time.process_time``) per
+stage of the fixed-point and stability probes: on a shared machine CPU time compares
+two codes where wall time does not.
 """
 
 from __future__ import annotations
@@ -66,6 +69,46 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+CPU_STAGES = {
+    # module attribute -> stage (the critic module's names, so they wrap its calls)
+    ("tdlens.probes.critic", "fp.td_moments"): "moments",
+    ("tdlens.probes.critic", "spectrum_of"): "spectrum",
+    ("tdlens.probes.critic", "solve_fixed_point"): "solves",
+    ("tdlens.probes.critic", "measure_fixed_point"): "measure",
+    ("tdlens.probes.critic", "predict_dynamics"): "prediction",
+    ("tdlens.probes.critic", "cf.counterfactuals"): "counterfactuals",
+    ("tdlens.probes.critic", "spectral_intervals"): "spectral_ci",
+    ("tdlens.probes.critic", "_matrix_free_chains"): "power_matrix_free",
+    ("tdlens.probes.common", "RolledChains.td_batch"): "critic_features",
+    ("tdlens.probes.distribution", "run_round"): "distribution",
+}
+
+
+def wrap_cpu_stages(acc: dict[str, float]) -> None:
+    """Wrap the functions of CPU_STAGES so that each adds its CPU seconds to ``acc``
+    (nested stages count in both). Each is called from the main thread while no other
+    stage runs, so the process's CPU time over the call is the stage's."""
+    import functools
+    import importlib
+
+    for (module, dotted), stage in CPU_STAGES.items():
+        owner = importlib.import_module(module)
+        *path, name = dotted.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        func = getattr(owner, name)
+
+        @functools.wraps(func)
+        def timed(*args, _func=func, _stage=stage, **kwargs):
+            start = time.process_time()
+            try:
+                return _func(*args, **kwargs)
+            finally:
+                acc[_stage] = acc.get(_stage, 0.0) + time.process_time() - start
+
+        setattr(owner, name, timed)
+
+
 def spread(values: list[float]) -> str:
     med = statistics.median(values)
     return f"median {med:.3f} s (min {min(values):.3f}, max {max(values):.3f})"
@@ -74,8 +117,12 @@ def spread(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cpu-split", action="store_true", help="CPU seconds per stage")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
+    stages: dict[str, float] = {}
+    if args.cpu_split:
+        wrap_cpu_stages(stages)
     cfg = load_config(None, SEED_PLATEAU + args.overrides)
     print(machine_info())
     print(f"start: {load_average()}")
@@ -93,6 +140,9 @@ def main() -> None:
         for key, value in out.timings.items():
             parts.setdefault(key, []).append(value)
         print(f"round {n}: {totals[-1]:.3f} s wall, {cpu_seconds() - cpu:.3f} s CPU")
+        if args.cpu_split:
+            print("  CPU s: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(stages.items())))
+            stages.clear()
     print(f"probe round ({args.rounds} rounds): {spread(totals)}  [target <= 2.5 s]")
     for key in sorted(parts, key=lambda k: (k.split(".")[0], k)):
         if key != "total":

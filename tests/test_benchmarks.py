@@ -96,3 +96,17 @@ def test_bench_sweep_extrapolates_short_runs(tmp_path):
     )
     assert "local backend, 2 runs x 2 iterations, --jobs 2:" in out
     assert "extrapolated to 200 iterations (20 probe rounds)" in out
+
+
+def test_bench_probes_cpu_split_names_every_stage(tmp_path):
+    """--cpu-split prints, for every round, the CPU seconds of each wrapped stage: the
+    wrappers reach the functions the probes call (a stage the round never enters, or a
+    renamed function, would be missing from the line)."""
+    out = run_script("bench_probes.py", "--rounds", "2", "--cpu-split", *_sets(TINY), cwd=tmp_path)
+    lines = [line for line in out.splitlines() if line.strip().startswith("CPU s: ")]
+    assert len(lines) == 2, out[-2000:]
+    stages = [dict(p.rsplit(" ", 1) for p in ln.split(": ", 1)[1].split(", ")) for ln in lines]
+    always = {"moments", "spectrum", "solves", "measure", "prediction", "critic_features"}
+    assert always | {"counterfactuals"} <= stages[0].keys(), lines[0]
+    assert always <= stages[1].keys() and "counterfactuals" not in stages[1], lines[1]
+    assert all(float(v) >= 0 for s in stages for v in s.values())

@@ -218,7 +218,7 @@ def test_audit_rho_of_a_run_without_audit_rows_says_so(tmp_path):
 @pytest.mark.parametrize("tol", [1e-3, 1e-11])
 def test_fixed_point_tol_is_the_configs(tmp_path, tol):
     """The direct solver refines to the config's tol and reports that tol: at 1e-3 the
-    float64 LU's first solve already meets it (num_iters 1); at 1e-11 the residual is
+    float32 LU's first solve already meets it (num_iters 1); at 1e-11 the residual is
     below 1e-11, beyond the former fixed 1e-8."""
     cfg = small_config(
         "outer_iters=1",

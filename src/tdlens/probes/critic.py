@@ -182,9 +182,12 @@ def solve_fixed_point(
     threads: int = 1,
 ) -> FixedPointSolves:
     """The three solves with ``lam = ridge max|eig(A)|``: the full batch by the config's
-    solver, and the two half-batch systems by direct ridge solves (float32 LU, refined in
-    float64 to the config's tol) also when the solver is `iterate`. They run side by side
-    on `threads` threads (one BLAS thread each)."""
+    solver, and the two half-batch systems by direct ridge solves also when the solver is
+    `iterate`. Every direct solve factors in float32 and refines in float64 to the config's
+    tol (falling back to a float64 LU when refinement does not get there): at D = 2048 the
+    float32 LU costs half the float64 one and the refined w# agrees with the float64
+    solve to ~1e-11 relative at tol 1e-8 (BENCHMARKS.md, "The probe round, issue
+    28"). They run side by side on `threads` threads (one BLAS thread each)."""
     conf = cfg.probes.fixed_point
     lam = fp.ridge_lambda(conf.ridge, spectrum.max_abs)
     tol = conf.tol
@@ -198,7 +201,7 @@ def solve_fixed_point(
             )
         if conf.solver == "iterate":
             return fp.solve_iterate(moments.A, moments.b, w, cfg.alpha_w, conf.max_iters, tol)
-        return fp.solve_direct(moments.A, moments.b, w, lam, tol, workspace=workspace)
+        return fp.solve_direct(moments.A, moments.b, w, lam, tol, np.float32, workspace)
 
     # three independent factorisations, one BLAS thread each side by side, beat three
     # two-threaded ones in a row (a 2048 LU scales poorly from one core to two)
