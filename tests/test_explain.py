@@ -21,9 +21,12 @@ from typer.testing import CliRunner
 
 import tdlens
 from tdlens.cli import app
-from tdlens.learner import METRIC_COLUMNS
+from tdlens.config import config_from_json
+from tdlens.features import make_feature_maps
+from tdlens.learner import METRIC_COLUMNS, init_params
 from tdlens.rundir.read import read_table_text
 from tdlens.runs.branch import create_branch, run_branch
+from tdlens.runs.checkpoint import load_checkpoint
 from tdlens.sweeps import explain as ex
 
 runner = CliRunner()
@@ -108,6 +111,38 @@ def test_control_branch_reproduces_the_parent_bit_for_bit(root, parent):
     for n in (11, 17, 23):  # probe rounds after the branch point, same draws
         assert fp_mine[n]["value_gap"] == fp_theirs[n]["value_gap"]
         assert fp_mine[n]["w_sharp_drift"] == fp_theirs[n]["w_sharp_drift"]
+
+
+def test_a_control_branch_from_the_start_reproduces_the_parent_bit_for_bit(root, parent):
+    """No checkpoint at iteration 0 exists: the branch writes the initial state (a pure
+    function of config and seed) and reruns the parent's whole run, every learner column
+    and every probe round equal."""
+    assert not (parent / "checkpoints" / "ckpt_000000.npz").exists()
+    before = _snapshot(parent)
+    branch = create_branch(parent, {}, at=0, run_dir=root / "from_start")
+    info = json.loads((branch / "branch.json").read_text())
+    assert info["checkpoint"] is None and info["checkpoint_sha256"] is None
+    assert info["start"] == "initial" and info["iteration"] == 0 and info["changed"] == {}
+    assert not (branch / "learning_curves.csv").exists()  # no parent rows before 0
+    # the checkpoint written at 0 holds exactly the runner's initial parameters
+    cfg = config_from_json(parent / "config.json")
+    start = init_params(cfg, make_feature_maps(cfg))
+    ckpt = load_checkpoint(branch / "checkpoints" / "ckpt_000000.npz")
+    for name in ("theta_mu", "theta_pi", "w"):
+        assert np.array_equal(getattr(ckpt.params, name), getattr(start, name)), name
+    assert run_branch(branch).status == "complete"
+    assert _snapshot(parent) == before
+    columns = [c for c in METRIC_COLUMNS if c != "iter_time_s"]
+    mine, theirs = _rows(branch / "learning_curves.csv"), _rows(parent / "learning_curves.csv")
+    assert sorted(mine) == sorted(theirs) == list(range(24))
+    for n in range(24):
+        assert [mine[n][c] for c in columns] == [theirs[n][c] for c in columns], n
+    fp_mine = _rows(branch / "probes" / "fixed_point_probe.csv")
+    fp_theirs = _rows(parent / "probes" / "fixed_point_probe.csv")
+    assert sorted(fp_mine) == sorted(fp_theirs) == [5, 11, 17, 23]
+    assert fp_mine == fp_theirs  # every probe column of every round
+    stab = "probes/stability_probe.csv"
+    assert _rows(branch / stab) == _rows(parent / stab) and len(_rows(branch / stab)) == 4
 
 
 def test_a_changed_branch_has_its_own_config_and_leaves_the_parent_unchanged(
