@@ -221,20 +221,52 @@ def test_explain_refutes_moving_target_when_the_policies_are_already_frozen(froz
     assert "REFUTED" in (frozen_policies / "run_report.md").read_text()
 
 
-def test_explain_confirms_a_step_size_divergence_cured_by_half_the_critical_step(root):
+@pytest.fixture(scope="module")
+def step_size_run(root) -> tdlens.Run:
     """alpha_w = 1800 (about 5x the critical alpha_w at D=64): value_gap grows by ~10^2
-    per 2 iterations; the twin at half the critical alpha_w stops the growth."""
+    per 2 iterations (diverged:step-size)."""
     overrides = {**PARENT, "alpha_w": 1800.0, "checkpoint_every": 2, "checkpoint_keep": 20}
     run = tdlens.run(
         "regime_divergence", {**overrides, "probes.every": 2}, run_dir=root / "div", progress=False
     )
     assert run.verdict["regime"] == "diverged:step-size"
+    return run
+
+
+def test_explain_confirms_a_step_size_divergence_cured_by_half_the_critical_step(step_size_run):
+    """Branched late (--at 10): the twin at half the smallest critical alpha_w of the
+    rounds from 10 on stops the growth."""
+    run = step_size_run
     result = ex.explain(run.path, 6, at=10, index=False)
     (twin,) = result["twins"]
-    critical = run.probes["stability_probe"]["critical_alpha_w"]
-    assert twin["set"]["alpha_w"] == pytest.approx(critical.iloc[-1] / 2, rel=1e-12)
-    assert result["iteration"] == 10 and twin["verdict"] == "confirmed"
+    stab = run.probes["stability_probe"]
+    critical = stab.loc[stab["iter"] >= 10, "critical_alpha_w"].min()
+    assert twin["set"]["alpha_w"] == pytest.approx(critical / 2, rel=1e-12)
+    assert result["iteration"] == 10 and result["start"] == "checkpoint"
+    assert twin["verdict"] == "confirmed"
     assert twin["measured"]["value_gap"] < 1e-3 * twin["control"]["value_gap"]
+
+
+def test_a_diverged_label_is_tested_from_the_start_over_the_whole_run(step_size_run):
+    """By default a diverged label's twins branch at iteration 0 (the claim: the change
+    would have prevented the divergence) and run the parent's outer_iters; the control
+    then diverges as the parent did, bit for bit, and the twin does not."""
+    run = step_size_run
+    result = ex.explain(run.path, index=False)
+    assert result["start"] == "initial" and result["checkpoint"] is None
+    assert result["iteration"] == 0 and result["iters"] == run.config.outer_iters == 24
+    (twin,) = result["twins"]
+    critical = run.probes["stability_probe"]["critical_alpha_w"].min()
+    assert twin["set"]["alpha_w"] == pytest.approx(critical / 2, rel=1e-12)
+    control = Path(result["control"]["run_dir"])
+    mine, theirs = _rows(control / "learning_curves.csv"), _rows(run.path / "learning_curves.csv")
+    assert sorted(mine) == sorted(theirs)  # the control reproduces the parent's run
+    assert all(mine[n]["w_norm"] == theirs[n]["w_norm"] for n in theirs)
+    assert tdlens.open_run(twin["run_dir"]).branch["start"] == "initial"
+    assert twin["verdict"] == "confirmed", twin["why"]
+    assert twin["measured"]["value_gap"] < 1e-3 * (twin["control"]["value_gap"] or math.inf)
+    text = (run.path / "explain.md").read_text()
+    assert "the start (iteration 0, the initial state" in text
 
 
 @pytest.mark.parametrize(("phi", "rounds"), [(0.0, 4), (0.5, 4), (0.8, 4), (0.8, 8)])
@@ -273,7 +305,15 @@ def test_interventions_read_the_run_and_predictions_come_from_the_report(tmp_pat
     cfg = tdlens.open_run(parent).config
     critical = tdlens.open_run(parent).probes["stability_probe"]["critical_alpha_w"].iloc[-1]
     (step,) = ex.INTERVENTIONS["diverged:step-size"]
-    assert step.overrides(cfg, parent) == {"alpha_w": pytest.approx(critical / 2, rel=1e-12)}
+    # a frozen run, far below its critical step: half-critical never raises alpha_w = 6
+    assert critical / 2 > 6.0 and step.overrides(cfg, parent) == {"alpha_w": 6.0}
+    (bare,) = ex.INTERVENTIONS["diverged"]
+    assert bare.overrides(cfg, parent) == {"alpha_w": 1.5}  # alpha_w / 4 below the cap
+    crit = tdlens.open_run(parent).probes["stability_probe"].set_index("iter")["critical_alpha_w"]
+    for k in (0, 12, 23, 24):  # the smallest critical_alpha_w of the rounds at or after k
+        later = crit[crit.index >= k]
+        expected = later.min() if len(later) else crit.iloc[-1]
+        assert ex._critical_alpha_w(parent, k) == pytest.approx(expected, rel=1e-12), k
     (noise,) = ex.INTERVENTIONS["plateau:noise-floor"]
     assert noise.overrides(cfg, parent) == {"alpha_w": 1.5, "trajectories": 32}
     # the regime table's sets are the counterfactual probe's: explain finds the prediction
@@ -312,7 +352,7 @@ def test_an_older_catalog_gains_the_parent_column(tmp_path, parent):
 
 
 def test_a_twin_that_cannot_be_made_leaves_no_twin_behind(monkeypatch, root, parent):
-    bad = ex.Intervention("negative_step", lambda c, d: {"alpha_w": -1.0})
+    bad = ex.Intervention("negative_step", lambda c, d, k=None: {"alpha_w": -1.0})
     monkeypatch.setitem(ex.INTERVENTIONS, "frozen", (bad,))
     before = {p.name for p in root.iterdir()}
     result = runner.invoke(app, ["explain", str(parent), "--label", "frozen"])
