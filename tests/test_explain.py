@@ -269,6 +269,61 @@ def test_a_diverged_label_is_tested_from_the_start_over_the_whole_run(step_size_
     assert "the start (iteration 0, the initial state" in text
 
 
+TRIAD = {
+    "outer_iters": 16,
+    "checkpoint_every": 4,
+    "probes.every": 4,
+    "probes.fixed_point.batch_size": 4096,
+    "probes.stability.batch_size": 4096,
+    "probes.distribution.enabled": False,
+    "probes.q_kernel.enabled": False,
+    "probes.rho_audit.enabled": False,
+    "threads": 1,
+}
+"""regime_triad (D = 64) shortened to 16 iterations: still diverged:off-policy."""
+
+
+def test_the_off_policy_twin_is_read_by_the_sign_of_eig_min_real(root):
+    """sigma_mu widened to sigma_pi turns A's smallest eigenvalue positive (its 95%
+    interval above 0, the control's below): confirmed by the sign the table predicts,
+    although the twin's value_gap does not fall (its on-policy A's critical step lies
+    below the triad's step: it grows by step size). Twins from the start, stability
+    probe on."""
+    run = tdlens.run("regime_triad", TRIAD, run_dir=root / "triad", progress=False)
+    assert run.verdict["regime"] == "diverged:off-policy"
+    result = ex.explain(run.path, index=False)
+    assert result["start"] == "initial" and result["iters"] == 16
+    (twin,) = result["twins"]
+    assert twin["set"] == {"sigma_mu": 0.6} and twin["direction"] == "eig_min_real_positive"
+    for d in (twin["run_dir"], result["control"]["run_dir"]):
+        assert tdlens.open_run(d).config.probes.stability.enabled
+    rounds = tdlens.open_run(twin["run_dir"]).probes["stability_probe"]
+    last = rounds.iloc[-1]
+    assert twin["eig_min_real"] == {
+        "lo": last["eig_min_real_lo"],
+        "hi": last["eig_min_real_hi"],
+        "iter": int(last["iter"]),
+    }
+    assert twin["eig_min_real"]["lo"] > 0 > twin["control_eig_min_real"]["hi"]
+    assert twin["verdict"] == "confirmed" and result["label_verdict"] == "confirmed"
+    assert twin["value_gap_verdict"] == "refuted"  # what value_gap alone would have said
+    assert "above 0 in the twin, below 0 in the control" in twin["why"]
+    assert "eig_min_real 95% interval lies above 0" in (run.path / "explain.md").read_text()
+
+
+def test_sign_verdict_needs_the_twin_above_and_the_control_below_zero():
+    up, down, none = (1e-4, 3e-4, 15), (-5e-3, -4e-3, 15), (math.nan, math.nan, None)
+    straddle = (-1e-4, 2e-4, 15)
+    assert ex.sign_verdict(up, down, False)[0] == "confirmed"
+    assert ex.sign_verdict(up, none, True)[0] == "confirmed"  # the control diverged
+    assert ex.sign_verdict(up, none, False)[0] == "refuted"
+    assert ex.sign_verdict(up, straddle, False)[0] == "refuted"
+    assert ex.sign_verdict(straddle, down, False)[0] == "refuted"
+    assert ex.sign_verdict(down, down, False)[0] == "refuted"
+    word, why = ex.sign_verdict(none, down, True)
+    assert word == "refuted" and "not measured" in why
+
+
 @pytest.mark.parametrize(("phi", "rounds"), [(0.0, 4), (0.5, 4), (0.8, 4), (0.8, 8)])
 def test_the_final_value_gap_interval_covers_under_autocorrelated_noise(phi, rounds):
     """A falling line plus AR(1) noise: the end point lies within 2 SE in >= 90% of 2000
