@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Regenerate the regime atlas page docs/atlas.md and its figures docs/atlas/*.png (issue 23):
 # both atlas sweeps at seeds 0, 1, 2 (their `seeds` axis), then `tdlens atlas --explain`,
-# which tests each label's representative run (seed 0) by its intervention twin. The
+# which tests each label's representative run (seed 0) by its intervention twin (a diverged
+# label's twins from the start, for the run's whole 80 iterations; the others for
+# EXPLAIN_ITERS past the run's end). The
 # page's hand-written tail ("Is moving-target ever the cause?") is kept.
 #
 #   benchmarks/atlas_regenerate.sh [OUT]      # from the repository root; OUT default outputs/atlas_regen

@@ -149,7 +149,11 @@ def test_control_is_the_probe_prediction_bit_for_bit_and_batches_rescale(normali
         got["sigma_mu_to_sigma_pi"].end is None
         and "not predictable" in got["sigma_mu_to_sigma_pi"].note
     )
-    assert got["alpha_w_half_critical"].eta == pytest.approx(crit / 2, rel=1e-14)
+    # below half its critical step: half-critical leaves the step, the bare family's
+    # alpha_w / 4 (at most half critical) lowers it
+    assert eta < crit / 2 and got["alpha_w_half_critical"].eta == pytest.approx(eta, rel=1e-14)
+    assert got["alpha_w_div4"].eta == pytest.approx(eta / 4, rel=1e-14)
+    assert got["alpha_w_div4"].set == {"alpha_w": pytest.approx(0.05 / 4, rel=1e-14)}
     x4 = got["alpha_w_x4"]
     assert x4.eta == pytest.approx(max(eta, min(4 * eta, X4_CAP * crit)), rel=1e-14)
     # the noise of 4x the batch, rescaled, against predict run with it
@@ -174,6 +178,16 @@ def test_alpha_w_x4_is_capped_below_the_critical_step():
     )
     got = {o.name: o for o in cfs.interventions}
     assert got["control"].regime == "diverged" and got["alpha_w_half_critical"].regime != "diverged"
+    assert got["alpha_w_half_critical"].eta == pytest.approx(1.0, rel=1e-14)
+    # alpha_w / 4 = 0.75 is below half the critical step (1): not capped, and cures too
+    assert got["alpha_w_div4"].eta == pytest.approx(0.75, rel=1e-14)
+    assert got["alpha_w_div4"].regime != "diverged" and not got["alpha_w_div4"].note
+    cfs = cf.counterfactuals(
+        _toy(), cfg.model_copy(update={"alpha_w": 8.0, "outer_iters": 60}), 0, 2.0
+    )
+    got = {o.name: o for o in cfs.interventions}  # 8 / 4 = 2 > 1: capped at half critical
+    assert got["alpha_w_div4"].eta == pytest.approx(1.0, rel=1e-14)
+    assert "capped at 0.5 x critical_step" in got["alpha_w_div4"].note
     assert all(o.eta <= cf.CAP * 2.0 * (1 + 1e-12) for o in cfs.grid)
     assert all(o.regime != "diverged" for o in cfs.grid)
     rows = ra.entries(cf.to_arrays(cfs))
@@ -298,6 +312,7 @@ def test_stored_control_is_the_first_probes_band_and_the_report_carries_it(sourc
         "alpha_w_div4_trajectories_x4",
         "policies_frozen",
         "alpha_w_half_critical",
+        "alpha_w_div4",
         "sigma_mu_to_sigma_pi",
     }
     by_name = {c["name"]: c for c in report["regime"]["counterfactuals"]}

@@ -21,9 +21,12 @@ from typer.testing import CliRunner
 
 import tdlens
 from tdlens.cli import app
-from tdlens.learner import METRIC_COLUMNS
+from tdlens.config import config_from_json
+from tdlens.features import make_feature_maps
+from tdlens.learner import METRIC_COLUMNS, init_params
 from tdlens.rundir.read import read_table_text
 from tdlens.runs.branch import create_branch, run_branch
+from tdlens.runs.checkpoint import load_checkpoint
 from tdlens.sweeps import explain as ex
 
 runner = CliRunner()
@@ -110,6 +113,38 @@ def test_control_branch_reproduces_the_parent_bit_for_bit(root, parent):
         assert fp_mine[n]["w_sharp_drift"] == fp_theirs[n]["w_sharp_drift"]
 
 
+def test_a_control_branch_from_the_start_reproduces_the_parent_bit_for_bit(root, parent):
+    """No checkpoint at iteration 0 exists: the branch writes the initial state (a pure
+    function of config and seed) and reruns the parent's whole run, every learner column
+    and every probe round equal."""
+    assert not (parent / "checkpoints" / "ckpt_000000.npz").exists()
+    before = _snapshot(parent)
+    branch = create_branch(parent, {}, at=0, run_dir=root / "from_start")
+    info = json.loads((branch / "branch.json").read_text())
+    assert info["checkpoint"] is None and info["checkpoint_sha256"] is None
+    assert info["start"] == "initial" and info["iteration"] == 0 and info["changed"] == {}
+    assert not (branch / "learning_curves.csv").exists()  # no parent rows before 0
+    # the checkpoint written at 0 holds exactly the runner's initial parameters
+    cfg = config_from_json(parent / "config.json")
+    start = init_params(cfg, make_feature_maps(cfg))
+    ckpt = load_checkpoint(branch / "checkpoints" / "ckpt_000000.npz")
+    for name in ("theta_mu", "theta_pi", "w"):
+        assert np.array_equal(getattr(ckpt.params, name), getattr(start, name)), name
+    assert run_branch(branch).status == "complete"
+    assert _snapshot(parent) == before
+    columns = [c for c in METRIC_COLUMNS if c != "iter_time_s"]
+    mine, theirs = _rows(branch / "learning_curves.csv"), _rows(parent / "learning_curves.csv")
+    assert sorted(mine) == sorted(theirs) == list(range(24))
+    for n in range(24):
+        assert [mine[n][c] for c in columns] == [theirs[n][c] for c in columns], n
+    fp_mine = _rows(branch / "probes" / "fixed_point_probe.csv")
+    fp_theirs = _rows(parent / "probes" / "fixed_point_probe.csv")
+    assert sorted(fp_mine) == sorted(fp_theirs) == [5, 11, 17, 23]
+    assert fp_mine == fp_theirs  # every probe column of every round
+    stab = "probes/stability_probe.csv"
+    assert _rows(branch / stab) == _rows(parent / stab) and len(_rows(branch / stab)) == 4
+
+
 def test_a_changed_branch_has_its_own_config_and_leaves_the_parent_unchanged(
     parent, frozen_policies
 ):
@@ -186,20 +221,107 @@ def test_explain_refutes_moving_target_when_the_policies_are_already_frozen(froz
     assert "REFUTED" in (frozen_policies / "run_report.md").read_text()
 
 
-def test_explain_confirms_a_step_size_divergence_cured_by_half_the_critical_step(root):
+@pytest.fixture(scope="module")
+def step_size_run(root) -> tdlens.Run:
     """alpha_w = 1800 (about 5x the critical alpha_w at D=64): value_gap grows by ~10^2
-    per 2 iterations; the twin at half the critical alpha_w stops the growth."""
+    per 2 iterations (diverged:step-size)."""
     overrides = {**PARENT, "alpha_w": 1800.0, "checkpoint_every": 2, "checkpoint_keep": 20}
     run = tdlens.run(
         "regime_divergence", {**overrides, "probes.every": 2}, run_dir=root / "div", progress=False
     )
     assert run.verdict["regime"] == "diverged:step-size"
+    return run
+
+
+def test_explain_confirms_a_step_size_divergence_cured_by_half_the_critical_step(step_size_run):
+    """Branched late (--at 10): the twin at half the smallest critical alpha_w of the
+    rounds from 10 on stops the growth."""
+    run = step_size_run
     result = ex.explain(run.path, 6, at=10, index=False)
     (twin,) = result["twins"]
-    critical = run.probes["stability_probe"]["critical_alpha_w"]
-    assert twin["set"]["alpha_w"] == pytest.approx(critical.iloc[-1] / 2, rel=1e-12)
-    assert result["iteration"] == 10 and twin["verdict"] == "confirmed"
+    stab = run.probes["stability_probe"]
+    critical = stab.loc[stab["iter"] >= 10, "critical_alpha_w"].min()
+    assert twin["set"]["alpha_w"] == pytest.approx(critical / 2, rel=1e-12)
+    assert result["iteration"] == 10 and result["start"] == "checkpoint"
+    assert twin["verdict"] == "confirmed"
     assert twin["measured"]["value_gap"] < 1e-3 * twin["control"]["value_gap"]
+
+
+def test_a_diverged_label_is_tested_from_the_start_over_the_whole_run(step_size_run):
+    """By default a diverged label's twins branch at iteration 0 (the claim: the change
+    would have prevented the divergence) and run the parent's outer_iters; the control
+    then diverges as the parent did, bit for bit, and the twin does not."""
+    run = step_size_run
+    result = ex.explain(run.path, index=False)
+    assert result["start"] == "initial" and result["checkpoint"] is None
+    assert result["iteration"] == 0 and result["iters"] == run.config.outer_iters == 24
+    (twin,) = result["twins"]
+    critical = run.probes["stability_probe"]["critical_alpha_w"].min()
+    assert twin["set"]["alpha_w"] == pytest.approx(critical / 2, rel=1e-12)
+    control = Path(result["control"]["run_dir"])
+    mine, theirs = _rows(control / "learning_curves.csv"), _rows(run.path / "learning_curves.csv")
+    assert sorted(mine) == sorted(theirs)  # the control reproduces the parent's run
+    assert all(mine[n]["w_norm"] == theirs[n]["w_norm"] for n in theirs)
+    assert tdlens.open_run(twin["run_dir"]).branch["start"] == "initial"
+    assert twin["verdict"] == "confirmed", twin["why"]
+    assert twin["measured"]["value_gap"] < 1e-3 * (twin["control"]["value_gap"] or math.inf)
+    text = (run.path / "explain.md").read_text()
+    assert "the start (iteration 0, the initial state" in text
+
+
+TRIAD = {
+    "outer_iters": 16,
+    "checkpoint_every": 4,
+    "probes.every": 4,
+    "probes.fixed_point.batch_size": 4096,
+    "probes.stability.batch_size": 4096,
+    "probes.distribution.enabled": False,
+    "probes.q_kernel.enabled": False,
+    "probes.rho_audit.enabled": False,
+    "threads": 1,
+}
+"""regime_triad (D = 64) shortened to 16 iterations: still diverged:off-policy."""
+
+
+def test_the_off_policy_twin_is_read_by_the_sign_of_eig_min_real(root):
+    """sigma_mu widened to sigma_pi turns A's smallest eigenvalue positive (its 95%
+    interval above 0, the control's below): confirmed by the sign the table predicts,
+    although the twin's value_gap does not fall (its on-policy A's critical step lies
+    below the triad's step: it grows by step size). Twins from the start, stability
+    probe on."""
+    run = tdlens.run("regime_triad", TRIAD, run_dir=root / "triad", progress=False)
+    assert run.verdict["regime"] == "diverged:off-policy"
+    result = ex.explain(run.path, index=False)
+    assert result["start"] == "initial" and result["iters"] == 16
+    (twin,) = result["twins"]
+    assert twin["set"] == {"sigma_mu": 0.6} and twin["direction"] == "eig_min_real_positive"
+    for d in (twin["run_dir"], result["control"]["run_dir"]):
+        assert tdlens.open_run(d).config.probes.stability.enabled
+    rounds = tdlens.open_run(twin["run_dir"]).probes["stability_probe"]
+    last = rounds.iloc[-1]
+    assert twin["eig_min_real"] == {
+        "lo": last["eig_min_real_lo"],
+        "hi": last["eig_min_real_hi"],
+        "iter": int(last["iter"]),
+    }
+    assert twin["eig_min_real"]["lo"] > 0 > twin["control_eig_min_real"]["hi"]
+    assert twin["verdict"] == "confirmed" and result["label_verdict"] == "confirmed"
+    assert twin["value_gap_verdict"] == "refuted"  # what value_gap alone would have said
+    assert "above 0 in the twin, below 0 in the control" in twin["why"]
+    assert "eig_min_real 95% interval lies above 0" in (run.path / "explain.md").read_text()
+
+
+def test_sign_verdict_needs_the_twin_above_and_the_control_below_zero():
+    up, down, none = (1e-4, 3e-4, 15), (-5e-3, -4e-3, 15), (math.nan, math.nan, None)
+    straddle = (-1e-4, 2e-4, 15)
+    assert ex.sign_verdict(up, down, False)[0] == "confirmed"
+    assert ex.sign_verdict(up, none, True)[0] == "confirmed"  # the control diverged
+    assert ex.sign_verdict(up, none, False)[0] == "refuted"
+    assert ex.sign_verdict(up, straddle, False)[0] == "refuted"
+    assert ex.sign_verdict(straddle, down, False)[0] == "refuted"
+    assert ex.sign_verdict(down, down, False)[0] == "refuted"
+    word, why = ex.sign_verdict(none, down, True)
+    assert word == "refuted" and "not measured" in why
 
 
 @pytest.mark.parametrize(("phi", "rounds"), [(0.0, 4), (0.5, 4), (0.8, 4), (0.8, 8)])
@@ -238,7 +360,15 @@ def test_interventions_read_the_run_and_predictions_come_from_the_report(tmp_pat
     cfg = tdlens.open_run(parent).config
     critical = tdlens.open_run(parent).probes["stability_probe"]["critical_alpha_w"].iloc[-1]
     (step,) = ex.INTERVENTIONS["diverged:step-size"]
-    assert step.overrides(cfg, parent) == {"alpha_w": pytest.approx(critical / 2, rel=1e-12)}
+    # a frozen run, far below its critical step: half-critical never raises alpha_w = 6
+    assert critical / 2 > 6.0 and step.overrides(cfg, parent) == {"alpha_w": 6.0}
+    (bare,) = ex.INTERVENTIONS["diverged"]
+    assert bare.overrides(cfg, parent) == {"alpha_w": 1.5}  # alpha_w / 4 below the cap
+    crit = tdlens.open_run(parent).probes["stability_probe"].set_index("iter")["critical_alpha_w"]
+    for k in (0, 12, 23, 24):  # the smallest critical_alpha_w of the rounds at or after k
+        later = crit[crit.index >= k]
+        expected = later.min() if len(later) else crit.iloc[-1]
+        assert ex._critical_alpha_w(parent, k) == pytest.approx(expected, rel=1e-12), k
     (noise,) = ex.INTERVENTIONS["plateau:noise-floor"]
     assert noise.overrides(cfg, parent) == {"alpha_w": 1.5, "trajectories": 32}
     # the regime table's sets are the counterfactual probe's: explain finds the prediction
@@ -277,7 +407,7 @@ def test_an_older_catalog_gains_the_parent_column(tmp_path, parent):
 
 
 def test_a_twin_that_cannot_be_made_leaves_no_twin_behind(monkeypatch, root, parent):
-    bad = ex.Intervention("negative_step", lambda c, d: {"alpha_w": -1.0})
+    bad = ex.Intervention("negative_step", lambda c, d, k=None: {"alpha_w": -1.0})
     monkeypatch.setitem(ex.INTERVENTIONS, "frozen", (bad,))
     before = {p.name for p in root.iterdir()}
     result = runner.invoke(app, ["explain", str(parent), "--label", "frozen"])

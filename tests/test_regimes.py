@@ -3,6 +3,7 @@ covers every label, and an incomplete entry or consumer fails loudly."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -107,6 +108,17 @@ def test_interventions_as_config_overrides():
     assert intervention_set("plateau:moving-target", cur) == {"alpha_pi": 0.0, "beta": 0.0}
     assert intervention_set("diverged:step-size", cur, 3.0) == {"alpha_w": 1.5}
     assert intervention_set("diverged:step-size", cur) == {}  # no critical step known
+    # a cure that lowers the step never raises it: at 0.03x its critical step (issue 23:
+    # 30 -> 486 before) half-critical leaves alpha_w where it is
+    assert intervention_set("diverged:step-size", cur, 1000.0) == {"alpha_w": 10.0}
+    # the bare family names no mechanism: a quarter of the step, at most half the critical
+    assert intervention_set("diverged", cur, 1000.0) == {"alpha_w": 2.5}
+    assert intervention_set("diverged", cur, 3.0) == {"alpha_w": 1.5}  # capped below
+    assert intervention_set("diverged", cur) == {"alpha_w": 2.5}  # no critical step known
+    for crit in (0.1, 3.0, 19.0, 21.0, 80.0, 1e6, math.inf, None):
+        for label in ("diverged", "diverged:step-size"):
+            got = intervention_set(label, cur, crit).get("alpha_w", cur["alpha_w"])
+            assert got <= cur["alpha_w"], (label, crit)
     assert intervention_set("diverged:off-policy", cur) == {"sigma_mu": 0.5}
     assert intervention_set("learning", cur) == {} and entry("learning").intervention == ()
     with pytest.raises(RegimeTableError, match="unknown regime label 'nope'"):
@@ -216,8 +228,9 @@ def test_the_table_is_the_one_source_of_interventions():
         twins = explain.INTERVENTIONS.get(label, ())
         assert [t.name for t in twins] == ([e.predictor.name] if e.predictor else [])
     assert regimes.predicted_interventions() == {
-        "alpha_w_half_critical": "diverged",
+        "alpha_w_div4": "diverged",
         "sigma_mu_to_sigma_pi": "diverged:off-policy",
+        "alpha_w_half_critical": "diverged:step-size",
         "alpha_w_x4": "frozen",
         "alpha_w_div4_trajectories_x4": "plateau:noise-floor",
         "policies_frozen": "plateau:moving-target",

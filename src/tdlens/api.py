@@ -457,8 +457,8 @@ class Run:
     @property
     def branch(self) -> dict[str, Any] | None:
         """branch.json of a branch (an explain twin, or ``tdlens.runs.branch``): parent,
-        parent_config_hash, checkpoint, checkpoint_sha256, iteration, changed; None when
-        the run is not a branch."""
+        parent_config_hash, checkpoint, checkpoint_sha256 (both null from the start), start,
+        iteration, changed; None when the run is not a branch."""
         from tdlens.runs.branch import read_branch
 
         return read_branch(self.path)

@@ -397,14 +397,20 @@ def report(
 def explain(
     run_dir: Annotated[Path, typer.Argument(help="A run directory with checkpoints.")],
     iters: Annotated[
-        int, typer.Option(min=1, help="Iterations each twin runs after the checkpoint.")
-    ] = 20,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Iterations each twin runs after the branch point (default: 20; for a "
+            "diverged label the run's whole length, outer_iters - at).",
+        ),
+    ] = None,
     at: Annotated[
         int | None,
         typer.Option(
             min=0,
-            help="Branch at the newest checkpoint at or before this iteration (default: "
-            "outer_iters - iters).",
+            help="Branch at the newest checkpoint at or before this iteration; 0 branches "
+            "from the initial state (default: 0 for a diverged label, which claims its "
+            "intervention would have prevented the divergence; else outer_iters - iters).",
         ),
     ] = None,
     jobs: Annotated[int, typer.Option(help="Twins run at once.")] = 1,
@@ -425,8 +431,9 @@ def explain(
     ] = None,
 ) -> None:
     """Test the run's regime label by intervention twins: branches of the run from one
-    checkpoint, one per intervention of the label plus an unchanged control, run --iters
-    iterations; writes explain.{md,json,html} in the run directory (docs/model.md)."""
+    checkpoint (a diverged label: from the start, for the run's whole length), one per
+    intervention of the label plus an unchanged control, run --iters iterations; writes
+    explain.{md,json,html} in the run directory (docs/model.md)."""
     from tdlens.rundir.files import RunFileError
     from tdlens.runs.runner import RunDirError
     from tdlens.sweeps.backends import BackendError

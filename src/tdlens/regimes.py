@@ -45,10 +45,11 @@ class Override:
     """One config change of an intervention: ``key`` (a ``--set`` path) becomes
     ``value`` (a number), or ``times`` x its current value, or the current value of
     ``copy_from``, or ``critical_fraction`` x the critical alpha_w
-    (``critical_step / (s B T)``, from the stability probe). ``cap_critical`` bounds a
-    ``times`` change to that fraction of the critical alpha_w ("within the stable range");
-    a change never crosses the cap in the wrong direction (the result is at least the
-    current value when ``times > 1``)."""
+    (``critical_step / (s B T)``, from the stability probe), never above the current value
+    (a cure that lowers a step never raises it). ``cap_critical`` bounds a ``times``
+    change to that fraction of the critical alpha_w ("within the stable range"); a change
+    never crosses the cap in the wrong direction (the result is at least the current value
+    when ``times > 1``; at most ``times`` x it when ``times < 1``)."""
 
     key: str
     times: float | None = None
@@ -116,13 +117,18 @@ class RegimeEntry:
 _ALPHA_X4 = (Override("alpha_w", times=4.0, cap_critical=0.5),)
 _X4 = CounterfactualEntry("alpha_w_x4")
 _HALF_CRITICAL = CounterfactualEntry("alpha_w_half_critical")
+_ALPHA_DIV4 = (Override("alpha_w", times=0.25, cap_critical=0.5),)
+"""The bare ``diverged`` family's cure: it names no mechanism, and a smaller step slows any
+growth per iteration, so ``alpha_w' = min(alpha_w / 4, 0.5 alpha_c)``: a quarter of the
+step, and at most half the critical step (a run already below half its critical step,
+where ``critical_fraction`` would leave the step unchanged, still gets a smaller one)."""
 REGIME_TABLE: dict[str, RegimeEntry] = {
     e.label: e
     for e in (
         RegimeEntry(
             "diverged",
             "error_grows",
-            (Override("alpha_w", critical_fraction=0.5),),
+            _ALPHA_DIV4,
             "#cf222e",
             "o",
             "status `diverged`, a non-finite `td_loss`/`w_norm`, or the error grows: "
@@ -133,8 +139,10 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             "with the largest t) `> GROWTH_SE_FACTOR growth_rate_se` (Newey-West standard "
             "error); or `w_norm_ratio > W_GROWTH_FACTOR` at such a rate while the expected "
             "update is unstable (`eta > critical_step` or `growth_timescale < outer_iters`); "
-            "never plateau or learning",
-            predictor=_HALF_CRITICAL,
+            "never plateau or learning; its intervention `alpha_w_div4`: `alpha_w' = "
+            "min(alpha_w / 4, alpha_c / 2)` (a quarter of the step, at most half the critical "
+            "alpha_w)",
+            predictor=CounterfactualEntry("alpha_w_div4"),
         ),
         RegimeEntry(
             "diverged:off-policy",
@@ -155,7 +163,8 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             "#cf222e",
             "X",
             "diverged, `eta > critical_step` (the positive modes overshoot) and the growth rate "
-            "not that of a negative mode: a smaller `alpha_w` cures it",
+            "not that of a negative mode: a smaller `alpha_w` cures it; its intervention "
+            "`alpha_w_half_critical`: `alpha_w' = min(alpha_w, alpha_c / 2)`",
             predictor=_HALF_CRITICAL,
         ),
         RegimeEntry(
@@ -313,9 +322,10 @@ def intervention_set(
     ``current`` maps each key an override reads (its own key, ``copy_from``) to the run's
     value. ``times``: ``v' = times v``, then with ``cap_critical`` and a finite
     ``critical_alpha_w`` ``v' = max(v, min(v', cap_critical alpha_c))`` when ``times > 1``
-    (never past the cap, never below the current value), rounded for an integer key;
-    ``critical_fraction``:
-    ``v' = critical_fraction alpha_c`` (left out without a finite alpha_c)."""
+    (never past the cap, never below the current value), ``v' = min(v', cap_critical
+    alpha_c)`` when ``times < 1`` (never past the cap), rounded for an integer key;
+    ``critical_fraction``: ``v' = min(v, critical_fraction alpha_c)`` (a step lowered to a
+    fraction of the critical one is never raised; left out without a finite alpha_c)."""
     out: dict[str, float] = {}
     crit = critical_alpha_w
     if crit is not None and not math.isfinite(crit):
@@ -327,13 +337,15 @@ def intervention_set(
             out[o.key] = float(current[o.copy_from])
         elif o.critical_fraction is not None:
             if crit is not None:
-                out[o.key] = o.critical_fraction * crit
+                out[o.key] = min(float(current[o.key]), o.critical_fraction * crit)
         else:
             assert o.times is not None
             v = float(current[o.key])
             new = o.times * v
             if o.cap_critical is not None and crit is not None and o.times > 1:
                 new = max(v, min(new, o.cap_critical * crit))
+            elif o.cap_critical is not None and crit is not None:
+                new = min(new, o.cap_critical * crit)
             out[o.key] = round(new) if isinstance(current[o.key], int) else new
     return out
 

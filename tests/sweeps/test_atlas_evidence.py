@@ -114,6 +114,7 @@ def _fake_explain(parent: Path, label: str, twin: float, control: float) -> dict
         "parent": str(parent),
         "label": label,
         "label_verdict": "confirmed" if twin < control else "refuted",
+        "iteration": 0,
         "twins": [
             {
                 "name": "alpha_w_x4",
@@ -146,9 +147,11 @@ def test_twin_table_reads_explain_json_and_explains_the_rest(seeded_sweep, tmp_p
         json.dumps(_fake_explain(p0.record.path, first, 0.03, 0.06))
     )
     called: list[Path] = []
+    labels = {p.record.path: label for label, p in reps.items()}
 
-    def explainer(parent: Path, iters: int) -> dict:
-        assert iters == 7
+    def explainer(parent: Path, iters: int | None) -> dict:
+        # a diverged label: explain's own default (from the start, the whole run)
+        assert iters == (None if labels[parent].startswith("diverged") else 7), labels[parent]
         called.append(parent)
         if parent == p1.record.path:
             raise ExplainError(f"'{parent}' has no checkpoint to branch from")
@@ -181,6 +184,32 @@ def test_twin_table_reads_explain_json_and_explains_the_rest(seeded_sweep, tmp_p
     called.clear()
     write_atlas(sweep_dir, docs, explain_iters=7, explainer=explainer)
     assert called[0] == p0.record.path
+
+
+def test_a_diverged_label_is_explained_from_the_start_and_an_old_late_file_not_reused(
+    tmp_path,
+):
+    """read_or_explain: a diverged label's explain.json is reused only when its twins
+    branched at iteration 0; else explain runs with iters None (its diverged default)."""
+    from tdlens.sweeps.atlas.twins import read_or_explain
+
+    asked: list[int | None] = []
+
+    def run(parent: Path, iters: int | None) -> dict:
+        asked.append(iters)
+        return {**_fake_explain(parent, "diverged", 0.01, 0.5), "iteration": 0}
+
+    late = {**_fake_explain(tmp_path, "diverged", 0.4, 0.5), "iteration": 72}
+    (tmp_path / "explain.json").write_text(json.dumps(late))
+    found, _ = read_or_explain(tmp_path, "diverged", 20, run)
+    assert asked == [None] and found["iteration"] == 0  # the late file was not reused
+    (tmp_path / "explain.json").write_text(json.dumps(found))
+    assert read_or_explain(tmp_path, "diverged", 20, run)[0] == found and asked == [None]
+    late["label"] = "frozen"  # any other label: reused from its late branch, run with iters
+    (tmp_path / "explain.json").write_text(json.dumps(late))
+    assert read_or_explain(tmp_path, "frozen", 20, run)[0] == late
+    assert read_or_explain(tmp_path, "plateau", 20, run)[0]["iteration"] == 0
+    assert asked == [None, 20]
 
 
 def test_twin_row_of_a_diverged_twin_and_of_a_label_without_intervention(tmp_path):
@@ -229,8 +258,9 @@ def test_atlas_explain_bad_input_exits_2(seeded_sweep, tmp_path):
 
 def test_atlas_explain_runs_real_twins_and_reuses_them(seeded_sweep, tmp_path):
     """`tdlens atlas --explain` on a copy of the tiny sweep runs `tdlens explain` (2
-    iterations) in each representative run; the page's verdicts are explain.json's; a
-    second call reuses the files (their twins are not made again)."""
+    iterations; a diverged label from the start for the run's 3) in each representative
+    run; the page's verdicts are explain.json's; a second call reuses the files (their
+    twins are not made again)."""
     sweep_dir = tmp_path / seeded_sweep.name
     shutil.copytree(seeded_sweep, sweep_dir)
     docs = tmp_path / "atlas.md"
@@ -242,7 +272,12 @@ def test_atlas_explain_runs_real_twins_and_reuses_them(seeded_sweep, tmp_path):
     reps = _representatives(read_sweep(sweep_dir, need_step=True).points)
     for label, p in reps.items():
         result = json.loads((p.record.path / "explain.json").read_text())
-        assert result["label"] == label and result["iters"] == 2
+        assert result["label"] == label
+        if label.startswith("diverged"):
+            assert result["iteration"] == 0 and result["start"] == "initial"
+            assert result["iters"] == p.record.outer_iters == 3
+        else:
+            assert result["iters"] == 2 and result["start"] == "checkpoint"
         for twin in result["twins"]:
             assert f"| {label} | {twin['verdict']} | {run_values(p)} |" in page
     twins_made = sorted((sweep_dir / "runs").glob("*.explain"))

@@ -18,7 +18,11 @@ config is an override of ``(eta, B)`` (:func:`step_of`):
     {"alpha_w": alpha_w/4, "trajectories": 4 B}     mean: eta' = eta / 4,  B' = 4 B
                                                    sqrt_batch: eta' = eta / 2,  B' = 4 B
     {"alpha_pi": 0, "beta": 0}                     eta' = eta, B' = B (today's prediction)
-    {"alpha_w": critical_alpha_w / 2}              eta' = critical_step / 2, B' = B
+    {"alpha_w": min(alpha_w, critical_alpha_w / 2)}  eta' = min(eta, critical_step / 2),
+                                                     B' = B (lowered, never raised)
+    {"alpha_w": min(alpha_w / 4, critical_alpha_w / 2)}  eta' = min(eta / 4,
+                                                     critical_step / 2), B' = B (the bare
+                                                     diverged family's)
     {}                                             the control: eta, B
 
 The interventions and their ``set`` dicts are the regime table's

@@ -1,5 +1,5 @@
-"""Branches: a new run that continues a parent run from one of its checkpoints with a
-changed config (docs/model.md §16).
+"""Branches: a new run that continues a parent run from one of its checkpoints (or from
+its start) with a changed config (docs/model.md §16).
 
 A branch is its own operation, never ``--resume`` (which refuses any config that does
 not match its checkpoints). :func:`create_branch` reads the parent (config.json, one
@@ -15,6 +15,14 @@ checkpoint, the tables) and writes a NEW run directory:
   (resolved path, name, config hash), the checkpoint (path relative to the parent, the
   SHA-256 of its bytes), the iteration ``k`` the branch starts at and the changed keys
   (``{"key": {"parent": old, "branch": new}}``).
+
+A branch at iteration 0 needs no checkpoint (``at=0``, or ``checkpoint=INITIAL``): the
+initial state is a pure function of the config and seed (:func:`tdlens.learner.init_params`
+on :func:`tdlens.features.make_feature_maps` of the parent's config, an empty td_loss
+history, no probe state: the branch's probes start fresh, as a run's do at iteration 0),
+so the branch writes that state as its ``ckpt_000000.npz``, copies none of the parent's
+tables (there are no rows before 0), and ``branch.json`` records ``checkpoint: null``,
+``checkpoint_sha256: null`` and ``start: "initial"`` (``"checkpoint"`` otherwise).
 
 The branch then runs as any resumed run (``tdlens run BRANCH --resume``, or
 :func:`run_branch`, or a sweep backend's worker), from iteration k. The parent is only
@@ -32,6 +40,8 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tdlens.config import (
     ConfigError,
@@ -59,6 +69,8 @@ from tdlens.runs.checkpoint import (
 from tdlens.runs.runner import RunDirError, check_creatable, default_run_dir
 from tdlens.runs.writer import RunFiles, now
 
+INITIAL = "initial"
+"""``checkpoint=INITIAL``: branch from the initial state (iteration 0, module docstring)."""
 BRANCH_FILE = "branch.json"
 """A branch's record of where it came from (module docstring)."""
 
@@ -89,9 +101,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def choose_checkpoint(parent: Path, at: int | None = None) -> Path:
+def choose_checkpoint(parent: Path, at: int | None = None) -> Path | str:
     """The parent's checkpoint to branch from: the newest with ``next_iter <= at`` (the
-    newest of all when `at` is None). Raises RunDirError when there is none."""
+    newest of all when `at` is None); :data:`INITIAL` (the initial state, no file) when
+    `at` is 0. Raises RunDirError when there is none."""
+    if at == 0:
+        return INITIAL
     found = list_checkpoints(parent)
     if not found:
         raise RunDirError(f"'{parent}' has no checkpoint to branch from (checkpoints/ is empty)")
@@ -142,7 +157,8 @@ def create_branch(
 ) -> Path:
     """Write a new run directory branched from `parent` (module docstring); returns it.
 
-    `checkpoint` (a path) or `at` (see :func:`choose_checkpoint`) picks the state; `iters`
+    `checkpoint` (a path, or :data:`INITIAL` for the initial state) or `at` (see
+    :func:`choose_checkpoint`; 0 is the initial state) picks the state; `iters`
     sets the branch's ``outer_iters = k + iters`` (else it keeps the parent's);
     `overrides` are dotted config keys (``{"alpha_w": 0.4}``); `name` defaults to
     ``<parent name>.branch``; `run_dir` to ``<parent's folder>/<time>_<name>``. Raises
@@ -159,11 +175,16 @@ def create_branch(
             "tdlens does not branch through links"
         )
     parent_cfg = config_from_json(parent / "config.json")
-    ckpt_path = Path(checkpoint) if checkpoint is not None else choose_checkpoint(parent, at)
-    try:
-        ckpt = load_checkpoint(ckpt_path)
-    except RunFileError as exc:
-        raise RunDirError(str(exc)) from None
+    chosen = checkpoint if checkpoint is not None else choose_checkpoint(parent, at)
+    ckpt_path: Path | None = None
+    if chosen == INITIAL:
+        ckpt = initial_checkpoint(parent_cfg)
+    else:
+        ckpt_path = Path(chosen)
+        try:
+            ckpt = load_checkpoint(ckpt_path)
+        except RunFileError as exc:
+            raise RunDirError(str(exc)) from None
     if ckpt.config_hash != parent_cfg.config_hash():
         raise RunDirError(
             f"checkpoint '{ckpt_path}' belongs to config {ckpt.config_hash}, not to "
@@ -195,10 +216,27 @@ def create_branch(
     return target
 
 
+def initial_checkpoint(cfg: RunConfig) -> Checkpoint:
+    """The state of a run of `cfg` before iteration 0 (module docstring): ``theta_mu,
+    theta_pi, w = init_params(cfg, make_feature_maps(cfg))`` (the runner's own start), an
+    empty td_loss history and no probe state."""
+    from tdlens.features import make_feature_maps
+    from tdlens.learner import init_params
+
+    return Checkpoint(
+        params=init_params(cfg, make_feature_maps(cfg)),
+        next_iter=0,
+        td_loss_history=np.zeros(0, dtype=np.float64),
+        probe_state={},
+        config_hash=cfg.config_hash(),
+        config=cfg.to_dict(),
+    )
+
+
 def _write_branch(
     parent: Path,
     parent_cfg: RunConfig,
-    ckpt_path: Path,
+    ckpt_path: Path | None,
     ckpt: Checkpoint,
     child: RunConfig,
     target: Path,
@@ -208,14 +246,15 @@ def _write_branch(
     target.mkdir(parents=True, exist_ok=True)
     files = RunFiles(target)
     curves = table_file(parent / CURVES_FILE)  # or a compacted sweep run's .csv.gz
-    if curves is not None:
+    if curves is not None and k > 0:
         shutil.copyfile(curves, target / curves.name)
-    if (parent / "probes").is_dir():
+    if (parent / "probes").is_dir() and k > 0:
         (target / "probes").mkdir()
         for entry in sorted((parent / "probes").iterdir()):
             if entry.is_file():
                 shutil.copyfile(entry, target / "probes" / entry.name)
-    files.cut_tables(k)
+    if k > 0:
+        files.cut_tables(k)
     files.write_config(child)
     save_checkpoint(
         target,
@@ -232,10 +271,9 @@ def _write_branch(
         "parent": str(parent.resolve()),
         "parent_name": parent_cfg.name,
         "parent_config_hash": parent_cfg.config_hash(),
-        "checkpoint": str(ckpt_path.resolve().relative_to(parent.resolve()))
-        if ckpt_path.resolve().is_relative_to(parent.resolve())
-        else str(ckpt_path.resolve()),
-        "checkpoint_sha256": file_sha256(ckpt_path),
+        "checkpoint": _relative(ckpt_path, parent) if ckpt_path is not None else None,
+        "checkpoint_sha256": file_sha256(ckpt_path) if ckpt_path is not None else None,
+        "start": "checkpoint" if ckpt_path is not None else INITIAL,
         "iteration": k,
         "changed": changed_keys(parent_cfg, child),
         "config_hash": child.config_hash(),
@@ -251,10 +289,14 @@ def _write_branch(
         started_at=now(),
         config_hash=child.config_hash(),
     )
-    files.log(
-        f"{reason} (checkpoint '{record['checkpoint']}', changed: "
-        f"{', '.join(record['changed']) or 'nothing'})"
-    )
+    source = f"checkpoint '{record['checkpoint']}'" if ckpt_path else "the initial state"
+    files.log(f"{reason} ({source}, changed: {', '.join(record['changed']) or 'nothing'})")
+
+
+def _relative(path: Path, parent: Path) -> str:
+    """`path` relative to `parent` when inside it, else resolved."""
+    path, parent = path.resolve(), parent.resolve()
+    return str(path.relative_to(parent)) if path.is_relative_to(parent) else str(path)
 
 
 def run_branch(run_dir: str | Path, write_report: bool = True) -> Any:

@@ -7,7 +7,20 @@ A label is a claim about what would change the run. Explain branches the run
 :data:`tdlens.regimes.REGIME_TABLE`, named as the counterfactual probe names them), runs
 them all for the same ``iters`` iterations with probe rounds every ``probe_every(iters)``
 iterations on a sweep backend (local process pool or Ray, :mod:`tdlens.sweeps.backends`),
-and compares each twin's final value_gap with the control's:
+and compares each twin's final value_gap with the control's.
+
+Where the twins branch (:func:`branch_point`): a ``diverged*`` label claims "this change
+would have prevented the divergence", and late in a diverged run the critic has already
+blown up (a twin from there tests whether the change brings it back), so for the
+diverged family the twins branch from the start (iteration 0: the initial state, no
+checkpoint needed) and run the parent's whole length ``outer_iters``; every other label
+branches late, from the newest checkpoint at or before ``outer_iters - iters``
+(:data:`DEFAULT_ITERS`), so the control overlaps the run. ``at`` and ``iters`` override
+either default. An intervention that reads the critical step takes the smallest finite
+critical_alpha_w of the parent's stability rounds at or after the branch point (the
+newest when none is that late): the twin runs through those rounds' systems, and a
+diverging run's policies move its A (regime_divergence's critical alpha_w falls 10x
+between its first and last rounds).
 
 - final value_gap (:func:`final_value_gap`): over the twin's last R probe rounds
   (``iter >= k``, R <= :data:`SE_ROUNDS`), the least-squares line
@@ -27,6 +40,15 @@ and compares each twin's final value_gap with the control's:
   ``refuted``; with fewer than :data:`MIN_ROUNDS` rounds no SE exists and the twin is
   ``refuted`` (too few rounds, said in its ``why``). The label is refuted when every
   twin refutes it.
+- the ``diverged:off-policy`` twin (sigma_mu widened to sigma_pi) is read by the sign the
+  regime table predicts for it (:func:`sign_verdict`), not by its value_gap: the change
+  moves A itself, and the on-policy A's critical step can lie below the run's step (the
+  twin then diverges by step size, which says nothing of the off-policy mechanism).
+  ``confirmed`` when the twin's latest stability round has eig_min_real's 95% interval
+  above zero (``eig_min_real_lo > 0``) while the control's lies below it
+  (``eig_min_real_hi < 0``) or the control diverged without such a round; the twins and
+  the control of that label run the stability probe. The value_gap comparison is kept in
+  the twin's ``value_gap_verdict``.
 
 Random draws are keyed by (seed, stream, iteration, trajectory), so the twins and the
 control share the parent's randomness from the checkpoint on: the difference a twin shows
@@ -63,7 +85,7 @@ from tdlens.rundir.files import (
     timestamped_dir,
 )
 from tdlens.rundir.read import read_table, table_file
-from tdlens.runs.branch import choose_checkpoint, create_branch, is_run_dir
+from tdlens.runs.branch import INITIAL, choose_checkpoint, create_branch, is_run_dir
 from tdlens.runs.checkpoint import list_checkpoints
 from tdlens.runs.runner import RunDirError
 
@@ -76,7 +98,11 @@ PHI = 0.9
 MIN_ROUNDS = 4
 """Fewest probe rounds a final value_gap with an SE needs."""
 DEFAULT_ITERS = 20
-"""Iterations each twin runs after the checkpoint (``--iters``)."""
+"""Iterations each twin runs after a late checkpoint (``--iters``; module docstring)."""
+EARLY_FAMILIES = frozenset({"diverged"})
+"""Label families whose twins branch from the start and run the parent's whole length."""
+SIGN_LABELS = frozenset({"diverged:off-policy"})
+"""Labels whose twin is read by the sign of eig_min_real (:func:`sign_verdict`)."""
 EXPLAIN_FILES = ("explain.json", "explain.md", "explain.html")
 
 
@@ -92,11 +118,12 @@ class ExplainError(ValueError):
 
 @dataclass(frozen=True)
 class Intervention:
-    """One intervention of a label: a name, its overrides and the predicted direction of
-    the final value_gap (``lower``)."""
+    """One intervention of a label: a name, its overrides ``(config, run_dir, k) ->
+    {key: value}`` (k the branch point) and the predicted direction: ``lower`` (the
+    final value_gap falls) or ``eig_min_real_positive`` (:func:`sign_verdict`)."""
 
     name: str
-    overrides: Callable[[RunConfig, Path], dict[str, Any]]
+    overrides: Callable[..., dict[str, Any]]
     direction: str = "lower"
 
 
@@ -106,13 +133,21 @@ def _table_rows(path: Path) -> tuple[dict[str, Any], ...]:
     return read_table(path).rows if table_file(path) is not None else ()
 
 
-def _critical_alpha_w(run_dir: Path) -> float:
-    """The newest finite critical_alpha_w of the run's stability probe table."""
+def _critical_alpha_w(run_dir: Path, k: int | None = None) -> float:
+    """The critical_alpha_w of the run's stability probe table an intervention reads: the
+    smallest finite one of the rounds at iterations >= k, the newest when none is that
+    late (or `k` is None; module docstring)."""
     rows = _table_rows(run_dir / "probes" / "stability_probe.csv")
-    for row in reversed(rows):
-        value = row.get("critical_alpha_w")
-        if isinstance(value, int | float) and math.isfinite(value) and value > 0:
-            return float(value)
+    found = [
+        (float(row["iter"]) if isinstance(row.get("iter"), int | float) else -1.0, float(v))
+        for row in rows
+        if isinstance(v := row.get("critical_alpha_w"), int | float) and math.isfinite(v) and v > 0
+    ]
+    late = [v for it, v in found if k is not None and it >= k]
+    if late:
+        return min(late)
+    if found:
+        return found[-1][1]
     raise ExplainError(
         f"'{run_dir}': no finite critical_alpha_w in probes/stability_probe.csv; "
         "diverged:step-size needs the stability probe"
@@ -131,22 +166,25 @@ def reported_entry(run_dir: Path, name: str) -> dict[str, Any] | None:
     return dict(found) if found else None
 
 
-def table_overrides(label: str, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+def table_overrides(
+    label: str, cfg: RunConfig, run_dir: Path, k: int | None = None
+) -> dict[str, Any]:
     """The label's intervention as overrides: :func:`tdlens.regimes.intervention_set` on
     the config (the function the counterfactual probe sets its predictions with, so the
-    ``set`` dicts are identical), with the newest critical_alpha_w of the stability table
-    where the intervention reads the critical step (the twin branches late, and a
-    diverging run's policies move its A: regime_divergence's critical alpha_w falls 10x
-    between its first and last probe rounds, so the first round's would not cure it)."""
+    ``set`` dicts are identical), with the stability table's critical_alpha_w where the
+    intervention reads the critical step: the smallest of the rounds at or after the
+    branch point `k`, else the newest (:func:`_critical_alpha_w`; a diverging run's
+    policies move its A: regime_divergence's critical alpha_w falls 10x between its first
+    and last probe rounds, so the first round's would not cure it)."""
     overrides = entry(label).intervention
     needs_critical = any(o.critical_fraction is not None for o in overrides)
     has_cap = any(o.cap_critical is not None for o in overrides)
     critical = None
     if needs_critical:
-        critical = _critical_alpha_w(run_dir)
+        critical = _critical_alpha_w(run_dir, k)
     elif has_cap:
         try:
-            critical = _critical_alpha_w(run_dir)
+            critical = _critical_alpha_w(run_dir, k)
         except ExplainError:
             critical = None  # no cap known: the plain multiple
     current = {k: getattr(cfg, k) for k in INTERVENTION_KEYS}
@@ -157,7 +195,12 @@ def _intervention(label: str) -> tuple[Intervention, ...]:
     name = predictor_name(label)
     if not entry(label).intervention or name is None:
         return ()
-    return (Intervention(name, lambda c, d, lab=label: table_overrides(lab, c, d)),)
+    direction = "eig_min_real_positive" if label in SIGN_LABELS else "lower"
+    return (
+        Intervention(
+            name, lambda c, d, k=None, lab=label: table_overrides(lab, c, d, k), direction
+        ),
+    )
 
 
 INTERVENTIONS: dict[str, tuple[Intervention, ...]] = {
@@ -241,7 +284,8 @@ def final_value_gap(run_dir: Path, start: int, end: int) -> Final:
 
 
 def verdict(twin: Final, control: Final, direction: str = "lower") -> tuple[str, str]:
-    """``(confirmed|refuted, why)`` of one twin against the control (module docstring)."""
+    """``(confirmed|refuted, why)`` of one twin's final value_gap against the control's
+    (module docstring)."""
     if direction != "lower":
         raise ValueError(f"direction '{direction}': only 'lower' is predicted")
     if math.isinf(control.log_gap) and math.isfinite(twin.log_gap):
@@ -258,6 +302,59 @@ def verdict(twin: Final, control: Final, direction: str = "lower") -> tuple[str,
     if diff > band:
         return "confirmed", f"{ratio}: ln lower by {diff:.3g} > {Z:g} combined SEs ({band:.3g})"
     return "refuted", f"{ratio}: ln lower by {diff:.3g}, not beyond {Z:g} combined SEs ({band:.3g})"
+
+
+def eig_min_interval(run_dir: Path, start: int = 0) -> tuple[float, float, int | None]:
+    """``(eig_min_real_lo, eig_min_real_hi, iter)`` of the run's latest stability round
+    at ``iter >= start`` with a finite interval; ``(nan, nan, None)`` without one."""
+    rows = _table_rows(run_dir / "probes" / "stability_probe.csv")
+    for row in reversed(rows):
+        lo, hi, it = row.get("eig_min_real_lo"), row.get("eig_min_real_hi"), row.get("iter")
+        if not all(isinstance(x, int | float) for x in (lo, hi, it)) or it < start:
+            continue
+        if math.isfinite(lo) and math.isfinite(hi):
+            return float(lo), float(hi), int(it)
+    return math.nan, math.nan, None
+
+
+def sign_verdict(
+    twin: tuple[float, float, int | None],
+    control: tuple[float, float, int | None],
+    control_diverged: bool,
+) -> tuple[str, str]:
+    """``(confirmed|refuted, why)`` of a twin predicted to turn A's smallest eigenvalue
+    positive (module docstring): ``confirmed`` when the twin's latest 95% interval
+    ``[lo, hi]`` of eig_min_real lies above 0 and the control's below 0 (or the control
+    diverged without an interval)."""
+
+    def say(name: str, x: tuple[float, float, int | None]) -> str:
+        if x[2] is None:
+            return f"{name}: no stability round"
+        return f"{name} eig_min_real 95% interval [{x[0]:.3g}, {x[1]:.3g}] at iteration {x[2]}"
+
+    text = f"{say('twin', twin)}; {say('control', control)}"
+    if twin[2] is None:
+        return "refuted", f"{text} (the twin's sign is not measured)"
+    if not twin[0] > 0:
+        return "refuted", f"{text}: the twin's interval is not above 0"
+    if control[2] is not None and control[1] < 0:
+        return "confirmed", f"{text}: above 0 in the twin, below 0 in the control"
+    if control[2] is None and control_diverged:
+        return "confirmed", f"{text}: above 0 in the twin; the control diverged"
+    return "refuted", f"{text}: the control's interval is not below 0"
+
+
+def branch_point(
+    label: str, cfg: RunConfig, at: int | None, iters: int | None
+) -> tuple[int | None, int | None]:
+    """``(at, iters)`` explain uses (module docstring): for a label of
+    :data:`EARLY_FAMILIES` ``at`` defaults to 0 and ``iters`` (None here) to the run's
+    length after the branch point; otherwise ``at`` None (late: ``outer_iters - iters``)
+    and ``iters`` defaults to :data:`DEFAULT_ITERS`."""
+    early = label != NOT_AVAILABLE and label in LABELS and entry(label).family in EARLY_FAMILIES
+    if early:
+        return (0 if at is None else at), iters
+    return at, (DEFAULT_ITERS if iters is None else iters)
 
 
 # ------------------------------------------------------------------ the command
@@ -325,7 +422,7 @@ def check_backend(backend: str, jobs: int) -> None:
 
 def explain(
     parent: str | Path,
-    iters: int = DEFAULT_ITERS,
+    iters: int | None = None,
     *,
     jobs: int = 1,
     backend: str = "local",
@@ -337,40 +434,55 @@ def explain(
 ) -> dict[str, Any]:
     """Run the control and the twins of `parent`'s label; write and return explain.json's
     content (module docstring). The twins branch from the newest checkpoint at or before
-    iteration `at` (default ``outer_iters - iters``, so the control overlaps the run; the
-    oldest kept checkpoint when none is that early, unless `at` is given). `label` tests
-    another label's interventions (a rival explanation); twins are indexed in the catalog
-    when `index`. Raises ExplainError,
-    RunDirError or ConfigError (one line) before any twin is made."""
+    iteration `at` (0: the initial state) and run `iters` iterations. Defaults
+    (:func:`branch_point`): a ``diverged*`` label branches from the start (at = 0) and runs
+    the parent's whole length (iters = outer_iters - at); any other label runs iters =
+    DEFAULT_ITERS from the newest checkpoint at or before ``outer_iters - iters`` (so the
+    control overlaps the run; the oldest kept checkpoint when none is that early).
+    `label` tests another label's interventions (a rival explanation); twins are indexed
+    in the catalog when `index`. Raises ExplainError, RunDirError or ConfigError (one
+    line) before any twin is made."""
     from tdlens.sweeps.backends import RunTask, execute_task, run_local
 
     parent = Path(parent)
     check_backend(backend, jobs)
-    if iters < 1:
+    if iters is not None and iters < 1:
         raise ExplainError(f"--iters: expected >= 1, got {iters}")
+    if at is not None and at < 0:
+        raise ExplainError(f"--at: expected >= 0, got {at}")
     if not is_run_dir(parent):
         raise ExplainError(f"'{parent}' is not a run directory (no config.json)")
-    if not list_checkpoints(parent):
-        raise ExplainError(f"'{parent}' has no checkpoint to branch from (checkpoints/ is empty)")
-    cfg = config_from_json(parent / "config.json")
     if label is not None and label not in INTERVENTIONS:
         raise ExplainError(f"--label '{label}': choose one of {', '.join(INTERVENTIONS)}")
+    cfg = config_from_json(parent / "config.json")
     the_label = label or run_label(parent)
-    chosen = INTERVENTIONS.get(the_label, ())
-    sets = {iv.name: iv.overrides(cfg, parent) for iv in chosen}
+    at, iters = branch_point(the_label, cfg, at, iters)
+    if at != 0 and not list_checkpoints(parent):
+        raise ExplainError(
+            f"'{parent}' has no checkpoint to branch from (checkpoints/ is empty; --at 0 "
+            "branches from the initial state)"
+        )
     if at is not None:
         ckpt = choose_checkpoint(parent, at)
     else:
+        assert iters is not None
         try:
             ckpt = choose_checkpoint(parent, max(cfg.outer_iters - iters, 0))
         except RunDirError:
             ckpt = list_checkpoints(parent)[0]  # the oldest kept: twins run past the parent
+    k = 0 if ckpt == INITIAL else int(Path(ckpt).stem.split("_")[1])
+    if iters is None:  # an early label: the parent's length after the branch point
+        iters = cfg.outer_iters - k if cfg.outer_iters > k else DEFAULT_ITERS
+    chosen = INTERVENTIONS.get(the_label, ())
+    sets = {iv.name: iv.overrides(cfg, parent, k) for iv in chosen}
     common = {
         "probes.enabled": True,
         "probes.fixed_point.enabled": True,
         "probes.every": probe_every(iters),
         "threads": 1,
     }
+    if any(iv.direction == "eig_min_real_positive" for iv in chosen):
+        common["probes.stability.enabled"] = True  # sign_verdict reads its rounds
     root = timestamped_dir(parent.parent, f"{parent.name}.explain")
     dirs: dict[str, Path] = {}
     try:
@@ -386,7 +498,7 @@ def explain(
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)  # no half set of twins
         raise
-    k = int(read_json(dirs["control"] / "branch.json")["iteration"])
+    assert k == int(read_json(dirs["control"] / "branch.json")["iteration"])
     tasks = [
         RunTask(twin, str(d), config_from_json(d / "config.json").to_dict(), resume=True)
         for twin, d in dirs.items()
@@ -408,7 +520,20 @@ def explain(
     twins = []
     for iv in chosen:
         final = final_value_gap(dirs[iv.name], k, k + iters)
-        word, why = verdict(final, control, iv.direction)
+        extra: dict[str, Any] = {}
+        if iv.direction == "eig_min_real_positive":
+            gap_word, gap_why = verdict(final, control)
+            twin_sign = eig_min_interval(dirs[iv.name], k)
+            control_sign = eig_min_interval(dirs["control"], k)
+            word, why = sign_verdict(twin_sign, control_sign, control.status == "diverged")
+            why += f"; value_gap: {gap_word} ({gap_why})"
+            extra = {
+                "eig_min_real": _interval(twin_sign),
+                "control_eig_min_real": _interval(control_sign),
+                "value_gap_verdict": gap_word,
+            }
+        else:
+            word, why = verdict(final, control, iv.direction)
         twins.append(
             {
                 "name": iv.name,
@@ -418,6 +543,7 @@ def explain(
                 **_prediction(parent, iv.name, sets[iv.name]),
                 "measured": final.as_dict(),
                 "control": control.as_dict(),
+                **extra,
                 "verdict": word,
                 "why": why,
             }
@@ -433,7 +559,8 @@ def explain(
         "label": the_label,
         "label_given": label is not None,
         "label_verdict": label_verdict,
-        "checkpoint": str(ckpt.name),
+        "checkpoint": None if ckpt == INITIAL else Path(ckpt).name,
+        "start": INITIAL if ckpt == INITIAL else "checkpoint",
         "iteration": k,
         "iters": iters,
         "probe_every": probe_every(iters),
@@ -450,6 +577,11 @@ def explain(
     write_explain(parent, result)
     _rewrite_report(parent)
     return result
+
+
+def _interval(x: tuple[float, float, int | None]) -> dict[str, Any]:
+    """``{"lo", "hi", "iter"}`` of :func:`eig_min_interval`."""
+    return {"lo": x[0], "hi": x[1], "iter": x[2]}
 
 
 def _rewrite_report(parent: Path) -> None:
@@ -531,6 +663,16 @@ def summary_line(result: dict[str, Any]) -> str:
     return f"label {label} {word}: {ok} of {n} intervention twin(s) confirmed it"
 
 
+def _start(result: dict[str, Any]) -> str:
+    """Where the twins branched, in words."""
+    if result.get("start") == INITIAL:
+        return (
+            "the start (iteration 0, the initial state: a diverged label claims its "
+            "intervention would have prevented the divergence)"
+        )
+    return f"`{result['checkpoint']}` (iteration {result['iteration']})"
+
+
 def write_explain(parent: Path, result: dict[str, Any]) -> list[Path]:
     """explain.{json,md,html} in the parent's directory."""
     from tdlens.pages import kit
@@ -542,11 +684,17 @@ def write_explain(parent: Path, result: dict[str, Any]) -> list[Path]:
         "",
         f"**{summary_line(result)}.**",
         "",
-        f"Twins branched from `{result['checkpoint']}` (iteration {result['iteration']}) and "
+        f"Twins branched from {_start(result)} and "
         f"ran {result['iters']} iterations with probe rounds every {result['probe_every']}; "
         f"control: `{result['control']['run_dir']}`. A twin confirms when the control's "
-        f"final value_gap exceeds the twin's by more than {result['z']:g} combined SEs. "
-        f"Final value_gap: {result['estimator']}.",
+        f"final value_gap exceeds the twin's by more than {result['z']:g} combined SEs"
+        + (
+            " (the off-policy twin: when its latest eig_min_real 95% interval lies above 0 "
+            "and the control's below 0, or the control diverged)"
+            if any(t.get("direction") == "eig_min_real_positive" for t in result["twins"])
+            else ""
+        )
+        + f". Final value_gap: {result['estimator']}.",
         "",
         *md_table(HEADER, explain_rows(result)),
     ]

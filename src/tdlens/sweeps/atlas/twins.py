@@ -4,8 +4,10 @@ For every label of a sweep, the run the page offers to reproduce it
 (:func:`~tdlens.sweeps.atlas.geometry._representatives`) is explained by ``tdlens
 explain`` (:func:`tdlens.sweeps.explain.explain`: an unchanged control and one twin per
 intervention of the label, branched from the run's newest kept checkpoint and run for
-``iters`` iterations), or its ``explain.json`` is read when it exists for the same label.
-One row per twin:
+``iters`` iterations; for a ``diverged*`` label explain's own default, from the start for
+the run's whole length, :func:`tdlens.sweeps.explain.branch_point`), or its
+``explain.json`` is read when it exists for the same label (and, for a diverged label,
+branched from the start). One row per twin:
 
 - predicted: the run report's counterfactuals, i.e. the final value_gap at the run's
   last iteration with the intervention applied from the first probe round
@@ -14,7 +16,9 @@ One row per twin:
 - measured: the twin's final value_gap ``g_twin`` against the control's ``g_control``
   after the twins' iterations (ln-line end over the last probe rounds,
   :func:`tdlens.sweeps.explain.final_value_gap`), with ``g_twin / g_control``;
-- verdict: explain's, ``confirmed`` when ``ln g_control - ln g_twin > Z`` combined SEs.
+- verdict: explain's, ``confirmed`` when ``ln g_control - ln g_twin > Z`` combined SEs
+  (the off-policy twin: by the sign of eig_min_real, :func:`tdlens.sweeps.explain.
+  sign_verdict`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from tdlens.rundir.files import RunFileError, read_json
 from tdlens.runs.runner import RunDirError
 from tdlens.sweeps.atlas.data import AtlasPoint, AtlasSweep
 from tdlens.sweeps.atlas.geometry import _representatives
-from tdlens.sweeps.explain import ExplainError, explain, predicted_for
+from tdlens.sweeps.explain import EARLY_FAMILIES, ExplainError, explain, predicted_for
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,14 @@ class TwinRow:
     verdict: str
 
 
-Explainer = Callable[[Path, int], dict[str, Any]]
-"""``(run_dir, iters) -> explain.json's content``: runs the twins (tests pass a fake)."""
+Explainer = Callable[[Path, int | None], dict[str, Any]]
+"""``(run_dir, iters) -> explain.json's content``: runs the twins (tests pass a fake);
+iters None for a diverged label (explain's default: from the start, the whole run)."""
+
+
+def is_early(label: str) -> bool:
+    """Whether explain tests `label` from the start by default (the diverged family)."""
+    return label.split(":", 1)[0] in EARLY_FAMILIES
 
 
 def _explainer(jobs: int) -> Explainer:
@@ -58,8 +68,10 @@ def _explainer(jobs: int) -> Explainer:
 def read_or_explain(
     run_dir: Path, label: str, iters: int, run: Explainer
 ) -> tuple[dict[str, Any] | None, str]:
-    """``(explain.json's content, "")`` of `run_dir`: the file when it tests `label`, else
-    `run`'s result; ``(None, reason)`` when explain cannot test the run."""
+    """``(explain.json's content, "")`` of `run_dir`: the file when it tests `label` (a
+    diverged label: from the start), else `run`'s result (`iters`, or None for a diverged
+    label: explain's default, module docstring); ``(None, reason)`` when explain cannot
+    test the run."""
     path = run_dir / "explain.json"
     if path.is_file():
         try:
@@ -67,9 +79,10 @@ def read_or_explain(
         except (RunFileError, OSError, ValueError):
             found = None
         if isinstance(found, dict) and found.get("label") == label and "twins" in found:
-            return found, ""
+            if not is_early(label) or found.get("iteration") == 0:
+                return found, ""
     try:
-        return run(run_dir, iters), ""
+        return run(run_dir, None if is_early(label) else iters), ""
     except (ExplainError, RunDirError, ConfigError, RunFileError) as exc:
         return None, str(exc)
 
@@ -159,22 +172,28 @@ def twin_lines(rows: Sequence[TwinRow], iters: int) -> list[str]:
     lines = [
         "## What each label's intervention twin did\n",
         "Each representative run above (one per label and sweep) explained by `tdlens "
-        f"explain RUN_DIR --iters {iters}`: an unchanged control and the label's "
-        "intervention twin, branched from the run's last checkpoint (the sweep keeps only "
-        f"the final one, so the twins run {iters} iterations past the run's end) and sharing "
-        "its random streams. *Predicted*: the run report's final value_gap with the "
+        f"explain RUN_DIR --iters {iters}` (a diverged label: `tdlens explain RUN_DIR`): an "
+        "unchanged control and the label's intervention twin, sharing the run's random "
+        "streams. A diverged label claims its intervention would have prevented the "
+        "divergence, so its twins branch from the start (iteration 0, the initial state) "
+        "and run the run's whole length: the control diverges again as the run did, and "
+        "the twin shows whether the change keeps it from diverging. Every other label's "
+        "twins branch from the run's last checkpoint (the sweep keeps only the final one, "
+        f"so they run {iters} iterations past the run's end). "
+        "*Predicted*: the run report's final value_gap with the "
         "intervention applied from the first probe round, `value_gap_end [lo, hi]`, vs the "
         "unchanged run's. *Measured*: the twin's final value_gap vs the control's (ln-line "
         "end over the last probe rounds), and their ratio. *Verdict*: confirmed when the "
         "twin's ln value_gap is lower than the control's by more than 2 combined standard "
-        "errors, else refuted. The label `learning` names no intervention (untested). "
+        "errors, else refuted; the `diverged:off-policy` twin (sigma_mu widened to "
+        "sigma_pi) is read by the sign its label predicts: confirmed when its latest "
+        "eig_min_real 95% interval lies above 0 while the control's lies below 0 (or the "
+        "control diverged). The label `learning` names no intervention (untested). "
         "A family label (`plateau`, `diverged`) is given when no mechanism qualified: its "
         "intervention need not be predicted to help (compare the predicted values), and "
-        "where it is not, `refuted` is what was predicted. "
-        "A run that diverged is branched from its last checkpoint, "
-        "where its critic has already grown: its twin tests whether the intervention "
-        "brings a diverged run back, not whether it would have kept the run from "
-        "diverging.\n",
+        "where it is not, `refuted` is what was predicted. The bare `diverged` twin "
+        "lowers the step to a quarter, at most half the critical step; no intervention "
+        "that lowers a step raises it.\n",
     ]
     for sweep in dict.fromkeys(r.sweep for r in rows):
         lines += [
