@@ -275,8 +275,9 @@ def label_holds(result: dict[str, Any], report: dict[str, Any]) -> tuple[str, st
 
 
 def follow_advice(case: Case, report: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The first advice run from the start; ``{"set", "predicted", "measured", "lands"}``
-    (``{}`` when the report gives no advice)."""
+    """The first advice run from the start; ``{"set", "predicted", "helps", "measured",
+    "lands", "unchanged"}`` (``{}`` when the report gives no advice): ``unchanged`` is the
+    source run's own final value_gap, to see whether the interval tells the two apart."""
     advice = (report.get("verdict") or {}).get("advice") or []
     if not advice:
         return {}
@@ -286,16 +287,22 @@ def follow_advice(case: Case, report: dict[str, Any], out: Path) -> dict[str, An
     tdlens.run(
         case.base, overrides, run_dir=run_dir, progress=False, catalog=out / "catalog.sqlite"
     )
-    measured = tdlens.open_run(run_dir).probes["fixed_point_probe"]["value_gap"].iloc[-1]
+    measured = last_value_gap(run_dir)
     p = first["predicted"]
     lands = bool(p["value_gap_end_lo"] <= measured <= p["value_gap_end_hi"])
     return {
         "set": first["set"],
         "predicted": p,
         "helps": first.get("helps"),
-        "measured": float(measured),
+        "measured": measured,
         "lands": lands,
+        "unchanged": last_value_gap(out / case.name / "source"),
     }
+
+
+def last_value_gap(run_dir: Path) -> float:
+    """The value_gap of the run's last fixed-point probe round."""
+    return float(tdlens.open_run(run_dir).probes["fixed_point_probe"]["value_gap"].iloc[-1])
 
 
 def evaluate(
@@ -355,9 +362,9 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     """The Markdown table: one row per case."""
     head = (
         "| case | varies | label | twin (set): measured vs control | label | advice set | "
-        "predicted [lo, hi] | measured | lands |"
+        "predicted [lo, hi] | measured | lands | unchanged |"
     )
-    lines = [head, "|" + " --- |" * 9]
+    lines = [head, "|" + " --- |" * 10]
     for r in rows:
         twins = (
             "; ".join(
@@ -373,7 +380,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r['case']} | {r['varies']} | `{r['label']}` | {twins} | {r['label_verdict']} | "
             f"{_sets(a.get('set', {})) or '-'} | {_g(p.get('value_gap_end'))} "
             f"[{_g(p.get('value_gap_end_lo'))}, {_g(p.get('value_gap_end_hi'))}] | "
-            f"{_g(a.get('measured'))} | {'in' if a.get('lands') else 'OUT' if a else '-'} |"
+            f"{_g(a.get('measured'))} | {'in' if a.get('lands') else 'OUT' if a else '-'} | "
+            f"{_g(a.get('unchanged'))} |"
         )
     return lines
 
@@ -394,7 +402,10 @@ def _one(args: tuple[str, str, int]) -> dict[str, Any]:
     out_path = Path(out)
     done = out_path / "results" / f"{name}.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        row = json.loads(done.read_text())
+        if row["advice"] and "unchanged" not in row["advice"]:  # a row of an older script
+            row["advice"]["unchanged"] = last_value_gap(out_path / name / "source")
+        return row
     row = evaluate(case_named(name), out_path, twin_iters)
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(row, indent=1))
