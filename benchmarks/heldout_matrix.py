@@ -402,10 +402,7 @@ def _one(args: tuple[str, str, int]) -> dict[str, Any]:
     out_path = Path(out)
     done = out_path / "results" / f"{name}.json"
     if done.is_file():
-        row = json.loads(done.read_text())
-        if row["advice"] and "unchanged" not in row["advice"]:  # a row of an older script
-            row["advice"]["unchanged"] = last_value_gap(out_path / name / "source")
-        return row
+        return json.loads(done.read_text())
     row = evaluate(case_named(name), out_path, twin_iters)
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(row, indent=1))
