@@ -28,10 +28,13 @@ prediction), never a reason to loosen these checks.
 from __future__ import annotations
 
 import importlib.util
+import math
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tdlens.api import load_run_config
@@ -76,7 +79,7 @@ def test_cases_are_small_late_and_not_shipped(outcome):
     """D <= 128, <= 80 iterations, twins branched late, and every case moves at least one
     key of its shipped base to a value the base does not have."""
     case = hm.case_named(outcome["case"])
-    cfg = load_run_config(case.base, [f"{k}={v}" for k, v in case.source().items()])
+    cfg = load_run_config(case.base, case.source())
     assert cfg.env.feature_dim <= 128 and cfg.outer_iters <= 80
     assert outcome["twin_iteration"] >= cfg.outer_iters - TWIN_ITERS - case.every
     base = load_run_config(case.base, []).to_dict()
@@ -100,3 +103,71 @@ def test_followed_advice_lands_in_its_interval(outcome):
     p = advice["predicted"]
     assert p["value_gap_end_lo"] <= advice["measured"] <= p["value_gap_end_hi"], advice
     assert advice["lands"]
+
+
+def test_every_matrix_case_is_small_and_moves_its_base():
+    """The whole matrix (not run here): D <= 256, <= 80 iterations, probes every 2-8, and
+    every case changes at least one key of its shipped base."""
+    assert 12 <= len(hm.MATRIX) and len({c.name for c in hm.MATRIX}) == len(hm.MATRIX)
+    for case in hm.MATRIX:
+        cfg = load_run_config(case.base, case.source())
+        assert cfg.env.feature_dim <= 256 and cfg.outer_iters <= 80, case.name
+        assert 2 <= cfg.probes.every <= 8, case.name
+        base = load_run_config(case.base, []).to_dict()
+        assert any(_get(base, k) != v for k, v in case.overrides.items()), case.name
+
+
+def _learning(monkeypatch, t, g, control_gap, se=0.01, floor=0.01, outer=60):
+    """learning_holds on a hand-made control: rounds (t, g), final value_gap control_gap."""
+    monkeypatch.setattr(hm, "_control_rounds", lambda result: (np.asarray(t), np.asarray(g)))
+    measured = {"log_value_gap": math.log(control_gap), "log_value_gap_se": se}
+    result = {"control": {"measured": {**measured, "value_gap": control_gap}}}
+    report = {"regime": {"evidence": {"stochastic_floor": floor, "outer_iters": outer}}}
+    return hm.learning_holds(result, report)[0]
+
+
+def test_the_learning_rule_refutes_a_flat_or_slow_control_above_its_floor(monkeypatch):
+    """F_s = 0.01, so the floor is 1.5 F_s = 0.015. At it (2 SE = 0.02 in ln): confirmed.
+    Above it: confirmed when the excess g - F_s relaxes at timescale 10 (exp(-t/10)),
+    refuted when flat, or when relaxing at timescale 200 > 60 iterations, or noisy."""
+    t = np.arange(44.0, 60.0, 2.0)
+    assert _learning(monkeypatch, t, t, control_gap=0.0152) == "confirmed"
+    assert _learning(monkeypatch, t, t, control_gap=0.0160) == "refuted"  # ln 0.065 > 0.02
+    fast = 0.01 + 0.05 * np.exp(-(t - 44) / 10)
+    assert _learning(monkeypatch, t, fast, control_gap=fast[-1]) == "confirmed"
+    flat = np.full(t.size, 0.05)
+    assert _learning(monkeypatch, t, flat, control_gap=0.05) == "refuted"
+    slow = 0.01 + 0.05 * np.exp(-(t - 44) / 200)
+    assert _learning(monkeypatch, t, slow, control_gap=slow[-1]) == "refuted"
+    rng = np.random.default_rng(0)
+    noisy = 0.05 * np.exp(0.3 * rng.standard_normal(t.size))
+    assert _learning(monkeypatch, t, noisy, control_gap=0.05) == "refuted"
+
+
+def test_slope_se_is_the_ols_slope_se_inflated_as_explain_inflates():
+    """An exact line has slope b and SE 0; on noisy points the SE is scipy's OLS stderr
+    times sqrt((1 + PHI) / (1 - PHI)) = sqrt(19)."""
+    t = np.arange(8.0)
+    b, se = hm.slope_se(t, 1.0 - 0.25 * t)
+    assert b == pytest.approx(-0.25) and se == pytest.approx(0.0, abs=1e-12)
+    g = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    s_tt = float(np.sum((t - t.mean()) ** 2))
+    b_hand = float(np.sum((t - t.mean()) * (g - g.mean())) / s_tt)
+    rss = float(np.sum((g - g.mean() - b_hand * (t - t.mean())) ** 2))
+    b, se = hm.slope_se(t, g)
+    assert b == pytest.approx(b_hand)
+    assert se == pytest.approx(math.sqrt(rss / 6 / s_tt) * math.sqrt(19.0), rel=1e-12)
+
+
+def test_the_matrix_script_refuses_bad_input_before_writing(tmp_path):
+    for args, message in (
+        (["--only", "nope"], "unknown case(s) nope"),
+        (["--jobs", "0"], "--jobs"),
+    ):
+        done = subprocess.run(
+            [sys.executable, str(MATRIX_SCRIPT), str(tmp_path / "out"), *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()
