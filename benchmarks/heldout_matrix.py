@@ -5,17 +5,17 @@ Each case is a shipped base with overrides that move it off every shipped config
 gamma, the sigma_pi / sigma_mu ratio around the triad boundary, the policies' rates
 alpha_pi / beta, rho_clip, alpha_w from frozen-ish to past the critical step). For each:
 
-1. the *source* run (<= 80 iterations, probes every 4-8, only the fixed-point and
+1. the *source* run (<= 80 iterations, probes every 2-8, only the fixed-point and
    stability probes: the label and the counterfactual prediction need nothing else) and
    its regime label (run_report.json ``regime.label``);
 2. the label tested by its intervention twins (:func:`tdlens.sweeps.explain.explain`,
-   branched ``twin_iters`` iterations before the end). :func:`label_holds` turns that
-   into one word: ``confirmed`` / ``refuted`` (the twins' verdict, Z = 2 combined SEs on
-   ln value_gap); for ``diverged:off-policy`` also the sign the table predicts (the twin's
+   branched ``twin_iters`` iterations before the end): ``confirmed`` / ``refuted`` by the
+   twins' verdict (Z = 2 combined SEs on ln value_gap), read per label by
+   :func:`label_holds`: for ``diverged:off-policy`` the sign the table predicts (the twin's
    eig_min_real 95% interval above zero); for ``learning`` (no intervention) the
-   control-only rule: the control's final value_gap ``g_c`` (explain's estimator, SE
-   ``se_c`` of ln g_c) lies at the probe floor, ``ln g_c - ln(FLOOR_FACTOR F_s) <= Z se_c``,
-   F_s the run's stochastic_floor (tdlens.scores);
+   control-only rule :func:`learning_holds` (the control ends at its floor or still
+   relaxes toward it); for the family ``plateau`` (no mechanism helps)
+   :func:`plateau_holds`: every rival mechanism's twin, none of which may lower value_gap;
 3. the first advice (``verdict.advice[0]``) FOLLOWED from the start: a fresh run with the
    advised ``set``; its final value_gap (the last fixed-point probe round) must lie in the
    predicted ``[value_gap_end_lo, value_gap_end_hi]``.
@@ -145,8 +145,8 @@ MATRIX: tuple[Case, ...] = (
          "at 80 iterations", iters=80, every=8),
 )  # fmt: skip
 """About 15 configs not shipped, each small (D <= 256, <= 80 iterations)."""
-QUICK = ("frozen_aw3", "learning_frozen_policies", "noise_floor_D128", "divergence_D128")
-"""--quick: the cases tests/test_heldout.py runs (shorter twins there)."""
+QUICK = ("frozen_aw3", "plateau_g08_aw20", "learning_frozen_policies", "rho_clip_02")
+"""--quick: the cases tests/test_heldout.py runs (with shorter twins there)."""
 
 
 def case_named(name: str) -> Case:

@@ -40,7 +40,7 @@ import pytest
 from tdlens.api import load_run_config
 
 MATRIX_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "heldout_matrix.py"
-CASES = {
+CASES = {  # hm.QUICK, with the labels
     "frozen_aw3": "frozen",
     "plateau_g08_aw20": "plateau:slow-modes",
     "learning_frozen_policies": "learning",
@@ -73,6 +73,10 @@ def _get(data: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         data = data[part]
     return data
+
+
+def test_the_quick_matrix_is_this_file():
+    assert tuple(CASES) == hm.QUICK
 
 
 def test_cases_are_small_late_and_not_shipped(outcome):
