@@ -53,10 +53,11 @@ COMMON: dict[str, Any] = {
     "probes.distribution.enabled": False,
     "probes.q_kernel.enabled": False,
     "probes.rho_audit.enabled": False,
-    "probes.stability.batch_size": 2048,
     "checkpoint_keep": 40,
 }
-"""Every source run: only the fixed-point and stability probes (label + prediction)."""
+"""Every source run: only the fixed-point and stability probes (label + prediction), at
+their base's batch sizes (the triad's 16384 for the stability probe: eig_min_real's
+interval must be narrow enough to tell its sign)."""
 ADVISED: dict[str, Any] = {"probes.every": 0, "probes.stability.enabled": False}
 """A followed-advice run: one fixed-point round, at its last iteration."""
 TWIN_ITERS = 16
