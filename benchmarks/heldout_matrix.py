@@ -362,7 +362,7 @@ def _twin_name(t: dict[str, Any]) -> str:
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """The Markdown table: one row per case."""
     head = (
-        "| case | varies | label | twin (set): measured vs control | label | advice set | "
+        "| case | varies | label | twin (set): measured vs control | verdict | advice set | "
         "predicted [lo, hi] | measured | lands | unchanged |"
     )
     lines = [head, "|" + " --- |" * 10]
