@@ -36,7 +36,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,8 @@ TWIN_ITERS = 16
 
 @dataclass(frozen=True)
 class Case:
-    """One held-out config: a shipped base, its overrides, and what it varies."""
+    """One held-out config: a shipped base, its overrides, what it varies (in words), its
+    outer_iters and its probe (and checkpoint) interval."""
 
     name: str
     base: str
@@ -74,7 +75,6 @@ class Case:
     varies: str
     iters: int = 60
     every: int = 4
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def source(self) -> dict[str, Any]:
         """The source run's overrides (checkpoints every `every`, so explain can branch
