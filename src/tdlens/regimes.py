@@ -138,7 +138,8 @@ REGIME_TABLE: dict[str, RegimeEntry] = {
             "(slope of log w_norm, or of log value_gap / log w_gap when they grew, the one "
             "with the largest t) `> GROWTH_SE_FACTOR growth_rate_se` (Newey-West standard "
             "error); or `w_norm_ratio > W_GROWTH_FACTOR` at such a rate while the expected "
-            "update is unstable (`eta > critical_step` or `growth_timescale < outer_iters`); "
+            "update is unstable (`eta > critical_step`, `growth_timescale < outer_iters`, or "
+            "eig_min_real's whole 95% interval below zero); "
             "never plateau or learning; its intervention `alpha_w_div4`: `alpha_w' = "
             "min(alpha_w / 4, alpha_c / 2)` (a quarter of the step, at most half the critical "
             "alpha_w)",

@@ -18,8 +18,9 @@ Each label is judged against the run's own scales, in this order (the first that
    exceeds ``GROWTH_SE_FACTOR`` Newey-West standard errors (:func:`log_growth`; a critic
    growing from a tiny ``w_0`` to its fixed point stops growing, so it is not diverged);
    or, in a run too short to grow that far, the expected update is unstable
-   (:func:`unstable_update`: ``eta > critical_step`` or ``growth_timescale <
-   outer_iters``) and ``||w||`` grew more than ``W_GROWTH_FACTOR`` with a second-half
+   (:func:`unstable_update`: ``eta > critical_step``, ``growth_timescale <
+   outer_iters`` or eig_min_real's whole 95% interval below zero) and ``||w||`` grew
+   more than ``W_GROWTH_FACTOR`` with a second-half
    rate beyond its error (:func:`grows_while_unstable`). The label names the mechanism
    from the latest stability round (:func:`divergence_kind`): ``diverged:off-policy``
    when g matches the growth ``-eta l`` of a negative mode (l within eig_min_real's 95%
@@ -416,11 +417,15 @@ def error_grows(ev: dict[str, float]) -> bool:
 
 
 def unstable_update(e: dict[str, float], outer_iters: int) -> bool:
-    """The latest stability round says ``w += eta (b - A w)`` grows within the run:
-    ``eta > critical_step`` (overshoot) or ``growth_timescale < outer_iters`` (a mode
-    below ``-spectral_noise``). eig_min_real's interval alone does not count: it runs
-    biased negative (issue #23 item 5), so a short growth needs a mode beyond the noise."""
-    return e["eta"] > e["critical_step"] or e["growth_timescale"] < outer_iters
+    """The latest stability round says ``w += eta (b - A w)`` grows: ``eta >
+    critical_step`` (overshoot), ``growth_timescale < outer_iters`` (a mode below
+    ``-spectral_noise``), or eig_min_real's whole 95% interval below zero (a negative mode
+    at any step; the reflected bootstrap's interval covers at 95%,
+    tests/probes/test_spectral_coverage.py). The growth itself must still be measured
+    (:func:`grows_while_unstable`)."""
+    lo, hi = e.get("eig_min_real_lo", math.nan), e.get("eig_min_real_hi", math.nan)
+    negative = math.isfinite(lo) and hi < 0
+    return e["eta"] > e["critical_step"] or e["growth_timescale"] < outer_iters or negative
 
 
 def grows_while_unstable(ev: dict[str, float], outer_iters: int) -> bool:
@@ -891,8 +896,8 @@ REGIME_DOC = (
     f"or ||w - w#|| x{ERROR_GROWTH_FACTOR:g}+ over the run, or ||w|| ending above "
     f"{ERROR_GROWTH_FACTOR:g} x max(||w_0||, ||w#||), with a second-half log growth rate "
     f"beyond {GROWTH_SE_FACTOR:g} (Newey-West) standard errors, or ||w|| growing "
-    f"x{W_GROWTH_FACTOR:g}+ at such a rate while eta > critical_step or "
-    "growth_timescale < outer_iters; "
+    f"x{W_GROWTH_FACTOR:g}+ at such a rate while eta > critical_step, "
+    "growth_timescale < outer_iters or eig_min_real's whole interval lies below zero; "
     "diverged:off-policy when that rate matches a negative mode's -eta eig_min_real (or "
     "eig_min_real's interval lies below zero without an overshoot), "
     "diverged:step-size when eta > critical_step. "
