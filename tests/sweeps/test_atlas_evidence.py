@@ -218,6 +218,9 @@ def test_twin_row_of_a_diverged_twin_and_of_a_label_without_intervention(tmp_pat
     result = _fake_explain(tmp_path, "diverged:off-policy", math.inf, 0.5)
     result["twins"][0]["predicted"] = None
     (row,) = twin_rows(result, "s", "diverged:off-policy", "r")
+    assert row.predicted == "not predicted"  # a step change the report did not predict
+    result["twins"][0]["set"] = {"sigma_mu": 0.5}
+    (row,) = twin_rows(result, "s", "diverged:off-policy", "r")
     assert row.predicted == "not predicted (changes A)"
     assert row.measured == "diverged vs 0.5" and row.verdict == "refuted"
     result["twins"][0]["measured"] = {"value_gap": None, "status": "diverged"}  # as in the file
@@ -226,6 +229,17 @@ def test_twin_row_of_a_diverged_twin_and_of_a_label_without_intervention(tmp_pat
     assert row.measured == "diverged vs diverged"
     (row,) = twin_rows({"label": "learning", "twins": []}, "s", "learning", "r")
     assert row.verdict == "untested" and row.intervention == "none"
+
+
+def test_an_off_policy_twin_row_shows_the_eig_min_real_intervals_its_verdict_reads(tmp_path):
+    from tdlens.sweeps.atlas.twins import twin_rows
+
+    result = _fake_explain(tmp_path, "diverged:off-policy", 3.8e23, 7261.0)
+    result["twins"][0]["eig_min_real"] = {"lo": 1.98e-4, "hi": 3.13e-4, "iter": 79}
+    result["twins"][0]["control_eig_min_real"] = {"lo": -1.76e-3, "hi": -1.45e-3, "iter": 79}
+    (row,) = twin_rows(result, "s", "diverged:off-policy", "r")
+    assert row.measured.startswith("eig_min_real [0.000198, 0.000313] vs [-0.00176, -0.00145]")
+    assert "value_gap 3.8e+23 vs 7261" in row.measured
 
 
 def test_regeneration_keeps_the_hand_written_tail(seeded_sweep, tmp_path):

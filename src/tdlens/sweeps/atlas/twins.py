@@ -96,7 +96,8 @@ def _gap(x: Any) -> str:
 def _predicted(twin: dict[str, Any], control: dict[str, Any] | None) -> str:
     pred = twin.get("predicted") or {}
     if not isinstance(pred.get("value_gap_end"), int | float):
-        return "not predicted (changes A)"
+        changes_a = "sigma_mu" in (twin.get("set") or {})
+        return "not predicted (changes A)" if changes_a else "not predicted"
     text = (
         f"{_gap(pred['value_gap_end'])} [{_gap(pred.get('value_gap_end_lo'))}, "
         f"{_gap(pred.get('value_gap_end_hi'))}]"
@@ -112,12 +113,27 @@ def _final(m: dict[str, Any] | None) -> Any:
     return math.inf if m.get("status") == "diverged" else m.get("value_gap")
 
 
+def _interval(e: Any) -> str:
+    """An eig_min_real interval of explain.json (``{"lo", "hi"}``) as ``[lo, hi]``."""
+    if not isinstance(e, dict):
+        return "-"
+    return f"[{_gap(e.get('lo'))}, {_gap(e.get('hi'))}]"
+
+
 def _measured(twin: dict[str, Any]) -> str:
+    """The twin's final value_gap vs the control's (and their ratio); for a twin read by the
+    sign of eig_min_real (diverged:off-policy), first the two eig_min_real intervals, the
+    numbers its verdict rests on."""
     g_twin, g_ctrl = _final(twin.get("measured")), _final(twin.get("control"))
     text = f"{_gap(g_twin)} vs {_gap(g_ctrl)}"
     if isinstance(g_twin, int | float) and isinstance(g_ctrl, int | float):
         if math.isfinite(g_twin) and math.isfinite(g_ctrl) and g_ctrl > 0:
             text += f" (x{g_twin / g_ctrl:.3g})"
+    if "eig_min_real" in twin:
+        eig = _interval(twin["eig_min_real"])
+        text = (
+            f"eig_min_real {eig} vs {_interval(twin.get('control_eig_min_real'))}; value_gap {text}"
+        )
     return text
 
 
