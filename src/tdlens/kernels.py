@@ -173,6 +173,69 @@ def action_arguments(
 
 
 @njit(cache=True, nogil=True)
+def block_arguments(
+    C_b: np.ndarray, W_act: np.ndarray, a: np.ndarray, draws: np.ndarray, out: np.ndarray
+) -> None:
+    """The cosine arguments of a feature block in one call, for ``C_b [R + 1, D'] = C +
+    bias`` (added once per state), ``a [R, 2]``, ``draws [R, J, 2]``, ``out [J + 1, R, D']``:
+
+    ``out[0, i] = fma(a_i1, W_1, a_i0 W_0) + C_b[i]`` (phi of s_i, a_i) and ``out[1 + k, i]
+    = fma(d_ik1, W_1, d_ik0 W_0) + C_b[i + 1]`` (the k-th next action on s_{i+1}): the
+    operations of :func:`action_arguments` with shifts 0 and 1, so the same bits, with the
+    bias added once per state instead of once per action.
+    """
+    J1, R, D = out.shape
+    W0, W1 = W_act[0], W_act[1]
+    for i in range(R):
+        c = C_b[i]
+        a0, a1 = a[i, 0], a[i, 1]
+        o = out[0, i]
+        for j in range(D):
+            o[j] = _fma(a1, W1[j], a0 * W0[j]) + c[j]
+        c = C_b[i + 1]
+        for k in range(J1 - 1):
+            d0, d1 = draws[i, k, 0], draws[i, k, 1]
+            o = out[1 + k, i]
+            for j in range(D):
+                o[j] = _fma(d1, W1[j], d0 * W0[j]) + c[j]
+
+
+@njit(cache=True, nogil=True)
+def block_features(
+    cosines: np.ndarray,
+    scale: np.ndarray,
+    bar_scale: np.ndarray,
+    phi_out: np.ndarray,
+    bar_out: np.ndarray,
+) -> None:
+    """``phi_out[i, :D'] = c_0i * scale`` and ``bar_out[i, :D'] = (((c_1i + c_2i) + ...) +
+    c_Ji) * bar_scale`` for ``cosines [J + 1, R, D']``: :func:`scale_rows` and
+    :func:`mean_rows` in one call (the same operations in the same order, so the same
+    bits), the last draw's add fused with the scaling pass."""
+    J1, R, D = cosines.shape
+    for i in range(R):
+        p = phi_out[i]
+        c = cosines[0, i]
+        for j in range(D):
+            p[j] = c[j] * scale[j]
+        o = bar_out[i]
+        c = cosines[1, i]
+        if J1 == 2:
+            for j in range(D):
+                o[j] = c[j] * bar_scale[j]
+            continue
+        for j in range(D):
+            o[j] = c[j]
+        for k in range(2, J1 - 1):
+            c = cosines[k, i]
+            for j in range(D):
+                o[j] += c[j]
+        c = cosines[J1 - 1, i]
+        for j in range(D):
+            o[j] = (o[j] + c[j]) * bar_scale[j]
+
+
+@njit(cache=True, nogil=True)
 def scale_rows(cos_arg: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
     """``out[i, :D'] = cos_arg[i] * scale`` for ``cos_arg [R, D']``, ``scale [D']``."""
     R, D = cos_arg.shape
