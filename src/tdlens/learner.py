@@ -113,13 +113,15 @@ def collect(
     rngs: list[np.random.Generator],
     T: int,
     workspace: Workspace | None = None,
+    w: np.ndarray | None = None,
 ) -> TDBatch:
-    """Roll out ``len(rngs)`` chains of T steps under mu and build their TD batch."""
+    """Roll out ``len(rngs)`` chains of T steps under mu and build their TD batch (with
+    the critic values of ``w`` when given, :func:`tdlens.rollout.td_batch`)."""
     B = len(rngs)
     noise = draw_noise(rngs, T, cfg)
     sigma_mu = np.full(B, cfg.sigma_mu)
     paths = roll_out(cfg, maps, theta_mu, sigma_mu, noise)
-    return td_batch(cfg, maps, paths, noise, theta_pi, sigma_mu, workspace=workspace)
+    return td_batch(cfg, maps, paths, noise, theta_pi, sigma_mu, workspace=workspace, w=w)
 
 
 def critic_values(batch: TDBatch, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,10 +201,13 @@ def outer_iteration(
     start = time.perf_counter()
     rngs = [stream(cfg.seed, "rollout", n, b) for b in range(cfg.trajectories)]
     with limit_threads(1, "blas"):
-        batch = collect(cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon, workspace)
+        batch = collect(
+            cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon, workspace, params.w
+        )
         r_t = batch.r
         # q_t = Q_w(phi_t), q_tp1 = Q_w(bar_phi_tp1): bar_phi under pi, never the sampled a'
-        q_t, q_tp1 = critic_values(batch, params.w)
+        # (critic_values(batch, params.w), taken chain by chain as the features were made)
+        q_t, q_tp1 = batch.q_t, batch.q_tp1
         delta_t = r_t + cfg.gamma * q_tp1 - q_t
         G_w, G_theta = gradients(batch, delta_t, cfg.sigma_pi)
     # n only when a schedule reads it: the constant update keeps its four-argument call
