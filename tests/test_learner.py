@@ -126,6 +126,22 @@ def test_critic_values_taken_per_chain_equal_the_batch_products(threads):
     np.testing.assert_array_equal(res.delta, td_errors(batch, w, cfg.gamma))
 
 
+def test_gradients_side_by_side_equal_one_thread():
+    """gradients(threads=2) runs G_w and G_theta on two threads (issue 28): the bits of
+    the one-thread call."""
+    cfg = small_config("theta_mu_offset_scale=0.3")
+    maps = make_feature_maps(cfg)
+    p = init_params(cfg, maps)
+    rngs = [stream(cfg.seed, "rollout", 1, b) for b in range(cfg.trajectories)]
+    batch = collect(cfg, maps, p.theta_mu, p.theta_pi, rngs, cfg.horizon)
+    delta = td_errors(batch, p.w + 0.3, cfg.gamma)
+    one = gradients(batch, delta, cfg.sigma_pi)
+    two = gradients(batch, delta, cfg.sigma_pi, threads=2)
+    assert np.any(one[0] != 0) and np.any(one[1] != 0)
+    np.testing.assert_array_equal(two[0], one[0])
+    np.testing.assert_array_equal(two[1], one[1])
+
+
 def test_alpha_pi_zero_keeps_theta_pi_bit_identical_and_gap_decays_exactly():
     beta = 0.2
     cfg = small_config("alpha_pi=0", f"beta={beta}", "theta_mu_offset_scale=0.3", "theta_radius=0")
