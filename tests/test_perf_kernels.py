@@ -320,6 +320,24 @@ def test_affine_rows_follows_its_order_and_ignores_the_other_rows(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K", [1, 2, 4, 5, 6, 18])
+def test_affine_rows_equal_the_sequential_sum_for_any_width(dtype, K):
+    """affine_rows adds four terms per pass (issue 28): every element still equals
+    ``((x_0 W_0 + x_1 W_1) + ...) + b`` summed one rounded term at a time in NumPy."""
+    rng = np.random.default_rng(K)
+    x = rng.normal(0, 1, (9, K)).astype(dtype)
+    W = rng.normal(0, 0.3, (K, 70)).astype(dtype)
+    b = rng.normal(0, 0.1, 70).astype(dtype)
+    ref = x[:, :1] * W[0]
+    for k in range(1, K):
+        ref = ref + x[:, k : k + 1] * W[k]
+    ref = ref + b
+    out = np.empty((9, 70), dtype)
+    affine_rows(x, W, b, out)
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("J", [1, 2, 4])
 def test_block_kernels_equal_the_per_action_kernels(dtype, J):
     """block_arguments (bias added once per state) and block_features (phi scale and draw
