@@ -338,7 +338,7 @@ def test_affine_rows_equal_the_sequential_sum_for_any_width(dtype, K):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("J", [1, 2, 4])
+@pytest.mark.parametrize("J", [1, 2, 3, 4, 5])
 def test_block_kernels_equal_the_per_action_kernels(dtype, J):
     """block_arguments (bias added once per state) and block_features (phi scale and draw
     sum in one call) give the bits of action_arguments (shifts 0 and 1), scale_rows and

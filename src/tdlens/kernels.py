@@ -219,7 +219,8 @@ def block_features(
     """``phi_out[i, :D'] = c_0i * scale`` and ``bar_out[i, :D'] = (((c_1i + c_2i) + ...) +
     c_Ji) * bar_scale`` for ``cosines [J + 1, R, D']``: :func:`scale_rows` and
     :func:`mean_rows` in one call (the same operations in the same order, so the same
-    bits), the last draw's add fused with the scaling pass."""
+    bits); with K_mc = 4 (the seed runs') the four draws are summed and scaled in one
+    pass over the row instead of five."""
     J1, R, D = cosines.shape
     for i in range(R):
         p = phi_out[i]
@@ -227,20 +228,20 @@ def block_features(
         for j in range(D):
             p[j] = c[j] * scale[j]
         o = bar_out[i]
-        c = cosines[1, i]
-        if J1 == 2:
+        if J1 == 5:
+            c1, c2, c3, c4 = cosines[1, i], cosines[2, i], cosines[3, i], cosines[4, i]
             for j in range(D):
-                o[j] = c[j] * bar_scale[j]
+                o[j] = (((c1[j] + c2[j]) + c3[j]) + c4[j]) * bar_scale[j]
             continue
+        c = cosines[1, i]
         for j in range(D):
             o[j] = c[j]
-        for k in range(2, J1 - 1):
+        for k in range(2, J1):
             c = cosines[k, i]
             for j in range(D):
                 o[j] += c[j]
-        c = cosines[J1 - 1, i]
         for j in range(D):
-            o[j] = (o[j] + c[j]) * bar_scale[j]
+            o[j] *= bar_scale[j]
 
 
 @njit(cache=True, nogil=True)
