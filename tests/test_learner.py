@@ -102,6 +102,46 @@ def test_gradients_match_brute_force_twin():
     np.testing.assert_allclose(G_theta, ref_theta, rtol=1e-9, atol=1e-14)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_critic_values_taken_per_chain_equal_the_batch_products(threads):
+    """td_batch given w takes r, Q_w(phi_t) and Q_w(bar_phi_tp1) chain by chain as the
+    features are made (issue 28): the bits of reward() and critic_values() on the whole
+    [B, T, D] batch, on one thread or two; the iteration's TD errors are made of them."""
+    from tdlens.features import reward
+    from tdlens.learner import critic_values
+
+    cfg = small_config("theta_mu_offset_scale=0.3", f"threads={threads}")
+    maps = make_feature_maps(cfg)
+    p = init_params(cfg, maps)
+    w = p.w + np.random.default_rng(3).normal(0, 0.5, maps.D)
+    rngs = [stream(cfg.seed, "rollout", 0, b) for b in range(cfg.trajectories)]
+    batch = collect(cfg, maps, p.theta_mu, p.theta_pi, rngs, cfg.horizon, w=w)
+    q_t, q_tp1 = critic_values(batch, w)
+    np.testing.assert_array_equal(batch.q_t, q_t)
+    np.testing.assert_array_equal(batch.q_tp1, q_tp1)
+    np.testing.assert_array_equal(batch.r, reward(maps, batch.phi))
+    assert collect(cfg, maps, p.theta_mu, p.theta_pi, rngs, cfg.horizon).q_t is None
+    res = outer_iteration(cfg, maps, Params(p.theta_mu, p.theta_pi, w), 0)
+    np.testing.assert_array_equal(res.q_t, q_t)
+    np.testing.assert_array_equal(res.delta, td_errors(batch, w, cfg.gamma))
+
+
+def test_gradients_side_by_side_equal_one_thread():
+    """gradients(threads=2) runs G_w and G_theta on two threads (issue 28): the bits of
+    the one-thread call."""
+    cfg = small_config("theta_mu_offset_scale=0.3")
+    maps = make_feature_maps(cfg)
+    p = init_params(cfg, maps)
+    rngs = [stream(cfg.seed, "rollout", 1, b) for b in range(cfg.trajectories)]
+    batch = collect(cfg, maps, p.theta_mu, p.theta_pi, rngs, cfg.horizon)
+    delta = td_errors(batch, p.w + 0.3, cfg.gamma)
+    one = gradients(batch, delta, cfg.sigma_pi)
+    two = gradients(batch, delta, cfg.sigma_pi, threads=2)
+    assert np.any(one[0] != 0) and np.any(one[1] != 0)
+    np.testing.assert_array_equal(two[0], one[0])
+    np.testing.assert_array_equal(two[1], one[1])
+
+
 def test_alpha_pi_zero_keeps_theta_pi_bit_identical_and_gap_decays_exactly():
     beta = 0.2
     cfg = small_config("alpha_pi=0", f"beta={beta}", "theta_mu_offset_scale=0.3", "theta_radius=0")

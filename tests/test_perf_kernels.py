@@ -16,7 +16,14 @@ import pytest
 from helpers import small_config
 from tdlens.config import EnvConfig
 from tdlens.features import NextActions, actor_features, chain_features, make_feature_maps
-from tdlens.kernels import action_arguments, affine_rows
+from tdlens.kernels import (
+    action_arguments,
+    affine_rows,
+    block_arguments,
+    block_features,
+    mean_rows,
+    scale_rows,
+)
 from tdlens.learner import init_params
 from tdlens.policy import policy_mean
 from tdlens.probes.fixed_point import expected_iterates
@@ -310,6 +317,57 @@ def test_affine_rows_follows_its_order_and_ignores_the_other_rows(dtype):
     alone = np.empty((1, 33), dtype)
     affine_rows(x[i : i + 1], W, b, alone)
     np.testing.assert_array_equal(alone[0], out[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K", [1, 2, 4, 5, 6, 18])
+def test_affine_rows_equal_the_sequential_sum_for_any_width(dtype, K):
+    """affine_rows adds four terms per pass (issue 28): every element still equals
+    ``((x_0 W_0 + x_1 W_1) + ...) + b`` summed one rounded term at a time in NumPy."""
+    rng = np.random.default_rng(K)
+    x = rng.normal(0, 1, (9, K)).astype(dtype)
+    W = rng.normal(0, 0.3, (K, 70)).astype(dtype)
+    b = rng.normal(0, 0.1, 70).astype(dtype)
+    ref = x[:, :1] * W[0]
+    for k in range(1, K):
+        ref = ref + x[:, k : k + 1] * W[k]
+    ref = ref + b
+    out = np.empty((9, 70), dtype)
+    affine_rows(x, W, b, out)
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("J", [1, 2, 3, 4, 5])
+def test_block_kernels_equal_the_per_action_kernels(dtype, J):
+    """block_arguments (bias added once per state) and block_features (phi scale and draw
+    sum in one call) give the bits of action_arguments (shifts 0 and 1), scale_rows and
+    mean_rows, which chain_features called before (issue 28)."""
+    rng = np.random.default_rng(J)
+    R, D = 37, 301
+    C = rng.normal(0, 2, (R + 1, D)).astype(dtype)
+    bias = rng.uniform(0, 2 * np.pi, D).astype(dtype)
+    W = rng.normal(0, 1, (2, D)).astype(dtype)
+    a = rng.normal(0, 0.5, (R, 2)).astype(dtype)
+    draws = rng.normal(0, 0.5, (R, J, 2)).astype(dtype)
+    ref = np.empty((J + 1, R, D), dtype)
+    action_arguments(C, bias, W, a[:, None, :], 0, ref[:1])
+    action_arguments(C, bias, W, draws, 1, ref[1:])
+    got = np.empty_like(ref)
+    block_arguments(C + bias, W, a, draws, got)
+    np.testing.assert_array_equal(got, ref)
+    cosines = np.cos(ref)
+    scale, bar_scale = (rng.uniform(0.5, 1.5, D).astype(dtype) for _ in range(2))
+    phi_ref, bar_ref = np.empty((R, D), dtype), np.empty((R, D), dtype)
+    scale_rows(cosines[0], scale, phi_ref)
+    mean_rows(cosines[1:], bar_scale, bar_ref)
+    phi, bar = np.empty((R, D), dtype), np.empty((R, D), dtype)
+    block_features(cosines, scale, bar_scale, phi, bar)
+    np.testing.assert_array_equal(phi, phi_ref)
+    np.testing.assert_array_equal(bar, bar_ref)
+    exact = (np.sum(cosines[1:].astype(np.float64), axis=0) * bar_scale).astype(dtype)
+    # J draws summed in order: each add rounds a partial sum of at most J cosines
+    np.testing.assert_allclose(bar, exact, rtol=0, atol=1.5 * J * J * np.finfo(dtype).eps)
 
 
 def test_rollout_split_across_threads_equals_one_call():

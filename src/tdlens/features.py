@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tdlens.config import RunConfig
-from tdlens.kernels import action_arguments, affine_rows, mean_rows, rescale_rows, scale_rows
+from tdlens.kernels import affine_rows, block_arguments, block_features, rescale_rows
 from tdlens.seeding import stream
 from tdlens.threads import parallel_map
 
@@ -251,11 +251,12 @@ def chain_features(
 
     ``o_chain [L+1, 18]``, ``a [L, 2]`` the executed actions. Writes
     ``phi_out[t] = phi(s_t, a_t)`` and ``bar_phi_out[t] = bar_phi(s_{t+1})`` for t < L,
-    computing ``C = W_obs o`` once per state and reusing it for all J + 1 actions of a row
-    (a_t on s_t; the J next-action draws, or the mean when exact, on s_{t+1}). Per row
-    block: compiled kernels write the cosine arguments ``a W_act + (C + bias)`` of all
-    actions into one cache-sized buffer ``[J + 1, rows, D']``, NumPy takes their cosines
-    in one call, and a kernel scales them (phi) and sums the draws in order (bar_phi).
+    computing ``C + bias = W_obs o + bias`` once per state and reusing it for all J + 1
+    actions of a row (a_t on s_t; the J next-action draws, or the mean when exact, on
+    s_{t+1}). Per row block: one compiled call writes the cosine arguments ``a W_act +
+    (C + bias)`` of all actions into one cache-sized buffer ``[J + 1, rows, D']``, NumPy
+    takes their cosines in one call, and one more scales them (phi) and sums the draws in
+    order (bar_phi).
     The values are those of ``cos(C + bias + a W_act)`` evaluated step by step with NumPy.
     """
     scratch = {} if scratch is None else scratch
@@ -273,23 +274,22 @@ def chain_features(
         draws = next_actions.draws if K > 0 else np.zeros((L, 1, 2))
         bar_scale = maps.constant(f"bar_scale_{K}", maps.base_scale / max(K, 1))
         sq = np.mean(np.sum(draws**2, axis=-1), axis=1) if K > 0 else np.zeros(L)
-    a32, draws32 = a.astype(dtype)[:, None, :], draws.astype(dtype)
+    a32, draws32 = a.astype(dtype), draws.astype(dtype)
     J = draws32.shape[1]
     sub = max(1, _CACHE_BYTES // ((J + 1) * D_base * dtype.itemsize))
     for start in range(0, L, _BLOCK_ROWS):
         stop = min(start + _BLOCK_ROWS, L)
         C = _buffer(scratch, "C", stop - start + 1, D_base, dtype)
         np.matmul(o32[start : stop + 1], maps.W_obs, out=C)
+        np.add(C, maps.bias, out=C)
         for lo in range(start, stop, sub):
             hi = min(lo + sub, stop)
             rows, C_lo = hi - lo, C[lo - start : hi - start + 1]
             args = _buffer(scratch, "args", (J + 1) * rows, D_base, dtype)
             args = args.reshape(J + 1, rows, D_base)
-            action_arguments(C_lo, maps.bias, maps.W_act, a32[lo:hi], 0, args[:1])
-            action_arguments(C_lo, maps.bias, maps.W_act, draws32[lo:hi], 1, args[1:])
+            block_arguments(C_lo, maps.W_act, a32[lo:hi], draws32[lo:hi], args)
             np.cos(args, out=args)
-            scale_rows(args[0], scale, phi_out[lo:hi])
-            mean_rows(args[1:], bar_scale, bar_phi_out[lo:hi])
+            block_features(args, scale, bar_scale, phi_out[lo:hi], bar_phi_out[lo:hi])
     phi_out[:, D_base : D - 1] = o_chain[:L, _FLAGS]
     phi_out[:, D - 1] = np.sum(a**2, axis=-1)
     bar_phi_out[:, D_base : D - 1] = o_chain[1 : L + 1, _FLAGS]

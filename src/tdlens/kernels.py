@@ -34,15 +34,23 @@ def affine_rows(x: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray) ->
 
     for ``x [R, K]``, ``W [K, J]``, ``b [J]``, ``out [R, J]``, all in one dtype: each product
     rounded, then added in order of k (no fma), then the bias. The affine map
-    ``W_psi o + b_psi`` of the actor features, without BLAS (module docstring).
+    ``W_psi o + b_psi`` of the actor features, without BLAS (module docstring). Four
+    terms are added per pass over the row (``o = (((o + p_k) + p_{k+1}) + p_{k+2}) +
+    p_{k+3}``, each add rounded as before): a quarter of the loads and stores of ``o``.
     """
     R, K = x.shape
+    K4 = 1 + (K - 1) // 4 * 4
     for i in range(R):
         o = out[i]
         xi = x[i]
         for j in range(o.shape[0]):
             o[j] = xi[0] * W[0, j]
-        for k in range(1, K):
+        for k in range(1, K4, 4):
+            x0, x1, x2, x3 = xi[k], xi[k + 1], xi[k + 2], xi[k + 3]
+            W0, W1, W2, W3 = W[k], W[k + 1], W[k + 2], W[k + 3]
+            for j in range(o.shape[0]):
+                o[j] = (((o[j] + x0 * W0[j]) + x1 * W1[j]) + x2 * W2[j]) + x3 * W3[j]
+        for k in range(K4, K):
             xk = xi[k]
             Wk = W[k]
             for j in range(o.shape[0]):
@@ -170,6 +178,82 @@ def action_arguments(
             o = out[k, i]
             for j in range(D):
                 o[j] = _fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j])
+
+
+@njit(cache=True, nogil=True)
+def block_arguments(
+    C_b: np.ndarray, W_act: np.ndarray, a: np.ndarray, draws: np.ndarray, out: np.ndarray
+) -> None:
+    """The cosine arguments of a feature block in one call, for ``C_b [R + 1, D'] = C +
+    bias`` (added once per state), ``a [R, 2]``, ``draws [R, J, 2]``, ``out [J + 1, R, D']``:
+
+    ``out[0, i] = fma(a_i1, W_1, a_i0 W_0) + C_b[i]`` (phi of s_i, a_i) and ``out[1 + k, i]
+    = fma(d_ik1, W_1, d_ik0 W_0) + C_b[i + 1]`` (the k-th next action on s_{i+1}): the
+    operations of :func:`action_arguments` with shifts 0 and 1, so the same bits, with the
+    bias added once per state instead of once per action; with K_mc = 4 draws (the seed
+    runs') the four share one pass over ``W_act`` and ``C_b[i + 1]``.
+    """
+    J1, R, D = out.shape
+    W0, W1 = W_act[0], W_act[1]
+    for i in range(R):
+        c = C_b[i]
+        a0, a1 = a[i, 0], a[i, 1]
+        o = out[0, i]
+        for j in range(D):
+            o[j] = _fma(a1, W1[j], a0 * W0[j]) + c[j]
+        c = C_b[i + 1]
+        if J1 == 5:
+            d00, d01, d10, d11 = draws[i, 0, 0], draws[i, 0, 1], draws[i, 1, 0], draws[i, 1, 1]
+            d20, d21, d30, d31 = draws[i, 2, 0], draws[i, 2, 1], draws[i, 3, 0], draws[i, 3, 1]
+            o1, o2, o3, o4 = out[1, i], out[2, i], out[3, i], out[4, i]
+            for j in range(D):
+                w0, w1, c_j = W0[j], W1[j], c[j]
+                o1[j] = _fma(d01, w1, d00 * w0) + c_j
+                o2[j] = _fma(d11, w1, d10 * w0) + c_j
+                o3[j] = _fma(d21, w1, d20 * w0) + c_j
+                o4[j] = _fma(d31, w1, d30 * w0) + c_j
+            continue
+        for k in range(J1 - 1):
+            d0, d1 = draws[i, k, 0], draws[i, k, 1]
+            o = out[1 + k, i]
+            for j in range(D):
+                o[j] = _fma(d1, W1[j], d0 * W0[j]) + c[j]
+
+
+@njit(cache=True, nogil=True)
+def block_features(
+    cosines: np.ndarray,
+    scale: np.ndarray,
+    bar_scale: np.ndarray,
+    phi_out: np.ndarray,
+    bar_out: np.ndarray,
+) -> None:
+    """``phi_out[i, :D'] = c_0i * scale`` and ``bar_out[i, :D'] = (((c_1i + c_2i) + ...) +
+    c_Ji) * bar_scale`` for ``cosines [J + 1, R, D']``: :func:`scale_rows` and
+    :func:`mean_rows` in one call (the same operations in the same order, so the same
+    bits); with K_mc = 4 (the seed runs') the four draws are summed and scaled in one
+    pass over the row instead of five."""
+    J1, R, D = cosines.shape
+    for i in range(R):
+        p = phi_out[i]
+        c = cosines[0, i]
+        for j in range(D):
+            p[j] = c[j] * scale[j]
+        o = bar_out[i]
+        if J1 == 5:
+            c1, c2, c3, c4 = cosines[1, i], cosines[2, i], cosines[3, i], cosines[4, i]
+            for j in range(D):
+                o[j] = (((c1[j] + c2[j]) + c3[j]) + c4[j]) * bar_scale[j]
+            continue
+        c = cosines[1, i]
+        for j in range(D):
+            o[j] = c[j]
+        for k in range(2, J1):
+            c = cosines[k, i]
+            for j in range(D):
+                o[j] += c[j]
+        for j in range(D):
+            o[j] *= bar_scale[j]
 
 
 @njit(cache=True, nogil=True)

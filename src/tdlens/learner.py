@@ -26,7 +26,7 @@ from tdlens.config import RunConfig, SchedulesConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.rollout import TDBatch, draw_noise, roll_out, td_batch
 from tdlens.seeding import stream
-from tdlens.threads import limit_threads
+from tdlens.threads import limit_threads, parallel_map
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "iter",
@@ -113,13 +113,15 @@ def collect(
     rngs: list[np.random.Generator],
     T: int,
     workspace: Workspace | None = None,
+    w: np.ndarray | None = None,
 ) -> TDBatch:
-    """Roll out ``len(rngs)`` chains of T steps under mu and build their TD batch."""
+    """Roll out ``len(rngs)`` chains of T steps under mu and build their TD batch (with
+    the critic values of ``w`` when given, :func:`tdlens.rollout.td_batch`)."""
     B = len(rngs)
     noise = draw_noise(rngs, T, cfg)
     sigma_mu = np.full(B, cfg.sigma_mu)
     paths = roll_out(cfg, maps, theta_mu, sigma_mu, noise)
-    return td_batch(cfg, maps, paths, noise, theta_pi, sigma_mu, workspace=workspace)
+    return td_batch(cfg, maps, paths, noise, theta_pi, sigma_mu, workspace=workspace, w=w)
 
 
 def critic_values(batch: TDBatch, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -150,21 +152,30 @@ class IterationResult:
 
 
 def gradients(
-    batch: TDBatch, delta_t: np.ndarray, sigma_pi: float
+    batch: TDBatch, delta_t: np.ndarray, sigma_pi: float, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """``G_w [D] = sum_t rho_t delta_t phi_t`` and ``G_theta [N, 2] = sum_t rho_t delta_t g_t``
     with ``g_t = psi_t (u_t - m_pi(s_t))^T / (sigma_pi^2 sqrt(N))`` (docs/model.md §4,
     step 3); ``psi_t`` is the actor features of s_t (in the probes, ``dphi_t = phi_t -
-    gamma bar_phi_tp1``)."""
+    gamma bar_phi_tp1``). With ``threads >= 2`` the two sums run side by side, one BLAS
+    thread each (the same calls, so the same bits)."""
     phi_t, rho_t = batch.phi, batch.rho
     rd = rho_t * delta_t
     D, N = phi_t.shape[-1], batch.psi.shape[-1]
-    G_w = (rd.reshape(-1).astype(phi_t.dtype) @ phi_t.reshape(-1, D)).astype(np.float64)
-    # summed over (t, b) in time-major order: batch.psi is usually a [B, T, N] view of
-    # the rollout's [T + 1, B, N] array, whose first T rows reshape without a copy
-    weighted = np.swapaxes(rd[..., None] * (batch.u - batch.m_pi), 0, 1).reshape(-1, 2)
-    psi_t = np.swapaxes(batch.psi, 0, 1).reshape(-1, N).astype(np.float64)
-    G_theta = psi_t.T @ weighted / (sigma_pi**2 * math.sqrt(N))
+
+    def critic() -> np.ndarray:
+        return (rd.reshape(-1).astype(phi_t.dtype) @ phi_t.reshape(-1, D)).astype(np.float64)
+
+    def actor() -> np.ndarray:
+        # summed over (t, b) in time-major order: batch.psi is usually a [B, T, N] view of
+        # the rollout's [T + 1, B, N] array, whose first T rows reshape without a copy
+        weighted = np.swapaxes(rd[..., None] * (batch.u - batch.m_pi), 0, 1).reshape(-1, 2)
+        psi_t = np.swapaxes(batch.psi, 0, 1).reshape(-1, N).astype(np.float64)
+        return psi_t.T @ weighted / (sigma_pi**2 * math.sqrt(N))
+
+    if threads <= 1:
+        return critic(), actor()
+    G_w, G_theta = parallel_map(lambda part: part(), [critic, actor], 2)
     return G_w, G_theta
 
 
@@ -199,12 +210,15 @@ def outer_iteration(
     start = time.perf_counter()
     rngs = [stream(cfg.seed, "rollout", n, b) for b in range(cfg.trajectories)]
     with limit_threads(1, "blas"):
-        batch = collect(cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon, workspace)
+        batch = collect(
+            cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon, workspace, params.w
+        )
         r_t = batch.r
         # q_t = Q_w(phi_t), q_tp1 = Q_w(bar_phi_tp1): bar_phi under pi, never the sampled a'
-        q_t, q_tp1 = critic_values(batch, params.w)
+        # (critic_values(batch, params.w), taken chain by chain as the features were made)
+        q_t, q_tp1 = batch.q_t, batch.q_tp1
         delta_t = r_t + cfg.gamma * q_tp1 - q_t
-        G_w, G_theta = gradients(batch, delta_t, cfg.sigma_pi)
+        G_w, G_theta = gradients(batch, delta_t, cfg.sigma_pi, maps.threads)
     # n only when a schedule reads it: the constant update keeps its four-argument call
     scheduled = cfg.schedules != SchedulesConfig()
     new = update(cfg, params, G_w, G_theta, n) if scheduled else update(cfg, params, G_w, G_theta)

@@ -15,6 +15,7 @@ same chain rolled out alone.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -258,6 +259,8 @@ class TDBatch:
     m_pi: np.ndarray  # [B, T, 2] target mean
     a_unclipped: np.ndarray  # [B, T, 2] squashed (if squash_action), before the env clips
     o: np.ndarray  # [B, T+1, 18]
+    q_t: np.ndarray | None = None  # [B, T] Q_w(phi_t) when td_batch was given w
+    q_tp1: np.ndarray | None = None  # [B, T] Q_w(bar_phi_tp1) when td_batch was given w
 
     @property
     def num_samples(self) -> int:
@@ -273,12 +276,19 @@ def td_batch(
     sigma_mu: np.ndarray,
     with_features: bool = True,
     workspace: Workspace | None = None,
+    w: np.ndarray | None = None,
 ) -> TDBatch:
     """Ratios and TD features of rolled-out chains (batched; docs/model.md §3 and §4 step 1).
 
     ``rho_t = min(exp(log pi(u_t|s_t) - log b(u_t|s_t)), rho_clip)`` on the action as
     sampled; ``bar_phi_{t+1}`` from the K_mc draws ``u' = m_pi(s_{t+1}) + sigma_pi z``
     (squashed/clipped like a real action) or in closed form when ``bar_phi: exact``.
+
+    The reward ``r = w_R . phi / sqrt(D)`` and, given the critic ``w [D]``, the values
+    ``q_t = Q_w(phi_t)``, ``q_tp1 = Q_w(bar_phi_tp1)`` (``Q_w(x) = w . x / sqrt(D)``, as
+    :func:`tdlens.learner.critic_values`) are taken chain by chain right after each
+    chain's features, while they are still in cache: the same ``[T, D] @ [D]`` products
+    NumPy makes per chain of a ``[B, T, D]`` array, so the same bits.
     """
     env = cfg.env
     T, B = paths.u.shape[:2]
@@ -295,7 +305,10 @@ def td_batch(
     D = maps.D if with_features else 0
     phi = ws.array("phi", (B, T, D), maps.dtype)
     bar_phi = ws.array("bar_phi", (B, T, D), maps.dtype)
+    r = np.empty((B, T))
+    values = None if w is None or not with_features else (np.empty((B, T)), np.empty((B, T)))
     if with_features:
+        w_f = None if w is None else (w / math.sqrt(maps.D)).astype(maps.dtype)
         m_next = m_pi_all[:, 1:]
         if cfg.bar_phi == "exact":
             nexts = [NextActions(mean=m_next[b], sigma=cfg.sigma_pi) for b in range(B)]
@@ -308,9 +321,12 @@ def td_batch(
         def one(b: int) -> None:
             with ws.scratch() as scratch:
                 chain_features(maps, o[b], a_exec[b], nexts[b], phi[b], bar_phi[b], scratch)
+            r[b] = reward(maps, phi[b])
+            if values is not None:
+                values[0][b] = phi[b] @ w_f
+                values[1][b] = bar_phi[b] @ w_f
 
         _run_parallel(one, range(B), maps.threads)
-    r = reward(maps, phi) if with_features else np.empty((B, T))
     return TDBatch(
         phi=phi,
         bar_phi=bar_phi,
@@ -323,6 +339,8 @@ def td_batch(
         m_pi=m_pi,
         a_unclipped=bm(paths.a_unclipped),
         o=o,
+        q_t=None if values is None else values[0],
+        q_tp1=None if values is None else values[1],
     )
 
 
