@@ -71,3 +71,24 @@ def wait_rows(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 60
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.02)
     raise AssertionError("run did not reach the expected row count")
+
+
+def run_spec_sweep(root: Path, spec: dict) -> Path:
+    """Write `spec` as ``root/<name>.yaml``, run ``tdlens sweep`` on it (one job, its own
+    catalog) and return the sweep directory; a sweep with diverged runs (exit 1) is a
+    finished sweep."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from tdlens.cli import app
+
+    path = root / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    res = CliRunner().invoke(
+        app,
+        ["sweep", str(path), "--output-dir", str(root / "sweeps"), "--jobs", "1"],
+        env={"TDLENS_CATALOG": str(root / "c.sqlite")},
+    )
+    assert res.exit_code in (0, 1), res.output  # diverged runs are runs
+    (sweep,) = (root / "sweeps").iterdir()
+    return sweep

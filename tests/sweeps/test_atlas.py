@@ -7,12 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 from matplotlib.colors import to_rgba
 from matplotlib.markers import MarkerStyle
 from typer.testing import CliRunner
 
-from helpers import TINY_SWEEP
+from helpers import TINY_SWEEP, run_spec_sweep
 from tdlens.catalog.records import RunRecord
 from tdlens.cli import app
 from tdlens.regimes import LABELS, RegimeTableError, entry
@@ -36,17 +35,7 @@ TINY_SPEC = {
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("atlas")
-    spec = root / "tiny_atlas.yaml"
-    spec.write_text(yaml.safe_dump(TINY_SPEC))
-    res = cli.invoke(
-        app,
-        ["sweep", str(spec), "--output-dir", str(root / "sweeps"), "--jobs", "1"],
-        env={"TDLENS_CATALOG": str(root / "c.sqlite")},
-    )
-    assert res.exit_code in (0, 1), res.output  # diverged runs are runs
-    (sweep,) = (root / "sweeps").iterdir()
-    return sweep
+    return run_spec_sweep(tmp_path_factory.mktemp("atlas"), TINY_SPEC)
 
 
 def test_atlas_command_draws_a_tiny_sweep(tiny_sweep, tmp_path):

@@ -10,10 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
-from helpers import TINY_SWEEP
+from helpers import TINY_SWEEP, run_spec_sweep
 from tdlens.catalog.records import RunRecord, load_record
 from tdlens.cli import app
 from tdlens.pages.fmt import fmt
@@ -39,17 +38,7 @@ SEEDED_SPEC = {
 @pytest.fixture(scope="module")
 def seeded_sweep(tmp_path_factory) -> Path:
     """4 grid points x 2 seeds of 3-iteration runs (about 8 s)."""
-    root = tmp_path_factory.mktemp("atlas_seeds")
-    spec = root / "tiny_seeded.yaml"
-    spec.write_text(yaml.safe_dump(SEEDED_SPEC))
-    res = cli.invoke(
-        app,
-        ["sweep", str(spec), "--output-dir", str(root / "sweeps"), "--jobs", "1"],
-        env={"TDLENS_CATALOG": str(root / "c.sqlite")},
-    )
-    assert res.exit_code in (0, 1), res.output  # diverged runs are runs
-    (sweep,) = (root / "sweeps").iterdir()
-    return sweep
+    return run_spec_sweep(tmp_path_factory.mktemp("atlas_seeds"), SEEDED_SPEC)
 
 
 def _pt(alpha_w: float, seed: int, regime: str) -> AtlasPoint:
