@@ -92,3 +92,18 @@ def run_spec_sweep(root: Path, spec: dict) -> Path:
     assert res.exit_code in (0, 1), res.output  # diverged runs are runs
     (sweep,) = (root / "sweeps").iterdir()
     return sweep
+
+
+def fail_at_iteration(monkeypatch, n: int, exc: BaseException) -> None:
+    """Make every Runner in this test raise `exc` at outer iteration `n` (the iterations
+    before it run for real, so their rows are written)."""
+    from tdlens.runs import runner as runner_mod
+
+    real = runner_mod.outer_iteration
+
+    def fail(cfg, maps, params, k, workspace=None):
+        if k == n:
+            raise exc
+        return real(cfg, maps, params, k, workspace)
+
+    monkeypatch.setattr(runner_mod, "outer_iteration", fail)

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import spawn_run, wait_rows
+from helpers import fail_at_iteration, spawn_run, wait_rows
 from tdlens.config import load_config
 from tdlens.rundir.files import RunFileError, TableWriter, read_csv_rows, truncate_table
 from tdlens.rundir.lock import RunLock, RunLockedError
-from tdlens.runs import runner as runner_mod
 from tdlens.runs.checkpoint import latest_checkpoint, load_checkpoint
 from tdlens.runs.runner import RunDirError, Runner, curve_columns
 
@@ -150,14 +149,7 @@ def test_diverged_run_keeps_finite_rows(tmp_path):
 
 
 def test_exception_marks_the_run_failed_with_traceback(tmp_path, monkeypatch):
-    real = runner_mod.outer_iteration
-
-    def boom(cfg, maps, params, n, ws=None):
-        if n == 2:
-            raise FloatingPointError("injected")
-        return real(cfg, maps, params, n, ws)
-
-    monkeypatch.setattr(runner_mod, "outer_iteration", boom)
+    fail_at_iteration(monkeypatch, 2, FloatingPointError("injected"))
     res = Runner(_cfg("outer_iters=5"), tmp_path / "f").run()
     assert res.status == "failed" and res.exit_code == 1 and "injected" in res.reason
     status = json.loads((tmp_path / "f" / "status.json").read_text())

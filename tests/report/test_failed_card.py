@@ -8,10 +8,9 @@ import json
 
 from test_report_fixtures import healthy_run
 
-from helpers import small_config
+from helpers import fail_at_iteration, small_config
 from tdlens.catalog.records import load_record
 from tdlens.report import build_report, write_report
-from tdlens.runs import runner as runner_mod
 from tdlens.runs.runner import Runner
 from tdlens.scores import NOISE_MIN_ROWS, RunSeries, label_regime
 
@@ -77,14 +76,7 @@ def test_a_failed_run_is_not_judged_unless_it_diverged():
 def test_run_that_raises_after_two_iterations_is_carded_failed(tmp_path, monkeypatch):
     """A real run that raises at iteration 2 (two learning-curve rows written): its report
     headlines failed, never a regime judged from two points."""
-    real = runner_mod.outer_iteration
-
-    def explode(cfg, maps, params, n, workspace=None):
-        if n == 2:
-            raise RuntimeError("out of luck")
-        return real(cfg, maps, params, n, workspace)
-
-    monkeypatch.setattr(runner_mod, "outer_iteration", explode)
+    fail_at_iteration(monkeypatch, 2, RuntimeError("out of luck"))
     cfg = small_config("probes.enabled=false", "outer_iters=6")
     result = Runner(cfg, tmp_path / "run", handle_signals=False, write_report=write_report).run()
     assert result.status == "failed"

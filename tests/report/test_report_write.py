@@ -14,12 +14,11 @@ from pathlib import Path
 
 from test_report_fixtures import healthy_run
 
-from helpers import small_config
+from helpers import fail_at_iteration, small_config
 from tdlens.pages.kit import figure_specs, plotly_js
 from tdlens.report import REPORT_FILES, build_report, write_report
 from tdlens.report.health import HEALTH_CHECKS
 from tdlens.rundir.files import atomic_write_text
-from tdlens.runs import runner as runner_mod
 from tdlens.runs.runner import Runner
 
 FAST = ("probes.enabled=false", "outer_iters=6")
@@ -151,14 +150,7 @@ def test_diverged_run_gets_a_report(tmp_path):
 
 
 def test_failed_run_shows_its_traceback(tmp_path, monkeypatch):
-    real = runner_mod.outer_iteration
-
-    def explode(cfg, maps, params, n, workspace=None):
-        if n == 2:
-            raise ValueError("<boom>")
-        return real(cfg, maps, params, n, workspace)
-
-    monkeypatch.setattr(runner_mod, "outer_iteration", explode)
+    fail_at_iteration(monkeypatch, 2, ValueError("<boom>"))
     result = Runner(
         small_config(*FAST), tmp_path / "run", handle_signals=False, write_report=write_report
     ).run()
