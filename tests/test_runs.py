@@ -110,10 +110,8 @@ def test_resumed_probes_keep_the_drift_and_its_noise_bit_identical(tmp_path):
     _stop_at(r, 4)
     assert r.run().status == "incomplete"
     ckpt = load_checkpoint(latest_checkpoint(tmp_path / "cut"))
-    assert ckpt.next_iter == 5 and np.asarray(ckpt.probe_state["w_sharp_halves_prev"]).shape == (
-        2,
-        32,
-    )
+    split = np.asarray(ckpt.probe_state["w_sharp_split_prev"])
+    assert ckpt.next_iter == 5 and split.shape == (32,)
     Runner(None, tmp_path / "cut", resume=True, write_report=False).run()
     table = "probes/fixed_point_probe.csv"
     full = (tmp_path / "full" / table).read_text()

@@ -150,17 +150,21 @@ def test_one_norm_of_M_without_forming_it():
 
 
 def test_drift_noise_by_hand():
-    """``||d_1 - d_2|| / 2`` with ``d_h = w#_h(k) - w#_h(k-1)``: two rounds with known
-    halves; 0 at the first round (no previous halves)."""
+    """``||d_1 - d_2|| / 2`` with ``d_h = w#_h(k) - w#_h(k-1)``, from the splits ``s = w#_1 -
+    w#_2`` of two rounds with known halves; 0 at the first round (no previous split)."""
     prev = (np.array([1.0, 0.0, 2.0]), np.array([1.0, 1.0, 2.0]))
     now = (np.array([2.0, 0.0, 2.0]), np.array([1.0, 1.0, 5.0]))
+
+    def split(h):
+        return h[0] - h[1]
+
     # d_1 = (1, 0, 0), d_2 = (0, 0, 3): ||(1, 0, -3)|| / 2
-    assert fp.drift_noise(now, prev) == pytest.approx(math.sqrt(10) / 2)
-    assert fp.drift_noise(now, None) == 0.0
-    assert fp.drift_noise(now, now) == 0.0
+    assert fp.drift_noise(split(now), split(prev)) == pytest.approx(math.sqrt(10) / 2)
+    assert fp.drift_noise(split(now), None) == 0.0
+    assert fp.drift_noise(split(now), split(now)) == 0.0
     # a common move of both halves (a true drift) is no noise
     moved = (now[0] + 7.0, now[1] + 7.0)
-    assert fp.drift_noise(moved, now) == pytest.approx(0.0, abs=1e-15)
+    assert fp.drift_noise(split(moved), split(now)) == pytest.approx(0.0, abs=1e-15)
 
 
 def _solves(X: np.ndarray, y: np.ndarray):
@@ -197,7 +201,7 @@ def test_drift_noise_is_the_rms_error_of_the_drift(crn):
         full0, halves0 = _solves(X0, X0 @ w_prev + scale0 * e0)
         full1, halves1 = _solves(X1, X1 @ w_now + scale1 * e1)
         err2[i] = np.sum((full1 - full0 - (w_now - w_prev)) ** 2)
-        noise2[i] = fp.drift_noise(halves1, halves0) ** 2
+        noise2[i] = fp.drift_noise(halves1[0] - halves1[1], halves0[0] - halves0[1]) ** 2
         floor2[i] = np.sum((halves1[0] - halves1[1]) ** 2)
     (m_err, se_err), (m_noise, se_noise) = _mean_and_se(err2), _mean_and_se(noise2)
     # the full batch's error is the mean of its halves' only to first order: O(1/n) slack

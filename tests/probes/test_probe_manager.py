@@ -125,13 +125,13 @@ def test_resumed_manager_gives_identical_rows(tiny):
                 np.testing.assert_array_equal(array, ref)
     assert resumed.state_dict()["schedule_rounds"] == 4
     assert reference[3].summary["fixed_point_drift_defined"] == 1.0
-    # the drift's own noise needs the previous round's halves: restored bit for bit
-    assert first.state_dict()["w_sharp_halves_prev_defined"] == 1
+    # the drift's own noise needs the previous round's split w#_1 - w#_2: restored bit for bit
+    assert first.state_dict()["w_sharp_split_prev_defined"] == 1
     assert reference[3].rows["fixed_point_probe"]["w_sharp_drift_noise"] > 0
     assert reference[0].rows["fixed_point_probe"]["w_sharp_drift_noise"] == 0.0
-    # a checkpoint written before the halves were kept: the drift is defined, its own
+    # a checkpoint written before the split was kept: the drift is defined, its own
     # noise is 0 for one round (the label then falls back to noise_floor), the rest equal
-    older = {k: v for k, v in first.state_dict().items() if "halves" not in k}
+    older = {k: v for k, v in first.state_dict().items() if "split" not in k}
     old = ProbeManager(cfg, maps)
     old.load_state_dict(older)
     row = run(old, 2).rows["fixed_point_probe"]

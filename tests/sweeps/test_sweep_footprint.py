@@ -61,6 +61,29 @@ def test_demo_sweep_runs_fit_in_300_kb_without_html(demo):
         assert _size(run) <= LIMIT, (run.name, _size(run))
 
 
+def test_the_final_checkpoint_leaves_out_only_the_next_rounds_probe_state(demo, tmp_path):
+    """compact.DROPPED_STATE (w#_1 - w#_2, read only by a next round) is gone from a
+    finished sweep run's checkpoint, its checksum holds and the rest of the state is
+    there; a branch from it runs, its first round's drift defined and its own noise 0."""
+    from tdlens.runs.branch import create_branch, run_branch
+    from tdlens.runs.checkpoint import latest_checkpoint, load_checkpoint
+    from tdlens.sweeps.compact import DROPPED_STATE
+
+    run = _runs(demo)[0]
+    ckpt = load_checkpoint(latest_checkpoint(run))  # verifies the checksum
+    for key in DROPPED_STATE:
+        assert key not in ckpt.probe_state and f"{key}_defined" not in ckpt.probe_state
+    assert ckpt.probe_state["w_sharp_prev_defined"] == 1
+    twin = create_branch(run, {"probes.every": 1}, iters=2, run_dir=tmp_path / "twin")
+    run_branch(twin, write_report=False)
+    fp = load_run(twin).probe("fixed_point_probe")
+    k = int(np.argmax(fp.iters() >= ckpt.next_iter))  # the branch's first round
+    assert fp.iters()[k] >= ckpt.next_iter
+    assert fp.values("w_sharp_drift_defined")[k] == 1
+    assert fp.values("w_sharp_drift_noise")[k] == 0
+    assert fp.values("w_sharp_drift_noise")[-1] > 0  # and the round after it has one
+
+
 def test_summary_links_the_md_reports_and_shows_the_boundary(demo):
     md = (demo / "summary.md").read_text()
     assert "## Stability boundary (largest alpha_w" in md and "Nothing diverged" not in md

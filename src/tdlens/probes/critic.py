@@ -108,8 +108,9 @@ class CriticOutput:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     w_sharp: np.ndarray | None = None
-    w_sharp_halves: np.ndarray | None = None
-    """The two half-batch w# as ``[2, D]`` (next round's w_sharp_drift_noise)."""
+    w_sharp_split: np.ndarray | None = None
+    """``w#_1 - w#_2``, the two half-batch w# apart (``[D]``; next round's
+    w_sharp_drift_noise)."""
 
     def add_time(self, key: str, seconds: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + seconds
@@ -217,12 +218,12 @@ def measure_fixed_point(
     w: np.ndarray,
     w_sharp_prev: np.ndarray | None,
     n: int,
-    halves_prev: tuple[np.ndarray, np.ndarray] | None = None,
+    split_prev: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The fixed_point_probe columns of `solves` on the batch ``phi_t [n, D]`` (without
     iter, rho and the expected dynamics): gaps, noise floors (``||w#_1 - w#_2||`` and its
-    value-space twin), the drift's own noise from the previous round's half-batch w#
-    `halves_prev` (:func:`tdlens.probes.fixed_point.drift_noise`), and the modes below lam
+    value-space twin), the drift's own noise from the previous round's ``w#_1 - w#_2``
+    `split_prev` (:func:`tdlens.probes.fixed_point.drift_noise`), and the modes below lam
     (counted on a dense spectrum, else the Hutchinson estimate on the full solve's LU)."""
     conf = cfg.probes.fixed_point
     solve, halves, lam = solves.full, solves.halves, solves.lam
@@ -248,7 +249,7 @@ def measure_fixed_point(
     )
     row["eig_max_abs"] = spectrum.max_abs
     row["value_noise_floor"] = fp.value_gap(phi_t, halves[0], halves[1])
-    row["w_sharp_drift_noise"] = fp.drift_noise(halves, halves_prev)
+    row["w_sharp_drift_noise"] = fp.drift_noise(halves[0] - halves[1], split_prev)
     return row
 
 
@@ -330,7 +331,7 @@ def fixed_point_probe(
     n: int,
     workspace: Workspace,
     threads: int = 1,
-    halves_prev: tuple[np.ndarray, np.ndarray] | None = None,
+    split_prev: np.ndarray | None = None,
 ) -> FixedPointResult:
     """The fixed-point probe of one round (docs/model.md §6.1): :func:`solve_fixed_point`,
     :func:`measure_fixed_point`, :func:`prediction_inputs` and :func:`predict_dynamics`
@@ -338,11 +339,11 @@ def fixed_point_probe(
     schedule) and :func:`pack_prediction`; at the run's first round (no previous w#) also
     ``counterfactuals_<n>.npz``: the final value_gap under each intervention and the
     advice grid (:mod:`tdlens.probes.counterfactual`). The config's tol is the one used
-    and the one the row reports. `halves_prev`: the previous round's half-batch w#
+    and the one the row reports. `split_prev`: the previous round's ``w#_1 - w#_2``
     (w_sharp_drift_noise); the result hands back this round's."""
     start = time.perf_counter()
     solves = solve_fixed_point(cfg, moments, spectrum, w, workspace, threads)
-    row = measure_fixed_point(cfg, solves, spectrum, view.phi_t, w, w_sharp_prev, n, halves_prev)
+    row = measure_fixed_point(cfg, solves, spectrum, view.phi_t, w, w_sharp_prev, n, split_prev)
     timings = {"fixed_point.solve": time.perf_counter() - start}
     start = time.perf_counter()
     inputs = prediction_inputs(moments, solves, view, w)
@@ -388,10 +389,10 @@ def critic_probes(
     n: int,
     w_sharp_prev: np.ndarray | None,
     workspace: Workspace,
-    halves_prev: tuple[np.ndarray, np.ndarray] | None = None,
+    split_prev: np.ndarray | None = None,
 ) -> CriticOutput:
     """Run the enabled fixed-point and stability probes of one round (module docstring);
-    `halves_prev`: the previous round's half-batch w# (w_sharp_drift_noise)."""
+    `split_prev`: the previous round's ``w#_1 - w#_2`` (w_sharp_drift_noise)."""
     out = CriticOutput()
     chains = list(dict.fromkeys(c for c in (plan.fixed, *plan.stability) if c is not None))
     parts = _StabilityParts()
@@ -420,7 +421,7 @@ def critic_probes(
                 parts,
                 share,
                 maps.threads,
-                halves_prev,
+                split_prev,
             )
         free = [j for j in range(len(group)) if j not in explicit]
         if free:
@@ -475,7 +476,7 @@ def _explicit_chain(
     parts: _StabilityParts,
     share: float,
     threads: int,
-    halves_prev: tuple[np.ndarray, np.ndarray] | None = None,
+    split_prev: np.ndarray | None = None,
 ) -> None:
     """Moments, spectrum, fixed point (when it is the fixed-point batch) and the power
     iteration and spectral intervals on the explicit A (when it is stability batch 0) of
@@ -490,10 +491,10 @@ def _explicit_chain(
     out.add_time(f"{name}.spectrum", time.perf_counter() - t_spec)
     if spec == plan.fixed:
         result = fixed_point_probe(
-            cfg, moments, spectrum, view, params.w, w_sharp_prev, n, workspace, threads, halves_prev
+            cfg, moments, spectrum, view, params.w, w_sharp_prev, n, workspace, threads, split_prev
         )
         out.w_sharp, row = result.w_sharp, result.row
-        out.w_sharp_halves = np.stack(result.halves)
+        out.w_sharp_split = result.halves[0] - result.halves[1]
         out.arrays.update(result.arrays)
         for key, seconds in result.timings.items():
             out.add_time(key, seconds)
@@ -567,13 +568,11 @@ def stability_row(
 def run_round(ctx: RoundContext) -> None:
     """The fixed-point and stability probes of one round (the registry ``run`` of both:
     the manager calls it once). Keeps the new w# in ``ctx.state["w_sharp_prev"]`` and its
-    two half-batch w# in ``ctx.state["w_sharp_halves_prev"]`` (``[2, D]``, for
-    w_sharp_drift_noise; checkpointed with the rest of the probe state)."""
+    two half-batch w# apart, ``w#_1 - w#_2``, in ``ctx.state["w_sharp_split_prev"]``
+    (``[D]``, for w_sharp_drift_noise; checkpointed with the rest of the probe state)."""
     plan = plan_chains(ctx.cfg)
     if plan.fixed is None and not plan.stability:
         return
-    stacked = ctx.state.get("w_sharp_halves_prev")
-    halves_prev = None if stacked is None else (stacked[0], stacked[1])
     critic = critic_probes(
         ctx.cfg,
         ctx.maps,
@@ -583,12 +582,12 @@ def run_round(ctx: RoundContext) -> None:
         ctx.n,
         ctx.state.get("w_sharp_prev"),
         ctx.workspace,
-        halves_prev,
+        ctx.state.get("w_sharp_split_prev"),
     )
     ctx.out.rows.update(critic.rows)
     ctx.out.arrays.update(critic.arrays)
     ctx.out.timings.update(critic.timings)
     if critic.w_sharp is not None:
         ctx.state["w_sharp_prev"] = critic.w_sharp.copy()
-    if critic.w_sharp_halves is not None:
-        ctx.state["w_sharp_halves_prev"] = critic.w_sharp_halves
+    if critic.w_sharp_split is not None:
+        ctx.state["w_sharp_split_prev"] = critic.w_sharp_split

@@ -364,12 +364,12 @@ def fixed_point_row(
     }
 
 
-def drift_noise(
-    halves: tuple[np.ndarray, np.ndarray], halves_prev: tuple[np.ndarray, np.ndarray] | None
-) -> float:
+def drift_noise(split: np.ndarray, split_prev: np.ndarray | None) -> float:
     """``w_sharp_drift_noise = ||d_1 - d_2|| / 2`` with ``d_h = w#_h(k) - w#_h(k-1)`` the
-    drift of half batch h between rounds k-1 and k (docs/model.md §6.1); 0 without the
-    previous round's halves (the first round).
+    drift of half batch h between rounds k-1 and k (docs/model.md §6.1), computed as
+    ``d_1 - d_2 = s(k) - s(k-1)`` from ``split = s(k) = w#_1(k) - w#_2(k)`` (the vector
+    whose norm is noise_floor) and the previous round's `split_prev`, so a round keeps one
+    ``[D]`` vector for the next; 0 without it (the first round).
 
     Derivation: write each half's solve as ``w#_h(k) = w*(k) + e_h(k)`` (w* the exact fixed
     point of round k, e_h the error of half h) and the full batch's as ``w#(k) ~ w*(k) +
@@ -390,8 +390,6 @@ def drift_noise(
     round) e_h(k) and e_h(k-1) share most of their error and the drift's noise is far
     below noise_floor: it is what w_sharp_drift reads when the policies do not move.
     """
-    if halves_prev is None:
+    if split_prev is None:
         return 0.0
-    d1 = halves[0] - halves_prev[0]
-    d2 = halves[1] - halves_prev[1]
-    return float(np.linalg.norm(d1 - d2)) / 2.0
+    return float(np.linalg.norm(split - split_prev)) / 2.0

@@ -58,7 +58,7 @@ class ProbeManager:
         self.probes = registry.enabled(cfg)
         self.state: dict[str, np.ndarray | None] = {
             "w_sharp_prev": None,
-            "w_sharp_halves_prev": None,
+            "w_sharp_split_prev": None,
         }
         self._workspace = Workspace()
 

@@ -26,7 +26,8 @@ the sweep summary, the catalog, :func:`tdlens.open_run`'s tables and newest arra
   through :func:`tdlens.rundir.read.read_table_text` (``X``, else ``X.gz``); text tables
   compress ~2.5x (learning_curves.csv at the Step-C settings: 108.6 KB to 47.2 KB);
 - the checkpoint kept (:func:`tdlens.runs.checkpoint.prune_checkpoints` left the final
-  one) re-saved zlib-compressed: the same arrays, so the same checksum; it is loaded and
+  one) without the probe state only a next round reads (:data:`DROPPED_STATE`), then
+  re-saved zlib-compressed: the same arrays, so the same checksum; it is loaded and
   verified before the old file is gone.
 
 The config, status, log, ``run_report.md`` (the sweep summary links it) and
@@ -90,6 +91,7 @@ def compact_run(run_dir: Path) -> list[str]:
             changed += _keep_newest(run_dir, prefix, dim)
         changed += _pack_q_kernel(run_dir, dim)
         changed += _trim_expected(run_dir, dim, data.probe("fixed_point_probe").iters())
+    changed += _drop_probe_state(run_dir)
     changed += _compress_checkpoints(run_dir)
     report = run_dir / "run_report.json"
     if report.is_file():
@@ -199,6 +201,36 @@ def _trim_expected(run_dir: Path, dim: int | None, probe_iters: np.ndarray) -> l
             continue
         _save_array(path, trimmed)
         changed.append(f"probes/{path.name}")
+    return changed
+
+
+DROPPED_STATE = ("w_sharp_split_prev",)
+"""Probe state the final checkpoint of a finished sweep run leaves out: the last round's
+``w#_1 - w#_2`` (``[D]``, 16 KB at D = 2048) serves only the next round's
+w_sharp_drift_noise. A finished run has no next round; a branch from it (explain's
+twins) reports that column as 0 for its first round, as one from a checkpoint written
+before the column existed (the label rule then reads noise_floor for that round)."""
+
+
+def _drop_probe_state(run_dir: Path) -> list[str]:
+    """Re-save each checkpoint without the :data:`DROPPED_STATE` entries (and their
+    ``_defined`` flags), with its checksum recomputed; the rest of the state unchanged."""
+    from dataclasses import replace
+
+    from tdlens.runs.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+    changed = []
+    for path in list_checkpoints(run_dir):
+        try:
+            ckpt = load_checkpoint(path)
+        except RunFileError:
+            continue  # left for newest_valid_checkpoint to name
+        drop = {k for key in DROPPED_STATE for k in (key, f"{key}_defined")}
+        if not drop & ckpt.probe_state.keys():
+            continue
+        state = {k: v for k, v in ckpt.probe_state.items() if k not in drop}
+        save_checkpoint(run_dir, replace(ckpt, probe_state=state))
+        changed.append(path.relative_to(run_dir).as_posix())
     return changed
 
 
