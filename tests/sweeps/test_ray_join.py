@@ -119,7 +119,9 @@ def test_cli_bad_address_or_retries_is_exit_2_with_nothing_written(tmp_path):
 def test_unpack_writes_tables_then_checkpoints_then_status(tmp_path, monkeypatch):
     """A driver killed while it writes a run's files must never hold a checkpoint ahead of
     the rows it has: a resume from that checkpoint would skip them for good (seen once in
-    CI as a resumed sweep run missing its last probe rows)."""
+    CI as a resumed sweep run missing its last probe rows); nor a final status beside an
+    older snapshot's files (a compacted run's stale plain table, seen once in a test of a
+    killed driver)."""
     from tdlens.sweeps import ray_backend
 
     files = {
@@ -132,11 +134,16 @@ def test_unpack_writes_tables_then_checkpoints_then_status(tmp_path, monkeypatch
     }
     written = []
     real = ray_backend.atomic_write_bytes
+    stale = tmp_path / "probes" / "fixed_point_probe.csv"  # an older snapshot's table
+    stale.parent.mkdir()
+    stale.write_text("iter\n0\n")
+    gone_before_status = []
     monkeypatch.setattr(
         ray_backend,
         "atomic_write_bytes",
         lambda path, data: (
             written.append(path.relative_to(tmp_path).as_posix()),
+            gone_before_status.append(not stale.exists()) if path.name == "status.json" else None,
             real(path, data),
         ),
     )
@@ -144,3 +151,4 @@ def test_unpack_writes_tables_then_checkpoints_then_status(tmp_path, monkeypatch
     assert written[-1] == "status.json"
     assert written[-2] == "checkpoints/ckpt_000010.npz"
     assert set(written) == set(files)
+    assert gone_before_status == [True]  # a final status never sits beside stale files

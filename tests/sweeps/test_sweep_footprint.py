@@ -409,6 +409,24 @@ def test_compressed_tables_are_deterministic_and_exact(demo, tmp_path):
     assert not gzip_table(again)  # nothing plain left: nothing to do
 
 
+def test_a_stale_plain_table_beside_its_gzip_twin_is_not_read(demo, tmp_path):
+    """X.gz is made only from a finished table, so where a plain X sits beside it (an older
+    snapshot a killed Ray driver left, or an interrupted compaction or expansion) the twin
+    is the table: load_run reads every row, and a resume or branch expands the twin's."""
+    from tdlens.runs.writer import RunFiles
+
+    run = tmp_path / "run"
+    shutil.copytree(_runs(demo)[0], run)
+    full = load_run(run).curves.iters()
+    table = run / "learning_curves.csv"
+    lines = gzip.decompress((run / "learning_curves.csv.gz").read_bytes()).splitlines(True)
+    table.write_bytes(b"".join(lines[:3]))  # an older copy: two rows
+    np.testing.assert_array_equal(load_run(run).curves.iters(), full)
+    RunFiles(run).expand_tables()
+    assert not (run / "learning_curves.csv.gz").exists()
+    assert table.read_bytes() == b"".join(lines)
+
+
 def test_a_compressed_table_is_size_checked_and_named_when_broken(demo, tmp_path):
     """A table that inflates past the run's limit (table_limit: 16 MiB for a demo run) or
     is not gzip is one problem naming the file; the report still builds, open_run gives

@@ -137,25 +137,31 @@ def gz_twin(path: str | Path) -> Path:
 
 
 def table_file(path: str | Path) -> Path | None:
-    """The file that holds the table `path` (``X``): ``X`` itself when it is a file, else
-    its gzip twin ``X.gz`` when that is, else None."""
+    """The file that holds the table `path` (``X``): its gzip twin ``X.gz`` when that is a
+    file, else ``X`` itself when it is, else None.
+
+    Both exist only when something stopped between writing one and deleting the other: a
+    compaction (``X.gz`` written from the complete ``X``), an expansion (``X`` written from
+    ``X.gz``), or a Ray driver copying a run's final files over an older snapshot of its
+    directory. ``X.gz`` is only ever made from a finished table, so it is the table: the
+    plain ``X`` beside it is the same bytes or an older copy."""
     path = Path(path)
-    if path.is_file():
-        return path
     twin = gz_twin(path)
-    return twin if twin.is_file() else None
+    if twin.is_file():
+        return twin
+    return path if path.is_file() else None
 
 
 def table_files(folder: Path, suffix: str = ".csv") -> dict[str, Path]:
     """The tables ``<name><suffix>`` of `folder` (plain or gzip-compressed) by name, in
-    name order; where both exist, the plain file (:func:`table_file`)."""
+    name order; where both exist, the gzip twin (:func:`table_file`)."""
     found: dict[str, Path] = {}
     if Path(folder).is_dir():
         for path in Path(folder).iterdir():
             for end in (suffix, suffix + GZ_SUFFIX):
                 if path.name.endswith(end) and len(path.name) > len(end):
                     name = path.name[: -len(end)]
-                    if name not in found or end == suffix:
+                    if name not in found or end != suffix:
                         found[name] = path
     return dict(sorted(found.items()))
 

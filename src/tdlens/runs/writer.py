@@ -110,7 +110,8 @@ class RunFiles:
         """Store each gzip-compressed table ``X.gz`` (a compacted sweep run's,
         :mod:`tdlens.sweeps.compact`) as the plain ``X`` again, the same bytes
         (:func:`tdlens.rundir.read.read_table_text`), so a run that goes on (a resume, a
-        branch) appends to it; where both exist the plain one is the table."""
+        branch) appends to it; where both exist the gzip twin is the table
+        (:func:`tdlens.rundir.read.table_file`) and replaces the plain one."""
         probes_dir = self.path / "probes"
         tables = [self.path / CURVES_FILE, probes_dir / "rounds.jsonl"]
         tables += [probes_dir / f"{name}.csv" for name in table_files(probes_dir)]
@@ -118,8 +119,7 @@ class RunFiles:
             twin = gz_twin(path)
             if not twin.is_file():
                 continue
-            if not path.is_file():
-                atomic_write_text(path, read_table_text(path))
+            atomic_write_text(path, read_table_text(path))  # the twin's text
             twin.unlink()
 
     def cut_tables(self, next_iter: int) -> None:

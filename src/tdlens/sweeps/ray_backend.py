@@ -93,19 +93,24 @@ def pack_dir(folder: Path) -> dict[str, bytes]:
 
 def unpack_dir(folder: Path, files: dict[str, bytes]) -> None:
     """Write `files` into `folder` atomically and delete stale files: the tables first,
-    then the checkpoints, status.json last. A driver killed midway then never holds a
-    checkpoint whose rows it lacks (a resume from it would skip them for good)."""
+    then the checkpoints, then the stale files go, status.json last. A driver killed
+    midway then never holds a checkpoint whose rows it lacks (a resume from it would skip
+    them for good), nor a final status beside an older snapshot's files (a compacted
+    run's plain tables from before it was compacted)."""
     folder = Path(folder)
-    order = sorted(files, key=lambda r: (r == "status.json", r.startswith("checkpoints/")))
-    for rel in order:
+    for rel in files:
         target = (folder / rel).resolve()
         if not target.is_relative_to(folder.resolve()):
             raise ValueError(f"refusing to write outside the run directory: {rel!r}")
-        atomic_write_bytes(target, files[rel])
+    order = sorted(files, key=lambda r: r.startswith("checkpoints/"))
+    for rel in (r for r in order if r != "status.json"):
+        atomic_write_bytes(folder / rel, files[rel])
     for p in sorted(folder.rglob("*"), reverse=True):
         rel = p.relative_to(folder).as_posix()
         if p.is_file() and p.name not in SKIP_FILES and rel not in files:
             p.unlink()
+    if "status.json" in files:
+        atomic_write_bytes(folder / "status.json", files["status.json"])
 
 
 def execute_shipped(fn: TaskFn, task: RunTask) -> RunOutcome:
