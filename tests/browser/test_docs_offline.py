@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_pages import CHROMIUM, provide_chromium
+from test_pages import CHROMIUM, offline_tab, provide_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,21 +66,8 @@ def test_site_has_no_network_reference(site):
 
 @pytest.mark.parametrize("page", ["model/index.html", "metrics/index.html", "index.html"])
 def test_page_offline_renders_its_equations(browser, site, page):
-    seen: dict[str, list[str]] = {"errors": [], "requests": []}
-    tab = browser.new_page(viewport={"width": 1280, "height": 800})
-
-    def route(r: Any) -> None:
-        if r.request.url.startswith("file://"):
-            r.continue_()
-        else:
-            seen["requests"].append(r.request.url)
-            r.abort()
-
-    tab.route("**/*", route)
-    tab.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
-    tab.on("pageerror", lambda e: seen["errors"].append(str(e)))
+    tab, seen = offline_tab(browser, site / page)
     try:
-        tab.goto((site / page).as_uri(), wait_until="load")
         maths = tab.eval_on_selector_all(".arithmatex", "els => els.length")
         if page == "model/index.html":
             assert maths > 20  # the model page is written in equations

@@ -103,8 +103,9 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
-def open_page(browser: Any, path: Path) -> tuple[Any, dict[str, list[str]]]:
-    """``path`` loaded at 1280x800 with its figures drawn; what went wrong on the way."""
+def offline_tab(browser: Any, path: Path) -> tuple[Any, dict[str, list[str]]]:
+    """``path`` loaded at 1280x800 with every request but file:// refused; the refused
+    requests and the console and page errors, collected as they come."""
     seen: dict[str, list[str]] = {"errors": [], "requests": []}
     page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
 
@@ -119,6 +120,12 @@ def open_page(browser: Any, path: Path) -> tuple[Any, dict[str, list[str]]]:
     page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
     page.on("pageerror", lambda e: seen["errors"].append(str(e)))
     page.goto(path.as_uri(), wait_until="load")
+    return page, seen
+
+
+def open_page(browser: Any, path: Path) -> tuple[Any, dict[str, list[str]]]:
+    """``path`` loaded offline (:func:`offline_tab`) with its figures drawn."""
+    page, seen = offline_tab(browser, path)
     page.wait_for_function(
         "Array.from(document.querySelectorAll('.plot'))"
         ".every(d => d.querySelector('svg.main-svg') !== null)",
