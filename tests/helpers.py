@@ -41,6 +41,16 @@ TINY_SWEEP = {
     "probes.every": 2,
 }
 """Overrides of a sweep whose runs take about a second each."""
+TINY_SEED = {
+    "outer_iters": 6,
+    "env.feature_dim": 64,
+    "env.actor_feature_dim": 16,
+    "trajectories": 4,
+    "horizon": 30,
+    "probes.every": 2,
+}
+"""The seed run's config made tiny (D=64, N=16, B=4, T=30, 6 iterations, probes every 2:
+rounds 1, 3 and 5)."""
 
 
 def small_config(*overrides: str) -> RunConfig:

@@ -11,19 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 import tdlens
+from helpers import TINY_SEED
 from tdlens.cli import app
 from tdlens.config import ConfigError
 from tdlens.rundir.files import RunFileError
 
-# The seed run's config made tiny (D=64, N=16, B=4, T=30, 6 iterations, probes every 2).
-TINY = {
-    "outer_iters": 6,
-    "env.feature_dim": 64,
-    "env.actor_feature_dim": 16,
-    "trajectories": 4,
-    "horizon": 30,
-    "probes.every": 2,
-}
 DETERMINISTIC = ["td_loss", "critic_teacher_error", "w_norm", "mean_rho2", "delta_w_norm"]
 
 
@@ -32,7 +24,7 @@ def seed_run(tmp_path_factory) -> tdlens.Run:
     """The seed config, tiny, run once through the Python API."""
     d = tmp_path_factory.mktemp("api") / "seed"
     catalog = d.parent / "catalog.sqlite"
-    run = tdlens.run("seed_plateau", TINY, run_dir=d, progress=False, catalog=catalog)
+    run = tdlens.run("seed_plateau", TINY_SEED, run_dir=d, progress=False, catalog=catalog)
     assert run.result is not None and run.result.exit_code == 0
     return run
 
@@ -101,7 +93,7 @@ def test_open_catalog_lists_the_run_with_its_final_metrics(seed_run):
 
 def test_cli_run_and_python_run_make_the_same_run(seed_run, tmp_path):
     """`tdlens run` goes through the API: same config, same learning curves bit for bit."""
-    sets = [arg for k, v in TINY.items() for arg in ("--set", f"{k}={v}")]
+    sets = [arg for k, v in TINY_SEED.items() for arg in ("--set", f"{k}={v}")]
     d = tmp_path / "cli"
     res = CliRunner().invoke(app, ["run", "seed_plateau", *sets, "--run-dir", str(d)])
     assert res.exit_code == 0, res.output

@@ -15,6 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from helpers import TINY_SEED
 from page_checks import assert_offline
 from tdlens.config import config_from_json, shipped_configs
 from tdlens.rundir.read import load_array, load_run
@@ -217,15 +218,7 @@ def test_sweep_refused_for_memory_of_its_jobs_at_once(tmp_path, monkeypatch):
 # The seed config made tiny (D=64, 6 iterations, probes every 2: rounds 1, 3 and 5), so
 # every compacted array has older rounds; the q_kernel cache holds 2 of the 4 trajectories,
 # so the loss-convention tolerance depends on each round's trajectory CV.
-TINY = {
-    "outer_iters": 6,
-    "env.feature_dim": 64,
-    "env.actor_feature_dim": 16,
-    "trajectories": 4,
-    "horizon": 30,
-    "probes.every": 2,
-    "probes.q_kernel.cache_batch_size": 2,
-}
+TINY = {**TINY_SEED, "probes.q_kernel.cache_batch_size": 2}
 
 
 def _without_run_dir(report: dict) -> dict:
