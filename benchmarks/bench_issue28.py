@@ -109,12 +109,11 @@ def main() -> None:
     args = parser.parse_args()
     codes = args.src or [None]
     print(machine_info())
-    rows: dict[str, dict[str, list[float]]] = {str(c): {} for c in codes}
+    rows: list[dict[str, list[float]]] = [{} for _ in codes]
     with tempfile.TemporaryDirectory(prefix="bench_issue28_") as tmp:
         for a in range(args.alternations):
-            for code in codes:
-                name, got = str(code), rows[str(code)]
-                print(f"[{a}] {name}: {load_average()}", flush=True)
+            for code, got in zip(codes, rows, strict=True):
+                print(f"[{a}] {code}: {load_average()}", flush=True)
                 (two,) = seed_runs(code, Path(tmp), 1, False, args.overrides)
                 got.setdefault("seed run wall (s)", []).append(two["wall"])
                 got.setdefault("seed run peak RSS (MiB)", []).append(two["rss"])
@@ -138,8 +137,8 @@ def main() -> None:
     print(f"end: {load_average()}")
     print("| what | " + " | ".join(str(c) for c in codes) + " |")
     print("| --- |" + " --- |" * len(codes))
-    for key in rows[str(codes[0])]:
-        cells = [", ".join(f"{x:.3g}" for x in rows[str(c)][key]) for c in codes]
+    for key in rows[0]:
+        cells = [", ".join(f"{x:.3g}" for x in got[key]) for got in rows]
         print(f"| {key} | " + " | ".join(cells) + " |")
 
 

@@ -110,3 +110,27 @@ def test_bench_probes_cpu_split_names_every_stage(tmp_path):
     assert always | {"counterfactuals"} <= stages[0].keys(), lines[0]
     assert always <= stages[1].keys() and "counterfactuals" not in stages[1], lines[1]
     assert all(float(v) >= 0 for s in stages for v in s.values())
+
+
+def test_bench_issue28_tabulates_two_codes(tmp_path):
+    """Two codes (here the same src twice), one alternation: every row of the issue's
+    table has a figure for each code, read from the runs' own files."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = run_script(
+        "bench_issue28.py",
+        *("--src", src, "--src", src, "--alternations", "1", *_sets(TINY)),
+        cwd=tmp_path,
+    )
+    table = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert table[0] == f"| what | {src} | {src} |"
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in table[1:]}
+    assert set(rows) == {
+        "seed run wall (s)",
+        "seed run peak RSS (MiB)",
+        "iteration, 2 threads (s)",
+        "probe round, 2 threads (s)",
+        "iteration, 1 thread beside a second run (s)",
+        "probe round, 1 thread beside a second run (s)",
+    }
+    for cells in rows.values():
+        assert all(float(c.strip(" |")) > 0 for c in cells), cells
