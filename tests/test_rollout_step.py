@@ -1,0 +1,146 @@
+"""The rollout's compiled step (issue 28) reproduces the step-by-step NumPy loop it replaced.
+
+Reference: :func:`_reference_roll_out`, the loop of ``tdlens.rollout.roll_out`` before
+issue 28's session 8 (one NumPy or compiled call per operation: affine map, ``np.tanh``,
+``np.vecdot``, policy step, recorded means, squash, environment step), built from the
+same public pieces and run at test time. The paths must equal it bit for bit, under
+whichever BLAS kernel OpenBLAS picked (CI runs this file again under
+``OPENBLAS_CORETYPE=Haswell`` and ``Prescott``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import small_config
+from tdlens import rollout as rollout_module
+from tdlens.config import RunConfig
+from tdlens.features import FeatureMaps, actor_features_into, make_feature_maps
+from tdlens.kernels import blas_self_dot, gaussian_policy_step, policy_means_each
+from tdlens.learner import init_params
+from tdlens.policy import squash
+from tdlens.rollout import ChainNoise, draw_noise, roll_out
+from tdlens.seeding import stream
+from tdlens.torus import fast
+from tdlens.torus.dynamics import reset_from_uniforms
+
+PATH_KEYS = ("o", "psi", "m_mu", "u", "a", "a_unclipped", "m_eval")
+
+
+def _reference_roll_out(
+    cfg: RunConfig,
+    maps: FeatureMaps,
+    theta_mu: np.ndarray,
+    sigma_mu: np.ndarray,
+    noise: ChainNoise,
+    theta_eval: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """The per-step loop of roll_out as it was (keep_psi=True), returning its paths."""
+    env = cfg.env
+    T, B = noise.z_act.shape[:2]
+    N = maps.N
+    o = np.empty((T + 1, B, 18))
+    psi = np.empty((T + 1, B, N), dtype=maps.dtype)
+    m_mu, u = np.empty((T, B, 2)), np.empty((T, B, 2))
+    evals = None if theta_eval is None else np.ascontiguousarray(theta_eval, dtype=np.float64)
+    m_eval = None if evals is None else np.empty((T + 1, B, len(evals), 2))
+    z_act, z_env, u_env = (np.ascontiguousarray(x) for x in (noise.z_act, noise.z_env, noise.u_env))
+    packed = fast.pack(reset_from_uniforms(noise.reset, env))
+    p = fast.env_params(env)
+    sigma = np.ascontiguousarray(sigma_mu, dtype=np.float64)
+    theta = np.ascontiguousarray(theta_mu.reshape(-1, N, 2), dtype=np.float64)
+    cap = maps.dtype.type(maps.c_psi)
+    fast.observe_packed(packed, p, o[0])
+    for t in range(T):
+        psi_t = actor_features_into(maps, o[t], psi[t], cap_norm=False)
+        gaussian_policy_step(
+            psi_t, np.vecdot(psi_t, psi_t), cap, theta, sigma, z_act[t], m_mu[t], u[t]
+        )
+        if evals is not None:
+            policy_means_each(psi_t, evals, m_eval[t])
+        a_t = squash(u[t], env.v_max) if cfg.squash_action else u[t]
+        fast.step_observe_packed(packed, a_t, z_env[t], u_env[t], p, o[t + 1])
+    actor_features_into(maps, o[T], psi[T])
+    if evals is not None:
+        policy_means_each(psi[T], evals, m_eval[T])
+    a_unclipped = squash(u, env.v_max) if cfg.squash_action else u
+    a = np.clip(a_unclipped, -env.v_max, env.v_max) if env.clip_action else a_unclipped
+    paths = {"o": o, "psi": psi, "m_mu": m_mu, "u": u, "a": a, "a_unclipped": a_unclipped}
+    return paths | ({} if m_eval is None else {"m_eval": m_eval})
+
+
+CASES = {
+    "default": (),
+    "squash_and_clip": ("squash_action=true", "env.clip_action=true", "env.v_max=0.3"),
+    "clip": ("env.clip_action=true", "env.v_max=0.3"),
+    "float64": ("precision=float64",),
+    "eventful_wide": ("env.actor_feature_dim=517", "env.p_mix=0.2", "env.eps_pick=0.2"),
+    "uncapped_norm": ("env.c_psi=100.0",),
+}
+
+
+@pytest.mark.parametrize("per_chain", [False, True], ids=["shared_theta", "per_chain_theta"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_compiled_rollout_equals_the_numpy_loop_bit_for_bit(case, per_chain):
+    """o, psi, m_mu, u, a and the recorded means m_eval equal the old loop's, for both
+    feature dtypes, with squashing and clipping, an actor width that is no multiple of
+    the BLAS blocks, a norm cap that binds or not and per-chain policies; keep_psi=False
+    gives the same paths without psi."""
+    cfg = small_config("theta_mu_offset_scale=0.3", *CASES[case])
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    B, T = 5, 120
+    noise = draw_noise([stream(0, "rollout", 2, b) for b in range(B)], T, cfg)
+    theta_mu = np.stack([params.theta_mu, params.theta_pi] * 2 + [params.theta_mu])
+    theta_mu = theta_mu if per_chain else params.theta_mu
+    sigma_mu = np.linspace(0.2, 0.5, B)
+    evals = np.stack([params.theta_mu, params.theta_pi])
+    ref = _reference_roll_out(cfg, maps, theta_mu, sigma_mu, noise, evals)
+    kept = roll_out(cfg, maps, theta_mu, sigma_mu, noise, theta_eval=evals)
+    lean = roll_out(cfg, maps, theta_mu, sigma_mu, noise, theta_eval=evals, keep_psi=False)
+    for key in PATH_KEYS:
+        np.testing.assert_array_equal(getattr(kept, key), ref[key], err_msg=key)
+        if key != "psi":
+            np.testing.assert_array_equal(getattr(lean, key), ref[key], err_msg=key)
+    assert lean.psi is None
+    assert roll_out(cfg, maps, theta_mu, sigma_mu, noise).m_eval is None
+    if case == "eventful_wide":
+        events = ref["o"][..., 14:18].reshape(-1, 4).max(axis=0)
+        assert events.tolist() == [1.0, 1.0, 1.0, 1.0]  # catches, picks of both types, restarts
+
+
+def test_rollout_without_the_blas_dot_equals_the_numpy_loop(monkeypatch):
+    """Where NumPy's BLAS ``?dot`` is not found the loop takes ``np.vecdot`` per step:
+    the same paths."""
+    monkeypatch.setattr(rollout_module, "blas_self_dot", lambda dtype: 0)
+    cfg = small_config("env.p_mix=0.2")
+    maps = make_feature_maps(cfg)
+    params = init_params(cfg, maps)
+    B = 4
+    noise = draw_noise([stream(0, "rollout", 5, b) for b in range(B)], 80, cfg)
+    sigma_mu = np.full(B, cfg.sigma_mu)
+    evals = params.theta_pi[None]
+    ref = _reference_roll_out(cfg, maps, params.theta_mu, sigma_mu, noise, evals)
+    paths = roll_out(cfg, maps, params.theta_mu, sigma_mu, noise, theta_eval=evals)
+    for key in PATH_KEYS:
+        np.testing.assert_array_equal(getattr(paths, key), ref[key], err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_self_dot_is_numpys_vecdot(dtype):
+    """The ``?dot`` the step kernels call gives ``np.vecdot(x, x)`` bit for bit on rows of
+    every length from 1 to 600 (each BLAS kernel's unrolled blocks and tails), rows of
+    mixed scales included; NumPy's own OpenBLAS (the pip wheels' scipy-openblas64) has one."""
+    from tdlens.kernels import _self_dots
+
+    address = blas_self_dot(np.dtype(dtype))
+    blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+    if blas["name"] == "scipy-openblas" and "USE64BITINT" in blas["openblas configuration"]:
+        assert address != 0
+    if address == 0:
+        return
+    rng = np.random.default_rng(3)
+    for n in range(1, 601):
+        x = (rng.standard_normal((3, n)) * np.exp(rng.normal(0.0, 3.0, (3, n)))).astype(dtype)
+        np.testing.assert_array_equal(_self_dots(address, x), np.vecdot(x, x), err_msg=str(n))
