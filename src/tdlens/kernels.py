@@ -46,27 +46,67 @@ def affine_rows(x: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray) ->
     rounded, then added in order of k (no fma), then the bias. The affine map
     ``W_psi o + b_psi`` of the actor features, without BLAS (module docstring). Four
     terms are added per pass over the row (``o = (((o + p_k) + p_{k+1}) + p_{k+2}) +
-    p_{k+3}``, each add rounded as before): a quarter of the loads and stores of ``o``.
+    p_{k+3}``, each add rounded as before): a quarter of the loads and stores of ``o``;
+    two rows share each pass over ``W`` (half its loads: ``W`` outgrows the L1 cache).
+    Each row's operations are the same whatever its neighbour, so the same bits.
     """
-    R, K = x.shape
+    R = x.shape[0]
+    for i in range(0, R - 1, 2):
+        _affine_row_pair(x[i], x[i + 1], W, b, out[i], out[i + 1])
+    if R % 2:
+        _affine_row(x[R - 1], W, b, out[R - 1])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _affine_row(xi: np.ndarray, W: np.ndarray, b: np.ndarray, o: np.ndarray) -> None:
+    """One row of :func:`affine_rows`."""
+    K = xi.shape[0]
     K4 = 1 + (K - 1) // 4 * 4
-    for i in range(R):
-        o = out[i]
-        xi = x[i]
+    for j in range(o.shape[0]):
+        o[j] = xi[0] * W[0, j]
+    for k in range(1, K4, 4):
+        x0, x1, x2, x3 = xi[k], xi[k + 1], xi[k + 2], xi[k + 3]
+        W0, W1, W2, W3 = W[k], W[k + 1], W[k + 2], W[k + 3]
         for j in range(o.shape[0]):
-            o[j] = xi[0] * W[0, j]
-        for k in range(1, K4, 4):
-            x0, x1, x2, x3 = xi[k], xi[k + 1], xi[k + 2], xi[k + 3]
-            W0, W1, W2, W3 = W[k], W[k + 1], W[k + 2], W[k + 3]
-            for j in range(o.shape[0]):
-                o[j] = (((o[j] + x0 * W0[j]) + x1 * W1[j]) + x2 * W2[j]) + x3 * W3[j]
-        for k in range(K4, K):
-            xk = xi[k]
-            Wk = W[k]
-            for j in range(o.shape[0]):
-                o[j] += xk * Wk[j]
+            o[j] = (((o[j] + x0 * W0[j]) + x1 * W1[j]) + x2 * W2[j]) + x3 * W3[j]
+    for k in range(K4, K):
+        xk = xi[k]
+        Wk = W[k]
         for j in range(o.shape[0]):
-            o[j] += b[j]
+            o[j] += xk * Wk[j]
+    for j in range(o.shape[0]):
+        o[j] += b[j]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _affine_row_pair(
+    xi: np.ndarray, yi: np.ndarray, W: np.ndarray, b: np.ndarray, o: np.ndarray, p: np.ndarray
+) -> None:
+    """Two rows of :func:`affine_rows` (``xi -> o``, ``yi -> p``), each with the
+    operations of :func:`_affine_row`, sharing the loads of ``W``."""
+    K = xi.shape[0]
+    K4 = 1 + (K - 1) // 4 * 4
+    W0 = W[0]
+    for j in range(o.shape[0]):
+        o[j] = xi[0] * W0[j]
+        p[j] = yi[0] * W0[j]
+    for k in range(1, K4, 4):
+        x0, x1, x2, x3 = xi[k], xi[k + 1], xi[k + 2], xi[k + 3]
+        y0, y1, y2, y3 = yi[k], yi[k + 1], yi[k + 2], yi[k + 3]
+        W0, W1, W2, W3 = W[k], W[k + 1], W[k + 2], W[k + 3]
+        for j in range(o.shape[0]):
+            w0, w1, w2, w3 = W0[j], W1[j], W2[j], W3[j]
+            o[j] = (((o[j] + x0 * w0) + x1 * w1) + x2 * w2) + x3 * w3
+            p[j] = (((p[j] + y0 * w0) + y1 * w1) + y2 * w2) + y3 * w3
+    for k in range(K4, K):
+        xk, yk = xi[k], yi[k]
+        Wk = W[k]
+        for j in range(o.shape[0]):
+            o[j] += xk * Wk[j]
+            p[j] += yk * Wk[j]
+    for j in range(o.shape[0]):
+        o[j] += b[j]
+        p[j] += b[j]
 
 
 @njit(cache=True)
