@@ -232,32 +232,38 @@ def action_arguments(
 
 @njit(cache=True, nogil=True)
 def block_arguments(
-    C_b: np.ndarray, W_act: np.ndarray, a: np.ndarray, draws: np.ndarray, out: np.ndarray
+    C: np.ndarray,
+    bias: np.ndarray,
+    W_act: np.ndarray,
+    a: np.ndarray,
+    draws: np.ndarray,
+    out: np.ndarray,
 ) -> None:
-    """The cosine arguments of a feature block in one call, for ``C_b [R + 1, D'] = C +
-    bias`` (added once per state), ``a [R, 2]``, ``draws [R, J, 2]``, ``out [J + 1, R, D']``:
+    """The cosine arguments of a feature block in one call, for ``C [R + 1, D'] = o
+    W_obs``, ``bias [D']``, ``a [R, 2]``, ``draws [R, J, 2]``, ``out [J + 1, R, D']``: with
+    ``c_i = C[i] + bias`` (rounded once, as ``np.add`` would),
 
-    ``out[0, i] = fma(a_i1, W_1, a_i0 W_0) + C_b[i]`` (phi of s_i, a_i) and ``out[1 + k, i]
-    = fma(d_ik1, W_1, d_ik0 W_0) + C_b[i + 1]`` (the k-th next action on s_{i+1}): the
-    operations of :func:`action_arguments` with shifts 0 and 1, so the same bits, with the
-    bias added once per state instead of once per action; with K_mc = 4 draws (the seed
-    runs') the four share one pass over ``W_act`` and ``C_b[i + 1]``.
+    ``out[0, i] = fma(a_i1, W_1, a_i0 W_0) + c_i`` (phi of s_i, a_i) and ``out[1 + k, i]
+    = fma(d_ik1, W_1, d_ik0 W_0) + c_{i+1}`` (the k-th next action on s_{i+1}): the
+    operations of :func:`action_arguments` with shifts 0 and 1, so the same bits, with
+    ``c_{i+1}`` formed once for all draws of a state and no pass of its own over C; with
+    K_mc = 4 draws (the seed runs') the four share one pass over ``W_act`` and ``C[i + 1]``.
     """
     J1, R, D = out.shape
     W0, W1 = W_act[0], W_act[1]
     for i in range(R):
-        c = C_b[i]
+        c = C[i]
         a0, a1 = a[i, 0], a[i, 1]
         o = out[0, i]
         for j in range(D):
-            o[j] = _fma(a1, W1[j], a0 * W0[j]) + c[j]
-        c = C_b[i + 1]
+            o[j] = _fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j])
+        c = C[i + 1]
         if J1 == 5:
             d00, d01, d10, d11 = draws[i, 0, 0], draws[i, 0, 1], draws[i, 1, 0], draws[i, 1, 1]
             d20, d21, d30, d31 = draws[i, 2, 0], draws[i, 2, 1], draws[i, 3, 0], draws[i, 3, 1]
             o1, o2, o3, o4 = out[1, i], out[2, i], out[3, i], out[4, i]
             for j in range(D):
-                w0, w1, c_j = W0[j], W1[j], c[j]
+                w0, w1, c_j = W0[j], W1[j], c[j] + bias[j]
                 o1[j] = _fma(d01, w1, d00 * w0) + c_j
                 o2[j] = _fma(d11, w1, d10 * w0) + c_j
                 o3[j] = _fma(d21, w1, d20 * w0) + c_j
@@ -267,7 +273,7 @@ def block_arguments(
             d0, d1 = draws[i, k, 0], draws[i, k, 1]
             o = out[1 + k, i]
             for j in range(D):
-                o[j] = _fma(d1, W1[j], d0 * W0[j]) + c[j]
+                o[j] = _fma(d1, W1[j], d0 * W0[j]) + (c[j] + bias[j])
 
 
 @njit(cache=True, nogil=True)
