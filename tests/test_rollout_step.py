@@ -2,8 +2,9 @@
 
 Reference: :func:`_reference_roll_out`, the loop of ``tdlens.rollout.roll_out`` before
 issue 28's session 8 (one NumPy or compiled call per operation: affine map, ``np.tanh``,
-``np.vecdot``, policy step, recorded means, squash, environment step), built from the
-same public pieces and run at test time. The paths must equal it bit for bit, under
+``np.vecdot``, policy step, recorded means, squash, environment step, with the old
+``features.actor_features_into`` inlined), built from the same kernels and run at test
+time. The paths must equal it bit for bit, under
 whichever BLAS kernel OpenBLAS picked (CI runs this file again under
 ``OPENBLAS_CORETYPE=Haswell`` and ``Prescott``).
 """
@@ -16,8 +17,14 @@ import pytest
 from helpers import small_config
 from tdlens import rollout as rollout_module
 from tdlens.config import RunConfig
-from tdlens.features import FeatureMaps, actor_features_into, make_feature_maps
-from tdlens.kernels import blas_self_dot, gaussian_policy_step, policy_means_each
+from tdlens.features import FeatureMaps, make_feature_maps
+from tdlens.kernels import (
+    affine_rows,
+    blas_self_dot,
+    gaussian_policy_step,
+    policy_means_each,
+    rescale_rows,
+)
 from tdlens.learner import init_params
 from tdlens.policy import squash
 from tdlens.rollout import ChainNoise, draw_noise, roll_out
@@ -52,8 +59,14 @@ def _reference_roll_out(
     theta = np.ascontiguousarray(theta_mu.reshape(-1, N, 2), dtype=np.float64)
     cap = maps.dtype.type(maps.c_psi)
     fast.observe_packed(packed, p, o[0])
+
+    def actor_features_into(t: int) -> np.ndarray:  # the old features.actor_features_into
+        o_t = np.ascontiguousarray(o[t], dtype=maps.dtype)
+        affine_rows(o_t, maps.W_psi_t, maps.b_psi_d, psi[t])
+        return np.tanh(psi[t], out=psi[t])
+
     for t in range(T):
-        psi_t = actor_features_into(maps, o[t], psi[t], cap_norm=False)
+        psi_t = actor_features_into(t)
         gaussian_policy_step(
             psi_t, np.vecdot(psi_t, psi_t), cap, theta, sigma, z_act[t], m_mu[t], u[t]
         )
@@ -61,7 +74,8 @@ def _reference_roll_out(
             policy_means_each(psi_t, evals, m_eval[t])
         a_t = squash(u[t], env.v_max) if cfg.squash_action else u[t]
         fast.step_observe_packed(packed, a_t, z_env[t], u_env[t], p, o[t + 1])
-    actor_features_into(maps, o[T], psi[T])
+    psi_T = actor_features_into(T)
+    rescale_rows(psi_T, np.vecdot(psi_T, psi_T), cap)
     if evals is not None:
         policy_means_each(psi[T], evals, m_eval[T])
     a_unclipped = squash(u, env.v_max) if cfg.squash_action else u

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tdlens.config import RunConfig
-from tdlens.kernels import affine_rows, block_arguments, block_features, rescale_rows
+from tdlens.kernels import affine_rows, block_arguments, block_features
 from tdlens.seeding import stream
 from tdlens.threads import parallel_map
 
@@ -139,22 +139,6 @@ def actor_features(maps: FeatureMaps, o: np.ndarray) -> np.ndarray:
     norm = np.sqrt(np.vecdot(psi, psi))[..., None]
     psi *= (maps.c_psi / np.maximum(norm, maps.c_psi)).astype(psi.dtype)
     return psi
-
-
-def actor_features_into(
-    maps: FeatureMaps, o: np.ndarray, out: np.ndarray, cap_norm: bool = True
-) -> np.ndarray:
-    """:func:`actor_features` of ``o [B, 18]`` written into ``out [B, N]`` (features dtype).
-
-    The same operations in the same order (so the same bits); the norm cap runs in one
-    compiled call instead of five NumPy calls. ``cap_norm=False`` stops before the cap
-    (the rollout fuses it with the policy step, :func:`tdlens.kernels.gaussian_policy_step`).
-    """
-    affine_rows(np.ascontiguousarray(o, dtype=maps.dtype), maps.W_psi_t, maps.b_psi_d, out)
-    np.tanh(out, out=out)
-    if cap_norm:
-        rescale_rows(out, np.vecdot(out, out), maps.dtype.type(maps.c_psi))
-    return out
 
 
 def reward(maps: FeatureMaps, phi: np.ndarray) -> np.ndarray:
