@@ -303,14 +303,15 @@ def roll_out(
     move = (packed, z_env, u_env, p, o, o_cast, W, b)
     fast.observe_packed(packed, p, o[0])
     affine_rows(np.ascontiguousarray(o[0], dtype=maps.dtype), W, b, psi[0])
+    squash_action, v_max = cfg.squash_action, env.v_max
     for t in range(T):
         psi_t = psi[t if keep_psi else 0]
         np.tanh(psi_t, out=psi_t)
         if not dot:
             np.vecdot(psi_t, psi_t, out=sq)
-        if cfg.squash_action:
+        if squash_action:
             rollout_act(t, *act)
-            rollout_move(t, squash(u[t], env.v_max), *move, psi, keep_psi)
+            rollout_move(t, squash(u[t], v_max), *move, psi, keep_psi)
         else:
             rollout_act_move(t, *act, *move)
     psi_T = psi[T if keep_psi else 0]
