@@ -158,3 +158,30 @@ def test_blas_self_dot_is_numpys_vecdot(dtype):
     for n in range(1, 601):
         x = (rng.standard_normal((3, n)) * np.exp(rng.normal(0.0, 3.0, (3, n)))).astype(dtype)
         np.testing.assert_array_equal(_self_dots(address, x), np.vecdot(x, x), err_msg=str(n))
+
+
+def test_pick_and_catch_threshold_test_equals_hypot():
+    """The environment kernel's ``_within(d0, d1, eps)`` (hypot only near the threshold)
+    equals ``hypot(d0, d1) <= eps`` on random pairs, on pairs whose hypot is eps or one
+    ulp either side, at eps = 0 and on NaN, infinite, tiny and subnormal components."""
+    from tdlens.torus.fast import _within
+
+    rng = np.random.default_rng(4)
+    eps = rng.uniform(0.0, 0.5, 20_000)
+    angle = rng.uniform(0.0, 2 * np.pi, eps.size)
+    radius = eps * np.exp(rng.normal(0.0, 1e-8, eps.size))
+    d0, d1 = radius * np.cos(angle), radius * np.sin(angle)
+    on = np.hypot(d0, d1)
+    cases = [
+        (d0, d1, eps),
+        (d0, d1, on),
+        (d0, d1, np.nextafter(on, 0.0)),
+        (d0, d1, np.nextafter(on, 1.0)),
+        (rng.normal(0, 0.3, eps.size), rng.normal(0, 0.3, eps.size), eps),
+    ]
+    specials = np.array([0.0, -0.0, 5e-324, 1e-310, 1e-160, np.nan, np.inf, -np.inf, 0.04])
+    grid = np.array(np.meshgrid(specials, specials, [0.0, 5e-324, 1e-160, 0.04])).reshape(3, -1)
+    cases.append(tuple(grid))
+    for c0, c1, e in cases:
+        got = [_within(a, b, c) for a, b, c in zip(c0, c1, e, strict=True)]
+        np.testing.assert_array_equal(got, np.hypot(c0, c1) <= e)
