@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 
 from helpers import small_config
-from tdlens import rollout as rollout_module
 from tdlens.config import RunConfig
 from tdlens.features import FeatureMaps, make_feature_maps
 from tdlens.kernels import (
     affine_rows,
-    blas_self_dot,
     gaussian_policy_step,
     policy_means_each,
     rescale_rows,
@@ -122,42 +120,6 @@ def test_compiled_rollout_equals_the_numpy_loop_bit_for_bit(case, per_chain):
     if case == "eventful_wide":
         events = ref["o"][..., 14:18].reshape(-1, 4).max(axis=0)
         assert events.tolist() == [1.0, 1.0, 1.0, 1.0]  # catches, picks of both types, restarts
-
-
-def test_rollout_without_the_blas_dot_equals_the_numpy_loop(monkeypatch):
-    """Where NumPy's BLAS ``?dot`` is not found the loop takes ``np.vecdot`` per step:
-    the same paths."""
-    monkeypatch.setattr(rollout_module, "blas_self_dot", lambda dtype: 0)
-    cfg = small_config("env.p_mix=0.2")
-    maps = make_feature_maps(cfg)
-    params = init_params(cfg, maps)
-    B = 4
-    noise = draw_noise([stream(0, "rollout", 5, b) for b in range(B)], 80, cfg)
-    sigma_mu = np.full(B, cfg.sigma_mu)
-    evals = params.theta_pi[None]
-    ref = _reference_roll_out(cfg, maps, params.theta_mu, sigma_mu, noise, evals)
-    paths = roll_out(cfg, maps, params.theta_mu, sigma_mu, noise, theta_eval=evals)
-    for key in PATH_KEYS:
-        np.testing.assert_array_equal(getattr(paths, key), ref[key], err_msg=key)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_blas_self_dot_is_numpys_vecdot(dtype):
-    """The ``?dot`` the step kernels call gives ``np.vecdot(x, x)`` bit for bit on rows of
-    every length from 1 to 600 (each BLAS kernel's unrolled blocks and tails), rows of
-    mixed scales included; NumPy's own OpenBLAS (the pip wheels' scipy-openblas64) has one."""
-    from tdlens.kernels import _self_dots
-
-    address = blas_self_dot(np.dtype(dtype))
-    blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
-    if blas["name"] == "scipy-openblas" and "USE64BITINT" in blas["openblas configuration"]:
-        assert address != 0
-    if address == 0:
-        return
-    rng = np.random.default_rng(3)
-    for n in range(1, 601):
-        x = (rng.standard_normal((3, n)) * np.exp(rng.normal(0.0, 3.0, (3, n)))).astype(dtype)
-        np.testing.assert_array_equal(_self_dots(address, x), np.vecdot(x, x), err_msg=str(n))
 
 
 def test_pick_and_catch_threshold_test_equals_hypot():

@@ -9,23 +9,13 @@ blocking (so its rounding) can depend on how many rows are multiplied together. 
 value therefore depends only on that row, whatever the batch and whatever the CPU's BLAS
 kernel, which is what makes a chain rolled out alone equal the same chain in a batch.
 Transcendental functions stay in NumPy (elementwise, so row-independent too).
-
-The rollout's step kernels (:mod:`tdlens.rollout`) take the squared norm of the actor
-features from the same CBLAS ``?dot`` that NumPy's ``vecdot`` calls
-(:func:`blas_self_dot`, :func:`blas_dot_self`), so they keep its bits (whichever kernel
-OpenBLAS picked) without a NumPy call per step.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-
 import numpy as np
-from llvmlite import ir
 from numba import njit
 from numba.extending import intrinsic
-from threadpoolctl import ThreadpoolController
 
 
 @intrinsic
@@ -337,68 +327,3 @@ def mean_rows(cos_args: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
                 o[j] += c[j]
         for j in range(D):
             o[j] *= scale[j]
-
-
-@intrinsic
-def blas_dot_self(typingctx, fn, x):
-    """``x . x`` for a 1-D float array ``x``, by the CBLAS ``?dot`` with 64-bit integers at
-    the address `fn` (``fn(n, x, incx, x, incx)``, see :func:`blas_self_dot`). The
-    address is an argument, not a constant, so the calling kernels stay cacheable."""
-
-    def codegen(context, builder, signature, args):
-        fn_addr, x_value = args
-        x_type = signature.args[1]
-        arr = context.make_array(x_type)(context, builder, value=x_value)
-        i64 = ir.IntType(64)
-        n = builder.extract_value(arr.shape, 0)
-        itemsize = ir.Constant(i64, context.get_abi_sizeof(context.get_data_type(x_type.dtype)))
-        inc = builder.sdiv(builder.extract_value(arr.strides, 0), itemsize)
-        value_type = context.get_value_type(signature.return_type)
-        fn_type = ir.FunctionType(value_type, [i64, arr.data.type, i64, arr.data.type, i64])
-        fn_ptr = builder.inttoptr(fn_addr, fn_type.as_pointer())
-        return builder.call(fn_ptr, [n, arr.data, inc, arr.data, inc])
-
-    return x.dtype(fn, x), codegen
-
-
-_CBLAS_DOT_SYMBOLS = ("scipy_cblas_{}dot64_", "cblas_{}dot64_")
-"""Names of the 64-bit-integer CBLAS ``?dot`` in the OpenBLAS builds NumPy ships with."""
-
-
-@functools.cache
-def blas_self_dot(dtype: np.dtype) -> int:
-    """Address of the CBLAS ``sdot``/``ddot`` (`dtype` float32/float64) that gives
-    ``np.vecdot(x, x)`` its bits, or 0 when none is found (the caller then calls
-    ``np.vecdot``).
-
-    NumPy's ``vecdot`` of a float32/float64 row is one call of its BLAS's ``?dot`` (its
-    float64 accumulator adds that one result to 0.0, which changes nothing). A candidate
-    from the loaded OpenBLAS libraries is taken only if it equals ``np.vecdot`` on test
-    rows of several lengths (each BLAS kernel's blocks and tails).
-    """
-    prefix = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}.get(np.dtype(dtype))
-    if prefix is None:
-        return 0
-    rows = np.tanh(np.random.default_rng(0).standard_normal((4, 517)), dtype=dtype)
-    tests = [np.ascontiguousarray(rows[:, :n]) for n in (1, 7, 64, 100, 517)]
-    for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
-        for name in _CBLAS_DOT_SYMBOLS:
-            fn = getattr(ctypes.CDLL(lib.filepath), name.format(prefix), None)
-            address = 0 if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
-            if address and all(_equals_vecdot(address, x) for x in tests):
-                return address
-    return 0
-
-
-def _equals_vecdot(address: int, x: np.ndarray) -> bool:
-    """Whether the ``?dot`` at `address` gives ``np.vecdot(x, x)`` on the rows of x."""
-    return np.array_equal(_self_dots(address, x), np.vecdot(x, x))
-
-
-@njit(cache=True)
-def _self_dots(fn: int, x: np.ndarray) -> np.ndarray:
-    """``vecdot(x, x)`` of ``x [R, n]`` row by row through :func:`blas_dot_self`."""
-    out = np.empty(x.shape[0], x.dtype)
-    for i in range(x.shape[0]):
-        out[i] = blas_dot_self(fn, x[i])
-    return out

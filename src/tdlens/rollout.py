@@ -26,8 +26,6 @@ from tdlens.features import FeatureMaps, NextActions, Workspace, chain_features,
 from tdlens.features import run_parallel as _run_parallel
 from tdlens.kernels import (
     affine_rows,
-    blas_dot_self,
-    blas_self_dot,
     gaussian_policy_step,
     policy_means_each,
     rescale_rows,
@@ -133,7 +131,6 @@ def _act(
     psi: np.ndarray,
     keep: bool,
     sq: np.ndarray,
-    dot: int,
     cap: np.floating,
     theta: np.ndarray,
     sigma: np.ndarray,
@@ -144,9 +141,6 @@ def _act(
     m_eval: np.ndarray,
 ) -> None:
     psi_t = psi[t if keep else 0]
-    if dot != 0:
-        for i in range(psi_t.shape[0]):
-            sq[i] = blas_dot_self(dot, psi_t[i])
     gaussian_policy_step(psi_t, sq, cap, theta, sigma, z_act[t], m_mu[t], u[t])
     policy_means_each(psi_t, evals, m_eval[t])
 
@@ -179,7 +173,6 @@ def rollout_act(
     psi: np.ndarray,
     keep: bool,
     sq: np.ndarray,
-    dot: int,
     cap: np.floating,
     theta: np.ndarray,
     sigma: np.ndarray,
@@ -192,11 +185,11 @@ def rollout_act(
     """The behaviour policies' step t of a rollout (:func:`tdlens.rollout.roll_out`), in
     place, on ``psi_t = psi[t]`` (``psi[0]`` unless `keep`), ``[B, N]`` after its tanh:
 
-    ``sq = psi_t . psi_t`` per row (by the BLAS ``?dot`` at `dot`, else as given), then
-    :func:`gaussian_policy_step` (norm cap, ``m_mu[t]``, ``u[t]``) and
+    with ``sq = psi_t . psi_t`` per row (``np.vecdot``, whose BLAS ``?dot`` the kernels
+    do not reproduce), :func:`gaussian_policy_step` (norm cap, ``m_mu[t]``, ``u[t]``) and
     :func:`policy_means_each` of ``evals [E, N, 2]`` (E may be 0) into ``m_eval[t]``.
     """
-    _act(t, psi, keep, sq, dot, cap, theta, sigma, z_act, m_mu, u, evals, m_eval)
+    _act(t, psi, keep, sq, cap, theta, sigma, z_act, m_mu, u, evals, m_eval)
 
 
 @njit(cache=True, nogil=True)
@@ -228,7 +221,6 @@ def rollout_act_move(
     psi: np.ndarray,
     keep: bool,
     sq: np.ndarray,
-    dot: int,
     cap: np.floating,
     theta: np.ndarray,
     sigma: np.ndarray,
@@ -248,7 +240,7 @@ def rollout_act_move(
 ) -> None:
     """:func:`rollout_act` then :func:`rollout_move` with the actions ``u[t]`` (no squash):
     one call for a whole step but its tanh."""
-    _act(t, psi, keep, sq, dot, cap, theta, sigma, z_act, m_mu, u, evals, m_eval)
+    _act(t, psi, keep, sq, cap, theta, sigma, z_act, m_mu, u, evals, m_eval)
     _move(t, u[t], packed, z_env, u_env, p, o, o_cast, W, b, psi, keep)
 
 
@@ -294,11 +286,10 @@ def roll_out(
     sigma = np.ascontiguousarray(sigma_mu, dtype=np.float64)
     theta = np.ascontiguousarray(theta_mu.reshape(-1, N, 2), dtype=np.float64)
     cap = maps.dtype.type(maps.c_psi)
-    dot = blas_self_dot(maps.dtype)
     sq = np.empty(B, dtype=maps.dtype)
     o_cast = np.empty((B, 18), dtype=maps.dtype)
     W, b = maps.W_psi_t, maps.b_psi_d
-    act = (psi, keep_psi, sq, dot, cap, theta, sigma, z_act, m_mu, u)
+    act = (psi, keep_psi, sq, cap, theta, sigma, z_act, m_mu, u)
     act += (np.empty((0, N, 2)) if evals is None else evals, m_eval)
     move = (packed, z_env, u_env, p, o, o_cast, W, b)
     fast.observe_packed(packed, p, o[0])
@@ -307,8 +298,7 @@ def roll_out(
     for t in range(T):
         psi_t = psi[t if keep_psi else 0]
         np.tanh(psi_t, out=psi_t)
-        if not dot:
-            np.vecdot(psi_t, psi_t, out=sq)
+        np.vecdot(psi_t, psi_t, out=sq)
         if squash_action:
             rollout_act(t, *act)
             rollout_move(t, squash(u[t], v_max), *move, psi, keep_psi)
