@@ -340,9 +340,10 @@ def test_affine_rows_equal_the_sequential_sum_for_any_width(dtype, K):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("J", [1, 2, 3, 4, 5])
 def test_block_kernels_equal_the_per_action_kernels(dtype, J):
-    """block_arguments (bias added once per state) and block_features (phi scale and draw
-    sum in one call) give the bits of action_arguments (shifts 0 and 1), scale_rows and
-    mean_rows, which chain_features called before (issue 28)."""
+    """block_arguments (bias added once per state, no pass of its own over C) and
+    block_features (phi scale and draw sum in one call) give the bits of action_arguments
+    (shifts 0 and 1), scale_rows and mean_rows, which chain_features called before (issue
+    28)."""
     rng = np.random.default_rng(J)
     R, D = 37, 301
     C = rng.normal(0, 2, (R + 1, D)).astype(dtype)
@@ -354,7 +355,7 @@ def test_block_kernels_equal_the_per_action_kernels(dtype, J):
     action_arguments(C, bias, W, a[:, None, :], 0, ref[:1])
     action_arguments(C, bias, W, draws, 1, ref[1:])
     got = np.empty_like(ref)
-    block_arguments(C + bias, W, a, draws, got)
+    block_arguments(C, bias, W, a, draws, got)
     np.testing.assert_array_equal(got, ref)
     cosines = np.cos(ref)
     scale, bar_scale = (rng.uniform(0.5, 1.5, D).astype(dtype) for _ in range(2))

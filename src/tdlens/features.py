@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tdlens.config import RunConfig
-from tdlens.kernels import affine_rows, block_arguments, block_features, rescale_rows
+from tdlens.kernels import affine_rows, block_arguments, block_features
 from tdlens.seeding import stream
 from tdlens.threads import parallel_map
 
@@ -141,22 +141,6 @@ def actor_features(maps: FeatureMaps, o: np.ndarray) -> np.ndarray:
     return psi
 
 
-def actor_features_into(
-    maps: FeatureMaps, o: np.ndarray, out: np.ndarray, cap_norm: bool = True
-) -> np.ndarray:
-    """:func:`actor_features` of ``o [B, 18]`` written into ``out [B, N]`` (features dtype).
-
-    The same operations in the same order (so the same bits); the norm cap runs in one
-    compiled call instead of five NumPy calls. ``cap_norm=False`` stops before the cap
-    (the rollout fuses it with the policy step, :func:`tdlens.kernels.gaussian_policy_step`).
-    """
-    affine_rows(np.ascontiguousarray(o, dtype=maps.dtype), maps.W_psi_t, maps.b_psi_d, out)
-    np.tanh(out, out=out)
-    if cap_norm:
-        rescale_rows(out, np.vecdot(out, out), maps.dtype.type(maps.c_psi))
-    return out
-
-
 def reward(maps: FeatureMaps, phi: np.ndarray) -> np.ndarray:
     """Teacher reward ``r = w_R . phi / sqrt(D)`` for ``phi [..., D]`` (float64)."""
     return (phi @ maps.w_R.astype(phi.dtype)).astype(np.float64) / math.sqrt(maps.D)
@@ -251,7 +235,7 @@ def chain_features(
 
     ``o_chain [L+1, 18]``, ``a [L, 2]`` the executed actions. Writes
     ``phi_out[t] = phi(s_t, a_t)`` and ``bar_phi_out[t] = bar_phi(s_{t+1})`` for t < L,
-    computing ``C + bias = W_obs o + bias`` once per state and reusing it for all J + 1
+    computing ``C = W_obs o`` once per state and reusing it for all J + 1
     actions of a row (a_t on s_t; the J next-action draws, or the mean when exact, on
     s_{t+1}). Per row block: one compiled call writes the cosine arguments ``a W_act +
     (C + bias)`` of all actions into one cache-sized buffer ``[J + 1, rows, D']``, NumPy
@@ -281,13 +265,12 @@ def chain_features(
         stop = min(start + _BLOCK_ROWS, L)
         C = _buffer(scratch, "C", stop - start + 1, D_base, dtype)
         np.matmul(o32[start : stop + 1], maps.W_obs, out=C)
-        np.add(C, maps.bias, out=C)
         for lo in range(start, stop, sub):
             hi = min(lo + sub, stop)
             rows, C_lo = hi - lo, C[lo - start : hi - start + 1]
             args = _buffer(scratch, "args", (J + 1) * rows, D_base, dtype)
             args = args.reshape(J + 1, rows, D_base)
-            block_arguments(C_lo, maps.W_act, a32[lo:hi], draws32[lo:hi], args)
+            block_arguments(C_lo, maps.bias, maps.W_act, a32[lo:hi], draws32[lo:hi], args)
             np.cos(args, out=args)
             block_features(args, scale, bar_scale, phi_out[lo:hi], bar_phi_out[lo:hi])
     phi_out[:, D_base : D - 1] = o_chain[:L, _FLAGS]

@@ -36,27 +36,67 @@ def affine_rows(x: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray) ->
     rounded, then added in order of k (no fma), then the bias. The affine map
     ``W_psi o + b_psi`` of the actor features, without BLAS (module docstring). Four
     terms are added per pass over the row (``o = (((o + p_k) + p_{k+1}) + p_{k+2}) +
-    p_{k+3}``, each add rounded as before): a quarter of the loads and stores of ``o``.
+    p_{k+3}``, each add rounded as before): a quarter of the loads and stores of ``o``;
+    two rows share each pass over ``W`` (half its loads: ``W`` outgrows the L1 cache).
+    Each row's operations are the same whatever its neighbour, so the same bits.
     """
-    R, K = x.shape
+    R = x.shape[0]
+    for i in range(0, R - 1, 2):
+        _affine_row_pair(x[i], x[i + 1], W, b, out[i], out[i + 1])
+    if R % 2:
+        _affine_row(x[R - 1], W, b, out[R - 1])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _affine_row(xi: np.ndarray, W: np.ndarray, b: np.ndarray, o: np.ndarray) -> None:
+    """One row of :func:`affine_rows`."""
+    K = xi.shape[0]
     K4 = 1 + (K - 1) // 4 * 4
-    for i in range(R):
-        o = out[i]
-        xi = x[i]
+    for j in range(o.shape[0]):
+        o[j] = xi[0] * W[0, j]
+    for k in range(1, K4, 4):
+        x0, x1, x2, x3 = xi[k], xi[k + 1], xi[k + 2], xi[k + 3]
+        W0, W1, W2, W3 = W[k], W[k + 1], W[k + 2], W[k + 3]
         for j in range(o.shape[0]):
-            o[j] = xi[0] * W[0, j]
-        for k in range(1, K4, 4):
-            x0, x1, x2, x3 = xi[k], xi[k + 1], xi[k + 2], xi[k + 3]
-            W0, W1, W2, W3 = W[k], W[k + 1], W[k + 2], W[k + 3]
-            for j in range(o.shape[0]):
-                o[j] = (((o[j] + x0 * W0[j]) + x1 * W1[j]) + x2 * W2[j]) + x3 * W3[j]
-        for k in range(K4, K):
-            xk = xi[k]
-            Wk = W[k]
-            for j in range(o.shape[0]):
-                o[j] += xk * Wk[j]
+            o[j] = (((o[j] + x0 * W0[j]) + x1 * W1[j]) + x2 * W2[j]) + x3 * W3[j]
+    for k in range(K4, K):
+        xk = xi[k]
+        Wk = W[k]
         for j in range(o.shape[0]):
-            o[j] += b[j]
+            o[j] += xk * Wk[j]
+    for j in range(o.shape[0]):
+        o[j] += b[j]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _affine_row_pair(
+    xi: np.ndarray, yi: np.ndarray, W: np.ndarray, b: np.ndarray, o: np.ndarray, p: np.ndarray
+) -> None:
+    """Two rows of :func:`affine_rows` (``xi -> o``, ``yi -> p``), each with the
+    operations of :func:`_affine_row`, sharing the loads of ``W``."""
+    K = xi.shape[0]
+    K4 = 1 + (K - 1) // 4 * 4
+    W0 = W[0]
+    for j in range(o.shape[0]):
+        o[j] = xi[0] * W0[j]
+        p[j] = yi[0] * W0[j]
+    for k in range(1, K4, 4):
+        x0, x1, x2, x3 = xi[k], xi[k + 1], xi[k + 2], xi[k + 3]
+        y0, y1, y2, y3 = yi[k], yi[k + 1], yi[k + 2], yi[k + 3]
+        W0, W1, W2, W3 = W[k], W[k + 1], W[k + 2], W[k + 3]
+        for j in range(o.shape[0]):
+            w0, w1, w2, w3 = W0[j], W1[j], W2[j], W3[j]
+            o[j] = (((o[j] + x0 * w0) + x1 * w1) + x2 * w2) + x3 * w3
+            p[j] = (((p[j] + y0 * w0) + y1 * w1) + y2 * w2) + y3 * w3
+    for k in range(K4, K):
+        xk, yk = xi[k], yi[k]
+        Wk = W[k]
+        for j in range(o.shape[0]):
+            o[j] += xk * Wk[j]
+            p[j] += yk * Wk[j]
+    for j in range(o.shape[0]):
+        o[j] += b[j]
+        p[j] += b[j]
 
 
 @njit(cache=True)
@@ -182,32 +222,38 @@ def action_arguments(
 
 @njit(cache=True, nogil=True)
 def block_arguments(
-    C_b: np.ndarray, W_act: np.ndarray, a: np.ndarray, draws: np.ndarray, out: np.ndarray
+    C: np.ndarray,
+    bias: np.ndarray,
+    W_act: np.ndarray,
+    a: np.ndarray,
+    draws: np.ndarray,
+    out: np.ndarray,
 ) -> None:
-    """The cosine arguments of a feature block in one call, for ``C_b [R + 1, D'] = C +
-    bias`` (added once per state), ``a [R, 2]``, ``draws [R, J, 2]``, ``out [J + 1, R, D']``:
+    """The cosine arguments of a feature block in one call, for ``C [R + 1, D'] = o
+    W_obs``, ``bias [D']``, ``a [R, 2]``, ``draws [R, J, 2]``, ``out [J + 1, R, D']``: with
+    ``c_i = C[i] + bias`` (rounded once, as ``np.add`` would),
 
-    ``out[0, i] = fma(a_i1, W_1, a_i0 W_0) + C_b[i]`` (phi of s_i, a_i) and ``out[1 + k, i]
-    = fma(d_ik1, W_1, d_ik0 W_0) + C_b[i + 1]`` (the k-th next action on s_{i+1}): the
-    operations of :func:`action_arguments` with shifts 0 and 1, so the same bits, with the
-    bias added once per state instead of once per action; with K_mc = 4 draws (the seed
-    runs') the four share one pass over ``W_act`` and ``C_b[i + 1]``.
+    ``out[0, i] = fma(a_i1, W_1, a_i0 W_0) + c_i`` (phi of s_i, a_i) and ``out[1 + k, i]
+    = fma(d_ik1, W_1, d_ik0 W_0) + c_{i+1}`` (the k-th next action on s_{i+1}): the
+    operations of :func:`action_arguments` with shifts 0 and 1, so the same bits, with
+    ``c_{i+1}`` formed once for all draws of a state and no pass of its own over C; with
+    K_mc = 4 draws (the seed runs') the four share one pass over ``W_act`` and ``C[i + 1]``.
     """
     J1, R, D = out.shape
     W0, W1 = W_act[0], W_act[1]
     for i in range(R):
-        c = C_b[i]
+        c = C[i]
         a0, a1 = a[i, 0], a[i, 1]
         o = out[0, i]
         for j in range(D):
-            o[j] = _fma(a1, W1[j], a0 * W0[j]) + c[j]
-        c = C_b[i + 1]
+            o[j] = _fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j])
+        c = C[i + 1]
         if J1 == 5:
             d00, d01, d10, d11 = draws[i, 0, 0], draws[i, 0, 1], draws[i, 1, 0], draws[i, 1, 1]
             d20, d21, d30, d31 = draws[i, 2, 0], draws[i, 2, 1], draws[i, 3, 0], draws[i, 3, 1]
             o1, o2, o3, o4 = out[1, i], out[2, i], out[3, i], out[4, i]
             for j in range(D):
-                w0, w1, c_j = W0[j], W1[j], c[j]
+                w0, w1, c_j = W0[j], W1[j], c[j] + bias[j]
                 o1[j] = _fma(d01, w1, d00 * w0) + c_j
                 o2[j] = _fma(d11, w1, d10 * w0) + c_j
                 o3[j] = _fma(d21, w1, d20 * w0) + c_j
@@ -217,7 +263,7 @@ def block_arguments(
             d0, d1 = draws[i, k, 0], draws[i, k, 1]
             o = out[1 + k, i]
             for j in range(D):
-                o[j] = _fma(d1, W1[j], d0 * W0[j]) + c[j]
+                o[j] = _fma(d1, W1[j], d0 * W0[j]) + (c[j] + bias[j])
 
 
 @njit(cache=True, nogil=True)

@@ -19,18 +19,17 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from tdlens.config import RunConfig
-from tdlens.features import (
-    FeatureMaps,
-    NextActions,
-    Workspace,
-    actor_features_into,
-    chain_features,
-    reward,
-)
+from tdlens.features import FeatureMaps, NextActions, Workspace, chain_features, reward
 from tdlens.features import run_parallel as _run_parallel
-from tdlens.kernels import gaussian_policy_step, policy_means_each
+from tdlens.kernels import (
+    affine_rows,
+    gaussian_policy_step,
+    policy_means_each,
+    rescale_rows,
+)
 from tdlens.policy import importance_ratio, policy_mean, squash
 from tdlens.threads import parallel_map
 from tdlens.torus import fast
@@ -126,6 +125,125 @@ class Paths:
         return policy_mean(theta, self.psi)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _act(
+    t: int,
+    psi: np.ndarray,
+    keep: bool,
+    sq: np.ndarray,
+    cap: np.floating,
+    theta: np.ndarray,
+    sigma: np.ndarray,
+    z_act: np.ndarray,
+    m_mu: np.ndarray,
+    u: np.ndarray,
+    evals: np.ndarray,
+    m_eval: np.ndarray,
+) -> None:
+    psi_t = psi[t if keep else 0]
+    gaussian_policy_step(psi_t, sq, cap, theta, sigma, z_act[t], m_mu[t], u[t])
+    policy_means_each(psi_t, evals, m_eval[t])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _move(
+    t: int,
+    a_t: np.ndarray,
+    packed: np.ndarray,
+    z_env: np.ndarray,
+    u_env: np.ndarray,
+    p: np.ndarray,
+    o: np.ndarray,
+    o_cast: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    psi: np.ndarray,
+    keep: bool,
+) -> None:
+    fast.step_observe_packed(packed, a_t, z_env[t], u_env[t], p, o[t + 1])
+    for i in range(o_cast.shape[0]):
+        for k in range(o_cast.shape[1]):
+            o_cast[i, k] = o[t + 1, i, k]
+    affine_rows(o_cast, W, b, psi[t + 1 if keep else 0])
+
+
+@njit(cache=True, nogil=True)
+def rollout_act(
+    t: int,
+    psi: np.ndarray,
+    keep: bool,
+    sq: np.ndarray,
+    cap: np.floating,
+    theta: np.ndarray,
+    sigma: np.ndarray,
+    z_act: np.ndarray,
+    m_mu: np.ndarray,
+    u: np.ndarray,
+    evals: np.ndarray,
+    m_eval: np.ndarray,
+) -> None:
+    """The behaviour policies' step t of a rollout (:func:`tdlens.rollout.roll_out`), in
+    place, on ``psi_t = psi[t]`` (``psi[0]`` unless `keep`), ``[B, N]`` after its tanh:
+
+    with ``sq = psi_t . psi_t`` per row (``np.vecdot``, whose BLAS ``?dot`` the kernels
+    do not reproduce), :func:`gaussian_policy_step` (norm cap, ``m_mu[t]``, ``u[t]``) and
+    :func:`policy_means_each` of ``evals [E, N, 2]`` (E may be 0) into ``m_eval[t]``.
+    """
+    _act(t, psi, keep, sq, cap, theta, sigma, z_act, m_mu, u, evals, m_eval)
+
+
+@njit(cache=True, nogil=True)
+def rollout_move(
+    t: int,
+    a_t: np.ndarray,
+    packed: np.ndarray,
+    z_env: np.ndarray,
+    u_env: np.ndarray,
+    p: np.ndarray,
+    o: np.ndarray,
+    o_cast: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    psi: np.ndarray,
+    keep: bool,
+) -> None:
+    """The environment's step t of a rollout, in place: ``packed`` moves under the actions
+    ``a_t [B, 2]`` (:func:`fast.step_observe_packed`), ``o[t + 1]`` is its
+    observation, and ``psi[t + 1]`` (``psi[0]`` unless `keep`) its actor features' affine
+    map ``W^T o + b`` before the tanh (:func:`affine_rows` of ``o[t + 1]`` cast to the
+    features dtype through ``o_cast [B, 18]``, as ``np.ascontiguousarray(o, dtype)``)."""
+    _move(t, a_t, packed, z_env, u_env, p, o, o_cast, W, b, psi, keep)
+
+
+@njit(cache=True, nogil=True)
+def rollout_act_move(
+    t: int,
+    psi: np.ndarray,
+    keep: bool,
+    sq: np.ndarray,
+    cap: np.floating,
+    theta: np.ndarray,
+    sigma: np.ndarray,
+    z_act: np.ndarray,
+    m_mu: np.ndarray,
+    u: np.ndarray,
+    evals: np.ndarray,
+    m_eval: np.ndarray,
+    packed: np.ndarray,
+    z_env: np.ndarray,
+    u_env: np.ndarray,
+    p: np.ndarray,
+    o: np.ndarray,
+    o_cast: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+) -> None:
+    """:func:`rollout_act` then :func:`rollout_move` with the actions ``u[t]`` (no squash):
+    one call for a whole step but its tanh."""
+    _act(t, psi, keep, sq, cap, theta, sigma, z_act, m_mu, u, evals, m_eval)
+    _move(t, u[t], packed, z_env, u_env, p, o, o_cast, W, b, psi, keep)
+
+
 def roll_out(
     cfg: RunConfig,
     maps: FeatureMaps,
@@ -142,13 +260,16 @@ def roll_out(
     follow. ``u_t = m(s_t) + sigma z_t``; ``a_t = v_max tanh(u_t)`` with
     squashing, else ``u_t``; the environment clips it when env.clip_action.
 
-    The environment step and observation run in one compiled call per step on a packed
-    state (:mod:`tdlens.torus.fast`, bit-identical to :mod:`tdlens.torus.dynamics`); the
-    actor features stay in NumPy/BLAS. ``psi`` is kept in the features dtype (the dtype
-    :func:`tdlens.features.actor_features` computes it in), or not at all when
-    ``keep_psi`` is false. The means of the policies ``theta_eval [E, N, 2]`` at every
-    state are recorded as ``m_eval`` (see :meth:`Paths.mean_under`): what the probes need
-    of psi, in 2E numbers per state instead of N.
+    A step is one compiled call (:func:`rollout_act_move`: norm cap,
+    policy step, recorded means, environment step and observation on a packed state,
+    bit-identical to :mod:`tdlens.torus.dynamics`, and the next state's affine map) and
+    NumPy's tanh, whose bits the kernels do not reproduce; with squashing, NumPy's tanh of
+    the action between the policy's and the environment's halves of the call. ``psi`` is
+    kept in the features dtype (the dtype :func:`tdlens.features.actor_features` computes
+    it in), or not at all when ``keep_psi`` is false. The means of the policies
+    ``theta_eval [E, N, 2]`` at every state are recorded as ``m_eval`` (see
+    :meth:`Paths.mean_under`): what the probes need of psi, in 2E numbers per state
+    instead of N.
     """
     env = cfg.env
     T, B = noise.z_act.shape[:2]
@@ -158,24 +279,34 @@ def roll_out(
     m_mu = np.empty((T, B, 2))
     u = np.empty((T, B, 2))
     evals = None if theta_eval is None else np.ascontiguousarray(theta_eval, dtype=np.float64)
-    m_eval = None if evals is None else np.empty((T + 1, B, len(evals), 2))
+    m_eval = np.empty((T + 1, B, 0 if evals is None else len(evals), 2))
     z_act, z_env, u_env = (np.ascontiguousarray(x) for x in (noise.z_act, noise.z_env, noise.u_env))
     packed = fast.pack(reset_from_uniforms(noise.reset, env))
     p = fast.env_params(env)
     sigma = np.ascontiguousarray(sigma_mu, dtype=np.float64)
     theta = np.ascontiguousarray(theta_mu.reshape(-1, N, 2), dtype=np.float64)
     cap = maps.dtype.type(maps.c_psi)
+    sq = np.empty(B, dtype=maps.dtype)
+    o_cast = np.empty((B, 18), dtype=maps.dtype)
+    W, b = maps.W_psi_t, maps.b_psi_d
+    act = (psi, keep_psi, sq, cap, theta, sigma, z_act, m_mu, u)
+    act += (np.empty((0, N, 2)) if evals is None else evals, m_eval)
+    move = (packed, z_env, u_env, p, o, o_cast, W, b)
     fast.observe_packed(packed, p, o[0])
+    affine_rows(np.ascontiguousarray(o[0], dtype=maps.dtype), W, b, psi[0])
+    squash_action, v_max = cfg.squash_action, env.v_max
     for t in range(T):
-        psi_t = actor_features_into(maps, o[t], psi[t if keep_psi else 0], cap_norm=False)
-        gaussian_policy_step(
-            psi_t, np.vecdot(psi_t, psi_t), cap, theta, sigma, z_act[t], m_mu[t], u[t]
-        )
-        if evals is not None:
-            policy_means_each(psi_t, evals, m_eval[t])
-        a_t = squash(u[t], env.v_max) if cfg.squash_action else u[t]
-        fast.step_observe_packed(packed, a_t, z_env[t], u_env[t], p, o[t + 1])
-    psi_T = actor_features_into(maps, o[T], psi[T if keep_psi else 0])
+        psi_t = psi[t if keep_psi else 0]
+        np.tanh(psi_t, out=psi_t)
+        np.vecdot(psi_t, psi_t, out=sq)
+        if squash_action:
+            rollout_act(t, *act)
+            rollout_move(t, squash(u[t], v_max), *move, psi, keep_psi)
+        else:
+            rollout_act_move(t, *act, *move)
+    psi_T = psi[T if keep_psi else 0]
+    np.tanh(psi_T, out=psi_T)
+    rescale_rows(psi_T, np.vecdot(psi_T, psi_T), cap)
     if evals is not None:
         policy_means_each(psi_T, evals, m_eval[T])
     a_unclipped = squash(u, env.v_max) if cfg.squash_action else u
@@ -187,7 +318,7 @@ def roll_out(
         a=clip_action(a_unclipped, env),
         a_unclipped=a_unclipped,
         theta_eval=evals,
-        m_eval=m_eval,
+        m_eval=None if evals is None else m_eval,
     )
 
 

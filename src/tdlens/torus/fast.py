@@ -5,7 +5,9 @@ with numba kernels over a packed state, row by row, with the same floating-point
 operations in the same order (``x mod L`` as NumPy's ``np.mod``, ``hypot``, ``sin`` and
 ``cos`` from the C library, no fused multiply-add), so a step reproduces
 :func:`tdlens.torus.dynamics.step` bit for bit on the same noise (tests/test_dynamics.py
-checks long random rollouts with restarts, catches, picks and both clip settings).
+checks long random rollouts with restarts, catches, picks and both clip settings). The
+catch and pick tests ``hypot(d) <= eps`` compare ``d . d`` with ``eps^2`` first and call
+``hypot`` only near the threshold, which decides them the same way (:func:`_within`).
 Each environment row is stepped by the same scalar code, so a batch of ``n`` rows equals
 ``n`` single rows exactly.
 
@@ -115,6 +117,24 @@ def _delta(a: float, b: float, L: float, half: float) -> float:
     return _mod(b - a + half, L) - half
 
 
+@njit(cache=True, inline="always")
+def _within(d0: float, d1: float, eps: float) -> bool:
+    """``hypot(d0, d1) <= eps``, calling ``hypot`` only near the threshold.
+
+    ``q = d0 d0 + d1 d1`` is within a few ulp of ``hypot(d0, d1)^2``, and ``hypot`` is
+    within one ulp of the exact norm, so outside ``eps^2 (1 -+ 1e-9)`` the comparison of
+    ``q`` decides it as ``hypot`` would; a NaN, an underflow to 0 and ``eps = 0`` fall
+    through to ``hypot`` itself. Same outcome, bit for bit, for ~1/5 of the cost.
+    """
+    q = d0 * d0 + d1 * d1
+    eps_sq = eps * eps
+    if q > eps_sq * (1.0 + 1e-9):
+        return False
+    if q < eps_sq * (1.0 - 1e-9):
+        return True
+    return math.hypot(d0, d1) <= eps
+
+
 @njit(cache=True)
 def _step_row(S_i, a_i, z_i, u_i, p) -> None:
     L, K = p[_L], (S_i.shape[0] - 8) // 3
@@ -135,8 +155,9 @@ def _step_row(S_i, a_i, z_i, u_i, p) -> None:
     xg0 = _mod(xg0 + d0 * speed + p[_SGHOST] * z_i[2], L)
     xg1 = _mod(xg1 + d1 * speed + p[_SGHOST] * z_i[3], L)
 
-    caught = math.hypot(_mod(xa0 - xg0 + half, L) - half, _mod(xa1 - xg1 + half, L) - half)
-    caught_b = caught <= p[_ECATCH]
+    caught_b = _within(
+        _mod(xa0 - xg0 + half, L) - half, _mod(xa1 - xg1 + half, L) - half, p[_ECATCH]
+    )
     if caught_b:
         xg0, xg1 = L * u_i[0], L * u_i[1]
 
@@ -144,7 +165,7 @@ def _step_row(S_i, a_i, z_i, u_i, p) -> None:
     for k in range(K):
         e0 = _mod(S_i[gob + 2 * k] - xa0 + half, L) - half
         e1 = _mod(S_i[gob + 2 * k + 1] - xa1 + half, L) - half
-        if math.hypot(e0, e1) <= p[_EPICK]:
+        if _within(e0, e1, p[_EPICK]):
             first = k
             break
     picked_type = 0.0
