@@ -177,9 +177,11 @@ def real_block_factors(
     vals: np.ndarray, p: np.ndarray, q: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """``p', q' [rows, k']``: the block ``M = mean_h p_h q_h^T`` of the modes with
-    eigenvalues `vals` (``p = rho py / norm``, ``q = qx``, complex ``[rows, k]``) and of
-    the conjugates of its complex ones, in a real basis: ``M' = mean_h p'_h q'_h^T`` is
-    real with the eigenvalues of M's closure under conjugation.
+    eigenvalues `vals` (``p = rho py / norm``, ``q = qx``, complex ``[rows, k]``; one
+    member of each conjugate pair, as :func:`min_block` picks them) and of the conjugates
+    of its complex ones, in a real basis: ``M' = mean_h p'_h q'_h^T`` (``k'`` = k plus
+    the number of complex modes) is real with the eigenvalues of M's closure under
+    conjugation.
 
     A complex mode ``i`` and its conjugate ``j`` (``x_j = conj x_i``, so ``q_j = conj
     q_i``, ``p_j = conj p_i``) have the real columns ``q' = (Re q_i, Im q_i) = (q_i, q_j)
