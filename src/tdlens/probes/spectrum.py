@@ -40,7 +40,12 @@ from tdlens.threads import limit_threads, parallel_map
 
 DENSE_MAX = 768
 KRYLOV_K = 32
-KRYLOV_TOL = 1e-8
+KRYLOV_TOL = 1e-6
+"""ARPACK's relative residual ``||A x - l x|| <= tol |l|``. An eigenvalue moves by at most
+``tol |l| / |y^T x|`` (``|x| = |y| = 1``) and in practice by far less: at the seed settings
+(D = 2048) 1e-6 moves the computed eigenvalues by <= 4.4e-9 max|l| from 1e-8 (the
+spectral noise is ~0.1 max|l|, the float32 products ~1e-7 max|l|) and takes ~9% fewer
+products (167 and 166 instead of 183 and 182 on A and A^T)."""
 
 
 @dataclass(frozen=True)
