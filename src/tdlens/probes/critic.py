@@ -120,23 +120,22 @@ def trainer_td_errors(
     draws ``u' = m_pi(s_{t+1}) + sigma_pi z`` from the batch's own ``z_next``, so the
     per-sample updates ``rho_t delta_t phi_t`` carry the Monte Carlo noise the trainer's
     do (docs/model.md §6.1, the update noise). Featurised ``maps.threads`` columns at a
-    time in a private workspace (``phi, bar_phi [threads, T, D]``)."""
-    group, cols, T, D = rolled.group(spec), rolled.columns(spec), spec.T, maps.D
+    time in a private workspace (``phi, bar_phi [threads, T, D]``); the products run one
+    column (``[T, D]``) at a time, so their rounding does not depend on the threads."""
+    group, cols, T = rolled.group(spec), rolled.columns(spec), spec.T
     paths = truncate_paths(group.paths.take(cols), T)
     noise = truncate_noise(group.noise.take(cols), T)
     sigma_mu = group.sigma_mu[cols]
-    w_f = (w / math.sqrt(D)).astype(maps.dtype)
+    w_f = (w / math.sqrt(maps.D)).astype(maps.dtype)
     workspace, step, parts = Workspace(), max(1, maps.threads), []
     for lo in range(0, spec.columns, step):
         sl = slice(lo, min(lo + step, spec.columns))
         batch = td_batch(
             cfg, maps, paths.take(sl), noise.take(sl), theta_pi, sigma_mu[sl], True, workspace
         )
-        rows = batch.phi.shape[0] * batch.phi.shape[1]
-        dphi = fp.td_difference_(
-            batch.phi.reshape(rows, D), batch.bar_phi.reshape(rows, D), cfg.gamma
-        )
-        parts.append(batch.r.reshape(rows) - (dphi @ w_f))
+        for b in range(batch.phi.shape[0]):
+            dphi = fp.td_difference_(batch.phi[b], batch.bar_phi[b], cfg.gamma)
+            parts.append(batch.r[b] - (dphi @ w_f))
     return np.concatenate(parts)
 
 
