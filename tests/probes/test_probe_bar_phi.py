@@ -20,6 +20,7 @@ from tdlens.probes import expected as ex
 from tdlens.probes import fixed_point as fp
 from tdlens.probes.common import batch_slices, plan_chains, roll_chains, truncate_noise
 from tdlens.probes.critic import batch_view, probe_config, trainer_td_errors
+from tdlens.probes.manager import ProbeManager
 from tdlens.rollout import td_batch
 
 
@@ -133,3 +134,36 @@ def test_update_noise_factor_stays_the_trainers_with_closed_form_probe_features(
     np.testing.assert_allclose(U, U_mc, rtol=0, atol=1e-6 * scale)  # measured: equal
     U_closed = ex.update_noise_factor(c.phi_t, c.dphi_t, c.rho_t, c.r_t, w, size)
     assert np.abs(U_closed - U_mc).max() > 1e-3 * scale
+
+
+def test_a_round_builds_U_from_the_trainers_td_errors_and_same_as_training_from_its_own(
+    monkeypatch,
+):
+    """In a probe round (ProbeManager, tiny config) the update-noise factor receives the
+    trainer's Monte Carlo TD errors at the round's w# (equal to r - dphi_mc . w# / sqrt(D)
+    of the trainer-featurised fixed-point batch); with probes.bar_phi: same_as_training
+    the batch is the trainer's and U its own TD errors (none passed)."""
+    calls = []
+    original = ex.update_noise_factor
+
+    def spy(*args):
+        calls.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(ex, "update_noise_factor", spy)
+    others = ("distribution", "q_kernel", "rho_audit", "plateau")
+    off = tuple(f"probes.{name}.enabled=false" for name in others)
+    for overrides, expect_delta in (((), True), (("probes.bar_phi=same_as_training",), False)):
+        calls.clear()
+        cfg = tiny_config(*off, *overrides)
+        maps, params, spec, rolled = _fixed_batch(cfg)
+        ProbeManager(cfg, maps).run(2, params, np.zeros(1), 0.0, "every")
+        (args,) = calls
+        delta, w_sharp = args[6], args[4]
+        if not expect_delta:
+            assert delta is None
+            continue
+        (cols,) = batch_slices([spec])
+        mc = batch_view(cfg, rolled.td_batch(cfg, maps, [spec], params.theta_pi), cols, spec)
+        ref = mc.r_t - (mc.dphi_t.astype(np.float64) @ w_sharp) / math.sqrt(maps.D)
+        np.testing.assert_allclose(delta, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
