@@ -80,6 +80,8 @@ CPU_STAGES = {
     ("tdlens.probes.critic", "spectral_intervals"): "spectral_ci",
     ("tdlens.probes.critic", "_matrix_free_chains"): "power_matrix_free",
     ("tdlens.probes.common", "RolledChains.td_batch"): "critic_features",
+    # the trainer's Monte Carlo TD errors of the fixed-point batch for U (probes.bar_phi)
+    ("tdlens.probes.critic", "trainer_td_errors"): "trainer_td_errors",
     ("tdlens.probes.distribution", "run_round"): "distribution",
 }
 

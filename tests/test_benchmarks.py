@@ -107,6 +107,7 @@ def test_bench_probes_cpu_split_names_every_stage(tmp_path):
     assert len(lines) == 2, out[-2000:]
     stages = [dict(p.rsplit(" ", 1) for p in ln.split(": ", 1)[1].split(", ")) for ln in lines]
     always = {"moments", "spectrum", "solves", "measure", "prediction", "critic_features"}
+    always |= {"trainer_td_errors"}  # probes.bar_phi: exact under the trainer's bar_phi: mc
     assert always | {"counterfactuals"} <= stages[0].keys(), lines[0]
     assert always <= stages[1].keys() and "counterfactuals" not in stages[1], lines[1]
     assert all(float(v) >= 0 for s in stages for v in s.values())

@@ -36,6 +36,7 @@ from tdlens.features import (
 from tdlens.learner import init_params, project
 from tdlens.policy import squash
 from tdlens.probes.common import fixed_point_chains, roll_chains
+from tdlens.probes.critic import probe_config
 from tdlens.probes.manager import ProbeManager
 from tdlens.rundir.read import load_run
 from tdlens.runs.runner import Runner
@@ -212,8 +213,9 @@ def test_distribution_probe_kl_uses_each_policys_sigma(tmp_path):
 
 def test_fixed_point_solves_A_not_its_transpose(tmp_path):
     """At gamma = 0.9 (A not symmetric), the w# a probe round keeps satisfies A w# = b for
-    the A and b of its own chain rebuilt here in float64 (ridge 0): a solve with A^T, which
-    the no_bootstrap sanity check cannot see (A is symmetric at gamma = 0), fails here."""
+    the A and b of its own chain rebuilt here in float64 (ridge 0), featurised as the probes
+    featurise it (`probe_config`: the closed-form bar_phi, probes.bar_phi): a solve with A^T,
+    which the no_bootstrap sanity check cannot see (A is symmetric at gamma = 0), fails here."""
     cfg = load_config(
         "configs/sanity.yaml",
         [
@@ -236,7 +238,7 @@ def test_fixed_point_solves_A_not_its_transpose(tmp_path):
     w_sharp = manager.state["w_sharp_prev"]
     chain = fixed_point_chains(cfg)
     rolled = roll_chains(cfg, maps, params, [chain], 0)
-    batch = rolled.td_batch(cfg, maps, [chain], params.theta_pi)
+    batch = rolled.td_batch(probe_config(cfg), maps, [chain], params.theta_pi)
     # the batch's trajectories (trainer-style sampling), flattened to samples
     phi_t = batch.phi.reshape(-1, maps.D).astype(np.float64)
     dphi_t = phi_t - cfg.gamma * batch.bar_phi.reshape(-1, maps.D).astype(np.float64)

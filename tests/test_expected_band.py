@@ -92,13 +92,15 @@ def test_value_gap_floor_is_inf_once_the_step_passes_the_probes_critical_step(tr
     fp, stab = data.probe("fixed_point_probe"), data.probe("stability_probe")
     floor, ratio = fp.values("value_gap_floor"), stab.values("eta") / stab.values("critical_step")
     assert ratio[0] < 0.7 and ratio[-1] > 1.1, ratio
-    # e-fold growth over the 16 iterations needs |1 - eta l| > e^(1/16), eta > 1.03 x the
-    # critical step: this run's rounds sit at 0.58, 0.999, 1.15 and 1.25
-    assert np.all(np.isinf(floor[ratio > 1.05])) and np.all(floor[ratio < 1.0] < 0.05), (
+    # e-fold growth over the 16 iterations needs |1 - eta l| > e^(1/16), eta > 1.032 x the
+    # critical step: this run's rounds sit at 0.59, 1.009, 1.16 and 1.27 (0.58, 0.999, 1.15
+    # and 1.25 with the trainer's Monte Carlo bar_phi in the probes: the second round's
+    # critical step moved by 1%, inside its 95% interval [232, 376])
+    assert np.all(np.isinf(floor[ratio > 1.05])) and np.all(floor[ratio < 1.03] < 0.05), (
         floor,
         ratio,
     )
-    assert np.sum(ratio > 1.05) >= 2 and np.sum(ratio < 1.0) >= 2, ratio
+    assert np.sum(ratio > 1.05) >= 2 and np.sum(ratio < 1.03) >= 2, ratio
     r = label_regime(series_of(data))
     assert r.evidence["stochastic_floor"] == math.inf and r.label != "plateau:noise-floor"
 

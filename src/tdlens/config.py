@@ -215,6 +215,15 @@ class ProbesConfig(_Frozen):
         5, ge=0, le=COUNT_MAX, description="probe every n iterations; 0 = only plateau/last"
     )
     common_random_numbers: bool = True
+    bar_phi: Literal["exact", "same_as_training"] = Field(
+        "exact",
+        description=(
+            "next-action features of the fixed-point and stability batches: exact = the "
+            "closed-form expectation (the same A, b as the trainer's Monte Carlo estimate, "
+            "less noise) where the policy is an unclipped, unsquashed Gaussian and K_mc > 0, "
+            "else the trainer's estimator; same_as_training = always the trainer's"
+        ),
+    )
     plateau: PlateauConfig = PlateauConfig()
     fixed_point: FixedPointConfig = FixedPointConfig()
     stability: StabilityConfig = StabilityConfig()
@@ -449,6 +458,18 @@ class RunConfig(_Frozen):
         return float(self.rho_clip)
 
     @property
+    def probe_bar_phi(self) -> Literal["mc", "exact"]:
+        """The bar_phi estimator of the fixed-point and stability batches (docs/model.md §6):
+        ``exact`` when ``probes.bar_phi`` is exact and the closed form is the expectation
+        the trainer's Monte Carlo estimates (an unclipped, unsquashed Gaussian pi and
+        ``K_mc > 0``; ``K_mc = 0`` is ``phi(s', 0)``, not an expectation), else the
+        trainer's own ``bar_phi``."""
+        valid = not (self.env.clip_action or self.squash_action) and self.K_mc > 0
+        if self.probes.bar_phi == "exact" and valid:
+            return "exact"
+        return self.bar_phi
+
+    @property
     def step_scale(self) -> float:
         """s = 1/(B T) (`mean`) or 1/(sqrt(B) T) (`sqrt_batch`), docs/model.md §4 step 4."""
         if self.step_normalization == "mean":
@@ -489,6 +510,7 @@ already means "no clip" for ``rho_clip``."""
 
 ADDED_LATER: dict[str, Any] = {
     "schedules": SchedulesConfig().model_dump(mode="json"),  # step-size schedules
+    "probes.bar_phi": "exact",  # the probes' next-action features (issue 28)
 }
 """Config keys added after runs existed, dotted, with the default (as :meth:`RunConfig.
 to_dict` writes it) at which :func:`hash_config_data` leaves them out: a run made before

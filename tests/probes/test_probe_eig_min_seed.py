@@ -11,6 +11,7 @@ from tdlens.features import make_feature_maps
 from tdlens.learner import init_params
 from tdlens.probes import fixed_point as fp
 from tdlens.probes.common import plan_chains, roll_chains
+from tdlens.probes.critic import probe_config
 from tdlens.probes.manager import ProbeManager
 
 
@@ -29,9 +30,11 @@ def test_eig_min_real_equals_the_dense_minimum_within_its_noise_at_D2048():
     params = init_params(cfg, maps)
     row = ProbeManager(cfg, maps).run(0, params, np.zeros(1), 0.0, "every").rows["stability_probe"]
     assert row["spectrum_dense"] == 0.0 and row["eig_min_real_is_bound"] == 1.0
-    # the same batch, rebuilt: its A, and every eigenvalue of it
+    # the same batch, rebuilt with the probes' bar_phi (probes.bar_phi): its A, and every
+    # eigenvalue of it
     spec = plan_chains(cfg).stability[0]
-    batch = roll_chains(cfg, maps, params, [spec], 0).td_batch(cfg, maps, [spec], params.theta_pi)
+    rolled = roll_chains(cfg, maps, params, [spec], 0)
+    batch = rolled.td_batch(probe_config(cfg), maps, [spec], params.theta_pi)
     phi = batch.phi.reshape(-1, maps.D)
     dphi = fp.td_difference_(phi, batch.bar_phi.reshape(-1, maps.D), cfg.gamma)
     A = fp.td_moments(phi, dphi, batch.rho.reshape(-1), batch.r.reshape(-1)).A

@@ -10,6 +10,7 @@ from probe_testlib import tiny_config
 from tdlens.features import make_feature_maps
 from tdlens.learner import collect, init_params
 from tdlens.probes.common import plan_chains, roll_chains
+from tdlens.probes.critic import probe_config
 
 
 def test_trainer_style_batch_is_the_trainers_collect_on_the_probe_streams():
@@ -25,6 +26,11 @@ def test_trainer_style_batch_is_the_trainers_collect_on_the_probe_streams():
     trainer = collect(cfg, maps, params.theta_mu, params.theta_pi, spec.rngs(cfg, 3), cfg.horizon)
     for name in ("phi", "bar_phi", "r", "rho", "rho_raw", "u", "m_pi"):
         np.testing.assert_array_equal(getattr(probe, name), getattr(trainer, name), name)
+    # the batch the probes featurise (probes.bar_phi: exact) differs only in bar_phi
+    closed = rolled.td_batch(probe_config(cfg), maps, [spec], params.theta_pi)
+    for name in ("phi", "r", "rho", "rho_raw", "u", "m_pi"):
+        np.testing.assert_array_equal(getattr(closed, name), getattr(trainer, name), name)
+    assert not np.array_equal(closed.bar_phi, trainer.bar_phi)
 
 
 def test_stationary_sampling_keeps_one_continuing_chain():

@@ -168,8 +168,9 @@ def test_frozen_card_says_why_and_what_to_do(tmp_path):
 
 
 def test_a_capped_raise_reads_as_a_first_step():
-    """When the 10x cap stops short of the alpha_w the run needs (the seed run: 0.8 next,
-    53 needed), the card says the raise is stepwise, not the fix."""
+    """When the 10x cap stops short of the alpha_w the run needs (the seed run's numbers
+    while its advice did not help, before the probes' closed-form bar_phi: 0.8 next, 53
+    needed), the card says the raise is stepwise, not the fix."""
     step = NextStep(
         "critic_frozen",
         "critic frozen",

@@ -21,9 +21,11 @@ and the previous w#.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -44,10 +46,12 @@ from tdlens.probes.common import (
     batch_slices,
     plan_chains,
     rho_summary,
+    truncate_noise,
+    truncate_paths,
 )
 from tdlens.probes.registry import RoundContext
 from tdlens.probes.spectral_ci import spectral_intervals
-from tdlens.rollout import TDBatch
+from tdlens.rollout import TDBatch, td_batch
 from tdlens.threads import limit_threads, parallel_map
 
 BOOTSTRAP_PURPOSE = 500_000
@@ -59,7 +63,10 @@ class BatchView:
     """One probe batch flattened to samples: ``phi_t, dphi_t [n, D]`` (views of the TD
     batch's arrays; ``dphi_t = phi_t - gamma bar_phi_tp1``), ``rho_t, rho_raw_t, r_t [n]``,
     and the samples per cluster (trajectory, or ``horizon``-step block of a continuing
-    chain) for intervals and the update noise."""
+    chain) for intervals and the update noise. ``trainer_delta(w) [n]``: the per-sample
+    TD errors at ``w`` with the trainer's bar_phi estimator when the batch's own differs
+    (``probes.bar_phi: exact`` under ``bar_phi: mc``, :func:`trainer_td_errors`), None
+    when they are ``r_t - dphi_t . w / sqrt(D)``."""
 
     phi_t: np.ndarray
     dphi_t: np.ndarray
@@ -67,6 +74,7 @@ class BatchView:
     rho_raw_t: np.ndarray
     r_t: np.ndarray
     cluster_size: int
+    trainer_delta: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def batch_view(cfg: RunConfig, batch: TDBatch, cols: slice, spec: ChainSpec) -> BatchView:
@@ -88,6 +96,47 @@ def batch_view(cfg: RunConfig, batch: TDBatch, cols: slice, spec: ChainSpec) -> 
         r_t=batch.r[cols].reshape(n),
         cluster_size=cluster,
     )
+
+
+def probe_config(cfg: RunConfig) -> RunConfig:
+    """`cfg` with the probes' bar_phi estimator (:attr:`tdlens.config.RunConfig.
+    probe_bar_phi`) in place of the trainer's: the config the fixed-point and stability
+    batches are featurised with. `cfg` itself when the two agree."""
+    if cfg.probe_bar_phi == cfg.bar_phi:
+        return cfg
+    return cfg.model_copy(update={"bar_phi": cfg.probe_bar_phi})
+
+
+def trainer_td_errors(
+    cfg: RunConfig,
+    maps: FeatureMaps,
+    rolled: RolledChains,
+    spec: ChainSpec,
+    theta_pi: np.ndarray,
+    w: np.ndarray,
+) -> np.ndarray:
+    """``delta_t [n] = r_t - dphi_t . w / sqrt(D)`` of batch `spec` (trajectory-major, as
+    :func:`batch_view`) with the TRAINER's bar_phi estimator ``cfg.bar_phi``: its K_mc
+    draws ``u' = m_pi(s_{t+1}) + sigma_pi z`` from the batch's own ``z_next``, so the
+    per-sample updates ``rho_t delta_t phi_t`` carry the Monte Carlo noise the trainer's
+    do (docs/model.md §6.1, the update noise). Featurised ``maps.threads`` columns at a
+    time in a private workspace (``phi, bar_phi [threads, T, D]``); the products run one
+    column (``[T, D]``) at a time, so their rounding does not depend on the threads."""
+    group, cols, T = rolled.group(spec), rolled.columns(spec), spec.T
+    paths = truncate_paths(group.paths.take(cols), T)
+    noise = truncate_noise(group.noise.take(cols), T)
+    sigma_mu = group.sigma_mu[cols]
+    w_f = (w / math.sqrt(maps.D)).astype(maps.dtype)
+    workspace, step, parts = Workspace(), max(1, maps.threads), []
+    for lo in range(0, spec.columns, step):
+        sl = slice(lo, min(lo + step, spec.columns))
+        batch = td_batch(
+            cfg, maps, paths.take(sl), noise.take(sl), theta_pi, sigma_mu[sl], True, workspace
+        )
+        for b in range(batch.phi.shape[0]):
+            dphi = fp.td_difference_(batch.phi[b], batch.bar_phi[b], cfg.gamma)
+            parts.append(batch.r[b] - (dphi @ w_f))
+    return np.concatenate(parts)
 
 
 def sampling_columns(spec: ChainSpec) -> dict[str, float]:
@@ -269,7 +318,10 @@ def prediction_inputs(
 ) -> PredictionInputs:
     """:class:`PredictionInputs` of this probe's batch and solves."""
     phi_t, w_sharp = view.phi_t, solves.full.w_sharp
-    U = ex.update_noise_factor(phi_t, view.dphi_t, view.rho_t, view.r_t, w_sharp, view.cluster_size)
+    delta = None if view.trainer_delta is None else view.trainer_delta(w_sharp)
+    U = ex.update_noise_factor(
+        phi_t, view.dphi_t, view.rho_t, view.r_t, w_sharp, view.cluster_size, delta
+    )
     halves = tuple(
         ex.HalfBatch(A_k, w - w_k, phi_t[rows])
         for A_k, w_k, rows in zip(
@@ -396,14 +448,20 @@ def critic_probes(
     out = CriticOutput()
     chains = list(dict.fromkeys(c for c in (plan.fixed, *plan.stability) if c is not None))
     parts = _StabilityParts()
+    probe_cfg = probe_config(cfg)
     for group in feature_groups(chains, max(1, maps.threads)):
         start = time.perf_counter()
-        batch = rolled.td_batch(cfg, maps, group, params.theta_pi, workspace=workspace)
+        batch = rolled.td_batch(probe_cfg, maps, group, params.theta_pi, workspace=workspace)
         share = (time.perf_counter() - start) / len(group)
         views = [
             batch_view(cfg, batch, cols, spec)
             for cols, spec in zip(batch_slices(group), group, strict=True)
         ]
+        if probe_cfg is not cfg and plan.fixed in group:
+            # the update noise U is the trainer's: its TD errors with the trainer's bar_phi
+            j = group.index(plan.fixed)
+            trainer = partial(trainer_td_errors, cfg, maps, rolled, plan.fixed, params.theta_pi)
+            views[j] = replace(views[j], trainer_delta=trainer)
         explicit = [j for j, spec in enumerate(group) if _explicit(spec, plan)]
         for j in explicit:
             name = "fixed_point" if group[j] == plan.fixed else "stability"

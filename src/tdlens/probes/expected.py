@@ -85,9 +85,16 @@ def update_noise_factor(
     r_t: np.ndarray,
     w_sharp: np.ndarray,
     cluster_size: int,
+    delta_t: np.ndarray | None = None,
 ) -> np.ndarray:
     """``U [D, min(C, D)]`` with ``U U^T`` the sample covariance of the per-cluster mean
     updates ``gbar_c`` at ``w#`` (module docstring); ``phi_t, dphi_t [n, D]``.
+
+    The per-sample updates are ``g_t = rho_t delta_t phi_t`` with ``delta_t = r_t - dphi_t
+    . w# / sqrt(D)``, or the given ``delta_t [n]``: the trainer's TD errors at w# when the
+    batch's dphi_t used another bar_phi estimator than the trainer (the closed form
+    instead of the trainer's Monte Carlo draws, whose noise is part of the trainer's
+    update noise; :func:`tdlens.probes.critic.trainer_td_errors`).
 
     With more clusters than features (C > D) the centred ``G^T [D, C]`` is replaced by
     ``R^T [D, D]`` from its QR decomposition ``G = Q R`` (``G^T G = R^T R``): the same
@@ -96,7 +103,10 @@ def update_noise_factor(
     n, D = phi_t.shape
     C = n // cluster_size
     rows = C * cluster_size
-    delta = r_t[:rows] - (dphi_t[:rows] @ (w_sharp / math.sqrt(D)).astype(dphi_t.dtype))
+    if delta_t is None:
+        delta = r_t[:rows] - (dphi_t[:rows] @ (w_sharp / math.sqrt(D)).astype(dphi_t.dtype))
+    else:
+        delta = np.asarray(delta_t, dtype=np.float64)[:rows]
     weights = (rho_t[:rows] * delta).reshape(C, cluster_size) / cluster_size
     phi_c = phi_t[:rows].reshape(C, cluster_size, D)
     gbar = np.einsum("ct,ctd->cd", weights.astype(phi_t.dtype), phi_c).astype(np.float64)
