@@ -103,25 +103,39 @@ def brute_force_mmd2(X: np.ndarray, Y: np.ndarray, sigma: float) -> tuple[float,
     return biased, unbiased
 
 
-def test_mmd2_matches_brute_force_double_loop():
+F32_MMD_ABS = 1e-6
+"""The float32 kernel sums' bound on mmd2 (tdlens.probes.distribution docstring)."""
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rel", "abs_"), [(np.float64, 1e-10, 1e-13), (np.float32, 0, F32_MMD_ABS)]
+)
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_mmd2_matches_brute_force_double_loop(dtype, rel, abs_, offset):
+    """float64 to rounding; the probe's float32 sums within F32_MMD_ABS, also for points
+    far from the origin (||x||^2 ~ 2e5: the centring keeps the exponent's rounding small)."""
     rng = np.random.default_rng(2)
-    X = rng.normal(size=(13, 18))
-    Y = rng.normal(loc=0.3, size=(9, 18))
+    X = rng.normal(size=(13, 18)) + offset
+    Y = rng.normal(loc=0.3, size=(9, 18)) + offset
     sigma = 2.1
-    biased, unbiased = dist.mmd2(X, Y, sigma)
+    biased, unbiased = dist.mmd2(X, Y, sigma, dtype=dtype)
     ref_b, ref_u = brute_force_mmd2(X, Y, sigma)
-    assert biased == pytest.approx(ref_b, rel=1e-10, abs=1e-13)
-    assert unbiased == pytest.approx(ref_u, rel=1e-10, abs=1e-13)
+    assert biased == pytest.approx(ref_b, rel=rel, abs=abs_)
+    assert unbiased == pytest.approx(ref_u, rel=rel, abs=abs_)
 
 
-def test_kernel_sum_blocking_is_exact():
+@pytest.mark.parametrize(("dtype", "rel"), [(np.float64, 1e-13), (np.float32, 1e-6)])
+def test_kernel_sum_blocking_is_exact(dtype, rel):
+    """Every block size gives the full kernel's sum (float64: to rounding; float32: within
+    a few float32 eps, its own rounding)."""
     rng = np.random.default_rng(3)
     X, Y = rng.normal(size=(37, 18)), rng.normal(size=(11, 18))
     full = dist.rbf_kernel(X, Y, 1.7).sum()
+    sym = dist.rbf_kernel(X, X, 1.7).sum()
     for block in (1, 3, 36, 37, 100):
-        assert dist.rbf_kernel_sum(X, Y, 1.7, block) == pytest.approx(full, rel=1e-13)
-        sym = dist.rbf_kernel(X, X, 1.7).sum()
-        assert dist.rbf_kernel_sum_sym(X, 1.7, block) == pytest.approx(sym, rel=1e-13)
+        got = dist.rbf_kernel_sum(X, Y, 1.7, block, dtype=dtype)
+        assert got == pytest.approx(full, rel=rel)
+        assert dist.rbf_kernel_sum_sym(X, 1.7, block, dtype=dtype) == pytest.approx(sym, rel=rel)
 
 
 def test_median_bandwidth_brute_force():
@@ -135,8 +149,8 @@ def test_median_bandwidth_brute_force():
 def test_mmd_of_sample_with_itself_is_zero_and_pvalue_not_small():
     X = np.random.default_rng(5).normal(size=(300, 18))
     sigma = dist.median_bandwidth(X, np.random.default_rng(0), 300)
-    biased, _ = dist.mmd2(X, X, sigma)
-    assert abs(biased) < 1e-12
+    assert abs(dist.mmd2(X, X, sigma, dtype=np.float64)[0]) < 1e-12
+    assert abs(dist.mmd2(X, X, sigma)[0]) < F32_MMD_ABS
     test = dist.mmd_permutation_pvalue(X, X, sigma, 100, np.random.default_rng(0))
     assert test.unit_len == 2 and test.units == 300 and test.points == 600  # tau_int ~ 1
     assert test.pvalue > 0.05
