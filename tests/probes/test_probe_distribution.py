@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -125,17 +126,26 @@ def test_mmd2_matches_brute_force_double_loop(dtype, rel, abs_, offset):
 
 
 @pytest.mark.parametrize(("dtype", "rel"), [(np.float64, 1e-13), (np.float32, 1e-6)])
-def test_kernel_sum_blocking_is_exact(dtype, rel):
-    """Every block size gives the full kernel's sum (float64: to rounding; float32: within
-    a few float32 eps, its own rounding)."""
+def test_unit_kernel_sums_are_the_dense_kernels_block_sums(dtype, rel):
+    """Every block size and unit layout gives the dense kernel's unit-block sums (float64:
+    to rounding; float32: within a few float32 eps, its own rounding), M exactly
+    symmetric, and the same bits on two threads as on one."""
     rng = np.random.default_rng(3)
-    X, Y = rng.normal(size=(37, 18)), rng.normal(size=(11, 18))
-    full = dist.rbf_kernel(X, Y, 1.7).sum()
-    sym = dist.rbf_kernel(X, X, 1.7).sum()
-    for block in (1, 3, 36, 37, 100):
-        got = dist.rbf_kernel_sum(X, Y, 1.7, block, dtype=dtype)
-        assert got == pytest.approx(full, rel=rel)
-        assert dist.rbf_kernel_sum_sym(X, 1.7, block, dtype=dtype) == pytest.approx(sym, rel=rel)
+    Z = rng.normal(size=(48, 18))
+    K = dist.rbf_kernel(Z, Z, 1.7)
+    for bounds in ([0, 37, 48], [0, 5, 6, 20, 48], [0, 48]):
+        ref = np.array(
+            [
+                [K[a:b, c:d].sum() for c, d in itertools.pairwise(bounds)]
+                for a, b in itertools.pairwise(bounds)
+            ]
+        )
+        for block in (1, 3, 36, 37, 100):
+            M = dist.unit_kernel_sums(Z, bounds, 1.7, block, dtype=dtype)
+            np.testing.assert_allclose(M, ref, rtol=rel)
+            np.testing.assert_array_equal(M, M.T)
+            two = dist.unit_kernel_sums(Z, bounds, 1.7, block, threads=2, dtype=dtype)
+            np.testing.assert_array_equal(two, M)
 
 
 def test_median_bandwidth_brute_force():
@@ -205,6 +215,26 @@ def test_mmd_chain_permutation_null_uniform_and_shift_detected():
     X, Y = ar1_chains(rng, 8, 24, 0.9, 0.0), ar1_chains(rng, 8, 24, 0.9, 0.5)
     sigma = dist.median_bandwidth(np.concatenate([X, Y]).reshape(-1, 18), rng, 300)
     assert dist.mmd_permutation_pvalue(X, Y, sigma, 100, rng).pvalue < 0.05
+
+
+def test_permutation_test_on_the_mmds_own_sums_is_the_unthinned_test():
+    """The probe's p-value (unit_permutation_test on the unit sums its mmd2 comes from)
+    is mmd_permutation_pvalue's without thinning, for the same draws; and mmd2_of_sums of
+    those sums is mmd2 itself (to float32 rounding)."""
+    for seed, shift in ((9, 0.0), (10, 0.15)):
+        rng = np.random.default_rng(seed)
+        X = ar1_chains(rng, 4, 40, 0.5, 0.0)
+        Y = ar1_chains(rng, 4, 40, 0.5, shift)
+        x, y = X.reshape(-1, 18), Y.reshape(-1, 18)
+        sigma = dist.median_bandwidth(np.concatenate([x, y]), rng, 300)
+        M = dist.unit_kernel_sums(np.concatenate([x, y]), np.arange(0, 321, 40), sigma)
+        tau = dist.integrated_autocorrelation_time([*X, *Y])
+        got = dist.unit_permutation_test(M, 4, 40, tau, 200, np.random.default_rng(0))
+        ref = dist.mmd_permutation_pvalue(X, Y, sigma, 200, np.random.default_rng(0), 320)
+        assert got == ref
+        assert (got.points, got.units, got.unit_len) == (320, 8, 40)
+        b, u = dist.mmd2_of_sums(M, 4, 160, 160)
+        assert (b, u) == pytest.approx(dist.mmd2(x, y, sigma, dtype=np.float64), abs=F32_MMD_ABS)
 
 
 def test_distribution_probe_null_pvalues_uniform_on_the_torus():

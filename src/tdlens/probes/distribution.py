@@ -8,10 +8,13 @@ vectors ``X [m, 18]`` and ``Y [n, 18]``; the policy means at the pooled states
   ``sigma = sqrt(median_{i<j} ||z_i - z_j||^2 / 2)`` over <= mmd_bandwidth_samples pooled
   points drawn without replacement.
 - ``mmd2 = mean k(X, X) + mean k(Y, Y) - 2 mean k(X, Y)`` (biased V-statistic) and
-  ``mmd2_unbiased`` (diagonal terms removed). Kernel sums are formed in row blocks from
-  ``||x||^2 + ||y||^2 - 2 x.y`` as one product of augmented matrices (memory O(block n),
+  ``mmd2_unbiased`` (diagonal terms removed). The kernel is summed once over the pooled
+  ``Z = [X; Y]``, only its upper block triangle, into unit-block sums ``M [U, U]``
+  (:func:`unit_kernel_sums`; the units are the chains, so the same M serves the
+  permutation test). Row blocks are formed from
+  ``||x||^2 + ||y||^2 - 2 x.y`` as one product of augmented matrices (memory O(block S),
   never an m x n x 18 broadcast), in float32 (KERNEL_DTYPE) on points centred at their
-  pooled mean, each block's sum added up in float64: the exponent's rounding is a few
+  pooled mean, their column sums added up in float64: the exponent's rounding is a few
   float32 eps of ``(||x||^2 + ||y||^2) / (2 sigma^2)`` = O(1) after centring, so each
   ``k`` is off by ~1e-7 relative and mmd2 by < 1e-6 absolute (measured: 1e-8 at the seed
   settings, where mmd2 ~ 5e-3 and its permutation null spreads ~1e-4).
@@ -25,10 +28,10 @@ vectors ``X [m, 18]`` and ``Y [n, 18]``; the policy means at the pooled states
   With one chain per policy the units are blocks of ``mmd_block_len`` consecutive samples,
   ``L = ceil(BLOCK_TAU_FACTOR tau_int)`` from the chains' integrated autocorrelation time
   (:func:`integrated_autocorrelation_time`), and the test is approximate (anti-conservative
-  when blocks are correlated). Chains are thinned by the stride
-  ``s = ceil(S / PERM_MAX_POINTS)`` (S pooled samples); the kernel matrix is formed once
-  (in KERNEL_DTYPE, as the MMD's sums) and reduced to unit-block sums ``M [U, U]`` in
-  float64, so every permutation costs ``O(U^2)``:
+  when blocks are correlated). The probe tests its mmd2's own unit sums M, every pooled
+  sample (:func:`unit_permutation_test`); :func:`mmd_permutation_pvalue`, which forms its
+  own kernel, thins the chains by the stride ``s = ceil(S / PERM_MAX_POINTS)`` first.
+  Every permutation costs ``O(U^2)``:
   ``stat = l^T M l`` with ``l_u = 1/m'`` on X units and ``-1/n'`` on Y units, and
   ``p = (1 + #{perm stat >= observed}) / (1 + permutations)``. mmd_tau_int is reported in
   both cases; mmd_ess = ``S / tau_int`` is the pooled effective sample size.
@@ -41,6 +44,7 @@ vectors ``X [m, 18]`` and ``Y [n, 18]``; the policy means at the pooled states
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Sequence
@@ -117,18 +121,10 @@ def _exp_nonpositive(out: np.ndarray) -> np.ndarray:
 
 
 def rbf_kernel(X: np.ndarray, Y: np.ndarray, sigma: float, dtype: type = np.float64) -> np.ndarray:
-    """``k(x_i, y_j) [m, n] = exp(-||x_i - y_j||^2 / (2 sigma^2))``, in `dtype`."""
+    """``k(x_i, y_j) [m, n] = exp(-||x_i - y_j||^2 / (2 sigma^2))``, in `dtype`: the dense
+    kernel (the reference of :func:`unit_kernel_sums`)."""
     L, R_t = _augmented(X, Y, sigma, dtype)
     return _exp_nonpositive(L @ R_t)
-
-
-def _block_total(part, starts: range, threads: int) -> float:
-    """``sum_s part(s)`` accumulated in the order of `starts` (the parts may run on
-    `threads` threads: the same bits for any thread count)."""
-    total = 0.0
-    for value in parallel_map(part, starts, threads):
-        total += value
-    return total
 
 
 def _block_buffer(local: threading.local, rows: int, cols: int, dtype: type) -> np.ndarray:
@@ -138,52 +134,66 @@ def _block_buffer(local: threading.local, rows: int, cols: int, dtype: type) -> 
     return local.buffer
 
 
-def rbf_kernel_sum(
-    X: np.ndarray,
-    Y: np.ndarray,
+def _row_blocks(bounds: np.ndarray, block: int) -> list[tuple[int, int, int]]:
+    """``(unit, start, stop)``: row blocks of at most `block` rows, none across a unit's
+    bound (unit u is rows ``bounds[u]:bounds[u + 1]``)."""
+    return [
+        (u, start, min(start + block, int(hi)))
+        for u, (lo, hi) in enumerate(itertools.pairwise(bounds))
+        for start in range(int(lo), int(hi), block)
+    ]
+
+
+def unit_kernel_sums(
+    Z: np.ndarray,
+    bounds: Sequence[int],
     sigma: float,
     block: int = KERNEL_BLOCK,
     threads: int = 1,
     dtype: type = KERNEL_DTYPE,
-) -> float:
-    """``sum_{i,j} k(x_i, y_j)`` over row blocks of X (memory O(threads block n)), the
-    blocks on up to `threads` threads, the kernel in `dtype` (module docstring), each
-    block's sum in float64."""
-    L, R_t = _augmented(X, Y, sigma, dtype)
+) -> np.ndarray:
+    """``M [U, U]`` (float64), ``M[u, v] = sum_{i in u, j in v} k(z_i, z_j)`` over the units
+    ``bounds[u]:bounds[u + 1]`` of ``Z [S, 18]``.
+
+    Each row block (within one unit u, at most `block` rows) is taken against itself and
+    every column after it, the upper block triangle (half the kernel work): its column
+    sums (float64) over its own square go to ``M[u, u]``, those after it, summed per unit
+    v, to ``M[u, v]`` and ``M[v, u]`` (the transposed entries, never formed). The kernel in
+    `dtype` (module docstring); the blocks on up to `threads` threads, added up in block
+    order (the same bits for any thread count); memory O(threads block S).
+    """
+    bounds = np.asarray(bounds)
+    U = len(bounds) - 1
+    L, R_t = _augmented(Z, Z, sigma, dtype)
+    S = len(L)
+    unit_of = np.repeat(np.arange(U), np.diff(bounds))
     local = threading.local()
 
-    def part(start: int) -> float:
-        rows = L[start : start + block]
-        out = _block_buffer(local, min(block, len(L)), R_t.shape[1], dtype)[: len(rows)]
-        np.matmul(rows, R_t, out=out)
-        return float(_exp_nonpositive(out).sum(dtype=np.float64))
-
-    return _block_total(part, range(0, len(L), block), threads)
-
-
-def rbf_kernel_sum_sym(
-    X: np.ndarray,
-    sigma: float,
-    block: int = KERNEL_BLOCK,
-    threads: int = 1,
-    dtype: type = KERNEL_DTYPE,
-) -> float:
-    """``sum_{i,j} k(x_i, x_j)`` from the upper block triangle: each row block against itself
-    and the columns after it, off-diagonal blocks counted twice (half the kernel work),
-    the blocks on up to `threads` threads, the kernel in `dtype`, sums in float64."""
-    L, R_t = _augmented(X, X, sigma, dtype)
-    local = threading.local()
-
-    def part(start: int) -> float:
-        stop = min(start + block, len(L))
-        buffer = _block_buffer(local, min(block, len(L)), R_t.shape[1], dtype)
-        out = buffer[: stop - start, : R_t.shape[1] - start]
+    def part(rows: tuple[int, int, int]) -> tuple[int, float, np.ndarray]:
+        u, start, stop = rows
+        out = _block_buffer(local, min(block, S), S, dtype)[: stop - start, : S - start]
         np.matmul(L[start:stop], R_t[:, start:], out=out)
-        _exp_nonpositive(out)
-        diagonal = float(out[:, : stop - start].sum(dtype=np.float64))
-        return diagonal + 2.0 * float(out[:, stop - start :].sum(dtype=np.float64))
+        col = _exp_nonpositive(out).sum(axis=0, dtype=np.float64)
+        after = np.bincount(unit_of[stop:], weights=col[stop - start :], minlength=U)
+        return u, float(col[: stop - start].sum()), after
 
-    return _block_total(part, range(0, len(L), block), threads)
+    M = np.zeros((U, U))
+    for u, own, after in parallel_map(part, _row_blocks(bounds, block), threads):
+        M[u, u] += own
+        M[u] += after
+        M[:, u] += after
+    return M
+
+
+def mmd2_of_sums(M: np.ndarray, units_x: int, m: int, n: int) -> tuple[float, float]:
+    """``(mmd2, mmd2_unbiased)`` from the unit kernel sums ``M [U, U]`` whose first
+    `units_x` units hold the m points of X and the rest the n points of Y (:func:`mmd2`)."""
+    s_xx = float(M[:units_x, :units_x].sum())
+    s_yy = float(M[units_x:, units_x:].sum())
+    s_xy = float(M[:units_x, units_x:].sum())
+    biased = s_xx / m**2 + s_yy / n**2 - 2.0 * s_xy / (m * n)
+    unbiased = (s_xx - m) / (m * (m - 1)) + (s_yy - n) / (n * (n - 1)) - 2.0 * s_xy / (m * n)
+    return float(biased), float(unbiased)
 
 
 def mmd2(
@@ -193,15 +203,12 @@ def mmd2(
     (kernel sums in `dtype` on up to `threads` threads, the same bits for any count).
 
     Unbiased: ``sum_{i!=j} k(x_i,x_j)/(m(m-1)) + sum_{i!=j} k(y_i,y_j)/(n(n-1))
-    - 2 sum_{ij} k(x_i,y_j)/(mn)``, using ``k(x, x) = 1``.
+    - 2 sum_{ij} k(x_i,y_j)/(mn)``, using ``k(x, x) = 1``; the sums are
+    :func:`unit_kernel_sums` with X and Y as the two units.
     """
     m, n = len(X), len(Y)
-    s_xx = rbf_kernel_sum_sym(X, sigma, threads=threads, dtype=dtype)
-    s_yy = rbf_kernel_sum_sym(Y, sigma, threads=threads, dtype=dtype)
-    s_xy = rbf_kernel_sum(X, Y, sigma, threads=threads, dtype=dtype)
-    biased = s_xx / m**2 + s_yy / n**2 - 2.0 * s_xy / (m * n)
-    unbiased = (s_xx - m) / (m * (m - 1)) + (s_yy - n) / (n * (n - 1)) - 2.0 * s_xy / (m * n)
-    return float(biased), float(unbiased)
+    M = unit_kernel_sums(np.concatenate([X, Y]), [0, m, m + n], sigma, threads=threads, dtype=dtype)
+    return mmd2_of_sums(M, 1, m, n)
 
 
 def integrated_autocorrelation_time(chains: Sequence[np.ndarray]) -> float:
@@ -239,6 +246,36 @@ class UnitTest:
     tau_int: float
 
 
+def unit_permutation_test(
+    M: np.ndarray,
+    units_x: int,
+    unit_len: int,
+    tau: float,
+    permutations: int,
+    rng: np.random.Generator,
+) -> UnitTest:
+    """Permutation test of the biased MMD^2 on unit kernel sums ``M [U, U]``
+    (:func:`unit_kernel_sums`; the first `units_x` units are X's, every unit `unit_len`
+    samples): ``stat = l^T M l`` with ``l_u = 1/m'`` on X units and ``-1/n'`` on Y units,
+    the observed labels against `permutations` reassignments of the units, ``p = (1 +
+    #{perm stat >= observed}) / (1 + permutations)`` (NaN when permutations is 0). `tau`
+    (the chains' tau_int) is passed through to the result."""
+    U = M.shape[0]
+    if permutations <= 0:
+        return UnitTest(float("nan"), 0, U, unit_len, tau)
+    units_y = U - units_x
+    l = np.concatenate(
+        [
+            np.full(units_x, 1.0 / (units_x * unit_len)),
+            np.full(units_y, -1.0 / (units_y * unit_len)),
+        ]
+    )
+    labels = np.stack([l] + [rng.permutation(l) for _ in range(permutations)], axis=1)
+    stats = np.einsum("ij,ij->j", labels, M @ labels)
+    exceed = np.sum(stats[1:] >= stats[0] - 1e-12 * abs(stats[0]))
+    return UnitTest(float((1 + exceed) / (1 + permutations)), U * unit_len, U, unit_len, tau)
+
+
 def mmd_permutation_pvalue(
     X: np.ndarray,
     Y: np.ndarray,
@@ -247,11 +284,12 @@ def mmd_permutation_pvalue(
     rng: np.random.Generator,
     max_points: int = PERM_MAX_POINTS,
 ) -> UnitTest:
-    """Unit permutation test of the biased MMD^2 (module docstring).
+    """Unit permutation test of the biased MMD^2 (module docstring) on its own kernel.
 
     ``X [C, T, 18]``, ``Y [C', T, 18]``: independent chains in time order (a 2-D array is
-    one chain). With C = C' = 1 the units are blocks of ``ceil(BLOCK_TAU_FACTOR tau_int)``
-    samples, else the chains. p is NaN when permutations is 0.
+    one chain), thinned to at most `max_points` pooled points. With C = C' = 1 the units
+    are blocks of ``ceil(BLOCK_TAU_FACTOR tau_int)`` samples, else the chains
+    (:func:`unit_permutation_test`). p is NaN when permutations is 0.
     """
     X, Y = (np.asarray(c, dtype=np.float64) for c in (X, Y))
     X, Y = (c[None] if c.ndim == 2 else c for c in (X, Y))
@@ -263,20 +301,12 @@ def mmd_permutation_pvalue(
         B = max(1, min(X.shape[1], Y.shape[1]) // L)
         X, Y = (c[0, : B * L].reshape(B, L, -1) for c in (X, Y))
     units_x, units_y, L = X.shape[0], Y.shape[0], X.shape[1]
-    points = (units_x + units_y) * L
-    if permutations <= 0:
-        return UnitTest(float("nan"), 0, units_x + units_y, L, tau)
-    Z = np.concatenate([X.reshape(-1, X.shape[2]), Y.reshape(-1, Y.shape[2])])
-    K = rbf_kernel(Z, Z, sigma, KERNEL_DTYPE)
     U = units_x + units_y
-    M = K.reshape(U, L, U, L).sum(axis=(1, 3), dtype=np.float64)
-    l = np.concatenate(
-        [np.full(units_x, 1.0 / (units_x * L)), np.full(units_y, -1.0 / (units_y * L))]
-    )
-    labels = np.stack([l] + [rng.permutation(l) for _ in range(permutations)], axis=1)
-    stats = np.einsum("ij,ij->j", labels, M @ labels)
-    exceed = np.sum(stats[1:] >= stats[0] - 1e-12 * abs(stats[0]))
-    return UnitTest(float((1 + exceed) / (1 + permutations)), points, U, L, tau)
+    if permutations <= 0:
+        return UnitTest(float("nan"), 0, U, L, tau)
+    Z = np.concatenate([X.reshape(-1, X.shape[2]), Y.reshape(-1, Y.shape[2])])
+    M = unit_kernel_sums(Z, np.arange(0, U * L + 1, L), sigma)
+    return unit_permutation_test(M, units_x, L, tau, permutations, rng)
 
 
 def action_kl(m_pi: np.ndarray, sigma_pi: float, m_mu: np.ndarray, sigma_mu: float) -> float:
@@ -337,16 +367,18 @@ def run_round(ctx: RoundContext) -> None:
         np.concatenate([p.mean_under(theta)[:T_c, 0] for p in paths])
         for theta in (params.theta_pi, params.theta_mu)
     )
+    Z = np.concatenate([X, Y])
     sigma = median_bandwidth(
-        np.concatenate([X, Y]),
-        aux_rng(cfg, "probe_distribution", n, 0),
-        conf.mmd_bandwidth_samples,
+        Z, aux_rng(cfg, "probe_distribution", n, 0), conf.mmd_bandwidth_samples
     )
-    mmd2_b, mmd2_u = mmd2(X, Y, sigma, ctx.maps.threads)
+    # one kernel pass over the 2C chains serves mmd2 and its permutation test
+    M = unit_kernel_sums(Z, np.arange(0, len(Z) + 1, T_c), sigma, threads=ctx.maps.threads)
+    mmd2_b, mmd2_u = mmd2_of_sums(M, C, len(X), len(Y))
 
     def permutation_test() -> UnitTest:
         rng = aux_rng(cfg, "probe_distribution", n, 1)
-        return mmd_permutation_pvalue(X_chains, Y_chains, sigma, conf.permutations, rng)
+        tau = integrated_autocorrelation_time([*X_chains, *Y_chains])
+        return unit_permutation_test(M, C, T_c, tau, conf.permutations, rng)
 
     def tv_estimate() -> tuple[float, float]:
         rng = aux_rng(cfg, "probe_distribution", n, 2)
