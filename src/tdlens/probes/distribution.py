@@ -16,8 +16,8 @@ vectors ``X [m, 18]`` and ``Y [n, 18]``; the policy means at the pooled states
   never an m x n x 18 broadcast), in float32 (KERNEL_DTYPE) on points centred at their
   pooled mean, their column sums added up in float64: the exponent's rounding is a few
   float32 eps of ``(||x||^2 + ||y||^2) / (2 sigma^2)`` = O(1) after centring, so each
-  ``k`` is off by ~1e-7 relative and mmd2 by < 1e-6 absolute (measured: 1e-8 at the seed
-  settings, where mmd2 ~ 5e-3 and its permutation null spreads ~1e-4).
+  ``k`` is off by ~1e-7 relative and mmd2 by < 1e-6 absolute (measured: 6e-10 at the seed
+  settings, where mmd2 ~ 1e-2 and its chain permutation null has sd ~3e-3).
 - mmd_pvalue: a permutation test of the biased statistic over independent UNITS. The
   samples of one continuing chain are not exchangeable one by one (permuting single
   samples of one mu chain and one pi chain gave p = 1/(1 + permutations) in 12 of 12 runs
