@@ -294,3 +294,22 @@ def test_distribution_probe_null_pvalues_uniform_on_the_torus():
     row = rows[0]["distribution_probe"]
     assert row["mmd_units"] == 16 and row["mmd_unit_len"] == 16 and row["chains"] == 8
     assert row["mmd_ess"] == pytest.approx(256 / row["mmd_tau_int"])
+
+
+def test_probe_tests_every_pooled_sample():
+    """The probe's permutation test permutes the unit sums of its own mmd2 kernel: all
+    2 x 4096 pooled samples in 16 chains of 512 (the thinned test used 2048 points)."""
+    cfg = tiny_config(
+        "probes.fixed_point.enabled=false",
+        "probes.stability.enabled=false",
+        "probes.q_kernel.enabled=false",
+        "probes.rho_audit.enabled=false",
+        "probes.distribution.num_samples=4096",
+        "probes.distribution.permutations=20",
+        "probes.distribution.action_samples=1",
+    )
+    maps = make_feature_maps(cfg)
+    row = ProbeManager(cfg, maps).run(0, init_params(cfg, maps), np.zeros(1), 0.0, "every")
+    row = row.rows["distribution_probe"]
+    assert (row["mmd_perm_points"], row["mmd_units"], row["mmd_unit_len"]) == (8192, 16, 512)
+    assert 1 / 21 <= row["mmd_pvalue"] <= 1 and row["mmd2"] > 0
