@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -75,6 +76,37 @@ def test_rho_second_moment_and_max_by_sampling(seed):
     assert rho.max() > 1.36
 
 
+def action_tv_twin(m_pi, sigma_pi, m_mu, sigma_mu, z):
+    """The TV estimate over whole ``[S, K]`` arrays in NumPy (the probe's code before the
+    compiled kernel), float64: ``(TV, se)`` for the draws ``z [S, K, 2]``."""
+    K = z.shape[1]
+    a = m_pi[:, None, :] + sigma_pi * z
+    log_mu = -0.5 * np.sum((a - m_mu[:, None, :]) ** 2, axis=2) / sigma_mu**2 - 2 * math.log(
+        sigma_mu
+    )
+    log_pi = -0.5 * np.sum((a - m_pi[:, None, :]) ** 2, axis=2) / sigma_pi**2 - 2 * math.log(
+        sigma_pi
+    )
+    f = np.maximum(0.0, 1.0 - np.exp(np.clip(log_mu - log_pi, -50.0, 50.0)))
+    var_k = f.var(axis=1, ddof=1) if K > 1 else np.zeros(len(f))
+    return f.mean(), np.sqrt(np.sum(var_k / K)) / len(f)
+
+
+@pytest.mark.parametrize("draws", [1, 2, 64])
+def test_action_tv_kernel_matches_the_numpy_twin(draws):
+    """The compiled per-state kernel against whole-array NumPy on the same draws (means
+    apart and a shift large enough to hit the +-50 log-ratio clip)."""
+    rng = np.random.default_rng(11)
+    m_pi = rng.normal(size=(500, 2))
+    m_mu = m_pi + rng.normal(scale=0.5, size=(500, 2))
+    m_mu[:5] += 20.0  # log mu/pi < -50: clipped
+    tv, se = dist.action_tv(m_pi, SIGMA_PI, m_mu, SIGMA_MU, draws, np.random.default_rng(3))
+    z = np.random.default_rng(3).standard_normal((500, draws, 2))
+    ref_tv, ref_se = action_tv_twin(m_pi, SIGMA_PI, m_mu, SIGMA_MU, z)
+    assert tv == pytest.approx(ref_tv, rel=1e-12)
+    assert se == pytest.approx(ref_se, rel=1e-10, abs=1e-15)
+
+
 def test_on_policy_kl_tv_rho_exactly_zero_and_one():
     rng = np.random.default_rng(1)
     m = rng.normal(size=(300, 2))
@@ -103,25 +135,48 @@ def brute_force_mmd2(X: np.ndarray, Y: np.ndarray, sigma: float) -> tuple[float,
     return biased, unbiased
 
 
-def test_mmd2_matches_brute_force_double_loop():
+F32_MMD_ABS = 1e-6
+"""The float32 kernel sums' bound on mmd2 (tdlens.probes.distribution docstring)."""
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rel", "abs_"), [(np.float64, 1e-10, 1e-13), (np.float32, 0, F32_MMD_ABS)]
+)
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_mmd2_matches_brute_force_double_loop(dtype, rel, abs_, offset):
+    """float64 to rounding; the probe's float32 sums within F32_MMD_ABS, also for points
+    far from the origin (||x||^2 ~ 2e5: the centring keeps the exponent's rounding small)."""
     rng = np.random.default_rng(2)
-    X = rng.normal(size=(13, 18))
-    Y = rng.normal(loc=0.3, size=(9, 18))
+    X = rng.normal(size=(13, 18)) + offset
+    Y = rng.normal(loc=0.3, size=(9, 18)) + offset
     sigma = 2.1
-    biased, unbiased = dist.mmd2(X, Y, sigma)
+    biased, unbiased = dist.mmd2(X, Y, sigma, dtype=dtype)
     ref_b, ref_u = brute_force_mmd2(X, Y, sigma)
-    assert biased == pytest.approx(ref_b, rel=1e-10, abs=1e-13)
-    assert unbiased == pytest.approx(ref_u, rel=1e-10, abs=1e-13)
+    assert biased == pytest.approx(ref_b, rel=rel, abs=abs_)
+    assert unbiased == pytest.approx(ref_u, rel=rel, abs=abs_)
 
 
-def test_kernel_sum_blocking_is_exact():
+@pytest.mark.parametrize(("dtype", "rel"), [(np.float64, 1e-13), (np.float32, 1e-6)])
+def test_unit_kernel_sums_are_the_dense_kernels_block_sums(dtype, rel):
+    """Every block size and unit layout gives the dense kernel's unit-block sums (float64:
+    to rounding; float32: within a few float32 eps, its own rounding), M exactly
+    symmetric, and the same bits on two threads as on one."""
     rng = np.random.default_rng(3)
-    X, Y = rng.normal(size=(37, 18)), rng.normal(size=(11, 18))
-    full = dist.rbf_kernel(X, Y, 1.7).sum()
-    for block in (1, 3, 36, 37, 100):
-        assert dist.rbf_kernel_sum(X, Y, 1.7, block) == pytest.approx(full, rel=1e-13)
-        sym = dist.rbf_kernel(X, X, 1.7).sum()
-        assert dist.rbf_kernel_sum_sym(X, 1.7, block) == pytest.approx(sym, rel=1e-13)
+    Z = rng.normal(size=(48, 18))
+    K = dist.rbf_kernel(Z, Z, 1.7)
+    for bounds in ([0, 37, 48], [0, 5, 6, 20, 48], [0, 48]):
+        ref = np.array(
+            [
+                [K[a:b, c:d].sum() for c, d in itertools.pairwise(bounds)]
+                for a, b in itertools.pairwise(bounds)
+            ]
+        )
+        for block in (1, 3, 36, 37, 100):
+            M = dist.unit_kernel_sums(Z, bounds, 1.7, block, dtype=dtype)
+            np.testing.assert_allclose(M, ref, rtol=rel)
+            np.testing.assert_array_equal(M, M.T)
+            two = dist.unit_kernel_sums(Z, bounds, 1.7, block, threads=2, dtype=dtype)
+            np.testing.assert_array_equal(two, M)
 
 
 def test_median_bandwidth_brute_force():
@@ -135,8 +190,8 @@ def test_median_bandwidth_brute_force():
 def test_mmd_of_sample_with_itself_is_zero_and_pvalue_not_small():
     X = np.random.default_rng(5).normal(size=(300, 18))
     sigma = dist.median_bandwidth(X, np.random.default_rng(0), 300)
-    biased, _ = dist.mmd2(X, X, sigma)
-    assert abs(biased) < 1e-12
+    assert abs(dist.mmd2(X, X, sigma, dtype=np.float64)[0]) < 1e-12
+    assert abs(dist.mmd2(X, X, sigma)[0]) < F32_MMD_ABS
     test = dist.mmd_permutation_pvalue(X, X, sigma, 100, np.random.default_rng(0))
     assert test.unit_len == 2 and test.units == 300 and test.points == 600  # tau_int ~ 1
     assert test.pvalue > 0.05
@@ -193,6 +248,26 @@ def test_mmd_chain_permutation_null_uniform_and_shift_detected():
     assert dist.mmd_permutation_pvalue(X, Y, sigma, 100, rng).pvalue < 0.05
 
 
+def test_permutation_test_on_the_mmds_own_sums_is_the_unthinned_test():
+    """The probe's p-value (unit_permutation_test on the unit sums its mmd2 comes from)
+    is mmd_permutation_pvalue's without thinning, for the same draws; and mmd2_of_sums of
+    those sums is mmd2 itself (to float32 rounding)."""
+    for seed, shift in ((9, 0.0), (10, 0.15)):
+        rng = np.random.default_rng(seed)
+        X = ar1_chains(rng, 4, 40, 0.5, 0.0)
+        Y = ar1_chains(rng, 4, 40, 0.5, shift)
+        x, y = X.reshape(-1, 18), Y.reshape(-1, 18)
+        sigma = dist.median_bandwidth(np.concatenate([x, y]), rng, 300)
+        M = dist.unit_kernel_sums(np.concatenate([x, y]), np.arange(0, 321, 40), sigma)
+        tau = dist.integrated_autocorrelation_time([*X, *Y])
+        got = dist.unit_permutation_test(M, 4, 40, tau, 200, np.random.default_rng(0))
+        ref = dist.mmd_permutation_pvalue(X, Y, sigma, 200, np.random.default_rng(0), 320)
+        assert got == ref
+        assert (got.points, got.units, got.unit_len) == (320, 8, 40)
+        b, u = dist.mmd2_of_sums(M, 4, 160, 160)
+        assert (b, u) == pytest.approx(dist.mmd2(x, y, sigma, dtype=np.float64), abs=F32_MMD_ABS)
+
+
 def test_distribution_probe_null_pvalues_uniform_on_the_torus():
     """mu == pi exactly (offset 0, equal sigmas): 60 probe rounds with fresh draws on a
     small config; the fraction of p < 0.05 is within [0.01, 0.12] (binomial sd 0.028)."""
@@ -219,3 +294,22 @@ def test_distribution_probe_null_pvalues_uniform_on_the_torus():
     row = rows[0]["distribution_probe"]
     assert row["mmd_units"] == 16 and row["mmd_unit_len"] == 16 and row["chains"] == 8
     assert row["mmd_ess"] == pytest.approx(256 / row["mmd_tau_int"])
+
+
+def test_probe_tests_every_pooled_sample():
+    """The probe's permutation test permutes the unit sums of its own mmd2 kernel: all
+    2 x 4096 pooled samples in 16 chains of 512 (the thinned test used 2048 points)."""
+    cfg = tiny_config(
+        "probes.fixed_point.enabled=false",
+        "probes.stability.enabled=false",
+        "probes.q_kernel.enabled=false",
+        "probes.rho_audit.enabled=false",
+        "probes.distribution.num_samples=4096",
+        "probes.distribution.permutations=20",
+        "probes.distribution.action_samples=1",
+    )
+    maps = make_feature_maps(cfg)
+    row = ProbeManager(cfg, maps).run(0, init_params(cfg, maps), np.zeros(1), 0.0, "every")
+    row = row.rows["distribution_probe"]
+    assert (row["mmd_perm_points"], row["mmd_units"], row["mmd_unit_len"]) == (8192, 16, 512)
+    assert 1 / 21 <= row["mmd_pvalue"] <= 1 and row["mmd2"] > 0

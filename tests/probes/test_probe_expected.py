@@ -123,6 +123,30 @@ def test_explicit_series_read_is_the_einsum_bit_for_bit():
     assert not ex.series(A, rng.standard_normal((D, 3)), 1e-4, 10).explicit  # binomial
 
 
+@pytest.mark.parametrize("kappa", [0.01, 0.1, 0.4])
+def test_float32_reads_stop_the_series_inside_their_own_rounding(kappa):
+    """A series read through float32 rows stops at read_tol(float32) (fewer terms than
+    float64's SERIES_TOL); what it leaves out moves the readout by less than a tenth of
+    the float32 readout's own rounding (measured against the float64 readout)."""
+    rng = np.random.default_rng(9)
+    D, steps = 256, 80
+    A = np.eye(D) + 0.1 * rng.standard_normal((D, D))
+    eta = kappa / (steps * float(np.linalg.norm(A)))
+    X = rng.standard_normal((D, 5))
+    rows = rng.standard_normal((300, D))
+    full = ex.series(A, X, eta, steps)
+    short = ex.series(A, X, eta, steps, ex.read_tol(np.float32))
+    assert ex.read_tol(np.float64) == ex.SERIES_TOL
+    assert short.terms.shape[0] < full.terms.shape[0]
+    exact = full.read(rows)
+    rounding = np.max(np.abs(full.read(rows.astype(np.float32)) - exact))
+    left_out = np.max(
+        np.abs(short.read(rows.astype(np.float32)) - full.read(rows.astype(np.float32)))
+    )
+    assert 0 < rounding < 1e-5 * np.max(np.abs(exact))
+    assert left_out < 0.1 * rounding
+
+
 def test_qr_noise_factor_leaves_the_predicted_noise_unchanged():
     """With more clusters than features (C = 40 > D = 5) the factor is R^T [D, D] of the
     centred cluster means; the predicted noise from it equals the one from the full
