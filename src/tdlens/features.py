@@ -215,8 +215,23 @@ class Workspace:
         """A buffer of `shape` and `dtype` (uninitialised) reused across calls."""
         arr = self._arrays.get(key)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
+            del arr  # the old buffer is freed before the new one is allocated
+            self.release(key)
             arr = self._arrays[key] = np.empty(shape, dtype=dtype)
         return arr
+
+    def held_bytes(self) -> int:
+        """Bytes of the buffers held (those of :meth:`array`; the scratch dicts are not
+        counted)."""
+        return sum(arr.nbytes for arr in self._arrays.values())
+
+    def release(self, *keys: str) -> None:
+        """Drop the buffers of `keys` (absent keys are ignored): their memory returns once
+        no array refers to it, and the next request of a key allocates afresh. For
+        buffers that are large and short-lived, so they do not stay resident beside the
+        next stage's."""
+        for key in keys:
+            self._arrays.pop(key, None)
 
     @contextmanager
     def scratch(self) -> Iterator[dict[str, np.ndarray]]:

@@ -3,8 +3,10 @@
 The two probes share their most expensive pieces. Their chains (the fixed-point batch and
 the k_mc stability batches, the fixed-point batch doubling as stability batch 0 when the
 batch sizes agree, see :class:`tdlens.probes.common.RoundPlan`) get their features in
-groups of ``maps.threads`` chains, one group alive at a time (``phi, bar_phi [g, T, D]``
-in a reused workspace). Per chain:
+groups, one group alive at a time (``phi, bar_phi [g, T, D]`` in the workspace): a chain
+whose A is formed explicitly alone (``g = 1``; its A, halves, factorisations and
+predictions are the round's largest arrays, released when it is done), the matrix-free
+chains ``maps.threads`` at a time. Per chain:
 
 - the fixed-point batch: ``A, b`` and their halves (float64), the spectrum of A with its
   spectral noise, the ridge solve and the half-batch solves (noise floor);
@@ -52,6 +54,10 @@ from tdlens.threads import limit_threads, parallel_map
 
 BOOTSTRAP_PURPOSE = 500_000
 """Auxiliary-stream purpose of the spectral bootstrap (power iterations use 1 + k)."""
+A32_BUFFER = "critic.A32"
+"""Workspace name of the float32 copy of A (:func:`spectrum_of`)."""
+FEATURE_BUFFERS = ("phi", "bar_phi")
+"""Workspace names of a TD batch's features (:func:`tdlens.rollout.td_batch`)."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,7 @@ def spectrum_of(
     copy of A (a workspace buffer) used for the Krylov and power-iteration products."""
     D = moments.A.shape[0]
     v0 = aux_rng(cfg, "probe_stability", n, 0).standard_normal(D)
-    A32 = workspace.array("critic.A32", (D, D), np.dtype(np.float32))
+    A32 = workspace.array(A32_BUFFER, (D, D), np.dtype(np.float32))
     noise = sp.spectral_noise(*moments.A_halves, v0=v0, out=A32)
     np.copyto(A32, moments.A, casting="same_kind")
     return sp.eigenvalues(moments.A, noise, v0, A32=A32, threads=threads), A32
@@ -207,6 +213,7 @@ def solve_fixed_point(
     # three independent factorisations, one BLAS thread each side by side, beat three
     # two-threaded ones in a row (a 2048 LU scales poorly from one core to two)
     solve, *solved = parallel_map(solve_one, (2, 0, 1), threads)
+    workspace.release(*fp.lu_buffers("half0"), *fp.lu_buffers("half1"))  # only w# is kept
     return FixedPointSolves(full=solve, halves=(solved[0].w_sharp, solved[1].w_sharp), lam=lam)
 
 
@@ -347,6 +354,9 @@ def fixed_point_probe(
     timings = {"fixed_point.solve": time.perf_counter() - start}
     start = time.perf_counter()
     inputs = prediction_inputs(moments, solves, view, w)
+    w_sharp, halves = solves.full.w_sharp, solves.halves
+    del solves  # its LU factor (16 MB at D = 2048) is not needed by the predictions
+    workspace.release(*fp.lu_buffers("solve"))
     est = row["value_noise_floor"] / 2.0
     pred = predict_dynamics(cfg, moments, inputs, view.phi_t, est, threads)
     row["value_gap_floor"] = pred.floor
@@ -377,7 +387,7 @@ def fixed_point_probe(
         cfs = cf.counterfactuals(ing, cfg, n, sp.critical_step(spectrum.eigvals), base=pred)
         arrays[f"{cf.PREFIX}_{n:04d}.npz"] = cf.to_arrays(cfs)
     timings["fixed_point.prediction"] = time.perf_counter() - start
-    return FixedPointResult(row, solves.full.w_sharp, arrays, timings, solves.halves)
+    return FixedPointResult(row, w_sharp, arrays, timings, halves)
 
 
 def critic_probes(
@@ -396,7 +406,12 @@ def critic_probes(
     out = CriticOutput()
     chains = list(dict.fromkeys(c for c in (plan.fixed, *plan.stability) if c is not None))
     parts = _StabilityParts()
-    for group in feature_groups(chains, max(1, maps.threads)):
+    # an explicit chain's features are alone in their group: its A, factorisations and
+    # predictions are the round's largest arrays, and another chain's features beside
+    # them would only wait (the matrix-free chains run two at a time after it)
+    explicit_chains = [[c] for c in chains if _explicit(c, plan)]
+    free_chains = [c for c in chains if not _explicit(c, plan)]
+    for group in explicit_chains + feature_groups(free_chains, max(1, maps.threads)):
         start = time.perf_counter()
         batch = rolled.td_batch(cfg, maps, group, params.theta_pi, workspace=workspace)
         share = (time.perf_counter() - start) / len(group)
@@ -438,6 +453,8 @@ def critic_probes(
             out.add_time("stability.features", share * len(free))
             out.add_time("stability.power", elapsed)
             out.add_time("stability", elapsed + share * len(free))
+        del batch, views  # the next group's features replace these (not beside them)
+    workspace.release(*FEATURE_BUFFERS)  # the later probes draw their own
     if plan.stability:
         start = time.perf_counter()
         out.rows["stability_probe"] = stability_row(cfg, parts.proxies, parts.spectrum, parts.rho)
@@ -515,6 +532,7 @@ def _explicit_chain(
         power_time = time.perf_counter() - t_power
         out.add_time("stability.power", power_time)
         out.add_time("stability", power_time)
+    workspace.release(*fp.MOMENT_BUFFERS, A32_BUFFER)  # the matrix-free chains need none
     out.add_time(name, time.perf_counter() - start + share - power_time)
 
 
