@@ -199,22 +199,25 @@ def solve_fixed_point(
     lam = fp.ridge_lambda(conf.ridge, spectrum.max_abs)
     tol = conf.tol
 
-    def solve_one(k: int) -> fp.FixedPointSolve:
-        """k = 0, 1: half batch k (float32 LU, refined); 2: the full batch."""
+    def solve_one(k: int) -> fp.FixedPointSolve | np.ndarray:
+        """k = 0, 1: half batch k's w# (float32 LU, refined; its factor is released as
+        soon as it is solved, so at most two factors are alive); 2: the full batch."""
         if k < 2:
             A_k, b_k = moments.A_halves[k], moments.b_halves[k]
-            return fp.solve_direct(
-                A_k, b_k, w, lam, tol, np.float32, workspace, condition=False, name=f"half{k}"
+            name = f"half{k}"
+            half = fp.solve_direct(
+                A_k, b_k, w, lam, tol, np.float32, workspace, condition=False, name=name
             )
+            workspace.release(*fp.lu_buffers(name))
+            return half.w_sharp
         if conf.solver == "iterate":
             return fp.solve_iterate(moments.A, moments.b, w, cfg.alpha_w, conf.max_iters, tol)
         return fp.solve_direct(moments.A, moments.b, w, lam, tol, np.float32, workspace)
 
     # three independent factorisations, one BLAS thread each side by side, beat three
     # two-threaded ones in a row (a 2048 LU scales poorly from one core to two)
-    solve, *solved = parallel_map(solve_one, (2, 0, 1), threads)
-    workspace.release(*fp.lu_buffers("half0"), *fp.lu_buffers("half1"))  # only w# is kept
-    return FixedPointSolves(full=solve, halves=(solved[0].w_sharp, solved[1].w_sharp), lam=lam)
+    solve, *halves = parallel_map(solve_one, (2, 0, 1), threads)
+    return FixedPointSolves(full=solve, halves=(halves[0], halves[1]), lam=lam)
 
 
 def measure_fixed_point(
@@ -408,10 +411,15 @@ def critic_probes(
     parts = _StabilityParts()
     # an explicit chain's features are alone in their group: its A, factorisations and
     # predictions are the round's largest arrays, and another chain's features beside
-    # them would only wait (the matrix-free chains run two at a time after it)
+    # them would only wait (the matrix-free chains run `threads` at a time after it)
     explicit_chains = [[c] for c in chains if _explicit(c, plan)]
-    free_chains = [c for c in chains if not _explicit(c, plan)]
-    for group in explicit_chains + feature_groups(free_chains, max(1, maps.threads)):
+    free = [c for c in chains if not _explicit(c, plan)]
+    free_groups = feature_groups(free, max(1, maps.threads))
+    if len(free_groups) > 1 and len(free_groups[-1]) < len(free_groups[0]):
+        # a short last group goes first: its features take the explicit chain's buffers
+        # (same shape) instead of being allocated afresh after the full groups'
+        free_groups.insert(0, free_groups.pop())
+    for group in explicit_chains + free_groups:
         start = time.perf_counter()
         batch = rolled.td_batch(cfg, maps, group, params.theta_pi, workspace=workspace)
         share = (time.perf_counter() - start) / len(group)
@@ -532,7 +540,10 @@ def _explicit_chain(
         power_time = time.perf_counter() - t_power
         out.add_time("stability.power", power_time)
         out.add_time("stability", power_time)
-    workspace.release(*fp.MOMENT_BUFFERS, A32_BUFFER)  # the matrix-free chains need none
+    # A and its halves stay for the next round's moments: fresh, their 3 x 8 D^2 bytes
+    # were page-faulted every round (+0.2 s a seed round, huge pages); beside the
+    # matrix-free chains' features they are ~15 MiB above this chain's own peak
+    workspace.release(A32_BUFFER)
     out.add_time(name, time.perf_counter() - start + share - power_time)
 
 

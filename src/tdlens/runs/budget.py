@@ -13,11 +13,11 @@ float32 features, 8 for float64; ``D`` = env.feature_dim, ``N`` = env.actor_feat
 
   - the chain whose A is formed, its features alone: ``2 n D f`` (phi, dphi) and
     ``28 D^2`` (float64 A and its halves, float32 A), plus for the fixed-point batch the
-    larger of its ``L`` float32 LU factors ``4 L D^2`` (``L = 3``, 2 with the ``iterate``
-    solver) and the first round's predictions, ``12 n D`` (float64 copies of the batch's
-    rows and of a half's, read side by side);
+    larger of its float32 LU factors, at most two alive, ``8 D^2``, and the first round's
+    predictions, ``12 n D`` (float64 copies of the batch's rows and of a half's, read
+    side by side);
   - the matrix-free stability chains, ``g = min(threads, k_mc - 1)`` at a time:
-    ``2 g n D f``;
+    ``2 g n D f``, and A and its halves, ``24 D^2``, kept for the next round;
 - ``probe rollouts``: ``ROLLOUT_STEP_BYTES`` per step of every probe chain.
 
 Disk: the learning curves and log (``CURVE_ROW_BYTES`` per iteration), ``checkpoint_keep``
@@ -150,13 +150,12 @@ def critic_bytes(cfg: RunConfig, f: int) -> int:
         n = spec.samples
         extra = 0
         if spec == plan.fixed:
-            lu = 3 if cfg.probes.fixed_point.solver == "direct" else 2
-            extra = max(4 * lu * D * D, 12 * n * D)
+            extra = max(8 * D * D, 12 * n * D)
         stages.append(2 * n * D * f + 28 * D * D + extra)
     free = plan.stability[1:]
     if free:
         g = min(cfg.threads or os.cpu_count() or 1, len(free))
-        stages.append(2 * g * free[0].samples * D * f)
+        stages.append(2 * g * free[0].samples * D * f + (24 * D * D if explicit else 0))
     return max(stages, default=0)
 
 
