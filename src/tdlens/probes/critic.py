@@ -5,8 +5,9 @@ the k_mc stability batches, the fixed-point batch doubling as stability batch 0 
 batch sizes agree, see :class:`tdlens.probes.common.RoundPlan`) get their features in
 groups, one group alive at a time (``phi, bar_phi [g, T, D]`` in the workspace): a chain
 whose A is formed explicitly alone (``g = 1``; its A, halves, factorisations and
-predictions are the round's largest arrays, released when it is done), the matrix-free
-chains ``maps.threads`` at a time. Per chain:
+predictions are the round's largest arrays; all but A and its halves, which the next
+round's moments reuse, are released when it is done), the matrix-free chains
+``maps.threads`` at a time. Per chain:
 
 - the fixed-point batch: ``A, b`` and their halves (float64), the spectrum of A with its
   spectral noise, the ridge solve and the half-batch solves (noise floor);
@@ -413,8 +414,8 @@ def critic_probes(
     # predictions are the round's largest arrays, and another chain's features beside
     # them would only wait (the matrix-free chains run `threads` at a time after it)
     explicit_chains = [[c] for c in chains if _explicit(c, plan)]
-    free = [c for c in chains if not _explicit(c, plan)]
-    free_groups = feature_groups(free, max(1, maps.threads))
+    free_chains = [c for c in chains if not _explicit(c, plan)]
+    free_groups = feature_groups(free_chains, max(1, maps.threads))
     if len(free_groups) > 1 and len(free_groups[-1]) < len(free_groups[0]):
         # a short last group goes first: its features take the explicit chain's buffers
         # (same shape) instead of being allocated afresh after the full groups'

@@ -33,8 +33,6 @@ MAX_REFINE = 10
 TRACE_PROBES = 64
 
 
-MOMENT_BUFFERS = ("moments.A", "moments.A_1", "moments.A_2")
-"""Workspace names of the ``[D, D]`` float64 moments :func:`td_moments` returns."""
 BLOCK_BUFFERS = ("moments.weighted", "moments.product")
 """Workspace names of :func:`td_moments`' block products (released when it returns)."""
 
@@ -108,10 +106,10 @@ def td_moments(
 
     ``dphi_t = phi_t - gamma bar_phi_tp1`` (see :func:`td_difference_`). The full-batch
     moments are the sample-weighted mean of the halves, so the halves cost nothing extra.
-    With a `workspace` the ``[D, D]`` results live in its buffers (:data:`MOMENT_BUFFERS`,
-    valid until the next call with the same workspace or their release): the caller
-    releases them when it is done, and the block products' buffers are released on
-    return, so that a probe round's later stages do not find them still resident.
+    With a `workspace` the ``[D, D]`` results live in its buffers (valid until the next
+    call with the same workspace): fresh 32 MB arrays cost page faults on every round.
+    The block products' buffers are released on return, so that a probe round's later
+    stages do not find them still resident.
     """
     n, D = phi_t.shape
     ws = Workspace() if workspace is None else workspace
