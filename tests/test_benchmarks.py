@@ -87,6 +87,9 @@ def test_bench_scaling_plots_its_figure(tmp_path):
     )
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["128"], ["4096"])]
     assert [(r[0], r[1]) for r in rows] == [("128", "2048"), ("4096", "128")]
+    for r in rows:  # ... iteration s, peak MiB, estimate MiB, est/peak
+        iteration, peak, est, ratio = (float(x) for x in r[-4:])
+        assert iteration > 0 and est > 0 and ratio == pytest.approx(est / peak, abs=0.01)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

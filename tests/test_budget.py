@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tdlens.config import load_config, shipped_configs
-from tdlens.runs.budget import ResourceError, check_resources, estimate, human
+from tdlens.runs.budget import RATIO_BAND, ResourceError, check_resources, estimate, human
 from tdlens.runs.runner import Runner
 
 # The child's own peak is VmHWM: ru_maxrss of a child started by fork+exec starts at the
@@ -39,8 +39,10 @@ def _shipped() -> dict[Path, object]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", list(_shipped()), ids=lambda p: p.stem)
-def test_memory_estimate_within_2x_of_the_measured_peak(path, tmp_path):
-    """One iteration with its probe round (the round is the peak) in a fresh process."""
+def test_memory_estimate_within_its_band_of_the_measured_peak(path, tmp_path):
+    """One iteration with its probe round (the round is the peak) in a fresh process:
+    estimate / measured within RATIO_BAND (0.8-1.25; measured 0.94-1.07 on the 2-core
+    AMD EPYC machine, BENCHMARKS.md)."""
     proc = subprocess.run(
         [sys.executable, "-c", MEASURE, str(path), str(tmp_path / "run")],
         capture_output=True,
@@ -51,7 +53,8 @@ def test_memory_estimate_within_2x_of_the_measured_peak(path, tmp_path):
     measured = json.loads(proc.stdout.strip().splitlines()[-1])
     predicted = estimate(load_config(path, ["outer_iters=1", "threads=2"])).peak_bytes
     ratio = predicted / measured
-    assert 0.5 <= ratio <= 2.0, f"{path.stem}: estimate {human(predicted)}, peak {human(measured)}"
+    low, high = RATIO_BAND
+    assert low <= ratio <= high, f"{path.stem}: estimate {human(predicted)}, peak {human(measured)}"
 
 
 def _peak(path: Path, run: Path, *overrides: str) -> int:
@@ -64,17 +67,18 @@ def _peak(path: Path, run: Path, *overrides: str) -> int:
 
 @pytest.mark.slow
 def test_memory_growth_with_feature_dim_follows_the_D2_term(tmp_path):
-    """The 2x band of the shipped configs hides a missing ``9 * 8 D^2`` (35% at D = 2048);
-    the growth of the peak from D = 256 to 1024 isolates it: 72 (1024^2 - 256^2) = 71 MB
-    of the estimated 76 MB growth (the rest is linear in D). Measured: 64 MB (ratio 0.84);
-    band [0.6, 1.6]. Without the D^2 term the estimate grows by 5 MB (ratio ~13)."""
+    """The shipped configs' band could hide a wrong ``D^2`` term (28 + 8 D^2 at the
+    sanity config's small batches); the growth of the peak from D = 512 to 2048 isolates
+    it: 36 (2048^2 - 512^2) = 135 MiB of the estimated 139 MiB growth (the rest is linear
+    in D). Measured: 132 MiB (ratio 0.95); band [0.7, 1.3]. Without the D^2 term the
+    estimate grows by ~4 MiB (ratio ~35)."""
     sanity = Path("configs/sanity.yaml")
-    small, big = ("env.feature_dim=256",), ("env.feature_dim=1024",)
+    small, big = ("env.feature_dim=512",), ("env.feature_dim=2048",)
     measured = _peak(sanity, tmp_path / "big", *big) - _peak(sanity, tmp_path / "small", *small)
     base = ["outer_iters=1", "threads=2"]
     grown = estimate(load_config(sanity, [*base, *big])).peak_bytes
     predicted = grown - estimate(load_config(sanity, [*base, *small])).peak_bytes
-    assert 0.6 <= measured / predicted <= 1.6, (human(measured), human(predicted))
+    assert 0.7 <= measured / predicted <= 1.3, (human(measured), human(predicted))
 
 
 def test_disk_estimate_bounds_a_real_run(tmp_path):

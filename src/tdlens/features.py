@@ -19,6 +19,8 @@ releases the GIL inside ufuncs). ``dtype`` float32 is the validated fast path.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
 import queue
@@ -199,8 +201,23 @@ class Workspace:
         """A buffer of `shape` and `dtype` (uninitialised) reused across calls."""
         arr = self._arrays.get(key)
         if arr is None or arr.shape != shape or arr.dtype != dtype:
+            del arr  # the old buffer is freed before the new one is allocated
+            self.release(key)
             arr = self._arrays[key] = np.empty(shape, dtype=dtype)
         return arr
+
+    def held_bytes(self) -> int:
+        """Bytes of the buffers held (those of :meth:`array`; the scratch dicts are not
+        counted)."""
+        return sum(arr.nbytes for arr in self._arrays.values())
+
+    def release(self, *keys: str) -> None:
+        """Drop the buffers of `keys` (absent keys are ignored): their memory returns once
+        no array refers to it, and the next request of a key allocates afresh. For
+        buffers that are large and short-lived, so they do not stay resident beside the
+        next stage's."""
+        for key in keys:
+            self._arrays.pop(key, None)
 
     @contextmanager
     def scratch(self) -> Iterator[dict[str, np.ndarray]]:
@@ -213,6 +230,47 @@ class Workspace:
             yield item
         finally:
             self._scratch.put(item)
+
+
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter: allocations of at least this many bytes are mapped."""
+ROUND_MMAP_BYTES = 8 * 2**20
+STEADY_MMAP_BYTES = 32 * 2**20
+"""glibc's largest dynamic mmap threshold (64-bit), where it settles once a program has
+freed an array of 32 MiB."""
+
+
+@functools.cache
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt`` (None where the C library has none)."""
+    try:
+        return ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return None
+
+
+@contextmanager
+def large_arrays_unmapped_when_freed(threshold: int = ROUND_MMAP_BYTES) -> Iterator[None]:
+    """Within: every allocation of at least `threshold` bytes is mapped on its own, so its
+    memory goes back to the OS as soon as it is freed; afterwards the threshold is
+    :data:`STEADY_MMAP_BYTES`, where glibc's dynamic one settles anyway.
+
+    glibc raises its mmap threshold to the size of any mapped block that is freed (up to
+    32 MiB), after which blocks below it come from its heaps (one per thread that
+    allocates) and stay resident when freed; a probe round's 16-32 MiB buffers, freed
+    stage after stage on several threads, then add up instead of taking each other's
+    place (seed run: ~70 MiB more at the peak). Not for the training iteration, whose
+    temporaries of that size would be page-faulted afresh every iteration. No-op without
+    glibc or when the user set ``MALLOC_MMAP_THRESHOLD_``."""
+    mallopt = _mallopt()
+    if mallopt is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        yield
+        return
+    mallopt(M_MMAP_THRESHOLD, threshold)
+    try:
+        yield
+    finally:
+        mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_BYTES)
 
 
 def _buffer(scratch: dict[str, np.ndarray], key: str, rows: int, cols: int, dtype) -> np.ndarray:

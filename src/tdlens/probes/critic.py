@@ -3,8 +3,11 @@
 The two probes share their most expensive pieces. Their chains (the fixed-point batch and
 the k_mc stability batches, the fixed-point batch doubling as stability batch 0 when the
 batch sizes agree, see :class:`tdlens.probes.common.RoundPlan`) get their features in
-groups of ``maps.threads`` chains, one group alive at a time (``phi, bar_phi [g, T, D]``
-in a reused workspace). Per chain:
+groups, one group alive at a time (``phi, bar_phi [g, T, D]`` in the workspace): a chain
+whose A is formed explicitly alone (``g = 1``; its A, halves, factorisations and
+predictions are the round's largest arrays; all but A and its halves, which the next
+round's moments reuse, are released when it is done), the matrix-free chains
+``maps.threads`` at a time. Per chain:
 
 - the fixed-point batch: ``A, b`` and their halves (float64), the spectrum of A with its
   spectral noise, the ridge solve and the half-batch solves (noise floor);
@@ -56,6 +59,10 @@ from tdlens.threads import limit_threads, parallel_map
 
 BOOTSTRAP_PURPOSE = 500_000
 """Auxiliary-stream purpose of the spectral bootstrap (power iterations use 1 + k)."""
+A32_BUFFER = "critic.A32"
+"""Workspace name of the float32 copy of A (:func:`spectrum_of`)."""
+FEATURE_BUFFERS = ("phi", "bar_phi")
+"""Workspace names of a TD batch's features (:func:`tdlens.rollout.td_batch`)."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +190,7 @@ def spectrum_of(
     copy of A (a workspace buffer) used for the Krylov and power-iteration products."""
     D = moments.A.shape[0]
     v0 = aux_rng(cfg, "probe_stability", n, 0).standard_normal(D)
-    A32 = workspace.array("critic.A32", (D, D), np.dtype(np.float32))
+    A32 = workspace.array(A32_BUFFER, (D, D), np.dtype(np.float32))
     noise = sp.spectral_noise(*moments.A_halves, v0=v0, out=A32)
     np.copyto(A32, moments.A, casting="same_kind")
     return sp.eigenvalues(moments.A, noise, v0, A32=A32, threads=threads), A32
@@ -242,21 +249,25 @@ def solve_fixed_point(
     lam = fp.ridge_lambda(conf.ridge, spectrum.max_abs)
     tol = conf.tol
 
-    def solve_one(k: int) -> fp.FixedPointSolve:
-        """k = 0, 1: half batch k (float32 LU, refined); 2: the full batch."""
+    def solve_one(k: int) -> fp.FixedPointSolve | np.ndarray:
+        """k = 0, 1: half batch k's w# (float32 LU, refined; its factor is released as
+        soon as it is solved, so at most two factors are alive); 2: the full batch."""
         if k < 2:
             A_k, b_k = moments.A_halves[k], moments.b_halves[k]
-            return fp.solve_direct(
-                A_k, b_k, w, lam, tol, np.float32, workspace, condition=False, name=f"half{k}"
+            name = f"half{k}"
+            half = fp.solve_direct(
+                A_k, b_k, w, lam, tol, np.float32, workspace, condition=False, name=name
             )
+            workspace.release(*fp.lu_buffers(name))
+            return half.w_sharp
         if conf.solver == "iterate":
             return fp.solve_iterate(moments.A, moments.b, w, cfg.alpha_w, conf.max_iters, tol)
         return fp.solve_direct(moments.A, moments.b, w, lam, tol, np.float32, workspace)
 
     # three independent factorisations, one BLAS thread each side by side, beat three
     # two-threaded ones in a row (a 2048 LU scales poorly from one core to two)
-    solve, *solved = parallel_map(solve_one, (2, 0, 1), threads)
-    return FixedPointSolves(full=solve, halves=(solved[0].w_sharp, solved[1].w_sharp), lam=lam)
+    solve, *halves = parallel_map(solve_one, (2, 0, 1), threads)
+    return FixedPointSolves(full=solve, halves=(halves[0], halves[1]), lam=lam)
 
 
 def measure_fixed_point(
@@ -399,6 +410,9 @@ def fixed_point_probe(
     timings = {"fixed_point.solve": time.perf_counter() - start}
     start = time.perf_counter()
     inputs = prediction_inputs(moments, solves, view, w)
+    w_sharp, halves = solves.full.w_sharp, solves.halves
+    del solves  # its LU factor (16 MB at D = 2048) is not needed by the predictions
+    workspace.release(*fp.lu_buffers("solve"))
     est = row["value_noise_floor"] / 2.0
     pred = predict_dynamics(cfg, moments, inputs, view.phi_t, est, threads)
     row["value_gap_floor"] = pred.floor
@@ -429,7 +443,7 @@ def fixed_point_probe(
         cfs = cf.counterfactuals(ing, cfg, n, sp.critical_step(spectrum.eigvals), base=pred)
         arrays[f"{cf.PREFIX}_{n:04d}.npz"] = cf.to_arrays(cfs)
     timings["fixed_point.prediction"] = time.perf_counter() - start
-    return FixedPointResult(row, solves.full.w_sharp, arrays, timings, solves.halves)
+    return FixedPointResult(row, w_sharp, arrays, timings, halves)
 
 
 def critic_probes(
@@ -449,7 +463,17 @@ def critic_probes(
     chains = list(dict.fromkeys(c for c in (plan.fixed, *plan.stability) if c is not None))
     parts = _StabilityParts()
     probe_cfg = probe_config(cfg)
-    for group in feature_groups(chains, max(1, maps.threads)):
+    # an explicit chain's features are alone in their group: its A, factorisations and
+    # predictions are the round's largest arrays, and another chain's features beside
+    # them would only wait (the matrix-free chains run `threads` at a time after it)
+    explicit_chains = [[c] for c in chains if _explicit(c, plan)]
+    free_chains = [c for c in chains if not _explicit(c, plan)]
+    free_groups = feature_groups(free_chains, max(1, maps.threads))
+    if len(free_groups) > 1 and len(free_groups[-1]) < len(free_groups[0]):
+        # a short last group goes first: its features take the explicit chain's buffers
+        # (same shape) instead of being allocated afresh after the full groups'
+        free_groups.insert(0, free_groups.pop())
+    for group in explicit_chains + free_groups:
         start = time.perf_counter()
         batch = rolled.td_batch(probe_cfg, maps, group, params.theta_pi, workspace=workspace)
         share = (time.perf_counter() - start) / len(group)
@@ -496,6 +520,8 @@ def critic_probes(
             out.add_time("stability.features", share * len(free))
             out.add_time("stability.power", elapsed)
             out.add_time("stability", elapsed + share * len(free))
+        del batch, views  # the next group's features replace these (not beside them)
+    workspace.release(*FEATURE_BUFFERS)  # the later probes draw their own
     if plan.stability:
         start = time.perf_counter()
         out.rows["stability_probe"] = stability_row(cfg, parts.proxies, parts.spectrum, parts.rho)
@@ -573,6 +599,10 @@ def _explicit_chain(
         power_time = time.perf_counter() - t_power
         out.add_time("stability.power", power_time)
         out.add_time("stability", power_time)
+    # A and its halves stay for the next round's moments: fresh, their 3 x 8 D^2 bytes
+    # were page-faulted every round (+0.2 s a seed round, huge pages); beside the
+    # matrix-free chains' features they are ~15 MiB above this chain's own peak
+    workspace.release(A32_BUFFER)
     out.add_time(name, time.perf_counter() - start + share - power_time)
 
 

@@ -65,6 +65,7 @@ The constant path above is untouched.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -499,6 +500,29 @@ def predict_scheduled(
 # Both give predict's numbers up to float rounding (tests/test_counterfactual.py).
 
 
+Reduce = Callable[[np.ndarray], np.ndarray]
+"""What a caller keeps of one read ``[n, steps + 1, k]`` (applied as soon as it is made,
+so only the reduced arrays of all the steps eta are kept, not their reads)."""
+
+
+def _keep(reduce: Sequence[Reduce] | None, r: int, got: np.ndarray) -> np.ndarray:
+    """Read `r` as the caller keeps it: ``reduce[r](got)``, or `got` without reducers."""
+    if reduce is None:
+        return got
+    with np.errstate(over="ignore", invalid="ignore"):  # a diverging path squared
+        return reduce[r](got)
+
+
+def path_square_mean(got: np.ndarray) -> np.ndarray:
+    """``[steps + 1]``: ``mean_t (rows_t . e_j)^2`` of a read of the path column."""
+    return np.mean(got[:, :, 0] ** 2, axis=0)
+
+
+def square_sum(got: np.ndarray) -> np.ndarray:
+    """``[steps + 1]``: the squares of a read summed over its rows and columns."""
+    return (got**2).sum(axis=(0, 2))
+
+
 def _combine(coefs: np.ndarray, flat: np.ndarray) -> np.ndarray:
     """``[n, J, k]``: ``sum_m coefs[j, m] flat[:, m, :]`` as one matrix product
     (``coefs [J, M]``, ``flat [n, M, k]``)."""
@@ -512,11 +536,13 @@ def _series_reads(
     etas: list[float],
     steps: int,
     reads: list[tuple[np.ndarray, slice]],
+    reduce: Sequence[Reduce] | None = None,
 ) -> list[list[np.ndarray]]:
     """``out[e][r] [n_r, steps + 1, k_r]``: ``rows_r @ J(eta_e)^j X[:, cols_r]`` for
     ``reads = [(rows_r, cols_r)]``, every eta in the series regime of A (module
     comment): one set of terms at ``eta_0 = max etas`` (to the finest :func:`read_tol` of
-    the reads' rows), one readout per read."""
+    the reads' rows), one readout per read; with `reduce` (one per read), ``reduce[r]`` of
+    it (:data:`Reduce`)."""
     eta0 = max(etas)
     S = series(A, X, eta0, steps, min(read_tol(rows.dtype) for rows, _ in reads))
     M, D, _ = S.terms.shape
@@ -529,7 +555,7 @@ def _series_reads(
     out = []
     for eta in etas:
         coefs = S.coefs * (eta / eta0 if eta0 > 0 else 0.0) ** np.arange(M)
-        out.append([_combine(coefs, flat) for flat in flats])
+        out.append([_keep(reduce, r, _combine(coefs, flat)) for r, flat in enumerate(flats)])
     return out
 
 
@@ -539,6 +565,7 @@ def _loop_reads(
     etas: list[float],
     steps: int,
     reads: list[tuple[np.ndarray, slice]],
+    reduce: Sequence[Reduce] | None = None,
 ) -> list[list[np.ndarray]]:
     """:func:`_series_reads` by the step-by-step loop: all etas' paths as column blocks of
     one ``[D, len(etas) k]`` matrix, one product with A per step, read out per step."""
@@ -562,7 +589,7 @@ def _loop_reads(
                 out[e][r][:, j, :] = got[:, e * i.size : (e + 1) * i.size]
         if j < steps:
             cur = cur - step * (A @ cur)
-    return out
+    return [[_keep(reduce, r, got) for r, got in enumerate(per)] for per in out]
 
 
 def _reads_many(
@@ -571,8 +598,10 @@ def _reads_many(
     etas: list[float],
     steps: int,
     reads: list[tuple[np.ndarray, slice]],
+    reduce: Sequence[Reduce] | None = None,
 ) -> list[list[np.ndarray]]:
-    """``rows @ J(eta)^j X`` per eta of `etas` (in that order) and read: all of them by
+    """``rows @ J(eta)^j X`` per eta of `etas` (in that order) and read (``reduce[r]`` of
+    read r with `reduce`): all of them by
     one :func:`_deflated_reads` when some eta is past the series regime of A (the choice
     :func:`series` makes) and A deflates, else :func:`_series_reads` for the etas in the
     series regime and :func:`_loop_reads` for the others."""
@@ -580,14 +609,14 @@ def _reads_many(
     small = [e for e in etas if e * kappa_per_eta < KAPPA_MAX]
     large = [e for e in etas if not e * kappa_per_eta < KAPPA_MAX]
     if large:
-        deflated = _deflated_reads(A, X, etas, steps, reads)
+        deflated = _deflated_reads(A, X, etas, steps, reads, reduce)
         if deflated is not None:
             return deflated
     got: dict[float, list[np.ndarray]] = {}
     if small:
-        got.update(zip(small, _series_reads(A, X, small, steps, reads), strict=True))
+        got.update(zip(small, _series_reads(A, X, small, steps, reads, reduce), strict=True))
     if large:
-        got.update(zip(large, _loop_reads(A, X, large, steps, reads), strict=True))
+        got.update(zip(large, _loop_reads(A, X, large, steps, reads, reduce), strict=True))
     return [got[e] for e in etas]
 
 
@@ -612,27 +641,29 @@ def predict_many(
     rows = phi_t[:: max(1, n // NOISE_ROWS)]
     X0 = np.concatenate([e0[:, None], U], axis=1)
     main_reads = [(phi_t, slice(0, 1))] + ([(rows, slice(1, None))] if C else [])
-    jobs = [(A, X0, main_reads)]
-    jobs += [(h.A, h.e0[:, None], [(h.phi_t, slice(0, 1))]) for h in halves or ()]
+    # each read [n, steps + 1, k] is reduced to the squares the band needs as it is made
+    jobs = [(A, X0, main_reads, (path_square_mean, square_sum))]
+    jobs += [
+        (h.A, h.e0[:, None], [(h.phi_t, slice(0, 1))], (path_square_mean,)) for h in halves or ()
+    ]
     with np.errstate(over="ignore", invalid="ignore"):
         main, *half_reads = parallel_map(
-            lambda job: _reads_many(job[0], job[1], etas, steps, job[2]), jobs, threads
+            lambda job: _reads_many(job[0], job[1], etas, steps, job[2], job[3]), jobs, threads
         )
         out = []
         for e, eta in enumerate(etas):
-            path = main[e][0][:, :, 0]
-            mid = np.sqrt(np.mean(path**2, axis=0) / D)
+            mid = np.sqrt(main[e][0] / D)
             half_paths = None
             if halves is not None:
                 half_paths = tuple(
-                    np.sqrt(np.mean(h_reads[e][0][:, :, 0] ** 2, axis=0) / h.phi_t.shape[1])
+                    np.sqrt(h_reads[e][0] / h.phi_t.shape[1])
                     for h_reads, h in zip(half_reads, halves, strict=True)
                 )
             mid = debiased_path(mid, half_paths)
             if C == 0:
                 out.append(Prediction(mid=mid, noise=np.zeros_like(mid), est=est))
                 continue
-            per_step = (main[e][1] ** 2).sum(axis=(0, 2)) / (rows.shape[0] * D)
+            per_step = main[e][1] / (rows.shape[0] * D)
             var = eta**2 / trajectories * np.concatenate([[0.0], np.cumsum(per_step[:-1])])
             out.append(Prediction(mid=mid, noise=np.sqrt(var), est=est))
     return out
@@ -697,6 +728,7 @@ def _deflated_reads(
     etas: list[float],
     steps: int,
     reads: list[tuple[np.ndarray, slice]],
+    reduce: Sequence[Reduce] | None = None,
 ) -> list[list[np.ndarray]] | None:
     """:func:`_loop_reads` for steps past the series regime, by deflation; None when A
     shows no dominant invariant subspace (:func:`_dominant_subspace`) or the rest's
@@ -770,8 +802,8 @@ def _deflated_reads(
         for t in range(steps):
             a[t + 1] = a[t] - eta * (T @ a[t] + Gr[t])
         per = []
-        for (flat, RQ), (_, cols) in zip(flats, reads, strict=True):
+        for r, ((flat, RQ), (_, cols)) in enumerate(zip(flats, reads, strict=True)):
             got = _combine(coefs, flat) + np.matmul(RQ, a[:, :, cols]).transpose(1, 0, 2)
-            per.append(got)
+            per.append(_keep(reduce, r, got))
         out.append(per)
     return out

@@ -33,6 +33,15 @@ MAX_REFINE = 10
 TRACE_PROBES = 64
 
 
+BLOCK_BUFFERS = ("moments.weighted", "moments.product")
+"""Workspace names of :func:`td_moments`' block products (released when it returns)."""
+
+
+def lu_buffers(name: str) -> tuple[str, ...]:
+    """Workspace names of the LU factors :func:`solve_direct` keeps under `name`."""
+    return tuple(f"{name}.lu_{dtype}" for dtype in ("float32", "float64"))
+
+
 @dataclass(frozen=True)
 class TDMoments:
     """``A [D, D]``, ``b [D]`` (float64) of a batch, and of its first and second half."""
@@ -99,6 +108,8 @@ def td_moments(
     moments are the sample-weighted mean of the halves, so the halves cost nothing extra.
     With a `workspace` the ``[D, D]`` results live in its buffers (valid until the next
     call with the same workspace): fresh 32 MB arrays cost page faults on every round.
+    The block products' buffers are released on return, so that a probe round's later
+    stages do not find them still resident.
     """
     n, D = phi_t.shape
     ws = Workspace() if workspace is None else workspace
@@ -119,6 +130,7 @@ def td_moments(
         A_k *= scale / count
     b_halves = (b_sums[0] / h, b_sums[1] / (n - h))
     b = (b_sums[0] + b_sums[1]) / n
+    ws.release(*BLOCK_BUFFERS)  # 32 MB at D = 2048 that no later stage of a round needs
     return TDMoments(A=A, b=b, A_halves=tuple(A_halves), b_halves=b_halves, n=n)
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tdlens.config import RunConfig
-from tdlens.features import FeatureMaps, Workspace
+from tdlens.features import FeatureMaps, Workspace, large_arrays_unmapped_when_freed
 from tdlens.learner import Params
 from tdlens.probes import registry
 from tdlens.probes.common import roll_chains
@@ -74,6 +74,12 @@ class ProbeManager:
         self, n: int, params: Params, delta: np.ndarray, td_loss: float, reason: str
     ) -> ProbeRound:
         """Run every enabled probe on the frozen snapshot of iteration n."""
+        with large_arrays_unmapped_when_freed():
+            return self._run(n, params, delta, td_loss, reason)
+
+    def _run(
+        self, n: int, params: Params, delta: np.ndarray, td_loss: float, reason: str
+    ) -> ProbeRound:
         start = time.perf_counter()
         out = ProbeRound(n=n, reason=reason)
         chains = list(dict.fromkeys(c for p in self.probes for c in p.chain_specs(self.cfg)))

@@ -6,12 +6,19 @@ drive the estimate. The model sums the large arrays of each phase (bytes; ``f`` 
 float32 features, 8 for float64; ``D`` = env.feature_dim, ``N`` = env.actor_feature_dim):
 
 - ``base``: the interpreter with NumPy, SciPy, Numba and Matplotlib, ``BASE_BYTES``;
-- ``training``: ``B T (2.5 D f + 8 N)`` for the ``B T`` steps of an iteration (phi,
+- ``training``: ``B T (2 D f + 8 N)`` for the ``B T`` steps of an iteration (phi,
   bar_phi and the actor features);
-- ``critic probes``: ``2.5 g T_c D f + 9 * 8 D^2`` for the feature blocks of ``g`` chains
-  of length ``T_c`` alive together (``g = min(threads, chains)``) and the float64 ``A``,
-  its halves and factorizations;
-- ``probe rollouts``: ``1 KiB`` per step of every probe chain.
+- ``critic probes``: the larger of their two stages (:mod:`tdlens.probes.critic`), with
+  ``n`` the samples of a batch (``m horizon`` for ``m`` trainer-style trajectories):
+
+  - the chain whose A is formed, its features alone: ``2 n D f`` (phi, dphi) and
+    ``28 D^2`` (float64 A and its halves, float32 A), plus for the fixed-point batch the
+    larger of its float32 LU factors, at most two alive, ``8 D^2``, and the first round's
+    predictions, ``12 n D`` (float64 copies of the batch's rows and of a half's, read
+    side by side);
+  - the matrix-free stability chains, ``g = min(threads, k_mc - 1)`` at a time:
+    ``2 g n D f``, and A and its halves, ``24 D^2``, kept for the next round;
+- ``probe rollouts``: ``ROLLOUT_STEP_BYTES`` per step of every probe chain.
 
 Disk: the learning curves and log (``CURVE_ROW_BYTES`` per iteration), ``checkpoint_keep``
 checkpoints (a finished sweep run keeps its final one), per probe round the TD-error
@@ -39,7 +46,9 @@ fitted to a Step-C run (plateau, D = 2048: 0.054 s an iteration, 2.1 s a round, 
 all) on the 2-core AMD EPYC machine of BENCHMARKS.md; a guide within about 2x.
 
 The constants were fitted to the peak resident memory of one-iteration runs of the shipped
-configs; ``tests/test_budget.py`` checks the estimate lies within 2x of the measured peak.
+configs (BENCHMARKS.md, "Memory and disk estimate against measured peaks");
+``tests/test_budget.py`` checks the estimate against the measured peak of each within
+``RATIO_BAND``.
 """
 
 from __future__ import annotations
@@ -51,9 +60,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tdlens.config import RunConfig
+from tdlens.probes.common import plan_chains
 
 MIB = 1024**2
-BASE_BYTES = 240 * MIB
+BASE_BYTES = 210 * MIB
+ROLLOUT_STEP_BYTES = 640
+"""A probe chain's rollout, per step (paths, noise, the policies' means)."""
+RATIO_BAND = (0.8, 1.25)
+"""Estimate / measured peak of the shipped configs' one-iteration runs that
+tests/test_budget.py accepts."""
 CURVE_ROW_BYTES = 1000
 ROUND_TABLE_BYTES = 10 * 1024
 REPORT_HTML_BYTES = 8 * MIB
@@ -125,6 +140,25 @@ class Estimate:
         return tuple(dict.fromkeys(k for t in big for k in TERM_KEYS[t]))
 
 
+def critic_bytes(cfg: RunConfig, f: int) -> int:
+    """The ``critic probes`` term of the module docstring (0 when neither probe runs)."""
+    plan = plan_chains(cfg)
+    D = cfg.env.feature_dim
+    stages = []
+    explicit = [c for c in (plan.fixed, *plan.stability[:1]) if c is not None]
+    for spec in dict.fromkeys(explicit):
+        n = spec.samples
+        extra = 0
+        if spec == plan.fixed:
+            extra = max(8 * D * D, 12 * n * D)
+        stages.append(2 * n * D * f + 28 * D * D + extra)
+    free = plan.stability[1:]
+    if free:
+        g = min(cfg.threads or os.cpu_count() or 1, len(free))
+        stages.append(2 * g * free[0].samples * D * f + (24 * D * D if explicit else 0))
+    return max(stages, default=0)
+
+
 def _critic_chains(cfg: RunConfig) -> tuple[int, int]:
     """(chains, their longest length) of the fixed-point and stability probes."""
     probes = cfg.probes
@@ -164,19 +198,18 @@ def estimate(
     D, N = cfg.env.feature_dim, cfg.env.actor_feature_dim
     f = 4 if cfg.precision == "float32" else 8
     rows = cfg.trajectories * cfg.horizon
-    terms = {"base": BASE_BYTES, "training": int(rows * (2.5 * D * f + 8 * N))}
+    terms = {"base": BASE_BYTES, "training": rows * (2 * D * f + 8 * N)}
     probes = cfg.probes
     if probes.enabled:
         chains, T_c = _critic_chains(cfg)
         if chains:
-            g = min(cfg.threads or os.cpu_count() or 1, chains)
-            terms["critic probes"] = int(2.5 * g * T_c * D * f + 9 * 8 * D * D)
+            terms["critic probes"] = critic_bytes(cfg, f)
         steps = chains * T_c
         if probes.distribution.enabled:
             steps += 3 * probes.distribution.num_samples
         if probes.rho_audit.enabled:
             steps += probes.rho_audit.batch_size
-        terms["probe rollouts"] = 1024 * steps
+        terms["probe rollouts"] = ROLLOUT_STEP_BYTES * steps
     if compact:
         return Estimate(terms, _compact_disk(cfg, html))
     per_round = ROUND_TABLE_BYTES + REPORT_ROUND_BYTES

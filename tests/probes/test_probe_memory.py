@@ -1,0 +1,79 @@
+"""What a probe round keeps alive (issue 28, peak memory): the critic probes' feature
+groups and released buffers, and the counterfactual predictions' reduced reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from probe_testlib import snapshot, tiny_config
+
+from tdlens.features import Workspace
+from tdlens.probes import common, critic
+from tdlens.probes import expected as ex
+from tdlens.probes.common import plan_chains, roll_chains
+
+
+@pytest.fixture(scope="module")
+def round_inputs():
+    cfg = tiny_config("threads=2", "probes.stability.k_mc=4")
+    maps, result = snapshot(cfg)
+    plan = plan_chains(cfg)
+    rolled = roll_chains(cfg, maps, result.params, plan.specs(), 0)
+    return cfg, maps, result, plan, rolled
+
+
+def test_critic_round_keeps_only_A_and_its_halves(round_inputs):
+    """The features, the float32 A, the block products and every LU factor are released
+    once used: none stays resident through the later probes and the training iterations
+    until the next round. A and its halves (3 x 8 D^2 bytes) stay for the next round's
+    moments (page-faulting them afresh cost more than the rest of the moments)."""
+    cfg, maps, result, plan, rolled = round_inputs
+    ws = Workspace()
+    out = critic.critic_probes(cfg, maps, rolled, plan, result.params, 0, None, ws)
+    assert "fixed_point_probe" in out.rows and "stability_probe" in out.rows
+    D = cfg.env.feature_dim
+    assert ws.held_bytes() == 3 * 8 * D * D
+
+
+def test_explicit_chain_has_its_feature_group_alone(round_inputs, monkeypatch):
+    """The chain whose A is formed (the fixed-point batch, also stability batch 0) gets
+    its features alone; the matrix-free chains come ``threads`` at a time after it, a
+    short group first (its features reuse the explicit chain's buffers)."""
+    cfg, maps, result, plan, rolled = round_inputs
+    calls: list[int] = []
+    td_batch = common.RolledChains.td_batch
+
+    def spy(self, cfg, maps, specs, *args, **kwargs):
+        calls.append(len(specs))
+        return td_batch(self, cfg, maps, specs, *args, **kwargs)
+
+    monkeypatch.setattr(common.RolledChains, "td_batch", spy)
+    critic.critic_probes(cfg, maps, rolled, plan, result.params, 0, None, Workspace())
+    assert plan.shared and len(plan.stability) == 4
+    assert calls == [1, 1, 2]  # chain 0 alone, then chain 3, then chains 1 and 2
+
+
+@pytest.mark.parametrize("deflates", [False, True])
+def test_reduced_reads_equal_the_reduction_of_the_reads(deflates):
+    """predict_many reduces each read as it is made (so the reads of all steps are never
+    held together): bit for bit what reducing the kept reads gives, in the series regime
+    and past it (the deflated series)."""
+    rng = np.random.default_rng(3)
+    D, C, n, steps = 48, 5, 96, 60
+    V = np.eye(D) + 0.1 * rng.standard_normal((D, D))
+    lam = np.concatenate([[1.0, 0.7], np.geomspace(1e-3, 0.05, D - 2)])
+    A = V @ np.diag(lam) @ np.linalg.inv(V)
+    X = rng.standard_normal((D, 1 + C))
+    phi = rng.standard_normal((n, D)).astype(np.float32)
+    kappa_eta = steps * float(np.linalg.norm(A))
+    etas = [0.05 / kappa_eta, 0.3 / kappa_eta] + ([0.5, 1.2] if deflates else [])
+    reads = [(phi, slice(0, 1)), (phi[::4], slice(1, None))]
+    reduce = (ex.path_square_mean, ex.square_sum)
+    if deflates:
+        assert ex._deflated_reads(A, X, etas, steps, reads) is not None
+    full = ex._reads_many(A, X, etas, steps, reads)
+    kept = ex._reads_many(A, X, etas, steps, reads, reduce)
+    for per_full, per_kept in zip(full, kept, strict=True):
+        for r, (got, small) in enumerate(zip(per_full, per_kept, strict=True)):
+            assert small.shape == (steps + 1,)
+            assert np.array_equal(reduce[r](got), small)
