@@ -125,48 +125,6 @@ class Paths:
         return policy_mean(theta, self.psi)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _act(
-    t: int,
-    psi: np.ndarray,
-    keep: bool,
-    sq: np.ndarray,
-    cap: np.floating,
-    theta: np.ndarray,
-    sigma: np.ndarray,
-    z_act: np.ndarray,
-    m_mu: np.ndarray,
-    u: np.ndarray,
-    evals: np.ndarray,
-    m_eval: np.ndarray,
-) -> None:
-    psi_t = psi[t if keep else 0]
-    gaussian_policy_step(psi_t, sq, cap, theta, sigma, z_act[t], m_mu[t], u[t])
-    policy_means_each(psi_t, evals, m_eval[t])
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _move(
-    t: int,
-    a_t: np.ndarray,
-    packed: np.ndarray,
-    z_env: np.ndarray,
-    u_env: np.ndarray,
-    p: np.ndarray,
-    o: np.ndarray,
-    o_cast: np.ndarray,
-    W: np.ndarray,
-    b: np.ndarray,
-    psi: np.ndarray,
-    keep: bool,
-) -> None:
-    fast.step_observe_packed(packed, a_t, z_env[t], u_env[t], p, o[t + 1])
-    for i in range(o_cast.shape[0]):
-        for k in range(o_cast.shape[1]):
-            o_cast[i, k] = o[t + 1, i, k]
-    affine_rows(o_cast, W, b, psi[t + 1 if keep else 0])
-
-
 @njit(cache=True, nogil=True)
 def rollout_act(
     t: int,
@@ -189,7 +147,9 @@ def rollout_act(
     do not reproduce), :func:`gaussian_policy_step` (norm cap, ``m_mu[t]``, ``u[t]``) and
     :func:`policy_means_each` of ``evals [E, N, 2]`` (E may be 0) into ``m_eval[t]``.
     """
-    _act(t, psi, keep, sq, cap, theta, sigma, z_act, m_mu, u, evals, m_eval)
+    psi_t = psi[t if keep else 0]
+    gaussian_policy_step(psi_t, sq, cap, theta, sigma, z_act[t], m_mu[t], u[t])
+    policy_means_each(psi_t, evals, m_eval[t])
 
 
 @njit(cache=True, nogil=True)
@@ -212,7 +172,11 @@ def rollout_move(
     observation, and ``psi[t + 1]`` (``psi[0]`` unless `keep`) its actor features' affine
     map ``W^T o + b`` before the tanh (:func:`affine_rows` of ``o[t + 1]`` cast to the
     features dtype through ``o_cast [B, 18]``, as ``np.ascontiguousarray(o, dtype)``)."""
-    _move(t, a_t, packed, z_env, u_env, p, o, o_cast, W, b, psi, keep)
+    fast.step_observe_packed(packed, a_t, z_env[t], u_env[t], p, o[t + 1])
+    for i in range(o_cast.shape[0]):
+        for k in range(o_cast.shape[1]):
+            o_cast[i, k] = o[t + 1, i, k]
+    affine_rows(o_cast, W, b, psi[t + 1 if keep else 0])
 
 
 @njit(cache=True, nogil=True)
@@ -240,8 +204,8 @@ def rollout_act_move(
 ) -> None:
     """:func:`rollout_act` then :func:`rollout_move` with the actions ``u[t]`` (no squash):
     one call for a whole step but its tanh."""
-    _act(t, psi, keep, sq, cap, theta, sigma, z_act, m_mu, u, evals, m_eval)
-    _move(t, u[t], packed, z_env, u_env, p, o, o_cast, W, b, psi, keep)
+    rollout_act(t, psi, keep, sq, cap, theta, sigma, z_act, m_mu, u, evals, m_eval)
+    rollout_move(t, u[t], packed, z_env, u_env, p, o, o_cast, W, b, psi, keep)
 
 
 def roll_out(
