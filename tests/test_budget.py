@@ -43,14 +43,7 @@ def test_memory_estimate_within_its_band_of_the_measured_peak(path, tmp_path):
     """One iteration with its probe round (the round is the peak) in a fresh process:
     estimate / measured within RATIO_BAND (0.8-1.25; measured 0.94-1.07 on the 2-core
     AMD EPYC machine, BENCHMARKS.md)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(path), str(tmp_path / "run")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    measured = json.loads(proc.stdout.strip().splitlines()[-1])
+    measured = _peak(path, tmp_path / "run")
     predicted = estimate(load_config(path, ["outer_iters=1", "threads=2"])).peak_bytes
     ratio = predicted / measured
     low, high = RATIO_BAND
@@ -58,11 +51,24 @@ def test_memory_estimate_within_its_band_of_the_measured_peak(path, tmp_path):
 
 
 def _peak(path: Path, run: Path, *overrides: str) -> int:
-    """VmHWM of a one-iteration run of `path` (with its probe round) in a fresh process."""
-    cmd = [sys.executable, "-c", MEASURE, str(path), str(run), *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """VmHWM of a one-iteration run of `path` (with its probe round) in a fresh process,
+    after a first such run that fills numba's on-disk cache: the estimate models a run
+    whose kernels load from the cache (docs/model.md §14), while the first run after an
+    install compiles them, which adds ~70 MiB of LLVM memory at the peak (measured on a
+    clean clone: sanity 286 MiB cold against 214 MiB estimated)."""
+    peaks = []
+    for attempt in ("warm", "measured"):
+        cmd = [
+            sys.executable,
+            "-c",
+            MEASURE,
+            str(path),
+            str(run.with_name(f"{run.name}_{attempt}")),
+        ]
+        proc = subprocess.run([*cmd, *overrides], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        peaks.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return peaks[-1]
 
 
 @pytest.mark.slow

@@ -172,12 +172,22 @@ def test_resume_after_the_driver_is_killed(cluster, slow_spec, slow_local, tmp_p
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
     sweep = _sweep_dir(out)
-    done = [p for p in (sweep / "runs").iterdir() if (p / "run_report.json").is_file()]
+    # finished as resume reads it: status.json final (the driver writes it after the
+    # run's other files, so a kill in between leaves a report but a run to redo)
+    done = [p for p in (sweep / "runs").iterdir() if _final(p / "status.json")]
     assert 1 <= len(done) < 4
     res = cluster.run(_sweep_args(sweep, out, "--resume"), timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"{len(done)} skipped as finished" in res.stdout
     _same_runs(sweep, slow_local)
+
+
+def _final(status_path: Path) -> bool:
+    """Whether a run's status.json says complete or diverged (what resume skips)."""
+    try:
+        return json.loads(status_path.read_text())["status"] in ("complete", "diverged")
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _running_tasks(cluster: LoopbackCluster, node: int) -> list[int]:
