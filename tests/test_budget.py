@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from tdlens.config import load_config, shipped_configs
-from tdlens.runs.budget import RATIO_BAND, ResourceError, check_resources, estimate, human
+from tdlens.runs.budget import (
+    FILE_PAGES_SLACK,
+    RATIO_BAND,
+    ResourceError,
+    check_resources,
+    estimate,
+    human,
+)
 from tdlens.runs.runner import Runner
 
 # The child's own peak is VmHWM: ru_maxrss of a child started by fork+exec starts at the
@@ -42,20 +49,21 @@ def _shipped() -> dict[Path, object]:
 def test_memory_estimate_within_its_band_of_the_measured_peak(path, tmp_path):
     """One iteration with its probe round (the round is the peak) in a fresh process:
     estimate / measured within RATIO_BAND (0.8-1.25; measured 0.94-1.07 on the 2-core
-    AMD EPYC machine, BENCHMARKS.md)."""
+    AMD EPYC machine, BENCHMARKS.md), give or take FILE_PAGES_SLACK for the libraries'
+    file-backed pages, whose resident count depends on the install, not the run."""
     measured = _peak(path, tmp_path / "run")
     predicted = estimate(load_config(path, ["outer_iters=1", "threads=2"])).peak_bytes
-    ratio = predicted / measured
     low, high = RATIO_BAND
-    assert low <= ratio <= high, f"{path.stem}: estimate {human(predicted)}, peak {human(measured)}"
+    within = low * measured - FILE_PAGES_SLACK <= predicted <= high * measured + FILE_PAGES_SLACK
+    assert within, f"{path.stem}: estimate {human(predicted)}, peak {human(measured)}"
 
 
 def _peak(path: Path, run: Path, *overrides: str) -> int:
     """VmHWM of a one-iteration run of `path` (with its probe round) in a fresh process,
     after a first such run that fills numba's on-disk cache: the estimate models a run
     whose kernels load from the cache (docs/model.md §14), while the first run after an
-    install compiles them, which adds ~70 MiB of LLVM memory at the peak (measured on a
-    clean clone: sanity 286 MiB cold against 214 MiB estimated)."""
+    install compiles them, which adds ~50 MiB of anonymous memory at the peak (sanity:
+    289 against 235 MiB with an empty NUMBA_CACHE_DIR)."""
     peaks = []
     for attempt in ("warm", "measured"):
         cmd = [
