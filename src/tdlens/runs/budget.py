@@ -71,9 +71,9 @@ RATIO_BAND = (0.8, 1.25)
 tests/test_budget.py accepts, give or take FILE_PAGES_SLACK."""
 FILE_PAGES_SLACK = 64 * MIB
 """How far the libraries' file-backed resident pages (part of any measured peak RSS) vary
-between installs of the same code: the page cache maps a freshly written file in larger
-folios, so a new virtual environment's process held 173 MiB of them against 118 MiB for
-an older one's, same code and config (sanity: peak 291 against 235 MiB)."""
+between installs of the same code: a new virtual environment's process held 173 MiB of
+them against 118 MiB for an older one's, same code and config (sanity: peak 291 against
+235 MiB; most likely the page cache's larger folios for freshly written files)."""
 CURVE_ROW_BYTES = 1000
 ROUND_TABLE_BYTES = 10 * 1024
 REPORT_HTML_BYTES = 8 * MIB
