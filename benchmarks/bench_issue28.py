@@ -85,9 +85,16 @@ def seed_runs(
     return results
 
 
+def sweep_script(src: str | None) -> Path:
+    """The code's own ``benchmarks/bench_sweep.py`` beside its ``src`` (an older tdlens
+    reads its run tables with other helpers), else this one's."""
+    own = Path(src).resolve().parent / "benchmarks" / "bench_sweep.py" if src else None
+    return own if own is not None and own.is_file() else HERE / "bench_sweep.py"
+
+
 def sweep_rate(src: str | None) -> float:
     out = subprocess.run(
-        [sys.executable, str(HERE / "bench_sweep.py"), "--no-ray", "--runs", "4", "--jobs", "2"],
+        [sys.executable, str(sweep_script(src)), "--no-ray", "--runs", "4", "--jobs", "2"],
         env=environment(src),
         capture_output=True,
         text=True,
