@@ -143,6 +143,62 @@ def test_power_series_at_seed_like_scale_needs_few_products():
     assert series == pytest.approx(loop, rel=1e-9, abs=0)
 
 
+@pytest.mark.parametrize("tol", [st.PROXY_SERIES_TOL, 1e-6, 1e-3])
+@pytest.mark.parametrize("eta_norm", [1e-4, 1e-3])  # kappa 0.04, 0.38: the series
+def test_power_series_tolerance_moves_the_radius_at_most_four_tol(tol, eta_norm):
+    """A looser series tail (the probe's PROXY_SERIES_TOL) moves the radius by at most
+    ``4 tol`` from the float64-exact series (float64 products: only the tail differs),
+    with no more products; the loosest tolerances do move it, so the bound is tested."""
+    phi_t, dphi_t, rho_t, A = _td_batch(5)
+    eta = eta_norm / np.linalg.norm(A, 2)
+    bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
+    v0 = np.random.default_rng(6).normal(size=A.shape[0])
+    counts = []
+
+    def radius(**kwargs):
+        calls = []
+
+        def apply(v):
+            calls.append(1)
+            return A @ v
+
+        r = st.power_iteration_radius(apply, eta, v0, 20, norm_bound=bound, **kwargs)
+        counts.append(len(calls))
+        return r
+
+    exact, loose = radius(), radius(tol=tol)
+    assert abs(loose - exact) <= 4 * tol
+    assert counts[1] <= counts[0]
+    if tol >= 1e-6:
+        assert loose != exact and counts[1] < counts[0]
+
+
+def test_probe_tolerance_at_seed_like_scale_takes_fewer_products():
+    """eta ||A|| ~ 1e-4 with float32 products: PROXY_SERIES_TOL takes two products fewer
+    than the float64-rounding tail SERIES_TOL (4 and 6 here, kappa = 0.04; 3 and 5 in a
+    seed round) and gives the same radius to 4 tol."""
+    phi_t, dphi_t, rho_t, A = _td_batch(3)
+    eta = 1e-4 / np.linalg.norm(A, 2)
+    bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
+    v0 = np.random.default_rng(4).normal(size=A.shape[0])
+    counts = []
+
+    def radius(**kwargs):
+        calls = []
+
+        def apply(v):
+            calls.append(1)
+            return st.apply_A(phi_t, dphi_t, rho_t, v)
+
+        r = st.power_iteration_radius(apply, eta, v0, 20, norm_bound=bound, **kwargs)
+        counts.append(len(calls))
+        return r
+
+    exact, loose = radius(), radius(tol=st.PROXY_SERIES_TOL)
+    assert counts[1] <= counts[0] - 2
+    assert abs(loose - exact) <= 4 * st.PROXY_SERIES_TOL
+
+
 def test_critical_step_hand_values():
     assert sp.critical_step(np.array([2.0 + 0j])) == pytest.approx(1.0)
     assert sp.critical_step(np.array([1 + 1j, 1 - 1j, 4.0])) == pytest.approx(0.5)

@@ -200,11 +200,13 @@ def power_proxy(
     cfg: RunConfig, apply, n: int, k: int, phi_t: np.ndarray, dphi_t: np.ndarray, rho_t: np.ndarray
 ) -> float:
     """stability_proxy of batch k: power iteration on ``J = I - eta A`` (summed as a series
-    when eta ||A|| is small, :func:`tdlens.probes.stability.power_iteration_radius`)."""
+    to PROXY_SERIES_TOL when eta ||A|| is small,
+    :func:`tdlens.probes.stability.power_iteration_radius`)."""
     v0 = aux_rng(cfg, "probe_stability", n, 1 + k).standard_normal(phi_t.shape[1])
     iters = cfg.probes.stability.power_iters
     bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
-    return st.power_iteration_radius(apply, st.expected_step(cfg), v0, iters, bound)
+    eta = st.expected_step(cfg)
+    return st.power_iteration_radius(apply, eta, v0, iters, bound, tol=st.PROXY_SERIES_TOL)
 
 
 @dataclass(frozen=True)
