@@ -200,6 +200,59 @@ def test_probe_tolerance_at_seed_like_scale_takes_fewer_products():
     assert abs(loose - exact) <= 4 * st.PROXY_SERIES_TOL
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_product_is_apply_A_and_the_norm_bound_in_one_pass(dtype):
+    """first_product (one compiled pass) gives apply_A's A v to the features' rounding
+    and norm_bound_A's bound, whatever the rows' layout."""
+    phi_t, dphi_t, rho_t, A = _td_batch(7, n=600, D=40)
+    phi_t, dphi_t = phi_t.astype(dtype), dphi_t.astype(dtype)
+    v = np.random.default_rng(8).normal(size=40)
+    v /= np.linalg.norm(v)
+    rtol = 1e-5 if dtype == np.float32 else 1e-13
+    for rows in (slice(None), slice(None, None, 2)):  # contiguous and strided rows
+        Av, bound = st.first_product(phi_t[rows], dphi_t[rows], rho_t[rows], v)
+        ref = st.apply_A(phi_t[rows], dphi_t[rows], rho_t[rows], v)
+        np.testing.assert_allclose(Av, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+        assert bound == pytest.approx(st.norm_bound_A(phi_t[rows], dphi_t[rows], rho_t[rows]))
+    # against the float64 A itself
+    Av, bound = st.first_product(phi_t, dphi_t, rho_t, v)
+    np.testing.assert_allclose(Av, A @ v, rtol=rtol, atol=rtol * np.abs(A @ v).max())
+    assert np.linalg.norm(A, 2) <= bound
+
+
+def test_power_iteration_with_a_first_pass_equals_the_one_without():
+    """first_pass (the probe's matrix-free chains) replaces the bound and the first product
+    only: the same number of products with A, the same radius to the float32 rounding of
+    one product (the proxies of a seed round moved by <= 5.4e-14); and it is called once,
+    with the unit start vector."""
+    phi_t, dphi_t, rho_t, A = _td_batch(3)
+    eta = 1e-4 / np.linalg.norm(A, 2)
+    v0 = np.random.default_rng(4).normal(size=A.shape[0])
+    seen = []
+
+    def first_pass(v):
+        seen.append(v)
+        return st.first_product(phi_t, dphi_t, rho_t, v)
+
+    calls = []
+
+    def apply(v):
+        calls.append(1)
+        return st.apply_A(phi_t, dphi_t, rho_t, v)
+
+    for iters_eta in (eta, 1e3 * eta):  # the series and (kappa >= 1/2) the loop
+        calls.clear()
+        bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
+        ref = st.power_iteration_radius(apply, iters_eta, v0, 20, bound, tol=1e-12)
+        ref_calls = len(calls)
+        calls.clear()
+        seen.clear()
+        got = st.power_iteration_radius(apply, iters_eta, v0, 20, tol=1e-12, first_pass=first_pass)
+        assert len(seen) == 1 and np.linalg.norm(seen[0]) == pytest.approx(1.0, abs=1e-15)
+        assert len(calls) + 1 == ref_calls
+        assert got == pytest.approx(ref, rel=1e-6 * iters_eta * bound, abs=0)
+
+
 def test_critical_step_hand_values():
     assert sp.critical_step(np.array([2.0 + 0j])) == pytest.approx(1.0)
     assert sp.critical_step(np.array([1 + 1j, 1 - 1j, 4.0])) == pytest.approx(0.5)
