@@ -36,11 +36,11 @@ PROXY_SERIES_TOL = 1e-12
 """The series tail the probe's stability_proxy neglects (:func:`power_iteration_radius`'s
 ``tol``; SERIES_TOL = 2^-60 is float64 rounding). It moves the proxy by at most ``4 tol``
 = 4e-12, against a spread of the proxy across the k_mc batches (stability_proxy_std) of
-~4e-8 in a first seed round (D = 2048) and ~1e-6 later in the seed run, and below the
-float32 products' own rounding (the proxy differs from the float64-exact loop's by ~1e-14
-to 5e-14). At the seed settings it takes 3 products with A per batch instead of 5 (each a
-pass over 64 MB of features); the proxies of a seed round moved by at most 2e-16 (one or
-two float64 ulps)."""
+4.1e-8 in every round of the seed run (D = 2048), and below the float32 products' own
+rounding (the proxy differs from the float64-exact loop's by ~1e-14 to 5e-14). At the
+seed settings it takes 3 products with A per batch instead of 5 (each a pass over 64 MB
+of features); the proxies of a seed round moved by at most 2e-16 (one or two float64
+ulps)."""
 
 
 def trainer_terms(cfg: RunConfig) -> int:
