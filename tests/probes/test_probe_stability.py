@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse.linalg as ssla
 from probe_testlib import tiny_config
 
 from tdlens.features import make_feature_maps
@@ -143,6 +144,115 @@ def test_power_series_at_seed_like_scale_needs_few_products():
     assert series == pytest.approx(loop, rel=1e-9, abs=0)
 
 
+@pytest.mark.parametrize("tol", [st.PROXY_SERIES_TOL, 1e-6, 1e-3])
+@pytest.mark.parametrize("eta_norm", [1e-4, 1e-3])  # kappa 0.04, 0.38: the series
+def test_power_series_tolerance_moves_the_radius_at_most_four_tol(tol, eta_norm):
+    """A looser series tail (the probe's PROXY_SERIES_TOL) moves the radius by at most
+    ``4 tol`` from the float64-exact series (float64 products: only the tail differs),
+    with no more products; the loosest tolerances do move it, so the bound is tested."""
+    phi_t, dphi_t, rho_t, A = _td_batch(5)
+    eta = eta_norm / np.linalg.norm(A, 2)
+    bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
+    v0 = np.random.default_rng(6).normal(size=A.shape[0])
+    counts = []
+
+    def radius(**kwargs):
+        calls = []
+
+        def apply(v):
+            calls.append(1)
+            return A @ v
+
+        r = st.power_iteration_radius(apply, eta, v0, 20, norm_bound=bound, **kwargs)
+        counts.append(len(calls))
+        return r
+
+    exact, loose = radius(), radius(tol=tol)
+    assert abs(loose - exact) <= 4 * tol
+    assert counts[1] <= counts[0]
+    if tol >= 1e-6:
+        assert loose != exact and counts[1] < counts[0]
+
+
+def test_probe_tolerance_at_seed_like_scale_takes_fewer_products():
+    """eta ||A|| ~ 1e-4 with float32 products: PROXY_SERIES_TOL takes two products fewer
+    than the float64-rounding tail SERIES_TOL (4 and 6 here, kappa = 0.04; 3 and 5 in a
+    seed round) and gives the same radius to 4 tol."""
+    phi_t, dphi_t, rho_t, A = _td_batch(3)
+    eta = 1e-4 / np.linalg.norm(A, 2)
+    bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
+    v0 = np.random.default_rng(4).normal(size=A.shape[0])
+    counts = []
+
+    def radius(**kwargs):
+        calls = []
+
+        def apply(v):
+            calls.append(1)
+            return st.apply_A(phi_t, dphi_t, rho_t, v)
+
+        r = st.power_iteration_radius(apply, eta, v0, 20, norm_bound=bound, **kwargs)
+        counts.append(len(calls))
+        return r
+
+    exact, loose = radius(), radius(tol=st.PROXY_SERIES_TOL)
+    assert counts[1] <= counts[0] - 2
+    assert abs(loose - exact) <= 4 * st.PROXY_SERIES_TOL
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_product_is_apply_A_and_the_norm_bound_in_one_pass(dtype):
+    """first_product (one compiled pass) gives apply_A's A v to the features' rounding
+    and norm_bound_A's bound, whatever the rows' layout."""
+    phi_t, dphi_t, rho_t, A = _td_batch(7, n=600, D=40)
+    phi_t, dphi_t = phi_t.astype(dtype), dphi_t.astype(dtype)
+    v = np.random.default_rng(8).normal(size=40)
+    v /= np.linalg.norm(v)
+    rtol = 1e-5 if dtype == np.float32 else 1e-13
+    for rows in (slice(None), slice(None, None, 2)):  # contiguous and strided rows
+        Av, bound = st.first_product(phi_t[rows], dphi_t[rows], rho_t[rows], v)
+        ref = st.apply_A(phi_t[rows], dphi_t[rows], rho_t[rows], v)
+        np.testing.assert_allclose(Av, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+        assert bound == pytest.approx(st.norm_bound_A(phi_t[rows], dphi_t[rows], rho_t[rows]))
+    # against the float64 A itself
+    Av, bound = st.first_product(phi_t, dphi_t, rho_t, v)
+    np.testing.assert_allclose(Av, A @ v, rtol=rtol, atol=rtol * np.abs(A @ v).max())
+    assert np.linalg.norm(A, 2) <= bound
+
+
+def test_power_iteration_with_a_first_pass_equals_the_one_without():
+    """first_pass (the probe's matrix-free chains) replaces the bound and the first product
+    only: the same number of products with A, the same radius to the float32 rounding of
+    one product (the proxies of a seed round moved by <= 5.4e-14); and it is called once,
+    with the unit start vector."""
+    phi_t, dphi_t, rho_t, A = _td_batch(3)
+    eta = 1e-4 / np.linalg.norm(A, 2)
+    v0 = np.random.default_rng(4).normal(size=A.shape[0])
+    seen = []
+
+    def first_pass(v):
+        seen.append(v)
+        return st.first_product(phi_t, dphi_t, rho_t, v)
+
+    calls = []
+
+    def apply(v):
+        calls.append(1)
+        return st.apply_A(phi_t, dphi_t, rho_t, v)
+
+    for iters_eta in (eta, 1e3 * eta):  # the series and (kappa >= 1/2) the loop
+        calls.clear()
+        bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
+        ref = st.power_iteration_radius(apply, iters_eta, v0, 20, bound, tol=1e-12)
+        ref_calls = len(calls)
+        calls.clear()
+        seen.clear()
+        got = st.power_iteration_radius(apply, iters_eta, v0, 20, tol=1e-12, first_pass=first_pass)
+        assert len(seen) == 1 and np.linalg.norm(seen[0]) == pytest.approx(1.0, abs=1e-15)
+        assert len(calls) + 1 == ref_calls
+        assert got == pytest.approx(ref, rel=1e-6 * iters_eta * bound, abs=0)
+
+
 def test_critical_step_hand_values():
     assert sp.critical_step(np.array([2.0 + 0j])) == pytest.approx(1.0)
     assert sp.critical_step(np.array([1 + 1j, 1 - 1j, 4.0])) == pytest.approx(0.5)
@@ -154,6 +264,38 @@ def test_spectral_noise_is_half_the_operator_norm():
     A_1, A_2 = rng.normal(size=(80, 80)), rng.normal(size=(80, 80))
     ref = np.linalg.norm(A_1 - A_2, 2) / 2
     assert sp.spectral_noise(A_1, A_2, rng.normal(size=80)) == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("D", [300, 800])
+def test_spectral_noise_tolerance_costs_fewer_products_not_accuracy(D, monkeypatch):
+    """SVDS_TOL / SVDS_NCV: on random differences (clustered top singular values, harder
+    than a TD matrix's) the norm stays within 1e-7 relative of the float64 one (the bound
+    is SVDS_TOL / 2), with fewer products than scipy's defaults (tol 1e-6, ncv 20)."""
+    calls = []
+    operator = sp.float32_operator
+
+    def counted(A32):
+        op = operator(A32)
+        return ssla.LinearOperator(
+            op.shape,
+            matvec=lambda x: calls.append(1) or op.matvec(x),
+            rmatvec=lambda x: calls.append(1) or op.rmatvec(x),
+            dtype=op.dtype,
+        )
+
+    monkeypatch.setattr(sp, "float32_operator", counted)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        A_1, A_2 = rng.normal(size=(D, D)), rng.normal(size=(D, D))
+        ref = np.linalg.norm(A_1 - A_2, 2) / 2
+        v0 = rng.normal(size=D)
+        calls.clear()
+        assert sp.spectral_noise(A_1, A_2, v0) == pytest.approx(ref, rel=1e-7, abs=0)
+        ours = len(calls)
+        calls.clear()
+        E32 = (A_1 - A_2).astype(np.float32)
+        ssla.svds(counted(E32), k=1, v0=v0, tol=1e-6, return_singular_vectors=False)
+        assert ours < len(calls)
 
 
 def synthetic_A(D: int = 300, seed: int = 3) -> np.ndarray:

@@ -36,14 +36,16 @@ def binomial_terms(
     shift: int = 0,
     weight: float = 1.0,
     x0_norm: float | None = None,
+    tol: float = SERIES_TOL,
 ) -> list[np.ndarray]:
     """``[q_0, ..., q_M]`` with ``q_0 = x0`` and ``q_{m+1} = step(q_m, ||q_m||)`` (the
     caller's ``-eta A q_m``; the norm lets it apply A to a normalised vector).
 
     M is the first m whose tail bound ``weight C(steps, m + shift) ||q_m|| kappa / (1 -
-    kappa)`` is at most ``SERIES_TOL scale``, at most ``steps - shift``; the terms stop
-    early at the first non-finite or zero ``q_m`` (included). ``x0_norm`` replaces
-    ``||x0||`` when the caller knows it (a unit vector). Needs ``kappa < KAPPA_MAX``.
+    kappa)`` is at most ``tol scale`` (tol: SERIES_TOL unless the caller needs less), at
+    most ``steps - shift``; the terms stop early at the first non-finite or zero ``q_m``
+    (included). ``x0_norm`` replaces ``||x0||`` when the caller knows it (a unit vector).
+    Needs ``kappa < KAPPA_MAX``.
     """
     if not kappa < KAPPA_MAX:
         raise ValueError(f"binomial series needs kappa < {KAPPA_MAX}, got {kappa}")
@@ -55,7 +57,7 @@ def binomial_terms(
     q_norm = float(np.linalg.norm(x0)) if x0_norm is None else x0_norm
     terms = [x0]
     for m in range(steps - shift):
-        if not weight * coef * q_norm * ratio > SERIES_TOL * scale:
+        if not weight * coef * q_norm * ratio > tol * scale:
             break
         q = step(q, q_norm)
         q_norm = float(np.linalg.norm(q))

@@ -197,14 +197,29 @@ def spectrum_of(
 
 
 def power_proxy(
-    cfg: RunConfig, apply, n: int, k: int, phi_t: np.ndarray, dphi_t: np.ndarray, rho_t: np.ndarray
+    cfg: RunConfig,
+    apply,
+    n: int,
+    k: int,
+    phi_t: np.ndarray,
+    dphi_t: np.ndarray,
+    rho_t: np.ndarray,
+    matrix_free: bool = False,
 ) -> float:
     """stability_proxy of batch k: power iteration on ``J = I - eta A`` (summed as a series
-    when eta ||A|| is small, :func:`tdlens.probes.stability.power_iteration_radius`)."""
+    to PROXY_SERIES_TOL when eta ||A|| is small,
+    :func:`tdlens.probes.stability.power_iteration_radius`). `matrix_free` (`apply` is
+    :func:`tdlens.probes.stability.apply_A` on this batch): the first product and the norm
+    bound come from one pass over the batch (:func:`tdlens.probes.stability.first_product`)."""
     v0 = aux_rng(cfg, "probe_stability", n, 1 + k).standard_normal(phi_t.shape[1])
     iters = cfg.probes.stability.power_iters
+    eta = st.expected_step(cfg)
+    tol = st.PROXY_SERIES_TOL
+    if matrix_free:
+        first = partial(st.first_product, phi_t, dphi_t, rho_t)
+        return st.power_iteration_radius(apply, eta, v0, iters, tol=tol, first_pass=first)
     bound = st.norm_bound_A(phi_t, dphi_t, rho_t)
-    return st.power_iteration_radius(apply, st.expected_step(cfg), v0, iters, bound)
+    return st.power_iteration_radius(apply, eta, v0, iters, bound, tol=tol)
 
 
 @dataclass(frozen=True)
@@ -623,7 +638,7 @@ def _matrix_free_chains(
         view, k = views[i], ks[i]
         phi_t, dphi_t, rho_t = view.phi_t, view.dphi_t, view.rho_t
         apply = partial(st.apply_A, phi_t, dphi_t, rho_t)
-        parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t, dphi_t, rho_t)
+        parts.proxies[k] = power_proxy(cfg, apply, n, k, phi_t, dphi_t, rho_t, matrix_free=True)
         parts.rho[k] = (rho_t.copy(), view.rho_raw_t.copy())
 
     with limit_threads(1, "blas"):
