@@ -5,9 +5,8 @@ the k_mc stability batches, the fixed-point batch doubling as stability batch 0 
 batch sizes agree, see :class:`tdlens.probes.common.RoundPlan`) get their features in
 groups, one group alive at a time (``phi, bar_phi [g, T, D]`` in the workspace): a chain
 whose A is formed explicitly alone (``g = 1``; its A, halves, factorisations and
-predictions are the round's largest arrays; all but A and its halves, which the next
-round's moments reuse, are released when it is done), the matrix-free chains
-``maps.threads`` at a time. Per chain:
+predictions are the round's largest arrays, all released when it is done), the
+matrix-free chains ``maps.threads`` at a time. Per chain:
 
 - the fixed-point batch: ``A, b`` and their halves (float64), the spectrum of A with its
   spectral noise, the ridge solve and the half-batch solves (noise floor);
@@ -573,18 +572,6 @@ def _explicit_chain(
     t_spec = time.perf_counter()
     spectrum, A32 = spectrum_of(cfg, moments, n, workspace, threads)
     out.add_time(f"{name}.spectrum", time.perf_counter() - t_spec)
-    if spec == plan.fixed:
-        result = fixed_point_probe(
-            cfg, moments, spectrum, view, params.w, w_sharp_prev, n, workspace, threads, split_prev
-        )
-        out.w_sharp, row = result.w_sharp, result.row
-        out.w_sharp_split = result.halves[0] - result.halves[1]
-        out.arrays.update(result.arrays)
-        for key, seconds in result.timings.items():
-            out.add_time(key, seconds)
-        row.update(rho_summary(rho_t, view.rho_raw_t, cfg.effective_rho_clip))
-        row.update(sampling_columns(spec))
-        out.rows["fixed_point_probe"] = row
     power_time = 0.0
     if plan.stability and spec == plan.stability[0]:
         t_power = time.perf_counter()
@@ -599,10 +586,26 @@ def _explicit_chain(
         power_time = time.perf_counter() - t_power
         out.add_time("stability.power", power_time)
         out.add_time("stability", power_time)
-    # A and its halves stay for the next round's moments: fresh, their 3 x 8 D^2 bytes
-    # were page-faulted every round (+0.2 s a seed round, huge pages); beside the
-    # matrix-free chains' features they are ~15 MiB above this chain's own peak
+    # the float32 A (for the power iteration, done) goes before the solves, which hold
+    # two or three LU factors beside A and its halves: 16 MB off the round's peak
     workspace.release(A32_BUFFER)
+    del A32
+    if spec == plan.fixed:
+        result = fixed_point_probe(
+            cfg, moments, spectrum, view, params.w, w_sharp_prev, n, workspace, threads, split_prev
+        )
+        out.w_sharp, row = result.w_sharp, result.row
+        out.w_sharp_split = result.halves[0] - result.halves[1]
+        out.arrays.update(result.arrays)
+        for key, seconds in result.timings.items():
+            out.add_time(key, seconds)
+        row.update(rho_summary(rho_t, view.rho_raw_t, cfg.effective_rho_clip))
+        row.update(sampling_columns(spec))
+        out.rows["fixed_point_probe"] = row
+    # A and its halves go too: beside the matrix-free chains' features and the training
+    # iteration's they made the run's peak (96 MB at D = 2048); mapped afresh next round,
+    # their first touch costs ~10 ms a round (BENCHMARKS.md, "Issue 28, session 9")
+    workspace.release(*fp.MOMENT_BUFFERS)
     out.add_time(name, time.perf_counter() - start + share - power_time)
 
 
