@@ -250,7 +250,7 @@ def solve_fixed_point(
 
     def solve_one(k: int) -> fp.FixedPointSolve | np.ndarray:
         """k = 0, 1: half batch k's w# (float32 LU, refined; its factor is released as
-        soon as it is solved, so at most two factors are alive); 2: the full batch."""
+        soon as it is solved); 2: the full batch (its factor is kept)."""
         if k < 2:
             A_k, b_k = moments.A_halves[k], moments.b_halves[k]
             name = f"half{k}"
@@ -264,8 +264,10 @@ def solve_fixed_point(
         return fp.solve_direct(moments.A, moments.b, w, lam, tol, np.float32, workspace)
 
     # three independent factorisations, one BLAS thread each side by side, beat three
-    # two-threaded ones in a row (a 2048 LU scales poorly from one core to two)
-    solve, *halves = parallel_map(solve_one, (2, 0, 1), threads)
+    # two-threaded ones in a row (a 2048 LU scales poorly from one core to two); the
+    # halves one after the other beside the full batch, so that at most two factors are
+    # alive (a third half's beside the kept full one: 16 MB more at D = 2048)
+    (solve,), halves = parallel_map(lambda ks: [solve_one(k) for k in ks], ((2,), (0, 1)), threads)
     return FixedPointSolves(full=solve, halves=(halves[0], halves[1]), lam=lam)
 
 
