@@ -49,7 +49,7 @@ def _shipped() -> dict[Path, object]:
 def test_memory_estimate_within_its_band_of_the_measured_peak(path, tmp_path):
     """One iteration with its probe round (the round is the peak) in a fresh process:
     estimate / measured within RATIO_BAND (0.85-1.15; measured 0.88-1.08 on the 2-core
-    Intel Xeon, BENCHMARKS.md, "Issue 28, session 9"), give or take FILE_PAGES_SLACK for
+    AMD EPYC, BENCHMARKS.md, "Issue 28, session 9"), give or take FILE_PAGES_SLACK for
     the libraries' file-backed pages, whose resident count depends on the install, not
     the run."""
     measured = _peak(path, tmp_path / "run")

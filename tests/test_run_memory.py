@@ -190,3 +190,10 @@ def test_llvm_code_leaves_the_resident_set_and_still_runs():
         return 3.0 * x
 
     assert thrice(1.5) == 4.5 and twice(2.0) == 4.0
+
+
+def test_a_buffer_too_big_to_map_is_a_memory_error():
+    """A workspace buffer that cannot be mapped raises MemoryError, as NumPy's np.empty
+    does, so that a run reports it as "out of memory" (docs/faults.md)."""
+    with pytest.raises(MemoryError, match="Unable to allocate"):
+        Workspace().array("huge", (2**48,), np.dtype(np.uint8))  # 256 TiB

@@ -196,9 +196,17 @@ def mapped_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     mapping, unmapped (its memory back to the OS) as soon as no array refers to it,
     unlike a block of glibc's heap, whose freed pages may stay resident. Huge pages are
     asked for, as NumPy does for its large arrays: first touch of 32 MB then costs ~3.5 ms
-    instead of ~16 ms in 4 KiB pages."""
+    instead of ~16 ms in 4 KiB pages. An allocation that cannot be mapped raises
+    MemoryError, as NumPy's does."""
     count = math.prod(shape)
-    buf = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize), flags=mmap.MAP_PRIVATE)
+    nbytes = max(1, count * np.dtype(dtype).itemsize)
+    try:
+        buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+    except (OSError, OverflowError) as exc:  # as np.empty says it (runs report "out of memory")
+        raise MemoryError(
+            f"Unable to allocate {nbytes / 2**30:.3g} GiB for an array with shape {shape} "
+            f"and data type {np.dtype(dtype).name}"
+        ) from exc
     if hasattr(mmap, "MADV_HUGEPAGE"):
         buf.madvise(mmap.MADV_HUGEPAGE)
     return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)

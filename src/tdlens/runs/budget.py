@@ -48,7 +48,8 @@ fitted to a Step-C run (plateau, D = 2048: 0.054 s an iteration, 2.1 s a round, 
 all) on the 2-core AMD EPYC machine of BENCHMARKS.md; a guide within about 2x.
 
 The constants were fitted to the peak resident memory of one-iteration runs of the shipped
-configs (BENCHMARKS.md, "Memory and disk estimate against measured peaks");
+configs (BENCHMARKS.md, "Memory and disk estimate against measured peaks", refitted in
+"Issue 28, session 9");
 ``tests/test_budget.py`` checks the estimate against the measured peak of each within
 ``RATIO_BAND``.
 """
@@ -71,7 +72,7 @@ ROLLOUT_STEP_BYTES = 640
 RATIO_BAND = (0.85, 1.15)
 """Estimate / measured peak of the shipped configs' one-iteration runs that
 tests/test_budget.py accepts, give or take FILE_PAGES_SLACK (measured 0.88-1.08 on the
-2-core Intel Xeon of BENCHMARKS.md, "Issue 28, session 9")."""
+2-core AMD EPYC of BENCHMARKS.md, "Issue 28, session 9")."""
 FILE_PAGES_SLACK = 64 * MIB
 """How far the libraries' file-backed resident pages (part of any measured peak RSS) vary
 between installs of the same code: a new virtual environment's process held 173 MiB of
