@@ -198,6 +198,8 @@ def mapped_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     asked for, as NumPy does for its large arrays: first touch of 32 MB then costs ~3.5 ms
     instead of ~16 ms in 4 KiB pages. An allocation that cannot be mapped raises
     MemoryError, as NumPy's does."""
+    if not hasattr(mmap, "MAP_PRIVATE"):  # not a Unix: NumPy's allocation
+        return np.empty(shape, dtype=dtype)
     count = math.prod(shape)
     nbytes = max(1, count * np.dtype(dtype).itemsize)
     try:
