@@ -589,7 +589,7 @@ def _explicit_chain(
         out.add_time("stability.power", power_time)
         out.add_time("stability", power_time)
     # the float32 A (for the power iteration, done) goes before the solves, which hold
-    # two or three LU factors beside A and its halves: 16 MB off the round's peak
+    # two LU factors beside A and its halves: 16 MB off the round's peak
     workspace.release(A32_BUFFER)
     del A32
     if spec == plan.fixed:
