@@ -22,17 +22,35 @@ def round_inputs():
     return cfg, maps, result, plan, rolled
 
 
-def test_critic_round_keeps_only_A_and_its_halves(round_inputs):
-    """The features, the float32 A, the block products and every LU factor are released
-    once used: none stays resident through the later probes and the training iterations
-    until the next round. A and its halves (3 x 8 D^2 bytes) stay for the next round's
-    moments (page-faulting them afresh cost more than the rest of the moments)."""
+def test_critic_round_keeps_nothing(round_inputs):
+    """The features, the float32 A, the block products, every LU factor, and A and its
+    halves are released once used: none stays resident beside the matrix-free chains'
+    features, the later probes and the training iterations until the next round (A and
+    its halves, 3 x 8 D^2 bytes, made the seed run's peak there)."""
     cfg, maps, result, plan, rolled = round_inputs
     ws = Workspace()
     out = critic.critic_probes(cfg, maps, rolled, plan, result.params, 0, None, ws)
     assert "fixed_point_probe" in out.rows and "stability_probe" in out.rows
-    D = cfg.env.feature_dim
-    assert ws.held_bytes() == 3 * 8 * D * D
+    assert ws.held_bytes() == 0
+
+
+def test_solves_run_without_the_float32_A(round_inputs, monkeypatch):
+    """The float32 copy of A is released before the fixed-point solves (the power
+    iteration on it runs first): during the solves the workspace holds the explicit
+    chain's features, A and its halves, nothing more (docs/model.md §6.1)."""
+    cfg, maps, result, plan, rolled = round_inputs
+    held: list[int] = []
+    solve = critic.solve_fixed_point
+
+    def spy(cfg, moments, spectrum, w, workspace, threads=1):
+        held.append(workspace.held_bytes())
+        return solve(cfg, moments, spectrum, w, workspace, threads)
+
+    monkeypatch.setattr(critic, "solve_fixed_point", spy)
+    critic.critic_probes(cfg, maps, rolled, plan, result.params, 0, None, Workspace())
+    D, n = cfg.env.feature_dim, plan.fixed.samples
+    features = 2 * n * D * np.dtype(maps.dtype).itemsize
+    assert held == [features + 3 * 8 * D * D]
 
 
 def test_explicit_chain_has_its_feature_group_alone(round_inputs, monkeypatch):

@@ -5,9 +5,8 @@ the k_mc stability batches, the fixed-point batch doubling as stability batch 0 
 batch sizes agree, see :class:`tdlens.probes.common.RoundPlan`) get their features in
 groups, one group alive at a time (``phi, bar_phi [g, T, D]`` in the workspace): a chain
 whose A is formed explicitly alone (``g = 1``; its A, halves, factorisations and
-predictions are the round's largest arrays; all but A and its halves, which the next
-round's moments reuse, are released when it is done), the matrix-free chains
-``maps.threads`` at a time. Per chain:
+predictions are the round's largest arrays, all released when it is done), the
+matrix-free chains ``maps.threads`` at a time. Per chain:
 
 - the fixed-point batch: ``A, b`` and their halves (float64), the spectrum of A with its
   spectral noise, the ridge solve and the half-batch solves (noise floor);
@@ -266,7 +265,7 @@ def solve_fixed_point(
 
     def solve_one(k: int) -> fp.FixedPointSolve | np.ndarray:
         """k = 0, 1: half batch k's w# (float32 LU, refined; its factor is released as
-        soon as it is solved, so at most two factors are alive); 2: the full batch."""
+        soon as it is solved); 2: the full batch (its factor is kept)."""
         if k < 2:
             A_k, b_k = moments.A_halves[k], moments.b_halves[k]
             name = f"half{k}"
@@ -280,8 +279,10 @@ def solve_fixed_point(
         return fp.solve_direct(moments.A, moments.b, w, lam, tol, np.float32, workspace)
 
     # three independent factorisations, one BLAS thread each side by side, beat three
-    # two-threaded ones in a row (a 2048 LU scales poorly from one core to two)
-    solve, *halves = parallel_map(solve_one, (2, 0, 1), threads)
+    # two-threaded ones in a row (a 2048 LU scales poorly from one core to two); the
+    # halves one after the other beside the full batch, so that at most two factors are
+    # alive (a third half's beside the kept full one: 16 MB more at D = 2048)
+    (solve,), halves = parallel_map(lambda ks: [solve_one(k) for k in ks], ((2,), (0, 1)), threads)
     return FixedPointSolves(full=solve, halves=(halves[0], halves[1]), lam=lam)
 
 
@@ -588,18 +589,6 @@ def _explicit_chain(
     t_spec = time.perf_counter()
     spectrum, A32 = spectrum_of(cfg, moments, n, workspace, threads)
     out.add_time(f"{name}.spectrum", time.perf_counter() - t_spec)
-    if spec == plan.fixed:
-        result = fixed_point_probe(
-            cfg, moments, spectrum, view, params.w, w_sharp_prev, n, workspace, threads, split_prev
-        )
-        out.w_sharp, row = result.w_sharp, result.row
-        out.w_sharp_split = result.halves[0] - result.halves[1]
-        out.arrays.update(result.arrays)
-        for key, seconds in result.timings.items():
-            out.add_time(key, seconds)
-        row.update(rho_summary(rho_t, view.rho_raw_t, cfg.effective_rho_clip))
-        row.update(sampling_columns(spec))
-        out.rows["fixed_point_probe"] = row
     power_time = 0.0
     if plan.stability and spec == plan.stability[0]:
         t_power = time.perf_counter()
@@ -614,10 +603,26 @@ def _explicit_chain(
         power_time = time.perf_counter() - t_power
         out.add_time("stability.power", power_time)
         out.add_time("stability", power_time)
-    # A and its halves stay for the next round's moments: fresh, their 3 x 8 D^2 bytes
-    # were page-faulted every round (+0.2 s a seed round, huge pages); beside the
-    # matrix-free chains' features they are ~15 MiB above this chain's own peak
+    # the float32 A (for the power iteration, done) goes before the solves, which hold
+    # two LU factors beside A and its halves: 16 MB off the round's peak
     workspace.release(A32_BUFFER)
+    del A32
+    if spec == plan.fixed:
+        result = fixed_point_probe(
+            cfg, moments, spectrum, view, params.w, w_sharp_prev, n, workspace, threads, split_prev
+        )
+        out.w_sharp, row = result.w_sharp, result.row
+        out.w_sharp_split = result.halves[0] - result.halves[1]
+        out.arrays.update(result.arrays)
+        for key, seconds in result.timings.items():
+            out.add_time(key, seconds)
+        row.update(rho_summary(rho_t, view.rho_raw_t, cfg.effective_rho_clip))
+        row.update(sampling_columns(spec))
+        out.rows["fixed_point_probe"] = row
+    # A and its halves go too: beside the matrix-free chains' features and the training
+    # iteration's they made the run's peak (96 MB at D = 2048); mapped afresh next round,
+    # their first touch costs ~10 ms a round (BENCHMARKS.md, "Issue 28, session 9")
+    workspace.release(*fp.MOMENT_BUFFERS)
     out.add_time(name, time.perf_counter() - start + share - power_time)
 
 

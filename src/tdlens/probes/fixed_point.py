@@ -33,6 +33,8 @@ MAX_REFINE = 10
 TRACE_PROBES = 64
 
 
+MOMENT_BUFFERS = ("moments.A", "moments.A_1", "moments.A_2")
+"""Workspace names of :func:`td_moments`' results (A and its halves)."""
 BLOCK_BUFFERS = ("moments.weighted", "moments.product")
 """Workspace names of :func:`td_moments`' block products (released when it returns)."""
 
@@ -116,10 +118,10 @@ def td_moments(
     dtype = np.dtype(product_dtype or phi_t.dtype)
     h = n // 2
     scale = 1.0 / math.sqrt(D)
-    A = ws.array("moments.A", (D, D), np.dtype(np.float64))
+    A = ws.array(MOMENT_BUFFERS[0], (D, D), np.dtype(np.float64))
     A_halves, b_sums = [], []
     for half, rows in enumerate((slice(0, h), slice(h, n))):
-        A_k = ws.array(f"moments.A_{half + 1}", (D, D), np.dtype(np.float64))
+        A_k = ws.array(MOMENT_BUFFERS[1 + half], (D, D), np.dtype(np.float64))
         b_sums.append(
             _block_moments(phi_t[rows], dphi_t[rows], rho_t[rows], r_t[rows], block, dtype, A_k, ws)
         )

@@ -3,21 +3,23 @@
 A run whose estimated peak memory exceeds the machine's available memory, or whose outputs
 exceed the free disk, is refused (``tdlens run --force`` overrides), naming the keys that
 drive the estimate. The model sums the large arrays of each phase (bytes; ``f`` = 4 for
-float32 features, 8 for float64; ``D`` = env.feature_dim, ``N`` = env.actor_feature_dim):
+float32 features, 8 for float64; ``D`` = env.feature_dim, ``N`` = env.actor_feature_dim);
+the peak is ``base`` plus the larger of the training iteration and a probe round, which
+releases the iteration's features first (:meth:`tdlens.runs.runner.Runner._maybe_probe`)
+and keeps nothing from one round to the next:
 
-- ``base``: the interpreter with NumPy, SciPy, Numba and Matplotlib, ``BASE_BYTES``;
+- ``base``: the interpreter with NumPy, SciPy and Numba, ``BASE_BYTES``;
 - ``training``: ``B T (2 D f + 8 N)`` for the ``B T`` steps of an iteration (phi,
   bar_phi and the actor features);
 - ``critic probes``: the larger of their two stages (:mod:`tdlens.probes.critic`), with
   ``n`` the samples of a batch (``m horizon`` for ``m`` trainer-style trajectories):
 
   - the chain whose A is formed, its features alone: ``2 n D f`` (phi, dphi) and
-    ``28 D^2`` (float64 A and its halves, float32 A), plus for the fixed-point batch the
-    larger of its float32 LU factors, at most two alive, ``8 D^2``, and the first round's
-    predictions, ``12 n D`` (float64 copies of the batch's rows and of a half's, read
-    side by side);
+    ``24 D^2`` (float64 A and its halves), plus the larger of the float32 copy of A
+    (``4 D^2``) and, for the fixed-point batch, its float32 LU factors, at most three
+    alive (``12 D^2``);
   - the matrix-free stability chains, ``g = min(threads, k_mc - 1)`` at a time:
-    ``2 g n D f``, and A and its halves, ``24 D^2``, kept for the next round;
+    ``2 g n D f``;
 - ``probe rollouts``: ``ROLLOUT_STEP_BYTES`` per step of every probe chain.
 
 Disk: the learning curves and log (``CURVE_ROW_BYTES`` per iteration), ``checkpoint_keep``
@@ -46,7 +48,8 @@ fitted to a Step-C run (plateau, D = 2048: 0.054 s an iteration, 2.1 s a round, 
 all) on the 2-core AMD EPYC machine of BENCHMARKS.md; a guide within about 2x.
 
 The constants were fitted to the peak resident memory of one-iteration runs of the shipped
-configs (BENCHMARKS.md, "Memory and disk estimate against measured peaks");
+configs (BENCHMARKS.md, "Memory and disk estimate against measured peaks", refitted in
+"Issue 28, session 9");
 ``tests/test_budget.py`` checks the estimate against the measured peak of each within
 ``RATIO_BAND``.
 """
@@ -63,12 +66,13 @@ from tdlens.config import RunConfig
 from tdlens.probes.common import plan_chains
 
 MIB = 1024**2
-BASE_BYTES = 210 * MIB
+BASE_BYTES = 180 * MIB
 ROLLOUT_STEP_BYTES = 640
 """A probe chain's rollout, per step (paths, noise, the policies' means)."""
-RATIO_BAND = (0.8, 1.25)
+RATIO_BAND = (0.85, 1.15)
 """Estimate / measured peak of the shipped configs' one-iteration runs that
-tests/test_budget.py accepts, give or take FILE_PAGES_SLACK."""
+tests/test_budget.py accepts, give or take FILE_PAGES_SLACK (measured 0.88-1.08 on the
+2-core AMD EPYC of BENCHMARKS.md, "Issue 28, session 9")."""
 FILE_PAGES_SLACK = 64 * MIB
 """How far the libraries' file-backed resident pages (part of any measured peak RSS) vary
 between installs of the same code: a new virtual environment's process held 173 MiB of
@@ -133,7 +137,10 @@ class Estimate:
 
     @property
     def peak_bytes(self) -> int:
-        return sum(self.memory_terms.values())
+        """``base`` plus the larger of ``training`` and a probe round's terms."""
+        terms = self.memory_terms
+        probes = sum(v for t, v in terms.items() if t not in ("base", "training"))
+        return terms.get("base", 0) + max(terms.get("training", 0), probes)
 
     @property
     def memory_keys(self) -> tuple[str, ...]:
@@ -152,15 +159,12 @@ def critic_bytes(cfg: RunConfig, f: int) -> int:
     stages = []
     explicit = [c for c in (plan.fixed, *plan.stability[:1]) if c is not None]
     for spec in dict.fromkeys(explicit):
-        n = spec.samples
-        extra = 0
-        if spec == plan.fixed:
-            extra = max(8 * D * D, 12 * n * D)
-        stages.append(2 * n * D * f + 28 * D * D + extra)
+        extra = 12 * D * D if spec == plan.fixed else 4 * D * D
+        stages.append(2 * spec.samples * D * f + 24 * D * D + extra)
     free = plan.stability[1:]
     if free:
         g = min(cfg.threads or os.cpu_count() or 1, len(free))
-        stages.append(2 * g * free[0].samples * D * f + (24 * D * D if explicit else 0))
+        stages.append(2 * g * free[0].samples * D * f)
     return max(stages, default=0)
 
 

@@ -480,12 +480,16 @@ class Runner:
                 self.on_iteration(n, result)
             history = (*state.td_loss_history, result.metrics["td_loss"])
             row: dict[str, Any] = dict(result.metrics)
-            probe_reason, probe_s = self._maybe_probe(probes, n, history, result, row)
+            params, delta = result.params, result.delta
+            del result  # its batch holds the features, which a probe round releases
+            probe_reason, probe_s = self._maybe_probe(
+                probes, n, history, params, delta, row, workspace
+            )
             old_table = [k for k in SCHEDULE_COLUMNS if k not in curves.columns]
             curves.append({k: v for k, v in row.items() if k not in old_table})
             self._state = LoopState(
                 n + 1,
-                result.params,
+                params,
                 history,
                 probes.state_dict() if probe_reason is not None else state.probe_state,
             )
@@ -521,17 +525,25 @@ class Runner:
         probes: ProbeManager | None,
         n: int,
         history: tuple[float, ...],
-        result: IterationResult,
+        params: Params,
+        delta: np.ndarray,
         row: dict[str, Any],
+        workspace: Workspace,
     ) -> tuple[str | None, float]:
-        """Run a probe round after iteration n if due; write its tables into probes/."""
+        """Run a probe round after iteration n if due; write its tables into probes/.
+
+        The round does not read the training `workspace`: its buffers (the iteration's
+        features, 2 B T D f bytes, 52 MB at the seed settings) are released first, so they
+        are not resident beside the round's, and the next iteration maps them afresh
+        (BENCHMARKS.md, "Issue 28, session 9")."""
         if probes is None or self._stop_signal is not None:
             return None, 0.0
         reason = probes.due(n, history)
         if reason is None:
             return None, 0.0
         t0 = time.perf_counter()
-        rnd = probes.run(n, result.params, result.delta, result.metrics["td_loss"], reason)
+        workspace.release_all()
+        rnd = probes.run(n, params, delta, row["td_loss"], reason)
         unknown = set(rnd.summary) - set(registry.summary_columns())
         if unknown:
             raise RunFileError(f"probe summary has columns not in learning_curves: {unknown}")
