@@ -153,45 +153,6 @@ def test_products64_never_holds_all_rows_in_float64():
     assert peak < 8 * n * D / 4
 
 
-def _llvm_code_resident() -> int:
-    """Resident bytes of LLVM's machine code (libllvmlite's r-xp mappings)."""
-    total, inside = 0, False
-    with open("/proc/self/smaps", encoding="ascii", errors="replace") as fh:
-        for line in fh:
-            fields = line.split()
-            if fields and "-" in fields[0] and not fields[0].endswith(":"):
-                inside = len(fields) >= 6 and fields[1] == "r-xp" and "libllvmlite" in fields[5]
-            elif inside and fields[0] == "Rss:":
-                total += int(fields[1]) * 1024
-    return total
-
-
-@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
-def test_llvm_code_leaves_the_resident_set_and_still_runs():
-    """After Numba has loaded (or compiled) its kernels, drop_load_time_code takes LLVM's
-    machine code out of the resident set (tens of MiB), and Numba still compiles and runs
-    a new function afterwards (the code is mapped again from the page cache)."""
-    from numba import njit
-
-    from tdlens.features import drop_load_time_code
-
-    @njit
-    def twice(x):
-        return 2.0 * x
-
-    assert twice(1.5) == 3.0
-    before = _llvm_code_resident()
-    drop_load_time_code()
-    after = _llvm_code_resident()
-    assert before >= 8 * 2**20 and after <= before / 4, (before, after)
-
-    @njit
-    def thrice(x):
-        return 3.0 * x
-
-    assert thrice(1.5) == 4.5 and twice(2.0) == 4.0
-
-
 def test_a_buffer_too_big_to_map_is_a_memory_error():
     """A workspace buffer that cannot be mapped raises MemoryError, as NumPy's np.empty
     does, so that a run reports it as "out of memory" (docs/faults.md)."""

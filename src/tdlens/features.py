@@ -306,48 +306,6 @@ def trim_heaps() -> None:
         trim(0)
 
 
-CODE_ONLY_AT_LOAD = ("libllvmlite",)
-"""Shared libraries whose machine code runs only while Numba loads its cached kernels."""
-
-
-@functools.cache
-def _madvise() -> Callable[[int, int, int], int] | None:
-    """libc's ``madvise(addr, length, advice)`` (None where the C library has none)."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (AttributeError, OSError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-def drop_load_time_code(libraries: Sequence[str] = CODE_ONLY_AT_LOAD) -> None:
-    """Drop from the resident set the machine code (read-only executable file mappings)
-    of `libraries` (path substrings): LLVM's, 179 MB of file of which ~50 MiB is touched
-    while Numba loads the cached kernels, and none afterwards. ``madvise(MADV_DONTNEED)``
-    on a private read-only file mapping only unmaps its pages (code pages are never
-    written): a later call into it maps them again from the page cache. The pages stay in
-    the page cache, shared with other processes, so this lowers the run's RSS but frees
-    no memory the machine can use for anything but cache. No-op without /proc/self/maps
-    or madvise, ~3 ms when there is something to drop, ~0.1 ms when not."""
-    madvise, advice = _madvise(), getattr(mmap, "MADV_DONTNEED", None)
-    if madvise is None or advice is None:
-        return
-    try:
-        with open("/proc/self/maps", encoding="ascii", errors="replace") as fh:
-            lines = fh.readlines()
-    except OSError:
-        return
-    for line in lines:
-        fields = line.split(maxsplit=5)
-        if len(fields) < 6 or fields[1] != "r-xp":
-            continue
-        if any(name in fields[5] for name in libraries):
-            lo, hi = (int(x, 16) for x in fields[0].split("-"))
-            madvise(lo, hi - lo, advice)
-
-
 @contextmanager
 def large_arrays_unmapped_when_freed(threshold: int = ROUND_MMAP_BYTES) -> Iterator[None]:
     """Within: every allocation of at least `threshold` bytes is mapped on its own, so its
@@ -360,22 +318,19 @@ def large_arrays_unmapped_when_freed(threshold: int = ROUND_MMAP_BYTES) -> Itera
     stage after stage on several threads, then add up instead of taking each other's
     place (seed run: ~70 MiB more at the peak). Not for the training iteration, whose
     temporaries of that size would be page-faulted afresh every iteration. On entry and
-    exit the heaps are trimmed (:func:`trim_heaps`) and LLVM's code dropped from the
-    resident set (:func:`drop_load_time_code`). No-op without glibc or when the user set
-    ``MALLOC_MMAP_THRESHOLD_``."""
+    exit the heaps are trimmed (:func:`trim_heaps`). No-op without glibc or when the user
+    set ``MALLOC_MMAP_THRESHOLD_``."""
     mallopt = _mallopt()
     if mallopt is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         yield
         return
     mallopt(M_MMAP_THRESHOLD, threshold)
     trim_heaps()
-    drop_load_time_code()
     try:
         yield
     finally:
         mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_BYTES)
         trim_heaps()
-        drop_load_time_code()
 
 
 def _buffer(scratch: dict[str, np.ndarray], key: str, rows: int, cols: int, dtype) -> np.ndarray:
