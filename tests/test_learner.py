@@ -195,6 +195,18 @@ def test_metrics_are_the_defined_statistics():
     )
     excess = np.abs(b.a_unclipped) > cfg.env.v_max
     assert m["clip_fraction"] == pytest.approx(np.mean(excess.any(axis=-1)))
+    # the percentiles (taken in pairs from one partition) are np.percentile's, bit for bit
+    rho, abs_delta = b.rho.reshape(-1), np.abs(d).reshape(-1)
+    for column, x, q in [
+        ("p95_rho", rho, 95),
+        ("p99_rho", rho, 99),
+        ("p95_rho2", rho**2, 95),
+        ("p99_rho2", rho**2, 99),
+        ("delta_p95", abs_delta, 95),
+        ("delta_p99", abs_delta, 99),
+    ]:
+        assert m[column] == float(np.percentile(x, q)), column
+    assert m["delta_p99"] > m["delta_p95"] > 0
     # the update used s = 1/(B T) and alpha_w
     G_w, _ = gradients(b, d, cfg.sigma_pi)
     np.testing.assert_allclose(
