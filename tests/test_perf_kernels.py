@@ -29,7 +29,7 @@ from tdlens.policy import policy_mean
 from tdlens.probes.fixed_point import expected_iterates
 from tdlens.rollout import draw_noise, roll_out
 from tdlens.seeding import stream
-from tdlens.threads import limit_threads, parallel_map
+from tdlens.threads import limit_threads
 from tdlens.torus import dynamics as dyn
 from tdlens.torus import fast
 
@@ -295,23 +295,6 @@ def test_limit_threads_holds_blas_to_one_thread():
     with limit_threads(1, "blas"):
         assert blas_threads() <= {1}
     assert blas_threads() == before
-
-
-def test_parallel_map_keeps_its_threads_and_runs_nested_calls():
-    """parallel_map: results in the order of the items; the second call runs on the same
-    threads as the first (a kept pool, not a new one per call); a call from inside a
-    pool thread runs on a pool of its own instead of waiting on the busy kept one."""
-    import threading
-
-    def name(_: int) -> str:
-        threading.Event().wait(0.01)  # both threads take an item
-        return threading.current_thread().name
-
-    first, second = parallel_map(name, range(4), 2), parallel_map(name, range(4), 2)
-    assert set(first) == set(second) and len(set(first)) == 2
-    assert parallel_map(lambda x: x * x, range(7), 2) == [x * x for x in range(7)]
-    nested = parallel_map(lambda x: parallel_map(lambda y: 10 * x + y, range(3), 2), range(3), 2)
-    assert nested == [[10 * x + y for y in range(3)] for x in range(3)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

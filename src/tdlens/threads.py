@@ -9,9 +9,7 @@ and kept while no new module is imported gives the same limits in ~15 us.
 from __future__ import annotations
 
 import functools
-import os
 import sys
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -51,28 +49,5 @@ def parallel_map(
     with limit_threads(1, user_api):
         if threads <= 1 or len(items) <= 1:
             return [fn(item) for item in items]
-        workers = min(threads, len(items))
-        if getattr(_in_pool, "worker", False):
-            # a call from inside a pool thread: its own pool (the kept one may be busy
-            # with the very task that waits here)
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                return list(pool.map(fn, items))
-        return list(_kept_pool(workers, os.getpid()).map(fn, items))
-
-
-_in_pool = threading.local()
-"""``worker`` is True in the threads of :func:`_kept_pool`'s executors."""
-
-
-def _mark_worker() -> None:
-    _in_pool.worker = True
-
-
-@functools.cache
-def _kept_pool(workers: int, _pid: int) -> ThreadPoolExecutor:
-    """A thread pool of `workers` threads kept for the life of the process (keyed by the
-    process id: a forked child starts its own). Starting and joining a pool per call cost
-    ~0.2-0.5 ms, and the training iteration makes three such calls at 2 threads."""
-    return ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="tdlens", initializer=_mark_worker
-    )
+        with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+            return list(pool.map(fn, items))
