@@ -122,35 +122,6 @@ def test_compiled_rollout_equals_the_numpy_loop_bit_for_bit(case, per_chain):
         assert events.tolist() == [1.0, 1.0, 1.0, 1.0]  # catches, picks of both types, restarts
 
 
-@pytest.mark.parametrize("per_chain", [False, True], ids=["shared_theta", "per_chain_theta"])
-def test_grouped_draw_and_roll_out_equals_one_draw_and_one_roll_out(per_chain):
-    """draw_and_roll_out on 1, 2 and 3 threads (chain groups of unequal sizes, each drawn
-    and rolled out on its own thread) gives the noise and paths of one draw_noise and one
-    roll_out over all chains, bit for bit; the training's m_pi recorded in the rollout is
-    policy_mean(theta_pi, psi) of the kept psi."""
-    from tdlens.policy import policy_mean
-    from tdlens.rollout import TRAIN_SPLIT_CHAINS, draw_and_roll_out
-
-    cfg = small_config("theta_mu_offset_scale=0.3", "env.p_mix=0.2")
-    maps = make_feature_maps(cfg)
-    params = init_params(cfg, maps)
-    B, T = 3 * TRAIN_SPLIT_CHAINS + 1, 40
-    rngs = lambda: [stream(0, "rollout", 3, b) for b in range(B)]  # noqa: E731
-    per_chain_thetas = np.stack([params.theta_mu, params.theta_pi] * B)[:B]
-    theta_mu = per_chain_thetas if per_chain else params.theta_mu
-    sigma_mu = np.linspace(0.2, 0.5, B)
-    evals = params.theta_pi[None]
-    noise = draw_noise(rngs(), T, cfg)
-    one = roll_out(cfg, maps, theta_mu, sigma_mu, noise, theta_eval=evals)
-    for threads in (1, 2, 3):
-        got_noise, got = draw_and_roll_out(cfg, maps, theta_mu, sigma_mu, rngs(), T, threads, evals)
-        for key in ("reset", "z_act", "z_env", "u_env", "z_next"):
-            np.testing.assert_array_equal(getattr(got_noise, key), getattr(noise, key), err_msg=key)
-        for key in PATH_KEYS:
-            np.testing.assert_array_equal(getattr(got, key), getattr(one, key), err_msg=key)
-    np.testing.assert_array_equal(one.m_eval[:, :, 0], policy_mean(params.theta_pi, one.psi))
-
-
 def test_pick_and_catch_threshold_test_equals_hypot():
     """The environment kernel's ``_within(d0, d1, eps)`` (hypot only near the threshold)
     equals ``hypot(d0, d1) <= eps`` on random pairs, on pairs whose hypot is eps or one

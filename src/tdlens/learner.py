@@ -24,7 +24,7 @@ import numpy as np
 
 from tdlens.config import RunConfig, SchedulesConfig
 from tdlens.features import FeatureMaps, Workspace
-from tdlens.rollout import TDBatch, draw_and_roll_out, td_batch
+from tdlens.rollout import TDBatch, draw_noise, roll_out, td_batch
 from tdlens.seeding import stream
 from tdlens.threads import limit_threads, parallel_map
 
@@ -116,16 +116,11 @@ def collect(
     w: np.ndarray | None = None,
 ) -> TDBatch:
     """Roll out ``len(rngs)`` chains of T steps under mu and build their TD batch (with
-    the critic values of ``w`` when given, :func:`tdlens.rollout.td_batch`).
-
-    The chains are drawn and rolled out in groups on ``maps.threads`` threads
-    (:func:`tdlens.rollout.draw_and_roll_out`), recording the target policy's means
-    ``m_pi`` as they go (the numbers ``policy_mean(theta_pi, psi)`` gives afterwards)."""
+    the critic values of ``w`` when given, :func:`tdlens.rollout.td_batch`)."""
     B = len(rngs)
+    noise = draw_noise(rngs, T, cfg)
     sigma_mu = np.full(B, cfg.sigma_mu)
-    noise, paths = draw_and_roll_out(
-        cfg, maps, theta_mu, sigma_mu, rngs, T, maps.threads, theta_eval=theta_pi[None]
-    )
+    paths = roll_out(cfg, maps, theta_mu, sigma_mu, noise)
     return td_batch(cfg, maps, paths, noise, theta_pi, sigma_mu, workspace=workspace, w=w)
 
 

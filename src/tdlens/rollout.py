@@ -320,56 +320,6 @@ def roll_out_threads(
     return concat_paths(parallel_map(part, cols, parts))
 
 
-TRAIN_SPLIT_CHAINS = 4
-"""Chains per thread from which :func:`draw_and_roll_out` splits a training rollout across
-threads (seed runs: B = 16 on 2 threads, two groups of 8; one step of 8 chains costs about
-half one of 16, its fixed cost ~2 us of ~22 us)."""
-
-
-def draw_and_roll_out(
-    cfg: RunConfig,
-    maps: FeatureMaps,
-    theta_mu: np.ndarray,
-    sigma_mu: np.ndarray,
-    rngs: list[np.random.Generator],
-    T: int,
-    threads: int,
-    theta_eval: np.ndarray | None = None,
-) -> tuple[ChainNoise, Paths]:
-    """:func:`draw_noise` then :func:`roll_out` of the chains of ``rngs`` (one generator
-    per chain), the chains split into up to `threads` contiguous groups of at least
-    TRAIN_SPLIT_CHAINS, each drawn and rolled out on its own thread. A chain's noise comes
-    from its own generator and its path depends only on its noise and policy (module
-    docstring), so the result is that of one :func:`draw_noise` and one :func:`roll_out`
-    call over all chains, bit for bit."""
-    B = len(rngs)
-    parts = max(1, min(threads, B // TRAIN_SPLIT_CHAINS))
-    per_chain = theta_mu.ndim == 3
-
-    def group(c: slice) -> tuple[ChainNoise, Paths]:
-        noise = draw_noise(rngs[c], T, cfg)
-        theta = theta_mu[c] if per_chain else theta_mu
-        return noise, roll_out(cfg, maps, theta, sigma_mu[c], noise, theta_eval)
-
-    if parts == 1:
-        return group(slice(0, B))
-    bounds = np.linspace(0, B, parts + 1).astype(int)
-    cols = [slice(int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
-    noises, paths = zip(*parallel_map(group, cols, parts), strict=True)
-    return concat_noise(list(noises)), concat_paths(list(paths))
-
-
-def concat_noise(parts: list[ChainNoise]) -> ChainNoise:
-    """Noise of chain groups side by side (the chain axis), in the order given."""
-    return ChainNoise(
-        reset=np.concatenate([p.reset for p in parts], axis=0),
-        z_act=np.concatenate([p.z_act for p in parts], axis=1),
-        z_env=np.concatenate([p.z_env for p in parts], axis=1),
-        u_env=np.concatenate([p.u_env for p in parts], axis=1),
-        z_next=np.concatenate([p.z_next for p in parts], axis=1),
-    )
-
-
 def concat_paths(parts: list[Paths]) -> Paths:
     """Paths of chain groups side by side (axis 1), in the order given."""
 
