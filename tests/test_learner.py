@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import small_config
-from tdlens.features import make_feature_maps
+from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import (
     Params,
     collect,
@@ -124,6 +124,43 @@ def test_critic_values_taken_per_chain_equal_the_batch_products(threads):
     res = outer_iteration(cfg, maps, Params(p.theta_mu, p.theta_pi, w), 0)
     np.testing.assert_array_equal(res.q_t, q_t)
     np.testing.assert_array_equal(res.delta, td_errors(batch, w, cfg.gamma))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("D", [64, 70])
+def test_iteration_without_bar_phi_gives_the_same_numbers(threads, D):
+    """outer_iteration(keep_bar_phi=False), the runner's, makes each chain's bar_phi in a
+    scratch buffer and keeps none: three iterations (buffers reused) give the parameters,
+    metrics, TD errors, critic values, rewards and phi of the default call bit for bit,
+    on one thread or two, with rows whose byte offsets are multiples of 64 (D = 64) or
+    not (D = 70); a batch without bar_phi needs w."""
+    cfg = small_config(f"threads={threads}", f"env.feature_dim={D}", "theta_mu_offset_scale=0.3")
+    maps = make_feature_maps(cfg)
+    kept = lean = init_params(cfg, maps)
+    ws_kept, ws_lean = Workspace(), Workspace()
+    for n in range(3):
+        a = outer_iteration(cfg, maps, kept, n, ws_kept)
+        b = outer_iteration(cfg, maps, lean, n, ws_lean, keep_bar_phi=False)
+        kept, lean = a.params, b.params
+        for x, y in [
+            (a.params.w, b.params.w),
+            (a.params.theta_pi, b.params.theta_pi),
+            (a.params.theta_mu, b.params.theta_mu),
+            (a.delta, b.delta),
+            (a.q_t, b.q_t),
+            (a.q_tp1, b.q_tp1),
+            (a.batch.r, b.batch.r),
+            (a.batch.phi, b.batch.phi),
+        ]:
+            np.testing.assert_array_equal(y, x)
+        a.metrics.pop("iter_time_s"), b.metrics.pop("iter_time_s")
+        assert b.metrics == a.metrics
+        assert b.batch.bar_phi.shape == (cfg.trajectories, cfg.horizon, 0)
+        assert a.batch.bar_phi.shape == (cfg.trajectories, cfg.horizon, D)
+    assert ws_lean.held_bytes() == a.batch.phi.nbytes == ws_kept.held_bytes() // 2
+    rngs = [stream(cfg.seed, "rollout", 0, b) for b in range(cfg.trajectories)]
+    with pytest.raises(ValueError, match="keep_bar_phi=False needs w"):
+        collect(cfg, maps, kept.theta_mu, kept.theta_pi, rngs, cfg.horizon, keep_bar_phi=False)
 
 
 def test_gradients_side_by_side_equal_one_thread():

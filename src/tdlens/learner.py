@@ -114,14 +114,26 @@ def collect(
     T: int,
     workspace: Workspace | None = None,
     w: np.ndarray | None = None,
+    keep_bar_phi: bool = True,
 ) -> TDBatch:
     """Roll out ``len(rngs)`` chains of T steps under mu and build their TD batch (with
-    the critic values of ``w`` when given, :func:`tdlens.rollout.td_batch`)."""
+    the critic values of ``w`` when given, and without bar_phi unless `keep_bar_phi`,
+    :func:`tdlens.rollout.td_batch`)."""
     B = len(rngs)
     noise = draw_noise(rngs, T, cfg)
     sigma_mu = np.full(B, cfg.sigma_mu)
     paths = roll_out(cfg, maps, theta_mu, sigma_mu, noise)
-    return td_batch(cfg, maps, paths, noise, theta_pi, sigma_mu, workspace=workspace, w=w)
+    return td_batch(
+        cfg,
+        maps,
+        paths,
+        noise,
+        theta_pi,
+        sigma_mu,
+        workspace=workspace,
+        w=w,
+        keep_bar_phi=keep_bar_phi,
+    )
 
 
 def critic_values(batch: TDBatch, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,16 +214,29 @@ def outer_iteration(
     params: Params,
     n: int,
     workspace: Workspace | None = None,
+    keep_bar_phi: bool = True,
 ) -> IterationResult:
     """Run outer iteration `n` (0-based) from `params`; see the module docstring.
 
     With a `workspace`, the returned batch's feature arrays are reused by the next call.
+    With ``keep_bar_phi=False`` the returned batch has no bar_phi (``[B, T, 0]``; each
+    chain's is used for ``Q_w(bar_phi_tp1)`` as it is made and dropped): the same
+    numbers, ``B T D`` fewer bytes written and resident, for callers that read no
+    bar_phi.
     """
     start = time.perf_counter()
     rngs = [stream(cfg.seed, "rollout", n, b) for b in range(cfg.trajectories)]
     with limit_threads(1, "blas"):
         batch = collect(
-            cfg, maps, params.theta_mu, params.theta_pi, rngs, cfg.horizon, workspace, params.w
+            cfg,
+            maps,
+            params.theta_mu,
+            params.theta_pi,
+            rngs,
+            cfg.horizon,
+            workspace,
+            params.w,
+            keep_bar_phi,
         )
         r_t = batch.r
         # q_t = Q_w(phi_t), q_tp1 = Q_w(bar_phi_tp1): bar_phi under pi, never the sampled a'

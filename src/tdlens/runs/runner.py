@@ -471,7 +471,10 @@ class Runner:
             state = self._state
             n = state.next_iter
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled
-                result = outer_iteration(cfg, maps, state.params, n, workspace)
+                # bar_phi only for an on_iteration hook (the sanity suite reads the batch,
+                # and its twins replace outer_iteration with a five-argument call)
+                lean = {} if self.on_iteration is not None else {"keep_bar_phi": False}
+                result = outer_iteration(cfg, maps, state.params, n, workspace, **lean)
             if not result.params.is_finite() or not all(
                 math.isfinite(result.metrics[k]) for k in DIVERGENCE_COLUMNS
             ):
