@@ -20,6 +20,7 @@ from tdlens.learner import (
 )
 from tdlens.policy import score
 from tdlens.seeding import stream
+from tdlens.threads import limit_threads
 
 
 def _run(cfg, iters):
@@ -100,6 +101,32 @@ def test_gradients_match_brute_force_twin():
             ref_theta += batch.rho[b, t] * d * g
     np.testing.assert_allclose(G_w, ref_w, rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(G_theta, ref_theta, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "sets", [(), ("env.actor_feature_dim=517", "horizon=200", "trajectories=5")]
+)
+def test_actor_gradient_is_the_documented_product_bit_for_bit(sets):
+    """gradients() takes G_theta as (weighted^T psi_t)^T, faster on OpenBLAS's SkylakeX
+    kernels (issue 28, session 9): the bits of ``psi_t^T weighted / (sigma_pi^2
+    sqrt(N))`` with one BLAS thread, as the iteration runs it (CI repeats this file under
+    the Haswell and Prescott kernels), and C-contiguous like theta."""
+    cfg = small_config("theta_mu_offset_scale=0.3", *sets)
+    maps = make_feature_maps(cfg)
+    p = init_params(cfg, maps)
+    rngs = [stream(cfg.seed, "rollout", 4, b) for b in range(cfg.trajectories)]
+    batch = collect(cfg, maps, p.theta_mu, p.theta_pi, rngs, cfg.horizon)
+    delta = td_errors(batch, p.w + 0.3, cfg.gamma)
+    N = maps.N
+    rd = batch.rho * delta
+    weighted = np.swapaxes(rd[..., None] * (batch.u - batch.m_pi), 0, 1).reshape(-1, 2)
+    psi_t = np.swapaxes(batch.psi, 0, 1).reshape(-1, N).astype(np.float64)
+    with limit_threads(1, "blas"):
+        want = psi_t.T @ weighted / (cfg.sigma_pi**2 * math.sqrt(N))
+        for threads in (1, 2):
+            G_theta = gradients(batch, delta, cfg.sigma_pi, threads)[1]
+            np.testing.assert_array_equal(G_theta, want)
+            assert G_theta.flags.c_contiguous and np.any(G_theta != 0)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

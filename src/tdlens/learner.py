@@ -183,7 +183,12 @@ def gradients(
         # the rollout's [T + 1, B, N] array, whose first T rows reshape without a copy
         weighted = np.swapaxes(rd[..., None] * (batch.u - batch.m_pi), 0, 1).reshape(-1, 2)
         psi_t = np.swapaxes(batch.psi, 0, 1).reshape(-1, N).astype(np.float64)
-        return psi_t.T @ weighted / (sigma_pi**2 * math.sqrt(N))
+        # psi_t^T weighted as (weighted^T psi_t)^T: each entry the same sum in the same
+        # order with one BLAS thread (tests/test_learner.py checks the bits), and
+        # OpenBLAS's SkylakeX DGEMM takes this orientation twice as fast (0.8 against 1.55
+        # ms at the seed settings; Haswell and Prescott kernels: 1.2 against 1.1)
+        G_theta = np.ascontiguousarray((weighted.T @ psi_t).T)
+        return G_theta / (sigma_pi**2 * math.sqrt(N))
 
     if threads <= 1:
         return critic(), actor()
