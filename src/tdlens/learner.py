@@ -170,7 +170,8 @@ def gradients(
     with ``g_t = psi_t (u_t - m_pi(s_t))^T / (sigma_pi^2 sqrt(N))`` (docs/model.md §4,
     step 3); ``psi_t`` is the actor features of s_t (in the probes, ``dphi_t = phi_t -
     gamma bar_phi_tp1``). With ``threads >= 2`` the two sums run side by side, one BLAS
-    thread each (the same calls, so the same bits)."""
+    thread each (the same calls, so the same bits); with one, one after the other on one
+    BLAS thread (a threaded OpenBLAS product may split a sum and round it otherwise)."""
     phi_t, rho_t = batch.phi, batch.rho
     rd = rho_t * delta_t
     D, N = phi_t.shape[-1], batch.psi.shape[-1]
@@ -191,7 +192,9 @@ def gradients(
         return G_theta / (sigma_pi**2 * math.sqrt(N))
 
     if threads <= 1:
-        return critic(), actor()
+        # one BLAS thread, as on two: a threaded OpenBLAS product splits the sums
+        with limit_threads(1, "blas"):
+            return critic(), actor()
     G_w, G_theta = parallel_map(lambda part: part(), [critic, actor], 2)
     return G_w, G_theta
 
