@@ -43,9 +43,16 @@ def main() -> None:
     params = init_params(cfg, maps)
     ws = Workspace()
     state = {"n": 0, "params": params}
+    # the runner's call: after issue 28's session 9 it keeps no bar_phi in the batch; an
+    # older tdlens (measured for "before") has no such option
+    lean = (
+        {"keep_bar_phi": False}
+        if "keep_bar_phi" in inspect.signature(outer_iteration).parameters
+        else {}
+    )
 
     def one() -> None:
-        res = outer_iteration(cfg, maps, state["params"], state["n"], ws)
+        res = outer_iteration(cfg, maps, state["params"], state["n"], ws, **lean)
         state["params"] = res.params
         state["n"] += 1
 
@@ -73,7 +80,7 @@ def main() -> None:
             noise = draw_noise(rngs, cfg.horizon, cfg)
             paths = roll_out(cfg, maps, params.theta_mu, sigma_mu, noise)
             t1 = time.perf_counter()
-            extra = {"w": params.w} if with_w else {}
+            extra = {"w": params.w, **lean} if with_w else {}
             batch = td_batch(
                 cfg, maps, paths, noise, params.theta_pi, sigma_mu, workspace=ws, **extra
             )

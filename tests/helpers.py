@@ -111,9 +111,9 @@ def fail_at_iteration(monkeypatch, n: int, exc: BaseException) -> None:
 
     real = runner_mod.outer_iteration
 
-    def fail(cfg, maps, params, k, workspace=None):
+    def fail(cfg, maps, params, k, workspace=None, **options):
         if k == n:
             raise exc
-        return real(cfg, maps, params, k, workspace)
+        return real(cfg, maps, params, k, workspace, **options)
 
     monkeypatch.setattr(runner_mod, "outer_iteration", fail)

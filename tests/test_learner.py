@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import small_config
-from tdlens.features import make_feature_maps
+from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import (
     Params,
     collect,
@@ -20,6 +20,7 @@ from tdlens.learner import (
 )
 from tdlens.policy import score
 from tdlens.seeding import stream
+from tdlens.threads import limit_threads
 
 
 def _run(cfg, iters):
@@ -102,6 +103,32 @@ def test_gradients_match_brute_force_twin():
     np.testing.assert_allclose(G_theta, ref_theta, rtol=1e-9, atol=1e-14)
 
 
+@pytest.mark.parametrize(
+    "sets", [(), ("env.actor_feature_dim=517", "horizon=200", "trajectories=5")]
+)
+def test_actor_gradient_is_the_documented_product_bit_for_bit(sets):
+    """gradients() takes G_theta as (weighted^T psi_t)^T, faster on OpenBLAS's SkylakeX
+    kernels (issue 28, session 9): the bits of ``psi_t^T weighted / (sigma_pi^2
+    sqrt(N))`` with one BLAS thread, as the iteration runs it (CI repeats this file under
+    the Haswell and Prescott kernels), and C-contiguous like theta."""
+    cfg = small_config("theta_mu_offset_scale=0.3", *sets)
+    maps = make_feature_maps(cfg)
+    p = init_params(cfg, maps)
+    rngs = [stream(cfg.seed, "rollout", 4, b) for b in range(cfg.trajectories)]
+    batch = collect(cfg, maps, p.theta_mu, p.theta_pi, rngs, cfg.horizon)
+    delta = td_errors(batch, p.w + 0.3, cfg.gamma)
+    N = maps.N
+    rd = batch.rho * delta
+    weighted = np.swapaxes(rd[..., None] * (batch.u - batch.m_pi), 0, 1).reshape(-1, 2)
+    psi_t = np.swapaxes(batch.psi, 0, 1).reshape(-1, N).astype(np.float64)
+    with limit_threads(1, "blas"):
+        want = psi_t.T @ weighted / (cfg.sigma_pi**2 * math.sqrt(N))
+        for threads in (1, 2):
+            G_theta = gradients(batch, delta, cfg.sigma_pi, threads)[1]
+            np.testing.assert_array_equal(G_theta, want)
+            assert G_theta.flags.c_contiguous and np.any(G_theta != 0)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_critic_values_taken_per_chain_equal_the_batch_products(threads):
     """td_batch given w takes r, Q_w(phi_t) and Q_w(bar_phi_tp1) chain by chain as the
@@ -124,6 +151,43 @@ def test_critic_values_taken_per_chain_equal_the_batch_products(threads):
     res = outer_iteration(cfg, maps, Params(p.theta_mu, p.theta_pi, w), 0)
     np.testing.assert_array_equal(res.q_t, q_t)
     np.testing.assert_array_equal(res.delta, td_errors(batch, w, cfg.gamma))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("D", [64, 70])
+def test_iteration_without_bar_phi_gives_the_same_numbers(threads, D):
+    """outer_iteration(keep_bar_phi=False), the runner's, makes each chain's bar_phi in a
+    scratch buffer and keeps none: three iterations (buffers reused) give the parameters,
+    metrics, TD errors, critic values, rewards and phi of the default call bit for bit,
+    on one thread or two, with rows whose byte offsets are multiples of 64 (D = 64) or
+    not (D = 70); a batch without bar_phi needs w."""
+    cfg = small_config(f"threads={threads}", f"env.feature_dim={D}", "theta_mu_offset_scale=0.3")
+    maps = make_feature_maps(cfg)
+    kept = lean = init_params(cfg, maps)
+    ws_kept, ws_lean = Workspace(), Workspace()
+    for n in range(3):
+        a = outer_iteration(cfg, maps, kept, n, ws_kept)
+        b = outer_iteration(cfg, maps, lean, n, ws_lean, keep_bar_phi=False)
+        kept, lean = a.params, b.params
+        for x, y in [
+            (a.params.w, b.params.w),
+            (a.params.theta_pi, b.params.theta_pi),
+            (a.params.theta_mu, b.params.theta_mu),
+            (a.delta, b.delta),
+            (a.q_t, b.q_t),
+            (a.q_tp1, b.q_tp1),
+            (a.batch.r, b.batch.r),
+            (a.batch.phi, b.batch.phi),
+        ]:
+            np.testing.assert_array_equal(y, x)
+        a.metrics.pop("iter_time_s"), b.metrics.pop("iter_time_s")
+        assert b.metrics == a.metrics
+        assert b.batch.bar_phi.shape == (cfg.trajectories, cfg.horizon, 0)
+        assert a.batch.bar_phi.shape == (cfg.trajectories, cfg.horizon, D)
+    assert ws_lean.held_bytes() == a.batch.phi.nbytes == ws_kept.held_bytes() // 2
+    rngs = [stream(cfg.seed, "rollout", 0, b) for b in range(cfg.trajectories)]
+    with pytest.raises(ValueError, match="keep_bar_phi=False needs w"):
+        collect(cfg, maps, kept.theta_mu, kept.theta_pi, rngs, cfg.horizon, keep_bar_phi=False)
 
 
 def test_gradients_side_by_side_equal_one_thread():
@@ -195,6 +259,18 @@ def test_metrics_are_the_defined_statistics():
     )
     excess = np.abs(b.a_unclipped) > cfg.env.v_max
     assert m["clip_fraction"] == pytest.approx(np.mean(excess.any(axis=-1)))
+    # the percentiles (taken in pairs from one partition) are np.percentile's, bit for bit
+    rho, abs_delta = b.rho.reshape(-1), np.abs(d).reshape(-1)
+    for column, x, q in [
+        ("p95_rho", rho, 95),
+        ("p99_rho", rho, 99),
+        ("p95_rho2", rho**2, 95),
+        ("p99_rho2", rho**2, 99),
+        ("delta_p95", abs_delta, 95),
+        ("delta_p99", abs_delta, 99),
+    ]:
+        assert m[column] == float(np.percentile(x, q)), column
+    assert m["delta_p99"] > m["delta_p95"] > 0
     # the update used s = 1/(B T) and alpha_w
     G_w, _ = gradients(b, d, cfg.sigma_pi)
     np.testing.assert_allclose(

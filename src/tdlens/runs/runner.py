@@ -22,7 +22,8 @@ iterations; the caller passes :func:`tdlens.report.write_report`, so the runner 
 depend on the report); ``on_start(run_dir)`` runs once the status says ``running`` (the
 CLI indexes the run in the catalog then); ``on_progress(Progress)`` after each iteration;
 ``on_iteration(n, result)`` sees every iteration's full result (the sanity suite observes
-every ratio and TD target through it).
+every ratio and TD target through it); without that hook the iteration keeps no bar_phi
+in its batch (``keep_bar_phi=False`` of :func:`tdlens.learner.outer_iteration`).
 
 Resume loads the newest checkpoint that verifies (skipping corrupt ones, and saying so),
 truncates every table to its rows and continues; because all random draws are keyed by
@@ -471,7 +472,10 @@ class Runner:
             state = self._state
             n = state.next_iter
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is handled
-                result = outer_iteration(cfg, maps, state.params, n, workspace)
+                # bar_phi only for an on_iteration hook (the sanity suite reads the batch,
+                # and its twins replace outer_iteration with a five-argument call)
+                lean = {} if self.on_iteration is not None else {"keep_bar_phi": False}
+                result = outer_iteration(cfg, maps, state.params, n, workspace, **lean)
             if not result.params.is_finite() or not all(
                 math.isfinite(result.metrics[k]) for k in DIVERGENCE_COLUMNS
             ):
