@@ -39,6 +39,7 @@ import numpy as np
 from tdlens.config import FixedPointConfig, RunConfig, StabilityConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
+from tdlens.probes.td_features import DifferenceBatch, difference_batch
 from tdlens.rollout import ChainNoise, Paths, TDBatch, draw_noise, roll_out_threads, td_batch
 from tdlens.schema import BATCH_RHO_COLUMNS
 from tdlens.seeding import stream
@@ -172,19 +173,43 @@ class RolledChains:
     ) -> TDBatch:
         """TD batch ``[sum of columns, T, ...]`` of batches that share one length T, their
         columns in the order of `specs` (see :func:`batch_slices`)."""
-        lengths = {s.T for s in specs}
-        if len(lengths) != 1:
-            raise ValueError(f"chains of one TD batch must share T, got {sorted(lengths)}")
-        T = lengths.pop()
-        group = self.group(specs[0])
-        idx = [i for s in specs for i in range(group.index(s), group.index(s) + s.columns)]
-        contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
-        chains = slice(idx[0], idx[0] + len(idx)) if contiguous else idx
+        group, chains, T = self._shared_length(specs)
         paths = truncate_paths(group.paths.take(chains), T)
         noise = truncate_noise(group.noise.take(chains), T)
         return td_batch(
             cfg, maps, paths, noise, theta_pi, group.sigma_mu[chains], with_features, workspace
         )
+
+    def difference_batch(
+        self,
+        cfg: RunConfig,
+        maps: FeatureMaps,
+        specs: Sequence[ChainSpec],
+        theta_pi: np.ndarray,
+        workspace: Workspace | None = None,
+    ) -> DifferenceBatch:
+        """What the critic probes read of batches that share one length T (``phi, dphi``,
+        r and the ratios, :func:`tdlens.probes.td_features.difference_batch`), columns as
+        in :meth:`td_batch`: its phi, r and ratios, and ``dphi = phi - gamma bar_phi``."""
+        group, chains, T = self._shared_length(specs)
+        paths = truncate_paths(group.paths.take(chains), T)
+        noise = truncate_noise(group.noise.take(chains), T)
+        return difference_batch(
+            cfg, maps, paths, noise, theta_pi, group.sigma_mu[chains], workspace
+        )
+
+    def _shared_length(
+        self, specs: Sequence[ChainSpec]
+    ) -> tuple[RolledGroup, slice | list[int], int]:
+        """The group of `specs`, their rollout columns in order (a slice when contiguous)
+        and their common length T."""
+        lengths = {s.T for s in specs}
+        if len(lengths) != 1:
+            raise ValueError(f"chains of one TD batch must share T, got {sorted(lengths)}")
+        group = self.group(specs[0])
+        idx = [i for s in specs for i in range(group.index(s), group.index(s) + s.columns)]
+        contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
+        return group, slice(idx[0], idx[0] + len(idx)) if contiguous else idx, lengths.pop()
 
 
 def batch_slices(specs: Sequence[ChainSpec]) -> list[slice]:
