@@ -31,7 +31,7 @@ from numba import njit
 from tdlens.config import RunConfig
 from tdlens.features import _FLAGS, NUM_EXTRA, FeatureMaps, NextActions, Workspace, reward
 from tdlens.features import run_parallel as _run_parallel
-from tdlens.kernels import block_arguments
+from tdlens.kernels import _fma, block_arguments
 from tdlens.policy import squash
 from tdlens.rollout import ChainNoise, Paths, td_batch
 from tdlens.torus.dynamics import clip_action
@@ -102,6 +102,31 @@ def difference_features(
             d[j] = phi + (d[j] * bar_scale[j]) * neg_gamma
 
 
+@njit(cache=True, nogil=True)
+def mean_arguments(
+    C: np.ndarray,
+    bias: np.ndarray,
+    W_act: np.ndarray,
+    a: np.ndarray,
+    mean: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """:func:`tdlens.kernels.block_arguments` with one next action (the closed-form
+    bar_phi's mean ``mean [R, 1, 2]``), ``out [2, R, D']``: ``out[0, i] = fma(a_i1, W_1,
+    a_i0 W_0) + (C[i] + bias)`` and ``out[1, i] = fma(m_i1, W_1, m_i0 W_0) + (C[i + 1] +
+    bias)``, the same operations (so the same bits) in one pass over ``W_act`` and bias
+    per row instead of two."""
+    _, R, D = out.shape
+    W0, W1 = W_act[0], W_act[1]
+    for i in range(R):
+        c, c_next, o, o_next = C[i], C[i + 1], out[0, i], out[1, i]
+        a0, a1, m0, m1 = a[i, 0], a[i, 1], mean[i, 0, 0], mean[i, 0, 1]
+        for j in range(D):
+            w0, w1, b = W0[j], W1[j], bias[j]
+            o[j] = _fma(a1, w1, a0 * w0) + (c[j] + b)
+            o_next[j] = _fma(m1, w1, m0 * w0) + (c_next[j] + b)
+
+
 def _buffer(scratch: dict[str, np.ndarray], key: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """A scratch array of at least `shape` (first axis), reused across calls."""
     arr = scratch.get(key)
@@ -123,8 +148,9 @@ def chain_differences(
     """``phi_out[t] = phi(s_t, a_t)`` and ``dphi_out[t] = phi(s_t, a_t) - gamma
     bar_phi(s_{t+1})`` along one chain, ``o_chain [L+1, 18]``, ``a [L, 2]``, outputs
     ``[L, D]``: the block loop of :func:`tdlens.features.chain_features` (same
-    arguments, same cosines) with :func:`difference_features` in place of its
-    ``block_features``, so the values of chain_features followed by td_difference_.
+    arguments, by :func:`mean_arguments` for the closed form, same cosines) with
+    :func:`difference_features` in place of its ``block_features``, so the values of
+    chain_features followed by td_difference_.
     ``phi_out=None``: phi is not kept (each block's goes to a scratch buffer)."""
     L = a.shape[0]
     D, D_base, dtype = maps.D, maps.D - NUM_EXTRA, maps.dtype
@@ -153,7 +179,8 @@ def chain_differences(
             rows, C_lo = hi - lo, C[lo - start : hi - start + 1]
             args = _buffer(scratch, "args", ((J + 1) * rows, D_base), dtype)
             args = args.reshape(J + 1, rows, D_base)
-            block_arguments(C_lo, maps.bias, maps.W_act, a32[lo:hi], draws32[lo:hi], args)
+            arguments = mean_arguments if next_actions.exact else block_arguments
+            arguments(C_lo, maps.bias, maps.W_act, a32[lo:hi], draws32[lo:hi], args)
             np.cos(args, out=args)
             phi_b = (
                 phi_out[lo:hi] if phi_out is not None else _buffer(scratch, "phi", (rows, D), dtype)
