@@ -1,0 +1,71 @@
+"""The probe chains' noise kept between rounds (tdlens.probes.common.NoiseStore, issue
+28): under common random numbers a round reuses the previous round's noise, which is
+what drawing it again gives bit for bit; without them every round draws afresh."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from probe_testlib import snapshot, tiny_config
+
+from tdlens.probes.common import NoiseStore, draw_group_noise, plan_chains, roll_chains
+from tdlens.probes.manager import ProbeManager
+
+NOISE_FIELDS = ("reset", "z_act", "z_env", "u_env", "z_next")
+
+
+def _assert_same_noise(a, b):
+    for name in NOISE_FIELDS:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+@pytest.mark.parametrize("crn", [True, False])
+def test_store_hands_back_the_noise_a_fresh_draw_gives(crn):
+    cfg = tiny_config(f"probes.common_random_numbers={str(crn).lower()}")
+    specs = tuple(plan_chains(cfg).stability)
+    store = NoiseStore(cfg)
+    first = store.noise(specs, 0)
+    later = store.noise(specs, 5)
+    _assert_same_noise(first, draw_group_noise(cfg, specs, 0))
+    _assert_same_noise(later, draw_group_noise(cfg, specs, 5))
+    assert (later is first) == crn  # kept under CRN, drawn afresh without
+    if not crn:
+        assert not np.array_equal(later.z_act, first.z_act)
+
+
+def test_rolled_chains_from_the_store_equal_those_drawn_afresh():
+    cfg = tiny_config()
+    maps, result = snapshot(cfg)
+    specs = plan_chains(cfg).specs()
+    store = NoiseStore(cfg)
+    roll_chains(cfg, maps, result.params, specs, 0, store)
+    kept = roll_chains(cfg, maps, result.params, specs, 3, store)
+    fresh = roll_chains(cfg, maps, result.params, specs, 3)
+    for g_kept, g_fresh in zip(kept.groups, fresh.groups, strict=True):
+        _assert_same_noise(g_kept.noise, g_fresh.noise)
+        np.testing.assert_array_equal(g_kept.paths.o, g_fresh.paths.o)
+        np.testing.assert_array_equal(g_kept.paths.m_eval, g_fresh.paths.m_eval)
+    with pytest.raises(ValueError, match="another run config"):
+        roll_chains(tiny_config(), maps, result.params, specs, 3, store)
+
+
+def test_a_managers_second_round_equals_a_fresh_managers():
+    """The store is a cache: the second round of a manager (noise kept) writes what a new
+    manager's first round at that iteration (noise drawn) writes, rows and arrays."""
+    cfg = tiny_config("probes.fixed_point.enabled=false")  # its state differs by design
+    maps, result = snapshot(cfg)
+
+    def run(manager, n):
+        return manager.run(n, result.params, result.delta, result.metrics["td_loss"], "every")
+
+    manager = ProbeManager(cfg, maps)
+    run(manager, 0)
+    second, fresh = run(manager, 5), run(ProbeManager(cfg, maps), 5)
+    assert second.rows == fresh.rows
+    assert second.arrays.keys() == fresh.arrays.keys()
+    for key, array in second.arrays.items():
+        parts = array if isinstance(array, dict) else {"": array}  # an .npz: named arrays
+        ref = fresh.arrays[key] if isinstance(array, dict) else {"": fresh.arrays[key]}
+        assert parts.keys() == ref.keys()
+        for name in parts:
+            np.testing.assert_array_equal(parts[name], ref[name], err_msg=f"{key} {name}")
