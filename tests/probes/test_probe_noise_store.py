@@ -1,6 +1,7 @@
-"""The probe chains' noise kept between rounds (tdlens.probes.common.NoiseStore, issue
-28): under common random numbers a round reuses the previous round's noise, which is
-what drawing it again gives bit for bit; without them every round draws afresh."""
+"""The probe rollout (issue 28): the chains' noise kept between rounds
+(tdlens.probes.common.NoiseStore; under common random numbers a round reuses the
+previous round's noise, which is what drawing it again gives bit for bit; without them
+every round draws afresh), and the groups' roll-outs side by side on threads."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import numpy as np
 import pytest
 from probe_testlib import snapshot, tiny_config
 
+from tdlens.features import make_feature_maps
 from tdlens.probes.common import NoiseStore, draw_group_noise, plan_chains, roll_chains
 from tdlens.probes.manager import ProbeManager
+from tdlens.rollout import roll_out
 
 NOISE_FIELDS = ("reset", "z_act", "z_env", "u_env", "z_next")
 
@@ -69,3 +72,32 @@ def test_a_managers_second_round_equals_a_fresh_managers():
         assert parts.keys() == ref.keys()
         for name in parts:
             np.testing.assert_array_equal(parts[name], ref[name], err_msg=f"{key} {name}")
+
+
+def test_groups_rolled_side_by_side_equal_one_roll_out_per_group():
+    """80 columns of 32 steps (split in two parts on 2 and 3 threads), the
+    distribution's chains and the long rho chains (512 steps): every group's paths equal
+    one roll_out call over the group, on 1, 2 and 3 threads."""
+    base = tiny_config("probes.stability.k_mc=8")
+    maps, result = snapshot(base)
+    params = result.params
+    specs = plan_chains(base).specs()
+    reference = None
+    for threads in (1, 2, 3):
+        cfg = base.model_copy(update={"threads": threads})
+        maps = make_feature_maps(cfg)
+        rolled = roll_chains(cfg, maps, params, specs, 2)
+        if reference is None:
+            assert sum(s.columns for s in rolled.groups[0].specs) >= 64  # split in two
+            reference = []
+            for g in rolled.groups:
+                on_pi = np.array([s.policy == "pi" for s in g.specs for _ in range(s.columns)])
+                theta = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
+                evals = np.stack([params.theta_mu, params.theta_pi])
+                reference.append(
+                    roll_out(cfg, maps, theta, g.sigma_mu, g.noise, evals, keep_psi=False)
+                )
+        for g, ref in zip(rolled.groups, reference, strict=True):
+            for name in ("o", "m_mu", "u", "a", "a_unclipped", "m_eval"):
+                got, want = getattr(g.paths, name), getattr(ref, name)
+                np.testing.assert_array_equal(got, want, err_msg=f"{name} threads={threads}")

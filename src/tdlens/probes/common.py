@@ -30,6 +30,7 @@ instead of N). Features are built later per chain group with
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -40,9 +41,19 @@ from tdlens.config import FixedPointConfig, RunConfig, StabilityConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
 from tdlens.probes.td_features import DifferenceBatch, difference_batch
-from tdlens.rollout import ChainNoise, Paths, TDBatch, draw_noise, roll_out_threads, td_batch
+from tdlens.rollout import (
+    SPLIT_COLUMNS,
+    ChainNoise,
+    Paths,
+    TDBatch,
+    concat_paths,
+    draw_noise,
+    roll_out,
+    td_batch,
+)
 from tdlens.schema import BATCH_RHO_COLUMNS
 from tdlens.seeding import stream
+from tdlens.threads import parallel_map
 
 AUX_CHAIN = 1_000_000
 """First chain index used for a probe's auxiliary (non-environment) draws."""
@@ -288,6 +299,12 @@ def draw_group_noise(cfg: RunConfig, specs: Sequence[ChainSpec], n: int) -> Chai
     return _concat_noise([draw_noise(s.rngs(cfg, n), s.T, cfg) for s in specs])
 
 
+STEP_COST_COLUMNS = 6
+"""A rollout step's fixed cost (the per-step NumPy and kernel calls, ~7 us at the seed
+settings) in units of one column's (~1.3 us): how :func:`roll_chains` weighs a long
+chain of few columns against a short batch of many."""
+
+
 def roll_chains(
     cfg: RunConfig,
     maps: FeatureMaps,
@@ -296,12 +313,19 @@ def roll_chains(
     n: int,
     store: NoiseStore | None = None,
 ) -> RolledChains:
-    """Roll out every chain of `specs`, one call per distinct length T, each chain under
-    its own policy.
+    """Roll out every chain of `specs`, one :func:`tdlens.rollout.roll_out` per distinct
+    length T (or per part of one, below), each chain under its own policy.
 
     Chain noise comes from :meth:`ChainSpec.rngs` (one generator per column), drawn for
     its own length T (so it does not depend on which other chains share the call), or
     from `store` (the same numbers, kept from an earlier round, :class:`NoiseStore`).
+    The roll-outs run on ``maps.threads`` threads side by side, longest first (about
+    ``T (STEP_COST_COLUMNS + columns)``): a group of many columns split into contiguous
+    parts of at least ``SPLIT_COLUMNS`` (as :func:`tdlens.rollout.roll_out_threads`), the
+    long chains of few columns (the distribution's rho chain, the rho audit, 4096 steps
+    each at the seed settings) beside it instead of after it. A chain's path depends only
+    on its own noise and policy, so the paths are those of one call per group, bit for
+    bit, whatever the threads.
     """
     specs = tuple(specs)
     if len(set(specs)) != len(specs):
@@ -311,32 +335,53 @@ def roll_chains(
     by_length: dict[int, list[ChainSpec]] = {}
     for spec in specs:
         by_length.setdefault(spec.T, []).append(spec)
-    return RolledChains(
-        tuple(_roll_group(cfg, maps, params, tuple(g), n, store) for g in by_length.values())
-    )
+    groups = [tuple(g) for g in by_length.values()]
+    noises = [draw_group_noise(cfg, g, n) if store is None else store.noise(g, n) for g in groups]
+    policies = [_group_policies(cfg, params, g) for g in groups]
+    theta_eval = np.stack([params.theta_mu, params.theta_pi])
+    tasks = [
+        (i, cols.start, cols.stop)
+        for i, g in enumerate(groups)
+        for cols in _column_parts(sum(s.columns for s in g), maps.threads)
+    ]
+    tasks.sort(key=lambda t: -groups[t[0]][0].T * (STEP_COST_COLUMNS + t[2] - t[1]))
+
+    def roll(task: tuple[int, int, int]) -> Paths:
+        i, cols = task[0], slice(task[1], task[2])
+        theta_mu, sigma_mu = policies[i]
+        theta = theta_mu[cols] if theta_mu.ndim == 3 else theta_mu
+        noise = noises[i].take(cols)
+        return roll_out(cfg, maps, theta, sigma_mu[cols], noise, theta_eval, keep_psi=False)
+
+    paths = dict(zip(tasks, parallel_map(roll, tasks, maps.threads), strict=True))
+    rolled = []
+    for i, g in enumerate(groups):
+        parts = [paths[t] for t in sorted(t for t in paths if t[0] == i)]
+        group_paths = parts[0] if len(parts) == 1 else concat_paths(parts)
+        rolled.append(RolledGroup(g, group_paths, noises[i], policies[i][1]))
+    return RolledChains(tuple(rolled))
 
 
-def _roll_group(
-    cfg: RunConfig,
-    maps: FeatureMaps,
-    params: Params,
-    specs: tuple[ChainSpec, ...],
-    n: int,
-    store: NoiseStore | None = None,
-) -> RolledGroup:
-    """One :func:`tdlens.rollout.roll_out` call for chains of one length."""
-    noise = draw_group_noise(cfg, specs, n) if store is None else store.noise(specs, n)
+def _column_parts(columns: int, threads: int) -> list[slice]:
+    """Contiguous parts of a group's columns: up to `threads`, each of at least
+    ``SPLIT_COLUMNS`` (:func:`tdlens.rollout.roll_out_threads`' rule)."""
+    parts = max(1, min(threads, columns // SPLIT_COLUMNS))
+    bounds = np.linspace(0, columns, parts + 1).astype(int)
+    return [slice(int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
+
+
+def _group_policies(
+    cfg: RunConfig, params: Params, specs: tuple[ChainSpec, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Behaviour of a group's columns: ``theta [N, 2]`` shared (all under mu) or ``[B, N,
+    2]``, and ``sigma [B]``."""
     on_pi = np.array([s.policy == "pi" for s in specs for _ in range(s.columns)])
     sigma_mu = np.where(on_pi, cfg.sigma_pi, cfg.sigma_mu).astype(np.float64)
     if on_pi.any():
         theta_mu = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
     else:
         theta_mu = params.theta_mu
-    theta_eval = np.stack([params.theta_mu, params.theta_pi])
-    paths = roll_out_threads(
-        cfg, maps, theta_mu, sigma_mu, noise, maps.threads, theta_eval=theta_eval, keep_psi=False
-    )
-    return RolledGroup(specs=specs, paths=paths, noise=noise, sigma_mu=sigma_mu)
+    return theta_mu, sigma_mu
 
 
 @dataclass(frozen=True)
