@@ -75,13 +75,15 @@ def test_a_managers_second_round_equals_a_fresh_managers():
 
 
 def test_groups_rolled_side_by_side_equal_one_roll_out_per_group():
-    """80 columns of 32 steps (split in two parts on 2 and 3 threads), the
-    distribution's chains and the long rho chains (512 steps): every group's paths equal
-    one roll_out call over the group, on 1, 2 and 3 threads."""
+    """80 columns of 32 steps (split in two parts on 2 and 3 threads), the distribution's
+    chains and the long rho chains (512 steps): every group's paths equal one roll_out
+    call over the group recording both policies' means, on 1, 2 and 3 threads; a group
+    with no chain under pi records pi's means alone, its mu means being its m_mu."""
     base = tiny_config("probes.stability.k_mc=8")
     maps, result = snapshot(base)
     params = result.params
     specs = plan_chains(base).specs()
+    evals = np.stack([params.theta_mu, params.theta_pi])
     reference = None
     for threads in (1, 2, 3):
         cfg = base.model_copy(update={"threads": threads})
@@ -93,11 +95,18 @@ def test_groups_rolled_side_by_side_equal_one_roll_out_per_group():
             for g in rolled.groups:
                 on_pi = np.array([s.policy == "pi" for s in g.specs for _ in range(s.columns)])
                 theta = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
-                evals = np.stack([params.theta_mu, params.theta_pi])
                 reference.append(
                     roll_out(cfg, maps, theta, g.sigma_mu, g.noise, evals, keep_psi=False)
                 )
-        for g, ref in zip(rolled.groups, reference, strict=True):
-            for name in ("o", "m_mu", "u", "a", "a_unclipped", "m_eval"):
+        mixed = [any(s.policy == "pi" for s in g.specs) for g in rolled.groups]
+        assert mixed.count(True) == 1  # the distribution's chains
+        for g, ref, both in zip(rolled.groups, reference, mixed, strict=True):
+            for name in ("o", "m_mu", "u", "a", "a_unclipped"):
                 got, want = getattr(g.paths, name), getattr(ref, name)
                 np.testing.assert_array_equal(got, want, err_msg=f"{name} threads={threads}")
+            np.testing.assert_array_equal(g.paths.mean_under(params.theta_pi), ref.m_eval[:, :, 1])
+            if both:
+                np.testing.assert_array_equal(g.paths.m_eval, ref.m_eval)
+            else:
+                assert g.paths.theta_eval.shape[0] == 1
+                np.testing.assert_array_equal(g.paths.m_mu, ref.m_eval[:-1, :, 0])

@@ -319,11 +319,13 @@ def roll_chains(
     Chain noise comes from :meth:`ChainSpec.rngs` (one generator per column), drawn for
     its own length T (so it does not depend on which other chains share the call), or
     from `store` (the same numbers, kept from an earlier round, :class:`NoiseStore`).
-    The roll-outs run on ``maps.threads`` threads side by side, longest first (about
-    ``T (STEP_COST_COLUMNS + columns)``): a group of many columns split into contiguous
-    parts of at least ``SPLIT_COLUMNS`` (as :func:`tdlens.rollout.roll_out_threads`), the
-    long chains of few columns (the distribution's rho chain, the rho audit, 4096 steps
-    each at the seed settings) beside it instead of after it. A chain's path depends only
+    Each group records the means of pi at every state, and of mu where a chain acts
+    under pi (:func:`_recorded_means`). The roll-outs run on ``maps.threads`` threads
+    side by side, longest first (about ``T (STEP_COST_COLUMNS + columns)``): a group of
+    many columns split into contiguous parts of at least ``SPLIT_COLUMNS`` (as
+    :func:`tdlens.rollout.roll_out_threads`), the long chains of few columns (the
+    distribution's rho chain, the rho audit, 4096 steps each at the seed settings)
+    beside it instead of after it. A chain's path depends only
     on its own noise and policy, so the paths are those of one call per group, bit for
     bit, whatever the threads.
     """
@@ -338,7 +340,7 @@ def roll_chains(
     groups = [tuple(g) for g in by_length.values()]
     noises = [draw_group_noise(cfg, g, n) if store is None else store.noise(g, n) for g in groups]
     policies = [_group_policies(cfg, params, g) for g in groups]
-    theta_eval = np.stack([params.theta_mu, params.theta_pi])
+    evals = [_recorded_means(params, g) for g in groups]
     tasks = [
         (i, cols.start, cols.stop)
         for i, g in enumerate(groups)
@@ -351,7 +353,7 @@ def roll_chains(
         theta_mu, sigma_mu = policies[i]
         theta = theta_mu[cols] if theta_mu.ndim == 3 else theta_mu
         noise = noises[i].take(cols)
-        return roll_out(cfg, maps, theta, sigma_mu[cols], noise, theta_eval, keep_psi=False)
+        return roll_out(cfg, maps, theta, sigma_mu[cols], noise, evals[i], keep_psi=False)
 
     paths = dict(zip(tasks, parallel_map(roll, tasks, maps.threads), strict=True))
     rolled = []
@@ -368,6 +370,17 @@ def _column_parts(columns: int, threads: int) -> list[slice]:
     parts = max(1, min(threads, columns // SPLIT_COLUMNS))
     bounds = np.linspace(0, columns, parts + 1).astype(int)
     return [slice(int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
+
+
+def _recorded_means(params: Params, specs: tuple[ChainSpec, ...]) -> np.ndarray:
+    """The policies whose means a group's roll-out records at every state (``theta_eval
+    [E, N, 2]``, :meth:`tdlens.rollout.Paths.mean_under`): pi's, and mu's when a chain
+    of the group acts under pi. A chain acting under mu has mu's means already (its
+    ``m_mu``, the same bits), so a group of such chains records pi's alone (a third of a
+    step's policy dot products fewer); its ``mean_under(theta_mu)`` then raises."""
+    if any(s.policy == "pi" for s in specs):
+        return np.stack([params.theta_mu, params.theta_pi])
+    return params.theta_pi[None]
 
 
 def _group_policies(
