@@ -1,7 +1,7 @@
-"""The probe rollout (issue 28): the chains' noise kept between rounds
-(tdlens.probes.common.NoiseStore; under common random numbers a round reuses the
-previous round's noise, which is what drawing it again gives bit for bit; without them
-every round draws afresh), and the groups' roll-outs side by side on threads."""
+"""The probe rollout (issue 28): the chains' Generators kept between rounds
+(tdlens.probes.common.NoiseStore; under common random numbers a round rewinds the
+previous round's Generators, which draws what new ones would, bit for bit; without them
+every round creates its own), and the groups' roll-outs side by side on threads."""
 
 from __future__ import annotations
 
@@ -28,10 +28,13 @@ def test_store_hands_back_the_noise_a_fresh_draw_gives(crn):
     specs = tuple(plan_chains(cfg).stability)
     store = NoiseStore(cfg)
     first = store.noise(specs, 0)
+    rngs = store.rngs(specs[0], 0)
     later = store.noise(specs, 5)
+    again = store.noise(specs, 5)  # the kept Generators rewound once more
     _assert_same_noise(first, draw_group_noise(cfg, specs, 0))
     _assert_same_noise(later, draw_group_noise(cfg, specs, 5))
-    assert (later is first) == crn  # kept under CRN, drawn afresh without
+    _assert_same_noise(again, later)
+    assert (store.rngs(specs[0], 5)[0] is rngs[0]) == crn  # kept under CRN, new without
     if not crn:
         assert not np.array_equal(later.z_act, first.z_act)
 

@@ -269,28 +269,35 @@ def _concat_noise(parts: Sequence[ChainNoise]) -> ChainNoise:
 
 
 class NoiseStore:
-    """The chain noise of a run's probe rounds, kept from one round to the next by chain
-    group: under common random numbers (``key0 = 0`` at every iteration, the default) a
-    round's noise is the previous round's, bit for bit, and drawing it again (one
-    Generator per trajectory, 160 of them at the seed settings) cost ~25 ms of serial
-    CPU a round; without them (``key0 = n + 1``) each round draws afresh and replaces the
-    group's entry. Holds one entry per chain group (the seed settings: ~9 MB). One store
-    serves one run config; the arrays it hands out are shared between rounds and must
-    not be written to (no probe does)."""
+    """The Generators of a run's probe chains, kept from one round to the next and rewound
+    to their start before each use: under common random numbers (``key0 = 0`` at every
+    iteration, the default) a round draws the previous round's noise again, and creating
+    its Generators (one SeedSequence and PCG64 per trajectory, 160 at the seed settings)
+    cost ~10 ms of serial CPU a round; without them (``key0 = n + 1``) a chain's
+    Generators are created afresh and replace the kept ones. Holds the Generators and
+    their start states (a few hundred bytes each), not the noise: the noise kept between
+    rounds (12.6 MiB at the seed settings) raised the seed run's peak RSS by ~8 MiB. One
+    store serves one run config."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
-        self._groups: dict[tuple[ChainSpec, ...], tuple[int, ChainNoise]] = {}
+        self._kept: dict[ChainSpec, tuple[int, list[np.random.Generator], list[dict]]] = {}
+
+    def rngs(self, spec: ChainSpec, n: int) -> list[np.random.Generator]:
+        """:meth:`ChainSpec.rngs` of `spec` at iteration `n`, each at its start state."""
+        key0 = stream_key(self.cfg, n)
+        kept = self._kept.get(spec)
+        if kept is None or kept[0] != key0:
+            rngs = spec.rngs(self.cfg, n)
+            kept = self._kept[spec] = (key0, rngs, [r.bit_generator.state for r in rngs])
+        for rng, state in zip(kept[1], kept[2], strict=True):
+            rng.bit_generator.state = state
+        return kept[1]
 
     def noise(self, specs: tuple[ChainSpec, ...], n: int) -> ChainNoise:
-        """The noise of the chains `specs` (one length T) at iteration `n`."""
-        key0 = stream_key(self.cfg, n)
-        kept = self._groups.get(specs)
-        if kept is not None and kept[0] == key0:
-            return kept[1]
-        noise = draw_group_noise(self.cfg, specs, n)
-        self._groups[specs] = (key0, noise)
-        return noise
+        """The noise of the chains `specs` (one length T) at iteration `n`: that of
+        :func:`draw_group_noise`, bit for bit."""
+        return _concat_noise([draw_noise(self.rngs(s, n), s.T, self.cfg) for s in specs])
 
 
 def draw_group_noise(cfg: RunConfig, specs: Sequence[ChainSpec], n: int) -> ChainNoise:
@@ -319,7 +326,8 @@ def roll_chains(
 
     Chain noise comes from :meth:`ChainSpec.rngs` (one generator per column), drawn for
     its own length T (so it does not depend on which other chains share the call), or
-    from `store` (the same numbers, kept from an earlier round, :class:`NoiseStore`).
+    from `store` (the same numbers, its Generators kept from an earlier round,
+    :class:`NoiseStore`).
     Each group records the means of pi at every state, and of mu where a chain acts
     under pi (:func:`_recorded_means`). The roll-outs run on ``maps.threads`` threads
     side by side, longest first (about ``T (STEP_COST_COLUMNS + columns)``): a group of
