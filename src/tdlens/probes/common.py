@@ -198,17 +198,16 @@ class RolledChains:
         specs: Sequence[ChainSpec],
         theta_pi: np.ndarray,
         workspace: Workspace | None = None,
-        capacity: int = 0,
     ) -> DifferenceBatch:
         """What the critic probes read of batches that share one length T (``phi, dphi``,
-        r and the ratios, :func:`tdlens.probes.td_features.difference_batch`, whose
-        `capacity` this passes on), columns as in :meth:`td_batch`: its phi, r and
-        ratios, and ``dphi = phi - gamma bar_phi``."""
+        r and the ratios, :func:`tdlens.probes.td_features.difference_batch`), columns as
+        in :meth:`td_batch`: its phi, r and ratios, and ``dphi = phi - gamma bar_phi``."""
         group, chains, T = self._shared_length(specs)
         paths = truncate_paths(group.paths.take(chains), T)
         noise = truncate_noise(group.noise.take(chains), T)
-        sigma_mu = group.sigma_mu[chains]
-        return difference_batch(cfg, maps, paths, noise, theta_pi, sigma_mu, workspace, capacity)
+        return difference_batch(
+            cfg, maps, paths, noise, theta_pi, group.sigma_mu[chains], workspace
+        )
 
     def _shared_length(
         self, specs: Sequence[ChainSpec]

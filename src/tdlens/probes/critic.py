@@ -476,18 +476,12 @@ def critic_probes(
     free_chains = [c for c in chains if not _explicit(c, plan)]
     free_groups = feature_groups(free_chains, max(1, maps.threads))
     if len(free_groups) > 1 and len(free_groups[-1]) < len(free_groups[0]):
-        # a short last group goes first: its features need only the pages of the
-        # feature buffers that the explicit chain's faulted in
+        # a short last group goes first: its features take the explicit chain's buffers
+        # (same shape) instead of being allocated afresh after the full groups'
         free_groups.insert(0, free_groups.pop())
-    # one pair of feature buffers for every group, sized for the widest: a narrower group
-    # takes its first columns, whose pages an earlier group already faulted in (the
-    # rest stay untouched, so not resident, until a wide group needs them)
-    capacity = max((sum(s.columns for s in g) for g in explicit_chains + free_groups), default=0)
     for group in explicit_chains + free_groups:
         start = time.perf_counter()
-        batch = rolled.difference_batch(
-            probe_cfg, maps, group, params.theta_pi, workspace, capacity
-        )
+        batch = rolled.difference_batch(probe_cfg, maps, group, params.theta_pi, workspace)
         share = (time.perf_counter() - start) / len(group)
         views = [
             batch_view(cfg, batch, cols, spec)

@@ -220,23 +220,19 @@ def difference_batch(
     theta_pi: np.ndarray,
     sigma_mu: np.ndarray,
     workspace: Workspace | None = None,
-    capacity: int = 0,
 ) -> DifferenceBatch:
     """:class:`DifferenceBatch` of rolled-out chains (``paths`` time-major ``[T(+1), B,
     ...]``), with ``cfg.bar_phi``'s estimator and ``cfg.gamma``: the phi, r, rho and
     rho_raw of :func:`tdlens.rollout.td_batch` and ``dphi = phi - gamma bar_phi``, bit for
     bit, chains on ``maps.threads`` threads. With a `workspace` phi and dphi live in its
-    buffers :data:`DIFFERENCE_BUFFERS` (valid until their next request), of at least
-    `capacity` chains (phi and dphi are their first B: batches of different widths
-    share one pair of buffers instead of each allocating and page-faulting its own)."""
+    buffers :data:`DIFFERENCE_BUFFERS` (valid until their next request)."""
     T, B = paths.u.shape[:2]
     base = td_batch(cfg, maps, paths, noise, theta_pi, sigma_mu, with_features=False)
     o, a_exec = base.o, np.ascontiguousarray(np.swapaxes(paths.a, 0, 1))
     nexts = next_actions(cfg, paths, noise, theta_pi)
     ws = Workspace() if workspace is None else workspace
-    shape = (max(B, capacity), T, maps.D)
-    phi = ws.array(DIFFERENCE_BUFFERS[0], shape, maps.dtype)[:B]
-    dphi = ws.array(DIFFERENCE_BUFFERS[1], shape, maps.dtype)[:B]
+    phi = ws.array(DIFFERENCE_BUFFERS[0], (B, T, maps.D), maps.dtype)
+    dphi = ws.array(DIFFERENCE_BUFFERS[1], (B, T, maps.D), maps.dtype)
     r = np.empty((B, T))
 
     def one(b: int) -> None:
