@@ -75,7 +75,7 @@ def difference_features(
     J1, R, D = cosines.shape
     for i in range(R):
         p, d, c0 = phi_out[i], dphi_out[i], cosines[0, i]
-        if J1 == 2:  # the closed-form bar_phi: one "draw", the mean
+        if J1 == 2:  # one next action: the closed form's mean (or K_mc = 1)
             c1 = cosines[1, i]
             for j in range(D):
                 phi = c0[j] * scale[j]
