@@ -79,7 +79,9 @@ CPU_STAGES = {
     ("tdlens.probes.critic", "cf.counterfactuals"): "counterfactuals",
     ("tdlens.probes.critic", "spectral_intervals"): "spectral_ci",
     ("tdlens.probes.critic", "_matrix_free_chains"): "power_matrix_free",
-    ("tdlens.probes.common", "RolledChains.td_batch"): "critic_features",
+    # phi and dphi of the critic chains (before session 9: td_batch, whose bar_phi
+    # batch_view then turned into dphi outside any stage)
+    ("tdlens.probes.common", "RolledChains.difference_batch"): "critic_features",
     # the trainer's Monte Carlo TD errors of the fixed-point batch for U (probes.bar_phi)
     ("tdlens.probes.critic", "trainer_td_errors"): "trainer_td_errors",
     ("tdlens.probes.distribution", "run_round"): "distribution",

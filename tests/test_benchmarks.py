@@ -138,3 +138,11 @@ def test_bench_issue28_tabulates_two_codes(tmp_path):
     }
     for cells in rows.values():
         assert all(float(c.strip(" |")) > 0 for c in cells), cells
+
+
+def test_bench_probe_features_times_each_stage(tmp_path):
+    """The probe chains' features benchmark (issue 28, session 9) prints each stage."""
+    out = run_script("bench_probe_features.py", "--reps", "2", *_sets(TINY), cwd=tmp_path)
+    assert out.startswith("machine: ")
+    for stage in ("rollout", "rollout_wall", "features", "trainer"):
+        assert f"{stage}: min " in out, out[-2000:]

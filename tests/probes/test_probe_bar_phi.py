@@ -118,12 +118,12 @@ def test_update_noise_factor_stays_the_trainers_with_closed_form_probe_features(
     maps, params, spec, rolled = _fixed_batch(cfg)
     (cols,) = batch_slices([spec])
     w = np.random.default_rng(3).standard_normal(maps.D) * 3.0
-    mc = batch_view(cfg, rolled.td_batch(cfg, maps, [spec], params.theta_pi), cols, spec)
+    mc = batch_view(cfg, rolled.difference_batch(cfg, maps, [spec], params.theta_pi), cols, spec)
     closed = batch_view(
-        cfg, rolled.td_batch(probe_config(cfg), maps, [spec], params.theta_pi), cols, spec
+        cfg, rolled.difference_batch(probe_config(cfg), maps, [spec], params.theta_pi), cols, spec
     )
     np.testing.assert_array_equal(mc.phi_t, closed.phi_t)
-    delta = trainer_td_errors(cfg, maps, rolled, spec, params.theta_pi, w)
+    delta = trainer_td_errors(cfg, maps, rolled, spec, params.theta_pi, w, closed.r_t)
     ref = mc.r_t - (mc.dphi_t.astype(np.float64) @ w) / math.sqrt(maps.D)
     np.testing.assert_allclose(delta, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
     size = mc.cluster_size
@@ -164,6 +164,7 @@ def test_a_round_builds_U_from_the_trainers_td_errors_and_same_as_training_from_
             assert delta is None
             continue
         (cols,) = batch_slices([spec])
-        mc = batch_view(cfg, rolled.td_batch(cfg, maps, [spec], params.theta_pi), cols, spec)
+        batch = rolled.difference_batch(cfg, maps, [spec], params.theta_pi)
+        mc = batch_view(cfg, batch, cols, spec)
         ref = mc.r_t - (mc.dphi_t.astype(np.float64) @ w_sharp) / math.sqrt(maps.D)
         np.testing.assert_allclose(delta, ref, rtol=0, atol=1e-6 * np.abs(ref).max())

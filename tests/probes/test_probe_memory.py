@@ -59,13 +59,13 @@ def test_explicit_chain_has_its_feature_group_alone(round_inputs, monkeypatch):
     short group first (its features reuse the explicit chain's buffers)."""
     cfg, maps, result, plan, rolled = round_inputs
     calls: list[int] = []
-    td_batch = common.RolledChains.td_batch
+    difference_batch = common.RolledChains.difference_batch
 
     def spy(self, cfg, maps, specs, *args, **kwargs):
         calls.append(len(specs))
-        return td_batch(self, cfg, maps, specs, *args, **kwargs)
+        return difference_batch(self, cfg, maps, specs, *args, **kwargs)
 
-    monkeypatch.setattr(common.RolledChains, "td_batch", spy)
+    monkeypatch.setattr(common.RolledChains, "difference_batch", spy)
     critic.critic_probes(cfg, maps, rolled, plan, result.params, 0, None, Workspace())
     assert plan.shared and len(plan.stability) == 4
     assert calls == [1, 1, 2]  # chain 0 alone, then chain 3, then chains 1 and 2

@@ -30,6 +30,7 @@ instead of N). Features are built later per chain group with
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -39,9 +40,20 @@ import numpy as np
 from tdlens.config import FixedPointConfig, RunConfig, StabilityConfig
 from tdlens.features import FeatureMaps, Workspace
 from tdlens.learner import Params
-from tdlens.rollout import ChainNoise, Paths, TDBatch, draw_noise, roll_out_threads, td_batch
+from tdlens.probes.td_features import DifferenceBatch, difference_batch
+from tdlens.rollout import (
+    SPLIT_COLUMNS,
+    ChainNoise,
+    Paths,
+    TDBatch,
+    concat_paths,
+    draw_noise,
+    roll_out,
+    td_batch,
+)
 from tdlens.schema import BATCH_RHO_COLUMNS
 from tdlens.seeding import stream
+from tdlens.threads import parallel_map
 
 AUX_CHAIN = 1_000_000
 """First chain index used for a probe's auxiliary (non-environment) draws."""
@@ -172,19 +184,43 @@ class RolledChains:
     ) -> TDBatch:
         """TD batch ``[sum of columns, T, ...]`` of batches that share one length T, their
         columns in the order of `specs` (see :func:`batch_slices`)."""
-        lengths = {s.T for s in specs}
-        if len(lengths) != 1:
-            raise ValueError(f"chains of one TD batch must share T, got {sorted(lengths)}")
-        T = lengths.pop()
-        group = self.group(specs[0])
-        idx = [i for s in specs for i in range(group.index(s), group.index(s) + s.columns)]
-        contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
-        chains = slice(idx[0], idx[0] + len(idx)) if contiguous else idx
+        group, chains, T = self._shared_length(specs)
         paths = truncate_paths(group.paths.take(chains), T)
         noise = truncate_noise(group.noise.take(chains), T)
         return td_batch(
             cfg, maps, paths, noise, theta_pi, group.sigma_mu[chains], with_features, workspace
         )
+
+    def difference_batch(
+        self,
+        cfg: RunConfig,
+        maps: FeatureMaps,
+        specs: Sequence[ChainSpec],
+        theta_pi: np.ndarray,
+        workspace: Workspace | None = None,
+    ) -> DifferenceBatch:
+        """What the critic probes read of batches that share one length T (``phi, dphi``,
+        r and the ratios, :func:`tdlens.probes.td_features.difference_batch`), columns as
+        in :meth:`td_batch`: its phi, r and ratios, and ``dphi = phi - gamma bar_phi``."""
+        group, chains, T = self._shared_length(specs)
+        paths = truncate_paths(group.paths.take(chains), T)
+        noise = truncate_noise(group.noise.take(chains), T)
+        return difference_batch(
+            cfg, maps, paths, noise, theta_pi, group.sigma_mu[chains], workspace
+        )
+
+    def _shared_length(
+        self, specs: Sequence[ChainSpec]
+    ) -> tuple[RolledGroup, slice | list[int], int]:
+        """The group of `specs`, their rollout columns in order (a slice when contiguous)
+        and their common length T."""
+        lengths = {s.T for s in specs}
+        if len(lengths) != 1:
+            raise ValueError(f"chains of one TD batch must share T, got {sorted(lengths)}")
+        group = self.group(specs[0])
+        idx = [i for s in specs for i in range(group.index(s), group.index(s) + s.columns)]
+        contiguous = idx == list(range(idx[0], idx[0] + len(idx)))
+        return group, slice(idx[0], idx[0] + len(idx)) if contiguous else idx, lengths.pop()
 
 
 def batch_slices(specs: Sequence[ChainSpec]) -> list[slice]:
@@ -231,41 +267,142 @@ def _concat_noise(parts: Sequence[ChainNoise]) -> ChainNoise:
     )
 
 
+class NoiseStore:
+    """The Generators of a run's probe chains, kept from one round to the next and rewound
+    to their start before each use: under common random numbers (``key0 = 0`` at every
+    iteration, the default) a round draws the previous round's noise again, and creating
+    its Generators (one SeedSequence and PCG64 per trajectory, 160 at the seed settings)
+    cost ~10 ms of serial CPU a round; without them (``key0 = n + 1``) a chain's
+    Generators are created afresh and replace the kept ones. Holds the Generators and
+    their start states (a few hundred bytes each), not the noise: the noise kept between
+    rounds (12.6 MiB at the seed settings) raised the seed run's peak RSS by ~8 MiB. One
+    store serves one run config."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self._kept: dict[ChainSpec, tuple[int, list[np.random.Generator], list[dict]]] = {}
+
+    def rngs(self, spec: ChainSpec, n: int) -> list[np.random.Generator]:
+        """:meth:`ChainSpec.rngs` of `spec` at iteration `n`, each at its start state."""
+        key0 = stream_key(self.cfg, n)
+        kept = self._kept.get(spec)
+        if kept is None or kept[0] != key0:
+            rngs = spec.rngs(self.cfg, n)
+            kept = self._kept[spec] = (key0, rngs, [r.bit_generator.state for r in rngs])
+        for rng, state in zip(kept[1], kept[2], strict=True):
+            rng.bit_generator.state = state
+        return kept[1]
+
+    def noise(self, specs: tuple[ChainSpec, ...], n: int) -> ChainNoise:
+        """The noise of the chains `specs` (one length T) at iteration `n`: that of
+        :func:`draw_group_noise`, bit for bit."""
+        return _concat_noise([draw_noise(self.rngs(s, n), s.T, self.cfg) for s in specs])
+
+
+def draw_group_noise(cfg: RunConfig, specs: Sequence[ChainSpec], n: int) -> ChainNoise:
+    """Noise of chains of one length T, side by side in the order of `specs`, each drawn
+    from :meth:`ChainSpec.rngs` for its own length (so it does not depend on which other
+    chains share the group)."""
+    return _concat_noise([draw_noise(s.rngs(cfg, n), s.T, cfg) for s in specs])
+
+
+STEP_COST_COLUMNS = 6
+"""A rollout step's fixed cost (the per-step NumPy and kernel calls, ~7 us at the seed
+settings) in units of one column's (~1.3 us): how :func:`roll_chains` weighs a long
+chain of few columns against a short batch of many."""
+
+
 def roll_chains(
-    cfg: RunConfig, maps: FeatureMaps, params: Params, specs: Sequence[ChainSpec], n: int
+    cfg: RunConfig,
+    maps: FeatureMaps,
+    params: Params,
+    specs: Sequence[ChainSpec],
+    n: int,
+    store: NoiseStore | None = None,
 ) -> RolledChains:
-    """Roll out every chain of `specs`, one call per distinct length T, each chain under
-    its own policy.
+    """Roll out every chain of `specs`, one :func:`tdlens.rollout.roll_out` per distinct
+    length T (or per part of one, below), each chain under its own policy.
 
     Chain noise comes from :meth:`ChainSpec.rngs` (one generator per column), drawn for
-    its own length T (so it does not depend on which other chains share the call).
+    its own length T (so it does not depend on which other chains share the call), or
+    from `store` (the same numbers, its Generators kept from an earlier round,
+    :class:`NoiseStore`).
+    Each group records the means of pi at every state, and of mu where a chain acts
+    under pi (:func:`_recorded_means`). The roll-outs run on ``maps.threads`` threads
+    side by side, longest first (about ``T (STEP_COST_COLUMNS + columns)``): a group of
+    many columns split into contiguous parts of at least ``SPLIT_COLUMNS`` (as
+    :func:`tdlens.rollout.roll_out_threads`), the long chains of few columns (the
+    distribution's rho chain, the rho audit, 4096 steps each at the seed settings)
+    beside it instead of after it. A chain's path depends only
+    on its own noise and policy, so the paths are those of one call per group, bit for
+    bit, whatever the threads.
     """
     specs = tuple(specs)
     if len(set(specs)) != len(specs):
         raise ValueError("duplicate chain specs")
+    if store is not None and store.cfg is not cfg:
+        raise ValueError("the noise store belongs to another run config")
     by_length: dict[int, list[ChainSpec]] = {}
     for spec in specs:
         by_length.setdefault(spec.T, []).append(spec)
-    return RolledChains(tuple(_roll_group(cfg, maps, params, g, n) for g in by_length.values()))
+    groups = [tuple(g) for g in by_length.values()]
+    noises = [draw_group_noise(cfg, g, n) if store is None else store.noise(g, n) for g in groups]
+    policies = [_group_policies(cfg, params, g) for g in groups]
+    evals = [_recorded_means(params, g) for g in groups]
+    tasks = [
+        (i, cols.start, cols.stop)
+        for i, g in enumerate(groups)
+        for cols in _column_parts(sum(s.columns for s in g), maps.threads)
+    ]
+    tasks.sort(key=lambda t: -groups[t[0]][0].T * (STEP_COST_COLUMNS + t[2] - t[1]))
+
+    def roll(task: tuple[int, int, int]) -> Paths:
+        i, cols = task[0], slice(task[1], task[2])
+        theta_mu, sigma_mu = policies[i]
+        theta = theta_mu[cols] if theta_mu.ndim == 3 else theta_mu
+        noise = noises[i].take(cols)
+        return roll_out(cfg, maps, theta, sigma_mu[cols], noise, evals[i], keep_psi=False)
+
+    paths = dict(zip(tasks, parallel_map(roll, tasks, maps.threads), strict=True))
+    rolled = []
+    for i, g in enumerate(groups):
+        parts = [paths[t] for t in sorted(t for t in paths if t[0] == i)]
+        group_paths = parts[0] if len(parts) == 1 else concat_paths(parts)
+        rolled.append(RolledGroup(g, group_paths, noises[i], policies[i][1]))
+    return RolledChains(tuple(rolled))
 
 
-def _roll_group(
-    cfg: RunConfig, maps: FeatureMaps, params: Params, specs: list[ChainSpec], n: int
-) -> RolledGroup:
-    """One :func:`tdlens.rollout.roll_out` call for chains of one length."""
-    T = specs[0].T
-    noise = _concat_noise([draw_noise(s.rngs(cfg, n), T, cfg) for s in specs])
+def _column_parts(columns: int, threads: int) -> list[slice]:
+    """Contiguous parts of a group's columns: up to `threads`, each of at least
+    ``SPLIT_COLUMNS`` (:func:`tdlens.rollout.roll_out_threads`' rule)."""
+    parts = max(1, min(threads, columns // SPLIT_COLUMNS))
+    bounds = np.linspace(0, columns, parts + 1).astype(int)
+    return [slice(int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)]
+
+
+def _recorded_means(params: Params, specs: tuple[ChainSpec, ...]) -> np.ndarray:
+    """The policies whose means a group's roll-out records at every state (``theta_eval
+    [E, N, 2]``, :meth:`tdlens.rollout.Paths.mean_under`): pi's, and mu's when a chain
+    of the group acts under pi. A chain acting under mu has mu's means already (its
+    ``m_mu``, the same bits), so a group of such chains records pi's alone (a third of a
+    step's policy dot products fewer); its ``mean_under(theta_mu)`` then raises."""
+    if any(s.policy == "pi" for s in specs):
+        return np.stack([params.theta_mu, params.theta_pi])
+    return params.theta_pi[None]
+
+
+def _group_policies(
+    cfg: RunConfig, params: Params, specs: tuple[ChainSpec, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Behaviour of a group's columns: ``theta [N, 2]`` shared (all under mu) or ``[B, N,
+    2]``, and ``sigma [B]``."""
     on_pi = np.array([s.policy == "pi" for s in specs for _ in range(s.columns)])
     sigma_mu = np.where(on_pi, cfg.sigma_pi, cfg.sigma_mu).astype(np.float64)
     if on_pi.any():
         theta_mu = np.stack([params.theta_pi if p else params.theta_mu for p in on_pi])
     else:
         theta_mu = params.theta_mu
-    theta_eval = np.stack([params.theta_mu, params.theta_pi])
-    paths = roll_out_threads(
-        cfg, maps, theta_mu, sigma_mu, noise, maps.threads, theta_eval=theta_eval, keep_psi=False
-    )
-    return RolledGroup(specs=tuple(specs), paths=paths, noise=noise, sigma_mu=sigma_mu)
+    return theta_mu, sigma_mu
 
 
 @dataclass(frozen=True)

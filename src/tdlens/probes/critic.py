@@ -3,7 +3,8 @@
 The two probes share their most expensive pieces. Their chains (the fixed-point batch and
 the k_mc stability batches, the fixed-point batch doubling as stability batch 0 when the
 batch sizes agree, see :class:`tdlens.probes.common.RoundPlan`) get their features in
-groups, one group alive at a time (``phi, bar_phi [g, T, D]`` in the workspace): a chain
+groups, one group alive at a time (``phi, dphi [g, T, D]`` in the workspace, written
+straight from the feature blocks, :mod:`tdlens.probes.td_features`): a chain
 whose A is formed explicitly alone (``g = 1``; its A, halves, factorisations and
 predictions are the round's largest arrays, all released when it is done), the
 matrix-free chains ``maps.threads`` at a time. Per chain:
@@ -40,6 +41,7 @@ from tdlens.probes import expected as ex
 from tdlens.probes import fixed_point as fp
 from tdlens.probes import spectrum as sp
 from tdlens.probes import stability as st
+from tdlens.probes import td_features as td
 from tdlens.probes.common import (
     ChainSpec,
     RolledChains,
@@ -53,20 +55,20 @@ from tdlens.probes.common import (
 )
 from tdlens.probes.registry import RoundContext
 from tdlens.probes.spectral_ci import spectral_intervals
-from tdlens.rollout import TDBatch, td_batch
 from tdlens.threads import limit_threads, parallel_map
 
 BOOTSTRAP_PURPOSE = 500_000
 """Auxiliary-stream purpose of the spectral bootstrap (power iterations use 1 + k)."""
 A32_BUFFER = "critic.A32"
 """Workspace name of the float32 copy of A (:func:`spectrum_of`)."""
-FEATURE_BUFFERS = ("phi", "bar_phi")
-"""Workspace names of a TD batch's features (:func:`tdlens.rollout.td_batch`)."""
+FEATURE_BUFFERS = td.DIFFERENCE_BUFFERS
+"""Workspace names of a probe batch's features (:func:`tdlens.probes.td_features.
+difference_batch`)."""
 
 
 @dataclass(frozen=True)
 class BatchView:
-    """One probe batch flattened to samples: ``phi_t, dphi_t [n, D]`` (views of the TD
+    """One probe batch flattened to samples: ``phi_t, dphi_t [n, D]`` (views of the
     batch's arrays; ``dphi_t = phi_t - gamma bar_phi_tp1``), ``rho_t, rho_raw_t, r_t [n]``,
     and the samples per cluster (trajectory, or ``horizon``-step block of a continuing
     chain) for intervals and the update noise. ``trainer_delta(w) [n]``: the per-sample
@@ -83,10 +85,10 @@ class BatchView:
     trainer_delta: Callable[[np.ndarray], np.ndarray] | None = None
 
 
-def batch_view(cfg: RunConfig, batch: TDBatch, cols: slice, spec: ChainSpec) -> BatchView:
-    """The samples of `spec` (columns `cols` of `batch`), trajectory-major. Consumes the
-    batch's bar_phi there: ``dphi_t`` is written over it in place
-    (:func:`tdlens.probes.fixed_point.td_difference_`; the probes read only dphi_t)."""
+def batch_view(
+    cfg: RunConfig, batch: td.DifferenceBatch, cols: slice, spec: ChainSpec
+) -> BatchView:
+    """The samples of `spec` (columns `cols` of `batch`), trajectory-major (views)."""
     D = batch.phi.shape[-1]
     n = spec.samples
     if spec.trajectories:
@@ -96,7 +98,7 @@ def batch_view(cfg: RunConfig, batch: TDBatch, cols: slice, spec: ChainSpec) -> 
     phi_t = batch.phi[cols].reshape(n, D)
     return BatchView(
         phi_t=phi_t,
-        dphi_t=fp.td_difference_(phi_t, batch.bar_phi[cols].reshape(n, D), cfg.gamma),
+        dphi_t=batch.dphi[cols].reshape(n, D),
         rho_t=batch.rho[cols].reshape(n),
         rho_raw_t=batch.rho_raw[cols].reshape(n),
         r_t=batch.r[cols].reshape(n),
@@ -120,29 +122,33 @@ def trainer_td_errors(
     spec: ChainSpec,
     theta_pi: np.ndarray,
     w: np.ndarray,
+    r_t: np.ndarray,
 ) -> np.ndarray:
     """``delta_t [n] = r_t - dphi_t . w / sqrt(D)`` of batch `spec` (trajectory-major, as
-    :func:`batch_view`) with the TRAINER's bar_phi estimator ``cfg.bar_phi``: its K_mc
+    :func:`batch_view`, whose ``r_t [n]`` is given: phi, so r, is the same under either
+    bar_phi estimator) with the TRAINER's bar_phi estimator ``cfg.bar_phi``: its K_mc
     draws ``u' = m_pi(s_{t+1}) + sigma_pi z`` from the batch's own ``z_next``, so the
     per-sample updates ``rho_t delta_t phi_t`` carry the Monte Carlo noise the trainer's
-    do (docs/model.md §6.1, the update noise). Featurised ``maps.threads`` columns at a
-    time in a private workspace (``phi, bar_phi [threads, T, D]``); the products run one
-    column (``[T, D]``) at a time, so their rounding does not depend on the threads."""
+    do (docs/model.md §6.1, the update noise). Only dphi is formed
+    (:func:`tdlens.probes.td_features.trainer_differences`), ``maps.threads`` columns at a
+    time in a private buffer ``[threads, T, D]``; the products run one column
+    (``[T, D]``) at a time, so their rounding does not depend on the threads."""
     group, cols, T = rolled.group(spec), rolled.columns(spec), spec.T
     paths = truncate_paths(group.paths.take(cols), T)
     noise = truncate_noise(group.noise.take(cols), T)
-    sigma_mu = group.sigma_mu[cols]
     w_f = (w / math.sqrt(maps.D)).astype(maps.dtype)
-    workspace, step, parts = Workspace(), max(1, maps.threads), []
+    workspace, step = Workspace(), max(1, maps.threads)
+    dphi = workspace.array("trainer.dphi", (min(step, spec.columns), T, maps.D), maps.dtype)
+    delta = np.empty(spec.samples)
     for lo in range(0, spec.columns, step):
         sl = slice(lo, min(lo + step, spec.columns))
-        batch = td_batch(
-            cfg, maps, paths.take(sl), noise.take(sl), theta_pi, sigma_mu[sl], True, workspace
-        )
-        for b in range(batch.phi.shape[0]):
-            dphi = fp.td_difference_(batch.phi[b], batch.bar_phi[b], cfg.gamma)
-            parts.append(batch.r[b] - (dphi @ w_f))
-    return np.concatenate(parts)
+        chunk = dphi[: sl.stop - lo]
+        paths_sl, noise_sl = paths.take(sl), noise.take(sl)
+        td.trainer_differences(cfg, maps, paths_sl, noise_sl, theta_pi, chunk, workspace)
+        for b in range(chunk.shape[0]):
+            rows = slice((lo + b) * T, (lo + b + 1) * T)
+            delta[rows] = r_t[rows] - (chunk[b] @ w_f)
+    return delta
 
 
 def sampling_columns(spec: ChainSpec) -> dict[str, float]:
@@ -491,7 +497,7 @@ def critic_probes(
         free_groups.insert(0, free_groups.pop())
     for group in explicit_chains + free_groups:
         start = time.perf_counter()
-        batch = rolled.td_batch(probe_cfg, maps, group, params.theta_pi, workspace=workspace)
+        batch = rolled.difference_batch(probe_cfg, maps, group, params.theta_pi, workspace)
         share = (time.perf_counter() - start) / len(group)
         views = [
             batch_view(cfg, batch, cols, spec)
@@ -500,7 +506,9 @@ def critic_probes(
         if probe_cfg is not cfg and plan.fixed in group:
             # the update noise U is the trainer's: its TD errors with the trainer's bar_phi
             j = group.index(plan.fixed)
-            trainer = partial(trainer_td_errors, cfg, maps, rolled, plan.fixed, params.theta_pi)
+            trainer = partial(
+                trainer_td_errors, cfg, maps, rolled, plan.fixed, params.theta_pi, r_t=views[j].r_t
+            )
             views[j] = replace(views[j], trainer_delta=trainer)
         explicit = [j for j, spec in enumerate(group) if _explicit(spec, plan)]
         for j in explicit:

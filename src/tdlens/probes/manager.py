@@ -31,7 +31,7 @@ from tdlens.config import RunConfig
 from tdlens.features import FeatureMaps, Workspace, large_arrays_unmapped_when_freed
 from tdlens.learner import Params
 from tdlens.probes import registry
-from tdlens.probes.common import roll_chains
+from tdlens.probes.common import NoiseStore, roll_chains
 from tdlens.probes.registry import RoundContext
 from tdlens.probes.schedule import ProbeSchedule
 
@@ -61,6 +61,7 @@ class ProbeManager:
             "w_sharp_split_prev": None,
         }
         self._workspace = Workspace()
+        self._noise = NoiseStore(cfg)
 
     @property
     def w_sharp_prev(self) -> np.ndarray | None:
@@ -85,7 +86,7 @@ class ProbeManager:
         chains = list(dict.fromkeys(c for p in self.probes for c in p.chain_specs(self.cfg)))
         rolled = None
         if chains:
-            rolled = roll_chains(self.cfg, self.maps, params, chains, n)
+            rolled = roll_chains(self.cfg, self.maps, params, chains, n, self._noise)
             out.timings["rollout"] = time.perf_counter() - start
         ctx = RoundContext(
             self.cfg, self.maps, params, n, delta, td_loss, rolled, self.state, self._workspace, out
