@@ -9,8 +9,10 @@ releases the iteration's features first (:meth:`tdlens.runs.runner.Runner._maybe
 and keeps nothing from one round to the next:
 
 - ``base``: the interpreter with NumPy, SciPy and Numba, ``BASE_BYTES``;
-- ``training``: ``B T (2 D f + 8 N)`` for the ``B T`` steps of an iteration (phi,
-  bar_phi and the actor features);
+- ``training``: ``B T (D f + 8 N) + t T D f`` for the ``B T`` steps of an iteration
+  (phi and the actor features) and the ``[T, D]`` bar_phi of the chain each of the ``t``
+  threads is on (the runner's iteration keeps no ``[B, T, D]`` bar_phi:
+  :func:`tdlens.learner.outer_iteration`, ``keep_bar_phi``);
 - ``critic probes``: the larger of their two stages (:mod:`tdlens.probes.critic`), with
   ``n`` the samples of a batch (``m horizon`` for ``m`` trainer-style trajectories):
 
@@ -207,7 +209,9 @@ def estimate(
     D, N = cfg.env.feature_dim, cfg.env.actor_feature_dim
     f = 4 if cfg.precision == "float32" else 8
     rows = cfg.trajectories * cfg.horizon
-    terms = {"base": BASE_BYTES, "training": rows * (2 * D * f + 8 * N)}
+    chains_alive = min(cfg.trajectories, max(1, cfg.threads or os.cpu_count() or 1))
+    training = rows * (D * f + 8 * N) + chains_alive * cfg.horizon * D * f
+    terms = {"base": BASE_BYTES, "training": training}
     probes = cfg.probes
     if probes.enabled:
         chains, T_c = _critic_chains(cfg)
