@@ -12,6 +12,7 @@ line; an unexpected error prints one line too and the traceback only with
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
@@ -697,6 +698,10 @@ def main(argv: list[str] | None = None) -> int:
     """The console entry point: the app, with unexpected errors as one line (module doc).
 
     Usage errors and every command's exit code leave through ``SystemExit`` as usual.
+    The process ends next, so its objects are frozen (:func:`gc.freeze`) on the way out:
+    the interpreter's exit still frees them by reference count, but its cyclic collector
+    no longer walks the ~150k objects of numba, SciPy and a run (0.3-0.6 s after
+    ``tdlens run``, BENCHMARKS.md issue 28 session 9).
     """
     try:
         app(args=argv)
@@ -711,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
                 markup=True,
             )
         return 1
+    finally:
+        gc.freeze()
     return 0
 
 

@@ -4,6 +4,8 @@ ones."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -62,6 +64,51 @@ def test_clipped_mean_closed_form_against_monte_carlo(sigma_pi, sigma_mu, c, off
     clipped = np.minimum(rho, c)
     theory = ra.clipped_rho_mean(c, m_pi[:1], sigma_pi, m_mu[:1], sigma_mu)[0]
     assert abs(clipped.mean() - theory) < 5 * clipped.std() / math.sqrt(n)
+
+
+@pytest.mark.parametrize(("sigma_pi", "sigma_mu"), [(0.30, 0.35), (0.35, 0.35), (0.40, 0.35)])
+def test_tail_probabilities_are_scipy_stats_bit_for_bit(sigma_pi, sigma_mu):
+    """P(rho > c) from scipy.special (sigma_pi <= sigma_mu) equals the scipy.stats
+    ``norm.sf`` / ``ncx2.cdf`` / ``ncx2.sf`` expressions it replaced, to the last bit,
+    for states from the disk's centre (nc = 0) to far outside it."""
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    m_mu = rng.normal(scale=0.5, size=(2000, 2))
+    m_pi = m_mu + rng.normal(scale=0.3, size=(2000, 2))
+    for c in (0.5, 1.1, 3.0):
+        log_c = math.log(c)
+        for m, sigma in ((m_pi.copy(), sigma_pi), (m_mu.copy(), sigma_mu)):
+            if sigma_pi == sigma_mu:
+                diff = m_pi - m_mu
+                scale = np.sqrt(np.sum(diff**2, axis=-1)) / sigma_pi
+                loc = np.sum(diff * (m - 0.5 * (m_pi + m_mu)), axis=-1) / sigma_pi**2
+                want = stats.norm.sf((log_c - loc) / scale)
+            else:
+                a, c0, K = ra._quadratic_log_ratio(m_pi, sigma_pi, m_mu, sigma_mu)
+                m[:5] = c0[:5]  # nc = 0: the central chi-square
+                radius2 = (log_c - K) / a
+                nc = np.sum((m - c0) ** 2, axis=-1) / sigma**2
+                x = np.maximum(radius2, 0.0) / sigma**2
+                if a > 0:
+                    want = np.where(radius2 < 0, 1.0, stats.ncx2.sf(x, 2, nc))
+                else:
+                    want = np.where(radius2 <= 0, 0.0, stats.ncx2.cdf(x, 2, nc))
+                assert np.sum(nc == 0) == 5 and 0 < np.mean(radius2 > 0)
+            got = ra.prob_rho_above(c, m, sigma, m_pi, sigma_pi, m_mu, sigma_mu)
+            assert np.array_equal(got, want)
+
+
+def test_sigma_pi_below_sigma_mu_needs_no_scipy_stats():
+    """The seed settings (sigma_pi < sigma_mu, rho clipped) audit without importing
+    scipy.stats (~0.3 s of every run's start-up, BENCHMARKS.md issue 28 session 9)."""
+    code = (
+        "import sys, numpy as np; from tdlens.probes import rho_audit as ra; "
+        "m = np.zeros((4, 2)); ra.clipped_rho_mean(1.1, m + 0.1, 0.30, m, 0.35); "
+        "print(sorted(k for k in sys.modules if k.startswith('scipy.stats')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_clipped_mean_limits_and_supremum():

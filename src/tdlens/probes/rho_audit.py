@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 from tdlens.config import RunConfig
 from tdlens.policy import rho_moments
@@ -69,7 +68,14 @@ def prob_rho_above(
     Unequal sigmas: ``{rho > c} = {a ||u - c0||^2 > log c - K}``, a disk or its complement,
     and ``||u - c0||^2 / sigma^2`` is noncentral chi-square (d dof, ``||m - c0||^2/sigma^2``).
     Equal sigmas: ``log rho`` is linear in u, a half-plane (normal tail).
+
+    The normal tail and the noncentral chi-square cdf come from scipy.special (the
+    functions scipy.stats' ``norm.sf`` and ``ncx2.cdf`` call, the same bits); only the
+    ``sigma_pi > sigma_mu`` complement imports scipy.stats, whose import would cost every
+    run ~0.3 s (BENCHMARKS.md, issue 28 session 9).
     """
+    from scipy import special
+
     d = m.shape[-1]
     log_c = math.log(c)
     if math.isclose(sigma_pi, sigma_mu, rel_tol=1e-12):
@@ -78,15 +84,18 @@ def prob_rho_above(
         loc = np.sum(diff * (m - 0.5 * (m_pi + m_mu)), axis=-1) / sigma_pi**2
         scale = norm / sigma_pi
         safe = np.where(scale > 0, scale, 1.0)
-        tail = stats.norm.sf((log_c - loc) / safe)
+        tail = special.ndtr(-((log_c - loc) / safe))
         return np.where(scale > 0, tail, float(log_c < 0.0))
     a, c0, K = _quadratic_log_ratio(m_pi, sigma_pi, m_mu, sigma_mu)
     radius2 = (log_c - K) / a
     nc = np.sum((m - c0) ** 2, axis=-1) / sigma**2
     x = np.maximum(radius2, 0.0) / sigma**2
     if a > 0:
+        from scipy import stats
+
         return np.where(radius2 < 0, 1.0, stats.ncx2.sf(x, d, nc))
-    return np.where(radius2 <= 0, 0.0, stats.ncx2.cdf(x, d, nc))
+    cdf = np.where(nc != 0, special.chndtr(x, d, nc), special.chdtr(d, x))
+    return np.where(radius2 <= 0, 0.0, cdf)
 
 
 def clipped_rho_mean(

@@ -307,6 +307,8 @@ class Runner:
     # ------------------------------------------------------------------ files
 
     def _checkpoint(self, state: LoopState) -> None:
+        """Save `state`, the rows it covers synced to disk first (``RunFiles.sync``)."""
+        self.files.sync()
         save_checkpoint(
             self.run_dir,
             Checkpoint(
@@ -577,6 +579,7 @@ class Runner:
         state = self._state
         if checkpoint and state.next_iter > 0 and state.params is not None:
             self._attempt("checkpoint", lambda: self._checkpoint(state))
+        self._attempt("tables", self.files.sync)
         self._attempt(
             "status.json",
             lambda: self.files.write_status(

@@ -4,7 +4,10 @@
 (every change forced to disk, heartbeats at most every ``HEARTBEAT_S``), stdout.log, the
 probe tables, arrays and rounds of each probe round, and the truncation of every table to
 a checkpoint on resume. All of it goes through :mod:`tdlens.rundir.files` (atomic whole
-files, flushed appends), so a crash leaves old or new content, never half of it.
+files, flushed appends), so a crash leaves old or new content, never half of it. The
+appends (log lines, learning-curve and probe rows) reach the disk at :meth:`RunFiles.sync`,
+which the runner calls before each checkpoint and status change at the end: one fsync per
+table and checkpoint instead of one per row (~0.4-3 ms each here; issue 28 session 9).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from tdlens.rundir.files import (
     atomic_write_json,
     atomic_write_text,
     read_csv_header,
+    sync_files,
     to_jsonable,
     truncated_tables,
 )
@@ -54,12 +58,19 @@ class RunFiles:
         self.path = Path(path)
         self.status: dict[str, Any] = {}
         self._last_heartbeat = 0.0
+        self._pending: set[Path] = set()
+        """Files appended to since the last :meth:`sync`."""
+
+    def sync(self) -> None:
+        """fsync every file appended to since the last call (``files.sync_files``)."""
+        sync_files(sorted(self._pending))
+        self._pending.clear()
 
     def write_config(self, cfg: RunConfig) -> None:
         atomic_write_json(self.path / "config.json", cfg.to_dict())
 
     def log(self, text: str) -> None:
-        append_text(self.path / "stdout.log", f"[{now()}] {text}\n")
+        append_text(self.path / "stdout.log", f"[{now()}] {text}\n", self._pending)
 
     def write_status(self, force: bool = True, **updates: Any) -> None:
         """Update status.json's fields; written now when `force`, else as a heartbeat."""
@@ -80,8 +91,8 @@ class RunFiles:
         if later and path.exists():
             header = read_csv_header(path)
             if header == [c for c in columns if c not in later]:
-                return TableWriter(path, header)
-        return TableWriter(path, columns)
+                return TableWriter(path, header, pending=self._pending)
+        return TableWriter(path, columns, pending=self._pending)
 
     def write_probe_round(self, rnd: ProbeRound) -> None:
         """One probe round: a row per probe table (with its JSONL twin), its arrays, and
@@ -89,7 +100,8 @@ class RunFiles:
         folder = self.path / "probes"
         folder.mkdir(exist_ok=True)
         for name, prow in rnd.rows.items():
-            TableWriter(folder / f"{name}.csv", list(prow), jsonl=True).append(prow)
+            path = folder / f"{name}.csv"
+            TableWriter(path, list(prow), jsonl=True, pending=self._pending).append(prow)
         for fname, arr in rnd.arrays.items():
             _save_array(folder / fname, arr)
             prefix = fname.rsplit("_", 1)[0]
@@ -101,9 +113,12 @@ class RunFiles:
             **{f"{k}_s": v for k, v in rnd.timings.items()},
         }
         columns = registry.round_columns()
-        TableWriter(folder / "rounds.csv", columns).append({k: timing.get(k) for k in columns})
+        rounds = TableWriter(folder / "rounds.csv", columns, pending=self._pending)
+        rounds.append({k: timing.get(k) for k in columns})
         append_text(
-            folder / "rounds.jsonl", json.dumps(to_jsonable(timing), allow_nan=False) + "\n"
+            folder / "rounds.jsonl",
+            json.dumps(to_jsonable(timing), allow_nan=False) + "\n",
+            self._pending,
         )
 
     def expand_tables(self) -> None:

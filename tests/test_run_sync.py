@@ -1,0 +1,77 @@
+"""When a run's appended rows reach the disk (issue 28 session 9, docs/model.md §7).
+
+Appends (log lines, learning-curve and probe rows) are flushed at once and fsynced by
+``RunFiles.sync`` before each checkpoint and before the final status: every row a
+checkpoint covers is on disk before the checkpoint is, with one fsync per table and
+checkpoint instead of one per row. Whole files (checkpoints, arrays, status.json) are
+still fsynced before their rename.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tdlens.config import load_config
+from tdlens.rundir import files
+from tdlens.runs.runner import Runner
+
+PROBED = [
+    "env.feature_dim=32",
+    "env.actor_feature_dim=8",
+    "probes.every=3",
+    "probes.distribution.permutations=0",
+    "outer_iters=9",
+    "checkpoint_every=2",
+]
+
+
+def record_io(monkeypatch) -> list[tuple[str, str]]:
+    """Every write (``files._write``) and fsync (``files._fsync``) of the run, in order, as
+    (what, file name); a checkpoint's atomic write names its target ``ckpt_*.npz``."""
+    events: list[tuple[str, str]] = []
+    write, fsync = files._write, files._fsync
+
+    def logged_write(fh, data, path: Path) -> None:
+        events.append(("write", Path(path).name))
+        write(fh, data, path)
+
+    def logged_fsync(fd: int, path: Path) -> None:
+        events.append(("fsync", Path(path).name))
+        fsync(fd, path)
+
+    monkeypatch.setattr(files, "_write", logged_write)
+    monkeypatch.setattr(files, "_fsync", logged_fsync)
+    return events
+
+
+def test_rows_are_synced_before_each_checkpoint_and_the_final_status(tmp_path, monkeypatch):
+    events = record_io(monkeypatch)
+    cfg = load_config("configs/sanity.yaml", PROBED)
+    assert Runner(cfg, tmp_path / "run").run().status == "complete"
+    dirty: set[str] = set()
+    checkpoints = 0
+    for k, (what, name) in enumerate(events):
+        if what == "write" and name.endswith((".csv", ".jsonl", ".log")):
+            dirty.add(name)
+        elif what == "fsync":
+            dirty.discard(name)
+            if name.startswith("ckpt_"):
+                assert not dirty, f"{sorted(dirty)} not synced before {name} (event {k})"
+                checkpoints += 1
+    assert checkpoints == 5  # after 2, 4, 6, 8 and all 9 iterations
+    final_status = max(k for k, e in enumerate(events) if e == ("fsync", "status.json"))
+    assert not {
+        name
+        for what, name in events[:final_status]
+        if what == "write" and name.endswith((".csv", ".jsonl"))
+    } - {name for what, name in events[:final_status] if what == "fsync"}
+
+
+def test_one_fsync_per_table_and_checkpoint_not_per_row(tmp_path, monkeypatch):
+    events = record_io(monkeypatch)
+    cfg = load_config("configs/sanity.yaml", PROBED)
+    assert Runner(cfg, tmp_path / "run").run().status == "complete"
+    rows = sum(1 for e in events if e == ("write", "learning_curves.csv"))
+    synced = sum(1 for e in events if e == ("fsync", "learning_curves.csv"))
+    assert rows == 10  # the header (an atomic write) and 9 rows
+    assert synced == 1 + 5  # the header, then before each of the 5 checkpoints
