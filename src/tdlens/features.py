@@ -340,6 +340,29 @@ def _buffer(scratch: dict[str, np.ndarray], key: str, rows: int, cols: int, dtyp
     return arr[:rows]
 
 
+def next_action_terms(
+    maps: FeatureMaps, next_actions: NextActions, L: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What bar_phi takes from the next actions of a chain of L steps (docs/model.md §3):
+    ``draws [L, J, 2]`` whose cosines are summed (the K_mc draws, or the mean alone,
+    J = 1, for the closed form), the scale of that sum ``bar_scale [D']`` (``base_scale /
+    K``, or ``base_scale exp(-sigma^2 |W_act_j|^2 / 2)`` for the closed form), and bar_phi's
+    last column ``sq [L]`` (the mean of ``|a'|^2`` over the draws, or ``|m|^2 + 2
+    sigma^2``)."""
+    dtype = maps.dtype
+    if next_actions.exact:
+        draws = next_actions.mean[:, None, :]
+        w_sq = np.sum(maps.W_act.astype(np.float64) ** 2, axis=0)
+        bar_scale = (maps.base_scale * np.exp(-0.5 * next_actions.sigma**2 * w_sq)).astype(dtype)
+        sq = np.sum(next_actions.mean**2, axis=-1) + 2.0 * next_actions.sigma**2
+    else:
+        K = next_actions.draws.shape[1]
+        draws = next_actions.draws if K > 0 else np.zeros((L, 1, 2))
+        bar_scale = maps.constant(f"bar_scale_{K}", maps.base_scale / max(K, 1))
+        sq = np.mean(np.sum(draws**2, axis=-1), axis=1) if K > 0 else np.zeros(L)
+    return draws, bar_scale, sq
+
+
 def chain_features(
     maps: FeatureMaps,
     o_chain: np.ndarray,
@@ -366,16 +389,7 @@ def chain_features(
     D, D_base, dtype = maps.D, maps.D - NUM_EXTRA, maps.dtype
     o32 = o_chain.astype(dtype)
     scale = maps.constant("phi_scale", maps.base_scale)
-    if next_actions.exact:
-        draws = next_actions.mean[:, None, :]
-        w_sq = np.sum(maps.W_act.astype(np.float64) ** 2, axis=0)
-        bar_scale = (maps.base_scale * np.exp(-0.5 * next_actions.sigma**2 * w_sq)).astype(dtype)
-        sq = np.sum(next_actions.mean**2, axis=-1) + 2.0 * next_actions.sigma**2
-    else:
-        K = next_actions.draws.shape[1]
-        draws = next_actions.draws if K > 0 else np.zeros((L, 1, 2))
-        bar_scale = maps.constant(f"bar_scale_{K}", maps.base_scale / max(K, 1))
-        sq = np.mean(np.sum(draws**2, axis=-1), axis=1) if K > 0 else np.zeros(L)
+    draws, bar_scale, sq = next_action_terms(maps, next_actions, L)
     a32, draws32 = a.astype(dtype), draws.astype(dtype)
     J = draws32.shape[1]
     sub = max(1, _CACHE_BYTES // ((J + 1) * D_base * dtype.itemsize))

@@ -362,6 +362,19 @@ class TDBatch:
         return self.r.size
 
 
+def next_actions(cfg: RunConfig, m_next: np.ndarray, noise: ChainNoise) -> list[NextActions]:
+    """Each chain's next actions for bar_phi (docs/model.md §3), from pi's means at the next
+    states ``m_next [B, T, 2]``: the closed form at ``m_pi(s_{t+1})`` when ``cfg.bar_phi``
+    is exact, else the K_mc draws ``u' = m_pi(s_{t+1}) + sigma_pi z`` (``z`` from
+    ``noise.z_next [T, B, K, 2]``) squashed and clipped like a real action."""
+    if cfg.bar_phi == "exact":
+        return [NextActions(mean=m, sigma=cfg.sigma_pi) for m in m_next]
+    u_next = m_next[:, :, None, :] + cfg.sigma_pi * np.swapaxes(noise.z_next, 0, 1)
+    a_next = squash(u_next, cfg.env.v_max) if cfg.squash_action else u_next
+    a_next = clip_action(a_next, cfg.env)
+    return [NextActions(draws=a) for a in a_next]
+
+
 def td_batch(
     cfg: RunConfig,
     maps: FeatureMaps,
@@ -392,7 +405,6 @@ def td_batch(
     the TD errors: ``B T D`` fewer bytes written to memory and resident, 26 MB at the
     seed settings).
     """
-    env = cfg.env
     T, B = paths.u.shape[:2]
     bm = lambda x: np.ascontiguousarray(np.swapaxes(x, 0, 1))  # noqa: E731
     # a view (no copy): the actor gradient sums psi in its time-major layout
@@ -417,14 +429,7 @@ def td_batch(
     values = None if w is None or not with_features else (np.empty((B, T)), np.empty((B, T)))
     if with_features:
         w_f = None if w is None else (w / math.sqrt(maps.D)).astype(maps.dtype)
-        m_next = m_pi_all[:, 1:]
-        if cfg.bar_phi == "exact":
-            nexts = [NextActions(mean=m_next[b], sigma=cfg.sigma_pi) for b in range(B)]
-        else:
-            u_next = m_next[:, :, None, :] + cfg.sigma_pi * bm(noise.z_next)
-            a_next = squash(u_next, env.v_max) if cfg.squash_action else u_next
-            a_next = clip_action(a_next, env)
-            nexts = [NextActions(draws=a_next[b]) for b in range(B)]
+        nexts = next_actions(cfg, m_pi_all[:, 1:], noise)
 
         def one(b: int) -> None:
             with ws.scratch() as scratch:

@@ -29,12 +29,18 @@ import numpy as np
 from numba import njit
 
 from tdlens.config import RunConfig
-from tdlens.features import _FLAGS, NUM_EXTRA, FeatureMaps, NextActions, Workspace, reward
+from tdlens.features import (
+    _FLAGS,
+    NUM_EXTRA,
+    FeatureMaps,
+    NextActions,
+    Workspace,
+    next_action_terms,
+    reward,
+)
 from tdlens.features import run_parallel as _run_parallel
 from tdlens.kernels import _fma, block_arguments
-from tdlens.policy import squash
-from tdlens.rollout import ChainNoise, Paths, td_batch
-from tdlens.torus.dynamics import clip_action
+from tdlens.rollout import ChainNoise, Paths, next_actions, td_batch
 
 BLOCK_ROWS = 128
 """Rows whose observation products ``C = o W_obs`` are formed in one call (as training)."""
@@ -156,16 +162,7 @@ def chain_differences(
     D, D_base, dtype = maps.D, maps.D - NUM_EXTRA, maps.dtype
     o32 = o_chain.astype(dtype)
     scale = maps.constant("phi_scale", maps.base_scale)
-    if next_actions.exact:
-        draws = next_actions.mean[:, None, :]
-        w_sq = np.sum(maps.W_act.astype(np.float64) ** 2, axis=0)
-        bar_scale = (maps.base_scale * np.exp(-0.5 * next_actions.sigma**2 * w_sq)).astype(dtype)
-        sq = np.sum(next_actions.mean**2, axis=-1) + 2.0 * next_actions.sigma**2
-    else:
-        K = next_actions.draws.shape[1]
-        draws = next_actions.draws if K > 0 else np.zeros((L, 1, 2))
-        bar_scale = maps.constant(f"bar_scale_{K}", maps.base_scale / max(K, 1))
-        sq = np.mean(np.sum(draws**2, axis=-1), axis=1) if K > 0 else np.zeros(L)
+    draws, bar_scale, sq = next_action_terms(maps, next_actions, L)
     a32, draws32 = a.astype(dtype), draws.astype(dtype)
     J = draws32.shape[1]
     neg_gamma = -dtype.type(gamma)
@@ -197,21 +194,6 @@ def chain_differences(
     np.add(extra[0], extra[1], out=dphi_out[:, D_base:])
 
 
-def next_actions(
-    cfg: RunConfig, paths: Paths, noise: ChainNoise, theta_pi: np.ndarray
-) -> list[NextActions]:
-    """Each chain's next actions for bar_phi, as :func:`tdlens.rollout.td_batch` takes
-    them: the closed form at ``m_pi(s_{t+1})`` when ``cfg.bar_phi`` is exact, else the K_mc
-    draws ``u' = m_pi(s_{t+1}) + sigma_pi z`` squashed and clipped like a real action."""
-    m_next = np.swapaxes(paths.mean_under(theta_pi)[1:], 0, 1)  # [B, T, 2]
-    if cfg.bar_phi == "exact":
-        return [NextActions(mean=np.ascontiguousarray(m), sigma=cfg.sigma_pi) for m in m_next]
-    u_next = m_next[:, :, None, :] + cfg.sigma_pi * np.swapaxes(noise.z_next, 0, 1)
-    a_next = squash(u_next, cfg.env.v_max) if cfg.squash_action else u_next
-    a_next = clip_action(a_next, cfg.env)
-    return [NextActions(draws=a) for a in a_next]
-
-
 def difference_batch(
     cfg: RunConfig,
     maps: FeatureMaps,
@@ -229,7 +211,8 @@ def difference_batch(
     T, B = paths.u.shape[:2]
     base = td_batch(cfg, maps, paths, noise, theta_pi, sigma_mu, with_features=False)
     o, a_exec = base.o, np.ascontiguousarray(np.swapaxes(paths.a, 0, 1))
-    nexts = next_actions(cfg, paths, noise, theta_pi)
+    m_next = np.ascontiguousarray(np.swapaxes(paths.mean_under(theta_pi)[1:], 0, 1))
+    nexts = next_actions(cfg, m_next, noise)
     ws = Workspace() if workspace is None else workspace
     phi = ws.array(DIFFERENCE_BUFFERS[0], (B, T, maps.D), maps.dtype)
     dphi = ws.array(DIFFERENCE_BUFFERS[1], (B, T, maps.D), maps.dtype)
@@ -257,7 +240,8 @@ def trainer_differences(
     ``cfg.bar_phi``'s estimator (the trainer's), phi itself not kept: the dphi of
     :func:`difference_batch`, bit for bit, chains on ``maps.threads`` threads."""
     o, a_exec = (np.ascontiguousarray(np.swapaxes(x, 0, 1)) for x in (paths.o, paths.a))
-    nexts = next_actions(cfg, paths, noise, theta_pi)
+    m_next = np.ascontiguousarray(np.swapaxes(paths.mean_under(theta_pi)[1:], 0, 1))
+    nexts = next_actions(cfg, m_next, noise)
 
     def one(b: int) -> None:
         with workspace.scratch() as scratch:
