@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import tdlens.features as features
+import tdlens.probes.td_features as td_features
 from helpers import small_config
 from tdlens.features import NextActions, chain_features, make_feature_maps
 from tdlens.kernels import (
@@ -25,6 +26,7 @@ from tdlens.kernels import (
     block_features,
     cosines,
 )
+from tdlens.probes.td_features import chain_differences
 
 
 def _numpy_cos_is_fma_simd() -> bool:
@@ -174,5 +176,35 @@ def test_chain_features_fused_equals_three_calls(monkeypatch, K, huge_action):
     monkeypatch.setattr(features, "block_cos_features", lambda *args: False)
     ref = [np.empty((S, maps.D), np.float32) for _ in range(2)]
     chain_features(maps, o, a, nxt, *ref)
+    for g, r in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(g.view(np.uint32), r.view(np.uint32))
+
+
+@pytest.mark.parametrize("K", [4, 3, 0])
+@pytest.mark.parametrize("keep_phi", [True, False])
+@pytest.mark.parametrize("huge_action", [False, True])
+def test_chain_differences_fused_equals_three_calls(monkeypatch, K, keep_phi, huge_action):
+    """The probes' chain_differences with block_cos_differences against the same call
+    with it refused everywhere (the three-call path), bit for bit: phi (kept or in
+    scratch) and dphi; a huge action makes its block fall back. K = 0: closed form."""
+    maps = make_feature_maps(small_config("env.feature_dim=300"))
+    S = 333
+    o, a, nxt = _chain(S, K, seed=9)
+    if huge_action:
+        a[7, 1] = -2e5
+    fused: list[bool] = []
+
+    def spy(*args):
+        fused.append(td_features_kernel(*args))
+        return fused[-1]
+
+    td_features_kernel = td_features.block_cos_differences
+    monkeypatch.setattr(td_features, "block_cos_differences", spy)
+    got = [np.full((S, maps.D), np.nan, np.float32) for _ in range(2)]
+    chain_differences(maps, o, a, nxt, 0.9, got[0] if keep_phi else None, got[1], {})
+    assert fused == [not huge_action, True, True]
+    monkeypatch.setattr(td_features, "block_cos_differences", lambda *args: False)
+    ref = [np.full((S, maps.D), np.nan, np.float32) for _ in range(2)]
+    chain_differences(maps, o, a, nxt, 0.9, ref[0] if keep_phi else None, ref[1], {})
     for g, r in zip(got, ref, strict=True):
         np.testing.assert_array_equal(g.view(np.uint32), r.view(np.uint32))
