@@ -399,13 +399,6 @@ def cos32(x: np.float32) -> np.float32:
     return math.cos(x)
 
 
-@njit(cache=True, nogil=True)
-def cosines(x: np.ndarray, out: np.ndarray) -> None:
-    """``out = cos(x)`` elementwise over float32 ``x, out [n]`` (:func:`cos32`)."""
-    for i in range(x.shape[0]):
-        out[i] = cos32(x[i])
-
-
 @njit(cache=True, nogil=True, inline="always")
 def cos32_checked(x: np.float32) -> tuple[np.float32, bool]:
     """``(cos32_reduced(x), True)`` when ``|x| <= COS_REDUCTION_MAX``, else ``(cos32_reduced(0),
@@ -471,3 +464,21 @@ def block_cos_features(
         for j in range(D):
             o[j] *= bar_scale[j]
     return ok
+
+
+@njit(cache=True, nogil=True)
+def cosines(x: np.ndarray, out: np.ndarray) -> None:
+    """``out = cos(x)`` elementwise over float32 ``x, out [n]`` (:func:`cos32`; ``out`` may
+    be ``x``). A vectorised pass writes :func:`cos32_reduced` where ``|x| <=
+    COS_REDUCTION_MAX`` and copies x elsewhere (NaN included); only when some x was
+    copied does a second, scalar pass replace those by :func:`cos32` (a copied value is
+    still out of range, a cosine never is)."""
+    ok = True
+    for i in range(x.shape[0]):
+        cos_x, in_range = cos32_checked(x[i])
+        ok &= in_range
+        out[i] = cos_x if in_range else x[i]
+    if not ok:
+        for i in range(x.shape[0]):
+            if not abs(out[i]) <= COS_REDUCTION_MAX:
+                out[i] = cos32(out[i])
