@@ -11,6 +11,10 @@ that chain_features took before.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +215,50 @@ def test_chain_differences_fused_equals_three_calls(monkeypatch, K, keep_phi, hu
     chain_differences(maps, o, a, nxt, 0.9, ref[0] if keep_phi else None, ref[1], {})
     for g, r in zip(got, ref, strict=True):
         np.testing.assert_array_equal(g.view(np.uint32), r.view(np.uint32))
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _check_cosine(env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """benchmarks/check_cosine.py on every 65537th float32 bit pattern (65536 inputs)."""
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / "check_cosine.py"), "--stride", "65537"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+
+
+def test_check_cosine_passes_here_and_fails_against_numpys_baseline_loop():
+    """The exhaustive check's script (its full run is BENCHMARKS.md's): exit 0 and "0
+    differ" on NumPy's own dispatch; with NumPy held to its baseline (no SIMD targets:
+    on x86-64-v2, no FMA), NumPy's cosine is the C library's and the script reports the
+    inputs that differ and exits 1, so it can tell two cosines apart."""
+    from numpy._core._multiarray_umath import __cpu_baseline__, __cpu_dispatch__
+
+    done = _check_cosine()
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "checked 65536 float32 inputs" in done.stdout and ": 0 differ" in done.stdout
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(__cpu_dispatch__)}
+    baseline = _check_cosine(env)
+    if "FMA3" in __cpu_baseline__ or "X86_V3" in __cpu_baseline__:  # pragma: no cover
+        assert baseline.returncode == 0, baseline.stdout[-2000:]
+    else:
+        assert baseline.returncode == 1, baseline.stdout[-2000:] + baseline.stderr[-2000:]
+        assert "MISMATCH x=" in baseline.stdout and ": 0 differ" not in baseline.stdout
+
+
+def test_bench_cosine_runs():
+    """benchmarks/bench_cosine.py (BENCHMARKS.md quotes it) runs and prints its figures."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_cosine.py"), "--repeats", "4"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("machine: ")
+    for line in ("kernels.cosines", "fused (block_cos_features)", "fused (block_cos_differences)"):
+        assert line in done.stdout and "ns per cosine" in done.stdout, done.stdout[-2000:]
