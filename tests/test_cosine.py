@@ -159,17 +159,18 @@ def _chain(S: int, K: int, seed: int = 5):
 
 
 @pytest.mark.parametrize("K", [4, 2, 0])
-@pytest.mark.parametrize("huge_action", [False, True])
-def test_chain_features_fused_equals_three_calls(monkeypatch, K, huge_action):
+@pytest.mark.parametrize("bad_action", [None, 3e5, np.nan])
+def test_chain_features_fused_equals_three_calls(monkeypatch, K, bad_action):
     """chain_features with the fused kernel against the same call with the fused kernel
     refused everywhere (the three-call path), bit for bit, over several 128-row blocks;
-    with one huge action (argument beyond the reduction range: cosf) the fused path
-    falls back for that block and still agrees. K = 0: the closed-form bar_phi."""
+    with one huge action (arguments beyond the reduction range: cosf) or a NaN one, the
+    fused path falls back for that block and still agrees. K = 0: the closed-form
+    bar_phi."""
     maps = make_feature_maps(small_config("env.feature_dim=300"))
     S = 333
     o, a, nxt = _chain(S, K)
-    if huge_action:
-        a[200, 0] = 3e5
+    if bad_action is not None:
+        a[200, 0] = bad_action
     fused: list[bool] = []
 
     def spy(*args):
@@ -179,7 +180,7 @@ def test_chain_features_fused_equals_three_calls(monkeypatch, K, huge_action):
     monkeypatch.setattr(features, "block_cos_features", spy)
     got = [np.empty((S, maps.D), np.float32) for _ in range(2)]
     chain_features(maps, o, a, nxt, *got)
-    assert fused == [True, not huge_action, True]
+    assert fused == [True, bad_action is None, True]
     monkeypatch.setattr(features, "block_cos_features", lambda *args: False)
     ref = [np.empty((S, maps.D), np.float32) for _ in range(2)]
     chain_features(maps, o, a, nxt, *ref)
