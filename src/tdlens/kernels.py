@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
 from numba.extending import intrinsic
 
 
@@ -356,6 +357,16 @@ _ZERO32 = np.float32(0.0)
 _NAN32 = np.float32(np.nan)
 
 
+@intrinsic
+def _float32_bits(typingctx, x):
+    """The IEEE 754 bits of a float32 as an int32 (a bitcast, defined for every input)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
 def cos32_reduced(x: np.float32) -> np.float32:
     """``cos x`` for float32 ``|x| <= COS_REDUCTION_MAX``: NumPy 2.x's SIMD float32 cosine
@@ -369,11 +380,15 @@ def cos32_reduced(x: np.float32) -> np.float32:
     - ``cos r ~ (((c_8 r2 + c_6) r2 + c_4) r2 + c_2) r2 + c_0`` and ``sin r ~ s r + r``
       with ``s = (((s_9 r2 + s_7) r2 + s_5) r2 + s_3) r2``, each step one ``fma``;
     - with ``k = q + 1``: ``sin r`` when k is even, else ``cos r``, negated as ``0 - v``
-      when ``k & 2``.
+      when ``k & 2``. k is read from the bits of ``t = fma(x, 2/pi, 1.5 2^23)``, which
+      are those of 1.5 2^23 plus q (t = 1.5 2^23 + q exactly for ``|q| < 2^22``; 1.5
+      2^23's bits are a multiple of 4): the low bits of q, with no float-to-int
+      conversion, which would be undefined for the huge q of an argument out of range.
 
     Both polynomials are evaluated and one is selected, so the loops that call it vectorise.
-    Outside the range the value is meaningless (callers check the range)."""
-    q = _fma(x, _TWO_OVER_PI, _RINT_MAGIC) - _RINT_MAGIC
+    Outside the range the value is meaningless but defined (callers check the range)."""
+    t = _fma(x, _TWO_OVER_PI, _RINT_MAGIC)
+    q = t - _RINT_MAGIC
     r = _fma(q, _PIO2_HIGH, x)
     r = _fma(q, _PIO2_MED, r)
     r = _fma(q, _PIO2_LOW, r)
@@ -381,7 +396,7 @@ def cos32_reduced(x: np.float32) -> np.float32:
     cos_r = _fma(_fma(_fma(_fma(_C8, r2, _C6), r2, _C4), r2, _C2), r2, _C0)
     sin_r = _fma(_fma(_fma(_fma(_S9, r2, _S7), r2, _S5), r2, _S3), r2, _ZERO32)
     sin_r = _fma(sin_r, r, r)
-    k = np.int32(q) + np.int32(1)
+    k = _float32_bits(t) + np.int32(1)
     v = sin_r if (k & 1) == 0 else cos_r
     return (_ZERO32 - v) if (k & 2) == 2 else v
 
@@ -401,11 +416,10 @@ def cos32(x: np.float32) -> np.float32:
 
 @njit(cache=True, nogil=True, inline="always")
 def cos32_checked(x: np.float32) -> tuple[np.float32, bool]:
-    """``(cos32_reduced(x), True)`` when ``|x| <= COS_REDUCTION_MAX``, else ``(cos32_reduced(0),
-    False)`` (NaN included): the reduction never sees an argument whose quadrant overflows
-    an int32."""
-    ok = abs(x) <= COS_REDUCTION_MAX
-    return cos32_reduced(x if ok else _ZERO32), ok
+    """``(cos32_reduced(x), |x| <= COS_REDUCTION_MAX)``: the cosine and whether it is
+    NumPy's (False for NaN and beyond the reduction range, where the value is
+    meaningless)."""
+    return cos32_reduced(x), abs(x) <= COS_REDUCTION_MAX
 
 
 @njit(cache=True, nogil=True)
@@ -439,22 +453,25 @@ def block_cos_features(
     for i in range(R):
         c, c_next, p, o = C[i], C[i + 1], phi_out[i], bar_out[i]
         a0, a1 = a[i, 0], a[i, 1]
-        for j in range(D):
-            cos_x, in_range = cos32_checked(_fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j]))
-            ok &= in_range
-            p[j] = cos_x * scale[j]
         if J == 4:
             d00, d01, d10, d11 = draws[i, 0, 0], draws[i, 0, 1], draws[i, 1, 0], draws[i, 1, 1]
             d20, d21, d30, d31 = draws[i, 2, 0], draws[i, 2, 1], draws[i, 3, 0], draws[i, 3, 1]
             for j in range(D):
-                w0, w1, c_j = W0[j], W1[j], c_next[j] + bias[j]
+                w0, w1, b = W0[j], W1[j], bias[j]
+                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
+                c_j = c_next[j] + b
                 cos1, ok1 = cos32_checked(_fma(d01, w1, d00 * w0) + c_j)
                 cos2, ok2 = cos32_checked(_fma(d11, w1, d10 * w0) + c_j)
                 cos3, ok3 = cos32_checked(_fma(d21, w1, d20 * w0) + c_j)
                 cos4, ok4 = cos32_checked(_fma(d31, w1, d30 * w0) + c_j)
-                ok &= ok1 & ok2 & ok3 & ok4
+                ok &= ok0 & ok1 & ok2 & ok3 & ok4
+                p[j] = cos0 * scale[j]
                 o[j] = (((cos1 + cos2) + cos3) + cos4) * bar_scale[j]
             continue
+        for j in range(D):
+            cos_x, in_range = cos32_checked(_fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j]))
+            ok &= in_range
+            p[j] = cos_x * scale[j]
         for k in range(J):
             d0, d1 = draws[i, k, 0], draws[i, k, 1]
             for j in range(D):

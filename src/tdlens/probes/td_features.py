@@ -140,22 +140,26 @@ def block_cos_differences(
     for i in range(R):
         c, c_next, p, d = C[i], C[i + 1], phi_out[i], dphi_out[i]
         a0, a1 = a[i, 0], a[i, 1]
-        for j in range(D):
-            cos_x, in_range = cos32_checked(_fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j]))
-            ok &= in_range
-            p[j] = cos_x * scale[j]
         if J == 4:
             d00, d01, d10, d11 = draws[i, 0, 0], draws[i, 0, 1], draws[i, 1, 0], draws[i, 1, 1]
             d20, d21, d30, d31 = draws[i, 2, 0], draws[i, 2, 1], draws[i, 3, 0], draws[i, 3, 1]
             for j in range(D):
-                w0, w1, c_j = W0[j], W1[j], c_next[j] + bias[j]
+                w0, w1, b = W0[j], W1[j], bias[j]
+                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
+                c_j = c_next[j] + b
                 cos1, ok1 = cos32_checked(_fma(d01, w1, d00 * w0) + c_j)
                 cos2, ok2 = cos32_checked(_fma(d11, w1, d10 * w0) + c_j)
                 cos3, ok3 = cos32_checked(_fma(d21, w1, d20 * w0) + c_j)
                 cos4, ok4 = cos32_checked(_fma(d31, w1, d30 * w0) + c_j)
-                ok &= ok1 & ok2 & ok3 & ok4
-                d[j] = p[j] + ((((cos1 + cos2) + cos3) + cos4) * bar_scale[j]) * neg_gamma
+                ok &= ok0 & ok1 & ok2 & ok3 & ok4
+                phi = cos0 * scale[j]
+                p[j] = phi
+                d[j] = phi + ((((cos1 + cos2) + cos3) + cos4) * bar_scale[j]) * neg_gamma
             continue
+        for j in range(D):
+            cos_x, in_range = cos32_checked(_fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j]))
+            ok &= in_range
+            p[j] = cos_x * scale[j]
         for k in range(J):
             d0, d1 = draws[i, k, 0], draws[i, k, 1]
             for j in range(D):
