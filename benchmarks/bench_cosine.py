@@ -11,7 +11,8 @@ sides alternated call by call):
 - one chain's critic features at the seed settings (T = 200 rows, K_mc = 4, D = 2048):
   ``chain_features`` (fused: :func:`tdlens.kernels.block_cos_features`) against the same
   call with the fused kernel refused (``block_arguments``, ``np.cos``,
-  ``block_features``), and the probes' ``chain_differences`` likewise.
+  ``block_features``), and the probes' ``chain_differences`` likewise, also with the
+  closed-form bar_phi (one next action: the probes' own batches).
 """
 
 from __future__ import annotations
@@ -90,9 +91,9 @@ def main() -> None:
         features.block_cos_features = fused_kernel if fused else (lambda *a: False)
         chain_features(maps, o, a, nxt, phi, bar, scratch)
 
-    def differences(fused: bool) -> None:
+    def differences(fused: bool, nexts: NextActions) -> None:
         td_features.block_cos_differences = fused_diff if fused else (lambda *a: False)
-        chain_differences(maps, o, a, nxt, cfg.gamma, phi, bar, scratch)
+        chain_differences(maps, o, a, nexts, cfg.gamma, phi, bar, scratch)
 
     count = T * (K + 1) * (D - 4)
     times = alternate(
@@ -100,14 +101,19 @@ def main() -> None:
         args.repeats // 4,
     )
     report(f"chain_features, one chain of T={T}, K_mc={K}, D={D}", times, count)
-    times = alternate(
-        {
-            "three calls": lambda: differences(False),
-            "fused (block_cos_differences)": lambda: differences(True),
-        },
-        args.repeats // 4,
-    )
-    report("chain_differences (probes), the same chain", times, count)
+    exact = NextActions(mean=nxt.draws[:, 0], sigma=cfg.sigma_pi)
+    for nexts, title, n in (
+        (nxt, "chain_differences (probes), the same chain", count),
+        (exact, "chain_differences, bar_phi exact (the probes' batches)", T * 2 * (D - 4)),
+    ):
+        times = alternate(
+            {
+                "three calls": lambda nexts=nexts: differences(False, nexts),
+                "fused (block_cos_differences)": lambda nexts=nexts: differences(True, nexts),
+            },
+            args.repeats // 4,
+        )
+        report(title, times, n)
     features.block_cos_features, td_features.block_cos_differences = fused_kernel, fused_diff
 
 

@@ -468,6 +468,16 @@ def block_cos_features(
                 p[j] = cos0 * scale[j]
                 o[j] = (((cos1 + cos2) + cos3) + cos4) * bar_scale[j]
             continue
+        if J == 1:  # the closed form's mean (or K_mc = 1)
+            m0, m1 = draws[i, 0, 0], draws[i, 0, 1]
+            for j in range(D):
+                w0, w1, b = W0[j], W1[j], bias[j]
+                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
+                cos1, ok1 = cos32_checked(_fma(m1, w1, m0 * w0) + (c_next[j] + b))
+                ok &= ok0 & ok1
+                p[j] = cos0 * scale[j]
+                o[j] = cos1 * bar_scale[j]
+            continue
         for j in range(D):
             cos_x, in_range = cos32_checked(_fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j]))
             ok &= in_range
