@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tdlens.config import RunConfig
-from tdlens.kernels import affine_rows, block_arguments, block_features
+from tdlens.kernels import affine_rows, block_arguments, block_cos_features, block_features
 from tdlens.seeding import stream
 from tdlens.threads import parallel_map
 
@@ -378,10 +378,14 @@ def chain_features(
     ``phi_out[t] = phi(s_t, a_t)`` and ``bar_phi_out[t] = bar_phi(s_{t+1})`` for t < L,
     computing ``C = W_obs o`` once per state and reusing it for all J + 1
     actions of a row (a_t on s_t; the J next-action draws, or the mean when exact, on
-    s_{t+1}). Per row block: one compiled call writes the cosine arguments ``a W_act +
-    (C + bias)`` of all actions into one cache-sized buffer ``[J + 1, rows, D']``, NumPy
-    takes their cosines in one call, and one more scales them (phi) and sums the draws in
-    order (bar_phi).
+    s_{t+1}). In float32 one compiled call per row block
+    (:func:`tdlens.kernels.block_cos_features`) forms each cosine argument ``a W_act + (C
+    + bias)``, takes its cosine (:func:`tdlens.kernels.cos32`, NumPy's float32 cosine bit
+    for bit), scales it (phi) and sums the draws in order (bar_phi), the arguments never
+    stored. Otherwise (float64, or an argument NaN or beyond the cosine's reduction range,
+    which NumPy takes through the C library), per sub-block: one compiled call writes the
+    arguments of all actions into one cache-sized buffer ``[J + 1, rows, D']``, NumPy
+    takes their cosines in one call, and one more scales and sums them.
     The values are those of ``cos(C + bias + a W_act)`` evaluated step by step with NumPy.
     """
     scratch = {} if scratch is None else scratch
@@ -397,6 +401,12 @@ def chain_features(
         stop = min(start + _BLOCK_ROWS, L)
         C = _buffer(scratch, "C", stop - start + 1, D_base, dtype)
         np.matmul(o32[start : stop + 1], maps.W_obs, out=C)
+        block = slice(start, stop)
+        if dtype == np.float32 and block_cos_features(
+            C, maps.bias, maps.W_act, a32[block], draws32[block], scale, bar_scale,
+            phi_out[block], bar_phi_out[block],
+        ):  # fmt: skip
+            continue
         for lo in range(start, stop, sub):
             hi = min(lo + sub, stop)
             rows, C_lo = hi - lo, C[lo - start : hi - start + 1]

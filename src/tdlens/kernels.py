@@ -8,13 +8,18 @@ order, never by BLAS: which BLAS kernel OpenBLAS picks depends on the CPU, and i
 blocking (so its rounding) can depend on how many rows are multiplied together. A row's
 value therefore depends only on that row, whatever the batch and whatever the CPU's BLAS
 kernel, which is what makes a chain rolled out alone equal the same chain in a batch.
-Transcendental functions stay in NumPy (elementwise, so row-independent too).
+Transcendental functions stay in NumPy (elementwise, so row-independent too), except the
+float32 cosine of the critic features: :func:`cos32` is NumPy's own SIMD algorithm,
+written out so that it fuses into the feature kernels, bit for bit the same values.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
 from numba.extending import intrinsic
 
 
@@ -327,3 +332,180 @@ def mean_rows(cos_args: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
                 o[j] += c[j]
         for j in range(D):
             o[j] *= scale[j]
+
+
+COS_REDUCTION_MAX = np.float32(71476.0625)
+"""Largest ``|x|`` whose float32 cosine :func:`cos32` takes through the Cody-Waite
+reduction (NumPy's limit for the cosine); beyond it, and for inf, the C library's
+``cosf``."""
+_TWO_OVER_PI = np.float32(float.fromhex("0x1.45f306p-1"))
+_RINT_MAGIC = np.float32(float.fromhex("0x1.8p+23"))
+_PIO2_HIGH = np.float32(-float.fromhex("0x1.921fb0p+0"))
+_PIO2_MED = np.float32(-float.fromhex("0x1.5110b4p-22"))
+_PIO2_LOW = np.float32(-float.fromhex("0x1.846988p-48"))
+_COS_COEFS = tuple(
+    np.float32(float.fromhex(h))
+    for h in ("0x1.98e616p-16", "-0x1.6c06dcp-10", "0x1.55553cp-5", "-0x1p-1", "0x1p+0")
+)
+_SIN_COEFS = tuple(
+    np.float32(float.fromhex(h))
+    for h in ("0x1.7d3bbcp-19", "-0x1.a06bbap-13", "0x1.11119ap-7", "-0x1.555556p-3")
+)
+_C8, _C6, _C4, _C2, _C0 = _COS_COEFS
+_S9, _S7, _S5, _S3 = _SIN_COEFS
+_ZERO32 = np.float32(0.0)
+_NAN32 = np.float32(np.nan)
+
+
+@intrinsic
+def _float32_bits(typingctx, x):
+    """The IEEE 754 bits of a float32 as an int32 (a bitcast, defined for every input)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@njit(cache=True, nogil=True, inline="always")
+def cos32_reduced(x: np.float32) -> np.float32:
+    """``cos x`` for float32 ``|x| <= COS_REDUCTION_MAX``: NumPy 2.x's SIMD float32 cosine
+    (``simd_sincos_f32`` of numpy/_core/src/umath/loops_trigonometric.dispatch.cpp, the
+    loop of every x86 machine with FMA), operation for operation, so the same bits:
+
+    - quadrant ``q = fma(x, 2/pi, 1.5 2^23) - 1.5 2^23`` (x 2/pi rounded to an integer;
+      NumPy's compiler fuses its multiply and add);
+    - Cody-Waite reduction ``r = fma(q, -p_3, fma(q, -p_2, fma(q, -p_1, x)))`` with
+      ``p_1 + p_2 + p_3 ~ pi/2`` (``r`` in [-pi/4, pi/4]), ``r2 = r r``;
+    - ``cos r ~ (((c_8 r2 + c_6) r2 + c_4) r2 + c_2) r2 + c_0`` and ``sin r ~ s r + r``
+      with ``s = (((s_9 r2 + s_7) r2 + s_5) r2 + s_3) r2``, each step one ``fma``;
+    - with ``k = q + 1``: ``sin r`` when k is even, else ``cos r``, negated as ``0 - v``
+      when ``k & 2``. k is read from the bits of ``t = fma(x, 2/pi, 1.5 2^23)``, which
+      are those of 1.5 2^23 plus q (t = 1.5 2^23 + q exactly for ``|q| < 2^22``; 1.5
+      2^23's bits are a multiple of 4): the low bits of q, with no float-to-int
+      conversion, which would be undefined for the huge q of an argument out of range.
+
+    Both polynomials are evaluated and one is selected, so the loops that call it vectorise.
+    Outside the range the value is meaningless but defined (callers check the range)."""
+    t = _fma(x, _TWO_OVER_PI, _RINT_MAGIC)
+    q = t - _RINT_MAGIC
+    r = _fma(q, _PIO2_HIGH, x)
+    r = _fma(q, _PIO2_MED, r)
+    r = _fma(q, _PIO2_LOW, r)
+    r2 = r * r
+    cos_r = _fma(_fma(_fma(_fma(_C8, r2, _C6), r2, _C4), r2, _C2), r2, _C0)
+    sin_r = _fma(_fma(_fma(_fma(_S9, r2, _S7), r2, _S5), r2, _S3), r2, _ZERO32)
+    sin_r = _fma(sin_r, r, r)
+    k = _float32_bits(t) + np.int32(1)
+    v = sin_r if (k & 1) == 0 else cos_r
+    return (_ZERO32 - v) if (k & 2) == 2 else v
+
+
+@njit(cache=True, nogil=True, inline="always")
+def cos32(x: np.float32) -> np.float32:
+    """NumPy's float32 ``np.cos`` on x86 machines with FMA, bit for bit, for every float32
+    (checked over all 2^32 by ``benchmarks/check_cosine.py``): :func:`cos32_reduced`
+    within ``|x| <= COS_REDUCTION_MAX``, NaN (0x7fc00000, whatever the input's payload)
+    for NaN, the C library's ``cosf`` beyond (as NumPy's loop does)."""
+    if abs(x) <= COS_REDUCTION_MAX:
+        return cos32_reduced(x)
+    if x != x:
+        return _NAN32
+    return math.cos(x)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def cos32_checked(x: np.float32) -> tuple[np.float32, bool]:
+    """``(cos32_reduced(x), |x| <= COS_REDUCTION_MAX)``: the cosine and whether it is
+    NumPy's (False for NaN and beyond the reduction range, where the value is
+    meaningless)."""
+    return cos32_reduced(x), abs(x) <= COS_REDUCTION_MAX
+
+
+@njit(cache=True, nogil=True)
+def block_cos_features(
+    C: np.ndarray,
+    bias: np.ndarray,
+    W_act: np.ndarray,
+    a: np.ndarray,
+    draws: np.ndarray,
+    scale: np.ndarray,
+    bar_scale: np.ndarray,
+    phi_out: np.ndarray,
+    bar_out: np.ndarray,
+) -> bool:
+    """:func:`block_arguments`, ``np.cos`` and :func:`block_features` in one pass, the
+    cosine arguments never stored: for ``C [R + 1, D']``, ``a [R, 2]``, ``draws [R, J,
+    2]``, ``phi_out, bar_out [R, >= D']``, with ``x_0 = fma(a_i1, W_1, a_i0 W_0) + (C[i] +
+    bias)`` and ``x_k = fma(d_ik1, W_1, d_ik0 W_0) + (C[i + 1] + bias)``,
+
+    ``phi_out[i, j] = cos32(x_0) scale_j`` and ``bar_out[i, j] = (((cos32(x_1) + cos32(x_2))
+    + ...) + cos32(x_J)) bar_scale_j``,
+
+    each operation rounded as the three-call path rounds it, and :func:`cos32_reduced` is
+    NumPy's cosine: the same bits. Returns False, its outputs then meaningless, when an
+    argument is NaN or beyond :data:`COS_REDUCTION_MAX` (NumPy takes those through the C
+    library): the caller then takes the three-call path."""
+    R, J = draws.shape[0], draws.shape[1]
+    D = C.shape[1]
+    W0, W1 = W_act[0], W_act[1]
+    ok = True
+    for i in range(R):
+        c, c_next, p, o = C[i], C[i + 1], phi_out[i], bar_out[i]
+        a0, a1 = a[i, 0], a[i, 1]
+        if J == 4:
+            d00, d01, d10, d11 = draws[i, 0, 0], draws[i, 0, 1], draws[i, 1, 0], draws[i, 1, 1]
+            d20, d21, d30, d31 = draws[i, 2, 0], draws[i, 2, 1], draws[i, 3, 0], draws[i, 3, 1]
+            for j in range(D):
+                w0, w1, b = W0[j], W1[j], bias[j]
+                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
+                c_j = c_next[j] + b
+                cos1, ok1 = cos32_checked(_fma(d01, w1, d00 * w0) + c_j)
+                cos2, ok2 = cos32_checked(_fma(d11, w1, d10 * w0) + c_j)
+                cos3, ok3 = cos32_checked(_fma(d21, w1, d20 * w0) + c_j)
+                cos4, ok4 = cos32_checked(_fma(d31, w1, d30 * w0) + c_j)
+                ok &= ok0 & ok1 & ok2 & ok3 & ok4
+                p[j] = cos0 * scale[j]
+                o[j] = (((cos1 + cos2) + cos3) + cos4) * bar_scale[j]
+            continue
+        if J == 1:  # the closed form's mean (or K_mc = 1)
+            m0, m1 = draws[i, 0, 0], draws[i, 0, 1]
+            for j in range(D):
+                w0, w1, b = W0[j], W1[j], bias[j]
+                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
+                cos1, ok1 = cos32_checked(_fma(m1, w1, m0 * w0) + (c_next[j] + b))
+                ok &= ok0 & ok1
+                p[j] = cos0 * scale[j]
+                o[j] = cos1 * bar_scale[j]
+            continue
+        for j in range(D):
+            cos_x, in_range = cos32_checked(_fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j]))
+            ok &= in_range
+            p[j] = cos_x * scale[j]
+        for k in range(J):
+            d0, d1 = draws[i, k, 0], draws[i, k, 1]
+            for j in range(D):
+                cos_x, in_range = cos32_checked(_fma(d1, W1[j], d0 * W0[j]) + (c_next[j] + bias[j]))
+                ok &= in_range
+                o[j] = cos_x if k == 0 else o[j] + cos_x
+        for j in range(D):
+            o[j] *= bar_scale[j]
+    return ok
+
+
+@njit(cache=True, nogil=True)
+def cosines(x: np.ndarray, out: np.ndarray) -> None:
+    """``out = cos(x)`` elementwise over float32 ``x, out [n]`` (:func:`cos32`; ``out`` may
+    be ``x``). A vectorised pass writes :func:`cos32_reduced` where ``|x| <=
+    COS_REDUCTION_MAX`` and copies x elsewhere (NaN included); only when some x was
+    copied does a second, scalar pass replace those by :func:`cos32` (a copied value is
+    still out of range, a cosine never is)."""
+    ok = True
+    for i in range(x.shape[0]):
+        cos_x, in_range = cos32_checked(x[i])
+        ok &= in_range
+        out[i] = cos_x if in_range else x[i]
+    if not ok:
+        for i in range(x.shape[0]):
+            if not abs(out[i]) <= COS_REDUCTION_MAX:
+                out[i] = cos32(out[i])

@@ -14,7 +14,10 @@ cosines, still in cache, are turned into ``phi`` and ``dphi`` in one pass
 
 so ``phi`` and ``dphi`` are the two-step path's values bit for bit (tests/probes/
 test_probe_td_features.py). The cosine arguments are the training kernel's
-(:func:`tdlens.kernels.block_arguments`) and the cosines NumPy's, as in training.
+(:func:`tdlens.kernels.block_arguments`) and the cosines NumPy's, as in training: in
+float32 formed, taken (:func:`tdlens.kernels.cos32`, NumPy's float32 cosine bit for bit)
+and turned into ``phi`` and ``dphi`` in one pass, never stored
+(:func:`block_cos_differences`).
 
 :func:`trainer_differences` writes only ``dphi`` (phi of a block lives in a small
 scratch buffer): what the trainer's Monte Carlo TD errors of a batch need, whose ``r_t``
@@ -39,7 +42,7 @@ from tdlens.features import (
     reward,
 )
 from tdlens.features import run_parallel as _run_parallel
-from tdlens.kernels import _fma, block_arguments
+from tdlens.kernels import _fma, block_arguments, cos32_checked
 from tdlens.rollout import ChainNoise, Paths, next_actions, td_batch
 
 BLOCK_ROWS = 128
@@ -109,6 +112,78 @@ def difference_features(
 
 
 @njit(cache=True, nogil=True)
+def block_cos_differences(
+    C: np.ndarray,
+    bias: np.ndarray,
+    W_act: np.ndarray,
+    a: np.ndarray,
+    draws: np.ndarray,
+    scale: np.ndarray,
+    bar_scale: np.ndarray,
+    neg_gamma: np.floating,
+    phi_out: np.ndarray,
+    dphi_out: np.ndarray,
+) -> bool:
+    """The arguments of :func:`tdlens.kernels.block_arguments` (or :func:`mean_arguments`,
+    the same operations), their cosines (:func:`tdlens.kernels.cos32`) and
+    :func:`difference_features` in one pass, the arguments never stored, for float32 ``C
+    [R + 1, D']``, ``a [R, 2]``, ``draws [R, J, 2]``, ``phi_out, dphi_out [R, >= D']``:
+    ``phi = cos(x_0) scale`` and ``dphi = phi + ((((cos(x_1) + cos(x_2)) + ...) +
+    cos(x_J)) bar_scale) neg_gamma``, each operation rounded as the three-call path
+    rounds it (the same bits). Returns False, its outputs then meaningless, when an
+    argument is NaN or beyond :data:`tdlens.kernels.COS_REDUCTION_MAX`: the caller then
+    takes the three-call path."""
+    R, J = draws.shape[0], draws.shape[1]
+    D = C.shape[1]
+    W0, W1 = W_act[0], W_act[1]
+    ok = True
+    for i in range(R):
+        c, c_next, p, d = C[i], C[i + 1], phi_out[i], dphi_out[i]
+        a0, a1 = a[i, 0], a[i, 1]
+        if J == 4:
+            d00, d01, d10, d11 = draws[i, 0, 0], draws[i, 0, 1], draws[i, 1, 0], draws[i, 1, 1]
+            d20, d21, d30, d31 = draws[i, 2, 0], draws[i, 2, 1], draws[i, 3, 0], draws[i, 3, 1]
+            for j in range(D):
+                w0, w1, b = W0[j], W1[j], bias[j]
+                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
+                c_j = c_next[j] + b
+                cos1, ok1 = cos32_checked(_fma(d01, w1, d00 * w0) + c_j)
+                cos2, ok2 = cos32_checked(_fma(d11, w1, d10 * w0) + c_j)
+                cos3, ok3 = cos32_checked(_fma(d21, w1, d20 * w0) + c_j)
+                cos4, ok4 = cos32_checked(_fma(d31, w1, d30 * w0) + c_j)
+                ok &= ok0 & ok1 & ok2 & ok3 & ok4
+                phi = cos0 * scale[j]
+                p[j] = phi
+                d[j] = phi + ((((cos1 + cos2) + cos3) + cos4) * bar_scale[j]) * neg_gamma
+            continue
+        if J == 1:  # the closed form's mean (or K_mc = 1)
+            m0, m1 = draws[i, 0, 0], draws[i, 0, 1]
+            for j in range(D):
+                w0, w1, b = W0[j], W1[j], bias[j]
+                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
+                cos1, ok1 = cos32_checked(_fma(m1, w1, m0 * w0) + (c_next[j] + b))
+                ok &= ok0 & ok1
+                phi = cos0 * scale[j]
+                p[j] = phi
+                d[j] = phi + (cos1 * bar_scale[j]) * neg_gamma
+            continue
+        for j in range(D):
+            cos_x, in_range = cos32_checked(_fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j]))
+            ok &= in_range
+            p[j] = cos_x * scale[j]
+        for k in range(J):
+            d0, d1 = draws[i, k, 0], draws[i, k, 1]
+            for j in range(D):
+                x = _fma(d1, W1[j], d0 * W0[j]) + (c_next[j] + bias[j])
+                cos_x, in_range = cos32_checked(x)
+                ok &= in_range
+                d[j] = cos_x if k == 0 else d[j] + cos_x
+        for j in range(D):
+            d[j] = p[j] + (d[j] * bar_scale[j]) * neg_gamma
+    return ok
+
+
+@njit(cache=True, nogil=True)
 def mean_arguments(
     C: np.ndarray,
     bias: np.ndarray,
@@ -155,8 +230,9 @@ def chain_differences(
     bar_phi(s_{t+1})`` along one chain, ``o_chain [L+1, 18]``, ``a [L, 2]``, outputs
     ``[L, D]``: the block loop of :func:`tdlens.features.chain_features` (same
     arguments, by :func:`mean_arguments` for the closed form, same cosines) with
-    :func:`difference_features` in place of its ``block_features``, so the values of
-    chain_features followed by td_difference_.
+    :func:`difference_features` in place of its ``block_features`` (in float32
+    :func:`block_cos_differences` in place of all three calls, as chain_features does),
+    so the values of chain_features followed by td_difference_.
     ``phi_out=None``: phi is not kept (each block's goes to a scratch buffer)."""
     L = a.shape[0]
     D, D_base, dtype = maps.D, maps.D - NUM_EXTRA, maps.dtype
@@ -171,6 +247,17 @@ def chain_differences(
         stop = min(start + BLOCK_ROWS, L)
         C = _buffer(scratch, "C", (stop - start + 1, D_base), dtype)
         np.matmul(o32[start : stop + 1], maps.W_obs, out=C)
+        block = slice(start, stop)
+        phi_block = (
+            phi_out[block]
+            if phi_out is not None
+            else _buffer(scratch, "phi", (stop - start, D), dtype)
+        )
+        if dtype == np.float32 and block_cos_differences(
+            C, maps.bias, maps.W_act, a32[block], draws32[block], scale, bar_scale, neg_gamma,
+            phi_block, dphi_out[block],
+        ):  # fmt: skip
+            continue
         for lo in range(start, stop, sub):
             hi = min(lo + sub, stop)
             rows, C_lo = hi - lo, C[lo - start : hi - start + 1]
