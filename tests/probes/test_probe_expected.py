@@ -147,6 +147,52 @@ def test_float32_reads_stop_the_series_inside_their_own_rounding(kappa):
     assert left_out < 0.1 * rounding
 
 
+@pytest.mark.parametrize("kappa", [0.01, 0.1, 0.4])
+def test_float32_products_move_a_float32_read_series_within_the_readout_rounding(kappa):
+    """A series read through float32 rows may take its products in float32: what that
+    moves the readout by is at most the float32 readout's own rounding (both measured
+    against the float64 products' and the float64 readout), and it does move it."""
+    rng = np.random.default_rng(12)
+    D, steps = 256, 80
+    A = np.eye(D) + 0.1 * rng.standard_normal((D, D))
+    eta = kappa / (steps * float(np.linalg.norm(A)))
+    X = rng.standard_normal((D, 5))
+    rows = rng.standard_normal((300, D))
+    rows32 = rows.astype(np.float32)
+    tol = ex.read_tol(np.float32)
+    exact = ex.series(A, X, eta, steps).read(rows)
+    f64 = ex.series(A, X, eta, steps, tol).read(rows32)
+    f32 = ex.series(A, X, eta, steps, tol, float32_products=True).read(rows32)
+    rounding = np.max(np.abs(f64 - exact))
+    moved = np.max(np.abs(f32 - f64))
+    assert 0 < moved <= 0.1 * rounding
+
+
+def test_predict_takes_float32_products_for_the_batch_series_of_float32_rows(monkeypatch):
+    """The call site: with float32 rows predict's batch series takes float32 products and
+    the halves' (one column each) float64; with float64 rows none does. The band moves
+    from the float64 rows' by far less than its width."""
+    rng, A = small_system(D=64, seed=3)
+    e0, U = rng.standard_normal(64), rng.standard_normal((64, 5))
+    phi = rng.standard_normal((200, 64))
+    halves = tuple(ex.HalfBatch(A, e0, phi[h]) for h in (slice(0, 100), slice(100, None)))
+    flags = []
+    series = ex.series
+
+    def recorded(*args, **kwargs):
+        flags.append(bool(args[5] if len(args) > 5 else kwargs.get("float32_products")))
+        return series(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "series", recorded)
+    ref = ex.predict(A, e0, U, phi, 1e-3, 4, 40, 0.01, halves)
+    assert flags == [False, False, False]
+    flags.clear()
+    got = ex.predict(A, e0, U, phi.astype(np.float32), 1e-3, 4, 40, 0.01, halves)
+    assert flags == [True, False, False]
+    np.testing.assert_allclose(got.mid, ref.mid, rtol=1e-5)
+    np.testing.assert_allclose(got.noise, ref.noise, rtol=1e-5)
+
+
 def test_qr_noise_factor_leaves_the_predicted_noise_unchanged():
     """With more clusters than features (C = 40 > D = 5) the factor is R^T [D, D] of the
     centred cluster means; the predicted noise from it equals the one from the full

@@ -175,8 +175,8 @@ def test_power_series_tolerance_moves_the_radius_at_most_four_tol(tol, eta_norm)
 
 
 def test_probe_tolerance_at_seed_like_scale_takes_fewer_products():
-    """eta ||A|| ~ 1e-4 with float32 products: PROXY_SERIES_TOL takes two products fewer
-    than the float64-rounding tail SERIES_TOL (4 and 6 here, kappa = 0.04; 3 and 5 in a
+    """eta ||A|| ~ 1e-4 with float32 products: PROXY_SERIES_TOL takes three products fewer
+    than the float64-rounding tail SERIES_TOL (3 and 6 here, kappa = 0.04; 2 and 5 in a
     seed round) and gives the same radius to 4 tol."""
     phi_t, dphi_t, rho_t, A = _td_batch(3)
     eta = 1e-4 / np.linalg.norm(A, 2)
@@ -196,7 +196,7 @@ def test_probe_tolerance_at_seed_like_scale_takes_fewer_products():
         return r
 
     exact, loose = radius(), radius(tol=st.PROXY_SERIES_TOL)
-    assert counts[1] <= counts[0] - 2
+    assert counts[1] <= counts[0] - 3
     assert abs(loose - exact) <= 4 * st.PROXY_SERIES_TOL
 
 

@@ -32,15 +32,17 @@ from numba import njit
 from tdlens.config import RunConfig
 from tdlens.probes.binomial import KAPPA_MAX, SERIES_TOL, binomial_terms
 
-PROXY_SERIES_TOL = 1e-12
+PROXY_SERIES_TOL = 1e-9
 """The series tail the probe's stability_proxy neglects (:func:`power_iteration_radius`'s
 ``tol``; SERIES_TOL = 2^-60 is float64 rounding). It moves the proxy by at most ``4 tol``
-= 4e-12, against a spread of the proxy across the k_mc batches (stability_proxy_std) of
-4.1e-8 in every round of the seed run (D = 2048), and below the float32 products' own
-rounding (the proxy differs from the float64-exact loop's by ~1e-14 to 5e-14). At the
-seed settings it takes 3 products with A per batch instead of 5 (each a pass over 64 MB
-of features); the proxies of a seed round moved by at most 2e-16 (one or two float64
-ulps)."""
+= 4e-9, against a spread of the proxy across the k_mc batches (stability_proxy_std) of
+4.1e-8 in every round of the seed run (D = 2048): a tenth of that spread, a quarter of
+the standard error of the mean over k_mc = 8 batches. At the seed settings it takes 2
+products with A per batch (the first fused with the norm bound, :func:`first_product`)
+instead of 5 at SERIES_TOL and 3 at 1e-12 (each a pass over 64 MB of features); the
+proxies of seed rounds moved by at most 6e-14 from 1e-12's (the bound is loose: ``eta
+||A||`` is far below its triangle-inequality bound), 1.5e-6 of the spread (BENCHMARKS.md,
+"Issue 28, session 10: cpu1")."""
 
 
 def trainer_terms(cfg: RunConfig) -> int:
