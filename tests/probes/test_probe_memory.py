@@ -42,9 +42,9 @@ def test_solves_run_without_the_float32_A(round_inputs, monkeypatch):
     held: list[int] = []
     solve = critic.solve_fixed_point
 
-    def spy(cfg, moments, spectrum, w, workspace, threads=1):
+    def spy(cfg, moments, spectrum, w, workspace, *args):
         held.append(workspace.held_bytes())
-        return solve(cfg, moments, spectrum, w, workspace, threads)
+        return solve(cfg, moments, spectrum, w, workspace, *args)
 
     monkeypatch.setattr(critic, "solve_fixed_point", spy)
     critic.critic_probes(cfg, maps, rolled, plan, result.params, 0, None, Workspace())
