@@ -43,9 +43,9 @@ def test_solves_run_without_the_float32_A(round_inputs, monkeypatch):
     held: list[int] = []
     solve = critic.solve_fixed_point
 
-    def spy(cfg, moments, spectrum, w, workspace, *args):
+    def spy(cfg, moments, spectrum, w, workspace, *args, **kwargs):
         held.append(workspace.held_bytes())
-        return solve(cfg, moments, spectrum, w, workspace, *args)
+        return solve(cfg, moments, spectrum, w, workspace, *args, **kwargs)
 
     monkeypatch.setattr(critic, "solve_fixed_point", spy)
     critic.critic_probes(cfg, maps, rolled, plan, result.params, 0, None, Workspace())
@@ -77,7 +77,7 @@ def test_full_solve_lane_hands_its_w_sharp_to_beside_without_its_factor(round_in
             return threads
 
         solves[threads] = critic.solve_fixed_point(
-            cfg, moments, spectrum, result.params.w, ws, threads, 0, beside
+            cfg, moments, spectrum, result.params.w, ws, threads, n=0, beside=beside
         )
         assert solves[threads].beside == threads
         assert solves[threads].full.lu is None

@@ -289,7 +289,8 @@ def solve_fixed_point(
     w: np.ndarray,
     workspace: Workspace,
     threads: int = 1,
-    n: int = 0,
+    *,
+    n: int,
     beside: Callable[[np.ndarray], object] | None = None,
 ) -> FixedPointSolves:
     """The three solves with ``lam = ridge max|eig(A)|``: the full batch by the config's
@@ -352,7 +353,6 @@ def measure_fixed_point(
     phi_t: np.ndarray,
     w: np.ndarray,
     w_sharp_prev: np.ndarray | None,
-    n: int,
     split_prev: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The fixed_point_probe columns of `solves` on the batch ``phi_t [n, D]`` (without
@@ -493,9 +493,11 @@ def fixed_point_probe(
     def after_full(w_sharp: np.ndarray) -> tuple[np.ndarray, dict[str, float] | None]:
         return noise_factor(view, w_sharp), None if beside is None else beside()
 
-    solves = solve_fixed_point(cfg, moments, spectrum, w, workspace, threads, n, after_full)
+    solves = solve_fixed_point(
+        cfg, moments, spectrum, w, workspace, threads, n=n, beside=after_full
+    )
     U, beside_out = solves.beside
-    row = measure_fixed_point(cfg, solves, spectrum, view.phi_t, w, w_sharp_prev, n, split_prev)
+    row = measure_fixed_point(cfg, solves, spectrum, view.phi_t, w, w_sharp_prev, split_prev)
     timings = {"fixed_point.solve": time.perf_counter() - start}
     start = time.perf_counter()
     inputs = prediction_inputs(moments, solves, view, w, U)
