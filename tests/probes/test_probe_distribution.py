@@ -179,6 +179,21 @@ def test_unit_kernel_sums_are_the_dense_kernels_block_sums(dtype, rel):
             np.testing.assert_array_equal(two, M)
 
 
+def test_kernel_sum_jobs_run_in_any_order_give_the_unit_kernel_sums():
+    """The row-block jobs the distribution probe shares its pool with (the action TV and
+    tau_int run in it too) are independent: run in reverse order and reduced in job
+    order they give unit_kernel_sums' M bit for bit (as on two threads)."""
+    rng = np.random.default_rng(5)
+    Z = rng.normal(size=(70, 18))
+    bounds = [0, 10, 35, 70]
+    sums = dist.kernel_sum_jobs(Z, bounds, 1.3, block=8)
+    assert len(sums.jobs) == 11  # 2 + 4 + 5 blocks of at most 8 rows, none across a unit
+    results = {j: sums.jobs[j]() for j in reversed(range(len(sums.jobs)))}
+    M = sums.reduce([results[j] for j in range(len(sums.jobs))])
+    np.testing.assert_array_equal(M, dist.unit_kernel_sums(Z, bounds, 1.3, block=8))
+    np.testing.assert_array_equal(M, dist.unit_kernel_sums(Z, bounds, 1.3, block=8, threads=2))
+
+
 def test_median_bandwidth_brute_force():
     rng = np.random.default_rng(4)
     Z = rng.normal(size=(40, 18))

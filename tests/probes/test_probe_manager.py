@@ -206,7 +206,11 @@ def test_round_is_the_same_on_one_thread_and_on_two():
     threads=2 (the fixed-point solves, the Krylov runs on A and A^T (D = 800 > DENSE_MAX),
     the expected-dynamics series, the MMD sums and the split 64-trajectory rollout then
     run side by side) gives the same rows and arrays, bit for bit (LAPACK's condition
-    estimate too: it is rounded to 6 significant digits, issue 26)."""
+    estimate too: it is rounded to 6 significant digits, issue 26). The first round (with
+    the counterfactuals) and a later one (the drift and its noise from the previous w#);
+    at threads=2 the full solve's lane counts modes_below_lam by Hutchinson on its LU
+    (D > DENSE_MAX), forms U from the trainer's TD errors (probes.bar_phi: exact under
+    bar_phi: mc) and runs the spectral intervals, beside the half-batch solves."""
     common = ("env.feature_dim=800", "probes.stability.k_mc=8")
     rounds = []
     for threads in (1, 2):
@@ -214,8 +218,14 @@ def test_round_is_the_same_on_one_thread_and_on_two():
         maps, result = snapshot(cfg)
         assert maps.threads == threads
         assert sum(c.columns for c in plan_chains(cfg).stability) >= 64
-        rounds.append(run_round(ProbeManager(cfg, maps), result, 1))
-    one, two = rounds
+        assert cfg.probe_bar_phi != cfg.bar_phi and plan_chains(cfg).shared
+        manager = ProbeManager(cfg, maps)
+        rounds.append([run_round(manager, result, 1), run_round(manager, result, 2)])
+    for one, two in zip(*rounds, strict=True):
+        _assert_same_round(one, two)
+
+
+def _assert_same_round(one, two):
     assert set(one.rows) == set(two.rows)
     for name, row in one.rows.items():
         other = dict(two.rows[name])

@@ -10,6 +10,7 @@ from probe_testlib import snapshot, tiny_config
 from tdlens.features import Workspace
 from tdlens.probes import common, critic
 from tdlens.probes import expected as ex
+from tdlens.probes import fixed_point as fp
 from tdlens.probes.common import plan_chains, roll_chains
 
 
@@ -42,15 +43,53 @@ def test_solves_run_without_the_float32_A(round_inputs, monkeypatch):
     held: list[int] = []
     solve = critic.solve_fixed_point
 
-    def spy(cfg, moments, spectrum, w, workspace, threads=1):
+    def spy(cfg, moments, spectrum, w, workspace, *args, **kwargs):
         held.append(workspace.held_bytes())
-        return solve(cfg, moments, spectrum, w, workspace, threads)
+        return solve(cfg, moments, spectrum, w, workspace, *args, **kwargs)
 
     monkeypatch.setattr(critic, "solve_fixed_point", spy)
     critic.critic_probes(cfg, maps, rolled, plan, result.params, 0, None, Workspace())
     D, n = cfg.env.feature_dim, plan.fixed.samples
     features = 2 * n * D * np.dtype(maps.dtype).itemsize
     assert held == [features + 3 * 8 * D * D]
+
+
+def test_full_solve_lane_hands_its_w_sharp_to_beside_without_its_factor(round_inputs):
+    """The full solve's lane of solve_fixed_point runs `beside` with the full w#, after
+    modes_below_lam is counted and its LU factor released (so at most the half-batch
+    lane's factor is alive beside it), and every number is the same on one thread and
+    on two; the workspace holds after the solves what it held before."""
+    cfg, maps, result, plan, rolled = round_inputs
+    ws = Workspace()
+    probe_cfg = critic.probe_config(cfg)
+    batch = rolled.difference_batch(probe_cfg, maps, [plan.fixed], result.params.theta_pi, ws)
+    view = critic.batch_view(cfg, batch, slice(0, plan.fixed.columns), plan.fixed)
+    moments = fp.td_moments(view.phi_t, view.dphi_t, view.rho_t, view.r_t, workspace=ws)
+    spectrum, _ = critic.spectrum_of(cfg, moments, 0, ws)
+    ws.release(critic.A32_BUFFER)
+    held, D = ws.held_bytes(), cfg.env.feature_dim
+    seen = {}
+    solves = {}
+    for threads in (1, 2):
+
+        def beside(w_sharp, threads=threads):
+            seen[threads] = (w_sharp.copy(), ws.held_bytes())
+            return threads
+
+        solves[threads] = critic.solve_fixed_point(
+            cfg, moments, spectrum, result.params.w, ws, threads, n=0, beside=beside
+        )
+        assert solves[threads].beside == threads
+        assert solves[threads].full.lu is None
+        np.testing.assert_array_equal(seen[threads][0], solves[threads].full.w_sharp)
+        assert ws.held_bytes() == held
+    assert seen[1][1] == held  # one thread: the full lane first, the halves after it
+    assert seen[2][1] <= held + 8 * D * D  # two: a half's factor at most
+    one, two = solves[1], solves[2]
+    np.testing.assert_array_equal(one.full.w_sharp, two.full.w_sharp)
+    for k in (0, 1):
+        np.testing.assert_array_equal(one.halves[k], two.halves[k])
+    assert one.modes == two.modes and one.full.residual == two.full.residual
 
 
 def test_explicit_chain_has_its_feature_group_alone(round_inputs, monkeypatch):

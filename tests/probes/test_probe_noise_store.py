@@ -77,6 +77,25 @@ def test_a_managers_second_round_equals_a_fresh_managers():
             np.testing.assert_array_equal(parts[name], ref[name], err_msg=f"{key} {name}")
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_each_part_draws_its_own_columns_noise(threads):
+    """Each roll-out part draws the noise of its own columns (one Generator per column),
+    beside the other parts: every group's noise is draw_group_noise's bit for bit, the
+    80-column group split in parts or not, from the store or drawn afresh."""
+    cfg = tiny_config("probes.stability.k_mc=8", f"threads={threads}")
+    maps, result = snapshot(cfg)
+    specs = plan_chains(cfg).specs()
+    store = NoiseStore(cfg)
+    for rolled in (
+        roll_chains(cfg, maps, result.params, specs, 4),
+        roll_chains(cfg, maps, result.params, specs, 4, store),
+        roll_chains(cfg, maps, result.params, specs, 4, store),
+    ):
+        assert sum(s.columns for s in rolled.groups[0].specs) >= 64  # split on 2 threads
+        for g in rolled.groups:
+            _assert_same_noise(g.noise, draw_group_noise(cfg, g.specs, 4))
+
+
 def test_groups_rolled_side_by_side_equal_one_roll_out_per_group():
     """80 columns of 32 steps (split in two parts on 2 and 3 threads), the distribution's
     chains and the long rho chains (512 steps): every group's paths equal one roll_out

@@ -299,6 +299,15 @@ class NoiseStore:
         return _concat_noise([draw_noise(self.rngs(s, n), s.T, self.cfg) for s in specs])
 
 
+def column_rngs(
+    cfg: RunConfig, specs: Sequence[ChainSpec], n: int, store: NoiseStore | None = None
+) -> list[np.random.Generator]:
+    """One generator per rollout column of `specs` (in order, each at its start state):
+    :meth:`ChainSpec.rngs`, or `store`'s. ``draw_noise`` of any run of them is those
+    columns of :func:`draw_group_noise`, bit for bit (each column draws from its own)."""
+    return [rng for s in specs for rng in (s.rngs(cfg, n) if store is None else store.rngs(s, n))]
+
+
 def draw_group_noise(cfg: RunConfig, specs: Sequence[ChainSpec], n: int) -> ChainNoise:
     """Noise of chains of one length T, side by side in the order of `specs`, each drawn
     from :meth:`ChainSpec.rngs` for its own length (so it does not depend on which other
@@ -326,7 +335,8 @@ def roll_chains(
     Chain noise comes from :meth:`ChainSpec.rngs` (one generator per column), drawn for
     its own length T (so it does not depend on which other chains share the call), or
     from `store` (the same numbers, its Generators kept from an earlier round,
-    :class:`NoiseStore`).
+    :class:`NoiseStore`); each part of the roll-outs below draws its own columns' noise
+    (:func:`column_rngs`), beside the other parts instead of before all of them.
     Each group records the means of pi at every state, and of mu where a chain acts
     under pi (:func:`_recorded_means`). The roll-outs run on ``maps.threads`` threads
     side by side, longest first (about ``T (STEP_COST_COLUMNS + columns)``): a group of
@@ -346,7 +356,7 @@ def roll_chains(
     for spec in specs:
         by_length.setdefault(spec.T, []).append(spec)
     groups = [tuple(g) for g in by_length.values()]
-    noises = [draw_group_noise(cfg, g, n) if store is None else store.noise(g, n) for g in groups]
+    rngs = [column_rngs(cfg, g, n, store) for g in groups]
     policies = [_group_policies(cfg, params, g) for g in groups]
     evals = [_recorded_means(params, g) for g in groups]
     tasks = [
@@ -356,19 +366,20 @@ def roll_chains(
     ]
     tasks.sort(key=lambda t: -groups[t[0]][0].T * (STEP_COST_COLUMNS + t[2] - t[1]))
 
-    def roll(task: tuple[int, int, int]) -> Paths:
+    def roll(task: tuple[int, int, int]) -> tuple[Paths, ChainNoise]:
         i, cols = task[0], slice(task[1], task[2])
         theta_mu, sigma_mu = policies[i]
         theta = theta_mu[cols] if theta_mu.ndim == 3 else theta_mu
-        noise = noises[i].take(cols)
-        return roll_out(cfg, maps, theta, sigma_mu[cols], noise, evals[i], keep_psi=False)
+        noise = draw_noise(rngs[i][cols], groups[i][0].T, cfg)
+        return roll_out(cfg, maps, theta, sigma_mu[cols], noise, evals[i], keep_psi=False), noise
 
-    paths = dict(zip(tasks, parallel_map(roll, tasks, maps.threads), strict=True))
+    done = dict(zip(tasks, parallel_map(roll, tasks, maps.threads), strict=True))
     rolled = []
     for i, g in enumerate(groups):
-        parts = [paths[t] for t in sorted(t for t in paths if t[0] == i)]
-        group_paths = parts[0] if len(parts) == 1 else concat_paths(parts)
-        rolled.append(RolledGroup(g, group_paths, noises[i], policies[i][1]))
+        paths, noises = zip(*(done[t] for t in sorted(t for t in done if t[0] == i)), strict=True)
+        group_paths = paths[0] if len(paths) == 1 else concat_paths(list(paths))
+        noise = noises[0] if len(noises) == 1 else _concat_noise(noises)
+        rolled.append(RolledGroup(g, group_paths, noise, policies[i][1]))
     return RolledChains(tuple(rolled))
 
 

@@ -123,6 +123,7 @@ def trainer_td_errors(
     theta_pi: np.ndarray,
     w: np.ndarray,
     r_t: np.ndarray,
+    threads: int | None = None,
 ) -> np.ndarray:
     """``delta_t [n] = r_t - dphi_t . w / sqrt(D)`` of batch `spec` (trajectory-major, as
     :func:`batch_view`, whose ``r_t [n]`` is given: phi, so r, is the same under either
@@ -130,13 +131,16 @@ def trainer_td_errors(
     draws ``u' = m_pi(s_{t+1}) + sigma_pi z`` from the batch's own ``z_next``, so the
     per-sample updates ``rho_t delta_t phi_t`` carry the Monte Carlo noise the trainer's
     do (docs/model.md §6.1, the update noise). Only dphi is formed
-    (:func:`tdlens.probes.td_features.trainer_differences`), ``maps.threads`` columns at a
-    time in a private buffer ``[threads, T, D]``; the products run one column
-    (``[T, D]``) at a time, so their rounding does not depend on the threads."""
+    (:func:`tdlens.probes.td_features.trainer_differences`), `threads` (default
+    ``maps.threads``) columns at a time in a private buffer ``[threads, T, D]``; the
+    products run one column (``[T, D]``) at a time, so their rounding does not depend on
+    the threads."""
     group, cols, T = rolled.group(spec), rolled.columns(spec), spec.T
     paths = truncate_paths(group.paths.take(cols), T)
     noise = truncate_noise(group.noise.take(cols), T)
     w_f = (w / math.sqrt(maps.D)).astype(maps.dtype)
+    if threads is not None and threads != maps.threads:
+        maps = replace(maps, threads=threads)
     workspace, step = Workspace(), max(1, maps.threads)
     dphi = workspace.array("trainer.dphi", (min(step, spec.columns), T, maps.D), maps.dtype)
     delta = np.empty(spec.samples)
@@ -228,13 +232,27 @@ def power_proxy(
 
 
 @dataclass(frozen=True)
+class FrozenModes:
+    """modes_below_lam: the count of eigenvalues of A with ``|l| < lam`` (``exact``: from a
+    dense spectrum, or 0 for the iterate solver), else the Hutchinson estimate on the full
+    solve's LU (:func:`tdlens.probes.fixed_point.frozen_modes_soft`)."""
+
+    count: float
+    exact: bool
+
+
+@dataclass(frozen=True)
 class FixedPointSolves:
-    """The full-batch solve (its w# is the probe's) and the two half-batch w#
-    (``halves``, whose difference is the noise floor), all with ``lam``."""
+    """The full-batch solve (its w# is the probe's; its LU factor dropped once
+    ``modes`` is counted on it) and the two half-batch w# (``halves``, whose difference
+    is the noise floor), all with ``lam``; ``beside``: what the full solve's lane
+    computed after it (:func:`solve_fixed_point`)."""
 
     full: fp.FixedPointSolve
     halves: tuple[np.ndarray, np.ndarray]
     lam: float
+    modes: FrozenModes
+    beside: object = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +266,20 @@ class FixedPointResult:
     arrays: dict[str, dict[str, np.ndarray]]
     timings: dict[str, float]
     halves: tuple[np.ndarray, np.ndarray]
+    beside: dict[str, float] | None = None
+
+
+def count_frozen_modes(
+    cfg: RunConfig, solve: fp.FixedPointSolve, spectrum: sp.Spectrum, lam: float, n: int
+) -> FrozenModes:
+    """modes_below_lam of the full solve `solve` with ridge `lam` (:class:`FrozenModes`);
+    the Hutchinson probes come from the fixed point's auxiliary purpose 0."""
+    if cfg.probes.fixed_point.solver == "iterate":
+        return FrozenModes(0.0, True)
+    if spectrum.dense:
+        return FrozenModes(float(np.sum(np.abs(spectrum.eigvals) < lam)), True)
+    rng = aux_rng(cfg, "probe_fixed_point", n, 0)
+    return FrozenModes(fp.frozen_modes_soft(solve.lu, lam, rng), False)
 
 
 def solve_fixed_point(
@@ -257,6 +289,9 @@ def solve_fixed_point(
     w: np.ndarray,
     workspace: Workspace,
     threads: int = 1,
+    *,
+    n: int,
+    beside: Callable[[np.ndarray], object] | None = None,
 ) -> FixedPointSolves:
     """The three solves with ``lam = ridge max|eig(A)|``: the full batch by the config's
     solver, and the two half-batch systems by direct ridge solves also when the solver is
@@ -264,7 +299,14 @@ def solve_fixed_point(
     tol (falling back to a float64 LU when refinement does not get there): at D = 2048 the
     float32 LU costs half the float64 one and the refined w# agrees with the float64
     solve to ~1e-11 relative at tol 1e-8 (BENCHMARKS.md, "The probe round, issue
-    28"). They run side by side on `threads` threads (one BLAS thread each)."""
+    28").
+
+    Two lanes run side by side on `threads` threads (one BLAS thread each, so the same
+    bits on one thread or two): the two half-batch solves one after the other, and the
+    full batch's solve followed by what needs only its w#: modes_below_lam of round `n`
+    on its LU (:func:`count_frozen_modes`; the factor is released then) and
+    ``beside(w#)`` (its result in ``FixedPointSolves.beside``), which would otherwise
+    run alone after the solves while the other lane did its second LU."""
     conf = cfg.probes.fixed_point
     lam = fp.ridge_lambda(conf.ridge, spectrum.max_abs)
     tol = conf.tol
@@ -284,12 +326,24 @@ def solve_fixed_point(
             return fp.solve_iterate(moments.A, moments.b, w, cfg.alpha_w, conf.max_iters, tol)
         return fp.solve_direct(moments.A, moments.b, w, lam, tol, np.float32, workspace)
 
+    def full_lane() -> tuple[fp.FixedPointSolve, FrozenModes, object]:
+        solve = solve_one(2)
+        modes = count_frozen_modes(cfg, solve, spectrum, lam, n)
+        workspace.release(*fp.lu_buffers("solve"))
+        solve = replace(solve, lu=None)  # its factor (16 MB at D = 2048) is not read again
+        return solve, modes, None if beside is None else beside(solve.w_sharp)
+
+    def halves_lane() -> tuple[np.ndarray, np.ndarray]:
+        return solve_one(0), solve_one(1)
+
     # three independent factorisations, one BLAS thread each side by side, beat three
     # two-threaded ones in a row (a 2048 LU scales poorly from one core to two); the
     # halves one after the other beside the full batch, so that at most two factors are
     # alive (a third half's beside the kept full one: 16 MB more at D = 2048)
-    (solve,), halves = parallel_map(lambda ks: [solve_one(k) for k in ks], ((2,), (0, 1)), threads)
-    return FixedPointSolves(full=solve, halves=(halves[0], halves[1]), lam=lam)
+    (solve, modes, after), halves = parallel_map(
+        lambda lane: lane(), (full_lane, halves_lane), threads
+    )
+    return FixedPointSolves(full=solve, halves=halves, lam=lam, modes=modes, beside=after)
 
 
 def measure_fixed_point(
@@ -299,24 +353,15 @@ def measure_fixed_point(
     phi_t: np.ndarray,
     w: np.ndarray,
     w_sharp_prev: np.ndarray | None,
-    n: int,
     split_prev: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The fixed_point_probe columns of `solves` on the batch ``phi_t [n, D]`` (without
     iter, rho and the expected dynamics): gaps, noise floors (``||w#_1 - w#_2||`` and its
     value-space twin), the drift's own noise from the previous round's ``w#_1 - w#_2``
     `split_prev` (:func:`tdlens.probes.fixed_point.drift_noise`), and the modes below lam
-    (counted on a dense spectrum, else the Hutchinson estimate on the full solve's LU)."""
+    (``solves.modes``, :func:`count_frozen_modes`)."""
     conf = cfg.probes.fixed_point
-    solve, halves, lam = solves.full, solves.halves, solves.lam
-    if conf.solver == "iterate":
-        modes, exact = 0.0, True
-    else:
-        exact = spectrum.dense
-        if exact:
-            modes = float(np.sum(np.abs(spectrum.eigvals) < lam))
-        else:
-            modes = fp.frozen_modes_soft(solve.lu, lam, aux_rng(cfg, "probe_fixed_point", n, 0))
+    solve, halves = solves.full, solves.halves
     row = fp.fixed_point_row(
         solve,
         w,
@@ -324,8 +369,8 @@ def measure_fixed_point(
         fp.value_gap(phi_t, w, solve.w_sharp),
         float(np.linalg.norm(halves[0] - halves[1])),
         conf.ridge if conf.solver == "direct" else 0.0,
-        modes,
-        exact,
+        solves.modes.count,
+        solves.modes.exact,
         conf.batch_size,
         conf.tol,
     )
@@ -346,15 +391,28 @@ class PredictionInputs:
     halves: tuple[ex.HalfBatch, ex.HalfBatch]
 
 
-def prediction_inputs(
-    moments: fp.TDMoments, solves: FixedPointSolves, view: BatchView, w: np.ndarray
-) -> PredictionInputs:
-    """:class:`PredictionInputs` of this probe's batch and solves."""
-    phi_t, w_sharp = view.phi_t, solves.full.w_sharp
+def noise_factor(view: BatchView, w_sharp: np.ndarray) -> np.ndarray:
+    """The update-noise factor ``U [D, C]`` of this probe's batch at `w_sharp`
+    (:func:`tdlens.probes.expected.update_noise_factor`, with the trainer's TD errors
+    when the batch's bar_phi estimator is not the trainer's)."""
     delta = None if view.trainer_delta is None else view.trainer_delta(w_sharp)
-    U = ex.update_noise_factor(
-        phi_t, view.dphi_t, view.rho_t, view.r_t, w_sharp, view.cluster_size, delta
+    return ex.update_noise_factor(
+        view.phi_t, view.dphi_t, view.rho_t, view.r_t, w_sharp, view.cluster_size, delta
     )
+
+
+def prediction_inputs(
+    moments: fp.TDMoments,
+    solves: FixedPointSolves,
+    view: BatchView,
+    w: np.ndarray,
+    U: np.ndarray | None = None,
+) -> PredictionInputs:
+    """:class:`PredictionInputs` of this probe's batch and solves (`U`: the batch's
+    :func:`noise_factor` at the full w#, computed when None)."""
+    phi_t, w_sharp = view.phi_t, solves.full.w_sharp
+    if U is None:
+        U = noise_factor(view, w_sharp)
     halves = tuple(
         ex.HalfBatch(A_k, w - w_k, phi_t[rows])
         for A_k, w_k, rows in zip(
@@ -417,8 +475,12 @@ def fixed_point_probe(
     workspace: Workspace,
     threads: int = 1,
     split_prev: np.ndarray | None = None,
+    beside: Callable[[], dict[str, float]] | None = None,
 ) -> FixedPointResult:
-    """The fixed-point probe of one round (docs/model.md §6.1): :func:`solve_fixed_point`,
+    """The fixed-point probe of one round (docs/model.md §6.1): :func:`solve_fixed_point`
+    (whose full-solve lane also forms U, :func:`noise_factor`, and runs `beside`, the
+    stability probe's spectral intervals when this batch is stability batch 0: its
+    result in ``FixedPointResult.beside``),
     :func:`measure_fixed_point`, :func:`prediction_inputs` and :func:`predict_dynamics`
     (value_gap_floor and effective_timescale; the band follows a non-constant alpha_w
     schedule) and :func:`pack_prediction`; at the run's first round (no previous w#) also
@@ -427,14 +489,19 @@ def fixed_point_probe(
     and the one the row reports. `split_prev`: the previous round's ``w#_1 - w#_2``
     (w_sharp_drift_noise); the result hands back this round's."""
     start = time.perf_counter()
-    solves = solve_fixed_point(cfg, moments, spectrum, w, workspace, threads)
-    row = measure_fixed_point(cfg, solves, spectrum, view.phi_t, w, w_sharp_prev, n, split_prev)
+
+    def after_full(w_sharp: np.ndarray) -> tuple[np.ndarray, dict[str, float] | None]:
+        return noise_factor(view, w_sharp), None if beside is None else beside()
+
+    solves = solve_fixed_point(
+        cfg, moments, spectrum, w, workspace, threads, n=n, beside=after_full
+    )
+    U, beside_out = solves.beside
+    row = measure_fixed_point(cfg, solves, spectrum, view.phi_t, w, w_sharp_prev, split_prev)
     timings = {"fixed_point.solve": time.perf_counter() - start}
     start = time.perf_counter()
-    inputs = prediction_inputs(moments, solves, view, w)
+    inputs = prediction_inputs(moments, solves, view, w, U)
     w_sharp, halves = solves.full.w_sharp, solves.halves
-    del solves  # its LU factor (16 MB at D = 2048) is not needed by the predictions
-    workspace.release(*fp.lu_buffers("solve"))
     est = row["value_noise_floor"] / 2.0
     pred = predict_dynamics(cfg, moments, inputs, view.phi_t, est, threads)
     row["value_gap_floor"] = pred.floor
@@ -465,7 +532,7 @@ def fixed_point_probe(
         cfs = cf.counterfactuals(ing, cfg, n, sp.critical_step(spectrum.eigvals), base=pred)
         arrays[f"{cf.PREFIX}_{n:04d}.npz"] = cf.to_arrays(cfs)
     timings["fixed_point.prediction"] = time.perf_counter() - start
-    return FixedPointResult(row, w_sharp, arrays, timings, halves)
+    return FixedPointResult(row, w_sharp, arrays, timings, halves, beside_out)
 
 
 def critic_probes(
@@ -504,10 +571,18 @@ def critic_probes(
             for cols, spec in zip(batch_slices(group), group, strict=True)
         ]
         if probe_cfg is not cfg and plan.fixed in group:
-            # the update noise U is the trainer's: its TD errors with the trainer's bar_phi
+            # the update noise U is the trainer's: its TD errors with the trainer's bar_phi,
+            # on one thread in the full solve's lane beside the half-batch solves
             j = group.index(plan.fixed)
             trainer = partial(
-                trainer_td_errors, cfg, maps, rolled, plan.fixed, params.theta_pi, r_t=views[j].r_t
+                trainer_td_errors,
+                cfg,
+                maps,
+                rolled,
+                plan.fixed,
+                params.theta_pi,
+                r_t=views[j].r_t,
+                threads=1,
             )
             views[j] = replace(views[j], trainer_delta=trainer)
         explicit = [j for j, spec in enumerate(group) if _explicit(spec, plan)]
@@ -588,7 +663,8 @@ def _explicit_chain(
 ) -> None:
     """Moments, spectrum, fixed point (when it is the fixed-point batch) and the power
     iteration and spectral intervals on the explicit A (when it is stability batch 0) of
-    one batch."""
+    one batch. When it is both, the intervals run in the full solve's lane of
+    :func:`solve_fixed_point`, beside the second half-batch solve."""
     start = time.perf_counter()
     name = "fixed_point" if spec == plan.fixed else "stability"
     phi_t, dphi_t, rho_t = view.phi_t, view.dphi_t, view.rho_t
@@ -598,6 +674,7 @@ def _explicit_chain(
     spectrum, A32 = spectrum_of(cfg, moments, n, workspace, threads)
     out.add_time(f"{name}.spectrum", time.perf_counter() - t_spec)
     power_time = 0.0
+    intervals = None
     if plan.stability and spec == plan.stability[0]:
         t_power = time.perf_counter()
         parts.spectrum = spectrum
@@ -605,9 +682,11 @@ def _explicit_chain(
         parts.rho[0] = (rho_t.copy(), view.rho_raw_t.copy())
         rng = aux_rng(cfg, "probe_stability", n, BOOTSTRAP_PURPOSE)
         eta = st.expected_step(cfg)
-        parts.intervals = spectral_intervals(
-            spectrum, phi_t, dphi_t, rho_t, view.cluster_size, eta, rng
+        intervals = partial(
+            spectral_intervals, spectrum, phi_t, dphi_t, rho_t, view.cluster_size, eta, rng
         )
+        if spec != plan.fixed:
+            parts.intervals = intervals()
         power_time = time.perf_counter() - t_power
         out.add_time("stability.power", power_time)
         out.add_time("stability", power_time)
@@ -617,8 +696,20 @@ def _explicit_chain(
     del A32
     if spec == plan.fixed:
         result = fixed_point_probe(
-            cfg, moments, spectrum, view, params.w, w_sharp_prev, n, workspace, threads, split_prev
+            cfg,
+            moments,
+            spectrum,
+            view,
+            params.w,
+            w_sharp_prev,
+            n,
+            workspace,
+            threads,
+            split_prev,
+            intervals,
         )
+        if intervals is not None:
+            parts.intervals = result.beside
         out.w_sharp, row = result.w_sharp, result.row
         out.w_sharp_split = result.halves[0] - result.halves[1]
         out.arrays.update(result.arrays)

@@ -44,10 +44,11 @@ vectors ``X [m, 18]`` and ``Y [n, 18]``; the policy means at the pooled states
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +57,7 @@ from numba import njit
 from tdlens.policy import gaussian_kl
 from tdlens.probes.common import aux_rng, distribution_chains, rho_summary
 from tdlens.probes.registry import RoundContext
-from tdlens.threads import parallel_map
+from tdlens.threads import limit_threads, parallel_map
 
 PERM_MAX_POINTS = 2048
 BLOCK_TAU_FACTOR = 2.0
@@ -146,6 +147,57 @@ def _row_blocks(bounds: np.ndarray, block: int) -> list[tuple[int, int, int]]:
     ]
 
 
+BlockSum = tuple[int, float, np.ndarray]
+"""One row block's share of :func:`unit_kernel_sums`: its unit u, the sum over its own
+square (for ``M[u, u]``) and its column sums after it, summed per unit (``[U]``)."""
+
+
+@dataclass(frozen=True)
+class KernelSumJobs:
+    """:func:`unit_kernel_sums` in pieces: ``jobs``, one per row block (independent, any
+    thread), and ``reduce``, which adds their results, given in the order of ``jobs``,
+    into ``M [U, U]``. A caller may run other work in the same pool as the blocks."""
+
+    jobs: list[Callable[[], BlockSum]]
+    reduce: Callable[[Sequence[BlockSum]], np.ndarray]
+
+
+def kernel_sum_jobs(
+    Z: np.ndarray,
+    bounds: Sequence[int],
+    sigma: float,
+    block: int = KERNEL_BLOCK,
+    dtype: type = KERNEL_DTYPE,
+) -> KernelSumJobs:
+    """The row-block jobs of :func:`unit_kernel_sums` and their reduction (block order,
+    so the same bits whichever threads ran them)."""
+    bounds = np.asarray(bounds)
+    U = len(bounds) - 1
+    L, R_t = _augmented(Z, Z, sigma, dtype)
+    S = len(L)
+    unit_of = np.repeat(np.arange(U), np.diff(bounds))
+    local = threading.local()
+
+    def part(rows: tuple[int, int, int]) -> BlockSum:
+        u, start, stop = rows
+        out = _block_buffer(local, min(block, S), S, dtype)[: stop - start, : S - start]
+        np.matmul(L[start:stop], R_t[:, start:], out=out)
+        col = np.exp(out, out=out).sum(axis=0, dtype=np.float64)
+        after = np.bincount(unit_of[stop:], weights=col[stop - start :], minlength=U)
+        return u, float(col[: stop - start].sum()), after
+
+    def reduce(parts: Sequence[BlockSum]) -> np.ndarray:
+        M = np.zeros((U, U))
+        for u, own, after in parts:
+            M[u, u] += own
+            M[u] += after
+            M[:, u] += after
+        return M
+
+    jobs = [functools.partial(part, rows) for rows in _row_blocks(bounds, block)]
+    return KernelSumJobs(jobs, reduce)
+
+
 def unit_kernel_sums(
     Z: np.ndarray,
     bounds: Sequence[int],
@@ -166,28 +218,10 @@ def unit_kernel_sums(
     is not clipped at 0 (rbf_kernel's clip cost a fifth of the pass): where rounding makes
     it positive (near-duplicate points) it is a few float32 eps of ``(||x||^2 +
     ||y||^2) / (2 sigma^2)``, so k exceeds 1 by as little as it would be off anyway.
+    (:func:`kernel_sum_jobs` hands out the blocks and their reduction.)
     """
-    bounds = np.asarray(bounds)
-    U = len(bounds) - 1
-    L, R_t = _augmented(Z, Z, sigma, dtype)
-    S = len(L)
-    unit_of = np.repeat(np.arange(U), np.diff(bounds))
-    local = threading.local()
-
-    def part(rows: tuple[int, int, int]) -> tuple[int, float, np.ndarray]:
-        u, start, stop = rows
-        out = _block_buffer(local, min(block, S), S, dtype)[: stop - start, : S - start]
-        np.matmul(L[start:stop], R_t[:, start:], out=out)
-        col = np.exp(out, out=out).sum(axis=0, dtype=np.float64)
-        after = np.bincount(unit_of[stop:], weights=col[stop - start :], minlength=U)
-        return u, float(col[: stop - start].sum()), after
-
-    M = np.zeros((U, U))
-    for u, own, after in parallel_map(part, _row_blocks(bounds, block), threads):
-        M[u, u] += own
-        M[u] += after
-        M[:, u] += after
-    return M
+    sums = kernel_sum_jobs(Z, bounds, sigma, block, dtype)
+    return sums.reduce(parallel_map(lambda job: job(), sums.jobs, threads))
 
 
 def mmd2_of_sums(M: np.ndarray, units_x: int, m: int, n: int) -> tuple[float, float]:
@@ -407,22 +441,26 @@ def run_round(ctx: RoundContext) -> None:
     sigma = median_bandwidth(
         Z, aux_rng(cfg, "probe_distribution", n, 0), conf.mmd_bandwidth_samples
     )
-    # one kernel pass over the 2C chains serves mmd2 and its permutation test
-    M = unit_kernel_sums(Z, np.arange(0, len(Z) + 1, T_c), sigma, threads=ctx.maps.threads)
-    mmd2_b, mmd2_u = mmd2_of_sums(M, C, len(X), len(Y))
-
-    def permutation_test() -> UnitTest:
-        rng = aux_rng(cfg, "probe_distribution", n, 1)
-        tau = integrated_autocorrelation_time([*X_chains, *Y_chains])
-        return unit_permutation_test(M, C, T_c, tau, conf.permutations, rng)
 
     def tv_estimate() -> tuple[float, float]:
         rng = aux_rng(cfg, "probe_distribution", n, 2)
         return action_tv(m_pi, cfg.sigma_pi, m_mu, cfg.sigma_mu, conf.action_samples, rng)
 
-    # two independent single-threaded passes, side by side
-    jobs = (permutation_test, tv_estimate)
-    test, (tv, tv_se) = parallel_map(lambda job: job(), jobs, ctx.maps.threads)
+    def tau_int() -> float:
+        return integrated_autocorrelation_time([*X_chains, *Y_chains])
+
+    # one kernel pass over the 2C chains serves mmd2 and its permutation test; its row
+    # blocks share one pool with the action TV and tau_int (first, so the blocks fill in
+    # around them), which need no M
+    sums = kernel_sum_jobs(Z, np.arange(0, len(Z) + 1, T_c), sigma)
+    (tv, tv_se), tau, *blocks = parallel_map(
+        lambda job: job(), [tv_estimate, tau_int, *sums.jobs], ctx.maps.threads
+    )
+    M = sums.reduce(blocks)
+    mmd2_b, mmd2_u = mmd2_of_sums(M, C, len(X), len(Y))
+    rng = aux_rng(cfg, "probe_distribution", n, 1)
+    with limit_threads(1, "blas"):  # as it ran before, beside the TV: the same bits
+        test = unit_permutation_test(M, C, T_c, tau, conf.permutations, rng)
     rho_batch = ctx.rolled.td_batch(cfg, ctx.maps, [rho_spec], params.theta_pi, False)
     ctx.out.rows["distribution_probe"] = {
         "mmd2": mmd2_b,
