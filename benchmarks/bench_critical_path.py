@@ -10,7 +10,9 @@ makespan of its items' thread CPU seconds handed in order to the first free of
 ``threads`` workers (as the pool hands them out). The sum is the wall time the iteration
 would take on idle cores with no thread start-up or GIL waits: a lower bound, and
 comparable between codes measured under different loads. Prints it, the serial part and
-the process CPU (all threads), medians over `repeats` iterations after 5 uncounted.
+the process CPU (all threads), medians over `repeats` iterations after 5 uncounted. With
+``--set threads=1`` all three are the iteration's CPU. (A call nested in another's item
+would be counted twice; the iteration makes none.)
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ def timed_parallel_map(fn, items, threads, user_api="blas"):
         return result
 
     out = _parallel_map(one, list(enumerate(items)), threads, user_api)
-    free = [0.0] * max(1, min(threads, len(items)))
-    for c in cpu:
-        free[free.index(min(free))] += c
-    makespans.append(max(free))
+    if threads > 1 and len(items) > 1:  # else the items ran in the calling thread
+        free = [0.0] * min(threads, len(items))
+        for c in cpu:
+            free[free.index(min(free))] += c
+        makespans.append(max(free))
     return out
 
 
