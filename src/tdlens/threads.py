@@ -48,17 +48,31 @@ def _mark_worker() -> None:
     _worker.active = True
 
 
-@functools.cache
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """The process's pool of `workers` threads, kept between :func:`parallel_map` calls;
-    a forked child, whose copy of it has no threads, makes its own."""
-    return ThreadPoolExecutor(
-        max_workers=workers, thread_name_prefix="tdlens", initializer=_mark_worker
-    )
+    """The process's pool of `workers` threads, kept between :func:`parallel_map` calls
+    (made once, also when two threads ask at once); a forked child, whose copy of it has
+    no threads, makes its own."""
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = _pools[workers] = ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="tdlens", initializer=_mark_worker
+            )
+        return pool
+
+
+def _forget_pools_in_child() -> None:
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()  # it may have been held by another thread at the fork
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_pool.cache_clear)
+    os.register_at_fork(after_in_child=_forget_pools_in_child)
 
 
 def parallel_map(
