@@ -6,8 +6,8 @@ iteration and several times per probe round. A :class:`ThreadpoolController` mad
 and kept while no new module is imported gives the same limits in ~15 us.
 
 :func:`parallel_map` runs its items on threads kept between calls (:func:`_pool`):
-starting and joining two threads cost ~0.15 ms a call, and a training iteration makes
-two calls, a probe round dozens.
+starting and joining two threads cost 0.15-0.5 ms a call, and a training iteration makes
+three calls, a probe round dozens.
 """
 
 from __future__ import annotations
