@@ -56,7 +56,12 @@ def run_script(name: str, *args: str, cwd: Path) -> str:
         ("bench_probes.py", ["--rounds", "1", *_sets(TINY)], "probe round (1 rounds): median"),
         ("bench_bar_phi.py", ["--repeats", "2", *_sets(TINY)], "mean (y_mc - y_exact)^2"),
         ("bench_seed_run.py", ["--repeats", "1", *_sets(TINY)], "seed run end to end: median"),
-        ("bench_critical_path.py", ["--rounds", "2", *_sets(TINY)], "median of rounds 1-1 ("),
+        ("bench_critical_path_round.py", ["--rounds", "2", *_sets(TINY)], "median of rounds 1-1 ("),
+        (
+            "bench_critical_path_iteration.py",
+            ["--repeats", "2", *_sets(TINY)],
+            "critical path: median",
+        ),
     ],
 )
 def test_benchmark_script_runs(name, args, headline, tmp_path):

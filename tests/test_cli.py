@@ -152,3 +152,30 @@ def test_end_to_end_run_on_the_sanity_config(tmp_path):
     assert res.exit_code == 0 and "health: WARN" in res.output
     res = runner.invoke(app, ["runs", "list", "--where", "health = 'WARN'"])
     assert res.exit_code == 0 and "e2e" in res.output
+
+
+def test_run_freezes_the_start_up_heap_only_while_it_runs(tmp_path, monkeypatch):
+    """`tdlens run` freezes the objects of its start-up (gc.freeze) for the run, so the
+    collector's full passes skip them (issue 28), and unfreezes them after it, also when
+    the run fails (a file error: exit 2; a bug: the exception): an in-process caller
+    keeps a heap it can collect."""
+    import gc
+
+    import tdlens.cli as cli
+    from tdlens.rundir.files import RunFileError
+
+    seen = []
+
+    def fake_run(runner_):
+        seen.append(gc.get_freeze_count())
+        raise RunFileError("disk gone") if len(seen) == 1 else RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_run_with_progress", fake_run)
+    assert gc.get_freeze_count() == 0
+    res = runner.invoke(app, ["run", "sanity", *TINY, "--run-dir", str(tmp_path / "a")])
+    assert res.exit_code == 2 and "disk gone" in res.output
+    assert gc.get_freeze_count() == 0
+    res = runner.invoke(app, ["run", "sanity", *TINY, "--run-dir", str(tmp_path / "b")])
+    assert isinstance(res.exception, RuntimeError)
+    assert gc.get_freeze_count() == 0
+    assert len(seen) == 2 and min(seen) > 10_000

@@ -10,10 +10,12 @@ import pytest
 from helpers import small_config
 from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import (
+    NOISE_AHEAD,
     Params,
     collect,
     gradients,
     init_params,
+    iteration_noise,
     outer_iteration,
     project,
     td_errors,
@@ -204,6 +206,50 @@ def test_gradients_side_by_side_equal_one_thread():
     assert np.any(one[0] != 0) and np.any(one[1] != 0)
     np.testing.assert_array_equal(two[0], one[0])
     np.testing.assert_array_equal(two[1], one[1])
+
+
+def test_next_iterations_noise_drawn_ahead_gives_the_same_run():
+    """On two threads an iteration with a workspace draws the next one's noise beside its
+    gradients and keeps it there (issue 28), the draws of iteration_noise; the next call
+    takes it. Iterations 0, 1, 2 and then 4 (the noise kept for 3 is not 4's: dropped, 4
+    draws its own) give the parameters, TD errors and metrics of calls without a
+    workspace on one thread bit for bit; the last iteration keeps nothing."""
+    cfg = small_config("threads=2", "theta_mu_offset_scale=0.3")
+    serial = small_config("threads=1", "theta_mu_offset_scale=0.3")
+    maps, maps_serial = make_feature_maps(cfg), make_feature_maps(serial)
+    one = two = init_params(cfg, maps)
+    ws = Workspace()
+    for n in (0, 1, 2, 4):
+        a = outer_iteration(serial, maps_serial, one, n)
+        b = outer_iteration(cfg, maps, two, n, ws)
+        one, two = a.params, b.params
+        for x, y in [(a.params.w, b.params.w), (a.params.theta_pi, b.params.theta_pi)]:
+            np.testing.assert_array_equal(y, x)
+        np.testing.assert_array_equal(b.delta, a.delta)
+        a.metrics.pop("iter_time_s"), b.metrics.pop("iter_time_s")
+        assert b.metrics == a.metrics
+        key = (cfg.seed, n + 1, cfg.trajectories, cfg.horizon, cfg.K_mc, cfg.env.num_goblets)
+        ahead = ws.take_ahead(NOISE_AHEAD, key)
+        if n + 1 < cfg.outer_iters:
+            fresh = iteration_noise(cfg, n + 1)
+            for name in ("reset", "z_act", "z_env", "u_env", "z_next"):
+                np.testing.assert_array_equal(getattr(ahead, name), getattr(fresh, name))
+            ws.keep_ahead(NOISE_AHEAD, key, ahead)
+        else:
+            assert ahead is None and n + 1 == cfg.outer_iters
+
+
+def test_workspace_ahead_slot_gives_its_value_once_and_only_for_its_key():
+    ws = Workspace()
+    assert ws.take_ahead("s", 1) is None
+    ws.keep_ahead("s", 1, "a")
+    ws.keep_ahead("s", 2, "b")  # replaces the slot's value
+    ws.release_all()  # not a buffer: kept
+    assert ws.take_ahead("s", 1) is None
+    assert ws.take_ahead("s", 2) is None  # the wrong key emptied the slot
+    ws.keep_ahead("s", 3, "c")
+    assert ws.take_ahead("s", 3) == "c"
+    assert ws.take_ahead("s", 3) is None
 
 
 def test_alpha_pi_zero_keeps_theta_pi_bit_identical_and_gap_decays_exactly():

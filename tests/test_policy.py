@@ -105,3 +105,21 @@ def test_gaussian_kl_closed_form_and_monte_carlo():
     exact = gaussian_kl(m_p, SIGMA_PI, m_q, SIGMA_MU)[0]
     assert abs(lr.mean() - exact) < 5 * lr.std() / math.sqrt(len(lr))
     assert gaussian_kl(m_p, 0.3, m_p, 0.3)[0] == 0.0
+
+
+def test_policy_mean_split_across_threads_is_the_one_thread_result():
+    """policy_mean(threads=2) splits rows from SPLIT_ROWS on into contiguous blocks on two
+    threads (issue 28): each row is its own dot products, so the bits of one thread, with
+    theta shared or one per row, float32 or float64 rows, and a row count that does not
+    halve evenly."""
+    from tdlens.policy import SPLIT_ROWS
+
+    rng = np.random.default_rng(5)
+    N = 96
+    for dtype in (np.float32, np.float64):
+        psi = rng.standard_normal((SPLIT_ROWS + 7, 3, N)).astype(dtype)
+        for theta in (rng.standard_normal((N, 2)), rng.standard_normal((SPLIT_ROWS + 7, 3, N, 2))):
+            one = policy_mean(theta, psi)
+            for threads in (2, 3):
+                np.testing.assert_array_equal(policy_mean(theta, psi, threads), one)
+            assert np.all(one != 0)

@@ -25,9 +25,10 @@ import math
 import mmap
 import os
 import queue
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -227,6 +228,7 @@ class Workspace:
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
         self._scratch: queue.SimpleQueue[dict[str, np.ndarray]] = queue.SimpleQueue()
+        self._ahead: dict[str, tuple[Hashable, Any]] = {}
 
     def array(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A buffer of `shape` and `dtype` (uninitialised) reused across calls."""
@@ -268,6 +270,18 @@ class Workspace:
             yield item
         finally:
             self._scratch.put(item)
+
+    def keep_ahead(self, slot: str, key: Hashable, value: Any) -> None:
+        """Keep `value`, work done ahead of the call that needs it, in `slot` (one value a
+        slot: it replaces the slot's last one) for :meth:`take_ahead` with the same `key`.
+        Not a buffer: :meth:`release_all` keeps it."""
+        self._ahead[slot] = (key, value)
+
+    def take_ahead(self, slot: str, key: Hashable) -> Any | None:
+        """The value kept in `slot` under `key`, emptying the slot; None when the slot is
+        empty or holds another key's value."""
+        kept_key, value = self._ahead.pop(slot, (None, None))
+        return value if kept_key == key else None
 
 
 M_MMAP_THRESHOLD = -3

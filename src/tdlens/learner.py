@@ -24,7 +24,7 @@ import numpy as np
 
 from tdlens.config import RunConfig, SchedulesConfig
 from tdlens.features import FeatureMaps, Workspace
-from tdlens.rollout import TDBatch, draw_noise, roll_out, td_batch
+from tdlens.rollout import ChainNoise, TDBatch, draw_noise, roll_out, td_batch
 from tdlens.seeding import stream
 from tdlens.threads import limit_threads, parallel_map
 
@@ -119,9 +119,22 @@ def collect(
     """Roll out ``len(rngs)`` chains of T steps under mu and build their TD batch (with
     the critic values of ``w`` when given, and without bar_phi unless `keep_bar_phi`,
     :func:`tdlens.rollout.td_batch`)."""
-    B = len(rngs)
     noise = draw_noise(rngs, T, cfg)
-    sigma_mu = np.full(B, cfg.sigma_mu)
+    return collect_noise(cfg, maps, theta_mu, theta_pi, noise, workspace, w, keep_bar_phi)
+
+
+def collect_noise(
+    cfg: RunConfig,
+    maps: FeatureMaps,
+    theta_mu: np.ndarray,
+    theta_pi: np.ndarray,
+    noise: ChainNoise,
+    workspace: Workspace | None = None,
+    w: np.ndarray | None = None,
+    keep_bar_phi: bool = True,
+) -> TDBatch:
+    """:func:`collect` of chains whose noise is drawn already (``noise``, B chains)."""
+    sigma_mu = np.full(noise.z_act.shape[1], cfg.sigma_mu)
     paths = roll_out(cfg, maps, theta_mu, sigma_mu, noise)
     return td_batch(
         cfg,
@@ -134,6 +147,22 @@ def collect(
         w=w,
         keep_bar_phi=keep_bar_phi,
     )
+
+
+NOISE_AHEAD = "rollout_noise"
+"""The :class:`Workspace` slot of the next iteration's noise (:func:`outer_iteration`)."""
+
+
+def iteration_noise(cfg: RunConfig, n: int) -> ChainNoise:
+    """The noise of outer iteration n's B chains, chain b from stream ``rollout/n/b``
+    (:func:`tdlens.rollout.draw_noise`; it depends on nothing the iteration learns)."""
+    rngs = [stream(cfg.seed, "rollout", n, b) for b in range(cfg.trajectories)]
+    return draw_noise(rngs, cfg.horizon, cfg)
+
+
+def _noise_key(cfg: RunConfig, n: int) -> tuple:
+    """What iteration n's noise depends on (:func:`iteration_noise`, ``draw_noise``)."""
+    return (cfg.seed, n, cfg.trajectories, cfg.horizon, cfg.K_mc, cfg.env.num_goblets)
 
 
 def critic_values(batch: TDBatch, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,39 +192,46 @@ class IterationResult:
     q_tp1: np.ndarray  # [B, T] Q_w(bar_phi_{t+1})
 
 
+def critic_gradient(batch: TDBatch, rd: np.ndarray) -> np.ndarray:
+    """``G_w [D] = sum_t rd_t phi_t`` over the batch's B T steps, ``rd = rho delta [B, T]``
+    (one product in the features dtype, summed in float64 afterwards: see :func:`gradients`)."""
+    phi_t = batch.phi
+    D = phi_t.shape[-1]
+    return (rd.reshape(-1).astype(phi_t.dtype) @ phi_t.reshape(-1, D)).astype(np.float64)
+
+
+def actor_gradient(batch: TDBatch, rd: np.ndarray, sigma_pi: float) -> np.ndarray:
+    """``G_theta [N, 2] = sum_t rd_t g_t``, ``g_t = psi_t (u_t - m_pi(s_t))^T / (sigma_pi^2
+    sqrt(N))``, ``rd = rho delta [B, T]``, summed over (t, b) in time-major order."""
+    N = batch.psi.shape[-1]
+    # batch.psi is usually a [B, T, N] view of the rollout's [T + 1, B, N] array, whose
+    # first T rows reshape without a copy
+    weighted = np.swapaxes(rd[..., None] * (batch.u - batch.m_pi), 0, 1).reshape(-1, 2)
+    psi_t = np.swapaxes(batch.psi, 0, 1).reshape(-1, N).astype(np.float64)
+    # psi_t^T weighted as (weighted^T psi_t)^T: each entry the same sum in the same
+    # order with one BLAS thread (tests/test_learner.py checks the bits), and
+    # OpenBLAS's SkylakeX DGEMM takes this orientation twice as fast (0.8 against 1.55
+    # ms at the seed settings; Haswell and Prescott kernels: 1.2 against 1.1)
+    G_theta = np.ascontiguousarray((weighted.T @ psi_t).T)
+    return G_theta / (sigma_pi**2 * math.sqrt(N))
+
+
 def gradients(
     batch: TDBatch, delta_t: np.ndarray, sigma_pi: float, threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """``G_w [D] = sum_t rho_t delta_t phi_t`` and ``G_theta [N, 2] = sum_t rho_t delta_t g_t``
     with ``g_t = psi_t (u_t - m_pi(s_t))^T / (sigma_pi^2 sqrt(N))`` (docs/model.md §4,
-    step 3); ``psi_t`` is the actor features of s_t (in the probes, ``dphi_t = phi_t -
-    gamma bar_phi_tp1``). With ``threads >= 2`` the two sums run side by side, one BLAS
-    thread each (the same calls, so the same bits); with one, one after the other on one
-    BLAS thread (a threaded OpenBLAS product may split a sum and round it otherwise)."""
-    phi_t, rho_t = batch.phi, batch.rho
-    rd = rho_t * delta_t
-    D, N = phi_t.shape[-1], batch.psi.shape[-1]
-
-    def critic() -> np.ndarray:
-        return (rd.reshape(-1).astype(phi_t.dtype) @ phi_t.reshape(-1, D)).astype(np.float64)
-
-    def actor() -> np.ndarray:
-        # summed over (t, b) in time-major order: batch.psi is usually a [B, T, N] view of
-        # the rollout's [T + 1, B, N] array, whose first T rows reshape without a copy
-        weighted = np.swapaxes(rd[..., None] * (batch.u - batch.m_pi), 0, 1).reshape(-1, 2)
-        psi_t = np.swapaxes(batch.psi, 0, 1).reshape(-1, N).astype(np.float64)
-        # psi_t^T weighted as (weighted^T psi_t)^T: each entry the same sum in the same
-        # order with one BLAS thread (tests/test_learner.py checks the bits), and
-        # OpenBLAS's SkylakeX DGEMM takes this orientation twice as fast (0.8 against 1.55
-        # ms at the seed settings; Haswell and Prescott kernels: 1.2 against 1.1)
-        G_theta = np.ascontiguousarray((weighted.T @ psi_t).T)
-        return G_theta / (sigma_pi**2 * math.sqrt(N))
-
-    if threads <= 1:
-        # one BLAS thread, as on two: a threaded OpenBLAS product splits the sums
-        with limit_threads(1, "blas"):
-            return critic(), actor()
-    G_w, G_theta = parallel_map(lambda part: part(), [critic, actor], 2)
+    step 3; :func:`critic_gradient`, :func:`actor_gradient`); ``psi_t`` is the actor
+    features of s_t (in the probes, ``dphi_t = phi_t - gamma bar_phi_tp1``). With
+    ``threads >= 2`` the two sums run side by side, one BLAS thread each (the same calls,
+    so the same bits); with one, one after the other on one BLAS thread (a threaded
+    OpenBLAS product may split a sum and round it otherwise)."""
+    rd = batch.rho * delta_t
+    G_w, G_theta = parallel_map(
+        lambda part: part(),
+        [lambda: critic_gradient(batch, rd), lambda: actor_gradient(batch, rd, sigma_pi)],
+        threads,
+    )
     return G_w, G_theta
 
 
@@ -226,36 +262,48 @@ def outer_iteration(
 ) -> IterationResult:
     """Run outer iteration `n` (0-based) from `params`; see the module docstring.
 
-    With a `workspace`, the returned batch's feature arrays are reused by the next call.
+    With a `workspace`, the returned batch's feature arrays are reused by the next call,
+    and on two threads or more it keeps the noise of iteration n + 1 (drawn beside this
+    iteration's gradients; :func:`iteration_noise` depends on no parameter), which the
+    call for n + 1 takes instead of drawing it: the same draws, ~1.3 ms off its serial
+    start at the seed settings.
     With ``keep_bar_phi=False`` the returned batch has no bar_phi (``[B, T, 0]``; each
     chain's is used for ``Q_w(bar_phi_tp1)`` as it is made and dropped): the same
     numbers, ``B T D`` fewer bytes written and resident, for callers that read no
     bar_phi.
     """
     start = time.perf_counter()
-    rngs = [stream(cfg.seed, "rollout", n, b) for b in range(cfg.trajectories)]
+    ahead = workspace is not None and maps.threads > 1 and n + 1 < cfg.outer_iters
+    noise = None if workspace is None else workspace.take_ahead(NOISE_AHEAD, _noise_key(cfg, n))
     with limit_threads(1, "blas"):
-        batch = collect(
-            cfg,
-            maps,
-            params.theta_mu,
-            params.theta_pi,
-            rngs,
-            cfg.horizon,
-            workspace,
-            params.w,
-            keep_bar_phi,
+        if noise is None:
+            noise = iteration_noise(cfg, n)
+        batch = collect_noise(
+            cfg, maps, params.theta_mu, params.theta_pi, noise, workspace, params.w, keep_bar_phi
         )
-        r_t = batch.r
-        # q_t = Q_w(phi_t), q_tp1 = Q_w(bar_phi_tp1): bar_phi under pi, never the sampled a'
-        # (critic_values(batch, params.w), taken chain by chain as the features were made)
-        q_t, q_tp1 = batch.q_t, batch.q_tp1
-        delta_t = r_t + cfg.gamma * q_tp1 - q_t
-        G_w, G_theta = gradients(batch, delta_t, cfg.sigma_pi, maps.threads)
+    r_t = batch.r
+    # q_t = Q_w(phi_t), q_tp1 = Q_w(bar_phi_tp1): bar_phi under pi, never the sampled a'
+    # (critic_values(batch, params.w), taken chain by chain as the features were made)
+    q_t, q_tp1 = batch.q_t, batch.q_tp1
+    delta_t = r_t + cfg.gamma * q_tp1 - q_t
+    rd = batch.rho * delta_t
+    # the gradients' two products, the batch's metrics and (with a workspace) the next
+    # iteration's noise are independent: side by side on two threads, each the call it is
+    # on one (so the same bits), the serial stretch of an iteration shortened by ~2 ms
+    jobs = [
+        lambda: critic_gradient(batch, rd),
+        lambda: actor_gradient(batch, rd, cfg.sigma_pi),
+        lambda: batch_metrics(cfg, batch, delta_t),
+    ]
+    if ahead:
+        jobs.append(lambda: iteration_noise(cfg, n + 1))
+    G_w, G_theta, metrics, *next_noise = parallel_map(lambda job: job(), jobs, maps.threads)
+    if next_noise:
+        workspace.keep_ahead(NOISE_AHEAD, _noise_key(cfg, n + 1), next_noise[0])
     # n only when a schedule reads it: the constant update keeps its four-argument call
     scheduled = cfg.schedules != SchedulesConfig()
     new = update(cfg, params, G_w, G_theta, n) if scheduled else update(cfg, params, G_w, G_theta)
-    metrics = iteration_metrics(cfg, maps, params, new, batch, delta_t)
+    metrics.update(parameter_metrics(maps, params, new))
     metrics["iter"] = n
     metrics["alpha_w_t"], metrics["alpha_pi_t"] = cfg.step_sizes(n)
     metrics["iter_time_s"] = time.perf_counter() - start
@@ -283,7 +331,25 @@ def iteration_metrics(
 ) -> dict[str, float]:
     """docs/model.md §5 columns. Parameter metrics are of the parameters after the update; batch
     metrics of the rollout that produced it; rho of the ratio the update used."""
+    return {**batch_metrics(cfg, batch, delta), **parameter_metrics(maps, old, new)}
+
+
+def parameter_metrics(maps: FeatureMaps, old: Params, new: Params) -> dict[str, float]:
+    """The docs/model.md §5 columns of the parameters: after the update (`new`) and its
+    step from `old`."""
     D, N = maps.D, maps.N
+    return {
+        "critic_teacher_error": float(np.sum((new.w - maps.w_R) ** 2) / D),
+        "tracking_gap": float(np.sum((new.theta_pi - new.theta_mu) ** 2) / N),
+        "w_norm": float(np.linalg.norm(new.w)),
+        "delta_theta_pi_norm": float(np.linalg.norm(new.theta_pi - old.theta_pi)),
+        "delta_w_norm": float(np.linalg.norm(new.w - old.w)),
+    }
+
+
+def batch_metrics(cfg: RunConfig, batch: TDBatch, delta: np.ndarray) -> dict[str, float]:
+    """The docs/model.md §5 columns of the batch: its TD errors ``delta [B, T]``, the ratio
+    rho the update used and the executed actions' clipping."""
     rho = batch.rho.reshape(-1)
     rho2 = rho**2
     abs_delta = np.abs(delta).reshape(-1)
@@ -293,9 +359,6 @@ def iteration_metrics(
     delta_p95, delta_p99 = _p95_p99(abs_delta)
     return {
         "td_loss": float(np.mean(delta**2)),
-        "critic_teacher_error": float(np.sum((new.w - maps.w_R) ** 2) / D),
-        "tracking_gap": float(np.sum((new.theta_pi - new.theta_mu) ** 2) / N),
-        "w_norm": float(np.linalg.norm(new.w)),
         "mean_rho": float(rho.mean()),
         "mean_rho2": float(rho2.mean()),
         "min_rho": float(rho.min()),
@@ -314,6 +377,4 @@ def iteration_metrics(
         "clip_excess_mean": float(excess.mean()),
         "clip_excess_p95": _pct(excess, 95),
         "clip_excess_max": float(excess.max()),
-        "delta_theta_pi_norm": float(np.linalg.norm(new.theta_pi - old.theta_pi)),
-        "delta_w_norm": float(np.linalg.norm(new.w - old.w)),
     }

@@ -13,11 +13,12 @@ import math
 import numpy as np
 
 from tdlens.kernels import policy_means
+from tdlens.threads import parallel_map
 
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def policy_mean(theta: np.ndarray, psi: np.ndarray) -> np.ndarray:
+def policy_mean(theta: np.ndarray, psi: np.ndarray, threads: int = 1) -> np.ndarray:
     """``m [..., 2] = psi theta / sqrt(N)`` for ``theta [N, 2]`` or one per row ``[..., N, 2]``.
 
     Evaluated as per-row dot products (no matrix product) so that a row's value does not
@@ -25,7 +26,8 @@ def policy_mean(theta: np.ndarray, psi: np.ndarray) -> np.ndarray:
     theta (a chain rolled out alone equals the same chain in a batch). A compiled kernel
     (:func:`tdlens.kernels.policy_means`) sums each dot product in its documented order,
     whatever the shapes (theta broadcast to the rows) and dtype (other than float32 and
-    float64: cast to float64).
+    float64: cast to float64). With ``threads > 1`` and at least SPLIT_ROWS rows, the rows
+    in `threads` contiguous blocks side by side (the same numbers: rows are independent).
     """
     N = theta.shape[-2]
     if psi.dtype not in _KERNEL_DTYPES:
@@ -37,9 +39,25 @@ def policy_mean(theta: np.ndarray, psi: np.ndarray) -> np.ndarray:
         psi = np.broadcast_to(psi, (*shape, N))
     m = np.empty((*psi.shape[:-1], 2))
     rows = np.ascontiguousarray(psi).reshape(-1, N)
-    policy_means(rows, np.ascontiguousarray(th).reshape(-1, N, 2), m.reshape(-1, 2))
+    th_rows = np.ascontiguousarray(th).reshape(-1, N, 2)
+    out = m.reshape(-1, 2)
+    R = rows.shape[0]
+    if threads <= 1 or R < SPLIT_ROWS:
+        policy_means(rows, th_rows, out)
+        return m
+    bounds = np.linspace(0, R, threads + 1).astype(int)
+
+    def block(k: int) -> None:
+        lo, hi = int(bounds[k]), int(bounds[k + 1])
+        policy_means(rows[lo:hi], th_rows[lo:hi] if th_rows.shape[0] > 1 else th_rows, out[lo:hi])
+
+    parallel_map(block, range(threads), threads)
     return m
 
+
+SPLIT_ROWS = 1024
+"""Rows from which :func:`policy_mean` splits its rows across threads (the training batch's
+are 3216 at the seed settings: ~0.7 ms on one thread, latency-bound sequential sums)."""
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

@@ -113,16 +113,17 @@ class Paths:
             m_eval=None if self.m_eval is None else self.m_eval[:, chains],
         )
 
-    def mean_under(self, theta: np.ndarray) -> np.ndarray:
+    def mean_under(self, theta: np.ndarray, threads: int = 1) -> np.ndarray:
         """``m [T+1, B, 2] = policy_mean(theta, psi)`` at every state: the recorded means
-        when `theta` is one of ``theta_eval`` (the same numbers), else from psi."""
+        when `theta` is one of ``theta_eval`` (the same numbers), else from psi (on up to
+        `threads` threads, the same numbers)."""
         if self.theta_eval is not None:
             for e, theta_e in enumerate(self.theta_eval):
                 if np.array_equal(theta_e, theta):
                     return self.m_eval[:, :, e]
         if self.psi is None:
             raise ValueError("paths keep neither psi nor the means of this theta")
-        return policy_mean(theta, self.psi)
+        return policy_mean(theta, self.psi, threads)
 
 
 @njit(cache=True, nogil=True)
@@ -410,7 +411,7 @@ def td_batch(
     # a view (no copy): the actor gradient sums psi in its time-major layout
     psi = None if paths.psi is None else np.swapaxes(paths.psi, 0, 1)
     o = bm(paths.o)
-    m_pi_all = bm(paths.mean_under(theta_pi))  # [B, T+1, 2]
+    m_pi_all = bm(paths.mean_under(theta_pi, maps.threads))  # [B, T+1, 2]
     u, m_mu = bm(paths.u), bm(paths.m_mu)
     m_pi = m_pi_all[:, :T]
     rho, rho_raw = _ratios(u, m_pi, cfg.sigma_pi, m_mu, sigma_mu, cfg.effective_rho_clip)

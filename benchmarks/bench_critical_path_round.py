@@ -1,6 +1,6 @@
 """How much of a probe round is serial, from thread CPU times (readable on a busy machine).
 
-    python benchmarks/bench_critical_path.py [--rounds 5] [--set key=value ...]
+    python benchmarks/bench_critical_path_round.py [--rounds 5] [--set key=value ...]
 
 Runs probe rounds at the seed_plateau settings (as ``bench_probes.py``) and counts, per
 round, the CPU seconds of the main thread and of every worker of each thread pool (the
