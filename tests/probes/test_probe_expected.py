@@ -11,6 +11,7 @@ import pytest
 from tdlens.probes import expected as ex
 from tdlens.probes import spectrum as sp
 from tdlens.probes.spectral_ci import cluster_means, spectral_intervals
+from tdlens.threads import limit_threads
 
 
 def small_system(D=12, seed=0):
@@ -209,16 +210,19 @@ def test_predict_reads_each_series_in_its_own_job_with_the_serial_numbers(C):
     )
     tol = ex.read_tol(phi.dtype)
     X0 = np.concatenate([e0[:, None], U], axis=1)
-    path = ex.series(A, X0, eta, steps, tol, True)
-    half_paths = tuple(
-        ex.mean_path(ex.series(h.A, h.e0[:, None], eta, steps, tol, False), h.phi_t) for h in halves
-    )
-    mid = ex.debiased_path(ex.mean_path(path, phi), half_paths)
-    var = np.zeros(steps + 1)
-    if C:
-        rows = phi[:: max(1, n // ex.NOISE_ROWS)]
-        per_step = (path.read(rows, slice(1, None)) ** 2).sum(axis=(0, 2)) / (rows.shape[0] * D)
-        var = eta**2 / B * np.concatenate([[0.0], np.cumsum(per_step[:-1])])
+    with limit_threads(1, "blas"):  # as predict's products (their bits depend on it)
+        path = ex.series(A, X0, eta, steps, tol, True)
+        half_paths = tuple(
+            ex.mean_path(ex.series(h.A, h.e0[:, None], eta, steps, tol, False), h.phi_t)
+            for h in halves
+        )
+        mid = ex.debiased_path(ex.mean_path(path, phi), half_paths)
+        var = np.zeros(steps + 1)
+        if C:
+            rows = phi[:: max(1, n // ex.NOISE_ROWS)]
+            sq = path.read(rows, slice(1, None)) ** 2
+            per_step = sq.sum(axis=(0, 2)) / (rows.shape[0] * D)
+            var = eta**2 / B * np.concatenate([[0.0], np.cumsum(per_step[:-1])])
     assert np.all(np.diff(mid) != 0) and (C == 0 or var[-1] > 0)
     for threads in (1, 2):
         got = ex.predict(A, e0, U, phi, eta, B, steps, 0.01, halves, threads)
