@@ -204,7 +204,7 @@ def spectrum_of(
     D = moments.A.shape[0]
     v0 = aux_rng(cfg, "probe_stability", n, 0).standard_normal(D)
     A32 = workspace.array(A32_BUFFER, (D, D), np.dtype(np.float32))
-    noise = sp.spectral_noise(*moments.A_halves, v0=v0, out=A32)
+    noise = sp.spectral_noise(*moments.A_halves, v0=v0, out=A32, difference=moments.difference)
     np.copyto(A32, moments.A, casting="same_kind")
     return sp.eigenvalues(moments.A, noise, v0, A32=A32, threads=threads), A32
 
@@ -673,7 +673,11 @@ def _explicit_chain(
     start = time.perf_counter()
     name = "fixed_point" if spec == plan.fixed else "stability"
     phi_t, dphi_t, rho_t = view.phi_t, view.dphi_t, view.rho_t
-    moments = fp.td_moments(phi_t, dphi_t, rho_t, view.r_t, workspace=workspace)
+    # the halves' difference (spectral_noise's) in the moments' last pass, into the
+    # buffer that then takes the float32 A
+    moments = fp.td_moments(
+        phi_t, dphi_t, rho_t, view.r_t, workspace=workspace, difference=A32_BUFFER
+    )
     out.add_time(f"{name}.moments", time.perf_counter() - start)
     t_spec = time.perf_counter()
     spectrum, A32 = spectrum_of(cfg, moments, n, workspace, threads)
