@@ -204,7 +204,10 @@ def spectrum_of(
     D = moments.A.shape[0]
     v0 = aux_rng(cfg, "probe_stability", n, 0).standard_normal(D)
     A32 = workspace.array(A32_BUFFER, (D, D), np.dtype(np.float32))
-    noise = sp.spectral_noise(*moments.A_halves, v0=v0, out=A32, difference=moments.difference)
+    E32 = None
+    if moments.difference is not None:  # td_moments formed A_1 - A_2 there (A32 here)
+        E32 = workspace.array(moments.difference, (D, D), np.dtype(np.float32))
+    noise = sp.spectral_noise(*moments.A_halves, v0=v0, out=A32, difference=E32)
     np.copyto(A32, moments.A, casting="same_kind")
     return sp.eigenvalues(moments.A, noise, v0, A32=A32, threads=threads), A32
 

@@ -54,8 +54,10 @@ class TDMoments:
     A_halves: tuple[np.ndarray, np.ndarray]
     b_halves: tuple[np.ndarray, np.ndarray]
     n: int
-    difference: np.ndarray | None = None
-    """``A_1 - A_2`` in float32 when asked for (:func:`td_moments`' `difference`)."""
+    difference: str | None = None
+    """The workspace buffer holding ``A_1 - A_2`` in float32 when asked for
+    (:func:`td_moments`' `difference`): its name, not the array, so that releasing the
+    buffer frees it."""
 
 
 def td_difference_(phi_t: np.ndarray, bar_phi_tp1: np.ndarray, gamma: float) -> np.ndarray:
@@ -150,8 +152,8 @@ def td_moments(
     The block products' buffers are released before the halves are scaled, so that a
     probe round's later stages do not find them still resident. `difference`: the
     workspace name of a float32 ``[D, D]`` buffer (requested once those are released)
-    that receives ``A_1 - A_2`` in the same pass (``TDMoments.difference``, the input of
-    :func:`tdlens.probes.spectrum.spectral_noise`).
+    that receives ``A_1 - A_2`` in the same pass (the input of
+    :func:`tdlens.probes.spectrum.spectral_noise`; ``TDMoments.difference`` names it).
     """
     n, D = phi_t.shape
     ws = Workspace() if workspace is None else workspace
@@ -180,7 +182,7 @@ def td_moments(
         A_halves=tuple(A_halves),
         b_halves=b_halves,
         n=n,
-        difference=E if difference is not None else None,
+        difference=difference,
     )
 
 

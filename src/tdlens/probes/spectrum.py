@@ -116,7 +116,8 @@ def spectral_noise(
 ) -> float:
     """``||A_1 - A_2||_2 / 2`` (largest singular value; ARPACK svds to SVDS_TOL with SVDS_NCV
     Lanczos vectors on a float32 copy of the difference, written to `out` when given, above
-    D = 64). `difference`: that float32 copy already formed (``TDMoments.difference``)."""
+    D = 64). `difference`: that float32 copy already formed (:func:`tdlens.probes.
+    fixed_point.td_moments`' `difference`)."""
     if A_1.shape[0] <= 64:
         return float(np.linalg.norm(A_1 - A_2, 2)) / 2.0
     if difference is not None:
