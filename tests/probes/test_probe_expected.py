@@ -11,6 +11,7 @@ import pytest
 from tdlens.probes import expected as ex
 from tdlens.probes import spectrum as sp
 from tdlens.probes.spectral_ci import cluster_means, spectral_intervals
+from tdlens.threads import limit_threads
 
 
 def small_system(D=12, seed=0):
@@ -191,6 +192,42 @@ def test_predict_takes_float32_products_for_the_batch_series_of_float32_rows(mon
     assert flags == [True, False, False]
     np.testing.assert_allclose(got.mid, ref.mid, rtol=1e-5)
     np.testing.assert_allclose(got.noise, ref.noise, rtol=1e-5)
+
+
+@pytest.mark.parametrize("C", [5, 0])
+def test_predict_reads_each_series_in_its_own_job_with_the_serial_numbers(C):
+    """predict's three jobs (each series with its own readouts) on 1 and 2 threads give
+    the numbers of the serial composition (the three series, then the mean paths, the
+    debiasing and the noise rows' readout), bit for bit, with float32 rows; C = 0: no
+    noise columns (zero noise)."""
+    D, n, eta, steps, B = 96, 300, 2e-3, 40, 4
+    rng, A = small_system(D=D, seed=4)
+    A_h = [A + 0.01 * rng.standard_normal((D, D)) for _ in range(2)]
+    e0, U = rng.standard_normal(D), rng.standard_normal((D, C))
+    phi = rng.standard_normal((n, D)).astype(np.float32)
+    halves = tuple(
+        ex.HalfBatch(A_h[k], e0 + 0.1 * k, phi[k * n // 2 : (k + 1) * n // 2]) for k in (0, 1)
+    )
+    tol = ex.read_tol(phi.dtype)
+    X0 = np.concatenate([e0[:, None], U], axis=1)
+    with limit_threads(1, "blas"):  # as predict's products (their bits depend on it)
+        path = ex.series(A, X0, eta, steps, tol, True)
+        half_paths = tuple(
+            ex.mean_path(ex.series(h.A, h.e0[:, None], eta, steps, tol, False), h.phi_t)
+            for h in halves
+        )
+        mid = ex.debiased_path(ex.mean_path(path, phi), half_paths)
+        var = np.zeros(steps + 1)
+        if C:
+            rows = phi[:: max(1, n // ex.NOISE_ROWS)]
+            sq = path.read(rows, slice(1, None)) ** 2
+            per_step = sq.sum(axis=(0, 2)) / (rows.shape[0] * D)
+            var = eta**2 / B * np.concatenate([[0.0], np.cumsum(per_step[:-1])])
+    assert np.all(np.diff(mid) != 0) and (C == 0 or var[-1] > 0)
+    for threads in (1, 2):
+        got = ex.predict(A, e0, U, phi, eta, B, steps, 0.01, halves, threads)
+        np.testing.assert_array_equal(got.mid, mid)
+        np.testing.assert_array_equal(got.noise, np.sqrt(var))
 
 
 def test_qr_noise_factor_leaves_the_predicted_noise_unchanged():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from probe_testlib import tiny_config
 
-from tdlens.features import make_feature_maps
+from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import init_params
 from tdlens.probes import fixed_point as fp
 from tdlens.probes.common import ChainSpec, roll_chains
@@ -52,6 +52,40 @@ def test_moments_match_float64_brute_force():
     np.testing.assert_allclose(exact.A_halves[0], A_1, rtol=1e-5, atol=1e-6 * np.abs(A_1).max())
     np.testing.assert_allclose(exact.b_halves[0], b_1, rtol=1e-12)
     np.testing.assert_allclose(exact.A, (exact.A_halves[0] + exact.A_halves[1]) / 2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [301, 300])
+def test_moments_scale_their_halves_in_one_pass_with_numpys_bits(n):
+    """td_moments' one-pass tail (_scale_halves) against NumPy's four passes on the
+    halves' sums: ``A = (A_1 + A_2) scale / n``, ``A_k *= scale / n_k`` and, asked for,
+    the float32 ``A_1 - A_2`` (spectral_noise's input, np.subtract into float32), bit for
+    bit; n = 301: halves of 150 and 151 samples (two different scales)."""
+    D = 96
+    phi_t, bar_phi_tp1, rho_t, r_t = random_batch(n=n, D=D, seed=2)
+    dphi_t = fp.td_difference_(phi_t, bar_phi_tp1, 0.9)
+    h, scale = n // 2, 1.0 / math.sqrt(D)
+    sums = []
+    for rows in (slice(0, h), slice(h, n)):
+        A_k = np.empty((D, D))
+        args = (phi_t[rows], dphi_t[rows], rho_t[rows], r_t[rows], 64, phi_t.dtype)
+        fp._block_moments(*args, A_k, Workspace())
+        sums.append(A_k)
+    A_ref = np.add(sums[0], sums[1])
+    A_ref *= scale / n
+    for A_k, count in zip(sums, (h, n - h), strict=True):
+        A_k *= scale / count
+    E_ref = np.empty((D, D), np.float32)
+    np.subtract(sums[0], sums[1], out=E_ref, casting="same_kind")
+    ws = Workspace()
+    got = fp.td_moments(phi_t, dphi_t, rho_t, r_t, block=64, workspace=ws, difference="E")
+    plain = fp.td_moments(phi_t, dphi_t, rho_t, r_t, block=64)
+    assert plain.difference is None and got.difference == "E"
+    for m in (got, plain):
+        np.testing.assert_array_equal(m.A, A_ref)
+        for k in (0, 1):
+            np.testing.assert_array_equal(m.A_halves[k], sums[k])
+    np.testing.assert_array_equal(ws.array("E", (D, D), np.dtype(np.float32)), E_ref)
+    assert np.abs(E_ref).max() > 0
 
 
 @pytest.mark.parametrize("lu_dtype", [np.float64, np.float32])

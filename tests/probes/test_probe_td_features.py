@@ -110,3 +110,12 @@ def test_trainer_td_errors_equal_those_of_the_trainer_featurised_batch(rolled_ro
     got = trainer_td_errors(cfg, maps, rolled, spec, params.theta_pi, w, ref.r.reshape(-1))
     assert spec.columns == 8  # the tiny fixed-point batch: 8 trajectories
     np.testing.assert_array_equal(got, expected)
+    # as a round calls it: given the probes' closed-form batch's phi (the same phi), only
+    # the next actions' cosines are taken, and the errors are the same bits
+    probe = rolled.difference_batch(probe_config(cfg), maps, [spec], params.theta_pi)
+    phi_t = probe.phi.reshape(-1, maps.D)
+    np.testing.assert_array_equal(phi_t, ref.phi.reshape(-1, maps.D))
+    from_phi = trainer_td_errors(
+        cfg, maps, rolled, spec, params.theta_pi, w, ref.r.reshape(-1), phi_t=phi_t
+    )
+    np.testing.assert_array_equal(from_phi, expected)

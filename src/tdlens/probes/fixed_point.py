@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
+from numba import njit
 
 from tdlens.features import Workspace
 from tdlens.probes.binomial import KAPPA_MAX, binomial_terms
@@ -53,6 +54,10 @@ class TDMoments:
     A_halves: tuple[np.ndarray, np.ndarray]
     b_halves: tuple[np.ndarray, np.ndarray]
     n: int
+    difference: str | None = None
+    """The workspace buffer holding ``A_1 - A_2`` in float32 when asked for
+    (:func:`td_moments`' `difference`): its name, not the array, so that releasing the
+    buffer frees it."""
 
 
 def td_difference_(phi_t: np.ndarray, bar_phi_tp1: np.ndarray, gamma: float) -> np.ndarray:
@@ -95,6 +100,39 @@ def _block_moments(
     return b_sum
 
 
+@njit(cache=True, nogil=True)
+def _scale_halves(
+    A_1: np.ndarray,
+    A_2: np.ndarray,
+    A: np.ndarray,
+    c: float,
+    c_1: float,
+    c_2: float,
+    E: np.ndarray,
+    difference: bool,
+) -> None:
+    """In place, ``[D, D]`` float64: ``A = (A_1 + A_2) c``, then ``A_k <- A_k c_k`` and,
+    with `difference`, ``E = A_1 - A_2`` of the scaled halves (rounded to E's dtype):
+    each operation rounded on its own as NumPy's ``np.add``, ``*=`` and ``np.subtract``
+    round them (the same bits), in one pass over memory instead of four."""
+    rows, cols = A.shape
+    for i in range(rows):
+        a, x, y = A[i], A_1[i], A_2[i]
+        if difference:
+            e = E[i]
+            for j in range(cols):
+                u, v = x[j], y[j]
+                a[j] = (u + v) * c
+                u, v = u * c_1, v * c_2
+                x[j], y[j] = u, v
+                e[j] = u - v
+            continue
+        for j in range(cols):
+            u, v = x[j], y[j]
+            a[j] = (u + v) * c
+            x[j], y[j] = u * c_1, v * c_2
+
+
 def td_moments(
     phi_t: np.ndarray,
     dphi_t: np.ndarray,
@@ -103,6 +141,7 @@ def td_moments(
     block: int = 2048,
     product_dtype: np.dtype | None = None,
     workspace: Workspace | None = None,
+    difference: str | None = None,
 ) -> TDMoments:
     """A and b of the batch and of its halves ``[0, n//2)``, ``[n//2, n)`` (module docstring).
 
@@ -110,8 +149,11 @@ def td_moments(
     moments are the sample-weighted mean of the halves, so the halves cost nothing extra.
     With a `workspace` the ``[D, D]`` results live in its buffers (valid until the next
     call with the same workspace): fresh 32 MB arrays cost page faults on every round.
-    The block products' buffers are released on return, so that a probe round's later
-    stages do not find them still resident.
+    The block products' buffers are released before the halves are scaled, so that a
+    probe round's later stages do not find them still resident. `difference`: the
+    workspace name of a float32 ``[D, D]`` buffer (requested once those are released)
+    that receives ``A_1 - A_2`` in the same pass (the input of
+    :func:`tdlens.probes.spectrum.spectral_noise`; ``TDMoments.difference`` names it).
     """
     n, D = phi_t.shape
     ws = Workspace() if workspace is None else workspace
@@ -126,14 +168,22 @@ def td_moments(
             _block_moments(phi_t[rows], dphi_t[rows], rho_t[rows], r_t[rows], block, dtype, A_k, ws)
         )
         A_halves.append(A_k)
-    np.add(A_halves[0], A_halves[1], out=A)
-    A *= scale / n
-    for A_k, count in zip(A_halves, (h, n - h), strict=True):
-        A_k *= scale / count
+    ws.release(*BLOCK_BUFFERS)  # 32 MB at D = 2048 that no later stage of a round needs
+    E = np.empty((0, 0), np.float32)
+    if difference is not None:
+        E = ws.array(difference, (D, D), np.dtype(np.float32))
+    c, c_1, c_2 = scale / n, scale / h, scale / (n - h)
+    _scale_halves(*A_halves, A, c, c_1, c_2, E, difference is not None)
     b_halves = (b_sums[0] / h, b_sums[1] / (n - h))
     b = (b_sums[0] + b_sums[1]) / n
-    ws.release(*BLOCK_BUFFERS)  # 32 MB at D = 2048 that no later stage of a round needs
-    return TDMoments(A=A, b=b, A_halves=tuple(A_halves), b_halves=b_halves, n=n)
+    return TDMoments(
+        A=A,
+        b=b,
+        A_halves=tuple(A_halves),
+        b_halves=b_halves,
+        n=n,
+        difference=difference,
+    )
 
 
 def ridge_lambda(ridge: float, eig_max_abs: float) -> float:

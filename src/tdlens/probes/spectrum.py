@@ -108,15 +108,23 @@ def float32_operator(A32: np.ndarray) -> ssla.LinearOperator:
 
 
 def spectral_noise(
-    A_1: np.ndarray, A_2: np.ndarray, v0: np.ndarray, out: np.ndarray | None = None
+    A_1: np.ndarray,
+    A_2: np.ndarray,
+    v0: np.ndarray,
+    out: np.ndarray | None = None,
+    difference: np.ndarray | None = None,
 ) -> float:
     """``||A_1 - A_2||_2 / 2`` (largest singular value; ARPACK svds to SVDS_TOL with SVDS_NCV
     Lanczos vectors on a float32 copy of the difference, written to `out` when given, above
-    D = 64)."""
+    D = 64). `difference`: that float32 copy already formed (:func:`tdlens.probes.
+    fixed_point.td_moments`' `difference`)."""
     if A_1.shape[0] <= 64:
         return float(np.linalg.norm(A_1 - A_2, 2)) / 2.0
-    E32 = np.empty(A_1.shape, np.float32) if out is None else out
-    np.subtract(A_1, A_2, out=E32, casting="same_kind")
+    if difference is not None:
+        E32 = difference
+    else:
+        E32 = np.empty(A_1.shape, np.float32) if out is None else out
+        np.subtract(A_1, A_2, out=E32, casting="same_kind")
     with limit_threads(1, "blas"):
         s = ssla.svds(
             float32_operator(E32),

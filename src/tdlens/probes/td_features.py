@@ -184,6 +184,55 @@ def block_cos_differences(
 
 
 @njit(cache=True, nogil=True)
+def block_cos_next_differences(
+    C: np.ndarray,
+    bias: np.ndarray,
+    W_act: np.ndarray,
+    draws: np.ndarray,
+    bar_scale: np.ndarray,
+    neg_gamma: np.floating,
+    phi_in: np.ndarray,
+    dphi_out: np.ndarray,
+) -> bool:
+    """:func:`block_cos_differences` for a block whose ``phi [R, >= D']`` is already
+    formed (`phi_in`, the values that function writes): only the next actions' cosines
+    are taken, ``dphi = phi + ((((cos(x_1) + cos(x_2)) + ...) + cos(x_J)) bar_scale)
+    neg_gamma`` with ``x_k = fma(d_k1, W_1, d_k0 W_0) + (C[i + 1] + bias)``, each
+    operation rounded as there (the same bits). Returns False, its output then
+    meaningless, when a next-action argument is NaN or beyond
+    :data:`tdlens.kernels.COS_REDUCTION_MAX`."""
+    R, J = draws.shape[0], draws.shape[1]
+    D = C.shape[1]
+    W0, W1 = W_act[0], W_act[1]
+    ok = True
+    for i in range(R):
+        c_next, p, d = C[i + 1], phi_in[i], dphi_out[i]
+        if J == 4:
+            d00, d01, d10, d11 = draws[i, 0, 0], draws[i, 0, 1], draws[i, 1, 0], draws[i, 1, 1]
+            d20, d21, d30, d31 = draws[i, 2, 0], draws[i, 2, 1], draws[i, 3, 0], draws[i, 3, 1]
+            for j in range(D):
+                w0, w1 = W0[j], W1[j]
+                c_j = c_next[j] + bias[j]
+                cos1, ok1 = cos32_checked(_fma(d01, w1, d00 * w0) + c_j)
+                cos2, ok2 = cos32_checked(_fma(d11, w1, d10 * w0) + c_j)
+                cos3, ok3 = cos32_checked(_fma(d21, w1, d20 * w0) + c_j)
+                cos4, ok4 = cos32_checked(_fma(d31, w1, d30 * w0) + c_j)
+                ok &= ok1 & ok2 & ok3 & ok4
+                d[j] = p[j] + ((((cos1 + cos2) + cos3) + cos4) * bar_scale[j]) * neg_gamma
+            continue
+        for k in range(J):
+            d0, d1 = draws[i, k, 0], draws[i, k, 1]
+            for j in range(D):
+                x = _fma(d1, W1[j], d0 * W0[j]) + (c_next[j] + bias[j])
+                cos_x, in_range = cos32_checked(x)
+                ok &= in_range
+                d[j] = cos_x if k == 0 else d[j] + cos_x
+        for j in range(D):
+            d[j] = p[j] + (d[j] * bar_scale[j]) * neg_gamma
+    return ok
+
+
+@njit(cache=True, nogil=True)
 def mean_arguments(
     C: np.ndarray,
     bias: np.ndarray,
@@ -225,6 +274,7 @@ def chain_differences(
     phi_out: np.ndarray | None,
     dphi_out: np.ndarray,
     scratch: dict[str, np.ndarray],
+    phi_in: np.ndarray | None = None,
 ) -> None:
     """``phi_out[t] = phi(s_t, a_t)`` and ``dphi_out[t] = phi(s_t, a_t) - gamma
     bar_phi(s_{t+1})`` along one chain, ``o_chain [L+1, 18]``, ``a [L, 2]``, outputs
@@ -233,7 +283,10 @@ def chain_differences(
     :func:`difference_features` in place of its ``block_features`` (in float32
     :func:`block_cos_differences` in place of all three calls, as chain_features does),
     so the values of chain_features followed by td_difference_.
-    ``phi_out=None``: phi is not kept (each block's goes to a scratch buffer)."""
+    ``phi_out=None``: phi is not kept (each block's goes to a scratch buffer).
+    ``phi_in [L, D]``: this chain's phi already formed (by this function, e.g. for a batch
+    with another bar_phi estimator; `phi_out` must then be None): in float32 only the
+    next actions' cosines are taken (:func:`block_cos_next_differences`), the same dphi."""
     L = a.shape[0]
     D, D_base, dtype = maps.D, maps.D - NUM_EXTRA, maps.dtype
     o32 = o_chain.astype(dtype)
@@ -248,6 +301,15 @@ def chain_differences(
         C = _buffer(scratch, "C", (stop - start + 1, D_base), dtype)
         np.matmul(o32[start : stop + 1], maps.W_obs, out=C)
         block = slice(start, stop)
+        if (
+            phi_in is not None
+            and dtype == np.float32
+            and block_cos_next_differences(
+                C, maps.bias, maps.W_act, draws32[block], bar_scale, neg_gamma,
+                phi_in[block], dphi_out[block],
+            )
+        ):  # fmt: skip
+            continue
         phi_block = (
             phi_out[block]
             if phi_out is not None
@@ -322,10 +384,14 @@ def trainer_differences(
     theta_pi: np.ndarray,
     dphi_out: np.ndarray,
     workspace: Workspace,
+    phi: np.ndarray | None = None,
 ) -> None:
     """``dphi_out [B, T, D] = phi - gamma bar_phi`` of the chains of `paths` with
     ``cfg.bar_phi``'s estimator (the trainer's), phi itself not kept: the dphi of
-    :func:`difference_batch`, bit for bit, chains on ``maps.threads`` threads."""
+    :func:`difference_batch`, bit for bit, chains on ``maps.threads`` threads. `phi [B,
+    T, D]`: the chains' phi when a batch of them already has it (the probes' own, whose
+    bar_phi estimator differs; phi does not depend on it): its cosines are not taken
+    again (:func:`chain_differences`' ``phi_in``)."""
     o, a_exec = (np.ascontiguousarray(np.swapaxes(x, 0, 1)) for x in (paths.o, paths.a))
     m_next = np.ascontiguousarray(np.swapaxes(paths.mean_under(theta_pi)[1:], 0, 1))
     nexts = next_actions(cfg, m_next, noise)
@@ -333,6 +399,9 @@ def trainer_differences(
     def one(b: int) -> None:
         with workspace.scratch() as scratch:
             dphi_b = dphi_out[b]
-            chain_differences(maps, o[b], a_exec[b], nexts[b], cfg.gamma, None, dphi_b, scratch)
+            phi_b = None if phi is None else phi[b]
+            chain_differences(
+                maps, o[b], a_exec[b], nexts[b], cfg.gamma, None, dphi_b, scratch, phi_b
+            )
 
     _run_parallel(one, range(dphi_out.shape[0]), maps.threads)
