@@ -422,6 +422,82 @@ def cos32_checked(x: np.float32) -> tuple[np.float32, bool]:
     return cos32_reduced(x), abs(x) <= COS_REDUCTION_MAX
 
 
+@njit(cache=True, nogil=True, inline="always")
+def cos_feature_row(
+    c: np.ndarray,
+    c_next: np.ndarray,
+    bias: np.ndarray,
+    W0: np.ndarray,
+    W1: np.ndarray,
+    a_i: np.ndarray,
+    draws_i: np.ndarray,
+    scale: np.ndarray,
+    bar_scale: np.ndarray,
+    p: np.ndarray,
+    o: np.ndarray,
+    with_phi: bool,
+) -> bool:
+    """One row of phi and bar_phi, the cosine arguments never stored: for ``j < len(c)``
+
+    ``p_j = cos32(x_0j) scale_j`` and ``o_j = (((cos32(x_1j) + cos32(x_2j)) + ...) +
+    cos32(x_Jj)) bar_scale_j``,
+
+    ``x_0j = fma(a_1, W1_j, a_0 W0_j) + (c_j + bias_j)``, ``x_kj = fma(d_k1, W1_j, d_k0
+    W0_j) + (c_next_j + bias_j)`` for the J next actions ``draws_i [J, 2]``, each
+    operation rounded as :func:`block_arguments`, ``np.cos`` and :func:`block_features`
+    round it. `with_phi` False: p is not written (its cosines not taken). J = 4 (K_mc = 4)
+    and J = 1 (the closed form's mean) take one loop over j for all cosines; callers
+    inline it with `with_phi` a constant, so that loop carries no branch. Returns False
+    when an argument is NaN or beyond :data:`COS_REDUCTION_MAX` (the row is then
+    meaningless)."""
+    J, D = draws_i.shape[0], c.shape[0]
+    a0, a1 = a_i[0], a_i[1]
+    ok = True
+    if J == 4:
+        d00, d01, d10, d11 = draws_i[0, 0], draws_i[0, 1], draws_i[1, 0], draws_i[1, 1]
+        d20, d21, d30, d31 = draws_i[2, 0], draws_i[2, 1], draws_i[3, 0], draws_i[3, 1]
+        for j in range(D):
+            w0, w1, b = W0[j], W1[j], bias[j]
+            if with_phi:
+                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
+                ok &= ok0
+                p[j] = cos0 * scale[j]
+            c_j = c_next[j] + b
+            cos1, ok1 = cos32_checked(_fma(d01, w1, d00 * w0) + c_j)
+            cos2, ok2 = cos32_checked(_fma(d11, w1, d10 * w0) + c_j)
+            cos3, ok3 = cos32_checked(_fma(d21, w1, d20 * w0) + c_j)
+            cos4, ok4 = cos32_checked(_fma(d31, w1, d30 * w0) + c_j)
+            ok &= ok1 & ok2 & ok3 & ok4
+            o[j] = (((cos1 + cos2) + cos3) + cos4) * bar_scale[j]
+        return ok
+    if J == 1:
+        m0, m1 = draws_i[0, 0], draws_i[0, 1]
+        for j in range(D):
+            w0, w1, b = W0[j], W1[j], bias[j]
+            if with_phi:
+                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
+                ok &= ok0
+                p[j] = cos0 * scale[j]
+            cos1, ok1 = cos32_checked(_fma(m1, w1, m0 * w0) + (c_next[j] + b))
+            ok &= ok1
+            o[j] = cos1 * bar_scale[j]
+        return ok
+    if with_phi:
+        for j in range(D):
+            cos_x, in_range = cos32_checked(_fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j]))
+            ok &= in_range
+            p[j] = cos_x * scale[j]
+    for k in range(J):
+        d0, d1 = draws_i[k, 0], draws_i[k, 1]
+        for j in range(D):
+            cos_x, in_range = cos32_checked(_fma(d1, W1[j], d0 * W0[j]) + (c_next[j] + bias[j]))
+            ok &= in_range
+            o[j] = cos_x if k == 0 else o[j] + cos_x
+    for j in range(D):
+        o[j] *= bar_scale[j]
+    return ok
+
+
 @njit(cache=True, nogil=True)
 def block_cos_features(
     C: np.ndarray,
@@ -436,8 +512,8 @@ def block_cos_features(
 ) -> bool:
     """:func:`block_arguments`, ``np.cos`` and :func:`block_features` in one pass, the
     cosine arguments never stored: for ``C [R + 1, D']``, ``a [R, 2]``, ``draws [R, J,
-    2]``, ``phi_out, bar_out [R, >= D']``, with ``x_0 = fma(a_i1, W_1, a_i0 W_0) + (C[i] +
-    bias)`` and ``x_k = fma(d_ik1, W_1, d_ik0 W_0) + (C[i + 1] + bias)``,
+    2]``, ``phi_out, bar_out [R, >= D']``, row i is :func:`cos_feature_row` of ``C[i]``,
+    ``C[i + 1]``, ``a_i`` and ``draws[i]``:
 
     ``phi_out[i, j] = cos32(x_0) scale_j`` and ``bar_out[i, j] = (((cos32(x_1) + cos32(x_2))
     + ...) + cos32(x_J)) bar_scale_j``,
@@ -446,50 +522,14 @@ def block_cos_features(
     NumPy's cosine: the same bits. Returns False, its outputs then meaningless, when an
     argument is NaN or beyond :data:`COS_REDUCTION_MAX` (NumPy takes those through the C
     library): the caller then takes the three-call path."""
-    R, J = draws.shape[0], draws.shape[1]
     D = C.shape[1]
     W0, W1 = W_act[0], W_act[1]
     ok = True
-    for i in range(R):
-        c, c_next, p, o = C[i], C[i + 1], phi_out[i], bar_out[i]
-        a0, a1 = a[i, 0], a[i, 1]
-        if J == 4:
-            d00, d01, d10, d11 = draws[i, 0, 0], draws[i, 0, 1], draws[i, 1, 0], draws[i, 1, 1]
-            d20, d21, d30, d31 = draws[i, 2, 0], draws[i, 2, 1], draws[i, 3, 0], draws[i, 3, 1]
-            for j in range(D):
-                w0, w1, b = W0[j], W1[j], bias[j]
-                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
-                c_j = c_next[j] + b
-                cos1, ok1 = cos32_checked(_fma(d01, w1, d00 * w0) + c_j)
-                cos2, ok2 = cos32_checked(_fma(d11, w1, d10 * w0) + c_j)
-                cos3, ok3 = cos32_checked(_fma(d21, w1, d20 * w0) + c_j)
-                cos4, ok4 = cos32_checked(_fma(d31, w1, d30 * w0) + c_j)
-                ok &= ok0 & ok1 & ok2 & ok3 & ok4
-                p[j] = cos0 * scale[j]
-                o[j] = (((cos1 + cos2) + cos3) + cos4) * bar_scale[j]
-            continue
-        if J == 1:  # the closed form's mean (or K_mc = 1)
-            m0, m1 = draws[i, 0, 0], draws[i, 0, 1]
-            for j in range(D):
-                w0, w1, b = W0[j], W1[j], bias[j]
-                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
-                cos1, ok1 = cos32_checked(_fma(m1, w1, m0 * w0) + (c_next[j] + b))
-                ok &= ok0 & ok1
-                p[j] = cos0 * scale[j]
-                o[j] = cos1 * bar_scale[j]
-            continue
-        for j in range(D):
-            cos_x, in_range = cos32_checked(_fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j]))
-            ok &= in_range
-            p[j] = cos_x * scale[j]
-        for k in range(J):
-            d0, d1 = draws[i, k, 0], draws[i, k, 1]
-            for j in range(D):
-                cos_x, in_range = cos32_checked(_fma(d1, W1[j], d0 * W0[j]) + (c_next[j] + bias[j]))
-                ok &= in_range
-                o[j] = cos_x if k == 0 else o[j] + cos_x
-        for j in range(D):
-            o[j] *= bar_scale[j]
+    for i in range(draws.shape[0]):
+        p, o = phi_out[i, :D], bar_out[i, :D]
+        ok &= cos_feature_row(
+            C[i], C[i + 1], bias, W0, W1, a[i], draws[i], scale, bar_scale, p, o, True
+        )
     return ok
 
 

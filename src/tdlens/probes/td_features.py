@@ -42,7 +42,7 @@ from tdlens.features import (
     reward,
 )
 from tdlens.features import run_parallel as _run_parallel
-from tdlens.kernels import _fma, block_arguments, cos32_checked
+from tdlens.kernels import _fma, block_arguments, cos_feature_row
 from tdlens.rollout import ChainNoise, Paths, next_actions, td_batch
 
 BLOCK_ROWS = 128
@@ -128,58 +128,22 @@ def block_cos_differences(
     the same operations), their cosines (:func:`tdlens.kernels.cos32`) and
     :func:`difference_features` in one pass, the arguments never stored, for float32 ``C
     [R + 1, D']``, ``a [R, 2]``, ``draws [R, J, 2]``, ``phi_out, dphi_out [R, >= D']``:
-    ``phi = cos(x_0) scale`` and ``dphi = phi + ((((cos(x_1) + cos(x_2)) + ...) +
-    cos(x_J)) bar_scale) neg_gamma``, each operation rounded as the three-call path
-    rounds it (the same bits). Returns False, its outputs then meaningless, when an
-    argument is NaN or beyond :data:`tdlens.kernels.COS_REDUCTION_MAX`: the caller then
-    takes the three-call path."""
-    R, J = draws.shape[0], draws.shape[1]
+    ``phi = cos(x_0) scale`` and ``dphi = phi + bar neg_gamma`` with ``bar = (((cos(x_1)
+    + cos(x_2)) + ...) + cos(x_J)) bar_scale`` (:func:`tdlens.kernels.cos_feature_row`,
+    bar written into dphi's row first), each operation
+    rounded as the three-call path rounds it (the same bits). Returns False, its outputs
+    then meaningless, when an argument is NaN or beyond
+    :data:`tdlens.kernels.COS_REDUCTION_MAX`: the caller then takes the three-call path."""
     D = C.shape[1]
     W0, W1 = W_act[0], W_act[1]
     ok = True
-    for i in range(R):
-        c, c_next, p, d = C[i], C[i + 1], phi_out[i], dphi_out[i]
-        a0, a1 = a[i, 0], a[i, 1]
-        if J == 4:
-            d00, d01, d10, d11 = draws[i, 0, 0], draws[i, 0, 1], draws[i, 1, 0], draws[i, 1, 1]
-            d20, d21, d30, d31 = draws[i, 2, 0], draws[i, 2, 1], draws[i, 3, 0], draws[i, 3, 1]
-            for j in range(D):
-                w0, w1, b = W0[j], W1[j], bias[j]
-                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
-                c_j = c_next[j] + b
-                cos1, ok1 = cos32_checked(_fma(d01, w1, d00 * w0) + c_j)
-                cos2, ok2 = cos32_checked(_fma(d11, w1, d10 * w0) + c_j)
-                cos3, ok3 = cos32_checked(_fma(d21, w1, d20 * w0) + c_j)
-                cos4, ok4 = cos32_checked(_fma(d31, w1, d30 * w0) + c_j)
-                ok &= ok0 & ok1 & ok2 & ok3 & ok4
-                phi = cos0 * scale[j]
-                p[j] = phi
-                d[j] = phi + ((((cos1 + cos2) + cos3) + cos4) * bar_scale[j]) * neg_gamma
-            continue
-        if J == 1:  # the closed form's mean (or K_mc = 1)
-            m0, m1 = draws[i, 0, 0], draws[i, 0, 1]
-            for j in range(D):
-                w0, w1, b = W0[j], W1[j], bias[j]
-                cos0, ok0 = cos32_checked(_fma(a1, w1, a0 * w0) + (c[j] + b))
-                cos1, ok1 = cos32_checked(_fma(m1, w1, m0 * w0) + (c_next[j] + b))
-                ok &= ok0 & ok1
-                phi = cos0 * scale[j]
-                p[j] = phi
-                d[j] = phi + (cos1 * bar_scale[j]) * neg_gamma
-            continue
+    for i in range(draws.shape[0]):
+        p, d = phi_out[i, :D], dphi_out[i, :D]
+        ok &= cos_feature_row(
+            C[i], C[i + 1], bias, W0, W1, a[i], draws[i], scale, bar_scale, p, d, True
+        )
         for j in range(D):
-            cos_x, in_range = cos32_checked(_fma(a1, W1[j], a0 * W0[j]) + (c[j] + bias[j]))
-            ok &= in_range
-            p[j] = cos_x * scale[j]
-        for k in range(J):
-            d0, d1 = draws[i, k, 0], draws[i, k, 1]
-            for j in range(D):
-                x = _fma(d1, W1[j], d0 * W0[j]) + (c_next[j] + bias[j])
-                cos_x, in_range = cos32_checked(x)
-                ok &= in_range
-                d[j] = cos_x if k == 0 else d[j] + cos_x
-        for j in range(D):
-            d[j] = p[j] + (d[j] * bar_scale[j]) * neg_gamma
+            d[j] = p[j] + d[j] * neg_gamma
     return ok
 
 
@@ -196,39 +160,21 @@ def block_cos_next_differences(
 ) -> bool:
     """:func:`block_cos_differences` for a block whose ``phi [R, >= D']`` is already
     formed (`phi_in`, the values that function writes): only the next actions' cosines
-    are taken, ``dphi = phi + ((((cos(x_1) + cos(x_2)) + ...) + cos(x_J)) bar_scale)
-    neg_gamma`` with ``x_k = fma(d_k1, W_1, d_k0 W_0) + (C[i + 1] + bias)``, each
+    are taken (:func:`tdlens.kernels.cos_feature_row` without phi), ``dphi = phi + bar
+    neg_gamma``, each
     operation rounded as there (the same bits). Returns False, its output then
     meaningless, when a next-action argument is NaN or beyond
     :data:`tdlens.kernels.COS_REDUCTION_MAX`."""
-    R, J = draws.shape[0], draws.shape[1]
     D = C.shape[1]
     W0, W1 = W_act[0], W_act[1]
     ok = True
-    for i in range(R):
-        c_next, p, d = C[i + 1], phi_in[i], dphi_out[i]
-        if J == 4:
-            d00, d01, d10, d11 = draws[i, 0, 0], draws[i, 0, 1], draws[i, 1, 0], draws[i, 1, 1]
-            d20, d21, d30, d31 = draws[i, 2, 0], draws[i, 2, 1], draws[i, 3, 0], draws[i, 3, 1]
-            for j in range(D):
-                w0, w1 = W0[j], W1[j]
-                c_j = c_next[j] + bias[j]
-                cos1, ok1 = cos32_checked(_fma(d01, w1, d00 * w0) + c_j)
-                cos2, ok2 = cos32_checked(_fma(d11, w1, d10 * w0) + c_j)
-                cos3, ok3 = cos32_checked(_fma(d21, w1, d20 * w0) + c_j)
-                cos4, ok4 = cos32_checked(_fma(d31, w1, d30 * w0) + c_j)
-                ok &= ok1 & ok2 & ok3 & ok4
-                d[j] = p[j] + ((((cos1 + cos2) + cos3) + cos4) * bar_scale[j]) * neg_gamma
-            continue
-        for k in range(J):
-            d0, d1 = draws[i, k, 0], draws[i, k, 1]
-            for j in range(D):
-                x = _fma(d1, W1[j], d0 * W0[j]) + (c_next[j] + bias[j])
-                cos_x, in_range = cos32_checked(x)
-                ok &= in_range
-                d[j] = cos_x if k == 0 else d[j] + cos_x
+    for i in range(draws.shape[0]):
+        p, d = phi_in[i, :D], dphi_out[i, :D]
+        ok &= cos_feature_row(
+            C[i], C[i + 1], bias, W0, W1, draws[i, 0], draws[i], bar_scale, bar_scale, p, d, False
+        )
         for j in range(D):
-            d[j] = p[j] + (d[j] * bar_scale[j]) * neg_gamma
+            d[j] = p[j] + d[j] * neg_gamma
     return ok
 
 
