@@ -222,7 +222,8 @@ def test_chain_differences_fused_equals_three_calls(monkeypatch, K, keep_phi, hu
 @pytest.mark.parametrize("bad", [None, "action", "draw"])
 def test_chain_differences_from_a_formed_phi_equals_three_calls(monkeypatch, K, bad):
     """chain_differences given the chain's phi (``phi_in``: the trainer's TD errors on the
-    probes' batch) takes only the next actions' cosines (block_cos_next_differences) and
+    probes' batch) takes only the next actions' cosines (block_cos_differences without phi)
+    and
     writes the three-call path's dphi bit for bit; a huge action (phi's argument only)
     does not stop it, a huge next action makes its block fall back (and still agree)."""
     maps = make_feature_maps(small_config("env.feature_dim=300"))
@@ -234,21 +235,21 @@ def test_chain_differences_from_a_formed_phi_equals_three_calls(monkeypatch, K, 
         nxt.mean[140, 0] = 3e5
     elif bad == "draw":
         nxt.draws[140, K - 1, 0] = 3e5
+    kernel = td_features.block_cos_differences
     monkeypatch.setattr(td_features, "block_cos_differences", lambda *args: False)
     phi, ref = (np.full((S, maps.D), np.nan, np.float32) for _ in range(2))
     chain_differences(maps, o, a, nxt, 0.9, phi, ref, {})
     assert not np.isnan(ref).any()
-    next_only: list[bool] = []
-    kernel = td_features.block_cos_next_differences
+    calls: list[tuple[bool, bool]] = []  # (fused, with_phi) per block
 
     def spy(*args):
-        next_only.append(kernel(*args))
-        return next_only[-1]
+        calls.append((kernel(*args), args[-1]))
+        return calls[-1][0]
 
-    monkeypatch.setattr(td_features, "block_cos_next_differences", spy)
+    monkeypatch.setattr(td_features, "block_cos_differences", spy)
     got = np.full((S, maps.D), np.nan, np.float32)
     chain_differences(maps, o, a, nxt, 0.9, None, got, {}, phi_in=phi)
-    assert next_only == [True, bad != "draw", True]
+    assert calls == [(True, False), (bad != "draw", False), (True, False)]
     np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
 
 

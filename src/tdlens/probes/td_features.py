@@ -121,58 +121,36 @@ def block_cos_differences(
     scale: np.ndarray,
     bar_scale: np.ndarray,
     neg_gamma: np.floating,
-    phi_out: np.ndarray,
+    phi: np.ndarray,
     dphi_out: np.ndarray,
+    with_phi: bool,
 ) -> bool:
     """The arguments of :func:`tdlens.kernels.block_arguments` (or :func:`mean_arguments`,
     the same operations), their cosines (:func:`tdlens.kernels.cos32`) and
     :func:`difference_features` in one pass, the arguments never stored, for float32 ``C
-    [R + 1, D']``, ``a [R, 2]``, ``draws [R, J, 2]``, ``phi_out, dphi_out [R, >= D']``:
+    [R + 1, D']``, ``a [R, 2]``, ``draws [R, J, 2]``, ``phi, dphi_out [R, >= D']``:
     ``phi = cos(x_0) scale`` and ``dphi = phi + bar neg_gamma`` with ``bar = (((cos(x_1)
     + cos(x_2)) + ...) + cos(x_J)) bar_scale`` (:func:`tdlens.kernels.cos_feature_row`,
-    bar written into dphi's row first), each operation
-    rounded as the three-call path rounds it (the same bits). Returns False, its outputs
-    then meaningless, when an argument is NaN or beyond
-    :data:`tdlens.kernels.COS_REDUCTION_MAX`: the caller then takes the three-call path."""
+    bar written into dphi's row first), each operation rounded as the three-call path
+    rounds it (the same bits). ``with_phi=False``: `phi` is the block's phi already
+    formed (the values written here), read and not written; only the next actions'
+    cosines are taken. Returns False, its outputs then meaningless, when an argument it
+    takes is NaN or beyond :data:`tdlens.kernels.COS_REDUCTION_MAX`: the caller then
+    takes the three-call path."""
     D = C.shape[1]
     W0, W1 = W_act[0], W_act[1]
     ok = True
     for i in range(draws.shape[0]):
-        p, d = phi_out[i, :D], dphi_out[i, :D]
-        ok &= cos_feature_row(
-            C[i], C[i + 1], bias, W0, W1, a[i], draws[i], scale, bar_scale, p, d, True
-        )
-        for j in range(D):
-            d[j] = p[j] + d[j] * neg_gamma
-    return ok
-
-
-@njit(cache=True, nogil=True)
-def block_cos_next_differences(
-    C: np.ndarray,
-    bias: np.ndarray,
-    W_act: np.ndarray,
-    draws: np.ndarray,
-    bar_scale: np.ndarray,
-    neg_gamma: np.floating,
-    phi_in: np.ndarray,
-    dphi_out: np.ndarray,
-) -> bool:
-    """:func:`block_cos_differences` for a block whose ``phi [R, >= D']`` is already
-    formed (`phi_in`, the values that function writes): only the next actions' cosines
-    are taken (:func:`tdlens.kernels.cos_feature_row` without phi), ``dphi = phi + bar
-    neg_gamma``, each
-    operation rounded as there (the same bits). Returns False, its output then
-    meaningless, when a next-action argument is NaN or beyond
-    :data:`tdlens.kernels.COS_REDUCTION_MAX`."""
-    D = C.shape[1]
-    W0, W1 = W_act[0], W_act[1]
-    ok = True
-    for i in range(draws.shape[0]):
-        p, d = phi_in[i, :D], dphi_out[i, :D]
-        ok &= cos_feature_row(
-            C[i], C[i + 1], bias, W0, W1, draws[i, 0], draws[i], bar_scale, bar_scale, p, d, False
-        )
+        p, d = phi[i, :D], dphi_out[i, :D]
+        # two inlined copies, each with a constant flag: no branch in the loops over j
+        if with_phi:
+            ok &= cos_feature_row(
+                C[i], C[i + 1], bias, W0, W1, a[i], draws[i], scale, bar_scale, p, d, True
+            )
+        else:
+            ok &= cos_feature_row(
+                C[i], C[i + 1], bias, W0, W1, a[i], draws[i], scale, bar_scale, p, d, False
+            )
         for j in range(D):
             d[j] = p[j] + d[j] * neg_gamma
     return ok
@@ -232,7 +210,8 @@ def chain_differences(
     ``phi_out=None``: phi is not kept (each block's goes to a scratch buffer).
     ``phi_in [L, D]``: this chain's phi already formed (by this function, e.g. for a batch
     with another bar_phi estimator; `phi_out` must then be None): in float32 only the
-    next actions' cosines are taken (:func:`block_cos_next_differences`), the same dphi."""
+    next actions' cosines are taken (:func:`block_cos_differences` without phi), the same
+    dphi."""
     L = a.shape[0]
     D, D_base, dtype = maps.D, maps.D - NUM_EXTRA, maps.dtype
     o32 = o_chain.astype(dtype)
@@ -247,23 +226,15 @@ def chain_differences(
         C = _buffer(scratch, "C", (stop - start + 1, D_base), dtype)
         np.matmul(o32[start : stop + 1], maps.W_obs, out=C)
         block = slice(start, stop)
-        if (
-            phi_in is not None
-            and dtype == np.float32
-            and block_cos_next_differences(
-                C, maps.bias, maps.W_act, draws32[block], bar_scale, neg_gamma,
-                phi_in[block], dphi_out[block],
-            )
-        ):  # fmt: skip
-            continue
-        phi_block = (
-            phi_out[block]
-            if phi_out is not None
-            else _buffer(scratch, "phi", (stop - start, D), dtype)
-        )
+        if phi_in is not None:
+            phi_block = phi_in[block]
+        elif phi_out is not None:
+            phi_block = phi_out[block]
+        else:
+            phi_block = _buffer(scratch, "phi", (stop - start, D), dtype)
         if dtype == np.float32 and block_cos_differences(
             C, maps.bias, maps.W_act, a32[block], draws32[block], scale, bar_scale, neg_gamma,
-            phi_block, dphi_out[block],
+            phi_block, dphi_out[block], phi_in is None,
         ):  # fmt: skip
             continue
         for lo in range(start, stop, sub):
