@@ -198,15 +198,17 @@ class RolledChains:
         specs: Sequence[ChainSpec],
         theta_pi: np.ndarray,
         workspace: Workspace | None = None,
+        rewards: bool = True,
     ) -> DifferenceBatch:
         """What the critic probes read of batches that share one length T (``phi, dphi``,
         r and the ratios, :func:`tdlens.probes.td_features.difference_batch`), columns as
-        in :meth:`td_batch`: its phi, r and ratios, and ``dphi = phi - gamma bar_phi``."""
+        in :meth:`td_batch`: its phi, r (NaN unless `rewards`) and ratios, and ``dphi =
+        phi - gamma bar_phi``."""
         group, chains, T = self._shared_length(specs)
         paths = truncate_paths(group.paths.take(chains), T)
         noise = truncate_noise(group.noise.take(chains), T)
         return difference_batch(
-            cfg, maps, paths, noise, theta_pi, group.sigma_mu[chains], workspace
+            cfg, maps, paths, noise, theta_pi, group.sigma_mu[chains], workspace, rewards
         )
 
     def _shared_length(

@@ -1,11 +1,15 @@
-"""The probe rollout draws no next-action normals that no probe reads (issue 28, session 11).
+"""A probe round forms nothing no probe reads (issue 28, session 11), and its numbers
+stay the same bits.
 
-A chain's next-action normals ``z_next`` are the last draws of its stream
-(tdlens.rollout.draw_noise), so leaving them out changes none of its other noise and
-none of its path. A round leaves them out for the chains of
-``tdlens.probes.common.without_next_draws``; its rows and arrays must equal those of
-a round that draws them all (the reference, run in the same test), under each bar_phi
-setting that decides who reads them.
+- Next-action normals: a chain's ``z_next`` are the last draws of its stream
+  (tdlens.rollout.draw_noise), so leaving them out changes none of its other noise and
+  none of its path. A round leaves them out for the chains of
+  ``tdlens.probes.common.without_next_draws``.
+- Rewards of the matrix-free stability batches (only an explicit batch's b reads r).
+
+A round's rows and arrays must equal those of a round that forms them all (the
+reference, run in the same test), under each bar_phi setting that decides who reads the
+draws.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import numpy as np
 import pytest
 from probe_testlib import snapshot, tiny_config
 
+from tdlens.features import Workspace
+from tdlens.probes import common as common_module
 from tdlens.probes import manager as manager_module
 from tdlens.probes.common import plan_chains, roll_chains, without_next_draws
 from tdlens.probes.critic import probe_config
@@ -74,7 +80,8 @@ def test_undrawn_chains_keep_their_other_noise_and_paths(threads):
 )
 def test_a_round_without_the_unread_draws_equals_one_with_them(monkeypatch, overrides):
     """Rows and arrays of a round (every probe) equal, bit for bit, those of a round whose
-    roll-out draws every chain's next actions: nothing read the draws left out."""
+    roll-out draws every chain's next actions and whose batches all form their rewards:
+    nothing read what was left out."""
     cfg = tiny_config(*overrides)
     maps, result = snapshot(cfg)
 
@@ -84,6 +91,12 @@ def test_a_round_without_the_unread_draws_equals_one_with_them(monkeypatch, over
 
     lean = run()
     monkeypatch.setattr(manager_module, "without_next_draws", lambda cfg: set())
+    formed = common_module.difference_batch
+
+    def with_rewards(*args):
+        return formed(*args[:7], rewards=True)
+
+    monkeypatch.setattr(common_module, "difference_batch", with_rewards)
     full = run()
     assert lean.rows == full.rows
     assert lean.arrays.keys() == full.arrays.keys()
@@ -93,3 +106,19 @@ def test_a_round_without_the_unread_draws_equals_one_with_them(monkeypatch, over
         assert parts.keys() == ref.keys()
         for name in parts:
             np.testing.assert_array_equal(parts[name], ref[name], err_msg=f"{key} {name}")
+
+
+def test_a_batch_without_rewards_is_the_same_batch_but_r():
+    """difference_batch(rewards=False): phi, dphi and the ratios are those of the batch
+    with rewards, bit for bit; r is NaN."""
+    cfg = tiny_config()
+    maps, result = snapshot(cfg)
+    plan = plan_chains(cfg)
+    group = list(plan.stability[1:3])
+    rolled = roll_chains(cfg, maps, result.params, plan.specs(), 2)
+    batch_cfg, theta_pi = probe_config(cfg), result.params.theta_pi
+    full = rolled.difference_batch(batch_cfg, maps, group, theta_pi, Workspace())
+    lean = rolled.difference_batch(batch_cfg, maps, group, theta_pi, Workspace(), rewards=False)
+    for name in ("phi", "dphi", "rho", "rho_raw"):
+        np.testing.assert_array_equal(getattr(lean, name), getattr(full, name), err_msg=name)
+    assert np.isnan(lean.r).all() and np.isfinite(full.r).all()
