@@ -9,7 +9,8 @@ Every chain ``b`` draws all of its noise up front from its own Generator, in a f
 order: reset uniforms, action normals ``[T, 2]``, environment normals ``[T, 4]``,
 environment uniforms ``[T, U]``, next-action normals ``[T, K, 2]``. So a chain's path
 depends only on its own stream and policy: chain ``b`` of a batched rollout equals the
-same chain rolled out alone.
+same chain rolled out alone; and the next-action normals, last, may be left undrawn
+(:func:`draw_noise`'s ``next_draws``) without changing anything else.
 """
 
 from __future__ import annotations

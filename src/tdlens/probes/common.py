@@ -25,7 +25,9 @@ per distinct length T, with per-chain policies (the trainer-style trajectories o
 its own noise). The rollout records the means of mu and pi at every state
 instead of keeping the actor features (what the probes use of psi: 4 numbers per state
 instead of N). Features are built later per chain group with
-:meth:`RolledChains.td_batch`, so memory stays bounded.
+:meth:`RolledChains.td_batch`, so memory stays bounded. A round draws no next-action
+normals for the chains whose bar_phi nobody forms from Monte Carlo draws
+(:func:`without_next_draws`).
 """
 
 from __future__ import annotations
