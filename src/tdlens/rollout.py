@@ -9,13 +9,15 @@ Every chain ``b`` draws all of its noise up front from its own Generator, in a f
 order: reset uniforms, action normals ``[T, 2]``, environment normals ``[T, 4]``,
 environment uniforms ``[T, U]``, next-action normals ``[T, K, 2]``. So a chain's path
 depends only on its own stream and policy: chain ``b`` of a batched rollout equals the
-same chain rolled out alone.
+same chain rolled out alone; and the next-action normals, last, may be left undrawn
+(:func:`draw_noise`'s ``next_draws``) without changing anything else.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,27 +65,43 @@ class ChainNoise:
         )
 
 
-def draw_noise(rngs: list[np.random.Generator], T: int, cfg: RunConfig) -> ChainNoise:
-    """Draw every chain's noise from its own generator (one generator per chain)."""
+def draw_noise(
+    rngs: list[np.random.Generator],
+    T: int,
+    cfg: RunConfig,
+    next_draws: Sequence[bool] | None = None,
+) -> ChainNoise:
+    """Draw every chain's noise from its own generator (one generator per chain).
+
+    ``next_draws[b]`` False (default: all True): chain b's next-action normals are not
+    drawn and its ``z_next`` is NaN (:func:`next_actions` refuses them). They are the
+    last draws of its stream, so its other noise is the same numbers: for chains whose
+    bar_phi nobody forms from Monte Carlo draws (half the normals of a step at K_mc = 4).
+    """
     K, G = cfg.K_mc, cfg.env.num_goblets
+    draws = [True] * len(rngs) if next_draws is None else list(next_draws)
+    if len(draws) != len(rngs):
+        raise ValueError(f"next_draws has {len(draws)} flags for {len(rngs)} chains")
+    z_next = np.empty((T, len(rngs), K, 2)) if all(draws) else np.full((T, len(rngs), K, 2), np.nan)
     parts = []
-    for rng in rngs:
+    for b, rng in enumerate(rngs):
         parts.append(
             (
                 rng.random(reset_width(G)),
                 rng.standard_normal((T, 2)),
                 rng.standard_normal((T, NORMAL_WIDTH)),
                 rng.random((T, uniform_width(G))),
-                rng.standard_normal((T, K, 2)),
             )
         )
-    reset, z_act, z_env, u_env, z_next = zip(*parts, strict=True)
+        if draws[b]:
+            z_next[:, b] = rng.standard_normal((T, K, 2))
+    reset, z_act, z_env, u_env = zip(*parts, strict=True)
     return ChainNoise(
         reset=np.stack(reset),
         z_act=np.stack(z_act, axis=1),
         z_env=np.stack(z_env, axis=1),
         u_env=np.stack(u_env, axis=1),
-        z_next=np.stack(z_next, axis=1),
+        z_next=z_next,
     )
 
 
@@ -260,15 +278,17 @@ def roll_out(
     fast.observe_packed(packed, p, o[0])
     affine_rows(np.ascontiguousarray(o[0], dtype=maps.dtype), W, b, psi[0])
     squash_action, v_max = cfg.squash_action, env.v_max
-    for t in range(T):
-        psi_t = psi[t if keep_psi else 0]
-        np.tanh(psi_t, out=psi_t)
-        np.vecdot(psi_t, psi_t, out=sq)
+    step = act + move
+    tanh, vecdot, psi_0 = np.tanh, np.vecdot, psi[0]
+    for t in range(T):  # a step's fixed cost is these calls' (~3 us): no other Python work
+        psi_t = psi[t] if keep_psi else psi_0
+        tanh(psi_t, psi_t)
+        vecdot(psi_t, psi_t, out=sq)
         if squash_action:
             rollout_act(t, *act)
             rollout_move(t, squash(u[t], v_max), *move, psi, keep_psi)
         else:
-            rollout_act_move(t, *act, *move)
+            rollout_act_move(t, *step)
     psi_T = psi[T if keep_psi else 0]
     np.tanh(psi_T, out=psi_T)
     rescale_rows(psi_T, np.vecdot(psi_T, psi_T), cap)
@@ -370,6 +390,10 @@ def next_actions(cfg: RunConfig, m_next: np.ndarray, noise: ChainNoise) -> list[
     ``noise.z_next [T, B, K, 2]``) squashed and clipped like a real action."""
     if cfg.bar_phi == "exact":
         return [NextActions(mean=m, sigma=cfg.sigma_pi) for m in m_next]
+    if np.isnan(noise.z_next[:1]).any():
+        raise ValueError(
+            "these chains' next-action normals were not drawn (draw_noise's next_draws)"
+        )
     u_next = m_next[:, :, None, :] + cfg.sigma_pi * np.swapaxes(noise.z_next, 0, 1)
     a_next = squash(u_next, cfg.env.v_max) if cfg.squash_action else u_next
     a_next = clip_action(a_next, cfg.env)

@@ -25,13 +25,15 @@ per distinct length T, with per-chain policies (the trainer-style trajectories o
 its own noise). The rollout records the means of mu and pi at every state
 instead of keeping the actor features (what the probes use of psi: 4 numbers per state
 instead of N). Features are built later per chain group with
-:meth:`RolledChains.td_batch`, so memory stays bounded.
+:meth:`RolledChains.td_batch`, so memory stays bounded. A round draws no next-action
+normals for the chains whose bar_phi nobody forms from Monte Carlo draws
+(:func:`without_next_draws`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -198,15 +200,17 @@ class RolledChains:
         specs: Sequence[ChainSpec],
         theta_pi: np.ndarray,
         workspace: Workspace | None = None,
+        rewards: bool = True,
     ) -> DifferenceBatch:
         """What the critic probes read of batches that share one length T (``phi, dphi``,
         r and the ratios, :func:`tdlens.probes.td_features.difference_batch`), columns as
-        in :meth:`td_batch`: its phi, r and ratios, and ``dphi = phi - gamma bar_phi``."""
+        in :meth:`td_batch`: its phi, r (NaN unless `rewards`) and ratios, and ``dphi =
+        phi - gamma bar_phi``."""
         group, chains, T = self._shared_length(specs)
         paths = truncate_paths(group.paths.take(chains), T)
         noise = truncate_noise(group.noise.take(chains), T)
         return difference_batch(
-            cfg, maps, paths, noise, theta_pi, group.sigma_mu[chains], workspace
+            cfg, maps, paths, noise, theta_pi, group.sigma_mu[chains], workspace, rewards
         )
 
     def _shared_length(
@@ -328,6 +332,7 @@ def roll_chains(
     specs: Sequence[ChainSpec],
     n: int,
     store: NoiseStore | None = None,
+    undrawn: Collection[ChainSpec] = (),
 ) -> RolledChains:
     """Roll out every chain of `specs`, one :func:`tdlens.rollout.roll_out` per distinct
     length T (or per part of one, below), each chain under its own policy.
@@ -345,7 +350,9 @@ def roll_chains(
     distribution's rho chain, the rho audit, 4096 steps each at the seed settings)
     beside it instead of after it. A chain's path depends only
     on its own noise and policy, so the paths are those of one call per group, bit for
-    bit, whatever the threads.
+    bit, whatever the threads. The chains in `undrawn` (a round's: :func:`without_next_draws`)
+    draw no next-action normals: their ``z_next`` is NaN, the rest of their noise the
+    same numbers (:func:`tdlens.rollout.draw_noise`).
     """
     specs = tuple(specs)
     if len(set(specs)) != len(specs):
@@ -357,6 +364,8 @@ def roll_chains(
         by_length.setdefault(spec.T, []).append(spec)
     groups = [tuple(g) for g in by_length.values()]
     rngs = [column_rngs(cfg, g, n, store) for g in groups]
+    undrawn = set(undrawn)
+    next_draws = [[s not in undrawn for s in g for _ in range(s.columns)] for g in groups]
     policies = [_group_policies(cfg, params, g) for g in groups]
     evals = [_recorded_means(params, g) for g in groups]
     tasks = [
@@ -370,7 +379,7 @@ def roll_chains(
         i, cols = task[0], slice(task[1], task[2])
         theta_mu, sigma_mu = policies[i]
         theta = theta_mu[cols] if theta_mu.ndim == 3 else theta_mu
-        noise = draw_noise(rngs[i][cols], groups[i][0].T, cfg)
+        noise = draw_noise(rngs[i][cols], groups[i][0].T, cfg, next_draws[i][cols])
         return roll_out(cfg, maps, theta, sigma_mu[cols], noise, evals[i], keep_psi=False), noise
 
     done = dict(zip(tasks, parallel_map(roll, tasks, maps.threads), strict=True))
@@ -381,6 +390,23 @@ def roll_chains(
         noise = noises[0] if len(noises) == 1 else _concat_noise(noises)
         rolled.append(RolledGroup(g, group_paths, noise, policies[i][1]))
     return RolledChains(tuple(rolled))
+
+
+def without_next_draws(cfg: RunConfig) -> set[ChainSpec]:
+    """The chains of the round plan (:func:`plan_chains`) whose next-action normals
+    ``z_next`` no probe reads, so a round's :func:`roll_chains` does not draw them: all of them
+    when the trainer's bar_phi is exact (so is the probes'); else the distribution's
+    and the rho audit's chains (never featurised) and, when the probes take bar_phi in
+    closed form (``cfg.probe_bar_phi``), the stability batches but the fixed-point one
+    (whose draws give the trainer's TD errors, :func:`tdlens.probes.critic.
+    trainer_td_errors`). Any other chain draws them."""
+    plan = plan_chains(cfg)
+    if cfg.bar_phi != "mc":
+        return set(plan.specs())
+    undrawn = {*plan.distribution, *([plan.audit] if plan.audit is not None else [])}
+    if cfg.probe_bar_phi != "mc":
+        undrawn |= set(plan.stability) - {plan.fixed}
+    return undrawn
 
 
 def _column_parts(columns: int, threads: int) -> list[slice]:

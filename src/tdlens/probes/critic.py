@@ -571,7 +571,8 @@ def critic_probes(
         free_groups.insert(0, free_groups.pop())
     for group in explicit_chains + free_groups:
         start = time.perf_counter()
-        batch = rolled.difference_batch(probe_cfg, maps, group, params.theta_pi, workspace)
+        rewards = any(_explicit(spec, plan) for spec in group)  # only an explicit b reads r
+        batch = rolled.difference_batch(probe_cfg, maps, group, params.theta_pi, workspace, rewards)
         share = (time.perf_counter() - start) / len(group)
         views = [
             batch_view(cfg, batch, cols, spec)

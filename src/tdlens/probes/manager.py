@@ -31,7 +31,7 @@ from tdlens.config import RunConfig
 from tdlens.features import FeatureMaps, Workspace, large_arrays_unmapped_when_freed
 from tdlens.learner import Params
 from tdlens.probes import registry
-from tdlens.probes.common import NoiseStore, roll_chains
+from tdlens.probes.common import NoiseStore, roll_chains, without_next_draws
 from tdlens.probes.registry import RoundContext
 from tdlens.probes.schedule import ProbeSchedule
 
@@ -86,7 +86,8 @@ class ProbeManager:
         chains = list(dict.fromkeys(c for p in self.probes for c in p.chain_specs(self.cfg)))
         rolled = None
         if chains:
-            rolled = roll_chains(self.cfg, self.maps, params, chains, n, self._noise)
+            undrawn = without_next_draws(self.cfg)
+            rolled = roll_chains(self.cfg, self.maps, params, chains, n, self._noise, undrawn)
             out.timings["rollout"] = time.perf_counter() - start
         ctx = RoundContext(
             self.cfg, self.maps, params, n, delta, td_loss, rolled, self.state, self._workspace, out
