@@ -30,12 +30,15 @@ eigenvalues; ``count`` says how many that is.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse.linalg as ssla
 
+from tdlens.kernels import pair_products
 from tdlens.threads import limit_threads, parallel_map
 
 DENSE_MAX = 768
@@ -168,6 +171,81 @@ def match_left(vals: np.ndarray, vals_t: np.ndarray, vecs_t: np.ndarray) -> np.n
     return out
 
 
+class PairedProducts:
+    """``A x`` and ``A^T y`` for two Arnoldi runs, one on A (lane 0) and one on ``A^T``
+    (lane 1), a pair in one pass over ``A32 [D, D]`` (:func:`tdlens.kernels.pair_products`).
+
+    A rendezvous: a lane's product waits for the other lane's next one, and the second to
+    arrive computes both; a lane whose partner has finished (returned or raised:
+    :meth:`finish`) computes alone, with zeros for the other vector. Either way each
+    product comes from the same kernel in the same order, so its bits do not depend on
+    the pairing, the timing or the thread count.
+
+    ``serial``: the lanes take turns (one holds the lock except while it waits for its
+    partner), so two Python threads use one core; otherwise they run side by side and
+    meet only at the products.
+    """
+
+    def __init__(self, A32: np.ndarray, serial: bool) -> None:
+        self.A32 = np.ascontiguousarray(A32, dtype=np.float32)
+        self.serial = serial
+        self._cond = threading.Condition()
+        self._pending: list[np.ndarray | None] = [None, None]
+        self._result: list[np.ndarray | None] = [None, None]
+        self._finished = [False, False]
+
+    def _compute(self, lane: int, v: np.ndarray, partner: np.ndarray | None) -> np.ndarray:
+        """Own product of `v` (and, when `partner` is given, the partner's, handed over)."""
+        D = self.A32.shape[0]
+        zeros = np.zeros(D, np.float32)
+        other = partner if partner is not None else zeros
+        x, y = (v, other) if lane == 0 else (other, v)
+        s, z = np.empty(D, np.float32), np.empty(D, np.float32)
+        pair_products(self.A32, x, y, s, z)
+        own, theirs = (s, z) if lane == 0 else (z, s)
+        if partner is not None:
+            self._result[1 - lane] = theirs
+            self._pending[1 - lane] = None
+            self._cond.notify_all()
+        return own
+
+    def product(self, lane: int, v: np.ndarray) -> np.ndarray:
+        """``A v`` (lane 0) or ``A^T v`` (lane 1), float64 in and out."""
+        v32 = v.astype(np.float32)
+        other = 1 - lane
+        with self._cond:
+            partner = self._pending[other]
+            if partner is not None or self._finished[other]:
+                return self._compute(lane, v32, partner).astype(np.float64)
+            self._pending[lane] = v32
+            self._cond.wait_for(lambda: self._pending[lane] is None or self._finished[other])
+            if self._pending[lane] is not None:  # the partner finished without computing it
+                self._pending[lane] = None
+                return self._compute(lane, v32, None).astype(np.float64)
+            out, self._result[lane] = self._result[lane], None
+            return out.astype(np.float64)
+
+    def finish(self, lane: int) -> None:
+        """Lane `lane` makes no more products (a waiting partner computes alone)."""
+        with self._cond:
+            self._finished[lane] = True
+            self._cond.notify_all()
+
+    def run(self, lane: int, body: Callable[[ssla.LinearOperator], object]) -> object:
+        """``body(operator)`` on lane `lane`'s operator, holding the turn when serial;
+        :meth:`finish` however it ends."""
+        op = ssla.LinearOperator(
+            self.A32.shape, matvec=lambda v: self.product(lane, v), dtype=np.float64
+        )
+        try:
+            if self.serial:
+                with self._cond:
+                    return body(op)
+            return body(op)
+        finally:
+            self.finish(lane)
+
+
 def eigenvalues(
     A: np.ndarray,
     noise: float,
@@ -196,10 +274,11 @@ def eigenvalues(
         )
     A32 = np.asarray(A, dtype=np.float32) if A32 is None else A32
     op = float32_operator(A32)
+    pair = PairedProducts(A32, serial=threads <= 1)
     (lm, right), (lm_t, vecs_t) = parallel_map(
-        lambda M: _eigs(float32_operator(M), KRYLOV_K, v0, vectors=True, which="LM"),
-        (A32, A32.T),
-        threads,
+        lambda lane: pair.run(lane, lambda M: _eigs(M, KRYLOV_K, v0, vectors=True, which="LM")),
+        (0, 1),
+        2,
     )
     left = match_left(lm, lm_t, vecs_t)
     complete = bool(lm.size and np.min(np.abs(lm)) <= noise)
