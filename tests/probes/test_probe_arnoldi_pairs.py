@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -171,3 +174,25 @@ def test_krylov_pairs_are_eigenpairs_of_A():
     assert max(np.abs(dense - l).min() for l in lm) <= 1e-5 * scale
     kth = np.sort(np.abs(dense))[-spec.lm_count]
     assert np.abs(lm).min() >= kth - 1e-5 * scale
+
+
+def test_pair_products_do_not_depend_on_the_openblas_core_type():
+    """The kernel's bits are the same in processes with OPENBLAS_CORETYPE Haswell and
+    Prescott as here (no BLAS inside; ARPACK's own BLAS calls still follow the core type)."""
+    script = (
+        "import numpy as np; from tdlens.kernels import pair_products\n"
+        "rng = np.random.default_rng(21); D = 333\n"
+        "A = rng.standard_normal((D, D)).astype(np.float32)\n"
+        "x, y = (rng.standard_normal(D).astype(np.float32) for _ in range(2))\n"
+        "s, z = np.empty(D, np.float32), np.empty(D, np.float32)\n"
+        "pair_products(A, x, y, s, z)\n"
+        "print((s.tobytes() + z.tobytes()).hex())\n"
+    )
+    outputs = set()
+    for core in ("", "Haswell", "Prescott"):
+        env = {**os.environ, "OPENBLAS_CORETYPE": core}
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        outputs.add(done.stdout)
+    assert len(outputs) == 1

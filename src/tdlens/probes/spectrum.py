@@ -14,7 +14,9 @@ A). Above that (dense nonsymmetric eigvals costs ~2-3 s at D = 2048) implicitly 
 Arnoldi (ARPACK, ``scipy.sparse.linalg.eigs``) on the explicit A, whose products run on a
 float32 copy (16 MB at D = 2048: half the memory traffic of float64 and cache-friendly;
 the product error ~1e-7 |A| moves eigenvalues by ~1e-7 max|l|, far below the spectral
-noise; the Krylov-vs-dense tests bound it):
+noise; the Krylov-vs-dense tests bound it). The LM runs on A and on ``A^T`` (left
+eigenvectors) take their products in pairs, ``A x`` and ``A^T y`` in one pass over the
+float32 A (:class:`PairedProducts`):
 - ``LM``: the KRYLOV_K eigenvalues of largest modulus. If the smallest modulus in this
   set is <= spectral_noise, the set contains EVERY eigenvalue with ``|l| > noise`` and so
   every eigenvalue whose real part is beyond the noise on either side
@@ -193,12 +195,12 @@ class PairedProducts:
         self._pending: list[np.ndarray | None] = [None, None]
         self._result: list[np.ndarray | None] = [None, None]
         self._finished = [False, False]
+        self._zeros = np.zeros(self.A32.shape[0], np.float32)
 
     def _compute(self, lane: int, v: np.ndarray, partner: np.ndarray | None) -> np.ndarray:
         """Own product of `v` (and, when `partner` is given, the partner's, handed over)."""
         D = self.A32.shape[0]
-        zeros = np.zeros(D, np.float32)
-        other = partner if partner is not None else zeros
+        other = partner if partner is not None else self._zeros
         x, y = (v, other) if lane == 0 else (other, v)
         s, z = np.empty(D, np.float32), np.empty(D, np.float32)
         pair_products(self.A32, x, y, s, z)
@@ -257,8 +259,9 @@ def eigenvalues(
     """The eigenvalues of A needed by the probes (see the module docstring).
 
     `A32` is an optional float32 copy of A for the Krylov products (made when None). The
-    Krylov runs on A and on ``A^T`` (left eigenvectors) are independent and run on two
-    threads when `threads` allows (each with single-threaded BLAS; the same numbers).
+    LM runs on A and on ``A^T`` (left eigenvectors) run on two Python threads whose
+    products meet in pairs (:class:`PairedProducts`): side by side when `threads` allows,
+    else taking turns on one core; the same numbers either way.
     """
     D = A.shape[0]
     if D <= dense_max:
