@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -196,3 +197,46 @@ def test_pair_products_do_not_depend_on_the_openblas_core_type():
         )
         outputs.add(done.stdout)
     assert len(outputs) == 1
+
+
+def test_eigenvalues_raises_when_one_arnoldi_run_fails(monkeypatch):
+    """The call site: the A^T run failing at its 5th product makes `eigenvalues` raise that
+    error once the A run has finished alone (no deadlock), at either thread count."""
+    D = 200
+    A = _test_matrix(D)
+    v0 = np.random.default_rng(14).standard_normal(D)
+    product = sp.PairedProducts.product
+    calls = {1: 0}
+
+    def failing(self, lane, v):
+        if lane == 1:
+            calls[1] += 1
+            if calls[1] == 5:
+                raise FloatingPointError("A^T run failed")
+        return product(self, lane, v)
+
+    monkeypatch.setattr(sp.PairedProducts, "product", failing)
+    for threads in (1, 2):
+        calls[1] = 0
+        err = _error_within_timeout(
+            lambda t=threads: sp.eigenvalues(A, 0.05, v0, dense_max=64, threads=t)
+        )
+        assert isinstance(err, FloatingPointError) and "A^T run failed" in str(err)
+
+
+def _error_within_timeout(call: Callable[[], object], timeout: float = 60.0) -> BaseException:
+    """The exception `call` raises, on a thread that must end within `timeout` seconds."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            call()
+        except Exception as err:
+            errors.append(err)
+
+    caller = threading.Thread(target=target, daemon=True)
+    caller.start()
+    caller.join(timeout=timeout)
+    assert not caller.is_alive(), "deadlocked"
+    assert len(errors) == 1, "no error"
+    return errors[0]

@@ -35,6 +35,7 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import scipy.linalg as sla
@@ -42,6 +43,8 @@ import scipy.sparse.linalg as ssla
 
 from tdlens.kernels import pair_products
 from tdlens.threads import limit_threads, parallel_map
+
+R = TypeVar("R")
 
 DENSE_MAX = 768
 KRYLOV_K = 32
@@ -233,7 +236,7 @@ class PairedProducts:
             self._finished[lane] = True
             self._cond.notify_all()
 
-    def run(self, lane: int, body: Callable[[ssla.LinearOperator], object]) -> object:
+    def run(self, lane: int, body: Callable[[ssla.LinearOperator], R]) -> R:
         """``body(operator)`` on lane `lane`'s operator, holding the turn when serial;
         :meth:`finish` however it ends."""
         op = ssla.LinearOperator(
