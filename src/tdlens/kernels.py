@@ -553,11 +553,18 @@ def cosines(x: np.ndarray, out: np.ndarray) -> None:
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def pair_products(
-    A: np.ndarray, x: np.ndarray, y: np.ndarray, s: np.ndarray, z: np.ndarray
+    A: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    s: np.ndarray,
+    z: np.ndarray,
+    lo: int,
+    hi: int,
 ) -> None:
-    """``s = A x`` and ``z = A^T y`` in one pass over the rows of ``A [D, D]`` (float32,
-    C-contiguous; ``x, y, s, z [D]`` float32): ``s_i = A_i . x`` and ``z += y_i A_i`` for
-    i = 0, 1, ..., D - 1, each row read once for both products.
+    """Rows ``lo <= i < hi`` of ``s = A x`` and their part of ``z = A^T y`` in one pass over
+    those rows of ``A [D, D]`` (float32, C-contiguous; ``x, y, s, z [D]`` float32):
+    ``s_i = A_i . x`` and ``z = sum_{lo <= i < hi} y_i A_i``, each row read once for both
+    products.
 
     Summation order: ``A_i . x`` is a float32 sum reassociated by LLVM's vectoriser (lanes
     of strided partial sums, fixed per compiled kernel); ``z`` adds the rows in row order,
@@ -566,10 +573,10 @@ def pair_products(
     nor ``z`` on ``x``: a caller that wants one product passes zeros for the other vector
     and gets the same bits as from a pair (:class:`tdlens.probes.spectrum.PairedProducts`).
     """
-    D = A.shape[0]
+    D = A.shape[1]
     for j in range(D):
         z[j] = np.float32(0.0)
-    for i in range(D):
+    for i in range(lo, hi):
         a = A[i]
         y_i = y[i]
         acc = np.float32(0.0)

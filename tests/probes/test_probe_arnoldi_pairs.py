@@ -35,11 +35,16 @@ def test_pair_products_against_float64_brute_force(D):
     the float64 products of the same float32 values (exact to ~1e-16 relative)."""
     A, x, y = _random(D, D)
     s, z = np.empty(D, np.float32), np.empty(D, np.float32)
-    pair_products(A, x, y, s, z)
+    pair_products(A, x, y, s, z, 0, D)
     A64, x64, y64 = A.astype(np.float64), x.astype(np.float64), y.astype(np.float64)
     gamma = D * EPS32 / (1 - D * EPS32)
     assert np.all(np.abs(s - A64 @ x64) <= gamma * (np.abs(A64) @ np.abs(x64)))
     assert np.all(np.abs(z - A64.T @ y64) <= gamma * (np.abs(A64).T @ np.abs(y64)))
+    pair = sp.ProductPair(A, x, y)  # two halves of the rows, z = z_0 + z_1
+    pair.compute(0)
+    pair.compute(1)
+    assert np.all(np.abs(pair.result(0) - A64 @ x64) <= gamma * (np.abs(A64) @ np.abs(x64)))
+    assert np.all(np.abs(pair.result(1) - A64.T @ y64) <= gamma * (np.abs(A64).T @ np.abs(y64)))
     # and not a bound that anything passes: the error is float32 rounding, not zero
     assert np.abs(s - A64 @ x64).max() > 0 or D == 1
 
@@ -50,14 +55,14 @@ def test_pair_products_one_side_does_not_depend_on_the_other():
     D = 517
     A, x, y = _random(D, 1)
     s, z = np.empty(D, np.float32), np.empty(D, np.float32)
-    pair_products(A, x, y, s, z)
+    pair_products(A, x, y, s, z, 0, D)
     s_alone, z_alone, junk = (
         np.empty(D, np.float32),
         np.empty(D, np.float32),
         np.empty(D, np.float32),
     )
-    pair_products(A, x, np.zeros(D, np.float32), s_alone, junk)
-    pair_products(A, np.zeros(D, np.float32), y, junk, z_alone)
+    pair_products(A, x, np.zeros(D, np.float32), s_alone, junk, 0, D)
+    pair_products(A, np.zeros(D, np.float32), y, junk, z_alone, 0, D)
     assert np.array_equal(s, s_alone) and np.array_equal(z, z_alone)
 
 
@@ -82,11 +87,12 @@ def _vectors(D: int, count: int, seed: int) -> list[np.ndarray]:
 
 def _alone(A: np.ndarray, lane: int, v: np.ndarray) -> np.ndarray:
     D = A.shape[0]
-    s, z = np.empty(D, np.float32), np.empty(D, np.float32)
     zeros = np.zeros(D, np.float32)
     v32 = v.astype(np.float32)
-    pair_products(A, v32, zeros, s, z) if lane == 0 else pair_products(A, zeros, v32, s, z)
-    return (s if lane == 0 else z).astype(np.float64)
+    pair = sp.ProductPair(A, *((v32, zeros) if lane == 0 else (zeros, v32)))
+    pair.compute(1)  # the halves in either order
+    pair.compute(0)
+    return pair.result(lane)
 
 
 @pytest.mark.parametrize("serial", [True, False])
@@ -186,7 +192,7 @@ def test_pair_products_do_not_depend_on_the_openblas_core_type():
         "A = rng.standard_normal((D, D)).astype(np.float32)\n"
         "x, y = (rng.standard_normal(D).astype(np.float32) for _ in range(2))\n"
         "s, z = np.empty(D, np.float32), np.empty(D, np.float32)\n"
-        "pair_products(A, x, y, s, z)\n"
+        "pair_products(A, x, y, s, z, 0, D)\n"
         "print((s.tobytes() + z.tobytes()).hex())\n"
     )
     outputs = set()

@@ -176,59 +176,91 @@ def match_left(vals: np.ndarray, vals_t: np.ndarray, vecs_t: np.ndarray) -> np.n
     return out
 
 
+class ProductPair:
+    """One pair of products ``s = A x``, ``z = A^T y`` on ``A32 [D, D]``, in two halves of
+    A's rows (:func:`tdlens.kernels.pair_products` on rows ``[0, D/2)`` and ``[D/2, D)``):
+    ``s`` row by row, ``z = z_0 + z_1`` (the halves' parts, added in that order)."""
+
+    def __init__(self, A32: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        D = A32.shape[0]
+        self.A32, self.x, self.y = A32, x, y
+        self.bounds = ((0, D // 2), (D // 2, D))
+        self.s = np.empty(D, np.float32)
+        self.z = (np.empty(D, np.float32), np.empty(D, np.float32))
+        self.done = [False, False]
+
+    def compute(self, half: int) -> None:
+        lo, hi = self.bounds[half]
+        pair_products(self.A32, self.x, self.y, self.s, self.z[half], lo, hi)
+        self.done[half] = True
+
+    def result(self, lane: int) -> np.ndarray:
+        """``A x`` (lane 0) or ``A^T y`` (lane 1), float64."""
+        out = self.s if lane == 0 else self.z[0] + self.z[1]
+        return out.astype(np.float64)
+
+
 class PairedProducts:
     """``A x`` and ``A^T y`` for two Arnoldi runs, one on A (lane 0) and one on ``A^T``
-    (lane 1), a pair in one pass over ``A32 [D, D]`` (:func:`tdlens.kernels.pair_products`).
+    (lane 1), a pair in one pass over ``A32 [D, D]`` (:class:`ProductPair`).
 
-    A rendezvous: a lane's product waits for the other lane's next one, and the second to
-    arrive computes both; a lane whose partner has finished (returned or raised:
-    :meth:`finish`) computes alone, with zeros for the other vector. Either way each
-    product comes from the same kernel in the same order, so its bits do not depend on
-    the pairing, the timing or the thread count.
-
-    ``serial``: the lanes take turns (one holds the lock except while it waits for its
-    partner), so two Python threads use one core; otherwise they run side by side and
-    meet only at the products.
+    A rendezvous: a lane's product waits for the other lane's next one; a lane whose
+    partner has finished (returned or raised: :meth:`finish`) computes alone, with zeros
+    for the other vector. ``serial``: the lanes take turns (one holds the lock except
+    while it waits for its partner), so two Python threads use one core, and the second
+    to arrive computes both halves of the pair; otherwise they run side by side and each
+    computes one half (lane 0 the first rows, lane 1 the others). Either way each product
+    comes from the same kernel calls in the same order, so its bits do not depend on the
+    pairing, the timing or the thread count.
     """
 
     def __init__(self, A32: np.ndarray, serial: bool) -> None:
         self.A32 = np.ascontiguousarray(A32, dtype=np.float32)
         self.serial = serial
         self._cond = threading.Condition()
-        self._pending: list[np.ndarray | None] = [None, None]
-        self._result: list[np.ndarray | None] = [None, None]
+        self._waiting: list[np.ndarray | None] = [None, None]
+        self._handed: list[ProductPair | None] = [None, None]
         self._finished = [False, False]
         self._zeros = np.zeros(self.A32.shape[0], np.float32)
 
-    def _compute(self, lane: int, v: np.ndarray, partner: np.ndarray | None) -> np.ndarray:
-        """Own product of `v` (and, when `partner` is given, the partner's, handed over)."""
-        D = self.A32.shape[0]
-        other = partner if partner is not None else self._zeros
-        x, y = (v, other) if lane == 0 else (other, v)
-        s, z = np.empty(D, np.float32), np.empty(D, np.float32)
-        pair_products(self.A32, x, y, s, z)
-        own, theirs = (s, z) if lane == 0 else (z, s)
-        if partner is not None:
-            self._result[1 - lane] = theirs
-            self._pending[1 - lane] = None
-            self._cond.notify_all()
-        return own
+    def _pair(self, lane: int, v: np.ndarray, partner: np.ndarray | None) -> ProductPair:
+        other = self._zeros if partner is None else partner
+        return ProductPair(self.A32, *((v, other) if lane == 0 else (other, v)))
+
+    def _meet(self, lane: int, v: np.ndarray) -> tuple[ProductPair, bool]:
+        """The pair that holds lane `lane`'s product of `v`, and whether the partner is in
+        it (else it is this lane's alone)."""
+        other = 1 - lane
+        with self._cond:
+            partner = self._waiting[other]
+            if partner is not None:
+                self._waiting[other] = None
+                pair = self._handed[other] = self._pair(lane, v, partner)
+                self._cond.notify_all()
+                return pair, True
+            if self._finished[other]:
+                return self._pair(lane, v, None), False
+            self._waiting[lane] = v
+            self._cond.wait_for(lambda: self._handed[lane] is not None or self._finished[other])
+            pair, self._handed[lane] = self._handed[lane], None
+            if pair is None:  # the partner finished before it took this product
+                self._waiting[lane] = None
+                return self._pair(lane, v, None), False
+            return pair, True
 
     def product(self, lane: int, v: np.ndarray) -> np.ndarray:
         """``A v`` (lane 0) or ``A^T v`` (lane 1), float64 in and out."""
-        v32 = v.astype(np.float32)
-        other = 1 - lane
-        with self._cond:
-            partner = self._pending[other]
-            if partner is not None or self._finished[other]:
-                return self._compute(lane, v32, partner).astype(np.float64)
-            self._pending[lane] = v32
-            self._cond.wait_for(lambda: self._pending[lane] is None or self._finished[other])
-            if self._pending[lane] is not None:  # the partner finished without computing it
-                self._pending[lane] = None
-                return self._compute(lane, v32, None).astype(np.float64)
-            out, self._result[lane] = self._result[lane], None
-            return out.astype(np.float64)
+        pair, shared = self._meet(lane, v.astype(np.float32))
+        if shared and not self.serial:
+            pair.compute(lane)
+            other = 1 - lane
+            with self._cond:
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: pair.done[other] or self._finished[other])
+        for half in (0, 1):  # serial, alone, or a partner that raised before its half
+            if not pair.done[half]:
+                pair.compute(half)
+        return pair.result(lane)
 
     def finish(self, lane: int) -> None:
         """Lane `lane` makes no more products (a waiting partner computes alone)."""
