@@ -190,6 +190,7 @@ class ProductPair:
         self.done = [False, False]
 
     def compute(self, half: int) -> None:
+        """Rows ``bounds[half]`` of ``s`` and their part ``z[half]`` of ``z``."""
         lo, hi = self.bounds[half]
         pair_products(self.A32, self.x, self.y, self.s, self.z[half], lo, hi)
         self.done[half] = True
