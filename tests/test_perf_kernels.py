@@ -412,7 +412,8 @@ def test_series_readout_equals_the_dense_path():
 
 def test_threaded_kernel_sums_and_krylov_runs_equal_one_thread():
     """The MMD kernel sums and the Krylov runs on A and A^T give the same bits on one
-    thread and on two (block sums reduced in block order; independent ARPACK runs)."""
+    thread and on two (block sums reduced in block order; ARPACK runs whose products are
+    paired in fixed halves of A's rows)."""
     from tdlens.probes import distribution as dist
     from tdlens.probes import spectrum as sp
 

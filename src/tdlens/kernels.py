@@ -549,3 +549,38 @@ def cosines(x: np.ndarray, out: np.ndarray) -> None:
         for i in range(x.shape[0]):
             if not abs(out[i]) <= COS_REDUCTION_MAX:
                 out[i] = cos32(out[i])
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def pair_products(
+    A: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    s: np.ndarray,
+    z: np.ndarray,
+    lo: int,
+    hi: int,
+) -> None:
+    """Rows ``lo <= i < hi`` of ``s = A x`` and their part of ``z = A^T y`` in one pass over
+    those rows of ``A [D, D]`` (float32, C-contiguous; ``x, y, s, z [D]`` float32):
+    ``s_i = A_i . x`` and ``z = sum_{lo <= i < hi} y_i A_i``, each row read once for both
+    products.
+
+    Summation order: ``A_i . x`` is a float32 sum reassociated by LLVM's vectoriser (lanes
+    of strided partial sums, fixed per compiled kernel); ``z`` adds the rows in row order,
+    element by element (fused multiply-adds where the CPU has them). No BLAS, so the same
+    bits under every OPENBLAS_CORETYPE and thread count. ``s`` does not depend on ``y``,
+    nor ``z`` on ``x``: a caller that wants one product passes zeros for the other vector
+    and gets the same bits as from a pair (:class:`tdlens.probes.spectrum.PairedProducts`).
+    """
+    D = A.shape[1]
+    for j in range(D):
+        z[j] = np.float32(0.0)
+    for i in range(lo, hi):
+        a = A[i]
+        y_i = y[i]
+        acc = np.float32(0.0)
+        for j in range(D):
+            acc += a[j] * x[j]
+            z[j] += y_i * a[j]
+        s[i] = acc

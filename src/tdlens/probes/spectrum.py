@@ -14,7 +14,9 @@ A). Above that (dense nonsymmetric eigvals costs ~2-3 s at D = 2048) implicitly 
 Arnoldi (ARPACK, ``scipy.sparse.linalg.eigs``) on the explicit A, whose products run on a
 float32 copy (16 MB at D = 2048: half the memory traffic of float64 and cache-friendly;
 the product error ~1e-7 |A| moves eigenvalues by ~1e-7 max|l|, far below the spectral
-noise; the Krylov-vs-dense tests bound it):
+noise; the Krylov-vs-dense tests bound it). The LM runs on A and on ``A^T`` (left
+eigenvectors) take their products in pairs, ``A x`` and ``A^T y`` in one pass over the
+float32 A (:class:`PairedProducts`):
 - ``LM``: the KRYLOV_K eigenvalues of largest modulus. If the smallest modulus in this
   set is <= spectral_noise, the set contains EVERY eigenvalue with ``|l| > noise`` and so
   every eigenvalue whose real part is beyond the noise on either side
@@ -30,13 +32,19 @@ eigenvalues; ``count`` says how many that is.
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse.linalg as ssla
 
+from tdlens.kernels import pair_products
 from tdlens.threads import limit_threads, parallel_map
+
+R = TypeVar("R")
 
 DENSE_MAX = 768
 KRYLOV_K = 32
@@ -168,6 +176,114 @@ def match_left(vals: np.ndarray, vals_t: np.ndarray, vecs_t: np.ndarray) -> np.n
     return out
 
 
+class ProductPair:
+    """One pair of products ``s = A x``, ``z = A^T y`` on ``A32 [D, D]``, in two halves of
+    A's rows (:func:`tdlens.kernels.pair_products` on rows ``[0, D/2)`` and ``[D/2, D)``):
+    ``s`` row by row, ``z = z_0 + z_1`` (the halves' parts, added in that order)."""
+
+    def __init__(self, A32: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        D = A32.shape[0]
+        self.A32, self.x, self.y = A32, x, y
+        self.bounds = ((0, D // 2), (D // 2, D))
+        self.s = np.empty(D, np.float32)
+        self.z = (np.empty(D, np.float32), np.empty(D, np.float32))
+        self.done = [False, False]
+
+    def compute(self, half: int) -> None:
+        """Rows ``bounds[half]`` of ``s`` and their part ``z[half]`` of ``z``."""
+        lo, hi = self.bounds[half]
+        pair_products(self.A32, self.x, self.y, self.s, self.z[half], lo, hi)
+        self.done[half] = True
+
+    def result(self, lane: int) -> np.ndarray:
+        """``A x`` (lane 0) or ``A^T y`` (lane 1), float64."""
+        out = self.s if lane == 0 else self.z[0] + self.z[1]
+        return out.astype(np.float64)
+
+
+class PairedProducts:
+    """``A x`` and ``A^T y`` for two Arnoldi runs, one on A (lane 0) and one on ``A^T``
+    (lane 1), a pair in one pass over ``A32 [D, D]`` (:class:`ProductPair`).
+
+    A rendezvous: a lane's product waits for the other lane's next one; a lane whose
+    partner has finished (returned or raised: :meth:`finish`) computes alone, with zeros
+    for the other vector. ``serial``: the lanes take turns (one holds the lock except
+    while it waits for its partner), so two Python threads use one core, and the second
+    to arrive computes both halves of the pair; otherwise they run side by side and each
+    computes one half (lane 0 the first rows, lane 1 the others). Either way each product
+    comes from the same kernel calls in the same order, so its bits do not depend on the
+    pairing, the timing or the thread count.
+    """
+
+    def __init__(self, A32: np.ndarray, serial: bool) -> None:
+        self.A32 = np.ascontiguousarray(A32, dtype=np.float32)
+        self.serial = serial
+        self._cond = threading.Condition()
+        self._waiting: list[np.ndarray | None] = [None, None]
+        self._handed: list[ProductPair | None] = [None, None]
+        self._finished = [False, False]
+        self._zeros = np.zeros(self.A32.shape[0], np.float32)
+
+    def _pair(self, lane: int, v: np.ndarray, partner: np.ndarray | None) -> ProductPair:
+        other = self._zeros if partner is None else partner
+        return ProductPair(self.A32, *((v, other) if lane == 0 else (other, v)))
+
+    def _meet(self, lane: int, v: np.ndarray) -> tuple[ProductPair, bool]:
+        """The pair that holds lane `lane`'s product of `v`, and whether the partner is in
+        it (else it is this lane's alone)."""
+        other = 1 - lane
+        with self._cond:
+            partner = self._waiting[other]
+            if partner is not None:
+                self._waiting[other] = None
+                pair = self._handed[other] = self._pair(lane, v, partner)
+                self._cond.notify_all()
+                return pair, True
+            if self._finished[other]:
+                return self._pair(lane, v, None), False
+            self._waiting[lane] = v
+            self._cond.wait_for(lambda: self._handed[lane] is not None or self._finished[other])
+            pair, self._handed[lane] = self._handed[lane], None
+            if pair is None:  # the partner finished before it took this product
+                self._waiting[lane] = None
+                return self._pair(lane, v, None), False
+            return pair, True
+
+    def product(self, lane: int, v: np.ndarray) -> np.ndarray:
+        """``A v`` (lane 0) or ``A^T v`` (lane 1), float64 in and out."""
+        pair, shared = self._meet(lane, v.astype(np.float32))
+        if shared and not self.serial:
+            pair.compute(lane)
+            other = 1 - lane
+            with self._cond:
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: pair.done[other] or self._finished[other])
+        for half in (0, 1):  # serial, alone, or a partner that raised before its half
+            if not pair.done[half]:
+                pair.compute(half)
+        return pair.result(lane)
+
+    def finish(self, lane: int) -> None:
+        """Lane `lane` makes no more products (a waiting partner computes alone)."""
+        with self._cond:
+            self._finished[lane] = True
+            self._cond.notify_all()
+
+    def run(self, lane: int, body: Callable[[ssla.LinearOperator], R]) -> R:
+        """``body(operator)`` on lane `lane`'s operator, holding the turn when serial;
+        :meth:`finish` however it ends."""
+        op = ssla.LinearOperator(
+            self.A32.shape, matvec=lambda v: self.product(lane, v), dtype=np.float64
+        )
+        try:
+            if self.serial:
+                with self._cond:
+                    return body(op)
+            return body(op)
+        finally:
+            self.finish(lane)
+
+
 def eigenvalues(
     A: np.ndarray,
     noise: float,
@@ -179,8 +295,9 @@ def eigenvalues(
     """The eigenvalues of A needed by the probes (see the module docstring).
 
     `A32` is an optional float32 copy of A for the Krylov products (made when None). The
-    Krylov runs on A and on ``A^T`` (left eigenvectors) are independent and run on two
-    threads when `threads` allows (each with single-threaded BLAS; the same numbers).
+    LM runs on A and on ``A^T`` (left eigenvectors) run on two Python threads whose
+    products meet in pairs (:class:`PairedProducts`): side by side when `threads` allows,
+    else taking turns on one core; the same numbers either way.
     """
     D = A.shape[0]
     if D <= dense_max:
@@ -196,10 +313,11 @@ def eigenvalues(
         )
     A32 = np.asarray(A, dtype=np.float32) if A32 is None else A32
     op = float32_operator(A32)
+    pair = PairedProducts(A32, serial=threads <= 1)
     (lm, right), (lm_t, vecs_t) = parallel_map(
-        lambda M: _eigs(float32_operator(M), KRYLOV_K, v0, vectors=True, which="LM"),
-        (A32, A32.T),
-        threads,
+        lambda lane: pair.run(lane, lambda M: _eigs(M, KRYLOV_K, v0, vectors=True, which="LM")),
+        (0, 1),
+        2,
     )
     left = match_left(lm, lm_t, vecs_t)
     complete = bool(lm.size and np.min(np.abs(lm)) <= noise)
