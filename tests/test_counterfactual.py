@@ -554,15 +554,17 @@ def test_followed_annealing_lands_in_its_interval(tmp_path):
     assert p["value_gap_end_lo"] <= measured <= p["value_gap_end_hi"], (anneal, measured)
 
 
-def _counterfactual_arrays(threads: int) -> dict[str, np.ndarray]:
-    """Round 0's counterfactual arrays (``cf.to_arrays``) of a gapped D = 256 problem
-    (split_product's row blocks apply: D a multiple of SPLIT_ALIGN) on `threads` threads;
-    the deflated series is exercised (asserted)."""
+def _counterfactual_arrays(maker: str, threads: int) -> dict[str, np.ndarray]:
+    """Round 0's counterfactual arrays (``cf.to_arrays``) on `threads` threads of a D = 256
+    problem (split_product's row blocks apply: D a multiple of SPLIT_ALIGN): "gapped"
+    deflates, "toy" (no gap) takes the series and the loop (both asserted)."""
     cfg = _hand_config("mean").model_copy(update={"alpha_w": 0.05, "outer_iters": 40})
-    ing = dataclasses.replace(_gapped(D=256, C=20, n=512), threads=threads)
+    made = _gapped(D=256, C=20, n=512) if maker == "gapped" else _toy(D=256, C=20, n=512)
+    ing = dataclasses.replace(made, threads=threads)
     crit = 2.0 / float(np.max(np.linalg.eigvals(ing.A).real))
     X = np.concatenate([ing.e0[:, None], ing.U], axis=1)
-    assert ex._deflated_reads(ing.A, X, [0.5 * crit], 40, [(ing.phi_t, slice(0, 1))])
+    deflated = ex._deflated_reads(ing.A, X, [0.5 * crit], 40, [(ing.phi_t, slice(0, 1))])
+    assert (deflated is not None) == (maker == "gapped")
     return cf.to_arrays(cf.counterfactuals(ing, cfg, 0, crit))
 
 
@@ -572,25 +574,28 @@ def _assert_same_bits(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) ->
         np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
-def test_round0_counterfactuals_same_bits_on_one_and_two_threads_and_unsplit(monkeypatch):
-    """The counterfactual arrays are bit for bit the same on 1 and 2 threads (the batch's
-    products split by rows, its readouts and etas on the threads) and the same as with
-    every product with A made whole (SPLIT_ALIGN out of reach: the code before the
-    split)."""
+@pytest.mark.parametrize("maker", ["gapped", "toy"])
+def test_round0_counterfactuals_same_bits_on_one_and_two_threads_and_unsplit(maker, monkeypatch):
+    """The counterfactual arrays are bit for bit the same on 1 and 2 threads (with a gap:
+    the halves side by side, then the batch's products split by rows, its readouts and
+    etas on the threads; without: the three side by side) and the same as with every
+    product with A made whole (SPLIT_ALIGN out of reach: the products before the split)."""
     assert 256 % ex.SPLIT_ALIGN == 0  # the products split
-    one = _counterfactual_arrays(1)
-    _assert_same_bits(_counterfactual_arrays(2), one)
+    one = _counterfactual_arrays(maker, 1)
+    _assert_same_bits(_counterfactual_arrays(maker, 2), one)
     monkeypatch.setattr(ex, "SPLIT_ALIGN", 2**40)
-    _assert_same_bits(_counterfactual_arrays(1), one)
+    _assert_same_bits(_counterfactual_arrays(maker, 1), one)
 
 
 @pytest.mark.parametrize("coretype", ["Haswell", "Prescott"])
 def test_round0_counterfactuals_same_bits_under_other_openblas_kernels(coretype):
     """The test above in a fresh process whose OpenBLAS runs its `coretype` kernels."""
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import pytest, test_counterfactual as t;"
-        "mp = pytest.MonkeyPatch();"
-        "t.test_round0_counterfactuals_same_bits_on_one_and_two_threads_and_unsplit(mp)"
+        "import sys; sys.path.insert(0, sys.argv[1]); import pytest, test_counterfactual as t\n"
+        "same = t.test_round0_counterfactuals_same_bits_on_one_and_two_threads_and_unsplit\n"
+        "for maker in ('gapped', 'toy'):\n"
+        "    with pytest.MonkeyPatch.context() as mp:\n"
+        "        same(maker, mp)"
     )
     env = {**os.environ, "OPENBLAS_CORETYPE": coretype}
     done = subprocess.run(

@@ -633,19 +633,19 @@ def _reads_many(
     steps: int,
     reads: list[tuple[np.ndarray, slice]],
     reduce: Sequence[Reduce] | None = None,
-    threads: int = 1,
+    deflate: bool = True,
 ) -> list[list[np.ndarray]]:
     """``rows @ J(eta)^j X`` per eta of `etas` (in that order) and read (``reduce[r]`` of
     read r with `reduce`): all of them by
-    one :func:`_deflated_reads` (on `threads` threads) when some eta is past the series
-    regime of A (the choice :func:`series` makes) and A deflates, else
-    :func:`_series_reads` for the etas in the series regime and :func:`_loop_reads` for
-    the others."""
+    one :func:`_deflated_reads` when some eta is past the series regime of A (the choice
+    :func:`series` makes) and A deflates (not tried without `deflate`: known not to),
+    else :func:`_series_reads` for the etas in the series regime and :func:`_loop_reads`
+    for the others."""
     kappa_per_eta = steps * float(np.linalg.norm(A))
     small = [e for e in etas if e * kappa_per_eta < KAPPA_MAX]
     large = [e for e in etas if not e * kappa_per_eta < KAPPA_MAX]
-    if large:
-        deflated = _deflated_reads(A, X, etas, steps, reads, reduce, threads)
+    if large and deflate:
+        deflated = _deflated_reads(A, X, etas, steps, reads, reduce)
         if deflated is not None:
             return deflated
     got: dict[float, list[np.ndarray]] = {}
@@ -670,11 +670,14 @@ def predict_many(
 ) -> list[Prediction]:
     """``[predict(..., eta, ...) for eta in etas]`` (same arguments otherwise) up to float
     rounding, sharing the work between the steps (the comment above). The three matrices
-    (the batch's A, the halves') share `threads` threads: the halves side by side, then
-    the batch's, the longest (D + 1 columns against one), with its products split on
-    them (:func:`_deflated_reads`; the same bits on any number of threads). Today's
-    kept pool serves both calls: a split nested inside a job beside the halves would
-    start threads at each of its ~50 products (~1 ms each)."""
+    (the batch's A, the halves') share `threads` threads. When the batch's A deflates
+    (its dominant subspace found first, its products split on the threads), the halves
+    run side by side, then the batch's deflated series, the longest job (D + 1 columns
+    against one), with its products, readouts and etas split on the threads
+    (:func:`_deflated_reads`); otherwise (the series regime, or the loop) the three run
+    side by side on one thread each. The bits do not depend on `threads`. Both stages
+    use the process's kept thread pool: a split nested inside a job beside the halves
+    would start threads at each of its ~50 products (~1 ms each)."""
     n, D = phi_t.shape
     C = U.shape[1]
     etas = [float(e) for e in etas]
@@ -683,17 +686,34 @@ def predict_many(
     main_reads = [(phi_t, slice(0, 1))] + ([(rows, slice(1, None))] if C else [])
     # each read [n, steps + 1, k] is reduced to the squares the band needs as it is made
 
+    reducers = (path_square_mean, square_sum)
+
     def half_job(h: HalfBatch) -> list[list[np.ndarray]]:
         with np.errstate(over="ignore", invalid="ignore"):  # per thread: set in the job
             return _reads_many(
                 h.A, h.e0[:, None], etas, steps, [(h.phi_t, slice(0, 1))], (path_square_mean,)
             )
 
+    def batch_job(_: None) -> list[list[np.ndarray]]:  # the series regime or the loop
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _reads_many(A, X0, etas, steps, main_reads, reducers, deflate=False)
+
     # BLAS on one thread throughout: the calling thread's small products between the
     # split ones would otherwise wake OpenBLAS's threads (they spin, taking a core)
     with np.errstate(over="ignore", invalid="ignore"), limit_threads(1, "blas"):
-        half_reads = parallel_map(half_job, halves or (), threads)
-        main = _reads_many(A, X0, etas, steps, main_reads, (path_square_mean, square_sum), threads)
+        dom = None
+        kappa_per_eta = steps * float(np.linalg.norm(A))  # some eta past the series regime:
+        if any(not e * kappa_per_eta < KAPPA_MAX for e in etas):  # as in _reads_many
+            dom = _dominant_subspace(A, threads)
+        main = half_reads = None
+        if dom is not None:
+            half_reads = parallel_map(half_job, halves or (), threads)
+            main = _deflated_reads(A, X0, etas, steps, main_reads, reducers, threads, dom)
+        if main is None and half_reads is None:
+            jobs = [(batch_job, None)] + [(half_job, h) for h in halves or ()]
+            main, *half_reads = parallel_map(lambda job: job[0](job[1]), jobs, threads)
+        elif main is None:
+            main = batch_job(None)
         out = []
         for e, eta in enumerate(etas):
             mid = np.sqrt(main[e][0] / D)
@@ -820,13 +840,14 @@ def _deflated_reads(
     reads: list[tuple[np.ndarray, slice]],
     reduce: Sequence[Reduce] | None = None,
     threads: int = 1,
+    dom: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[list[np.ndarray]] | None:
     """:func:`_loop_reads` for steps past the series regime, by deflation; None when A
     shows no dominant invariant subspace (:func:`_dominant_subspace`) or the rest's
     series does not converge within `steps` terms. The series' products with A
     (:func:`split_product`), the readouts' row blocks (:func:`products64`) and the etas
     run on `threads` threads, each piece computed as on one, so the bits do not depend
-    on `threads`.
+    on `threads`. `dom`: A's ``(Q, T)`` when already found.
 
     With ``Q [D, k]`` an orthonormal basis of the invariant subspace of A's k largest
     eigenvalues (``A Q = Q T``) split ``e = Q a + r``, ``r`` orthogonal to Q: then ``A e =
@@ -843,7 +864,8 @@ def _deflated_reads(
     series cancels up to ``(1 + eta_0 rho_rest)^steps``, too much for a float32
     readout). The same numbers as the loop up to rounding (tests/test_counterfactual.py
     bounds them at 1e-6)."""
-    dom = _dominant_subspace(A, threads)
+    if dom is None:
+        dom = _dominant_subspace(A, threads)
     if dom is None:
         return None
     Q, T = dom
