@@ -812,9 +812,12 @@ def products64(rows: np.ndarray, *mats: np.ndarray, threads: int = 1) -> list[np
 
 SPLIT_ALIGN = 128
 """:func:`split_product` splits ``A [D, D]`` into two row blocks when D is a multiple of
-this (and at least twice it): OpenBLAS's float64 GEMM and GEMV (default, Haswell,
-Prescott and SkylakeX kernels) then give each row the bits of the whole product; at
-other D some rows' sums come out in another order (last bits), so those stay whole."""
+this (and at least twice it). The seed's products (D = 2048 by 1, 12 and 21 columns)
+then have the bits of the whole product under OpenBLAS's default (SkylakeX), Haswell,
+Prescott and Zen kernels, as do D = 256-4096 by up to 40 columns under Haswell and
+Prescott; the SkylakeX kernels round a few other shapes' rows differently (last bits:
+D = 512 by 5 columns, D = 384 by 12, any D by ~300 columns), and unaligned splits
+differ more often, so those D stay whole. The bits never depend on the thread count."""
 
 
 def split_product(A: np.ndarray, X: np.ndarray, threads: int = 1) -> np.ndarray:
