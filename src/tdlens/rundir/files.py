@@ -238,10 +238,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Plain JSON values: NaN and infinities become null, numpy scalars Python numbers."""
+    """Plain JSON values: NaN and infinities become null, numpy scalars Python numbers.
+
+    A list or tuple of Python floats (a figure's series: most of a report page's values)
+    is copied in one pass, without a call per item, when its sum is finite (then so is
+    every item); otherwise item by item, as any other list."""
     if isinstance(value, Mapping):
         return {str(k): to_jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
+        if all(type(v) is float for v in value) and math.isfinite(sum(value)):
+            return list(value)
         return [to_jsonable(v) for v in value]
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
         value = value.item()
