@@ -685,7 +685,6 @@ def predict_many(
     X0 = np.concatenate([e0[:, None], U], axis=1)
     main_reads = [(phi_t, slice(0, 1))] + ([(rows, slice(1, None))] if C else [])
     # each read [n, steps + 1, k] is reduced to the squares the band needs as it is made
-
     reducers = (path_square_mean, square_sum)
 
     def half_job(h: HalfBatch) -> list[list[np.ndarray]]:
@@ -705,15 +704,14 @@ def predict_many(
         kappa_per_eta = steps * float(np.linalg.norm(A))  # some eta past the series regime:
         if any(not e * kappa_per_eta < KAPPA_MAX for e in etas):  # as in _reads_many
             dom = _dominant_subspace(A, threads)
-        main = half_reads = None
-        if dom is not None:
-            half_reads = parallel_map(half_job, halves or (), threads)
-            main = _deflated_reads(A, X0, etas, steps, main_reads, reducers, threads, dom)
-        if main is None and half_reads is None:
+        if dom is None:  # the series regime or the loop: the three jobs side by side
             jobs = [(batch_job, None)] + [(half_job, h) for h in halves or ()]
             main, *half_reads = parallel_map(lambda job: job[0](job[1]), jobs, threads)
-        elif main is None:
-            main = batch_job(None)
+        else:
+            half_reads = parallel_map(half_job, halves or (), threads)
+            main = _deflated_reads(A, X0, etas, steps, main_reads, reducers, threads, dom)
+            if main is None:  # the rest's series did not converge: the loop
+                main = batch_job(None)
         out = []
         for e, eta in enumerate(etas):
             mid = np.sqrt(main[e][0] / D)
