@@ -11,8 +11,12 @@ below, one source run per config shared by every test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -548,3 +552,57 @@ def test_followed_annealing_lands_in_its_interval(tmp_path):
     Runner(cfg, tmp_path / "annealed", handle_signals=False, write_report=False).run()
     measured = _final_value_gap(tmp_path / "annealed")
     assert p["value_gap_end_lo"] <= measured <= p["value_gap_end_hi"], (anneal, measured)
+
+
+def _counterfactual_arrays(maker: str, threads: int) -> dict[str, np.ndarray]:
+    """Round 0's counterfactual arrays (``cf.to_arrays``) on `threads` threads of a D = 256
+    problem (split_product's row blocks apply: D a multiple of SPLIT_ALIGN): "gapped"
+    deflates, "toy" (no gap) takes the series and the loop (both asserted)."""
+    cfg = _hand_config("mean").model_copy(update={"alpha_w": 0.05, "outer_iters": 40})
+    made = _gapped(D=256, C=20, n=512) if maker == "gapped" else _toy(D=256, C=20, n=512)
+    ing = dataclasses.replace(made, threads=threads)
+    crit = 2.0 / float(np.max(np.linalg.eigvals(ing.A).real))
+    X = np.concatenate([ing.e0[:, None], ing.U], axis=1)
+    deflated = ex._deflated_reads(ing.A, X, [0.5 * crit], 40, [(ing.phi_t, slice(0, 1))])
+    assert (deflated is not None) == (maker == "gapped")
+    return cf.to_arrays(cf.counterfactuals(ing, cfg, 0, crit))
+
+
+def _assert_same_bits(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> None:
+    assert got.keys() == ref.keys()
+    for key, value in ref.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("maker", ["gapped", "toy"])
+def test_round0_counterfactuals_same_bits_on_one_and_two_threads_and_unsplit(maker, monkeypatch):
+    """The counterfactual arrays are bit for bit the same on 1 and 2 threads (with a gap:
+    the halves side by side, then the batch's products split by rows, its readouts and
+    etas on the threads; without: the three side by side) and the same as with every
+    product with A made whole (SPLIT_ALIGN out of reach: the products before the split)."""
+    assert 256 % ex.SPLIT_ALIGN == 0  # the products split
+    one = _counterfactual_arrays(maker, 1)
+    _assert_same_bits(_counterfactual_arrays(maker, 2), one)
+    monkeypatch.setattr(ex, "SPLIT_ALIGN", 2**40)
+    _assert_same_bits(_counterfactual_arrays(maker, 1), one)
+
+
+@pytest.mark.parametrize("coretype", ["Haswell", "Prescott"])
+def test_round0_counterfactuals_same_bits_under_other_openblas_kernels(coretype):
+    """The test above in a fresh process whose OpenBLAS runs its `coretype` kernels."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import pytest, test_counterfactual as t\n"
+        "same = t.test_round0_counterfactuals_same_bits_on_one_and_two_threads_and_unsplit\n"
+        "for maker in ('gapped', 'toy'):\n"
+        "    with pytest.MonkeyPatch.context() as mp:\n"
+        "        same(maker, mp)"
+    )
+    env = {**os.environ, "OPENBLAS_CORETYPE": coretype}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

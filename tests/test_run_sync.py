@@ -9,7 +9,11 @@ still fsynced before their rename.
 
 from __future__ import annotations
 
+import errno
+import threading
 from pathlib import Path
+
+import pytest
 
 from tdlens.config import load_config
 from tdlens.rundir import files
@@ -75,3 +79,42 @@ def test_one_fsync_per_table_and_checkpoint_not_per_row(tmp_path, monkeypatch):
     synced = sum(1 for e in events if e == ("fsync", "learning_curves.csv"))
     assert rows == 10  # the header (an atomic write) and 9 rows
     assert synced == 1 + 5  # the header, then before each of the 5 checkpoints
+
+
+def _tables(tmp_path: Path, n: int) -> list[Path]:
+    paths = [tmp_path / f"t{i}.csv" for i in range(n)]
+    for path in paths:
+        path.write_text("x\n")
+    return paths
+
+
+def test_sync_files_overlaps_its_fsyncs(tmp_path, monkeypatch):
+    """SYNC_THREADS fsyncs wait at once (one journal commit): one after another, the
+    barrier below would never fill and time out."""
+    barrier = threading.Barrier(files.SYNC_THREADS, timeout=20)
+    monkeypatch.setattr(files, "_fsync", lambda fd, path: barrier.wait())
+    files.sync_files(_tables(tmp_path, files.SYNC_THREADS))
+
+
+def test_sync_files_syncs_every_file_and_raises_a_failure(tmp_path, monkeypatch):
+    """Every existing file is synced once (a missing one skipped); a failing fsync is
+    raised, the first of the failures in the order given, naming its file."""
+    paths = _tables(tmp_path, 12)
+    synced: list[str] = []
+    fsync = files._fsync
+
+    def logged(fd: int, path: Path) -> None:
+        synced.append(path.name)
+        fsync(fd, path)
+
+    monkeypatch.setattr(files, "_fsync", logged)
+    files.sync_files([*paths, tmp_path / "missing.csv"])
+    assert sorted(synced) == sorted(path.name for path in paths)
+
+    def failing(fd: int, path: Path) -> None:
+        if path.name in ("t3.csv", "t7.csv"):
+            raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(files, "_fsync", failing)
+    with pytest.raises(OSError, match=r"t3\.csv"):
+        files.sync_files(paths)

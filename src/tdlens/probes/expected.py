@@ -633,16 +633,18 @@ def _reads_many(
     steps: int,
     reads: list[tuple[np.ndarray, slice]],
     reduce: Sequence[Reduce] | None = None,
+    deflate: bool = True,
 ) -> list[list[np.ndarray]]:
     """``rows @ J(eta)^j X`` per eta of `etas` (in that order) and read (``reduce[r]`` of
     read r with `reduce`): all of them by
     one :func:`_deflated_reads` when some eta is past the series regime of A (the choice
-    :func:`series` makes) and A deflates, else :func:`_series_reads` for the etas in the
-    series regime and :func:`_loop_reads` for the others."""
+    :func:`series` makes) and A deflates (not tried without `deflate`: known not to),
+    else :func:`_series_reads` for the etas in the series regime and :func:`_loop_reads`
+    for the others."""
     kappa_per_eta = steps * float(np.linalg.norm(A))
     small = [e for e in etas if e * kappa_per_eta < KAPPA_MAX]
     large = [e for e in etas if not e * kappa_per_eta < KAPPA_MAX]
-    if large:
+    if large and deflate:
         deflated = _deflated_reads(A, X, etas, steps, reads, reduce)
         if deflated is not None:
             return deflated
@@ -668,7 +670,14 @@ def predict_many(
 ) -> list[Prediction]:
     """``[predict(..., eta, ...) for eta in etas]`` (same arguments otherwise) up to float
     rounding, sharing the work between the steps (the comment above). The three matrices
-    (the batch's A, the halves') run side by side on `threads` threads."""
+    (the batch's A, the halves') share `threads` threads. When the batch's A deflates
+    (its dominant subspace found first, its products split on the threads), the halves
+    run side by side, then the batch's deflated series, the longest job (D + 1 columns
+    against one), with its products, readouts and etas split on the threads
+    (:func:`_deflated_reads`); otherwise (the series regime, or the loop) the three run
+    side by side on one thread each. The bits do not depend on `threads`. Both stages
+    use the process's kept thread pool: a split nested inside a job beside the halves
+    would start threads at each of its ~50 products (~1 ms each)."""
     n, D = phi_t.shape
     C = U.shape[1]
     etas = [float(e) for e in etas]
@@ -676,14 +685,33 @@ def predict_many(
     X0 = np.concatenate([e0[:, None], U], axis=1)
     main_reads = [(phi_t, slice(0, 1))] + ([(rows, slice(1, None))] if C else [])
     # each read [n, steps + 1, k] is reduced to the squares the band needs as it is made
-    jobs = [(A, X0, main_reads, (path_square_mean, square_sum))]
-    jobs += [
-        (h.A, h.e0[:, None], [(h.phi_t, slice(0, 1))], (path_square_mean,)) for h in halves or ()
-    ]
-    with np.errstate(over="ignore", invalid="ignore"):
-        main, *half_reads = parallel_map(
-            lambda job: _reads_many(job[0], job[1], etas, steps, job[2], job[3]), jobs, threads
-        )
+    reducers = (path_square_mean, square_sum)
+
+    def half_job(h: HalfBatch) -> list[list[np.ndarray]]:
+        with np.errstate(over="ignore", invalid="ignore"):  # per thread: set in the job
+            return _reads_many(
+                h.A, h.e0[:, None], etas, steps, [(h.phi_t, slice(0, 1))], (path_square_mean,)
+            )
+
+    def batch_job(_: None) -> list[list[np.ndarray]]:  # the series regime or the loop
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _reads_many(A, X0, etas, steps, main_reads, reducers, deflate=False)
+
+    # BLAS on one thread throughout: the calling thread's small products between the
+    # split ones would otherwise wake OpenBLAS's threads (they spin, taking a core)
+    with np.errstate(over="ignore", invalid="ignore"), limit_threads(1, "blas"):
+        dom = None
+        kappa_per_eta = steps * float(np.linalg.norm(A))  # some eta past the series regime:
+        if any(not e * kappa_per_eta < KAPPA_MAX for e in etas):  # as in _reads_many
+            dom = _dominant_subspace(A, threads)
+        if dom is None:  # the series regime or the loop: the three jobs side by side
+            jobs = [(batch_job, None)] + [(half_job, h) for h in halves or ()]
+            main, *half_reads = parallel_map(lambda job: job[0](job[1]), jobs, threads)
+        else:
+            half_reads = parallel_map(half_job, halves or (), threads)
+            main = _deflated_reads(A, X0, etas, steps, main_reads, reducers, threads, dom)
+            if main is None:  # the rest's series did not converge: the loop
+                main = batch_job(None)
         out = []
         for e, eta in enumerate(etas):
             mid = np.sqrt(main[e][0] / D)
@@ -717,12 +745,13 @@ SERIES_REL = 2.0**-52
 """Subspace iterations before giving up on the deflation (the loop is used)."""
 
 
-def _dominant_subspace(A: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def _dominant_subspace(A: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray] | None:
     """``(Q [D, k], T = Q^T A Q [k, k])``: an orthonormal basis of the invariant subspace of
     the k eigenvalues of A of largest modulus, k where the Ritz values' moduli fall by
     the largest ratio, at least DEFLATE_GAP (a complex pair kept whole), by subspace iteration
     with a real Schur reordering; None when no such gap shows within the block or the
-    residual ``||A Q - Q T||_F`` stays above DEFLATE_RESIDUAL ``||A||_F``."""
+    residual ``||A Q - Q T||_F`` stays above DEFLATE_RESIDUAL ``||A||_F``. The products
+    with A run on `threads` threads (:func:`split_product`)."""
     import scipy.linalg as sla
 
     D = A.shape[0]
@@ -734,7 +763,7 @@ def _dominant_subspace(A: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     norm = float(np.linalg.norm(A))
     if not norm > 0:
         return None
-    AV = A @ V
+    AV = split_product(A, V, threads)
     for _ in range(DEFLATE_ITERS):
         H = V.T @ AV
         mods = np.sort(np.abs(np.linalg.eigvals(H)))[::-1]
@@ -752,7 +781,7 @@ def _dominant_subspace(A: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
                 if np.linalg.norm(AQ - Q @ T) <= DEFLATE_RESIDUAL * norm:
                     return Q, T
         V, _ = np.linalg.qr(AV)
-        AV = A @ V
+        AV = split_product(A, V, threads)
     return None
 
 
@@ -760,19 +789,48 @@ ROW_BLOCK = 256
 """Rows :func:`products64` converts to float64 at a time."""
 
 
-def products64(rows: np.ndarray, *mats: np.ndarray) -> list[np.ndarray]:
+def products64(rows: np.ndarray, *mats: np.ndarray, threads: int = 1) -> list[np.ndarray]:
     """``[rows @ M for M in mats]`` in float64 (``rows [n, D]`` of any float dtype, each
     ``M [D, k]`` float64), the rows converted ROW_BLOCK at a time: a ``[ROW_BLOCK, D]``
     float64 copy instead of one of all rows (64 MB at the seed's n = 4096, D = 2048;
-    two such reads side by side were the first round's peak). Each output row is its own
-    dot products, so the numbers are those of converting all rows at once."""
+    two such reads side by side were the first round's peak), the blocks on `threads`
+    threads (one such copy each). Each output row is its own dot products, so the
+    numbers are those of converting all rows at once, whatever `threads`."""
     n = rows.shape[0]
     outs = [np.empty((n, M.shape[1])) for M in mats]
-    for start in range(0, n, ROW_BLOCK):
+
+    def block_products(start: int) -> None:
         block = rows[start : start + ROW_BLOCK].astype(np.float64, copy=False)
         for out, M in zip(outs, mats, strict=True):
             np.matmul(block, M, out=out[start : start + ROW_BLOCK])
+
+    parallel_map(block_products, range(0, n, ROW_BLOCK), threads)
     return outs
+
+
+SPLIT_ALIGN = 128
+""":func:`split_product` splits ``A [D, D]`` into two row blocks when D is a multiple of
+this (and at least twice it). The seed's products (D = 2048 by 1, 12 and 21 columns)
+then have the bits of the whole product under OpenBLAS's default (SkylakeX), Haswell,
+Prescott and Zen kernels, as do D = 256-4096 by up to 40 columns under Haswell and
+Prescott; the SkylakeX kernels round a few other shapes' rows differently (last bits:
+D = 512 by 5 columns, D = 384 by 12, any D by ~300 columns), and unaligned splits
+differ more often, so those D stay whole. The bits never depend on the thread count."""
+
+
+def split_product(A: np.ndarray, X: np.ndarray, threads: int = 1) -> np.ndarray:
+    """``A @ X`` (``A [D, D']``, ``X [D', k]``) as two row blocks ``A[:D/2] @ X`` and
+    ``A[D/2:] @ X`` side by side on `threads` threads when D is a multiple of
+    SPLIT_ALIGN (:data:`SPLIT_ALIGN`), else one product. The blocks do not depend on
+    `threads`, so neither do the bits; where D splits they are those of ``A @ X``
+    (tests/test_counterfactual.py)."""
+    D = A.shape[0]
+    if D % SPLIT_ALIGN or D < 2 * SPLIT_ALIGN:
+        return A @ X
+    out = np.empty((D, X.shape[1]), dtype=np.result_type(A, X))
+    blocks = (slice(0, D // 2), slice(D // 2, D))
+    parallel_map(lambda b: np.matmul(A[b], X, out=out[b]), blocks, threads)
+    return out
 
 
 def _deflated_reads(
@@ -782,10 +840,15 @@ def _deflated_reads(
     steps: int,
     reads: list[tuple[np.ndarray, slice]],
     reduce: Sequence[Reduce] | None = None,
+    threads: int = 1,
+    dom: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[list[np.ndarray]] | None:
     """:func:`_loop_reads` for steps past the series regime, by deflation; None when A
     shows no dominant invariant subspace (:func:`_dominant_subspace`) or the rest's
-    series does not converge within `steps` terms.
+    series does not converge within `steps` terms. The series' products with A
+    (:func:`split_product`), the readouts' row blocks (:func:`products64`) and the etas
+    run on `threads` threads, each piece computed as on one, so the bits do not depend
+    on `threads`. `dom`: A's ``(Q, T)`` when already found.
 
     With ``Q [D, k]`` an orthonormal basis of the invariant subspace of A's k largest
     eigenvalues (``A Q = Q T``) split ``e = Q a + r``, ``r`` orthogonal to Q: then ``A e =
@@ -802,7 +865,8 @@ def _deflated_reads(
     series cancels up to ``(1 + eta_0 rho_rest)^steps``, too much for a float32
     readout). The same numbers as the loop up to rounding (tests/test_counterfactual.py
     bounds them at 1e-6)."""
-    dom = _dominant_subspace(A)
+    if dom is None:
+        dom = _dominant_subspace(A, threads)
     if dom is None:
         return None
     Q, T = dom
@@ -821,7 +885,7 @@ def _deflated_reads(
             return None
         if m > 0 and size <= SERIES_REL * peak:
             break
-        As = A @ terms[-1]
+        As = split_product(A, terms[-1], threads)
         gs.append(Q.T @ As)
         if m == steps:
             break
@@ -843,19 +907,21 @@ def _deflated_reads(
     for rows, cols in reads:
         Sc = S[:, :, cols]
         k = Sc.shape[2]
-        flat, RQ = products64(rows, Sc.transpose(1, 0, 2).reshape(D, M * k), Q)
+        flat, RQ = products64(rows, Sc.transpose(1, 0, 2).reshape(D, M * k), Q, threads=threads)
         flats.append((flat.reshape(-1, M, k), RQ))
-    out = []
-    for eta in etas:
+
+    def eta_reads(eta: float) -> list[np.ndarray]:
         coefs = binom * (eta / eta0) ** np.arange(M)  # [steps + 1, M]
         Gr = np.einsum("jm,mqk->jqk", coefs, G)  # G r_j
         a = np.empty((steps + 1, *a0.shape))
         a[0] = a0
-        for t in range(steps):
-            a[t + 1] = a[t] - eta * (T @ a[t] + Gr[t])
-        per = []
-        for r, ((flat, RQ), (_, cols)) in enumerate(zip(flats, reads, strict=True)):
-            got = _combine(coefs, flat) + np.matmul(RQ, a[:, :, cols]).transpose(1, 0, 2)
-            per.append(_keep(reduce, r, got))
-        out.append(per)
-    return out
+        with np.errstate(over="ignore", invalid="ignore"):  # per thread: a diverging eta
+            for t in range(steps):
+                a[t + 1] = a[t] - eta * (T @ a[t] + Gr[t])
+            per = []
+            for r, ((flat, RQ), (_, cols)) in enumerate(zip(flats, reads, strict=True)):
+                got = _combine(coefs, flat) + np.matmul(RQ, a[:, :, cols]).transpose(1, 0, 2)
+                per.append(_keep(reduce, r, got))
+        return per
+
+    return parallel_map(eta_reads, etas, threads)
