@@ -37,7 +37,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tdlens.config import RunConfig
-from tdlens.features import FeatureMaps, Workspace, large_arrays_unmapped_when_freed
+from tdlens.features import (
+    FeatureMaps,
+    Workspace,
+    large_arrays_unmapped_when_freed,
+    trim_heaps,
+)
 from tdlens.learner import Params
 from tdlens.probes import registry
 from tdlens.probes.common import NoiseStore, roll_chains
@@ -108,10 +113,16 @@ class ProbeManager:
         main = [(spec, fn) for spec, fn in calls if not spec.beside]
         other = [(spec, fn) for spec, fn in calls if spec.beside]
         ctx_beside = replace(ctx, maps=self._maps_beside)
+
+        def beside_lane() -> list[tuple[ProbeRound, float]]:
+            parts = [_call(fn, ctx_beside) for _, fn in other]
+            # what its thread's heap freed goes back now, not at the round's end: it would
+            # otherwise stay resident through the critic's peak (the solves)
+            trim_heaps()
+            return parts
+
         done_main, done_other = beside(
-            lambda: [_call(fn, ctx) for _, fn in main],
-            lambda: [_call(fn, ctx_beside) for _, fn in other],
-            self.maps.threads,
+            lambda: [_call(fn, ctx) for _, fn in main], beside_lane, self.maps.threads
         )
         parts = dict(zip([fn for _, fn in main + other], done_main + done_other, strict=True))
         for spec, fn in calls:  # registry order, as if they had run in turn
