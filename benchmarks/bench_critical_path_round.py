@@ -9,9 +9,6 @@ machine lengthens wall times but hardly a thread's own CPU time, so
 
     critical = main-thread CPU + sum over pools of the busiest worker's CPU
 
-(or the CPU of the lane `tdlens.threads.beside` runs beside the main thread's, the
-distribution, q_kernel and rho_audit probes, when that is longer)
-
 estimates the round's wall time on a quiet machine with a core per thread, and
 ``idle = threads * critical - process CPU`` the core-seconds a core waited (the serial
 stretches; the moments' BLAS threads count as busy beside the main thread). Not seen:
@@ -51,17 +48,13 @@ class PoolCPU:
 
     def __init__(self) -> None:
         self.critical = 0.0
-        self.beside = 0.0
-        """CPU seconds of the `tdlens.threads.beside` lane (beside the calling thread's)"""
-        self._beside: set[int] = set()
         self._lock = threading.Lock()
         self._cpu: dict[int, tuple[int, int, float]] = {}
         """id(future) -> (id(pool), worker thread, CPU seconds of its task)"""
 
     def _makespan(self, futures: Iterable[int] | None, pool: int | None = None) -> None:
         """Take the tasks of `futures` (ids; None: every task of `pool`) out of the record
-        and add their busiest worker's CPU to ``critical`` (their CPU to ``beside`` when
-        `pool` is the beside lane's)."""
+        and add their busiest worker's CPU to ``critical``."""
         with self._lock:
             if futures is None:
                 futures = [k for k, (p, _, _) in self._cpu.items() if p == pool]
@@ -70,10 +63,7 @@ class PoolCPU:
                 record = self._cpu.pop(key, None)
                 if record is not None:
                     busy[record[1]] = busy.get(record[1], 0.0) + record[2]
-            if pool is not None and pool in self._beside:  # a lane beside the calling thread
-                self.beside += sum(busy.values())
-            else:
-                self.critical += max(busy.values(), default=0.0)
+            self.critical += max(busy.values(), default=0.0)
 
     def install(self) -> None:
         submit, shutdown = ThreadPoolExecutor.submit, ThreadPoolExecutor.shutdown
@@ -95,8 +85,6 @@ class PoolCPU:
             with pools._lock:  # the key is known before the task can finish
                 future = submit(pool, task)
                 key.append(id(future))
-                if pool._thread_name_prefix.endswith("-beside"):
-                    pools._beside.add(id(pool))
             return future
 
         def timed_shutdown(pool, *args, **kwargs):
@@ -106,10 +94,7 @@ class PoolCPU:
         def timed_wait(fs, timeout=None, return_when=ALL_COMPLETED):
             result = real_wait(fs, timeout, return_when)
             if return_when == ALL_COMPLETED:
-                with pools._lock:
-                    owners = {pools._cpu[id(f)][0] for f in fs if id(f) in pools._cpu}
-                pool = next(iter(owners)) if len(owners) == 1 else None
-                pools._makespan([id(f) for f in fs], pool)
+                pools._makespan([id(f) for f in fs])
             return result
 
         ThreadPoolExecutor.submit = timed_submit
@@ -132,11 +117,11 @@ def main() -> None:
     pools.install()
     rows = []
     for n in range(args.rounds):
-        pools.critical = pools.beside = 0.0
+        pools.critical = 0.0
         wall, cpu, main_cpu = time.perf_counter(), time.process_time(), time.thread_time()
         manager.run(n, result.params, result.delta, result.metrics["td_loss"], "every")
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        critical = max(time.thread_time() - main_cpu + pools.critical, pools.beside)
+        critical = time.thread_time() - main_cpu + pools.critical
         idle = maps.threads * critical - cpu
         rows.append((wall, cpu, critical, idle))
         print(

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tdlens.threads import beside, parallel_map
+from tdlens.threads import parallel_map
 
 
 def test_results_in_order_on_kept_threads():
@@ -82,55 +82,3 @@ def test_a_forked_child_runs_on_threads_of_its_own():
     child.join(timeout=60)
     assert child.exitcode == 0
     assert queue.get(timeout=5) == [1, 2, 3, 4, 5, 6]
-
-
-def _blas_threads() -> int:
-    from threadpoolctl import threadpool_info
-
-    return max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=1)
-
-
-def test_beside_runs_two_lanes_at_once_with_blas_on_one_thread():
-    """At threads=2 `other` runs on another thread while `main` runs on the caller's (each
-    waits for the other to start: in turn, this would time out); BLAS is held at one
-    thread in both lanes; at threads=1 they run one after the other on the caller's."""
-    started = {"main": threading.Event(), "other": threading.Event()}
-    seen: dict[str, tuple[str, int]] = {}
-
-    def lane(name: str, peer: str) -> str:
-        started[name].set()
-        assert started[peer].wait(timeout=10), f"{peer} did not run beside {name}"
-        seen[name] = (threading.current_thread().name, _blas_threads())
-        return name
-
-    assert beside(lambda: lane("main", "other"), lambda: lane("other", "main"), 2) == (
-        "main",
-        "other",
-    )
-    assert seen["main"] == (threading.current_thread().name, 1)
-    assert seen["other"][0] != threading.current_thread().name and seen["other"][1] == 1
-    order: list[str] = []
-    result = beside(lambda: order.append("main") or 1, lambda: order.append("other") or 2, 1)
-    assert result == (1, 2) and order == ["main", "other"]
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_beside_raises_once_both_lanes_are_done(threads):
-    """An error in `other` is raised after `main` finished; an error in `main` after
-    `other` finished (nothing is left running), and it is `main`'s even when both fail."""
-    done: list[str] = []
-
-    def slow(name: str, fail: bool) -> str:
-        time.sleep(0.05)
-        done.append(name)
-        if fail:
-            raise ValueError(name)
-        return name
-
-    with pytest.raises(ValueError, match="other"):
-        beside(lambda: slow("main", False), lambda: slow("other", True), threads)
-    assert sorted(done) == ["main", "other"]
-    done.clear()
-    with pytest.raises(ValueError, match="main"):
-        beside(lambda: slow("main", True), lambda: slow("other", threads == 2), threads)
-    assert sorted(done) == (["main"] if threads == 1 else ["main", "other"])

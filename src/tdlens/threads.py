@@ -7,8 +7,7 @@ and kept while no new module is imported gives the same limits in ~15 us.
 
 :func:`parallel_map` runs its items on threads kept between calls (:func:`_pool`):
 starting and joining two threads cost 0.15-0.5 ms a call, and a training iteration makes
-three calls, a probe round dozens. :func:`beside` runs two lanes of work side by side (a
-probe round's critic probes and the probes that need none of their results).
+three calls, a probe round dozens.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from threadpoolctl import ThreadpoolController
 
 T = TypeVar("T")
 R = TypeVar("R")
-S = TypeVar("S")
 
 
 @functools.cache
@@ -50,19 +48,19 @@ def _mark_worker() -> None:
     _worker.active = True
 
 
-_pools: dict[tuple[int, str], ThreadPoolExecutor] = {}
+_pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
-def _pool(workers: int, name: str = "tdlens") -> ThreadPoolExecutor:
-    """The process's pool of `workers` threads called `name`, kept between calls (made
-    once, also when two threads ask at once): :func:`parallel_map`'s, and :func:`beside`'s
-    one thread. A forked child, whose copy of it has no threads, makes its own."""
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of `workers` threads, kept between :func:`parallel_map` calls
+    (made once, also when two threads ask at once); a forked child, whose copy of it has
+    no threads, makes its own."""
     with _pools_lock:
-        pool = _pools.get((workers, name))
+        pool = _pools.get(workers)
         if pool is None:
-            pool = _pools[workers, name] = ThreadPoolExecutor(
-                max_workers=workers, thread_name_prefix=name, initializer=_mark_worker
+            pool = _pools[workers] = ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="tdlens", initializer=_mark_worker
             )
         return pool
 
@@ -110,23 +108,3 @@ def parallel_map(
         if failed:
             raise failed[0]
         return [f.result() for f in futures]
-
-
-def beside(main: Callable[[], R], other: Callable[[], S], threads: int) -> tuple[R, S]:
-    """``(main(), other())``: at `threads` >= 2 `other` runs on a thread of its own (kept
-    between calls) while `main` runs on the calling thread, else after `main`. BLAS is
-    held at one thread throughout, on either path: threadpoolctl's limits are process-wide,
-    so two lanes cannot hold different counts, and one BLAS thread per call gives the same
-    bits on one thread or two. It returns once both are done (nothing is left running) and
-    raises `main`'s exception when it raised (as if `other` had not run), else `other`'s.
-    `other` runs as a worker: a :func:`parallel_map` inside it starts its own threads
-    rather than queue behind `main`'s items on the kept pool."""
-    with limit_threads(1, "blas"):
-        if threads <= 1:
-            return main(), other()
-        future = _pool(1, "tdlens-beside").submit(other)
-        try:
-            first = main()
-        finally:
-            wait([future])
-        return first, future.result()

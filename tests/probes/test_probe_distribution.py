@@ -107,20 +107,6 @@ def test_action_tv_kernel_matches_the_numpy_twin(draws):
     assert se == pytest.approx(ref_se, rel=1e-10, abs=1e-15)
 
 
-def test_action_tv_in_chunks_equals_one_draw_of_all_states():
-    """action_tv draws TV_CHUNK_STATES states at a time: the same numbers, bit for bit, as
-    the kernel on one [S, K, 2] draw of the same stream (S = 2.5 chunks)."""
-    S, K = 5 * dist.TV_CHUNK_STATES // 2, 8
-    rng = np.random.default_rng(12)
-    m_pi = rng.normal(size=(S, 2))
-    m_mu = m_pi + rng.normal(scale=0.5, size=(S, 2))
-    tv, se = dist.action_tv(m_pi, SIGMA_PI, m_mu, SIGMA_MU, K, np.random.default_rng(4))
-    z = np.random.default_rng(4).standard_normal((S, K, 2))
-    mean_s, var_s = np.empty(S), np.empty(S)
-    dist._tv_per_state(m_pi, SIGMA_PI, m_mu, SIGMA_MU, z, mean_s, var_s)
-    assert tv == float(mean_s.mean()) and se == float(np.sqrt(np.sum(var_s / K)) / S)
-
-
 def test_on_policy_kl_tv_rho_exactly_zero_and_one():
     rng = np.random.default_rng(1)
     m = rng.normal(size=(300, 2))

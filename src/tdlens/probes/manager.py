@@ -9,19 +9,10 @@ curves are bit-identical with probes on or off.
 
 Everything about the probes themselves comes from :mod:`tdlens.probes.registry`: a round
 rolls out, in ONE call, every chain the enabled probes declare (deduplicated: stability
-batch 0 may be the fixed-point chain), then calls each enabled probe's ``run`` (a function
-shared by two probes once) in two lanes (:func:`tdlens.threads.beside`): the probes
-registered ``beside`` (distribution, q_kernel, rho_audit: they need nothing the others
-compute) in turn on a thread of their own, the others in registry order on the calling
-thread with its pool, so that the first fill the stretches where the critic probes leave
-a core idle. With one thread the lanes run one after the other. Each call writes into an
-output of its own, merged in registry order, so rows, arrays and timings come out in the
-same order and with the same bits either way (every BLAS call of the round on one
-thread, each probe drawing from its own streams). Disabled probes are skipped and their
-summary columns are absent. Timings are wall seconds per probe section (dotted keys
-break a probe down; "rollout" is the shared rollout; "total" the whole round): a section
-of the ``beside`` lane overlaps the other lane's sections at threads >= 2 (it shares the
-cores with them), so the sections can add up to more than "total".
+batch 0 may be the fixed-point chain), then calls each enabled probe's ``run`` in registry
+order (a function shared by two probes once). Disabled probes are skipped and their
+summary columns are absent. Timings are seconds per probe section (dotted keys break a
+probe down; "rollout" is the shared rollout; "total" the whole round).
 
 State across rounds: the schedule's counters and the probes' own ``state`` (the previous
 w# for w_sharp_drift, and its two half-batch w# for w_sharp_drift_noise), saved in
@@ -31,24 +22,18 @@ checkpoints by :meth:`ProbeManager.state_dict`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from tdlens.config import RunConfig
-from tdlens.features import (
-    FeatureMaps,
-    Workspace,
-    large_arrays_unmapped_when_freed,
-    trim_heaps,
-)
+from tdlens.features import FeatureMaps, Workspace, large_arrays_unmapped_when_freed
 from tdlens.learner import Params
 from tdlens.probes import registry
 from tdlens.probes.common import NoiseStore, roll_chains
 from tdlens.probes.registry import RoundContext
 from tdlens.probes.schedule import ProbeSchedule
-from tdlens.threads import beside
 
 
 @dataclass
@@ -77,9 +62,6 @@ class ProbeManager:
         }
         self._workspace = Workspace()
         self._noise = NoiseStore(cfg)
-        # the `beside` probes run in turn on one thread of their own, not on a pool beside
-        # the critic's lanes (3 threads on 2 cores); their numbers do not depend on threads
-        self._maps_beside = replace(maps, threads=1)
 
     @property
     def w_sharp_prev(self) -> np.ndarray | None:
@@ -109,46 +91,22 @@ class ProbeManager:
         ctx = RoundContext(
             self.cfg, self.maps, params, n, delta, td_loss, rolled, self.state, self._workspace, out
         )
-        calls = self._calls()
-        main = [(spec, fn) for spec, fn in calls if not spec.beside]
-        other = [(spec, fn) for spec, fn in calls if spec.beside]
-        ctx_beside = replace(ctx, maps=self._maps_beside)
-
-        def beside_lane() -> list[tuple[ProbeRound, float]]:
-            parts = [_call(fn, ctx_beside) for _, fn in other]
-            # what its thread's heap freed goes back now, not at the round's end: it would
-            # otherwise stay resident through the critic's peak (the solves)
-            trim_heaps()
-            return parts
-
-        done_main, done_other = beside(
-            lambda: [_call(fn, ctx) for _, fn in main], beside_lane, self.maps.threads
-        )
-        parts = dict(zip([fn for _, fn in main + other], done_main + done_other, strict=True))
-        for spec, fn in calls:  # registry order, as if they had run in turn
-            part, seconds = parts[fn]
-            out.rows.update(part.rows)
-            out.arrays.update(part.arrays)
-            out.timings.update(part.timings)
-            if spec.section not in out.timings:
-                out.timings[spec.section] = seconds
+        done = set()
+        for probe in self.probes:
+            fn = probe.run_fn()
+            if fn in done:
+                continue
+            done.add(fn)
+            t0 = time.perf_counter()
+            fn(ctx)
+            if probe.section not in out.timings:
+                out.timings[probe.section] = time.perf_counter() - t0
         for name, row in out.rows.items():
             out.rows[name] = {"iter": float(n), **row}
         out.summary = summary_columns(out.rows)
         out.timings["total"] = time.perf_counter() - start
         self.schedule.record(n, reason)
         return out
-
-    def _calls(self) -> list[tuple[registry.ProbeSpec, Callable[[RoundContext], None]]]:
-        """(spec, run function) of each enabled probe in registry order, a function shared
-        by two probes once (with the first of them)."""
-        calls, seen = [], set()
-        for spec in self.probes:
-            fn = spec.run_fn()
-            if fn not in seen:
-                seen.add(fn)
-                calls.append((spec, fn))
-        return calls
 
     def state_dict(self) -> dict[str, float | int | str | np.ndarray | None]:
         """npz-safe state: schedule counters (-1 = none) and each probe state entry as an
@@ -170,15 +128,6 @@ class ProbeManager:
         for key in [k for k in d if f"{k}_defined" in d]:
             defined = bool(int(np.asarray(d[f"{key}_defined"])))
             self.state[key] = np.array(d[key], dtype=np.float64) if defined else None
-
-
-def _call(fn: Callable[[RoundContext], None], ctx: RoundContext) -> tuple[ProbeRound, float]:
-    """Run one probe function on `ctx` with an output of its own (merged by the manager in
-    registry order); returns it with the function's wall seconds."""
-    part = ProbeRound(n=ctx.n, reason=ctx.out.reason)
-    start = time.perf_counter()
-    fn(replace(ctx, out=part))
-    return part, time.perf_counter() - start
 
 
 def summary_columns(rows: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

@@ -5,12 +5,11 @@ config section switches and tunes it (``probes.<section>``, also its key in roun
 ``<section>_s``), which random streams it draws from, which chains it needs rolled out,
 the function that runs it, which of its columns are copied into learning_curves.csv,
 the columns its table must have, which of its series the report plots (and any figures
-of its own report section), its glossary line, and whether it may run beside the others
-(``beside``). The probe manager (what runs, in which order, on which chains, in which
-lane), the runner (learning-curve and rounds.csv columns), the report (probe sections,
-summary-column sources, key-series figure) and the docs test all read this registry, so
-adding a probe is one module with its ``run`` function plus one :func:`register` call
-(and its tests and docs/metrics.md section).
+of its own report section), and its glossary line. The probe manager (what
+runs, in which order, on which chains), the runner (learning-curve and rounds.csv
+columns), the report (probe sections, summary-column sources, key-series figure) and
+the docs test all read this registry, so adding a probe is one module with its ``run``
+function plus one :func:`register` call (and its tests and docs/metrics.md section).
 
 Functions may be given as callables or as ``"module:function"`` strings, resolved on
 first use, so importing the registry stays cheap (the report reads it without loading
@@ -72,11 +71,6 @@ class ProbeSpec:
     config: type[BaseModel] | Mapping[str, Any] | None = None
     columns: tuple[str, ...] = ()
     figures: Fn | None = None
-    beside: bool = False
-    """Its ``run`` reads only the round's snapshot and rolled chains (not ``state``, the
-    workspace or another probe's results) and writes only its own rows, arrays and
-    timings: at threads >= 2 the manager runs it beside the other probes, on one thread
-    (:mod:`tdlens.probes.manager`)."""
 
     def figures_fn(self) -> Callable[[Any], tuple[list[dict], str]] | None:
         """The report figures of its section (``data -> (figures, caption)``), if any."""
@@ -315,7 +309,6 @@ register(
             "num_samples",
         ),
         doc="how far the state-action distribution of mu is from pi's (MMD, KL, TV)",
-        beside=True,
     )
 )
 register(
@@ -343,7 +336,6 @@ register(
             "td_loss_from_Q_rel_diff",
         ),
         doc="the TD-error kernel Q_hat of the iteration's own trajectories",
-        beside=True,
     )
 )
 register(
@@ -365,6 +357,5 @@ register(
             "rho2_mean_z",
         ),
         doc="importance ratios of a fresh batch against their closed-form moments",
-        beside=True,
     )
 )
