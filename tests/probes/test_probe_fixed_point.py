@@ -101,7 +101,9 @@ def test_moments_lanes_give_the_same_bits_on_any_thread_and_blas_count(block, pr
     td_moments, with its product on the BLAS threads, gave other last bits there). The
     three cases: the lanes' scratch in A's and the halves' bytes (one block a half, float32
     products), the weighted rows in workspace buffers (four blocks a half), and float64
-    products (no room in A: workspace buffers); none is left in the workspace."""
+    products (no room in A: workspace buffers); none is left in the workspace. The tail
+    (the scaled halves, A and the float32 ``A_1 - A_2``) runs in two row blocks at
+    threads=2: the same bits as NumPy's whole-array operations."""
     n, D = 1000, 384
     phi_t, bar_phi_tp1, rho_t, r_t = random_batch(n=n, D=D, seed=4)
     dphi_t = fp.td_difference_(phi_t, bar_phi_tp1, 0.9)
@@ -116,13 +118,18 @@ def test_moments_lanes_give_the_same_bits_on_any_thread_and_blas_count(block, pr
             sums.append(A_k)
     A_ref = np.add(sums[0], sums[1])
     A_ref *= scale / n
+    E_ref = np.empty((D, D), np.float32)
+    np.subtract(sums[0] * (scale / h), sums[1] * (scale / (n - h)), out=E_ref, casting="same_kind")
     for blas in (1, 2):
         for threads in (1, 2):
             ws = Workspace()
             with limit_threads(blas, "blas"):
                 got = fp.td_moments(
-                    phi_t, dphi_t, rho_t, r_t, block, product_dtype, ws, threads=threads
+                    phi_t, dphi_t, rho_t, r_t, block, product_dtype, ws, "E", threads=threads
                 )
+            E = ws.array("E", (D, D), np.dtype(np.float32))
+            np.testing.assert_array_equal(E, E_ref, err_msg=f"BLAS {blas}, threads {threads}")
+            ws.release("E")
             np.testing.assert_array_equal(got.A, A_ref, err_msg=f"BLAS {blas}, threads {threads}")
             np.testing.assert_array_equal(got.A_halves[1], sums[1] * (scale / (n - h)))
             np.testing.assert_array_equal(got.b, (b_sums[0] + b_sums[1]) / n)

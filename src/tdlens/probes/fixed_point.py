@@ -175,14 +175,15 @@ def td_moments(
     The two halves' sums are independent products: two lanes on `threads` threads
     (:func:`tdlens.threads.parallel_map`), each product on ONE BLAS thread, so A's bits
     are the same whatever `threads` and the BLAS thread count (a two-threaded GEMM sums in
-    another order). With a `workspace` the ``[D, D]`` results live in its buffers (valid
-    until the next call with the same workspace): fresh 32 MB arrays cost page faults on
-    every round. The two lanes' block products and weighted rows live in A's and the
-    halves' own buffers before those are written (when they fit: float32 products, one
-    block a half), else in workspace buffers released as soon as their half is done, so
-    that a probe round's later stages do not find them still resident. `difference`: the
-    workspace name of a float32 ``[D, D]`` buffer (requested once those are released)
-    that receives ``A_1 - A_2`` in the same pass (the input of
+    another order); the tail that scales them runs in two row blocks on the same threads.
+    With a `workspace` the ``[D, D]`` results live in its buffers (valid until the next
+    call with the same workspace): fresh 32 MB arrays cost page faults on every round.
+    The two lanes' block products and weighted rows live in A's and the halves' own
+    buffers before those are written (when they fit: float32 products, one block a half),
+    else in workspace buffers released as soon as their half is done, so that a probe
+    round's later stages do not find them still resident. `difference`: the workspace
+    name of a float32 ``[D, D]`` buffer (requested once those are released) that receives
+    ``A_1 - A_2`` in the same pass (the input of
     :func:`tdlens.probes.spectrum.spectral_noise`; ``TDMoments.difference`` names it).
     """
     n, D = phi_t.shape
@@ -217,7 +218,16 @@ def td_moments(
     if difference is not None:
         E = ws.array(difference, (D, D), np.dtype(np.float32))
     c, c_1, c_2 = scale / n, scale / h, scale / (n - h)
-    _scale_halves(*A_halves, A, c, c_1, c_2, E, difference is not None)
+    with_difference = difference is not None
+
+    def scale_rows(rows: slice) -> None:
+        """The tail on rows `rows` (each entry its own operations: any split, same bits)."""
+        A_1, A_2 = (A_k[rows] for A_k in A_halves)
+        E_rows = E[rows] if with_difference else E
+        _scale_halves(A_1, A_2, A[rows], c, c_1, c_2, E_rows, with_difference)
+
+    # a memory-bound pass over four [D, D] arrays: two row blocks side by side
+    parallel_map(scale_rows, (slice(0, D // 2), slice(D // 2, D)), threads)
     b_halves = (b_sums[0] / h, b_sums[1] / (n - h))
     b = (b_sums[0] + b_sums[1]) / n
     return TDMoments(
