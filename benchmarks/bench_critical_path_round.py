@@ -24,13 +24,15 @@ import statistics
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import ALL_COMPLETED, ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_probes import SEED_PLATEAU
 from common import load_average, machine_info
 
+import tdlens.threads as tdlens_threads
 from tdlens.config import load_config
 from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import init_params, outer_iteration
@@ -38,39 +40,66 @@ from tdlens.probes.manager import ProbeManager
 
 
 class PoolCPU:
-    """Adds up, per pool, the CPU seconds each worker thread spent in its tasks; a pool's
-    busiest worker goes to ``critical`` when the pool shuts down."""
+    """Adds up the CPU seconds each worker thread spent in its tasks and, per parallel
+    stage, the busiest worker's to ``critical``: a stage is one wait for all of a
+    ``parallel_map`` call's futures on the process's kept pool (``tdlens.threads.wait``),
+    or the life of a pool that shuts down (the nested calls' pools, the critic's
+    matrix-free pool)."""
 
     def __init__(self) -> None:
         self.critical = 0.0
         self._lock = threading.Lock()
-        self._busy: dict[int, dict[int, float]] = {}
+        self._cpu: dict[int, tuple[int, int, float]] = {}
+        """id(future) -> (id(pool), worker thread, CPU seconds of its task)"""
+
+    def _makespan(self, futures: Iterable[int] | None, pool: int | None = None) -> None:
+        """Take the tasks of `futures` (ids; None: every task of `pool`) out of the record
+        and add their busiest worker's CPU to ``critical``."""
+        with self._lock:
+            if futures is None:
+                futures = [k for k, (p, _, _) in self._cpu.items() if p == pool]
+            busy: dict[int, float] = {}
+            for key in futures:
+                record = self._cpu.pop(key, None)
+                if record is not None:
+                    busy[record[1]] = busy.get(record[1], 0.0) + record[2]
+            self.critical += max(busy.values(), default=0.0)
 
     def install(self) -> None:
         submit, shutdown = ThreadPoolExecutor.submit, ThreadPoolExecutor.shutdown
+        real_wait = tdlens_threads.wait
         pools = self
 
         def timed_submit(pool, fn, /, *args, **kwargs):
+            key: list[int] = []
+
             def task():
                 start = time.thread_time()
                 try:
                     return fn(*args, **kwargs)
                 finally:
+                    cpu = time.thread_time() - start
                     with pools._lock:
-                        busy = pools._busy.setdefault(id(pool), {})
-                        tid = threading.get_ident()
-                        busy[tid] = busy.get(tid, 0.0) + time.thread_time() - start
+                        pools._cpu[key[0]] = (id(pool), threading.get_ident(), cpu)
 
-            return submit(pool, task)
+            with pools._lock:  # the key is known before the task can finish
+                future = submit(pool, task)
+                key.append(id(future))
+            return future
 
         def timed_shutdown(pool, *args, **kwargs):
             shutdown(pool, *args, **kwargs)
-            with pools._lock:
-                busy = pools._busy.pop(id(pool), {})
-            pools.critical += max(busy.values(), default=0.0)
+            pools._makespan(None, id(pool))
+
+        def timed_wait(fs, timeout=None, return_when=ALL_COMPLETED):
+            result = real_wait(fs, timeout, return_when)
+            if return_when == ALL_COMPLETED:
+                pools._makespan([id(f) for f in fs])
+            return result
 
         ThreadPoolExecutor.submit = timed_submit
         ThreadPoolExecutor.shutdown = timed_shutdown
+        tdlens_threads.wait = timed_wait
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from tdlens.features import Workspace, make_feature_maps
 from tdlens.learner import init_params
 from tdlens.probes import fixed_point as fp
 from tdlens.probes.common import ChainSpec, roll_chains
+from tdlens.threads import limit_threads
 
 
 def random_batch(n: int = 300, D: int = 24, seed: int = 0):
@@ -65,11 +66,12 @@ def test_moments_scale_their_halves_in_one_pass_with_numpys_bits(n):
     dphi_t = fp.td_difference_(phi_t, bar_phi_tp1, 0.9)
     h, scale = n // 2, 1.0 / math.sqrt(D)
     sums = []
-    for rows in (slice(0, h), slice(h, n)):
-        A_k = np.empty((D, D))
-        args = (phi_t[rows], dphi_t[rows], rho_t[rows], r_t[rows], 64, phi_t.dtype)
-        fp._block_moments(*args, A_k, Workspace())
-        sums.append(A_k)
+    with limit_threads(1, "blas"):  # td_moments' products run on one BLAS thread
+        for rows in (slice(0, h), slice(h, n)):
+            A_k = np.empty((D, D))
+            args = (phi_t[rows], dphi_t[rows], rho_t[rows], r_t[rows], 64, phi_t.dtype)
+            fp._block_moments(*args, A_k, Workspace())
+            sums.append(A_k)
     A_ref = np.add(sums[0], sums[1])
     A_ref *= scale / n
     for A_k, count in zip(sums, (h, n - h), strict=True):
@@ -86,6 +88,61 @@ def test_moments_scale_their_halves_in_one_pass_with_numpys_bits(n):
             np.testing.assert_array_equal(m.A_halves[k], sums[k])
     np.testing.assert_array_equal(ws.array("E", (D, D), np.dtype(np.float32)), E_ref)
     assert np.abs(E_ref).max() > 0
+
+
+@pytest.mark.parametrize(
+    ("block", "product_dtype"), [(2048, None), (128, None), (2048, np.float64)]
+)
+def test_moments_lanes_give_the_same_bits_on_any_thread_and_blas_count(block, product_dtype):
+    """td_moments' two half-batch lanes (threads=2) against the halves summed one after
+    the other by _block_moments in its own workspace buffers, each product on one BLAS
+    thread: bit for bit at threads 1 and 2 under BLAS limits of one and two threads (at
+    n = 1000, D = 384 a two-threaded OpenBLAS sgemm sums in another order: the earlier
+    td_moments, with its product on the BLAS threads, gave other last bits there). The
+    three cases: the lanes' scratch in A's and the halves' bytes (one block a half, float32
+    products), the weighted rows in workspace buffers (four blocks a half), and float64
+    products (no room in A: workspace buffers); none is left in the workspace. The tail
+    (the scaled halves, A and the float32 ``A_1 - A_2``) runs in two row blocks at
+    threads=2: the same bits as NumPy's whole-array operations."""
+    n, D = 1000, 384
+    phi_t, bar_phi_tp1, rho_t, r_t = random_batch(n=n, D=D, seed=4)
+    dphi_t = fp.td_difference_(phi_t, bar_phi_tp1, 0.9)
+    dtype = np.dtype(product_dtype or phi_t.dtype)
+    h, scale = n // 2, 1.0 / math.sqrt(D)
+    sums, b_sums = [], []
+    with limit_threads(1, "blas"):
+        for rows in (slice(0, h), slice(h, n)):
+            A_k = np.empty((D, D))
+            args = (phi_t[rows], dphi_t[rows], rho_t[rows], r_t[rows], block, dtype)
+            b_sums.append(fp._block_moments(*args, A_k, Workspace()))
+            sums.append(A_k)
+    A_ref = np.add(sums[0], sums[1])
+    A_ref *= scale / n
+    E_ref = np.empty((D, D), np.float32)
+    np.subtract(sums[0] * (scale / h), sums[1] * (scale / (n - h)), out=E_ref, casting="same_kind")
+    for blas in (1, 2):
+        for threads in (1, 2):
+            ws = Workspace()
+            with limit_threads(blas, "blas"):
+                got = fp.td_moments(
+                    phi_t, dphi_t, rho_t, r_t, block, product_dtype, ws, "E", threads=threads
+                )
+            E = ws.array("E", (D, D), np.dtype(np.float32))
+            np.testing.assert_array_equal(E, E_ref, err_msg=f"BLAS {blas}, threads {threads}")
+            ws.release("E")
+            np.testing.assert_array_equal(got.A, A_ref, err_msg=f"BLAS {blas}, threads {threads}")
+            np.testing.assert_array_equal(got.A_halves[1], sums[1] * (scale / (n - h)))
+            np.testing.assert_array_equal(got.b, (b_sums[0] + b_sums[1]) / n)
+            assert ws.held_bytes() == 3 * D * D * 8  # A and its halves only
+
+
+def test_moments_lane_error_propagates():
+    """An error inside a half's lane (here: rows of another length) is raised by
+    td_moments at two threads as at one."""
+    phi_t, bar_phi_tp1, rho_t, r_t = random_batch(n=200, D=32, seed=5)
+    for threads in (1, 2):
+        with pytest.raises(ValueError):
+            fp.td_moments(phi_t, bar_phi_tp1[:150], rho_t, r_t, threads=threads)
 
 
 @pytest.mark.parametrize("lu_dtype", [np.float64, np.float32])

@@ -226,7 +226,11 @@ def test_round_is_the_same_on_one_thread_and_on_two():
 
 
 def _assert_same_round(one, two):
-    assert set(one.rows) == set(two.rows)
+    """Rows, arrays and timings of two rounds in the same order (registry order), every
+    row and array bit for bit."""
+    assert list(one.rows) == list(two.rows) == list(registry.names())
+    assert list(one.arrays) == list(two.arrays)
+    assert list(one.timings) == list(two.timings)
     for name, row in one.rows.items():
         other = dict(two.rows[name])
         assert list(row) == list(other), name

@@ -680,7 +680,7 @@ def _explicit_chain(
     # the halves' difference (spectral_noise's) in the moments' last pass, into the
     # buffer that then takes the float32 A
     moments = fp.td_moments(
-        phi_t, dphi_t, rho_t, view.r_t, workspace=workspace, difference=A32_BUFFER
+        phi_t, dphi_t, rho_t, view.r_t, workspace=workspace, difference=A32_BUFFER, threads=threads
     )
     out.add_time(f"{name}.moments", time.perf_counter() - start)
     t_spec = time.perf_counter()

@@ -27,6 +27,7 @@ from numba import njit
 
 from tdlens.features import Workspace
 from tdlens.probes.binomial import KAPPA_MAX, binomial_terms
+from tdlens.threads import parallel_map
 
 DIRECT_TOL = 1e-8
 """Relative residual the direct solver refines to (docs/model.md §6.1)."""
@@ -36,8 +37,12 @@ TRACE_PROBES = 64
 
 MOMENT_BUFFERS = ("moments.A", "moments.A_1", "moments.A_2")
 """Workspace names of :func:`td_moments`' results (A and its halves)."""
-BLOCK_BUFFERS = ("moments.weighted", "moments.product")
-"""Workspace names of :func:`td_moments`' block products (released when it returns)."""
+
+
+def block_buffers(name: str) -> tuple[str, ...]:
+    """Workspace names of :func:`_block_moments`' block buffers under `name` (td_moments
+    releases each half's, ``moments.half<k>``, once its sum is done)."""
+    return f"{name}.weighted", f"{name}.product"
 
 
 def lu_buffers(name: str) -> tuple[str, ...]:
@@ -76,13 +81,23 @@ def _block_moments(
     dtype: np.dtype,
     A_sum: np.ndarray,
     ws: Workspace,
+    product: np.ndarray | None = None,
+    weighted: np.ndarray | None = None,
+    name: str = "moments",
 ) -> np.ndarray:
     """``A_sum [D, D] = sum_t rho_t phi_t dphi_t^T`` (in place, float64); returns
-    ``b_sum [D] = sum_t rho_t r_t phi_t``. Block products run in `dtype`."""
+    ``b_sum [D] = sum_t rho_t r_t phi_t``. Block products run in `dtype`, into `product`
+    (``[D, D]`` of `dtype`), from the weighted rows ``rho_t phi_t`` in `weighted`
+    (``[min(block, n), D]`` of `dtype`); by default both are workspace buffers,
+    ``<name>.product`` and ``<name>.weighted``. `weighted` may share A_sum's memory when
+    the batch is one block (its product is copied into A_sum after it is read)."""
     n, D = phi_t.shape
     b_sum = np.zeros(D)
-    weighted_buf = ws.array("moments.weighted", (min(block, n), D), dtype)
-    product = ws.array("moments.product", (D, D), dtype)
+    weighted_buf = weighted
+    if weighted_buf is None:
+        weighted_buf = ws.array(f"{name}.weighted", (min(block, n), D), dtype)
+    if product is None:
+        product = ws.array(f"{name}.product", (D, D), dtype)
     for start in range(0, n, block):
         rows = slice(start, start + block)
         phi_b = phi_t[rows].astype(dtype, copy=False)
@@ -98,6 +113,15 @@ def _block_moments(
     if n == 0:
         A_sum.fill(0.0)
     return b_sum
+
+
+def _scratch(buffer: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """An uninitialised array of `shape` and `dtype` over the first bytes of the
+    C-contiguous `buffer`, or None when it does not fit there."""
+    size = math.prod(shape) * dtype.itemsize
+    if size > buffer.nbytes or not buffer.flags.c_contiguous:
+        return None
+    return buffer.reshape(-1).view(np.uint8)[:size].view(dtype).reshape(shape)
 
 
 @njit(cache=True, nogil=True)
@@ -142,17 +166,24 @@ def td_moments(
     product_dtype: np.dtype | None = None,
     workspace: Workspace | None = None,
     difference: str | None = None,
+    threads: int = 1,
 ) -> TDMoments:
     """A and b of the batch and of its halves ``[0, n//2)``, ``[n//2, n)`` (module docstring).
 
     ``dphi_t = phi_t - gamma bar_phi_tp1`` (see :func:`td_difference_`). The full-batch
     moments are the sample-weighted mean of the halves, so the halves cost nothing extra.
+    The two halves' sums are independent products: two lanes on `threads` threads
+    (:func:`tdlens.threads.parallel_map`), each product on ONE BLAS thread, so A's bits
+    are the same whatever `threads` and the BLAS thread count (a two-threaded GEMM sums in
+    another order); the tail that scales them runs in two row blocks on the same threads.
     With a `workspace` the ``[D, D]`` results live in its buffers (valid until the next
     call with the same workspace): fresh 32 MB arrays cost page faults on every round.
-    The block products' buffers are released before the halves are scaled, so that a
-    probe round's later stages do not find them still resident. `difference`: the
-    workspace name of a float32 ``[D, D]`` buffer (requested once those are released)
-    that receives ``A_1 - A_2`` in the same pass (the input of
+    The two lanes' block products and weighted rows live in A's and the halves' own
+    buffers before those are written (when they fit: float32 products, one block a half),
+    else in workspace buffers released as soon as their half is done, so that a probe
+    round's later stages do not find them still resident. `difference`: the workspace
+    name of a float32 ``[D, D]`` buffer (requested once those are released) that receives
+    ``A_1 - A_2`` in the same pass (the input of
     :func:`tdlens.probes.spectrum.spectral_noise`; ``TDMoments.difference`` names it).
     """
     n, D = phi_t.shape
@@ -161,19 +192,42 @@ def td_moments(
     h = n // 2
     scale = 1.0 / math.sqrt(D)
     A = ws.array(MOMENT_BUFFERS[0], (D, D), np.dtype(np.float64))
-    A_halves, b_sums = [], []
-    for half, rows in enumerate((slice(0, h), slice(h, n))):
-        A_k = ws.array(MOMENT_BUFFERS[1 + half], (D, D), np.dtype(np.float64))
-        b_sums.append(
-            _block_moments(phi_t[rows], dphi_t[rows], rho_t[rows], r_t[rows], block, dtype, A_k, ws)
-        )
-        A_halves.append(A_k)
-    ws.release(*BLOCK_BUFFERS)  # 32 MB at D = 2048 that no later stage of a round needs
+    A_halves = [ws.array(name, (D, D), np.dtype(np.float64)) for name in MOMENT_BUFFERS[1:]]
+    halves = (slice(0, h), slice(h, n))
+    # the lanes' scratch in memory not yet written (no 32 MB more beside the two lanes at
+    # D = 2048): the two block products in A's bytes (A is written last, by
+    # _scale_halves) and a one-block half's weighted rows in its own A_k's bytes
+    products = _scratch(A, (2, D, D), dtype)
+    sizes = (h, n - h)
+    weighted = [
+        _scratch(A_k, (size, D), dtype) if size <= block else None
+        for A_k, size in zip(A_halves, sizes, strict=True)
+    ]
+
+    def half_sum(half: int) -> np.ndarray:
+        """Half `half`'s ``A_k`` sum (in place) and its ``b`` sum; its buffers released."""
+        rows, name = halves[half], f"moments.half{half}"
+        args = (phi_t[rows], dphi_t[rows], rho_t[rows], r_t[rows], block, dtype)
+        product = None if products is None else products[half]
+        b_sum = _block_moments(*args, A_halves[half], ws, product, weighted[half], name)
+        ws.release(*block_buffers(name))  # what had no room above (16-32 MB at D = 2048)
+        return b_sum
+
+    b_sums = parallel_map(half_sum, (0, 1), threads)
     E = np.empty((0, 0), np.float32)
     if difference is not None:
         E = ws.array(difference, (D, D), np.dtype(np.float32))
     c, c_1, c_2 = scale / n, scale / h, scale / (n - h)
-    _scale_halves(*A_halves, A, c, c_1, c_2, E, difference is not None)
+    with_difference = difference is not None
+
+    def scale_rows(rows: slice) -> None:
+        """The tail on rows `rows` (each entry its own operations: any split, same bits)."""
+        A_1, A_2 = (A_k[rows] for A_k in A_halves)
+        E_rows = E[rows] if with_difference else E
+        _scale_halves(A_1, A_2, A[rows], c, c_1, c_2, E_rows, with_difference)
+
+    # a memory-bound pass over four [D, D] arrays: two row blocks side by side
+    parallel_map(scale_rows, (slice(0, D // 2), slice(D // 2, D)), threads)
     b_halves = (b_sums[0] / h, b_sums[1] / (n - h))
     b = (b_sums[0] + b_sums[1]) / n
     return TDMoments(
