@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from tdlens.config import RunConfig, load_config
 from tdlens.features import FeatureMaps, make_feature_maps
 from tdlens.learner import IterationResult, init_params, outer_iteration
@@ -34,3 +36,16 @@ def snapshot(cfg: RunConfig) -> tuple[FeatureMaps, IterationResult]:
     """Feature maps and the result of iteration 0 from the initial parameters."""
     maps = make_feature_maps(cfg)
     return maps, outer_iteration(cfg, maps, init_params(cfg, maps), 0)
+
+
+def assert_same_rows_and_arrays(one, two) -> None:
+    """Two probe rounds' rows equal and every array (an .npz's named arrays each) equal
+    bit for bit."""
+    assert one.rows == two.rows
+    assert one.arrays.keys() == two.arrays.keys()
+    for key, array in one.arrays.items():
+        parts = array if isinstance(array, dict) else {"": array}  # an .npz: named arrays
+        ref = two.arrays[key] if isinstance(array, dict) else {"": two.arrays[key]}
+        assert parts.keys() == ref.keys()
+        for name in parts:
+            np.testing.assert_array_equal(parts[name], ref[name], err_msg=f"{key} {name}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from probe_testlib import snapshot, tiny_config
+from probe_testlib import assert_same_rows_and_arrays, snapshot, tiny_config
 
 from tdlens.features import make_feature_maps
 from tdlens.probes.common import NoiseStore, draw_group_noise, plan_chains, roll_chains
@@ -67,14 +67,7 @@ def test_a_managers_second_round_equals_a_fresh_managers():
     manager = ProbeManager(cfg, maps)
     run(manager, 0)
     second, fresh = run(manager, 5), run(ProbeManager(cfg, maps), 5)
-    assert second.rows == fresh.rows
-    assert second.arrays.keys() == fresh.arrays.keys()
-    for key, array in second.arrays.items():
-        parts = array if isinstance(array, dict) else {"": array}  # an .npz: named arrays
-        ref = fresh.arrays[key] if isinstance(array, dict) else {"": fresh.arrays[key]}
-        assert parts.keys() == ref.keys()
-        for name in parts:
-            np.testing.assert_array_equal(parts[name], ref[name], err_msg=f"{key} {name}")
+    assert_same_rows_and_arrays(second, fresh)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from probe_testlib import snapshot, tiny_config
+from probe_testlib import assert_same_rows_and_arrays, snapshot, tiny_config
 
 from tdlens.features import Workspace
 from tdlens.probes import common as common_module
@@ -98,14 +98,7 @@ def test_a_round_without_the_unread_draws_equals_one_with_them(monkeypatch, over
 
     monkeypatch.setattr(common_module, "difference_batch", with_rewards)
     full = run()
-    assert lean.rows == full.rows
-    assert lean.arrays.keys() == full.arrays.keys()
-    for key, array in lean.arrays.items():
-        parts = array if isinstance(array, dict) else {"": array}  # an .npz: named arrays
-        ref = full.arrays[key] if isinstance(array, dict) else {"": full.arrays[key]}
-        assert parts.keys() == ref.keys()
-        for name in parts:
-            np.testing.assert_array_equal(parts[name], ref[name], err_msg=f"{key} {name}")
+    assert_same_rows_and_arrays(lean, full)
 
 
 def test_a_batch_without_rewards_is_the_same_batch_but_r():
