@@ -1,0 +1,158 @@
+"""A probe round inside the seed run against the same round replayed warm, in one process.
+
+Usage: python benchmarks/bench_inrun_round.py [--repeats 1] [--set key=value ...]
+
+Runs the seed run (``seed_plateau``, 80 iterations, a round every 5) in-process through
+:class:`tdlens.runs.runner.Runner`, with the start-up's objects frozen as ``tdlens run``
+does, and wraps ``ProbeManager.run``: each round of the run (after 5 training
+iterations) is followed at once by two replays on a second manager, loaded with the
+round's starting state:
+
+- ``replay``: the same snapshot (the same work, on warm caches, thread pools and pages,
+  as bench_probes' back-to-back rounds);
+- ``first``: the run's first snapshot (iteration 4), as bench_probes probes one early
+  snapshot in every round.
+
+For each it prints wall and CPU seconds (``getrusage``, all threads), minor page faults
+and the cyclic collector's time and passes, then the medians over rounds 1.. (round 0
+also runs the counterfactuals) and the mean paired difference (in-run minus replay) with
+its standard error. The replays write nothing and leave the run's numbers alone: the
+run's manager and its Generators are not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_probes import SEED_PLATEAU
+from common import load_average, machine_info
+
+from tdlens.config import load_config
+from tdlens.probes import manager as manager_module
+from tdlens.runs import runner as runner_module
+
+KINDS = ("run", "replay", "first")
+
+
+class GcClock:
+    """The cyclic collector's seconds and passes per generation since :meth:`reset`."""
+
+    def __init__(self) -> None:
+        self.seconds, self.passes, self._start = 0.0, [0, 0, 0], 0.0
+        gc.callbacks.append(self._callback)
+
+    def reset(self) -> None:
+        self.seconds, self.passes = 0.0, [0, 0, 0]
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+            self.passes[info["generation"]] += 1
+
+
+def measured(fn, clock: GcClock) -> dict[str, float]:
+    """Wall and CPU seconds, minor faults and collector time of ``fn()``."""
+    clock.reset()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "minflt": after.ru_minflt - before.ru_minflt,
+        "gc_ms": clock.seconds * 1e3,
+        "gc_full": clock.passes[2],
+    }
+
+
+def instrument(records: list[dict[str, Any]], clock: GcClock) -> None:
+    """Wrap ProbeManager.run: the real round, then its two replays (see the docstring)."""
+    real = manager_module.ProbeManager.run
+    first: dict[str, Any] = {}
+
+    def run(self, n, params, delta, td_loss, reason):
+        state = self.state_dict()
+        out: list[Any] = []
+        record: dict[str, Any] = {"n": n}
+        record["run"] = measured(
+            lambda: out.append(real(self, n, params, delta, td_loss, reason)), clock
+        )
+        first.setdefault("snapshot", (params, delta, td_loss))
+        twin = first.setdefault("twin", manager_module.ProbeManager(self.cfg, self.maps))
+        for kind, snapshot in (("replay", (params, delta, td_loss)), ("first", first["snapshot"])):
+            twin.load_state_dict(state)
+            record[kind] = measured(lambda s=snapshot: real(twin, n, *s, reason), clock)
+        records.append(record)
+        return out[0]
+
+    manager_module.ProbeManager.run = run
+
+
+def report(records: list[dict[str, Any]]) -> None:
+    for r in records:
+        print(
+            f"round {r['n']:2d}: "
+            + " | ".join(
+                f"{k} {r[k]['wall']:.3f} s, {r[k]['cpu']:.3f} CPU-s, {r[k]['minflt']} flt, "
+                f"gc {r[k]['gc_ms']:.1f} ms"
+                for k in KINDS
+            )
+        )
+    warm = records[1:]
+    for kind in KINDS:
+        stats = {
+            key: statistics.median(r[kind][key] for r in warm)
+            for key in ("wall", "cpu", "minflt", "gc_ms")
+        }
+        print(
+            f"{kind:>6} (rounds 1..{len(warm)}): median {stats['wall']:.3f} s wall, "
+            f"{stats['cpu']:.3f} CPU-s, {stats['minflt']:.0f} minor faults, "
+            f"gc {stats['gc_ms']:.1f} ms"
+        )
+    for key in ("wall", "cpu"):
+        diffs = [r["run"][key] - r["replay"][key] for r in warm]
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+        print(f"in-run minus replay, {key}: mean {statistics.mean(diffs):+.3f} s (SE {se:.3f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    print(machine_info())
+    print(f"start: {load_average()}")
+    cfg = load_config(None, SEED_PLATEAU + args.overrides)
+    records: list[dict[str, Any]] = []
+    instrument(records, GcClock())
+    runner_module.ProbeManager = manager_module.ProbeManager
+    with tempfile.TemporaryDirectory(prefix="bench_inrun_") as tmp:
+        runner = runner_module.Runner(
+            cfg, Path(tmp) / "run", handle_signals=False, write_report=lambda d: []
+        )
+        gc.freeze()
+        start = time.perf_counter()
+        result = runner.run()
+        wall = time.perf_counter() - start
+    if result.status != "complete":
+        raise SystemExit(f"the run ended {result.status}: {result.reason}")
+    report(records)
+    print(f"run (with the replays) {wall:.1f} s wall; end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
