@@ -94,7 +94,9 @@ def instrument(records: list[dict[str, Any]], clock: GcClock) -> None:
             lambda: out.append(real(self, n, params, delta, td_loss, reason)), clock
         )
         first.setdefault("snapshot", (params, delta, td_loss))
-        twin = first.setdefault("twin", manager_module.ProbeManager(self.cfg, self.maps))
+        if "twin" not in first:
+            first["twin"] = manager_module.ProbeManager(self.cfg, self.maps)
+        twin = first["twin"]
         for kind, snapshot in (("replay", (params, delta, td_loss)), ("first", first["snapshot"])):
             twin.load_state_dict(state)
             record[kind] = measured(lambda s=snapshot: real(twin, n, *s, reason), clock)
