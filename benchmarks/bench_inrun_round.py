@@ -1,6 +1,6 @@
 """A probe round inside the seed run against the same round replayed warm, in one process.
 
-Usage: python benchmarks/bench_inrun_round.py [--set key=value ...]
+Usage: python benchmarks/bench_inrun_round.py [--cpu-split] [--set key=value ...]
 
 Runs the seed run (``seed_plateau``, 80 iterations, a round every 5) in-process through
 :class:`tdlens.runs.runner.Runner`, with the start-up's objects frozen as ``tdlens run``
@@ -16,7 +16,8 @@ round's starting state:
 For each it prints wall and CPU seconds (``getrusage``, all threads), minor page faults
 and the cyclic collector's time and passes, then the medians over rounds 1.. (round 0
 also runs the counterfactuals) and the mean paired difference (in-run minus replay) with
-its standard error. The replays write no files and do not touch the run's manager; each
+its standard error; ``--cpu-split`` also the median CPU seconds of bench_probes' stages
+for each. The replays write no files and do not touch the run's manager; each
 round of the run follows the previous round's replays and 5 training iterations, which
 leave no probe data in the caches (an iteration's features alone are 52 MB).
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_probes import SEED_PLATEAU
+from bench_probes import SEED_PLATEAU, wrap_cpu_stages
 from common import load_average, machine_info, peak_rss_mib
 
 from tdlens.config import load_config
@@ -63,9 +64,14 @@ class GcClock:
             self.passes[info["generation"]] += 1
 
 
-def measured(fn, clock: GcClock) -> dict[str, float]:
-    """Wall and CPU seconds, minor faults and collector time of ``fn()``."""
+STAGES: dict[str, float] = {}
+"""CPU seconds per stage of the call being measured (``--cpu-split``; bench_probes' stages)."""
+
+
+def measured(fn, clock: GcClock) -> dict[str, Any]:
+    """Wall and CPU seconds, minor faults, collector time and stage CPU of ``fn()``."""
     clock.reset()
+    STAGES.clear()
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     fn()
@@ -78,6 +84,7 @@ def measured(fn, clock: GcClock) -> dict[str, float]:
         "minflt": after.ru_minflt - before.ru_minflt,
         "gc_ms": clock.seconds * 1e3,
         "gc_full": clock.passes[2],
+        "stages": dict(STAGES),
     }
 
 
@@ -106,7 +113,7 @@ def instrument(records: list[dict[str, Any]], clock: GcClock) -> None:
     manager_module.ProbeManager.run = run
 
 
-def report(records: list[dict[str, Any]]) -> None:
+def report(records: list[dict[str, Any]], cpu_split: bool) -> None:
     for r in records:
         print(
             f"round {r['n']:2d}: "
@@ -127,6 +134,14 @@ def report(records: list[dict[str, Any]]) -> None:
             f"{stats['cpu']:.3f} CPU-s, {stats['minflt']:.0f} minor faults, "
             f"gc {stats['gc_ms']:.1f} ms"
         )
+    if cpu_split:
+        names = sorted({name for r in warm for k in KINDS for name in r[k]["stages"]})
+        for kind in KINDS:
+            medians = {
+                name: statistics.median(r[kind]["stages"].get(name, 0.0) for r in warm)
+                for name in names
+            }
+            print(f"{kind:>6} CPU-s: " + ", ".join(f"{k} {v:.3f}" for k, v in medians.items()))
     for key in ("wall", "cpu"):
         diffs = [r["run"][key] - r["replay"][key] for r in warm]
         se = statistics.stdev(diffs) / math.sqrt(len(diffs))
@@ -136,11 +151,14 @@ def report(records: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--cpu-split", action="store_true", help="median CPU s per stage")
     args = parser.parse_args()
     print(machine_info())
     print(f"start: {load_average()}")
     cfg = load_config(None, SEED_PLATEAU + args.overrides)
     records: list[dict[str, Any]] = []
+    if args.cpu_split:
+        wrap_cpu_stages(STAGES)
     instrument(records, GcClock())
     runner_module.ProbeManager = manager_module.ProbeManager
     with tempfile.TemporaryDirectory(prefix="bench_inrun_") as tmp:
@@ -153,7 +171,7 @@ def main() -> None:
         wall = time.perf_counter() - start
     if result.status != "complete":
         raise SystemExit(f"the run ended {result.status}: {result.reason}")
-    report(records)
+    report(records, args.cpu_split)
     print(
         f"run (with the replays) {wall:.1f} s wall, peak RSS {peak_rss_mib():.0f} MiB; "
         f"end: {load_average()}"
