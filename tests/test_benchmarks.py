@@ -57,6 +57,7 @@ def run_script(name: str, *args: str, cwd: Path) -> str:
         ("bench_bar_phi.py", ["--repeats", "2", *_sets(TINY)], "mean (y_mc - y_exact)^2"),
         ("bench_seed_run.py", ["--repeats", "1", *_sets(TINY)], "seed run end to end: median"),
         ("bench_critical_path_round.py", ["--rounds", "2", *_sets(TINY)], "median of rounds 1-1 ("),
+        ("bench_inrun_round.py", ["--cpu-split", *_sets(TINY)], "in-run minus replay, wall: mean"),
         (
             "bench_critical_path_iteration.py",
             ["--repeats", "2", *_sets(TINY)],
