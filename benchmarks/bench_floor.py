@@ -7,8 +7,8 @@ At the seed settings (D = 2048, fixed-point batch n = 4096) a probe round forms
 products ``[D, n/2] @ [n/2, D]``, 2 D^2 n flops, docs/model.md §6.1) and factors three
 float32 ``[D, D]`` matrices (the full batch and the two halves of the noise floor,
 2/3 D^3 flops each). This prints the CPU seconds of each (median of `repeats`, one BLAS
-thread: a sweep worker's setting), their rate in GFLOP/s beside that of a large square
-float32 product (this BLAS's best on this core), and NumPy's float32 cosine in ns per
+thread: a sweep worker's setting), their rate in GFLOP/s beside that of a square
+float32 product of 2D (this BLAS's best on this core), and NumPy's float32 cosine in ns per
 element. With ``--round-cpu`` (a one-thread round's CPU seconds, e.g. from
 ``OPENBLAS_NUM_THREADS=1 python benchmarks/bench_probes.py --cpu-split --set
 threads=1``) and ``--target`` it prints what the target leaves for everything else.
@@ -27,20 +27,14 @@ import numpy as np
 import scipy.linalg as sla
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import load_average, machine_info
+from common import load_average, machine_info, time_it
 
 from tdlens.threads import limit_threads
 
 
 def cpu_median(fn: Callable[[], object], repeats: int) -> float:
     """Median CPU seconds (``time.process_time``) of `repeats` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
+    return statistics.median(time_it(fn, repeats, clock=time.process_time))
 
 
 def main() -> None:
@@ -57,7 +51,8 @@ def main() -> None:
     dphi = rng.uniform(-0.03, 0.03, (n, D)).astype(np.float32)
     half = n // 2
     product = np.empty((D, D), np.float32)
-    square = rng.standard_normal((4096, 4096)).astype(np.float32)
+    S = 2 * D
+    square = rng.standard_normal((S, S)).astype(np.float32)
     M = rng.standard_normal((D, D)) + D**0.5 * np.eye(D)
     factor = np.empty((D, D), np.float32)
     args_block = rng.uniform(-40, 40, (n, D)).astype(np.float32)
@@ -79,7 +74,7 @@ def main() -> None:
     t_cos = cpu_median(lambda: np.cos(args_block, out=cos_out), args.repeats)
     rate = lambda flops, seconds: flops / seconds / 1e9  # noqa: E731
     print(f"D = {D}, n = {n}, one BLAS thread, median CPU of {args.repeats}:")
-    print(f"  square float32 product 4096^3: {rate(2 * 4096**3, t_square):.0f} GFLOP/s")
+    print(f"  square float32 product {S}^3: {rate(2 * S**3, t_square):.0f} GFLOP/s")
     print(
         f"  moments, two [D, n/2] @ [n/2, D] float32: {t_moments:.3f} s "
         f"({rate(2 * D * D * n, t_moments):.0f} GFLOP/s)"

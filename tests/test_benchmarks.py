@@ -59,6 +59,22 @@ def run_script(name: str, *args: str, cwd: Path) -> str:
         ("bench_critical_path_round.py", ["--rounds", "2", *_sets(TINY)], "median of rounds 1-1 ("),
         ("bench_inrun_round.py", ["--cpu-split", *_sets(TINY)], "in-run minus replay, wall: mean"),
         (
+            "bench_floor.py",
+            [
+                "--dim",
+                "64",
+                "--batch",
+                "128",
+                "--repeats",
+                "1",
+                "--round-cpu",
+                "1",
+                "--target",
+                "0.5",
+            ],
+            "target 0.500 s leaves",
+        ),
+        (
             "bench_critical_path_iteration.py",
             ["--repeats", "2", *_sets(TINY)],
             "critical path: median",
