@@ -553,3 +553,38 @@ def test_local_ray_stays_on_loopback(mini_spec, tmp_path):
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert {o.reason for o in res.outcomes.values()} == {"127.0.0.1"}
+
+
+class _FlippingHalt:
+    """A shared halt code that the driver sets between two reads: GO, then `signum`."""
+
+    def __init__(self, signum: int) -> None:
+        self.reads = iter([0])
+        self.signum = signum
+
+    @property
+    def value(self) -> int:
+        return next(self.reads, self.signum)
+
+
+def test_worker_stop_check_reads_the_halt_code_once(monkeypatch, tmp_path):
+    """A driver's SIGHUP landing between the hook's reads of the halt code must not turn
+    into a KeyboardInterrupt (which the run records as SIGINT): the hook reads the code
+    once per iteration and hands the signal it read to the runner."""
+    from types import SimpleNamespace
+
+    from tdlens.sweeps import backends
+
+    halt = _FlippingHalt(signal.SIGHUP)
+    monkeypatch.setattr(backends._Worker, "halt", halt)
+    stops: list[int] = []
+    task = RunTask("r", str(tmp_path / "r"), {"checkpoint_every": 0})
+    hook = backends.progress_hook(task, stops.append)
+    progress = SimpleNamespace(n=3, outer_iters=10)
+    try:
+        hook(progress)  # reads GO: this iteration goes on
+    except KeyboardInterrupt:
+        pytest.fail("the hook raised KeyboardInterrupt: the run would record SIGINT")
+    assert stops == []
+    hook(progress)  # reads SIGHUP: the runner is told which signal
+    assert stops == [signal.SIGHUP]

@@ -272,10 +272,12 @@ def progress_hook(
         last = done >= progress.outer_iters  # the final files come with the outcome
         if _Worker.snapshot is not None and every and done % every == 0 and not last:
             _Worker.snapshot(run_dir)
-        if on_stop is not None and _stop_requested():
-            on_stop(_halt_code())
+        if on_stop is None:
+            _check_stop(progress)
             return
-        _check_stop(progress)
+        code = _halt_code()  # read once: a second read could see a stop the first missed
+        if code > 0:
+            on_stop(code)
 
     return hook
 
