@@ -4,8 +4,8 @@ Numba compiles a kernel (``cache=True``) on its first call when the cache holds 
 machine code for it, and the process that compiled keeps LLVM's modules of every kernel
 it compiled for its whole life: ~85-105 MiB more resident memory in every later training
 iteration and probe round than a process that loaded the same kernels from the cache
-(seed run: 583-593 MiB at the peak of each round against 480-483; BENCHMARKS.md issue 28
-session 11 coldpeak). :func:`load_kernels` therefore first replays one training
+(seed run: a peak of 583-592 MiB against 476-486 from a warm cache; BENCHMARKS.md
+issue 28 session 11 coldpeak). :func:`load_kernels` therefore first replays one training
 iteration and one probe round of the run's own config at tiny sizes (:data:`TINY`: the
 same code paths, dtypes and layouts, so the same kernel signatures) with compiling
 refused; if a kernel is not in the cache, a child process replays it with compiling
