@@ -130,3 +130,16 @@ def test_a_run_after_load_kernels_has_the_same_numbers(tmp_path):
     rows = _curves(tmp_path / "plain")
     assert len(rows) == 1 + cfg.outer_iters and rows[2][rows[0].index("fixed_point_gap")]
     assert _curves(tmp_path / "loaded") == rows
+
+
+def test_a_child_that_cannot_start_leaves_the_compile_here(monkeypatch):
+    calls: list = []
+    kernel = _kernel_replay(monkeypatch, calls)
+
+    def no_child(args, **kw):
+        raise subprocess.TimeoutExpired(args, jitcache.CHILD_TIMEOUT_S)
+
+    monkeypatch.setattr(jitcache.subprocess, "run", no_child)
+    jitcache.load_kernels(small_config())
+    assert calls == ["replay", "replay"]
+    assert kernel.signatures == [(types.float64,)]

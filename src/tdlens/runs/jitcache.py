@@ -42,6 +42,10 @@ TINY = {
 path (tested: the replay compiles exactly the kernel signatures of a seed-settings round)."""
 
 
+CHILD_TIMEOUT_S = 900.0
+"""The child's compile takes 25-60 s on 2 busy cores; past this it is killed."""
+
+
 class _WouldCompile(Exception):
     """A kernel the replay called is not in numba's cache."""
 
@@ -96,21 +100,26 @@ def cached(cfg: RunConfig) -> bool:
 def load_kernels(cfg: RunConfig) -> None:
     """Load the kernels of a run of `cfg` from numba's cache, having them compiled in a
     child process first when the cache lacks any (module docstring). If the child fails
-    (a cache directory it cannot write), this process compiles them as it would have; a
-    config whose tiny sizes are not valid is left to the run (compiled as before)."""
+    (a cache directory it cannot write, no process to start, :data:`CHILD_TIMEOUT_S`
+    passed), this process compiles them as it would have; a config whose tiny sizes are
+    not valid is left to the run (compiled as before)."""
     try:
         tiny_config(cfg)
     except ConfigError:
         return
     if cached(cfg):
         return
-    subprocess.run(
-        [sys.executable, "-c", "from tdlens.runs.jitcache import _child; _child()"],
-        input=json.dumps(cfg.to_dict()),
-        text=True,
-        capture_output=True,
-        check=False,
-    )
+    try:
+        subprocess.run(
+            [sys.executable, "-c", "from tdlens.runs.jitcache import _child; _child()"],
+            input=json.dumps(cfg.to_dict()),
+            text=True,
+            capture_output=True,
+            check=False,
+            timeout=CHILD_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # compiled here below, as without the child
     replay(cfg)
 
 
