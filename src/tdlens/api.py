@@ -281,7 +281,12 @@ def probe_every(cfg: RunConfig) -> int | None:
 
 
 def execute(runner: Runner, on_progress: Callable[[Progress], None] | None = None) -> RunResult:
-    """Run `runner` to its end, calling `on_progress` after every iteration."""
+    """Run `runner` to its end, calling `on_progress` after every iteration (its numba
+    kernels loaded first, compiled apart when the cache is cold:
+    :func:`tdlens.runs.jitcache.load_kernels`)."""
+    from tdlens.runs.jitcache import load_kernels
+
+    load_kernels(runner.cfg)
     runner.on_progress = on_progress
     return runner.run()
 
