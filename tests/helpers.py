@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 import time
@@ -117,3 +118,12 @@ def fail_at_iteration(monkeypatch, n: int, exc: BaseException) -> None:
         return real(cfg, maps, params, k, workspace, **options)
 
     monkeypatch.setattr(runner_mod, "outer_iteration", fail)
+
+
+def curves(run_dir: Path, drop: tuple[str, ...] = ("iter_time_s",)) -> list[list[str]]:
+    """learning_curves.csv of `run_dir` as text cells, without the columns in `drop` (the
+    wall-time column by default: the only one two identical runs may differ in)."""
+    with open(run_dir / "learning_curves.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    keep = [i for i, c in enumerate(rows[0]) if c not in drop]
+    return [[r[i] for i in keep] for r in rows]

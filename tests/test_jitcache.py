@@ -4,15 +4,13 @@ and a run's numbers do not change."""
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from numba import njit, types
 
-from helpers import TINY_SEED, small_config
+from helpers import TINY_SEED, curves, small_config
 from tdlens.api import execute, load_run_config
 from tdlens.runs import jitcache
 from tdlens.runs.runner import Runner
@@ -115,21 +113,14 @@ def test_the_child_command_replays_a_config():
     assert done.returncode == 0, done.stderr
 
 
-def _curves(run_dir: Path) -> list[list[str]]:
-    with open(run_dir / "learning_curves.csv", newline="") as fh:
-        rows = list(csv.reader(fh))
-    drop = rows[0].index("iter_time_s")
-    return [[c for i, c in enumerate(r) if i != drop] for r in rows]
-
-
 def test_a_run_after_load_kernels_has_the_same_numbers(tmp_path):
     cfg = load_run_config("seed_plateau", [f"{k}={v}" for k, v in TINY_SEED.items()], None)
     plain = Runner(cfg, tmp_path / "plain").run()
     loaded = execute(Runner(cfg, tmp_path / "loaded"))
     assert plain.status == loaded.status == "complete"
-    rows = _curves(tmp_path / "plain")
+    rows = curves(tmp_path / "plain")
     assert len(rows) == 1 + cfg.outer_iters and rows[2][rows[0].index("fixed_point_gap")]
-    assert _curves(tmp_path / "loaded") == rows
+    assert curves(tmp_path / "loaded") == rows
 
 
 def test_a_child_that_cannot_start_leaves_the_compile_here(monkeypatch):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import fail_at_iteration, spawn_run, wait_rows
+from helpers import curves, fail_at_iteration, spawn_run, wait_rows
 from tdlens.config import load_config
 from tdlens.rundir.files import RunFileError, TableWriter, read_csv_rows, truncate_table
 from tdlens.rundir.lock import RunLock, RunLockedError
@@ -25,14 +23,6 @@ FAST = ["probes.enabled=false", "env.feature_dim=32", "env.actor_feature_dim=8"]
 
 def _cfg(*extra: str):
     return load_config("configs/sanity.yaml", [*FAST, *extra])
-
-
-def _curves(run_dir: Path) -> list[list[str]]:
-    """learning_curves.csv as text cells, without the wall-time column."""
-    with open(run_dir / "learning_curves.csv", newline="") as fh:
-        rows = list(csv.reader(fh))
-    drop = rows[0].index("iter_time_s")
-    return [[c for i, c in enumerate(r) if i != drop] for r in rows]
 
 
 def test_fresh_run_writes_the_run_directory(tmp_path):
@@ -86,7 +76,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     assert load_checkpoint(latest_checkpoint(tmp_path / "cut")).next_iter == 6
     res2 = Runner(None, tmp_path / "cut", resume=True).run()
     assert res2.status == "complete"
-    assert _curves(tmp_path / "cut") == _curves(tmp_path / "full")
+    assert curves(tmp_path / "cut") == curves(tmp_path / "full")
 
 
 def test_resumed_probes_keep_the_drift_and_its_noise_bit_identical(tmp_path):
@@ -134,7 +124,7 @@ def test_resume_truncates_rows_after_the_checkpoint(tmp_path):
     (d / "checkpoints" / "ckpt_000005.npz").unlink()
     assert len(read_csv_rows(d / "learning_curves.csv")) == 5
     Runner(None, d, resume=True).run()
-    assert _curves(d) == _curves(tmp_path / "full")
+    assert curves(d) == curves(tmp_path / "full")
 
 
 def test_diverged_run_keeps_finite_rows(tmp_path):
@@ -180,7 +170,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_newest_valid_one(tmp_path):
     assert res.status == "complete"
     assert "ckpt_000006.npz" in res.resumed_from and "ckpt_000007.npz" in res.resumed_from
     assert "skipped checkpoint" in (d / "stdout.log").read_text()
-    assert _curves(d) == _curves(tmp_path / "full")
+    assert curves(d) == curves(tmp_path / "full")
 
 
 def test_corrupt_csv_is_a_clear_error(tmp_path):
@@ -226,7 +216,7 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert _curves(d) == _curves(tmp_path / "full")
+    assert curves(d) == curves(tmp_path / "full")
 
 
 def test_sigint_stops_cleanly_with_exit_130(tmp_path):

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from helpers import curves
 from tdlens import learner
 from tdlens.cli import app
 from tdlens.config import (
@@ -31,13 +31,6 @@ FAST = ["probes.enabled=false", "env.feature_dim=32", "env.actor_feature_dim=8"]
 
 def _cfg(*extra: str):
     return load_config("configs/sanity.yaml", [*FAST, *extra])
-
-
-def _curves(run_dir: Path, drop: tuple[str, ...] = ("iter_time_s",)) -> list[list[str]]:
-    with open(run_dir / "learning_curves.csv", newline="") as fh:
-        rows = list(csv.reader(fh))
-    keep = [i for i, c in enumerate(rows[0]) if c not in drop]
-    return [[r[i] for i in keep] for r in rows]
 
 
 # ---------------------------------------------------------------- eta_t
@@ -146,8 +139,8 @@ def test_constant_runs_are_bit_identical_to_the_update_before_schedules(tmp_path
     Runner(late, tmp_path / "late").run()
     monkeypatch.setattr(learner, "update", _update_before_schedules)
     Runner(cfg, tmp_path / "before").run()
-    assert _curves(tmp_path / "now") == _curves(tmp_path / "before")
-    assert _curves(tmp_path / "late") == _curves(tmp_path / "now")
+    assert curves(tmp_path / "now") == curves(tmp_path / "before")
+    assert curves(tmp_path / "late") == curves(tmp_path / "now")
     rows = read_csv_rows(tmp_path / "now" / "learning_curves.csv")
     assert [r["alpha_w_t"] for r in rows] == [cfg.alpha_w] * 4
     assert [r["alpha_pi_t"] for r in rows] == [cfg.alpha_pi] * 4
@@ -183,14 +176,14 @@ def test_annealed_run_writes_its_steps_and_resumes_bit_identically(tmp_path):
     np.testing.assert_allclose([r["alpha_pi_t"] for r in rows], expected_pi, rtol=1e-15)
     # the annealing changed the numbers (the constant twin differs from iteration 1 on)
     Runner(_cfg("outer_iters=9", "theta_mu_offset_scale=0.3"), tmp_path / "const").run()
-    full, const = _curves(tmp_path / "full"), _curves(tmp_path / "const")
+    full, const = curves(tmp_path / "full"), curves(tmp_path / "const")
     w_norm = full[0].index("w_norm")
     assert full[1][w_norm] == const[1][w_norm] and full[2][w_norm] != const[2][w_norm]
     r = Runner(cfg, tmp_path / "cut")
     _stop_at(r, 5)
     assert r.run().status == "incomplete"
     assert Runner(None, tmp_path / "cut", resume=True).run().status == "complete"
-    assert _curves(tmp_path / "cut") == full
+    assert curves(tmp_path / "cut") == full
 
 
 def test_an_old_run_without_the_step_columns_resumes_and_reads(tmp_path):
@@ -211,7 +204,7 @@ def test_an_old_run_without_the_step_columns_resumes_and_reads(tmp_path):
     old = read_csv_rows(path)
     assert len(old) == 6 and "alpha_w_t" not in old[0]
     drop = ("iter_time_s", "alpha_w_t", "alpha_pi_t")
-    assert _curves(d, drop) == _curves(tmp_path / "full", drop)
+    assert curves(d, drop) == curves(tmp_path / "full", drop)
     assert math.isfinite(old[-1]["w_norm"])
 
 
